@@ -1,0 +1,75 @@
+"""Command line: ``amphi serve`` and ``amphi speak``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+import uvloop
+
+from amphi.core.config import Config, HttpConfig
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("aioice", "aiortc", "_granian", "granian"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Amphi: live-audio rooms that survive the surge."""
+    _logging(verbose)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--data-dir", default="data", show_default=True, type=click.Path(path_type=Path),
+              help="Recordings and Space state live here.")
+@click.option("--public-url", default=None, help="Base URL handed to clients (default http://HOST:PORT).")
+@click.option("--demo", is_flag=True, help="Create a live demo Space with a built-in speaker.")
+def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bool) -> None:
+    """Run a node: API, origin, media pipelines, recordings."""
+    from amphi.server import serve as run
+
+    cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url), demo=demo)
+    uvloop.run(run(cfg))
+
+
+@main.command()
+@click.option("--server", required=True, help="Base URL of the Amphi node, e.g. http://127.0.0.1:8000")
+@click.option("--space", "space_id", required=True, help="Space id.")
+@click.option("--key", default=None, help="Host key of the Space.")
+@click.option("--file", "path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Audio file to send (anything PyAV reads).")
+@click.option("--tone", default=None, type=click.FloatRange(20, 20000), help="Send a sine tone of this frequency (Hz).")
+@click.option("--loop", is_flag=True, help="Loop --file.")
+@click.option("--duration", default=None, type=click.FloatRange(min=0.1), help="Stop after this many seconds.")
+def speak(server: str, space_id: str, key: str | None, path: str | None, tone: float | None,
+          loop: bool, duration: float | None) -> None:
+    """Join a Space as its host over WebRTC and send audio in real time."""
+    from amphi.media.ingest.client import SpeakError, speak as run
+    from amphi.media.ingest.sources import FileTrack, ToneTrack
+
+    if (path is None) == (tone is None):
+        raise click.UsageError("give exactly one of --file or --tone")
+    if key is None:
+        raise click.UsageError("--key HOST_KEY is required")
+    track = FileTrack(path, loop=loop) if path else ToneTrack(tone)  # type: ignore[arg-type]
+
+    def connected() -> None:
+        click.echo(f"amphi speak: on air in Space {space_id}", err=True)
+
+    try:
+        uvloop.run(run(server.rstrip("/"), space_id, track, key=key, duration=duration, on_connected=connected))
+    except SpeakError as e:
+        raise click.ClickException(str(e)) from None

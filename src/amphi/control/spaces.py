@@ -1,0 +1,182 @@
+"""Spaces and their lifecycle. Pure state plus a small file store.
+
+Lifecycle: scheduled -> live -> ended. Every change goes through ``SpaceRegistry.transition``,
+which raises ``IllegalTransition`` naming the current state, persists the Space, and logs
+``old -> new`` once. A Space that was live when the process died is found at start-up and
+ended with ``end_reason = "abnormal"``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from amphi.core.errors import Forbidden, IllegalTransition, MalformedBody, NotFound, Unauthorized
+from amphi.core.files import write_atomic
+
+log = logging.getLogger(__name__)
+
+MAX_TITLE = 200
+
+
+class SpaceState(enum.Enum):
+    SCHEDULED = "scheduled"
+    LIVE = "live"
+    ENDED = "ended"
+
+
+_ALLOWED = {
+    SpaceState.SCHEDULED: {SpaceState.LIVE, SpaceState.ENDED},
+    SpaceState.LIVE: {SpaceState.ENDED},
+    SpaceState.ENDED: set(),
+}
+
+
+@dataclass
+class Space:
+    id: str
+    title: str
+    state: SpaceState
+    host_key_hash: str
+    created_at: float
+    starts_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    end_reason: str | None = None  # "host", "shutdown" or "abnormal"
+    peak_listeners: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        d = asdict(self)
+        d["state"] = self.state.value
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> Space:
+        d = dict(d)
+        d["state"] = SpaceState(d["state"])
+        return cls(**d)  # type: ignore[arg-type]
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_starts_at(value: object) -> float | None:
+    """Accepts epoch seconds or an ISO-8601 time with a zone."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        from datetime import datetime
+
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise MalformedBody(f"starts_at {value!r} is not an ISO-8601 time") from None
+        if dt.tzinfo is None:
+            raise MalformedBody("starts_at needs a time zone, e.g. 2026-11-21T20:00:00Z")
+        return dt.timestamp()
+    raise MalformedBody("starts_at must be an ISO-8601 string or epoch seconds")
+
+
+class SpaceRegistry:
+    """All Spaces of this node, kept in memory and in ``<data_dir>/spaces/<id>/space.json``."""
+
+    def __init__(self, root: Path, clock: Callable[[], float] = time.time) -> None:
+        self.root = root
+        self._clock = clock
+        self._spaces: dict[str, Space] = {}
+        root.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> list[Space]:
+        """Reads every stored Space; those found live were cut off by a crash: they are
+        ended as abnormal and returned so their recordings can be closed."""
+        crashed = []
+        for path in sorted(self.root.glob("*/space.json")):
+            space = Space.from_json(json.loads(path.read_text()))
+            self._spaces[space.id] = space
+            if space.state is SpaceState.LIVE:
+                self.transition(space, SpaceState.ENDED, reason="abnormal")
+                crashed.append(space)
+        return crashed
+
+    def create(self, title: object, starts_at: object = None) -> tuple[Space, str]:
+        if not isinstance(title, str) or not title.strip():
+            raise MalformedBody("title must be a non-empty string")
+        if len(title) > MAX_TITLE:
+            raise MalformedBody(f"title is longer than {MAX_TITLE} characters")
+        key = secrets.token_urlsafe(24)
+        space = Space(
+            id=secrets.token_urlsafe(8),
+            title=title.strip(),
+            state=SpaceState.SCHEDULED,
+            host_key_hash=hash_key(key),
+            created_at=self._clock(),
+            starts_at=parse_starts_at(starts_at),
+        )
+        self._spaces[space.id] = space
+        self.dir(space.id).mkdir(parents=True, exist_ok=True)
+        self._save(space)
+        log.info("space %s created: %r", space.id, space.title)
+        return space, key
+
+    def get(self, space_id: str) -> Space:
+        space = self._spaces.get(space_id)
+        if space is None:
+            raise NotFound(f"no Space {space_id!r}")
+        return space
+
+    def all(self) -> list[Space]:
+        return list(self._spaces.values())
+
+    def dir(self, space_id: str) -> Path:
+        return self.root / space_id
+
+    def authorize_host(self, space: Space, authorization: str | None) -> None:
+        if not authorization:
+            raise Unauthorized("this needs the host key: Authorization: Bearer HOST_KEY")
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            raise Unauthorized("Authorization must be 'Bearer HOST_KEY'")
+        if not hmac.compare_digest(hash_key(key.strip()), space.host_key_hash):
+            raise Forbidden("wrong host key for this Space")
+
+    def transition(self, space: Space, new: SpaceState, *, reason: str | None = None) -> None:
+        old = space.state
+        if new not in _ALLOWED[old]:
+            raise IllegalTransition(f"Space {space.id} is {old.value}; it cannot become {new.value}")
+        space.state = new
+        now = self._clock()
+        if new is SpaceState.LIVE:
+            space.started_at = now
+        elif new is SpaceState.ENDED:
+            space.ended_at = now
+            space.end_reason = reason
+        self._save(space)
+        log.info("space %s %s -> %s%s", space.id, old.value, new.value, f" ({reason})" if reason else "")
+
+    def due(self) -> list[Space]:
+        now = self._clock()
+        return [
+            s for s in self._spaces.values()
+            if s.state is SpaceState.SCHEDULED and s.starts_at is not None and s.starts_at <= now
+        ]
+
+    def record_peak(self, space: Space, peak: int) -> None:
+        if peak > space.peak_listeners:
+            space.peak_listeners = peak
+
+    def save(self, space: Space) -> None:
+        self._save(space)
+
+    def _save(self, space: Space) -> None:
+        write_atomic(self.dir(space.id) / "space.json", json.dumps(space.to_json()).encode())

@@ -1,0 +1,83 @@
+"""One config object for a node. Each component's settings live in their own frozen
+dataclass, with units in the field names or comments; ``Config`` gathers them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SAMPLE_RATE = 48_000  # Hz; the program clock and every track run at this rate
+AAC_FRAME = 1024  # samples per AAC-LC access unit
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Timing of the program. Latency levels are data, not code: change the numbers here."""
+
+    tick_ms: int = 20  # mixer tick; one program frame per tick
+    bitrate: int = 64_000  # AAC-LC bits per second
+    part_packets: int = 24  # AAC frames per LL-HLS part: 24 * 1024 / 48k = 0.512 s
+    parts_per_segment: int = 7  # parts per segment: 3.584 s (<= 4 s)
+    window_segments: int = 8  # complete segments listed in the live playlist
+    part_segments: int = 2  # complete segments that still list their parts
+    jitter_target_ms: int = 60  # per-track playout delay once a track (re)starts
+    jitter_max_ms: int = 240  # per-track buffer bound; the oldest audio is dropped beyond it
+    program_queue_ticks: int = 50  # mixer -> encoder channel bound (1 s); drops oldest when full
+    blocking_timeout_s: float = 6.0  # a blocking playlist reload answers 503 after this
+    max_blocking_waiters: int = 50_000  # concurrent blocking reloads per node; more get 503
+
+    @property
+    def tick_samples(self) -> int:
+        return SAMPLE_RATE * self.tick_ms // 1000
+
+    @property
+    def part_samples(self) -> int:
+        return self.part_packets * AAC_FRAME
+
+    @property
+    def part_s(self) -> float:
+        return self.part_samples / SAMPLE_RATE
+
+    @property
+    def segment_samples(self) -> int:
+        return self.part_samples * self.parts_per_segment
+
+    @property
+    def target_duration_s(self) -> int:
+        return max(1, round(self.segment_samples / SAMPLE_RATE + 0.4999))
+
+    @property
+    def switch_align_samples(self) -> int:
+        """Program mode changes (hold -> live -> ended) land on a sample that is a whole
+        number of mixer ticks and of AAC frames, so segments can be cut exactly there."""
+        a, b = self.tick_samples, AAC_FRAME
+        while b:
+            a, b = b, a % b
+        return self.tick_samples * AAC_FRAME // a
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None  # base URL handed to clients; default http://host:port
+    max_body_bytes: int = 64 * 1024  # JSON and SDP bodies above this get 413
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("data")
+    http: HttpConfig = field(default_factory=HttpConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    ice_addresses: tuple[str, ...] = ("127.0.0.1",)  # host addresses offered in ICE candidates
+    demo: bool = False  # create a demo Space with a built-in speaker at start-up
+    web_assets_dir: Path = field(
+        default_factory=lambda: Path(
+            os.environ.get("AMPHI_NODE_MODULES", Path(__file__).resolve().parents[3] / "node_modules")
+        )
+    )  # where npm installed hls.js

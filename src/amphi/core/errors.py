@@ -1,0 +1,99 @@
+"""One error hierarchy for all of Amphi.
+
+Every error a user can cause is an ``AmphiError`` with an HTTP status and a stable
+machine-readable ``code``; the web layer maps them to responses in one place
+(``amphi.web.errors``) and nowhere else.
+
+    AmphiError                      500 internal
+    ├── BadRequest                  400 bad_request
+    │   ├── MalformedBody           400 malformed_body
+    │   ├── InvalidSdp              400 invalid_sdp
+    │   └── BeyondLiveEdge          400 beyond_live_edge
+    ├── Unauthorized                401 unauthorized     (no credentials)
+    ├── Forbidden                   403 forbidden        (wrong credentials)
+    ├── NotFound                    404 not_found
+    ├── MethodNotAllowed            405 method_not_allowed
+    ├── Conflict                    409 conflict
+    │   └── IllegalTransition       409 illegal_transition
+    ├── PayloadTooLarge             413 payload_too_large
+    └── Unavailable                 503 unavailable      (retry later)
+        └── TooBusy                 503 too_busy
+"""
+
+from __future__ import annotations
+
+
+class AmphiError(Exception):
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    def to_json(self) -> dict[str, object]:
+        body: dict[str, object] = {"error": self.code, "message": self.message}
+        if self.retry_after_s is not None:
+            body["retry_after_s"] = self.retry_after_s
+        return body
+
+
+class BadRequest(AmphiError):
+    status = 400
+    code = "bad_request"
+
+
+class MalformedBody(BadRequest):
+    code = "malformed_body"
+
+
+class InvalidSdp(BadRequest):
+    code = "invalid_sdp"
+
+
+class BeyondLiveEdge(BadRequest):
+    code = "beyond_live_edge"
+
+
+class Unauthorized(AmphiError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(AmphiError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(AmphiError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(AmphiError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class Conflict(AmphiError):
+    status = 409
+    code = "conflict"
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+
+
+class PayloadTooLarge(AmphiError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unavailable(AmphiError):
+    status = 503
+    code = "unavailable"
+
+
+class TooBusy(Unavailable):
+    code = "too_busy"

@@ -1,0 +1,69 @@
+"""Per-track jitter buffer between a speaker's network arrivals and the mixer's clock. Pure.
+
+Arrivals are bursty; the mixer takes exactly one 20 ms frame per tick. The buffer starts
+playing once ``target`` frames are queued (and again after running dry), gives silence
+(``None``) while it fills, and drops the oldest audio beyond ``limit`` frames so a
+speaker's delay stays bounded. A speaker whose packets stop is heard as silence: the
+program never waits for a track.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class JitterStats:
+    pushed: int = 0
+    played: int = 0
+    dropped: int = 0  # frames thrown away because the buffer was over its limit
+    underruns: int = 0  # times the buffer ran dry while playing
+    peak: int = 0  # most frames ever queued
+
+
+class JitterBuffer:
+    def __init__(self, target: int, limit: int) -> None:
+        if not 1 <= target <= limit:
+            raise ValueError("need 1 <= target <= limit")
+        self._frames: deque[np.ndarray] = deque()
+        self._target = target
+        self._limit = limit
+        self._playing = False
+        self.closed = False
+        self.stats = JitterStats()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def push(self, frame: np.ndarray) -> None:
+        if self.closed:
+            return
+        self._frames.append(frame)
+        self.stats.pushed += 1
+        while len(self._frames) > self._limit:
+            self._frames.popleft()
+            self.stats.dropped += 1
+        self.stats.peak = max(self.stats.peak, len(self._frames))
+
+    def close(self) -> None:
+        """The track is gone; what is queued still plays out."""
+        self.closed = True
+
+    def pop(self) -> np.ndarray | None:
+        if not self._playing:
+            if len(self._frames) < self._target and not (self.closed and self._frames):
+                return None
+            self._playing = True
+        if not self._frames:
+            self._playing = False
+            self.stats.underruns += 1
+            return None
+        self.stats.played += 1
+        return self._frames.popleft()
+
+    @property
+    def drained(self) -> bool:
+        return self.closed and not self._frames

@@ -1,0 +1,226 @@
+"""One Space's media pipeline: the async shell around the pure stages.
+
+    tracks (jitter buffers) -> [clock task] mixer -> bounded queue -> [encoder task]
+        AAC encoder (worker thread) -> segmenter -> timeline (served live)
+                                                 -> recording (live segments, on disk)
+
+Lifecycle: new -> running (hold or live) -> ended. ``end()`` returns once the last
+segment is on disk and the replay playlist is written; once ended, a pipeline cannot be
+reused. ``stop()`` is ``end()`` for shutdown. Listeners waiting on a blocking playlist
+reload are woken by ``changed`` whenever the timeline moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from amphi.core.config import AAC_FRAME, MediaConfig
+from amphi.media.encoder import DELAY, AacEncoder
+from amphi.media.jitter import JitterBuffer
+from amphi.media.mixer import Mixer, Mode, ProgramFrame
+from amphi.media.programs import hold_music
+from amphi.media.recorder import Recording
+from amphi.media.segmenter import Event, SegmentClosed, Segmenter
+from amphi.media.timeline import MediaTimeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineStats:
+    ticks: int = 0
+    frames_dropped: int = 0  # program frames dropped because the encoder fell 1 s behind
+    late_ticks: int = 0  # ticks produced more than one period late (event loop stalls)
+    max_lag_s: float = 0.0  # worst lag of the program clock behind wall time
+    encode_s: float = 0.0  # CPU time spent encoding (thread)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        space_id: str,
+        cfg: MediaConfig,
+        recording: Recording,
+        *,
+        live: bool = False,
+        hold: Callable[[int, int], np.ndarray] = hold_music,
+    ) -> None:
+        self.space_id = space_id
+        self._cfg = cfg
+        self.recording = recording
+        self.mixer = Mixer(cfg, hold)
+        self.timeline = MediaTimeline(cfg)
+        self.encoder = AacEncoder(cfg.bitrate)
+        self.init = self.encoder.init_segment()
+        self.stats = PipelineStats()
+        self._live_from: int | None = None  # program sample where live audio begins
+        if live:
+            self.mixer.mode = Mode.LIVE
+            self._live_from = -DELAY
+        self._queue: asyncio.Queue[ProgramFrame] = asyncio.Queue(cfg.program_queue_ticks)
+        self._segmenter: Segmenter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._changed = asyncio.Event()
+        self._ended = asyncio.Event()
+        self.epoch = 0.0
+
+    # -- control --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._tasks:
+            raise RuntimeError("pipeline already started")
+        self.epoch = time.time()
+        self._segmenter = Segmenter(self._cfg, epoch=self.epoch, encoder_delay=DELAY)
+        self._tasks = [
+            asyncio.create_task(self._clock(), name=f"mixer:{self.space_id}"),
+            asyncio.create_task(self._encode(), name=f"encoder:{self.space_id}"),
+        ]
+        log.info("pipeline %s started (%s)", self.space_id, self.mixer.mode.value)
+
+    def go_live(self) -> int:
+        """Switches hold -> live at the next aligned sample; returns that sample."""
+        return self.mixer.request(Mode.LIVE)
+
+    async def end(self) -> None:
+        """Ends the program at the next aligned sample and waits until the recording is
+        closed. Idempotent."""
+        if not self._ended.is_set():
+            if self.mixer.mode is Mode.HOLD and self.mixer.pending is None:
+                self.mixer.request(Mode.LIVE)  # a Space ended before it started records nothing
+            self.mixer.request(Mode.ENDED)
+        await self._ended.wait()
+
+    async def stop(self) -> None:
+        """Shutdown: end the program, or if the tasks died, just cancel them."""
+        if all(not t.done() for t in self._tasks):
+            await self.end()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    # -- tracks ---------------------------------------------------------------------------
+
+    def add_track(self, name: str) -> JitterBuffer:
+        return self.mixer.add_track(name)
+
+    # -- listeners ------------------------------------------------------------------------
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Waits until ``predicate()`` holds, the program ends, or ``timeout`` passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            if self.timeline.ended:
+                return predicate()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
+            except TimeoutError:
+                return predicate()
+        return True
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    async def _clock(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self._cfg.tick_ms / 1000
+        t0 = loop.time()
+        k = 0
+        while True:
+            now = loop.time()
+            due = int((now - t0) / period) + 1
+            lag = now - (t0 + k * period)
+            if lag > period:
+                self.stats.late_ticks += 1
+                self.stats.max_lag_s = max(self.stats.max_lag_s, lag)
+            while k < due:
+                frame = self.mixer.tick()
+                k += 1
+                self.stats.ticks += 1
+                self._put(frame)
+                if frame.mode is Mode.ENDED:
+                    return
+            await asyncio.sleep(t0 + k * period - loop.time())
+
+    def _put(self, frame: ProgramFrame) -> None:
+        if frame.mode is Mode.ENDED:
+            while self._queue.full():  # the end marker must get through
+                self._queue.get_nowait()
+                self.stats.frames_dropped += 1
+        elif self._queue.full():
+            self._queue.get_nowait()
+            self.stats.frames_dropped += 1
+        self._queue.put_nowait(frame)
+
+    async def _encode(self) -> None:
+        seg = self._segmenter
+        assert seg is not None
+        next_unit = 0  # index of the next access unit out of the encoder
+        try:
+            while True:
+                frames = [await self._queue.get()]
+                while not self._queue.empty():
+                    frames.append(self._queue.get_nowait())
+                for f in frames:
+                    if f.mode is Mode.LIVE and self._live_from is None:
+                        self._live_from = f.sample
+                ending = frames[-1].mode is Mode.ENDED
+                t = time.thread_time()
+                units = await asyncio.to_thread(self._encode_batch, frames, ending)
+                self.stats.encode_s += time.thread_time() - t
+                for unit in units:
+                    start = next_unit * AAC_FRAME - DELAY  # program sample this unit carries
+                    live = self._live_from is not None and start >= self._live_from
+                    next_unit += 1
+                    await self._apply(seg.push(unit, live=live))
+                if ending:
+                    await self._apply(seg.finish())
+                    await asyncio.to_thread(self.recording.finalize)
+                    self.timeline.end()
+                    self._notify()
+                    log.info("pipeline %s ended: %.3f s recorded", self.space_id, self.recording.duration)
+                    return
+        finally:
+            self._ended.set()
+            self._notify()
+
+    def _encode_batch(self, frames: list[ProgramFrame], ending: bool) -> list[bytes]:
+        units: list[bytes] = []
+        for f in frames:
+            if f.mode is not Mode.ENDED:
+                units += self.encoder.encode(f.samples)
+        if ending:
+            units += self.encoder.flush()
+        return units
+
+    async def _apply(self, events: list[Event]) -> None:
+        seg = self._segmenter
+        assert seg is not None
+        for event in events:
+            if isinstance(event, SegmentClosed) and event.segment.live:
+                if not self.recording.started:
+                    await asyncio.to_thread(
+                        self.recording.begin, epoch=self.epoch, delay=DELAY, asc=self.encoder.audio_specific_config
+                    )
+                await asyncio.to_thread(self.recording.write_segment, event.segment)
+            self.timeline.apply(event, seg.next_position)
+        if events:
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+

@@ -1,0 +1,145 @@
+"""Groups AAC access units into LL-HLS parts and segments. Pure: no I/O, no clock.
+
+Every access unit is ``AAC_FRAME`` samples long and is tagged live or not (hold audio before
+the Space starts). A segment is all hold or all live: a change of tag closes the open part
+and segment early, so the recording (the live segments) starts and ends exactly where the
+Space did. Timestamps run on without a gap across that cut: one program, one timeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from amphi.core.config import AAC_FRAME, SAMPLE_RATE, MediaConfig
+from amphi.media import fmp4
+
+
+@dataclass(frozen=True)
+class Part:
+    msn: int  # media sequence number of the segment it belongs to
+    index: int  # position within that segment
+    data: bytes  # one moof+mdat fragment
+    first_sample: int  # decode time of its first sample
+    samples: int
+
+    @property
+    def duration(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+    @property
+    def uri(self) -> str:
+        return f"{self.msn}.{self.index}.m4s"
+
+
+@dataclass
+class Segment:
+    msn: int
+    first_sample: int
+    pdt: float  # wall-clock time (epoch seconds) at which its first sample was mixed
+    live: bool  # recorded: produced while the Space was live
+    parts: list[Part] = field(default_factory=list)
+    closed: bool = False
+
+    @property
+    def samples(self) -> int:
+        return sum(p.samples for p in self.parts)
+
+    @property
+    def duration(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(p.data for p in self.parts)
+
+    @property
+    def uri(self) -> str:
+        return f"{self.msn}.m4s"
+
+
+@dataclass(frozen=True)
+class PartReady:
+    part: Part
+    segment: Segment
+
+
+@dataclass(frozen=True)
+class SegmentClosed:
+    segment: Segment
+
+
+Event = PartReady | SegmentClosed
+
+
+class Segmenter:
+    """Lifecycle: open -> finished. ``push`` after ``finish`` raises."""
+
+    def __init__(self, cfg: MediaConfig, *, epoch: float, encoder_delay: int, first_msn: int = 0) -> None:
+        self._cfg = cfg
+        self._epoch = epoch  # wall time at which program (input) sample 0 was mixed
+        self._delay = encoder_delay
+        self._next_msn = first_msn
+        self._next_sample = 0  # decode time of the next access unit
+        self._sequence = 0  # moof sequence number, global to the stream
+        self._segment: Segment | None = None
+        self._units: list[bytes] = []
+        self.finished = False
+
+    @property
+    def next_position(self) -> tuple[int, int]:
+        """(msn, part index) of the next part to come: the preload hint."""
+        if self._segment is None:
+            return self._next_msn, 0
+        return self._segment.msn, len(self._segment.parts)
+
+    def push(self, unit: bytes, *, live: bool) -> list[Event]:
+        if self.finished:
+            raise RuntimeError("segmenter is finished")
+        events: list[Event] = []
+        if self._segment is not None and self._segment.live != live:
+            events += self._close_segment()
+        if self._segment is None:
+            self._segment = Segment(
+                msn=self._next_msn,
+                first_sample=self._next_sample,
+                pdt=self._epoch + (self._next_sample - self._delay) / SAMPLE_RATE,
+                live=live,
+            )
+            self._next_msn += 1
+        self._units.append(unit)
+        self._next_sample += AAC_FRAME
+        if len(self._units) == self._cfg.part_packets:
+            events += self._close_part()
+            if len(self._segment.parts) == self._cfg.parts_per_segment:
+                events += self._close_segment()
+        return events
+
+    def finish(self) -> list[Event]:
+        """Closes the open part and segment: the end of the program."""
+        events = self._close_segment() if self._segment is not None else []
+        self.finished = True
+        return events
+
+    def _close_part(self) -> list[Event]:
+        segment = self._segment
+        assert segment is not None
+        if not self._units:
+            return []
+        self._sequence += 1
+        samples = len(self._units) * AAC_FRAME
+        first = self._next_sample - samples
+        part = Part(segment.msn, len(segment.parts), fmp4.fragment(self._sequence, first, self._units), first, samples)
+        self._units = []
+        segment.parts.append(part)
+        return [PartReady(part, segment)]
+
+    def _close_segment(self) -> list[Event]:
+        events = self._close_part()
+        segment = self._segment
+        assert segment is not None
+        self._segment = None
+        if not segment.parts:  # nothing was produced: give the number back
+            self._next_msn -= 1
+            return events
+        segment.closed = True
+        return [*events, SegmentClosed(segment)]

@@ -1,0 +1,117 @@
+"""What a live Space's origin can serve right now: a sliding window of segments and parts.
+Pure: fed with segmenter events, asked by the origin. The async shell that wakes waiting
+listeners lives in ``amphi.media.pipeline``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from amphi.core.config import MediaConfig
+from amphi.core.errors import BadRequest, BeyondLiveEdge
+from amphi.media.playlist import PartEntry, SegmentEntry, render_live
+from amphi.media.segmenter import Event, Part, PartReady, Segment, SegmentClosed
+
+ADVANCE_PART_LIMIT = 3  # RFC 8216bis: requests further ahead than this get 400 at once
+
+
+def entry(seg: Segment, *, with_parts: bool) -> SegmentEntry:
+    parts = tuple(PartEntry(p.uri, p.duration) for p in seg.parts) if with_parts else ()
+    return SegmentEntry(seg.msn, seg.uri, seg.duration, seg.pdt, parts, seg.closed)
+
+
+class MediaTimeline:
+    def __init__(self, cfg: MediaConfig) -> None:
+        self._cfg = cfg
+        # Segments kept in memory: the playlist window plus a few that just left it, so a
+        # listener who read an older playlist can still fetch what it listed.
+        self._keep = cfg.window_segments + 4
+        self._segments: OrderedDict[int, Segment] = OrderedDict()
+        self._open: Segment | None = None
+        self._next: tuple[int, int] = (0, 0)
+        self.ended = False
+        self.version = 0  # bumps on every change; the playlist cache key
+
+    # -- fed by the pipeline ---------------------------------------------------------------
+
+    def apply(self, event: Event, next_position: tuple[int, int]) -> None:
+        if isinstance(event, PartReady):
+            self._open = event.segment
+        elif isinstance(event, SegmentClosed):
+            seg = event.segment
+            self._segments[seg.msn] = seg
+            if self._open is seg:
+                self._open = None
+            while len(self._segments) > self._keep:
+                self._segments.popitem(last=False)
+        self._next = next_position
+        self.version += 1
+
+    def end(self) -> None:
+        self.ended = True
+        self.version += 1
+
+    # -- asked by the origin ---------------------------------------------------------------
+
+    @property
+    def last_position(self) -> tuple[int, int] | None:
+        """(msn, index) of the newest part, or None before the first."""
+        if self._open is not None and self._open.parts:
+            return self._open.msn, len(self._open.parts) - 1
+        if self._segments:
+            seg = next(reversed(self._segments.values()))
+            return seg.msn, len(seg.parts) - 1
+        return None
+
+    @property
+    def next_position(self) -> tuple[int, int]:
+        return self._next
+
+    def part(self, msn: int, index: int) -> Part | None:
+        seg = self._segments.get(msn)
+        if seg is None and self._open is not None and self._open.msn == msn:
+            seg = self._open
+        if seg is None or index >= len(seg.parts):
+            return None
+        return seg.parts[index]
+
+    def segment(self, msn: int) -> Segment | None:
+        return self._segments.get(msn)
+
+    def is_hinted(self, msn: int, index: int) -> bool:
+        """The part named by the preload hint: worth waiting for rather than a 404."""
+        return not self.ended and (msn, index) == self._next
+
+    def check_reload(self, msn: int | None, part: int | None) -> None:
+        """Validates blocking-reload query values: 400 for nonsense or for a point so far
+        past the live edge that waiting would only hold a connection."""
+        if msn is None:
+            if part is not None:
+                raise BadRequest("_HLS_part requires _HLS_msn")
+            return
+        if msn < 0 or (part is not None and part < 0):
+            raise BadRequest("_HLS_msn and _HLS_part must be non-negative")
+        last_msn, last_part = self.last_position or (self._next[0], -1)
+        per = self._cfg.parts_per_segment
+        ahead = (msn - last_msn) * per + ((part if part is not None else per - 1) - last_part)
+        if msn > last_msn + 2 or ahead > per + ADVANCE_PART_LIMIT:
+            raise BeyondLiveEdge(
+                f"_HLS_msn={msn} _HLS_part={part} is beyond the live edge ({last_msn}.{last_part})"
+            )
+
+    def satisfies(self, msn: int | None, part: int | None) -> bool:
+        """True once the playlist contains segment ``msn`` (complete) or part ``msn.part``."""
+        if msn is None or self.ended:
+            return True
+        if part is None:
+            return any(m >= msn for m in self._segments) or (self._open is not None and self._open.msn > msn)
+        last = self.last_position
+        return last is not None and last >= (msn, part)
+
+    def render(self) -> str:
+        window = list(self._segments.values())[-self._cfg.window_segments:]
+        with_parts = {s.msn for s in window[-self._cfg.part_segments:]}
+        entries = [entry(s, with_parts=s.msn in with_parts) for s in window]
+        if self._open is not None and not self.ended:
+            entries.append(entry(self._open, with_parts=True))
+        return render_live(self._cfg, entries, next_part=self._next, ended=self.ended)

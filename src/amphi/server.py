@@ -1,0 +1,76 @@
+"""``amphi serve``: one process, one event loop (uvloop) shared by the HTTP server (granian,
+embedded), the media pipelines and the WebRTC ingest. See docs/architecture.md for why."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+from granian.constants import HTTPModes, Interfaces
+from granian.log import LogLevels
+from granian.server.embed import Server
+
+from amphi.core.config import Config
+from amphi.node import Node
+from amphi.web.app import App
+
+log = logging.getLogger(__name__)
+
+
+async def _wait_listening(host: str, port: int, server_task: asyncio.Task[None]) -> None:
+    loop = asyncio.get_running_loop()
+    while not server_task.done():
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    server_task.result()  # raises what stopped it
+    raise RuntimeError("HTTP server exited during start-up")
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def serve(cfg: Config) -> None:
+    """Runs a node until SIGINT/SIGTERM, then shuts down in order."""
+    if not port_free(cfg.http.host, cfg.http.port):
+        raise SystemExit(f"amphi: {cfg.http.host}:{cfg.http.port} is already in use")
+    node = Node(cfg)
+    await node.open()
+    server = Server(
+        App(node), address=cfg.http.host, port=cfg.http.port, interface=Interfaces.ASGINL,
+        http=HTTPModes.http1, backlog=4096, log_level=LogLevels.warning, websockets=False,
+    )
+    server_task = asyncio.create_task(server.serve(), name="http")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await _wait_listening(cfg.http.host, cfg.http.port, server_task)
+        log.info("listening on %s", cfg.http.base_url)
+        print(f"amphi: serving on {cfg.http.base_url}", flush=True)
+        if cfg.demo:
+            from amphi.demo import start_demo
+
+            space = await start_demo(node)
+            print(f"amphi: demo Space live, open {cfg.http.base_url}/s/{space.id}", flush=True)
+        await asyncio.wait([asyncio.ensure_future(stop.wait()), server_task], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        log.info("shutting down")
+        await node.close()
+        server.stop()
+        await asyncio.gather(server_task, return_exceptions=True)

@@ -1,0 +1,150 @@
+"""The control API and the pages (Starlette), and the one place where errors become HTTP.
+
+    POST /api/spaces                      {title, starts_at?} -> 201 {id, host_key, state, ...}
+    GET  /api/spaces                      [status, ...]
+    GET  /api/spaces/<id>                 status
+    POST /api/spaces/<id>/start           Authorization: Bearer HOST_KEY
+    POST /api/spaces/<id>/end             Authorization: Bearer HOST_KEY
+    POST /api/spaces/<id>/join            -> {status, playlist, ...}
+    POST /api/spaces/<id>/speak           SDP offer (application/sdp), host key -> 201 SDP answer
+    GET  /s/<id>                          listener page
+    GET  /                                index of Spaces
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from amphi.core.errors import AmphiError, InvalidSdp, MalformedBody, NotFound, PayloadTooLarge
+from amphi.node import Node
+
+STATIC = Path(__file__).parent / "static"
+
+
+def error_response(err: AmphiError) -> JSONResponse:
+    headers = {"cache-control": "no-store"}
+    if err.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, round(err.retry_after_s)))
+    return JSONResponse(err.to_json(), status_code=err.status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise PayloadTooLarge(f"body larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body larger than {limit} bytes")
+    return bytes(body)
+
+
+async def read_json(request: Request, limit: int, *, optional: bool = False) -> dict[str, Any]:
+    raw = await read_body(request, limit)
+    if not raw.strip() and optional:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MalformedBody(f"body is not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise MalformedBody("body must be a JSON object")
+    return data
+
+
+def build_api(node: Node) -> Starlette:
+    limit = node.cfg.http.max_body_bytes
+    assets = node.cfg.web_assets_dir
+
+    async def create(request: Request) -> Response:
+        data = await read_json(request, limit)
+        space, key = node.create_space(data.get("title"), data.get("starts_at"))
+        return JSONResponse({**node.status(space), "host_key": key}, status_code=201)
+
+    async def listing(request: Request) -> Response:
+        return JSONResponse([node.status(s) for s in node.registry.all()])
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(node.status(node.get(request.path_params["id"])))
+
+    async def start(request: Request) -> Response:
+        space = node.get(request.path_params["id"])
+        node.registry.authorize_host(space, request.headers.get("authorization"))
+        await node.start_space(space)
+        return JSONResponse(node.status(space))
+
+    async def end(request: Request) -> Response:
+        space = node.get(request.path_params["id"])
+        node.registry.authorize_host(space, request.headers.get("authorization"))
+        await node.end_space(space)
+        return JSONResponse(node.status(space))
+
+    async def join(request: Request) -> Response:
+        space = node.get(request.path_params["id"])
+        await read_json(request, limit, optional=True)
+        return JSONResponse(await node.join(space, secrets.token_urlsafe(12)))
+
+    async def speak(request: Request) -> Response:
+        space = node.get(request.path_params["id"])
+        node.registry.authorize_host(space, request.headers.get("authorization"))
+        raw = await read_body(request, limit)
+        try:
+            offer = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidSdp("the SDP offer is not UTF-8 text") from None
+        answer = await node.speak(space, offer)
+        return Response(answer, status_code=201, media_type="application/sdp")
+
+    async def listener_page(request: Request) -> Response:
+        node.get(request.path_params["id"])
+        return FileResponse(STATIC / "listener.html", headers={"cache-control": "no-cache"})
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        path = STATIC / name
+        if "/" in name or not path.is_file():
+            raise NotFound(f"no static file {name!r}")
+        return FileResponse(path, headers={"cache-control": "public, max-age=60"})
+
+    async def hls_js(request: Request) -> Response:
+        path = assets / "hls.js" / "dist" / "hls.min.js"
+        if not path.is_file():
+            raise NotFound("hls.js is not installed: run `make setup` (npm ci)")
+        return FileResponse(path, media_type="text/javascript", headers={"cache-control": "public, max-age=3600"})
+
+    async def amphi_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, AmphiError)
+        return error_response(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "message": exc.detail}, status_code=exc.status_code)
+
+    routes = [
+        Route("/", index),
+        Route("/s/{id}", listener_page),
+        Route("/static/{name}", static),
+        Route("/vendor/hls.min.js", hls_js),
+        Route("/api/spaces", create, methods=["POST"]),
+        Route("/api/spaces", listing, methods=["GET"]),
+        Route("/api/spaces/{id}", status, methods=["GET"]),
+        Route("/api/spaces/{id}/start", start, methods=["POST"]),
+        Route("/api/spaces/{id}/end", end, methods=["POST"]),
+        Route("/api/spaces/{id}/join", join, methods=["POST"]),
+        Route("/api/spaces/{id}/speak", speak, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={AmphiError: amphi_error, HTTPException: http_error})

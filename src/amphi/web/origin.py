@@ -1,0 +1,245 @@
+"""The origin: what listeners fetch. A raw ASGI app, because these are the hot paths.
+
+    GET /media/<space>/live.m3u8[?_HLS_msn=M[&_HLS_part=P]][&sid=S]   live playlist (blocking reload)
+    GET /media/<space>/init.mp4                                       init segment
+    GET /media/<space>/<msn>.<part>.m4s                               part (waits if it is the hinted one)
+    GET /media/<space>/<msn>.m4s                                      segment
+    GET /media/<space>/vod.m3u8                                       replay, once ended
+    GET /media/<space>/download.m4a                                   the whole recording, one file
+
+Init, parts and segments never change once served: they are immutable to caches. Playlists
+are short-lived. A blocking reload holds a slot until the playlist moves, it times out,
+or the client goes away (then the slot is freed at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+from amphi.core.config import MediaConfig
+from amphi.core.errors import AmphiError, BadRequest, MethodNotAllowed, NotFound, TooBusy
+from amphi.media.pipeline import Pipeline
+from amphi.media.playlist import render_live
+from amphi.media.recorder import Recording
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+IMMUTABLE = b"public, max-age=31536000, immutable"
+PLAYLIST_LIVE = b"public, max-age=1"
+PLAYLIST_BLOCKING = b"public, max-age=6"  # a blocking response's URL names a point in time
+PLAYLIST_ENDED = b"public, max-age=3600"
+M3U8 = b"application/vnd.apple.mpegurl"
+MP4 = b"audio/mp4"
+
+_PATH = re.compile(r"^/media/([A-Za-z0-9_-]{1,64})/(live\.m3u8|vod\.m3u8|init\.mp4|download\.m4a|(\d{1,9})(?:\.(\d{1,4}))?\.m4s)$")
+
+
+class MediaSource(Protocol):
+    """What the origin needs from the node."""
+
+    def media(self, space_id: str) -> tuple[Pipeline | None, Recording]: ...  # raises NotFound
+
+    def touch_listener(self, space_id: str, session: str) -> None: ...
+
+
+@dataclass
+class OriginStats:
+    requests: int = 0
+    blocking_waiting: int = 0
+    blocking_timeouts: int = 0
+    blocking_disconnects: int = 0
+
+
+async def send_error(send: Send, err: AmphiError, *, head_only: bool = False) -> None:
+    body = _json_bytes(err.to_json())
+    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store"),
+               (b"access-control-allow-origin", b"*")]
+    if err.retry_after_s is not None:
+        headers.append((b"retry-after", str(max(1, round(err.retry_after_s))).encode()))
+    await _respond(send, err.status, headers, b"" if head_only else body, len(body))
+
+
+def _json_bytes(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes, length: int | None = None) -> None:
+    headers.append((b"content-length", str(len(body) if length is None else length).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Origin:
+    def __init__(self, source: MediaSource, cfg: MediaConfig) -> None:
+        self._source = source
+        self._cfg = cfg
+        self.stats = OriginStats()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.stats.requests += 1
+        head = scope["method"] == "HEAD"
+        try:
+            if scope["method"] not in ("GET", "HEAD"):
+                raise MethodNotAllowed("media is read with GET or HEAD")
+            m = _PATH.match(scope["path"])
+            if m is None:
+                raise NotFound(f"no such media path {scope['path']!r}")
+            await self._route(m, scope, receive, send, head)
+        except AmphiError as err:
+            await send_error(send, err, head_only=head)
+
+    async def _route(self, m: re.Match[str], scope: Scope, receive: Receive, send: Send, head: bool) -> None:
+        space_id, name, msn, part = m.group(1), m.group(2), m.group(3), m.group(4)
+        pipeline, recording = self._source.media(space_id)
+        if name == "live.m3u8":
+            await self._live_playlist(space_id, pipeline, recording, scope, receive, send, head)
+        elif name == "init.mp4":
+            if pipeline is not None:
+                init = pipeline.init
+            elif recording.started:
+                init = await asyncio.to_thread(recording.init_bytes)
+            else:
+                raise NotFound("this Space has no audio")
+            await self._ok(send, MP4, IMMUTABLE, init, head)
+        elif name == "vod.m3u8":
+            if not recording.finalized:
+                raise NotFound("the replay exists once the Space has ended")
+            await self._ok(send, M3U8, PLAYLIST_ENDED, recording.vod_playlist().encode(), head)
+        elif name == "download.m4a":
+            await self._download(recording, send, head)
+        elif part is not None:
+            await self._part(pipeline, int(msn), int(part), scope, receive, send, head)
+        else:
+            await self._segment(pipeline, recording, int(msn), send, head)
+
+    async def _ok(self, send: Send, ctype: bytes, cache: bytes, body: bytes, head: bool) -> None:
+        headers = [(b"content-type", ctype), (b"cache-control", cache), (b"access-control-allow-origin", b"*")]
+        await _respond(send, 200, headers, b"" if head else body, len(body))
+
+    # -- playlists ------------------------------------------------------------------------
+
+    async def _live_playlist(self, space_id: str, pipeline: Pipeline | None, recording: Recording,
+                             scope: Scope, receive: Receive, send: Send, head: bool) -> None:
+        query = parse_qs(scope["query_string"].decode("latin-1"))
+        msn, part = _int_param(query, "_HLS_msn"), _int_param(query, "_HLS_part")
+        session = query.get("sid", [None])[0]
+        if session:
+            self._source.touch_listener(space_id, session[:64])
+        if pipeline is None:  # ended (or never had audio): the last window, closed
+            entries = recording.entries[-self._cfg.window_segments:]
+            if not entries:
+                raise NotFound("this Space has no audio")
+            text = render_live(self._cfg, entries, next_part=None, ended=True)
+            await self._ok(send, M3U8, PLAYLIST_ENDED, text.encode(), head)
+            return
+        timeline = pipeline.timeline
+        timeline.check_reload(msn, part)
+        if not timeline.satisfies(msn, part) or timeline.last_position is None:
+            ok = await self._hold(pipeline, lambda: timeline.last_position is not None and timeline.satisfies(msn, part),
+                                  receive)
+            if ok is None:
+                return  # client went away
+            if not ok:
+                raise TooBusy("the playlist did not advance in time", retry_after_s=1)
+        cache = PLAYLIST_BLOCKING if msn is not None else PLAYLIST_LIVE
+        await self._ok(send, M3U8, cache, timeline.render().encode(), head)
+
+    async def _hold(self, pipeline: Pipeline, predicate: Callable[[], bool], receive: Receive) -> bool | None:
+        """Waits for ``predicate``; None when the client disconnected first."""
+        if self.stats.blocking_waiting >= self._cfg.max_blocking_waiters:
+            raise TooBusy("too many listeners waiting on this node", retry_after_s=1)
+        me = asyncio.current_task()
+        assert me is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            me.cancel()
+
+        watcher = asyncio.create_task(watch())
+        self.stats.blocking_waiting += 1
+        try:
+            ok = await pipeline.wait_for(predicate, self._cfg.blocking_timeout_s)
+            if not ok:
+                self.stats.blocking_timeouts += 1
+            return ok
+        except asyncio.CancelledError:
+            if gone:
+                self.stats.blocking_disconnects += 1
+                me.uncancel()
+                return None
+            raise
+        finally:
+            self.stats.blocking_waiting -= 1
+            watcher.cancel()
+
+    # -- media ----------------------------------------------------------------------------
+
+    async def _part(self, pipeline: Pipeline | None, msn: int, index: int,
+                    scope: Scope, receive: Receive, send: Send, head: bool) -> None:
+        if pipeline is None:
+            raise NotFound("parts are only served while the Space is on air; use the segments")
+        timeline = pipeline.timeline
+        found = timeline.part(msn, index)
+        if found is None and timeline.is_hinted(msn, index):
+            ok = await self._hold(pipeline, lambda: timeline.part(msn, index) is not None, receive)
+            if ok is None:
+                return
+            found = timeline.part(msn, index)
+        if found is None:
+            raise NotFound(f"no part {msn}.{index}")
+        await self._ok(send, MP4, IMMUTABLE, found.data, head)
+
+    async def _segment(self, pipeline: Pipeline | None, recording: Recording, msn: int, send: Send, head: bool) -> None:
+        if pipeline is not None and (seg := pipeline.timeline.segment(msn)) is not None:
+            await self._ok(send, MP4, IMMUTABLE, seg.data, head)
+            return
+        path = recording.segment_path(msn)
+        if path is None:
+            raise NotFound(f"no segment {msn}")
+        data = await asyncio.to_thread(path.read_bytes)
+        await self._ok(send, MP4, IMMUTABLE, data, head)
+
+    async def _download(self, recording: Recording, send: Send, head: bool) -> None:
+        if not recording.finalized:
+            raise NotFound("the download exists once the Space has ended")
+        init = await asyncio.to_thread(recording.download_init)
+        size = await asyncio.to_thread(recording.download_size, init)
+        headers = [
+            (b"content-type", MP4),
+            (b"cache-control", PLAYLIST_ENDED),
+            (b"content-disposition", b'attachment; filename="space.m4a"'),
+            (b"access-control-allow-origin", b"*"),
+            (b"content-length", str(size).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if not head:
+            chunks: Iterable[bytes] = recording.iter_download(init)
+            iterator = iter(chunks)
+            while (chunk := await asyncio.to_thread(next, iterator, None)) is not None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _int_param(query: dict[str, list[str]], name: str) -> int | None:
+    values = query.get(name)
+    if not values:
+        return None
+    try:
+        return int(values[0])
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
