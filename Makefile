@@ -1,0 +1,49 @@
+# Amphi: `make run` (demo you can open in a browser) and `make test` (the whole suite).
+# Both set up what they need on a fresh machine: Debian packages (ffmpeg, chromium) with
+# apt-get when missing, Python packages into .venv, hls.js from npm into node_modules.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DATA ?= data
+APT_PACKAGES := ffmpeg chromium
+
+.PHONY: setup system run test bench clean
+
+setup: system $(VENV)/.installed node_modules/.installed
+
+system:
+	@missing=""; \
+	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: setup
+	@echo "Starting Amphi with a demo Space; open the URL it prints (Ctrl-C to stop)."
+	$(VENV)/bin/amphi serve --host $(HOST) --port $(PORT) --data-dir $(DATA) --demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/glass_to_glass.py
+	$(PY) bench/pipeline_cpu.py
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache
