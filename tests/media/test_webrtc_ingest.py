@@ -424,3 +424,68 @@ async def test_file_track_loops_and_ends(tmp_path: Path) -> None:
     chunks = [await looped._next(i * FRAME, FRAME) for i in range(5)]
     assert all(c is not None and np.allclose(c, 0.25, atol=1e-3) for c in chunks)
     looped.stop()
+
+
+async def test_peer_that_never_connects_is_dropped() -> None:
+    ingest = WebRTCIngest(("127.0.0.1",), connect_timeout_s=0.5)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver(ToneTrack(440), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sink = Sink()
+    await ingest.accept(pc.localDescription.sdp, sink, name="ghost")
+    await pc.close()  # the answer is never applied
+    await sink.wait_closed()
+    assert ingest.connections == 0 and sink.close_calls == 1
+
+
+async def answering(ingest: WebRTCIngest, sink: Sink) -> tuple[asyncio.Server, str]:
+    async def handler(path: str, headers: dict[str, str], body: str) -> tuple[int, str, str]:
+        return 201, "application/sdp", await ingest.accept(body, sink, name="alice")
+
+    return await serve_http(handler)
+
+
+async def test_speak_returns_when_track_runs_out(ingest: WebRTCIngest) -> None:
+    sink = Sink()
+    server, url = await answering(ingest, sink)
+    track = GeneratedTrack(lambda start, n: np.zeros(n, np.float32) if start < 0.2 * SR else None)
+    try:
+        await asyncio.wait_for(speak(url, "lobby", track), WAIT_S)
+    finally:
+        server.close()
+        await server.wait_closed()
+    await sink.wait_closed()
+
+
+async def test_speak_raises_when_server_hangs_up(ingest: WebRTCIngest) -> None:
+    sink = Sink()
+    server, url = await answering(ingest, sink)
+    connected = asyncio.Event()
+    speaking = asyncio.create_task(speak(url, "lobby", ToneTrack(440), on_connected=connected.set))
+    try:
+        await asyncio.wait_for(connected.wait(), WAIT_S)
+        await sink.wait_frames(3)
+        await ingest.close("alice")
+        with pytest.raises(SpeakError, match="hung up"):
+            await asyncio.wait_for(speaking, WAIT_S)
+    finally:
+        speaking.cancel()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_cancelling_speak_hangs_up(ingest: WebRTCIngest) -> None:
+    sink = Sink()
+    server, url = await answering(ingest, sink)
+    connected = asyncio.Event()
+    speaking = asyncio.create_task(speak(url, "lobby", ToneTrack(440), on_connected=connected.set))
+    try:
+        await asyncio.wait_for(connected.wait(), WAIT_S)
+        await sink.wait_frames(3)
+        speaking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await speaking
+        await sink.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()

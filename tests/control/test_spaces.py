@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from amphi.control.presence import Presence
+from amphi.control.spaces import SpaceRegistry, SpaceState
+from amphi.core.errors import Forbidden, IllegalTransition, MalformedBody, NotFound, Unauthorized
+
+
+def test_lifecycle_and_persistence(tmp_path) -> None:
+    reg = SpaceRegistry(tmp_path)
+    space, key = reg.create("Town hall", "2030-01-01T20:00:00Z")
+    assert space.state is SpaceState.SCHEDULED and space.starts_at == pytest.approx(1893528000)
+    reg.transition(space, SpaceState.LIVE)
+    reg.transition(space, SpaceState.ENDED, reason="host")
+    with pytest.raises(IllegalTransition, match="is ended"):
+        reg.transition(space, SpaceState.LIVE)
+    stored = json.loads((tmp_path / space.id / "space.json").read_text())
+    assert stored["state"] == "ended" and stored["end_reason"] == "host"
+    assert key not in (tmp_path / space.id / "space.json").read_text()  # only a hash is kept
+
+
+def test_host_key_checks(tmp_path) -> None:
+    reg = SpaceRegistry(tmp_path)
+    space, key = reg.create("t")
+    reg.authorize_host(space, f"Bearer {key}")
+    with pytest.raises(Unauthorized):
+        reg.authorize_host(space, None)
+    with pytest.raises(Unauthorized):
+        reg.authorize_host(space, f"Basic {key}")
+    with pytest.raises(Forbidden):
+        reg.authorize_host(space, "Bearer nope")
+
+
+def test_bad_input(tmp_path) -> None:
+    reg = SpaceRegistry(tmp_path)
+    for title in (None, "", "   ", 3, "x" * 201):
+        with pytest.raises(MalformedBody):
+            reg.create(title)
+    for starts in ("tomorrow", "2030-01-01T20:00:00", [1]):
+        with pytest.raises(MalformedBody):
+            reg.create("t", starts)
+    with pytest.raises(NotFound):
+        reg.get("nope")
+
+
+def test_live_spaces_found_at_start_up_ended_abnormally(tmp_path) -> None:
+    reg = SpaceRegistry(tmp_path)
+    live, _ = reg.create("live one")
+    reg.transition(live, SpaceState.LIVE)
+    sched, _ = reg.create("later")
+    again = SpaceRegistry(tmp_path)
+    crashed = again.load()
+    assert [s.id for s in crashed] == [live.id]
+    assert again.get(live.id).state is SpaceState.ENDED and again.get(live.id).end_reason == "abnormal"
+    assert again.get(sched.id).state is SpaceState.SCHEDULED
+
+
+def test_due_spaces(tmp_path) -> None:
+    now = [1000.0]
+    reg = SpaceRegistry(tmp_path, clock=lambda: now[0])
+    s, _ = reg.create("t", 1010)
+    assert reg.due() == []
+    now[0] = 1010.0
+    assert reg.due() == [s]
+
+
+def test_presence_counts_sessions_until_they_go_quiet() -> None:
+    p = Presence(ttl_s=10)
+    for i in range(5):
+        p.touch(f"s{i}", now=float(i))
+    assert p.count(5.0) == 5 and p.peak == 5
+    p.touch("s0", now=12.0)
+    assert p.count(12.5) == 3  # s1 (seen at 1) and s2 (at 2) expired; s0 renewed
+    assert p.count(100.0) == 0 and p.peak == 5
