@@ -7,6 +7,7 @@
     POST /api/spaces/<id>/end             Authorization: Bearer HOST_KEY
     POST /api/spaces/<id>/join            -> {status, playlist, ...}
     POST /api/spaces/<id>/speak           SDP offer (application/sdp), host key -> 201 SDP answer
+    GET  /api/node                        this node's counters (pipelines, speakers, origin)
     GET  /s/<id>                          listener page
     GET  /                                index of Spaces
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +64,7 @@ async def read_json(request: Request, limit: int, *, optional: bool = False) -> 
     return data
 
 
-def build_api(node: Node) -> Starlette:
+def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
     limit = node.cfg.http.max_body_bytes
     assets = node.cfg.web_assets_dir
 
@@ -105,6 +107,9 @@ def build_api(node: Node) -> Starlette:
         answer = await node.speak(space, offer)
         return Response(answer, status_code=201, media_type="application/sdp")
 
+    async def node_stats(request: Request) -> Response:
+        return JSONResponse(stats(), headers={"cache-control": "no-store"})
+
     async def listener_page(request: Request) -> Response:
         node.get(request.path_params["id"])
         return FileResponse(STATIC / "listener.html", headers={"cache-control": "no-cache"})
@@ -139,6 +144,7 @@ def build_api(node: Node) -> Starlette:
         Route("/s/{id}", listener_page),
         Route("/static/{name}", static),
         Route("/vendor/hls.min.js", hls_js),
+        Route("/api/node", node_stats, methods=["GET"]),
         Route("/api/spaces", create, methods=["POST"]),
         Route("/api/spaces", listing, methods=["GET"]),
         Route("/api/spaces/{id}", status, methods=["GET"]),

@@ -4,6 +4,8 @@ is run by ``amphi.server``, which owns the loop."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from amphi.node import Node
 from amphi.web.api import build_api
 from amphi.web.origin import Origin, Receive, Scope, Send
@@ -13,7 +15,14 @@ class App:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.origin = Origin(node, node.cfg.media)
-        self.api = build_api(node)
+        self.api = build_api(node, self.stats)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "pipelines": {sid: asdict(p.stats) for sid, p in self.node.pipelines.items()},
+            "speakers": self.node.ingest.connections,
+            "origin": asdict(self.origin.stats),
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/media/"):

@@ -51,10 +51,12 @@ async def speak(
     on_connected: Callable[[], None] | None = None,
 ) -> None:
     """Send ``track`` to ``space`` until ``duration`` seconds after connecting (None: until
-    the track ends or the caller cancels), then hang up cleanly.
+    the track ends or the caller cancels), then hang up cleanly. ``on_connected`` is called
+    once media flows. aiortc stops ``track`` when the connection closes: it is single-use.
 
-    Raises ``SpeakError`` when the server refuses the offer (non-2xx), cannot be reached, or
-    the connection fails or does not come up within ``CONNECT_TIMEOUT_S``."""
+    Raises ``SpeakError`` when the server refuses the offer (non-2xx), cannot be reached,
+    hangs up first, or the connection fails or does not come up within
+    ``CONNECT_TIMEOUT_S``."""
     use_ice_addresses(ice_addresses)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     connected = asyncio.Event()
@@ -77,7 +79,7 @@ async def speak(
             gone.set()
 
     try:
-        pc.addTransceiver(track, direction="sendonly")
+        sender = pc.addTransceiver(track, direction="sendonly").sender
         await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers all candidates here
         answer = await _post_offer(server, space, pc.localDescription.sdp, key or token)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
@@ -88,9 +90,16 @@ async def speak(
             on_connected()
 
         ended = await _first(gone, track_ended, timeout=duration)
-        if ended is gone and state == "failed":
-            raise SpeakError(0, f"the media connection to {server} failed")
+        if ended is not None:
+            # aiortc also ends the track when sending fails, so an ended track alone does
+            # not mean the source ran out: the transport tells which.
+            transport = sender.transport.state
+            if state == "failed" or transport == "failed":
+                raise SpeakError(0, f"the media connection to {server} failed")
+            if ended is gone or transport != "connected":
+                raise SpeakError(0, f"{server} hung up")
     finally:
+        track.remove_listener("ended", track_ended.set)
         await pc.close()
 
 

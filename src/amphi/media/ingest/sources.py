@@ -17,7 +17,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 
 import av
@@ -147,7 +147,7 @@ class FileTrack(PacedTrack):
         self._eof = False
         self._lock = threading.Lock()  # the decoder state belongs to whoever holds it
         self._container: av.container.InputContainer | None = None
-        self._frames: object = None
+        self._frames: Iterator[av.AudioFrame] | None = None
         self._resampler: av.AudioResampler | None = None
         self._open()
 
@@ -180,7 +180,7 @@ class FileTrack(PacedTrack):
             produced_this_pass = self._buffered > 0
             while self._buffered < want and not self._eof and self.readyState == "live":
                 assert self._resampler is not None
-                frame = next(self._frames, None) if self._frames is not None else None  # type: ignore[call-overload]
+                frame = next(self._frames, None) if self._frames is not None else None
                 out = self._resampler.resample(frame)  # None flushes
                 for f in out:
                     pcm = f.to_ndarray().reshape(-1).astype(np.float32, copy=False)

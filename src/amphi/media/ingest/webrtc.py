@@ -153,8 +153,7 @@ class MonoConverter:
         else:  # shape (1, samples * channels), interleaved
             planes = data.reshape(-1, channels).T.astype(np.float32, copy=False)
         mono = planes[0] if channels == 1 else planes.mean(axis=0, dtype=np.float32)
-        scale = _SCALE[fmt] if fmt in _SCALE else 1.0
-        out = mono * np.float32(scale)
+        out = mono * np.float32(_SCALE.get(fmt, 1.0))
         if fmt.startswith("flt"):
             np.clip(out, -1.0, 1.0, out=out)
         return out.astype(np.float32, copy=False)
@@ -175,6 +174,8 @@ class _Connection:
         self.task: asyncio.Task[None] | None = None
         self._ending = False
         self._state = pc.connectionState
+        if self._state == "connected":
+            self.connected.set()
         pc.on("connectionstatechange", self._on_state_change)
 
     def _on_state_change(self) -> None:

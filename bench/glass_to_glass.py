@@ -1,0 +1,513 @@
+"""Glass-to-glass latency of one live Space: speaker's WebRTC frame -> LL-HLS listener.
+
+    .venv/bin/python bench/glass_to_glass.py [--bursts 60] [--json OUT] [--plot OUT.png]
+
+Starts ``amphi serve`` on a free 127.0.0.1 port, creates and starts a Space, and in this
+process runs both ends:
+
+* a speaker (``amphi.media.ingest.client.speak``) whose ``GeneratedTrack`` sends a short
+  tone burst every ``--period`` seconds, silence between; the track's ``on_frame`` hook
+  records the wall time at which the frame carrying each burst's onset goes to aiortc;
+* a listener that behaves like an LL-HLS player (httpx, HTTP/1.1 keep-alive): it asks for
+  the preload-hinted part (the request blocks until the part exists) and, alongside, the
+  blocking playlist reload for that same part; it notes when the part arrived, decodes it
+  (one AAC decoder kept across parts, as a player's audio pipeline does), and finds burst
+  onsets by energy.
+
+The onset's program time is ``PROGRAM-DATE-TIME`` of its segment + the part's offset in
+the segment + the onset's offset in the part: the wall time at which the node mixed it.
+An onset is matched to the latest burst sent no later than that program time (plus
+``MATCH_TOLERANCE_S``); bursts are a second apart, so this is unambiguous.
+
+    latency = arrival of the part carrying the onset - send time of the burst
+            = (program time - send)         ingest: RTP, aiortc + node jitter buffers, mix tick
+            + (part end - program time)     waiting for the rest of the 0.512 s part
+            + (arrival - part end)          encoder look-ahead, packaging, HTTP
+
+Exits 1 if a burst is missing or the median exceeds ``--target`` (2.0 s), 2 on an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import av
+import httpx
+import numpy as np
+
+from harness import NodeProcess, end_space, exit_on_sigterm, start_space
+
+from amphi.core.config import SAMPLE_RATE, MediaConfig
+from amphi.media.ingest.client import speak
+from amphi.media.ingest.sources import FRAME_SAMPLES, GeneratedTrack
+
+MEDIA = MediaConfig()
+LEAD_IN_S = 2.0  # silence from the first frame to the first burst: the connection settles
+TAIL_S = 1.0  # silence after the last burst before the track ends
+GRACE_S = 6.0  # after the speaker hangs up, how long the listener may still find bursts
+CONNECT_BUDGET_S = 30.0  # signalling + ICE + DTLS, generously
+MATCH_TOLERANCE_S = 0.05  # an onset's program time may precede its send time by this much
+WINDOW = 256  # samples per energy window (5.3 ms); a part is 96 windows, an AAC frame 4
+QUIET_S = 0.2  # silence needed before an onset counts (re-arms the detector)
+
+
+# -- the speaker's bursts --------------------------------------------------------------------
+
+
+class Bursts:
+    """``count`` bursts of a ``hz`` tone, ``length`` samples each, one every ``period``
+    samples from ``first`` on: the render function of a ``GeneratedTrack``."""
+
+    def __init__(self, count: int, period_s: float, burst_s: float, hz: float, level: float = 0.5) -> None:
+        self.count = count
+        self.period = round(period_s * SAMPLE_RATE)
+        self.length = round(burst_s * SAMPLE_RATE)
+        self.first = round(LEAD_IN_S * SAMPLE_RATE)
+        if self.period % FRAME_SAMPLES or self.first % FRAME_SAMPLES:
+            raise ValueError("the burst period must be a whole number of 20 ms frames")
+        if not 0 < self.length < self.period:
+            raise ValueError("a burst must be shorter than the period")
+        self.hz = hz
+        self.level = level
+        self.end = self.first + (count - 1) * self.period + self.length + round(TAIL_S * SAMPLE_RATE)
+        self.sent: dict[int, float] = {}  # burst index -> wall time its onset frame went out
+
+    def render(self, start: int, n: int) -> np.ndarray | None:
+        if start >= self.end:
+            return None
+        out = np.zeros(n, dtype=np.float32)
+        idx = np.arange(start, start + n)
+        rel = idx - self.first
+        k = np.floor_divide(rel, self.period)
+        inside = (rel >= 0) & (k < self.count) & (rel - k * self.period < self.length)
+        if inside.any():
+            t = (rel[inside] - k[inside] * self.period) / SAMPLE_RATE
+            out[inside] = self.level * np.sin(2 * np.pi * self.hz * t)
+        return out
+
+    def on_frame(self, sample: int, wall: float) -> None:
+        rel = sample - self.first
+        if rel >= 0 and rel % self.period == 0 and rel // self.period < self.count:
+            self.sent[rel // self.period] = wall
+
+    def match(self, program_time: float) -> int | None:
+        """The burst an onset heard at ``program_time`` belongs to: the latest one sent
+        no later than that (plus the tolerance), if it was sent less than a period before."""
+        best = None
+        for k, t in self.sent.items():
+            if t <= program_time + MATCH_TOLERANCE_S and (best is None or t > self.sent[best]):
+                best = k
+        if best is None or program_time - self.sent[best] > self.period / SAMPLE_RATE - MATCH_TOLERANCE_S:
+            return None
+        return best
+
+
+# -- the listener --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    uri: str
+    start: float  # program (wall) time of its first sample
+    duration: float
+
+
+@dataclass(frozen=True)
+class Playlist:
+    parts: dict[str, PartInfo]
+    hint: str | None  # URI of the preload-hinted part
+
+    @classmethod
+    def parse(cls, text: str) -> Playlist:
+        parts: dict[str, PartInfo] = {}
+        hint = None
+        pdt: float | None = None
+        offset = 0.0
+        for line in text.splitlines():
+            if line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+                pdt = datetime.fromisoformat(line.split(":", 1)[1].strip()).timestamp()
+                offset = 0.0
+            elif line.startswith("#EXT-X-PART:") and pdt is not None:
+                attrs = _attributes(line)
+                duration = float(attrs["DURATION"])
+                parts[attrs["URI"]] = PartInfo(attrs["URI"], pdt + offset, duration)
+                offset += duration
+            elif line.startswith("#EXT-X-PRELOAD-HINT:"):
+                hint = _attributes(line).get("URI")
+        return cls(parts, hint)
+
+
+def _attributes(line: str) -> dict[str, str]:
+    out = {}
+    for item in line.split(":", 1)[1].split(","):
+        if "=" in item:
+            key, value = item.split("=", 1)
+            out[key] = value.strip('"')
+    return out
+
+
+class PartDecoder:
+    """init + part through PyAV's demuxer; the AAC decoder itself persists across parts, so
+    each part's first frame overlaps the previous one as in a real player."""
+
+    def __init__(self, init: bytes) -> None:
+        self._init = init
+        self._codec: av.CodecContext | None = None
+
+    def decode(self, part: bytes) -> np.ndarray:
+        out = []
+        with av.open(io.BytesIO(self._init + part)) as container:
+            stream = container.streams.audio[0]
+            if self._codec is None:
+                self._codec = av.CodecContext.create(stream.codec_context.name, "r")
+                self._codec.extradata = stream.codec_context.extradata
+            for packet in container.demux(stream):
+                if packet.size:
+                    for frame in self._codec.decode(packet):
+                        out.append(frame.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+class OnsetDetector:
+    """Energy onsets across a stream fed part by part: a window whose RMS crosses
+    ``threshold`` after at least ``QUIET_S`` of windows below ``threshold / 4``."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self._quiet_windows = 0
+        self._need = round(QUIET_S * SAMPLE_RATE / WINDOW)
+
+    def feed(self, samples: np.ndarray) -> list[int]:
+        """Sample offsets (within ``samples``) of the onsets found."""
+        usable = len(samples) // WINDOW * WINDOW
+        rms = np.sqrt(np.mean(np.square(samples[:usable].reshape(-1, WINDOW), dtype=np.float64), axis=1))
+        onsets = []
+        for w, level in enumerate(rms):
+            if level >= self.threshold and self._quiet_windows >= self._need:
+                lo = max(0, (w - 1) * WINDOW)
+                loud = np.flatnonzero(np.abs(samples[lo : (w + 1) * WINDOW]) >= self.threshold / 2)
+                onsets.append(lo + int(loud[0]) if len(loud) else w * WINDOW)
+                self._quiet_windows = 0
+            elif level < self.threshold / 4:
+                self._quiet_windows += 1
+            else:
+                self._quiet_windows = 0
+        return onsets
+
+
+@dataclass
+class Measurement:
+    burst: int
+    sent: float  # wall time the onset frame went to aiortc
+    program: float  # program time of the onset (PDT + part offset + onset offset)
+    part: str
+    part_end: float  # program time of the end of that part
+    arrival: float  # wall time the part's body had arrived
+    latency: float = 0.0
+    ingest: float = 0.0  # program - sent
+    part_fill: float = 0.0  # part_end - program
+    deliver: float = 0.0  # arrival - part_end
+
+    def __post_init__(self) -> None:
+        self.latency = self.arrival - self.sent
+        self.ingest = self.program - self.sent
+        self.part_fill = self.part_end - self.program
+        self.deliver = self.arrival - self.part_end
+
+
+@dataclass
+class ListenerStats:
+    parts: int = 0
+    resyncs: int = 0  # the hinted part could not be had; restarted from a fresh playlist
+    gaps: int = 0  # a part came that does not follow the previous one
+    unmatched_onsets: int = 0  # onsets heard that match no burst (noise, or a burst heard twice)
+    seconds_decoded: float = 0.0
+    log: list[str] = field(default_factory=list)
+
+
+class Listener:
+    def __init__(self, playlist_url: str, bursts: Bursts, threshold: float, on_measure: Callable[[Measurement], None]) -> None:
+        self.url = playlist_url
+        self.base = playlist_url.split("?", 1)[0].rsplit("/", 1)[0] + "/"
+        self.bursts = bursts
+        self.detector = OnsetDetector(threshold)
+        self.on_measure = on_measure
+        self.measured: dict[int, Measurement] = {}
+        self.stats = ListenerStats()
+        self.ready = asyncio.Event()
+
+    def _reload_url(self, uri: str) -> str:
+        msn, index = uri.split(".")[:2]
+        return f"{self.url}{'&' if '?' in self.url else '?'}_HLS_msn={msn}&_HLS_part={index}"
+
+    async def run(self, client: httpx.AsyncClient) -> None:
+        r = await client.get(self.url)
+        r.raise_for_status()
+        playlist = Playlist.parse(r.text)
+        init = await client.get(self.base + "init.mp4")
+        init.raise_for_status()
+        decoder = PartDecoder(init.content)
+        self.ready.set()
+        previous: str | None = None
+        while True:
+            uri = playlist.hint
+            if uri is None:
+                raise RuntimeError("the live playlist has no preload hint (did the Space end?)")
+            part_req = asyncio.ensure_future(client.get(self.base + uri))
+            reload_req = asyncio.ensure_future(client.get(self._reload_url(uri)))
+            try:
+                part = await part_req
+                arrival = time.time()
+                reloaded = await reload_req
+            finally:
+                part_req.cancel()
+                reload_req.cancel()
+            if part.status_code != 200 or reloaded.status_code != 200:
+                self.stats.resyncs += 1
+                self.stats.log.append(f"resync at {uri}: part {part.status_code}, playlist {reloaded.status_code}")
+                r = await client.get(self.url)
+                r.raise_for_status()
+                playlist, previous = Playlist.parse(r.text), None
+                continue
+            playlist = Playlist.parse(reloaded.text)
+            info = playlist.parts.get(uri)
+            if info is None:
+                raise RuntimeError(f"part {uri} arrived but the playlist reloaded for it does not list it")
+            if previous is not None and not _follows(previous, uri):
+                self.stats.gaps += 1
+            previous = uri
+            samples = await asyncio.to_thread(decoder.decode, part.content)
+            self.stats.parts += 1
+            self.stats.seconds_decoded += len(samples) / SAMPLE_RATE
+            for offset in self.detector.feed(samples):
+                self._onset(info, offset, arrival)
+
+    def _onset(self, part: PartInfo, offset: int, arrival: float) -> None:
+        program = part.start + offset / SAMPLE_RATE
+        k = self.bursts.match(program)
+        if k is None or k in self.measured:
+            self.stats.unmatched_onsets += 1
+            return
+        m = Measurement(k, self.bursts.sent[k], program, part.uri, part.start + part.duration, arrival)
+        self.measured[k] = m
+        self.on_measure(m)
+
+
+def _follows(a: str, b: str) -> bool:
+    (am, ai), (bm, bi) = (tuple(int(x) for x in u.split(".")[:2]) for u in (a, b))
+    return (bm == am and bi == ai + 1) or (bm == am + 1 and bi == 0)
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+async def measure(server: str, space_id: str, host_key: str, playlist: str, args: argparse.Namespace) -> Listener:
+    bursts = Bursts(args.bursts, args.period, args.burst_ms / 1000, args.hz)
+    track = GeneratedTrack(bursts.render, on_frame=bursts.on_frame)
+
+    def progress(m: Measurement) -> None:
+        n = len(listener.measured)
+        if n % 10 == 0 or n == args.bursts:
+            so_far = statistics.median(x.latency for x in listener.measured.values())
+            print(f"  {n:3d}/{args.bursts} bursts heard; last {m.latency:.3f} s, median so far {so_far:.3f} s",
+                  flush=True)
+
+    listener = Listener(playlist, bursts, args.threshold, progress)
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+    async with httpx.AsyncClient(timeout=15.0, limits=limits, http2=False) as client:
+        listening = asyncio.create_task(listener.run(client), name="listener")
+        speaking: asyncio.Task[None] | None = None
+        try:
+            await asyncio.wait([asyncio.ensure_future(listener.ready.wait()), listening],
+                               return_when=asyncio.FIRST_COMPLETED, timeout=15)
+            if listening.done():
+                listening.result()
+            if not listener.ready.is_set():
+                raise RuntimeError("the listener did not get the live playlist within 15 s")
+
+            def connected() -> None:
+                print(f"speaker on air; {args.bursts} bursts, one every {args.period:g} s", flush=True)
+
+            speaking = asyncio.create_task(speak(server, space_id, track, key=host_key, on_connected=connected),
+                                           name="speaker")
+            budget = CONNECT_BUDGET_S + bursts.end / SAMPLE_RATE + 5
+            done, _ = await asyncio.wait([speaking, listening], timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+            if listening in done:
+                listening.result()
+                raise RuntimeError("the listener stopped early")
+            if speaking not in done:
+                raise RuntimeError(f"the speaker did not finish within {budget:.0f} s")
+            speaking.result()  # SpeakError if it could not connect
+            deadline = time.monotonic() + max(GRACE_S, 2 * args.target)
+            while len(listener.measured) < len(bursts.sent) and time.monotonic() < deadline and not listening.done():
+                await asyncio.sleep(0.1)
+            if listening.done():
+                listening.result()
+        finally:
+            for task in (speaking, listening):
+                if task is not None and not task.done():
+                    task.cancel()
+            await asyncio.gather(*(t for t in (speaking, listening) if t is not None), return_exceptions=True)
+            track.stop()
+    return listener
+
+
+def summarize(listener: Listener, args: argparse.Namespace) -> dict[str, object]:
+    sent = listener.bursts.sent
+    measured = [listener.measured[k] for k in sorted(listener.measured) if k >= args.warmup]
+    missing = sorted(k for k in range(args.bursts) if k not in listener.measured)
+
+    def stats(values: list[float]) -> dict[str, float]:
+        if not values:
+            return {}
+        a = np.asarray(values)
+        return {"min": float(a.min()), "p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
+                "max": float(a.max()), "mean": float(a.mean())}
+
+    return {
+        "settings": {"bursts": args.bursts, "warmup": args.warmup, "period_s": args.period, "burst_ms": args.burst_ms,
+                     "tone_hz": args.hz, "threshold": args.threshold, "target_p50_s": args.target,
+                     "part_s": MEDIA.part_s, "parts_per_segment": MEDIA.parts_per_segment,
+                     "jitter_target_ms": MEDIA.jitter_target_ms, "tick_ms": MEDIA.tick_ms},
+        "count": len(measured),
+        "sent": len(sent),
+        "missing": missing,
+        "latency_s": stats([m.latency for m in measured]),
+        "ingest_s": stats([m.ingest for m in measured]),
+        "program_to_arrival_s": stats([m.part_fill + m.deliver for m in measured]),
+        "part_fill_s": stats([m.part_fill for m in measured]),
+        "deliver_s": stats([m.deliver for m in measured]),
+        "listener": {k: v for k, v in asdict(listener.stats).items()},
+        "bursts": [asdict(m) for m in sorted(listener.measured.values(), key=lambda m: m.burst)],
+    }
+
+
+def print_table(summary: dict[str, object]) -> None:
+    rows = [
+        ("glass to glass (send -> part arrived)", "latency_s"),
+        ("  send -> program time (ingest + jitter buffers)", "ingest_s"),
+        ("  program time -> part arrived", "program_to_arrival_s"),
+        ("    program time -> part end (rest of the part)", "part_fill_s"),
+        ("    part end -> part arrived (encode, package, HTTP)", "deliver_s"),
+    ]
+    settings = summary["settings"]
+    assert isinstance(settings, dict)
+    print()
+    print(f"bursts: {summary['count']} measured ({settings['warmup']} warm-up discarded), "
+          f"{len(summary['missing'])} missing {summary['missing'] or ''}".rstrip())  # type: ignore[arg-type]
+    print(f"{'seconds':52s} {'min':>7s} {'p50':>7s} {'p95':>7s} {'max':>7s}")
+    for label, key in rows:
+        s = summary[key]
+        assert isinstance(s, dict)
+        if s:
+            print(f"{label:52s} {s['min']:7.3f} {s['p50']:7.3f} {s['p95']:7.3f} {s['max']:7.3f}")
+    listener = summary["listener"]
+    assert isinstance(listener, dict)
+    print(f"listener: {listener['parts']} parts, {listener['resyncs']} resyncs, {listener['gaps']} gaps, "
+          f"{listener['unmatched_onsets']} unmatched onsets")
+    for line in listener["log"][:10]:
+        print(f"  {line}")
+
+
+def plot(summary: dict[str, object], path: str, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bursts = [b for b in summary["bursts"] if b["burst"] >= summary["settings"]["warmup"]]  # type: ignore[index, union-attr]
+    if not bursts:
+        return
+    x = [b["burst"] for b in bursts]
+    ingest = np.array([b["ingest"] for b in bursts])
+    fill = np.array([b["part_fill"] for b in bursts])
+    deliver = np.array([b["deliver"] for b in bursts])
+    total = np.array([b["latency"] for b in bursts])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    ax1.bar(x, ingest, label="send -> program time", color="#4c72b0")
+    ax1.bar(x, fill, bottom=ingest, label="program time -> part end", color="#dd8452")
+    ax1.bar(x, deliver, bottom=ingest + fill, label="part end -> arrived", color="#55a868")
+    ax1.axhline(target, color="red", linestyle="--", linewidth=1, label=f"target p50 {target:g} s")
+    ax1.set_xlabel("burst")
+    ax1.set_ylabel("seconds")
+    ax1.set_title("glass-to-glass latency per burst")
+    ax1.legend(loc="upper right", fontsize=8)
+    ax2.hist(total, bins=20, color="#4c72b0")
+    for q, style in ((50, "-"), (95, "--")):
+        v = float(np.percentile(total, q))
+        ax2.axvline(v, color="black", linestyle=style, linewidth=1, label=f"p{q} {v:.3f} s")
+    ax2.set_xlabel("latency (s)")
+    ax2.set_ylabel("bursts")
+    ax2.set_title("distribution")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bursts", type=int, default=60, help="tone bursts to send (default 60)")
+    parser.add_argument("--warmup", type=int, default=3, help="first bursts left out of the figures (default 3)")
+    parser.add_argument("--period", type=float, default=1.0, help="seconds between bursts, a multiple of 0.02 (default 1.0)")
+    parser.add_argument("--burst-ms", type=float, default=100.0, help="length of a burst in ms (default 100)")
+    parser.add_argument("--hz", type=float, default=1000.0, help="tone frequency (default 1000)")
+    parser.add_argument("--threshold", type=float, default=0.1, help="onset RMS threshold; bursts are sent at RMS 0.35")
+    parser.add_argument("--target", type=float, default=2.0, help="fail if the median latency exceeds this (s)")
+    parser.add_argument("--json", metavar="OUT", help="write the figures and every burst as JSON")
+    parser.add_argument("--plot", metavar="OUT.png", help="write a per-burst breakdown and a histogram")
+    args = parser.parse_args()
+    if args.bursts <= args.warmup:
+        parser.error("--bursts must exceed --warmup")
+    exit_on_sigterm()
+
+    print(f"glass-to-glass: {args.bursts} bursts; about {LEAD_IN_S + args.bursts * args.period + 10:.0f} s", flush=True)
+    node = NodeProcess()
+    with node:
+        print(f"node {node.url} (pid {node.pid}), data in {node.dir}", flush=True)
+        space = start_space(node.url, "glass-to-glass bench")
+        try:
+            listener = asyncio.run(measure(node.url, space.id, space.host_key, space.playlist, args))
+        finally:
+            end_space(node.url, space)
+
+    summary = summarize(listener, args)
+    print_table(summary)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(summary, args.plot, args.target)
+        print(f"wrote {args.plot}")
+
+    latency = summary["latency_s"]
+    assert isinstance(latency, dict)
+    failures = []
+    if summary["missing"]:
+        failures.append(f"{len(summary['missing'])} bursts missing")  # type: ignore[arg-type]
+    if not latency:
+        failures.append("no burst measured")
+    elif latency["p50"] > args.target:
+        failures.append(f"p50 {latency['p50']:.3f} s > target {args.target:g} s")
+    print("FAIL: " + "; ".join(failures) if failures else f"PASS: p50 {latency['p50']:.3f} s <= {args.target:g} s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a bench reports and exits 2
+        print(f"error: {exc!r}", file=sys.stderr)
+        sys.exit(2)

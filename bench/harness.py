@@ -1,0 +1,161 @@
+"""What both benchmarks share: an ``amphi serve`` subprocess on 127.0.0.1 and the API calls
+that put a Space on air.
+
+Lifecycle of a ``NodeProcess``: new -> running (``start()``, returns once the API answers)
+-> stopped (``stop()``: SIGTERM to its process group, SIGKILL if it has not exited in
+``STOP_GRACE_S``). Use it as a context manager so it is stopped even when a bench fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+HOST = "127.0.0.1"  # the benches bind and target loopback only
+START_TIMEOUT_S = 30.0  # from spawning the node to its API answering
+STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL
+
+
+def amphi_command(*args: str) -> list[str]:
+    """The ``amphi`` CLI of the interpreter running the bench (the venv's entry point)."""
+    script = Path(sys.executable).parent / "amphi"
+    if script.is_file():
+        return [str(script), *args]
+    return [sys.executable, "-c", "from amphi.cli import main; main()", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
+    """Stops a process started with ``start_new_session=True`` and everything it spawned."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(proc, signal.SIGKILL)  # stragglers in the group, if any
+    if proc.poll() is None:
+        proc.wait(grace_s)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the session leader's pid is its group id
+    except ProcessLookupError:
+        pass
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class NodeProcess:
+    """``amphi serve`` on a free 127.0.0.1 port with a throw-away data dir."""
+
+    def __init__(self, *, keep_dir: bool = False) -> None:
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.dir = Path(tempfile.mkdtemp(prefix="amphi-bench-"))
+        self.log_path = self.dir / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._keep_dir = keep_dir
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> NodeProcess:
+        cmd = amphi_command("serve", "--host", HOST, "--port", str(self.port), "--data-dir", str(self.dir / "data"))
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"amphi serve exited with {self.proc.returncode}:\n{tail(self.log_path)}")
+            try:
+                if httpx.get(f"{self.url}/api/spaces", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"amphi serve did not answer within {START_TIMEOUT_S:.0f} s:\n{tail(self.log_path)}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc)
+        if not self._keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> NodeProcess:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if et is not None and not isinstance(ev, KeyboardInterrupt):
+            log = tail(self.log_path)
+            if log:
+                print(f"--- last lines of the server log ---\n{log}", file=sys.stderr)
+        self.stop()
+
+
+@dataclass(frozen=True)
+class LiveSpace:
+    id: str
+    host_key: str
+    playlist: str  # live.m3u8 URL handed to a listener (with its session id)
+
+
+def start_space(server: str, title: str, *, join: bool = True) -> LiveSpace:
+    """Creates a Space, starts it (hold -> live) and, with ``join``, joins it as a listener."""
+    with httpx.Client(base_url=server, timeout=10.0) as api:
+        r = api.post("/api/spaces", json={"title": title})
+        r.raise_for_status()
+        space = r.json()
+        auth = {"Authorization": f"Bearer {space['host_key']}"}
+        api.post(f"/api/spaces/{space['id']}/start", headers=auth).raise_for_status()
+        playlist = ""
+        if join:
+            r = api.post(f"/api/spaces/{space['id']}/join", json={})
+            r.raise_for_status()
+            playlist = r.json()["playlist"]
+    return LiveSpace(space["id"], space["host_key"], playlist)
+
+
+def end_space(server: str, space: LiveSpace) -> None:
+    """Best effort: the node is stopped right after anyway."""
+    try:
+        httpx.post(f"{server}/api/spaces/{space.id}/end", headers={"Authorization": f"Bearer {space.host_key}"},
+                   timeout=10.0)
+    except httpx.HTTPError:
+        pass
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so ``finally`` blocks (and the node's clean-up) run."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)

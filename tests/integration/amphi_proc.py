@@ -1,0 +1,152 @@
+"""Real Amphi processes for integration tests: a server and speakers, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent / "amphi"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class AmphiServer:
+    def __init__(self, data_dir: Path, port: int | None = None, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"amphi-{self.port}.log"
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def start(self) -> AmphiServer:
+        cmd = [str(BIN), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra]
+        self._logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"amphi serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                return self.http.get("/api/node", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, 30, "amphi serve to answer")
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self._logf.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+        if self.proc is not None:
+            self._logf.close()
+
+    # -- API ------------------------------------------------------------------------------
+
+    def create(self, title: str = "test", starts_at: str | float | None = None) -> tuple[str, str]:
+        body: dict[str, object] = {"title": title}
+        if starts_at is not None:
+            body["starts_at"] = starts_at
+        r = self.http.post("/api/spaces", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()["id"], r.json()["host_key"]
+
+    def start_space(self, space: str, key: str) -> dict:
+        r = self.http.post(f"/api/spaces/{space}/start", headers={"authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def end_space(self, space: str, key: str) -> dict:
+        r = self.http.post(f"/api/spaces/{space}/end", headers={"authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def status(self, space: str) -> dict:
+        r = self.http.get(f"/api/spaces/{space}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def join(self, space: str) -> str:
+        r = self.http.post(f"/api/spaces/{space}/join")
+        assert r.status_code == 200, r.text
+        return r.json()["playlist"]
+
+    def node(self) -> dict:
+        return self.http.get("/api/node").json()
+
+
+class Speaker:
+    """`amphi speak` as a separate process; ``start`` returns once it is on air."""
+
+    def __init__(self, server: AmphiServer, space: str, key: str, *args: str) -> None:
+        self.cmd = [str(BIN), "speak", "--server", server.url, "--space", space, "--key", key, *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20) -> Speaker:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        seen = []
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline().decode(errors="replace")
+            if not line and self.proc.poll() is not None:
+                break
+            seen.append(line)
+            if "on air" in line:
+                os.set_blocking(self.proc.stderr.fileno(), False)
+                return self
+        raise AssertionError(f"speaker did not get on air: {''.join(seen)}")
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
