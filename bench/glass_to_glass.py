@@ -179,11 +179,14 @@ class PartDecoder:
 
 
 class OnsetDetector:
-    """Energy onsets across a stream fed part by part: a window whose RMS crosses
-    ``threshold`` after at least ``QUIET_S`` of windows below ``threshold / 4``."""
+    """Energy onsets across a stream fed part by part: the first window whose RMS reaches
+    ``threshold`` once the detector is armed, which takes ``QUIET_S`` of consecutive
+    windows below ``threshold / 4``. Windows in between neither arm nor disarm it (the
+    rising edge of a burst often is one)."""
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
+        self._armed = False
         self._quiet_windows = 0
         self._need = round(QUIET_S * SAMPLE_RATE / WINDOW)
 
@@ -193,16 +196,25 @@ class OnsetDetector:
         rms = np.sqrt(np.mean(np.square(samples[:usable].reshape(-1, WINDOW), dtype=np.float64), axis=1))
         onsets = []
         for w, level in enumerate(rms):
-            if level >= self.threshold and self._quiet_windows >= self._need:
-                lo = max(0, (w - 1) * WINDOW)
-                loud = np.flatnonzero(np.abs(samples[lo : (w + 1) * WINDOW]) >= self.threshold / 2)
-                onsets.append(lo + int(loud[0]) if len(loud) else w * WINDOW)
+            if level >= self.threshold:
+                if self._armed:
+                    onsets.append(self._first_loud(samples, w))
+                    self._armed = False
                 self._quiet_windows = 0
             elif level < self.threshold / 4:
                 self._quiet_windows += 1
+                if self._quiet_windows >= self._need:
+                    self._armed = True
             else:
                 self._quiet_windows = 0
         return onsets
+
+    def _first_loud(self, samples: np.ndarray, w: int) -> int:
+        """The onset to the sample: the first one from the previous window on whose
+        magnitude reaches half the threshold."""
+        lo = max(0, (w - 1) * WINDOW)
+        loud = np.flatnonzero(np.abs(samples[lo : (w + 1) * WINDOW]) >= self.threshold / 2)
+        return lo + int(loud[0]) if len(loud) else w * WINDOW
 
 
 @dataclass

@@ -43,13 +43,12 @@ def test_hold_music_then_live_without_a_gap(amphi, speakers) -> None:
     playlist = amphi.join(space)
     speakers(amphi, space, key, "--tone", "440")  # on stage early: not heard before the start
 
-    client = httpx.Client(timeout=15)
-    init = client.get(playlist.rsplit("/", 1)[0] + "/init.mp4").content
-    # keep reading until two complete segments after the (automatic) start
-    def enough(segs: dict[int, bytes]) -> bool:
-        st = amphi.status(space)
-        return st["state"] == "live" and len(segs) >= 5 and max(segs) >= 4
-    segments, texts = collect_segments(client, playlist, enough, timeout=40)
+    def enough(segs: dict[int, bytes]) -> bool:  # two complete segments after the (automatic) start
+        return amphi.status(space)["state"] == "live" and len(segs) >= 5 and max(segs) >= 4
+
+    with httpx.Client(timeout=15) as client:
+        init = client.get(playlist.rsplit("/", 1)[0] + "/init.mp4").content
+        segments, texts = collect_segments(client, playlist, enough, timeout=40)
 
     status = amphi.status(space)
     assert status["state"] == "live"

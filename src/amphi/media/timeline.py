@@ -92,9 +92,9 @@ class MediaTimeline:
         if msn < 0 or (part is not None and part < 0):
             raise BadRequest("_HLS_msn and _HLS_part must be non-negative")
         last_msn, last_part = self.last_position or (self._next[0], -1)
-        per = self._cfg.parts_per_segment
-        ahead = (msn - last_msn) * per + ((part if part is not None else per - 1) - last_part)
-        if msn > last_msn + 2 or ahead > per + ADVANCE_PART_LIMIT:
+        beyond = msn > last_msn + 2 or (part is not None and (
+            part > self._cfg.parts_per_segment or (msn == last_msn and part > last_part + ADVANCE_PART_LIMIT)))
+        if beyond:
             raise BeyondLiveEdge(
                 f"_HLS_msn={msn} _HLS_part={part} is beyond the live edge ({last_msn}.{last_part})"
             )
