@@ -109,11 +109,12 @@ class Node:
 
     async def start_space(self, space: Space) -> None:
         async with self._lock:
-            if space.state is not SpaceState.SCHEDULED:
-                self.registry.transition(space, SpaceState.LIVE)  # raises, naming the state
-            pipeline = await self._pipeline(space)
-            self.registry.transition(space, SpaceState.LIVE)
-            pipeline.go_live()
+            self.registry.transition(space, SpaceState.LIVE)  # raises, naming the state
+            pipeline = self.pipelines.get(space.id)
+            if pipeline is None:
+                await self._pipeline(space)  # born live: no hold audio to cut away
+            else:
+                pipeline.go_live()  # listeners already hear hold music: switch at the next boundary
 
     async def end_space(self, space: Space) -> None:
         async with self._lock:
@@ -155,9 +156,12 @@ class Node:
                     "state": space.state.value}
         return {"status": "ended", "playlist": f"{base}/media/{space.id}/vod.m3u8", "state": space.state.value}
 
-    def media(self, space_id: str) -> tuple[Pipeline | None, Recording]:
-        self.registry.get(space_id)  # 404 for unknown Spaces
-        return self.pipelines.get(space_id), self.recording(space_id)
+    async def media(self, space_id: str) -> tuple[Pipeline | None, Recording]:
+        """What the origin serves for a Space: its running pipeline (started if a player
+        asks before anyone joined, e.g. after a restart), or None once ended."""
+        space = self.registry.get(space_id)  # 404 for unknown Spaces
+        pipeline = None if space.state is SpaceState.ENDED else await self._pipeline(space)
+        return pipeline, self.recording(space_id)
 
     def touch_listener(self, space_id: str, session: str) -> None:
         self._presence_of(space_id).touch(session, time.monotonic())

@@ -111,8 +111,12 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
         return JSONResponse(stats(), headers={"cache-control": "no-store"})
 
     async def listener_page(request: Request) -> Response:
-        node.get(request.path_params["id"])
-        return FileResponse(STATIC / "listener.html", headers={"cache-control": "no-cache"})
+        try:
+            node.get(request.path_params["id"])
+            status_code = 200
+        except NotFound:
+            status_code = 404  # the page itself tells the person the Space does not exist
+        return FileResponse(STATIC / "listener.html", status_code=status_code, headers={"cache-control": "no-cache"})
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})

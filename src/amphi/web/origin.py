@@ -48,7 +48,7 @@ _PATH = re.compile(r"^/media/([A-Za-z0-9_-]{1,64})/(live\.m3u8|vod\.m3u8|init\.m
 class MediaSource(Protocol):
     """What the origin needs from the node."""
 
-    def media(self, space_id: str) -> tuple[Pipeline | None, Recording]: ...  # raises NotFound
+    async def media(self, space_id: str) -> tuple[Pipeline | None, Recording]: ...  # raises NotFound
 
     def touch_listener(self, space_id: str, session: str) -> None: ...
 
@@ -101,7 +101,7 @@ class Origin:
 
     async def _route(self, m: re.Match[str], scope: Scope, receive: Receive, send: Send, head: bool) -> None:
         space_id, name, msn, part = m.group(1), m.group(2), m.group(3), m.group(4)
-        pipeline, recording = self._source.media(space_id)
+        pipeline, recording = await self._source.media(space_id)
         if name == "live.m3u8":
             await self._live_playlist(space_id, pipeline, recording, scope, receive, send, head)
         elif name == "init.mp4":

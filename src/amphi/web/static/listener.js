@@ -12,12 +12,14 @@
   const TICK_MS = 500; // countdown and playback-line refresh
   const ENDED_POLLS = 12; // polls after the end while the replay is not ready yet
   const RETRY_MS = [1000, 2000, 4000, 8000, 15000]; // back-off for fatal network errors
+  const REJOIN_AFTER = 3; // fatal network errors in a row before joining afresh (the node may have restarted)
 
   const $ = (id) => document.getElementById(id);
   const ui = {
     card: $("space"), state: $("state"), countdown: $("countdown"), title: $("title"), meta: $("meta"),
     play: $("play"), playLabel: $("play-label"), playback: $("playback"), ended: $("ended"),
-    endedText: $("ended-text"), replay: $("replay"), download: $("download"), error: $("error"),
+    endedText: $("ended-text"), endedLinks: $("ended-links"), replay: $("replay"), download: $("download"),
+    error: $("error"),
     audio: $("audio"), notfound: $("notfound"),
   };
   const audio = ui.audio;
@@ -40,6 +42,7 @@
     fatal: [], // every fatal hls.js error, recovered or not
     retries: 0,
     retryTimer: 0,
+    generation: 0,
     lastMediaRecovery: 0,
     engine: HlsJs ? "hls.js" : nativeHls ? "native" : null,
   };
@@ -157,9 +160,11 @@
       text += s.recorded_s > 0 || endedPolls < ENDED_POLLS ? " The replay will be ready in a moment…" : " Nothing was recorded.";
     }
     ui.endedText.textContent = text;
-    ui.replay.hidden = !s.replay || player.mode === "replay";
-    ui.download.hidden = !s.download;
-    if (s.download) ui.download.href = s.download;
+    ui.endedLinks.hidden = !s.replay;
+    if (s.replay) {
+      ui.replay.href = s.replay;
+      ui.download.href = s.download;
+    }
   }
 
   // -- the once-a-tick lines: countdown and playback ----------------------------------------
@@ -214,7 +219,7 @@
           const behind = behindLive();
           text = behind === null ? "Live" : `Live · ${behind.toFixed(1)} s behind`;
           const target = (player.hls && player.hls.targetLatency) || 3;
-          jump = behind !== null && behind > target + 6;
+          jump = behind !== null && behind > target + 3;
         }
         break;
       case "retrying": text = player.retryText || "Reconnecting…"; break;
@@ -289,12 +294,14 @@
 
   // Starts playback; with url === null, joins the Space first. The media element is bound
   // and play() is called before any await, inside the click, which autoplay policies require.
-  async function playUrl(url, mode) {
+  // attempt > 0 when this is a recovery: then a failed join is retried too.
+  async function playUrl(url, mode, attempt = 0) {
     stop();
-    showError("");
+    const generation = player.generation;
+    if (!attempt) showError("");
     player.mode = mode;
     player.note = "";
-    player.retries = 0;
+    player.retries = attempt;
     setState("connecting");
     if (HlsJs) {
       player.hls = createHls();
@@ -302,24 +309,29 @@
       audio.load(); // unlocks the element for a later play() on iOS
     }
     audio.play().catch(() => { /* resolved or retried once the source is there */ });
-    const hls = player.hls;
     try {
-      if (url === null) {
+      let playlist = url;
+      if (playlist === null) {
         const joined = await join();
-        if (player.hls !== hls || player.state === "idle") return; // stopped meanwhile
-        url = joined.playlist;
+        if (generation !== player.generation) return; // stopped meanwhile
+        playlist = joined.playlist;
         if (joined.status === "ended") player.mode = "replay";
       }
-      player.url = url;
-      if (hls) {
-        hls.loadSource(url);
+      player.url = playlist;
+      if (player.hls) {
+        player.hls.loadSource(playlist);
       } else {
-        audio.src = url;
+        audio.src = playlist;
       }
       audio.play().catch(playFailed);
     } catch (err) {
-      stop();
-      if (!gone) showError(err.message);
+      if (generation !== player.generation || gone) return;
+      if (attempt > 0) {
+        retryLater(() => playUrl(url, mode, player.retries));
+      } else {
+        stop();
+        showError(err.message);
+      }
     }
   }
 
@@ -360,7 +372,8 @@
 
   // Recovery per the hls.js docs: startLoad() after a fatal network error (with back-off, so
   // a server that is down is not hammered), recoverMediaError() after a fatal media error
-  // (swapping the audio codec if it fails again at once), a new player for anything else.
+  // (swapping the audio codec if it fails again at once), a new player for anything else,
+  // and also when network errors persist: a restarted node serves a Space again after a join.
   function onHlsError(hls, data) {
     if (hls !== player.hls) return;
     if (!data.fatal) return;
@@ -374,28 +387,37 @@
       hls.recoverMediaError();
       return;
     }
-    const delay = RETRY_MS[Math.min(player.retries, RETRY_MS.length - 1)];
-    player.retries += 1;
-    player.retryText = `Connection lost; trying again in ${Math.round(delay / 1000)} s…`;
-    setState("retrying");
-    clearTimeout(player.retryTimer);
-    player.retryTimer = setTimeout(() => {
+    // A 4xx answer means this playlist is gone (e.g. the node restarted): only a join helps.
+    const gone4xx = data.response && data.response.code >= 400 && data.response.code < 500;
+    retryLater(() => {
       if (hls !== player.hls) return;
-      if (data.type === E.NETWORK_ERROR) {
+      if (data.type === E.NETWORK_ERROR && !gone4xx && player.retries <= REJOIN_AFTER) {
         const manifest = data.details === HlsJs.ErrorDetails.MANIFEST_LOAD_ERROR
           || data.details === HlsJs.ErrorDetails.MANIFEST_LOAD_TIMEOUT
           || data.details === HlsJs.ErrorDetails.MANIFEST_PARSING_ERROR;
         if (manifest) hls.loadSource(player.url);
         else hls.startLoad();
       } else {
-        const retries = player.retries;
-        const mode = player.mode;
-        playUrl(mode === "replay" ? player.url : null, mode).then(() => { player.retries = retries; });
+        playUrl(player.mode === "replay" ? player.url : null, player.mode, player.retries);
       }
+    });
+  }
+
+  // Runs action after the next back-off delay, showing the countdown meanwhile.
+  function retryLater(action) {
+    const delay = RETRY_MS[Math.min(player.retries, RETRY_MS.length - 1)];
+    player.retries += 1;
+    player.retryText = `Connection lost; trying again in ${Math.round(delay / 1000)} s…`;
+    setState("retrying");
+    clearTimeout(player.retryTimer);
+    const generation = player.generation;
+    player.retryTimer = setTimeout(() => {
+      if (generation === player.generation) action();
     }, delay);
   }
 
   function stop() {
+    player.generation += 1; // anything still pending for the previous playback gives up
     clearTimeout(player.retryTimer);
     if (player.hls) {
       player.hls.destroy();
@@ -440,12 +462,15 @@
     stop();
     player.note = `Playback error${err && err.message ? `: ${err.message}` : ""}`;
     renderPlayback();
-    if (mode === "live") setTimeout(() => { if (player.state === "idle") playUrl(null, "live"); }, 3000);
+    if (mode === "live") setTimeout(() => { if (player.state === "idle") playUrl(null, "live", 1); }, 3000);
     else if (mode === "replay" && url) showError("The replay could not be played.");
   });
 
   ui.play.addEventListener("click", onPlayClick);
-  ui.replay.addEventListener("click", () => playUrl(space.replay, "replay"));
+  ui.replay.addEventListener("click", (event) => {
+    event.preventDefault(); // play it here, in the same player
+    playUrl(space.replay, "replay");
+  });
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible" && !gone) poll();
   });
