@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import io
 import json
+import signal
 import statistics
 import sys
 import time
@@ -56,6 +57,7 @@ LEAD_IN_S = 2.0  # silence from the first frame to the first burst: the connecti
 TAIL_S = 1.0  # silence after the last burst before the track ends
 GRACE_S = 6.0  # after the speaker hangs up, how long the listener may still find bursts
 CONNECT_BUDGET_S = 30.0  # signalling + ICE + DTLS, generously
+CLEANUP_TIMEOUT_S = 10.0  # for the speaker and listener tasks to stop
 MATCH_TOLERANCE_S = 0.05  # an onset's program time may precede its send time by this much
 WINDOW = 256  # samples per energy window (5.3 ms); a part is 96 windows, an AAC frame 4
 QUIET_S = 0.2  # silence needed before an onset counts (re-arms the detector)
@@ -335,13 +337,17 @@ async def measure(server: str, space_id: str, host_key: str, playlist: str, args
                   flush=True)
 
     listener = Listener(playlist, bursts, args.threshold, progress)
+    me = asyncio.current_task()
+    assert me is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)  # clean up, then exit
     limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
     async with httpx.AsyncClient(timeout=15.0, limits=limits, http2=False) as client:
         listening = asyncio.create_task(listener.run(client), name="listener")
         speaking: asyncio.Task[None] | None = None
         try:
-            await asyncio.wait([asyncio.ensure_future(listener.ready.wait()), listening],
-                               return_when=asyncio.FIRST_COMPLETED, timeout=15)
+            ready = asyncio.ensure_future(listener.ready.wait())
+            await asyncio.wait([ready, listening], return_when=asyncio.FIRST_COMPLETED, timeout=15)
+            ready.cancel()
             if listening.done():
                 listening.result()
             if not listener.ready.is_set():
@@ -369,7 +375,10 @@ async def measure(server: str, space_id: str, host_key: str, playlist: str, args
             for task in (speaking, listening):
                 if task is not None and not task.done():
                     task.cancel()
-            await asyncio.gather(*(t for t in (speaking, listening) if t is not None), return_exceptions=True)
+            tasks = [t for t in (speaking, listening) if t is not None]
+            _, stuck = await asyncio.wait(tasks, timeout=CLEANUP_TIMEOUT_S)
+            if stuck:
+                print(f"warning: {len(stuck)} task(s) did not stop within {CLEANUP_TIMEOUT_S:.0f} s", file=sys.stderr)
             track.stop()
     return listener
 
@@ -399,7 +408,7 @@ def summarize(listener: Listener, args: argparse.Namespace) -> dict[str, object]
         "program_to_arrival_s": stats([m.part_fill + m.deliver for m in measured]),
         "part_fill_s": stats([m.part_fill for m in measured]),
         "deliver_s": stats([m.deliver for m in measured]),
-        "listener": {k: v for k, v in asdict(listener.stats).items()},
+        "listener": asdict(listener.stats),
         "bursts": [asdict(m) for m in sorted(listener.measured.values(), key=lambda m: m.burst)],
     }
 
@@ -490,7 +499,10 @@ def main() -> int:
         space = start_space(node.url, "glass-to-glass bench")
         try:
             listener = asyncio.run(measure(node.url, space.id, space.host_key, space.playlist, args))
+        except asyncio.CancelledError:
+            raise SystemExit(128 + signal.SIGTERM) from None  # the only thing that cancels it
         finally:
+            exit_on_sigterm()  # the event loop restored the default handler when it closed
             end_space(node.url, space)
 
     summary = summarize(listener, args)

@@ -114,7 +114,7 @@ class NodeProcess:
         return self.start()
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        if et is not None and not isinstance(ev, KeyboardInterrupt):
+        if et is not None and not isinstance(ev, (KeyboardInterrupt, SystemExit)):
             log = tail(self.log_path)
             if log:
                 print(f"--- last lines of the server log ---\n{log}", file=sys.stderr)

@@ -17,8 +17,8 @@ EPOCH = 1_795_000_000.0  # a fixed wall time, so PROGRAM-DATE-TIME is stable
 
 
 def timeline_after(hold_units: int, live_units: int, *, end: bool = False) -> tuple[MediaTimeline, list]:
-    seg = Segmenter(CFG, epoch=EPOCH, encoder_delay=AAC_FRAME)
-    tl = MediaTimeline(CFG)
+    seg = Segmenter(CFG, epoch=EPOCH, encoder_delay=AAC_FRAME, first_msn=0)
+    tl = MediaTimeline(CFG, first_msn=0)
     closed = []
     tags = [False] * hold_units + [True] * live_units
     for live in tags:

@@ -3,13 +3,14 @@ import pytest
 from amphi.core.config import AAC_FRAME, MediaConfig
 from amphi.media import fmp4
 from amphi.media.segmenter import PartReady, SegmentClosed, Segmenter
+from amphi.media.timeline import MediaTimeline
 
 CFG = MediaConfig(part_packets=4, parts_per_segment=3)
 UNIT = b"\x01\x02"
 
 
 def run(tags: list[bool]) -> tuple[list[PartReady], list[SegmentClosed]]:
-    seg = Segmenter(CFG, epoch=1000.0, encoder_delay=AAC_FRAME)
+    seg = Segmenter(CFG, epoch=1000.0, encoder_delay=AAC_FRAME, first_msn=0)
     events = []
     for live in tags:
         events += seg.push(UNIT, live=live)
@@ -43,7 +44,7 @@ def test_a_change_to_live_cuts_the_segment_exactly_there() -> None:
 
 
 def test_next_position_names_the_part_to_come() -> None:
-    seg = Segmenter(CFG, epoch=0.0, encoder_delay=0)
+    seg = Segmenter(CFG, epoch=0.0, encoder_delay=0, first_msn=0)
     assert seg.next_position == (0, 0)
     for _ in range(4):
         seg.push(UNIT, live=True)
@@ -58,3 +59,15 @@ def test_push_after_finish_is_an_error() -> None:
     seg.finish()
     with pytest.raises(RuntimeError):
         seg.push(UNIT, live=True)
+
+
+def test_media_sequence_numbers_start_at_one() -> None:
+    # hls.js treats a part of segment 0 as "no part" when it appends it, drops that segment
+    # from its fragment tracker and reloads its last part in a loop (the first listener of a
+    # new program stalled for seconds). A program's first segment is therefore number 1.
+    seg = Segmenter(CFG, epoch=0.0, encoder_delay=0)
+    assert seg.next_position == (1, 0)
+    events = [e for _ in range(12) for e in seg.push(UNIT, live=True)]
+    assert [e.part.uri for e in events if isinstance(e, PartReady)] == ["1.0.m4s", "1.1.m4s", "1.2.m4s"]
+    assert [e.segment.msn for e in events if isinstance(e, SegmentClosed)] == [1]
+    assert MediaTimeline(CFG).next_position == (1, 0)

@@ -9,8 +9,8 @@ CFG = MediaConfig(part_packets=2, parts_per_segment=3)
 
 
 def fed(units: int) -> tuple[MediaTimeline, Segmenter]:
-    seg = Segmenter(CFG, epoch=0.0, encoder_delay=0)
-    tl = MediaTimeline(CFG)
+    seg = Segmenter(CFG, epoch=0.0, encoder_delay=0, first_msn=0)
+    tl = MediaTimeline(CFG, first_msn=0)
     for _ in range(units):
         for ev in seg.push(b"\x00", live=True):
             tl.apply(ev, seg.next_position)

@@ -13,6 +13,13 @@ from dataclasses import dataclass, field
 from amphi.core.config import AAC_FRAME, SAMPLE_RATE, MediaConfig
 from amphi.media import fmp4
 
+# Media sequence numbers start at 1, not 0. hls.js (1.7.4 and earlier) tests the sequence
+# number of an appended part for truthiness (``appendedPart?.fragment.sn || -1`` in its
+# fragment tracker), so every part of a segment numbered 0 makes it drop that segment from
+# its tracker: the first listener of a new program then reloads the segment's last part in a
+# loop and stalls until segment 0 leaves the playlist. RFC 8216bis allows any first number.
+FIRST_MSN = 1
+
 
 @dataclass(frozen=True)
 class Part:
@@ -74,7 +81,7 @@ Event = PartReady | SegmentClosed
 class Segmenter:
     """Lifecycle: open -> finished. ``push`` after ``finish`` raises."""
 
-    def __init__(self, cfg: MediaConfig, *, epoch: float, encoder_delay: int, first_msn: int = 0) -> None:
+    def __init__(self, cfg: MediaConfig, *, epoch: float, encoder_delay: int, first_msn: int = FIRST_MSN) -> None:
         self._cfg = cfg
         self._epoch = epoch  # wall time at which program (input) sample 0 was mixed
         self._delay = encoder_delay

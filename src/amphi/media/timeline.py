@@ -10,7 +10,7 @@ from collections import OrderedDict
 from amphi.core.config import MediaConfig
 from amphi.core.errors import BadRequest, BeyondLiveEdge
 from amphi.media.playlist import PartEntry, SegmentEntry, render_live
-from amphi.media.segmenter import Event, Part, PartReady, Segment, SegmentClosed
+from amphi.media.segmenter import FIRST_MSN, Event, Part, PartReady, Segment, SegmentClosed
 
 ADVANCE_PART_LIMIT = 3  # RFC 8216bis: requests further ahead than this get 400 at once
 
@@ -21,14 +21,14 @@ def entry(seg: Segment, *, with_parts: bool) -> SegmentEntry:
 
 
 class MediaTimeline:
-    def __init__(self, cfg: MediaConfig) -> None:
+    def __init__(self, cfg: MediaConfig, *, first_msn: int = FIRST_MSN) -> None:
         self._cfg = cfg
         # Segments kept in memory: the playlist window plus a few that just left it, so a
         # listener who read an older playlist can still fetch what it listed.
         self._keep = cfg.window_segments + 4
         self._segments: OrderedDict[int, Segment] = OrderedDict()
         self._open: Segment | None = None
-        self._next: tuple[int, int] = (0, 0)
+        self._next: tuple[int, int] = (first_msn, 0)  # the preload hint before the first part
         self.ended = False
         self.version = 0  # bumps on every change; the playlist cache key
 
@@ -62,6 +62,12 @@ class MediaTimeline:
             seg = next(reversed(self._segments.values()))
             return seg.msn, len(seg.parts) - 1
         return None
+
+    @property
+    def has_segments(self) -> bool:
+        """A playlist is worth serving once it lists a whole segment: players that ignore
+        parts (ffmpeg, VLC, older players) find no media in a playlist of parts alone."""
+        return bool(self._segments)
 
     @property
     def next_position(self) -> tuple[int, int]:

@@ -145,9 +145,11 @@ class Origin:
             return
         timeline = pipeline.timeline
         timeline.check_reload(msn, part)
-        if not timeline.satisfies(msn, part) or timeline.last_position is None:
-            ok = await self._hold(pipeline, lambda: timeline.last_position is not None and timeline.satisfies(msn, part),
-                                  receive)
+        def ready() -> bool:
+            return timeline.has_segments and timeline.satisfies(msn, part)
+
+        if not ready():  # a blocking reload, or a pipeline younger than its first segment
+            ok = await self._hold(pipeline, ready, receive)
             if ok is None:
                 return  # client went away
             if not ok:
