@@ -92,3 +92,13 @@ def test_illegal_program_transitions_name_the_state() -> None:
         mixer.tick()
     with pytest.raises(IllegalTransition):
         mixer.tick()
+
+
+def test_delay_grown_by_a_refill_shrinks_back_to_the_target() -> None:
+    buf = JitterBuffer(target=3, limit=12)
+    for v in range(8):  # a burst: 8 frames queued, 5 more than the target
+        buf.push(frame(v))
+    for v in range(8, 8 + 50 * 8):  # then steady arrivals, one per pop
+        buf.pop()
+        buf.push(frame(v))
+    assert len(buf) == 3 and buf.stats.trimmed == 5 and buf.stats.underruns == 0

@@ -3,8 +3,10 @@
 Arrivals are bursty; the mixer takes exactly one 20 ms frame per tick. The buffer starts
 playing once ``target`` frames are queued (and again after running dry), gives silence
 (``None``) while it fills, and drops the oldest audio beyond ``limit`` frames so a
-speaker's delay stays bounded. A speaker whose packets stop is heard as silence: the
-program never waits for a track.
+speaker's delay stays bounded. A refill after running dry adds delay; when the queue has
+not gone below the target for a whole second, one frame is dropped, so the delay returns
+to the target instead of ratcheting up. A speaker whose packets stop is heard as silence:
+the program never waits for a track.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+TRIM_WINDOW = 50  # pops (1 s of 20 ms frames) over which the lowest queue level is watched
+
 
 @dataclass
 class JitterStats:
@@ -21,6 +25,7 @@ class JitterStats:
     played: int = 0
     dropped: int = 0  # frames thrown away because the buffer was over its limit
     underruns: int = 0  # times the buffer ran dry while playing
+    trimmed: int = 0  # frames dropped to bring a grown delay back to the target
     peak: int = 0  # most frames ever queued
 
 
@@ -32,6 +37,8 @@ class JitterBuffer:
         self._target = target
         self._limit = limit
         self._playing = False
+        self._window_pops = 0
+        self._window_low = limit
         self.closed = False
         self.stats = JitterStats()
 
@@ -60,9 +67,21 @@ class JitterBuffer:
         if not self._frames:
             self._playing = False
             self.stats.underruns += 1
+            self._window_pops, self._window_low = 0, self._limit
             return None
+        self._trim()
         self.stats.played += 1
         return self._frames.popleft()
+
+    def _trim(self) -> None:
+        self._window_low = min(self._window_low, len(self._frames))
+        self._window_pops += 1
+        if self._window_pops < TRIM_WINDOW:
+            return
+        if self._window_low > self._target and len(self._frames) > 1:
+            self._frames.popleft()
+            self.stats.trimmed += 1
+        self._window_pops, self._window_low = 0, self._limit
 
     @property
     def drained(self) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from amphi.media.segmenter import Event, SegmentClosed, Segmenter
 from amphi.media.timeline import MediaTimeline
 
 log = logging.getLogger(__name__)
+
+ENCODER_LAG_FRAMES = 1  # ffmpeg's AAC encoder returns nothing for its first input frame
 
 
 @dataclass
@@ -153,7 +156,9 @@ class Pipeline:
                 self._put(frame)
                 if frame.mode is Mode.ENDED:
                     return
-            await asyncio.sleep(t0 + k * period - loop.time())
+            # uvloop's timers have 1 ms resolution and round shorter sleeps to zero, which
+            # would spin; sleep whole milliseconds (a tick may be up to 1 ms late, never early)
+            await asyncio.sleep(math.ceil((t0 + k * period - loop.time()) * 1000) / 1000)
 
     def _put(self, frame: ProgramFrame) -> None:
         if frame.mode is Mode.ENDED:
@@ -166,20 +171,28 @@ class Pipeline:
         self._queue.put_nowait(frame)
 
     async def _encode(self) -> None:
+        """Encodes in a worker thread, one hand-off per part: a part cannot be published
+        before its last sample is mixed anyway, so batching adds no delay."""
         seg = self._segmenter
         assert seg is not None
         next_unit = 0  # index of the next access unit out of the encoder
+        fed = 0  # program samples handed to the encoder so far
+        pending: list[ProgramFrame] = []
         try:
             while True:
-                frames = [await self._queue.get()]
-                while not self._queue.empty():
-                    frames.append(self._queue.get_nowait())
-                for f in frames:
-                    if f.mode is Mode.LIVE and self._live_from is None:
-                        self._live_from = f.sample
-                ending = frames[-1].mode is Mode.ENDED
+                frame = await self._queue.get()
+                pending.append(frame)
+                if frame.mode is Mode.LIVE and self._live_from is None:
+                    self._live_from = frame.sample
+                ending = frame.mode is Mode.ENDED
+                have = fed + sum(len(f.samples) for f in pending)
+                # the encoder hands out unit n once it has input frame n + 1
+                need = (next_unit + seg.units_to_part_end + ENCODER_LAG_FRAMES) * AAC_FRAME
+                if not ending and have < need:
+                    continue
+                batch, pending, fed = pending, [], have
                 t = time.thread_time()
-                units = await asyncio.to_thread(self._encode_batch, frames, ending)
+                units = await asyncio.to_thread(self._encode_batch, batch, ending)
                 self.stats.encode_s += time.thread_time() - t
                 for unit in units:
                     start = next_unit * AAC_FRAME - DELAY  # program sample this unit carries

@@ -99,6 +99,11 @@ class Segmenter:
             return self._next_msn, 0
         return self._segment.msn, len(self._segment.parts)
 
+    @property
+    def units_to_part_end(self) -> int:
+        """Access units still to come before the open part is full."""
+        return self._cfg.part_packets - len(self._units)
+
     def push(self, unit: bytes, *, live: bool) -> list[Event]:
         if self.finished:
             raise RuntimeError("segmenter is finished")
