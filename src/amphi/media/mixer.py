@@ -48,6 +48,8 @@ class Mixer:
         self.mode = Mode.HOLD
         self._switch: tuple[int, Mode] | None = None  # (at sample, to mode)
         self.tracks: dict[str, JitterBuffer] = {}
+        self._silence = np.zeros(self._n, dtype=np.float32)
+        self._silence.flags.writeable = False  # shared by every silent frame
         self.muted: set[str] = set()
 
     @property
@@ -101,9 +103,12 @@ class Mixer:
                 del self.tracks[name]
         if self.mode is Mode.HOLD:
             return self._hold(self.sample, self._n)
-        out = np.zeros(self._n, dtype=np.float32)
-        for name, frame in frames:
-            if frame is not None and name not in self.muted:
-                out += frame
-        np.clip(out, -1.0, 1.0, out=out)
+        heard = [f for name, f in frames if f is not None and name not in self.muted]
+        if not heard:
+            return self._silence
+        if len(heard) == 1:
+            return heard[0]  # a track's frame is already in [-1, 1]
+        out = np.add.reduce(heard)
+        np.minimum(out, 1.0, out=out)
+        np.maximum(out, -1.0, out=out)
         return out
