@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 
 async def _wait_listening(host: str, port: int, server_task: asyncio.Task[None]) -> None:
-    loop = asyncio.get_running_loop()
     while not server_task.done():
         try:
             _, writer = await asyncio.open_connection(host, port)

@@ -4,9 +4,7 @@ import socket
 import time
 
 import httpx
-import pytest
 
-from tests.audio import rms
 from tests.integration.amphi_proc import wait_until
 
 

@@ -5,14 +5,11 @@ import time
 from datetime import UTC, datetime
 
 import httpx
-import numpy as np
-import pytest
 
 from amphi.core.config import AAC_FRAME, MediaConfig
 from amphi.media import fmp4
 from amphi.media.programs import HOLD_NOTES_HZ
 from tests.audio import SR, decode, dominant_per_window, rms
-from tests.integration.amphi_proc import wait_until
 
 CFG = MediaConfig()
 

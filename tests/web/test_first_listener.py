@@ -9,24 +9,23 @@ it reloaded the last part in a loop, hundreds of times, until segment 0 left the
 ~1.5 s of audio, a ~5 s stall, then ~7 s behind live for good.
 
 A real node (``amphi serve``, no demo) and Debian's chromium through playwright, as in
-test_listener_page.py, whose helpers this reuses.
+test_listener_page.py.
 """
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Page
 
-from test_listener_page import amphi_command, browser, free_port, page, wait_for  # noqa: F401 (fixtures)
+from tests.integration.amphi_proc import AmphiServer
+from tests.web.browser import wait_for
 
 START_TIMEOUT_S = 15
 PLAY_TIMEOUT_S = 20  # from the click to the first audible sample
@@ -39,31 +38,9 @@ MAX_REQUESTS_PER_PART = 2  # one, plus a possible retry; the bug made hundreds
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("amphi-first-listener")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp / "amphi.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([*amphi_command(), "serve", "--port", str(port), "--data-dir", str(tmp / "data")],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        def up() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(f"amphi serve exited with {proc.returncode}:\n{Path(log).read_text()}")
-            try:
-                return httpx.get(f"{url}/api/spaces", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for("the node to answer /api/spaces", up, START_TIMEOUT_S)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    server = AmphiServer(tmp_path_factory.mktemp("amphi-first-listener") / "data").start()
+    yield server.url
+    server.stop()
 
 
 def playback(page: Page) -> dict[str, Any]:

@@ -4,12 +4,8 @@ subprocess, driven by a real browser (Debian's chromium through playwright). No 
 from __future__ import annotations
 
 import re
-import shutil
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,19 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Page
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-]
+from tests.integration.amphi_proc import AmphiServer
+from tests.web.browser import wait_for
+
 START_TIMEOUT_S = 15  # for the node to answer /api/spaces and have its demo Space live
 PLAY_TIMEOUT_S = 20  # for the audio clock to advance by ADVANCE_S
 ADVANCE_S = 2.0
@@ -43,84 +31,17 @@ class Node:
     log: Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def amphi_command() -> list[str]:
-    script = Path(sys.executable).with_name("amphi")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from amphi.cli import main; main()"]
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 0.1) -> Any:
-    """Polls ``check`` until it returns something truthy; fails naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every_s)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
-
-
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    tmp = tmp_path_factory.mktemp("amphi-node")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp / "amphi.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*amphi_command(), "serve", "--port", str(port), "--data-dir", str(tmp / "data"), "--demo"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
+    server = AmphiServer(tmp_path_factory.mktemp("amphi-node") / "data", None, "--demo").start()
     try:
         def demo_live() -> str | None:
-            if proc.poll() is not None:
-                pytest.fail(f"amphi serve exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                spaces = httpx.get(f"{base}/api/spaces", timeout=2).json()
-            except httpx.HTTPError:
-                return None
+            spaces = server.http.get("/api/spaces").json()
             return next((s["id"] for s in spaces if s["state"] == "live"), None)
 
-        demo_id = wait_for("the node to answer with a live demo Space", demo_live, START_TIMEOUT_S)
-        yield Node(base, demo_id, log)
+        yield Node(server.url, wait_for("a live demo Space", demo_live, START_TIMEOUT_S), server.log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        hint = shutil.which("chromium") or "not on PATH either"
-        pytest.fail(f"chromium is not installed at {CHROMIUM} ({hint}): run `make setup`, "
-                    "which installs the Debian package")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1024, "height": 768})
-    p = context.new_page()
-    errors: list[str] = []
-    p.on("pageerror", lambda e: errors.append(str(e)))
-    yield p
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+        server.stop()
 
 
 def audio_state(page: Page) -> dict[str, Any]:
