@@ -176,7 +176,7 @@ class Pipeline:
         seg = self._segmenter
         assert seg is not None
         next_unit = 0  # index of the next access unit out of the encoder
-        fed = 0  # program samples handed to the encoder so far
+        have = 0  # program samples mixed so far: handed to the encoder, or pending
         pending: list[ProgramFrame] = []
         try:
             while True:
@@ -185,12 +185,12 @@ class Pipeline:
                 if frame.mode is Mode.LIVE and self._live_from is None:
                     self._live_from = frame.sample
                 ending = frame.mode is Mode.ENDED
-                have = fed + sum(len(f.samples) for f in pending)
+                have += len(frame.samples)
                 # the encoder hands out unit n once it has input frame n + 1
                 need = (next_unit + seg.units_to_part_end + ENCODER_LAG_FRAMES) * AAC_FRAME
                 if not ending and have < need:
                     continue
-                batch, pending, fed = pending, [], have
+                batch, pending = pending, []
                 t = time.thread_time()
                 units = await asyncio.to_thread(self._encode_batch, batch, ending)
                 self.stats.encode_s += time.thread_time() - t

@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -230,8 +230,7 @@ class Origin:
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if not head:
-            chunks: Iterable[bytes] = recording.iter_download(init)
-            iterator = iter(chunks)
+            iterator = recording.iter_download(init)
             while (chunk := await asyncio.to_thread(next, iterator, None)) is not None:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
