@@ -46,7 +46,7 @@ import av
 import httpx
 import numpy as np
 
-from harness import NodeProcess, end_space, exit_on_sigterm, start_space
+from harness import NodeProcess, end_space, exit_on_sigterm, run, start_space
 
 from amphi.core.config import SAMPLE_RATE, MediaConfig
 from amphi.media.ingest.client import speak
@@ -528,10 +528,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - a bench reports and exits 2
-        print(f"error: {exc!r}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

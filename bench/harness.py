@@ -18,7 +18,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from types import TracebackType
+from typing import NoReturn
 
 import httpx
 
@@ -159,3 +161,14 @@ def exit_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def run(main: Callable[[], int]) -> NoReturn:
+    """A bench's entry point: exit 0 (target met), 1 (missed), 130 (interrupted) or 2 (error)."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a bench reports and exits 2
+        print(f"error: {exc!r}", file=sys.stderr)
+        sys.exit(2)

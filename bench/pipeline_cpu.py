@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
 
-from harness import NodeProcess, amphi_command, end_space, exit_on_sigterm, kill_group, start_space, tail
+from harness import NodeProcess, amphi_command, end_space, exit_on_sigterm, kill_group, run, start_space, tail
 
 SETTLE_S = 5.0  # after a change (Space started, speaker on air) before a window opens
 ON_AIR_TIMEOUT_S = 30.0  # for the speaker subprocess to report it is connected
@@ -183,10 +182,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - a bench reports and exits 2
-        print(f"error: {exc!r}", file=sys.stderr)
-        sys.exit(2)
+    run(main)
