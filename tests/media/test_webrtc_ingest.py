@@ -19,7 +19,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from amphi.core.errors import InvalidSdp
 from amphi.media.ingest.client import SpeakError, speak
 from amphi.media.ingest.sources import FileTrack, GeneratedTrack, ToneTrack
-from amphi.media.ingest.webrtc import MonoConverter, Rechunker, WebRTCIngest
+from amphi.media.ingest.webrtc import OpusDecoder, Rechunker, WebRTCIngest
 
 SR = 48_000
 FRAME = 960
@@ -373,22 +373,44 @@ def test_rechunker_cuts_exact_frames() -> None:
     assert out[0] is not out[1]  # fresh arrays: a sink may keep them
 
 
-def test_mono_converter_s16_stereo_and_other_rates() -> None:
+def opus_packets(left: np.ndarray, right: np.ndarray) -> list[bytes]:
+    """Stereo int16 samples -> Opus packets of 20 ms, by PyAV's libopus (as aiortc sends)."""
+    import fractions
+
     import av
 
-    convert = MonoConverter()
-    stereo = np.zeros((1, 960 * 2), np.int16)
-    stereo[0, 0::2], stereo[0, 1::2] = 16384, -16384 // 2
-    frame = av.AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
-    frame.sample_rate = SR
-    mono = convert.convert(frame)
-    assert mono.dtype == np.float32 and mono.shape == (960,)
-    assert np.allclose(mono, (0.5 - 0.25) / 2)
+    enc = av.CodecContext.create("libopus", "w")
+    enc.bit_rate, enc.format, enc.layout, enc.sample_rate = 96_000, "s16", "stereo", SR
+    enc.time_base = fractions.Fraction(1, SR)
+    interleaved = np.stack([left, right], axis=1).reshape(1, -1)
+    packets: list[bytes] = []
+    for i in range(len(left) // FRAME):
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(interleaved[:, i * 2 * FRAME : (i + 1) * 2 * FRAME]), format="s16", layout="stereo")
+        frame.sample_rate, frame.pts = SR, i * FRAME
+        packets += [bytes(p) for p in enc.encode(frame)]
+    return packets
 
-    slow = av.AudioFrame.from_ndarray(np.full((1, 441), 0.5, np.float32), format="flt", layout="mono")
-    slow.sample_rate = 44_100
-    out = MonoConverter().convert(slow)
-    assert out.dtype == np.float32 and 0 < len(out) <= 480
+
+def test_opus_decoder_downmixes_stereo_to_float_mono() -> None:
+    t = np.arange(SR) / SR
+    left = (np.sin(2 * np.pi * 440 * t) * 16384).astype(np.int16)  # 0.5 full scale
+    right = (np.sin(2 * np.pi * 440 * t) * 8192).astype(np.int16)  # 0.25, in phase
+    decoder = OpusDecoder()
+    out = [decoder.decode(p) for p in opus_packets(left, right)]
+    assert all(o.dtype == np.float32 and o.shape == (FRAME,) for o in out)
+    steady = np.concatenate(out)[SR // 4 :]  # past the codec's start-up
+    assert abs(dominant_hz([steady]) - 440) < 2
+    assert np.max(np.abs(steady)) == pytest.approx((0.5 + 0.25) / 2, rel=0.05)  # the mean of the channels
+    assert decoder.errors == 0
+
+
+def test_opus_decoder_counts_garbage_and_goes_on() -> None:
+    decoder = OpusDecoder()
+    good = opus_packets(np.zeros(FRAME * 3, np.int16), np.zeros(FRAME * 3, np.int16))
+    assert len(decoder.decode(b"\xff" * 3)) == 0  # not an Opus packet (reserved code, truncated)
+    assert decoder.errors == 1
+    assert all(len(decoder.decode(p)) == FRAME for p in good)
 
 
 async def test_generated_track_paces_and_stamps_frames() -> None:

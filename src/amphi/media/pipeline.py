@@ -1,6 +1,6 @@
 """One Space's media pipeline: the async shell around the pure stages.
 
-    tracks (jitter buffers) -> [clock task] mixer -> bounded queue -> [encoder task]
+    tracks (jitter buffers) -> [clock task] mixer -> bounded channel -> [encoder task]
         AAC encoder (worker thread) -> segmenter -> timeline (served live)
                                                  -> recording (live segments, on disk)
 
@@ -16,6 +16,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,9 +36,46 @@ log = logging.getLogger(__name__)
 ENCODER_LAG_FRAMES = 1  # ffmpeg's AAC encoder returns nothing for its first input frame
 
 
+class FrameChannel:
+    """Mixer clock -> encoder: bounded (the oldest frame is dropped when full) and woken by a
+    watermark, so the encoder task runs once per part instead of once per 20 ms tick."""
+
+    def __init__(self, bound: int) -> None:
+        self._frames: deque[ProgramFrame] = deque()
+        self._bound = bound
+        self._samples = 0  # samples of the frames held
+        self._want = 1  # wake the taker once this many samples are held
+        self._ready = asyncio.Event()
+
+    def put(self, frame: ProgramFrame) -> int:
+        """Adds a frame; returns how many old frames were dropped to make room. The end
+        marker always gets in."""
+        dropped = 0
+        while len(self._frames) >= self._bound:
+            self._samples -= len(self._frames.popleft().samples)
+            dropped += 1
+        self._frames.append(frame)
+        self._samples += len(frame.samples)
+        if self._samples >= self._want or frame.mode is Mode.ENDED:
+            self._ready.set()
+        return dropped
+
+    async def take(self, want_samples: int) -> list[ProgramFrame]:
+        """Every frame held, once at least ``want_samples`` samples (or the end) are in."""
+        self._want = max(1, want_samples)
+        while self._samples < self._want and not (self._frames and self._frames[-1].mode is Mode.ENDED):
+            self._ready.clear()
+            await self._ready.wait()
+        frames = list(self._frames)
+        self._frames.clear()
+        self._samples = 0
+        return frames
+
+
 @dataclass
 class PipelineStats:
     ticks: int = 0
+    wakeups: int = 0  # times the clock task ran; about one per tick unless it spins
     frames_dropped: int = 0  # program frames dropped because the encoder fell 1 s behind
     late_ticks: int = 0  # ticks produced more than one period late (event loop stalls)
     max_lag_s: float = 0.0  # worst lag of the program clock behind wall time
@@ -66,7 +104,7 @@ class Pipeline:
         if live:
             self.mixer.mode = Mode.LIVE
             self._live_from = -DELAY
-        self._queue: asyncio.Queue[ProgramFrame] = asyncio.Queue(cfg.program_queue_ticks)
+        self._channel = FrameChannel(cfg.program_queue_ticks)
         self._segmenter: Segmenter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
@@ -144,12 +182,15 @@ class Pipeline:
         k = 0
         while True:
             now = loop.time()
-            due = int((now - t0) / period) + 1
+            self.stats.wakeups += 1
             lag = now - (t0 + k * period)
             if lag > period:
                 self.stats.late_ticks += 1
                 self.stats.max_lag_s = max(self.stats.max_lag_s, lag)
-            while k < due:
+            # tick k is due at t0 + k * period; compare that very expression with the clock
+            # (uvloop's clock moves in whole milliseconds: an integer division of the elapsed
+            # time can round a tick that is due right now down to "not yet")
+            while t0 + k * period <= now:
                 frame = self.mixer.tick()
                 k += 1
                 self.stats.ticks += 1
@@ -158,17 +199,10 @@ class Pipeline:
                     return
             # uvloop's timers have 1 ms resolution and round shorter sleeps to zero, which
             # would spin; sleep whole milliseconds (a tick may be up to 1 ms late, never early)
-            await asyncio.sleep(math.ceil((t0 + k * period - loop.time()) * 1000) / 1000)
+            await asyncio.sleep(math.ceil((t0 + k * period - now) * 1000) / 1000)
 
     def _put(self, frame: ProgramFrame) -> None:
-        if frame.mode is Mode.ENDED:
-            while self._queue.full():  # the end marker must get through
-                self._queue.get_nowait()
-                self.stats.frames_dropped += 1
-        elif self._queue.full():
-            self._queue.get_nowait()
-            self.stats.frames_dropped += 1
-        self._queue.put_nowait(frame)
+        self.stats.frames_dropped += self._channel.put(frame)
 
     async def _encode(self) -> None:
         """Encodes in a worker thread, one hand-off per part: a part cannot be published
@@ -176,21 +210,16 @@ class Pipeline:
         seg = self._segmenter
         assert seg is not None
         next_unit = 0  # index of the next access unit out of the encoder
-        have = 0  # program samples mixed so far: handed to the encoder, or pending
-        pending: list[ProgramFrame] = []
+        handed = 0  # program samples handed to the encoder so far
         try:
             while True:
-                frame = await self._queue.get()
-                pending.append(frame)
-                if frame.mode is Mode.LIVE and self._live_from is None:
-                    self._live_from = frame.sample
-                ending = frame.mode is Mode.ENDED
-                have += len(frame.samples)
                 # the encoder hands out unit n once it has input frame n + 1
                 need = (next_unit + seg.units_to_part_end + ENCODER_LAG_FRAMES) * AAC_FRAME
-                if not ending and have < need:
-                    continue
-                batch, pending = pending, []
+                batch = await self._channel.take(need - handed)
+                if self._live_from is None:
+                    self._live_from = next((f.sample for f in batch if f.mode is Mode.LIVE), None)
+                ending = batch[-1].mode is Mode.ENDED
+                handed += sum(len(f.samples) for f in batch)
                 t = time.thread_time()
                 units = await asyncio.to_thread(self._encode_batch, batch, ending)
                 self.stats.encode_s += time.thread_time() - t
@@ -211,10 +240,8 @@ class Pipeline:
             self._notify()
 
     def _encode_batch(self, frames: list[ProgramFrame], ending: bool) -> list[bytes]:
-        units: list[bytes] = []
-        for f in frames:
-            if f.mode is not Mode.ENDED:
-                units += self.encoder.encode(f.samples)
+        audio = [f.samples for f in frames if f.mode is not Mode.ENDED]
+        units = self.encoder.encode(np.concatenate(audio)) if audio else []
         if ending:
             units += self.encoder.flush()
         return units

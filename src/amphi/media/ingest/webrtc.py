@@ -18,20 +18,25 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import aioice.ice
+import aiortc
 import av
 import numpy as np
 from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpCodecParameters,
     RTCRtpReceiver,
     RTCSessionDescription,
 )
 from aiortc import sdp as aiortc_sdp
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from amphi.core.config import SAMPLE_RATE
@@ -119,44 +124,101 @@ class Rechunker:
         return frames
 
 
-_SCALE = {"s16": 1 / 32768, "s16p": 1 / 32768, "flt": 1.0, "fltp": 1.0}
+class OpusDecoder:
+    """Opus packets -> float32 mono samples at 48 kHz in [-1, 1].
 
-
-class MonoConverter:
-    """Decoded ``av.AudioFrame`` -> float32 mono samples at 48 kHz in [-1, 1].
-
-    aiortc's Opus decoder hands out s16 packed stereo at 48 kHz (960 samples per frame):
-    that path is plain numpy. Anything else goes through ``av.AudioResampler`` first. The
-    downmix is the mean of the channels, so a mono source sent as stereo keeps its level."""
+    libopus decodes straight to mono (a stereo stream is downmixed by libopus, as the mean
+    of its channels), so the only numpy work per packet is one int16 -> float32 scale."""
 
     def __init__(self) -> None:
-        self._resampler: av.AudioResampler | None = None
+        self._codec = av.CodecContext.create("libopus", "r")
+        self._codec.layout = "mono"
+        self._codec.sample_rate = SAMPLE_RATE
+        self.errors = 0  # packets libopus refused
 
-    def convert(self, frame: av.AudioFrame) -> np.ndarray:
-        frames = [frame]
-        if frame.sample_rate != SAMPLE_RATE or frame.format.name not in _SCALE:
-            if self._resampler is None:
-                self._resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=SAMPLE_RATE)
-            frames = self._resampler.resample(frame)
-        parts = [self._to_mono(f) for f in frames]
+    def decode(self, packet: bytes) -> np.ndarray:
+        try:
+            parts = [_mono_float(f) for f in self._codec.decode(av.Packet(packet))]
+        except (av.FFmpegError, ValueError) as exc:
+            self.errors += 1
+            if self.errors == 1 or self.errors % 500 == 0:
+                logger.warning("Opus decoding failed (%d so far): %s", self.errors, exc)
+            return _NO_SAMPLES
         if len(parts) == 1:
             return parts[0]
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
+        return np.concatenate(parts) if parts else _NO_SAMPLES
 
-    @staticmethod
-    def _to_mono(frame: av.AudioFrame) -> np.ndarray:
-        channels = len(frame.layout.channels)
-        fmt = frame.format.name
-        data = frame.to_ndarray()
-        if frame.format.is_planar:  # shape (channels, samples)
-            planes = data.astype(np.float32, copy=False)
-        else:  # shape (1, samples * channels), interleaved
-            planes = data.reshape(-1, channels).T.astype(np.float32, copy=False)
-        mono = planes[0] if channels == 1 else planes.mean(axis=0, dtype=np.float32)
-        out = mono * np.float32(_SCALE.get(fmt, 1.0))
-        if fmt.startswith("flt"):
-            np.clip(out, -1.0, 1.0, out=out)
-        return out.astype(np.float32, copy=False)
+
+_NO_SAMPLES = np.empty(0, dtype=np.float32)
+_S16_SCALE = np.float32(1 / 32768)
+
+
+def _mono_float(frame: av.AudioFrame) -> np.ndarray:
+    if frame.format.name != "s16" or len(frame.layout.channels) != 1:  # libopus gives s16 mono as asked
+        raise ValueError(f"unexpected decoder output {frame.format.name}/{frame.layout.name}")
+    return np.frombuffer(frame.planes[0], np.int16, frame.samples) * _S16_SCALE
+
+
+class _InlineDecoding:
+    """Takes the place of the ``queue.Queue`` between one aiortc ``RTCRtpReceiver`` and its
+    decoder thread, and decodes in the caller instead.
+
+    aiortc decodes each receiver's media in a thread of its own and hands every frame back to
+    the event loop with ``run_coroutine_threadsafe``: two thread hops, a future chain and a
+    queue per 20 ms, which cost more CPU than decoding the audio (~0.08 ms a packet). Here
+    ``put()`` is called by the receiver in the event loop with each complete Opus frame; it
+    decodes it, cuts 20 ms frames and pushes them to the sink, all inline.
+
+    aiortc's thread still starts (``receive()`` starts it with this object as its queue):
+    its ``get()`` blocks until the receiver stops, then returns None as the real queue would,
+    so the thread ends the track and ``track.recv()`` raises ``MediaStreamError``. A sink that
+    raises is fed nothing more, and ``on_sink_error`` (set by the owner) is called once.
+    """
+
+    def __init__(self, sink: FrameSink) -> None:
+        self.sink = sink
+        self.frames = 0  # 20 ms frames pushed
+        self.on_sink_error: Callable[[BaseException], None] = lambda exc: None
+        self._decoder = OpusDecoder()
+        self._rechunk = Rechunker()
+        self._stopped = threading.Event()
+        self._failed = False
+
+    @classmethod
+    def install(cls, receiver: RTCRtpReceiver, sink: FrameSink) -> _InlineDecoding:
+        """Puts a new instance in ``receiver``'s place for its decoder queue; call before the
+        receiver starts (``addTransceiver`` -> here -> ``setRemoteDescription``)."""
+        if not isinstance(getattr(receiver, _DECODER_QUEUE, None), queue.Queue):
+            raise RuntimeError(f"aiortc {aiortc.__version__}: RTCRtpReceiver has no decoder queue to replace")
+        inline = cls(sink)
+        setattr(receiver, _DECODER_QUEUE, inline)
+        return inline
+
+    @property
+    def decode_errors(self) -> int:
+        return self._decoder.errors
+
+    def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
+        if item is None:  # the receiver stops
+            self._stopped.set()
+            return
+        codec, encoded = item
+        if self._failed or codec.mimeType.lower() != "audio/opus":
+            return
+        try:
+            for chunk in self._rechunk.feed(self._decoder.decode(encoded.data)):
+                self.sink.push(chunk)
+                self.frames += 1
+        except Exception as exc:
+            self._failed = True
+            self.on_sink_error(exc)
+
+    def get(self) -> None:
+        """aiortc's decoder thread: parked here until the receiver stops."""
+        self._stopped.wait()
+
+
+_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"  # aiortc 1.16's name-mangled attribute
 
 
 # --- connections ----------------------------------------------------------------------------
@@ -165,11 +227,13 @@ class MonoConverter:
 class _Connection:
     """One speaker's peer connection and the task that drains its audio track."""
 
-    def __init__(self, name: str, pc: RTCPeerConnection, track: MediaStreamTrack, sink: FrameSink) -> None:
+    def __init__(self, name: str, pc: RTCPeerConnection, track: MediaStreamTrack, inline: _InlineDecoding) -> None:
         self.name = name
         self.pc = pc
         self.track = track
-        self.sink = sink
+        self.sink = inline.sink
+        self.inline = inline
+        inline.on_sink_error = self._on_sink_error
         self.connected = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self._ending = False
@@ -189,18 +253,17 @@ class _Connection:
         elif new in ("failed", "closed") and not self._ending and self.task is not None:
             self.task.cancel()
 
+    def _on_sink_error(self, exc: BaseException) -> None:
+        logger.error("speaker %r: sink failed, hanging up", self.name, exc_info=exc)
+        if self.task is not None:
+            self.task.cancel()
+
     async def run(self, connect_timeout_s: float, on_exit: _ExitCallback) -> None:
-        frames = 0
         try:
             async with asyncio.timeout(connect_timeout_s):
                 await self.connected.wait()
-            rechunk = Rechunker()
-            convert = MonoConverter()
-            while True:
-                frame = await self.track.recv()
-                for chunk in rechunk.feed(convert.convert(frame)):
-                    self.sink.push(chunk)
-                    frames += 1
+            while True:  # the audio goes to the sink inline (_InlineDecoding); this waits for the end
+                await self.track.recv()
         except MediaStreamError:
             logger.info("speaker %r: track ended", self.name)
         except TimeoutError:
@@ -223,7 +286,8 @@ class _Connection:
                 pass
             except Exception:
                 logger.exception("speaker %r: closing the peer connection failed", self.name)
-            logger.info("speaker %r: gone after %d frames", self.name, frames)
+            logger.info("speaker %r: gone after %d frames (%d undecodable packets)",
+                        self.name, self.inline.frames, self.inline.decode_errors)
 
 
 class _ExitCallback(Protocol):
@@ -263,6 +327,7 @@ class WebRTCIngest:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         try:
             transceiver = pc.addTransceiver("audio", direction="recvonly")
+            inline = _InlineDecoding.install(transceiver.receiver, sink)
             transceiver.setCodecPreferences(
                 [c for c in RTCRtpReceiver.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
             )
@@ -280,7 +345,7 @@ class WebRTCIngest:
             await pc.close()
             raise
 
-        conn = _Connection(name, pc, track, sink)
+        conn = _Connection(name, pc, track, inline)
         previous = self._conns.get(name)
         self._conns[name] = conn
         conn.task = asyncio.create_task(
