@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import uvloop
 
-from amphi.core.config import Config, HttpConfig
+from amphi.core.config import AdmissionConfig, Config, HttpConfig
 
 
 def _logging(verbose: bool) -> None:
@@ -36,11 +36,23 @@ def main(verbose: bool) -> None:
               help="Recordings and Space state live here.")
 @click.option("--public-url", default=None, help="Base URL handed to clients (default http://HOST:PORT).")
 @click.option("--demo", is_flag=True, help="Create a live demo Space with a built-in speaker.")
-def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bool) -> None:
-    """Run a node: API, origin, media pipelines, recordings."""
+@click.option("--max-listeners", default=AdmissionConfig.max_listeners, show_default=True, type=click.IntRange(1),
+              help="Seat ceiling of this node; the adaptive limit stays at or below it.")
+@click.option("--admit-rate", default=AdmissionConfig.admit_rate_per_s, show_default=True,
+              type=click.FloatRange(min=0.1), help="New listeners seated per second (GCRA).")
+@click.option("--admit-burst", default=AdmissionConfig.admit_burst, show_default=True, type=click.IntRange(1),
+              help="Seats that may be given at once after a quiet spell.")
+@click.option("--token-ttl", default=AdmissionConfig.token_ttl_s, show_default=True, type=click.FloatRange(min=2),
+              help="Admission token lifetime in seconds; clients renew at half of it.")
+def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bool, max_listeners: int,
+          admit_rate: float, admit_burst: int, token_ttl: float) -> None:
+    """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
-    cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url), demo=demo)
+    admission = AdmissionConfig(max_listeners=max_listeners, min_listeners=min(max_listeners, AdmissionConfig.min_listeners),
+                                admit_rate_per_s=admit_rate, admit_burst=admit_burst, token_ttl_s=token_ttl)
+    cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url), demo=demo,
+                 admission=admission)
     uvloop.run(run(cfg))
 
 

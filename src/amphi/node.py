@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from amphi.control.presence import Presence
+from amphi.control.admission import Admission, Admitted, Waiting
+from amphi.control.health import Governor, HealthSample
 from amphi.control.spaces import Space, SpaceRegistry, SpaceState
+from amphi.control.tokens import Signer, Token, new_secret
 from amphi.core.config import Config
-from amphi.core.errors import Conflict
+from amphi.core.errors import Conflict, Unavailable
+from amphi.core.files import write_atomic
 from amphi.media.ingest.webrtc import WebRTCIngest
 from amphi.media.jitter import JitterBuffer
 from amphi.media.pipeline import Pipeline
@@ -30,6 +35,8 @@ from amphi.media.recorder import Recording
 log = logging.getLogger(__name__)
 
 SCHEDULER_PERIOD_S = 0.25
+SWEEP_PERIOD_S = 0.25  # seats and places that ran out are released at most this late
+LAG_PROBE_S = 0.05  # the event-loop lag probe's period
 
 
 class _TrackSink:
@@ -56,7 +63,12 @@ class Node:
         self.ingest = WebRTCIngest(cfg.ice_addresses)
         self.pipelines: dict[str, Pipeline] = {}
         self._recordings: dict[str, Recording] = {}
-        self._presence: dict[str, Presence] = {}
+        self.signer = Signer(self._secret())
+        self.admission = Admission(cfg.admission, self.signer, random.Random())
+        self.governor = Governor(cfg.admission)
+        self._admission_changed = asyncio.Event()
+        self._join_times: list[float] = []  # answer times in the current health period
+        self._loop_lag = 0.0  # worst in the current health period
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()  # serialises lifecycle changes
         self.ready = asyncio.Event()
@@ -70,6 +82,22 @@ class Node:
             await asyncio.to_thread(rec.finalize)
             log.warning("space %s ended abnormally; %.1f s of recording kept", space.id, rec.duration)
         self.spawn(self._scheduler(), name="scheduler")
+        self.spawn(self._admitter(), name="admitter")
+        self.spawn(self._lag_probe(), name="lag-probe")
+        self.spawn(self._health(), name="health")
+
+    def _secret(self) -> bytes:
+        """The token key: config, else $AMPHI_SECRET, else <data_dir>/secret (made once).
+        Edges and other nodes that should accept this node's tokens need the same key."""
+        if self.cfg.admission.secret:
+            return self.cfg.admission.secret
+        if env := os.environ.get("AMPHI_SECRET"):
+            return env.encode()
+        path = self.cfg.data_dir / "secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, new_secret().hex().encode(), mode=0o600)
+        return path.read_bytes().strip()
 
     async def close(self) -> None:
         await self.ingest.close_all()
@@ -93,6 +121,58 @@ class Node:
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
+    async def _admitter(self) -> None:
+        """Offers free seats to the lines as the rate allows, and releases what ran out."""
+        adm = self.admission
+        while True:
+            now = time.time()
+            if adm.sweep(now):
+                self._admission_changed.set()
+            wait = adm.promote(now)
+            timeout = SWEEP_PERIOD_S if wait is None else min(SWEEP_PERIOD_S, max(wait, 0.001))
+            self._admission_changed.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._admission_changed.wait()
+            except TimeoutError:
+                pass
+
+    async def _lag_probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            self._loop_lag = max(self._loop_lag, loop.time() - t - LAG_PROBE_S)
+
+    async def _health(self) -> None:
+        """Once a period: measure, update the limit and the ladder, apply them."""
+        period = self.cfg.admission.health_period_s
+        cpu0, t0 = time.thread_time(), time.monotonic()  # this runs on the loop's thread
+        while True:
+            await asyncio.sleep(period)
+            cpu1, t1 = time.thread_time(), time.monotonic()
+            times = sorted(self._join_times)
+            sample = HealthSample(
+                loop_lag_s=self._loop_lag,
+                loop_cpu=(cpu1 - cpu0) / (t1 - t0),
+                join_p95_s=times[int(0.95 * (len(times) - 1))] if times else None,
+            )
+            cpu0, t0 = cpu1, t1
+            self._join_times.clear()
+            self._loop_lag = 0.0
+            level = self.governor.level
+            self.governor.update(sample, self.admission.occupied, time.time())
+            if self.governor.level != level:
+                log.warning("degradation %s -> %s (%s)", level, self.governor.level_name,
+                            ", ".join(self.governor.problems) or "healthy again")
+            self.admission.limit = self.governor.limit
+            self.admission.paused = self.governor.level >= 1
+            self._admission_changed.set()
+
+    def record_join(self, seconds: float) -> None:
+        if len(self._join_times) < 100_000:
+            self._join_times.append(seconds)
+
     async def _scheduler(self) -> None:
         while True:
             for space in self.registry.due():
@@ -110,6 +190,10 @@ class Node:
     async def start_space(self, space: Space) -> None:
         async with self._lock:
             self.registry.transition(space, SpaceState.LIVE)  # raises, naming the state
+            drawn = self.admission.draw(space.id)
+            if drawn:
+                log.info("space %s: %d early arrivals drawn into line in random order", space.id, drawn)
+                self._admission_changed.set()
             pipeline = self.pipelines.get(space.id)
             if pipeline is None:
                 await self._pipeline(space)  # born live: no hold audio to cut away
@@ -123,8 +207,9 @@ class Node:
         await self.ingest.close(self._speaker(space.id, "host"))
         if pipeline is not None:
             await pipeline.end()
-        self.registry.record_peak(space, self._presence_of(space.id).peak)
+        self.registry.record_peak(space, self.admission.counts(space.id).peak_listeners)
         self.registry.save(space)
+        self.admission.close_space(space.id)
         self.pipelines.pop(space.id, None)
 
     async def _pipeline(self, space: Space) -> Pipeline:
@@ -147,14 +232,66 @@ class Node:
 
     # -- listeners --------------------------------------------------------------------------
 
-    async def join(self, space: Space, session: str) -> dict[str, object]:
-        base = self.cfg.http.base_url
-        if space.state is not SpaceState.ENDED:
-            await self._pipeline(space)
-            self.touch_listener(space.id, session)
-            return {"status": "admitted", "playlist": f"{base}/media/{space.id}/live.m3u8?sid={session}",
-                    "state": space.state.value}
-        return {"status": "ended", "playlist": f"{base}/media/{space.id}/vod.m3u8", "state": space.state.value}
+    async def join(self, space: Space, *, ticket: object = None, token: object = None,
+                   host: bool = False) -> tuple[int, dict[str, object]]:
+        """One join decision: (HTTP status, answer). See docs/admission.md."""
+        now = time.time()
+        if space.state is SpaceState.ENDED:
+            status = self.status(space)
+            return 200, {"status": "ended", "state": "ended", "playlist": status["replay"],
+                         "replay": status["replay"], "download": status["download"]}
+        adm = self.admission
+        before_start = space.state is SpaceState.SCHEDULED
+        if host:
+            answer: Admitted | Waiting = adm.host(space.id, now)
+        elif token is not None:
+            answer = adm.renew(space.id, token if isinstance(token, str) else "", now)
+        elif ticket is not None:
+            answer = adm.poll(space.id, ticket, now, before_start=before_start)
+        else:
+            answer = adm.join(space.id, now, before_start=before_start)
+        common = {"state": space.state.value, "starts_at": iso(space.starts_at)}
+        if isinstance(answer, Waiting):
+            self._admission_changed.set()
+            retry = answer.retry_after_s * (2 if self.governor.level >= 2 else 1)
+            return 202, {"status": "waiting", **common, "ticket": answer.ticket, "position": answer.position,
+                         "waiting": answer.waiting, "estimated_wait_s": answer.estimated_wait_s,
+                         "retry_after_s": round(retry, 2), "order": answer.order, "requeued": answer.requeued}
+        await self._pipeline(space)
+        ttl = answer.expires - now
+        return 200, {"status": "admitted", **common, "playlist": self.playlist_url(space.id, answer.token),
+                     "token": answer.token, "expires_at": iso(answer.expires), "expires_in_s": round(ttl, 1),
+                     "renew_after_s": round(ttl / 2, 1), "renewed": answer.renewed}
+
+    def leave(self, space: Space, *, ticket: object = None, token: object = None) -> bool:
+        freed = self.admission.leave(space.id, token=token if isinstance(token, str) else None,
+                                     ticket=ticket, now=time.time()) if (ticket or token) else False
+        if freed:
+            self._admission_changed.set()
+        return freed
+
+    def playlist_url(self, space_id: str, token: str) -> str:
+        return f"{self.cfg.http.base_url}/media/{space_id}/t/{token}/live.m3u8"
+
+    def verify_token(self, space_id: str, token: str | None) -> Token:
+        """Stateless: signature, Space and expiry. 401/403 before any other work."""
+        return self.signer.verify_token(space_id, token, time.time())
+
+    def renewal(self, space_id: str, token: Token) -> str | None:
+        """A fresh token for a listener past half its token's life whose seat is still held
+        (players that only follow URLs are renewed by a redirect); None if not due."""
+        now = time.time()
+        if token.expires - now > self.cfg.admission.token_ttl_s / 2:
+            return None
+        if not token.host and not self.admission.seat_held(space_id, token.seat):
+            return None
+        return self.admission.renew_seat(token, now).token
+
+    def optional_work_allowed(self) -> None:
+        """Degradation rung 2 switches off serving replays and downloads."""
+        if self.governor.level >= 2:
+            raise Unavailable("replays are paused while the node is under pressure",
+                              retry_after_s=random.uniform(20, 40))
 
     async def media(self, space_id: str) -> tuple[Pipeline | None, Recording]:
         """What the origin serves for a Space: its running pipeline (started if a player
@@ -163,14 +300,8 @@ class Node:
         pipeline = None if space.state is SpaceState.ENDED else await self._pipeline(space)
         return pipeline, self.recording(space_id)
 
-    def touch_listener(self, space_id: str, session: str) -> None:
-        self._presence_of(space_id).touch(session, time.monotonic())
-
-    def _presence_of(self, space_id: str) -> Presence:
-        presence = self._presence.get(space_id)
-        if presence is None:
-            presence = self._presence[space_id] = Presence()
-        return presence
+    def ended(self, space_id: str) -> bool:
+        return self.registry.get(space_id).state is SpaceState.ENDED
 
     # -- speakers ---------------------------------------------------------------------------
 
@@ -192,9 +323,8 @@ class Node:
 
     def status(self, space: Space) -> dict[str, object]:
         base = self.cfg.http.base_url
-        presence = self._presence_of(space.id)
-        listeners = presence.count(time.monotonic()) if space.state is not SpaceState.ENDED else 0
-        self.registry.record_peak(space, presence.peak)
+        counts = self.admission.counts(space.id)
+        self.registry.record_peak(space, counts.peak_listeners)
         rec = self.recording(space.id)
         ended = space.state is SpaceState.ENDED
         has_replay = ended and rec.finalized and bool(rec.entries)
@@ -207,8 +337,12 @@ class Node:
             "ended_at": iso(space.ended_at),
             "end_reason": space.end_reason,
             "ended_abnormally": space.end_reason == "abnormal",
-            "listeners": listeners,
+            "listeners": counts.listeners,
             "peak_listeners": space.peak_listeners,
+            "waiting": counts.waiting,
+            "admitted_total": counts.admitted_total,
+            "seats_offered": counts.reserved,
+            "degradation": self.governor.status(),
             "listen_url": f"{base}/s/{space.id}",
             "recorded_s": round(rec.duration, 3),
             "replay": f"{base}/media/{space.id}/vod.m3u8" if has_replay else None,

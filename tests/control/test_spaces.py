@@ -2,7 +2,6 @@ import json
 
 import pytest
 
-from amphi.control.presence import Presence
 from amphi.control.spaces import SpaceRegistry, SpaceState
 from amphi.core.errors import Forbidden, IllegalTransition, MalformedBody, NotFound, Unauthorized
 
@@ -63,13 +62,3 @@ def test_due_spaces(tmp_path) -> None:
     assert reg.due() == []
     now[0] = 1010.0
     assert reg.due() == [s]
-
-
-def test_presence_counts_sessions_until_they_go_quiet() -> None:
-    p = Presence(ttl_s=10)
-    for i in range(5):
-        p.touch(f"s{i}", now=float(i))
-    assert p.count(5.0) == 5 and p.peak == 5
-    p.touch("s0", now=12.0)
-    assert p.count(12.5) == 3  # s1 (seen at 1) and s2 (at 2) expired; s0 renewed
-    assert p.count(100.0) == 0 and p.peak == 5

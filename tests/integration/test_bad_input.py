@@ -22,10 +22,12 @@ def test_errors_are_specific_and_the_program_goes_on(amphi) -> None:
 
     err(http.get("/api/spaces/nope"), 404, "not_found")
     err(http.post("/api/spaces/nope/join"), 404, "not_found")
-    err(http.get("/media/nope/live.m3u8"), 404, "not_found")
-    err(http.get(f"/media/{space}/99999.m4s"), 404, "not_found")
+    media = playlist.rsplit("/", 1)[0]  # .../media/<space>/t/<token>
+    err(http.get("/media/nope/live.m3u8"), 401, "unauthorized")  # the token is checked first
+    err(http.get(media.replace(space, "nope") + "/live.m3u8"), 403, "forbidden")  # bound to its Space
+    err(http.get(f"{media}/99999.m4s"), 404, "not_found")
     err(http.get(f"/media/{space}/../../etc/passwd"), 404, "not_found")
-    err(http.post(f"/media/{space}/live.m3u8"), 405, "method_not_allowed")
+    err(http.post(f"{media}/live.m3u8"), 405, "method_not_allowed")
     err(http.post(f"/api/spaces/{space}/end"), 401, "unauthorized")
     err(http.post(f"/api/spaces/{space}/end", headers={"authorization": "Bearer wrong"}), 403, "forbidden")
     err(http.post(f"/api/spaces/{space}/start", headers={"authorization": f"Bearer {key}"}), 409, "illegal_transition")
@@ -38,11 +40,11 @@ def test_errors_are_specific_and_the_program_goes_on(amphi) -> None:
     err(http.post(f"/api/spaces/{space}/speak", content=b"hello", headers=sdp), 400, "invalid_sdp")
     err(http.post(f"/api/spaces/{space}/speak", content=b"\xff\xfe", headers=sdp), 400, "invalid_sdp")
     err(http.post(f"/api/spaces/{space}/speak", content=b"v=0\r\n", headers=sdp), 400, "invalid_sdp")
-    err(http.get(f"/media/{space}/live.m3u8", params={"_HLS_msn": "abc"}), 400, "bad_request")
-    err(http.get(f"/media/{space}/live.m3u8", params={"_HLS_part": "1"}), 400, "bad_request")
+    err(http.get(playlist, params={"_HLS_msn": "abc"}), 400, "bad_request")
+    err(http.get(playlist, params={"_HLS_part": "1"}), 400, "bad_request")
 
     t = time.monotonic()
-    err(http.get(f"/media/{space}/live.m3u8", params={"_HLS_msn": "100000", "_HLS_part": "0"}), 400, "beyond_live_edge")
+    err(http.get(playlist, params={"_HLS_msn": "100000", "_HLS_part": "0"}), 400, "beyond_live_edge")
     assert time.monotonic() - t < 0.5, "a request far beyond the live edge must be refused at once"
 
     # a body that claims more than it sends, then the client vanishes

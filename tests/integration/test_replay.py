@@ -53,8 +53,8 @@ def check_replay(client: httpx.Client, amphi, space: str, ended: dict, live_dura
     with av.open(io.BytesIO(download.content)) as c:  # the file says how long it is
         assert c.duration / 1e6 == pytest.approx(listed, abs=0.05)
 
-    live = client.get(amphi.join(space))  # the live URL, after the end, is closed too
-    assert live.status_code == 200 and live.text.rstrip().endswith("#EXT-X-ENDLIST")
+    after = client.get(amphi.join(space))  # joining after the end hands out the replay
+    assert after.status_code == 200 and after.text.rstrip().endswith("#EXT-X-ENDLIST")
 
 
 def test_ending_twice_is_a_conflict_and_changes_nothing(amphi) -> None:

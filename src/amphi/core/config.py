@@ -70,10 +70,40 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class AdmissionConfig:
+    """Who gets a seat, how fast, and what the node does under pressure (see
+    docs/admission.md). Seats are node-wide; lines are per Space."""
+
+    max_listeners: int = 10_000  # seat ceiling of the node; the adaptive limit stays below it
+    min_listeners: int = 10  # the adaptive limit never goes below this
+    admit_rate_per_s: float = 500.0  # GCRA: new listeners seated per second, node-wide
+    admit_burst: int = 100  # GCRA: seats that may be given at once after a quiet spell
+    token_ttl_s: float = 60.0  # admission token lifetime; clients renew at half of it
+    seat_grace_s: float = 15.0  # a seat outlives its last token by this much
+    ticket_hold_s: float = 30.0  # a place in line (or a seat offered to it) is kept this long after a poll
+    poll_min_s: float = 1.0  # retry_after_s bounds for waiting clients, before jitter
+    poll_max_s: float = 10.0
+    poll_jitter: float = 0.25  # every retry_after_s is multiplied by 1 +- this, at random
+    max_waiting: int = 1_000_000  # places in line, node-wide; beyond it joins get 503
+    rate_window_s: float = 30.0  # the measured admission rate (for estimates) looks back this far
+    # health: a sample is unhealthy if any of these is exceeded
+    health_period_s: float = 1.0
+    max_loop_lag_s: float = 0.1  # event loop lag (worst in the period)
+    max_loop_cpu: float = 0.85  # event loop thread CPU, fraction of one core
+    max_join_p95_s: float = 0.25  # join answer time, 95th percentile in the period
+    # degradation ladder: one level up per escalate_after unhealthy samples in a row, one down
+    # per recover_after healthy ones
+    escalate_after: int = 2
+    recover_after: int = 10
+    secret: bytes | None = None  # HMAC key for tokens; default: AMPHI_SECRET or <data_dir>/secret
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
     http: HttpConfig = field(default_factory=HttpConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)  # host addresses offered in ICE candidates
     demo: bool = False  # create a demo Space with a built-in speaker at start-up
     web_assets_dir: Path = field(

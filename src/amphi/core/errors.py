@@ -8,14 +8,18 @@ machine-readable ``code``; the web layer maps them to responses in one place
     ├── BadRequest                  400 bad_request
     │   ├── MalformedBody           400 malformed_body
     │   ├── InvalidSdp              400 invalid_sdp
+    │   ├── BadTicket               400 bad_ticket       (a waiting-room ticket not ours)
     │   └── BeyondLiveEdge          400 beyond_live_edge
     ├── Unauthorized                401 unauthorized     (no credentials)
+    │   └── TokenExpired            401 token_expired    (join again)
     ├── Forbidden                   403 forbidden        (wrong credentials)
     ├── NotFound                    404 not_found
     ├── MethodNotAllowed            405 method_not_allowed
     ├── Conflict                    409 conflict
     │   └── IllegalTransition       409 illegal_transition
     ├── PayloadTooLarge             413 payload_too_large
+    ├── TooManyRequests             429 too_many_requests (retry later)
+    │   └── TooEarly                429 too_early        (polled before its time)
     └── Unavailable                 503 unavailable      (retry later)
         └── TooBusy                 503 too_busy
 """
@@ -52,6 +56,10 @@ class InvalidSdp(BadRequest):
     code = "invalid_sdp"
 
 
+class BadTicket(BadRequest):
+    code = "bad_ticket"
+
+
 class BeyondLiveEdge(BadRequest):
     code = "beyond_live_edge"
 
@@ -59,6 +67,10 @@ class BeyondLiveEdge(BadRequest):
 class Unauthorized(AmphiError):
     status = 401
     code = "unauthorized"
+
+
+class TokenExpired(Unauthorized):
+    code = "token_expired"
 
 
 class Forbidden(AmphiError):
@@ -88,6 +100,15 @@ class IllegalTransition(Conflict):
 class PayloadTooLarge(AmphiError):
     status = 413
     code = "payload_too_large"
+
+
+class TooManyRequests(AmphiError):
+    status = 429
+    code = "too_many_requests"
+
+
+class TooEarly(TooManyRequests):
+    code = "too_early"
 
 
 class Unavailable(AmphiError):

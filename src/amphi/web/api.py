@@ -5,7 +5,7 @@
     GET  /api/spaces/<id>                 status
     POST /api/spaces/<id>/start           Authorization: Bearer HOST_KEY
     POST /api/spaces/<id>/end             Authorization: Bearer HOST_KEY
-    POST /api/spaces/<id>/join            -> {status, playlist, ...}
+    POST /api/spaces/<id>/join, /leave    the waiting room (amphi.web.join, raw ASGI)
     POST /api/spaces/<id>/speak           SDP offer (application/sdp), host key -> 201 SDP answer
     GET  /api/node                        this node's counters (pipelines, speakers, origin)
     GET  /s/<id>                          listener page
@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,10 +50,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def read_json(request: Request, limit: int, *, optional: bool = False) -> dict[str, Any]:
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
     raw = await read_body(request, limit)
-    if not raw.strip() and optional:
-        return {}
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -90,11 +87,6 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
         node.registry.authorize_host(space, request.headers.get("authorization"))
         await node.end_space(space)
         return JSONResponse(node.status(space))
-
-    async def join(request: Request) -> Response:
-        space = node.get(request.path_params["id"])
-        await read_json(request, limit, optional=True)
-        return JSONResponse(await node.join(space, secrets.token_urlsafe(12)))
 
     async def speak(request: Request) -> Response:
         space = node.get(request.path_params["id"])
@@ -154,7 +146,6 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
         Route("/api/spaces/{id}", status, methods=["GET"]),
         Route("/api/spaces/{id}/start", start, methods=["POST"]),
         Route("/api/spaces/{id}/end", end, methods=["POST"]),
-        Route("/api/spaces/{id}/join", join, methods=["POST"]),
         Route("/api/spaces/{id}/speak", speak, methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers={AmphiError: amphi_error, HTTPException: http_error})

@@ -1,5 +1,5 @@
-"""The node's whole ASGI app: ``/media/`` goes to the raw origin (hot path), everything else
-to the Starlette control API and pages. Served without ASGI lifespan: the node's lifecycle
+"""The node's whole ASGI app: ``/media/`` goes to the raw origin and join/leave to the raw
+waiting-room endpoint (the hot paths), everything else to the Starlette control API and pages. Served without ASGI lifespan: the node's lifecycle
 is run by ``amphi.server``, which owns the loop."""
 
 from __future__ import annotations
@@ -8,13 +8,17 @@ from dataclasses import asdict
 
 from amphi.node import Node
 from amphi.web.api import build_api
-from amphi.web.origin import Origin, Receive, Scope, Send
+from amphi.web.asgi import Receive, Scope, Send
+from amphi.web.join import PATH as JOIN_PATH
+from amphi.web.join import JoinEndpoint
+from amphi.web.origin import Origin
 
 
 class App:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.origin = Origin(node, node.cfg.media)
+        self.join = JoinEndpoint(node)
         self.api = build_api(node, self.stats)
 
     def stats(self) -> dict[str, object]:
@@ -22,10 +26,21 @@ class App:
             "pipelines": {sid: asdict(p.stats) for sid, p in self.node.pipelines.items()},
             "speakers": self.node.ingest.connections,
             "origin": asdict(self.origin.stats),
+            "admission": {
+                "occupied": self.node.admission.occupied,
+                "waiting": self.node.admission.waiting,
+                "limit": self.node.admission.limit,
+                "max_listeners": self.node.cfg.admission.max_listeners,
+                "paused": self.node.admission.paused,
+            },
+            "degradation": self.node.governor.status(),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/media/"):
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path.startswith("/media/"):
             await self.origin(scope, receive, send)
+        elif path.startswith("/api/spaces/") and (m := JOIN_PATH.match(path)):
+            await self.join(scope, receive, send, m)
         else:
             await self.api(scope, receive, send)

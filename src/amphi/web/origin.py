@@ -1,11 +1,18 @@
 """The origin: what listeners fetch. A raw ASGI app, because these are the hot paths.
 
-    GET /media/<space>/live.m3u8[?_HLS_msn=M[&_HLS_part=P]][&sid=S]   live playlist (blocking reload)
-    GET /media/<space>/init.mp4                                       init segment
-    GET /media/<space>/<msn>.<part>.m4s                               part (waits if it is the hinted one)
-    GET /media/<space>/<msn>.m4s                                      segment
-    GET /media/<space>/vod.m3u8                                       replay, once ended
-    GET /media/<space>/download.m4a                                   the whole recording, one file
+    GET /media/<space>/t/<token>/live.m3u8[?_HLS_msn=M[&_HLS_part=P]]   live playlist (blocking reload)
+    GET /media/<space>/t/<token>/init.mp4                               init segment
+    GET /media/<space>/t/<token>/<msn>.<part>.m4s                       part (waits if it is the hinted one)
+    GET /media/<space>/t/<token>/<msn>.m4s                              segment
+    GET /media/<space>/vod.m3u8                                         replay, once ended (no token)
+    GET /media/<space>/download.m4a                                     the whole recording, one file
+
+While a Space is scheduled or live, every request needs the admission token from join in
+its path (the playlist's relative URIs inherit it). The token is checked first, with one
+HMAC and no state: missing or expired -> 401, forged or another Space's -> 403. Once the
+Space has ended, its replay is public: init, segments, vod.m3u8 and the download need no
+token. A live playlist fetched with a token past half its life is redirected (307) to the
+same playlist under a renewed token, so players that only follow URLs stay admitted.
 
 Init, parts and segments never change once served: they are immutable to caches. Playlists
 are short-lived. A blocking reload holds a slot until the playlist moves, it times out,
@@ -15,25 +22,22 @@ or the client goes away (then the slot is freed at once).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import parse_qs
 
+from amphi.control.tokens import Token
 from amphi.core.config import MediaConfig
-from amphi.core.errors import AmphiError, BadRequest, MethodNotAllowed, NotFound, TooBusy
+from amphi.core.errors import AmphiError, BadRequest, MethodNotAllowed, NotFound, TooBusy, Unauthorized
 from amphi.media.pipeline import Pipeline
 from amphi.media.playlist import render_live
 from amphi.media.recorder import Recording
+from amphi.web.asgi import CORS, Receive, Scope, Send, respond, send_error
 
 log = logging.getLogger(__name__)
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
 PLAYLIST_LIVE = b"public, max-age=1"
@@ -42,7 +46,11 @@ PLAYLIST_ENDED = b"public, max-age=3600"
 M3U8 = b"application/vnd.apple.mpegurl"
 MP4 = b"audio/mp4"
 
-_PATH = re.compile(r"^/media/([A-Za-z0-9_-]{1,64})/(live\.m3u8|vod\.m3u8|init\.mp4|download\.m4a|(\d{1,9})(?:\.(\d{1,4}))?\.m4s)$")
+_PATH = re.compile(
+    r"^/media/([A-Za-z0-9_-]{1,64})/(?:t/([^/]{1,128})/)?"
+    r"(live\.m3u8|vod\.m3u8|init\.mp4|download\.m4a|(\d{1,9})(?:\.(\d{1,4}))?\.m4s)$"
+)
+_PUBLIC_ONCE_ENDED = ("init.mp4", "vod.m3u8", "download.m4a")  # and whole segments
 
 
 class MediaSource(Protocol):
@@ -50,7 +58,13 @@ class MediaSource(Protocol):
 
     async def media(self, space_id: str) -> tuple[Pipeline | None, Recording]: ...  # raises NotFound
 
-    def touch_listener(self, space_id: str, session: str) -> None: ...
+    def verify_token(self, space_id: str, token: str | None) -> Token: ...  # 401/403
+
+    def renewal(self, space_id: str, token: Token) -> str | None: ...
+
+    def ended(self, space_id: str) -> bool: ...  # raises NotFound
+
+    def optional_work_allowed(self) -> None: ...  # raises Unavailable under pressure
 
 
 @dataclass
@@ -59,25 +73,7 @@ class OriginStats:
     blocking_waiting: int = 0
     blocking_timeouts: int = 0
     blocking_disconnects: int = 0
-
-
-async def send_error(send: Send, err: AmphiError, *, head_only: bool = False) -> None:
-    body = _json_bytes(err.to_json())
-    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store"),
-               (b"access-control-allow-origin", b"*")]
-    if err.retry_after_s is not None:
-        headers.append((b"retry-after", str(max(1, round(err.retry_after_s))).encode()))
-    await _respond(send, err.status, headers, b"" if head_only else body, len(body))
-
-
-def _json_bytes(obj: object) -> bytes:
-    return json.dumps(obj).encode()
-
-
-async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes, length: int | None = None) -> None:
-    headers.append((b"content-length", str(len(body) if length is None else length).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    renewals: int = 0  # playlist requests redirected to a renewed token
 
 
 class Origin:
@@ -100,9 +96,22 @@ class Origin:
             await send_error(send, err, head_only=head)
 
     async def _route(self, m: re.Match[str], scope: Scope, receive: Receive, send: Send, head: bool) -> None:
-        space_id, name, msn, part = m.group(1), m.group(2), m.group(3), m.group(4)
-        pipeline, recording = await self._source.media(space_id)
+        space_id, token_text, name, msn, part = m.groups()
+        source = self._source
+        token = None
+        if token_text is not None:
+            token = source.verify_token(space_id, token_text)  # first, before any other work
+        elif name in _PUBLIC_ONCE_ENDED or (msn is not None and part is None):
+            if not source.ended(space_id):
+                raise Unauthorized("an admission token is required while the Space is on: POST /api/spaces/{id}/join")
+            source.optional_work_allowed()
+        else:
+            raise Unauthorized("an admission token is required: POST /api/spaces/{id}/join")
+        pipeline, recording = await source.media(space_id)
         if name == "live.m3u8":
+            if token is not None and pipeline is not None and (renewed := source.renewal(space_id, token)):
+                await self._redirect(send, space_id, renewed, scope)
+                return
             await self._live_playlist(space_id, pipeline, recording, scope, receive, send, head)
         elif name == "init.mp4":
             if pipeline is not None:
@@ -124,8 +133,14 @@ class Origin:
             await self._segment(pipeline, recording, int(msn), send, head)
 
     async def _ok(self, send: Send, ctype: bytes, cache: bytes, body: bytes, head: bool) -> None:
-        headers = [(b"content-type", ctype), (b"cache-control", cache), (b"access-control-allow-origin", b"*")]
-        await _respond(send, 200, headers, b"" if head else body, len(body))
+        headers = [(b"content-type", ctype), (b"cache-control", cache), CORS]
+        await respond(send, 200, headers, b"" if head else body, len(body))
+
+    async def _redirect(self, send: Send, space_id: str, token: str, scope: Scope) -> None:
+        self.stats.renewals += 1
+        query = scope["query_string"]
+        location = f"/media/{space_id}/t/{token}/live.m3u8".encode() + (b"?" + query if query else b"")
+        await respond(send, 307, [(b"location", location), (b"cache-control", b"no-store"), CORS], b"")
 
     # -- playlists ------------------------------------------------------------------------
 
@@ -133,9 +148,6 @@ class Origin:
                              scope: Scope, receive: Receive, send: Send, head: bool) -> None:
         query = parse_qs(scope["query_string"].decode("latin-1"))
         msn, part = _int_param(query, "_HLS_msn"), _int_param(query, "_HLS_part")
-        session = query.get("sid", [None])[0]
-        if session:
-            self._source.touch_listener(space_id, session[:64])
         if pipeline is None:  # ended (or never had audio): the last window, closed
             entries = recording.entries[-self._cfg.window_segments:]
             if not entries:
@@ -225,7 +237,7 @@ class Origin:
             (b"content-type", MP4),
             (b"cache-control", PLAYLIST_ENDED),
             (b"content-disposition", b'attachment; filename="space.m4a"'),
-            (b"access-control-allow-origin", b"*"),
+            CORS,
             (b"content-length", str(size).encode()),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

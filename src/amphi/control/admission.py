@@ -1,0 +1,518 @@
+"""Admission: seats, the waiting room and the admission rate. Pure logic: every call takes
+``now`` (Unix seconds); randomness comes from the ``random.Random`` given. The node drives
+it (``amphi.node``): joins and leaves from the API, ``promote``/``sweep`` from a task, the
+limit and the pause from the health loop (``amphi.control.health``).
+
+A listener's way through:
+
+    join -> admitted (a seat, a token)                 seats free, nobody in line, rate allows
+         -> waiting (a ticket, an exact position)      otherwise
+    waiting --promote--> offered (a seat reserved for the ticket) --poll--> admitted
+    waiting --no poll for ticket_hold_s--> gone        (its ticket then joins at the back)
+    admitted --renew (join with the token)--> admitted, new token, same seat
+    admitted --leave, or no renewal for ttl + grace--> seat free
+
+Seats are node-wide and never taken back: the limit only stops new admissions. Lines are
+per Space and served together in order of arrival. Joins that arrive before a scheduled
+start while the room is full go into a pool that is drawn in random order at the start
+(hammering at the last second buys nothing); after the start the line is FIFO.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from amphi.control.tokens import Signer, Token, new_seat_id
+from amphi.core.config import AdmissionConfig
+from amphi.core.errors import TokenExpired, TooBusy, TooEarly
+
+
+class Gcra:
+    """Generic cell rate algorithm: ``rate`` grants per second, ``burst`` at once at most."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("GCRA needs a positive rate and a burst of at least 1")
+        self.rate = rate
+        self.interval = 1.0 / rate
+        self.tolerance = (burst - 1) * self.interval
+        self._tat = 0.0  # theoretical arrival time of the next grant
+
+    def wait(self, now: float) -> float:
+        """Seconds until a grant conforms (0 if one does now)."""
+        return max(0.0, self._tat - self.tolerance - now)
+
+    def take(self, now: float) -> bool:
+        if self._tat - self.tolerance > now:
+            return False
+        self._tat = max(self._tat, now) + self.interval
+        return True
+
+
+class WaitingLine:
+    """FIFO with exact positions: each entry gets the next sequence number, and a Fenwick
+    tree over the numbers counts those still in line, so ``position`` is O(log n) even
+    when entries leave from the middle. Storage is compacted as the head moves on."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._next = 0  # the next sequence number
+        self._head = 0  # the lowest sequence number that may still be in line
+        self._len = 0
+        self._reset(0, capacity, b"")
+
+    def _reset(self, base: int, capacity: int, alive: bytes) -> None:
+        self._base = base  # sequence number stored at index 0
+        self._cap = capacity
+        self._alive = bytearray(capacity)
+        self._alive[: len(alive)] = alive
+        tree = [0] * (capacity + 1)  # linear-time Fenwick build
+        for i, a in enumerate(self._alive, start=1):
+            tree[i] += a
+            j = i + (i & -i)
+            if j <= capacity:
+                tree[j] += tree[i]
+        self._tree = tree
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _add(self, seq: int, delta: int) -> None:
+        i = seq - self._base + 1
+        tree, cap = self._tree, self._cap
+        while i <= cap:
+            tree[i] += delta
+            i += i & -i
+
+    def push(self) -> int:
+        if self._next - self._base >= self._cap:
+            live = bytes(self._alive[self._head - self._base : self._next - self._base])
+            self._reset(self._head, max(1024, 2 * max(self._len, 1), len(live) + 1024), live)
+        seq = self._next
+        self._next += 1
+        self._alive[seq - self._base] = 1
+        self._add(seq, 1)
+        self._len += 1
+        return seq
+
+    def remove(self, seq: int) -> None:
+        i = seq - self._base
+        if not (0 <= i < self._cap and self._alive[i]):
+            raise KeyError(seq)
+        self._alive[i] = 0
+        self._add(seq, -1)
+        self._len -= 1
+        while self._head < self._next and not self._alive[self._head - self._base]:
+            self._head += 1
+
+    def position(self, seq: int) -> int:
+        """1 for the head of the line."""
+        i = seq - self._base + 1
+        total, tree = 0, self._tree
+        while i > 0:
+            total += tree[i]
+            i -= i & -i
+        return total
+
+    def head(self) -> int | None:
+        return self._head if self._len else None
+
+
+@dataclass(slots=True)
+class Entry:
+    id: int
+    space_id: str
+    arrived: float
+    expires: float  # the place (or the seat offered to it) is dropped after this
+    last_poll: float
+    next_poll: float  # the advised earliest poll
+    seq: int | None = None  # place in the FIFO; None while in the pre-start pool
+    slot: int = -1  # index in the pool
+    seat: str | None = None  # once promoted
+
+
+@dataclass(slots=True)
+class Seat:
+    id: str
+    space_id: str
+    expires: float
+    reserved: bool  # offered to a ticket, not yet picked up
+    entry: int | None = None  # the waiting-room entry it was offered to
+    issued: bool = False  # a token was issued for it: a listener's seat
+
+
+@dataclass
+class SpaceCounts:
+    listeners: int = 0  # seats held with a token
+    reserved: int = 0  # seats offered to tickets, not yet picked up
+    waiting: int = 0
+    admitted_total: int = 0  # tokens first issued for a seat
+    peak_listeners: int = 0
+
+
+@dataclass
+class _Line:
+    fifo: WaitingLine = field(default_factory=WaitingLine)
+    by_seq: dict[int, Entry] = field(default_factory=dict)
+    pool: list[Entry] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.fifo) + len(self.pool)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    token: str
+    seat: str
+    expires: int
+    renewed: bool = False
+
+
+@dataclass(frozen=True)
+class Waiting:
+    ticket: str
+    position: int
+    waiting: int  # in this Space's line
+    estimated_wait_s: float | None
+    retry_after_s: float
+    order: str  # "fifo" or "draw_at_start"
+    requeued: bool = False
+
+
+class Admission:
+    def __init__(self, cfg: AdmissionConfig, signer: Signer, rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.signer = signer
+        self.rng = rng or random.Random()
+        self.gcra = Gcra(cfg.admit_rate_per_s, cfg.admit_burst)
+        self.limit = cfg.max_listeners  # set by the health loop, within [min, max]
+        self.paused = False  # degradation: every new join waits
+        self._seats: dict[str, Seat] = {}
+        self._seat_heap: list[tuple[float, str]] = []
+        self._entries: dict[int, Entry] = {}
+        self._entry_heap: list[tuple[float, int]] = []
+        self._next_entry = 1
+        self._lines: dict[str, _Line] = {}
+        self._counts: dict[str, SpaceCounts] = {}
+        self._waiting_total = 0
+        self._grants: deque[list[float]] = deque()  # [second, count] buckets for the measured rate
+
+    # -- queries ----------------------------------------------------------------------------
+
+    @property
+    def occupied(self) -> int:
+        return len(self._seats)
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting_total
+
+    def counts(self, space_id: str) -> SpaceCounts:
+        c = self._counts.get(space_id)
+        return c if c is not None else SpaceCounts()
+
+    def seat_held(self, space_id: str, seat: str) -> bool:
+        s = self._seats.get(seat)
+        return s is not None and s.space_id == space_id and not s.reserved
+
+    def measured_rate(self, now: float) -> float:
+        """Seats granted per second over the last ``rate_window_s``."""
+        self._trim_grants(now)
+        return sum(c for _, c in self._grants) / self.cfg.rate_window_s
+
+    # -- joins ------------------------------------------------------------------------------
+
+    def join(self, space_id: str, now: float, *, before_start: bool = False) -> Admitted | Waiting:
+        """A new listener: a seat now if one is free, nobody is in line and the rate allows;
+        otherwise a place at the back of the line (or in the pre-start pool)."""
+        if (
+            not self._waiting_total
+            and not self.paused
+            and self.occupied < self.limit
+            and self.gcra.take(now)
+        ):
+            seat = self._new_seat(space_id, now, reserved=False)
+            return self._admit(space_id, seat, now)
+        if self._waiting_total >= self.cfg.max_waiting:
+            raise TooBusy("the waiting room is full; try again later", retry_after_s=self._jitter(self.cfg.poll_max_s))
+        entry = self._enqueue(space_id, now, before_start)
+        return self._waiting_answer(entry, now)
+
+    def poll(self, space_id: str, ticket: str, now: float, *, before_start: bool = False) -> Admitted | Waiting:
+        """A waiting client comes back with its ticket."""
+        t = self.signer.verify_ticket(space_id, ticket)  # BadTicket
+        entry = self._entries.get(t.entry)
+        if entry is None or entry.space_id != space_id:
+            # its place lapsed (no poll for ticket_hold_s): back of the line, said so
+            answer = self.join(space_id, now, before_start=before_start)
+            if isinstance(answer, Waiting):
+                answer = Waiting(**{**answer.__dict__, "requeued": True})
+            return answer
+        if entry.seat is not None:  # offered a seat: pick it up (again, for a second client)
+            seat = self._seats.get(entry.seat)
+            if seat is not None:
+                return self._admit(space_id, seat, now)
+            del self._entries[entry.id]
+            return self.join(space_id, now, before_start=before_start)
+        if now < entry.next_poll - 0.5 * (entry.next_poll - entry.last_poll):
+            raise TooEarly("polled before retry_after_s", retry_after_s=max(0.1, entry.next_poll - now))
+        return self._waiting_answer(entry, now)
+
+    def renew(self, space_id: str, token: str, now: float) -> Admitted:
+        """An admitted listener's new token for the same seat; ``TokenExpired`` once the
+        seat has been released (join again)."""
+        t = self.signer.verify_token(space_id, token, now, grace_s=self.cfg.seat_grace_s)
+        return self.renew_seat(t, now)
+
+    def renew_seat(self, token: Token, now: float) -> Admitted:
+        """``renew`` for a token already verified."""
+        if token.host:
+            return self.host(token.space_id, now, seat=token.seat)
+        seat = self._seats.get(token.seat)
+        if seat is None or seat.space_id != token.space_id or seat.reserved:
+            raise TokenExpired("this seat has been released: join again")
+        answer = self._admit(token.space_id, seat, now)
+        return Admitted(answer.token, answer.seat, answer.expires, renewed=True)
+
+    def host(self, space_id: str, now: float, *, seat: str | None = None) -> Admitted:
+        """Hosts and speakers listen on reserved capacity: never queued, never counted."""
+        expires = int(now + self.cfg.token_ttl_s)
+        seat = seat or new_seat_id()
+        return Admitted(self.signer.token(space_id, seat, expires, host=True), seat, expires)
+
+    def leave(self, space_id: str, *, token: str | None = None, ticket: str | None = None, now: float) -> bool:
+        """Frees a seat or a place at once; False if there was nothing to free."""
+        if ticket is not None:
+            t = self.signer.verify_ticket(space_id, ticket)
+            entry = self._entries.get(t.entry)
+            if entry is None or entry.space_id != space_id:
+                return False
+            self._drop_entry(entry)
+            if entry.seat is not None:
+                self._free_seat(entry.seat)
+            return True
+        t = self.signer.verify_token(space_id, token, now, grace_s=self.cfg.seat_grace_s)
+        if t.host or not self.seat_held(space_id, t.seat):
+            return False
+        self._free_seat(t.seat)
+        return True
+
+    # -- the node's task --------------------------------------------------------------------
+
+    def promote(self, now: float) -> float | None:
+        """Offers free seats to the heads of the lines, as the rate allows. Returns the
+        seconds until the next seat can be offered, or None if there is nothing to do
+        until a seat frees or someone joins."""
+        while self._waiting_total and not self.paused and self.occupied < self.limit:
+            wait = self.gcra.wait(now)
+            if wait > 0:
+                return wait
+            entry = self._next_in_line()
+            self.gcra.take(now)
+            self._drop_from_line(entry)
+            seat = self._new_seat(entry.space_id, now, reserved=True)
+            seat.entry = entry.id
+            entry.seat = seat.id
+            entry.expires = now + self.cfg.ticket_hold_s
+            heapq.heappush(self._entry_heap, (entry.expires, entry.id))
+        return None
+
+    def sweep(self, now: float) -> int:
+        """Releases seats whose time ran out and places nobody polled for; returns how many."""
+        freed = 0
+        heap = self._seat_heap
+        while heap and heap[0][0] <= now:
+            expires, sid = heapq.heappop(heap)
+            seat = self._seats.get(sid)
+            if seat is not None and seat.expires <= now:
+                self._free_seat(sid)
+                freed += 1
+        heap2 = self._entry_heap
+        while heap2 and heap2[0][0] <= now:
+            _, eid = heapq.heappop(heap2)
+            entry = self._entries.get(eid)
+            if entry is not None and entry.expires <= now:
+                self._drop_entry(entry)
+                freed += 1
+        return freed
+
+    def draw(self, space_id: str) -> int:
+        """The Space starts: its pre-start pool joins the line in random order, ahead of
+        anyone who arrives from now on. Returns how many were drawn."""
+        line = self._lines.get(space_id)
+        if line is None or not line.pool:
+            return 0
+        drawn = line.pool
+        line.pool = []
+        self.rng.shuffle(drawn)
+        for entry in drawn:
+            entry.slot = -1
+            entry.seq = line.fifo.push()
+            line.by_seq[entry.seq] = entry
+        return len(drawn)
+
+    def close_space(self, space_id: str) -> None:
+        """The Space ended: its seats and its line are gone (the replay needs no seat)."""
+        for sid in [s.id for s in self._seats.values() if s.space_id == space_id]:
+            self._free_seat(sid)
+        line = self._lines.pop(space_id, None)
+        if line is not None:
+            self._waiting_total -= len(line)
+        for eid in [e.id for e in self._entries.values() if e.space_id == space_id]:
+            del self._entries[eid]
+        counts = self._counts.get(space_id)
+        if counts is not None:
+            counts.waiting = counts.listeners = counts.reserved = 0
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _space(self, space_id: str) -> SpaceCounts:
+        c = self._counts.get(space_id)
+        if c is None:
+            c = self._counts[space_id] = SpaceCounts()
+        return c
+
+    def _new_seat(self, space_id: str, now: float, *, reserved: bool) -> Seat:
+        expires = now + (self.cfg.ticket_hold_s if reserved else self.cfg.token_ttl_s + self.cfg.seat_grace_s)
+        seat = Seat(new_seat_id(), space_id, expires, reserved)
+        self._seats[seat.id] = seat
+        heapq.heappush(self._seat_heap, (expires, seat.id))
+        counts = self._space(space_id)
+        if reserved:
+            counts.reserved += 1
+        self._grant(now)
+        return seat
+
+    def _admit(self, space_id: str, seat: Seat, now: float) -> Admitted:
+        """A token for ``seat`` with a fresh deadline; an offered seat becomes a listener's."""
+        counts = self._space(space_id)
+        if seat.reserved:
+            seat.reserved = False
+            counts.reserved -= 1
+        if not seat.issued:
+            seat.issued = True
+            counts.listeners += 1
+            counts.admitted_total += 1
+            counts.peak_listeners = max(counts.peak_listeners, counts.listeners)
+        expires = int(now + self.cfg.token_ttl_s)
+        seat.expires = expires + self.cfg.seat_grace_s
+        heapq.heappush(self._seat_heap, (seat.expires, seat.id))
+        return Admitted(self.signer.token(space_id, seat.id, expires), seat.id, expires)
+
+    def _free_seat(self, sid: str) -> None:
+        seat = self._seats.pop(sid, None)
+        if seat is None:
+            return
+        counts = self._space(seat.space_id)
+        if seat.reserved:
+            counts.reserved -= 1
+        if seat.issued:
+            counts.listeners -= 1
+        if seat.entry is not None:
+            entry = self._entries.get(seat.entry)
+            if entry is not None and entry.seat == sid:
+                del self._entries[entry.id]
+
+    def _enqueue(self, space_id: str, now: float, before_start: bool) -> Entry:
+        line = self._lines.get(space_id)
+        if line is None:
+            line = self._lines[space_id] = _Line()
+        entry = Entry(self._next_entry, space_id, now, now + self.cfg.ticket_hold_s, now, now)
+        self._next_entry += 1
+        if before_start:
+            entry.slot = len(line.pool)
+            line.pool.append(entry)
+        else:
+            entry.seq = line.fifo.push()
+            line.by_seq[entry.seq] = entry
+        self._entries[entry.id] = entry
+        heapq.heappush(self._entry_heap, (entry.expires, entry.id))
+        self._waiting_total += 1
+        self._space(space_id).waiting += 1
+        return entry
+
+    def _next_in_line(self) -> Entry:
+        """The earliest arrival among the heads of all lines (a random member of a pool)."""
+        best: Entry | None = None
+        for line in self._lines.values():
+            head = line.fifo.head()
+            if head is not None:
+                cand = line.by_seq[head]
+            elif line.pool:
+                cand = line.pool[self.rng.randrange(len(line.pool))]
+            else:
+                continue
+            if best is None or cand.arrived < best.arrived:
+                best = cand
+        assert best is not None
+        return best
+
+    def _drop_from_line(self, entry: Entry) -> None:
+        line = self._lines[entry.space_id]
+        if entry.seq is not None:
+            line.fifo.remove(entry.seq)
+            del line.by_seq[entry.seq]
+            entry.seq = None
+        else:
+            last = line.pool.pop()
+            if last is not entry:
+                line.pool[entry.slot] = last
+                last.slot = entry.slot
+            entry.slot = -1
+        self._waiting_total -= 1
+        self._space(entry.space_id).waiting -= 1
+
+    def _drop_entry(self, entry: Entry) -> None:
+        if entry.seat is None and (entry.seq is not None or entry.slot >= 0):
+            self._drop_from_line(entry)
+        self._entries.pop(entry.id, None)
+        if entry.seat is not None:
+            seat = self._seats.get(entry.seat)
+            if seat is not None and seat.reserved:
+                self._free_seat(seat.id)
+
+    def _waiting_answer(self, entry: Entry, now: float) -> Waiting:
+        line = self._lines[entry.space_id]
+        if entry.seq is not None:
+            position, order = line.fifo.position(entry.seq), "fifo"
+        else:
+            position, order = len(line.pool), "draw_at_start"  # an upper bound until the draw
+        estimate = self._estimate(position, now)
+        base = self.cfg.poll_max_s if estimate is None else estimate / 3
+        retry = self._jitter(min(self.cfg.poll_max_s, max(self.cfg.poll_min_s, base)))
+        entry.last_poll = now
+        entry.next_poll = now + retry
+        entry.expires = now + self.cfg.ticket_hold_s
+        heapq.heappush(self._entry_heap, (entry.expires, entry.id))
+        ticket = self.signer.ticket(entry.space_id, entry.id, int(entry.arrived))
+        return Waiting(ticket, position, len(line), estimate, round(retry, 2), order)
+
+    def _estimate(self, position: int, now: float) -> float | None:
+        """Seconds until ``position`` is seated, from what is measured: the admission rate
+        while seats are free, the measured rate of seats granted otherwise."""
+        if self.paused:
+            return None
+        free = max(0, self.limit - self.occupied)
+        if position <= free:
+            return round(self.gcra.wait(now) + position / self.gcra.rate, 1)
+        rate = self.measured_rate(now)
+        return round(position / rate, 1) if rate > 0 else None
+
+    def _jitter(self, seconds: float) -> float:
+        j = self.cfg.poll_jitter
+        return seconds * self.rng.uniform(1 - j, 1 + j)
+
+    def _grant(self, now: float) -> None:
+        second = math.floor(now)
+        if self._grants and self._grants[-1][0] == second:
+            self._grants[-1][1] += 1
+        else:
+            self._grants.append([second, 1])
+            self._trim_grants(now)
+
+    def _trim_grants(self, now: float) -> None:
+        while self._grants and self._grants[0][0] <= now - self.cfg.rate_window_s:
+            self._grants.popleft()

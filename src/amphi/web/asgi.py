@@ -1,0 +1,80 @@
+"""Raw ASGI helpers for the hot paths (the origin, join and leave): answers without a
+framework in the way, and the same JSON error shape as the Starlette API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from amphi.core.errors import AmphiError, MalformedBody, PayloadTooLarge
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON = b"application/json"
+NO_STORE = b"no-store"
+CORS = (b"access-control-allow-origin", b"*")
+
+
+def retry_after_header(seconds: float) -> tuple[bytes, bytes]:
+    """Retry-After in whole seconds, rounded up: a client that waits exactly that long is
+    never early."""
+    return b"retry-after", str(max(1, -int(-seconds // 1))).encode()
+
+
+async def respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+                  length: int | None = None) -> None:
+    headers.append((b"content-length", str(len(body) if length is None else length).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, obj: object, *, retry_after_s: float | None = None) -> None:
+    headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS]
+    if retry_after_s is not None:
+        headers.append(retry_after_header(retry_after_s))
+    await respond(send, status, headers, json.dumps(obj).encode())
+
+
+async def send_error(send: Send, err: AmphiError, *, head_only: bool = False) -> None:
+    body = json.dumps(err.to_json()).encode()
+    headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS]
+    if err.retry_after_s is not None:
+        headers.append(retry_after_header(err.retry_after_s))
+    await respond(send, err.status, headers, b"" if head_only else body, len(body))
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v
+    return None
+
+
+async def read_json(scope: Scope, receive: Receive, limit: int) -> dict[str, Any]:
+    """The request's JSON object body; an empty body is ``{}``. 413 past ``limit`` bytes
+    (declared or sent), 400 for anything that is not a JSON object."""
+    declared = header(scope, b"content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise PayloadTooLarge(f"body larger than {limit} bytes")
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body larger than {limit} bytes")
+        if not message.get("more_body"):
+            break
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MalformedBody(f"body is not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise MalformedBody("body must be a JSON object")
+    return data

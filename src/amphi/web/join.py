@@ -1,0 +1,49 @@
+"""Join and leave: the waiting room's front door, on the raw ASGI path because it takes the
+surge (see docs/admission.md).
+
+    POST /api/spaces/<id>/join    {} | {"ticket": T} | {"token": T}   [Authorization: Bearer HOST_KEY]
+        200 admitted {playlist, token, expires_at, ...}   202 waiting {ticket, position, ...}
+        200 ended {replay, download}
+    POST /api/spaces/<id>/leave   {"token": T} | {"ticket": T}  -> 200 {"status": "left"|"not_held"}
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from amphi.core.errors import AmphiError, MethodNotAllowed
+from amphi.node import Node
+from amphi.web.asgi import Receive, Scope, Send, header, read_json, send_error, send_json
+
+JOIN_BODY_LIMIT = 4096  # a ticket or a token fits many times over
+PATH = re.compile(r"^/api/spaces/([A-Za-z0-9_-]{1,64})/(join|leave)$")
+
+
+class JoinEndpoint:
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, m: re.Match[str]) -> None:
+        started = time.perf_counter()
+        node = self._node
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"{m.group(2)} takes POST")
+            space = node.get(m.group(1))  # 404
+            body = await read_json(scope, receive, JOIN_BODY_LIMIT)
+            if m.group(2) == "leave":
+                freed = node.leave(space, ticket=body.get("ticket"), token=body.get("token"))
+                await send_json(send, 200, {"status": "left" if freed else "not_held"})
+                return
+            auth = header(scope, b"authorization")
+            if auth is not None:  # a host listening: reserved capacity, never queued
+                node.registry.authorize_host(space, auth.decode("latin-1"))  # 401/403
+            status, answer = await node.join(space, ticket=body.get("ticket"), token=body.get("token"),
+                                            host=auth is not None)
+            await send_json(send, status, answer,
+                            retry_after_s=answer["retry_after_s"] if status == 202 else None)  # type: ignore[arg-type]
+        except AmphiError as err:
+            await send_error(send, err)
+        finally:
+            node.record_join(time.perf_counter() - started)
