@@ -44,13 +44,18 @@ def main(verbose: bool) -> None:
               help="Seats that may be given at once after a quiet spell.")
 @click.option("--token-ttl", default=AdmissionConfig.token_ttl_s, show_default=True, type=click.FloatRange(min=2),
               help="Admission token lifetime in seconds; clients renew at half of it.")
+@click.option("--seat-grace", default=AdmissionConfig.seat_grace_s, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a seat outlives its last token before it is given to someone else.")
+@click.option("--ticket-hold", default=AdmissionConfig.ticket_hold_s, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds a place in line is kept after the waiting client's last poll.")
 def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bool, max_listeners: int,
-          admit_rate: float, admit_burst: int, token_ttl: float) -> None:
+          admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float, ticket_hold: float) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
     admission = AdmissionConfig(max_listeners=max_listeners, min_listeners=min(max_listeners, AdmissionConfig.min_listeners),
-                                admit_rate_per_s=admit_rate, admit_burst=admit_burst, token_ttl_s=token_ttl)
+                                admit_rate_per_s=admit_rate, admit_burst=admit_burst, token_ttl_s=token_ttl,
+                                seat_grace_s=seat_grace, ticket_hold_s=ticket_hold)
     cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url), demo=demo,
                  admission=admission)
     uvloop.run(run(cfg))

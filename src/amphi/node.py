@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import time
@@ -25,7 +26,7 @@ from amphi.control.health import Governor, HealthSample
 from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.tokens import Signer, Token, new_secret
 from amphi.core.config import Config
-from amphi.core.errors import Conflict, Unavailable
+from amphi.core.errors import Conflict, TokenExpired, Unavailable
 from amphi.core.files import write_atomic
 from amphi.media.ingest.webrtc import WebRTCIngest
 from amphi.media.jitter import JitterBuffer
@@ -273,13 +274,23 @@ class Node:
     def playlist_url(self, space_id: str, token: str) -> str:
         return f"{self.cfg.http.base_url}/media/{space_id}/t/{token}/live.m3u8"
 
-    def verify_token(self, space_id: str, token: str | None) -> Token:
-        """Stateless: signature, Space and expiry. 401/403 before any other work."""
-        return self.signer.verify_token(space_id, token, time.time())
+    def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token:
+        """Stateless: signature, Space and expiry; 401/403 before any other work. For a live
+        playlist, an expired listener token whose seat is still held passes (``renewal``
+        then redirects it): players that only follow URLs reload their first URL forever,
+        and their seat is kept by those very renewals. Once the seat is released, the
+        token is refused like any other expired one."""
+        now = time.time()
+        if not playlist:
+            return self.signer.verify_token(space_id, token, now)
+        t = self.signer.verify_token(space_id, token, now, grace_s=math.inf)
+        if t.expires <= now and (t.host or not self.admission.seat_held(space_id, t.seat)):
+            raise TokenExpired("the admission token has expired: join again")
+        return t
 
     def renewal(self, space_id: str, token: Token) -> str | None:
-        """A fresh token for a listener past half its token's life whose seat is still held
-        (players that only follow URLs are renewed by a redirect); None if not due."""
+        """A fresh token for a listener past half its token's life whose seat is still held,
+        for a redirect; None if not due."""
         now = time.time()
         if token.expires - now > self.cfg.admission.token_ttl_s / 2:
             return None

@@ -31,6 +31,9 @@ from amphi.core.config import AdmissionConfig
 from amphi.core.errors import TokenExpired, TooBusy, TooEarly
 
 
+EPSILON_S = 1e-6  # float slack in time comparisons (Unix times are large numbers)
+
+
 class Gcra:
     """Generic cell rate algorithm: ``rate`` grants per second, ``burst`` at once at most."""
 
@@ -44,10 +47,11 @@ class Gcra:
 
     def wait(self, now: float) -> float:
         """Seconds until a grant conforms (0 if one does now)."""
-        return max(0.0, self._tat - self.tolerance - now)
+        wait = self._tat - self.tolerance - now
+        return wait if wait > EPSILON_S else 0.0
 
     def take(self, now: float) -> bool:
-        if self._tat - self.tolerance > now:
+        if self._tat - self.tolerance - now > EPSILON_S:
             return False
         self._tat = max(self._tat, now) + self.interval
         return True
@@ -142,6 +146,8 @@ class Seat:
     reserved: bool  # offered to a ticket, not yet picked up
     entry: int | None = None  # the waiting-room entry it was offered to
     issued: bool = False  # a token was issued for it: a listener's seat
+    token: str | None = None  # the newest token issued for it
+    token_expires: int = 0
 
 
 @dataclass
@@ -274,12 +280,16 @@ class Admission:
         seat = self._seats.get(token.seat)
         if seat is None or seat.space_id != token.space_id or seat.reserved:
             raise TokenExpired("this seat has been released: join again")
+        if seat.token is not None and seat.token_expires - now > self.cfg.token_ttl_s / 2:
+            # renewed a moment ago (say, by another of this listener's requests): the same
+            # token, so the URLs a player already holds stay the same
+            return Admitted(seat.token, seat.id, seat.token_expires, renewed=True)
         answer = self._admit(token.space_id, seat, now)
         return Admitted(answer.token, answer.seat, answer.expires, renewed=True)
 
     def host(self, space_id: str, now: float, *, seat: str | None = None) -> Admitted:
         """Hosts and speakers listen on reserved capacity: never queued, never counted."""
-        expires = int(now + self.cfg.token_ttl_s)
+        expires = math.ceil(now + self.cfg.token_ttl_s)
         seat = seat or new_seat_id()
         return Admitted(self.signer.token(space_id, seat, expires, host=True), seat, expires)
 
@@ -397,10 +407,11 @@ class Admission:
             counts.listeners += 1
             counts.admitted_total += 1
             counts.peak_listeners = max(counts.peak_listeners, counts.listeners)
-        expires = int(now + self.cfg.token_ttl_s)
+        expires = math.ceil(now + self.cfg.token_ttl_s)
         seat.expires = expires + self.cfg.seat_grace_s
         heapq.heappush(self._seat_heap, (seat.expires, seat.id))
-        return Admitted(self.signer.token(space_id, seat.id, expires), seat.id, expires)
+        seat.token, seat.token_expires = self.signer.token(space_id, seat.id, expires), expires
+        return Admitted(seat.token, seat.id, expires)
 
     def _free_seat(self, sid: str) -> None:
         seat = self._seats.pop(sid, None)

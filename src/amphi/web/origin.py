@@ -12,7 +12,8 @@ its path (the playlist's relative URIs inherit it). The token is checked first, 
 HMAC and no state: missing or expired -> 401, forged or another Space's -> 403. Once the
 Space has ended, its replay is public: init, segments, vod.m3u8 and the download need no
 token. A live playlist fetched with a token past half its life is redirected (307) to the
-same playlist under a renewed token, so players that only follow URLs stay admitted.
+same playlist under a renewed token, so players that only follow URLs stay admitted (see
+``Node.verify_token`` for the one case an expired token still passes).
 
 Init, parts and segments never change once served: they are immutable to caches. Playlists
 are short-lived. A blocking reload holds a slot until the playlist moves, it times out,
@@ -58,7 +59,7 @@ class MediaSource(Protocol):
 
     async def media(self, space_id: str) -> tuple[Pipeline | None, Recording]: ...  # raises NotFound
 
-    def verify_token(self, space_id: str, token: str | None) -> Token: ...  # 401/403
+    def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token: ...  # 401/403
 
     def renewal(self, space_id: str, token: Token) -> str | None: ...
 
@@ -99,8 +100,8 @@ class Origin:
         space_id, token_text, name, msn, part = m.groups()
         source = self._source
         token = None
-        if token_text is not None:
-            token = source.verify_token(space_id, token_text)  # first, before any other work
+        if token_text is not None:  # first, before any other work
+            token = source.verify_token(space_id, token_text, playlist=name == "live.m3u8")
         elif name in _PUBLIC_ONCE_ENDED or (msn is not None and part is None):
             if not source.ended(space_id):
                 raise Unauthorized("an admission token is required while the Space is on: POST /api/spaces/{id}/join")
@@ -252,7 +253,6 @@ def _int_param(query: dict[str, list[str]], name: str) -> int | None:
     values = query.get(name)
     if not values:
         return None
-    try:
-        return int(values[0])
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer") from None
+    if len(values) > 1 or not values[0].isdigit() or len(values[0]) > 9:
+        raise BadRequest(f"{name} must be one whole number from 0 to 999999999")
+    return int(values[0])

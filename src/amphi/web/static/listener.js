@@ -1,9 +1,18 @@
-// The listener page, /s/<id>: the Space's status (polled), and one player for the live
-// playlist (hold music, then live audio) and, once the Space has ended, its replay.
+// The listener page, /s/<id>: a seat in the Space (joined on load; a place in line while the
+// room is full), the Space's status (polled), and one player for the live playlist (hold
+// music, then live audio) and, once the Space has ended, its replay.
 //
-// Player lifecycle: idle -> connecting -> buffering <-> playing -> idle (stopped or ended).
+// Admission (player.phase), one request at a time (POST join):
+//   joining -> waiting -> playing <-> stopped;  any -> ended;  joining -> error (refused).
+//   waiting: a ticket, polled after the answer's retry_after_s (never sooner);
+//   playing: a seat and a token, renewed every renew_after_s; hls.js puts the newest token
+//   into every media request; a refused token (401/403) means joining afresh;
+//   stopped: the listener pressed Stop: no more renewals, the seat lapses with the token.
+// Player (player.state): idle -> connecting -> buffering <-> playing -> idle (stopped or
+//   ended), plus paused (replay) and retrying. player.blocked: admitted, but the browser
+//   wants a tap before it plays sound.
 // hls.js plays wherever it is supported; otherwise Safari plays HLS natively.
-// window.amphiPlayer exposes the player state (and every fatal hls.js error) for tests.
+// window.amphiPlayer exposes both, and every fatal hls.js error, for tests.
 
 "use strict";
 
@@ -11,12 +20,17 @@
   const REFRESH_MS = 5000; // status poll period
   const TICK_MS = 500; // countdown and playback-line refresh
   const ENDED_POLLS = 12; // polls after the end while the replay is not ready yet
-  const RETRY_MS = [1000, 2000, 4000, 8000, 15000]; // back-off for fatal network errors
+  const RETRY_MS = [1000, 2000, 4000, 8000, 15000]; // back-off for failures without a Retry-After
   const REJOIN_AFTER = 3; // fatal network errors in a row before joining afresh (the node may have restarted)
+  const JITTER = 0.1; // waits are the server's figure plus 10 % ± 10 %: spread out, never sooner
+  const DEFAULT_RETRY_S = 2; // when a waiting answer names no wait
+  const TAP_GRACE_MS = 3 * 60 * 1000; // an admitted listener who never taps "Tap to listen" keeps the seat this long
+  const TOKEN_PATH = /(\/media\/[^/?#]+\/t\/)[^/?#]+\//; // /media/<id>/t/<token>/...
 
   const $ = (id) => document.getElementById(id);
   const ui = {
     card: $("space"), state: $("state"), countdown: $("countdown"), title: $("title"), meta: $("meta"),
+    line: $("line"), linePlace: $("line-place"), lineDetail: $("line-detail"), lineNote: $("line-note"),
     play: $("play"), playLabel: $("play-label"), playback: $("playback"), ended: $("ended"),
     endedText: $("ended-text"), endedLinks: $("ended-links"), replay: $("replay"), download: $("download"),
     error: $("error"),
@@ -45,6 +59,23 @@
     generation: 0,
     lastMediaRecovery: 0,
     engine: HlsJs ? "hls.js" : nativeHls ? "native" : null,
+    // admission
+    phase: "joining",
+    ticket: null, // while waiting
+    position: null,
+    waiting: null, // how many wait in this Space's line, us included
+    estimate: null, // estimated_wait_s: null when nobody is leaving
+    order: null, // "fifo" or "draw_at_start"
+    startsAt: null,
+    requeued: false, // our place had lapsed: back at the end of the line
+    token: null, // while admitted
+    playlist: null,
+    expiresAt: 0, // local clock, ms
+    blocked: false,
+    polls: 0, // ticket polls sent
+    renewals: 0, // token renewals answered "admitted"
+    rejoins: 0, // fresh joins after a ticket or token was refused
+    endedInLine: false,
   };
   window.amphiPlayer = player;
 
@@ -62,12 +93,29 @@
     return `${n} ${word}${n === 1 ? "" : "s"}`;
   }
 
+  const ORDINAL = new Intl.PluralRules("en-US", { type: "ordinal" });
+  const SUFFIX = { one: "st", two: "nd", few: "rd", other: "th" };
+  function ordinal(n) {
+    return `${n}${SUFFIX[ORDINAL.select(n)]}`;
+  }
+
   function localTime(iso) {
     const d = new Date(iso);
     const sameDay = d.toDateString() === new Date().toDateString();
     return sameDay
       ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
       : d.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+  }
+
+  function waitText(seconds) {
+    if (seconds === null || seconds === undefined || !Number.isFinite(Number(seconds))) {
+      return "waiting for a seat to free up";
+    }
+    const s = Number(seconds);
+    if (s < 5) return "any moment now";
+    if (s < 60) return `about ${Math.max(5, Math.round(s / 5) * 5)} s`;
+    if (s < 3600) return `about ${Math.round(s / 60)} min`;
+    return "more than an hour";
   }
 
   async function errorText(res) {
@@ -78,9 +126,16 @@
     return `${res.status} ${res.statusText}`;
   }
 
-  function showError(text) {
+  // The error line has one owner at a time ("status", "seat" or "player"): each clears only its own.
+  function showError(text, source = "player") {
     ui.error.textContent = text || "";
     ui.error.hidden = !text;
+    if (text) ui.error.dataset.source = source;
+    else delete ui.error.dataset.source;
+  }
+
+  function clearError(source) {
+    if (ui.error.dataset.source === source) showError("");
   }
 
   // -- status ---------------------------------------------------------------------------
@@ -100,12 +155,13 @@
       if (res.status === 404) return notFound();
       if (!res.ok) throw new Error(await errorText(res));
       space = await res.json();
-      if (ui.error.dataset.source === "status") { showError(""); delete ui.error.dataset.source; }
+      clearError("status");
+      if (space.state === "ended") endSeat(space);
       render();
     } catch (err) {
-      if (!ui.error.hidden && ui.error.dataset.source !== "status") return schedulePoll();
-      showError(`Cannot reach the server (${err.message}); retrying…`);
-      ui.error.dataset.source = "status";
+      if (ui.error.hidden || ui.error.dataset.source === "status") {
+        showError(`Cannot reach the server (${err.message}); retrying…`, "status");
+      }
     }
     schedulePoll();
   }
@@ -116,55 +172,108 @@
       endedPolls += 1;
       if (space.replay || endedPolls > ENDED_POLLS) return; // nothing more will change
     }
+    clearTimeout(pollTimer); // one chain of polls, however many were started
     pollTimer = setTimeout(poll, REFRESH_MS);
   }
 
   function notFound() {
     gone = true;
+    clearTimeout(pollTimer);
+    dropSeat();
     stop();
+    player.phase = "error";
     ui.card.hidden = true;
     ui.notfound.hidden = false;
     document.title = "Space not found · Amphi";
   }
 
-  function render() {
-    const s = space;
-    ui.card.removeAttribute("aria-busy");
-    document.title = `${s.title} · Amphi`;
-    ui.title.textContent = s.title;
-    ui.state.textContent = { scheduled: "Scheduled", live: "Live", ended: "Ended" }[s.state] || s.state;
-    ui.state.className = `badge ${s.state}`;
-
-    if (s.state === "ended") {
-      const lasted = s.recorded_s > 0 ? ` · ${clock(s.recorded_s)} recorded` : "";
-      ui.meta.textContent = `Peak ${plural(s.peak_listeners, "listener")}${lasted}`;
-    } else {
-      ui.meta.textContent = `${s.listeners} listening · peak ${s.peak_listeners}`;
-    }
-
-    ui.ended.hidden = s.state !== "ended";
-    if (s.state === "ended") renderEnded(s);
-    tick();
-    renderButton();
-    if ("mediaSession" in navigator && window.MediaMetadata) {
-      navigator.mediaSession.metadata = new MediaMetadata({ title: s.title, artist: "Amphi" });
-    }
+  function isEnded() {
+    return player.phase === "ended" || (space !== null && space.state === "ended");
   }
 
-  function renderEnded(s) {
+  function replayUrl() {
+    return (space && space.replay) || (player.endedWith && player.endedWith.replay) || null;
+  }
+
+  function downloadUrl() {
+    return (space && space.download) || (player.endedWith && player.endedWith.download) || null;
+  }
+
+  function render() {
+    if (gone) return;
+    const s = space;
+    if (s) {
+      ui.card.removeAttribute("aria-busy");
+      ui.title.textContent = s.title;
+      ui.state.textContent = { scheduled: "Scheduled", live: "Live", ended: "Ended" }[s.state] || s.state;
+      ui.state.className = `badge ${s.state}`;
+      if (s.state === "ended") {
+        const lasted = s.recorded_s > 0 ? ` · ${clock(s.recorded_s)} recorded` : "";
+        ui.meta.textContent = `Peak ${plural(s.peak_listeners, "listener")}${lasted}`;
+      } else {
+        const line = s.waiting > 0 ? ` · ${s.waiting} waiting` : "";
+        ui.meta.textContent = `${s.listeners} listening · peak ${s.peak_listeners}${line}`;
+      }
+      if ("mediaSession" in navigator && window.MediaMetadata) {
+        navigator.mediaSession.metadata = new MediaMetadata({ title: s.title, artist: "Amphi" });
+      }
+    }
+    const ended = isEnded();
+    ui.ended.hidden = !ended;
+    if (ended) renderEnded();
+    renderLine();
+    renderTitle();
+    tick();
+    renderButton();
+  }
+
+  function renderTitle() {
+    let prefix = "";
+    if (player.phase === "waiting" && player.position) prefix = `${ordinal(player.position)} in line · `;
+    else if (player.blocked) prefix = "▶ Your turn · ";
+    document.title = `${prefix}${space ? `${space.title} · ` : ""}Amphi`;
+  }
+
+  function renderEnded() {
+    const s = space || {};
+    const replay = replayUrl();
     const when = s.ended_at ? ` at ${localTime(s.ended_at)}` : "";
     let text = s.ended_abnormally
       ? `This Space was cut off${when}; what was recorded until then is kept.`
       : `This Space ended${when}.`;
-    if (!s.replay) {
+    if (player.endedInLine) text += " It ended while you were in line.";
+    if (!replay) {
       text += s.recorded_s > 0 || endedPolls < ENDED_POLLS ? " The replay will be ready in a moment…" : " Nothing was recorded.";
+    } else if (player.endedInLine) {
+      text += " The replay has all of it.";
     }
     ui.endedText.textContent = text;
-    ui.endedLinks.hidden = !s.replay;
-    if (s.replay) {
-      ui.replay.href = s.replay;
-      ui.download.href = s.download;
+    ui.endedLinks.hidden = !replay;
+    if (replay) {
+      ui.replay.href = replay;
+      ui.download.href = downloadUrl() || replay;
     }
+  }
+
+  // The waiting room: where we are in line, how long it may take, and that nothing needs doing.
+  function renderLine() {
+    const waiting = player.phase === "waiting";
+    ui.line.hidden = !waiting;
+    if (!waiting) return;
+    const n = player.position;
+    const draw = player.order === "draw_at_start";
+    const place = draw ? "You’re in line" : `You’re ${ordinal(n)} in line`;
+    if (ui.linePlace.textContent !== place) ui.linePlace.textContent = place; // announced when it changes
+    const total = player.waiting === 1 ? "1 person waiting" : `${player.waiting} people waiting`;
+    let detail;
+    if (draw) {
+      const at = player.startsAt ? ` at ${localTime(player.startsAt)}` : "";
+      detail = `The order is drawn when the Space starts${at}: you will be ${ordinal(n)} or earlier. ${total}.`;
+    } else {
+      detail = `${total} · ${waitText(player.estimate)}`;
+    }
+    if (player.requeued) detail = `Your place had lapsed, so you’re back in line. ${detail}`;
+    ui.lineDetail.textContent = detail;
   }
 
   // -- the once-a-tick lines: countdown and playback ----------------------------------------
@@ -223,7 +332,10 @@
         }
         break;
       case "retrying": text = player.retryText || "Reconnecting…"; break;
-      default: text = player.note || "";
+      default:
+        if (player.blocked) text = "It’s your turn. Your browser needs a tap before it plays sound.";
+        else if (player.phase === "joining") text = "Joining…";
+        else text = player.note || "";
     }
     ui.playback.classList.toggle("playing", playing);
     if (ui.playback.dataset.text === text + jump) return; // keep focus on the jump link
@@ -246,29 +358,39 @@
   }
 
   function renderButton() {
-    const ended = space && space.state === "ended";
     let label = "Play";
     let icon = "play";
     let busy = false;
-    let disabled = !space || !player.engine;
+    let attention = false;
+    let disabled = !player.engine || gone;
     if (player.state === "connecting" || player.state === "buffering" || player.state === "retrying") {
       busy = true;
       label = player.mode === "replay" ? "Pause" : "Stop";
       icon = player.mode === "replay" ? "pause" : "stop";
-      disabled = false;
     } else if (player.state === "playing") {
       label = player.mode === "replay" ? "Pause" : "Stop";
       icon = player.mode === "replay" ? "pause" : "stop";
     } else if (player.state === "paused") {
       label = "Resume";
-    } else if (ended) {
+    } else if (isEnded()) {
       label = "Play replay";
-      disabled = disabled || !space.replay;
+      disabled = disabled || !replayUrl();
+    } else if (player.phase === "joining") {
+      label = "Joining…";
+      busy = true;
+      disabled = true;
+    } else if (player.blocked) {
+      label = "Tap to listen";
+      attention = true;
+    } else if (player.phase === "error") {
+      label = "Try again";
     }
+    ui.play.hidden = player.phase === "waiting" && player.state === "idle";
     ui.play.disabled = disabled;
     ui.play.dataset.icon = icon;
     ui.playLabel.textContent = label;
     ui.play.toggleAttribute("data-busy", busy);
+    ui.play.toggleAttribute("data-attention", attention);
   }
 
   function setState(state) {
@@ -277,31 +399,323 @@
     renderPlayback();
   }
 
+  // -- admission: joining, waiting in line, keeping the token fresh --------------------------
+
+  let seatTimer = 0; // id of the one pending admission request: a poll, a renewal or a retry
+  let seatAction = null;
+  let seatDue = 0;
+  let seatGeneration = 0; // bumped to drop the answers to earlier requests
+  let trouble = 0; // failed requests in a row (network, 5xx without Retry-After)
+  let freshJoins = 0; // fresh joins since media last loaded: repeated ones back off
+  let restartPlayer = false; // media refused the token: the player starts again once re-admitted
+  let blockedAt = 0;
+
+  function setPhase(phase) {
+    if (player.phase === phase) return;
+    console.info(`amphi: ${player.phase} -> ${phase}`);
+    player.phase = phase;
+    render();
+  }
+
+  // The seat's timer keeps time in a background tab: Chrome throttles the timers of a page
+  // that has been hidden and silent for five minutes to once a minute, longer than a place in
+  // line is held without a poll; a dedicated worker's timers are exempt. setTimeout otherwise.
+  let ticker = null;
+  try {
+    const code = "onmessage = (e) => { setTimeout(() => postMessage(e.data.id), e.data.ms); };";
+    ticker = new Worker(URL.createObjectURL(new Blob([code], { type: "text/javascript" })));
+    ticker.onmessage = (event) => fire(event.data);
+    ticker.onerror = () => { // e.g. a Content-Security-Policy without blob: workers
+      ticker = null;
+      const id = seatTimer;
+      if (id) setTimeout(() => fire(id), Math.max(0, seatDue - Date.now()));
+    };
+  } catch (_) {
+    ticker = null;
+  }
+  let timerIds = 0;
+
+  function later(action, ms) {
+    const id = ++timerIds;
+    seatTimer = id;
+    seatAction = action;
+    seatDue = Date.now() + ms;
+    if (ticker) ticker.postMessage({ id, ms });
+    else setTimeout(() => fire(id), ms);
+  }
+
+  function fire(id) {
+    if (id !== seatTimer) return; // cancelled or replaced
+    const action = seatAction;
+    cancelLater();
+    action();
+  }
+
+  function cancelLater() {
+    seatTimer = 0;
+    seatAction = null;
+  }
+
+  // Forgets any pending admission request and its answer.
+  function dropSeat() {
+    seatGeneration += 1;
+    cancelLater();
+  }
+
+  function jittered(seconds) {
+    return seconds * 1000 * (1 + JITTER + (Math.random() * 2 - 1) * JITTER);
+  }
+
+  // The server's wait in seconds: the body's retry_after_s (exact), else Retry-After.
+  function retryAfterS(res, body) {
+    const exact = body ? Number(body.retry_after_s) : NaN;
+    if (exact > 0) return exact;
+    const header = (res.headers.get("retry-after") || "").trim();
+    if (!header) return null;
+    const s = /^\d+$/.test(header) ? Number(header) : (Date.parse(header) - Date.now()) / 1000;
+    return s > 0 ? s : null;
+  }
+
+  // The page's first join (and a join after coming back from the back/forward cache).
+  function enter() {
+    dropSeat();
+    player.note = "";
+    setPhase("joining");
+    send({});
+  }
+
+  // One join request: {} to join, {ticket} to poll for our place, {token} to renew the seat.
+  async function send(body) {
+    cancelLater();
+    const generation = seatGeneration;
+    if (body.ticket) player.polls += 1;
+    let res;
+    let data = null;
+    try {
+      res = await fetch(`${api}/join`, {
+        method: "POST",
+        cache: "no-store",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      noteClock(res);
+      data = await res.json().catch(() => null);
+    } catch (err) {
+      if (generation === seatGeneration) troubled(body, `Cannot reach the server (${err.message})`);
+      return;
+    }
+    if (generation !== seatGeneration || gone) return;
+    const wait = retryAfterS(res, data);
+    if (data && (res.status === 200 || res.status === 202)) {
+      trouble = 0;
+      clearError("seat");
+      if (data.status === "admitted") return admitted(data, body);
+      if (data.status === "waiting") return waitInLine(data, wait);
+      if (data.status === "ended") {
+        endSeat(data);
+        render();
+        return poll(); // when it ended, what was recorded
+      }
+    }
+    if (res.status === 404) return notFound();
+    if ((res.status === 429 || res.status === 503) && wait !== null) {
+      // too early (429) or too busy (503): the server says when; it gets a little more
+      if (res.status === 503 && !body.ticket && !body.token) {
+        player.note = `So many people are joining that the waiting room is full; trying again in about ${Math.ceil(wait)} s…`;
+        renderPlayback();
+      }
+      return later(() => send(body), jittered(wait));
+    }
+    if ((res.status === 400 || res.status === 401 || res.status === 403) && (body.ticket || body.token)) {
+      return startOver(); // a garbled ticket, or a token too late or not ours: join afresh
+    }
+    const message = (data && data.message) || `${res.status} ${res.statusText}`;
+    if (res.status >= 500 || res.status === 429) return troubled(body, message);
+    refused(message);
+  }
+
+  function troubled(body, text) {
+    const delay = RETRY_MS[Math.min(trouble, RETRY_MS.length - 1)];
+    trouble += 1;
+    if (ui.error.hidden || ui.error.dataset.source === "seat") {
+      showError(`${text}; trying again in ${Math.round(delay / 1000)} s…`, "seat");
+    }
+    later(() => send(body), delay);
+  }
+
+  // A fresh join was refused (e.g. 403): say so; Play tries again.
+  function refused(message) {
+    dropSeat();
+    stop();
+    showError(`Could not join: ${message}`, "seat");
+    setPhase("error");
+  }
+
+  // Our ticket or token is no good (any more): join afresh, which may mean waiting in line.
+  function startOver() {
+    player.ticket = null;
+    player.token = null;
+    player.rejoins += 1;
+    const delay = freshJoins ? RETRY_MS[Math.min(freshJoins - 1, RETRY_MS.length - 1)] : 0;
+    freshJoins += 1;
+    later(() => send({}), delay);
+  }
+
+  function admitted(data, body) {
+    const fromLine = player.phase === "waiting";
+    if (body.token) player.renewals += 1;
+    player.ticket = null;
+    player.position = null;
+    player.token = data.token;
+    player.playlist = data.playlist;
+    player.expiresAt = Date.now() + Number(data.expires_in_s) * 1000;
+    scheduleRenewal(data);
+    player.note = fromLine ? "It’s your turn." : "";
+    setPhase("playing");
+    const running = player.mode === "live" && player.state !== "idle";
+    if (running && !restartPlayer) {
+      if (!player.url) loadPlayer(data.playlist); // Play was pressed and waited for this answer
+      return; // a renewal: hls.js sends the new token with every request from now on
+    }
+    restartPlayer = false;
+    if (player.blocked) return; // starts at the tap
+    playLive(data.playlist);
+  }
+
+  function scheduleRenewal(data) {
+    const ttl = Number(data.expires_in_s) > 0 ? Number(data.expires_in_s) : 60;
+    const after = Number(data.renew_after_s) > 0 ? Number(data.renew_after_s) : ttl / 2;
+    // a little jitter, so that listeners admitted together do not all renew together
+    later(renew, Math.min(after * (1 + Math.random() * JITTER), ttl * 0.8) * 1000);
+  }
+
+  function renew() {
+    if (player.phase !== "playing" || !player.token) return;
+    if (player.blocked && Date.now() - blockedAt > TAP_GRACE_MS) return releaseSeat();
+    send({ token: player.token });
+  }
+
+  // Admitted long ago and never tapped: the seat goes to someone who is there.
+  function releaseSeat() {
+    leave(false);
+    dropSeat();
+    player.blocked = false;
+    player.token = null;
+    player.note = "Playback never started, so your seat went to the next in line. Press Play to join again.";
+    setPhase("stopped");
+  }
+
+  function waitInLine(data, wait) {
+    freshJoins = 0;
+    player.ticket = data.ticket;
+    player.position = data.position;
+    player.waiting = data.waiting;
+    player.estimate = data.estimated_wait_s ?? null;
+    player.order = data.order || "fifo";
+    player.startsAt = data.starts_at || null;
+    player.requeued = Boolean(data.requeued);
+    player.token = null;
+    player.blocked = false;
+    player.note = "";
+    if (player.state !== "idle") stop(); // back in line: a token that lapsed, or Play after Stop
+    setPhase("waiting");
+    render();
+    later(() => send({ ticket: player.ticket }), jittered(wait ?? DEFAULT_RETRY_S));
+  }
+
+  // The Space has ended (a join answer or the status): no seat, no line, only the replay.
+  // A live player keeps playing to the end of the stream.
+  function endSeat(info) {
+    if (player.phase === "ended" || player.phase === "error") return;
+    dropSeat();
+    player.endedInLine = player.phase === "waiting";
+    player.endedWith = { replay: info.replay || null, download: info.download || null };
+    player.ticket = null;
+    player.token = null;
+    player.position = null;
+    player.blocked = false;
+    player.phase = "ended"; // rendered by the caller
+    console.info("amphi: the Space has ended");
+  }
+
+  // Gives the seat or the place up at once, for the next in line.
+  function leave(beacon) {
+    const body = player.ticket ? { ticket: player.ticket } : player.token ? { token: player.token } : null;
+    if (!body) return;
+    const url = `${api}/leave`;
+    const blob = new Blob([JSON.stringify(body)], { type: "application/json" });
+    if (beacon && navigator.sendBeacon && navigator.sendBeacon(url, blob)) return;
+    fetch(url, { method: "POST", body: blob, keepalive: true }).catch(() => { /* the seat lapses anyway */ });
+  }
+
+  // Media answered 401 (the token ran out: a renewal came too late) or 403 (not a token for
+  // this Space): renew if we can (a lapsed seat is kept for a short grace), else join afresh;
+  // either way the player starts again once admitted. A fresh join may mean the line again.
+  function mediaRefused(code) {
+    if (restartPlayer) return; // already on it
+    restartPlayer = true;
+    if (player.hls) player.hls.stopLoad();
+    dropSeat();
+    if (code === 401 && player.token) send({ token: player.token });
+    else startOver();
+  }
+
   // -- the player -----------------------------------------------------------------------
 
   function onPlayClick() {
-    if (player.state === "idle") {
-      if (space && space.state === "ended") return playUrl(space.replay, "replay");
-      return playUrl(null, "live");
-    }
-    if (player.mode === "replay") {
-      if (audio.paused) audio.play().catch(playFailed);
-      else audio.pause();
+    if (player.state !== "idle") {
+      if (player.mode === "replay") {
+        if (audio.paused) play();
+        else audio.pause();
+        return;
+      }
+      stopListening();
       return;
     }
-    stop();
+    if (isEnded()) {
+      const replay = replayUrl();
+      if (replay) playReplay(replay);
+      return;
+    }
+    if (player.phase === "playing" && player.playlist) {
+      playLive(player.playlist); // "Tap to listen"; the token is fresh, renewals went on
+      return;
+    }
+    if (player.phase === "stopped" || player.phase === "error") {
+      showError("");
+      const fresh = player.token && Date.now() < player.expiresAt - 1000;
+      openPlayer("live"); // inside the click, which autoplay policies require
+      dropSeat();
+      player.note = "";
+      setPhase("joining");
+      send(fresh ? { token: player.token } : {});
+    }
   }
 
-  // Starts playback; with url === null, joins the Space first. The media element is bound
-  // and play() is called before any await, inside the click, which autoplay policies require.
-  // attempt > 0 when this is a recovery: then a failed join is retried too.
-  async function playUrl(url, mode, attempt = 0) {
+  // The listener stops (Stop, or a pause from outside: media keys, the lock screen). Renewals
+  // stop too: the seat lapses with the token unless Play comes first.
+  function stopListening() {
     stop();
+    if (player.phase === "playing" || player.phase === "joining") {
+      dropSeat();
+      player.note = "Stopped.";
+      setPhase("stopped");
+      renderPlayback();
+    }
+  }
+
+  function play() {
     const generation = player.generation;
-    if (!attempt) showError("");
+    audio.play().catch((err) => { if (generation === player.generation) playFailed(err); });
+  }
+
+  // A fresh player; the media element is bound and play() called at once, so that a click
+  // that got here counts for autoplay policies even when the playlist comes later.
+  function openPlayer(mode) {
+    stop();
     player.mode = mode;
     player.note = "";
-    player.retries = attempt;
+    player.blocked = false;
     setState("connecting");
     if (HlsJs) {
       player.hls = createHls();
@@ -309,61 +723,64 @@
       audio.load(); // unlocks the element for a later play() on iOS
     }
     audio.play().catch(() => { /* resolved or retried once the source is there */ });
-    try {
-      let playlist = url;
-      if (playlist === null) {
-        const joined = await join();
-        if (generation !== player.generation) return; // stopped meanwhile
-        playlist = joined.playlist;
-        if (joined.status === "ended") player.mode = "replay";
-      }
-      player.url = playlist;
-      if (player.hls) {
-        player.hls.loadSource(playlist);
-      } else {
-        audio.src = playlist;
-      }
-      audio.play().catch(playFailed);
-    } catch (err) {
-      if (generation !== player.generation || gone) return;
-      if (attempt > 0) {
-        retryLater(() => playUrl(url, mode, player.retries));
-      } else {
-        stop();
-        showError(err.message);
-      }
-    }
   }
 
-  async function join() {
-    const res = await fetch(`${api}/join`, { method: "POST" });
-    noteClock(res);
-    if (res.status === 404) {
-      notFound();
-      throw new Error("Space not found");
-    }
-    if (!res.ok) throw new Error(`Could not join: ${await errorText(res)}`);
-    return res.json();
+  function loadPlayer(url) {
+    player.url = url;
+    if (player.hls) player.hls.loadSource(url);
+    else audio.src = url;
+    play();
+  }
+
+  function playLive(url) {
+    openPlayer("live");
+    loadPlayer(url);
+  }
+
+  function playReplay(url) {
+    showError("");
+    openPlayer("replay");
+    loadPlayer(url);
   }
 
   function playFailed(err) {
     if (err && err.name === "AbortError") return; // a newer load or a stop interrupted it
     if (err && err.name === "NotAllowedError") {
+      const live = player.mode === "live" && player.phase === "playing";
       stop();
-      player.note = "The browser blocked playback: press Play again.";
-      renderPlayback();
+      if (live) {
+        // Admitted, but the browser wants a gesture first: the seat is kept for a while.
+        player.blocked = true;
+        blockedAt = Date.now();
+        render();
+        ui.play.focus({ preventScroll: true });
+      } else {
+        player.note = "The browser blocked playback: press Play again.";
+        renderPlayback();
+      }
       return;
     }
     showError(`Playback failed: ${err && err.message ? err.message : err}`);
   }
 
+  // The newest token in a media URL: playlists use relative URIs, so every request would
+  // otherwise carry the token its playlist was loaded with.
+  function withToken(url) {
+    if (!player.token) return url;
+    return url.replace(TOKEN_PATH, (_, head) => `${head}${encodeURIComponent(player.token)}/`);
+  }
+
   function createHls() {
-    const hls = new HlsJs({ lowLatencyMode: true });
+    const hls = new HlsJs({
+      lowLatencyMode: true,
+      xhrSetup: (xhr, url) => { xhr.open("GET", withToken(url), true); }, // hls.js then skips its own open()
+    });
     hls.attachMedia(audio);
     hls.on(HlsJs.Events.ERROR, (_event, data) => onHlsError(hls, data));
     const progressed = () => {
       if (player.retries && player.state === "retrying") setState(audio.paused ? "buffering" : "playing");
       player.retries = 0;
+      freshJoins = 0;
     };
     hls.on(HlsJs.Events.FRAG_LOADED, progressed);
     hls.on(HlsJs.Events.LEVEL_LOADED, progressed);
@@ -374,11 +791,16 @@
   // a server that is down is not hammered), recoverMediaError() after a fatal media error
   // (swapping the audio codec if it fails again at once), a new player for anything else,
   // and also when network errors persist: a restarted node serves a Space again after a join.
+  // 401/403 on live media is about the token: see mediaRefused.
   function onHlsError(hls, data) {
     if (hls !== player.hls) return;
+    if (data.fatal) {
+      player.fatal.push({ type: data.type, details: data.details, code: data.response && data.response.code, at: Date.now() });
+      console.warn("hls.js fatal error", data.type, data.details, data);
+    }
+    const code = data.response ? data.response.code : 0;
+    if (player.mode === "live" && (code === 401 || code === 403)) return mediaRefused(code);
     if (!data.fatal) return;
-    player.fatal.push({ type: data.type, details: data.details, at: Date.now() });
-    console.warn("hls.js fatal error", data.type, data.details, data);
     const E = HlsJs.ErrorTypes;
     if (data.type === E.MEDIA_ERROR) {
       const now = performance.now();
@@ -387,8 +809,8 @@
       hls.recoverMediaError();
       return;
     }
-    // A 4xx answer means this playlist is gone (e.g. the node restarted): only a join helps.
-    const gone4xx = data.response && data.response.code >= 400 && data.response.code < 500;
+    // Any other 4xx means this playlist is gone (e.g. the node restarted): only a join helps.
+    const gone4xx = code >= 400 && code < 500;
     retryLater(() => {
       if (hls !== player.hls) return;
       if (data.type === E.NETWORK_ERROR && !gone4xx && player.retries <= REJOIN_AFTER) {
@@ -397,10 +819,22 @@
           || data.details === HlsJs.ErrorDetails.MANIFEST_PARSING_ERROR;
         if (manifest) hls.loadSource(player.url);
         else hls.startLoad();
+      } else if (player.mode === "replay") {
+        const retries = player.retries;
+        playReplay(player.url);
+        player.retries = retries;
       } else {
-        playUrl(player.mode === "replay" ? player.url : null, player.mode, player.retries);
+        restartLive();
       }
     });
+  }
+
+  // The live player starts again from a fresh admission answer: with our token if we have one.
+  function restartLive() {
+    restartPlayer = true;
+    dropSeat();
+    if (player.token) send({ token: player.token });
+    else startOver();
   }
 
   // Runs action after the next back-off delay, showing the countdown meanwhile.
@@ -416,6 +850,7 @@
     }, delay);
   }
 
+  // Tears the player down (the seat is the admission's business).
   function stop() {
     player.generation += 1; // anything still pending for the previous playback gives up
     clearTimeout(player.retryTimer);
@@ -432,19 +867,21 @@
     player.mode = null;
     player.url = null;
     setState("idle");
-    if (space) render();
+    render();
   }
 
   audio.addEventListener("waiting", () => {
     if (player.state !== "idle" && player.state !== "retrying") setState("buffering");
   });
   audio.addEventListener("playing", () => {
-    if (player.state !== "idle") setState("playing");
+    if (player.state === "idle") return;
+    player.note = "";
+    setState("playing");
   });
   audio.addEventListener("pause", () => {
     if (player.state === "idle" || audio.ended) return;
     if (player.mode === "replay") setState("paused");
-    else stop(); // paused from outside (media keys, lock screen): a live stream resumes at the edge
+    else stopListening(); // a live stream resumes at the edge
   });
   audio.addEventListener("ended", () => {
     if (player.state === "idle") return;
@@ -462,23 +899,47 @@
     stop();
     player.note = `Playback error${err && err.message ? `: ${err.message}` : ""}`;
     renderPlayback();
-    if (mode === "live") setTimeout(() => { if (player.state === "idle") playUrl(null, "live", 1); }, 3000);
-    else if (mode === "replay" && url) showError("The replay could not be played.");
+    if (mode === "live") {
+      const generation = player.generation;
+      setTimeout(() => { if (generation === player.generation && player.phase === "playing") restartLive(); }, 3000);
+    } else if (mode === "replay" && url) {
+      showError("The replay could not be played.");
+    }
   });
 
   ui.play.addEventListener("click", onPlayClick);
   ui.replay.addEventListener("click", (event) => {
     event.preventDefault(); // play it here, in the same player
-    playUrl(space.replay, "replay");
+    const replay = replayUrl();
+    if (replay) playReplay(replay);
   });
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible" && !gone) poll();
+  });
+  // Leaving the page gives the seat or the place up at once. pagehide, not unload: the page
+  // stays eligible for the back/forward cache, and coming back joins again.
+  window.addEventListener("pagehide", () => {
+    if (gone) return;
+    leave(true);
+    dropSeat();
+    player.ticket = null;
+    player.token = null;
+  });
+  window.addEventListener("pageshow", (event) => {
+    if (!event.persisted || gone || player.phase === "ended") return;
+    stop();
+    enter();
   });
   setInterval(tick, TICK_MS);
 
   if (!player.engine) {
     player.note = "This browser cannot play HLS audio; try a recent Chrome, Firefox or Safari.";
   }
-  if (!spaceId) notFound();
-  else poll();
+  if (!spaceId) {
+    notFound();
+  } else {
+    poll();
+    if (player.engine) enter();
+    else setPhase("stopped");
+  }
 })();

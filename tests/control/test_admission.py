@@ -1,0 +1,259 @@
+"""Admission as pure logic: seats, the line, the rate, tokens and tickets, with a fake clock."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from amphi.control.admission import Admission, Admitted, Gcra, Waiting, WaitingLine
+from amphi.control.health import Governor, HealthSample
+from amphi.control.tokens import Signer
+from amphi.core.config import AdmissionConfig
+from amphi.core.errors import BadTicket, Forbidden, TokenExpired, TooBusy, TooEarly, Unauthorized
+
+SECRET = b"k" * 32
+T0 = 1_800_000_000.0
+
+
+def make(**kw: object) -> Admission:
+    cfg = AdmissionConfig(**{"max_listeners": 3, "admit_rate_per_s": 1000.0, "admit_burst": 1000, **kw})  # type: ignore[arg-type]
+    return Admission(cfg, Signer(SECRET), random.Random(7))
+
+
+# --- the line ----------------------------------------------------------------------------------
+
+
+def test_waiting_line_positions_stay_exact_when_entries_leave_anywhere() -> None:
+    line = WaitingLine(capacity=8)  # small: forces compaction and growth
+    seqs = [line.push() for _ in range(50)]
+    rng = random.Random(1)
+    alive = list(seqs)
+    for _ in range(30):
+        gone = alive.pop(rng.randrange(len(alive)))
+        line.remove(gone)
+        for i, s in enumerate(alive[:10]):
+            assert line.position(s) == i + 1
+        alive += [line.push()]
+    assert len(line) == len(alive)
+    assert line.head() == alive[0]
+    assert [line.position(s) for s in alive] == list(range(1, len(alive) + 1))
+    with pytest.raises(KeyError):
+        line.remove(seqs[0] if seqs[0] not in alive else -5)
+
+
+def test_gcra_spaces_grants_and_allows_a_burst() -> None:
+    g = Gcra(rate=10, burst=3)
+    assert [g.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert g.wait(0.0) == pytest.approx(0.1)
+    assert not g.take(0.05) and g.take(0.1)
+    granted = sum(g.take(1.0 + i / 1000) for i in range(1000))  # a one-second stampede
+    assert granted <= 10 + 3
+
+
+# --- seats and the line ------------------------------------------------------------------------
+
+
+def test_seats_fill_then_the_line_is_fifo_with_exact_positions() -> None:
+    adm = make()
+    answers = [adm.join("s", T0) for _ in range(8)]
+    assert [type(a) for a in answers] == [Admitted] * 3 + [Waiting] * 5
+    assert [a.position for a in answers[3:]] == [1, 2, 3, 4, 5]  # type: ignore[union-attr]
+    assert all(a.order == "fifo" for a in answers[3:])  # type: ignore[union-attr]
+    c = adm.counts("s")
+    assert (c.listeners, c.waiting, c.admitted_total) == (3, 5, 3)
+
+    # the first listener leaves: the head of the line is offered the seat, nobody else
+    assert adm.leave("s", token=answers[0].token, now=T0 + 1)  # type: ignore[union-attr]
+    assert adm.promote(T0 + 1) is None
+    w1, w2 = answers[3], answers[4]
+    assert isinstance(adm.poll("s", w1.ticket, T0 + 20), Admitted)  # type: ignore[union-attr]
+    again = adm.poll("s", w2.ticket, T0 + 20)  # type: ignore[union-attr]
+    assert isinstance(again, Waiting) and again.position == 1 and again.waiting == 4
+    assert adm.occupied == 3
+
+
+def test_nobody_jumps_the_line_even_when_a_seat_is_free() -> None:
+    adm = make()
+    first = [adm.join("s", T0) for _ in range(4)]
+    assert adm.leave("s", token=first[0].token, now=T0)  # type: ignore[union-attr]
+    late = adm.join("s", T0)  # a seat is free, but someone was waiting before
+    assert isinstance(late, Waiting) and late.position == 2
+
+
+def test_the_rate_turns_a_stampede_into_a_ramp() -> None:
+    adm = make(max_listeners=1000, admit_rate_per_s=10.0, admit_burst=5)
+    answers = [adm.join("s", T0) for _ in range(100)]
+    assert sum(isinstance(a, Admitted) for a in answers) == 5
+    assert adm.promote(T0) == pytest.approx(0.1, abs=1e-3)
+    for i in range(1, 11):  # one second later: 10 more offered, at the rate
+        adm.promote(T0 + i / 10)
+    assert adm.counts("s").reserved == 10 and adm.waiting == 85
+
+
+def test_ticket_from_two_clients_keeps_one_place_and_one_seat() -> None:
+    adm = make(max_listeners=1)
+    seated = adm.join("s", T0)
+    w = adm.join("s", T0)
+    other = adm.join("s", T0)
+    assert isinstance(w, Waiting) and isinstance(other, Waiting)
+    a = adm.poll("s", w.ticket, T0 + 10)
+    b = adm.poll("s", w.ticket, T0 + 20)
+    assert isinstance(a, Waiting) and isinstance(b, Waiting) and a.position == b.position == 1
+    assert adm.waiting == 2
+    adm.leave("s", token=seated.token, now=T0 + 21)  # type: ignore[union-attr]
+    adm.promote(T0 + 21)
+    x, y = adm.poll("s", w.ticket, T0 + 22), adm.poll("s", w.ticket, T0 + 22)
+    assert isinstance(x, Admitted) and isinstance(y, Admitted) and x.seat == y.seat
+    assert adm.occupied == 1 and adm.counts("s").listeners == 1
+
+
+def test_polling_too_early_is_refused_cheaply() -> None:
+    adm = make(max_listeners=0 + 1)
+    adm.join("s", T0)
+    w = adm.join("s", T0)
+    assert isinstance(w, Waiting)
+    with pytest.raises(TooEarly) as info:
+        adm.poll("s", w.ticket, T0 + 0.1)
+    assert 0 < info.value.retry_after_s <= w.retry_after_s
+    assert isinstance(adm.poll("s", w.ticket, T0 + w.retry_after_s), Waiting)
+
+
+def test_places_and_seats_lapse_without_polls_or_renewals() -> None:
+    cfg = AdmissionConfig()
+    adm = make(max_listeners=1)
+    seated = adm.join("s", T0)
+    w = adm.join("s", T0)
+    assert isinstance(seated, Admitted) and isinstance(w, Waiting)
+    # the waiting client goes quiet: its place lapses; the ticket then rejoins at the back
+    adm.sweep(T0 + cfg.ticket_hold_s + 1)
+    assert adm.waiting == 0
+    back = adm.poll("s", w.ticket, T0 + cfg.ticket_hold_s + 2)
+    assert isinstance(back, Waiting) and back.requeued
+    # the listener renews within its token's life and keeps the seat; then stops renewing
+    t1 = T0 + cfg.token_ttl_s - 5
+    renewed = adm.renew("s", seated.token, t1)
+    assert renewed.seat == seated.seat and renewed.expires > seated.expires and renewed.renewed
+    adm.sweep(t1 + cfg.token_ttl_s)  # past the token, still within its grace
+    assert adm.counts("s").listeners == 1
+    adm.sweep(t1 + cfg.token_ttl_s + cfg.seat_grace_s + 1)
+    assert adm.counts("s").listeners == 0
+    with pytest.raises(TokenExpired):
+        adm.renew("s", renewed.token, t1 + cfg.token_ttl_s + cfg.seat_grace_s + 1)
+
+
+def test_renewal_after_leaving_is_refused() -> None:
+    adm = make()
+    a = adm.join("s", T0)
+    assert isinstance(a, Admitted)
+    assert adm.leave("s", token=a.token, now=T0)
+    assert not adm.leave("s", token=a.token, now=T0)  # nothing left to free
+    with pytest.raises(TokenExpired):
+        adm.renew("s", a.token, T0 + 1)
+
+
+def test_early_arrivals_are_drawn_in_random_order_at_the_start() -> None:
+    adm = make(max_listeners=2)
+    adm.rng = random.Random(3)
+    early = [adm.join("s", T0 + i, before_start=True) for i in range(12)]
+    waiting = [a for a in early if isinstance(a, Waiting)]
+    assert len(waiting) == 10 and all(w.order == "draw_at_start" for w in waiting)
+    assert all(w.position == i + 1 for i, w in enumerate(waiting))  # the pool's size: an upper bound
+    assert adm.draw("s") == 10
+    positions = [adm.poll("s", w.ticket, T0 + 100).position for w in waiting]  # type: ignore[union-attr]
+    assert sorted(positions) == list(range(1, 11))
+    assert positions != list(range(1, 11))  # shuffled (this seed), not by who hammered first
+    late = adm.join("s", T0 + 100)
+    assert isinstance(late, Waiting) and late.position == 11 and late.order == "fifo"
+
+
+def test_hosts_are_never_queued_nor_counted() -> None:
+    adm = make(max_listeners=1)
+    adm.join("s", T0)
+    adm.join("s", T0)
+    host = adm.host("s", T0)
+    assert isinstance(host, Admitted) and adm.occupied == 1
+    assert adm.signer.verify_token("s", host.token, T0).host
+    assert adm.renew("s", host.token, T0 + 1).token != host.token
+
+
+def test_the_waiting_room_has_a_bound() -> None:
+    adm = make(max_listeners=1, max_waiting=2)
+    adm.join("s", T0)
+    adm.join("s", T0)
+    adm.join("s", T0)
+    with pytest.raises(TooBusy) as info:
+        adm.join("s", T0)
+    assert info.value.retry_after_s is not None
+
+
+def test_retry_after_is_jittered_and_estimates_come_from_the_measured_rate() -> None:
+    adm = make(max_listeners=10, admit_rate_per_s=5.0, admit_burst=10)
+    for i in range(10):
+        adm.join("s", T0 + i * 0.2)  # 10 seats granted over 2 s
+    waits = [adm.join("s", T0 + 2) for _ in range(40)]
+    assert len({w.retry_after_s for w in waits}) > 30  # type: ignore[union-attr]
+    rate = adm.measured_rate(T0 + 2)
+    assert rate == pytest.approx(10 / adm.cfg.rate_window_s)
+    w = waits[-1]
+    assert isinstance(w, Waiting) and w.estimated_wait_s == pytest.approx(40 / rate, rel=0.01)
+
+
+def test_ending_a_space_frees_its_seats_and_line() -> None:
+    adm = make(max_listeners=2)
+    for _ in range(2):
+        adm.join("a", T0)
+    adm.join("b", T0)
+    adm.close_space("a")
+    assert adm.occupied == 0 and adm.counts("a").listeners == 0
+    assert adm.waiting == 1  # b's line is untouched; its head is offered a freed seat
+    adm.promote(T0)
+    assert adm.counts("b").reserved == 1
+
+
+# --- tokens and tickets --------------------------------------------------------------------------
+
+
+def test_tokens_are_bound_signed_and_expire() -> None:
+    s = Signer(SECRET)
+    tok = s.token("space1", "seatseat1", int(T0) + 60)
+    assert s.verify_token("space1", tok, T0).seat == "seatseat1"
+    with pytest.raises(Forbidden):
+        s.verify_token("space2", tok, T0)  # another Space's
+    with pytest.raises(Forbidden):
+        Signer(b"z" * 32).verify_token("space1", tok, T0)  # another key: forged
+    with pytest.raises(Forbidden):
+        s.verify_token("space1", tok.replace(str(int(T0) + 60), str(int(T0) + 6000)), T0)  # extended
+    with pytest.raises(TokenExpired):
+        s.verify_token("space1", tok, T0 + 61)  # replayed after expiry
+    with pytest.raises(Unauthorized):
+        s.verify_token("space1", None, T0)
+    with pytest.raises(BadTicket):
+        s.verify_ticket("space1", s.ticket("space2", 5, int(T0)))
+    for garbage in ("", "1.2", "x" * 300, 42, None):
+        with pytest.raises(BadTicket):
+            s.verify_ticket("space1", garbage)
+
+
+# --- health --------------------------------------------------------------------------------------
+
+
+def test_governor_cuts_the_limit_under_pressure_and_climbs_the_ladder() -> None:
+    cfg = AdmissionConfig(max_listeners=1000, escalate_after=2, recover_after=3)
+    gov = Governor(cfg)
+    sick = HealthSample(loop_lag_s=0.5, loop_cpu=0.99, join_p95_s=1.0)
+    well = HealthSample(loop_lag_s=0.001, loop_cpu=0.2, join_p95_s=0.01)
+    gov.update(sick, occupied=900, now=1)
+    assert gov.limit == 900 and gov.level == 0 and len(gov.problems) == 3
+    gov.update(sick, occupied=900, now=2)
+    assert gov.level == 1 and gov.level_name == "queue_new_joins"
+    for t in (3, 4):
+        gov.update(sick, occupied=900, now=t)
+    assert gov.level == 2 and gov.level_name == "optional_work_off"
+    low = gov.limit
+    for t in range(5, 8):
+        gov.update(well, occupied=900, now=t)  # the room is over the limit: it grows back
+    assert gov.level == 1 and gov.limit > low
+    for t in range(8, 200):
+        gov.update(well, occupied=0, now=t)  # nearly empty: no reason to grow
+    assert gov.level == 0 and gov.limit < 1000
