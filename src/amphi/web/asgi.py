@@ -3,9 +3,10 @@ framework in the way, and the same JSON error shape as the Starlette API."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import orjson
 
 from amphi.core.errors import AmphiError, MalformedBody, PayloadTooLarge
 
@@ -35,11 +36,11 @@ async def send_json(send: Send, status: int, obj: object, *, retry_after_s: floa
     headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS]
     if retry_after_s is not None:
         headers.append(retry_after_header(retry_after_s))
-    await respond(send, status, headers, json.dumps(obj).encode())
+    await respond(send, status, headers, orjson.dumps(obj))
 
 
 async def send_error(send: Send, err: AmphiError, *, head_only: bool = False) -> None:
-    body = json.dumps(err.to_json()).encode()
+    body = orjson.dumps(err.to_json())
     headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS]
     if err.retry_after_s is not None:
         headers.append(retry_after_header(err.retry_after_s))
@@ -72,8 +73,8 @@ async def read_json(scope: Scope, receive: Receive, limit: int) -> dict[str, Any
     if not body.strip():
         return {}
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
         raise MalformedBody(f"body is not JSON: {e}") from None
     if not isinstance(data, dict):
         raise MalformedBody("body must be a JSON object")
