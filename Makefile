@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DATA ?= data
-APT_PACKAGES := ffmpeg chromium
+APT_PACKAGES := ffmpeg chromium wrk
 
 .PHONY: setup system run test bench clean
 
@@ -18,6 +18,7 @@ system:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -44,6 +45,8 @@ test: setup
 bench: setup
 	$(PY) bench/glass_to_glass.py
 	$(PY) bench/pipeline_cpu.py
+	$(PY) bench/surge.py
+	$(PY) bench/join_rate.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache
