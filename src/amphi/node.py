@@ -253,7 +253,8 @@ class Node:
             answer = adm.join(space.id, now, before_start=before_start)
         common = {"state": space.state.value, "starts_at": iso(space.starts_at)}
         if isinstance(answer, Waiting):
-            self._admission_changed.set()
+            if adm.occupied < adm.limit:  # a seat is free: the admitter may offer it now
+                self._admission_changed.set()
             retry = answer.retry_after_s * (2 if self.governor.level >= 2 else 1)
             return 202, {"status": "waiting", **common, "ticket": answer.ticket, "position": answer.position,
                          "waiting": answer.waiting, "estimated_wait_s": answer.estimated_wait_s,

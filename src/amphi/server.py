@@ -4,6 +4,7 @@ embedded), the media pipelines and the WebRTC ingest. See docs/architecture.md f
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -17,6 +18,12 @@ from amphi.node import Node
 from amphi.web.app import App
 
 log = logging.getLogger(__name__)
+
+# The waiting room holds many long-lived small objects (a surge is 10^5..10^6 places in line),
+# and CPython's default thresholds (700, 10, 10) rescan them all again and again while they
+# pile up: the join path ran 30 % slower with 100k in line. Collect the young generation
+# far less often; the program makes few reference cycles.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 async def _wait_listening(host: str, port: int, server_task: asyncio.Task[None]) -> None:
@@ -49,6 +56,8 @@ async def serve(cfg: Config) -> None:
         raise SystemExit(f"amphi: {cfg.http.host}:{cfg.http.port} is already in use")
     node = Node(cfg)
     await node.open()
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()  # what start-up made lives forever: keep it out of every collection
     server = Server(
         App(node), address=cfg.http.host, port=cfg.http.port, interface=Interfaces.ASGINL,
         http=HTTPModes.http1, backlog=4096, log_level=LogLevels.warning, websockets=False,
