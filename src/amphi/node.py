@@ -290,10 +290,11 @@ class Node:
         return t
 
     def renewal(self, space_id: str, token: Token) -> str | None:
-        """A fresh token for a listener past half its token's life whose seat is still held,
-        for a redirect; None if not due."""
+        """A fresh token for a listener in the last quarter of its token's life whose seat is
+        still held, for a redirect; None if not due. (Clients that renew through the API do
+        so at half-life, so they never see the redirect.)"""
         now = time.time()
-        if token.expires - now > self.cfg.admission.token_ttl_s / 2:
+        if token.expires - now > self.cfg.admission.token_ttl_s / 4:
             return None
         if not token.host and not self.admission.seat_held(space_id, token.seat):
             return None

@@ -187,16 +187,29 @@ def test_the_waiting_room_has_a_bound() -> None:
     assert info.value.retry_after_s is not None
 
 
-def test_retry_after_is_jittered_and_estimates_come_from_the_measured_rate() -> None:
-    adm = make(max_listeners=10, admit_rate_per_s=5.0, admit_burst=10)
-    for i in range(10):
-        adm.join("s", T0 + i * 0.2)  # 10 seats granted over 2 s
-    waits = [adm.join("s", T0 + 2) for _ in range(40)]
-    assert len({w.retry_after_s for w in waits}) > 30  # type: ignore[union-attr]
-    rate = adm.measured_rate(T0 + 2)
-    assert rate == pytest.approx(10 / adm.cfg.rate_window_s)
+def test_retry_after_is_jittered_and_estimates_come_from_how_fast_the_line_moves() -> None:
+    adm = make(max_listeners=10, admit_rate_per_s=5.0, admit_burst=1)
+    assert isinstance(adm.join("s", T0), Admitted)
+    early = [adm.join("s", T0) for _ in range(9)]
+    for i in range(1, 11):
+        adm.promote(T0 + i * 0.2)  # the 9 are offered seats over 2 s, at the rate
+    assert adm.counts("s").reserved == 9
+    waits = [adm.join("s", T0 + 2) for _ in range(60)]
+    assert len({w.retry_after_s for w in waits}) > 40  # type: ignore[union-attr]
+    rate = adm.line_rate(T0 + 2)
+    assert rate == pytest.approx(9 / adm.cfg.rate_window_s)
     w = waits[-1]
-    assert isinstance(w, Waiting) and w.estimated_wait_s == pytest.approx(40 / rate, rel=0.01)
+    assert isinstance(w, Waiting) and w.estimated_wait_s == pytest.approx(60 / rate, rel=0.01)
+    assert waits[0].retry_after_s < 2 < waits[-1].retry_after_s  # type: ignore[union-attr]  # the front polls sooner
+    assert all(isinstance(e, Waiting) for e in early)
+
+
+def test_no_estimate_when_the_room_is_full_and_nobody_leaves() -> None:
+    adm = make(max_listeners=2)
+    adm.join("s", T0)
+    adm.join("s", T0)
+    w = adm.join("s", T0)
+    assert isinstance(w, Waiting) and w.estimated_wait_s is None
 
 
 def test_ending_a_space_frees_its_seats_and_line() -> None:

@@ -32,6 +32,8 @@ from amphi.core.errors import TokenExpired, TooBusy, TooEarly
 
 
 EPSILON_S = 1e-6  # float slack in time comparisons (Unix times are large numbers)
+RENEWED_RECENTLY = 0.75  # a seat's token with more than this share of its life left is handed out again
+FRONT_POLL_S_PER_PLACE = 0.2  # the front of the line polls faster: 1 s at place 5, 10 s from place 50
 
 
 class Gcra:
@@ -204,7 +206,7 @@ class Admission:
         self._lines: dict[str, _Line] = {}
         self._counts: dict[str, SpaceCounts] = {}
         self._waiting_total = 0
-        self._grants: deque[list[float]] = deque()  # [second, count] buckets for the measured rate
+        self._served: deque[list[float]] = deque()  # [second, count]: seats offered to the lines
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -224,10 +226,11 @@ class Admission:
         s = self._seats.get(seat)
         return s is not None and s.space_id == space_id and not s.reserved
 
-    def measured_rate(self, now: float) -> float:
-        """Seats granted per second over the last ``rate_window_s``."""
-        self._trim_grants(now)
-        return sum(c for _, c in self._grants) / self.cfg.rate_window_s
+    def line_rate(self, now: float) -> float:
+        """Seats offered to the lines per second over the last ``rate_window_s``: how fast
+        the line actually moves (0 when the room is full and nobody leaves)."""
+        self._trim_served(now)
+        return sum(c for _, c in self._served) / self.cfg.rate_window_s
 
     # -- joins ------------------------------------------------------------------------------
 
@@ -280,7 +283,7 @@ class Admission:
         seat = self._seats.get(token.seat)
         if seat is None or seat.space_id != token.space_id or seat.reserved:
             raise TokenExpired("this seat has been released: join again")
-        if seat.token is not None and seat.token_expires - now > self.cfg.token_ttl_s / 2:
+        if seat.token is not None and seat.token_expires - now > RENEWED_RECENTLY * self.cfg.token_ttl_s:
             # renewed a moment ago (say, by another of this listener's requests): the same
             # token, so the URLs a player already holds stay the same
             return Admitted(seat.token, seat.id, seat.token_expires, renewed=True)
@@ -390,10 +393,9 @@ class Admission:
         seat = Seat(new_seat_id(), space_id, expires, reserved)
         self._seats[seat.id] = seat
         heapq.heappush(self._seat_heap, (expires, seat.id))
-        counts = self._space(space_id)
         if reserved:
-            counts.reserved += 1
-        self._grant(now)
+            self._space(space_id).reserved += 1
+            self._count_served(now)
         return seat
 
     def _admit(self, space_id: str, seat: Seat, now: float) -> Admitted:
@@ -492,7 +494,9 @@ class Admission:
         else:
             position, order = len(line.pool), "draw_at_start"  # an upper bound until the draw
         estimate = self._estimate(position, now)
-        base = self.cfg.poll_max_s if estimate is None else estimate / 3
+        base = position * FRONT_POLL_S_PER_PLACE  # a seat offered to the head is picked up soon
+        if estimate is not None:
+            base = min(base, estimate / 3)
         retry = self._jitter(min(self.cfg.poll_max_s, max(self.cfg.poll_min_s, base)))
         entry.last_poll = now
         entry.next_poll = now + retry
@@ -503,27 +507,28 @@ class Admission:
 
     def _estimate(self, position: int, now: float) -> float | None:
         """Seconds until ``position`` is seated, from what is measured: the admission rate
-        while seats are free, the measured rate of seats granted otherwise."""
+        while enough seats are free, else how fast the line has been moving; None when it
+        has not moved (a full room nobody leaves): no number is better than a made-up one."""
         if self.paused:
             return None
         free = max(0, self.limit - self.occupied)
         if position <= free:
             return round(self.gcra.wait(now) + position / self.gcra.rate, 1)
-        rate = self.measured_rate(now)
+        rate = self.line_rate(now)
         return round(position / rate, 1) if rate > 0 else None
 
     def _jitter(self, seconds: float) -> float:
         j = self.cfg.poll_jitter
         return seconds * self.rng.uniform(1 - j, 1 + j)
 
-    def _grant(self, now: float) -> None:
+    def _count_served(self, now: float) -> None:
         second = math.floor(now)
-        if self._grants and self._grants[-1][0] == second:
-            self._grants[-1][1] += 1
+        if self._served and self._served[-1][0] == second:
+            self._served[-1][1] += 1
         else:
-            self._grants.append([second, 1])
-            self._trim_grants(now)
+            self._served.append([second, 1])
+            self._trim_served(now)
 
-    def _trim_grants(self, now: float) -> None:
-        while self._grants and self._grants[0][0] <= now - self.cfg.rate_window_s:
-            self._grants.popleft()
+    def _trim_served(self, now: float) -> None:
+        while self._served and self._served[0][0] <= now - self.cfg.rate_window_s:
+            self._served.popleft()

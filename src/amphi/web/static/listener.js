@@ -76,6 +76,7 @@
     renewals: 0, // token renewals answered "admitted"
     rejoins: 0, // fresh joins after a ticket or token was refused
     endedInLine: false,
+    endedWith: null, // {replay, download} from the answer that said the Space has ended
   };
   window.amphiPlayer = player;
 
@@ -334,7 +335,7 @@
       case "retrying": text = player.retryText || "Reconnecting…"; break;
       default:
         if (player.blocked) text = "It’s your turn. Your browser needs a tap before it plays sound.";
-        else if (player.phase === "joining") text = "Joining…";
+        else if (player.phase === "joining") text = player.note || "Joining…";
         else text = player.note || "";
     }
     ui.playback.classList.toggle("playing", playing);
@@ -521,7 +522,8 @@
     if ((res.status === 429 || res.status === 503) && wait !== null) {
       // too early (429) or too busy (503): the server says when; it gets a little more
       if (res.status === 503 && !body.ticket && !body.token) {
-        player.note = `So many people are joining that the waiting room is full; trying again in about ${Math.ceil(wait)} s…`;
+        player.note = "So many people are joining that the waiting room is full; "
+          + `trying again in about ${Math.ceil(wait)} s…`;
         renderPlayback();
       }
       return later(() => send(body), jittered(wait));
@@ -546,6 +548,7 @@
   // A fresh join was refused (e.g. 403): say so; Play tries again.
   function refused(message) {
     dropSeat();
+    restartPlayer = false;
     stop();
     showError(`Could not join: ${message}`, "seat");
     setPhase("error");
@@ -617,6 +620,7 @@
     player.token = null;
     player.blocked = false;
     player.note = "";
+    restartPlayer = false;
     if (player.state !== "idle") stop(); // back in line: a token that lapsed, or Play after Stop
     setPhase("waiting");
     render();
@@ -634,6 +638,7 @@
     player.token = null;
     player.position = null;
     player.blocked = false;
+    restartPlayer = false;
     player.phase = "ended"; // rendered by the caller
     console.info("amphi: the Space has ended");
   }
@@ -750,6 +755,7 @@
       stop();
       if (live) {
         // Admitted, but the browser wants a gesture first: the seat is kept for a while.
+        console.info("amphi: the browser blocked playback until a tap");
         player.blocked = true;
         blockedAt = Date.now();
         render();
@@ -794,11 +800,11 @@
   // 401/403 on live media is about the token: see mediaRefused.
   function onHlsError(hls, data) {
     if (hls !== player.hls) return;
+    const code = data.response ? data.response.code : 0;
     if (data.fatal) {
-      player.fatal.push({ type: data.type, details: data.details, code: data.response && data.response.code, at: Date.now() });
+      player.fatal.push({ type: data.type, details: data.details, code, at: Date.now() });
       console.warn("hls.js fatal error", data.type, data.details, data);
     }
-    const code = data.response ? data.response.code : 0;
     if (player.mode === "live" && (code === 401 || code === 403)) return mediaRefused(code);
     if (!data.fatal) return;
     const E = HlsJs.ErrorTypes;
