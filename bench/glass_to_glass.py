@@ -243,6 +243,7 @@ class Measurement:
 class ListenerStats:
     parts: int = 0
     resyncs: int = 0  # the hinted part could not be had; restarted from a fresh playlist
+    renewals: int = 0  # playlist requests redirected to a renewed admission token
     gaps: int = 0  # a part came that does not follow the previous one
     unmatched_onsets: int = 0  # onsets heard that match no burst (noise, or a burst heard twice)
     seconds_decoded: float = 0.0
@@ -260,6 +261,14 @@ class Listener:
         self.stats = ListenerStats()
         self.ready = asyncio.Event()
 
+    def _adopt(self, playlist: httpx.Response) -> None:
+        """Like hls.js, resolve from where the playlist really came: the origin renews an
+        admission token by redirecting a playlist request to a URL with a new one."""
+        if playlist.history:
+            self.url = str(playlist.url).split("?", 1)[0]
+            self.base = self.url.rsplit("/", 1)[0] + "/"
+            self.stats.renewals += 1
+
     def _reload_url(self, uri: str) -> str:
         msn, index = uri.split(".")[:2]
         return f"{self.url}{'&' if '?' in self.url else '?'}_HLS_msn={msn}&_HLS_part={index}"
@@ -267,6 +276,7 @@ class Listener:
     async def run(self, client: httpx.AsyncClient) -> None:
         r = await client.get(self.url)
         r.raise_for_status()
+        self._adopt(r)
         playlist = Playlist.parse(r.text)
         init = await client.get(self.base + "init.mp4")
         init.raise_for_status()
@@ -291,8 +301,10 @@ class Listener:
                 self.stats.log.append(f"resync at {uri}: part {part.status_code}, playlist {reloaded.status_code}")
                 r = await client.get(self.url)
                 r.raise_for_status()
+                self._adopt(r)
                 playlist, previous = Playlist.parse(r.text), None
                 continue
+            self._adopt(reloaded)
             playlist = Playlist.parse(reloaded.text)
             info = playlist.parts.get(uri)
             if info is None:
@@ -341,7 +353,7 @@ async def measure(server: str, space_id: str, host_key: str, playlist: str, args
     assert me is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)  # clean up, then exit
     limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
-    async with httpx.AsyncClient(timeout=15.0, limits=limits, http2=False) as client:
+    async with httpx.AsyncClient(timeout=15.0, limits=limits, http2=False, follow_redirects=True) as client:
         listening = asyncio.create_task(listener.run(client), name="listener")
         speaking: asyncio.Task[None] | None = None
         try:
@@ -434,7 +446,7 @@ def print_table(summary: dict[str, object]) -> None:
             print(f"{label:52s} {s['min']:7.3f} {s['p50']:7.3f} {s['p95']:7.3f} {s['max']:7.3f}")
     listener = summary["listener"]
     assert isinstance(listener, dict)
-    print(f"listener: {listener['parts']} parts, {listener['resyncs']} resyncs, {listener['gaps']} gaps, "
+    print(f"listener: {listener['parts']} parts, {listener['resyncs']} resyncs, {listener['renewals']} token renewals, {listener['gaps']} gaps, "
           f"{listener['unmatched_onsets']} unmatched onsets")
     for line in listener["log"][:10]:
         print(f"  {line}")

@@ -1,4 +1,4 @@
-"""What both benchmarks share: an ``amphi serve`` subprocess on 127.0.0.1 and the API calls
+"""What the benchmarks share: an ``amphi serve`` subprocess on 127.0.0.1 and the API calls
 that put a Space on air.
 
 Lifecycle of a ``NodeProcess``: new -> running (``start()``, returns once the API answers)
@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import NoReturn
 
@@ -73,7 +73,8 @@ def tail(path: Path, lines: int = 30) -> str:
 class NodeProcess:
     """``amphi serve`` on a free 127.0.0.1 port with a throw-away data dir."""
 
-    def __init__(self, *, keep_dir: bool = False) -> None:
+    def __init__(self, *, keep_dir: bool = False, args: Sequence[str] = ()) -> None:
+        self.args = tuple(args)  # extra ``amphi serve`` options, e.g. ("--max-listeners", "2000")
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.dir = Path(tempfile.mkdtemp(prefix="amphi-bench-"))
@@ -87,7 +88,8 @@ class NodeProcess:
         return self.proc.pid
 
     def start(self) -> NodeProcess:
-        cmd = amphi_command("serve", "--host", HOST, "--port", str(self.port), "--data-dir", str(self.dir / "data"))
+        cmd = amphi_command("serve", "--host", HOST, "--port", str(self.port), "--data-dir", str(self.dir / "data"),
+                            *self.args)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
@@ -172,3 +174,121 @@ def run(main: Callable[[], int]) -> NoReturn:
     except Exception as exc:  # noqa: BLE001 - a bench reports and exits 2
         print(f"error: {exc!r}", file=sys.stderr)
         sys.exit(2)
+
+
+# -- for the admission benches (surge.py, join_rate.py) -------------------------------------
+
+
+def raise_open_files() -> int:
+    """Lifts this process's soft open-file limit to the hard one (a node started afterwards
+    inherits it). Returns the soft limit now in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) and of its live children."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def space_status(server: str, space_id: str) -> dict[str, object]:
+    """``GET /api/spaces/<id>``: state, listeners, waiting, admitted_total, peak_listeners, ..."""
+    r = httpx.get(f"{server}/api/spaces/{space_id}", timeout=10.0)
+    r.raise_for_status()
+    return dict(r.json())
+
+
+def node_stats(server: str) -> dict[str, object]:
+    """``GET /api/node``; empty if the node does not answer."""
+    try:
+        r = httpx.get(f"{server}/api/node", timeout=10.0)
+        return dict(r.json()) if r.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def join_space(server: str, space_id: str, body: dict[str, object] | None = None) -> tuple[int, dict[str, object]]:
+    """``POST /api/spaces/<id>/join`` with a JSON body (``{}`` by default): (status, answer).
+    200 admitted (token, playlist), 202 waiting (ticket, position), 429/503 retry later."""
+    r = httpx.post(f"{server}/api/spaces/{space_id}/join", json=body or {}, timeout=10.0)
+    try:
+        answer = dict(r.json())
+    except ValueError:
+        answer = {"error": "not_json", "message": r.text[:200]}
+    return r.status_code, answer
+
+
+def first_media(playlist_url: str, text: str) -> tuple[str, str]:
+    """The init segment and the first part or segment a live playlist lists, as absolute
+    URLs. Relative URIs resolve against the playlist's own URL, so a token in its path
+    carries over to them."""
+    from urllib.parse import urljoin
+
+    init = media = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("#EXT-X-MAP:") and init is None:
+            init = _uri_attribute(line)
+        elif line.startswith("#EXT-X-PART:") and media is None:
+            media = _uri_attribute(line)
+        elif line and not line.startswith("#") and media is None:
+            media = line
+        if init is not None and media is not None:
+            break
+    if init is None or media is None:
+        raise ValueError(f"the playlist lists no {'init segment' if init is None else 'media'}")
+    return urljoin(playlist_url, init), urljoin(playlist_url, media)
+
+
+def _uri_attribute(line: str) -> str | None:
+    for item in line.split(":", 1)[1].split(","):
+        key, _, value = item.partition("=")
+        if key.strip() == "URI":
+            return value.strip().strip('"')
+    return None
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores of this machine have spent busy (not idle, not waiting on I/O)
+    since boot: compare with a process's CPU to see how much other processes took."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(v for k, v in t._asdict().items() if k not in ("idle", "iowait", "guest", "guest_nice"))
+
+
+def main_thread_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process's main thread (a node's event loop)."""
+    import psutil
+
+    try:
+        for t in psutil.Process(pid).threads():
+            if t.id == pid:
+                return t.user_time + t.system_time
+    except psutil.NoSuchProcess:
+        pass
+    return 0.0

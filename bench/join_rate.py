@@ -1,0 +1,356 @@
+"""Join path cost: how many join decisions (the waiting answer) a node makes per CPU second.
+
+    .venv/bin/python bench/join_rate.py [--seconds 10] [--connections 64] [--threads 1] \\
+        [--inproc-seconds 3] [--target 10000] [--json OUT]
+
+Measured two ways, both printed:
+
+1. **over HTTP**: ``amphi serve --max-listeners 1`` on a free 127.0.0.1 port, one live Space
+   whose one seat this bench takes first, so every further join is a waiting answer. wrk
+   (``-t1 -c64 -d10s`` by default) POSTs ``{}`` to ``/api/spaces/<id>/join`` over keep-alive
+   connections; a Lua script counts the answers by status. The node's CPU time (user +
+   system, all its threads, psutil) over the run gives *decisions per core-second* =
+   requests / node CPU seconds. The node's own ``waiting`` count must have grown by about
+   the number of requests. Skipped, with a message, if ``wrk`` is not installed
+   (``make system`` installs it).
+2. **in process**: ``amphi.control.admission.Admission.join`` called in a tight loop on a
+   node-less ``Admission`` with one seat, already taken: decisions per CPU second of this
+   process. That is the decision alone (line, position, estimate, signed ticket), without
+   HTTP, JSON or the ASGI stack.
+
+Exits 1 if a figure measured is below ``--target`` (10,000 per core-second), 2 on an error.
+Runs about 25 s with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import psutil
+
+from harness import (NodeProcess, end_space, exit_on_sigterm, join_space, machine_busy_s, main_thread_cpu_s,
+                     process_cpu_s, raise_open_files, run, space_status, start_space)
+
+SETTLE_S = 2.0  # after the Space starts, before measuring
+BASELINE_S = 2.0  # the node's CPU with the live Space and no joins, for reference
+WRK_GRACE_S = 30.0  # beyond --seconds, before wrk is killed
+INPROC_MAX_DECISIONS = 400_000  # bounds the in-process line's memory (about 100 MB)
+TOKEN_TTL_S = 600  # the seat the bench takes must outlive the run
+
+WRK_SCRIPT = r"""
+-- join_rate.py: POST an empty JSON body to join; count the answers by status
+wrk.method = "POST"
+wrk.body = "{}"
+wrk.headers["Content-Type"] = "application/json"
+
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  statuses = {}
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local counts = {}
+  for _, thread in ipairs(threads) do
+    for status, n in pairs(thread:get("statuses")) do
+      counts[status] = (counts[status] or 0) + n
+    end
+  end
+  local parts = {}
+  for status, n in pairs(counts) do
+    table.insert(parts, string.format('"%d": %d', status, n))
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests": %d, "duration_us": %d, "bytes": %d, "errors": {"connect": %d, "read": %d, ' ..
+    '"write": %d, "status": %d, "timeout": %d}, "latency_us": {"mean": %.1f, "p50": %d, "p90": %d, ' ..
+    '"p99": %d, "max": %d}, "statuses": {%s}}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+    table.concat(parts, ", ")))
+end
+"""
+
+
+@dataclass
+class HttpRun:
+    skipped: str | None = None
+    command: list[str] = field(default_factory=list)
+    requests: int = 0
+    seconds: float = 0.0
+    requests_per_s: float = 0.0
+    node_cpu_s: float = 0.0
+    node_percent: float = 0.0  # of one core, over the run
+    loop_percent: float = 0.0  # the node's main thread (event loop), of one core
+    others_percent: float = 0.0  # every other process on the machine, of one core
+    baseline_percent: float = 0.0  # the node with the live Space and no joins
+    wrk_cpu_s: float = 0.0
+    wrk_percent: float = 0.0
+    per_cpu_s: float = 0.0  # requests / node CPU seconds
+    per_loop_cpu_s: float = 0.0  # requests / CPU seconds of the node's event-loop thread
+    statuses: dict[str, int] = field(default_factory=dict)
+    non_2xx: int = 0
+    socket_errors: dict[str, int] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    waiting_before: int | None = None
+    waiting_after: int | None = None
+    waiting_growth: int | None = None
+    wrk_output: str = ""
+
+
+@dataclass
+class InprocRun:
+    skipped: str | None = None
+    decisions: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    per_cpu_s: float = 0.0
+    line_length: int = 0
+    answer: str = ""  # the last answer, for the record
+
+
+# -- 1. over HTTP ---------------------------------------------------------------------------
+
+
+def take_the_seat(server: str, space_id: str) -> None:
+    status, answer = join_space(server, space_id)
+    if status != 200:
+        raise RuntimeError(f"the first join should take the one seat; got HTTP {status}: {answer}")
+    status, answer = join_space(server, space_id)
+    if status != 202 or answer.get("status") != "waiting":
+        raise RuntimeError(f"with the seat taken a join should wait; got HTTP {status}: {answer}")
+
+
+def measure_http(node: NodeProcess, space_id: str, args: argparse.Namespace) -> HttpRun:
+    out = HttpRun()
+    wrk = shutil.which("wrk") or "wrk"  # main() checked that it is installed
+    script = node.dir / "join.lua"
+    script.write_text(WRK_SCRIPT)
+    url = f"{node.url}/api/spaces/{space_id}/join"
+    out.command = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds:g}s", "--timeout", "5s",
+                   "-s", str(script), url]
+
+    print(f"[http] node baseline {BASELINE_S:.0f} s (live Space, no joins)", flush=True)
+    cpu0, t0 = process_cpu_s(node.pid), time.monotonic()
+    time.sleep(BASELINE_S)
+    out.baseline_percent = 100 * (process_cpu_s(node.pid) - cpu0) / (time.monotonic() - t0)
+
+    out.waiting_before = _int(space_status(node.url, space_id).get("waiting"))
+    print(f"[http] {' '.join(out.command[:-3])} ... {url}", flush=True)
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0, loop0, all0, t0 = process_cpu_s(node.pid), main_thread_cpu_s(node.pid), machine_busy_s(), time.monotonic()
+    proc = subprocess.Popen(out.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, text=True)
+    try:
+        text, _ = proc.communicate(timeout=args.seconds + WRK_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        raise RuntimeError(f"wrk did not finish within {args.seconds + WRK_GRACE_S:.0f} s") from None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    wall = time.monotonic() - t0
+    node_cpu = process_cpu_s(node.pid) - cpu0
+    loop_cpu = main_thread_cpu_s(node.pid) - loop0
+    all_cpu = machine_busy_s() - all0
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out.wrk_output = text
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk exited with {proc.returncode}:\n{text}")
+    m = re.search(r"^WRK_JSON (.*)$", text, re.MULTILINE)
+    if m is None:
+        raise RuntimeError(f"wrk printed no summary:\n{text}")
+    summary = json.loads(m.group(1))
+
+    out.requests = int(summary["requests"])
+    out.seconds = summary["duration_us"] / 1e6
+    out.requests_per_s = out.requests / out.seconds if out.seconds else 0.0
+    out.node_cpu_s = node_cpu
+    out.node_percent = 100 * node_cpu / wall
+    out.wrk_cpu_s = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
+    out.wrk_percent = 100 * out.wrk_cpu_s / wall
+    out.loop_percent = 100 * loop_cpu / wall
+    out.per_loop_cpu_s = out.requests / loop_cpu if loop_cpu > 0 else 0.0
+    out.others_percent = max(0.0, 100 * (all_cpu - node_cpu - out.wrk_cpu_s) / wall)
+    out.per_cpu_s = out.requests / node_cpu if node_cpu > 0 else 0.0
+    out.statuses = {k: int(v) for k, v in sorted(summary["statuses"].items())}
+    out.non_2xx = sum(n for status, n in out.statuses.items() if not 200 <= int(status) < 300)
+    out.socket_errors = {k: int(v) for k, v in summary["errors"].items() if k != "status"}
+    out.latency_ms = {k: v / 1000 for k, v in summary["latency_us"].items()}
+    out.waiting_after = _int(space_status(node.url, space_id).get("waiting"))
+    if out.waiting_before is not None and out.waiting_after is not None:
+        out.waiting_growth = out.waiting_after - out.waiting_before
+    print(f"[http] {out.requests} requests in {out.seconds:.1f} s ({out.requests_per_s:.0f}/s); "
+          f"node CPU {node_cpu:.2f} s ({out.node_percent:.0f} % of one core): "
+          f"{out.per_cpu_s:.0f} decisions per core-second", flush=True)
+    return out
+
+
+def _int(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+# -- 2. in process --------------------------------------------------------------------------
+
+
+def measure_inproc(seconds: float) -> InprocRun:
+    """``Admission.join`` in a loop: one seat, taken, so every call is a waiting answer."""
+    out = InprocRun()
+    try:
+        from amphi.control.admission import Admission, Waiting
+        from amphi.control.tokens import Signer, new_secret
+        from amphi.core.config import AdmissionConfig
+    except ImportError as exc:
+        out.skipped = f"amphi.control.admission is not importable: {exc}"
+        print(f"[in process] skipped: {out.skipped}", flush=True)
+        return out
+    names = {f.name for f in fields(AdmissionConfig)}
+    cfg = replace(AdmissionConfig(), max_listeners=1,
+                  **({"max_waiting": INPROC_MAX_DECISIONS + 10} if "max_waiting" in names else {}))
+    admission = Admission(cfg, Signer(new_secret()))
+    space = "bench-space"
+    first = admission.join(space, time.time())
+    if isinstance(first, Waiting):
+        raise RuntimeError(f"the first in-process join should take the seat; got {first}")
+    print(f"[in process] Admission.join in a loop for {seconds:g} s", flush=True)
+    join, clock = admission.join, time.time
+    batch = 1000
+    n = 0
+    answer = None
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    deadline = wall0 + seconds
+    while n < INPROC_MAX_DECISIONS and time.perf_counter() < deadline:
+        for _ in range(batch):
+            answer = join(space, clock())
+        n += batch
+    out.cpu_s = time.process_time() - cpu0
+    out.wall_s = time.perf_counter() - wall0
+    if not isinstance(answer, Waiting):
+        raise RuntimeError(f"an in-process join with the seat taken should wait; got {answer}")
+    out.decisions = n
+    out.per_cpu_s = n / out.cpu_s if out.cpu_s else 0.0
+    out.line_length = answer.waiting
+    out.answer = repr(answer)[:200]
+    print(f"[in process] {n} decisions in {out.cpu_s:.2f} CPU s: {out.per_cpu_s:.0f} per CPU second", flush=True)
+    return out
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def print_table(http: HttpRun, inproc: InprocRun, args: argparse.Namespace, cores: int) -> list[tuple[bool, str]]:
+    print()
+    print(f"join decisions, waiting answer ({cores} cores here)   decisions  seconds   CPU s  per CPU s  "
+          f"target {args.target:g}")
+    results: list[tuple[bool, str]] = []
+    if http.skipped:
+        print(f"  {'over HTTP (wrk)':48s} skipped: {http.skipped}")
+    else:
+        ok = http.per_cpu_s >= args.target
+        results.append((ok, f"over HTTP {http.per_cpu_s:.0f} decisions per core-second >= {args.target:g}"))
+        label = f"over HTTP (wrk -t{args.threads} -c{args.connections} -d{args.seconds:g}s)"
+        print(f"  {label:48s} {http.requests:9d} {http.seconds:8.1f} {http.node_cpu_s:7.2f} {http.per_cpu_s:10.0f}  "
+              f"{'met' if ok else 'MISSED'}")
+    if inproc.skipped:
+        print(f"  {'in process (Admission.join)':48s} skipped: {inproc.skipped}")
+    else:
+        ok = inproc.per_cpu_s >= args.target
+        results.append((ok, f"in process {inproc.per_cpu_s:.0f} decisions per CPU second >= {args.target:g}"))
+        print(f"  {'in process (Admission.join)':48s} {inproc.decisions:9d} {inproc.wall_s:8.1f} {inproc.cpu_s:7.2f} "
+              f"{inproc.per_cpu_s:10.0f}  {'met' if ok else 'MISSED'}")
+    if not http.skipped:
+        lat = http.latency_ms
+        print(f"HTTP: {http.requests_per_s:.0f} req/s; latency ms p50 {lat['p50']:.2f}, p90 {lat['p90']:.2f}, "
+              f"p99 {lat['p99']:.2f}, max {lat['max']:.2f}; answers {http.statuses}, non-2xx {http.non_2xx}, "
+              f"socket errors {sum(http.socket_errors.values())}")
+        print(f"      CPU, % of one core: node {http.node_percent:.0f} (event loop thread {http.loop_percent:.0f}, "
+              f"baseline with the live Space and no joins {http.baseline_percent:.1f}), wrk {http.wrk_percent:.0f}, "
+              f"other processes {http.others_percent:.0f}")
+        print(f"      per CPU second of the event-loop thread alone (the serial part): {http.per_loop_cpu_s:.0f}")
+        print(f"      node's waiting count {http.waiting_before} -> {http.waiting_after} "
+              f"(+{http.waiting_growth}; wrk counted {http.requests} answers)")
+        growth_ok = http.waiting_growth is not None and abs(http.waiting_growth - http.requests) <= args.connections
+        results.append((http.non_2xx == 0 and not sum(http.socket_errors.values()),
+                        f"every HTTP answer 2xx: {http.non_2xx} non-2xx, "
+                        f"{sum(http.socket_errors.values())} socket errors"))
+        results.append((set(http.statuses) <= {"202"}, f"every HTTP answer a waiting answer (202): {http.statuses}"))
+        results.append((growth_ok, f"the node's line grew by {http.waiting_growth}, wrk counted {http.requests} "
+                                   f"(within {args.connections})"))
+    if not inproc.skipped:
+        print(f"in process: line {inproc.line_length} long at the end; last answer {inproc.answer}")
+    print("checks")
+    for ok, text in results:
+        print(f"  {'ok  ' if ok else 'MISS'} {text}")
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="wrk duration (default 10)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--inproc-seconds", type=float, default=3.0, help="in-process loop length (default 3)")
+    parser.add_argument("--target", type=float, default=10_000.0,
+                        help="decisions per core-second that each measurement must reach (default 10000)")
+    parser.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+    args = parser.parse_args()
+    if args.seconds < 1 or args.connections < 1 or args.threads < 1 or args.connections < args.threads:
+        parser.error("--seconds >= 1, --connections >= --threads >= 1")
+    exit_on_sigterm()
+    raise_open_files()
+
+    print(f"join rate: wrk {args.seconds:g} s over HTTP, {args.inproc_seconds:g} s in process; "
+          f"about {args.seconds + args.inproc_seconds + SETTLE_S + BASELINE_S + 8:.0f} s", flush=True)
+    http = HttpRun()
+    serve_args = ["--max-listeners", "1", "--token-ttl", str(TOKEN_TTL_S)]
+    if shutil.which("wrk") is None:
+        http.skipped = "wrk is not installed (make system installs it; or apt-get install wrk)"
+        print(f"[http] skipped: {http.skipped}", flush=True)
+    else:
+        with NodeProcess(args=serve_args) as node:
+            print(f"node {node.url} (pid {node.pid}), amphi serve {' '.join(serve_args)}", flush=True)
+            space = start_space(node.url, "join rate bench", join=False)
+            time.sleep(SETTLE_S)
+            take_the_seat(node.url, space.id)
+            http = measure_http(node, space.id, args)
+            if not node.alive():
+                raise RuntimeError("the node exited during the run")
+            end_space(node.url, space)
+    inproc = measure_inproc(args.inproc_seconds)
+
+    cores = psutil.cpu_count() or 0
+    results = print_table(http, inproc, args, cores)
+    if args.json:
+        summary = {"target_per_core_s": args.target, "cores": cores, "http": asdict(http), "in_process": asdict(inproc),
+                   "checks": [{"ok": ok, "check": text} for ok, text in results]}
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+        print(f"wrote {args.json}")
+    missed = [text for ok, text in results if not ok]
+    if not results:
+        print("FAIL: nothing measured")
+        return 1
+    print("FAIL: " + "; ".join(missed) if missed else "PASS: " + "; ".join(text for _, text in results[:2]))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    run(main)
