@@ -25,7 +25,8 @@ from pathlib import Path
 
 import psutil
 
-from harness import NodeProcess, amphi_command, end_space, exit_on_sigterm, kill_group, run, start_space, tail
+from harness import (NodeProcess, amphi_command, end_space, exit_on_sigterm, kill_group, process_cpu_s, run,
+                     start_space, tail)
 
 SETTLE_S = 5.0  # after a change (Space started, speaker on air) before a window opens
 ON_AIR_TIMEOUT_S = 30.0  # for the speaker subprocess to report it is connected
@@ -44,15 +45,7 @@ class Window:
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
-    """User + system time of the process, all its threads, and any children it has."""
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += t.user + t.system
-    return total
+    return process_cpu_s(proc.pid)
 
 
 def sample_window(name: str, node: psutil.Process, seconds: float, speaker: psutil.Process | None = None) -> Window:

@@ -7,23 +7,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import pytest
 
 from tests.integration.amphi_proc import AmphiServer, wait_until
-
-
-@pytest.fixture
-def server(tmp_path):
-    started: list[AmphiServer] = []
-
-    def make(*extra: str) -> AmphiServer:
-        s = AmphiServer(tmp_path / f"data{len(started)}", None, *extra).start()
-        started.append(s)
-        return s
-
-    yield make
-    for s in started:
-        s.stop()
 
 
 def join(amphi: AmphiServer, space: str, **body: str) -> httpx.Response:
@@ -48,8 +33,8 @@ async def concurrent_joins(url: str, space: str, n: int) -> list[httpx.Response]
         return await asyncio.gather(*(client.post(f"/api/spaces/{space}/join", json={}) for _ in range(n)))
 
 
-def test_capacity_100_with_300_concurrent_joiners(server) -> None:
-    amphi = server("--max-listeners", "100", "--admit-rate", "10000", "--admit-burst", "1000")
+def test_capacity_100_with_300_concurrent_joiners(serve) -> None:
+    amphi = serve("--max-listeners", "100", "--admit-rate", "10000", "--admit-burst", "1000")
     space, key = amphi.create("full house")
     amphi.start_space(space, key)
     answers = asyncio.run(concurrent_joins(amphi.url, space, 300))
@@ -81,9 +66,9 @@ def test_capacity_100_with_300_concurrent_joiners(server) -> None:
     assert amphi.status(space)["listeners"] == 100
 
 
-def test_tokens_renew_and_a_silent_listener_frees_its_seat(server) -> None:
+def test_tokens_renew_and_a_silent_listener_frees_its_seat(serve) -> None:
     ttl, grace = 8, 2
-    amphi = server("--max-listeners", "1", "--token-ttl", str(ttl), "--seat-grace", str(grace))
+    amphi = serve("--max-listeners", "1", "--token-ttl", str(ttl), "--seat-grace", str(grace))
     space, key = amphi.create("renewals")
     amphi.start_space(space, key)
     a = join(amphi, space).json()
@@ -115,8 +100,8 @@ def test_tokens_renew_and_a_silent_listener_frees_its_seat(server) -> None:
     assert poll_until_admitted(amphi, space, w.json()["ticket"])["status"] == "admitted"  # the next in line
 
 
-def test_bad_credentials_are_refused_cheaply(server) -> None:
-    amphi = server("--max-listeners", "1")
+def test_bad_credentials_are_refused_cheaply(serve) -> None:
+    amphi = serve("--max-listeners", "1")
     space, key = amphi.create("strict")
     other, other_key = amphi.create("other")
     for s, k in ((space, key), (other, other_key)):
@@ -159,8 +144,8 @@ def test_bad_credentials_are_refused_cheaply(server) -> None:
     assert amphi.http.get(a["playlist"]).status_code == 200
 
 
-def test_early_arrivals_are_drawn_at_random_when_the_space_starts(server) -> None:
-    amphi = server("--max-listeners", "1", "--admit-rate", "1000", "--ticket-hold", "60")
+def test_early_arrivals_are_drawn_at_random_when_the_space_starts(serve) -> None:
+    amphi = serve("--max-listeners", "1", "--admit-rate", "1000", "--ticket-hold", "60")
     starts = datetime.now(UTC) + timedelta(seconds=6)
     space, _ = amphi.create("at noon", starts.isoformat().replace("+00:00", "Z"))
     assert join(amphi, space).status_code == 200  # the seat, before the start (hold music)

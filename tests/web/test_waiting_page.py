@@ -8,9 +8,8 @@ the page never polls sooner than the server asked.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,22 +41,6 @@ RECORD_JOINS = """(() => {
         return res;
     };
 })();"""
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., AmphiServer]]:
-    """Starts a node with the given ``amphi serve`` flags; every node stops after the test.
-    Seats are node-wide, so each test gets its own node."""
-    started: list[AmphiServer] = []
-
-    def start(*flags: str) -> AmphiServer:
-        server = AmphiServer(tmp_path / f"data{len(started)}", None, *flags).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def seat(page: Page) -> dict[str, Any]:

@@ -24,7 +24,9 @@ import heapq
 import math
 import random
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from amphi.control.tokens import Signer, Token, new_seat_id
 from amphi.core.config import AdmissionConfig
@@ -34,6 +36,12 @@ from amphi.core.errors import TokenExpired, TooBusy, TooEarly
 EPSILON_S = 1e-6  # float slack in time comparisons (Unix times are large numbers)
 RENEWED_RECENTLY = 0.75  # a seat's token with more than this share of its life left is handed out again
 FRONT_POLL_S_PER_PLACE = 0.2  # the front of the line polls faster: 1 s at place 5, 10 s from place 50
+
+
+def _pop_due(heap: list[tuple[float, Any]], now: float) -> Iterator[Any]:
+    """The keys of a (deadline, key) heap whose deadline has come, earliest first."""
+    while heap and heap[0][0] <= now:
+        yield heapq.heappop(heap)[1]
 
 
 class Gcra:
@@ -336,16 +344,12 @@ class Admission:
     def sweep(self, now: float) -> int:
         """Releases seats whose time ran out and places nobody polled for; returns how many."""
         freed = 0
-        heap = self._seat_heap
-        while heap and heap[0][0] <= now:
-            expires, sid = heapq.heappop(heap)
+        for sid in _pop_due(self._seat_heap, now):
             seat = self._seats.get(sid)
-            if seat is not None and seat.expires <= now:
+            if seat is not None and seat.expires <= now:  # else renewed since: a later entry is queued
                 self._free_seat(sid)
                 freed += 1
-        heap2 = self._entry_heap
-        while heap2 and heap2[0][0] <= now:
-            _, eid = heapq.heappop(heap2)
+        for eid in _pop_due(self._entry_heap, now):
             entry = self._entries.get(eid)
             if entry is not None and entry.expires <= now:
                 self._drop_entry(entry)
