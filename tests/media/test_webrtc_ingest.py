@@ -6,6 +6,7 @@ Most tests hand the client's offer straight to ``WebRTCIngest.accept()``; one go
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -479,7 +480,9 @@ async def test_speak_returns_when_track_runs_out(ingest: WebRTCIngest) -> None:
     await sink.wait_closed()
 
 
-async def test_speak_raises_when_server_hangs_up(ingest: WebRTCIngest) -> None:
+@contextlib.asynccontextmanager
+async def on_air(ingest: WebRTCIngest) -> AsyncIterator[tuple[Sink, asyncio.Task[None]]]:
+    """``speak()`` through HTTP to ``ingest``, connected and heard; cleaned up on exit."""
     sink = Sink()
     server, url = await answering(ingest, sink)
     connected = asyncio.Event()
@@ -487,27 +490,23 @@ async def test_speak_raises_when_server_hangs_up(ingest: WebRTCIngest) -> None:
     try:
         await asyncio.wait_for(connected.wait(), WAIT_S)
         await sink.wait_frames(3)
-        await ingest.close("alice")
-        with pytest.raises(SpeakError, match="hung up"):
-            await asyncio.wait_for(speaking, WAIT_S)
+        yield sink, speaking
     finally:
         speaking.cancel()
         server.close()
         await server.wait_closed()
 
 
+async def test_speak_raises_when_server_hangs_up(ingest: WebRTCIngest) -> None:
+    async with on_air(ingest) as (_sink, speaking):
+        await ingest.close("alice")
+        with pytest.raises(SpeakError, match="hung up"):
+            await asyncio.wait_for(speaking, WAIT_S)
+
+
 async def test_cancelling_speak_hangs_up(ingest: WebRTCIngest) -> None:
-    sink = Sink()
-    server, url = await answering(ingest, sink)
-    connected = asyncio.Event()
-    speaking = asyncio.create_task(speak(url, "lobby", ToneTrack(440), on_connected=connected.set))
-    try:
-        await asyncio.wait_for(connected.wait(), WAIT_S)
-        await sink.wait_frames(3)
+    async with on_air(ingest) as (sink, speaking):
         speaking.cancel()
         with pytest.raises(asyncio.CancelledError):
             await speaking
         await sink.wait_closed()
-    finally:
-        server.close()
-        await server.wait_closed()

@@ -25,7 +25,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from amphi.control.tokens import Signer, Token, new_seat_id
@@ -251,8 +251,7 @@ class Admission:
             and self.occupied < self.limit
             and self.gcra.take(now)
         ):
-            seat = self._new_seat(space_id, now, reserved=False)
-            return self._admit(space_id, seat, now)
+            return self._admit(space_id, self._new_seat(space_id, now, reserved=False), now)
         if self._waiting_total >= self.cfg.max_waiting:
             raise TooBusy("the waiting room is full; try again later", retry_after_s=self._jitter(self.cfg.poll_max_s))
         entry = self._enqueue(space_id, now, before_start)
@@ -265,15 +264,10 @@ class Admission:
         if entry is None or entry.space_id != space_id:
             # its place lapsed (no poll for ticket_hold_s): back of the line, said so
             answer = self.join(space_id, now, before_start=before_start)
-            if isinstance(answer, Waiting):
-                answer = Waiting(**{**answer.__dict__, "requeued": True})
-            return answer
+            return replace(answer, requeued=True) if isinstance(answer, Waiting) else answer
         if entry.seat is not None:  # offered a seat: pick it up (again, for a second client)
-            seat = self._seats.get(entry.seat)
-            if seat is not None:
-                return self._admit(space_id, seat, now)
-            del self._entries[entry.id]
-            return self.join(space_id, now, before_start=before_start)
+            # the seat exists: freeing a seat drops the entry it was offered to
+            return self._admit(space_id, self._seats[entry.seat], now)
         if now < entry.next_poll - 0.5 * (entry.next_poll - entry.last_poll):
             raise TooEarly("polled before retry_after_s", retry_after_s=max(0.1, entry.next_poll - now))
         return self._waiting_answer(entry, now)
@@ -295,8 +289,7 @@ class Admission:
             # renewed a moment ago (say, by another of this listener's requests): the same
             # token, so the URLs a player already holds stay the same
             return Admitted(seat.token, seat.id, seat.token_expires, renewed=True)
-        answer = self._admit(token.space_id, seat, now)
-        return Admitted(answer.token, answer.seat, answer.expires, renewed=True)
+        return replace(self._admit(token.space_id, seat, now), renewed=True)
 
     def host(self, space_id: str, now: float, *, seat: str | None = None) -> Admitted:
         """Hosts and speakers listen on reserved capacity: never queued, never counted."""
@@ -380,9 +373,7 @@ class Admission:
             self._waiting_total -= len(line)
         for eid in [e.id for e in self._entries.values() if e.space_id == space_id]:
             del self._entries[eid]
-        counts = self._counts.get(space_id)
-        if counts is not None:
-            counts.waiting = counts.listeners = counts.reserved = 0
+        self._space(space_id).waiting = 0  # freeing the seats above counted them down
 
     # -- internals --------------------------------------------------------------------------
 
@@ -393,11 +384,13 @@ class Admission:
         return c
 
     def _new_seat(self, space_id: str, now: float, *, reserved: bool) -> Seat:
-        expires = now + (self.cfg.ticket_hold_s if reserved else self.cfg.token_ttl_s + self.cfg.seat_grace_s)
-        seat = Seat(new_seat_id(), space_id, expires, reserved)
+        """A seat offered to a ticket (held ``ticket_hold_s``), or one for ``_admit`` to
+        give its token and deadline straight away."""
+        seat = Seat(new_seat_id(), space_id, 0.0, reserved)
         self._seats[seat.id] = seat
-        heapq.heappush(self._seat_heap, (expires, seat.id))
         if reserved:
+            seat.expires = now + self.cfg.ticket_hold_s
+            heapq.heappush(self._seat_heap, (seat.expires, seat.id))
             self._space(space_id).reserved += 1
             self._count_served(now)
         return seat
@@ -434,6 +427,8 @@ class Admission:
                 del self._entries[entry.id]
 
     def _enqueue(self, space_id: str, now: float, before_start: bool) -> Entry:
+        """A place at the back; ``_waiting_answer``, which always follows, sets its deadlines
+        and queues it for the sweep."""
         line = self._lines.get(space_id)
         if line is None:
             line = self._lines[space_id] = _Line()
@@ -446,7 +441,6 @@ class Admission:
             entry.seq = line.fifo.push()
             line.by_seq[entry.seq] = entry
         self._entries[entry.id] = entry
-        heapq.heappush(self._entry_heap, (entry.expires, entry.id))
         self._waiting_total += 1
         self._space(space_id).waiting += 1
         return entry

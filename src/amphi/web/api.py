@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from amphi.core.errors import AmphiError, InvalidSdp, MalformedBody, NotFound, PayloadTooLarge
+from amphi.core.errors import AmphiError, InvalidSdp, NotFound, PayloadTooLarge
 from amphi.node import Node
+from amphi.web.asgi import check_declared_length, parse_object, retry_after_value
 
 STATIC = Path(__file__).parent / "static"
 
@@ -34,14 +34,12 @@ STATIC = Path(__file__).parent / "static"
 def error_response(err: AmphiError) -> JSONResponse:
     headers = {"cache-control": "no-store"}
     if err.retry_after_s is not None:
-        headers["retry-after"] = str(max(1, round(err.retry_after_s)))
+        headers["retry-after"] = retry_after_value(err.retry_after_s)
     return JSONResponse(err.to_json(), status_code=err.status, headers=headers)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise PayloadTooLarge(f"body larger than {limit} bytes")
+    check_declared_length(request.headers.get("content-length"), limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -51,14 +49,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    raw = await read_body(request, limit)
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MalformedBody(f"body is not JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise MalformedBody("body must be a JSON object")
-    return data
+    return parse_object(await read_body(request, limit))
 
 
 def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:

@@ -1,6 +1,7 @@
 """The node's whole ASGI app: ``/media/`` goes to the raw origin and join/leave to the raw
-waiting-room endpoint (the hot paths), everything else to the Starlette control API and pages. Served without ASGI lifespan: the node's lifecycle
-is run by ``amphi.server``, which owns the loop."""
+waiting-room endpoint (the hot paths), everything else to the Starlette control API and
+pages. Served without ASGI lifespan: the node's lifecycle is run by ``amphi.server``, which
+owns the loop."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ framework in the way, and the same JSON error shape as the Starlette API."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,10 +20,10 @@ NO_STORE = b"no-store"
 CORS = (b"access-control-allow-origin", b"*")
 
 
-def retry_after_header(seconds: float) -> tuple[bytes, bytes]:
+def retry_after_value(seconds: float) -> str:
     """Retry-After in whole seconds, rounded up: a client that waits exactly that long is
-    never early."""
-    return b"retry-after", str(max(1, -int(-seconds // 1))).encode()
+    never early. Both the raw endpoints and the Starlette API answer with it."""
+    return str(max(1, math.ceil(seconds)))
 
 
 async def respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
@@ -32,19 +33,17 @@ async def respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], b
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_json(send: Send, status: int, obj: object, *, retry_after_s: float | None = None) -> None:
+async def send_json(send: Send, status: int, obj: object, *, retry_after_s: float | None = None,
+                    head_only: bool = False) -> None:
+    body = orjson.dumps(obj)
     headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS]
     if retry_after_s is not None:
-        headers.append(retry_after_header(retry_after_s))
-    await respond(send, status, headers, orjson.dumps(obj))
+        headers.append((b"retry-after", retry_after_value(retry_after_s).encode()))
+    await respond(send, status, headers, b"" if head_only else body, len(body))
 
 
 async def send_error(send: Send, err: AmphiError, *, head_only: bool = False) -> None:
-    body = orjson.dumps(err.to_json())
-    headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS]
-    if err.retry_after_s is not None:
-        headers.append(retry_after_header(err.retry_after_s))
-    await respond(send, err.status, headers, b"" if head_only else body, len(body))
+    await send_json(send, err.status, err.to_json(), retry_after_s=err.retry_after_s, head_only=head_only)
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -57,9 +56,7 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 async def read_json(scope: Scope, receive: Receive, limit: int) -> dict[str, Any]:
     """The request's JSON object body; an empty body is ``{}``. 413 past ``limit`` bytes
     (declared or sent), 400 for anything that is not a JSON object."""
-    declared = header(scope, b"content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise PayloadTooLarge(f"body larger than {limit} bytes")
+    check_declared_length(header(scope, b"content-length"), limit)
     body = b""
     while True:
         message = await receive()
@@ -70,10 +67,19 @@ async def read_json(scope: Scope, receive: Receive, limit: int) -> dict[str, Any
             raise PayloadTooLarge(f"body larger than {limit} bytes")
         if not message.get("more_body"):
             break
-    if not body.strip():
-        return {}
+    return parse_object(body) if body.strip() else {}
+
+
+def check_declared_length(declared: bytes | str | None, limit: int) -> None:
+    """413 for a Content-Length over ``limit`` (or not a number), before reading a byte."""
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise PayloadTooLarge(f"body larger than {limit} bytes")
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object; 400 otherwise."""
     try:
-        data = orjson.loads(body)
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise MalformedBody(f"body is not JSON: {e}") from None
     if not isinstance(data, dict):
