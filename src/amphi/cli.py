@@ -89,3 +89,8 @@ def speak(server: str, space_id: str, key: str | None, path: str | None, tone: f
         uvloop.run(run(server.rstrip("/"), space_id, track, key=key, duration=duration, on_connected=connected))
     except SpeakError as e:
         raise click.ClickException(str(e)) from None
+
+
+from amphi.loadtest.cli import loadtest  # noqa: E402 - the load test lives in its own package
+
+main.add_command(loadtest)

@@ -1,0 +1,79 @@
+"""``amphi loadtest``: real HTTP listeners against a server, and what each one experienced."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from amphi.loadtest.profiles import PROFILES, AttackUnavailable
+
+
+@click.command()
+@click.option("--server", required=True,
+              help="Amphi base URL (http://127.0.0.1:8000); for --protocol hls the playlist URL, for icecast the mount URL.")
+@click.option("--space", default="", help="Space id (--protocol amphi).")
+@click.option("--listeners", required=True, type=click.IntRange(1), help="Audience size (places, for churn).")
+@click.option("--profile", default="ramp", show_default=True, type=click.Choice(PROFILES),
+              help="Arrival schedule: ramp, surge, poisson, churn or reconnect (see docs/loadtest.md).")
+@click.option("--duration", default=30.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds from T0 to the end of the run.")
+@click.option("--ramp", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds over which listeners arrive (surge: the window around T0).")
+@click.option("--procs", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Generator processes; each runs a share of the listeners.")
+@click.option("--protocol", default="amphi", show_default=True, type=click.Choice(["amphi", "hls", "icecast"]),
+              help="amphi: join + token + LL-HLS; hls: a plain playlist URL; icecast: one endless GET.")
+@click.option("--player", default="ll", show_default=True, type=click.Choice(["ll", "segments"]),
+              help="ll: parts with blocking reload (hls.js low-latency); segments: whole segments only.")
+@click.option("--stay", default=None, type=click.FloatRange(min=0.1), help="churn: mean seconds a session stays.")
+@click.option("--drop-at", default=None, type=click.FloatRange(min=0), help="reconnect: when every connection drops (s).")
+@click.option("--stream-kbps", default=64.0, show_default=True, type=click.FloatRange(min=1),
+              help="icecast: the mount's bitrate, to turn bytes into seconds of audio.")
+@click.option("--server-pid", default=None, type=int, help="Server process to measure (default: found by port when local).")
+@click.option("--seed", default=1, show_default=True, type=int, help="Seed of the schedule and the jitter.")
+@click.option("--attack", default=None, metavar="KIND",
+              help="Mix attackers in (extension point: not available until the defense work lands).")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the result as JSON.")
+@click.option("--plot", "plot_out", default=None, type=click.Path(dir_okay=False), help="Write a PNG plot over time.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+def loadtest(server: str, space: str, listeners: int, profile: str, duration: float, ramp: float, procs: int,
+             protocol: str, player: str, stay: float | None, drop_at: float | None, stream_kbps: float,
+             server_pid: int | None, seed: int, attack: str | None, json_out: str | None, plot_out: str | None,
+             quiet: bool) -> None:
+    """Drive real HTTP listeners that behave like players, and report what each experienced."""
+    from amphi.loadtest import report
+    from amphi.loadtest.run import RunOptions, run
+    from amphi.loadtest.swarm import LoadConfig
+
+    if protocol == "amphi" and not space:
+        raise click.UsageError("--space is required with --protocol amphi")
+    if ramp >= duration:
+        raise click.UsageError("--ramp must be shorter than --duration")
+    if not server.startswith("http://"):
+        raise click.UsageError("--server must be an http:// URL")
+    cfg = LoadConfig(server=server.rstrip("/") if protocol == "amphi" else server, space=space, protocol=protocol,
+                     player=player, duration_s=duration, stream_kbps=stream_kbps, seed=seed)
+    opts = RunOptions(cfg=cfg, listeners=listeners, profile=profile, ramp_s=ramp, procs=procs, stay_s=stay,
+                      drop_at_s=drop_at, server_pid=server_pid, attack=attack)
+    tty = sys.stderr.isatty()
+
+    def progress(line: str) -> None:
+        if not quiet:
+            click.echo(("\r\x1b[K" + line) if tty else line, err=True, nl=not tty)
+
+    click.echo(f"amphi loadtest: {listeners} listeners, profile {profile}, {duration:g} s, {procs} process(es)",
+               err=True)
+    try:
+        result = run(opts, progress)
+    except (AttackUnavailable, ValueError) as e:
+        raise click.UsageError(str(e)) from None
+    if tty and not quiet:
+        click.echo("", err=True)
+    click.echo(report.summary_table(result))
+    if json_out:
+        report.write_json(result, json_out)
+        click.echo(f"wrote {json_out}")
+    if plot_out:
+        report.plot(result, plot_out)
+        click.echo(f"wrote {plot_out}")

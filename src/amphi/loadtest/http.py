@@ -1,0 +1,264 @@
+"""A lean HTTP/1.1 keep-alive client on a raw asyncio Protocol: the load test's hot path.
+
+One ``Connection`` is one TCP connection carrying one request at a time, as a player's
+connection does. Responses are framed by Content-Length or chunked encoding; ``stream``
+reads an endless body (an Icecast mount) and hands each chunk's size to a callback. A
+request on a connection that was idle and has been closed by the server is retried once
+on a new connection, as browsers do.
+
+Errors (all ``HttpError``, with ``kind`` for the error table):
+
+    HttpError
+     ├── ConnectFailed   kind "connect_refused" | "connect_error" | "connect_timeout"
+     ├── Timeout         kind "timeout"         (no whole response in time)
+     └── Disconnected    kind "reset"           (the server closed or reset mid-response)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+class HttpError(Exception):
+    kind = "http_error"
+
+
+class ConnectFailed(HttpError):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Timeout(HttpError):
+    kind = "timeout"
+
+
+class Disconnected(HttpError):
+    kind = "reset"
+
+
+class Response:
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers  # lower-case names; the last value of a repeated header
+        self.body = body
+
+
+_HEADERS_END = b"\r\n\r\n"
+
+
+class _Protocol(asyncio.Protocol):
+    """Parses one response at a time into ``waiter``."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[Response] | None = None
+        self.on_data: Callable[[int], None] | None = None  # streaming: body bytes go here
+        self.status = 0
+        self.headers: dict[str, str] | None = None
+        self.length = -1  # -1: unknown (read to close), -2: chunked
+        self.closed = False
+        self.got_bytes = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        w = self.waiter
+        if w is not None and not w.done():
+            if self.headers is not None and self.length == -1 and self.on_data is None:
+                w.set_result(Response(self.status, self.headers, bytes(self.buf)))  # body ended by close
+            else:
+                w.set_exception(Disconnected(f"connection closed: {exc or 'by the server'}"))
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        if self.headers is not None and self.on_data is not None:
+            self.on_data(len(data))
+            return
+        self.buf += data
+        self._parse()
+
+    def _parse(self) -> None:
+        w = self.waiter
+        if w is None or w.done():
+            return
+        if self.headers is None:
+            end = self.buf.find(_HEADERS_END)
+            if end < 0:
+                return
+            head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+            del self.buf[:end + 4]
+            try:
+                self.status = int(head[0].split(" ", 2)[1])
+            except (IndexError, ValueError):
+                w.set_exception(Disconnected(f"bad status line {head[0][:80]!r}"))
+                return
+            headers: dict[str, str] = {}
+            for line in head[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            self.headers = headers
+            if "content-length" in headers:
+                self.length = int(headers["content-length"])
+            elif headers.get("transfer-encoding", "").lower() == "chunked":
+                self.length = -2
+            elif self.status in (204, 304) or 100 <= self.status < 200:
+                self.length = 0
+            else:
+                self.length = -1
+            if self.on_data is not None:  # streaming: the body is not kept
+                w.set_result(Response(self.status, headers, b""))
+                if self.buf:
+                    self.on_data(len(self.buf))
+                    self.buf.clear()
+                return
+        if self.length >= 0:
+            if len(self.buf) >= self.length:
+                body = bytes(self.buf[:self.length])
+                del self.buf[:self.length]
+                w.set_result(Response(self.status, self.headers, body))
+        elif self.length == -2:
+            body = _dechunk(self.buf)
+            if body is not None:
+                w.set_result(Response(self.status, self.headers, body))
+
+
+def _dechunk(buf: bytearray) -> bytes | None:
+    """The whole body if ``buf`` holds every chunk (then consumed), else None."""
+    out = bytearray()
+    pos = 0
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
+        start = eol + 2
+        if size == 0:
+            end = buf.find(b"\r\n\r\n", eol)  # no trailers expected: "0\r\n\r\n"
+            if end < 0:
+                return None
+            del buf[:end + 4]
+            return bytes(out)
+        if len(buf) < start + size + 2:
+            return None
+        out += buf[start:start + size]
+        pos = start + size + 2
+
+
+class Connection:
+    """One keep-alive connection to ``host:port``; reconnects by itself when closed.
+
+    Lifecycle: idle -> busy (one request) -> idle ...; ``close()`` at any time; a later
+    request opens a new TCP connection."""
+
+    def __init__(self, host: str, port: int, *, connect_timeout_s: float = 10.0) -> None:
+        self.host = host
+        self.port = port
+        self.connect_timeout_s = connect_timeout_s
+        self._p: _Protocol | None = None
+        self._host_header = f"{host}:{port}".encode()
+        self.requests = 0
+        self.connects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._p is not None and not self._p.closed
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, p = await loop.create_connection(_Protocol, self.host, self.port)
+        except TimeoutError:
+            raise ConnectFailed("connect_timeout", f"no connection to {self.host}:{self.port} in "
+                                f"{self.connect_timeout_s:g} s") from None
+        except ConnectionRefusedError as e:
+            raise ConnectFailed("connect_refused", str(e)) from None
+        except OSError as e:
+            raise ConnectFailed("connect_error", f"{type(e).__name__}: {e}") from None
+        self.connects += 1
+        self._p = p
+        return p
+
+    def close(self) -> None:
+        p, self._p = self._p, None
+        if p is not None and p.transport is not None:
+            p.transport.abort()
+
+    async def request(self, method: str, target: str, body: bytes | None = None, *,
+                      timeout_s: float = 10.0, content_type: bytes = b"application/json") -> Response:
+        """Sends one request and returns the whole response. ``target`` is the path and query."""
+        reused = self.connected
+        try:
+            return await self._exchange(method, target, body, timeout_s, content_type, None)
+        except Disconnected:
+            if not reused:
+                raise
+            # the server closed the idle connection just as we reused it: once more, new connection
+            return await self._exchange(method, target, body, timeout_s, content_type, None)
+
+    async def stream(self, target: str, on_data: Callable[[int], None], *, timeout_s: float = 10.0) -> Response:
+        """GET with an endless body: returns once the headers are in; the body's sizes go to
+        ``on_data`` until the connection closes (``wait_closed``)."""
+        return await self._exchange("GET", target, None, timeout_s, b"", on_data)
+
+    async def wait_closed(self) -> None:
+        while self.connected:
+            assert self._p is not None
+            fut = asyncio.get_running_loop().create_future()
+            self._p.waiter = fut
+            try:
+                await fut
+            except HttpError:
+                pass
+        self._p = None
+
+    async def _exchange(self, method: str, target: str, body: bytes | None, timeout_s: float,
+                        content_type: bytes, on_data: Callable[[int], None] | None) -> Response:
+        p = self._p if self.connected else await self._connect()
+        assert p is not None and p.transport is not None
+        p.headers = None
+        p.buf.clear()
+        p.on_data = on_data
+        p.got_bytes = False
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: amphi-loadtest\r\n" % (
+            method.encode(), target.encode(), self._host_header)
+        if body is not None:
+            head += b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type, len(body))
+        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        p.waiter = fut
+        p.transport.write(head + b"\r\n" + (body or b""))
+        self.requests += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                resp = await fut
+        except TimeoutError:
+            self.close()
+            raise Timeout(f"{method} {target[:80]}: no response in {timeout_s:g} s") from None
+        except asyncio.CancelledError:
+            self.close()  # an answer may still come: this connection's framing is lost
+            raise
+        except HttpError:
+            self.close()
+            raise
+        finally:
+            p.waiter = None
+        if on_data is None and resp.headers.get("connection", "").lower() == "close":
+            self.close()
+        return resp
+
+
+def split_url(url: str) -> tuple[str, int, str]:
+    """``http://host:port/path?q`` -> (host, port, "/path?q")."""
+    if not url.startswith("http://"):
+        raise ValueError(f"only http:// URLs are supported: {url!r}")
+    rest = url[len("http://"):]
+    hostport, slash, path = rest.partition("/")
+    host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "80")
+    return host, int(port), "/" + path if slash else "/"

@@ -1,0 +1,409 @@
+"""One simulated listener: what a real player does, over one keep-alive connection.
+
+    new -> joining -> (waiting ->)* playing -> done        (left, run over, or the Space ended)
+                 \\-> failed                                (gave up: errors, refused, no answer)
+
+Protocols:
+
+* ``amphi``: ``POST /api/spaces/<id>/join`` (202: wait ``retry_after_s`` plus jitter, poll
+  with the ticket), then the playlist from the answer: LL-HLS with blocking reload and
+  parts (``ll``, like hls.js in low-latency mode) or whole segments (``segments``, like a
+  player that ignores parts); the token is renewed at ``renew_after_s``; at the end it
+  POSTs leave.
+* ``hls``: a plain HLS playlist URL (no admission), e.g. nginx serving files: segments,
+  reloading the playlist every target duration unless the server can block.
+* ``icecast``: one GET of a mount; bytes arriving are seconds of audio at the stream rate.
+
+Every download feeds the ``PlaybackBuffer``: it knows when this listener would have
+stalled and how far behind live it hears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+
+from amphi.loadtest import playlist as m3u8
+from amphi.loadtest.buffer import PlaybackBuffer
+from amphi.loadtest.http import Connection, HttpError, Response, split_url
+from amphi.loadtest.profiles import Session, backoff_s, retry_delay_s
+
+if TYPE_CHECKING:
+    from amphi.loadtest.swarm import Swarm
+
+MAX_ATTEMPTS = 6  # consecutive failed requests (with backoff) before a listener gives up
+LL_START_PARTS = 3  # without PART-HOLD-BACK: start this many parts behind live
+SEGMENTS_BEHIND = 3  # a segment player starts this many segments behind live (hls.js default)
+
+
+class Rejoin(Exception):
+    """The token was refused (401/403): join again."""
+
+
+class Ended(Exception):
+    """The Space (or the stream) has ended."""
+
+
+class GiveUp(Exception):
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class Listener:
+    __slots__ = ("swarm", "session", "rng", "conn", "state", "buffer", "arrived", "answered", "admitted_at",
+                 "first_audio", "waited", "token", "ticket", "renew_at", "path", "failures", "outcome", "dropped")
+
+    def __init__(self, swarm: Swarm, session: Session, rng: random.Random) -> None:
+        self.swarm = swarm
+        self.session = session
+        self.rng = rng
+        host, port, _ = split_url(swarm.cfg.server)
+        self.conn = Connection(host, port)
+        self.state = "new"
+        self.buffer: PlaybackBuffer | None = None
+        self.arrived = 0.0
+        self.answered: float | None = None  # first answer (admitted or waiting) to this listener
+        self.admitted_at: float | None = None
+        self.first_audio: float | None = None
+        self.waited = False
+        self.token: str | None = None
+        self.ticket: str | None = None
+        self.renew_at = float("inf")
+        self.path = ""  # the playlist's path on the server (carries the token)
+        self.failures = 0
+        self.outcome = ""
+        self.dropped = False
+
+    # -- the session ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        sw = self.swarm
+        s = self.session
+        await sw.sleep_until(s.arrive_s)
+        self.arrived = time.time()
+        self.state = "joining"
+        end = sw.cfg.duration_s if s.leave_s is None else min(s.leave_s, sw.cfg.duration_s)
+        try:
+            if s.drop_s is not None and s.drop_s < end:
+                if await self._until(s.drop_s):
+                    return
+                self.conn.close()  # the network drops: no leave, the seat is kept by its token
+                self.dropped = True
+                sw.drops += 1
+                await asyncio.sleep(backoff_s(0, self.rng))
+            await self._until(end)
+        finally:
+            if self.buffer is not None:
+                self.buffer.advance(time.time())
+            if not self.outcome:
+                self.outcome = self.state
+            await self._leave()
+            self.conn.close()
+
+    async def _until(self, at_s: float) -> bool:
+        """Runs the listener until ``at_s`` (seconds from T0); True if it finished by itself."""
+        try:
+            async with asyncio.timeout_at(self.swarm.loop_time(at_s)):
+                await self._listen()
+            return True
+        except TimeoutError:
+            return False
+
+    async def _listen(self) -> None:
+        proto = self.swarm.cfg.protocol
+        while True:
+            try:
+                if proto == "icecast":
+                    await self._icecast()
+                    return
+                if proto == "amphi":
+                    await self._admission()
+                else:
+                    self.path = split_url(self.swarm.cfg.server)[2]
+                    self._admitted(time.time())
+                await self._play()
+                return
+            except Rejoin:
+                self.token = None
+                self.swarm.error("token_refused")
+            except Ended:
+                self.state = "done"
+                self.outcome = "ended"
+                return
+            except GiveUp as e:
+                self.state = "failed"
+                self.outcome = "failed"
+                self.swarm.error(f"gave_up_{e.kind}")
+                return
+            except HttpError as e:
+                self.swarm.error(e.kind)
+                await self._backoff(e.kind)
+
+    async def _backoff(self, kind: str) -> None:
+        self.failures += 1
+        if self.failures >= MAX_ATTEMPTS:
+            raise GiveUp(kind)
+        await asyncio.sleep(backoff_s(self.failures, self.rng))
+
+    async def _request(self, method: str, target: str, body: object = None, timeout_s: float | None = None) -> Response:
+        sw = self.swarm
+        sw.requests += 1
+        resp = await self.conn.request(method, target, None if body is None else orjson.dumps(body),
+                                       timeout_s=timeout_s or sw.cfg.request_timeout_s)
+        self.failures = 0
+        return resp
+
+    # -- admission ----------------------------------------------------------------------------
+
+    async def _admission(self) -> None:
+        sw = self.swarm
+        join = f"/api/spaces/{sw.cfg.space}/join"
+        if self.token is not None:  # back after a drop: renew the seat we hold
+            try:
+                await self._renew()
+                return
+            except Rejoin:
+                self.token = None
+        body: dict[str, str] = {"ticket": self.ticket} if self.ticket else {}
+        while True:
+            try:
+                resp = await self._request("POST", join, body)
+            except HttpError as e:
+                sw.error(e.kind)
+                await self._backoff(e.kind)
+                continue
+            now = time.time()
+            if self.answered is None and resp.status in (200, 202):
+                self.answered = now
+                sw.join_answer(now - self.arrived)
+            if resp.status == 200:
+                answer = orjson.loads(resp.body)
+                if answer.get("status") == "ended":
+                    raise Ended()
+                self._take_token(answer)
+                self.ticket = None
+                self._admitted(now)
+                return
+            if resp.status == 202:
+                answer = orjson.loads(resp.body)
+                self.ticket = answer["ticket"]
+                body = {"ticket": self.ticket}
+                if self.state != "waiting":
+                    self.waited = True
+                    self.state = "waiting"
+                await asyncio.sleep(retry_delay_s(float(answer.get("retry_after_s") or 1.0), self.rng))
+                continue
+            sw.error(f"http_{resp.status}")
+            if resp.status in (429, 503):
+                await asyncio.sleep(retry_delay_s(_retry_after(resp), self.rng))
+                continue
+            if resp.status in (401, 403) and self.ticket:
+                self.ticket = None  # a ticket that is not ours any more: join afresh
+                body = {}
+                continue
+            raise GiveUp(f"http_{resp.status}")
+
+    def _take_token(self, answer: dict[str, object]) -> None:
+        self.token = str(answer["token"])
+        self.path = split_url(str(answer["playlist"]))[2]
+        self.renew_at = time.time() + float(answer.get("renew_after_s") or 30.0)  # type: ignore[arg-type]
+
+    def _admitted(self, now: float) -> None:
+        if self.admitted_at is None:
+            self.admitted_at = now
+            self.swarm.admitted(self, now)
+        self.state = "playing"
+
+    async def _renew(self) -> None:
+        resp = await self._request("POST", f"/api/spaces/{self.swarm.cfg.space}/join", {"token": self.token})
+        if resp.status == 200:
+            answer = orjson.loads(resp.body)
+            if answer.get("status") == "ended":
+                raise Ended()
+            self._take_token(answer)
+            self.swarm.renewals += 1
+            self.state = "playing"
+            return
+        if resp.status in (401, 403):
+            raise Rejoin()
+        self.swarm.error(f"http_{resp.status}")
+        self.renew_at = time.time() + 1.0  # try again shortly; the token is still good
+
+    async def _leave(self) -> None:
+        if self.swarm.cfg.protocol != "amphi" or self.state == "failed":
+            return
+        body = {"token": self.token} if self.token else ({"ticket": self.ticket} if self.ticket else None)
+        if body is None:
+            return
+        try:
+            async with asyncio.timeout(self.swarm.cfg.request_timeout_s):
+                await self._request("POST", f"/api/spaces/{self.swarm.cfg.space}/leave", body)
+        except (HttpError, TimeoutError):
+            pass
+        self.state = "done"
+
+    # -- media ----------------------------------------------------------------------------------
+
+    async def _get(self, target: str, *, playlist: bool = False) -> Response | None:
+        """A media GET. Follows a renewal redirect (307) on playlists; None for a 404
+        (the part is gone: skip it); Rejoin on 401/403."""
+        while True:
+            resp = await self._request("GET", target)
+            if resp.status == 200:
+                return resp
+            if resp.status in (301, 302, 307, 308) and "location" in resp.headers:
+                loc = resp.headers["location"]
+                target = split_url(loc)[2] if loc.startswith("http://") else loc
+                if playlist:
+                    self.path = target.split("?", 1)[0]
+                continue
+            self.swarm.error(f"http_{resp.status}")
+            if resp.status in (401, 403) and self.swarm.cfg.protocol == "amphi":
+                raise Rejoin()
+            if resp.status == 404:
+                return None
+            if resp.status in (429, 503):
+                await asyncio.sleep(min(5.0, _retry_after(resp)))
+                continue
+            raise GiveUp(f"http_{resp.status}")
+
+    def _resolve(self, uri: str) -> str:
+        if uri.startswith("http://"):
+            return split_url(uri)[2]
+        if uri.startswith("/"):
+            return uri
+        return self.path.rsplit("/", 1)[0] + "/" + uri
+
+    async def _playlist(self, query: str = "") -> m3u8.MediaPlaylist:
+        resp = await self._get(self.path + query, playlist=True)
+        if resp is None:
+            raise GiveUp("http_404")
+        if self.answered is None:  # hls: the first playlist is the answer
+            self.answered = time.time()
+            self.swarm.join_answer(self.answered - self.arrived)
+        return m3u8.parse(resp.body.decode())
+
+    def _got_audio(self, seconds: float, pdt: float | None) -> None:
+        now = time.time()
+        b = self.buffer
+        assert b is not None
+        b.add(seconds, now, pdt)
+        if self.first_audio is None and b.started_at is not None:
+            self.first_audio = now
+            self.swarm.first_audio(now - (self.admitted_at or self.arrived))
+        if (lat := b.latency(now)) is not None:
+            self.swarm.latency.add(max(0.0, lat))
+
+    async def _maybe_renew(self) -> None:
+        if self.swarm.cfg.protocol == "amphi" and time.time() >= self.renew_at:
+            await self._renew()
+
+    async def _play(self) -> None:
+        pl = await self._playlist()
+        if pl.map_uri and self.buffer is None:
+            await self._get(self._resolve(pl.map_uri))
+        ll = self.swarm.cfg.player == "ll" and pl.part_target is not None and bool(pl.parts)
+        if ll:
+            await self._play_parts(pl)
+        else:
+            await self._play_segments(pl)
+
+    async def _play_parts(self, pl: m3u8.MediaPlaylist) -> None:
+        parts = pl.parts
+        if self.buffer is None:
+            assert pl.part_target is not None
+            self.buffer = PlaybackBuffer(start_s=pl.part_target)
+        hold = pl.part_hold_back or LL_START_PARTS * (pl.part_target or 0.5)
+        start, held = len(parts), 0.0
+        while start > 0 and held < hold - 1e-6:
+            start -= 1
+            held += parts[start].duration
+        todo = parts[start:]
+        last = (todo[0].msn, todo[0].index - 1) if todo else (pl.media_sequence, -1)
+        while True:
+            for part in todo:
+                resp = await self._get(self._resolve(part.uri))
+                if resp is not None:
+                    self._got_audio(part.duration, part.pdt)
+                last = (part.msn, part.index)
+            if pl.ended:
+                raise Ended()
+            await self._maybe_renew()
+            # the next part: in the same segment, or the first of the next once this one closed
+            closed = any(s.msn == last[0] and s.uri is not None for s in pl.segments)
+            nxt = (last[0] + 1, 0) if closed else (last[0], last[1] + 1)
+            pl = await self._playlist(f"?_HLS_msn={nxt[0]}&_HLS_part={nxt[1]}")
+            todo = [p for p in pl.parts if (p.msn, p.index) > last]
+            if todo and (todo[0].msn, todo[0].index) != nxt and todo[0].index != 0:
+                self.swarm.error("parts_skipped")  # fell out of the window: a gap in the audio
+
+    async def _play_segments(self, pl: m3u8.MediaPlaylist) -> None:
+        segs = pl.complete_segments
+        if self.buffer is None:
+            self.buffer = PlaybackBuffer(start_s=segs[-1].duration if segs else 1.0)
+        todo = segs[-SEGMENTS_BEHIND:]
+        last = todo[0].msn - 1 if todo else pl.media_sequence - 1
+        loop = asyncio.get_running_loop()
+        while True:
+            reloaded = loop.time()
+            for seg in todo:
+                assert seg.uri is not None
+                resp = await self._get(self._resolve(seg.uri))
+                if resp is not None:
+                    self._got_audio(seg.duration, seg.pdt)
+                last = seg.msn
+            if pl.ended:
+                raise Ended()
+            await self._maybe_renew()
+            if pl.can_block_reload:
+                pl = await self._playlist(f"?_HLS_msn={last + 1}")
+            else:  # RFC 8216: reload after the target duration, half of it if nothing changed
+                wait = (pl.target_duration or 4.0) * (1.0 if todo else 0.5)
+                await asyncio.sleep(max(0.0, reloaded + wait - loop.time()))
+                pl = await self._playlist()
+            todo = [s for s in pl.complete_segments if s.msn > last]
+
+    async def _icecast(self) -> None:
+        sw = self.swarm
+        byte_rate = sw.cfg.stream_kbps * 1000 / 8
+        if self.buffer is None:
+            self.buffer = PlaybackBuffer(start_s=sw.cfg.stream_start_s)
+
+        def on_data(n: int) -> None:
+            self._got_audio(n / byte_rate, None)
+
+        path = split_url(sw.cfg.server)[2]
+        while True:
+            sw.requests += 1
+            try:
+                resp = await self.conn.stream(path, on_data, timeout_s=sw.cfg.request_timeout_s)
+            except HttpError as e:
+                sw.error(e.kind)
+                await self._backoff(e.kind)
+                continue
+            now = time.time()
+            if resp.status != 200:
+                self.conn.close()
+                sw.error(f"http_{resp.status}")
+                await self._backoff(f"http_{resp.status}")
+                continue
+            self.failures = 0
+            if self.answered is None:
+                self.answered = now
+                sw.join_answer(now - self.arrived)
+            self._admitted(now)
+            await self.conn.wait_closed()
+            sw.error("reset")
+            await self._backoff("reset")
+
+
+def _retry_after(resp: Response) -> float:
+    try:
+        return max(0.2, float(resp.headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0

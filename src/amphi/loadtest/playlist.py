@@ -1,0 +1,142 @@
+"""What a player reads from an HLS media playlist (RFC 8216bis). Pure.
+
+Only the tags a live player acts on: the media sequence, segments with their durations and
+program date-times, LL-HLS parts, the preload hint, server control (blocking reload, part
+hold-back), the map (init) and the end list. Anything else is ignored, as players do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    msn: int
+    index: int
+    uri: str
+    duration: float
+    pdt: float | None  # Unix time of its first sample, if the playlist gives a date-time
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    msn: int
+    uri: str | None  # None while the segment is still open (parts only)
+    duration: float
+    pdt: float | None
+    parts: tuple[Part, ...] = ()
+
+
+@dataclass(slots=True)
+class MediaPlaylist:
+    media_sequence: int = 0
+    target_duration: float = 0.0
+    segments: list[Segment] = field(default_factory=list)
+    map_uri: str | None = None
+    can_block_reload: bool = False
+    part_hold_back: float | None = None
+    part_target: float | None = None
+    preload_hint: str | None = None
+    ended: bool = False
+
+    @property
+    def parts(self) -> list[Part]:
+        return [p for s in self.segments for p in s.parts]
+
+    @property
+    def last_part(self) -> Part | None:
+        for seg in reversed(self.segments):
+            if seg.parts:
+                return seg.parts[-1]
+        return None
+
+    @property
+    def complete_segments(self) -> list[Segment]:
+        return [s for s in self.segments if s.uri is not None]
+
+
+def parse_pdt(text: str) -> float:
+    return datetime.fromisoformat(text.strip().replace("Z", "+00:00")).timestamp()
+
+
+def _attributes(text: str) -> dict[str, str]:
+    """``KEY=VALUE,KEY="a,b"`` -> dict, honouring quotes."""
+    out: dict[str, str] = {}
+    key, value, quoted, in_value = "", "", False, False
+    for ch in text + ",":
+        if in_value:
+            if ch == '"':
+                quoted = not quoted
+            elif ch == "," and not quoted:
+                out[key.strip()] = value.strip()
+                key, value, in_value = "", "", False
+            else:
+                value += ch
+        elif ch == "=":
+            in_value = True
+        elif ch != ",":
+            key += ch
+    return out
+
+
+def parse(text: str) -> MediaPlaylist:
+    """Parses a media playlist. Raises ValueError if it is not one."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "#EXTM3U":
+        raise ValueError("not an M3U8 playlist")
+    pl = MediaPlaylist()
+    msn = None
+    pdt: float | None = None
+    duration: float | None = None
+    parts: list[Part] = []
+    part_pdt: float | None = None
+    for raw in lines[1:]:
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            tag, _, value = line.partition(":")
+            if tag == "#EXT-X-MEDIA-SEQUENCE":
+                pl.media_sequence = int(value)
+            elif tag == "#EXT-X-TARGETDURATION":
+                pl.target_duration = float(value)
+            elif tag == "#EXT-X-PROGRAM-DATE-TIME":
+                pdt = part_pdt = parse_pdt(value)
+            elif tag == "#EXTINF":
+                duration = float(value.split(",", 1)[0])
+            elif tag == "#EXT-X-MAP":
+                pl.map_uri = _attributes(value).get("URI")
+            elif tag == "#EXT-X-SERVER-CONTROL":
+                attrs = _attributes(value)
+                pl.can_block_reload = attrs.get("CAN-BLOCK-RELOAD") == "YES"
+                if "PART-HOLD-BACK" in attrs:
+                    pl.part_hold_back = float(attrs["PART-HOLD-BACK"])
+            elif tag == "#EXT-X-PART-INF":
+                pl.part_target = float(_attributes(value).get("PART-TARGET", "0")) or None
+            elif tag == "#EXT-X-PART":
+                attrs = _attributes(value)
+                if msn is None:
+                    msn = pl.media_sequence
+                d = float(attrs["DURATION"])
+                parts.append(Part(msn, len(parts), attrs["URI"], d, part_pdt))
+                part_pdt = None if part_pdt is None else part_pdt + d
+            elif tag == "#EXT-X-PRELOAD-HINT":
+                attrs = _attributes(value)
+                if attrs.get("TYPE") == "PART":
+                    pl.preload_hint = attrs.get("URI")
+            elif tag == "#EXT-X-ENDLIST":
+                pl.ended = True
+            continue
+        # a URI line closes a segment
+        if msn is None:
+            msn = pl.media_sequence
+        pl.segments.append(Segment(msn, line, duration or 0.0, pdt, tuple(parts)))
+        msn += 1
+        pdt = None if pdt is None else pdt + (duration or 0.0)
+        part_pdt, duration, parts = pdt, None, []
+    if parts:  # the open segment: parts only
+        assert msn is not None
+        pl.segments.append(Segment(msn, None, sum(p.duration for p in parts), parts[0].pdt, tuple(parts)))
+    return pl

@@ -1,0 +1,308 @@
+"""The parent of a load test: splits the schedule over ``procs`` worker processes, starts
+them together at T0, merges their once-a-second snapshots into a timeline (printing a
+progress line), measures its own CPU and, when the server is on this machine, the
+server's, and returns the result that ``report`` prints, writes and plots.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import wait
+
+import psutil
+
+from amphi.loadtest.http import split_url
+from amphi.loadtest.profiles import schedule
+from amphi.loadtest.stats import Histogram, rounded
+from amphi.loadtest.swarm import END_GRACE_S, LoadConfig, raise_open_files, worker_main
+
+READY_TIMEOUT_S = 60.0  # worker processes importing and reporting ready
+START_MARGIN_S = 1.0  # from "everyone ready" to T0
+WORKER_BUSY = 0.85  # a worker process above this share of one core is saturated
+LAG_LIMIT_S = 0.1  # event-loop lag p99 above this: the generator is late on its own timers
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    cfg: LoadConfig
+    listeners: int
+    profile: str = "ramp"
+    ramp_s: float = 10.0
+    procs: int = 1
+    stay_s: float | None = None  # churn: mean session length
+    drop_at_s: float | None = None  # reconnect: when everyone drops
+    server_pid: int | None = None  # default: whoever listens on the server's port, if local
+    attack: str | None = None
+
+
+def find_server_pid(url: str) -> int | None:
+    """The process listening on the URL's port, when the host is this machine."""
+    host, port, _ = split_url(url)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    try:
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+                return int(c.pid)
+    except psutil.AccessDenied:
+        return None
+    return None
+
+
+class _ProcessCpu:
+    """CPU seconds and memory of a process and its children (e.g. nginx's workers)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.rss_max = 0
+
+    def cpu_s(self) -> float:
+        total = 0.0
+        rss = 0
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                rss += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        self.rss_max = max(self.rss_max, rss)
+        return total
+
+
+def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict[str, object]:
+    cfg = opts.cfg
+    sessions = schedule(opts.profile, opts.listeners, duration_s=cfg.duration_s, ramp_s=opts.ramp_s, seed=cfg.seed,
+                        stay_s=opts.stay_s, drop_at_s=opts.drop_at_s, attack=opts.attack)
+    files = raise_open_files()
+    procs = max(1, min(opts.procs, len(sessions) or 1))
+    per_proc = -(-len(sessions) // procs)
+    warnings: list[str] = []
+    if files < per_proc + 100:
+        warnings.append(f"open-file limit {files} is below the {per_proc} connections one process needs")
+    server_pid = opts.server_pid or find_server_pid(cfg.server)
+    server = _ProcessCpu(server_pid) if server_pid else None
+
+    ctx = mp.get_context("spawn")
+    pipes, workers = [], []
+    for k in range(procs):
+        parent_end, child_end = ctx.Pipe()
+        w = ctx.Process(target=worker_main, args=(child_end, cfg, sessions[k::procs], k), daemon=True,
+                        name=f"amphi-loadtest-{k}")
+        w.start()
+        child_end.close()
+        pipes.append(parent_end)
+        workers.append(w)
+    try:
+        return _drive(opts, sessions, pipes, workers, server, warnings, progress)
+    finally:
+        for w in workers:
+            w.join(timeout=5)
+            if w.is_alive():
+                w.kill()
+                w.join(timeout=5)
+
+
+def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server: _ProcessCpu | None,
+           warnings: list[str], progress: Callable[[str], None] | None) -> dict[str, object]:
+    cfg = opts.cfg
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    for p in pipes:
+        if not p.poll(max(0.0, deadline - time.monotonic())):
+            raise RuntimeError("a load-test worker did not start in time")
+        p.recv()
+    me = psutil.Process()
+    wprocs = [psutil.Process(w.pid) for w in workers]
+
+    def gen_cpu() -> float:
+        total = sum(me.cpu_times()[:2])
+        for p in wprocs:
+            try:
+                total += sum(p.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    t0 = time.time() + START_MARGIN_S
+    for p in pipes:
+        p.send(t0)
+    gen0, srv0 = gen_cpu(), (server.cpu_s() if server else 0.0)
+    last_cpu = (time.time(), gen0, srv0)
+    ticks: dict[int, list[dict]] = {}
+    finals: dict[int, dict] = {}
+    timeline: list[dict[str, object]] = []
+    worker_cpu: dict[int, float] = {}
+    lag_max = 0.0
+    hard_stop = time.monotonic() + START_MARGIN_S + cfg.duration_s + END_GRACE_S + 20.0
+    open_pipes = dict(enumerate(pipes))
+    waiting_max = 0
+    while open_pipes and time.monotonic() < hard_stop:
+        for p in wait(list(open_pipes.values()), timeout=0.5):
+            k = next(i for i, q in open_pipes.items() if q is p)
+            try:
+                msg = p.recv()
+            except EOFError:
+                del open_pipes[k]
+                continue
+            if "final" in msg:
+                finals[k] = msg["final"]
+                del open_pipes[k]
+                continue
+            ticks.setdefault(msg["tick"], []).append(msg)
+            worker_cpu[k] = msg["cpu_s"]
+            lag_max = max(lag_max, msg["lag_max"])
+        # a second is complete when every worker still running has reported it
+        for tick in sorted(ticks):
+            snaps = ticks[tick]
+            if len(snaps) < len(open_pipes):
+                break
+            now = time.time()
+            g, s = gen_cpu(), (server.cpu_s() if server else 0.0)
+            dt = max(1e-3, now - last_cpu[0])
+            row = _merge_tick(tick, snaps, timeline[-1] if timeline else None)
+            row["generator_cpu_pct"] = round(100 * (g - last_cpu[1]) / dt, 1)
+            row["server_cpu_pct"] = round(100 * (s - last_cpu[2]) / dt, 1) if server else None
+            last_cpu = (now, g, s)
+            waiting_max = max(waiting_max, int(row["waiting"]))  # type: ignore[call-overload]
+            timeline.append(row)
+            del ticks[tick]
+            if progress:
+                progress(_progress_line(row))
+    end = time.time()
+    for k, p in enumerate(pipes):
+        if k in open_pipes:
+            warnings.append(f"worker {k} did not finish in time; its figures are missing")
+    wall = max(1e-3, end - t0)
+    gen_total = gen_cpu() - gen0
+    srv_total = (server.cpu_s() - srv0) if server else None
+    return _result(opts, sessions, list(finals.values()), timeline, wall, gen_total, srv_total, server,
+                   waiting_max, warnings, len(workers))
+
+
+def _merge_tick(tick: int, snaps: list[dict], prev: dict | None) -> dict[str, object]:
+    states: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    join, audio = Histogram(), Histogram()
+    row: dict[str, object] = {"t": tick}
+    stalled_now = stalls = requests = 0
+    stall_s = lag = 0.0
+    for s in snaps:
+        states.update(s["states"])
+        errors.update(s["errors"])
+        join.merge(s["join"])
+        audio.merge(s["audio"])
+        stalled_now += s["stalled_now"]
+        stalls += s["stalls"]
+        stall_s += s["stall_s"]
+        requests += s["requests"]
+        lag = max(lag, s["lag_max"])
+    prev_requests = int(prev["requests_total"]) if prev else 0  # type: ignore[call-overload]
+    row.update({
+        "playing": states["playing"], "waiting": states["waiting"], "joining": states["joining"],
+        "failed": states["failed"], "done": states["done"], "stalled_now": stalled_now, "stalls": stalls,
+        "stall_s": round(stall_s, 3), "requests_total": requests, "request_rate": requests - prev_requests,
+        "errors": sum(errors.values()),
+        "join_p50_s": rounded(join.quantile(0.5), 4), "join_p99_s": rounded(join.quantile(0.99), 4),
+        "first_audio_p50_s": rounded(audio.quantile(0.5), 4), "first_audio_p99_s": rounded(audio.quantile(0.99), 4),
+        "loop_lag_max_s": round(lag, 4),
+    })
+    return row
+
+
+def _progress_line(row: dict[str, object]) -> str:
+    def f(v: object) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    srv = row["server_cpu_pct"]
+    return (f"t={row['t']:>4}s playing {row['playing']:>6} waiting {row['waiting']:>6} failed {row['failed']:>4} | "
+            f"stalled {row['stalled_now']} now, {row['stalls']} in all | join p99 {f(row['join_p99_s'])} s "
+            f"audio p99 {f(row['first_audio_p99_s'])} s | {row['request_rate']:>6} req/s | "
+            f"gen {row['generator_cpu_pct']:.0f}%" + (f" srv {srv:.0f}%" if srv is not None else ""))
+
+
+def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list[dict[str, object]], wall: float,
+            gen_cpu_s: float, srv_cpu_s: float | None, server: _ProcessCpu | None, waiting_max: int,
+            warnings: list[str], procs: int) -> dict[str, object]:
+    cfg = opts.cfg
+    outcomes: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    hists = {k: Histogram() for k in ("join", "audio", "latency", "admit_wait", "lag")}
+    totals: Counter[str] = Counter()
+    for f in finals:
+        outcomes.update(f["outcomes"])
+        errors.update(f["errors"])
+        for k, h in hists.items():
+            h.merge(f[k])
+        for key in ("sessions", "admitted", "with_audio", "waited", "answered", "stalled_listeners", "stalls",
+                    "requests", "renewals", "drops"):
+            totals[key] += f[key]
+    stall_s = sum(f["stall_s"] for f in finals)
+    worker_cpu = [f["cpu_s"] for f in finals]
+    gen_pct = 100 * gen_cpu_s / wall
+    cores = psutil.cpu_count() or 1
+    lag99 = hists["lag"].quantile(0.99) or 0.0
+    busiest = max((100 * c / wall for c in worker_cpu), default=0.0)
+    if busiest > 100 * WORKER_BUSY:
+        warnings.append(f"a generator process used {busiest:.0f} % of a core: the generator, not the server, may be "
+                        f"the bottleneck (use more --procs if there are idle cores)")
+    if lag99 > LAG_LIMIT_S:
+        warnings.append(f"the generator's event loop ran {lag99:.3f} s late (p99): its timings include its own delay")
+    srv_pct = 100 * srv_cpu_s / wall if srv_cpu_s is not None else None
+    if srv_pct is not None and gen_pct + srv_pct > 100 * cores * 0.9:
+        warnings.append(f"generator ({gen_pct:.0f} %) and server ({srv_pct:.0f} %) together use nearly all "
+                        f"{cores} cores: they compete for CPU")
+    failed = outcomes["failed"]
+    return {
+        "listeners": opts.listeners,
+        "sessions": totals["sessions"],
+        "profile": opts.profile,
+        "protocol": cfg.protocol,
+        "player": cfg.player,
+        "admitted": totals["admitted"],
+        "with_audio": totals["with_audio"],
+        "waited": totals["waited"],
+        "waiting_max": waiting_max,
+        "waiting_end": outcomes["waiting"],
+        "failed": failed,
+        "never_answered": totals["sessions"] - totals["answered"],
+        "outcomes": dict(outcomes),
+        "errors_by_kind": dict(errors),
+        "join_p50_s": rounded(hists["join"].quantile(0.5), 4),
+        "join_p99_s": rounded(hists["join"].quantile(0.99), 4),
+        "join_max_s": rounded(hists["join"].max if hists["join"].n else None, 4),
+        "admit_wait_p99_s": rounded(hists["admit_wait"].quantile(0.99), 4),
+        "first_audio_p50_s": rounded(hists["audio"].quantile(0.5), 4),
+        "first_audio_p99_s": rounded(hists["audio"].quantile(0.99), 4),
+        "stalled_listeners": totals["stalled_listeners"],
+        "stalls": totals["stalls"],
+        "stall_seconds_total": round(stall_s, 3),
+        "latency_p50_s": rounded(hists["latency"].quantile(0.5), 3),
+        "latency_p99_s": rounded(hists["latency"].quantile(0.99), 3),
+        "requests_total": totals["requests"],
+        "request_rate_avg": round(totals["requests"] / wall, 1),
+        "renewals": totals["renewals"],
+        "drops": totals["drops"],
+        "generator_cpu_pct": round(gen_pct, 1),
+        "generator_procs": procs,
+        "generator_proc_cpu_pct": [round(100 * c / wall, 1) for c in worker_cpu],
+        "generator_loop_lag_p99_s": round(lag99, 4),
+        "server_pid": server.pid if server else None,
+        "server_cpu_pct": rounded(srv_pct, 1),
+        "server_rss_mb_max": round(server.rss_max / 2**20, 1) if server else None,
+        "cores": cores,
+        "wall_s": round(wall, 2),
+        "warnings": warnings,
+        "settings": {**asdict(cfg), "listeners": opts.listeners, "profile": opts.profile, "ramp_s": opts.ramp_s,
+                     "procs": procs, "python": sys.version.split()[0]},
+        "timeline": timeline,
+    }

@@ -1,0 +1,193 @@
+"""One process's share of the listeners: a uvloop event loop running a ``Listener`` task per
+session, and a reporter that sends a snapshot to the parent once a second over a pipe.
+
+Messages, worker -> parent: ``{"ready": True}``, then ``{"tick": k, ...}`` once a second
+(counts now, cumulative counters, histograms of the last second), then ``{"final": ...}``.
+Parent -> worker: the wall time of T0, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass
+from multiprocessing.connection import Connection as Pipe
+
+from amphi.loadtest.buffer import Playback
+from amphi.loadtest.listener import Listener
+from amphi.loadtest.profiles import Session
+from amphi.loadtest.stats import Histogram
+
+LAG_PROBE_S = 0.05  # event-loop lag probe period
+END_GRACE_S = 15.0  # after the run's end: leaves in flight
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    server: str  # base URL (amphi), playlist URL (hls) or mount URL (icecast)
+    space: str = ""  # amphi only
+    protocol: str = "amphi"  # amphi | hls | icecast
+    player: str = "ll"  # ll (parts, blocking reload) | segments
+    duration_s: float = 30.0  # from T0 to the end of the run
+    request_timeout_s: float = 10.0
+    stream_kbps: float = 64.0  # icecast: the mount's bitrate
+    stream_start_s: float = 0.5  # icecast: buffered seconds before playback starts
+    seed: int = 1
+
+
+def raise_open_files() -> int:
+    """Lifts the soft open-file limit to the hard one: one socket per listener."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class Swarm:
+    def __init__(self, cfg: LoadConfig, sessions: list[Session], worker: int) -> None:
+        self.cfg = cfg
+        self.sessions = sessions
+        self.rng = random.Random(cfg.seed * 1000 + worker)
+        self.listeners: list[Listener] = []
+        self.t0_wall = 0.0
+        self.t0_loop = 0.0
+        self.requests = 0
+        self.renewals = 0
+        self.drops = 0
+        self.errors: Counter[str] = Counter()
+        self.join_hist, self.audio_hist, self.latency = Histogram(), Histogram(), Histogram()
+        self.admit_wait = Histogram()  # arrival -> admitted
+        self.tick_join, self.tick_audio = Histogram(), Histogram()
+        self.lag = Histogram()
+        self.lag_max = 0.0
+
+    # -- callbacks from listeners ---------------------------------------------------------------
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] += 1
+
+    def join_answer(self, seconds: float) -> None:
+        self.join_hist.add(seconds)
+        self.tick_join.add(seconds)
+
+    def first_audio(self, seconds: float) -> None:
+        self.audio_hist.add(seconds)
+        self.tick_audio.add(seconds)
+
+    def admitted(self, listener: Listener, now: float) -> None:
+        self.admit_wait.add(now - listener.arrived)
+
+    # -- time -----------------------------------------------------------------------------------
+
+    def loop_time(self, at_s: float) -> float:
+        return self.t0_loop + at_s
+
+    async def sleep_until(self, at_s: float) -> None:
+        delay = self.loop_time(at_s) - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    # -- running --------------------------------------------------------------------------------
+
+    async def run(self, pipe: Pipe) -> None:
+        loop = asyncio.get_running_loop()
+        t0_wall = pipe.recv()  # the parent's go
+        self.t0_wall = t0_wall
+        self.t0_loop = loop.time() + (t0_wall - time.time())
+        self.listeners = [Listener(self, s, random.Random(self.rng.random())) for s in self.sessions]
+        tasks = [asyncio.create_task(lst.run()) for lst in self.listeners]
+        probe = asyncio.create_task(self._probe())
+        reporter = asyncio.create_task(self._report(pipe))
+        try:
+            done, pending = await asyncio.wait(tasks, timeout=max(0.0, self.loop_time(self.cfg.duration_s) - loop.time())
+                                               + END_GRACE_S)
+            for t in pending:
+                t.cancel()
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    self.error(f"bug_{type(t.exception()).__name__}")
+        finally:
+            probe.cancel()
+            reporter.cancel()
+        pipe.send({"final": self.final()})
+
+    async def _probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            lag = loop.time() - t - LAG_PROBE_S
+            self.lag.add(max(0.0, lag))
+            self.lag_max = max(self.lag_max, lag)
+
+    async def _report(self, pipe: Pipe) -> None:
+        k = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            k += 1
+            await asyncio.sleep(max(0.0, self.loop_time(float(k)) - loop.time()))
+            pipe.send(self.snapshot(k))
+
+    def snapshot(self, k: int) -> dict[str, object]:
+        now = time.time()
+        states: Counter[str] = Counter()
+        stalled_now = stalls = 0
+        stall_s = 0.0
+        for lst in self.listeners:
+            states[lst.state] += 1
+            b = lst.buffer
+            if b is not None:
+                stall_s += b.stalled_seconds(now)
+                stalls += b.stalls
+                if b.state is Playback.STALLED and lst.state == "playing":
+                    stalled_now += 1
+        snap = {"tick": k, "states": dict(states), "stalled_now": stalled_now, "stalls": stalls, "stall_s": stall_s,
+                "requests": self.requests, "errors": dict(self.errors), "join": self.tick_join.to_dict(),
+                "audio": self.tick_audio.to_dict(), "lag_max": self.lag_max, "cpu_s": time.process_time()}
+        self.tick_join, self.tick_audio = Histogram(), Histogram()
+        self.lag_max = 0.0
+        return snap
+
+    def final(self) -> dict[str, object]:
+        outcomes: Counter[str] = Counter(lst.outcome or lst.state for lst in self.listeners)
+        stalled = [lst.buffer for lst in self.listeners if lst.buffer is not None and lst.buffer.stalls]
+        return {
+            "sessions": len(self.listeners),
+            "outcomes": dict(outcomes),
+            "admitted": sum(lst.admitted_at is not None for lst in self.listeners),
+            "with_audio": sum(lst.first_audio is not None for lst in self.listeners),
+            "waited": sum(lst.waited for lst in self.listeners),
+            "answered": sum(lst.answered is not None for lst in self.listeners),
+            "stalled_listeners": len(stalled),
+            "stalls": sum(b.stalls for b in stalled),
+            "stall_s": sum(b.stalled_seconds(b.last) for b in stalled),
+            "requests": self.requests, "renewals": self.renewals, "drops": self.drops,
+            "errors": dict(self.errors),
+            "join": self.join_hist.to_dict(), "audio": self.audio_hist.to_dict(),
+            "latency": self.latency.to_dict(), "admit_wait": self.admit_wait.to_dict(), "lag": self.lag.to_dict(),
+            "cpu_s": time.process_time(),
+        }
+
+
+def worker_main(pipe: Pipe, cfg: LoadConfig, sessions: list[Session], worker: int) -> None:
+    """Entry point of a worker process."""
+    import uvloop
+
+    raise_open_files()
+    swarm = Swarm(cfg, sessions, worker)
+    pipe.send({"ready": True})
+    try:
+        uvloop.run(swarm.run(pipe))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pipe.close()
