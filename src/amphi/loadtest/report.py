@@ -19,7 +19,8 @@ def summary_table(r: dict[str, object]) -> str:
         ("listeners (sessions)", f"{r['listeners']} ({r['sessions']}), profile {r['profile']}, "
                                  f"{r['protocol']}/{r['player']}"),
         ("admitted / with audio", f"{r['admitted']} / {r['with_audio']}"),
-        ("waited in line / max waiting / still waiting", f"{r['waited']} / {r['waiting_max']} / {r['waiting_end']}"),
+        ("waited in line / seated from it / max waiting / still waiting",
+         f"{r['waited']} / {r['admitted_from_line']} / {r['waiting_max']} / {r['waiting_end']}"),
         ("failed / never answered", f"{r['failed']} / {r['never_answered']}"),
         ("join answer p50 / p99 / max", f"{_s(r['join_p50_s'])} / {_s(r['join_p99_s'])} / {_s(r['join_max_s'])}"),
         ("arrival -> seat p99", _s(r["admit_wait_p99_s"])),

@@ -243,7 +243,7 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         errors.update(f["errors"])
         for k, h in hists.items():
             h.merge(f[k])
-        for key in ("sessions", "admitted", "with_audio", "waited", "answered", "stalled_listeners", "stalls",
+        for key in ("sessions", "admitted", "with_audio", "waited", "admitted_from_line", "answered", "stalled_listeners", "stalls",
                     "requests", "renewals", "drops"):
             totals[key] += f[key]
     stall_s = sum(f["stall_s"] for f in finals)
@@ -271,6 +271,7 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         "admitted": totals["admitted"],
         "with_audio": totals["with_audio"],
         "waited": totals["waited"],
+        "admitted_from_line": totals["admitted_from_line"],
         "waiting_max": waiting_max,
         "waiting_end": outcomes["waiting"],
         "failed": failed,

@@ -166,6 +166,7 @@ class Swarm:
             "admitted": sum(lst.admitted_at is not None for lst in self.listeners),
             "with_audio": sum(lst.first_audio is not None for lst in self.listeners),
             "waited": sum(lst.waited for lst in self.listeners),
+            "admitted_from_line": sum(lst.waited and lst.admitted_at is not None for lst in self.listeners),
             "answered": sum(lst.answered is not None for lst in self.listeners),
             "stalled_listeners": len(stalled),
             "stalls": sum(b.stalls for b in stalled),

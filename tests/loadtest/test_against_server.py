@@ -1,0 +1,116 @@
+"""``amphi loadtest`` against a real ``amphi serve``: a few hundred listeners over loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from amphi.cli import main
+from tests.integration.amphi_proc import BIN, AmphiServer, wait_until
+
+JSON_KEYS = ("listeners", "admitted", "waiting_max", "failed", "errors_by_kind", "join_p50_s", "join_p99_s",
+             "first_audio_p99_s", "stalled_listeners", "stall_seconds_total", "latency_p50_s", "latency_p99_s",
+             "requests_total", "generator_cpu_pct", "server_cpu_pct")
+
+
+def live_space(server: AmphiServer) -> str:
+    space, key = server.create("loadtest")
+    server.start_space(space, key)
+    return space
+
+
+def loadtest(server: AmphiServer, space: str, out: Path, *args: str) -> subprocess.Popen[bytes]:
+    cmd = [str(BIN), "loadtest", "--server", server.url, "--space", space, "--json", str(out), "--quiet", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen[bytes], out: Path, timeout: float = 60) -> dict:
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, output.decode(errors="replace")
+    return json.loads(out.read_text())
+
+
+def test_counts_add_up_no_stalls_json_and_plot(serve, tmp_path: Path) -> None:
+    server = serve()
+    space = live_space(server)
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    r = finish(loadtest(server, space, out, "--listeners", "300", "--duration", "10", "--ramp", "3",
+                        "--procs", "2", "--plot", str(png)), out)
+    for key in JSON_KEYS:
+        assert key in r, key
+    status = server.status(space)
+    assert r["listeners"] == r["sessions"] == 300
+    assert r["admitted"] == r["with_audio"] == 300 == status["admitted_total"]
+    assert sum(r["outcomes"].values()) == 300 and r["failed"] == 0 and r["waiting_max"] == 0
+    assert status["listeners"] == 0  # every listener left at the end
+    assert r["errors_by_kind"] == {}
+    assert r["stalled_listeners"] == 0 and r["stall_seconds_total"] == 0
+    assert 0 < r["join_p50_s"] <= r["join_p99_s"] < 1.0 and 0 < r["first_audio_p99_s"] < 3.0
+    assert 0.5 < r["latency_p50_s"] <= r["latency_p99_s"] < 6.0  # part hold-back (1.5 s) plus a part or two
+    # every listener fetches a playlist and a part about every 0.512 s while it plays
+    assert r["requests_total"] > 300 * 5 / 0.512 * 2 * 0.8
+    assert r["generator_procs"] == 2 and r["generator_cpu_pct"] > 0
+    assert r["server_pid"] == server.proc.pid and r["server_cpu_pct"] > 0 and r["server_rss_mb_max"] > 10
+    assert len(r["timeline"]) >= 9 and max(row["playing"] for row in r["timeline"]) == 300
+    import matplotlib.image
+
+    image = matplotlib.image.imread(png)
+    assert image.shape[0] > 500 and image.shape[1] > 800
+
+
+def test_a_paused_server_is_a_stall_for_every_listener(serve, tmp_path: Path) -> None:
+    server = serve()
+    space = live_space(server)
+    out = tmp_path / "r.json"
+    proc = loadtest(server, space, out, "--listeners", "200", "--duration", "14", "--ramp", "2")
+    wait_until(lambda: server.status(space)["listeners"] == 200, 20, "200 listeners seated")
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(3.0)  # the pause under test
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    r = finish(proc, out)
+    assert r["admitted"] == 200 and r["failed"] == 0
+    assert r["stalled_listeners"] >= 190  # a 1.5 s buffer cannot cover a 3 s pause
+    per_listener = r["stall_seconds_total"] / r["stalled_listeners"]
+    assert 0.5 < per_listener < 3.5
+    assert max(row["stalled_now"] for row in r["timeline"]) >= 150
+
+
+def test_a_full_space_admits_waiting_listeners_as_seats_free(serve, tmp_path: Path) -> None:
+    server = serve("--max-listeners", "30")
+    space = live_space(server)
+    out = tmp_path / "r.json"
+    r = finish(loadtest(server, space, out, "--listeners", "90", "--profile", "churn", "--stay", "2",
+                        "--duration", "12", "--ramp", "1"), out)
+    status = server.status(space)
+    assert status["peak_listeners"] <= 30
+    assert r["waiting_max"] >= 30 and r["waited"] >= 60
+    assert r["admitted_from_line"] >= 20  # seats freed by leavers went to the line
+    assert r["admitted"] == status["admitted_total"]
+    assert r["failed"] == 0 and r["sessions"] > 90
+    assert r["sessions"] == sum(r["outcomes"].values())
+
+
+def test_attack_is_refused_until_the_defense_work_lands() -> None:
+    result = CliRunner().invoke(main, ["loadtest", "--server", "http://127.0.0.1:9", "--space", "x",
+                                       "--listeners", "1", "--attack", "flood"])
+    assert result.exit_code == 2 and "defense work" in result.output
+
+
+@pytest.mark.parametrize("args, message", [(["--listeners", "5"], "--space is required"),
+                                           (["--space", "x", "--listeners", "5", "--ramp", "40"], "--ramp")])
+def test_bad_options(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["loadtest", "--server", "http://127.0.0.1:9", *args])
+    assert result.exit_code == 2 and message in result.output

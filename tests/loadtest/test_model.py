@@ -1,0 +1,157 @@
+"""The load test's pure parts: playback buffer, arrival schedules, playlist parsing, histograms."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from amphi.loadtest import playlist as m3u8
+from amphi.loadtest.buffer import Playback, PlaybackBuffer
+from amphi.loadtest.http import _dechunk, split_url
+from amphi.loadtest.profiles import AttackUnavailable, backoff_s, retry_delay_s, schedule
+from amphi.loadtest.stats import Histogram
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+
+
+# -- playback buffer ------------------------------------------------------------------------
+
+
+def test_buffer_starts_once_enough_is_buffered_and_drains_in_real_time() -> None:
+    b = PlaybackBuffer(start_s=1.0)
+    b.add(0.5, now=10.0)
+    assert b.state is Playback.STARTING and b.buffered(10.4) == pytest.approx(0.5)  # not draining yet
+    b.add(0.5, now=10.5)
+    assert b.state is Playback.PLAYING and b.started_at == 10.5
+    assert b.buffered(11.0) == pytest.approx(0.5)
+    b.add(0.5, now=11.0)
+    assert b.buffered(11.25) == pytest.approx(0.75)
+    assert b.stalls == 0 and b.stalled_seconds(11.25) == 0.0
+
+
+def test_buffer_parts_arriving_in_time_never_stall() -> None:
+    b = PlaybackBuffer(start_s=0.512)
+    t = 0.0
+    for _ in range(3):  # the start: three parts behind live
+        b.add(0.512, now=t)
+    for _ in range(200):  # then one part every 0.512 s, a little late now and then
+        t += 0.512
+        b.add(0.512, now=t + (0.3 if _ % 7 == 0 else 0.0))
+    assert b.stalls == 0 and b.stalled_seconds(t) == 0.0
+
+
+def test_buffer_stall_starts_when_dry_and_is_measured_until_it_resumes() -> None:
+    b = PlaybackBuffer(start_s=0.5, resume_s=0.5)
+    b.add(1.5, now=0.0)  # playing, 1.5 s buffered
+    b.add(0.5, now=4.0)  # nothing for 4 s: dry at 1.5 s, stalled 2.5 s
+    assert b.stalls == 1
+    assert b.state is Playback.PLAYING
+    assert b.stall_s == pytest.approx(2.5)
+    assert b.stalled_seconds(4.2) == pytest.approx(2.5)
+
+
+def test_buffer_open_stall_counts_to_now_and_resumes_only_at_the_threshold() -> None:
+    b = PlaybackBuffer(start_s=0.5, resume_s=1.0)
+    b.add(0.5, now=0.0)
+    assert b.buffered(1.0) == 0.0 and b.state is Playback.STALLED
+    assert b.stalled_seconds(2.0) == pytest.approx(1.5)  # dry since 0.5
+    b.add(0.5, now=2.0)  # below resume_s: still stalled
+    assert b.state is Playback.STALLED and b.stalls == 1
+    b.add(0.5, now=2.5)
+    assert b.state is Playback.PLAYING and b.stall_s == pytest.approx(2.0)
+
+
+def test_buffer_latency_behind_live_from_program_date_time() -> None:
+    b = PlaybackBuffer(start_s=0.5)
+    b.add(0.5, now=1000.2, pdt=999.0)  # made at 999.0..999.5, arrived at 1000.2
+    assert b.latency(1000.2) == pytest.approx(1000.2 - 999.0)  # hears 999.0 now
+    b.add(0.5, now=1000.7)  # contiguous, no date-time: continues
+    assert b.latency(1000.7) == pytest.approx(1.2)  # real-time playback keeps the distance
+    assert PlaybackBuffer(start_s=0.5).latency(5.0) is None
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+
+def test_ramp_is_even_and_surge_is_front_loaded_within_the_window() -> None:
+    ramp = schedule("ramp", 100, duration_s=30, ramp_s=10)
+    assert [s.arrive_s for s in ramp[:3]] == [0.0, 0.1, 0.2] and ramp[-1].arrive_s == pytest.approx(9.9)
+    surge = schedule("surge", 1000, duration_s=30, ramp_s=3, seed=7)
+    times = [s.arrive_s for s in surge]
+    assert len(times) == 1000 and times == sorted(times) and 0 <= times[0] and times[-1] <= 3
+    assert sum(t < 1 for t in times) > sum(t >= 2 for t in times) * 3  # most arrive at the start
+    assert schedule("surge", 1000, duration_s=30, ramp_s=3, seed=7) == surge  # seeded
+
+
+def test_poisson_rate_and_churn_sessions() -> None:
+    p = schedule("poisson", 2000, duration_s=60, ramp_s=20, seed=3)
+    gaps = [b.arrive_s - a.arrive_s for a, b in zip(p, p[1:])]
+    assert sum(gaps) / len(gaps) == pytest.approx(0.01, rel=0.1)  # 100 per second
+    c = schedule("churn", 50, duration_s=30, ramp_s=5, stay_s=3, gap_s=1, seed=3)
+    assert len(c) > 150  # each place is taken again and again
+    assert all(s.arrive_s < 30 and (s.leave_s is None or s.arrive_s < s.leave_s < 30) for s in c)
+    assert sum(s.leave_s is None for s in c) <= 50  # at most one open session per place
+
+
+def test_reconnect_drops_everyone_at_once() -> None:
+    r = schedule("reconnect", 10, duration_s=30, ramp_s=6, drop_at_s=12)
+    assert {s.drop_s for s in r} == {12}
+    with pytest.raises(ValueError):
+        schedule("reconnect", 10, duration_s=30, ramp_s=6, drop_at_s=3)
+
+
+def test_attack_mixes_are_an_extension_point_and_unknown_profiles_fail() -> None:
+    with pytest.raises(AttackUnavailable, match="defense work"):
+        schedule("surge", 10, duration_s=10, ramp_s=1, attack="flood")
+    with pytest.raises(ValueError, match="unknown profile"):
+        schedule("tsunami", 10, duration_s=10, ramp_s=1)
+
+
+def test_backoff_grows_with_full_jitter_and_polls_are_never_early() -> None:
+    rng = random.Random(1)
+    first = [backoff_s(0, rng) for _ in range(1000)]
+    later = [backoff_s(5, rng) for _ in range(1000)]
+    assert max(first) <= 0.5 and max(later) <= 16 and sum(later) / 1000 > 5 * sum(first) / 1000
+    assert all(backoff_s(40, rng) <= 30 for _ in range(100))
+    assert all(2.0 <= retry_delay_s(2.0, rng) <= 2.2 for _ in range(100))
+
+
+# -- playlists, HTTP framing, histograms --------------------------------------------------------
+
+
+def test_parse_live_playlist_with_parts_hint_and_date_times() -> None:
+    pl = m3u8.parse((GOLDEN / "live.m3u8").read_text())
+    assert pl.can_block_reload and pl.part_hold_back == pytest.approx(1.536) and pl.part_target == pytest.approx(0.512)
+    assert pl.map_uri == "init.mp4" and pl.preload_hint == "5.3.m4s" and not pl.ended
+    assert [s.msn for s in pl.complete_segments] == [0, 1, 2, 3, 4]
+    assert pl.segments[-1].uri is None and len(pl.segments[-1].parts) == 3  # the open segment
+    parts = pl.parts
+    assert (parts[0].msn, parts[0].index, parts[0].uri) == (3, 0, "3.0.m4s")
+    assert (pl.last_part.msn, pl.last_part.index) == (5, 2)
+    assert parts[1].pdt - parts[0].pdt == pytest.approx(0.512)
+    assert pl.segments[1].pdt - pl.segments[0].pdt == pytest.approx(3.584, abs=1e-3)
+    ended = m3u8.parse((GOLDEN / "live_ended.m3u8").read_text())
+    assert ended.ended and not ended.parts
+    with pytest.raises(ValueError):
+        m3u8.parse("<html>")
+
+
+def test_dechunk_and_urls() -> None:
+    buf = bytearray(b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\nNEXT")
+    assert _dechunk(buf) == b"Wikipedia" and bytes(buf) == b"NEXT"
+    assert _dechunk(bytearray(b"4\r\nWi")) is None
+    assert split_url("http://127.0.0.1:8000/a/b?x=1") == ("127.0.0.1", 8000, "/a/b?x=1")
+    assert split_url("http://localhost") == ("localhost", 80, "/")
+
+
+def test_histogram_quantiles_within_five_percent_and_merge() -> None:
+    values = [i / 1000 for i in range(1, 1001)]  # 1 ms .. 1 s
+    h = Histogram.of(values)
+    assert h.quantile(0.5) == pytest.approx(0.5, rel=0.05)
+    assert h.quantile(0.99) == pytest.approx(0.99, rel=0.05)
+    assert h.quantile(1.0) == 1.0 and Histogram().quantile(0.5) is None
+    a, b = Histogram.of(values[:500]), Histogram.of(values[500:])
+    a.merge(b.to_dict())
+    assert a.n == 1000 and a.quantile(0.99) == h.quantile(0.99)
