@@ -8,9 +8,9 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DATA ?= data
-APT_PACKAGES := ffmpeg chromium wrk
+APT_PACKAGES := ffmpeg chromium wrk icecast2 nginx
 
-.PHONY: setup system run test bench clean
+.PHONY: setup system run test bench bench-side-by-side clean
 
 setup: system $(VENV)/.installed node_modules/.installed
 
@@ -19,6 +19,8 @@ system:
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	[ -x /usr/bin/icecast2 ] || missing="$$missing icecast2"; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -47,6 +49,9 @@ bench: setup
 	$(PY) bench/pipeline_cpu.py
 	$(PY) bench/surge.py
 	$(PY) bench/join_rate.py
+
+bench-side-by-side: setup
+	$(PY) bench/side_by_side.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache

@@ -1,0 +1,424 @@
+"""Side by side: the same audience against Amphi, Icecast2 and nginx, on this machine.
+
+    .venv/bin/python bench/side_by_side.py [--sizes 1000,3000,6000,10000] [--duration 40] [--ramp 10] \\
+        [--procs 2] [--players ll,segments] [--systems amphi,edge,icecast,nginx] \\
+        [--md docs/benchmarks.md] [--json bench/out/side_by_side.json] [--plot docs/benchmarks.png]
+
+For each audience size, one after another, each system gets the same ``amphi loadtest``
+audience (``--ramp`` seconds of arrivals, then steady listening until ``--duration``):
+
+1. **Amphi embedded**: ``amphi serve --max-listeners max(size, 10000) --admit-rate 2000``, one live
+   Space (silence, no speaker). Listeners join, take a token, and play LL-HLS
+   (``--player ll``: a playlist and a part every 0.512 s, like hls.js in low-latency mode)
+   and, as a second row, whole segments (``--player segments``: blocking reload per 3.584 s
+   segment, like a player that ignores parts).
+2. **Amphi behind its edge tier**: not built yet; a "not yet built" row.
+3. **Icecast2** (Debian): config rendered into a temporary directory, 127.0.0.1 only, fed a
+   64 kbps MP3 sine by ffmpeg; listeners GET the mount and read bytes at the stream rate
+   (``--protocol icecast``): a stall is bytes not arriving in time.
+4. **nginx** (Debian) serving HLS files that ffmpeg writes live (64 kbps AAC, fMP4, 4 s
+   segments, program date-times), one worker process; listeners reload the playlist every
+   target duration and fetch segments (``--protocol hls``): the floor of HTTP serving cost.
+
+Server CPU is the server's processes (nginx: master + worker; Amphi: the node; Icecast2:
+the server, not ffmpeg) over the steady part of the run (after the ramp), and over the whole
+run. The generator (this machine's other user of the 2 cores) is reported too. Everything
+binds 127.0.0.1; every process is started in its own process group and stopped at the end,
+also on errors and Ctrl-C. Writes ``docs/benchmarks.md`` (a table per size) and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import HOST, NodeProcess, exit_on_sigterm, free_port, kill_group, raise_open_files, run, start_space  # noqa: E402
+
+from amphi.loadtest.run import RunOptions, run as loadtest  # noqa: E402
+from amphi.loadtest.swarm import LoadConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTLE_S = 5.0  # a source is on air and has made its first segments before the audience arrives
+STREAM_KBPS = 64
+
+
+def _wait_http(url: str, timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not answer {url} within {timeout_s:.0f} s")
+
+
+def _popen(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as f:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _binary(name: str) -> str | None:
+    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None)
+
+
+# -- systems under test ---------------------------------------------------------------------------
+
+
+class Icecast:
+    """icecast2 on a free port, fed by ffmpeg; ``url`` is the mount."""
+
+    def __init__(self, max_clients: int) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="amphi-icecast-"))
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}/stream"
+        self.max_clients = max_clients
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.pid = 0
+
+    def __enter__(self) -> Icecast:
+        icecast, ffmpeg = _binary("icecast2"), _binary("ffmpeg")
+        if not icecast or not ffmpeg:
+            raise RuntimeError("icecast2 or ffmpeg missing: make system installs them")
+        os.chmod(self.dir, 0o777)  # icecast drops root to nobody (changeowner) and writes its logs here
+        owner = ("<changeowner><user>nobody</user><group>nogroup</group></changeowner>" if os.getuid() == 0 else "")
+        (self.dir / "icecast.xml").write_text(f"""<icecast>
+  <location>loopback</location><admin>bench@localhost</admin>
+  <limits><clients>{self.max_clients + 10}</clients><sources>2</sources><queue-size>524288</queue-size>
+    <client-timeout>30</client-timeout><header-timeout>15</header-timeout><source-timeout>10</source-timeout>
+    <burst-on-connect>1</burst-on-connect><burst-size>65535</burst-size></limits>
+  <authentication><source-password>benchsource</source-password><relay-password>benchrelay</relay-password>
+    <admin-user>admin</admin-user><admin-password>benchadmin</admin-password></authentication>
+  <hostname>{HOST}</hostname>
+  <listen-socket><port>{self.port}</port><bind-address>{HOST}</bind-address></listen-socket>
+  <fileserve>1</fileserve>
+  <paths><basedir>/usr/share/icecast2</basedir><logdir>{self.dir}</logdir><webroot>/usr/share/icecast2/web</webroot>
+    <adminroot>/usr/share/icecast2/admin</adminroot><alias source="/" destination="/status.xsl"/></paths>
+  <logging><accesslog>access.log</accesslog><errorlog>error.log</errorlog><loglevel>2</loglevel></logging>
+  <security><chroot>0</chroot>{owner}</security>
+</icecast>
+""")
+        server = _popen([icecast, "-c", str(self.dir / "icecast.xml")], self.dir / "icecast.out")
+        self.procs.append(server)
+        self.pid = server.pid
+        _wait_http(f"http://{HOST}:{self.port}/status-json.xsl", 15, "icecast2", server)
+        feed = _popen([ffmpeg, "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+                       "sine=frequency=440:sample_rate=44100", "-ac", "1", "-c:a", "libmp3lame",
+                       "-b:a", f"{STREAM_KBPS}k", "-content_type", "audio/mpeg", "-f", "mp3",
+                       f"icecast://source:benchsource@{HOST}:{self.port}/stream"], self.dir / "ffmpeg.log")
+        self.procs.append(feed)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                stats = httpx.get(f"http://{HOST}:{self.port}/status-json.xsl", timeout=1).json()
+                if stats.get("icestats", {}).get("source"):
+                    return self
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the ffmpeg source did not reach icecast2")
+
+    def __exit__(self, *exc: object) -> None:
+        for p in reversed(self.procs):
+            kill_group(p, 5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Nginx:
+    """nginx (one worker) serving the HLS files ffmpeg writes live; ``url`` is the playlist."""
+
+    def __init__(self, max_clients: int) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="amphi-nginx-"))
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}/hls/live.m3u8"
+        self.max_clients = max_clients
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.pid = 0
+
+    def __enter__(self) -> Nginx:
+        nginx, ffmpeg = _binary("nginx"), _binary("ffmpeg")
+        if not nginx or not ffmpeg:
+            raise RuntimeError("nginx or ffmpeg missing: make system installs them")
+        hls = self.dir / "hls"
+        hls.mkdir()
+        os.chmod(self.dir, 0o755)
+        os.chmod(hls, 0o755)
+        feed = _popen([ffmpeg, "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+                       "sine=frequency=440:sample_rate=48000", "-ac", "1", "-c:a", "aac", "-b:a", f"{STREAM_KBPS}k",
+                       "-f", "hls", "-hls_time", "4", "-hls_list_size", "6", "-hls_segment_type", "fmp4",
+                       "-hls_flags", "delete_segments+program_date_time+independent_segments",
+                       str(hls / "live.m3u8")], self.dir / "ffmpeg.log")
+        self.procs.append(feed)
+        conns = self.max_clients + 100
+        user = "user root;" if os.getuid() == 0 else ""
+        (self.dir / "nginx.conf").write_text(f"""{user}
+worker_processes 1;
+worker_rlimit_nofile {2 * conns + 100};
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+daemon off;
+events {{ worker_connections {conns}; }}
+http {{
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_timeout 75s; keepalive_requests 1000000;
+  types {{ application/vnd.apple.mpegurl m3u8; audio/mp4 m4s mp4; }}
+  client_body_temp_path {self.dir}/tmp; proxy_temp_path {self.dir}/tmp; fastcgi_temp_path {self.dir}/tmp;
+  uwsgi_temp_path {self.dir}/tmp; scgi_temp_path {self.dir}/tmp;
+  server {{
+    listen {HOST}:{self.port};
+    root {self.dir};
+    location ~ \\.m3u8$ {{ add_header Cache-Control "max-age=1"; }}
+  }}
+}}
+""")
+        server = _popen([nginx, "-c", str(self.dir / "nginx.conf"), "-p", str(self.dir)], self.dir / "nginx.out")
+        self.procs.append(server)
+        self.pid = server.pid
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # two segments listed: a player can start
+            try:
+                r = httpx.get(self.url, timeout=1)
+                if r.status_code == 200 and r.text.count("#EXTINF") >= 2:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None:
+                raise RuntimeError(f"nginx exited: {(self.dir / 'nginx.out').read_text()[-500:]}")
+            time.sleep(0.3)
+        raise RuntimeError("nginx did not serve the HLS playlist in time")
+
+    def __exit__(self, *exc: object) -> None:
+        for p in reversed(self.procs):
+            kill_group(p, 5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# -- one run --------------------------------------------------------------------------------------
+
+
+def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll") -> dict[str, object]:
+    def go(cfg: LoadConfig, pid: int) -> dict[str, object]:
+        def progress(line: str) -> None:
+            if not args.quiet:
+                print(f"  [{system} {size}] {line}", file=sys.stderr, flush=True)
+
+        r = loadtest(RunOptions(cfg=cfg, listeners=size, profile=args.profile, ramp_s=args.ramp, procs=args.procs,
+                                server_pid=pid), progress)
+        steady = [row for row in r["timeline"] if args.ramp + 2 < row["t"] <= args.duration]  # type: ignore[union-attr]
+        cpu = [row["server_cpu_pct"] for row in steady if row["server_cpu_pct"] is not None]
+        gen = [row["generator_cpu_pct"] for row in steady]
+        r["server_cpu_pct_steady"] = round(sum(cpu) / len(cpu), 1) if cpu else None
+        r["generator_cpu_pct_steady"] = round(sum(gen) / len(gen), 1) if gen else None
+        return r
+
+    if system == "amphi":
+        node = NodeProcess(args=["--max-listeners", str(max(size, 10_000)), "--admit-rate", "2000"])
+        with node:
+            space = start_space(node.url, "side by side", join=False)
+            time.sleep(SETTLE_S)
+            cfg = LoadConfig(server=node.url, space=space.id, protocol="amphi", player=player,
+                             duration_s=args.duration)
+            return go(cfg, node.pid)
+    if system == "icecast":
+        with Icecast(size) as ice:
+            time.sleep(SETTLE_S)
+            return go(LoadConfig(server=ice.url, protocol="icecast", duration_s=args.duration,
+                                 stream_kbps=STREAM_KBPS), ice.pid)
+    if system == "nginx":
+        with Nginx(size) as ngx:
+            return go(LoadConfig(server=ngx.url, protocol="hls", player="segments", duration_s=args.duration),
+                      ngx.pid)
+    raise ValueError(system)
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+LABELS = {"amphi/ll": "Amphi embedded, LL-HLS parts", "amphi/segments": "Amphi embedded, segments only",
+          "edge": "Amphi behind its edge tier", "icecast": "Icecast2 2.4 (64 kbps MP3)",
+          "nginx": "nginx 1.22, static HLS files (1 worker)"}
+
+
+def _fmt(v: object, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _ratio(v: object, base: object) -> str:
+    if not isinstance(v, (int, float)) or not isinstance(base, (int, float)) or base == 0:
+        return "-"
+    return f"{v / base:.2f}x"
+
+
+def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Namespace, plot_path: str | None) -> str:
+    lines = [
+        "# Benchmarks: Amphi side by side with Icecast2 and nginx",
+        "",
+        f"Written by `bench/side_by_side.py` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
+        f"(`{' '.join(sys.argv[1:]) or '(defaults)'}`). One machine, {os.cpu_count()} cores, shared by the server "
+        "under test and the load generator (`amphi loadtest`, "
+        f"{args.procs} process(es)); every figure comes from the same generator, so the columns compare.",
+        "",
+        f"Audience: profile `{args.profile}`, arrivals over {args.ramp:g} s, run {args.duration:g} s. "
+        "Server CPU is % of one core, mean over the steady part (after the ramp), all the server's processes "
+        "(not the feeding ffmpeg, not the generator). Ratios are to Icecast2 in the same size's run "
+        "(lower is better for every column). Join = arrival -> first answer (Amphi: the join answer; "
+        "Icecast2: response headers; nginx: the first playlist). First audio = admitted -> playback could start.",
+        "",
+    ]
+    for size, rows in results.items():
+        lines += [f"## {int(size):,} listeners", "",
+                  "| system | stalled listeners (stall s) | failed | join p99 s | first audio p99 s | latency p50 s | "
+                  "server CPU % (per 1k) | ratio to Icecast2 | RSS MB | req/s | generator CPU % | notes |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        base = rows.get("icecast", {})
+        for key, r in rows.items():
+            if "skipped" in r:
+                lines.append(f"| {LABELS.get(key, key)} | - | - | - | - | - | - | - | - | - | - | {r['skipped']} |")
+                continue
+            cpu = r.get("server_cpu_pct_steady")
+            per_k = cpu / (int(size) / 1000) if isinstance(cpu, (int, float)) else None
+            notes = "; ".join(str(w) for w in r.get("warnings", []))  # type: ignore[union-attr]
+            errs = r.get("errors_by_kind") or {}
+            if errs:
+                notes = (notes + "; " if notes else "") + "errors: " + ", ".join(f"{k} {v}" for k, v in errs.items())  # type: ignore[union-attr]
+            lines.append(
+                f"| {LABELS.get(key, key)} | {r['stalled_listeners']} ({_fmt(r['stall_seconds_total'], 1)}) | "
+                f"{r['failed']} | {_fmt(r['join_p99_s'])} | {_fmt(r['first_audio_p99_s'])} | {_fmt(r['latency_p50_s'], 2)} | "
+                f"{_fmt(cpu, 1)} ({_fmt(per_k, 2)}) | {_ratio(cpu, base.get('server_cpu_pct_steady'))} | "
+                f"{_fmt(r['server_rss_mb_max'], 0)} | {_fmt(r['request_rate_avg'], 0)} | "
+                f"{_fmt(r.get('generator_cpu_pct_steady'), 0)} | {notes} |")
+        lines.append("")
+    if plot_path:
+        lines += [f"![server CPU and stalls by audience size]({os.path.relpath(plot_path, Path(args.md).parent)})", ""]
+    lines += targets(results)
+    return "\n".join(lines) + "\n"
+
+
+def targets(results: dict[str, dict[str, dict[str, object]]]) -> list[str]:
+    """The issue's targets at the largest size measured, met or missed, with the figures."""
+    if not results:
+        return []
+    size = max(results, key=int)
+    rows = results[size]
+    amphi = rows.get("amphi/ll") or rows.get("amphi/segments")
+    ice = rows.get("icecast")
+    out = [f"## Targets at {int(size):,} listeners (issue 5: the targets are set for 10,000)", ""]
+    if not amphi or "skipped" in amphi:
+        return out + ["Amphi was not measured.", ""]
+    for key in ("amphi/ll", "amphi/segments"):
+        r = rows.get(key)
+        if not r or "skipped" in r:
+            continue
+        cpu, icpu = r.get("server_cpu_pct_steady"), (ice or {}).get("server_cpu_pct_steady")
+        checks = [
+            (r["stalled_listeners"] == 0, f"0 stalls: {r['stalled_listeners']} listeners stalled"),
+            (isinstance(cpu, (int, float)) and isinstance(icpu, (int, float)) and cpu <= icpu,
+             f"server CPU <= Icecast2's: {_fmt(cpu, 1)} % vs {_fmt(icpu, 1)} %"),
+            (r["join_p99_s"] is not None and r["join_p99_s"] <= 1.0, f"join p99 <= 1 s: {_fmt(r['join_p99_s'])} s"),
+            (r["failed"] == 0 and not any(k.startswith("connect") for k in r["errors_by_kind"]),  # type: ignore[union-attr]
+             f"0 failed connections: {r['failed']} failed, errors {r['errors_by_kind'] or 'none'}"),
+        ]
+        out.append(f"{LABELS[key]}:")
+        out += [f"- {'met' if ok else '**missed**'}: {text}" for ok, text in checks]
+        out.append("")
+    return out
+
+
+def plot(results: dict[str, dict[str, dict[str, object]]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    sizes = sorted(results, key=int)
+    for key in ("amphi/ll", "amphi/segments", "icecast", "nginx"):
+        xs, cpu, stalls = [], [], []
+        for size in sizes:
+            r = results[size].get(key)
+            if r and "skipped" not in r:
+                xs.append(int(size))
+                cpu.append(r.get("server_cpu_pct_steady") or 0)
+                stalls.append(r["stalled_listeners"])
+        if xs:
+            a1.plot(xs, cpu, marker="o", label=LABELS[key])
+            a2.plot(xs, stalls, marker="o", label=LABELS[key])
+    a1.set_title("server CPU, % of one core (steady)")
+    a2.set_title("listeners that stalled")
+    for ax in (a1, a2):
+        ax.set_xlabel("listeners")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,3000,6000,10000", help="audience sizes, comma-separated")
+    parser.add_argument("--systems", default="amphi,edge,icecast,nginx")
+    parser.add_argument("--players", default="ll,segments", help="Amphi's player models (ll, segments)")
+    parser.add_argument("--profile", default="ramp")
+    parser.add_argument("--duration", type=float, default=40.0)
+    parser.add_argument("--ramp", type=float, default=10.0)
+    parser.add_argument("--procs", type=int, default=2, help="generator processes")
+    parser.add_argument("--md", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--json", default=str(ROOT / "bench" / "out" / "side_by_side.json"))
+    parser.add_argument("--plot", default=str(ROOT / "docs" / "benchmarks.png"))
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    exit_on_sigterm()
+    raise_open_files()  # the servers started below inherit it
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    results: dict[str, dict[str, dict[str, object]]] = {}
+    for size in sizes:
+        rows: dict[str, dict[str, object]] = {}
+        results[str(size)] = rows
+        for system in systems:
+            keys = [f"amphi/{p}" for p in args.players.split(",")] if system == "amphi" else [system]
+            for key in keys:
+                if system == "edge":
+                    rows[key] = {"skipped": "not yet built (the edge tier is a later issue)"}
+                    continue
+                print(f"== {size} listeners: {LABELS.get(key, key)}", flush=True)
+                try:
+                    rows[key] = measure(system, size, args, key.split("/")[1] if "/" in key else "ll")
+                except RuntimeError as e:
+                    rows[key] = {"skipped": f"error: {e}"}
+                    print(f"   skipped: {e}", flush=True)
+                    continue
+                r = rows[key]
+                print(f"   stalled {r['stalled_listeners']}, failed {r['failed']}, join p99 {r['join_p99_s']}, "
+                      f"first audio p99 {r['first_audio_p99_s']}, server CPU {r['server_cpu_pct_steady']} % "
+                      f"(generator {r['generator_cpu_pct_steady']} %), errors {r['errors_by_kind']}", flush=True)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        if args.plot:
+            plot(results, args.plot)
+        Path(args.md).write_text(markdown(results, args, args.plot))
+    print(f"wrote {args.md}, {args.json}" + (f", {args.plot}" if args.plot else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
