@@ -339,7 +339,7 @@ class Listener:
             nxt = (last[0] + 1, 0) if closed else (last[0], last[1] + 1)
             pl = await self._playlist(f"?_HLS_msn={nxt[0]}&_HLS_part={nxt[1]}")
             todo = [p for p in pl.parts if (p.msn, p.index) > last]
-            if todo and (todo[0].msn, todo[0].index) != nxt and todo[0].index != 0:
+            if todo and (todo[0].msn, todo[0].index) not in (nxt, (nxt[0] + 1, 0)):
                 self.swarm.error("parts_skipped")  # fell out of the window: a gap in the audio
 
     async def _play_segments(self, pl: m3u8.MediaPlaylist) -> None:

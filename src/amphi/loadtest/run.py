@@ -80,6 +80,12 @@ class _ProcessCpu:
         return total
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all cores of this machine have spent busy since boot."""
+    t = psutil.cpu_times()
+    return sum(v for k, v in t._asdict().items() if k not in ("idle", "iowait", "guest", "guest_nice"))
+
+
 def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict[str, object]:
     cfg = opts.cfg
     sessions = schedule(opts.profile, opts.listeners, duration_s=cfg.duration_s, ramp_s=opts.ramp_s, seed=cfg.seed,
@@ -136,7 +142,7 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     t0 = time.time() + START_MARGIN_S
     for p in pipes:
         p.send(t0)
-    gen0, srv0 = gen_cpu(), (server.cpu_s() if server else 0.0)
+    gen0, srv0, busy0 = gen_cpu(), (server.cpu_s() if server else 0.0), machine_busy_s()
     last_cpu = (time.time(), gen0, srv0)
     ticks: dict[int, list[dict]] = {}
     finals: dict[int, dict] = {}
@@ -185,8 +191,13 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     wall = max(1e-3, end - t0)
     gen_total = gen_cpu() - gen0
     srv_total = (server.cpu_s() - srv0) if server else None
-    return _result(opts, sessions, list(finals.values()), timeline, wall, gen_total, srv_total, server,
-                   waiting_max, warnings, len(workers))
+    result = _result(opts, sessions, list(finals.values()), timeline, wall, gen_total, srv_total, server,
+                     waiting_max, warnings, len(workers))
+    others = 100 * (machine_busy_s() - busy0 - gen_total - (srv_total or 0.0)) / wall
+    result["other_processes_cpu_pct"] = round(max(0.0, others), 1)  # neither generator nor server
+    if others > 20:
+        warnings.append(f"other processes used {others:.0f} % of a core during the run: figures are noisier")
+    return result
 
 
 def _merge_tick(tick: int, snaps: list[dict], prev: dict | None) -> dict[str, object]:
