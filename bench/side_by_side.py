@@ -279,33 +279,37 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
         "",
         f"Audience: profile `{args.profile}`, arrivals over {args.ramp:g} s, run {args.duration:g} s. "
         "Server CPU is % of one core, mean over the steady part (after the ramp), all the server's processes "
-        "(not the feeding ffmpeg, not the generator). Ratios are to Icecast2 in the same size's run "
+        "(not the feeding ffmpeg, not the generator); per 1k is per 1,000 listeners admitted. "
+        "Ratios are to Icecast2 in the same size's run "
         "(lower is better for every column). Join = arrival -> first answer (Amphi: the join answer; "
         "Icecast2: response headers; nginx: the first playlist). First audio = admitted -> playback could start.",
         "",
     ]
     for size, rows in results.items():
         lines += [f"## {int(size):,} listeners", "",
-                  "| system | stalled listeners (stall s) | failed | join p99 s | first audio p99 s | latency p50 s | "
-                  "server CPU % (per 1k) | ratio to Icecast2 | RSS MB | req/s | generator CPU % | notes |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| system | admitted (still waiting) | stalled listeners (stall s) | failed | join p99 s | "
+                  "first audio p99 s | latency p50 s | server CPU % (per 1k) | ratio to Icecast2 | RSS MB | req/s | "
+                  "generator CPU % | other processes CPU % | notes |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         base = rows.get("icecast", {})
         for key, r in rows.items():
             if "skipped" in r:
-                lines.append(f"| {LABELS.get(key, key)} | - | - | - | - | - | - | - | - | - | - | {r['skipped']} |")
+                lines.append(f"| {LABELS.get(key, key)} | - | - | - | - | - | - | - | - | - | - | - | - | {r['skipped']} |")
                 continue
             cpu = r.get("server_cpu_pct_steady")
-            per_k = cpu / (int(size) / 1000) if isinstance(cpu, (int, float)) else None
+            seated = int(r["admitted"]) or 1  # type: ignore[call-overload]
+            per_k = cpu / (seated / 1000) if isinstance(cpu, (int, float)) else None
             notes = "; ".join(str(w) for w in r.get("warnings", []))  # type: ignore[union-attr]
             errs = r.get("errors_by_kind") or {}
             if errs:
                 notes = (notes + "; " if notes else "") + "errors: " + ", ".join(f"{k} {v}" for k, v in errs.items())  # type: ignore[union-attr]
             lines.append(
-                f"| {LABELS.get(key, key)} | {r['stalled_listeners']} ({_fmt(r['stall_seconds_total'], 1)}) | "
+                f"| {LABELS.get(key, key)} | {r['admitted']} ({r['waiting_end']}) | "
+                f"{r['stalled_listeners']} ({_fmt(r['stall_seconds_total'], 1)}) | "
                 f"{r['failed']} | {_fmt(r['join_p99_s'])} | {_fmt(r['first_audio_p99_s'])} | {_fmt(r['latency_p50_s'], 2)} | "
                 f"{_fmt(cpu, 1)} ({_fmt(per_k, 2)}) | {_ratio(cpu, base.get('server_cpu_pct_steady'))} | "
                 f"{_fmt(r['server_rss_mb_max'], 0)} | {_fmt(r['request_rate_avg'], 0)} | "
-                f"{_fmt(r.get('generator_cpu_pct_steady'), 0)} | {notes} |")
+                f"{_fmt(r.get('generator_cpu_pct_steady'), 0)} | {_fmt(r.get('other_processes_cpu_pct'), 0)} | {notes} |")
         lines.append("")
     if plot_path:
         lines += [f"![server CPU and stalls by audience size]({os.path.relpath(plot_path, Path(args.md).parent)})", ""]
@@ -330,6 +334,8 @@ def targets(results: dict[str, dict[str, dict[str, object]]]) -> list[str]:
             continue
         cpu, icpu = r.get("server_cpu_pct_steady"), (ice or {}).get("server_cpu_pct_steady")
         checks = [
+            (r["admitted"] == int(size), f"everyone admitted: {r['admitted']} of {int(size)} "
+                                         f"({r['waiting_end']} still waiting at the end)"),
             (r["stalled_listeners"] == 0, f"0 stalls: {r['stalled_listeners']} listeners stalled"),
             (isinstance(cpu, (int, float)) and isinstance(icpu, (int, float)) and cpu <= icpu,
              f"server CPU <= Icecast2's: {_fmt(cpu, 1)} % vs {_fmt(icpu, 1)} %"),
@@ -385,7 +391,15 @@ def main() -> int:
     parser.add_argument("--json", default=str(ROOT / "bench" / "out" / "side_by_side.json"))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "benchmarks.png"))
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--from-json", metavar="JSON", help="only rewrite the markdown and plot from an earlier run")
     args = parser.parse_args()
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        if args.plot:
+            plot(results, args.plot)
+        Path(args.md).write_text(markdown(results, args, args.plot))
+        print(f"wrote {args.md}")
+        return 0
     exit_on_sigterm()
     raise_open_files()  # the servers started below inherit it
     sizes = [int(s) for s in args.sizes.split(",") if s]

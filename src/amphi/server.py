@@ -60,8 +60,10 @@ async def serve(cfg: Config) -> None:
     gc.freeze()  # what start-up made lives forever: keep it out of every collection
     server = Server(
         App(node), address=cfg.http.host, port=cfg.http.port, interface=Interfaces.ASGINL,
-        http=HTTPModes.http1, backlog=4096, log_level=LogLevels.warning, websockets=False,
-    )
+        http=HTTPModes.http1, backlog=4096, backpressure=65536, log_level=LogLevels.warning, websockets=False,
+    )  # backpressure: granian serves at most this many connections at once (default backlog // workers
+    # = 4096); every LL-HLS listener holds one in a blocking reload, so the default capped a node at 4096
+    # listeners and left the rest unanswered (found by `amphi loadtest` at 10k)
     server_task = asyncio.create_task(server.serve(), name="http")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ hold-back), the map (init) and the end list. Anything else is ignored, as player
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -57,28 +58,24 @@ class MediaPlaylist:
         return [s for s in self.segments if s.uri is not None]
 
 
+_PDT_CACHE: dict[str, float] = {}  # the same date-times come back in every reload
+_ATTR = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
+_DURATION = re.compile(r'(?:^|,)DURATION=([0-9.]+)')
+_URI = re.compile(r'(?:^|,)URI="([^"]*)"')
+
+
 def parse_pdt(text: str) -> float:
-    return datetime.fromisoformat(text.strip().replace("Z", "+00:00")).timestamp()
+    t = _PDT_CACHE.get(text)
+    if t is None:
+        if len(_PDT_CACHE) > 4096:
+            _PDT_CACHE.clear()
+        t = _PDT_CACHE[text] = datetime.fromisoformat(text.strip().replace("Z", "+00:00")).timestamp()
+    return t
 
 
 def _attributes(text: str) -> dict[str, str]:
     """``KEY=VALUE,KEY="a,b"`` -> dict, honouring quotes."""
-    out: dict[str, str] = {}
-    key, value, quoted, in_value = "", "", False, False
-    for ch in text + ",":
-        if in_value:
-            if ch == '"':
-                quoted = not quoted
-            elif ch == "," and not quoted:
-                out[key.strip()] = value.strip()
-                key, value, in_value = "", "", False
-            else:
-                value += ch
-        elif ch == "=":
-            in_value = True
-        elif ch != ",":
-            key += ch
-    return out
+    return {k: v[1:-1] if v.startswith('"') else v for k, v in _ATTR.findall(text)}
 
 
 def parse(text: str) -> MediaPlaylist:
@@ -115,12 +112,14 @@ def parse(text: str) -> MediaPlaylist:
                     pl.part_hold_back = float(attrs["PART-HOLD-BACK"])
             elif tag == "#EXT-X-PART-INF":
                 pl.part_target = float(_attributes(value).get("PART-TARGET", "0")) or None
-            elif tag == "#EXT-X-PART":
-                attrs = _attributes(value)
+            elif tag == "#EXT-X-PART":  # the most frequent tag: two searches, not a full attribute parse
+                dm, um = _DURATION.search(value), _URI.search(value)
+                if dm is None or um is None:
+                    raise ValueError(f"EXT-X-PART without DURATION or URI: {line!r}")
                 if msn is None:
                     msn = pl.media_sequence
-                d = float(attrs["DURATION"])
-                parts.append(Part(msn, len(parts), attrs["URI"], d, part_pdt))
+                d = float(dm.group(1))
+                parts.append(Part(msn, len(parts), um.group(1), d, part_pdt))
                 part_pdt = None if part_pdt is None else part_pdt + d
             elif tag == "#EXT-X-PRELOAD-HINT":
                 attrs = _attributes(value)

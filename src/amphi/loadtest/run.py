@@ -147,7 +147,7 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     ticks: dict[int, list[dict]] = {}
     finals: dict[int, dict] = {}
     timeline: list[dict[str, object]] = []
-    worker_cpu: dict[int, float] = {}
+    last_tick: dict[int, int] = {}
     lag_max = 0.0
     hard_stop = time.monotonic() + START_MARGIN_S + cfg.duration_s + END_GRACE_S + 20.0
     open_pipes = dict(enumerate(pipes))
@@ -165,12 +165,12 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
                 del open_pipes[k]
                 continue
             ticks.setdefault(msg["tick"], []).append(msg)
-            worker_cpu[k] = msg["cpu_s"]
+            last_tick[k] = msg["tick"]
             lag_max = max(lag_max, msg["lag_max"])
-        # a second is complete when every worker still running has reported it
+        # a second is complete when every worker has reported it or has finished
         for tick in sorted(ticks):
             snaps = ticks[tick]
-            if len(snaps) < len(open_pipes):
+            if any(last_tick.get(k, 0) < tick for k in open_pipes):
                 break
             now = time.time()
             g, s = gen_cpu(), (server.cpu_s() if server else 0.0)
