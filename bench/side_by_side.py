@@ -287,7 +287,7 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
     ]
     for size, rows in results.items():
         lines += [f"## {int(size):,} listeners", "",
-                  "| system | admitted (still waiting) | stalled listeners (stall s) | failed | join p99 s | "
+                  "| system | admitted (waiting, unanswered at the end) | stalled listeners (stall s) | failed | join p99 s | "
                   "first audio p99 s | latency p50 s | server CPU % (per 1k) | ratio to Icecast2 | RSS MB | req/s | "
                   "generator CPU % | other processes CPU % | notes |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -304,7 +304,7 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
             if errs:
                 notes = (notes + "; " if notes else "") + "errors: " + ", ".join(f"{k} {v}" for k, v in errs.items())  # type: ignore[union-attr]
             lines.append(
-                f"| {LABELS.get(key, key)} | {r['admitted']} ({r['waiting_end']}) | "
+                f"| {LABELS.get(key, key)} | {r['admitted']} ({r['waiting_end']}, {r['never_answered']}) | "
                 f"{r['stalled_listeners']} ({_fmt(r['stall_seconds_total'], 1)}) | "
                 f"{r['failed']} | {_fmt(r['join_p99_s'])} | {_fmt(r['first_audio_p99_s'])} | {_fmt(r['latency_p50_s'], 2)} | "
                 f"{_fmt(cpu, 1)} ({_fmt(per_k, 2)}) | {_ratio(cpu, base.get('server_cpu_pct_steady'))} | "
@@ -335,13 +335,15 @@ def targets(results: dict[str, dict[str, dict[str, object]]]) -> list[str]:
         cpu, icpu = r.get("server_cpu_pct_steady"), (ice or {}).get("server_cpu_pct_steady")
         checks = [
             (r["admitted"] == int(size), f"everyone admitted: {r['admitted']} of {int(size)} "
-                                         f"({r['waiting_end']} still waiting at the end)"),
+                                         f"({r['waiting_end']} still waiting, {r['never_answered']} never answered)"),
             (r["stalled_listeners"] == 0, f"0 stalls: {r['stalled_listeners']} listeners stalled"),
             (isinstance(cpu, (int, float)) and isinstance(icpu, (int, float)) and cpu <= icpu,
              f"server CPU <= Icecast2's: {_fmt(cpu, 1)} % vs {_fmt(icpu, 1)} %"),
             (r["join_p99_s"] is not None and r["join_p99_s"] <= 1.0, f"join p99 <= 1 s: {_fmt(r['join_p99_s'])} s"),
-            (r["failed"] == 0 and not any(k.startswith("connect") for k in r["errors_by_kind"]),  # type: ignore[union-attr]
-             f"0 failed connections: {r['failed']} failed, errors {r['errors_by_kind'] or 'none'}"),
+            (r["failed"] == 0 and r["never_answered"] == 0
+             and not any(k.startswith("connect") or k in ("timeout", "reset") for k in r["errors_by_kind"]),  # type: ignore[union-attr]
+             f"0 failed connections: {r['failed']} gave up, {r['never_answered']} never answered, "
+             f"errors {r['errors_by_kind'] or 'none'}"),
         ]
         out.append(f"{LABELS[key]}:")
         out += [f"- {'met' if ok else '**missed**'}: {text}" for ok, text in checks]

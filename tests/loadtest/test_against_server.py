@@ -21,8 +21,14 @@ JSON_KEYS = ("listeners", "admitted", "waiting_max", "failed", "errors_by_kind",
 
 
 def live_space(server: AmphiServer) -> str:
+    """A live Space whose pipeline has made its first segment (the host's own playlist request
+    is held until then; hosts listen on reserved capacity, so no seat is taken)."""
     space, key = server.create("loadtest")
     server.start_space(space, key)
+    r = server.http.post(f"/api/spaces/{space}/join", json={}, headers={"authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
+    playlist = server.http.get(r.json()["playlist"])
+    assert playlist.status_code == 200 and "#EXTINF" in playlist.text
     return space
 
 
@@ -74,7 +80,8 @@ def test_a_paused_server_is_a_stall_for_every_listener(serve, tmp_path: Path) ->
     space = live_space(server)
     out = tmp_path / "r.json"
     proc = loadtest(server, space, out, "--listeners", "200", "--duration", "14", "--ramp", "2")
-    wait_until(lambda: server.status(space)["listeners"] == 200, 20, "200 listeners seated")
+    # steady state: (nearly) every listener has played its first parts and waits in a blocking reload
+    wait_until(lambda: server.node()["origin"]["blocking_waiting"] >= 195, 30, "195 listeners in blocking reloads")
     os.kill(server.proc.pid, signal.SIGSTOP)
     try:
         time.sleep(3.0)  # the pause under test
@@ -82,7 +89,7 @@ def test_a_paused_server_is_a_stall_for_every_listener(serve, tmp_path: Path) ->
         os.kill(server.proc.pid, signal.SIGCONT)
     r = finish(proc, out)
     assert r["admitted"] == 200 and r["failed"] == 0
-    assert r["stalled_listeners"] >= 190  # a 1.5 s buffer cannot cover a 3 s pause
+    assert r["stalled_listeners"] >= 195  # a 1.5 s buffer cannot cover a 3 s pause
     per_listener = r["stall_seconds_total"] / r["stalled_listeners"]
     assert 0.5 < per_listener < 3.5
     assert max(row["stalled_now"] for row in r["timeline"]) >= 150
@@ -98,7 +105,8 @@ def test_a_full_space_admits_waiting_listeners_as_seats_free(serve, tmp_path: Pa
     assert status["peak_listeners"] <= 30
     assert r["waiting_max"] >= 30 and r["waited"] >= 60
     assert r["admitted_from_line"] >= 20  # seats freed by leavers went to the line
-    assert r["admitted"] == status["admitted_total"]
+    # a session that ends while its poll is in flight may be seated by the node without hearing of it
+    assert r["admitted"] <= status["admitted_total"] <= r["admitted"] + r["joins_cut_off"]
     assert r["failed"] == 0 and r["sessions"] > 90
     assert r["sessions"] == sum(r["outcomes"].values())
 
@@ -114,3 +122,17 @@ def test_attack_is_refused_until_the_defense_work_lands() -> None:
 def test_bad_options(args: list[str], message: str) -> None:
     result = CliRunner().invoke(main, ["loadtest", "--server", "http://127.0.0.1:9", *args])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_reconnect_storm_comes_back_on_the_same_seats(serve, tmp_path: Path) -> None:
+    server = serve()
+    space = live_space(server)
+    out = tmp_path / "r.json"
+    r = finish(loadtest(server, space, out, "--listeners", "150", "--profile", "reconnect", "--drop-at", "5",
+                        "--duration", "11", "--ramp", "2"), out)
+    status = server.status(space)
+    assert r["drops"] == 150 and r["failed"] == 0
+    assert r["renewals"] >= 150  # each came back by renewing the seat its token holds ...
+    assert r["admitted"] == 150 == status["admitted_total"]  # ... so no second seat was taken
+    assert status["peak_listeners"] == 150
+    assert sum(r["outcomes"].values()) == 150 and r["outcomes"].get("playing") == 150

@@ -173,6 +173,9 @@ class Listener:
         while True:
             try:
                 resp = await self._request("POST", join, body)
+            except asyncio.CancelledError:
+                sw.joins_cut_off += 1  # the session ended mid-request: the node may have seated it
+                raise
             except HttpError as e:
                 sw.error(e.kind)
                 await self._backoff(e.kind)
