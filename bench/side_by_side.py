@@ -49,6 +49,7 @@ from amphi.loadtest.run import RunOptions, run as loadtest  # noqa: E402
 from amphi.loadtest.swarm import LoadConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+KEEP = "<!-- analysis below: written by hand, kept when the tables are rewritten -->"
 SETTLE_S = 5.0  # a source is on air and has made its first segments before the audience arrives
 STREAM_KBPS = 64
 
@@ -212,15 +213,18 @@ http {{
 # -- one run --------------------------------------------------------------------------------------
 
 
-def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll") -> dict[str, object]:
+def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll",
+            surge: bool = False) -> dict[str, object]:
+    profile, ramp = ("surge", args.surge_window) if surge else (args.profile, args.ramp)
+
     def go(cfg: LoadConfig, pid: int) -> dict[str, object]:
         def progress(line: str) -> None:
             if not args.quiet:
                 print(f"  [{system} {size}] {line}", file=sys.stderr, flush=True)
 
-        r = loadtest(RunOptions(cfg=cfg, listeners=size, profile=args.profile, ramp_s=args.ramp, procs=args.procs,
+        r = loadtest(RunOptions(cfg=cfg, listeners=size, profile=profile, ramp_s=ramp, procs=args.procs,
                                 server_pid=pid), progress)
-        steady = [row for row in r["timeline"] if args.ramp + 2 < row["t"] <= args.duration]  # type: ignore[union-attr]
+        steady = [row for row in r["timeline"] if ramp + 2 < row["t"] <= args.duration]  # type: ignore[union-attr]
         cpu = [row["server_cpu_pct"] for row in steady if row["server_cpu_pct"] is not None]
         gen = [row["generator_cpu_pct"] for row in steady]
         r["server_cpu_pct_steady"] = round(sum(cpu) / len(cpu), 1) if cpu else None
@@ -250,6 +254,7 @@ def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll"
 # -- report ---------------------------------------------------------------------------------------
 
 LABELS = {"amphi/ll": "Amphi embedded, LL-HLS parts", "amphi/segments": "Amphi embedded, segments only",
+          "amphi/segments-surge": "Amphi embedded, segments, **surge** (all within 3 s)",
           "edge": "Amphi behind its edge tier", "icecast": "Icecast2 2.4 (64 kbps MP3)",
           "nginx": "nginx 1.22, static HLS files (1 worker)"}
 
@@ -266,6 +271,13 @@ def _ratio(v: object, base: object) -> str:
     if not isinstance(v, (int, float)) or not isinstance(base, (int, float)) or base == 0:
         return "-"
     return f"{v / base:.2f}x"
+
+
+def write_markdown(path: str, text: str) -> None:
+    """Writes the tables, keeping the hand-written analysis after ``KEEP`` in the old file."""
+    old = Path(path).read_text() if Path(path).exists() else ""
+    kept = old[old.index(KEEP):] if KEEP in old else KEEP + "\n"
+    Path(path).write_text(text + "\n" + kept)
 
 
 def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Namespace, plot_path: str | None) -> str:
@@ -328,7 +340,7 @@ def targets(results: dict[str, dict[str, dict[str, object]]]) -> list[str]:
     out = [f"## Targets at {int(size):,} listeners (issue 5: the targets are set for 10,000)", ""]
     if not amphi or "skipped" in amphi:
         return out + ["Amphi was not measured.", ""]
-    for key in ("amphi/ll", "amphi/segments"):
+    for key in ("amphi/ll", "amphi/segments", "amphi/segments-surge"):
         r = rows.get(key)
         if not r or "skipped" in r:
             continue
@@ -389,6 +401,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=40.0)
     parser.add_argument("--ramp", type=float, default=10.0)
     parser.add_argument("--procs", type=int, default=2, help="generator processes")
+    parser.add_argument("--no-surge", dest="surge", action="store_false",
+                        help="skip the extra Amphi run at the largest size with the surge profile")
+    parser.add_argument("--surge-window", type=float, default=3.0, help="surge: everyone arrives within this (s)")
     parser.add_argument("--md", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--json", default=str(ROOT / "bench" / "out" / "side_by_side.json"))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "benchmarks.png"))
@@ -399,7 +414,7 @@ def main() -> int:
         results = json.loads(Path(args.from_json).read_text())
         if args.plot:
             plot(results, args.plot)
-        Path(args.md).write_text(markdown(results, args, args.plot))
+        write_markdown(args.md, markdown(results, args, args.plot))
         print(f"wrote {args.md}")
         return 0
     exit_on_sigterm()
@@ -412,13 +427,16 @@ def main() -> int:
         results[str(size)] = rows
         for system in systems:
             keys = [f"amphi/{p}" for p in args.players.split(",")] if system == "amphi" else [system]
+            if system == "amphi" and args.surge and size == max(sizes):
+                keys.append("amphi/segments-surge")
             for key in keys:
                 if system == "edge":
                     rows[key] = {"skipped": "not yet built (the edge tier is a later issue)"}
                     continue
                 print(f"== {size} listeners: {LABELS.get(key, key)}", flush=True)
                 try:
-                    rows[key] = measure(system, size, args, key.split("/")[1] if "/" in key else "ll")
+                    player = key.split("/")[1].removesuffix("-surge") if "/" in key else "ll"
+                    rows[key] = measure(system, size, args, player, surge=key.endswith("-surge"))
                 except RuntimeError as e:
                     rows[key] = {"skipped": f"error: {e}"}
                     print(f"   skipped: {e}", flush=True)
@@ -431,7 +449,7 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
         if args.plot:
             plot(results, args.plot)
-        Path(args.md).write_text(markdown(results, args, args.plot))
+        write_markdown(args.md, markdown(results, args, args.plot))
     print(f"wrote {args.md}, {args.json}" + (f", {args.plot}" if args.plot else ""))
     return 0
 
