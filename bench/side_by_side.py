@@ -369,22 +369,27 @@ def plot(results: dict[str, dict[str, dict[str, object]]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4.5))
     sizes = sorted(results, key=int)
     for key in ("amphi/ll", "amphi/segments", "icecast", "nginx"):
-        xs, cpu, stalls = [], [], []
+        xs, cpu, stalls, join = [], [], [], []
         for size in sizes:
             r = results[size].get(key)
             if r and "skipped" not in r:
                 xs.append(int(size))
                 cpu.append(r.get("server_cpu_pct_steady") or 0)
                 stalls.append(r["stalled_listeners"])
+                join.append(r["join_p99_s"] or float("nan"))
         if xs:
             a1.plot(xs, cpu, marker="o", label=LABELS[key])
             a2.plot(xs, stalls, marker="o", label=LABELS[key])
+            a3.plot(xs, join, marker="o", label=LABELS[key])
     a1.set_title("server CPU, % of one core (steady)")
     a2.set_title("listeners that stalled")
-    for ax in (a1, a2):
+    a3.set_title("join p99 (s)")
+    a3.set_yscale("log")
+    a3.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    for ax in (a1, a2, a3):
         ax.set_xlabel("listeners")
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -35,7 +35,8 @@ def summary_table(r: dict[str, object]) -> str:
                                           f"{_s(r['generator_loop_lag_p99_s'])}"),
         ("server CPU (% of one core) / RSS max", f"{_s(r['server_cpu_pct'], ' %')} / {_s(r['server_rss_mb_max'], ' MB')}"
                                                  + (f" (pid {r['server_pid']})" if r["server_pid"] else " (not local)")),
-        ("other processes' CPU (% of one core)", _s(r.get("other_processes_cpu_pct"), " %")),
+        ("kernel softirq (loopback TCP) / other processes' CPU", f"{_s(r.get('softirq_cpu_pct'), ' %')} / "
+                                                                 f"{_s(r.get('other_processes_cpu_pct'), ' %')}"),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"  {k:<{width}}  {v}" for k, v in rows]

@@ -80,10 +80,13 @@ class _ProcessCpu:
         return total
 
 
-def machine_busy_s() -> float:
-    """CPU seconds all cores of this machine have spent busy since boot."""
-    t = psutil.cpu_times()
-    return sum(v for k, v in t._asdict().items() if k not in ("idle", "iowait", "guest", "guest_nice"))
+def machine_busy_s() -> tuple[float, float]:
+    """CPU seconds all cores of this machine have spent busy since boot, and of those the
+    kernel's soft interrupts (on loopback, much of the TCP work of both ends lands there,
+    counted against no process)."""
+    t = psutil.cpu_times()._asdict()
+    busy = sum(v for k, v in t.items() if k not in ("idle", "iowait", "guest", "guest_nice"))
+    return busy, t.get("softirq", 0.0)
 
 
 def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict[str, object]:
@@ -148,6 +151,7 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     finals: dict[int, dict] = {}
     timeline: list[dict[str, object]] = []
     last_tick: dict[int, int] = {}
+    last_snap: dict[int, dict] = {}
     lag_max = 0.0
     hard_stop = time.monotonic() + START_MARGIN_S + cfg.duration_s + END_GRACE_S + 20.0
     open_pipes = dict(enumerate(pipes))
@@ -155,23 +159,33 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     while open_pipes and time.monotonic() < hard_stop:
         for p in wait(list(open_pipes.values()), timeout=0.5):
             k = next(i for i, q in open_pipes.items() if q is p)
-            try:
-                msg = p.recv()
-            except EOFError:
-                del open_pipes[k]
-                continue
-            if "final" in msg:
-                finals[k] = msg["final"]
-                del open_pipes[k]
-                continue
-            ticks.setdefault(msg["tick"], []).append(msg)
-            last_tick[k] = msg["tick"]
-            lag_max = max(lag_max, msg["lag_max"])
+            while k in open_pipes and p.poll():  # drain: a worker must never wait on its pipe
+                try:
+                    msg = p.recv()
+                except EOFError:
+                    del open_pipes[k]
+                    break
+                if "final" in msg:
+                    finals[k] = msg["final"]
+                    del open_pipes[k]
+                    break
+                ticks.setdefault(msg["tick"], []).append(msg)
+                last_tick[k] = msg["tick"]
+                last_snap[k] = msg
+                lag_max = max(lag_max, msg["lag_max"])
         # a second is complete when every worker has reported it or has finished
         for tick in sorted(ticks):
-            snaps = ticks[tick]
             if any(last_tick.get(k, 0) < tick for k in open_pipes):
                 break
+            snaps = ticks[tick]
+            # a worker that has finished still counts: its cumulative figures as last reported,
+            # its listeners done
+            for k in finals:
+                if last_tick.get(k, 0) < tick and k in last_snap:
+                    done = sum(last_snap[k]["states"].values())
+                    snaps.append({**last_snap[k], "states": {"done": done}, "stalled_now": 0, "lag_max": 0.0,
+                                  "join": {"counts": {}, "n": 0, "total": 0.0, "max": 0.0},
+                                  "audio": {"counts": {}, "n": 0, "total": 0.0, "max": 0.0}})
             now = time.time()
             g, s = gen_cpu(), (server.cpu_s() if server else 0.0)
             dt = max(1e-3, now - last_cpu[0])
@@ -193,8 +207,12 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     srv_total = (server.cpu_s() - srv0) if server else None
     result = _result(opts, sessions, list(finals.values()), timeline, wall, gen_total, srv_total, server,
                      waiting_max, warnings, len(workers))
-    others = 100 * (machine_busy_s() - busy0 - gen_total - (srv_total or 0.0)) / wall
-    result["other_processes_cpu_pct"] = round(max(0.0, others), 1)  # neither generator nor server
+    busy1 = machine_busy_s()
+    softirq = 100 * (busy1[1] - busy0[1]) / wall
+    others = 100 * (busy1[0] - busy0[0] - gen_total - (srv_total or 0.0)) / wall - softirq
+    result["softirq_cpu_pct"] = round(softirq, 1)
+    result["other_processes_cpu_pct"] = round(max(0.0, others), 1)  # neither generator, server nor softirq
+    result["generator_pipe_wait_s"] = round(sum(f.get("send_s", 0.0) for f in finals.values()), 3)
     if others > 20:
         warnings.append(f"other processes used {others:.0f} % of a core during the run: figures are noisier")
     return result

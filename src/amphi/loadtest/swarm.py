@@ -70,6 +70,7 @@ class Swarm:
         self.tick_join, self.tick_audio = Histogram(), Histogram()
         self.lag = Histogram()
         self.lag_max = 0.0
+        self.send_s = 0.0  # time spent handing snapshots to the parent
 
     # -- callbacks from listeners ---------------------------------------------------------------
 
@@ -136,7 +137,10 @@ class Swarm:
         while True:
             k += 1
             await asyncio.sleep(max(0.0, self.loop_time(float(k)) - loop.time()))
-            pipe.send(self.snapshot(k))
+            snap = self.snapshot(k)
+            t = time.perf_counter()
+            pipe.send(snap)  # small (a few KB); blocks only if the parent stops reading
+            self.send_s += time.perf_counter() - t
 
     def snapshot(self, k: int) -> dict[str, object]:
         now = time.time()
@@ -177,7 +181,7 @@ class Swarm:
             "errors": dict(self.errors),
             "join": self.join_hist.to_dict(), "audio": self.audio_hist.to_dict(),
             "latency": self.latency.to_dict(), "admit_wait": self.admit_wait.to_dict(), "lag": self.lag.to_dict(),
-            "cpu_s": time.process_time(),
+            "cpu_s": time.process_time(), "send_s": self.send_s,
         }
 
 
