@@ -284,8 +284,8 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
     lines = [
         "# Benchmarks: Amphi side by side with Icecast2 and nginx",
         "",
-        f"Written by `bench/side_by_side.py` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
-        f"(`{' '.join(sys.argv[1:]) or '(defaults)'}`). One machine, {os.cpu_count()} cores, shared by the server "
+        f"Written by `bench/side_by_side.py` on {results.get('_run', {}).get('at', '?')} "
+        f"(`{results.get('_run', {}).get('command') or '(defaults)'}`). One machine, {os.cpu_count()} cores, shared by the server "
         "under test and the load generator (`amphi loadtest`, "
         f"{args.procs} process(es)); every figure comes from the same generator, so the columns compare.",
         "",
@@ -294,19 +294,23 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
         "(not the feeding ffmpeg, not the generator); per 1k is per 1,000 listeners admitted. "
         "Ratios are to Icecast2 in the same size's run "
         "(lower is better for every column). Join = arrival -> first answer (Amphi: the join answer; "
-        "Icecast2: response headers; nginx: the first playlist). First audio = admitted -> playback could start.",
+        "Icecast2: response headers; nginx: the first playlist). First audio = admitted -> playback could start. "
+        "softirq is the kernel's loopback TCP work, counted against no process; other processes are everything "
+        "else on the machine during the run (a figure above ~20 means the run was disturbed).",
         "",
     ]
     for size, rows in results.items():
+        if size.startswith("_"):
+            continue
         lines += [f"## {int(size):,} listeners", "",
                   "| system | admitted (waiting, unanswered at the end) | stalled listeners (stall s) | failed | join p99 s | "
                   "first audio p99 s | latency p50 s | server CPU % (per 1k) | ratio to Icecast2 | RSS MB | req/s | "
-                  "generator CPU % | other processes CPU % | notes |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "generator CPU % | softirq % | other processes CPU % | notes |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         base = rows.get("icecast", {})
         for key, r in rows.items():
             if "skipped" in r:
-                lines.append(f"| {LABELS.get(key, key)} | - | - | - | - | - | - | - | - | - | - | - | - | {r['skipped']} |")
+                lines.append(f"| {LABELS.get(key, key)} | - | - | - | - | - | - | - | - | - | - | - | - | - | {r['skipped']} |")
                 continue
             cpu = r.get("server_cpu_pct_steady")
             seated = int(r["admitted"]) or 1  # type: ignore[call-overload]
@@ -321,7 +325,8 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
                 f"{r['failed']} | {_fmt(r['join_p99_s'])} | {_fmt(r['first_audio_p99_s'])} | {_fmt(r['latency_p50_s'], 2)} | "
                 f"{_fmt(cpu, 1)} ({_fmt(per_k, 2)}) | {_ratio(cpu, base.get('server_cpu_pct_steady'))} | "
                 f"{_fmt(r['server_rss_mb_max'], 0)} | {_fmt(r['request_rate_avg'], 0)} | "
-                f"{_fmt(r.get('generator_cpu_pct_steady'), 0)} | {_fmt(r.get('other_processes_cpu_pct'), 0)} | {notes} |")
+                f"{_fmt(r.get('generator_cpu_pct_steady'), 0)} | {_fmt(r.get('softirq_cpu_pct'), 0)} | "
+                f"{_fmt(r.get('other_processes_cpu_pct'), 0)} | {notes} |")
         lines.append("")
     if plot_path:
         lines += [f"![server CPU and stalls by audience size]({os.path.relpath(plot_path, Path(args.md).parent)})", ""]
@@ -331,9 +336,9 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
 
 def targets(results: dict[str, dict[str, dict[str, object]]]) -> list[str]:
     """The issue's targets at the largest size measured, met or missed, with the figures."""
-    if not results:
+    if not any(k.isdigit() for k in results):
         return []
-    size = max(results, key=int)
+    size = max((k for k in results if k.isdigit()), key=int)
     rows = results[size]
     amphi = rows.get("amphi/ll") or rows.get("amphi/segments")
     ice = rows.get("icecast")
@@ -370,7 +375,7 @@ def plot(results: dict[str, dict[str, dict[str, object]]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4.5))
-    sizes = sorted(results, key=int)
+    sizes = sorted((k for k in results if k.isdigit()), key=int)
     for key in ("amphi/ll", "amphi/segments", "icecast", "nginx"):
         xs, cpu, stalls, join = [], [], [], []
         for size in sizes:
@@ -426,7 +431,8 @@ def main() -> int:
     raise_open_files()  # the servers started below inherit it
     sizes = [int(s) for s in args.sizes.split(",") if s]
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    results: dict[str, dict[str, dict[str, object]]] = {}
+    results: dict[str, dict[str, dict[str, object]]] = {
+        "_run": {"at": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "command": " ".join(sys.argv[1:])}}
     for size in sizes:
         rows: dict[str, dict[str, object]] = {}
         results[str(size)] = rows
