@@ -23,6 +23,7 @@
   let grantTimer = 0;
   let space = null; // GET /api/spaces/<id>
   let view = null; // the latest stage view (moderator's)
+  let you = null; // the host's own record
   let events = null;
   let renderedRequests = "";
   let renderedInvited = "";
@@ -30,7 +31,7 @@
   const exposed = {
     role: "host",
     get view() { return view; },
-    get you() { return view && view.you ? view.you : null; },
+    get you() { return you; },
     get events() { return events ? { state: events.state, opens: events.opens, events: events.events } : null; },
     get speaking() { return speaker.snapshot(); },
   };
@@ -123,6 +124,10 @@
       onStage: (v) => {
         view = v;
         render();
+      },
+      onYou: (record) => {
+        you = record;
+        renderSpeak();
       },
       onEnded: () => {
         if (view) view = { ...view, state: "ended" };
@@ -222,8 +227,7 @@
     $("speak").textContent = active ? "Stop speaking" : "Speak";
     $("speak").setAttribute("aria-pressed", String(active));
     $("speak").classList.toggle("primary", !active && live);
-    const you = view && view.you ? view.you : (view && (view.members || []).find((m) => m.id === "host")) || null;
-    const muted = Boolean(speaker.muted || (you && (you.self_muted || you.muted)));
+    const muted = Boolean(speaker.muted || (you && you.self_muted));
     $("self-mute").hidden = !active;
     $("self-mute").textContent = muted ? "Unmute me" : "Mute me";
     $("self-mute").setAttribute("aria-pressed", String(muted));

@@ -995,6 +995,12 @@
     room.events = new Stage.StageEvents(spaceId, {
       token: room.grant,
       onStage: onView,
+      onYou: (you) => {
+        if (room.removed) return;
+        room.you = you;
+        follow();
+        renderRoom();
+      },
       onEnded: roomEnded,
       onRefused: roomRefused,
     });

@@ -4,7 +4,8 @@
 //
 // window.AmphiStage = {call, ApiError, plainError, StageEvents, StageList, Speaker}
 //
-// StageEvents: one EventSource on GET /events; the browser reconnects by itself after a
+// StageEvents: one EventSource on GET /events (events: stage, the view; you, the caller's own
+//   record, with a grant; ended); the browser reconnects by itself after a
 //   dropped stream, and when the server refused the stream (the EventSource closed) we ask
 //   GET /stage why: 401/403 (the grant is no good any more: expired, or removed from the
 //   Space) and 404 -> onRefused(ApiError); anything else -> a new EventSource after a back-off. states: idle -> connecting <-> open
@@ -97,10 +98,10 @@
 
   class StageEvents {
     // token: a grant for a participant's own view, or null for the public one.
-    constructor(space, { token = null, onStage, onEnded = () => {}, onRefused = () => {}, onState = () => {} }) {
+    constructor(space, { token = null, onStage, onYou = () => {}, onEnded = () => {}, onRefused = () => {}, onState = () => {} }) {
       this.space = space;
       this.token = token;
-      this.handlers = { onStage, onEnded, onRefused, onState };
+      this.handlers = { onStage, onYou, onEnded, onRefused, onState };
       this.source = null;
       this.state = "idle";
       this.opens = 0; // streams opened, reconnects included
@@ -131,6 +132,12 @@
         }
         this.events += 1;
         this.handlers.onStage(view);
+      });
+      source.addEventListener("you", (event) => { // the caller's own record (with a grant)
+        if (source !== this.source) return;
+        try {
+          this.handlers.onYou(JSON.parse(event.data));
+        } catch (_) { /* not JSON */ }
       });
       source.addEventListener("ended", (event) => {
         if (source !== this.source) return;
