@@ -100,6 +100,12 @@ class StageLimits:
     max_participants: int = 20_000  # everyone who ever asked or was invited, per Space
     request_cooldown_s: float = 10.0  # after a decline, before asking again
 
+    @property
+    def stage_size(self) -> int:
+        """Everyone on stage at once: the host, the co-hosts and the speakers (13). A co-host
+        seat not taken may hold a speaker; co-hosts are capped on their own."""
+        return 1 + self.max_cohosts + self.max_speakers
+
 
 def clean_name(name: object) -> str:
     if not isinstance(name, str) or not name.strip():
@@ -215,11 +221,10 @@ class Stage:
             raise Conflict(f"{target.name} was removed from this Space")
         else:
             raise Conflict(f"{target.name} has not asked to speak")
-        if self.count(Role.SPEAKER) >= self.limits.max_speakers:
+        if len(self.on_stage()) >= self.limits.stage_size:
             raise StageFull(
-                f"the stage is full: {self.limits.max_speakers} speakers is the most (with the host and "
-                f"{self.limits.max_cohosts} co-hosts, {self.limits.max_speakers + self.limits.max_cohosts + 1} "
-                "people); someone must leave or be removed first"
+                f"the stage is full: {self.limits.stage_size} people (the host, up to {self.limits.max_cohosts} "
+                f"co-hosts and {self.limits.max_speakers} speakers); someone must leave or be removed first"
             )
         target.role = Role.SPEAKER
         target.self_muted = target.host_muted = False
@@ -292,8 +297,6 @@ class Stage:
             return target
         if new is Role.COHOST and self.count(Role.COHOST) >= self.limits.max_cohosts:
             raise StageFull(f"a Space has at most {self.limits.max_cohosts} co-hosts")
-        if new is Role.SPEAKER and self.count(Role.SPEAKER) >= self.limits.max_speakers:
-            raise StageFull(f"the stage already has {self.limits.max_speakers} speakers")
         target.role = new
         self._bump()
         return target
