@@ -65,14 +65,16 @@
 
   // One API call under /api/spaces/{space}. body: an object (sent as JSON) or {sdp}.
   // Resolves to the JSON answer (or text for SDP); rejects with an ApiError.
-  async function call(space, method, path, { auth = null, body = undefined } = {}) {
+  async function call(space, method, path, { auth = null, body: given = undefined } = {}) {
+    let body = given;
     const headers = {};
     let payload;
     if (auth) headers.authorization = `Bearer ${auth}`;
     if (body && typeof body.sdp === "string") {
       headers["content-type"] = "application/sdp";
       payload = body.sdp;
-    } else if (body !== undefined) {
+    } else if (body !== undefined || method === "POST") { // every POST carries a JSON object, {} at least
+      body = body === undefined ? {} : body;
       headers["content-type"] = "application/json";
       payload = JSON.stringify(body);
     }
