@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import uvloop
 
-from amphi.core.config import AdmissionConfig, Config, HttpConfig
+from amphi.core.config import AdmissionConfig, Config, HttpConfig, StageConfig
 
 
 def _logging(verbose: bool) -> None:
@@ -48,16 +48,20 @@ def main(verbose: bool) -> None:
               help="Seconds a seat outlives its last token before it is given to someone else.")
 @click.option("--ticket-hold", default=AdmissionConfig.ticket_hold_s, show_default=True, type=click.FloatRange(min=1),
               help="Seconds a place in line is kept after the waiting client's last poll.")
+@click.option("--speaker-timeout", default=StageConfig.silence_timeout_s, show_default=True,
+              type=click.FloatRange(min=1), help="Hang up a speaker's connection that sends no audio this long.")
 def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bool, max_listeners: int,
-          admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float, ticket_hold: float) -> None:
+          admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float, ticket_hold: float,
+          speaker_timeout: float) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
     admission = AdmissionConfig(max_listeners=max_listeners, min_listeners=min(max_listeners, AdmissionConfig.min_listeners),
                                 admit_rate_per_s=admit_rate, admit_burst=admit_burst, token_ttl_s=token_ttl,
                                 seat_grace_s=seat_grace, ticket_hold_s=ticket_hold)
+    stage = StageConfig(silence_timeout_s=speaker_timeout)
     cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url), demo=demo,
-                 admission=admission)
+                 admission=admission, stage=stage)
     uvloop.run(run(cfg))
 
 

@@ -58,7 +58,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    return parse_object(await read_body(request, limit))
+    """The JSON object body; an empty body is ``{}`` (as on the raw endpoints)."""
+    raw = await read_body(request, limit)
+    return parse_object(raw) if raw.strip() else {}
 
 
 def credential(request: Request) -> str | None:
