@@ -4,14 +4,22 @@ Audio is checked as audio: bands of the decoded program and of each speaker's re
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
+import time
 import wave
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
+import pytest
+from aiortc.codecs import opus as aiortc_opus
 
+from amphi.media.ingest.client import SpeakError, speak
+from amphi.media.ingest.sources import ToneTrack
 from tests.audio import SR, ffmpeg_decode
 from tests.integration.amphi_proc import AmphiServer, Speaker, wait_until
 
@@ -188,3 +196,87 @@ def test_a_speaker_taken_off_stage_is_hung_up_and_cannot_come_back(serve: Callab
         assert server.member(space, bob) is None and server.node()["speakers"] == 0
     finally:
         b.stop()
+
+
+class Events:
+    """Server-Sent Events from a streaming response, read as they come."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        self._lines = response.iter_lines()
+
+    def until(self, want: Callable[[str, dict], bool], timeout_s: float = 10) -> list[tuple[str, dict]]:
+        """Reads until an event for which ``want(name, data)`` holds; returns all read."""
+        seen: list[tuple[str, dict]] = []
+        name, deadline = None, time.monotonic() + timeout_s
+        for line in self._lines:
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: ") and name:
+                seen.append((name, json.loads(line[6:])))
+                if want(name, seen[-1][1]):
+                    return seen
+            if time.monotonic() > deadline:
+                break
+        raise AssertionError(f"no such event within {timeout_s} s; saw {[n for n, _ in seen]}")
+
+
+def test_room_state_is_pushed_to_every_kind_of_viewer(serve: Callable[..., AmphiServer]) -> None:
+    server = serve()
+    space, key = server.create("Pushed")
+    server.start_space(space, key)
+    session = server.stage_call(space, "/session", key)
+    assert session.status_code == 200
+    host_grant = session.json()["grant"]
+    events = f"/api/spaces/{space}/events"
+    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(5, read=20)) as client, \
+            client.stream("GET", events) as r1, \
+            client.stream("GET", events, params={"access_token": host_grant}) as r2:
+        public, host = Events(r1), Events(r2)
+        first = public.until(lambda n, d: n == "stage")
+        assert first[-1][1]["members"][0]["id"] == "host" and first[-1][1]["requests"] == 0
+        host.until(lambda n, d: n == "you" and d["role"] == "host")
+
+        r = server.stage_call(space, "/requests", body={"name": "Carol"})
+        carol, carol_grant = r.json()["participant"], r.json()["grant"]
+        got = public.until(lambda n, d: n == "stage" and d["requests"] == 1)
+        assert "Carol" not in json.dumps(got[-1][1])  # listeners see how many asked, not who
+        got = host.until(lambda n, d: n == "stage" and d["requests"])
+        assert [q["name"] for q in got[-1][1]["requests"]] == ["Carol"]
+
+        with client.stream("GET", events, headers={"authorization": f"Bearer {carol_grant}"}) as r3:
+            mine = Events(r3)
+            mine.until(lambda n, d: n == "you" and d["state"] == "requested")
+            assert server.stage_call(space, f"/{carol}/accept", host_grant).status_code == 200
+            mine.until(lambda n, d: n == "you" and d["state"] == "on_stage" and d["role"] == "speaker")
+            public.until(lambda n, d: n == "stage" and [m["id"] for m in d["members"]] == ["host", carol])
+            server.end_space(space, key)
+            mine.until(lambda n, d: n == "ended")
+        public.until(lambda n, d: n == "ended")
+    assert server.http.get(events).status_code == 200  # an ended Space's stream says so and closes
+    assert server.node()["event_streams"] == 0
+
+
+async def test_a_peer_that_sends_garbage_is_dropped_without_disturbing_the_others(
+        serve: Callable[..., AmphiServer], monkeypatch) -> None:
+    """A real aiortc client whose Opus encoder emits random bytes: the server decodes nothing,
+    hangs it up after its garbage timeout, and the host goes on being heard."""
+    server = serve()
+    space, key = server.create("Garbage")
+    server.start_space(space, key)
+    bob, grant = server.on_stage(space, key, "Bob")
+    host = Speaker(server, space, key, "--tone", str(A_HZ), "--duration", "30").start()
+    try:
+        def garbage(self, frame, force_keyframe=False):  # noqa: ARG001
+            self.sent = getattr(self, "sent", 0) + 960
+            return [os.urandom(80)], self.sent
+
+        monkeypatch.setattr(aiortc_opus.OpusEncoder, "encode", garbage)
+        with pytest.raises(SpeakError, match="hung up|no audio|failed"):
+            await asyncio.wait_for(speak(server.url, space, ToneTrack(B_HZ), token=grant), 30)
+        assert server.member(space, bob)["connected"] is False
+        assert server.member(space, "host")["talking"]
+        heard = await asyncio.to_thread(live_audio, server, space, 2)
+        assert band(heard, A_HZ) > 0.05
+    finally:
+        host.stop()

@@ -115,7 +115,7 @@ async def speak(
 
         ended = await _first(gone, track_ended, silent, timeout=duration)
         if ended is silent:
-            raise SpeakError(0, f"no audio from {server} for {RETURN_SILENCE_S:.0f} s: the connection is down")
+            raise SpeakError(0, f"the audio from {server} stopped: the connection is down")
         if ended is not None:
             # aiortc also ends the track when sending fails, so an ended track alone does
             # not mean the source ran out: the transport tells which.
@@ -133,18 +133,14 @@ async def speak(
 
 async def _hear(remote: MediaStreamTrack, on_return: ReturnHook | None, silent: asyncio.Event) -> None:
     """Drains the return feed (aiortc queues it unboundedly otherwise), hands it on, and sets
-    ``silent`` when nothing arrives for ``RETURN_SILENCE_S``."""
+    ``silent`` when nothing arrives for ``RETURN_SILENCE_S`` or the feed ends."""
     try:
         while True:
-            try:
-                frame = await asyncio.wait_for(remote.recv(), RETURN_SILENCE_S)
-            except TimeoutError:
-                silent.set()
-                return
+            frame = await asyncio.wait_for(remote.recv(), RETURN_SILENCE_S)
             if on_return is not None:
                 on_return(_mono(frame), time.time())
-    except MediaStreamError:
-        pass
+    except (TimeoutError, MediaStreamError):
+        silent.set()
 
 
 def _mono(frame: av.AudioFrame) -> np.ndarray:

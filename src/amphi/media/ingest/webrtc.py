@@ -11,7 +11,7 @@ Lifecycle of one connection: accepted -> consuming -> gone. It is gone when the 
 closes or fails, the track ends, it does not connect within ``connect_timeout_s``, the
 sink raises, it is replaced by a newer ``accept()`` of the same name, or it is hung up
 (``close``/``close_all``), or it is connected but sends no decodable audio for
-``silence_timeout_s`` (or only undecodable packets for ``garbage_timeout_s``). Whatever the reason, the sink's ``close()`` is called exactly
+``silence_timeout_s`` (or mostly undecodable packets over ``garbage_timeout_s``). Whatever the reason, the sink's ``close()`` is called exactly
 once and the ``RTCPeerConnection`` is released. Once gone, it cannot be reused.
 """
 
@@ -54,7 +54,8 @@ logger = logging.getLogger(__name__)
 FRAME_SAMPLES = SAMPLE_RATE // 50  # 960: one 20 ms frame
 CONNECT_TIMEOUT_S = 20.0  # an accepted peer that has not connected by then is dropped
 SILENCE_TIMEOUT_S = 15.0  # a connected peer that sends no decodable audio this long is dropped
-GARBAGE_TIMEOUT_S = 5.0  # ... or only undecodable packets this long
+GARBAGE_TIMEOUT_S = 5.0  # ... or mostly undecodable packets over this long
+GARBAGE_SHARE = 0.2  # "mostly": more than this share of the packets
 WATCH_PERIOD_S = 1.0
 RETURN_BOUND = 10  # return-feed frames held for the sender (200 ms); the oldest go first
 
@@ -254,7 +255,7 @@ class _InlineDecoding:
         self._rechunk = Rechunker()
         self._stopped = threading.Event()
         self._failed = False
-        self.last_error_at = -1.0  # loop time of the last undecodable packet
+        self.packets = 0  # Opus packets received
 
     @classmethod
     def install(cls, receiver: RTCRtpReceiver, sink: FrameSink) -> _InlineDecoding:
@@ -277,13 +278,11 @@ class _InlineDecoding:
         codec, encoded = item
         if self._failed or codec.mimeType.lower() != "audio/opus":
             return
+        self.packets += 1
         try:
-            errors = self._decoder.errors
             for chunk in self._rechunk.feed(self._decoder.decode(encoded.data)):
                 self.sink.push(chunk)
                 self.frames += 1
-            if self._decoder.errors != errors:
-                self.last_error_at = asyncio.get_running_loop().time()
         except Exception as exc:
             self._failed = True
             self.on_sink_error(exc)
@@ -385,23 +384,31 @@ class _Connection:
             pass
 
     async def _watch(self, ended: asyncio.Future[None], timeouts: _Timeouts) -> str | None:
-        """Returns when the track ends (None) or the peer misbehaves (the reason)."""
+        """Returns when the track ends (None) or the peer misbehaves (the reason): no decodable
+        audio for ``silence_s``, or a share of undecodable packets above ``GARBAGE_SHARE``
+        over the last ``garbage_s`` (SRTP authenticates every packet, so a real encoder's
+        stream has none: network loss drops packets, it does not garble them)."""
         loop = asyncio.get_running_loop()
+        inline = self.inline
         last_audio = loop.time()
-        frames = self.inline.frames
+        frames = inline.frames
+        history: deque[tuple[float, int, int]] = deque()  # (time, packets, undecodable) per period
         while True:
             done, _ = await asyncio.wait([ended], timeout=WATCH_PERIOD_S)
             if done:
                 return None
             now = loop.time()
-            if self.inline.frames != frames:
-                frames, last_audio = self.inline.frames, now
-                continue
-            quiet = now - last_audio
-            if quiet >= timeouts.garbage_s and self.inline.decode_errors and self.inline.last_error_at >= last_audio:
-                return f"only undecodable packets for {quiet:.0f} s ({self.inline.decode_errors} in all)"
-            if quiet >= timeouts.silence_s:
-                return f"no audio for {quiet:.0f} s"
+            history.append((now, inline.packets, inline.decode_errors))
+            while now - history[0][0] > timeouts.garbage_s:
+                history.popleft()
+            t0, packets0, errors0 = history[0]
+            packets, errors = inline.packets - packets0, inline.decode_errors - errors0
+            if now - t0 >= timeouts.garbage_s - WATCH_PERIOD_S and packets and errors > GARBAGE_SHARE * packets:
+                return f"{errors} of its last {packets} packets were undecodable"
+            if inline.frames != frames:
+                frames, last_audio = inline.frames, now
+            elif now - last_audio >= timeouts.silence_s:
+                return f"no audio for {now - last_audio:.0f} s"
 
 
 @dataclass(frozen=True)
