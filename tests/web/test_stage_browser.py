@@ -145,7 +145,7 @@ def beeps(audio: np.ndarray) -> list[bool]:
 
 
 def test_listener_requests_goes_on_stage_is_heard_and_host_mutes_them(
-    node: AmphiServer, pages: Callable[..., Page]
+    node: AmphiServer, pages: Callable[..., Page], tmp_path: Path
 ) -> None:
     space, key = live_space(node, "stage: request, accept, mute")
     host = open_console(pages, node, space, key)
@@ -187,6 +187,8 @@ def test_listener_requests_goes_on_stage_is_heard_and_host_mutes_them(
     assert host.is_hidden("#requests li")
 
     # Its fake microphone is heard in the program: a beep in (nearly) every half second.
+    # (from the first segment after the server hears it: the console's talking indicator)
+    host.wait_for_selector(f'{member(host, pid)}[data-talking="true"]', timeout=10_000)
     heard = beeps(program_from_now(node, space))
     assert sum(heard) >= 5, f"the browser's beep is missing from the program: {heard}"
 
@@ -197,6 +199,9 @@ def test_listener_requests_goes_on_stage_is_heard_and_host_mutes_them(
     assert listener.is_disabled("#mute")
     assert listener.inner_text("#mute") == "Unmute"
     assert "host muted you" in listener.inner_text("#mute-note")
+    for name, page in (("listener-host-muted.png", listener), ("console-one-speaker.png", host)):
+        page.screenshot(path=str(tmp_path / name), full_page=True)
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
     # ... and their own unmute is refused by the server, whatever the button says.
     refused = listener.evaluate("""async () => {
         try {
@@ -267,6 +272,13 @@ def test_host_console_counts_shows_talking_and_invites(
     assert host.is_hidden("#invited li")
     # every listener sees who is on stage, from the public stream
     guest.wait_for_selector(f'{member(guest, "host")}[data-muted="true"]')
+
+    # Made co-host: their page gets the moderator's view (the requests to answer).
+    host.click(f'{member(host, pid)} button[data-action=cohost]')
+    host.wait_for_selector(f'{member(host, pid)}[data-role="cohost"]')
+    guest.wait_for_selector("#moderate:not([hidden])")
+    assert guest.evaluate("window.amphiStage.view.moderator") is True
+    assert guest.inner_text("#mod-empty") == "No requests right now."
 
     # Removed from the Space: the guest's page says so and stops.
     host.click(f'{member(host, pid)} button[data-action=remove-space]')

@@ -9,7 +9,7 @@
 "use strict";
 
 (() => {
-  const { call, ApiError, plainError, StageEvents, StageList, Speaker } = window.AmphiStage;
+  const { call, ApiError, plainError, StageEvents, StageList, PeopleList, Speaker } = window.AmphiStage;
   const GRANT_RENEW_MARGIN_S = 300; // a new host grant this long before the old one expires
   const STATE = { scheduled: "Scheduled", live: "Live", ended: "Ended" };
 
@@ -25,8 +25,6 @@
   let view = null; // the latest stage view (moderator's)
   let you = null; // the host's own record
   let events = null;
-  let renderedRequests = "";
-  let renderedInvited = "";
 
   const exposed = {
     role: "host",
@@ -285,70 +283,34 @@
     }
   }
 
-  function personItem(person, buttons) {
-    const li = document.createElement("li");
-    li.dataset.id = person.id;
-    const who = document.createElement("span");
-    who.className = "who";
-    const name = document.createElement("span");
-    name.className = "name";
-    name.textContent = person.name;
-    who.append(name);
-    const when = person.at ? since(person.at) : "";
-    if (when) {
-      const at = document.createElement("span");
-      at.className = "detail";
-      at.textContent = `asked ${when}`;
-      who.append(at);
-    }
-    const actions = document.createElement("span");
-    actions.className = "member-actions";
-    for (const [label, kind, method, path] of buttons) {
-      const b = document.createElement("button");
-      b.type = "button";
-      b.className = `button small ${kind}`;
-      b.textContent = label;
-      b.dataset.action = label.toLowerCase();
-      b.setAttribute("aria-label", `${label}: ${person.name}`);
-      b.addEventListener("click", () => act(b, method, path));
-      actions.append(b);
-    }
-    li.append(who, actions);
-    return li;
-  }
-
   function since(at) {
     const t = typeof at === "number" ? (at < 1e12 ? at * 1000 : at) : Date.parse(at);
     if (!Number.isFinite(t) || t < Date.UTC(2020, 0, 1) || t > Date.now() + 60000) return ""; // not a wall-clock time
     const s = Math.max(0, (Date.now() - t) / 1000);
-    if (s < 60) return "just now";
-    if (s < 3600) return `${Math.round(s / 60)} min ago`;
-    return `at ${new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}`;
+    if (s < 60) return "asked just now";
+    if (s < 3600) return `asked ${Math.round(s / 60)} min ago`;
+    return `asked at ${new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}`;
   }
+
+  const requestList = new PeopleList($("requests"), {
+    buttons: () => [{ label: "Accept", action: "accept", kind: "primary" }, { label: "Decline", action: "decline" }],
+    detail: (p) => since(p.at),
+    onAction: (p, action, button) => act(button, "POST", `/stage/${encodeURIComponent(p.id)}/${action}`),
+  });
+  const invitedList = new PeopleList($("invited"), {
+    buttons: () => [{ label: "Withdraw invite", action: "decline" }],
+    onAction: (p, action, button) => act(button, "POST", `/stage/${encodeURIComponent(p.id)}/${action}`),
+  });
 
   function renderRequests(requests) {
     $("requests-count").textContent = requests.length ? `(${requests.length})` : "";
     $("requests-empty").hidden = requests.length > 0;
-    const signature = JSON.stringify(requests.map((r) => [r.id, r.name]));
-    if (signature === renderedRequests) return; // keep the buttons under the pointer
-    renderedRequests = signature;
-    $("requests").replaceChildren(...requests.map((r) => {
-      const pid = encodeURIComponent(r.id);
-      return personItem(r, [
-        ["Accept", "primary", "POST", `/stage/${pid}/accept`],
-        ["Decline", "", "POST", `/stage/${pid}/decline`],
-      ]);
-    }));
+    requestList.render(requests);
   }
 
   function renderInvited(invited) {
     $("invited-title").hidden = invited.length === 0;
-    const signature = JSON.stringify(invited.map((r) => [r.id, r.name]));
-    if (signature === renderedInvited) return;
-    renderedInvited = signature;
-    $("invited").replaceChildren(...invited.map((r) => personItem({ id: r.id, name: r.name }, [
-      ["Withdraw invite", "", "POST", `/stage/${encodeURIComponent(r.id)}/decline`],
-    ])));
+    invitedList.render(invited);
   }
 
   // -- the host's own controls ----------------------------------------------------------

@@ -952,7 +952,29 @@
     leaveStage: $("leave-stage"), removed: $("removed"), status: $("speak-status"), error: $("speak-error"),
     feed: $("return-feed"),
   };
-  const stageList = Stage ? new Stage.StageList(roomUi.members) : null;
+  // A co-host moderates speakers (not the host, other co-hosts or themselves) and requests.
+  const stageList = Stage ? new Stage.StageList(roomUi.members, {
+    actions: (m) => {
+      const you = room.you;
+      if (!room.view || !room.view.moderator || !you || m.id === you.id || m.role === "host" || m.role === "cohost") return [];
+      return [
+        m.host_muted ? { label: "Unmute", action: "unmute" } : { label: "Mute", action: "mute" },
+        { label: "Remove from stage", action: "remove-stage" },
+        { label: "Remove from Space", action: "remove-space", kind: "danger" },
+      ];
+    },
+    onAction: (m, action, button) => {
+      const pid = encodeURIComponent(m.id);
+      if (action === "remove-stage") roomAction(button, "POST", `/stage/${pid}/remove`, { from: "stage" });
+      else if (action === "remove-space") roomAction(button, "POST", `/stage/${pid}/remove`, { from: "space" });
+      else roomAction(button, "POST", `/stage/${pid}/${action}`);
+    },
+  }) : null;
+  const requestList = Stage ? new Stage.PeopleList($("mod-requests"), {
+    buttons: () => [{ label: "Accept", action: "accept", kind: "primary" }, { label: "Decline", action: "decline" }],
+    onAction: (p, action, button) => roomAction(button, "POST", `/stage/${encodeURIComponent(p.id)}/${action}`),
+  }) : null;
+  let moderating = false;
 
   window.amphiStage = {
     role: "listener",
@@ -1116,7 +1138,7 @@
     player.ticket = null;
     player.token = null;
     player.blocked = false;
-    player.note = "You’re on stage: you hear the others directly.";
+    player.note = "The program is paused while you’re on stage.";
     setPhase("stopped");
     render();
   }
@@ -1203,10 +1225,17 @@
     const ended = room.ended || isEnded();
     roomUi.room.hidden = !view && !room.removed;
     if (view) {
+      const moderator = Boolean(view.moderator) && !ended && !room.removed;
+      if (moderator !== moderating) stageList.reset();
+      moderating = moderator;
       stageList.youId = room.you ? room.you.id : null;
       stageList.render(ended ? [] : view.members || []);
       roomUi.members.hidden = ended;
       $("room-title").hidden = ended;
+      const requests = moderator && Array.isArray(view.requests) ? view.requests : [];
+      $("moderate").hidden = !moderator;
+      $("mod-empty").hidden = requests.length > 0;
+      requestList.render(requests);
     }
     const state = room.removed ? "removed" : room.you ? room.you.state : "listener";
     const live = (view && view.state ? view.state : space && space.state) === "live";
@@ -1230,7 +1259,7 @@
     let text = "";
     if (state === "on_stage" && sp) {
       text = SPEAKING_TEXT[sp.state] || "";
-      if (sp.state === "connected" && muted) text = you.host_muted ? "Muted by the host." : "You’re muted.";
+      if (sp.state === "connected" && muted) text = you.host_muted ? "" : "You’re muted.";
       if (sp.state === "reconnecting") text = `Connection lost; reconnecting in ${Math.ceil(sp.retryInMs / 1000)} s…`;
     }
     if (roomUi.status.textContent !== text) roomUi.status.textContent = text;

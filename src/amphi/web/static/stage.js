@@ -2,7 +2,7 @@
 // errors in plain words, the live stage by Server-Sent Events, the stage list with talking
 // indicators, and speaking from the browser over WebRTC.
 //
-// window.AmphiStage = {call, ApiError, plainError, StageEvents, StageList, Speaker}
+// window.AmphiStage = {call, ApiError, plainError, StageEvents, StageList, PeopleList, Speaker}
 //
 // StageEvents: one EventSource on GET /events (events: stage, the view; you, the caller's own
 //   record, with a grant; ended); the browser reconnects by itself after a
@@ -200,7 +200,7 @@
 
   function initials(name) {
     const words = String(name || "?").trim().split(/\s+/).filter(Boolean);
-    const letters = words.length > 1 ? words[0][0] + words[words.length - 1][0] : (words[0] || "?").slice(0, 2);
+    const letters = words.length > 1 ? words[0][0] + words[words.length - 1][0] : (words[0] || "?")[0];
     return letters.toUpperCase();
   }
 
@@ -244,6 +244,11 @@
       }
     }
 
+    // The actions depend on more than the member (e.g. we became a co-host): rebuild them.
+    reset() {
+      for (const item of this.items.values()) item.signature = "";
+    }
+
     create(m) {
       const li = el("li", "member");
       li.dataset.id = m.id;
@@ -278,7 +283,7 @@
       const bits = [ROLE[m.role] || m.role];
       if (m.host_muted) bits.push("muted by the host");
       else if (muted) bits.push("muted");
-      if (m.connected === false) bits.push("connecting…");
+      if (m.connected === false) bits.push("not connected");
       item.detail.textContent = bits.join(" · ");
       const said = talking ? "talking" : "";
       if (item.status.textContent !== said) item.status.textContent = said;
@@ -295,6 +300,43 @@
         button.setAttribute("aria-label", `${a.label}: ${m.name}`);
         button.addEventListener("click", () => this.onAction(m, a.action, button));
         return button;
+      }));
+    }
+  }
+
+  // People waiting for an answer (requests, invites): one <li data-id> each, with buttons
+  // [{label, action, kind?}]; rebuilt only when who is in the list changes.
+  class PeopleList {
+    constructor(list, { buttons, onAction, detail = () => "" }) {
+      this.list = list;
+      this.buttons = buttons;
+      this.onAction = onAction;
+      this.detail = detail;
+      this.signature = "";
+    }
+
+    render(people) {
+      const signature = JSON.stringify(people.map((p) => [p.id, p.name]));
+      if (signature === this.signature) return; // keep the buttons under the pointer
+      this.signature = signature;
+      this.list.replaceChildren(...people.map((p) => {
+        const li = el("li");
+        li.dataset.id = p.id;
+        const who = el("span", "who");
+        who.append(el("span", "name", p.name));
+        const detail = this.detail(p);
+        if (detail) who.append(el("span", "detail", detail));
+        const actions = el("span", "member-actions");
+        for (const b of this.buttons(p)) {
+          const button = el("button", `button small${b.kind ? ` ${b.kind}` : ""}`, b.label);
+          button.type = "button";
+          button.dataset.action = b.action;
+          button.setAttribute("aria-label", `${b.label}: ${p.name}`);
+          button.addEventListener("click", () => this.onAction(p, b.action, button));
+          actions.append(button);
+        }
+        li.append(who, actions);
+        return li;
       }));
     }
   }
@@ -503,5 +545,5 @@
     });
   }
 
-  window.AmphiStage = { call, ApiError, plainError, StageEvents, StageList, Speaker, initials };
+  window.AmphiStage = { call, ApiError, plainError, StageEvents, StageList, PeopleList, Speaker, initials };
 })();
