@@ -289,3 +289,32 @@ def test_host_console_counts_shows_talking_and_invites(
     assert state["player"] == "idle"
     assert guest.is_hidden("#play")
     host.wait_for_selector(member(host, pid), state="detached")
+
+
+def test_a_browser_speaker_dropped_by_the_server_reconnects_by_itself(
+    pages: Callable[..., Page], tmp_path: Path
+) -> None:
+    server = AmphiServer(tmp_path / "data", None, "--speaker-timeout", "2").start()
+    try:
+        space, key = live_space(server, "stage: reconnect")
+        pid, grant = server.on_stage(space, key, "Bob")
+        # Accepted already: the page goes on stage as soon as it opens with Bob's grant.
+        bob = pages(f"{server.url}/s/{space}?grant={grant}")
+        bob.wait_for_function("window.amphiStage.speaking && window.amphiStage.speaking.state === 'connected'",
+                              timeout=ON_STAGE_TIMEOUT_S * 1000)
+        wait_for("the server to hear Bob", lambda: (m := server.member(space, pid)) and m["talking"], 10)
+
+        # Bob's browser stops sending: the server hangs up after 2 s of silence.
+        bob.evaluate("window.amphiStage.speaker.pc.getSenders()[0].replaceTrack(null)")
+        wait_for("the server to drop Bob", lambda: (m := server.member(space, pid)) and not m["connected"], 10)
+
+        # The page offers again by itself, with a fresh peer connection that sends the microphone.
+        back = wait_for("Bob back on stage, heard",
+                        lambda: (m := server.member(space, pid)) and m["connected"] and m["talking"] and m, 20)
+        assert back["muted"] is False
+        speaking = stage_state(bob)["speaking"]
+        assert speaking["state"] == "connected" and speaking["reconnects"] >= 1 and speaking["connects"] >= 2, speaking
+        assert server.stage(space, grant)["you"]["reconnects"] >= 1
+        assert stage_state(bob)["onStage"] is True
+    finally:
+        server.stop()

@@ -983,6 +983,7 @@
     get grant() { return room.grant; },
     get events() { return room.events ? { state: room.events.state, opens: room.events.opens, events: room.events.events } : null; },
     get speaking() { return room.speaker ? room.speaker.snapshot() : null; },
+    get speaker() { return room.speaker; }, // tests reach its peer connection
     get onStage() { return room.onStage; },
     get removed() { return room.removed; },
   };

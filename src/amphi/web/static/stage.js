@@ -12,7 +12,8 @@
 //   -> closed.
 // Speaker (one per page): idle -> starting (microphone) -> connecting -> connected
 //   <-> reconnecting -> stopped (stop(), or refused: 401/403/404/409 from /speak).
-//   A connection that is failed, or disconnected for more than 3 s, or never connects, is
+//   A connection that is failed, or disconnected for more than 3 s, or never connects, or
+//   whose DTLS the server closed, is
 //   replaced by a fresh offer after 0.5, 1, 2, 4, 8 s (± 20 %); a connection that reached
 //   "connected" resets the back-off.
 
@@ -430,7 +431,7 @@
       this.setState(this.connects > 0 || this.attempt > 0 ? "reconnecting" : "connecting");
       const pc = new RTCPeerConnection({ iceServers: [] });
       this.pc = pc;
-      pc.addTransceiver(this.track, { direction: "sendrecv", streams: [this.stream] });
+      const transceiver = pc.addTransceiver(this.track, { direction: "sendrecv", streams: [this.stream] });
       pc.addEventListener("track", (event) => {
         if (pc !== this.pc) return;
         this.audio.srcObject = event.streams && event.streams[0] ? event.streams[0] : new MediaStream([event.track]);
@@ -446,6 +447,15 @@
         answer = await call(this.space, "POST", "/speak", { auth: this.credential(), body: { sdp: pc.localDescription.sdp } });
         if (pc !== this.pc) return;
         await pc.setRemoteDescription({ type: "answer", sdp: answer });
+        // The server hanging up closes DTLS at once; ICE would notice only seconds later.
+        const dtls = transceiver.sender.transport;
+        if (dtls) {
+          dtls.addEventListener("statechange", () => {
+            if (pc !== this.pc || (dtls.state !== "closed" && dtls.state !== "failed")) return;
+            this.lastError = "the server hung up";
+            this.retry();
+          });
+        }
       } catch (err) {
         if (pc !== this.pc || generation !== this.generation) return;
         this.lastError = err instanceof ApiError ? plainError(err) : String(err.message || err);
