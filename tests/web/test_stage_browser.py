@@ -218,16 +218,40 @@ def test_listener_requests_goes_on_stage_is_heard_and_host_mutes_them(
     assert not any(after), f"the muted browser is still heard: {after}"
     assert stage_state(listener)["speaking"]["state"] == "connected"  # muted, not hung up
 
+    # The host lifts the mute; the speaker may unmute again, then leaves the stage: back to
+    # the program.
+    host.click(f'{member(host, pid)} button[data-action=unmute]')
+    listener.wait_for_selector("#mute:not([disabled])")
+    assert listener.is_hidden("#mute-note") and listener.inner_text("#mute") == "Mute"
+    listener.click("#leave-stage")
+    listener.wait_for_selector("#ask:not([hidden])")
+    listener.wait_for_function("window.amphiPlayer.state === 'playing'", timeout=20_000)
+    state = stage_state(listener)
+    assert state["onStage"] is False and state["speaking"]["state"] == "stopped"
+    assert listener.inner_text("#speak-status") == ""  # our own doing: no note
+    assert listener.is_visible("#play")
+    host.wait_for_selector(member(host, pid), state="detached")
+
 
 def test_host_console_counts_shows_talking_and_invites(
     node: AmphiServer, pages: Callable[..., Page], tmp_path: Path
 ) -> None:
     space, key = live_space(node, "stage: console and invites")
-    host = open_console(pages, node, space, key)
+    # A wrong key is refused in plain words, and not kept.
+    host = pages(f"{node.url}/s/{space}/host")
+    host.fill("#key", "not-the-key")
+    host.click("#key-submit")
+    host.wait_for_selector("#key-error:not([hidden])")
+    assert host.inner_text("#key-error") == "That is not the host key of this Space."
+    assert host.evaluate("sessionStorage.length") == 0
+    host.fill("#key", key)
+    host.click("#key-submit")
+    host.wait_for_selector("#console:not([hidden])")
+    host.wait_for_function("window.amphiStage.view && window.amphiStage.view.state === 'live'")
     assert host.inner_text("#state") == "LIVE"
 
     # The listener count comes by push.
-    pages(f"{node.url}/s/{space}")
+    audience = pages(f"{node.url}/s/{space}")
     wait_for("the console to count one listener",
              lambda: "1 listening" in host.inner_text("#counts"), 20)
 
@@ -289,6 +313,14 @@ def test_host_console_counts_shows_talking_and_invites(
     assert state["player"] == "idle"
     assert guest.is_hidden("#play")
     host.wait_for_selector(member(host, pid), state="detached")
+
+    # The host ends the Space: the console and the listener pages follow.
+    host.click("#end")
+    host.wait_for_selector("#state.ended")
+    assert host.is_hidden("#speak") and host.is_hidden("#end")
+    host.wait_for_function("window.amphiStage.speaking.state === 'stopped'")
+    audience.wait_for_selector("#state.ended")
+    audience.wait_for_selector("#room #speak-box", state="hidden")
 
 
 def test_a_browser_speaker_dropped_by_the_server_reconnects_by_itself(

@@ -321,6 +321,7 @@
       space = await call(spaceId, "POST", path, { auth: key });
       showError("");
       if (view) view = { ...view, state: space.state };
+      if (space.state === "ended") speaker.stop();
       render();
     } catch (err) {
       showError(plainError(err));

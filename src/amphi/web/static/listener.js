@@ -98,6 +98,9 @@
     removed: false,
     ended: false,
     busy: false, // a request of ours is under way
+    state: "listener", // the last state followed
+    ours: false, // the next change of state is our own doing (withdraw, decline, leave)
+    note: "", // why we are back in the audience, when someone else decided it
     muting: false, // a mute/unmute of ours is under way: views may still show the old state
   };
 
@@ -1043,6 +1046,16 @@
   function follow() {
     const state = room.you ? room.you.state : "listener";
     if (state === "removed") return removedFromSpace();
+    if (state !== room.state) {
+      const was = room.state;
+      room.state = state;
+      room.note = "";
+      if (state === "listener" && !room.ours) {
+        if (was === "requested") room.note = "The host declined your request this time.";
+        else if (was === "on_stage") room.note = "The host moved you back to the audience.";
+      }
+      room.ours = false;
+    }
     if (state === "on_stage" && !room.onStage && !room.ended) goOnStage();
     else if (state !== "on_stage" && room.onStage) backToListening();
     if (room.onStage && room.speaker && !room.muting) room.speaker.setMuted(Boolean(room.you.self_muted));
@@ -1064,6 +1077,7 @@
     room.speaker.start().catch((err) => {
       // No microphone: off the stage again, so that the host sees it.
       roomError(`Could not use your microphone (${err.message}), so you left the stage.`);
+      room.ours = true;
       roomCall("POST", "/stage/me/leave").catch(() => {});
       backToListening();
       renderRoom();
@@ -1169,6 +1183,7 @@
       follow();
       return answer;
     } catch (err) {
+      room.ours = false;
       if (err.code === "removed") removedFromSpace();
       else roomError(Stage.plainError(err));
       return null;
@@ -1263,6 +1278,7 @@
       if (sp.state === "connected" && muted) text = you.host_muted ? "" : "You’re muted.";
       if (sp.state === "reconnecting") text = `Connection lost; reconnecting in ${Math.ceil(sp.retryInMs / 1000)} s…`;
     }
+    if (state === "listener") text = room.note;
     if (roomUi.status.textContent !== text) roomUi.status.textContent = text;
   }
 
@@ -1279,13 +1295,15 @@
       roomUi.askOpen.focus();
     });
     roomUi.askForm.addEventListener("submit", requestToSpeak);
-    roomUi.withdraw.addEventListener("click", () => roomAction(roomUi.withdraw, "POST", "/stage/me/decline"));
+    const ours = (button, path) => () => {
+      room.ours = true;
+      roomAction(button, "POST", path);
+    };
+    roomUi.withdraw.addEventListener("click", ours(roomUi.withdraw, "/stage/me/decline"));
     roomUi.inviteAccept.addEventListener("click", () => roomAction(roomUi.inviteAccept, "POST", "/stage/me/accept"));
-    roomUi.inviteDecline.addEventListener("click", async () => {
-      await roomAction(roomUi.inviteDecline, "POST", "/stage/me/decline");
-    });
+    roomUi.inviteDecline.addEventListener("click", ours(roomUi.inviteDecline, "/stage/me/decline"));
     roomUi.mute.addEventListener("click", toggleMute);
-    roomUi.leaveStage.addEventListener("click", () => roomAction(roomUi.leaveStage, "POST", "/stage/me/leave"));
+    roomUi.leaveStage.addEventListener("click", ours(roomUi.leaveStage, "/stage/me/leave"));
     setInterval(() => { if (room.onStage) renderRoom(); }, 1000); // the reconnect countdown
   }
 
