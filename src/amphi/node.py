@@ -53,7 +53,7 @@ class Node:
                                    garbage_timeout_s=cfg.stage.garbage_timeout_s)
         self.pipelines: dict[str, Pipeline] = {}
         self.rooms: dict[str, Room] = {}
-        self._request_limits: dict[str, Gcra] = {}  # client address -> its request-to-speak budget
+        self._request_limits: dict[str, Gcra] = {}  # client address or speaker -> their budget
         self.event_streams = 0  # open SSE connections
         self._recordings: dict[str, Recording] = {}
         self.signer = Signer(self._secret())
@@ -347,7 +347,7 @@ class Node:
         """A listener asks to speak: a new participant (and its grant), or a known one again."""
         room = self.room(space)
         now = time.time()
-        self._limit_requests(client, now)
+        self._limit(client, now, "too many requests to speak from your address")
         if credential:
             actor = room.stage.rerequest(self.participant(space, credential), now)
             answer: dict[str, object] = {"participant": actor.id}
@@ -357,18 +357,18 @@ class Node:
         room.apply()
         return {**answer, "you": actor.private()}
 
-    def _limit_requests(self, client: str, now: float) -> None:
+    def _limit(self, key: str, now: float, what: str) -> None:
+        """One GCRA budget per ``key`` (a client address, a speaker): 429 when spent."""
         limits = self._request_limits
-        gcra = limits.get(client)
+        gcra = limits.get(key)
         if gcra is None:
             if len(limits) >= MAX_REQUEST_LIMITERS:  # forget the idle ones
-                for addr in [a for a, g in limits.items() if g.wait(now) == 0.0]:
-                    del limits[addr]
-            gcra = limits[client] = Gcra(self.cfg.stage.request_rate_per_s, self.cfg.stage.request_burst)
+                for k in [k for k, g in limits.items() if g.wait(now) == 0.0]:
+                    del limits[k]
+            gcra = limits[key] = Gcra(self.cfg.stage.request_rate_per_s, self.cfg.stage.request_burst)
         if not gcra.take(now):
             wait = gcra.wait(now)
-            raise TooManyRequests(f"too many requests to speak from your address; try again in {math.ceil(wait)} s",
-                                  retry_after_s=wait)
+            raise TooManyRequests(f"{what}; try again in {math.ceil(wait)} s", retry_after_s=wait)
 
     def invite(self, space: Space, actor: Participant, name: object) -> dict[str, object]:
         room = self.room(space)
@@ -393,6 +393,7 @@ class Node:
         actor = self.participant(space, credential)
         room = self.room(space)
         room.stage.check_can_speak(actor.id)
+        self._limit(f"speak {space.id} {actor.id}", time.time(), "too many connections from this speaker")
         pipeline = await self._pipeline(space)
         return await room.speak(pipeline, actor, offer_sdp)
 

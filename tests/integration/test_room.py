@@ -147,6 +147,12 @@ def test_a_flood_of_requests_to_speak_is_limited(serve: Callable[..., AmphiServe
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
     assert len(server.stage(space, key)["requests"]) == codes.count(201)
 
+    # offers from one speaker: each would cost a peer connection; a burst, then 429
+    offers = [server.http.post(f"/api/spaces/{space}/speak", content=b"v=0\r\nnot really",
+                               headers={"authorization": f"Bearer {key}", "content-type": "application/sdp"})
+              for _ in range(8)]
+    assert [o.status_code for o in offers[:5]] == [400] * 5 and offers[-1].status_code == 429, offers
+
 
 def test_a_speaker_whose_network_dies_is_dropped_then_reconnects_on_its_own(
         serve: Callable[..., AmphiServer], tmp_path: Path) -> None:
