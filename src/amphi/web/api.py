@@ -155,17 +155,19 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
     async def node_stats(request: Request) -> Response:
         return JSONResponse(stats(), headers={"cache-control": "no-store"})
 
-    async def listener_page(request: Request) -> Response:
+    def page(request: Request, name: str) -> Response:
         try:
             node.get(request.path_params["id"])
             status_code = 200
         except NotFound:
             status_code = 404  # the page itself tells the person the Space does not exist
-        return FileResponse(STATIC / "listener.html", status_code=status_code, headers={"cache-control": "no-cache"})
+        return FileResponse(STATIC / name, status_code=status_code, headers={"cache-control": "no-cache"})
+
+    async def listener_page(request: Request) -> Response:
+        return page(request, "listener.html")
 
     async def host_console(request: Request) -> Response:
-        node.get(request.path_params["id"])  # 404 for unknown Spaces
-        return FileResponse(STATIC / "host.html", headers={"cache-control": "no-cache"})
+        return page(request, "host.html")
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
