@@ -47,6 +47,8 @@ bench: setup
 	$(PY) bench/pipeline_cpu.py
 	$(PY) bench/surge.py
 	$(PY) bench/join_rate.py
+	$(PY) bench/mouth_to_ear.py
+	$(PY) bench/stage_cpu.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache
