@@ -251,9 +251,7 @@ class Pipeline:
                     self._live_from = next((f.sample for f in batch if f.mode is Mode.LIVE), None)
                 ending = batch[-1].mode is Mode.ENDED
                 handed += sum(len(f.samples) for f in batch)
-                t = time.thread_time()
                 units = await asyncio.to_thread(self._encode_batch, batch, ending)
-                self.stats.encode_s += time.thread_time() - t
                 for unit in units:
                     start = next_unit * AAC_FRAME - DELAY  # program sample this unit carries
                     live = self._live_from is not None and start >= self._live_from
@@ -271,10 +269,13 @@ class Pipeline:
             self._notify()
 
     def _encode_batch(self, frames: list[ProgramFrame], ending: bool) -> list[bytes]:
+        """Runs in a worker thread; its CPU time is that thread's."""
+        t = time.thread_time()
         audio = [f.samples for f in frames if f.mode is not Mode.ENDED]
         units = self.encoder.encode(np.concatenate(audio)) if audio else []
         if ending:
             units += self.encoder.flush()
+        self.stats.encode_s += time.thread_time() - t
         return units
 
     async def _apply(self, events: list[Event]) -> None:
