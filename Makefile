@@ -49,6 +49,8 @@ bench: setup
 	$(PY) bench/pipeline_cpu.py
 	$(PY) bench/surge.py
 	$(PY) bench/join_rate.py
+	$(PY) bench/mouth_to_ear.py
+	$(PY) bench/stage_cpu.py
 
 bench-side-by-side: setup
 	$(PY) bench/side_by_side.py

@@ -24,9 +24,12 @@ def decode(source: bytes | str | Path) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def ffmpeg_decode(source: str | Path, *, seconds: float | None = None, timeout: float = 60) -> np.ndarray:
-    """Decodes with the ffmpeg command line, an independent client."""
-    cmd = ["ffmpeg", "-v", "error", "-i", str(source)]
+def ffmpeg_decode(source: str | Path, *, seconds: float | None = None, timeout: float = 60,
+                  live_edge: bool = False) -> np.ndarray:
+    """Decodes with the ffmpeg command line, an independent client. ``live_edge``: a live
+    playlist is read from its last segment (at most one segment behind live), not ffmpeg's
+    default of three segments back."""
+    cmd = ["ffmpeg", "-v", "error", *(["-live_start_index", "-1"] if live_edge else []), "-i", str(source)]
     if seconds is not None:
         cmd += ["-t", str(seconds)]
     cmd += ["-ac", "1", "-ar", str(SR), "-f", "f32le", "-"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import uvloop
 
-from amphi.core.config import AdmissionConfig, Config, HttpConfig
+from amphi.core.config import AdmissionConfig, Config, HttpConfig, StageConfig
 
 
 def _logging(verbose: bool) -> None:
@@ -48,47 +48,70 @@ def main(verbose: bool) -> None:
               help="Seconds a seat outlives its last token before it is given to someone else.")
 @click.option("--ticket-hold", default=AdmissionConfig.ticket_hold_s, show_default=True, type=click.FloatRange(min=1),
               help="Seconds a place in line is kept after the waiting client's last poll.")
+@click.option("--speaker-timeout", default=StageConfig.silence_timeout_s, show_default=True,
+              type=click.FloatRange(min=1), help="Hang up a speaker's connection that sends no audio this long.")
 def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bool, max_listeners: int,
-          admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float, ticket_hold: float) -> None:
+          admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float, ticket_hold: float,
+          speaker_timeout: float) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
     admission = AdmissionConfig(max_listeners=max_listeners, min_listeners=min(max_listeners, AdmissionConfig.min_listeners),
                                 admit_rate_per_s=admit_rate, admit_burst=admit_burst, token_ttl_s=token_ttl,
                                 seat_grace_s=seat_grace, ticket_hold_s=ticket_hold)
+    stage = StageConfig(silence_timeout_s=speaker_timeout)
     cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url), demo=demo,
-                 admission=admission)
+                 admission=admission, stage=stage)
     uvloop.run(run(cfg))
 
 
 @main.command()
 @click.option("--server", required=True, help="Base URL of the Amphi node, e.g. http://127.0.0.1:8000")
 @click.option("--space", "space_id", required=True, help="Space id.")
-@click.option("--key", default=None, help="Host key of the Space.")
+@click.option("--as", "role", type=click.Choice(["host", "speaker"]), default="host", show_default=True,
+              help="Speak as the host (--key) or as a speaker on stage (--token, their grant).")
+@click.option("--key", default=None, help="Host key of the Space (--as host).")
+@click.option("--token", default=None, help="The speaker's grant (--as speaker); see docs/stage.md.")
 @click.option("--file", "path", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Audio file to send (anything PyAV reads).")
 @click.option("--tone", default=None, type=click.FloatRange(20, 20000), help="Send a sine tone of this frequency (Hz).")
 @click.option("--loop", is_flag=True, help="Loop --file.")
 @click.option("--duration", default=None, type=click.FloatRange(min=0.1), help="Stop after this many seconds.")
-def speak(server: str, space_id: str, key: str | None, path: str | None, tone: float | None,
-          loop: bool, duration: float | None) -> None:
-    """Join a Space as its host over WebRTC and send audio in real time."""
-    from amphi.media.ingest.client import SpeakError, speak as run
+@click.option("--return-to", "return_to", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write what this speaker hears (the others on stage) to this WAV file.")
+@click.option("--no-reconnect", is_flag=True, help="Give up when the connection drops instead of reconnecting.")
+def speak(server: str, space_id: str, role: str, key: str | None, token: str | None, path: str | None,
+          tone: float | None, loop: bool, duration: float | None, return_to: Path | None, no_reconnect: bool) -> None:
+    """Join a Space's stage over WebRTC, send audio in real time and hear the others."""
+    from amphi.media.ingest.client import SpeakError, speak as once, stay_on_stage
     from amphi.media.ingest.sources import FileTrack, ToneTrack
+    from amphi.media.wav import WavWriter
 
     if (path is None) == (tone is None):
         raise click.UsageError("give exactly one of --file or --tone")
-    if key is None:
-        raise click.UsageError("--key HOST_KEY is required")
+    credential = key if role == "host" else token
+    if credential is None:
+        raise click.UsageError("--as host needs --key HOST_KEY" if role == "host" else "--as speaker needs --token GRANT")
     track = FileTrack(path, loop=loop) if path else ToneTrack(tone)  # type: ignore[arg-type]
+    writer = WavWriter(return_to) if return_to else None
 
     def connected() -> None:
         click.echo(f"amphi speak: on air in Space {space_id}", err=True)
 
+    def dropped(reason: str, delay: float) -> None:
+        click.echo(f"amphi speak: {reason}; reconnecting in {delay:.1f} s", err=True)
+
+    on_return = writer.write if writer else None
+    run = once if no_reconnect else stay_on_stage
+    extra = {} if no_reconnect else {"on_drop": dropped}
     try:
-        uvloop.run(run(server.rstrip("/"), space_id, track, key=key, duration=duration, on_connected=connected))
+        uvloop.run(run(server.rstrip("/"), space_id, track, key=credential, duration=duration,  # type: ignore[operator]
+                       on_connected=connected, on_return=on_return, **extra))
     except SpeakError as e:
         raise click.ClickException(str(e)) from None
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 from amphi.loadtest.cli import loadtest  # noqa: E402 - the load test lives in its own package

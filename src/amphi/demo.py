@@ -1,5 +1,6 @@
-"""The demo Space: live at once, with a built-in speaker whose generated program goes through
-the same WebRTC ingest as a real speaker's voice."""
+"""The demo Space: live at once, with a built-in host whose generated program goes through
+the same WebRTC ingest as a real speaker's voice. A person can join its stage from the
+listener page and accept themselves from the host console (its key is printed at start)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import logging
 
 from amphi.control.spaces import Space
-from amphi.media.ingest.client import SpeakError, speak
+from amphi.media.ingest.client import SpeakError, stay_on_stage
 from amphi.media.ingest.sources import GeneratedTrack
 from amphi.media.programs import demo_program
 from amphi.node import Node
@@ -17,19 +18,20 @@ log = logging.getLogger(__name__)
 RETRY_S = (0.5, 1, 2, 5)
 
 
-async def start_demo(node: Node) -> Space:
+async def start_demo(node: Node) -> tuple[Space, str]:
+    """The demo Space and its host key."""
     space, key = node.create_space("Amphi demo: a tune on a loop")
     await node.start_space(space)
     node.spawn(_demo_speaker(node, space, key), name="demo-speaker")
-    return space
+    return space, key
 
 
 async def _demo_speaker(node: Node, space: Space, key: str) -> None:
     attempt = 0
     while True:
         try:
-            await speak(node.cfg.http.base_url, space.id, GeneratedTrack(demo_program), key=key,
-                        ice_addresses=node.cfg.ice_addresses)
+            await stay_on_stage(node.cfg.http.base_url, space.id, GeneratedTrack(demo_program), key=key,
+                                ice_addresses=node.cfg.ice_addresses)
             return
         except (SpeakError, OSError) as e:
             delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]

@@ -19,38 +19,26 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
-from amphi.control.admission import Admission, Admitted, Waiting
+from amphi.control.admission import Admission, Admitted, Gcra, Waiting
 from amphi.control.health import Governor, HealthSample
 from amphi.control.spaces import Space, SpaceRegistry, SpaceState
-from amphi.control.tokens import Signer, Token, new_secret
+from amphi.control.stage import HOST_ID, Participant
+from amphi.control.tokens import Signer, Token, new_participant_id, new_secret
 from amphi.core.config import Config
-from amphi.core.errors import Conflict, TokenExpired, Unavailable
+from amphi.core.errors import Conflict, TokenExpired, TooManyRequests, Unauthorized, Unavailable
 from amphi.core.files import write_atomic
 from amphi.media.ingest.webrtc import WebRTCIngest
-from amphi.media.jitter import JitterBuffer
 from amphi.media.pipeline import Pipeline
 from amphi.media.recorder import Recording
+from amphi.room import Room
 
 log = logging.getLogger(__name__)
 
 SCHEDULER_PERIOD_S = 0.25
 SWEEP_PERIOD_S = 0.25  # seats and places that ran out are released at most this late
 LAG_PROBE_S = 0.05  # the event-loop lag probe's period
-
-
-class _TrackSink:
-    """Feeds one speaker's decoded audio into its jitter buffer in the mixer."""
-
-    def __init__(self, buf: JitterBuffer) -> None:
-        self._buf = buf
-
-    def push(self, samples: np.ndarray) -> None:
-        self._buf.push(samples)
-
-    def close(self) -> None:
-        self._buf.close()
+LEVELS_PERIOD_S = 0.2  # talking indicators are refreshed this often
+MAX_REQUEST_LIMITERS = 100_000  # client addresses tracked for request-to-speak limits
 
 
 def iso(t: float | None) -> str | None:
@@ -61,8 +49,12 @@ class Node:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.registry = SpaceRegistry(cfg.data_dir / "spaces")
-        self.ingest = WebRTCIngest(cfg.ice_addresses)
+        self.ingest = WebRTCIngest(cfg.ice_addresses, silence_timeout_s=cfg.stage.silence_timeout_s,
+                                   garbage_timeout_s=cfg.stage.garbage_timeout_s)
         self.pipelines: dict[str, Pipeline] = {}
+        self.rooms: dict[str, Room] = {}
+        self._request_limits: dict[str, Gcra] = {}  # client address or speaker -> their budget
+        self.event_streams = 0  # open SSE connections
         self._recordings: dict[str, Recording] = {}
         self.signer = Signer(self._secret())
         self.admission = Admission(cfg.admission, self.signer, random.Random())
@@ -86,6 +78,7 @@ class Node:
         self.spawn(self._admitter(), name="admitter")
         self.spawn(self._lag_probe(), name="lag-probe")
         self.spawn(self._health(), name="health")
+        self.spawn(self._levels(), name="levels")
 
     def _secret(self) -> bytes:
         """The token key: config, else $AMPHI_SECRET, else <data_dir>/secret (made once).
@@ -174,6 +167,12 @@ class Node:
         if len(self._join_times) < 100_000:
             self._join_times.append(seconds)
 
+    async def _levels(self) -> None:
+        while True:
+            await asyncio.sleep(LEVELS_PERIOD_S)
+            for room in list(self.rooms.values()):
+                room.poll_levels()
+
     async def _scheduler(self) -> None:
         while True:
             for space in self.registry.due():
@@ -205,13 +204,16 @@ class Node:
         async with self._lock:
             self.registry.transition(space, SpaceState.ENDED, reason="host")
             pipeline = self.pipelines.get(space.id)
-        await self.ingest.close(self._speaker(space.id, "host"))
+        room = self.rooms.get(space.id)
+        if room is not None:
+            await room.close()
         if pipeline is not None:
             await pipeline.end()
         self.registry.record_peak(space, self.admission.counts(space.id).peak_listeners)
         self.registry.save(space)
         self.admission.close_space(space.id)
         self.pipelines.pop(space.id, None)
+        self.rooms.pop(space.id, None)
 
     async def _pipeline(self, space: Space) -> Pipeline:
         """The Space's running pipeline, started on first need (a join, a speaker, the start)."""
@@ -316,21 +318,84 @@ class Node:
     def ended(self, space_id: str) -> bool:
         return self.registry.get(space_id).state is SpaceState.ENDED
 
-    # -- speakers ---------------------------------------------------------------------------
+    # -- the room ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _speaker(space_id: str, who: str) -> str:
-        return f"{space_id}:{who}"
+    def room(self, space: Space) -> Room:
+        room = self.rooms.get(space.id)
+        if room is None:
+            if space.state is SpaceState.ENDED:
+                raise Conflict(f"Space {space.id} has ended")
+            room = self.rooms[space.id] = Room(space.id, self.cfg.stage, self.ingest)
+        return room
 
-    async def speak(self, space: Space, offer_sdp: str) -> str:
+    def participant(self, space: Space, credential: str | None) -> Participant:
+        """Who is calling: ``credential`` is the host key or a grant (docs/stage.md)."""
+        if not credential:
+            raise Unauthorized("this needs a grant or the host key: Authorization: Bearer ...")
+        room = self.room(space)
+        if "." in credential:
+            pid, _ = self.signer.verify_grant(space.id, credential, time.time())
+            return room.stage.member(pid)
+        self.registry.authorize_host(space, f"Bearer {credential}")
+        return room.stage.get(HOST_ID)
+
+    def grant(self, space: Space, pid: str) -> dict[str, object]:
+        expires = int(time.time() + self.cfg.stage.grant_ttl_s)
+        return {"participant": pid, "grant": self.signer.grant(space.id, pid, expires), "expires_at": iso(expires)}
+
+    def request_to_speak(self, space: Space, name: object, credential: str | None, client: str) -> dict[str, object]:
+        """A listener asks to speak: a new participant (and its grant), or a known one again."""
+        room = self.room(space)
+        now = time.time()
+        self._limit(client, now, "too many requests to speak from your address")
+        if credential:
+            actor = room.stage.rerequest(self.participant(space, credential), now)
+            answer: dict[str, object] = {"participant": actor.id}
+        else:
+            actor = room.stage.request(name, new_participant_id(), now)
+            answer = self.grant(space, actor.id)
+        room.apply()
+        return {**answer, "you": actor.private()}
+
+    def _limit(self, key: str, now: float, what: str) -> None:
+        """One GCRA budget per ``key`` (a client address, a speaker): 429 when spent."""
+        limits = self._request_limits
+        gcra = limits.get(key)
+        if gcra is None:
+            if len(limits) >= MAX_REQUEST_LIMITERS:  # forget the idle ones
+                for k in [k for k, g in limits.items() if g.wait(now) == 0.0]:
+                    del limits[k]
+            gcra = limits[key] = Gcra(self.cfg.stage.request_rate_per_s, self.cfg.stage.request_burst)
+        if not gcra.take(now):
+            wait = gcra.wait(now)
+            raise TooManyRequests(f"{what}; try again in {math.ceil(wait)} s", retry_after_s=wait)
+
+    def invite(self, space: Space, actor: Participant, name: object) -> dict[str, object]:
+        room = self.room(space)
+        guest = room.stage.invite(actor, name, new_participant_id(), time.time())
+        room.apply()
+        answer = self.grant(space, guest.id)
+        return {**answer, "invite_url": f"{self.cfg.http.base_url}/s/{space.id}?grant={answer['grant']}"}
+
+    async def act(self, space: Space, actor: Participant, pid: str, action: str,
+                  body: dict[str, object]) -> Participant:
+        if space.state is SpaceState.ENDED:
+            raise Conflict(f"Space {space.id} has ended")
+        return await self.room(space).act(actor, pid, action, body, time.time())
+
+    def stage_extra(self, space: Space) -> dict[str, object]:
+        """What stage views carry besides the stage: the Space's state and audience."""
+        counts = self.admission.counts(space.id)
+        return {"state": space.state.value, "listeners": counts.listeners, "waiting": counts.waiting}
+
+    async def speak(self, space: Space, offer_sdp: str, credential: str | None) -> str:
+        """A speaker's WebRTC offer -> the answer. The host key or an on-stage grant."""
+        actor = self.participant(space, credential)
+        room = self.room(space)
+        room.stage.check_can_speak(actor.id)
+        self._limit(f"speak {space.id} {actor.id}", time.time(), "too many connections from this speaker")
         pipeline = await self._pipeline(space)
-        name = self._speaker(space.id, "host")
-        buf = pipeline.add_track(name)
-        try:
-            return await self.ingest.accept(offer_sdp, _TrackSink(buf), name=name)
-        except BaseException:
-            pipeline.mixer.remove_track(name, buf)
-            raise
+        return await room.speak(pipeline, actor, offer_sdp)
 
     # -- status -----------------------------------------------------------------------------
 

@@ -76,8 +76,9 @@ async def serve(cfg: Config) -> None:
         if cfg.demo:
             from amphi.demo import start_demo
 
-            space = await start_demo(node)
+            space, key = await start_demo(node)
             print(f"amphi: demo Space live, open {cfg.http.base_url}/s/{space.id}", flush=True)
+            print(f"amphi: its host console is {cfg.http.base_url}/s/{space.id}/host (host key {key})", flush=True)
         await asyncio.wait([asyncio.ensure_future(stop.wait()), server_task], return_when=asyncio.FIRST_COMPLETED)
     finally:
         log.info("shutting down")

@@ -119,11 +119,38 @@ class AmphiServer:
         return self.http.get("/api/node").json()
 
 
-class Speaker:
-    """`amphi speak` as a separate process; ``start`` returns once it is on air."""
+    # -- the room (docs/stage.md) ----------------------------------------------------------
 
-    def __init__(self, server: AmphiServer, space: str, key: str, *args: str) -> None:
-        self.cmd = [str(BIN), "speak", "--server", server.url, "--space", space, "--key", key, *args]
+    def stage_call(self, space: str, path: str, credential: str | None = None, body: dict | None = None,
+                   method: str = "POST") -> httpx.Response:
+        headers = {"authorization": f"Bearer {credential}"} if credential else {}
+        return self.http.request(method, f"/api/spaces/{space}/stage{path}", json=body, headers=headers)
+
+    def on_stage(self, space: str, key: str, name: str) -> tuple[str, str]:
+        """A listener asks to speak and the host accepts: (participant id, grant)."""
+        r = self.stage_call(space, "/requests", body={"name": name})
+        assert r.status_code == 201, r.text
+        pid, grant = r.json()["participant"], r.json()["grant"]
+        r = self.stage_call(space, f"/{pid}/accept", key)
+        assert r.status_code == 200, r.text
+        return pid, grant
+
+    def stage(self, space: str, credential: str | None = None) -> dict:
+        r = self.stage_call(space, "", credential, method="GET")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def member(self, space: str, pid: str) -> dict | None:
+        return next((m for m in self.stage(space)["members"] if m["id"] == pid), None)
+
+
+class Speaker:
+    """`amphi speak` as a separate process; ``start`` returns once it is on air. A credential
+    with a dot is a speaker's grant (``--as speaker --token``), else the host key."""
+
+    def __init__(self, server: AmphiServer, space: str, credential: str, *args: str) -> None:
+        who = ["--as", "speaker", "--token", credential] if "." in credential else ["--key", credential]
+        self.cmd = [str(BIN), "speak", "--server", server.url, "--space", space, *who, *args]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> Speaker:

@@ -102,3 +102,82 @@ def test_delay_grown_by_a_refill_shrinks_back_to_the_target() -> None:
         buf.pop()
         buf.push(frame(v))
     assert len(buf) == 3 and buf.stats.trimmed == 5 and buf.stats.underruns == 0
+
+
+def tick_frames(mixer: Mixer, tracks: dict[str, tuple[JitterBuffer, float]], ticks: int) -> list:
+    """Feeds each track a tone (its Hz) for ``ticks`` ticks and collects the program frames."""
+    out = []
+    for k in range(ticks):
+        for buf, hz in tracks.values():
+            buf.push(tone(hz, N / 48000, level=0.3, start=k * N))
+        out.append(mixer.tick())
+    return out
+
+
+def band(x: np.ndarray, hz: float) -> float:
+    spectrum = np.abs(np.fft.rfft(x)) / len(x)
+    freqs = np.fft.rfftfreq(len(x), 1 / 48000)
+    return float(spectrum[np.abs(freqs - hz) < 10].max())
+
+
+def test_each_speaker_hears_the_others_but_not_themselves() -> None:
+    mixer = Mixer(CFG, hold_music)
+    mixer.mode = Mode.LIVE
+    a, b, c = mixer.add_track("a"), mixer.add_track("b"), mixer.add_track("c")
+    mixer.return_to.update({"a", "b"})  # c has no return feed
+    frames = tick_frames(mixer, {"a": (a, 440.0), "b": (b, 660.0), "c": (c, 880.0)}, 60)[10:]
+    program = np.concatenate([f.samples for f in frames])
+    to_a = np.concatenate([f.returns["a"] for f in frames])
+    to_b = np.concatenate([f.returns["b"] for f in frames])
+    assert set(frames[0].returns) == {"a", "b"}
+    assert min(band(program, hz) for hz in (440, 660, 880)) > 0.1
+    assert band(to_a, 440) < 1e-3 and band(to_a, 660) > 0.1 and band(to_a, 880) > 0.1
+    assert band(to_b, 660) < 1e-3 and band(to_b, 440) > 0.1 and band(to_b, 880) > 0.1
+
+
+def test_a_muted_speaker_is_heard_by_nobody_but_still_hears_everyone() -> None:
+    mixer = Mixer(CFG, hold_music)
+    mixer.mode = Mode.LIVE
+    a, b = mixer.add_track("a"), mixer.add_track("b")
+    mixer.return_to.update({"a", "b"})
+    mixer.muted.add("b")
+    frames = tick_frames(mixer, {"a": (a, 440.0), "b": (b, 660.0)}, 60)[10:]
+    program = np.concatenate([f.samples for f in frames])
+    to_a = np.concatenate([f.returns["a"] for f in frames])
+    to_b = np.concatenate([f.returns["b"] for f in frames])
+    assert band(program, 440) > 0.1 and band(program, 660) < 1e-3
+    assert rms(to_a) < 1e-6  # the only other speaker is muted
+    assert band(to_b, 440) > 0.1 and band(to_b, 660) < 1e-3
+
+
+def test_speakers_hear_each_other_before_the_start_while_listeners_hear_hold_music() -> None:
+    mixer = Mixer(CFG, hold_music)
+    a, b = mixer.add_track("a"), mixer.add_track("b")
+    mixer.return_to.add("a")
+    frames = tick_frames(mixer, {"a": (a, 440.0), "b": (b, 1000.0)}, 60)[10:]
+    assert all(f.mode is Mode.HOLD for f in frames)
+    program = np.concatenate([f.samples for f in frames])
+    assert band(program, 440) < 1e-3 and band(program, 1000) < 1e-3  # hold music only
+    assert band(np.concatenate([f.returns["a"] for f in frames]), 1000) > 0.1
+
+
+def test_levels_follow_the_loudness_and_talking_has_a_hangover() -> None:
+    mixer = Mixer(CFG, hold_music)
+    mixer.mode = Mode.LIVE
+    a = mixer.add_track("a")
+    meter = mixer.meters["a"]
+    assert meter.read() == 0.0 and not meter.talking
+    tick_frames(mixer, {"a": (a, 440.0)}, 10)
+    loud = meter.read()
+    assert meter.talking and loud == pytest.approx((60 + 20 * np.log10(0.3 / np.sqrt(2))) / 60, abs=0.01)
+    for _ in range(10):
+        a.push(frame(0.0))
+    for _ in range(12):  # what was queued plays out first, then 0.24 s of silence: still talking
+        mixer.tick()
+    assert meter.talking
+    meter.read()
+    for _ in range(40):
+        a.push(frame(0.0))
+        mixer.tick()
+    assert not meter.talking
+    assert meter.read() == 0.0

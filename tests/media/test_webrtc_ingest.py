@@ -96,7 +96,7 @@ class Speaker:
     async def connect(self, ingest: WebRTCIngest, sink: Sink, name: str = "alice") -> None:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self.offer = self.pc.localDescription.sdp
-        self.answer = await ingest.accept(self.offer, sink, name=name)
+        self.answer, _ = await ingest.accept(self.offer, sink, name=name)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.answer, type="answer"))
 
     async def close(self) -> None:
@@ -309,7 +309,7 @@ async def test_speak_tone_through_http(ingest: WebRTCIngest) -> None:
     async def handler(path: str, headers: dict[str, str], body: str) -> tuple[int, str, str]:
         seen.append((path, headers))
         try:
-            answer = await ingest.accept(body, sink, name="alice")
+            answer, _ = await ingest.accept(body, sink, name="alice")
         except InvalidSdp as exc:
             return exc.status, "application/json", json.dumps(exc.to_json())
         return 201, "application/sdp", answer
@@ -463,7 +463,7 @@ async def test_peer_that_never_connects_is_dropped() -> None:
 
 async def answering(ingest: WebRTCIngest, sink: Sink) -> tuple[asyncio.Server, str]:
     async def handler(path: str, headers: dict[str, str], body: str) -> tuple[int, str, str]:
-        return 201, "application/sdp", await ingest.accept(body, sink, name="alice")
+        return 201, "application/sdp", (await ingest.accept(body, sink, name="alice"))[0]
 
     return await serve_http(handler)
 

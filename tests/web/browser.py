@@ -20,6 +20,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
 ]
+# Speaking from the browser: a fake microphone (a short beep twice a second), no permission
+# prompt, and ICE over 127.0.0.1 (the node offers only loopback candidates in tests).
+FAKE_MEDIA_ARGS = [
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+]
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 0.1) -> Any:

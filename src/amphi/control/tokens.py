@@ -2,6 +2,7 @@
 
     token   <role><seat>.<expires>.<mac>      role "l" listener, "h" host; expires: Unix s
     ticket  <entry>.<issued>.<mac>            entry: the waiting-room entry's number
+    grant   p<participant>.<expires>.<mac>    who someone is on a Space's stage (docs/stage.md)
 
 The MAC covers the kind, the Space id and every field, so a token is bound to its Space
 and cannot be moved, extended or forged without the node's secret. Anyone holding the
@@ -22,6 +23,7 @@ from amphi.core.errors import BadTicket, Forbidden, TokenExpired, Unauthorized
 
 MAC_BYTES = 16
 _TOKEN = re.compile(r"^([lh])([A-Za-z0-9_-]{8,32})\.(\d{1,12})\.([A-Za-z0-9_-]{22})$")
+_GRANT = re.compile(r"^p([A-Za-z0-9_-]{4,32})\.(\d{1,12})\.([A-Za-z0-9_-]{22})$")
 _TICKET = re.compile(r"^(\d{1,15})\.(\d{1,12})\.([A-Za-z0-9_-]{22})$")
 
 
@@ -76,6 +78,27 @@ class Signer:
             raise TokenExpired("the admission token has expired: join again")
         return Token(space_id, role, seat, int(expires))
 
+    # -- grants -----------------------------------------------------------------------------
+
+    def grant(self, space_id: str, participant: str, expires: int) -> str:
+        body = f"p{participant}.{expires}"
+        return f"{body}.{self._mac(b'grant', space_id, body)}"
+
+    def verify_grant(self, space_id: str, text: str | None, now: float) -> tuple[str, int]:
+        """(participant, expires) of a grant for this Space. Missing or expired -> 401;
+        forged, garbled or another Space's -> 403."""
+        if not text:
+            raise Unauthorized("this needs a grant or the host key: Authorization: Bearer ...")
+        m = _GRANT.match(text)
+        if m is None:
+            raise Forbidden("malformed grant")
+        participant, expires, mac = m.groups()
+        if not hmac.compare_digest(mac, self._mac(b"grant", space_id, f"p{participant}.{expires}")):
+            raise Forbidden("this grant is not valid for this Space")
+        if int(expires) <= now:
+            raise TokenExpired("the grant has expired: ask to speak again")
+        return participant, int(expires)
+
     # -- tickets ----------------------------------------------------------------------------
 
     def ticket(self, space_id: str, entry: int, issued: int) -> str:
@@ -95,6 +118,10 @@ class Signer:
 
 def new_seat_id() -> str:
     return secrets.token_urlsafe(9)  # 12 characters, 72 bits
+
+
+def new_participant_id() -> str:
+    return secrets.token_urlsafe(6)  # 8 characters, 48 bits: unique within a Space
 
 
 def new_secret() -> bytes:

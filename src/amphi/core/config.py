@@ -99,11 +99,29 @@ class AdmissionConfig:
 
 
 @dataclass(frozen=True)
+class StageConfig:
+    """The room: who may be on stage and how speakers' connections are watched
+    (docs/stage.md)."""
+
+    max_cohosts: int = 2
+    max_speakers: int = 10
+    grant_ttl_s: float = 6 * 3600.0  # a participant's grant lives this long
+    request_rate_per_s: float = 0.5  # requests to speak per client address (GCRA) ...
+    request_burst: int = 5  # ... and how many at once
+    return_bitrate: int = 48_000  # Opus bit rate of each speaker's return feed
+    silence_timeout_s: float = 15.0  # a speaker's peer that sends no audio this long is hung up
+    garbage_timeout_s: float = 5.0  # ... or only undecodable packets this long
+    event_interval_s: float = 0.2  # stage events are coalesced to at most one per this
+    max_event_streams: int = 20_000  # open SSE connections per node; beyond it 503
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
     http: HttpConfig = field(default_factory=HttpConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)  # host addresses offered in ICE candidates
     demo: bool = False  # create a demo Space with a built-in speaker at start-up
     web_assets_dir: Path = field(

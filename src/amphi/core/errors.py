@@ -78,6 +78,18 @@ class Forbidden(AmphiError):
     code = "forbidden"
 
 
+class HostMuted(Forbidden):
+    code = "host_muted"
+
+
+class NotOnStage(Forbidden):
+    code = "not_on_stage"
+
+
+class RemovedFromSpace(Forbidden):
+    code = "removed"
+
+
 class NotFound(AmphiError):
     status = 404
     code = "not_found"
@@ -95,6 +107,10 @@ class Conflict(AmphiError):
 
 class IllegalTransition(Conflict):
     code = "illegal_transition"
+
+
+class StageFull(Conflict):
+    code = "stage_full"
 
 
 class PayloadTooLarge(AmphiError):

@@ -2,7 +2,10 @@
 
 Modes: hold -> live -> ended. Before the start the program is hold music; live, it is the
 sum of the speakers' tracks (silence when nobody talks); the clock never stops while the
-Space is live. A mode change is requested now and takes effect at the next sample that is a
+Space is live. Muted tracks are not heard. Every tick also makes each speaker's return feed
+(``returns``): the sum of the others, without the speaker's own voice (mix-minus), in every
+mode, so speakers can talk before the start while listeners hear hold music. Each track's
+level is measured as it is mixed (``LevelMeter``). A mode change is requested now and takes effect at the next sample that is a
 whole number of ticks and AAC frames (``MediaConfig.switch_align_samples``, 320 ms), so the
 segmenter can cut a segment exactly where the Space started or ended.
 """
@@ -32,11 +35,48 @@ class Mode(enum.Enum):
 _NEXT = {Mode.HOLD: Mode.LIVE, Mode.LIVE: Mode.ENDED}
 
 
+TALK_DBFS = -45.0  # a track louder than this is talking
+TALK_HANGOVER_S = 0.5  # ... and is still talking this long after it went quieter
+FLOOR_DBFS = -60.0  # level 0; 0 dBFS is level 1
+
+
 @dataclass(frozen=True)
 class ProgramFrame:
     sample: int  # program sample index of samples[0]
     samples: np.ndarray  # float32 mono, tick_samples long
     mode: Mode
+    returns: dict[str, np.ndarray] | None = None  # track name -> its mix-minus frame
+
+
+class LevelMeter:
+    """Per-track loudness for the talking indicator: the peak RMS since the last read, and
+    whether the track is talking (above ``TALK_DBFS``, with a hang-over)."""
+
+    def __init__(self, tick_s: float) -> None:
+        self._hangover_ticks = max(1, round(TALK_HANGOVER_S / tick_s))
+        self._threshold = 10 ** (TALK_DBFS / 20)
+        self._peak = 0.0
+        self._quiet_ticks = self._hangover_ticks
+
+    def feed(self, frame: np.ndarray | None) -> None:
+        if frame is None:
+            rms = 0.0
+        else:
+            rms = float(np.sqrt(np.dot(frame, frame) / len(frame)))
+        self._peak = max(self._peak, rms)
+        self._quiet_ticks = 0 if rms >= self._threshold else self._quiet_ticks + 1
+
+    @property
+    def talking(self) -> bool:
+        return self._quiet_ticks < self._hangover_ticks
+
+    def read(self) -> float:
+        """The level 0..1 (``FLOOR_DBFS``..0 dBFS) of the loudest tick since the last read."""
+        peak, self._peak = self._peak, 0.0
+        if peak <= 0.0:
+            return 0.0
+        db = 20 * np.log10(peak)
+        return float(min(max((db - FLOOR_DBFS) / -FLOOR_DBFS, 0.0), 1.0))
 
 
 class Mixer:
@@ -48,9 +88,11 @@ class Mixer:
         self.mode = Mode.HOLD
         self._switch: tuple[int, Mode] | None = None  # (at sample, to mode)
         self.tracks: dict[str, JitterBuffer] = {}
+        self.meters: dict[str, LevelMeter] = {}
         self._silence = np.zeros(self._n, dtype=np.float32)
         self._silence.flags.writeable = False  # shared by every silent frame
         self.muted: set[str] = set()
+        self.return_to: set[str] = set()  # tracks whose speakers get a return feed
 
     @property
     def pending(self) -> tuple[int, Mode] | None:
@@ -75,11 +117,13 @@ class Mixer:
             target=max(1, self._cfg.jitter_target_ms // tick_ms), limit=max(1, self._cfg.jitter_max_ms // tick_ms)
         )
         self.tracks[name] = buf
+        self.meters.setdefault(name, LevelMeter(tick_ms / 1000))
         return buf
 
     def remove_track(self, name: str, buf: JitterBuffer | None = None) -> None:
         if buf is None or self.tracks.get(name) is buf:
             self.tracks.pop(name, None)
+            self.meters.pop(name, None)
 
     def tick(self) -> ProgramFrame:
         if self.mode is Mode.ENDED:
@@ -90,25 +134,40 @@ class Mixer:
             self._switch = None
             if self.mode is Mode.ENDED:
                 return ProgramFrame(self.sample, np.zeros(0, dtype=np.float32), Mode.ENDED)
-        frame = self._mix()
-        out = ProgramFrame(self.sample, frame, self.mode)
+        # every track advances every tick, heard or not, so its delay stays fixed
+        heard: dict[str, np.ndarray] = {}
+        for name, buf in list(self.tracks.items()):
+            f = buf.pop()
+            self.meters[name].feed(f)
+            if f is not None and name not in self.muted:
+                heard[name] = f
+            if buf.drained:
+                self.remove_track(name, buf)
+        total = self._sum(list(heard.values()))
+        returns = {name: self._minus(total, heard.get(name), len(heard)) for name in self.return_to} or None
+        program = self._hold(self.sample, self._n) if self.mode is Mode.HOLD else _clip(total)
+        out = ProgramFrame(self.sample, program, self.mode, returns)
         self.sample += self._n
         return out
 
-    def _mix(self) -> np.ndarray:
-        # every track advances every tick, heard or not, so its delay stays fixed
-        frames = [(name, buf.pop()) for name, buf in list(self.tracks.items())]
-        for name, buf in list(self.tracks.items()):
-            if buf.drained:
-                del self.tracks[name]
-        if self.mode is Mode.HOLD:
-            return self._hold(self.sample, self._n)
-        heard = [f for name, f in frames if f is not None and name not in self.muted]
-        if not heard:
+    def _sum(self, frames: list[np.ndarray]) -> np.ndarray:
+        if not frames:
             return self._silence
-        if len(heard) == 1:
-            return heard[0]  # a track's frame is already in [-1, 1]
-        out = np.add.reduce(heard)
-        np.minimum(out, 1.0, out=out)
-        np.maximum(out, -1.0, out=out)
-        return out
+        if len(frames) == 1:
+            return frames[0]  # a track's frame is already in [-1, 1]
+        return np.add.reduce(frames)
+
+    def _minus(self, total: np.ndarray, own: np.ndarray | None, heard: int) -> np.ndarray:
+        if own is None:
+            return _clip(total)
+        if heard == 1:
+            return self._silence
+        return _clip(total - own)
+
+
+def _clip(frame: np.ndarray) -> np.ndarray:
+    """In place for sums the mixer made; a shared or a track's own frame is in range already."""
+    if frame.flags.writeable and frame.flags.owndata:
+        np.minimum(frame, 1.0, out=frame)
+        np.maximum(frame, -1.0, out=frame)
+    return frame

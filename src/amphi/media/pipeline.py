@@ -3,6 +3,7 @@
     tracks (jitter buffers) -> [clock task] mixer -> bounded channel -> [encoder task]
         AAC encoder (worker thread) -> segmenter -> timeline (served live)
                                                  -> recording (live segments, on disk)
+                                  mixer -> return feeds (each speaker: the others' mix)
 
 Lifecycle: new -> running (hold or live) -> ended. ``end()`` returns once the last
 segment is on disk and the replay playlist is written; once ended, a pipeline cannot be
@@ -19,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -72,6 +74,11 @@ class FrameChannel:
         return frames
 
 
+class FrameFeed(Protocol):
+    def push(self, samples: np.ndarray) -> None:
+        """One 20 ms return frame, float32 mono; must not block or keep more than it bounds."""
+
+
 @dataclass
 class PipelineStats:
     ticks: int = 0
@@ -109,6 +116,7 @@ class Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
         self._ended = asyncio.Event()
+        self._feeds: dict[str, FrameFeed] = {}
         self.epoch = 0.0
 
     # -- control --------------------------------------------------------------------------
@@ -152,7 +160,25 @@ class Pipeline:
     # -- tracks ---------------------------------------------------------------------------
 
     def add_track(self, name: str) -> JitterBuffer:
+        """A speaker's input (a new one replaces the speaker's previous input)."""
         return self.mixer.add_track(name)
+
+    def add_feed(self, name: str, feed: FrameFeed) -> None:
+        """``feed`` gets the return feed of speaker ``name`` (the others' mix) from now on."""
+        self._feeds[name] = feed
+        self.mixer.return_to.add(name)
+
+    def remove_feed(self, name: str, feed: FrameFeed) -> None:
+        if self._feeds.get(name) is feed:
+            del self._feeds[name]
+            self.mixer.return_to.discard(name)
+
+    def set_muted(self, names: set[str]) -> None:
+        self.mixer.muted = set(names)
+
+    def levels(self) -> dict[str, tuple[float, bool]]:
+        """Each track's level (0..1) since the last call and whether it is talking."""
+        return {name: (m.read(), m.talking) for name, m in self.mixer.meters.items()}
 
     # -- listeners ------------------------------------------------------------------------
 
@@ -202,6 +228,11 @@ class Pipeline:
             await asyncio.sleep(math.ceil((t0 + k * period - now) * 1000) / 1000)
 
     def _put(self, frame: ProgramFrame) -> None:
+        if frame.returns:
+            for name, samples in frame.returns.items():
+                feed = self._feeds.get(name)
+                if feed is not None:
+                    feed.push(samples)
         self.stats.frames_dropped += self._channel.put(frame)
 
     async def _encode(self) -> None:
@@ -220,9 +251,7 @@ class Pipeline:
                     self._live_from = next((f.sample for f in batch if f.mode is Mode.LIVE), None)
                 ending = batch[-1].mode is Mode.ENDED
                 handed += sum(len(f.samples) for f in batch)
-                t = time.thread_time()
                 units = await asyncio.to_thread(self._encode_batch, batch, ending)
-                self.stats.encode_s += time.thread_time() - t
                 for unit in units:
                     start = next_unit * AAC_FRAME - DELAY  # program sample this unit carries
                     live = self._live_from is not None and start >= self._live_from
@@ -240,10 +269,13 @@ class Pipeline:
             self._notify()
 
     def _encode_batch(self, frames: list[ProgramFrame], ending: bool) -> list[bytes]:
+        """Runs in a worker thread; its CPU time is that thread's."""
+        t = time.thread_time()
         audio = [f.samples for f in frames if f.mode is not Mode.ENDED]
         units = self.encoder.encode(np.concatenate(audio)) if audio else []
         if ending:
             units += self.encoder.flush()
+        self.stats.encode_s += time.thread_time() - t
         return units
 
     async def _apply(self, events: list[Event]) -> None:

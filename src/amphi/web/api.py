@@ -6,9 +6,16 @@
     POST /api/spaces/<id>/start           Authorization: Bearer HOST_KEY
     POST /api/spaces/<id>/end             Authorization: Bearer HOST_KEY
     POST /api/spaces/<id>/join, /leave    the waiting room (amphi.web.join, raw ASGI)
-    POST /api/spaces/<id>/speak           SDP offer (application/sdp), host key -> 201 SDP answer
+    POST /api/spaces/<id>/speak           SDP offer (application/sdp), host key or grant -> 201 SDP answer
+    POST /api/spaces/<id>/stage/session   host key -> a host grant
+    GET  /api/spaces/<id>/stage           the stage view (more with a grant; see docs/stage.md)
+    POST /api/spaces/<id>/stage/requests  {name} -> 201 {participant, grant, ...}
+    POST /api/spaces/<id>/stage/invites   {name} -> 201 {participant, grant, invite_url}
+    POST /api/spaces/<id>/stage/<pid>/<action>   accept, decline, mute, unmute, remove, leave, role
+    GET  /api/spaces/<id>/events          Server-Sent Events (amphi.web.events, raw ASGI)
     GET  /api/node                        this node's counters (pipelines, speakers, origin)
     GET  /s/<id>                          listener page
+    GET  /s/<id>/host                     host console
     GET  /                                index of Spaces
 """
 
@@ -24,7 +31,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from amphi.core.errors import AmphiError, InvalidSdp, NotFound, PayloadTooLarge
+from amphi.control.spaces import Space
+from amphi.control.stage import HOST_ID, Participant
+from amphi.core.errors import AmphiError, InvalidSdp, NotFound, PayloadTooLarge, Unauthorized
 from amphi.node import Node
 from amphi.web.asgi import check_declared_length, parse_object, retry_after_value
 
@@ -49,7 +58,20 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    return parse_object(await read_body(request, limit))
+    """The JSON object body; an empty body is ``{}`` (as on the raw endpoints)."""
+    raw = await read_body(request, limit)
+    return parse_object(raw) if raw.strip() else {}
+
+
+def credential(request: Request) -> str | None:
+    """The caller's host key or grant: ``Authorization: Bearer X``, else ``?access_token=X``."""
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("Authorization must be 'Bearer HOST_KEY' or 'Bearer GRANT'")
+        return value.strip()
+    return request.query_params.get("access_token") or None
 
 
 def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
@@ -81,25 +103,71 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
 
     async def speak(request: Request) -> Response:
         space = node.get(request.path_params["id"])
-        node.registry.authorize_host(space, request.headers.get("authorization"))
+        who = credential(request)
+        node.participant(space, who)  # 401/403 before reading the body
         raw = await read_body(request, limit)
         try:
             offer = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidSdp("the SDP offer is not UTF-8 text") from None
-        answer = await node.speak(space, offer)
+        answer = await node.speak(space, offer, who)
         return Response(answer, status_code=201, media_type="application/sdp")
+
+    def stage_view(space: Space, viewer: Participant | None) -> JSONResponse:
+        room = node.room(space)
+        return JSONResponse(room.view(viewer, node.stage_extra(space)), headers={"cache-control": "no-store"})
+
+    def viewer(request: Request, space: Space) -> Participant | None:
+        who = credential(request)
+        return node.participant(space, who) if who else None
+
+    async def stage(request: Request) -> Response:
+        space = node.get(request.path_params["id"])
+        return stage_view(space, viewer(request, space))
+
+    async def stage_session(request: Request) -> Response:
+        space = node.get(request.path_params["id"])
+        node.registry.authorize_host(space, request.headers.get("authorization"))
+        node.room(space)
+        return JSONResponse(node.grant(space, HOST_ID), headers={"cache-control": "no-store"})
+
+    async def stage_request(request: Request) -> Response:
+        space = node.get(request.path_params["id"])
+        data = await read_json(request, limit)
+        client = request.client.host if request.client else "unknown"
+        answer = node.request_to_speak(space, data.get("name"), credential(request), client)
+        return JSONResponse(answer, status_code=201, headers={"cache-control": "no-store"})
+
+    async def stage_invite(request: Request) -> Response:
+        space = node.get(request.path_params["id"])
+        actor = node.participant(space, credential(request))
+        data = await read_json(request, limit)
+        return JSONResponse(node.invite(space, actor, data.get("name")), status_code=201,
+                            headers={"cache-control": "no-store"})
+
+    async def stage_action(request: Request) -> Response:
+        space = node.get(request.path_params["id"])
+        actor = node.participant(space, credential(request))
+        data = await read_json(request, limit)
+        await node.act(space, actor, request.path_params["pid"], request.path_params["action"], data)
+        return stage_view(space, actor)
 
     async def node_stats(request: Request) -> Response:
         return JSONResponse(stats(), headers={"cache-control": "no-store"})
 
-    async def listener_page(request: Request) -> Response:
+    def page(request: Request, name: str) -> Response:
         try:
             node.get(request.path_params["id"])
             status_code = 200
         except NotFound:
             status_code = 404  # the page itself tells the person the Space does not exist
-        return FileResponse(STATIC / "listener.html", status_code=status_code, headers={"cache-control": "no-cache"})
+        return FileResponse(STATIC / name, status_code=status_code, headers={"cache-control": "no-cache"})
+
+    async def listener_page(request: Request) -> Response:
+        return page(request, "listener.html")
+
+    async def host_console(request: Request) -> Response:
+        return page(request, "host.html")
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
@@ -129,6 +197,7 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
     routes = [
         Route("/", index),
         Route("/s/{id}", listener_page),
+        Route("/s/{id}/host", host_console),
         Route("/static/{name}", static),
         Route("/vendor/hls.min.js", hls_js),
         Route("/api/node", node_stats, methods=["GET"]),
@@ -138,5 +207,10 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
         Route("/api/spaces/{id}/start", start, methods=["POST"]),
         Route("/api/spaces/{id}/end", end, methods=["POST"]),
         Route("/api/spaces/{id}/speak", speak, methods=["POST"]),
+        Route("/api/spaces/{id}/stage", stage, methods=["GET"]),
+        Route("/api/spaces/{id}/stage/session", stage_session, methods=["POST"]),
+        Route("/api/spaces/{id}/stage/requests", stage_request, methods=["POST"]),
+        Route("/api/spaces/{id}/stage/invites", stage_invite, methods=["POST"]),
+        Route("/api/spaces/{id}/stage/{pid}/{action}", stage_action, methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers={AmphiError: amphi_error, HTTPException: http_error})

@@ -1,5 +1,5 @@
-"""The node's whole ASGI app: ``/media/`` goes to the raw origin and join/leave to the raw
-waiting-room endpoint (the hot paths), everything else to the Starlette control API and
+"""The node's whole ASGI app: ``/media/`` goes to the raw origin, join/leave to the raw
+waiting-room endpoint and ``/events`` to the raw event streams (the hot paths), everything else to the Starlette control API and
 pages. Served without ASGI lifespan: the node's lifecycle is run by ``amphi.server``, which
 owns the loop."""
 
@@ -10,6 +10,8 @@ from dataclasses import asdict
 from amphi.node import Node
 from amphi.web.api import build_api
 from amphi.web.asgi import Receive, Scope, Send
+from amphi.web.events import PATH as EVENTS_PATH
+from amphi.web.events import EventStream
 from amphi.web.join import PATH as JOIN_PATH
 from amphi.web.join import JoinEndpoint
 from amphi.web.origin import Origin
@@ -20,12 +22,14 @@ class App:
         self.node = node
         self.origin = Origin(node, node.cfg.media)
         self.join = JoinEndpoint(node)
+        self.events = EventStream(node)
         self.api = build_api(node, self.stats)
 
     def stats(self) -> dict[str, object]:
         return {
             "pipelines": {sid: asdict(p.stats) for sid, p in self.node.pipelines.items()},
             "speakers": self.node.ingest.connections,
+            "event_streams": self.node.event_streams,
             "origin": asdict(self.origin.stats),
             "admission": {
                 "occupied": self.node.admission.occupied,
@@ -43,5 +47,7 @@ class App:
             await self.origin(scope, receive, send)
         elif path.startswith("/api/spaces/") and (m := JOIN_PATH.match(path)):
             await self.join(scope, receive, send, m)
+        elif path.endswith("/events") and (m := EVENTS_PATH.match(path)):
+            await self.events(scope, receive, send, m)
         else:
             await self.api(scope, receive, send)

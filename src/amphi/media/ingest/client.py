@@ -1,28 +1,42 @@
-"""The ``amphi speak`` client: send one audio track to a Space over WebRTC.
+"""The ``amphi speak`` client: send one audio track to a Space over WebRTC, and hear the
+others on stage (the return feed the server sends back on the same connection).
 
 Signalling is one HTTP request (WHIP-like, non-trickle): POST the complete SDP offer to
 ``{server}/api/spaces/{space}/speak`` and get the complete answer back with ``201``.
+``speak()`` is one connection; ``stay_on_stage()`` reconnects with backoff when the network
+drops, and stops for good when the server says no (not on stage any more, Space ended).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import Callable
 
+import av
 import httpx
+import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from amphi.core.errors import AmphiError
 from amphi.media.ingest.webrtc import use_ice_addresses
 
-__all__ = ["SpeakError", "speak"]
+__all__ = ["SpeakError", "speak", "stay_on_stage"]
 
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 15.0  # from the answer to a connected peer
 HTTP_TIMEOUT_S = 10.0  # the signalling request
+RETURN_SILENCE_S = 3.0  # no return audio for this long while connected: the connection is down
+BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # between reconnection attempts, each +- 25 % at random
+FINAL_STATUSES = (400, 401, 403, 404, 409, 413)  # the server said no: reconnecting will not help
+
+ReturnHook = Callable[[np.ndarray, float], None]
+"""``on_return(samples, wall_time)``: one decoded return-feed frame (float32 mono, 48 kHz) and
+``time.time()`` when it came out of the decoder."""
 
 
 class SpeakError(AmphiError):
@@ -49,20 +63,30 @@ async def speak(
     duration: float | None = None,
     ice_addresses: tuple[str, ...] = ("127.0.0.1",),
     on_connected: Callable[[], None] | None = None,
+    on_return: ReturnHook | None = None,
 ) -> None:
     """Send ``track`` to ``space`` until ``duration`` seconds after connecting (None: until
     the track ends or the caller cancels), then hang up cleanly. ``on_connected`` is called
     once media flows. aiortc stops ``track`` when the connection closes: it is single-use.
+    The offer also receives: the server's return feed (if it sends one) goes to
+    ``on_return``, and its silence for ``RETURN_SILENCE_S`` means the connection is down.
 
     Raises ``SpeakError`` when the server refuses the offer (non-2xx), cannot be reached,
-    hangs up first, or the connection fails or does not come up within
+    hangs up first, or the connection fails, goes silent, or does not come up within
     ``CONNECT_TIMEOUT_S``."""
     use_ice_addresses(ice_addresses)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     connected = asyncio.Event()
     gone = asyncio.Event()  # failed or closed
+    silent = asyncio.Event()  # the return feed stopped
     track_ended = asyncio.Event()
     track.on("ended", track_ended.set)
+    hearing: list[asyncio.Task[None]] = []
+
+    @pc.on("track")
+    def _on_track(remote: MediaStreamTrack) -> None:
+        if remote.kind == "audio":
+            hearing.append(asyncio.ensure_future(_hear(remote, on_return, silent)))
 
     state = pc.connectionState
 
@@ -79,7 +103,7 @@ async def speak(
             gone.set()
 
     try:
-        sender = pc.addTransceiver(track, direction="sendonly").sender
+        sender = pc.addTransceiver(track, direction="sendrecv").sender
         await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers all candidates here
         answer = await _post_offer(server, space, pc.localDescription.sdp, key or token)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
@@ -89,7 +113,9 @@ async def speak(
         if on_connected is not None:
             on_connected()
 
-        ended = await _first(gone, track_ended, timeout=duration)
+        ended = await _first(gone, track_ended, silent, timeout=duration)
+        if ended is silent:
+            raise SpeakError(0, f"the audio from {server} stopped: the connection is down")
         if ended is not None:
             # aiortc also ends the track when sending fails, so an ended track alone does
             # not mean the source ran out: the transport tells which.
@@ -100,7 +126,101 @@ async def speak(
                 raise SpeakError(0, f"{server} hung up")
     finally:
         track.remove_listener("ended", track_ended.set)
+        for task in hearing:
+            task.cancel()
         await pc.close()
+
+
+async def _hear(remote: MediaStreamTrack, on_return: ReturnHook | None, silent: asyncio.Event) -> None:
+    """Drains the return feed (aiortc queues it unboundedly otherwise), hands it on, and sets
+    ``silent`` when nothing arrives for ``RETURN_SILENCE_S`` or the feed ends."""
+    try:
+        while True:
+            frame = await asyncio.wait_for(remote.recv(), RETURN_SILENCE_S)
+            if on_return is not None:
+                on_return(_mono(frame), time.time())
+    except (TimeoutError, MediaStreamError):
+        silent.set()
+
+
+def _mono(frame: av.AudioFrame) -> np.ndarray:
+    pcm = frame.to_ndarray()  # s16 packed: shape (1, samples * channels)
+    channels = len(frame.layout.channels)
+    samples = pcm.reshape(-1, channels).mean(axis=1) if channels > 1 else pcm.reshape(-1)
+    return samples.astype(np.float32) / 32768
+
+
+class _Borrowed(MediaStreamTrack):
+    """One connection's view of a source that outlives it: aiortc stops the track it sends
+    when the connection closes; this stops, the source goes on for the next connection."""
+
+    kind = "audio"
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self._source = source
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live" or self._source.readyState != "live":
+            self.stop()
+            raise MediaStreamError
+        try:
+            return await self._source.recv()
+        except MediaStreamError:
+            self.stop()
+            raise
+
+
+async def stay_on_stage(
+    server: str,
+    space: str,
+    track: MediaStreamTrack,
+    *,
+    key: str | None = None,
+    token: str | None = None,
+    duration: float | None = None,
+    ice_addresses: tuple[str, ...] = ("127.0.0.1",),
+    on_connected: Callable[[], None] | None = None,
+    on_return: ReturnHook | None = None,
+    on_drop: Callable[[str, float], None] | None = None,
+) -> int:
+    """``speak()`` that survives a dropped network: when the connection fails, goes silent
+    or cannot be made, it tries again after 0.5, 1, 2, 4, 8, 8... s (jittered) with a new
+    offer and the same credential, until ``duration`` seconds have passed in all (None:
+    until the track ends or the caller cancels). Returns how many times it reconnected.
+    ``on_drop(reason, delay)`` is called before each wait. Raises ``SpeakError`` at once
+    when the server refuses for good (a 4xx: not on stage any more, Space ended, bad key)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if duration is None else loop.time() + duration
+    attempt = 0
+    reconnects = 0
+    while True:
+        left = None if deadline is None else deadline - loop.time()
+        if left is not None and left <= 0:
+            return reconnects
+        up = asyncio.Event()
+
+        def connected() -> None:
+            up.set()
+            if on_connected is not None:
+                on_connected()
+
+        try:
+            await speak(server, space, _Borrowed(track), key=key, token=token, duration=left,
+                        ice_addresses=ice_addresses, on_connected=connected, on_return=on_return)
+            return reconnects  # the duration passed or the source ran out
+        except SpeakError as e:
+            if e.status in FINAL_STATUSES or track.readyState != "live":
+                raise
+            if up.is_set():
+                attempt = 0
+            delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)] * random.uniform(0.75, 1.25)
+            attempt += 1
+            reconnects += 1
+            logger.warning("speak %s: %s; reconnecting in %.1f s", space, e, delay)
+            if on_drop is not None:
+                on_drop(str(e), delay)
+            await asyncio.sleep(delay)
 
 
 async def _post_offer(server: str, space: str, offer: str, credential: str | None) -> str:

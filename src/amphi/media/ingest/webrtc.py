@@ -1,5 +1,6 @@
 """Server side of a speaker's WebRTC connection: SDP offer in, answer out, decoded audio
-to a ``FrameSink`` as 20 ms float32 mono frames at 48 kHz.
+to a ``FrameSink`` as 20 ms float32 mono frames at 48 kHz, and (when the offer also
+receives) the speaker's return feed sent back on the same audio m-line (``ReturnTrack``).
 
 One ``WebRTCIngest`` holds every live speaker connection of a node, keyed by name. The
 server only receives (``recvonly``), Opus only, with no STUN servers and non-trickle ICE:
@@ -9,18 +10,22 @@ every candidate is in the answer. Host candidates come from ``ice_addresses`` al
 Lifecycle of one connection: accepted -> consuming -> gone. It is gone when the peer
 closes or fails, the track ends, it does not connect within ``connect_timeout_s``, the
 sink raises, it is replaced by a newer ``accept()`` of the same name, or it is hung up
-(``close``/``close_all``). Whatever the reason, the sink's ``close()`` is called exactly
+(``close``/``close_all``), or it is connected but sends no decodable audio for
+``silence_timeout_s`` (or mostly undecodable packets over ``garbage_timeout_s``). Whatever the reason, the sink's ``close()`` is called exactly
 once and the ``RTCPeerConnection`` is released. Once gone, it cannot be reused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fractions
 import ipaddress
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import aioice.ice
@@ -42,12 +47,17 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from amphi.core.config import SAMPLE_RATE
 from amphi.core.errors import InvalidSdp
 
-__all__ = ["FrameSink", "WebRTCIngest", "use_ice_addresses"]
+__all__ = ["FrameSink", "ReturnTrack", "WebRTCIngest", "use_ice_addresses"]
 
 logger = logging.getLogger(__name__)
 
 FRAME_SAMPLES = SAMPLE_RATE // 50  # 960: one 20 ms frame
 CONNECT_TIMEOUT_S = 20.0  # an accepted peer that has not connected by then is dropped
+SILENCE_TIMEOUT_S = 15.0  # a connected peer that sends no decodable audio this long is dropped
+GARBAGE_TIMEOUT_S = 5.0  # ... or mostly undecodable packets over this long
+GARBAGE_SHARE = 0.2  # "mostly": more than this share of the packets
+WATCH_PERIOD_S = 1.0
+RETURN_BOUND = 10  # return-feed frames held for the sender (200 ms); the oldest go first
 
 
 class FrameSink(Protocol):
@@ -56,6 +66,68 @@ class FrameSink(Protocol):
 
     def close(self) -> None:
         """The peer is gone (closed, failed, replaced or hung up). Called once."""
+
+
+class ReturnTrack(MediaStreamTrack):
+    """A speaker's return feed: 20 ms frames pushed by the mixer's clock, encoded to Opus
+    (mono, low-delay) here and handed to aiortc's sender as ready packets, so aiortc neither
+    resamples nor hops to a thread per frame. Bounded: when the sender falls behind, the
+    oldest frames are dropped (a return feed is for talking, late audio is worthless)."""
+
+    kind = "audio"
+
+    def __init__(self, bitrate: int = 48_000) -> None:
+        super().__init__()
+        self._frames: deque[np.ndarray] = deque(maxlen=RETURN_BOUND)
+        self._ready = asyncio.Event()
+        self._codec = av.CodecContext.create("libopus", "w")
+        self._codec.sample_rate = SAMPLE_RATE
+        self._codec.layout = "mono"
+        self._codec.format = "s16"
+        self._codec.bit_rate = bitrate
+        self._codec.options = {"application": "lowdelay", "frame_duration": "20"}
+        self._pts = 0
+        self.pushed = 0
+        self.sent = 0
+
+    def push(self, samples: np.ndarray) -> None:
+        """One 20 ms float32 mono frame in [-1, 1]."""
+        self._frames.append(samples)
+        self.pushed += 1
+        self._ready.set()
+
+    @property
+    def dropped(self) -> int:
+        return self.pushed - self.sent - len(self._frames)
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            while not self._frames:
+                self._ready.clear()
+                await self._ready.wait()
+                if self.readyState != "live":
+                    raise MediaStreamError
+            pcm = (self._frames.popleft() * 32767).astype(np.int16)
+            self.sent += 1
+            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = SAMPLE_RATE
+            frame.pts = self._pts
+            self._pts += len(pcm)
+            packets = self._codec.encode(frame)
+            if packets:
+                packet = packets[-1]
+                packet.pts = frame.pts
+                packet.time_base = _OPUS_TIME_BASE
+                return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self._ready.set()
+
+
+_OPUS_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 
 
 # --- ICE host addresses -------------------------------------------------------------------
@@ -183,6 +255,7 @@ class _InlineDecoding:
         self._rechunk = Rechunker()
         self._stopped = threading.Event()
         self._failed = False
+        self.packets = 0  # Opus packets received
 
     @classmethod
     def install(cls, receiver: RTCRtpReceiver, sink: FrameSink) -> _InlineDecoding:
@@ -205,6 +278,7 @@ class _InlineDecoding:
         codec, encoded = item
         if self._failed or codec.mimeType.lower() != "audio/opus":
             return
+        self.packets += 1
         try:
             for chunk in self._rechunk.feed(self._decoder.decode(encoded.data)):
                 self.sink.push(chunk)
@@ -227,10 +301,12 @@ _DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"  # aiortc 1.16's name-mangled 
 class _Connection:
     """One speaker's peer connection and the task that drains its audio track."""
 
-    def __init__(self, name: str, pc: RTCPeerConnection, track: MediaStreamTrack, inline: _InlineDecoding) -> None:
+    def __init__(self, name: str, pc: RTCPeerConnection, track: MediaStreamTrack, inline: _InlineDecoding,
+                 feed: ReturnTrack | None = None) -> None:
         self.name = name
         self.pc = pc
         self.track = track
+        self.feed = feed
         self.sink = inline.sink
         self.inline = inline
         inline.on_sink_error = self._on_sink_error
@@ -258,22 +334,32 @@ class _Connection:
         if self.task is not None:
             self.task.cancel()
 
-    async def run(self, connect_timeout_s: float, on_exit: _ExitCallback) -> None:
+    async def run(self, timeouts: _Timeouts, on_exit: _ExitCallback) -> None:
         try:
-            async with asyncio.timeout(connect_timeout_s):
-                await self.connected.wait()
-            while True:  # the audio goes to the sink inline (_InlineDecoding); this waits for the end
-                await self.track.recv()
-        except MediaStreamError:
-            logger.info("speaker %r: track ended", self.name)
-        except TimeoutError:
-            logger.warning("speaker %r: not connected after %.0f s, dropped", self.name, connect_timeout_s)
+            try:
+                async with asyncio.timeout(timeouts.connect_s):
+                    await self.connected.wait()
+            except TimeoutError:
+                logger.warning("speaker %r: not connected after %.0f s, dropped", self.name, timeouts.connect_s)
+                return
+            # the audio goes to the sink inline (_InlineDecoding); this waits for the end
+            ended = asyncio.ensure_future(self._drain())
+            try:
+                reason = await self._watch(ended, timeouts)
+            finally:
+                ended.cancel()
+            if reason:
+                logger.warning("speaker %r: %s, hung up", self.name, reason)
+            else:
+                logger.info("speaker %r: track ended", self.name)
         except asyncio.CancelledError:
             pass  # hung up, replaced, or the peer failed/closed: a normal end, not an error
         except Exception:
             logger.exception("speaker %r: consumer failed", self.name)
         finally:
             self._ending = True
+            if self.feed is not None:
+                self.feed.stop()
             on_exit(self)
             try:
                 self.sink.close()
@@ -288,6 +374,48 @@ class _Connection:
                 logger.exception("speaker %r: closing the peer connection failed", self.name)
             logger.info("speaker %r: gone after %d frames (%d undecodable packets)",
                         self.name, self.inline.frames, self.inline.decode_errors)
+
+
+    async def _drain(self) -> None:
+        try:
+            while True:
+                await self.track.recv()
+        except MediaStreamError:
+            pass
+
+    async def _watch(self, ended: asyncio.Future[None], timeouts: _Timeouts) -> str | None:
+        """Returns when the track ends (None) or the peer misbehaves (the reason): no decodable
+        audio for ``silence_s``, or a share of undecodable packets above ``GARBAGE_SHARE``
+        over the last ``garbage_s`` (SRTP authenticates every packet, so a real encoder's
+        stream has none: network loss drops packets, it does not garble them)."""
+        loop = asyncio.get_running_loop()
+        inline = self.inline
+        last_audio = loop.time()
+        frames = inline.frames
+        history: deque[tuple[float, int, int]] = deque()  # (time, packets, undecodable) per period
+        while True:
+            done, _ = await asyncio.wait([ended], timeout=WATCH_PERIOD_S)
+            if done:
+                return None
+            now = loop.time()
+            history.append((now, inline.packets, inline.decode_errors))
+            while now - history[0][0] > timeouts.garbage_s:
+                history.popleft()
+            t0, packets0, errors0 = history[0]
+            packets, errors = inline.packets - packets0, inline.decode_errors - errors0
+            if now - t0 >= timeouts.garbage_s - WATCH_PERIOD_S and packets and errors > GARBAGE_SHARE * packets:
+                return f"{errors} of its last {packets} packets were undecodable"
+            if inline.frames != frames:
+                frames, last_audio = inline.frames, now
+            elif now - last_audio >= timeouts.silence_s:
+                return f"no audio for {now - last_audio:.0f} s"
+
+
+@dataclass(frozen=True)
+class _Timeouts:
+    connect_s: float = CONNECT_TIMEOUT_S
+    silence_s: float = SILENCE_TIMEOUT_S
+    garbage_s: float = GARBAGE_TIMEOUT_S
 
 
 class _ExitCallback(Protocol):
@@ -306,9 +434,11 @@ class WebRTCIngest:
         ice_addresses: tuple[str, ...] = ("127.0.0.1",),
         *,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        silence_timeout_s: float = SILENCE_TIMEOUT_S,
+        garbage_timeout_s: float = GARBAGE_TIMEOUT_S,
     ) -> None:
         self.ice_addresses = tuple(ice_addresses)
-        self.connect_timeout_s = connect_timeout_s
+        self._timeouts = _Timeouts(connect_timeout_s, silence_timeout_s, garbage_timeout_s)
         self._conns: dict[str, _Connection] = {}
         use_ice_addresses(self.ice_addresses)
 
@@ -316,17 +446,23 @@ class WebRTCIngest:
     def connections(self) -> int:
         return len(self._conns)
 
-    async def accept(self, offer_sdp: str, sink: FrameSink, *, name: str) -> str:
-        """Answer a speaker's SDP offer; returns the answer SDP with all candidates.
+    async def accept(self, offer_sdp: str, sink: FrameSink, *, name: str,
+                     feed: Callable[[], ReturnTrack] | None = None) -> tuple[str, ReturnTrack | None]:
+        """Answer a speaker's SDP offer; returns the answer SDP with all candidates, and the
+        return track made by ``feed`` when the offer also receives (sendrecv), else None.
 
         A speaker's offer carries exactly one audio m-line (Opus, sending) and nothing else.
         Raises ``InvalidSdp`` otherwise. A previous connection of the same ``name`` is
         closed once the new one has been answered."""
-        _check_offer(offer_sdp)
+        receives = _check_offer(offer_sdp)
         use_ice_addresses(self.ice_addresses)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        back = feed() if feed is not None and receives else None
         try:
-            transceiver = pc.addTransceiver("audio", direction="recvonly")
+            if back is not None:
+                transceiver = pc.addTransceiver(back, direction="sendrecv")
+            else:
+                transceiver = pc.addTransceiver("audio", direction="recvonly")
             inline = _InlineDecoding.install(transceiver.receiver, sink)
             transceiver.setCodecPreferences(
                 [c for c in RTCRtpReceiver.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
@@ -342,19 +478,23 @@ class WebRTCIngest:
                 raise InvalidSdp("the offer does not send audio")
             await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
+            if back is not None:
+                back.stop()
             await pc.close()
             raise
 
-        conn = _Connection(name, pc, track, inline)
+        conn = _Connection(name, pc, track, inline, back)
         previous = self._conns.get(name)
         self._conns[name] = conn
-        conn.task = asyncio.create_task(
-            conn.run(self.connect_timeout_s, self._forget), name=f"webrtc-ingest:{name}"
-        )
+        conn.task = asyncio.create_task(conn.run(self._timeouts, self._forget), name=f"webrtc-ingest:{name}")
         if previous is not None:
             logger.info("speaker %r: replaced by a new connection", name)
             await _stop(previous)
-        return pc.localDescription.sdp
+        return pc.localDescription.sdp, back
+
+    def connected(self, name: str) -> bool:
+        conn = self._conns.get(name)
+        return conn is not None and conn.connected.is_set()
 
     async def close(self, name: str) -> None:
         """Hang up one speaker; returns once its task has exited. Unknown names are ignored."""
@@ -382,8 +522,9 @@ async def _stop(conn: _Connection) -> None:
     await asyncio.wait([task])
 
 
-def _check_offer(offer_sdp: str) -> None:
-    """Cheap checks before aiortc sees the offer: SDP at all, one sending audio m-line."""
+def _check_offer(offer_sdp: str) -> bool:
+    """Cheap checks before aiortc sees the offer: SDP at all, one sending audio m-line.
+    Returns whether the offer also receives (wants a return feed)."""
     if not isinstance(offer_sdp, str) or not offer_sdp.lstrip().startswith("v=0"):
         raise InvalidSdp("the body is not an SDP offer (it must start with v=0)")
     if "\nm=audio" not in offer_sdp:
@@ -402,4 +543,5 @@ def _check_offer(offer_sdp: str) -> None:
         raise InvalidSdp("the offer has no ICE credentials")
     if media.dtls is None or not media.dtls.fingerprints:
         raise InvalidSdp("the offer has no DTLS fingerprint")
+    return media.direction in (None, "sendrecv")
 

@@ -13,6 +13,11 @@
 //   wants a tap before it plays sound.
 // hls.js plays wherever it is supported; otherwise Safari plays HLS natively.
 // window.amphiPlayer exposes both, and every fatal hls.js error, for tests.
+//
+// The room (docs/stage.md, with stage.js): who is on stage, live by Server-Sent Events, and
+// this listener's way onto it: request to speak (or an invite link, /s/<id>?grant=G), then,
+// once on stage, the program stops and the speaker's own WebRTC return feed plays instead.
+// window.amphiStage exposes {you, view, events, speaking} for tests.
 
 "use strict";
 
@@ -79,6 +84,25 @@
     endedWith: null, // {replay, download} from the answer that said the Space has ended
   };
   window.amphiPlayer = player;
+
+  // The room. mode follows `you.state` in the stage view (no grant: "listener"):
+  //   listener -> requested -> on_stage -> listener;  invited -> on_stage | listener;
+  //   any -> removed (the page stops).  onStage: this page speaks, the program is stopped.
+  const room = {
+    grant: null,
+    you: null,
+    view: null,
+    events: null,
+    speaker: null,
+    onStage: false,
+    removed: false,
+    ended: false,
+    busy: false, // a request of ours is under way
+    state: "listener", // the last state followed
+    ours: false, // the next change of state is our own doing (withdraw, decline, leave)
+    note: "", // why we are back in the audience, when someone else decided it
+    muting: false, // a mute/unmute of ours is under way: views may still show the old state
+  };
 
   // -- formatting -----------------------------------------------------------------------
 
@@ -226,6 +250,7 @@
     renderTitle();
     tick();
     renderButton();
+    renderRoom();
   }
 
   function renderTitle() {
@@ -386,7 +411,7 @@
     } else if (player.phase === "error") {
       label = "Try again";
     }
-    ui.play.hidden = player.phase === "waiting" && player.state === "idle";
+    ui.play.hidden = (player.phase === "waiting" && player.state === "idle") || room.onStage || room.removed;
     ui.play.disabled = disabled;
     ui.play.dataset.icon = icon;
     ui.playLabel.textContent = label;
@@ -913,6 +938,375 @@
     }
   });
 
+  // -- the room: the stage, and this listener's way onto it ----------------------------------
+
+  const Stage = window.AmphiStage;
+  const GRANT_ITEM = `amphi.grant.${spaceId}`;
+  const SPEAKING_TEXT = {
+    starting: "Asking for your microphone…",
+    connecting: "Connecting your microphone…",
+    connected: "Live: listeners hear you.",
+  };
+  const roomUi = {
+    room: $("room"), members: $("members"), box: $("speak-box"), ask: $("ask"), askOpen: $("ask-open"),
+    askForm: $("ask-form"), askName: $("ask-name"), askCancel: $("ask-cancel"), requested: $("requested"),
+    withdraw: $("withdraw"), invited: $("invited"), inviteAccept: $("invite-accept"),
+    inviteDecline: $("invite-decline"), onstage: $("onstage"), mute: $("mute"), muteNote: $("mute-note"),
+    leaveStage: $("leave-stage"), removed: $("removed"), status: $("speak-status"), error: $("speak-error"),
+    feed: $("return-feed"),
+  };
+  // A co-host moderates speakers (not the host, other co-hosts or themselves) and requests.
+  const stageList = Stage ? new Stage.StageList(roomUi.members, {
+    actions: (m) => {
+      const you = room.you;
+      if (!room.view || !room.view.moderator || !you || m.id === you.id || m.role === "host" || m.role === "cohost") return [];
+      return [
+        m.host_muted ? { label: "Unmute", action: "unmute" } : { label: "Mute", action: "mute" },
+        { label: "Remove from stage", action: "remove-stage" },
+        { label: "Remove from Space", action: "remove-space", kind: "danger" },
+      ];
+    },
+    onAction: (m, action, button) => {
+      const pid = encodeURIComponent(m.id);
+      if (action === "remove-stage") roomAction(button, "POST", `/stage/${pid}/remove`, { from: "stage" });
+      else if (action === "remove-space") roomAction(button, "POST", `/stage/${pid}/remove`, { from: "space" });
+      else roomAction(button, "POST", `/stage/${pid}/${action}`);
+    },
+  }) : null;
+  const requestList = Stage ? new Stage.PeopleList($("mod-requests"), {
+    buttons: () => [{ label: "Accept", action: "accept", kind: "primary" }, { label: "Decline", action: "decline" }],
+    onAction: (p, action, button) => roomAction(button, "POST", `/stage/${encodeURIComponent(p.id)}/${action}`),
+  }) : null;
+  let moderating = false;
+
+  window.amphiStage = {
+    role: "listener",
+    get you() { return room.you; },
+    get view() { return room.view; },
+    get grant() { return room.grant; },
+    get events() { return room.events ? { state: room.events.state, opens: room.events.opens, events: room.events.events } : null; },
+    get speaking() { return room.speaker ? room.speaker.snapshot() : null; },
+    get speaker() { return room.speaker; }, // tests reach its peer connection
+    get onStage() { return room.onStage; },
+    get removed() { return room.removed; },
+  };
+
+  function roomError(text) {
+    roomUi.error.textContent = text || "";
+    roomUi.error.hidden = !text;
+  }
+
+  // A grant comes from an invite link (then leaves the address bar: it is a credential) or
+  // from this tab's earlier request to speak.
+  function loadGrant() {
+    const params = new URLSearchParams(location.search);
+    const fromLink = params.get("grant");
+    if (fromLink) {
+      sessionStorage.setItem(GRANT_ITEM, fromLink);
+      params.delete("grant");
+      const rest = params.toString();
+      history.replaceState(null, "", `${location.pathname}${rest ? `?${rest}` : ""}${location.hash}`);
+    }
+    room.grant = sessionStorage.getItem(GRANT_ITEM);
+  }
+
+  function setGrant(grant) {
+    room.grant = grant;
+    if (grant) sessionStorage.setItem(GRANT_ITEM, grant);
+    else sessionStorage.removeItem(GRANT_ITEM);
+  }
+
+  function startRoomEvents() {
+    if (room.events) room.events.stop();
+    room.events = new Stage.StageEvents(spaceId, {
+      token: room.grant,
+      onStage: onView,
+      onYou: (you) => {
+        if (room.removed) return;
+        room.you = you;
+        follow();
+        renderRoom();
+      },
+      onEnded: roomEnded,
+      onRefused: roomRefused,
+    });
+    room.events.start();
+  }
+
+  function onView(view) {
+    if (room.removed) return;
+    room.view = view;
+    if (view.you) room.you = view.you;
+    else if (!room.grant) room.you = null;
+    follow();
+    renderRoom();
+  }
+
+  // Does what the stage now says about us.
+  function follow() {
+    const state = room.you ? room.you.state : "listener";
+    if (state === "removed") return removedFromSpace();
+    if (state !== room.state) {
+      const was = room.state;
+      room.state = state;
+      room.note = "";
+      if (state === "listener" && !room.ours) {
+        if (was === "requested") room.note = "The host declined your request this time.";
+        else if (was === "on_stage") room.note = "The host moved you back to the audience.";
+      }
+      room.ours = false;
+    }
+    if (state === "on_stage" && !room.onStage && !room.ended) goOnStage();
+    else if (state !== "on_stage" && room.onStage) backToListening();
+    if (room.onStage && room.speaker && !room.muting) room.speaker.setMuted(Boolean(room.you.self_muted));
+  }
+
+  function goOnStage() {
+    room.onStage = true;
+    roomError("");
+    pauseProgram();
+    if (!room.speaker) {
+      room.speaker = new Stage.Speaker(spaceId, {
+        credential: () => room.grant,
+        audio: roomUi.feed,
+        onChange: renderRoom,
+        onRefused: speakerRefused,
+      });
+    }
+    room.speaker.setMuted(Boolean(room.you && room.you.self_muted));
+    room.speaker.start().catch((err) => {
+      // No microphone: off the stage again, so that the host sees it.
+      roomError(`Could not use your microphone (${err.message}), so you left the stage.`);
+      room.ours = true;
+      roomCall("POST", "/stage/me/leave").catch(() => {});
+      backToListening();
+      renderRoom();
+    });
+  }
+
+  function backToListening() {
+    room.onStage = false;
+    if (room.speaker) room.speaker.stop();
+    resumeProgram();
+  }
+
+  // /speak refused us (not on stage any more, the Space ended, removed): the stage says why.
+  async function speakerRefused(err) {
+    if (err.code === "removed") return removedFromSpace();
+    try {
+      const view = await Stage.call(spaceId, "GET", "/stage", { auth: room.grant });
+      onView(view);
+    } catch (e) {
+      if (e.code === "removed") return removedFromSpace();
+    }
+    if (room.onStage) { // the stage still says on stage, yet /speak refused: give up cleanly
+      roomError(`You could not speak: ${Stage.plainError(err)}`);
+      backToListening();
+    }
+    renderRoom();
+  }
+
+  function roomRefused(err) {
+    if (err.code === "removed") return removedFromSpace();
+    if (err.status === 404) return notFound();
+    // our grant is no good any more (expired, or not for this Space): listen as anyone does
+    if (room.onStage) backToListening();
+    setGrant(null);
+    room.you = null;
+    startRoomEvents();
+    renderRoom();
+  }
+
+  function roomEnded() {
+    room.ended = true;
+    if (room.speaker) room.speaker.stop();
+    room.onStage = false;
+    renderRoom();
+    poll(); // the Space's end, the replay
+  }
+
+  // Removed from the Space: say so and stop everything.
+  function removedFromSpace() {
+    if (room.removed) return;
+    room.removed = true;
+    room.onStage = false;
+    if (room.speaker) room.speaker.stop();
+    if (room.events) room.events.stop();
+    setGrant(null);
+    leave(false);
+    dropSeat();
+    stop();
+    clearTimeout(pollTimer);
+    gone = true; // no more polls, joins or renders of the player
+    player.note = "";
+    ui.play.hidden = true;
+    ui.playback.textContent = "";
+    roomError("");
+    renderRoom();
+  }
+
+  // The program stops while we are on stage: the seat goes to the next in line.
+  function pauseProgram() {
+    leave(false);
+    dropSeat();
+    stop();
+    player.ticket = null;
+    player.token = null;
+    player.blocked = false;
+    player.note = "The program is paused while you’re on stage.";
+    setPhase("stopped");
+    render();
+  }
+
+  function resumeProgram() {
+    if (gone || isEnded()) return render();
+    player.note = "";
+    openPlayer("live");
+    dropSeat();
+    setPhase("joining");
+    send({});
+  }
+
+  async function roomCall(method, path, body) {
+    return Stage.call(spaceId, method, path, { auth: room.grant, body });
+  }
+
+  // One click: the button waits; the answer's `you` is shown at once, the stream follows.
+  async function roomAction(button, method, path, body) {
+    room.busy = true;
+    if (button) button.disabled = true;
+    roomError("");
+    try {
+      const answer = await roomCall(method, path, body);
+      if (answer && answer.you) room.you = answer.you;
+      if (answer && Array.isArray(answer.members)) room.view = { ...room.view, ...answer };
+      follow();
+      return answer;
+    } catch (err) {
+      room.ours = false;
+      if (err.code === "removed") removedFromSpace();
+      else roomError(Stage.plainError(err));
+      return null;
+    } finally {
+      room.busy = false;
+      if (button) button.disabled = false;
+      renderRoom();
+    }
+  }
+
+  async function requestToSpeak(event) {
+    event.preventDefault();
+    const name = roomUi.askName.value.trim();
+    if (!name) return;
+    const button = event.submitter || roomUi.askForm.querySelector("button[type=submit]");
+    button.disabled = true;
+    roomError("");
+    try {
+      const data = await Stage.call(spaceId, "POST", "/stage/requests", { auth: room.grant, body: { name } });
+      sessionStorage.setItem(`${GRANT_ITEM}.name`, name);
+      if (data.grant && data.grant !== room.grant) {
+        setGrant(data.grant);
+        startRoomEvents(); // our own view from now on
+      }
+      room.you = data.you || { id: data.participant, name, state: "requested" };
+      roomUi.askForm.hidden = true;
+      follow();
+    } catch (err) {
+      roomError(Stage.plainError(err));
+    } finally {
+      button.disabled = false;
+      renderRoom();
+    }
+  }
+
+  async function toggleMute() {
+    const you = room.you;
+    if (!you || !room.speaker) return;
+    const muted = !(you.self_muted || room.speaker.muted);
+    if (!muted && you.host_muted) return; // the button is disabled; the note says why
+    room.muting = true;
+    room.speaker.setMuted(muted);
+    try {
+      await roomAction(roomUi.mute, "POST", `/stage/me/${muted ? "mute" : "unmute"}`);
+    } finally {
+      room.muting = false;
+      if (room.you) room.speaker.setMuted(Boolean(room.you.self_muted));
+      renderRoom();
+    }
+  }
+
+  function renderRoom() {
+    if (!stageList) return;
+    const view = room.view;
+    const ended = room.ended || isEnded();
+    roomUi.room.hidden = !view && !room.removed;
+    if (view) {
+      const moderator = Boolean(view.moderator) && !ended && !room.removed;
+      if (moderator !== moderating) stageList.reset();
+      moderating = moderator;
+      stageList.youId = room.you ? room.you.id : null;
+      stageList.render(ended ? [] : view.members || []);
+      roomUi.members.hidden = ended;
+      $("room-title").hidden = ended;
+      const requests = moderator && Array.isArray(view.requests) ? view.requests : [];
+      $("moderate").hidden = !moderator;
+      $("mod-empty").hidden = requests.length > 0;
+      requestList.render(requests);
+    }
+    const state = room.removed ? "removed" : room.you ? room.you.state : "listener";
+    const live = (view && view.state ? view.state : space && space.state) === "live";
+    roomUi.box.hidden = !room.removed && (ended || !(live || state !== "listener"));
+    roomUi.box.classList.toggle("on-stage", state === "on_stage");
+    roomUi.ask.hidden = state !== "listener";
+    roomUi.requested.hidden = state !== "requested";
+    roomUi.invited.hidden = state !== "invited";
+    roomUi.onstage.hidden = state !== "on_stage";
+    roomUi.removed.hidden = state !== "removed";
+    if (state === "listener" && !roomUi.askForm.hidden) roomUi.askOpen.hidden = true;
+    else roomUi.askOpen.hidden = false;
+    const you = room.you || {};
+    const sp = room.speaker ? room.speaker.snapshot() : null;
+    const muted = Boolean(you.self_muted || you.host_muted || (sp && sp.muted));
+    roomUi.mute.textContent = muted ? "Unmute" : "Mute";
+    roomUi.mute.setAttribute("aria-pressed", String(muted));
+    roomUi.mute.disabled = room.busy || Boolean(you.host_muted);
+    roomUi.mute.title = you.host_muted ? "The host muted you; only the host or a co-host can unmute you" : "";
+    roomUi.muteNote.hidden = !you.host_muted;
+    let text = "";
+    if (state === "on_stage" && sp) {
+      text = SPEAKING_TEXT[sp.state] || "";
+      if (sp.state === "connected" && muted) text = you.host_muted ? "" : "You’re muted.";
+      if (sp.state === "reconnecting") text = `Connection lost; reconnecting in ${Math.ceil(sp.retryInMs / 1000)} s…`;
+    }
+    if (state === "listener") text = room.note;
+    if (roomUi.status.textContent !== text) roomUi.status.textContent = text;
+  }
+
+  if (Stage) {
+    roomUi.askOpen.addEventListener("click", () => {
+      roomUi.askForm.hidden = false;
+      roomUi.askOpen.hidden = true;
+      roomUi.askName.value = roomUi.askName.value || sessionStorage.getItem(`${GRANT_ITEM}.name`) || "";
+      roomUi.askName.focus();
+    });
+    roomUi.askCancel.addEventListener("click", () => {
+      roomUi.askForm.hidden = true;
+      roomUi.askOpen.hidden = false;
+      roomUi.askOpen.focus();
+    });
+    roomUi.askForm.addEventListener("submit", requestToSpeak);
+    const ours = (button, path) => () => {
+      room.ours = true;
+      roomAction(button, "POST", path);
+    };
+    roomUi.withdraw.addEventListener("click", ours(roomUi.withdraw, "/stage/me/decline"));
+    roomUi.inviteAccept.addEventListener("click", () => roomAction(roomUi.inviteAccept, "POST", "/stage/me/accept"));
+    roomUi.inviteDecline.addEventListener("click", ours(roomUi.inviteDecline, "/stage/me/decline"));
+    roomUi.mute.addEventListener("click", toggleMute);
+    roomUi.leaveStage.addEventListener("click", ours(roomUi.leaveStage, "/stage/me/leave"));
+    setInterval(() => { if (room.onStage) renderRoom(); }, 1000); // the reconnect countdown
+  }
+
   ui.play.addEventListener("click", onPlayClick);
   ui.replay.addEventListener("click", (event) => {
     event.preventDefault(); // play it here, in the same player
@@ -947,5 +1341,9 @@
     poll();
     if (player.engine) enter();
     else setPhase("stopped");
+    if (Stage) {
+      loadGrant();
+      startRoomEvents();
+    }
   }
 })();

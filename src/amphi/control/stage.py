@@ -1,0 +1,373 @@
+"""A Space's stage: who is on it, who asked to speak, who is muted, and who may do what.
+Pure: no I/O, no clock (every call that needs the time is given ``now``). docs/stage.md.
+
+Participants move between states:
+
+    listener --request--> requested --accept (moderator)--> on_stage --leave/remove--> listener
+    (new)    --invite---> invited   --accept (self)-------> on_stage
+    any      --remove from the Space--> removed (final)
+
+Every change bumps ``version``, so views can be cached per version and pushed on change.
+Actions check the actor's role first (403), then the target (404), then the state (409).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+from amphi.core.errors import (
+    Conflict,
+    Forbidden,
+    HostMuted,
+    MalformedBody,
+    NotFound,
+    NotOnStage,
+    RemovedFromSpace,
+    StageFull,
+    TooEarly,
+    TooManyRequests,
+)
+
+HOST_ID = "host"
+MAX_NAME = 40
+LEVEL_STEP = 0.05  # levels are published in steps of this size, so tiny changes push nothing
+
+
+class Role(enum.Enum):
+    HOST = "host"
+    COHOST = "cohost"
+    SPEAKER = "speaker"
+    LISTENER = "listener"
+
+
+class State(enum.Enum):
+    LISTENER = "listener"
+    REQUESTED = "requested"
+    INVITED = "invited"
+    ON_STAGE = "on_stage"
+    REMOVED = "removed"
+
+
+@dataclass
+class Participant:
+    id: str
+    name: str
+    role: Role = Role.LISTENER
+    state: State = State.LISTENER
+    self_muted: bool = False
+    host_muted: bool = False
+    connected: bool = False  # media flowing from them (a live WebRTC connection)
+    level: float = 0.0  # 0..1, quantised to LEVEL_STEP
+    talking: bool = False
+    since: float = 0.0  # when they entered their current state
+    declined_at: float = -math.inf
+    reconnects: int = 0  # media connections after the first
+
+    @property
+    def on_stage(self) -> bool:
+        return self.state is State.ON_STAGE
+
+    @property
+    def moderator(self) -> bool:
+        return self.role in (Role.HOST, Role.COHOST) and self.on_stage
+
+    @property
+    def muted(self) -> bool:
+        return self.self_muted or self.host_muted
+
+    @property
+    def audible(self) -> bool:
+        return self.on_stage and self.connected and not self.muted
+
+    def public(self) -> dict[str, object]:
+        return {"id": self.id, "name": self.name, "role": self.role.value, "muted": self.muted,
+                "host_muted": self.host_muted, "connected": self.connected, "talking": self.talking,
+                "level": self.level}
+
+    def private(self) -> dict[str, object]:
+        return {"id": self.id, "name": self.name, "role": self.role.value, "state": self.state.value,
+                "self_muted": self.self_muted, "host_muted": self.host_muted, "connected": self.connected,
+                "reconnects": self.reconnects}
+
+
+@dataclass(frozen=True)
+class StageLimits:
+    max_cohosts: int = 2
+    max_speakers: int = 10
+    max_requests: int = 1000  # pending requests to speak per Space
+    max_participants: int = 20_000  # everyone who ever asked or was invited, per Space
+    request_cooldown_s: float = 10.0  # after a decline, before asking again
+
+    @property
+    def stage_size(self) -> int:
+        """Everyone on stage at once: the host, the co-hosts and the speakers (13). A co-host
+        seat not taken may hold a speaker; co-hosts are capped on their own."""
+        return 1 + self.max_cohosts + self.max_speakers
+
+
+def clean_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise MalformedBody("name must be a non-empty string")
+    name = " ".join(name.split())
+    if len(name) > MAX_NAME:
+        raise MalformedBody(f"name is longer than {MAX_NAME} characters")
+    return name
+
+
+def quantise(level: float) -> float:
+    return round(round(min(max(level, 0.0), 1.0) / LEVEL_STEP) * LEVEL_STEP, 2)
+
+
+@dataclass
+class Stage:
+    space_id: str
+    limits: StageLimits = field(default_factory=StageLimits)
+    host_name: str = "Host"
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        host = Participant(HOST_ID, self.host_name, Role.HOST, State.ON_STAGE)
+        self.people: dict[str, Participant] = {HOST_ID: host}
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    def get(self, pid: str) -> Participant:
+        p = self.people.get(pid)
+        if p is None:
+            raise NotFound(f"no participant {pid!r} in this Space")
+        return p
+
+    def member(self, pid: str) -> Participant:
+        """The caller behind a valid grant; removed participants are refused."""
+        p = self.get(pid)
+        if p.state is State.REMOVED:
+            raise RemovedFromSpace("you were removed from this Space")
+        return p
+
+    def on_stage(self) -> list[Participant]:
+        order = {Role.HOST: 0, Role.COHOST: 1, Role.SPEAKER: 2, Role.LISTENER: 3}
+        return sorted((p for p in self.people.values() if p.on_stage), key=lambda p: (order[p.role], p.since))
+
+    def count(self, role: Role) -> int:
+        return sum(1 for p in self.people.values() if p.on_stage and p.role is role)
+
+    def requests(self) -> list[Participant]:
+        return sorted((p for p in self.people.values() if p.state is State.REQUESTED), key=lambda p: p.since)
+
+    def audible(self) -> set[str]:
+        return {p.id for p in self.people.values() if p.audible}
+
+    def check_can_speak(self, pid: str) -> Participant:
+        p = self.member(pid)
+        if not p.on_stage:
+            raise NotOnStage("you are not on stage: request to speak and wait for the host to accept")
+        return p
+
+    # -- listeners' side --------------------------------------------------------------------
+
+    def request(self, name: object, pid: str, now: float) -> Participant:
+        """A new participant asks to speak."""
+        name = clean_name(name)
+        if len(self.people) >= self.limits.max_participants:
+            raise TooManyRequests("this Space has too many participants to take more requests", retry_after_s=60)
+        self._check_request_room()
+        p = Participant(pid, name)
+        self.people[pid] = p
+        self._set(p, State.REQUESTED, now)
+        return p
+
+    def rerequest(self, actor: Participant, now: float) -> Participant:
+        """Someone known asks (again)."""
+        if actor.state in (State.REQUESTED, State.ON_STAGE):
+            return actor
+        if actor.state is State.INVITED:
+            raise Conflict("you are invited already: accept the invitation")
+        wait = actor.declined_at + self.limits.request_cooldown_s - now
+        if wait > 0:
+            raise TooEarly(f"your request was declined; you may ask again in {math.ceil(wait)} s", retry_after_s=wait)
+        self._check_request_room()
+        self._set(actor, State.REQUESTED, now)
+        return actor
+
+    def _check_request_room(self) -> None:
+        if len(self.requests()) >= self.limits.max_requests:
+            raise TooManyRequests("the host has too many requests to answer already; try again later",
+                                  retry_after_s=30)
+
+    # -- moderation -------------------------------------------------------------------------
+
+    def invite(self, actor: Participant, name: object, pid: str, now: float) -> Participant:
+        self._moderator(actor)
+        name = clean_name(name)
+        if len(self.people) >= self.limits.max_participants:
+            raise TooManyRequests("this Space has too many participants to invite more", retry_after_s=60)
+        p = Participant(pid, name)
+        self.people[pid] = p
+        self._set(p, State.INVITED, now)
+        return p
+
+    def accept(self, actor: Participant, pid: str, now: float) -> Participant:
+        target = self.get(pid)
+        if target.state is State.REQUESTED:
+            self._moderator(actor)
+        elif target.state is State.INVITED:
+            if actor is not target:
+                raise Forbidden("only the invited person can accept an invitation")
+        elif target.on_stage:
+            return target
+        elif target.state is State.REMOVED:
+            raise Conflict(f"{target.name} was removed from this Space")
+        else:
+            raise Conflict(f"{target.name} has not asked to speak")
+        if len(self.on_stage()) >= self.limits.stage_size:
+            raise StageFull(
+                f"the stage is full: {self.limits.stage_size} people (the host, up to {self.limits.max_cohosts} "
+                f"co-hosts and {self.limits.max_speakers} speakers); someone must leave or be removed first"
+            )
+        target.role = Role.SPEAKER
+        target.self_muted = target.host_muted = False
+        self._set(target, State.ON_STAGE, now)
+        return target
+
+    def decline(self, actor: Participant, pid: str, now: float) -> Participant:
+        target = self.get(pid)
+        if target.state not in (State.REQUESTED, State.INVITED):
+            raise Conflict(f"{target.name} has no pending request or invitation")
+        if actor is not target:
+            self._moderator(actor)
+            if target.state is State.REQUESTED:
+                target.declined_at = now
+        self._set(target, State.LISTENER, now)
+        return target
+
+    def mute(self, actor: Participant, pid: str, muted: bool) -> Participant:
+        target = self.get(pid)
+        if not target.on_stage:
+            raise Conflict(f"{target.name} is not on stage")
+        if actor is target:
+            if not muted and target.host_muted:
+                raise HostMuted("you were muted by the host; only the host or a co-host can unmute you")
+            changed = target.self_muted != muted
+            target.self_muted = muted
+        else:
+            self._may_moderate(actor, target)
+            changed = target.host_muted != muted
+            target.host_muted = muted
+        if changed:
+            self._bump()
+        return target
+
+    def remove(self, actor: Participant, pid: str, *, from_space: bool, now: float) -> Participant:
+        target = self.get(pid)
+        self._may_moderate(actor, target)
+        if target.state is State.REMOVED:
+            return target
+        if not from_space and not target.on_stage:
+            raise Conflict(f"{target.name} is not on stage")
+        self._off_stage(target)
+        self._set(target, State.REMOVED if from_space else State.LISTENER, now)
+        return target
+
+    def leave(self, actor: Participant, pid: str, now: float) -> Participant:
+        target = self.get(pid)
+        if actor is not target:
+            raise Forbidden("only the speaker can leave the stage; moderators remove")
+        if target.role is Role.HOST:
+            raise Conflict("the host cannot leave the stage; end the Space instead")
+        if not target.on_stage:
+            return target
+        self._off_stage(target)
+        self._set(target, State.LISTENER, now)
+        return target
+
+    def set_role(self, actor: Participant, pid: str, role: object) -> Participant:
+        if actor.role is not Role.HOST:
+            raise Forbidden("only the host can make or unmake co-hosts")
+        target = self.get(pid)
+        if role not in ("cohost", "speaker"):
+            raise MalformedBody('role must be "cohost" or "speaker"')
+        if target.role is Role.HOST:
+            raise Conflict("the host stays the host")
+        if not target.on_stage:
+            raise Conflict(f"{target.name} is not on stage")
+        new = Role(role)
+        if new is target.role:
+            return target
+        if new is Role.COHOST and self.count(Role.COHOST) >= self.limits.max_cohosts:
+            raise StageFull(f"a Space has at most {self.limits.max_cohosts} co-hosts")
+        target.role = new
+        self._bump()
+        return target
+
+    # -- media ------------------------------------------------------------------------------
+
+    def set_connected(self, pid: str, connected: bool) -> None:
+        p = self.people.get(pid)
+        if p is None or p.connected == connected:
+            return
+        p.connected = connected
+        if not connected:
+            p.level, p.talking = 0.0, False
+        self._bump()
+
+    def note_connection(self, pid: str, first: bool) -> None:
+        p = self.people.get(pid)
+        if p is not None and not first:
+            p.reconnects += 1
+            self._bump()
+
+    def set_level(self, pid: str, level: float, talking: bool) -> None:
+        p = self.people.get(pid)
+        if p is None:
+            return
+        q = quantise(level)
+        if q != p.level or talking != p.talking:
+            p.level, p.talking = q, talking
+            self._bump()
+
+    # -- views ------------------------------------------------------------------------------
+
+    def view(self, *, moderator: bool) -> dict[str, object]:
+        requests = self.requests()
+        out: dict[str, object] = {
+            "space": self.space_id,
+            "version": self.version,
+            "moderator": moderator,
+            "members": [p.public() for p in self.on_stage()],
+            "requests": len(requests),
+        }
+        if moderator:
+            out["requests"] = [{"id": p.id, "name": p.name, "at": p.since} for p in requests]
+            out["invited"] = [{"id": p.id, "name": p.name, "at": p.since}
+                              for p in self.people.values() if p.state is State.INVITED]
+        return out
+
+    # -- internals --------------------------------------------------------------------------
+
+    @staticmethod
+    def _moderator(actor: Participant) -> None:
+        if not actor.moderator:
+            raise Forbidden("only the host or a co-host can do that")
+
+    def _may_moderate(self, actor: Participant, target: Participant) -> None:
+        self._moderator(actor)
+        if target.role is Role.HOST or (actor.role is Role.COHOST and target.role is Role.COHOST):
+            raise Forbidden(f"a {actor.role.value} cannot do that to the {target.role.value}")
+        if actor is target:
+            raise Forbidden("moderators cannot moderate themselves")
+
+    @staticmethod
+    def _off_stage(p: Participant) -> None:
+        p.role = Role.LISTENER
+        p.self_muted = p.host_muted = False
+        p.level, p.talking = 0.0, False
+
+    def _set(self, p: Participant, state: State, now: float) -> None:
+        p.state = state
+        p.since = now
+        self._bump()
+
+    def _bump(self) -> None:
+        self.version += 1
