@@ -336,7 +336,7 @@ class Node:
         if "." in credential:
             pid, _ = self.signer.verify_grant(space.id, credential, time.time())
             return room.stage.member(pid)
-        self.registry.authorize_host(space, f"Bearer {credential}")
+        self.registry.check_host_key(space, credential)
         return room.stage.get(HOST_ID)
 
     def grant(self, space: Space, pid: str) -> dict[str, object]:

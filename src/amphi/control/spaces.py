@@ -147,7 +147,11 @@ class SpaceRegistry:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key:
             raise Unauthorized("Authorization must be 'Bearer HOST_KEY'")
-        if not hmac.compare_digest(hash_key(key.strip()), space.host_key_hash):
+        self.check_host_key(space, key.strip())
+
+    @staticmethod
+    def check_host_key(space: Space, key: str) -> None:
+        if not hmac.compare_digest(hash_key(key), space.host_key_hash):
             raise Forbidden("wrong host key for this Space")
 
     def transition(self, space: Space, new: SpaceState, *, reason: str | None = None) -> None:

@@ -33,9 +33,9 @@ from starlette.routing import Route
 
 from amphi.control.spaces import Space
 from amphi.control.stage import HOST_ID, Participant
-from amphi.core.errors import AmphiError, InvalidSdp, NotFound, PayloadTooLarge, Unauthorized
+from amphi.core.errors import AmphiError, InvalidSdp, NotFound, PayloadTooLarge
 from amphi.node import Node
-from amphi.web.asgi import check_declared_length, parse_object, retry_after_value
+from amphi.web.asgi import bearer, check_declared_length, parse_object, retry_after_value
 
 STATIC = Path(__file__).parent / "static"
 
@@ -64,14 +64,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
 
 
 def credential(request: Request) -> str | None:
-    """The caller's host key or grant: ``Authorization: Bearer X``, else ``?access_token=X``."""
-    auth = request.headers.get("authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise Unauthorized("Authorization must be 'Bearer HOST_KEY' or 'Bearer GRANT'")
-        return value.strip()
-    return request.query_params.get("access_token") or None
+    return bearer(request.headers.get("authorization"), request.query_params.get("access_token"))
 
 
 def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from amphi.core.errors import AmphiError, MalformedBody, PayloadTooLarge
+from amphi.core.errors import AmphiError, MalformedBody, PayloadTooLarge, Unauthorized
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -44,6 +44,17 @@ async def send_json(send: Send, status: int, obj: object, *, retry_after_s: floa
 
 async def send_error(send: Send, err: AmphiError, *, head_only: bool = False) -> None:
     await send_json(send, err.status, err.to_json(), retry_after_s=err.retry_after_s, head_only=head_only)
+
+
+def bearer(authorization: str | None, access_token: str | None = None) -> str | None:
+    """The caller's credential (a host key or a grant): ``Authorization: Bearer X``, else the
+    ``access_token`` query parameter (for EventSource, which cannot set headers)."""
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("Authorization must be 'Bearer HOST_KEY' or 'Bearer GRANT'")
+        return value.strip()
+    return access_token or None
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

@@ -22,9 +22,10 @@ from urllib.parse import parse_qs
 import orjson
 
 from amphi.control.spaces import SpaceState
-from amphi.core.errors import AmphiError, MethodNotAllowed, TooBusy, Unauthorized
+from amphi.control.stage import State
+from amphi.core.errors import AmphiError, MethodNotAllowed, TooBusy
 from amphi.node import Node
-from amphi.web.asgi import CORS, NO_STORE, Receive, Scope, Send, header, send_error
+from amphi.web.asgi import CORS, NO_STORE, Receive, Scope, Send, bearer, header, send_error
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,8 @@ SEND_TIMEOUT_S = 10.0  # a client that takes longer to accept one event is cut o
 
 def _credential(scope: Scope) -> str | None:
     auth = header(scope, b"authorization")
-    if auth:
-        scheme, _, value = auth.decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise Unauthorized("Authorization must be 'Bearer HOST_KEY' or 'Bearer GRANT'")
-        return value.strip()
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    return (query.get("access_token") or [None])[0]
+    return bearer(auth.decode("latin-1") if auth else None, (query.get("access_token") or [None])[0])
 
 
 def _event(name: str, data: bytes) -> bytes:
@@ -95,8 +91,10 @@ class EventStream:
                     chunks.append(_event("stage", data))
                     last_key = key
                 ended = room.ended or space.state is SpaceState.ENDED
-                if ended or (viewer is not None and last_you and last_you["state"] == "removed"):
-                    chunks.append(_event("ended", b"{}") if ended else b"")
+                removed = viewer is not None and viewer.state is State.REMOVED
+                if ended or removed:
+                    if ended:
+                        chunks.append(_event("ended", b"{}"))
                     await self._send(send, b"".join(chunks), more=False)
                     return
                 now = time.monotonic()
