@@ -24,6 +24,9 @@ from typing import NoReturn
 
 import httpx
 
+from amphi.loadtest.machine import ProcessCpu
+from amphi.loadtest.machine import machine_busy_s as busy_and_softirq_s
+
 HOST = "127.0.0.1"  # the benches bind and target loopback only
 START_TIMEOUT_S = 30.0  # from spawning the node to its API answering
 STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL
@@ -179,40 +182,9 @@ def run(main: Callable[[], int]) -> NoReturn:
 # -- for the admission benches (surge.py, join_rate.py) -------------------------------------
 
 
-def raise_open_files() -> int:
-    """Lifts this process's soft open-file limit to the hard one (a node started afterwards
-    inherits it). Returns the soft limit now in force."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (all its threads) and of its live children."""
-    import psutil
-
-    total = 0.0
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += t.user + t.system
-    return total
+    return ProcessCpu(pid).cpu_s()
 
 
 def space_status(server: str, space_id: str) -> dict[str, object]:
@@ -275,10 +247,7 @@ def _uri_attribute(line: str) -> str | None:
 def machine_busy_s() -> float:
     """CPU seconds all cores of this machine have spent busy (not idle, not waiting on I/O)
     since boot: compare with a process's CPU to see how much other processes took."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return sum(v for k, v in t._asdict().items() if k not in ("idle", "iowait", "guest", "guest_nice"))
+    return busy_and_softirq_s()[0]
 
 
 def main_thread_cpu_s(pid: int) -> float:

@@ -38,7 +38,9 @@ from pathlib import Path
 import psutil
 
 from harness import (NodeProcess, end_space, exit_on_sigterm, join_space, machine_busy_s, main_thread_cpu_s,
-                     process_cpu_s, raise_open_files, run, space_status, start_space)
+                     process_cpu_s, run, space_status, start_space)
+
+from amphi.loadtest.machine import raise_open_files
 
 SETTLE_S = 2.0  # after the Space starts, before measuring
 BASELINE_S = 2.0  # the node's CPU with the live Space and no joins, for reference

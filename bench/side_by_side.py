@@ -43,8 +43,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import HOST, NodeProcess, exit_on_sigterm, free_port, kill_group, raise_open_files, run, start_space  # noqa: E402
+from harness import HOST, NodeProcess, exit_on_sigterm, free_port, kill_group, run, start_space  # noqa: E402
 
+from amphi.loadtest.machine import raise_open_files  # noqa: E402
 from amphi.loadtest.run import RunOptions, run as loadtest  # noqa: E402
 from amphi.loadtest.swarm import LoadConfig  # noqa: E402
 

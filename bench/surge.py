@@ -54,7 +54,9 @@ import psutil
 import uvloop
 
 from harness import (NodeProcess, end_space, exit_on_sigterm, first_media, machine_busy_s, node_stats,
-                     process_cpu_s, raise_open_files, run, space_status, start_space)
+                     process_cpu_s, run, space_status, start_space)
+
+from amphi.loadtest.machine import raise_open_files
 
 SETTLE_S = 5.0  # after the start, before the surge: the first segment (3.6 s) exists
 REQUEST_TIMEOUT_S = 10.0  # per HTTP request, including the wait for a pooled connection

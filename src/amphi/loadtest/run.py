@@ -19,7 +19,8 @@ import psutil
 from amphi.loadtest.http import split_url
 from amphi.loadtest.profiles import schedule
 from amphi.loadtest.stats import Histogram, rounded
-from amphi.loadtest.swarm import END_GRACE_S, LoadConfig, raise_open_files, worker_main
+from amphi.loadtest.machine import ProcessCpu, machine_busy_s, raise_open_files
+from amphi.loadtest.swarm import END_GRACE_S, LoadConfig, worker_main
 
 READY_TIMEOUT_S = 60.0  # worker processes importing and reporting ready
 START_MARGIN_S = 1.0  # from "everyone ready" to T0
@@ -54,41 +55,6 @@ def find_server_pid(url: str) -> int | None:
     return None
 
 
-class _ProcessCpu:
-    """CPU seconds and memory of a process and its children (e.g. nginx's workers)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.rss_max = 0
-
-    def cpu_s(self) -> float:
-        total = 0.0
-        rss = 0
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0.0
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                rss += p.memory_info().rss
-            except psutil.NoSuchProcess:
-                continue
-            total += t.user + t.system
-        self.rss_max = max(self.rss_max, rss)
-        return total
-
-
-def machine_busy_s() -> tuple[float, float]:
-    """CPU seconds all cores of this machine have spent busy since boot, and of those the
-    kernel's soft interrupts (on loopback, much of the TCP work of both ends lands there,
-    counted against no process)."""
-    t = psutil.cpu_times()._asdict()
-    busy = sum(v for k, v in t.items() if k not in ("idle", "iowait", "guest", "guest_nice"))
-    return busy, t.get("softirq", 0.0)
-
-
 def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict[str, object]:
     cfg = opts.cfg
     sessions = schedule(opts.profile, opts.listeners, duration_s=cfg.duration_s, ramp_s=opts.ramp_s, seed=cfg.seed,
@@ -100,7 +66,7 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
     if files < per_proc + 100:
         warnings.append(f"open-file limit {files} is below the {per_proc} connections one process needs")
     server_pid = opts.server_pid or find_server_pid(cfg.server)
-    server = _ProcessCpu(server_pid) if server_pid else None
+    server = ProcessCpu(server_pid) if server_pid else None
 
     ctx = mp.get_context("spawn")
     pipes, workers = [], []
@@ -122,7 +88,7 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
                 w.join(timeout=5)
 
 
-def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server: _ProcessCpu | None,
+def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server: ProcessCpu | None,
            warnings: list[str], progress: Callable[[str], None] | None) -> dict[str, object]:
     cfg = opts.cfg
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -260,7 +226,7 @@ def _progress_line(row: dict[str, object]) -> str:
 
 
 def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list[dict[str, object]], wall: float,
-            gen_cpu_s: float, srv_cpu_s: float | None, server: _ProcessCpu | None, waiting_max: int,
+            gen_cpu_s: float, srv_cpu_s: float | None, server: ProcessCpu | None, waiting_max: int,
             warnings: list[str], procs: int) -> dict[str, object]:
     cfg = opts.cfg
     outcomes: Counter[str] = Counter()

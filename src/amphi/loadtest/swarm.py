@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import resource
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from multiprocessing.connection import Connection as Pipe
 
 from amphi.loadtest.buffer import Playback
 from amphi.loadtest.listener import Listener
+from amphi.loadtest.machine import raise_open_files
 from amphi.loadtest.profiles import Session
 from amphi.loadtest.stats import Histogram
 
@@ -36,20 +36,6 @@ class LoadConfig:
     stream_kbps: float = 64.0  # icecast: the mount's bitrate
     stream_start_s: float = 0.5  # icecast: buffered seconds before playback starts
     seed: int = 1
-
-
-def raise_open_files() -> int:
-    """Lifts the soft open-file limit to the hard one: one socket per listener."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 class Swarm:

@@ -1,0 +1,58 @@
+"""What the load test (and the benches) measure of this machine: CPU of a process and its
+children, CPU of the whole machine, and the open-file limit that caps listeners."""
+
+from __future__ import annotations
+
+import resource
+
+import psutil
+
+
+def raise_open_files() -> int:
+    """Lifts the soft open-file limit to the hard one: one socket per listener (a
+    server started afterwards inherits it). Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class ProcessCpu:
+    """CPU seconds and memory of a process and its children (e.g. nginx's workers)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.rss_max = 0
+
+    def cpu_s(self) -> float:
+        total = 0.0
+        rss = 0
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                rss += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        self.rss_max = max(self.rss_max, rss)
+        return total
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """CPU seconds all cores of this machine have spent busy since boot, and of those the
+    kernel's soft interrupts (on loopback, much of the TCP work of both ends lands there,
+    counted against no process)."""
+    t = psutil.cpu_times()._asdict()
+    busy = sum(v for k, v in t.items() if k not in ("idle", "iowait", "guest", "guest_nice"))
+    return busy, t.get("softirq", 0.0)
