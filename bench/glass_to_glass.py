@@ -46,15 +46,16 @@ import av
 import httpx
 import numpy as np
 
+from bursts import Bursts as ToneBursts
+from bursts import distribution_panel, parse_burst_options
 from harness import NodeProcess, end_space, exit_on_sigterm, run, start_space
 
 from amphi.core.config import SAMPLE_RATE, MediaConfig
 from amphi.media.ingest.client import speak
-from amphi.media.ingest.sources import FRAME_SAMPLES, GeneratedTrack
+from amphi.media.ingest.sources import GeneratedTrack
 
 MEDIA = MediaConfig()
 LEAD_IN_S = 2.0  # silence from the first frame to the first burst: the connection settles
-TAIL_S = 1.0  # silence after the last burst before the track ends
 GRACE_S = 6.0  # after the speaker hangs up, how long the listener may still find bursts
 CONNECT_BUDGET_S = 30.0  # signalling + ICE + DTLS, generously
 CLEANUP_TIMEOUT_S = 10.0  # for the speaker and listener tasks to stop
@@ -66,41 +67,8 @@ QUIET_S = 0.2  # silence needed before an onset counts (re-arms the detector)
 # -- the speaker's bursts --------------------------------------------------------------------
 
 
-class Bursts:
-    """``count`` bursts of a ``hz`` tone, ``length`` samples each, one every ``period``
-    samples from ``first`` on: the render function of a ``GeneratedTrack``."""
-
-    def __init__(self, count: int, period_s: float, burst_s: float, hz: float, level: float = 0.5) -> None:
-        self.count = count
-        self.period = round(period_s * SAMPLE_RATE)
-        self.length = round(burst_s * SAMPLE_RATE)
-        self.first = round(LEAD_IN_S * SAMPLE_RATE)
-        if self.period % FRAME_SAMPLES or self.first % FRAME_SAMPLES:
-            raise ValueError("the burst period must be a whole number of 20 ms frames")
-        if not 0 < self.length < self.period:
-            raise ValueError("a burst must be shorter than the period")
-        self.hz = hz
-        self.level = level
-        self.end = self.first + (count - 1) * self.period + self.length + round(TAIL_S * SAMPLE_RATE)
-        self.sent: dict[int, float] = {}  # burst index -> wall time its onset frame went out
-
-    def render(self, start: int, n: int) -> np.ndarray | None:
-        if start >= self.end:
-            return None
-        out = np.zeros(n, dtype=np.float32)
-        idx = np.arange(start, start + n)
-        rel = idx - self.first
-        k = np.floor_divide(rel, self.period)
-        inside = (rel >= 0) & (k < self.count) & (rel - k * self.period < self.length)
-        if inside.any():
-            t = (rel[inside] - k[inside] * self.period) / SAMPLE_RATE
-            out[inside] = self.level * np.sin(2 * np.pi * self.hz * t)
-        return out
-
-    def on_frame(self, sample: int, wall: float) -> None:
-        rel = sample - self.first
-        if rel >= 0 and rel % self.period == 0 and rel // self.period < self.count:
-            self.sent[rel // self.period] = wall
+class Bursts(ToneBursts):
+    """The speaker's bursts, from the first frame on, matched to onsets by program time."""
 
     def match(self, program_time: float) -> int | None:
         """The burst an onset heard at ``program_time`` belongs to: the latest one sent
@@ -338,7 +306,7 @@ def _follows(a: str, b: str) -> bool:
 
 
 async def measure(server: str, space_id: str, host_key: str, playlist: str, args: argparse.Namespace) -> Listener:
-    bursts = Bursts(args.bursts, args.period, args.burst_ms / 1000, args.hz)
+    bursts = Bursts(args.bursts, args.period, args.burst_ms / 1000, args.hz, lead_in_s=LEAD_IN_S)
     track = GeneratedTrack(bursts.render, on_frame=bursts.on_frame)
 
     def progress(m: Measurement) -> None:
@@ -475,14 +443,8 @@ def plot(summary: dict[str, object], path: str, target: float) -> None:
     ax1.set_ylabel("seconds")
     ax1.set_title("glass-to-glass latency per burst")
     ax1.legend(loc="upper right", fontsize=8)
-    ax2.hist(total, bins=20, color="#4c72b0")
-    for q, style in ((50, "-"), (95, "--")):
-        v = float(np.percentile(total, q))
-        ax2.axvline(v, color="black", linestyle=style, linewidth=1, label=f"p{q} {v:.3f} s")
+    distribution_panel(ax2, total, "s", ".3f")
     ax2.set_xlabel("latency (s)")
-    ax2.set_ylabel("bursts")
-    ax2.set_title("distribution")
-    ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -490,18 +452,9 @@ def plot(summary: dict[str, object], path: str, target: float) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bursts", type=int, default=60, help="tone bursts to send (default 60)")
-    parser.add_argument("--warmup", type=int, default=3, help="first bursts left out of the figures (default 3)")
-    parser.add_argument("--period", type=float, default=1.0, help="seconds between bursts, a multiple of 0.02 (default 1.0)")
-    parser.add_argument("--burst-ms", type=float, default=100.0, help="length of a burst in ms (default 100)")
-    parser.add_argument("--hz", type=float, default=1000.0, help="tone frequency (default 1000)")
-    parser.add_argument("--threshold", type=float, default=0.1, help="onset RMS threshold; bursts are sent at RMS 0.35")
-    parser.add_argument("--target", type=float, default=2.0, help="fail if the median latency exceeds this (s)")
-    parser.add_argument("--json", metavar="OUT", help="write the figures and every burst as JSON")
-    parser.add_argument("--plot", metavar="OUT.png", help="write a per-burst breakdown and a histogram")
-    args = parser.parse_args()
-    if args.bursts <= args.warmup:
-        parser.error("--bursts must exceed --warmup")
+    args = parse_burst_options(parser, hz_help="tone frequency (default 1000)", target=2.0,
+                               target_help="fail if the median latency exceeds this (s)",
+                               plot_help="write a per-burst breakdown and a histogram")
     exit_on_sigterm()
 
     print(f"glass-to-glass: {args.bursts} bursts; about {LEAD_IN_S + args.bursts * args.period + 10:.0f} s", flush=True)

@@ -57,6 +57,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bursts import Bursts as ToneBursts
+from bursts import distribution_panel, parse_burst_options
 from harness import NodeProcess, end_space, exit_on_sigterm, node_stats, run, start_space
 
 from amphi.core.config import SAMPLE_RATE, MediaConfig
@@ -65,7 +67,6 @@ from amphi.media.ingest.sources import FRAME_SAMPLES, GeneratedTrack, ToneTrack
 
 MEDIA = MediaConfig()
 LEAD_IN_S = 1.0  # from "both connected" to the first burst
-TAIL_S = 1.0  # silence after the last burst before A's track ends
 GRACE_S = 2.0  # after A's last burst, how long B may still hear it
 CONNECT_BUDGET_S = 30.0  # signalling + ICE + DTLS for both, and the stage showing them
 CLEANUP_TIMEOUT_S = 10.0  # for the speaker tasks to stop
@@ -78,56 +79,12 @@ B_TONE_AMPLITUDE = 0.01  # RMS 0.007, -43 dBFS: above the node's "talking" level
 # -- A's bursts ---------------------------------------------------------------------------
 
 
-class ArmedBursts:
-    """``count`` bursts of a ``hz`` tone, one every ``period`` samples, starting ``LEAD_IN_S``
-    after ``arm()``: the render function of a ``GeneratedTrack``. Silence before that."""
+class ArmedBursts(ToneBursts):
+    """A's bursts, starting ``LEAD_IN_S`` after ``arm()`` (silence before), matched to onsets
+    by arrival time."""
 
     def __init__(self, count: int, period_s: float, burst_s: float, hz: float, level: float = 0.5) -> None:
-        self.count = count
-        self.period = round(period_s * SAMPLE_RATE)
-        self.length = round(burst_s * SAMPLE_RATE)
-        if self.period % FRAME_SAMPLES:
-            raise ValueError("the burst period must be a whole number of 20 ms frames")
-        if not 0 < self.length < self.period:
-            raise ValueError("a burst must be shorter than the period")
-        self.hz = hz
-        self.level = level
-        self.armed = False
-        self.first: int | None = None  # sample index of the first burst, set once armed
-        self.end: int | None = None
-        self.sent: dict[int, float] = {}  # burst index -> wall time its onset frame went to aiortc
-
-    def arm(self) -> None:
-        self.armed = True
-
-    def render(self, start: int, n: int) -> np.ndarray | None:
-        if self.first is None and self.armed:
-            self.first = start + round(LEAD_IN_S * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES
-            self.end = self.first + (self.count - 1) * self.period + self.length + round(TAIL_S * SAMPLE_RATE)
-        out = np.zeros(n, dtype=np.float32)
-        if self.first is None:
-            return out
-        assert self.end is not None
-        if start >= self.end:
-            return None
-        rel = np.arange(start, start + n) - self.first
-        k = np.floor_divide(rel, self.period)
-        inside = (rel >= 0) & (k < self.count) & (rel - k * self.period < self.length)
-        if inside.any():
-            t = (rel[inside] - k[inside] * self.period) / SAMPLE_RATE
-            out[inside] = self.level * np.sin(2 * np.pi * self.hz * t)
-        return out
-
-    def on_frame(self, sample: int, wall: float) -> None:
-        if self.first is None:
-            return
-        rel = sample - self.first
-        if rel >= 0 and rel % self.period == 0 and rel // self.period < self.count:
-            self.sent[rel // self.period] = wall
-
-    @property
-    def done(self) -> bool:
-        return len(self.sent) == self.count
+        super().__init__(count, period_s, burst_s, hz, lead_in_s=LEAD_IN_S, armed=False, level=level)
 
     def match(self, arrival: float) -> int | None:
         """The burst an onset heard at ``arrival`` belongs to: the latest one sent before it,
@@ -390,14 +347,8 @@ def plot(summary: dict[str, object], path: str, target: float) -> None:
     ax1.set_ylabel("ms")
     ax1.set_title("mouth-to-ear delay per burst (speaker A -> speaker B's return feed)")
     ax1.legend(loc="lower right", fontsize=8)
-    ax2.hist(ms, bins=20, color="#4c72b0")
-    for q, style in ((50, "-"), (95, "--")):
-        v = float(np.percentile(ms, q))
-        ax2.axvline(v, color="black", linestyle=style, linewidth=1, label=f"p{q} {v:.0f} ms")
+    distribution_panel(ax2, ms, "ms", ".0f")
     ax2.set_xlabel("delay (ms)")
-    ax2.set_ylabel("bursts")
-    ax2.set_title("distribution")
-    ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -405,18 +356,9 @@ def plot(summary: dict[str, object], path: str, target: float) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bursts", type=int, default=60, help="tone bursts A sends (default 60)")
-    parser.add_argument("--warmup", type=int, default=3, help="first bursts left out of the figures (default 3)")
-    parser.add_argument("--period", type=float, default=1.0, help="seconds between bursts, a multiple of 0.02 (default 1.0)")
-    parser.add_argument("--burst-ms", type=float, default=100.0, help="length of a burst in ms (default 100)")
-    parser.add_argument("--hz", type=float, default=1000.0, help="A's tone frequency (default 1000)")
-    parser.add_argument("--threshold", type=float, default=0.1, help="onset RMS threshold; bursts are sent at RMS 0.35")
-    parser.add_argument("--target", type=float, default=0.3, help="fail if the median delay exceeds this (s, default 0.3)")
-    parser.add_argument("--json", metavar="OUT", help="write the figures and every burst as JSON")
-    parser.add_argument("--plot", metavar="OUT.png", help="write a per-burst timeline and a histogram")
-    args = parser.parse_args()
-    if args.bursts <= args.warmup:
-        parser.error("--bursts must exceed --warmup")
+    args = parse_burst_options(parser, hz_help="A's tone frequency (default 1000)", target=0.3,
+                               target_help="fail if the median delay exceeds this (s, default 0.3)",
+                               plot_help="write a per-burst timeline and a histogram")
     exit_on_sigterm()
 
     print(f"mouth-to-ear: {args.bursts} bursts; about {LEAD_IN_S + args.bursts * args.period + 10:.0f} s", flush=True)
