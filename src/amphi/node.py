@@ -53,6 +53,7 @@ class Node:
                                    garbage_timeout_s=cfg.stage.garbage_timeout_s)
         self.pipelines: dict[str, Pipeline] = {}
         self.rooms: dict[str, Room] = {}
+        self._next_edge = random.randrange(len(cfg.edges)) if cfg.edges else 0  # round-robin over the edges
         self._request_limits: dict[str, Gcra] = {}  # client address or speaker -> their budget
         self.event_streams = 0  # open SSE connections
         self._recordings: dict[str, Recording] = {}
@@ -263,9 +264,11 @@ class Node:
                          "retry_after_s": round(retry, 2), "order": answer.order, "requeued": answer.requeued}
         await self._pipeline(space)
         ttl = answer.expires - now
-        return 200, {"status": "admitted", **common, "playlist": self.playlist_url(space.id, answer.token),
+        media = self.media_base()
+        return 200, {"status": "admitted", **common, "playlist": self.playlist_url(space.id, answer.token, media),
                      "token": answer.token, "expires_at": iso(answer.expires), "expires_in_s": round(ttl, 1),
-                     "renew_after_s": round(ttl / 2, 1), "renewed": answer.renewed}
+                     "renew_after_s": round(ttl / 2, 1), "renewed": answer.renewed,
+                     "edges": [self.media_base(edge) for edge in self.cfg.edges]}
 
     def leave(self, space: Space, *, ticket: object = None, token: object = None) -> bool:
         freed = self.admission.leave(space.id, token=token if isinstance(token, str) else None,
@@ -274,8 +277,22 @@ class Node:
             self._admission_changed.set()
         return freed
 
-    def playlist_url(self, space_id: str, token: str) -> str:
-        return f"{self.cfg.http.base_url}/media/{space_id}/t/{token}/live.m3u8"
+    def media_base(self, edge: str | None = None) -> str:
+        """Where a listener fetches media: this node itself, or an edge cache (the next one in
+        turn unless named), under the prefix that routes to this node: /o/<node_id>."""
+        edges = self.cfg.edges
+        if not edges:
+            return self.cfg.http.base_url
+        if edge is None:
+            edge = edges[self._next_edge % len(edges)]
+            self._next_edge += 1
+        return f"{edge.rstrip('/')}/o/{self.cfg.node_id}"
+
+    def playlist_url(self, space_id: str, token: str, media: str | None = None) -> str:
+        return f"{media or self.cfg.http.base_url}/media/{space_id}/t/{token}/live.m3u8"
+
+    def verify_edge(self, credential: str | None) -> str:
+        return self.signer.verify_edge(credential)
 
     def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token:
         """Stateless: signature, Space and expiry; 401/403 before any other work. For a live

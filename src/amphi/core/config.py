@@ -123,6 +123,8 @@ class Config:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)  # host addresses offered in ICE candidates
+    node_id: str = "origin"  # this node's name: edges route /o/<node_id>/media/ to it (docs/edge.md)
+    edges: tuple[str, ...] = ()  # base URLs of the edge caches listeners are sent to; none: this node serves them
     demo: bool = False  # create a demo Space with a built-in speaker at start-up
     web_assets_dir: Path = field(
         default_factory=lambda: Path(
