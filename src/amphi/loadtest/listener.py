@@ -222,6 +222,7 @@ class Listener:
     def _take_token(self, answer: dict[str, object]) -> None:
         self.token = str(answer["token"])
         host, port, self.path = split_url(str(answer["playlist"]))
+        self.renew_at = time.time() + float(answer.get("renew_after_s") or 30.0)  # type: ignore[arg-type]
         self.edges = [split_url(str(e))[:2] for e in answer.get("edges") or ()]  # type: ignore[attr-defined]
         if (host, port) != (self.media.host, self.media.port):
             self._media_at(host, port)
@@ -237,7 +238,6 @@ class Listener:
         if others:
             self._media_at(*self.rng.choice(others))
             self.swarm.edge_switches += 1
-        self.renew_at = time.time() + float(answer.get("renew_after_s") or 30.0)  # type: ignore[arg-type]
 
     def _admitted(self, now: float) -> None:
         if self.admitted_at is None:
