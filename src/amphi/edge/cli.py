@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 import click
@@ -87,10 +86,6 @@ def run(host: str, port: int, workdir: Path, storage_mb: int, **kw) -> None:  # 
     """Run the edge (varnishd) in the foreground until Ctrl-C."""
     from amphi.edge.varnish import Edge
 
-    e = Edge(spec_from(**kw), workdir, host, port, storage_mb=storage_mb).start()
-    click.echo(f"amphi edge {e.spec.name}: serving on {e.url}", err=True)
-    signal.signal(signal.SIGTERM, lambda *_: e.stop())
-    try:
-        raise SystemExit(e.wait())
-    except KeyboardInterrupt:
-        e.stop()
+    e = Edge(spec_from(**kw), workdir, host, port, storage_mb=storage_mb)
+    click.echo(f"amphi edge {e.spec.name}: starting varnishd on {e.url}", err=True)
+    e.exec()

@@ -45,11 +45,20 @@ class Edge:
                 "-a", f"{self.host}:{self.port}", "-f", str(self.workdir / "edge.vcl"),
                 "-s", f"malloc,{self.storage_mb}m", *params]
 
-    def start(self, *, timeout_s: float = 30.0) -> Edge:
+    def _write_vcl(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         vcl = self.workdir / "edge.vcl"
         vcl.write_text(render(self.spec))
         os.chmod(vcl, 0o600)
+
+    def exec(self) -> None:
+        """Becomes varnishd (for ``amphi edge run``): signals and ``kill -9`` reach the edge itself."""
+        self._write_vcl()
+        os.execv(VARNISHD, self.command())
+
+    def start(self, *, timeout_s: float = 30.0) -> Edge:
+        """Starts varnishd as a child in its own process group; returns once it accepts."""
+        self._write_vcl()
         log = open(self.workdir / "varnishd.log", "ab")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()

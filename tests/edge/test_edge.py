@@ -1,0 +1,161 @@
+"""The edge tier with real Varnish edges in front of a real origin, on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from amphi.control.tokens import Signer
+from tests.audio import dominant_hz, ffmpeg_decode
+from tests.edge.conftest import SECRET, Tier
+from tests.integration.amphi_proc import BIN, wait_until
+
+
+def media_requests(tier: Tier) -> int:
+    return tier.origin.node()["origin"]["requests"]
+
+
+def first_segment(tier: Tier) -> str:
+    """A listener's playlist URL once the program has a segment."""
+    def ready() -> str | None:
+        url = tier.origin.join(tier.space)
+        r = httpx.get(url, timeout=10)
+        return url if r.status_code == 200 and "#EXTINF" in r.text else None
+
+    return wait_until(ready, 30, "the first segment")
+
+
+def test_listeners_spread_over_three_edges_hear_the_same_program(tier: Tier) -> None:
+    first_segment(tier)
+    urls = [tier.origin.join(tier.space) for _ in range(3)]
+    assert sorted(u.split("/o/")[0] for u in urls) == sorted(e.url for e in tier.edges)  # round-robin
+    for url in urls:
+        r = httpx.get(url, timeout=10)
+        assert r.status_code == 200 and r.headers["x-edge"] in {e.name for e in tier.edges}
+        audio = ffmpeg_decode(url, seconds=3)
+        assert abs(dominant_hz(audio) - 440) < 5
+
+
+def test_the_edge_caches_one_copy_for_all_its_listeners(tier: Tier) -> None:
+    url = first_segment(tier)
+    body = httpx.get(url, timeout=10).text
+    part = [line.split('"')[1] for line in body.splitlines() if line.startswith("#EXT-X-PART:")][-1]
+    part_urls = [tier.origin.join(tier.space).rsplit("/", 1)[0] + "/" + part for _ in range(30)]  # 10 per edge
+    before = media_requests(tier)
+    answers = [httpx.get(u, timeout=10) for u in part_urls]
+    assert [a.status_code for a in answers] == [200] * 30
+    caches = [a.headers.get("x-cache") for a in answers]
+    assert media_requests(tier) - before <= 3  # at most one fetch per edge, for 30 listener requests
+    assert caches.count("hit") >= 27
+
+
+@pytest.mark.parametrize("case", ["forged", "expired", "other_space", "malformed", "missing"])
+def test_bad_tokens_are_refused_at_the_edge_without_asking_the_origin(tier: Tier, case: str) -> None:
+    signer = Signer(SECRET.encode())
+    now = int(time.time())
+    good = signer.token(tier.space, "seat00000001", now + 60)
+    token = {
+        "forged": good[:-2] + ("AA" if not good.endswith("AA") else "BB"),
+        "expired": signer.token(tier.space, "seat00000001", now - 5),
+        "other_space": signer.token("anotherSpace", "seat00000001", now + 60),
+        "malformed": "not-a-token",
+        "missing": None,
+    }[case]
+    base = f"{tier.edges[0].url}/o/origin/media/{tier.space}"
+    url = f"{base}/t/{token}/init.mp4" if token else f"{base}/0.0.m4s"
+    before = media_requests(tier)
+    r = httpx.get(url, timeout=10)
+    assert r.status_code == (401 if case in ("expired", "missing") else 403), r.text
+    assert r.json()["error"] in ("token_expired", "unauthorized", "forbidden")
+    assert media_requests(tier) == before  # refused before any work at the origin
+
+
+def test_the_origin_refuses_edge_paths_without_the_edge_credential(tier: Tier) -> None:
+    url = f"{tier.origin.url}/media/{tier.space}/edge/init.mp4"
+    assert httpx.get(url, timeout=10).status_code == 403
+    assert httpx.get(url, headers={"x-amphi-edge": "edge1.AAAAAAAAAAAAAAAAAAAAAA"}, timeout=10).status_code == 403
+    good = Signer(SECRET.encode()).edge_credential("edge1")
+    assert httpx.get(url, headers={"x-amphi-edge": good}, timeout=10).status_code == 200
+
+
+def test_an_expired_token_is_renewed_by_the_origin_through_the_edge(tier: Tier) -> None:
+    url = first_segment(tier)
+    token = url.split("/t/")[1].split("/")[0]
+    expires = int(token.split(".")[1])
+    wait_until(lambda: time.time() > expires + 0.5, 15, "the token to expire")
+    r = httpx.get(url, timeout=10)  # the seat is still held (seat grace 30 s): a 307 to a renewed token
+    assert r.status_code == 307, r.text
+    location = r.headers["location"]
+    assert location.startswith("/o/origin/media/") and token not in location
+    edge = url.split("/o/")[0]
+    assert httpx.get(edge + location, timeout=10).status_code == 200
+    assert httpx.get(url.replace("live.m3u8", "init.mp4"), timeout=10).status_code == 401  # only playlists
+
+
+def test_a_stale_playlist_is_served_while_the_origin_does_not_answer(tier: Tier) -> None:
+    url = first_segment(tier)
+    assert httpx.get(url, timeout=10).status_code == 200  # cached now, max-age 1 s, 3 s stale
+    assert tier.origin.proc is not None
+    os.kill(tier.origin.proc.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: httpx.get(url, timeout=5).headers.get("age", "0") not in ("0", "1"), 5,
+                   "the edge to serve its copy past max-age")
+        r = httpx.get(url, timeout=5)
+        assert r.status_code == 200 and "#EXTINF" in r.text
+    finally:
+        os.kill(tier.origin.proc.pid, signal.SIGCONT)
+
+
+def test_joins_are_rate_limited_per_address_at_the_edge(tier: Tier) -> None:
+    statuses = [httpx.post(f"{tier.edges[1].url}/api/spaces/{tier.space}/join", json={}, timeout=10).status_code
+                for _ in range(15)]
+    assert statuses.count(200) >= 4 and 429 in statuses
+    r = httpx.post(f"{tier.edges[1].url}/api/spaces/{tier.space}/join", json={}, timeout=10)
+    if r.status_code == 429:
+        assert r.json()["error"] == "too_many_requests" and r.headers["retry-after"]
+
+
+def test_a_slow_client_is_cut_off(tier: Tier) -> None:
+    with socket.create_connection(("127.0.0.1", tier.edges[2].port), timeout=15) as s:
+        s.sendall(b"GET /api/node HTTP/1.1\r\nHost: x\r\n")  # ... and the rest never comes
+        started = time.monotonic()
+        assert s.recv(1024) == b""  # closed, nothing answered
+        elapsed = time.monotonic() - started
+    assert elapsed < 10  # timeout_idle (5 s) closed it
+
+
+def test_killing_an_edge_moves_its_listeners_to_the_others(tier: Tier, tmp_path) -> None:
+    first_segment(tier)
+    out = tmp_path / "lt.json"
+    cmd = [str(BIN), "loadtest", "--server", tier.origin.url, "--space", tier.space, "--json", str(out), "--quiet",
+           "--listeners", "150", "--duration", "24", "--ramp", "2", "--profile", "ramp"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: tier.origin.status(tier.space)["listeners"] >= 150, 20, "150 listeners seated")
+        time.sleep(2)  # steady state, then the origin's request rate over fixed windows: before and during
+        r0, t0 = media_requests(tier), time.monotonic()
+        time.sleep(4)
+        normal = (media_requests(tier) - r0) / (time.monotonic() - t0)
+        victim = tier.edges[0]
+        victim.kill9()
+        r1, t1 = media_requests(tier), time.monotonic()
+        time.sleep(8)
+        during = (media_requests(tier) - r1) / (time.monotonic() - t1)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        victim.start()  # back for the other tests
+    assert proc.returncode == 0, output.decode(errors="replace")
+    r = json.loads(out.read_text())
+    assert r["edge_switches"] >= 30  # about a third of 150 were on the killed edge
+    assert r["with_audio"] == 150 and r["failed"] == 0
+    assert r["outcomes"].get("done", 0) + r["outcomes"].get("playing", 0) == 150
+    assert during <= 2 * normal + 2, (normal, during)
