@@ -10,8 +10,9 @@
    per file (``/media/<space>/edge/<file>``, fetched with this edge's credential). Concurrent
    misses wait on Varnish's waiting list for the one fetch in flight, blocking playlist reloads
    and preload-hinted parts included, and are woken the moment it lands.
-3. Playlists are kept for their max-age and then served stale for a few seconds while one
-   background fetch refreshes them, or while the origin does not answer. Errors are kept 1 s.
+3. The live playlist is kept 0.1 s (a blocking reload's answer for its max-age), so a new
+   listener starts at the live edge; stale copies are served only while the origin fails its
+   health probes, for a few seconds. Errors are kept 0.5 s.
 4. ``/api/`` and pages go to the API nodes, round-robin, health-probed; joins have their own
    per-address rate. Static assets are cached.
 """
@@ -52,10 +53,11 @@ class EdgeSpec:
     api: tuple[Backend, ...] = ()  # API nodes for /api/ and pages; default: the origins
     media_rate: int = 200  # media requests per address per second (a NAT of ~50 listeners)
     join_rate: int = 20  # joins per address per second
-    stale_playlist_s: float = 3.0  # a playlist is served stale this long if the origin is slow or down
+    stale_playlist_s: float = 8.0  # a playlist is served stale this long once the origin stops answering probes
+    live_playlist_ttl_s: float = 0.1  # the non-blocking live playlist: a new listener starts this close to live
     media_ttl_cap_s: int = 120  # parts and segments are immutable, but only wanted near the live edge
-    error_ttl_s: float = 1.0  # errors from the origin are kept this long
-    probe_interval_s: float = 1.0  # API nodes are probed this often (GET /api/node)
+    error_ttl_s: float = 0.5  # errors from the origin are kept this long
+    probe_interval_s: float = 1.0  # origins and API nodes are probed this often (GET /api/node)
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -92,7 +94,7 @@ def _backend(prefix: str, b: Backend, spec: EdgeSpec, *, probe: bool) -> str:
 def render(spec: EdgeSpec) -> str:
     api = spec.api or spec.origins
     backends = "\n\n".join(
-        [_backend("o_", b, spec, probe=False) for b in spec.origins]
+        [_backend("o_", b, spec, probe=True) for b in spec.origins]
         + [_backend("a_", b, spec, probe=True) for b in api]
     )
     api_adds = "\n".join(f"    api.add_backend(a_{b.name.replace('-', '_')});" for b in api)
@@ -190,6 +192,9 @@ sub amphi_media {{
         }}
         return (synth(401, "token_expired: the admission token has expired: join again"));
     }}
+    if (std.healthy(req.backend_hint)) {{
+        set req.grace = 0s;  # stale copies only while the origin is down: fresh ones start listeners at the live edge
+    }}
     set req.url = "/media/" + req.http.x-space + "/edge/" + req.http.x-file;
     unset req.http.x-token;
     unset req.http.x-file;
@@ -228,6 +233,9 @@ sub vcl_backend_response {{
         if (beresp.status >= 400) {{
             set beresp.ttl = {spec.error_ttl_s:g}s;  # kept, never for long: waiters share it
             set beresp.grace = 0s;
+        }} elsif (bereq.url ~ "/live\\.m3u8$") {{
+            set beresp.ttl = {spec.live_playlist_ttl_s:g}s;  # coalesced all the same: <= 1/ttl fetches a second
+            set beresp.grace = {spec.stale_playlist_s:g}s;
         }} elsif (bereq.url ~ "\\.m3u8") {{
             set beresp.grace = {spec.stale_playlist_s:g}s;
         }} elsif (beresp.ttl > {spec.media_ttl_cap_s}s) {{

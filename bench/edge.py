@@ -1,0 +1,301 @@
+"""The edge tier: which HTTP cache to build it on, and does the origin stay flat?
+
+    .venv/bin/python bench/edge.py [--choice 1000] [--sizes 1000,5000,10000,20000] [--edges 3] \\
+        [--duration 40] [--ramp 10] [--procs 2] [--json bench/out/edge.json] [--plot bench/out/edge.png]
+
+1. **Engine choice** (``--choice N``): N LL-HLS listeners (``amphi loadtest``, parts +
+   blocking reloads + preload-hinted parts) against the same origin three ways: directly,
+   through one Varnish edge (Amphi's VCL, ``amphi edge``), and through one nginx edge
+   configured as the issue measured it (proxy_cache + proxy_cache_lock + use_stale updating
+   + background_update; nginx does not check tokens here: it has no HMAC without njs). For
+   each: the origin's media request rate, listeners' latency behind live and first-audio
+   p99, stalls, and the edge's CPU. "Added p99" is the edge's latency p99 minus the direct
+   one's (target: <= 100 ms).
+2. **Flat origin** (``--sizes``): ``--edges`` Varnish edges, joins round-robin over them,
+   each audience size in turn; the origin's media request rate over the steady part of the
+   run (after the ramp) must stay within +-10 % of its mean across sizes.
+
+The generator shares this machine's 2 cores with the origin and the edges: at the largest
+sizes it is the bottleneck (its own CPU and lag are printed), which can only make listeners
+slower, never the origin busier. Everything binds 127.0.0.1 and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import HOST, NodeProcess, amphi_command, exit_on_sigterm, free_port, kill_group, run, start_space  # noqa: E402
+
+from amphi.control.tokens import Signer  # noqa: E402
+from amphi.edge.varnish import Edge  # noqa: E402
+from amphi.edge.vcl import Backend, EdgeSpec  # noqa: E402
+from amphi.loadtest.machine import ProcessCpu  # noqa: E402
+
+SECRET = "b" * 64
+SETTLE_S = 5.0
+
+
+def varnish_edge(name: str, origin_url: str, workdir: Path, port: int) -> Edge:
+    spec = EdgeSpec(name=name, credential=Signer(SECRET.encode()).edge_credential(name), secret=SECRET,
+                    origins=(Backend.parse("origin", origin_url),), media_rate=0, join_rate=0)
+    return Edge(spec, workdir, HOST, port).start()
+
+
+class NginxEdge:
+    """nginx as an LL-HLS edge cache, set up as issue 6 measured it (no token check)."""
+
+    def __init__(self, origin_url: str, workdir: Path, port: int) -> None:
+        self.dir, self.port, self.origin = workdir, port, origin_url.split("//", 1)[1]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> NginxEdge:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cred = Signer(SECRET.encode()).edge_credential("nginx")
+        user = "user root;" if os.getuid() == 0 else ""
+        (self.dir / "nginx.conf").write_text(f"""{user}
+worker_processes 1;
+worker_rlimit_nofile 120000;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+daemon off;
+events {{ worker_connections 60000; }}
+http {{
+  access_log off;
+  keepalive_timeout 75s; keepalive_requests 1000000;
+  client_body_temp_path {self.dir}/tmp; proxy_temp_path {self.dir}/tmp; fastcgi_temp_path {self.dir}/tmp;
+  uwsgi_temp_path {self.dir}/tmp; scgi_temp_path {self.dir}/tmp;
+  proxy_cache_path {self.dir}/cache levels=1:2 keys_zone=media:32m max_size=512m inactive=2m use_temp_path=off;
+  upstream origin {{ server {self.origin}; keepalive 64; }}
+  server {{
+    listen {HOST}:{self.port} backlog=4096;
+    location ~ "^/o/[^/]+/media/(?<space>[^/]+)/t/[^/]+/(?<file>[^/?]+)$" {{
+      proxy_pass http://origin/media/$space/edge/$file$is_args$args;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header x-amphi-edge "{cred}";
+      proxy_cache media;
+      proxy_cache_key $space/$file$is_args$args;
+      proxy_cache_lock on;
+      proxy_cache_lock_timeout 15s;
+      proxy_cache_lock_age 15s;
+      proxy_cache_use_stale updating error timeout;
+      proxy_cache_background_update on;
+      proxy_read_timeout 15s;
+    }}
+    location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+        (self.dir / "tmp").mkdir(exist_ok=True)
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        with open(self.dir / "nginx.out", "ab") as log:
+            self.proc = subprocess.Popen([nginx, "-c", str(self.dir / "nginx.conf"), "-p", str(self.dir)],
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://{HOST}:{self.port}/api/node", timeout=1)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"nginx did not start: {(self.dir / 'nginx.out').read_text()[-500:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc, 5)
+
+
+def origin_requests(url: str) -> int:
+    return int(httpx.get(f"{url}/api/node", timeout=10).json()["origin"]["requests"])
+
+
+def audience(origin: NodeProcess, space: str, size: int, args: argparse.Namespace, edge_pids: list[int],
+             out: Path) -> dict[str, object]:
+    """One loadtest run; the origin's media request rate and each side's CPU over the steady part."""
+    cmd = amphi_command("loadtest", "--server", origin.url, "--space", space,
+           "--listeners", str(size), "--profile", "ramp", "--ramp", str(args.ramp), "--duration", str(args.duration),
+           "--procs", str(args.procs), "--json", str(out), "--quiet", "--server-pid", str(origin.pid))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        t_start = time.monotonic()
+        time.sleep(args.ramp + 5)  # the steady part begins
+        cpus = [ProcessCpu(origin.pid), *(ProcessCpu(p) for p in edge_pids)]
+        r0, c0, t0 = origin_requests(origin.url), [c.cpu_s() for c in cpus], time.monotonic()
+        time.sleep(max(1.0, args.duration - (time.monotonic() - t_start) - 3))
+        r1, c1, t1 = origin_requests(origin.url), [c.cpu_s() for c in cpus], time.monotonic()
+        output, _ = proc.communicate(timeout=args.duration + 120)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc, 5)
+    if proc.returncode != 0:
+        raise RuntimeError(f"loadtest failed:\n{output.decode(errors='replace')[-2000:]}")
+    r = json.loads(out.read_text())
+    wall = t1 - t0
+    return {
+        "listeners": size, "with_audio": r["with_audio"], "stalled_listeners": r["stalled_listeners"],
+        "latency_p50_s": r["latency_p50_s"], "latency_p99_s": r["latency_p99_s"],
+        "first_audio_p99_s": r["first_audio_p99_s"], "join_p99_s": r["join_p99_s"],
+        "listener_req_per_s": round(r["requests_total"] / args.duration, 1),
+        "origin_media_req_per_s": round((r1 - r0) / wall, 2),
+        "origin_cpu_pct": round(100 * (c1[0] - c0[0]) / wall, 1),
+        "edge_cpu_pct": round(100 * sum(b - a for a, b in zip(c0[1:], c1[1:])) / wall, 1),
+        "generator_cpu_pct": r["generator_cpu_pct"], "errors": r["errors_by_kind"],
+    }
+
+
+def with_origin(edges: int, fn) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """An origin sending listeners to ``edges`` edge ports (or none), a live Space on it."""
+    ports = [free_port() for _ in range(edges)]
+    node = NodeProcess(args=["--max-listeners", "30000", "--admit-rate", "3000", "--admit-burst", "500",
+                             *[a for p in ports for a in ("--edge", f"http://{HOST}:{p}")]])
+    with node:
+        space = start_space(node.url, "edge bench", join=False)
+        time.sleep(SETTLE_S)
+        return fn(node, space.id, ports)
+
+
+def choice(args: argparse.Namespace, work: Path) -> dict[str, dict[str, object]]:
+    results: dict[str, dict[str, object]] = {}
+    n = args.choice
+    for engine in ("direct", "varnish", "nginx"):
+        print(f"engine choice: {engine}, {n} listeners ...", file=sys.stderr, flush=True)
+
+        def go(node: NodeProcess, space: str, ports: list[int], engine: str = engine) -> dict[str, object]:
+            if engine == "direct":
+                return audience(node, space, n, args, [], work / f"{engine}.json")
+            edge = (varnish_edge("edge1", node.url, work / engine, ports[0]) if engine == "varnish"
+                    else NginxEdge(node.url, work / engine, ports[0]).start())
+            try:
+                assert edge.proc is not None
+                return audience(node, space, n, args, [edge.proc.pid], work / f"{engine}.json")
+            finally:
+                edge.stop()
+
+        results[engine] = with_origin(0 if engine == "direct" else 1, go)
+        print(f"  {json.dumps(results[engine])}", file=sys.stderr, flush=True)
+    base = results["direct"]["latency_p99_s"] or 0.0
+    for engine in ("varnish", "nginx"):
+        p99 = results[engine]["latency_p99_s"]
+        results[engine]["added_p99_s"] = None if p99 is None else round(p99 - base, 3)  # type: ignore[operator]
+    return results
+
+
+def flat(args: argparse.Namespace, work: Path) -> dict[str, dict[str, object]]:
+    results: dict[str, dict[str, object]] = {}
+    for size in args.sizes:
+        print(f"flat origin: {size} listeners over {args.edges} edges ...", file=sys.stderr, flush=True)
+
+        def go(node: NodeProcess, space: str, ports: list[int], size: int = size) -> dict[str, object]:
+            edges = [varnish_edge(f"edge{i + 1}", node.url, work / f"flat{size}-{i}", p) for i, p in enumerate(ports)]
+            try:
+                return audience(node, space, size, args, [e.proc.pid for e in edges if e.proc],
+                                work / f"flat{size}.json")
+            finally:
+                for e in edges:
+                    e.stop()
+
+        results[str(size)] = with_origin(args.edges, go)
+        print(f"  {json.dumps(results[str(size)])}", file=sys.stderr, flush=True)
+    return results
+
+
+def report(res: dict[str, dict[str, dict[str, object]]], args: argparse.Namespace) -> int:
+    ok = True
+    if "choice" in res:
+        print(f"\nEngine choice, {args.choice} LL-HLS listeners, one edge:")
+        print(f"{'':10}{'origin req/s':>14}{'lat p50':>9}{'lat p99':>9}{'added p99':>11}{'1st audio p99':>15}"
+              f"{'stalled':>9}{'edge CPU %':>12}")
+        for k, r in res["choice"].items():
+            print(f"{k:10}{r['origin_media_req_per_s']:>14}{r['latency_p50_s']:>9}{r['latency_p99_s']:>9}"
+                  f"{str(r.get('added_p99_s', '-')):>11}{r['first_audio_p99_s']:>15}{r['stalled_listeners']:>9}"
+                  f"{r['edge_cpu_pct']:>12}")
+        added = res["choice"]["varnish"].get("added_p99_s")
+        ok &= added is not None and added <= 0.1  # type: ignore[operator]
+    if "flat" in res:
+        rates = [r["origin_media_req_per_s"] for r in res["flat"].values()]
+        mean = sum(rates) / len(rates)  # type: ignore[arg-type]
+        print(f"\nFlat origin, {args.edges} Varnish edges:")
+        print(f"{'listeners':>10}{'listener req/s':>16}{'origin req/s':>14}{'vs mean':>9}{'origin CPU %':>14}"
+              f"{'edges CPU %':>13}{'stalled':>9}{'lat p99':>9}{'gen CPU %':>11}")
+        for size, r in res["flat"].items():
+            dev = r["origin_media_req_per_s"] / mean - 1  # type: ignore[operator]
+            print(f"{size:>10}{r['listener_req_per_s']:>16}{r['origin_media_req_per_s']:>14}{dev:>+9.1%}"
+                  f"{r['origin_cpu_pct']:>14}{r['edge_cpu_pct']:>13}{r['stalled_listeners']:>9}"
+                  f"{r['latency_p99_s']:>9}{r['generator_cpu_pct']:>11}")
+            ok &= abs(dev) <= 0.10
+    print(f"\ntargets {'met' if ok else 'MISSED'}: added p99 <= 100 ms (Varnish), origin rate within +-10 %")
+    return 0 if ok else 1
+
+
+def plot(res: dict[str, dict[str, dict[str, object]]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if "flat" in res:
+        sizes = [int(s) for s in res["flat"]]
+        axes[0].plot(sizes, [r["listener_req_per_s"] for r in res["flat"].values()], "o-", label="listeners' requests/s")
+        axes[0].plot(sizes, [r["origin_media_req_per_s"] for r in res["flat"].values()], "s-", label="origin requests/s")
+        axes[0].set_xscale("log")
+        axes[0].set_yscale("log")
+        axes[0].set_xlabel("listeners")
+        axes[0].set_title("Origin load stays flat behind the edges")
+        axes[0].legend()
+    if "choice" in res:
+        names = list(res["choice"])
+        axes[1].bar(names, [r["latency_p99_s"] or 0 for r in res["choice"].values()])
+        axes[1].set_ylabel("latency behind live p99 (s)")
+        axes[1].set_title(f"{args_choice(res)} LL-HLS listeners: direct vs edges")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def args_choice(res: dict[str, dict[str, dict[str, object]]]) -> object:
+    return next(iter(res["choice"].values()))["listeners"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--choice", type=int, default=1000, help="listeners for the engine choice; 0 skips it")
+    p.add_argument("--sizes", default="1000,5000,10000,20000", help="audience sizes for the flat-origin run; '' skips")
+    p.add_argument("--edges", type=int, default=3)
+    p.add_argument("--duration", type=float, default=40.0)
+    p.add_argument("--ramp", type=float, default=10.0)
+    p.add_argument("--procs", type=int, default=2)
+    p.add_argument("--json", default="bench/out/edge.json")
+    p.add_argument("--plot", default="bench/out/edge.png")
+    args = p.parse_args()
+    args.sizes = [int(s) for s in args.sizes.split(",") if s]
+    exit_on_sigterm()
+    os.environ["AMPHI_SECRET"] = SECRET  # the origins inherit it; the edges are given it
+    work = Path(tempfile.mkdtemp(prefix="amphi-edge-bench-"))
+    res: dict[str, dict[str, dict[str, object]]] = {}
+    try:
+        if args.choice:
+            res["choice"] = choice(args, work)
+        if args.sizes:
+            res["flat"] = flat(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(res, indent=2))
+    plot(res, args.plot)
+    return report(res, args)
+
+
+if __name__ == "__main__":
+    run(main)
