@@ -124,6 +124,10 @@ class Config:
     stage: StageConfig = field(default_factory=StageConfig)
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)  # host addresses offered in ICE candidates
     demo: bool = False  # create a demo Space with a built-in speaker at start-up
+    node_id: str | None = None  # in every log line and sample; default "<hostname>:<port>"
+    # the operator's key for /dashboard and /metrics (docs/observability.md); default
+    # $AMPHI_OPERATOR_KEY, else <data_dir>/operator_key (made once, mode 0600)
+    operator_key: str | None = None
     web_assets_dir: Path = field(
         default_factory=lambda: Path(
             os.environ.get("AMPHI_NODE_MODULES", Path(__file__).resolve().parents[3] / "node_modules")
