@@ -92,7 +92,7 @@ def test_json_logs_one_line_per_state_change_and_the_report(tmp_path: Path) -> N
         assert answers.count(200) == 3 and answers.count(202) == 2  # 3 seats, the rest wait
         for _ in range(40):  # traffic that must not be logged
             assert http.get(f"/api/spaces/{space}").status_code == 200
-        assert http.post(f"/api/spaces/nope/join", json={}).status_code == 404
+        assert http.post("/api/spaces/nope/join", json={}).status_code == 404
         wait_until(lambda: (data / "spaces" / space / "timeline.jsonl").read_text().count('"sample"') >= 2, 10,
                    "two samples in the Space's timeline")
         assert http.post(f"/api/spaces/{space}/end", headers=auth).status_code == 200
