@@ -1,9 +1,7 @@
-"""Command line: ``amphi serve``, ``speak``, ``loadtest`` and ``edge``."""
+"""Command line: ``amphi serve``, ``speak``, ``loadtest``, ``report`` and ``edge``."""
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 
 import click
@@ -11,23 +9,16 @@ import uvloop
 
 from amphi.core.config import AdmissionConfig, Config, HttpConfig, StageConfig
 from amphi.edge.vcl import NAME as NODE_ID
-
-
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("aioice", "aiortc", "_granian", "granian"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+from amphi.obs.logging import configure as configure_logging
 
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Amphi: live-audio rooms that survive the surge."""
-    _logging(verbose)
+    ctx.obj = {"verbose": verbose}
+    configure_logging("text", verbose)
 
 
 @main.command()
@@ -51,16 +42,25 @@ def main(verbose: bool) -> None:
               help="Seconds a place in line is kept after the waiting client's last poll.")
 @click.option("--speaker-timeout", default=StageConfig.silence_timeout_s, show_default=True,
               type=click.FloatRange(min=1), help="Hang up a speaker's connection that sends no audio this long.")
+@click.option("--log-format", type=click.Choice(["json", "text"]), default=None,
+              help="Log lines as JSON objects or text (default: JSON unless stderr is a terminal).")
+@click.option("--operator-key", envvar="AMPHI_OPERATOR_KEY", default=None,
+              help="Key for /dashboard and /metrics [env AMPHI_OPERATOR_KEY; default: made once into "
+                   "DATA_DIR/operator_key].")
 @click.option("--node-id", default=Config.node_id, show_default=True,
-              help="This node's name; edges route /o/NODE_ID/media/ to it.")
+              help="This node's name: in logs and samples, and edges route /o/NODE_ID/media/ to it.")
 @click.option("--edge", "edges", multiple=True,
               help="Base URL of an edge cache to send listeners to (repeat; round-robin). Default: none, "
                    "this node serves its listeners itself. See docs/edge.md.")
-def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bool, max_listeners: int,
-          admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float, ticket_hold: float,
-          speaker_timeout: float, node_id: str, edges: tuple[str, ...]) -> None:
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: str | None, demo: bool,
+          max_listeners: int, admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float,
+          ticket_hold: float, speaker_timeout: float, log_format: str | None, operator_key: str | None,
+          node_id: str, edges: tuple[str, ...]) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
+
+    configure_logging(log_format, ctx.obj["verbose"])
 
     admission = AdmissionConfig(max_listeners=max_listeners, min_listeners=min(max_listeners, AdmissionConfig.min_listeners),
                                 admit_rate_per_s=admit_rate, admit_burst=admit_burst, token_ttl_s=token_ttl,
@@ -69,7 +69,8 @@ def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bo
     if not NODE_ID.match(node_id):
         raise click.BadParameter("1-32 letters, digits, '_' or '-'", param_hint="--node-id")
     cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url), demo=demo,
-                 admission=admission, stage=stage, node_id=node_id, edges=tuple(e.rstrip("/") for e in edges))
+                 admission=admission, stage=stage, node_id=node_id, edges=tuple(e.rstrip("/") for e in edges),
+                 operator_key=operator_key or None)
     uvloop.run(run(cfg))
 
 
@@ -120,6 +121,24 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
     finally:
         if writer is not None:
             writer.close()
+
+
+@main.command()
+@click.argument("space_id", metavar="SPACE")
+@click.option("--data-dir", default="data", show_default=True, type=click.Path(path_type=Path, file_okay=False),
+              help="The node's data directory (the Space's timeline is in DATA_DIR/spaces/SPACE/).")
+@click.option("--out", default=None, type=click.Path(path_type=Path, file_okay=False),
+              help="Where to write report.html and report.png (default: the Space's directory).")
+def report(space_id: str, data_dir: Path, out: Path | None) -> None:
+    """Write a Space's post-event report: an HTML page and a PNG timeline."""
+    from amphi.obs.report import ReportError, write_report
+
+    try:
+        html, png = write_report(data_dir, space_id, out)
+    except ReportError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"amphi report: {html}")
+    click.echo(f"amphi report: {png}")
 
 
 from amphi.loadtest.cli import loadtest  # noqa: E402 - the load test lives in its own package

@@ -25,11 +25,12 @@ from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.stage import HOST_ID, Participant
 from amphi.control.tokens import Signer, Token, new_participant_id, new_secret
 from amphi.core.config import Config
-from amphi.core.errors import Conflict, TokenExpired, TooManyRequests, Unauthorized, Unavailable
+from amphi.core.errors import Conflict, Forbidden, TokenExpired, TooManyRequests, Unauthorized, Unavailable
 from amphi.core.files import write_atomic
 from amphi.media.ingest.webrtc import WebRTCIngest
 from amphi.media.pipeline import Pipeline
 from amphi.media.recorder import Recording
+from amphi.obs.observer import Observer
 from amphi.room import Room
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def iso(t: float | None) -> str | None:
 class Node:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.registry = SpaceRegistry(cfg.data_dir / "spaces")
+        self.obs = Observer(self)  # obs: metrics, state-change events, timelines, the dashboard's feed
+        self.registry = SpaceRegistry(cfg.data_dir / "spaces", on_change=self.obs.space_transition)
         self.ingest = WebRTCIngest(cfg.ice_addresses, silence_timeout_s=cfg.stage.silence_timeout_s,
                                    garbage_timeout_s=cfg.stage.garbage_timeout_s)
         self.pipelines: dict[str, Pipeline] = {}
@@ -58,6 +60,7 @@ class Node:
         self.event_streams = 0  # open SSE connections
         self._recordings: dict[str, Recording] = {}
         self.signer = Signer(self._secret())
+        self.operator_key = self._operator_key()
         self.admission = Admission(cfg.admission, self.signer, random.Random())
         self.governor = Governor(cfg.admission)
         self._admission_changed = asyncio.Event()
@@ -80,15 +83,22 @@ class Node:
         self.spawn(self._lag_probe(), name="lag-probe")
         self.spawn(self._health(), name="health")
         self.spawn(self._levels(), name="levels")
+        self.spawn(self.obs.run(), name="obs-sampler")
 
     def _secret(self) -> bytes:
         """The token key: config, else $AMPHI_SECRET, else <data_dir>/secret (made once).
         Edges and other nodes that should accept this node's tokens need the same key."""
-        if self.cfg.admission.secret:
-            return self.cfg.admission.secret
-        if env := os.environ.get("AMPHI_SECRET"):
+        return self.cfg.admission.secret or self._stored_key("AMPHI_SECRET", "secret")
+
+    def _operator_key(self) -> str:
+        """The operator's key (/dashboard, /metrics): config, else $AMPHI_OPERATOR_KEY, else
+        <data_dir>/operator_key (made once, mode 0600)."""
+        return self.cfg.operator_key or self._stored_key("AMPHI_OPERATOR_KEY", "operator_key").decode()
+
+    def _stored_key(self, env_name: str, file_name: str) -> bytes:
+        if env := os.environ.get(env_name):
             return env.encode()
-        path = self.cfg.data_dir / "secret"
+        path = self.cfg.data_dir / file_name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, new_secret().hex().encode(), mode=0o600)
@@ -104,6 +114,7 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.obs.close()
 
     def spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -155,11 +166,9 @@ class Node:
             cpu0, t0 = cpu1, t1
             self._join_times.clear()
             self._loop_lag = 0.0
-            level = self.governor.level
+            level, limit = self.governor.level, self.governor.limit
             self.governor.update(sample, self.admission.occupied, time.time())
-            if self.governor.level != level:
-                log.warning("degradation %s -> %s (%s)", level, self.governor.level_name,
-                            ", ".join(self.governor.problems) or "healthy again")
+            self.obs.health(sample, limit, level)  # obs: limit and ladder changes, with their reason
             self.admission.limit = self.governor.limit
             self.admission.paused = self.governor.level >= 1
             self._admission_changed.set()
@@ -301,11 +310,15 @@ class Node:
         and their seat is kept by those very renewals. Once the seat is released, the
         token is refused like any other expired one."""
         now = time.time()
-        if not playlist:
-            return self.signer.verify_token(space_id, token, now)
-        t = self.signer.verify_token(space_id, token, now, grace_s=math.inf)
-        if t.expires <= now and (t.host or not self.admission.seat_held(space_id, t.seat)):
-            raise TokenExpired("the admission token has expired: join again")
+        try:
+            if not playlist:
+                return self.signer.verify_token(space_id, token, now)
+            t = self.signer.verify_token(space_id, token, now, grace_s=math.inf)
+            if t.expires <= now and (t.host or not self.admission.seat_held(space_id, t.seat)):
+                raise TokenExpired("the admission token has expired: join again")
+        except (Unauthorized, Forbidden) as e:
+            self.obs.metrics.token_failures.labels(e.code).inc()  # obs
+            raise
         return t
 
     def renewal(self, space_id: str, token: Token) -> str | None:

@@ -73,6 +73,9 @@ async def serve(cfg: Config) -> None:
         await _wait_listening(cfg.http.host, cfg.http.port, server_task)
         log.info("listening on %s", cfg.http.base_url)
         print(f"amphi: serving on {cfg.http.base_url}", flush=True)
+        key = (f"operator key {node.operator_key}" if cfg.demo else
+               f"operator key: --operator-key, $AMPHI_OPERATOR_KEY or {cfg.data_dir / 'operator_key'}")
+        print(f"amphi: operator dashboard {cfg.http.base_url}/dashboard ({key})", flush=True)
         if cfg.demo:
             from amphi.demo import start_demo
 

@@ -36,15 +36,22 @@ class HealthSample:
     loop_cpu: float  # event-loop thread CPU over the period, fraction of one core
     join_p95_s: float | None  # None when there were no joins
 
-    def problems(self, cfg: AdmissionConfig) -> list[str]:
+    def checks(self, cfg: AdmissionConfig) -> list[tuple[str, str]]:
+        """(kind, description) of each bound exceeded; kinds are loop_lag, loop_cpu, join_p95."""
         out = []
         if self.loop_lag_s > cfg.max_loop_lag_s:
-            out.append(f"loop lag {self.loop_lag_s * 1000:.0f} ms")
+            out.append(("loop_lag", f"loop lag {self.loop_lag_s * 1000:.0f} ms"))
         if self.loop_cpu > cfg.max_loop_cpu:
-            out.append(f"loop CPU {self.loop_cpu:.0%}")
+            out.append(("loop_cpu", f"loop CPU {self.loop_cpu:.0%}"))
         if self.join_p95_s is not None and self.join_p95_s > cfg.max_join_p95_s:
-            out.append(f"join p95 {self.join_p95_s * 1000:.0f} ms")
+            out.append(("join_p95", f"join p95 {self.join_p95_s * 1000:.0f} ms"))
         return out
+
+    def problems(self, cfg: AdmissionConfig) -> list[str]:
+        return [text for _, text in self.checks(cfg)]
+
+    def problem_kinds(self, cfg: AdmissionConfig) -> list[str]:
+        return [kind for kind, _ in self.checks(cfg)]
 
 
 class Governor:

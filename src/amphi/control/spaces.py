@@ -91,9 +91,11 @@ def parse_starts_at(value: object) -> float | None:
 class SpaceRegistry:
     """All Spaces of this node, kept in memory and in ``<data_dir>/spaces/<id>/space.json``."""
 
-    def __init__(self, root: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, root: Path, clock: Callable[[], float] = time.time,
+                 on_change: Callable[[Space, SpaceState | None, SpaceState, str | None], None] | None = None) -> None:
         self.root = root
         self._clock = clock
+        self._on_change = on_change  # (space, old or None when created, new, reason): logs it, if given
         self._spaces: dict[str, Space] = {}
         root.mkdir(parents=True, exist_ok=True)
 
@@ -126,7 +128,10 @@ class SpaceRegistry:
         self._spaces[space.id] = space
         self.dir(space.id).mkdir(parents=True, exist_ok=True)
         self._save(space)
-        log.info("space %s created: %r", space.id, space.title)
+        if self._on_change is not None:
+            self._on_change(space, None, space.state, None)
+        else:
+            log.info("space %s created: %r", space.id, space.title)
         return space, key
 
     def get(self, space_id: str) -> Space:
@@ -166,7 +171,10 @@ class SpaceRegistry:
             space.ended_at = now
             space.end_reason = reason
         self._save(space)
-        log.info("space %s %s -> %s%s", space.id, old.value, new.value, f" ({reason})" if reason else "")
+        if self._on_change is not None:
+            self._on_change(space, old, new, reason)
+        else:
+            log.info("space %s %s -> %s%s", space.id, old.value, new.value, f" ({reason})" if reason else "")
 
     def due(self) -> list[Space]:
         now = self._clock()

@@ -123,9 +123,12 @@ class Config:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)  # host addresses offered in ICE candidates
-    node_id: str = "origin"  # this node's name: edges route /o/<node_id>/media/ to it (docs/edge.md)
+    node_id: str = "origin"  # this node's name, in every log line and sample; edges route /o/<node_id>/media/ to it
     edges: tuple[str, ...] = ()  # base URLs of the edge caches listeners are sent to; none: this node serves them
     demo: bool = False  # create a demo Space with a built-in speaker at start-up
+    # the operator's key for /dashboard and /metrics (docs/observability.md); default
+    # $AMPHI_OPERATOR_KEY, else <data_dir>/operator_key (made once, mode 0600)
+    operator_key: str | None = None
     web_assets_dir: Path = field(
         default_factory=lambda: Path(
             os.environ.get("AMPHI_NODE_MODULES", Path(__file__).resolve().parents[3] / "node_modules")

@@ -64,6 +64,14 @@ class MediaTimeline:
         return None
 
     @property
+    def media_end_wall(self) -> float | None:
+        """Wall time at which the newest published sample was mixed (None before the first
+        part): wall time minus this is how far production lags (amphi.obs.metrics)."""
+        seg = self._open if self._open is not None and self._open.parts else (
+            next(reversed(self._segments.values())) if self._segments else None)
+        return None if seg is None else seg.pdt + seg.duration
+
+    @property
     def has_segments(self) -> bool:
         """A playlist is worth serving once it lists a whole segment: players that ignore
         parts (ffmpeg, VLC, older players) find no media in a playlist of parts alone."""

@@ -27,6 +27,9 @@ class JoinEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send, m: re.Match[str]) -> None:
         started = time.perf_counter()
         node = self._node
+        space = None
+        outcome: str | None = "refused" if m.group(2) == "join" else None  # obs
+        reason: str | None = None
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{m.group(2)} takes POST")
@@ -41,9 +44,21 @@ class JoinEndpoint:
                 node.registry.authorize_host(space, auth.decode("latin-1"))  # 401/403
             status, answer = await node.join(space, ticket=body.get("ticket"), token=body.get("token"),
                                             host=auth is not None)
+            outcome = _outcome(status, answer)
             await send_json(send, status, answer,
                             retry_after_s=answer["retry_after_s"] if status == 202 else None)  # type: ignore[arg-type]
         except AmphiError as err:
+            reason = err.code
             await send_error(send, err)
         finally:
             node.record_join(time.perf_counter() - started)
+            if outcome is not None:  # obs: joins by outcome, refusals by reason
+                node.obs.metrics.join(space.id if space is not None else None, outcome, reason)
+
+
+def _outcome(status: int, answer: dict[str, object]) -> str:
+    if status == 202:
+        return "waiting"
+    if answer["status"] == "ended":
+        return "ended"
+    return "renewed" if answer.get("renewed") else "admitted"

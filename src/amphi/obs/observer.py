@@ -1,0 +1,257 @@
+"""The node's observer: the one place where "something happened" is recorded.
+
+``Observer.event(kind, space_id=..., **fields)`` writes the JSON log line, appends the event
+to the Space's timeline (``amphi.obs.timeline``) and feeds the dashboard (``amphi.obs.feed``).
+Kinds:
+
+    space            a Space's lifecycle: created, scheduled -> live, live -> ended (reason)
+    admission_limit  the adaptive seat limit moved, and why (the health problems, or "room
+                     nearly full and healthy")
+    degradation      a rung of the degradation ladder up or down
+    detector         the surge-vs-attack detector changed state (set by the defense work
+                     through ``Observer.detector``)
+
+``run()`` samples once a second: the node (for the dashboard) and every Space that is live,
+or scheduled with someone seated, waiting or a pipeline running (dashboard and timeline
+file). The observer only reads the node; the node calls it at a few marked places
+("# obs:" in node.py, web/join.py, web/app.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+import psutil
+
+from amphi.obs import logging as obs_logging
+from amphi.obs.feed import Feed
+from amphi.obs.metrics import Metrics, NodeGauges, SpaceGauges, quantile
+from amphi.obs.timeline import FILE, TimelineFile
+
+if TYPE_CHECKING:
+    from amphi.control.health import HealthSample
+    from amphi.control.spaces import Space, SpaceState
+    from amphi.node import Node
+
+log = logging.getLogger("amphi.events")
+
+SAMPLE_PERIOD_S = 1.0
+# Route templates whose time to first byte the dashboard charts (see amphi.web.app.route_of).
+JOIN_ROUTE = "/api/spaces/{id}/join"
+MEDIA_ROUTES = ("/media/{id}/t/{token}/{msn}.{part}.m4s", "/media/{id}/t/{token}/{msn}.m4s",
+                "/media/{id}/t/{token}/init.mp4")
+
+
+class OriginCounters(Protocol):
+    blocking_waiting: int
+    blocking_timeouts: int
+    blocking_disconnects: int
+    renewals: int
+
+
+def _round(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+class Observer:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.node_id = node.cfg.node_id
+        obs_logging.set_node_id(self.node_id)
+        self.metrics = Metrics(self)
+        self.feed = Feed()
+        self.origin: OriginCounters | None = None  # set by the web app, which owns the origin
+        self.dashboard_streams = 0
+        self.health_sample: HealthSample | None = None
+        self.problems: tuple[str, ...] = ()
+        self._files: dict[str, TimelineFile] = {}
+        self._detector: dict[str, dict[str, Any]] = {}
+        self._process = psutil.Process(os.getpid())
+        self._process.cpu_percent(None)
+        self._hist: dict[str, list[float]] = {}
+        self._requests_before = 0.0
+
+    # -- the one way to record a state change ----------------------------------------------
+
+    def event(self, kind: str, space_id: str | None = None, *, msg: str, level: int = logging.INFO,
+              **fields: Any) -> None:
+        now = time.time()
+        log.log(level, msg, extra={"space_id": space_id, "fields": {"event": kind, **fields}})
+        line = {"t": round(now, 3), "kind": kind, "msg": msg, **fields}
+        if space_id is not None:
+            self._file(space_id).append(line)
+        else:  # node-wide (limit, degradation): into every sampled Space's timeline too
+            for sid in self._active_ids():
+                self._file(sid).append(line)
+        self.feed.event({**line, "space": space_id})
+        self.feed.notify()
+
+    def space_transition(self, space: Space, old: SpaceState | None, new: SpaceState, reason: str | None) -> None:
+        """Called by the Space registry on every lifecycle change (and on creation)."""
+        from amphi.control.spaces import SpaceState
+
+        if new is SpaceState.ENDED:
+            self._sample_space(space.id, time.time(), self._node_fields())  # the final counts
+        what = f"{old.value} -> {new.value}" if old is not None else f"created ({new.value})"
+        self.event("space", space.id, msg=f"space {space.id} {what}" + (f" ({reason})" if reason else ""),
+                   old=old.value if old else None, new=new.value, reason=reason, title=space.title,
+                   starts_at=space.starts_at)
+        if new is SpaceState.ENDED:
+            f = self._files.pop(space.id, None)
+            if f is not None:
+                f.close()
+            self.feed.ended(space.id)
+            self.metrics.forget_space(space.id)
+            self._detector.pop(space.id, None)
+
+    def health(self, sample: HealthSample, old_limit: int, old_level: int) -> None:
+        """After each health period: the limit and the ladder, with their reason."""
+        gov = self.node.governor
+        self.health_sample = sample
+        self.problems = tuple(sample.problem_kinds(gov.cfg))
+        reason = ", ".join(gov.problems) or "healthy"
+        if gov.limit != old_limit:
+            direction = "down" if gov.limit < old_limit else "up"
+            self.metrics.limit_changes.labels(direction).inc()
+            why = reason if direction == "down" else "healthy and the room nearly full"
+            self.event("admission_limit", msg=f"admission limit {old_limit} -> {gov.limit} ({why})",
+                       old=old_limit, new=gov.limit, reason=why, problems=list(gov.problems))
+        if gov.level != old_level:
+            self.event("degradation", msg=f"degradation {old_level} -> {gov.level} {gov.level_name} ({reason})",
+                       level=logging.WARNING if gov.level > old_level else logging.INFO,
+                       old=old_level, new=gov.level, name=gov.level_name, reason=reason,
+                       problems=list(gov.problems))
+
+    def detector(self, space_id: str, state: str, evidence: dict[str, Any] | None = None) -> None:
+        """For the defense work's surge-vs-attack detector: its state per Space and the
+        evidence behind it. A change of state is an event; the evidence rides on samples."""
+        old = self._detector.get(space_id, {}).get("state")
+        self.metrics.set_detector_state(space_id, state)
+        self._detector[space_id] = {"state": state, "evidence": evidence or {}}
+        if state != old:
+            self.event("detector", space_id, msg=f"detector {old or 'none'} -> {state}",
+                       level=logging.WARNING if state != "normal" else logging.INFO,
+                       old=old, new=state, evidence=evidence or {})
+
+    # -- scraping ------------------------------------------------------------------------------
+
+    def gauges(self) -> NodeGauges:
+        node = self.node
+        now = time.time()
+        adm = node.admission
+        origin = self.origin
+        h = self.health_sample
+        spaces = [self._space_gauges(sid, now) for sid in self._active_ids()]
+        return NodeGauges(
+            occupied=adm.occupied, waiting=adm.waiting, limit=adm.limit,
+            max_listeners=node.cfg.admission.max_listeners, degradation_level=node.governor.level,
+            problems=self.problems, loop_lag_s=h.loop_lag_s if h else 0.0, loop_cpu=h.loop_cpu if h else 0.0,
+            join_p95_s=h.join_p95_s if h else None, speakers=node.ingest.connections,
+            event_streams=node.event_streams, dashboard_streams=self.dashboard_streams,
+            blocking_waiting=origin.blocking_waiting if origin else 0,
+            blocking_timeouts=origin.blocking_timeouts if origin else 0,
+            blocking_disconnects=origin.blocking_disconnects if origin else 0,
+            playlist_renewals=origin.renewals if origin else 0, spaces=spaces)
+
+    def _space_gauges(self, sid: str, now: float) -> SpaceGauges:
+        node = self.node
+        counts = node.admission.counts(sid)
+        pipeline = node.pipelines.get(sid)
+        end = pipeline.timeline.media_end_wall if pipeline is not None else None
+        rec = node.recording(sid)
+        return SpaceGauges(space_id=sid, state=node.registry.get(sid).state.value, listeners=counts.listeners,
+                           peak_listeners=counts.peak_listeners, waiting=counts.waiting,
+                           admitted_total=counts.admitted_total, recording_bytes=rec.bytes_written,
+                           production_lag_s=None if end is None else max(0.0, now - end))
+
+    def _active_ids(self) -> list[str]:
+        """Spaces worth sampling: live, or scheduled with a pipeline, seats or a line."""
+        from amphi.control.spaces import SpaceState
+
+        node = self.node
+        out = []
+        for space in node.registry.all():
+            if space.state is SpaceState.LIVE:
+                out.append(space.id)
+            elif space.state is SpaceState.SCHEDULED:
+                c = node.admission.counts(space.id)
+                if space.id in node.pipelines or c.listeners or c.waiting:
+                    out.append(space.id)
+        return out
+
+    # -- sampling --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_PERIOD_S)
+            self.sample(time.time())
+
+    def sample(self, now: float) -> None:
+        node_fields = self._node_fields()
+        for sid in self._active_ids():
+            self._sample_space(sid, now, node_fields)
+        self.feed.sample("node", {"t": round(now, 3), **node_fields, **self._node_only()})
+        self.feed.notify()
+
+    def _node_fields(self) -> dict[str, Any]:
+        """What every sample carries about the node: the limit, the ladder and its reason."""
+        gov = self.node.governor
+        return {"limit": gov.limit, "max_listeners": self.node.cfg.admission.max_listeners, "level": gov.level,
+                "level_name": gov.level_name, "problems": list(gov.problems)}
+
+    def _node_only(self) -> dict[str, Any]:
+        adm = self.node.admission
+        h = self.health_sample
+        hist = self.metrics.route_histograms()
+        latency: dict[str, dict[str, float | None]] = {}
+        for name, routes in (("join", (JOIN_ROUTE,)), ("media", MEDIA_ROUTES)):
+            after = _sum_buckets([hist[r] for r in routes if r in hist])
+            before = _sum_buckets([self._hist[r] for r in routes if r in self._hist])
+            latency[name] = {f"p{int(q * 100)}": _round(quantile(q, before, after) if after else None, 5)
+                             for q in (0.5, 0.95, 0.99)}
+        total = sum(b[-1] for b in hist.values())
+        requests = total - self._requests_before
+        self._requests_before, self._hist = total, hist
+        mem = self._process.memory_info().rss
+        return {"listeners": adm.occupied, "waiting": adm.waiting, "joins": dict(self.metrics.join_totals),
+                "latency": latency, "requests_per_s": round(requests / SAMPLE_PERIOD_S, 1),
+                "loop_lag_ms": _round(h.loop_lag_s * 1000 if h else None, 1),
+                "loop_cpu": _round(h.loop_cpu if h else None, 3), "cpu_pct": round(self._process.cpu_percent(None), 1),
+                "rss_mb": round(mem / 2**20, 1), "speakers": self.node.ingest.connections,
+                "spaces": len(self._active_ids())}
+
+    def _sample_space(self, sid: str, now: float, node_fields: dict[str, Any]) -> None:
+        g = self._space_gauges(sid, now)
+        sample: dict[str, Any] = {
+            "t": round(now, 3), "state": g.state, "listeners": g.listeners, "peak": g.peak_listeners,
+            "waiting": g.waiting, "admitted_total": g.admitted_total, "joins": dict(self.metrics.space_join_counts.get(sid, {})),
+            "refusals": dict(self.metrics.space_refusals.get(sid, {})), "lag_s": _round(g.production_lag_s),
+            "recording_bytes": g.recording_bytes, **node_fields,
+        }
+        det = self._detector.get(sid)
+        if det is not None:
+            sample["detector"] = det["state"]
+            sample["evidence"] = det["evidence"]
+        self._file(sid).append({"kind": "sample", **sample})
+        self.feed.sample(sid, sample)
+
+    def _file(self, space_id: str) -> TimelineFile:
+        f = self._files.get(space_id)
+        if f is None:
+            f = self._files[space_id] = TimelineFile(self.node.registry.dir(space_id) / FILE)
+        return f
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def _sum_buckets(lists: list[list[float]]) -> list[float] | None:
+    if not lists:
+        return None
+    return [sum(col) for col in zip(*lists, strict=True)]

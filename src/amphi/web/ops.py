@@ -1,0 +1,184 @@
+"""The operator's endpoints (raw ASGI; see docs/observability.md):
+
+    GET  /metrics                 Prometheus text format          operator only
+    GET  /dashboard               the live dashboard, or the login form (401) without a session
+    POST /dashboard/login         form field ``key`` -> session cookie, 303 to /dashboard
+    POST /dashboard/logout        clears the cookie, 303 to /dashboard
+    GET  /dashboard/stream        Server-Sent Events: a snapshot, then new samples and events
+    GET  /vendor/uPlot.iife.min.js, /vendor/uPlot.min.css    the chart library (npm, node_modules)
+
+Operator only = ``Authorization: Bearer OPERATOR_KEY``, or the session cookie the login form
+sets (an HMAC of the key, HttpOnly, SameSite=Strict: the key itself never sits in the URL
+bar or in the browser's cookie jar). ``/metrics`` is operator-only too, also on loopback:
+behind an edge on the same machine every client is loopback. Prometheus sends the key with
+``authorization: {credentials_file: <data_dir>/operator_key}``.
+
+The stream holds no queue: it remembers the number of the last message it sent and sends
+what came after it when the sampler wakes it (once a second), coalesced into one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import re
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import orjson
+
+from amphi.core.errors import AmphiError, MethodNotAllowed, NotFound, PayloadTooLarge, TooBusy, Unauthorized
+from amphi.node import Node
+from amphi.obs.metrics import CONTENT_TYPE
+from amphi.web.asgi import NO_STORE, Receive, Scope, Send, bearer, header, respond, send_error
+from amphi.web.events import _disconnected, _event  # the stage streams' SSE framing, shared
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "amphi_operator"
+SESSION_S = 12 * 3600
+LOGIN_BODY_LIMIT = 1024
+MAX_STREAMS = 32  # dashboards open at once per node
+KEEPALIVE_S = 15.0
+SEND_TIMEOUT_S = 10.0
+HTML = b"text/html; charset=utf-8"
+VENDOR = {"/vendor/uPlot.iife.min.js": ("uplot/dist/uPlot.iife.min.js", b"text/javascript"),
+          "/vendor/uPlot.min.css": ("uplot/dist/uPlot.min.css", b"text/css")}
+PATHS = ("/metrics", "/dashboard", "/dashboard/login", "/dashboard/logout", "/dashboard/stream", *VENDOR)
+_COOKIE_RE = re.compile(COOKIE + r"=([0-9a-f]{64})")
+
+
+class Ops:
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._session = hmac.new(node.operator_key.encode(), b"amphi dashboard session", hashlib.sha256).hexdigest()
+        self._secure = (node.cfg.http.public_url or "").startswith("https://")
+        self._assets = node.cfg.web_assets_dir
+
+    # -- who is asking ------------------------------------------------------------------------
+
+    def _authorized(self, scope: Scope) -> bool:
+        auth = header(scope, b"authorization")
+        if auth is not None:
+            key = bearer(auth.decode("latin-1"))
+            return key is not None and hmac.compare_digest(key.encode(), self._node.operator_key.encode())
+        cookie = header(scope, b"cookie")
+        m = _COOKIE_RE.search(cookie.decode("latin-1")) if cookie else None
+        return m is not None and hmac.compare_digest(m.group(1), self._session)
+
+    def _require(self, scope: Scope) -> None:
+        if not self._authorized(scope):
+            raise Unauthorized("this needs the operator key: Authorization: Bearer OPERATOR_KEY, "
+                               "or log in at /dashboard")
+
+    # -- routing ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        try:
+            if path in VENDOR:
+                await self._vendor(path, send)
+            elif path == "/dashboard/login":
+                _post(method)
+                await self._login(scope, receive, send)
+            elif path == "/dashboard/logout":
+                _post(method)
+                await self._redirect(send, f"{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict")
+            elif method != "GET":
+                raise MethodNotAllowed(f"{path} takes GET")
+            elif path == "/metrics":
+                self._require(scope)
+                body = self._node.obs.metrics.exposition()
+                await respond(send, 200, [(b"content-type", CONTENT_TYPE.encode()), (b"cache-control", NO_STORE)], body)
+            elif path == "/dashboard":
+                if self._authorized(scope):
+                    await self._page(send, 200, "dashboard.html")
+                else:
+                    await self._page(send, 401, "login.html")
+            else:
+                self._require(scope)
+                await self._stream(receive, send)
+        except AmphiError as err:
+            await send_error(send, err)
+
+    async def _page(self, send: Send, status: int, name: str, message: str = "") -> None:
+        body = (STATIC / name).read_bytes().replace(b"{message}", message.encode())
+        await respond(send, status, [(b"content-type", HTML), (b"cache-control", NO_STORE)], body)
+
+    async def _vendor(self, path: str, send: Send) -> None:
+        rel, ctype = VENDOR[path]
+        file = self._assets / rel
+        if not file.is_file():
+            raise NotFound("uPlot is not installed: run `make setup` (npm ci)")
+        await respond(send, 200, [(b"content-type", ctype), (b"cache-control", b"public, max-age=3600")],
+                      file.read_bytes())
+
+    async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > LOGIN_BODY_LIMIT:
+                raise PayloadTooLarge(f"a login form is at most {LOGIN_BODY_LIMIT} bytes")
+            if not message.get("more_body"):
+                break
+        key = (parse_qs(body.decode("latin-1")).get("key") or [""])[0].strip()
+        if not hmac.compare_digest(key.encode(), self._node.operator_key.encode()):
+            log.warning("dashboard login refused (wrong operator key)")
+            await self._page(send, 401, "login.html", "That is not this node's operator key.")
+            return
+        secure = "; Secure" if self._secure else ""
+        await self._redirect(send, f"{COOKIE}={self._session}; Max-Age={SESSION_S}; Path=/; HttpOnly; "
+                                   f"SameSite=Strict{secure}")
+
+    @staticmethod
+    async def _redirect(send: Send, cookie: str) -> None:
+        await respond(send, 303, [(b"location", b"/dashboard"), (b"set-cookie", cookie.encode()),
+                                  (b"cache-control", NO_STORE)], b"")
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
+        obs = self._node.obs
+        if obs.dashboard_streams >= MAX_STREAMS:
+            raise TooBusy(f"{MAX_STREAMS} dashboards are open on this node", retry_after_s=30)
+        obs.dashboard_streams += 1
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", NO_STORE),
+                (b"x-accel-buffering", b"no")]})
+            info = {"node_id": obs.node_id, "max_listeners": self._node.cfg.admission.max_listeners}
+            seq, data = obs.feed.snapshot()
+            await self._send(send, _event("hello", orjson.dumps(info)) + _event("snapshot", data))
+            while not gone.done():
+                waited = asyncio.ensure_future(obs.feed.wait(KEEPALIVE_S))
+                await asyncio.wait([gone, waited], return_when=asyncio.FIRST_COMPLETED)
+                waited.cancel()
+                if gone.done():
+                    return
+                news = obs.feed.since(seq)
+                if news is None:  # fell behind the ring: start over
+                    seq, data = obs.feed.snapshot()
+                    await self._send(send, _event("snapshot", data))
+                elif news[1]:
+                    seq = news[0]
+                    await self._send(send, _event("update", news[1]))
+                else:
+                    await self._send(send, b": keepalive\n\n")
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            log.debug("dashboard stream closed: %r", exc)
+        finally:
+            obs.dashboard_streams -= 1
+            gone.cancel()
+
+    @staticmethod
+    async def _send(send: Send, body: bytes) -> None:
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+def _post(method: str) -> None:
+    if method != "POST":
+        raise MethodNotAllowed("this takes POST (a form)")
