@@ -75,6 +75,9 @@
     requeued: false, // our place had lapsed: back at the end of the line
     token: null, // while admitted
     playlist: null,
+    edges: [], // media bases of the edge caches the node named (docs/edge.md); [] when it serves media itself
+    edge: null, // the one media requests go to now; another is taken when it stops answering
+    edgeSwitches: 0,
     expiresAt: 0, // local clock, ms
     blocked: false,
     polls: 0, // ticket polls sent
@@ -596,6 +599,10 @@
     player.position = null;
     player.token = data.token;
     player.playlist = data.playlist;
+    player.edges = Array.isArray(data.edges) ? data.edges : [];
+    if (!player.edges.includes(player.edge)) {
+      player.edge = player.edges.find((e) => data.playlist.startsWith(`${e}/`)) || null;
+    }
     player.expiresAt = Date.now() + Number(data.expires_in_s) * 1000;
     scheduleRenewal(data);
     player.note = fromLine ? "It’s your turn." : "";
@@ -794,17 +801,28 @@
     showError(`Playback failed: ${err && err.message ? err.message : err}`);
   }
 
-  // The newest token in a media URL: playlists use relative URIs, so every request would
-  // otherwise carry the token its playlist was loaded with.
-  function withToken(url) {
-    if (!player.token) return url;
-    return url.replace(TOKEN_PATH, (_, head) => `${head}${encodeURIComponent(player.token)}/`);
+  // The newest token and the current edge in a media URL: playlists use relative URIs, so
+  // every request would otherwise carry the token and the edge its playlist was loaded with.
+  function mediaUrl(url) {
+    let u = url;
+    const from = player.edge && player.edges.find((e) => u.startsWith(`${e}/`));
+    if (from && from !== player.edge) u = player.edge + u.slice(from.length);
+    if (!player.token) return u;
+    return u.replace(TOKEN_PATH, (_, head) => `${head}${encodeURIComponent(player.token)}/`);
+  }
+
+  // An edge that does not answer at all (no HTTP status): the next attempt goes to another.
+  function otherEdge() {
+    const others = player.edges.filter((e) => e !== player.edge);
+    if (!player.edge || !others.length) return;
+    player.edge = others[Math.floor(Math.random() * others.length)];
+    player.edgeSwitches += 1;
   }
 
   function createHls() {
     const hls = new HlsJs({
       lowLatencyMode: true,
-      xhrSetup: (xhr, url) => { xhr.open("GET", withToken(url), true); }, // hls.js then skips its own open()
+      xhrSetup: (xhr, url) => { xhr.open("GET", mediaUrl(url), true); }, // hls.js then skips its own open()
     });
     hls.attachMedia(audio);
     hls.on(HlsJs.Events.ERROR, (_event, data) => onHlsError(hls, data));
@@ -831,6 +849,7 @@
       console.warn("hls.js fatal error", data.type, data.details, data);
     }
     if (player.mode === "live" && (code === 401 || code === 403)) return mediaRefused(code);
+    if (data.type === HlsJs.ErrorTypes.NETWORK_ERROR && code === 0) otherEdge(); // hls.js's own retries too
     if (!data.fatal) return;
     const E = HlsJs.ErrorTypes;
     if (data.type === E.MEDIA_ERROR) {
