@@ -1,4 +1,4 @@
-"""Command line: ``amphi serve`` and ``amphi speak``."""
+"""Command line: ``amphi serve``, ``amphi speak``, ``amphi loadtest`` and ``amphi simulate``."""
 
 from __future__ import annotations
 
@@ -48,17 +48,19 @@ def main(verbose: bool) -> None:
               help="Seconds a seat outlives its last token before it is given to someone else.")
 @click.option("--ticket-hold", default=AdmissionConfig.ticket_hold_s, show_default=True, type=click.FloatRange(min=1),
               help="Seconds a place in line is kept after the waiting client's last poll.")
+@click.option("--max-waiting", default=AdmissionConfig.max_waiting, show_default=True, type=click.IntRange(1),
+              help="Places in the waiting line, node-wide; beyond it joins get 503 and come back later.")
 @click.option("--speaker-timeout", default=StageConfig.silence_timeout_s, show_default=True,
               type=click.FloatRange(min=1), help="Hang up a speaker's connection that sends no audio this long.")
 def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bool, max_listeners: int,
           admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float, ticket_hold: float,
-          speaker_timeout: float) -> None:
+          max_waiting: int, speaker_timeout: float) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
     admission = AdmissionConfig(max_listeners=max_listeners, min_listeners=min(max_listeners, AdmissionConfig.min_listeners),
                                 admit_rate_per_s=admit_rate, admit_burst=admit_burst, token_ttl_s=token_ttl,
-                                seat_grace_s=seat_grace, ticket_hold_s=ticket_hold)
+                                seat_grace_s=seat_grace, ticket_hold_s=ticket_hold, max_waiting=max_waiting)
     stage = StageConfig(silence_timeout_s=speaker_timeout)
     cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url), demo=demo,
                  admission=admission, stage=stage)
@@ -115,5 +117,7 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
 
 
 from amphi.loadtest.cli import loadtest  # noqa: E402 - the load test lives in its own package
+from amphi.sim.cli import simulate  # noqa: E402 - so does the simulator
 
 main.add_command(loadtest)
+main.add_command(simulate)
