@@ -80,7 +80,7 @@ class SimConfig:
     edge_capacity: int = 10_000  # listeners one edge serves without stalling
     edge_rps: float | None = None  # requests per second one edge serves; None: only edge_capacity counts
     player: str = "ll"  # ll: a part and a blocking reload per part; segments: the same per segment
-    request_cost_s: float = 0.0003  # node time per API request (join, poll, renewal, leave)
+    request_cost_s: float = 0.0002  # node time per API request (join, poll, renewal, leave): ~ measured on loopback
     media_cost_s: float = 0.0002  # node time per media request when the node serves media (edges = 0)
     rtt_s: float = 0.002  # a request's answer time with nothing queued
     request_timeout_s: float = 10.0  # clients give up on a request after this (and back off)

@@ -96,7 +96,7 @@ def plot(r: dict[str, object], path: str | Path, title: str | None = None) -> No
         ax = a4.twinx()
         ax.plot(t, col("edges_alive"), color="#937860", linestyle="--", label="edges alive")
         ax.set_ylabel("edges alive")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.15 * max(col("edges_alive")))
     for ax in (a3, a4):
         ax.set_xlabel("minutes from T0")
     fig.suptitle(title or f"amphi simulate: {r['listeners']:,} listeners")
