@@ -1,4 +1,4 @@
-"""Command line: ``amphi serve``, ``speak``, ``loadtest``, ``report`` and ``edge``."""
+"""Command line: ``amphi serve``, ``speak``, ``loadtest``, ``simulate``, ``report`` and ``edge``."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
               help="Seconds a seat outlives its last token before it is given to someone else.")
 @click.option("--ticket-hold", default=AdmissionConfig.ticket_hold_s, show_default=True, type=click.FloatRange(min=1),
               help="Seconds a place in line is kept after the waiting client's last poll.")
+@click.option("--max-waiting", default=AdmissionConfig.max_waiting, show_default=True, type=click.IntRange(1),
+              help="Places in the waiting line, node-wide; beyond it joins get 503 and come back later.")
 @click.option("--speaker-timeout", default=StageConfig.silence_timeout_s, show_default=True,
               type=click.FloatRange(min=1), help="Hang up a speaker's connection that sends no audio this long.")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default=None,
@@ -55,7 +57,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: str | None, demo: bool,
           max_listeners: int, admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float,
-          ticket_hold: float, speaker_timeout: float, log_format: str | None, operator_key: str | None,
+          ticket_hold: float, max_waiting: int, speaker_timeout: float, log_format: str | None, operator_key: str | None,
           node_id: str, edges: tuple[str, ...]) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
@@ -64,7 +66,7 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
 
     admission = AdmissionConfig(max_listeners=max_listeners, min_listeners=min(max_listeners, AdmissionConfig.min_listeners),
                                 admit_rate_per_s=admit_rate, admit_burst=admit_burst, token_ttl_s=token_ttl,
-                                seat_grace_s=seat_grace, ticket_hold_s=ticket_hold)
+                                seat_grace_s=seat_grace, ticket_hold_s=ticket_hold, max_waiting=max_waiting)
     stage = StageConfig(silence_timeout_s=speaker_timeout)
     if not NODE_ID.match(node_id):
         raise click.BadParameter("1-32 letters, digits, '_' or '-'", param_hint="--node-id")
@@ -142,9 +144,11 @@ def report(space_id: str, data_dir: Path, out: Path | None) -> None:
 
 
 from amphi.loadtest.cli import loadtest  # noqa: E402 - the load test lives in its own package
+from amphi.sim.cli import simulate  # noqa: E402 - so does the simulator
 
 main.add_command(loadtest)
 
 from amphi.edge.cli import edge  # noqa: E402
 
 main.add_command(edge)
+main.add_command(simulate)

@@ -19,7 +19,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from amphi.control.admission import Admission, Admitted, Gcra, Waiting
+from amphi.control.admission import ADMITTER_PERIOD_S, Admission, Admitted, Gcra, Waiting
 from amphi.control.health import Governor, HealthSample
 from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.stage import HOST_ID, Participant
@@ -36,7 +36,6 @@ from amphi.room import Room
 log = logging.getLogger(__name__)
 
 SCHEDULER_PERIOD_S = 0.25
-SWEEP_PERIOD_S = 0.25  # seats and places that ran out are released at most this late
 LAG_PROBE_S = 0.05  # the event-loop lag probe's period
 LEVELS_PERIOD_S = 0.2  # talking indicators are refreshed this often
 MAX_REQUEST_LIMITERS = 100_000  # client addresses tracked for request-to-speak limits
@@ -131,11 +130,9 @@ class Node:
         """Offers free seats to the lines as the rate allows, and releases what ran out."""
         adm = self.admission
         while True:
-            now = time.time()
-            if adm.sweep(now):
+            freed, timeout = adm.tick(time.time(), ADMITTER_PERIOD_S)
+            if freed:
                 self._admission_changed.set()
-            wait = adm.promote(now)
-            timeout = SWEEP_PERIOD_S if wait is None else min(SWEEP_PERIOD_S, max(wait, 0.001))
             self._admission_changed.clear()
             try:
                 async with asyncio.timeout(timeout):
@@ -157,20 +154,14 @@ class Node:
         while True:
             await asyncio.sleep(period)
             cpu1, t1 = time.thread_time(), time.monotonic()
-            times = sorted(self._join_times)
-            sample = HealthSample(
-                loop_lag_s=self._loop_lag,
-                loop_cpu=(cpu1 - cpu0) / (t1 - t0),
-                join_p95_s=times[int(0.95 * (len(times) - 1))] if times else None,
-            )
+            sample = HealthSample.measure(self._loop_lag, (cpu1 - cpu0) / (t1 - t0), self._join_times)
             cpu0, t0 = cpu1, t1
             self._join_times.clear()
             self._loop_lag = 0.0
             level, limit = self.governor.level, self.governor.limit
             self.governor.update(sample, self.admission.occupied, time.time())
             self.obs.health(sample, limit, level)  # obs: limit and ladder changes, with their reason
-            self.admission.limit = self.governor.limit
-            self.admission.paused = self.governor.level >= 1
+            self.governor.apply(self.admission)
             self._admission_changed.set()
 
     def record_join(self, seconds: float) -> None:
@@ -267,7 +258,7 @@ class Node:
         if isinstance(answer, Waiting):
             if adm.occupied < adm.limit:  # a seat is free: the admitter may offer it now
                 self._admission_changed.set()
-            retry = answer.retry_after_s * (2 if self.governor.level >= 2 else 1)
+            retry = answer.retry_after_s * self.governor.retry_factor
             return 202, {"status": "waiting", **common, "ticket": answer.ticket, "position": answer.position,
                          "waiting": answer.waiting, "estimated_wait_s": answer.estimated_wait_s,
                          "retry_after_s": round(retry, 2), "order": answer.order, "requeued": answer.requeued}

@@ -35,6 +35,7 @@ from amphi.core.errors import TokenExpired, TooBusy, TooEarly
 
 EPSILON_S = 1e-6  # float slack in time comparisons (Unix times are large numbers)
 RENEWED_RECENTLY = 0.75  # a seat's token with more than this share of its life left is handed out again
+ADMITTER_PERIOD_S = 0.25  # the node's admitter passes at least this often: what ran out is released this late at most
 FRONT_POLL_S_PER_PLACE = 0.2  # the front of the line polls faster: 1 s at place 5, 10 s from place 50
 
 
@@ -333,6 +334,14 @@ class Admission:
             entry.expires = now + self.cfg.ticket_hold_s
             heapq.heappush(self._entry_heap, (entry.expires, entry.id))
         return None
+
+    def tick(self, now: float, period_s: float) -> tuple[bool, float]:
+        """One pass of the node's admitter: release what ran out, offer free seats. Returns
+        (whether anything was released, seconds until the next pass: ``period_s`` at most,
+        sooner when the rate allows the next seat)."""
+        freed = self.sweep(now) > 0
+        wait = self.promote(now)
+        return freed, period_s if wait is None else min(period_s, max(wait, 0.001))
 
     def sweep(self, now: float) -> int:
         """Releases seats whose time ran out and places nobody polled for; returns how many."""

@@ -19,9 +19,14 @@ Two responses, both automatic and both visible in every Space's status:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from amphi.core.config import AdmissionConfig
+
+if TYPE_CHECKING:
+    from amphi.control.admission import Admission
 
 DECREASE = 0.9  # multiplicative decrease per unhealthy sample
 INCREASE = 0.01  # additive increase per healthy sample, as a share of the ceiling
@@ -35,6 +40,12 @@ class HealthSample:
     loop_lag_s: float  # worst event-loop lag seen in the period
     loop_cpu: float  # event-loop thread CPU over the period, fraction of one core
     join_p95_s: float | None  # None when there were no joins
+
+    @classmethod
+    def measure(cls, loop_lag_s: float, loop_cpu: float, join_times: Sequence[float]) -> HealthSample:
+        """A period's sample from its raw measurements (join answer times in seconds)."""
+        times = sorted(join_times)
+        return cls(loop_lag_s, loop_cpu, times[int(0.95 * (len(times) - 1))] if times else None)
 
     def checks(self, cfg: AdmissionConfig) -> list[tuple[str, str]]:
         """(kind, description) of each bound exceeded; kinds are loop_lag, loop_cpu, join_p95."""
@@ -86,6 +97,17 @@ class Governor:
                 self.limit = min(cfg.max_listeners, self.limit + max(1, round(INCREASE * cfg.max_listeners)))
             if self._healthy_run >= cfg.recover_after and self.level > 0:
                 self._set_level(self.level - 1, now)
+
+    def apply(self, admission: Admission) -> None:
+        """What the limit and the ladder mean for admission: new seats stop at the limit,
+        and from rung 1 on every new join waits."""
+        admission.limit = self.limit
+        admission.paused = self.level >= 1
+
+    @property
+    def retry_factor(self) -> float:
+        """Waiting clients are told to poll half as often from rung 2 on."""
+        return 2.0 if self.level >= 2 else 1.0
 
     def _set_level(self, level: int, now: float) -> None:
         self.level = level

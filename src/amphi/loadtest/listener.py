@@ -30,7 +30,7 @@ import orjson
 from amphi.loadtest import playlist as m3u8
 from amphi.loadtest.buffer import PlaybackBuffer
 from amphi.loadtest.http import Connection, HttpError, Response, split_url
-from amphi.loadtest.profiles import Session, backoff_s, retry_delay_s
+from amphi.loadtest.profiles import Session, backoff_s, header_retry_s, retry_delay_s
 
 if TYPE_CHECKING:
     from amphi.loadtest.swarm import Swarm
@@ -433,7 +433,4 @@ class Listener:
 
 
 def _retry_after(resp: Response) -> float:
-    try:
-        return max(0.2, float(resp.headers.get("retry-after", "1")))
-    except ValueError:
-        return 1.0
+    return header_retry_s(resp.headers.get("retry-after"))

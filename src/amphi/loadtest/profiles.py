@@ -82,6 +82,15 @@ def backoff_s(attempt: int, rng: random.Random, *, base_s: float = 0.5, cap_s: f
     return rng.uniform(0.0, min(cap_s, base_s * (2 ** min(attempt, 30))))
 
 
+def header_retry_s(value: str | None) -> float:
+    """Seconds a client waits for a 429/503 with this Retry-After header (whole seconds from
+    Amphi; 1 s if missing or unreadable, 0.2 s at least)."""
+    try:
+        return max(0.2, float(value if value is not None else "1"))
+    except ValueError:
+        return 1.0
+
+
 def retry_delay_s(retry_after_s: float, rng: random.Random) -> float:
     """When a waiting client polls again: the server's retry_after (already jittered by the
     server) plus up to 10 % more, never earlier."""

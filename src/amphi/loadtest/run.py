@@ -6,9 +6,11 @@ server's, and returns the result that ``report`` prints, writes and plots.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -55,6 +57,16 @@ def find_server_pid(url: str) -> int | None:
     return None
 
 
+def server_admission(url: str) -> dict[str, object] | None:
+    """The node's admission settings (``GET /api/node``), recorded so that ``amphi simulate
+    --calibrate`` can model the same node; None if the node does not say."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/api/node", timeout=5) as resp:
+            return json.loads(resp.read())["admission"]["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict[str, object]:
     cfg = opts.cfg
     sessions = schedule(opts.profile, opts.listeners, duration_s=cfg.duration_s, ramp_s=opts.ramp_s, seed=cfg.seed,
@@ -66,6 +78,10 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
     if files < per_proc + 100:
         warnings.append(f"open-file limit {files} is below the {per_proc} connections one process needs")
     server_pid = opts.server_pid or find_server_pid(cfg.server)
+    admission = server_admission(cfg.server) if cfg.protocol == "amphi" else None
+    if cfg.protocol == "amphi" and admission is None:
+        warnings.append("could not read the node's admission settings (GET /api/node): amphi simulate "
+                        "cannot be calibrated from this run")
     server = ProcessCpu(server_pid) if server_pid else None
 
     ctx = mp.get_context("spawn")
@@ -79,7 +95,9 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
         pipes.append(parent_end)
         workers.append(w)
     try:
-        return _drive(opts, sessions, pipes, workers, server, warnings, progress)
+        result = _drive(opts, sessions, pipes, workers, server, warnings, progress)
+        result["server_admission"] = admission
+        return result
     finally:
         for w in workers:
             w.join(timeout=5)
@@ -178,6 +196,8 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     others = 100 * (busy1[0] - busy0[0] - gen_total - (srv_total or 0.0)) / wall - softirq
     result["softirq_cpu_pct"] = round(softirq, 1)
     result["other_processes_cpu_pct"] = round(max(0.0, others), 1)  # neither generator, server nor softirq
+    requests = int(result["requests_total"])  # type: ignore[call-overload]
+    result["server_cpu_per_request_s"] = round(srv_total / requests, 7) if srv_total is not None and requests else None
     result["generator_pipe_wait_s"] = round(sum(f.get("send_s", 0.0) for f in finals.values()), 3)
     if others > 20:
         warnings.append(f"other processes used {others:.0f} % of a core during the run: figures are noisier")

@@ -68,6 +68,7 @@ class App:
                 "limit": self.node.admission.limit,
                 "max_listeners": self.node.cfg.admission.max_listeners,
                 "paused": self.node.admission.paused,
+                "config": {k: v for k, v in asdict(self.node.cfg.admission).items() if k != "secret"},
             },
             "degradation": self.node.governor.status(),
         }

@@ -1,0 +1,1 @@
+"""Internet-scale model of a night on a virtual clock (docs/simulate.md)."""

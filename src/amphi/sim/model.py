@@ -1,0 +1,537 @@
+"""The simulator's model: a whole night on a virtual clock, with the production admission
+code making every admission decision (docs/simulate.md).
+
+    arrivals ─▶ clients ─▶ API node (a FIFO of requests: work in seconds)
+                  ▲          └─▶ Admission (production) + Governor (production)
+                  │                    │ admitted
+                  └── retry / backoff  ▼
+                                edges (listeners, requests/s) ─▶ origin (requests per edge)
+
+What is exact and what is aggregated:
+
+* **API nodes**: one node is simulated; the others see the same load (the balancer spreads
+  joins evenly and a ticket is only good at the node that issued it), so every count is
+  that node's times ``api_nodes``.
+* **Clients**: each simulated client stands for ``scale`` real ones (``scale`` = 1 when the
+  node's share fits in ``max_clients``). The production ``Admission`` then runs on a config
+  divided by ``scale`` (seats, rate, burst, line size): the same fluid, in bigger drops.
+  ``scale`` is capped so that the scaled admission rate stays >= ``MIN_SCALED_RATE`` seats
+  per second, where the server's retry advice is the same number in both units.
+* **Renewals** are counted, not issued one by one: a renewal never changes a decision, so the
+  production ``Admission`` is given seats that last the whole run and a listener who leaves
+  frees its seat with ``Admission.leave`` at the moment it leaves.
+* **Listening** is counts: listeners per edge, requests per second per listener.
+
+Everything else (the line, positions, retry advice and its jitter, the rate limit, the
+pause and the limit of the degradation ladder, 503 when the line is full) is the production
+code's answer, given the virtual ``now``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from array import array
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+from amphi.control.admission import ADMITTER_PERIOD_S, Admission, Admitted
+from amphi.control.health import Governor, HealthSample
+from amphi.control.tokens import Signer
+from amphi.core.clock import VirtualClock
+from amphi.core.config import AdmissionConfig, MediaConfig
+from amphi.core.errors import AmphiError, BadRequest, TooBusy, TooEarly
+from amphi.loadtest.listener import MAX_ATTEMPTS
+from amphi.loadtest.profiles import backoff_s, header_retry_s, retry_delay_s, schedule
+from amphi.web.asgi import retry_after_value
+
+ARRIVALS = ("surge", "ramp", "poisson")
+PLAYERS = ("ll", "segments")
+MIN_SCALED_RATE = 2.0  # seats/s in the scaled config: above 1/(3 * 0.2 s), position never sets the retry advice
+T0 = 1_700_000_000.0  # the virtual clock starts at a Unix time, as the production code expects
+SPACE = "sim"
+SECRET = b"amphi-simulator-secret"  # signs the simulated tokens and tickets: nothing leaves the process
+
+# client states, as the loadtest names them
+NEW, JOINING, WAITING, PLAYING, LEFT, FAILED = range(6)
+# events
+ARRIVE, SEND, ANSWER, TIMEOUT, LEAVE, ADMITTER, HEALTH, SAMPLE, FAIL_EDGE, REATTACH = range(10)
+
+
+class SimError(BadRequest):
+    """A simulation that cannot be set up as asked (the CLI shows the message)."""
+
+    code = "bad_simulation"
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    listeners: int  # real listeners arriving, all nodes together
+    arrival: str = "surge"  # surge | ramp | poisson (the loadtest's profiles)
+    arrival_s: float = 600.0  # the arrival window (surge: half-normal, sigma arrival_s / 3)
+    listen_s: float = 3600.0  # simulated time after the arrival window
+    stay_s: float | None = None  # mean listening time (exponential); None: to the end
+    api_nodes: int = 1
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # each API node's settings
+    max_listeners: int | None = None  # seats in all, shared out among the API nodes; None: admission.max_listeners each
+    edges: int = 0  # 0: the nodes serve the media themselves
+    edge_capacity: int = 10_000  # listeners one edge serves without stalling
+    edge_rps: float | None = None  # requests per second one edge serves; None: only edge_capacity counts
+    player: str = "ll"  # ll: a part and a blocking reload per part; segments: the same per segment
+    request_cost_s: float = 0.0002  # node time per API request (join, poll, renewal, leave): ~ measured on loopback
+    media_cost_s: float = 0.0002  # node time per media request when the node serves media (edges = 0)
+    rtt_s: float = 0.002  # a request's answer time with nothing queued
+    request_timeout_s: float = 10.0  # clients give up on a request after this (and back off)
+    fail_edge_at_s: float | None = None  # one edge (the fullest) is lost at this time
+    max_clients: int = 20_000  # resolution: simulated clients per node at most
+    seed: int = 1
+
+    @property
+    def horizon_s(self) -> float:
+        return self.arrival_s + self.listen_s
+
+    def check(self) -> None:
+        if self.listeners < 1:
+            raise SimError("--listeners must be at least 1")
+        if self.arrival not in ARRIVALS:
+            raise SimError(f"unknown arrival {self.arrival!r}; one of {', '.join(ARRIVALS)}")
+        if self.player not in PLAYERS:
+            raise SimError(f"unknown player {self.player!r}; one of {', '.join(PLAYERS)}")
+        if self.arrival_s <= 0 or self.listen_s < 0:
+            raise SimError("the arrival window must be positive and the listening time not negative")
+        if self.max_listeners is not None and self.max_listeners < self.api_nodes:
+            raise SimError("--max-listeners must give every API node a seat at least")
+        if self.api_nodes < 1 or self.edges < 0 or self.edge_capacity < 1 or self.max_clients < 1:
+            raise SimError("--api-nodes, --edge-capacity and --max-clients must be >= 1, --edges >= 0")
+        if self.fail_edge_at_s is not None:
+            if self.edges < 1:
+                raise SimError("--fail-edge-at needs --edges >= 1 (with 0 edges the nodes serve the media)")
+            if not 0 <= self.fail_edge_at_s < self.horizon_s:
+                raise SimError(f"--fail-edge-at must fall within the run (0 .. {self.horizon_s / 60:g} min)")
+
+
+def media_rps_per_listener(player: str, media: MediaConfig = MediaConfig()) -> float:
+    """Requests a playing listener makes per second: a blocking playlist reload and a part
+    per part (ll), or the same per segment (segments). The loadtest's listener does this."""
+    per = media.part_s if player == "ll" else media.part_s * media.parts_per_segment
+    return 2.0 / per
+
+
+def scale_for(cfg: SimConfig) -> int:
+    """Real clients per simulated client (see the module's docstring)."""
+    per_node = cfg.listeners / cfg.api_nodes
+    want = max(1, math.ceil(per_node / cfg.max_clients))
+    cap = max(1, math.floor(cfg.admission.admit_rate_per_s / MIN_SCALED_RATE))
+    return min(want, cap)
+
+
+def scaled_admission(adm: AdmissionConfig, scale: int, horizon_s: float) -> AdmissionConfig:
+    """The node's admission settings in simulated clients; seats last the whole run (renewals
+    are counted, not issued: see the module's docstring)."""
+    def div(n: int) -> int:
+        return max(1, round(n / scale))
+
+    return replace(adm, max_listeners=div(adm.max_listeners), min_listeners=min(div(adm.min_listeners), div(adm.max_listeners)),
+                   admit_rate_per_s=adm.admit_rate_per_s / scale, admit_burst=div(adm.admit_burst),
+                   max_waiting=div(adm.max_waiting), token_ttl_s=horizon_s + 2 * adm.token_ttl_s, secret=SECRET)
+
+
+def node_admission(cfg: SimConfig) -> AdmissionConfig:
+    """One API node's admission settings, its share of ``max_listeners`` included."""
+    if cfg.max_listeners is None:
+        return cfg.admission
+    per_node = math.ceil(cfg.max_listeners / cfg.api_nodes)
+    return replace(cfg.admission, max_listeners=per_node, min_listeners=min(cfg.admission.min_listeners, per_node))
+
+
+def quantile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+class Simulation:
+    """One run. ``run()`` returns the result dict that ``amphi.sim.report`` prints and plots."""
+
+    def __init__(self, cfg: SimConfig, progress: Callable[[str], None] | None = None) -> None:
+        cfg.check()
+        self.cfg = cfg
+        self.progress = progress
+        self.rng = random.Random(cfg.seed)
+        self.clock = VirtualClock(T0)
+        self.scale = scale_for(cfg)
+        self.mult = self.scale * cfg.api_nodes  # real listeners per simulated client, all nodes
+        per_node = cfg.listeners / cfg.api_nodes
+        self.n = max(1, round(per_node / self.scale))
+        self.adm_cfg = scaled_admission(node_admission(cfg), self.scale, cfg.horizon_s)
+        self.admission = Admission(self.adm_cfg, Signer(SECRET), random.Random(cfg.seed + 1))
+        self.governor = Governor(self.adm_cfg)
+        self.media_rps = media_rps_per_listener(cfg.player)
+        self.buffer_s = MediaConfig().part_s * 3 if cfg.player == "ll" else MediaConfig().part_s * MediaConfig().parts_per_segment * 3
+        sessions = schedule(cfg.arrival, self.n, duration_s=cfg.horizon_s, ramp_s=cfg.arrival_s, seed=cfg.seed)
+        self.arrive_s = [s.arrive_s for s in sessions]
+        n = self.n
+        self.state = bytearray(n)
+        self.ticket: list[str | None] = [None] * n
+        self.token: list[str | None] = [None] * n
+        self.failures = bytearray(n)
+        self.answered = [math.nan] * n
+        self.admitted_at = [math.nan] * n
+        self.edge = array("i", [-1]) * n
+        self.counts = [0] * 6  # clients per state
+        self.counts[NEW] = n
+        # the API node: a FIFO of work, in seconds of the node's time
+        self.backlog_s = 0.0
+        self.backlog_at = 0.0
+        self.background = 0.0  # share of the node taken by renewals (and media, with no edges)
+        self.period_work = 0.0
+        self.period_lag = 0.0
+        self.period_joins: list[float] = []
+        self.sample_requests = 0  # simulated API requests since the last sample
+        # edges
+        self.edge_load = [0] * cfg.edges  # simulated clients per edge
+        self.alive = list(range(cfg.edges))
+        self.rr = 0
+        self.disconnected = 0
+        self.edge_attempts: dict[int, int] = {}
+        self.edge_loss: dict[str, object] | None = None
+        self.stall_listener_s = 0.0
+        self.stalled_peak = 0.0
+        self.warnings: list[str] = []
+        self.timeline: list[dict[str, object]] = []
+        self.events: list[tuple[float, int, int, int]] = []
+        self.seq = itertools.count()
+        self.admitter_due = math.inf
+        self.admitted_total = 0
+        self.seats_per_s: list[int] = []
+        self.level_max = 0
+        self.late_renewals = False
+        self.warned_background = False
+
+    # -- events -----------------------------------------------------------------------------
+
+    def at(self, t: float, kind: int, cid: int = -1) -> None:
+        heapq.heappush(self.events, (t, next(self.seq), kind, cid))
+
+    def wake_admitter(self, t: float) -> None:
+        """The node's admitter runs at once when something changed (``_admission_changed``)."""
+        if t < self.admitter_due:
+            self.admitter_due = t
+            self.at(t, ADMITTER)
+
+    def set_state(self, cid: int, state: int) -> None:
+        self.counts[self.state[cid]] -= 1
+        self.counts[state] += 1
+        self.state[cid] = state
+
+    # -- the node's queue -------------------------------------------------------------------
+
+    def drain(self, t: float) -> None:
+        dt = t - self.backlog_at
+        if dt > 0:
+            self.backlog_s = max(0.0, self.backlog_s + (self.background - 1.0) * dt)
+            self.backlog_at = t
+
+    def queue(self, t: float) -> float | None:
+        """A simulated client's request reaches the node at ``t``: its answer time (the
+        ``scale`` real requests it stands for are spread over the queue), or None if it
+        would come after the client's timeout (the node never sees it: refused at accept)."""
+        self.drain(t)
+        cost = self.cfg.request_cost_s
+        delay = self.cfg.rtt_s + self.backlog_s + cost * (self.scale + 1) / 2
+        if delay > self.cfg.request_timeout_s:
+            return None
+        self.backlog_s += cost * self.scale
+        self.period_work += cost * self.scale
+        self.period_lag = max(self.period_lag, self.backlog_s)
+        self.sample_requests += 1
+        return delay
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def run(self) -> dict[str, object]:
+        cfg = self.cfg
+        for cid, a in enumerate(self.arrive_s):
+            self.at(a, ARRIVE, cid)
+        self.at(0.0, ADMITTER)
+        self.admitter_due = 0.0
+        self.at(self.adm_cfg.health_period_s, HEALTH)
+        self.sample_every = max(1, math.ceil(cfg.horizon_s / 7200))
+        self.at(float(self.sample_every), SAMPLE)
+        if cfg.fail_edge_at_s is not None:
+            self.at(cfg.fail_edge_at_s, FAIL_EDGE)
+        report_every = cfg.horizon_s / 20
+        next_report = report_every
+        horizon = cfg.horizon_s
+        events = self.events
+        handlers = (self.on_arrive, self.on_send, self.on_answer, self.on_timeout, self.on_leave,
+                    self.on_admitter, self.on_health, self.on_sample, self.on_fail_edge, self.on_reattach)
+        while events:
+            t, _, kind, cid = heapq.heappop(events)
+            if t > horizon:
+                break
+            self.clock.advance_to(T0 + t)
+            handlers[kind](t, cid)
+            if self.progress and t >= next_report:
+                next_report += report_every
+                row = self.timeline[-1] if self.timeline else None
+                if row:
+                    self.progress(f"t={t / 60:6.1f} min  arrived {row['arrived']:>9}  playing {row['playing']:>9}  "
+                                  f"waiting {row['waiting']:>9}  failed {row['failed']:>7}  "
+                                  f"api {row['api_rps']:>9.0f} req/s")
+        return self.result()
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    def on_arrive(self, t: float, cid: int) -> None:
+        self.set_state(cid, JOINING)
+        self.on_send(t, cid)
+
+    def on_send(self, t: float, cid: int) -> None:
+        if self.state[cid] not in (JOINING, WAITING):
+            return
+        delay = self.queue(t)
+        if delay is None:
+            self.at(t + self.cfg.request_timeout_s, TIMEOUT, cid)
+            return
+        self.period_joins.append(delay - self.cfg.rtt_s)
+        self.at(t + delay, ANSWER, cid)  # decided and answered at once: the queue is ahead of it
+
+    def on_answer(self, t: float, cid: int) -> None:
+        """The production decision for this client's join or poll, at the virtual now."""
+        adm, now = self.admission, self.now()
+        self.failures[cid] = 0
+        ticket = self.ticket[cid]
+        try:
+            answer = adm.join(SPACE, now) if ticket is None else adm.poll(SPACE, ticket, now)
+        except (TooBusy, TooEarly) as err:  # 503 / 429: the client waits for Retry-After
+            retry = header_retry_s(retry_after_value(err.retry_after_s or 1.0))
+            self.at(t + retry_delay_s(retry, self.rng), SEND, cid)
+            return
+        except AmphiError as err:  # a bad ticket would be a bug in the model
+            raise RuntimeError(f"the simulated client got {err.code}: {err.message}") from err
+        if math.isnan(self.answered[cid]):
+            self.answered[cid] = t
+        if isinstance(answer, Admitted):
+            self.token[cid] = answer.token
+            self.ticket[cid] = None
+            self.admitted_at[cid] = t
+            self.set_state(cid, PLAYING)
+            self.admitted_total += 1
+            self.attach(cid)
+            if self.cfg.stay_s is not None:
+                self.at(t + self.rng.expovariate(1.0 / self.cfg.stay_s), LEAVE, cid)
+            return
+        self.ticket[cid] = answer.ticket
+        if self.state[cid] != WAITING:
+            self.set_state(cid, WAITING)
+        if adm.occupied < adm.limit:
+            self.wake_admitter(t)
+        retry = round(answer.retry_after_s * self.governor.retry_factor, 2)
+        self.at(t + retry_delay_s(retry, self.rng), SEND, cid)
+
+    def on_timeout(self, t: float, cid: int) -> None:
+        """No answer within the client's timeout: full-jitter backoff, and after
+        ``MAX_ATTEMPTS`` failures in a row the client gives up (the loadtest's listener)."""
+        self.failures[cid] += 1
+        if self.failures[cid] >= MAX_ATTEMPTS:
+            self.set_state(cid, FAILED)
+            return
+        self.at(t + backoff_s(self.failures[cid], self.rng), SEND, cid)
+
+    def on_leave(self, t: float, cid: int) -> None:
+        if self.state[cid] != PLAYING:
+            return
+        self.queue(t)  # the node's work; the seat is freed either way (a lost leave runs out later)
+        self.admission.leave(SPACE, token=self.token[cid], now=self.now())
+        self.detach(cid)
+        self.set_state(cid, LEFT)
+        self.wake_admitter(t)
+
+    def on_admitter(self, t: float, cid: int) -> None:
+        if t > self.admitter_due + 1e-9 or t < self.admitter_due - 1e-9:
+            return  # a pass that an earlier wake-up replaced
+        _, wait = self.admission.tick(self.now(), ADMITTER_PERIOD_S)
+        self.admitter_due = t + wait
+        self.at(self.admitter_due, ADMITTER)
+
+    def on_health(self, t: float, cid: int) -> None:
+        """The node's health loop: the production Governor, fed what the node would measure."""
+        period = self.adm_cfg.health_period_s
+        self.drain(t)
+        cpu = min(1.0, self.period_work / period + self.background)
+        sample = HealthSample.measure(self.period_lag, cpu, self.period_joins)
+        self.period_work, self.period_lag, self.period_joins = 0.0, self.backlog_s, []
+        self.governor.update(sample, self.admission.occupied, self.now())
+        self.governor.apply(self.admission)
+        self.level_max = max(self.level_max, self.governor.level)
+        self.wake_admitter(t)
+        self.at(t + period, HEALTH)
+
+    # -- edges ------------------------------------------------------------------------------
+
+    def attach(self, cid: int) -> None:
+        if not self.cfg.edges:
+            return
+        if not self.alive:
+            self.edge[cid] = -1
+            return
+        self.rr = (self.rr + 1) % len(self.alive)
+        e = self.alive[self.rr]
+        self.edge[cid] = e
+        self.edge_load[e] += 1
+
+    def detach(self, cid: int) -> None:
+        e = self.edge[cid]
+        if e >= 0:
+            self.edge_load[e] -= 1
+            self.edge[cid] = -1
+        elif self.cfg.edges and cid in self.edge_attempts:
+            self.edge_attempts.pop(cid)
+            self.disconnected -= 1
+
+    def on_fail_edge(self, t: float, cid: int) -> None:
+        """The fullest edge is lost: its listeners come back through the others after the
+        client's full-jitter backoff; their tokens are still good, so no join is needed."""
+        lost = max(self.alive, key=lambda e: self.edge_load[e])
+        self.alive.remove(lost)
+        moved = 0
+        for c in range(self.n):
+            if self.edge[c] == lost and self.state[c] == PLAYING:
+                self.edge[c] = -1
+                self.edge_attempts[c] = 1
+                self.disconnected += 1
+                moved += 1
+                self.at(t + backoff_s(1, self.rng), REATTACH, c)
+        self.edge_load[lost] = 0
+        self.edge_loss = {"at_s": t, "edge": lost, "listeners_moved": moved * self.mult, "back_by_s": None,
+                          "stall_listener_s": 0.0, "gap_stall_listener_s": 0.0, "edges_left": len(self.alive),
+                          "buffer_s": round(self.buffer_s, 3), "_stall0": self.stall_listener_s}
+
+    def on_reattach(self, t: float, cid: int) -> None:
+        if self.state[cid] != PLAYING or cid not in self.edge_attempts:
+            return
+        if not self.alive:
+            n = self.edge_attempts[cid] = min(30, self.edge_attempts[cid] + 1)
+            self.at(t + backoff_s(n, self.rng), REATTACH, cid)
+            return
+        del self.edge_attempts[cid]
+        self.disconnected -= 1
+        assert self.edge_loss is not None
+        gap = t - float(self.edge_loss["at_s"])  # type: ignore[arg-type]
+        self.edge_loss["gap_stall_listener_s"] += max(0.0, gap - self.buffer_s) * self.mult  # type: ignore[operator]
+        self.attach(cid)
+        if self.edge_loss is not None and not self.edge_attempts:
+            self.edge_loss["back_by_s"] = round(t - float(self.edge_loss["at_s"]), 2)  # type: ignore[arg-type]
+
+    # -- once a second: load, stalls, the timeline -------------------------------------------
+
+    def on_sample(self, t: float, cid: int) -> None:
+        cfg, mult = self.cfg, self.mult
+        dt = self.sample_every
+        playing_node = self.counts[PLAYING] * self.scale  # real listeners of this node
+        renew_rps = playing_node / (cfg.admission.token_ttl_s / 2)
+        media_node = playing_node * self.media_rps if cfg.edges == 0 else 0.0
+        self.drain(t)
+        self.background = renew_rps * cfg.request_cost_s + media_node * cfg.media_cost_s
+        if self.background > self.adm_cfg.max_loop_cpu and not self.warned_background:
+            self.warned_background = True
+            self.warnings.append(f"at {t / 60:.1f} min renewals{' and media' if cfg.edges == 0 else ''} alone take "
+                                 f"{self.background:.0%} of an API node: add API nodes")
+        answer_s = cfg.rtt_s + self.backlog_s
+        if answer_s > cfg.admission.token_ttl_s / 2 + cfg.admission.seat_grace_s and not self.late_renewals:
+            self.late_renewals = True
+            self.warnings.append(f"at {t / 60:.1f} min the node answers after {answer_s:.0f} s: renewals come after "
+                                 f"the seats' deadline, so seats would be lost (not modelled further)")
+        stalled = self.stalled_now()
+        self.stall_listener_s += stalled * dt
+        self.stalled_peak = max(self.stalled_peak, stalled)
+        api_rps = (self.sample_requests * self.scale / dt + renew_rps) * cfg.api_nodes
+        self.sample_requests = 0
+        origin_rps = (len(self.alive) * self.media_rps if cfg.edges else playing_node * self.media_rps * cfg.api_nodes)
+        admitted = self.admitted_total * mult
+        prev = self.timeline[-1]["admitted"] if self.timeline else 0
+        self.timeline.append({
+            "t": round(t, 3), "arrived": (self.n - self.counts[NEW]) * mult, "admitted": admitted,
+            "seats_per_s": round((admitted - prev) / dt, 1),  # type: ignore[operator]
+            "playing": self.counts[PLAYING] * mult, "waiting": self.counts[WAITING] * mult,
+            "joining": self.counts[JOINING] * mult, "failed": self.counts[FAILED] * mult,
+            "left": self.counts[LEFT] * mult, "stalled_now": round(stalled), "api_rps": round(api_rps, 1),
+            "origin_rps": round(origin_rps, 1), "edges_alive": len(self.alive),
+            "node_backlog_s": round(self.backlog_s, 4), "level": self.governor.level,
+            "limit": self.governor.limit * self.mult,
+        })
+        self.at(t + dt, SAMPLE)
+
+    def stalled_now(self) -> float:
+        """Real listeners without audio now: those beyond an edge's capacity (listeners or
+        requests/s), those still reconnecting after an edge loss beyond their buffer, or, with
+        no edges, the share of a node's media requests it has no time for."""
+        cfg, mult = self.cfg, self.mult
+        if cfg.edges == 0:
+            if self.background <= 1.0:
+                return 0.0
+            return self.counts[PLAYING] * mult * (1 - 1 / self.background)
+        cap = float(cfg.edge_capacity)
+        if cfg.edge_rps is not None:
+            cap = min(cap, cfg.edge_rps / self.media_rps)
+        over = sum(max(0.0, load * mult - cap) for load in self.edge_load)
+        reconnecting = 0
+        if self.edge_loss is not None and self.now() - T0 - float(self.edge_loss["at_s"]) > self.buffer_s:  # type: ignore[arg-type]
+            reconnecting = self.disconnected * mult  # their buffer ran dry
+        return over + reconnecting
+
+    # -- the result -------------------------------------------------------------------------
+
+    def result(self) -> dict[str, object]:
+        cfg, mult = self.cfg, self.mult
+        if self.edge_loss is not None:
+            self.edge_loss["stall_listener_s"] = round(self.stall_listener_s - float(self.edge_loss.pop("_stall0")), 1)  # type: ignore[arg-type]
+            if self.edge_loss["back_by_s"] is None and not self.edge_attempts:
+                self.edge_loss["back_by_s"] = 0.0
+        waits = sorted(a - s for a, s in zip(self.admitted_at, self.arrive_s) if not math.isnan(a))
+        joins = sorted(a - s for a, s in zip(self.answered, self.arrive_s) if not math.isnan(a))
+        tl = self.timeline
+        peak_playing = max((int(r["playing"]) for r in tl), default=0)  # type: ignore[call-overload]
+        peak_api = max((float(r["api_rps"]) for r in tl), default=0.0)  # type: ignore[arg-type]
+        peak_seats = max((float(r["seats_per_s"]) for r in tl), default=0.0)  # type: ignore[arg-type]
+        per_edge = float(cfg.edge_capacity) if cfg.edge_rps is None else min(cfg.edge_capacity, cfg.edge_rps / self.media_rps)
+        edges_needed = max(1, math.ceil(peak_playing / per_edge))
+        nodes_needed = max(1, math.ceil(peak_api * cfg.request_cost_s / cfg.admission.max_loop_cpu))
+        return {
+            "config": {**asdict(cfg), "admission": {k: v for k, v in asdict(cfg.admission).items() if k != "secret"}},
+            "scale": self.scale, "simulated_clients": self.n, "real_per_simulated": mult,
+            "listeners": self.n * mult,
+            "admitted": self.admitted_total * mult,
+            "playing_end": self.counts[PLAYING] * mult,
+            "waiting_end": self.counts[WAITING] * mult,
+            "joining_end": (self.counts[JOINING] + self.counts[NEW]) * mult,
+            "failed": self.counts[FAILED] * mult,
+            "left": self.counts[LEFT] * mult,
+            "waiting_max": max((int(r["waiting"]) for r in tl), default=0),  # type: ignore[call-overload]
+            "peak_listeners": peak_playing,
+            "join_p50_s": _r(quantile(joins, 0.5)), "join_p99_s": _r(quantile(joins, 0.99)),
+            "wait_p50_s": _r(quantile(waits, 0.5)), "wait_p99_s": _r(quantile(waits, 0.99)),
+            "wait_max_s": _r(waits[-1] if waits else None),
+            "stall_listener_s": round(self.stall_listener_s, 1), "stalled_peak": round(self.stalled_peak),
+            "degradation_level_max": self.level_max,
+            "plan": {
+                "edges_for_zero_stalls": edges_needed,
+                "edges_to_survive_one_loss": edges_needed + 1,
+                "origin_rps": round((edges_needed + 1) * self.media_rps, 1),
+                "origin_rps_with_given_edges": round(cfg.edges * self.media_rps, 1) if cfg.edges else None,
+                "api_rps_peak": round(peak_api, 1),
+                "api_nodes_needed": nodes_needed,
+                "seats_per_s_peak": round(peak_seats, 1),
+            },
+            "edge_loss": self.edge_loss,
+            "warnings": self.warnings,
+            "timeline": tl,
+        }
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)

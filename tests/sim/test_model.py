@@ -1,0 +1,137 @@
+"""The simulator's model with small numbers: conservation, the seat cap, edge loss, scaling,
+scenarios and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from amphi.cli import main
+from amphi.core.clock import VirtualClock
+from amphi.core.config import AdmissionConfig
+from amphi.sim.model import FAILED, JOINING, LEFT, NEW, PLAYING, WAITING, SimConfig, SimError, Simulation
+from amphi.sim.scenario import build, load_scenario, scenario_names
+
+
+def small(**kw) -> SimConfig:
+    base = dict(listeners=2000, arrival="surge", arrival_s=20.0, listen_s=60.0, edges=2, edge_capacity=10_000,
+                admission=AdmissionConfig(max_listeners=800, admit_rate_per_s=50, admit_burst=20))
+    return SimConfig(**{**base, **kw})
+
+
+def test_every_arrival_is_admitted_waiting_joining_failed_or_left() -> None:
+    sim = Simulation(small(stay_s=30.0))
+    r = sim.run()
+    states = {s: sim.state.count(s) for s in (NEW, JOINING, WAITING, PLAYING, LEFT, FAILED)}
+    assert sum(states.values()) == sim.n == 2000 and states[NEW] == 0
+    assert r["admitted"] == states[PLAYING] + states[LEFT] > 0
+    assert r["playing_end"] + r["waiting_end"] + r["joining_end"] + r["failed"] + r["left"] == 2000
+    for row in r["timeline"]:
+        assert row["playing"] + row["waiting"] + row["joining"] + row["failed"] + row["left"] == row["arrived"]
+    assert r["left"] > 0 and r["admitted"] > 800  # seats freed by leavers went to the line
+
+
+def test_the_seat_cap_is_never_exceeded_and_the_rate_holds() -> None:
+    sim = Simulation(small())
+    r = sim.run()
+    assert max(row["playing"] for row in r["timeline"]) == r["admitted"] == 800
+    assert r["waiting_end"] + r["failed"] + r["joining_end"] == 1200
+    # after the burst (20), the line moves at the admission rate (50/s): 780 seats take 15.6 s
+    last_seat = max(a for a in sim.admitted_at if a == a)
+    assert (800 - 20) / 50 <= last_seat <= (800 - 20) / 50 + 12  # + the last one's poll interval
+
+
+def test_scaled_run_agrees_with_the_exact_one() -> None:
+    exact = Simulation(small(listeners=4000, admission=AdmissionConfig(max_listeners=3000, admit_rate_per_s=100))).run()
+    scaled = Simulation(small(listeners=4000, admission=AdmissionConfig(max_listeners=3000, admit_rate_per_s=100),
+                              max_clients=400)).run()
+    assert exact["scale"] == 1 and scaled["scale"] == 10 and scaled["simulated_clients"] == 400
+    assert scaled["admitted"] == exact["admitted"] == 3000
+    assert abs(scaled["waiting_max"] - exact["waiting_max"]) <= 0.1 * exact["waiting_max"]
+    assert abs(scaled["wait_p50_s"] - exact["wait_p50_s"]) <= 0.1 * exact["wait_p50_s"]
+
+
+def test_api_nodes_share_the_load_and_the_counts_multiply() -> None:
+    one = Simulation(small(listeners=1000, max_listeners=400)).run()
+    four = Simulation(small(listeners=4000, api_nodes=4, max_listeners=1600)).run()
+    assert four["real_per_simulated"] == 4 and four["admitted"] == 4 * one["admitted"] == 1600
+
+
+def test_losing_an_edge_moves_its_listeners_with_backoff() -> None:
+    cfg = small(listeners=600, edges=3, edge_capacity=250, fail_edge_at_s=40.0,
+                admission=AdmissionConfig(max_listeners=600, admit_rate_per_s=200))
+    sim = Simulation(cfg)
+    r = sim.run()
+    loss = r["edge_loss"]
+    assert loss["listeners_moved"] == 200 and loss["edges_left"] == 2
+    assert 0 < loss["back_by_s"] <= 1.0  # the client's first backoff: uniform in [0, 1] s
+    assert sum(sim.edge_load) == r["playing_end"] == 600 and sim.disconnected == 0
+    assert loss["gap_stall_listener_s"] == 0  # a 1.5 s buffer covers a backoff of 1 s at most
+    after = [row for row in r["timeline"] if row["t"] > 42]
+    assert after and all(row["edges_alive"] == 2 and row["stalled_now"] == 100 for row in after)  # 600 on 2 x 250
+    assert r["plan"]["edges_for_zero_stalls"] == 3 and r["plan"]["edges_to_survive_one_loss"] == 4
+
+
+def test_an_overloaded_node_times_out_and_clients_give_up() -> None:
+    cfg = small(request_cost_s=0.05, request_timeout_s=2.0, listen_s=120.0)  # 20 requests/s at most
+    r = Simulation(cfg).run()
+    assert r["failed"] > 0 and r["degradation_level_max"] >= 1
+    assert r["join_p99_s"] > 2.0
+
+
+def test_same_seed_same_run() -> None:
+    a, b = Simulation(small()).run(), Simulation(small()).run()
+    assert a["timeline"] == b["timeline"] and a["wait_p99_s"] == b["wait_p99_s"]
+
+
+def test_virtual_clock_moves_forward_only() -> None:
+    c = VirtualClock(10.0)
+    c.advance(2.5)
+    assert c.now() == 12.5
+    with pytest.raises(ValueError, match="cannot go back"):
+        c.advance_to(12.0)
+
+
+@pytest.mark.parametrize("name", scenario_names())
+def test_shipped_scenarios_load(name: str) -> None:
+    cfg = build(load_scenario(name))
+    assert cfg.listeners >= 600_000 and load_scenario(name)["about"]["title"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--listeners", "10", "--arrival", "wave:10s"], "KIND:WINDOW"),
+    (["--listeners", "10", "--arrival", "surge:soon"], "not a duration"),
+    (["--listeners", "10", "--fail-edge-at", "1"], "--fail-edge-at needs --edges"),
+    (["--listeners", "10", "--edges", "2", "--fail-edge-at", "500"], "within the run"),
+    (["--scenario", "no-such-night"], "no scenario"),
+    (["--arrival", "surge:10s"], "how many listeners"),
+])
+def test_bad_input_is_a_usage_error(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["simulate", "--quiet", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_calibrate_refuses_a_file_that_is_not_a_loadtest(tmp_path: Path) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"hello": 1}))
+    result = CliRunner().invoke(main, ["simulate", "--calibrate", str(bad)])
+    assert result.exit_code == 2 and "not an amphi loadtest" in result.output
+    with pytest.raises(SimError, match="unknown setting"):
+        build({"listeners": 5, "colour": "red"})
+
+
+def test_cli_writes_summary_json_and_plot(tmp_path: Path) -> None:
+    out, png = tmp_path / "s.json", tmp_path / "s.png"
+    result = CliRunner().invoke(main, ["simulate", "--listeners", "3000", "--arrival", "ramp:30s", "--listen", "1m",
+                                       "--edges", "2", "--edge-capacity", "2000", "--max-listeners", "3000",
+                                       "--fail-edge-at", "1", "--json", str(out), "--plot", str(png), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "edges for zero stalls" in result.output and "edge lost" in result.output
+    r = json.loads(out.read_text())
+    assert r["admitted"] == 3000 and r["plan"]["edges_for_zero_stalls"] == 2 and len(r["timeline"]) == 90
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[1] > 600
