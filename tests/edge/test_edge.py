@@ -16,6 +16,7 @@ from amphi.control.tokens import Signer
 from tests.audio import dominant_hz, ffmpeg_decode
 from tests.edge.conftest import SECRET, Tier
 from tests.integration.amphi_proc import BIN, wait_until
+from tests.web.conftest import browser, page  # noqa: F401 - headless Chromium fixtures
 
 
 def media_requests(tier: Tier) -> int:
@@ -167,3 +168,25 @@ def test_killing_an_edge_moves_its_listeners_to_the_others(tier: Tier, tmp_path)
     assert r["with_audio"] == 150 and r["failed"] == 0
     assert r["outcomes"].get("done", 0) + r["outcomes"].get("playing", 0) == 150
     assert during <= 2 * normal + 2, (normal, during)
+
+
+def test_the_listener_page_moves_to_another_edge_when_its_edge_dies(tier: Tier, page) -> None:
+    """Headless Chromium on the listener page: hls.js fetches media from the edge the node
+    named; that edge is killed; the page carries on from another edge."""
+    first_segment(tier)
+    page.goto(f"{tier.origin.url}/s/{tier.space}")
+
+    def state() -> dict:
+        return page.evaluate("""() => { const a = document.querySelector("audio"), p = window.amphiPlayer;
+            return {time: a.currentTime, paused: a.paused, edge: p.edge, switches: p.edgeSwitches}; }""")
+
+    playing = wait_until(lambda: (s := state())["time"] > 1 and not s["paused"] and s["edge"] and s, 30,
+                         "the page to play from an edge")
+    victim = next(e for e in tier.edges if playing["edge"].startswith(e.url))
+    victim.kill9()
+    try:
+        moved = wait_until(lambda: (s := state())["switches"] >= 1 and not s["edge"].startswith(victim.url) and s,
+                           30, "the page to move to another edge")
+        wait_until(lambda: state()["time"] > moved["time"] + 2, 30, "playback to go on from the other edge")
+    finally:
+        victim.start()
