@@ -12,7 +12,9 @@ audience (``--ramp`` seconds of arrivals, then steady listening until ``--durati
    (``--player ll``: a playlist and a part every 0.512 s, like hls.js in low-latency mode)
    and, as a second row, whole segments (``--player segments``: blocking reload per 3.584 s
    segment, like a player that ignores parts).
-2. **Amphi behind its edge tier**: not built yet; a "not yet built" row.
+2. **Amphi behind its edge tier**: the same node with one Varnish edge in front (``amphi
+   edge``, docs/edge.md); listeners join at the node and fetch media from the edge. Server
+   CPU and memory are the node's plus the edge's. Both players, like row 1.
 3. **Icecast2** (Debian): config rendered into a temporary directory, 127.0.0.1 only, fed a
    64 kbps MP3 sine by ffmpeg; listeners GET the mount and read bytes at the stream rate
    (``--protocol icecast``): a stall is bytes not arriving in time.
@@ -211,6 +213,31 @@ http {{
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def behind_edge(size: int, args: argparse.Namespace, player: str, go) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """The node with one Varnish edge in front (``amphi edge``): listeners join at the node and
+    fetch media from the edge; server CPU and memory are the node's plus the edge's."""
+    from amphi.control.tokens import Signer
+    from amphi.edge.varnish import Edge
+    from amphi.edge.vcl import Backend, EdgeSpec
+
+    secret = os.environ.setdefault("AMPHI_SECRET", "s" * 64)  # the node inherits it; the edge is given it
+    port = free_port()
+    node = NodeProcess(args=["--max-listeners", str(max(size, 10_000)), "--admit-rate", "2000",
+                             "--edge", f"http://{HOST}:{port}"])
+    with node:
+        spec = EdgeSpec(name="edge1", credential=Signer(secret.encode()).edge_credential("edge1"), secret=secret,
+                        origins=(Backend.parse("origin", node.url),), media_rate=0, join_rate=0)
+        edge = Edge(spec, node.dir / "edge", HOST, port).start()
+        try:
+            space = start_space(node.url, "side by side", join=False)
+            time.sleep(SETTLE_S)
+            cfg = LoadConfig(server=node.url, space=space.id, protocol="amphi", player=player, duration_s=args.duration)
+            assert edge.proc is not None
+            return go(cfg, node.pid, (edge.proc.pid,))
+        finally:
+            edge.stop()
+
+
 # -- one run --------------------------------------------------------------------------------------
 
 
@@ -218,13 +245,13 @@ def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll"
             surge: bool = False) -> dict[str, object]:
     profile, ramp = ("surge", args.surge_window) if surge else (args.profile, args.ramp)
 
-    def go(cfg: LoadConfig, pid: int) -> dict[str, object]:
+    def go(cfg: LoadConfig, pid: int, also: tuple[int, ...] = ()) -> dict[str, object]:
         def progress(line: str) -> None:
             if not args.quiet:
                 print(f"  [{system} {size}] {line}", file=sys.stderr, flush=True)
 
         r = loadtest(RunOptions(cfg=cfg, listeners=size, profile=profile, ramp_s=ramp, procs=args.procs,
-                                server_pid=pid), progress)
+                                server_pid=pid, also_pids=also), progress)
         steady = [row for row in r["timeline"] if ramp + 2 < row["t"] <= args.duration]  # type: ignore[union-attr]
         cpu = [row["server_cpu_pct"] for row in steady if row["server_cpu_pct"] is not None]
         gen = [row["generator_cpu_pct"] for row in steady]
@@ -240,6 +267,8 @@ def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll"
             cfg = LoadConfig(server=node.url, space=space.id, protocol="amphi", player=player,
                              duration_s=args.duration)
             return go(cfg, node.pid)
+    if system == "edge":
+        return behind_edge(size, args, player, go)
     if system == "icecast":
         with Icecast(size) as ice:
             time.sleep(SETTLE_S)
@@ -256,7 +285,8 @@ def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll"
 
 LABELS = {"amphi/ll": "Amphi embedded, LL-HLS parts", "amphi/segments": "Amphi embedded, segments only",
           "amphi/segments-surge": "Amphi embedded, segments, **surge** (all within 3 s)",
-          "edge": "Amphi behind its edge tier", "icecast": "Icecast2 2.4 (64 kbps MP3)",
+          "edge/ll": "Amphi behind one Varnish edge, LL-HLS parts",
+          "edge/segments": "Amphi behind one Varnish edge, segments only", "icecast": "Icecast2 2.4 (64 kbps MP3)",
           "nginx": "nginx 1.22, static HLS files (1 worker)"}
 
 
@@ -346,7 +376,7 @@ def targets(results: dict[str, dict[str, dict[str, object]]]) -> list[str]:
     out = [f"## Targets at {int(size):,} listeners (issue 5: the targets are set for 10,000)", ""]
     if not amphi or "skipped" in amphi:
         return out + ["Amphi was not measured.", ""]
-    for key in ("amphi/ll", "amphi/segments", "amphi/segments-surge"):
+    for key in ("amphi/ll", "amphi/segments", "amphi/segments-surge", "edge/ll", "edge/segments"):
         r = rows.get(key)
         if not r or "skipped" in r:
             continue
@@ -438,13 +468,10 @@ def main() -> int:
         rows: dict[str, dict[str, object]] = {}
         results[str(size)] = rows
         for system in systems:
-            keys = [f"amphi/{p}" for p in args.players.split(",")] if system == "amphi" else [system]
+            keys = [f"{system}/{p}" for p in args.players.split(",")] if system in ("amphi", "edge") else [system]
             if system == "amphi" and args.surge and size == max(sizes):
                 keys.append("amphi/segments-surge")
             for key in keys:
-                if system == "edge":
-                    rows[key] = {"skipped": "not yet built (the edge tier is a later issue)"}
-                    continue
                 print(f"== {size} listeners: {LABELS.get(key, key)}", flush=True)
                 try:
                     player = key.split("/")[1].removesuffix("-surge") if "/" in key else "ll"

@@ -24,20 +24,24 @@ def raise_open_files() -> int:
 
 
 class ProcessCpu:
-    """CPU seconds and memory of a process and its children (e.g. nginx's workers)."""
+    """CPU seconds and memory of a process and its children (e.g. nginx's workers), and of
+    any ``more`` processes counted with it (e.g. the edges in front of a node)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *more: int) -> None:
         self.pid = pid
+        self.pids = (pid, *more)
         self.rss_max = 0
 
     def cpu_s(self) -> float:
         total = 0.0
         rss = 0
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0.0
+        procs = []
+        for pid in self.pids:
+            try:
+                root = psutil.Process(pid)
+                procs += [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
         for p in procs:
             try:
                 t = p.cpu_times()

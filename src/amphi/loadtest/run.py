@@ -40,6 +40,7 @@ class RunOptions:
     stay_s: float | None = None  # churn: mean session length
     drop_at_s: float | None = None  # reconnect: when everyone drops
     server_pid: int | None = None  # default: whoever listens on the server's port, if local
+    also_pids: tuple[int, ...] = ()  # more server-side processes counted as the server (e.g. edges)
     attack: str | None = None
 
 
@@ -82,7 +83,7 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
     if cfg.protocol == "amphi" and admission is None:
         warnings.append("could not read the node's admission settings (GET /api/node): amphi simulate "
                         "cannot be calibrated from this run")
-    server = ProcessCpu(server_pid) if server_pid else None
+    server = ProcessCpu(server_pid, *opts.also_pids) if server_pid else None
 
     ctx = mp.get_context("spawn")
     pipes, workers = [], []
