@@ -148,7 +148,8 @@ from amphi.sim.cli import simulate  # noqa: E402 - so does the simulator
 
 main.add_command(loadtest)
 
-from amphi.edge.cli import edge  # noqa: E402
+from amphi.edge.cli import cluster, edge  # noqa: E402
 
 main.add_command(edge)
+main.add_command(cluster)
 main.add_command(simulate)

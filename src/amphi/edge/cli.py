@@ -89,3 +89,41 @@ def run(host: str, port: int, workdir: Path, storage_mb: int, **kw) -> None:  # 
     e = Edge(spec_from(**kw), workdir, host, port, storage_mb=storage_mb)
     click.echo(f"amphi edge {e.spec.name}: starting varnishd on {e.url}", err=True)
     e.exec()
+
+
+@click.group()
+def cluster() -> None:
+    """A local cluster on loopback: Redis, API/origin nodes, edges and an entry (docs/cluster.md)."""
+
+
+@cluster.command("up")
+@click.option("--dir", "directory", default="cluster", show_default=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Logs, data, the shared secret and cluster.json (what `down` stops).")
+@click.option("--base-port", default=8100, show_default=True, type=click.IntRange(1024, 65000),
+              help="The entry's port; the nodes, edges and Redis take the next ones.")
+@click.option("--nodes", default=2, show_default=True, type=click.IntRange(1, 9))
+@click.option("--edges", default=3, show_default=True, type=click.IntRange(1, 9))
+@click.option("--demo/--no-demo", default=True, show_default=True, help="A live demo Space on the first node.")
+@click.option("--media-rate", default=EdgeSpec.media_rate, show_default=True, type=click.IntRange(0),
+              help="Media requests per client address per second at the edges (0: no limit).")
+@click.option("--serve-arg", "serve_args", multiple=True, help="An extra `amphi serve` argument for every node (repeat).")
+def cluster_up(directory: Path, base_port: int, nodes: int, edges: int, demo: bool, media_rate: int,
+               serve_args: tuple[str, ...]) -> None:
+    """Start the cluster in the background and print its URLs."""
+    from amphi.cluster import Plan, up
+    from amphi.core.errors import Unavailable
+
+    try:
+        up(Plan(directory, base_port, nodes, edges, demo, serve_args, media_rate), say=click.echo)
+    except Unavailable as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"stop it with: amphi cluster down --dir {directory}")
+
+
+@cluster.command("down")
+@click.option("--dir", "directory", default="cluster", show_default=True, type=click.Path(path_type=Path, file_okay=False))
+def cluster_down(directory: Path) -> None:
+    """Stop everything `amphi cluster up` started in --dir."""
+    from amphi.cluster import down
+
+    click.echo(f"amphi cluster: stopped {down(directory)} process groups")
