@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 import uvloop
 
-from amphi.core.config import AdmissionConfig, Config, HttpConfig, StageConfig
+from amphi.core.config import AdmissionConfig, Config, DefenseConfig, HttpConfig, StageConfig
+from amphi.defense.shield import parse_networks
 
 
 def _logging(verbose: bool) -> None:
@@ -50,9 +51,21 @@ def main(verbose: bool) -> None:
               help="Seconds a place in line is kept after the waiting client's last poll.")
 @click.option("--speaker-timeout", default=StageConfig.silence_timeout_s, show_default=True,
               type=click.FloatRange(min=1), help="Hang up a speaker's connection that sends no audio this long.")
+@click.option("--pow", "pow_mode", default=DefenseConfig.pow_mode, show_default=True,
+              type=click.Choice(["on", "off", "auto"]),
+              help="Proof of work on joins: always, never, or while the detector says attack (docs/defense.md).")
+@click.option("--pow-bits", default=DefenseConfig.pow_bits, show_default=True, type=click.IntRange(1, 28),
+              help="Proof-of-work difficulty at rest, in leading zero bits of SHA-256 (16: about 1 s in a browser).")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="CIDR",
+              help="An edge whose X-Forwarded-For is believed (repeatable); none by default.")
+@click.option("--join-rate", default=DefenseConfig.join_rate_per_s, show_default=True, type=click.FloatRange(min=0.1),
+              help="Node-wide budget of fresh joins per second; beyond it 429.")
+@click.option("--address-join-rate", default=DefenseConfig.address_rate_per_s, show_default=True,
+              type=click.FloatRange(min=0.1), help="Join-endpoint requests per second per client address.")
 def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bool, max_listeners: int,
           admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float, ticket_hold: float,
-          speaker_timeout: float) -> None:
+          speaker_timeout: float, pow_mode: str, pow_bits: int, trusted_proxies: tuple[str, ...], join_rate: float,
+          address_join_rate: float) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
@@ -60,8 +73,14 @@ def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bo
                                 admit_rate_per_s=admit_rate, admit_burst=admit_burst, token_ttl_s=token_ttl,
                                 seat_grace_s=seat_grace, ticket_hold_s=ticket_hold)
     stage = StageConfig(silence_timeout_s=speaker_timeout)
+    try:
+        parse_networks(trusted_proxies)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--trusted-proxy") from None
+    defense = DefenseConfig(pow_mode=pow_mode, pow_bits=pow_bits, trusted_proxies=trusted_proxies,
+                            join_rate_per_s=join_rate, address_rate_per_s=address_join_rate)
     cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url), demo=demo,
-                 admission=admission, stage=stage)
+                 admission=admission, stage=stage, defense=defense)
     uvloop.run(run(cfg))
 
 

@@ -25,8 +25,9 @@ from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.stage import HOST_ID, Participant
 from amphi.control.tokens import Signer, Token, new_participant_id, new_secret
 from amphi.core.config import Config
-from amphi.core.errors import Conflict, TokenExpired, TooManyRequests, Unauthorized, Unavailable
+from amphi.core.errors import AmphiError, Conflict, TokenExpired, TooManyRequests, Unauthorized, Unavailable
 from amphi.core.files import write_atomic
+from amphi.defense.shield import Shield
 from amphi.media.ingest.webrtc import WebRTCIngest
 from amphi.media.pipeline import Pipeline
 from amphi.media.recorder import Recording
@@ -59,6 +60,7 @@ class Node:
         self.signer = Signer(self._secret())
         self.admission = Admission(cfg.admission, self.signer, random.Random())
         self.governor = Governor(cfg.admission)
+        self.shield = Shield(cfg.defense, self.signer, self.registry.known)  # defense (docs/defense.md)
         self._admission_changed = asyncio.Event()
         self._join_times: list[float] = []  # answer times in the current health period
         self._loop_lag = 0.0  # worst in the current health period
@@ -79,6 +81,7 @@ class Node:
         self.spawn(self._lag_probe(), name="lag-probe")
         self.spawn(self._health(), name="health")
         self.spawn(self._levels(), name="levels")
+        self.spawn(self.shield.run(), name="defense")  # defense: the detector's verdicts
 
     def _secret(self) -> bytes:
         """The token key: config, else $AMPHI_SECRET, else <data_dir>/secret (made once).
@@ -283,6 +286,15 @@ class Node:
         then redirects it): players that only follow URLs reload their first URL forever,
         and their seat is kept by those very renewals. Once the seat is released, the
         token is refused like any other expired one."""
+        try:  # defense: the detector counts valid and invalid tokens
+            t = self._verify_token(space_id, token, playlist)
+        except AmphiError:
+            self.shield.media(space_id, None)
+            raise
+        self.shield.media(space_id, t.seat)
+        return t
+
+    def _verify_token(self, space_id: str, token: str | None, playlist: bool) -> Token:
         now = time.time()
         if not playlist:
             return self.signer.verify_token(space_id, token, now)
@@ -421,6 +433,7 @@ class Node:
             "admitted_total": counts.admitted_total,
             "seats_offered": counts.reserved,
             "degradation": self.governor.status(),
+            "detector": self.shield.status(space.id),  # defense: surge / attack, with evidence
             "listen_url": f"{base}/s/{space.id}",
             "recorded_s": round(rec.duration, 3),
             "replay": f"{base}/media/{space.id}/vod.m3u8" if has_replay else None,

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from amphi.core.errors import AmphiError
+from amphi.defense.shield import CLIENT_KEY
 from amphi.node import Node
 from amphi.web.api import build_api
-from amphi.web.asgi import Receive, Scope, Send
+from amphi.web.asgi import Receive, Scope, Send, send_error
 from amphi.web.events import PATH as EVENTS_PATH
 from amphi.web.events import EventStream
 from amphi.web.join import PATH as JOIN_PATH
@@ -39,10 +41,27 @@ class App:
                 "paused": self.node.admission.paused,
             },
             "degradation": self.node.governor.status(),
+            "defense": self.node.shield.node_status(),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"] if scope["type"] == "http" else ""
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return
+        shield = self.node.shield  # defense: requests in flight per client address
+        address = scope[CLIENT_KEY] = shield.client(scope)
+        try:
+            shield.enter(address)
+        except AmphiError as err:
+            await send_error(send, err)
+            return
+        try:
+            await self._route(scope, receive, send)
+        finally:
+            shield.leave(address)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
         if path.startswith("/media/"):
             await self.origin(scope, receive, send)
         elif path.startswith("/api/spaces/") and (m := JOIN_PATH.match(path)):
