@@ -40,7 +40,7 @@ def test_surge_within_two_periods():
     labels = run(det, [surge()] * 4)
     assert labels[1] == SURGE  # 4 s after onset
     ev = det.verdict.evidence
-    assert ev["light_joins_per_s"] == 200.0 and ev["follow_through"] > 0.9 and ev["bad_share"] < 0.01
+    assert ev["light_joins_per_s"] == 200.0 and ev["follow_through"] > 0.9 and ev["bad_join_share"] < 0.05
 
 
 def test_attack_and_its_evidence():
@@ -48,7 +48,7 @@ def test_attack_and_its_evidence():
     labels = run(det, [flood()] * 4)
     assert labels[1] == ATTACK
     ev = det.verdict.evidence
-    assert ev["heavy_joins_per_s"] == 936.0 and ev["token_validity"] == 0.0 and ev["bad_share"] > 0.5
+    assert ev["heavy_joins_per_s"] == 936.0 and ev["token_validity"] == 0.0 and ev["bad_join_share"] > 0.5
 
 
 def test_both():

@@ -111,10 +111,14 @@ def test_a_full_space_admits_waiting_listeners_as_seats_free(serve, tmp_path: Pa
     assert r["sessions"] == sum(r["outcomes"].values())
 
 
-def test_attack_is_refused_until_the_defense_work_lands() -> None:
-    result = CliRunner().invoke(main, ["loadtest", "--server", "http://127.0.0.1:9", "--space", "x",
-                                       "--listeners", "1", "--attack", "flood"])
-    assert result.exit_code == 2 and "defense work" in result.output
+def test_attack_options_are_checked() -> None:
+    for args, message in ((["--attack", "flood"], "Invalid value for '--attack'"),
+                          (["--attack", "join-flood", "--server", "http://10.0.0.1:9"], "127.0.0.0/8"),
+                          (["--attack", "join-flood", "--attack-start", "20", "--attack-duration", "20"], "end by the end"),
+                          (["--listeners", "0"], "needs --attack")):
+        base = ["loadtest", "--server", "http://127.0.0.1:9", "--space", "x", "--listeners", "1"]
+        result = CliRunner().invoke(main, [*base, *args])
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 @pytest.mark.parametrize("args, message", [(["--listeners", "5"], "--space is required"),

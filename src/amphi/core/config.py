@@ -148,8 +148,9 @@ class DefenseConfig:
     # within its retry_after_s plus this)
     light_joins: int = 2  # an address with at most this many fresh joins in a window looks like one person
     surge_join_rate: float = 20.0  # fresh joins per second from light addresses that come back: a surge
-    attack_rate: float = 20.0  # bad requests per second (see docs/defense.md) ...
-    attack_share: float = 0.2  # ... that are at least this share of the join and media-token traffic: an attack
+    attack_rate: float = 20.0  # bad join requests per second (see docs/defense.md) ...
+    attack_share: float = 0.2  # ... that are at least this share of the join endpoint's traffic: an attack
+    bad_token_share: float = 0.05  # invalid media tokens: this share of the media requests (and attack_rate per s)
     enter_after: int = 2  # a new label needs this many verdicts in a row ...
     leave_after: int = 4  # ... and the current one ends after this many verdicts of something else
 

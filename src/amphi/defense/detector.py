@@ -17,13 +17,17 @@ What each signal means (rates are per second over the last ``window_s``):
   network prefixes, and the busiest address's rate. A real surge can be concentrated too
   (a campus, a carrier-grade NAT), so these never decide alone.
 
-    bad      = heavy joins + refused + invalid media tokens + light joins that never came back
-               + challenges issued but not solved
-    surge    light joins/s >= surge_join_rate, and follow-through >= 0.5 (or not known yet)
-    attack   bad/s >= attack_rate and bad >= attack_share of the traffic
+    bad joins   heavy joins + refused + light joins that never came back + challenges not solved
+    bad tokens  invalid media tokens
+    surge       light joins/s >= surge_join_rate, and follow-through >= 0.5 (people come back at
+                once: a flood's follow-through is unknown, then 0, never high)
+    attack      bad joins/s >= attack_rate and >= attack_share of the join endpoint's traffic,
+                or bad tokens/s >= attack_rate and >= bad_token_share of the media requests
+                (a share of the media, not of everything: an audience makes many requests)
 
-Hysteresis: a label that adds a sign (normal -> surge, surge -> surge+attack) needs
-``enter_after`` verdicts in a row; one that drops a sign needs ``leave_after``.
+Hysteresis, for each sign on its own: "surge" (or "attack") comes on after ``enter_after``
+periods in a row that show it, and goes off after ``leave_after`` periods in a row that do
+not; the label is what is on.
 """
 
 from __future__ import annotations
@@ -76,10 +80,6 @@ class Verdict:
         return asdict(self)
 
 
-def _signs(label: str) -> set[str]:
-    return set() if label == NORMAL else set(label.split("+"))
-
-
 def _label(surge: bool, attack: bool) -> str:
     return BOTH if surge and attack else SURGE if surge else ATTACK if attack else NORMAL
 
@@ -95,8 +95,8 @@ class Detector:
         self.cfg = cfg
         self._periods: deque[Counts] = deque(maxlen=max(1, round(cfg.detector_window_s / cfg.detector_period_s)))
         self.verdict = Verdict()
-        self._candidate = NORMAL
-        self._streak = 0
+        self._on = {SURGE: False, ATTACK: False}
+        self._streak = {SURGE: 0, ATTACK: 0}  # periods in a row that disagree with the sign's state
 
     def update(self, counts: Counts, now: float) -> tuple[str, str] | None:
         """Takes one period's counts; returns (old, new) when the label changes."""
@@ -109,13 +109,14 @@ class Detector:
         follow = _ratio(w.followed, w.followed + w.unfollowed)
         heavy = w.fresh_joins - w.light_joins
         unsolved = max(0, w.challenges - w.solved)
-        bad = heavy + w.refused + w.media_invalid + w.unfollowed + unsolved
-        traffic = (w.fresh_joins + w.polls + w.renewals + w.refused + w.challenges + w.media_valid
-                   + w.media_invalid + w.unfollowed)
+        bad = heavy + w.refused + w.unfollowed + unsolved
+        traffic = w.fresh_joins + w.polls + w.renewals + w.refused + w.challenges + w.unfollowed
+        media = w.media_valid + w.media_invalid
         light_rate = w.light_joins / seconds
-        bad_rate = bad / seconds
-        surge = light_rate >= cfg.surge_join_rate and (follow is None or follow >= FOLLOW_THROUGH_MIN)
-        attack = bad_rate >= cfg.attack_rate and bad >= cfg.attack_share * max(1, traffic)
+        bad_rate = (bad + w.media_invalid) / seconds
+        surge = light_rate >= cfg.surge_join_rate and follow is not None and follow >= FOLLOW_THROUGH_MIN
+        attack = (bad / seconds >= cfg.attack_rate and bad >= cfg.attack_share * traffic) or (
+            w.media_invalid / seconds >= cfg.attack_rate and w.media_invalid >= cfg.bad_token_share * media)
         raw = _label(surge, attack)
         evidence: dict[str, object] = {
             "window_s": seconds,
@@ -127,33 +128,28 @@ class Detector:
             "challenge_solve_ratio": _ratio(w.solved, w.challenges),
             "refused_per_s": round(w.refused / seconds, 1),
             "bad_per_s": round(bad_rate, 1),
-            "bad_share": _ratio(bad, traffic),
-            "request_mix": {k: _ratio(v, traffic) for k, v in (
+            "bad_join_share": _ratio(bad, traffic),
+            "request_mix": {k: _ratio(v, traffic + media) for k, v in (
                 ("fresh_joins", w.fresh_joins), ("polls", w.polls), ("renewals", w.renewals),
-                ("challenges", w.challenges), ("refused", w.refused), ("media", w.media_valid + w.media_invalid))},
+                ("challenges", w.challenges), ("refused", w.refused), ("media", media))},
             "top_address_per_s": round(w.top_address_requests / cfg.detector_period_s, 1),
             "top_prefixes_share": round(w.top_prefixes_share, 3),
             "addresses": w.addresses,
         }
-        return self._settle(raw, evidence, now)
-
-    def _settle(self, raw: str, evidence: dict[str, object], now: float) -> tuple[str, str] | None:
         v = self.verdict
         v.raw, v.evidence = raw, evidence
-        if raw == v.label:
-            self._candidate, self._streak = raw, 0
+        for sign, seen in ((SURGE, surge), (ATTACK, attack)):
+            if seen == self._on[sign]:
+                self._streak[sign] = 0
+                continue
+            self._streak[sign] += 1
+            if self._streak[sign] >= (self.cfg.enter_after if seen else self.cfg.leave_after):
+                self._on[sign], self._streak[sign] = seen, 0
+        label = _label(self._on[SURGE], self._on[ATTACK])
+        if label == v.label:
             return None
-        if raw == self._candidate:
-            self._streak += 1
-        else:
-            self._candidate, self._streak = raw, 1
-        dropping = not _signs(raw) >= _signs(v.label)  # the new label loses a sign the current one has
-        if self._streak < (self.cfg.leave_after if dropping else self.cfg.enter_after):
-            return None
-        old = v.label
-        v.label, v.since = raw, now
-        self._candidate, self._streak = raw, 0
-        return old, raw
+        old, v.label, v.since = v.label, label, now
+        return old, label
 
     @property
     def pressure(self) -> float:

@@ -104,7 +104,8 @@ class Shield:
         self.spaces: dict[str, Detector] = {}
         self._counts: dict[str, Counts] = {}
         self._node_only = Counts()  # traffic for ids that are not Spaces of this node
-        self._fresh_by_address: dict[str, int] = {}
+        self._fresh_by_address: dict[str, int] = {}  # fresh joins per address, this period ...
+        self._fresh_before: dict[str, int] = {}  # ... and the one before
         self._by_address: Counter[str] = Counter()
         self._by_prefix: Counter[str] = Counter()
         self._follow: dict[str, str] = {}  # "s<seat>" | "e<entry>" -> Space id, expected back
@@ -181,7 +182,7 @@ class Shield:
         n = self._fresh_by_address.get(address, 0) + 1
         if n > 1 or len(self._fresh_by_address) < self.cfg.max_tracked:
             self._fresh_by_address[address] = n
-        light = n <= self.cfg.light_joins
+        light = n + self._fresh_before.get(address, 0) <= self.cfg.light_joins
         counts.fresh_joins += 1
         counts.light_joins += light
         return light
@@ -276,7 +277,7 @@ class Shield:
         node.top_prefixes_share = sum(n for _, n in self._by_prefix.most_common(TOP_PREFIXES)) / total if total else 0.0
         self._verdict("node", self.node, node, now)
         self._counts, self._node_only = {}, Counts()
-        self._fresh_by_address.clear()
+        self._fresh_before, self._fresh_by_address = self._fresh_by_address, {}
         self._by_address.clear()
         self._by_prefix.clear()
         self._switch_pow(now)

@@ -29,7 +29,8 @@ import orjson
 
 from amphi.loadtest import playlist as m3u8
 from amphi.loadtest.buffer import PlaybackBuffer
-from amphi.loadtest.http import Connection, HttpError, Response, split_url
+from amphi.defense.pow import solve
+from amphi.loadtest.http import Connection, HttpError, Response, is_loopback, loopback_source, split_url
 from amphi.loadtest.profiles import Session, backoff_s, retry_delay_s
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ class Listener:
         self.session = session
         self.rng = rng
         host, port, _ = split_url(swarm.cfg.server)
-        self.conn = Connection(host, port)
+        source = loopback_source(rng) if swarm.cfg.spread_sources and is_loopback(host) else None
+        self.conn = Connection(host, port, source=source)
         self.state = "new"
         self.buffer: PlaybackBuffer | None = None
         self.arrived = 0.0
@@ -201,6 +203,9 @@ class Listener:
                     self.state = "waiting"
                 await asyncio.sleep(retry_delay_s(float(answer.get("retry_after_s") or 1.0), self.rng))
                 continue
+            if resp.status == 429 and (challenge := _challenge(resp)) is not None:
+                body = {**body, **self._solve(challenge)}  # like the browser's worker: solve, join again
+                continue
             sw.error(f"http_{resp.status}")
             if resp.status in (429, 503):
                 await asyncio.sleep(retry_delay_s(_retry_after(resp), self.rng))
@@ -210,6 +215,13 @@ class Listener:
                 body = {}
                 continue
             raise GiveUp(f"http_{resp.status}")
+
+    def _solve(self, challenge: dict[str, object]) -> dict[str, str]:
+        t = time.perf_counter()
+        solution = solve(str(challenge["challenge"]), int(challenge["bits"]))  # type: ignore[call-overload]
+        self.swarm.pow_solved += 1
+        self.swarm.pow_s += time.perf_counter() - t
+        return {"challenge": str(challenge["challenge"]), "solution": solution}
 
     def _take_token(self, answer: dict[str, object]) -> None:
         self.token = str(answer["token"])
@@ -410,3 +422,14 @@ def _retry_after(resp: Response) -> float:
         return max(0.2, float(resp.headers.get("retry-after", "1")))
     except ValueError:
         return 1.0
+
+
+def _challenge(resp: Response) -> dict[str, object] | None:
+    """The proof-of-work challenge of a 429 challenge_required answer (docs/defense.md)."""
+    try:
+        answer = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(answer, dict) and answer.get("error") == "challenge_required" and isinstance(answer.get("challenge"), dict):
+        return answer["challenge"]
+    return None

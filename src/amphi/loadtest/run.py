@@ -16,6 +16,7 @@ from multiprocessing.connection import wait
 
 import psutil
 
+from amphi.loadtest.attack import AttackPlan, attack_main
 from amphi.loadtest.http import split_url
 from amphi.loadtest.profiles import schedule
 from amphi.loadtest.stats import Histogram, rounded
@@ -38,7 +39,7 @@ class RunOptions:
     stay_s: float | None = None  # churn: mean session length
     drop_at_s: float | None = None  # reconnect: when everyone drops
     server_pid: int | None = None  # default: whoever listens on the server's port, if local
-    attack: str | None = None
+    attack: AttackPlan | None = None  # attackers mixed in, in a process of their own
 
 
 def find_server_pid(url: str) -> int | None:
@@ -58,7 +59,7 @@ def find_server_pid(url: str) -> int | None:
 def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict[str, object]:
     cfg = opts.cfg
     sessions = schedule(opts.profile, opts.listeners, duration_s=cfg.duration_s, ramp_s=opts.ramp_s, seed=cfg.seed,
-                        stay_s=opts.stay_s, drop_at_s=opts.drop_at_s, attack=opts.attack)
+                        stay_s=opts.stay_s, drop_at_s=opts.drop_at_s)
     files = raise_open_files()
     procs = max(1, min(opts.procs, len(sessions) or 1))
     per_proc = -(-len(sessions) // procs)
@@ -78,8 +79,19 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
         child_end.close()
         pipes.append(parent_end)
         workers.append(w)
+    attack_pipe = None
+    if opts.attack is not None:
+        attack_pipe, child_end = ctx.Pipe()
+        w = ctx.Process(target=attack_main, args=(child_end, opts.attack), daemon=True, name="amphi-loadtest-attack")
+        w.start()
+        child_end.close()
+        workers.append(w)
     try:
-        return _drive(opts, sessions, pipes, workers, server, warnings, progress)
+        result = _drive(opts, sessions, pipes, workers, server, warnings, progress,
+                        [attack_pipe] if attack_pipe else [])
+        if attack_pipe is not None:
+            result["attack"] = attack_pipe.recv()["attack"] if attack_pipe.poll(30) else None
+        return result
     finally:
         for w in workers:
             w.join(timeout=5)
@@ -89,10 +101,11 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
 
 
 def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server: ProcessCpu | None,
-           warnings: list[str], progress: Callable[[str], None] | None) -> dict[str, object]:
+           warnings: list[str], progress: Callable[[str], None] | None, starters: list) -> dict[str, object]:
+    """``starters``: other processes (the attack) that only need to start at T0."""
     cfg = opts.cfg
     deadline = time.monotonic() + READY_TIMEOUT_S
-    for p in pipes:
+    for p in pipes + starters:
         if not p.poll(max(0.0, deadline - time.monotonic())):
             raise RuntimeError("a load-test worker did not start in time")
         p.recv()
@@ -109,7 +122,7 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
         return total
 
     t0 = time.time() + START_MARGIN_S
-    for p in pipes:
+    for p in pipes + starters:
         p.send(t0)
     gen0, srv0, busy0 = gen_cpu(), (server.cpu_s() if server else 0.0), machine_busy_s()
     last_cpu = (time.time(), gen0, srv0)
@@ -239,7 +252,7 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         for k, h in hists.items():
             h.merge(f[k])
         for key in ("sessions", "admitted", "with_audio", "waited", "admitted_from_line", "answered", "stalled_listeners", "stalls",
-                    "requests", "renewals", "drops", "joins_cut_off"):
+                    "requests", "renewals", "drops", "joins_cut_off", "pow_solved"):
             totals[key] += f[key]
     stall_s = sum(f["stall_s"] for f in finals)
     worker_cpu = [f["cpu_s"] for f in finals]
@@ -289,6 +302,8 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         "renewals": totals["renewals"],
         "drops": totals["drops"],
         "joins_cut_off": totals["joins_cut_off"],
+        "pow_solved": totals["pow_solved"],
+        "pow_s_total": round(sum(f.get("pow_s", 0.0) for f in finals), 3),
         "generator_cpu_pct": round(gen_pct, 1),
         "generator_procs": procs,
         "generator_proc_cpu_pct": [round(100 * c / wall, 1) for c in worker_cpu],
