@@ -62,10 +62,15 @@ def main(verbose: bool) -> None:
               help="Node-wide budget of fresh joins per second; beyond it 429.")
 @click.option("--address-join-rate", default=DefenseConfig.address_rate_per_s, show_default=True,
               type=click.FloatRange(min=0.1), help="Join-endpoint requests per second per client address.")
+@click.option("--address-join-burst", default=DefenseConfig.address_burst, show_default=True,
+              type=click.IntRange(1), help="... and how many at once after a quiet spell.")
+@click.option("--header-timeout", default=HttpConfig.header_read_timeout_s, show_default=True,
+              type=click.FloatRange(min=1), help="Seconds a connection may take to send a request head (slowloris); "
+                                                "idle keep-alive connections are closed after it too.")
 def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bool, max_listeners: int,
           admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float, ticket_hold: float,
           speaker_timeout: float, pow_mode: str, pow_bits: int, trusted_proxies: tuple[str, ...], join_rate: float,
-          address_join_rate: float) -> None:
+          address_join_rate: float, address_join_burst: int, header_timeout: float) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
@@ -78,9 +83,11 @@ def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bo
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--trusted-proxy") from None
     defense = DefenseConfig(pow_mode=pow_mode, pow_bits=pow_bits, trusted_proxies=trusted_proxies,
-                            join_rate_per_s=join_rate, address_rate_per_s=address_join_rate)
-    cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url), demo=demo,
-                 admission=admission, stage=stage, defense=defense)
+                            join_rate_per_s=join_rate, address_rate_per_s=address_join_rate,
+                            address_burst=address_join_burst)
+    cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url,
+                                                        header_read_timeout_s=header_timeout),
+                 demo=demo, admission=admission, stage=stage, defense=defense)
     uvloop.run(run(cfg))
 
 
