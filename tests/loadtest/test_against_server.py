@@ -140,3 +140,21 @@ def test_reconnect_storm_comes_back_on_the_same_seats(serve, tmp_path: Path) -> 
     assert r["admitted"] == 150 == status["admitted_total"]  # ... so no second seat was taken
     assert status["peak_listeners"] == 150
     assert sum(r["outcomes"].values()) == 150 and r["outcomes"].get("playing") == 150
+
+
+def test_attackers_mixed_with_listeners_are_refused_and_counted(serve, tmp_path: Path) -> None:
+    """Forged tokens at 150/s from 16 addresses next to 30 listeners (docs/defense.md): every
+    attack request refused, every listener plays, and the detector calls it an attack."""
+    server = serve()
+    space = live_space(server)
+    out = tmp_path / "r.json"
+    r = finish(loadtest(server, space, out, "--listeners", "30", "--duration", "9", "--ramp", "1",
+                        "--attack", "bad-token", "--attack-rate", "150", "--attack-start", "2",
+                        "--attack-duration", "5", "--attack-sources", "16"), out)
+    a = r["attack"]
+    assert a["kind"] == "bad-token" and a["sent"] >= 300
+    assert a["accepted"] == 0 and a["refused"] + sum(a["transport_errors"].values()) == a["sent"]
+    assert set(a["by_status"]) <= {"401", "403"}
+    assert r["admitted"] == 30 and r["failed"] == 0 and r["stalled_listeners"] == 0
+    log = server.log.read_text()
+    assert f"detector space {space}: normal -> attack" in log
