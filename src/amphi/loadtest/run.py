@@ -189,6 +189,7 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     busy1 = machine_busy_s()
     softirq = 100 * (busy1[1] - busy0[1]) / wall
     others = 100 * (busy1[0] - busy0[0] - gen_total - (srv_total or 0.0)) / wall - softirq
+    result["t0_unix"] = round(t0, 3)  # when arrivals (and attacks) are counted from
     result["softirq_cpu_pct"] = round(softirq, 1)
     result["other_processes_cpu_pct"] = round(max(0.0, others), 1)  # neither generator, server nor softirq
     result["generator_pipe_wait_s"] = round(sum(f.get("send_s", 0.0) for f in finals.values()), 3)
