@@ -90,7 +90,11 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
         result = _drive(opts, sessions, pipes, workers, server, warnings, progress,
                         [attack_pipe] if attack_pipe else [])
         if attack_pipe is not None:
-            result["attack"] = attack_pipe.recv()["attack"] if attack_pipe.poll(30) else None
+            attack_end = float(result["t0_unix"]) + opts.attack.start_s + opts.attack.duration_s  # type: ignore[arg-type]
+            wait_s = max(0.0, attack_end - time.time()) + 30.0
+            result["attack"] = attack_pipe.recv()["attack"] if attack_pipe.poll(wait_s) else None
+            if result["attack"] is None:
+                warnings.append("the attack process did not report")
         return result
     finally:
         for w in workers:

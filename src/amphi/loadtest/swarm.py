@@ -99,8 +99,10 @@ class Swarm:
         probe = asyncio.create_task(self._probe())
         reporter = asyncio.create_task(self._report(pipe))
         try:
+            if not tasks:  # an attack alone (--listeners 0): this worker only reports, until the end
+                await asyncio.sleep(max(0.0, self.loop_time(self.cfg.duration_s) - loop.time()))
             done, pending = await asyncio.wait(tasks, timeout=max(0.0, self.loop_time(self.cfg.duration_s) - loop.time())
-                                               + END_GRACE_S)
+                                               + END_GRACE_S) if tasks else (set(), set())
             for t in pending:
                 t.cancel()
             for t in done:
