@@ -90,6 +90,10 @@ class Watcher:
                     continue
                 self.samples.append((time.time(), d["label"], d))
 
+    def first_with(self, sign: str, after: float) -> float | None:
+        """Seconds after ``after`` until a label with ``sign`` in it (attack, surge+attack)."""
+        return next((t - after for t, lab, _ in self.samples if t >= after and sign in lab), None)
+
     def first(self, label: str, after: float) -> float | None:
         return next((t - after for t, lab, _ in self.samples if t >= after and lab == label), None)
 
@@ -117,7 +121,7 @@ def scenario_flood(args: argparse.Namespace, tmp: Path) -> dict:
             r = finish(legit, tmp / "a.json", duration + 120)
             b = finish(bad, tmp / "b.json", 60)
         log = node.log_path.read_text()
-    pow_on = w.first("attack", t0_of(r) + start) if w.samples else None
+    pow_on = w.first_with("attack", t0_of(r) + start)
     flood, tokens = r["attack"], b["attack"]
     return {
         "legit_join_rate": round(legit_rate, 1), "flood_rate": flood_rate, "listeners": args.listeners,

@@ -32,17 +32,17 @@ def test_address_then_prefix_then_budget():
                         join_rate_per_s=100, join_burst=3)
     lim = JoinLimits(cfg, random.Random(1))
     for _ in range(5):
-        lim.check_client("10.0.0.1", 100.0)
+        lim.check_client("10.0.0.1", prefix_of("10.0.0.1"), 100.0)
     with pytest.raises(AddressRateLimited) as e:
-        lim.check_client("10.0.0.1", 100.0)
+        lim.check_client("10.0.0.1", prefix_of("10.0.0.1"), 100.0)
     assert e.value.status == 429 and 0.5 <= e.value.retry_after_s <= 0.75  # the jittered minimum
-    lim.check_client("10.0.0.2", 100.0)
-    lim.check_client("10.0.0.2", 100.0)
-    lim.check_client("10.0.0.3", 100.0)  # the prefix's 8th
+    lim.check_client("10.0.0.2", prefix_of("10.0.0.2"), 100.0)
+    lim.check_client("10.0.0.2", prefix_of("10.0.0.2"), 100.0)
+    lim.check_client("10.0.0.3", prefix_of("10.0.0.3"), 100.0)  # the prefix's 8th
     with pytest.raises(PrefixRateLimited):
-        lim.check_client("10.0.0.4", 100.0)
-    lim.check_client("10.0.1.4", 100.0)  # another /24
-    lim.check_client("10.0.0.1", 100.6)  # 0.6 s later, the address has budget again ...
+        lim.check_client("10.0.0.4", prefix_of("10.0.0.4"), 100.0)
+    lim.check_client("10.0.1.4", prefix_of("10.0.1.4"), 100.0)  # another /24
+    lim.check_client("10.0.0.1", prefix_of("10.0.0.1"), 100.6)  # 0.6 s later, the address has budget again ...
     for _ in range(3):
         lim.check_fresh_join(100.0)
     with pytest.raises(JoinBudgetSpent):
@@ -55,8 +55,8 @@ def test_retry_after_is_jittered():
     lim = JoinLimits(cfg, random.Random(2))
     retries = set()
     for i in range(20):
-        lim.check_client(f"10.0.{i}.1", 0.0)
+        lim.check_client(f"10.0.{i}.1", prefix_of(f"10.0.{i}.1"), 0.0)
         with pytest.raises(AddressRateLimited) as e:
-            lim.check_client(f"10.0.{i}.1", 0.0)
+            lim.check_client(f"10.0.{i}.1", prefix_of(f"10.0.{i}.1"), 0.0)
         retries.add(e.value.retry_after_s)
     assert len(retries) > 10 and min(retries) >= 1.0 and max(retries) <= 1.5

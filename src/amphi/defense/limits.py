@@ -82,12 +82,12 @@ class JoinLimits:
         self.prefixes = KeyedGcra(cfg.prefix_rate_per_s, cfg.prefix_burst, cfg.max_tracked)
         self.budget = Gcra(cfg.join_rate_per_s, cfg.join_burst)
 
-    def check_client(self, address: str, now: float) -> None:
-        """Any request to the join endpoint, before its body is read."""
+    def check_client(self, address: str, prefix: str, now: float) -> None:
+        """Any request to the join endpoint, before its body is read (``prefix``: ``prefix_of(address)``)."""
         wait = self.addresses.take(address, now)
         if wait:
             raise self._refusal(AddressRateLimited, "too many joins from your address", wait)
-        wait = self.prefixes.take(prefix_of(address), now)
+        wait = self.prefixes.take(prefix, now)
         if wait:
             raise self._refusal(PrefixRateLimited, "too many joins from your network", wait)
 
