@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 import uvloop
 
-from amphi.core.config import AdmissionConfig, Config, HttpConfig, StageConfig
+from amphi.core.config import AdmissionConfig, Config, DefenseConfig, HttpConfig, StageConfig
 from amphi.edge.vcl import NAME as NODE_ID
 from amphi.obs.logging import configure as configure_logging
+from amphi.defense.shield import parse_networks
 
 
 @click.group()
@@ -44,6 +45,22 @@ def main(ctx: click.Context, verbose: bool) -> None:
               help="Places in the waiting line, node-wide; beyond it joins get 503 and come back later.")
 @click.option("--speaker-timeout", default=StageConfig.silence_timeout_s, show_default=True,
               type=click.FloatRange(min=1), help="Hang up a speaker's connection that sends no audio this long.")
+@click.option("--pow", "pow_mode", default=DefenseConfig.pow_mode, show_default=True,
+              type=click.Choice(["on", "off", "auto"]),
+              help="Proof of work on joins: always, never, or while the detector says attack (docs/defense.md).")
+@click.option("--pow-bits", default=DefenseConfig.pow_bits, show_default=True, type=click.IntRange(1, 28),
+              help="Proof-of-work difficulty at rest, in leading zero bits of SHA-256 (16: about 1 s in a browser).")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="CIDR",
+              help="An edge whose X-Forwarded-For is believed (repeatable); none by default.")
+@click.option("--join-rate", default=DefenseConfig.join_rate_per_s, show_default=True, type=click.FloatRange(min=0.1),
+              help="Node-wide budget of fresh joins per second; beyond it 429.")
+@click.option("--address-join-rate", default=DefenseConfig.address_rate_per_s, show_default=True,
+              type=click.FloatRange(min=0.1), help="Join-endpoint requests per second per client address.")
+@click.option("--address-join-burst", default=DefenseConfig.address_burst, show_default=True,
+              type=click.IntRange(1), help="... and how many at once after a quiet spell.")
+@click.option("--header-timeout", default=HttpConfig.header_read_timeout_s, show_default=True,
+              type=click.FloatRange(min=1), help="Seconds a connection may take to send a request head (slowloris); "
+                                                "idle keep-alive connections are closed after it too.")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default=None,
               help="Log lines as JSON objects or text (default: JSON unless stderr is a terminal).")
 @click.option("--operator-key", envvar="AMPHI_OPERATOR_KEY", default=None,
@@ -58,7 +75,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
 def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: str | None, demo: bool,
           max_listeners: int, admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float,
           ticket_hold: float, max_waiting: int, speaker_timeout: float, log_format: str | None, operator_key: str | None,
-          node_id: str, edges: tuple[str, ...]) -> None:
+          node_id: str, edges: tuple[str, ...], pow_mode: str, pow_bits: int, trusted_proxies: tuple[str, ...],
+          join_rate: float, address_join_rate: float, address_join_burst: int, header_timeout: float) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
@@ -68,11 +86,19 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
                                 admit_rate_per_s=admit_rate, admit_burst=admit_burst, token_ttl_s=token_ttl,
                                 seat_grace_s=seat_grace, ticket_hold_s=ticket_hold, max_waiting=max_waiting)
     stage = StageConfig(silence_timeout_s=speaker_timeout)
+    try:
+        parse_networks(trusted_proxies)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--trusted-proxy") from None
+    defense = DefenseConfig(pow_mode=pow_mode, pow_bits=pow_bits, trusted_proxies=trusted_proxies,
+                            join_rate_per_s=join_rate, address_rate_per_s=address_join_rate,
+                            address_burst=address_join_burst)
     if not NODE_ID.match(node_id):
         raise click.BadParameter("1-32 letters, digits, '_' or '-'", param_hint="--node-id")
-    cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url), demo=demo,
+    cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url,
+                                                        header_read_timeout_s=header_timeout), demo=demo,
                  admission=admission, stage=stage, node_id=node_id, edges=tuple(e.rstrip("/") for e in edges),
-                 operator_key=operator_key or None)
+                 operator_key=operator_key or None, defense=defense)
     uvloop.run(run(cfg))
 
 

@@ -25,8 +25,9 @@ from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.stage import HOST_ID, Participant
 from amphi.control.tokens import Signer, Token, new_participant_id, new_secret
 from amphi.core.config import Config
-from amphi.core.errors import Conflict, Forbidden, TokenExpired, TooManyRequests, Unauthorized, Unavailable
+from amphi.core.errors import AmphiError, Conflict, Forbidden, TokenExpired, TooManyRequests, Unauthorized, Unavailable
 from amphi.core.files import write_atomic
+from amphi.defense.shield import Shield
 from amphi.media.ingest.webrtc import WebRTCIngest
 from amphi.media.pipeline import Pipeline
 from amphi.media.recorder import Recording
@@ -62,6 +63,7 @@ class Node:
         self.operator_key = self._operator_key()
         self.admission = Admission(cfg.admission, self.signer, random.Random())
         self.governor = Governor(cfg.admission)
+        self.shield = Shield(cfg.defense, self.signer, self.registry.known)  # defense (docs/defense.md)
         self._admission_changed = asyncio.Event()
         self._join_times: list[float] = []  # answer times in the current health period
         self._loop_lag = 0.0  # worst in the current health period
@@ -83,6 +85,7 @@ class Node:
         self.spawn(self._health(), name="health")
         self.spawn(self._levels(), name="levels")
         self.spawn(self.obs.run(), name="obs-sampler")
+        self.spawn(self.shield.run(), name="defense")  # defense: the detector's verdicts
 
     def _secret(self) -> bytes:
         """The token key: config, else $AMPHI_SECRET, else <data_dir>/secret (made once).
@@ -300,6 +303,15 @@ class Node:
         then redirects it): players that only follow URLs reload their first URL forever,
         and their seat is kept by those very renewals. Once the seat is released, the
         token is refused like any other expired one."""
+        try:  # defense: the detector counts valid and invalid tokens
+            t = self._verify_token(space_id, token, playlist)
+        except AmphiError:
+            self.shield.media(space_id, None)
+            raise
+        self.shield.media(space_id, t.seat)
+        return t
+
+    def _verify_token(self, space_id: str, token: str | None, playlist: bool) -> Token:
         now = time.time()
         try:
             if not playlist:
@@ -442,6 +454,7 @@ class Node:
             "admitted_total": counts.admitted_total,
             "seats_offered": counts.reserved,
             "degradation": self.governor.status(),
+            "detector": self.shield.status(space.id),  # defense: surge / attack, with evidence
             "listen_url": f"{base}/s/{space.id}",
             "recorded_s": round(rec.duration, 3),
             "replay": f"{base}/media/{space.id}/vod.m3u8" if has_replay else None,

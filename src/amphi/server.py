@@ -10,6 +10,7 @@ import signal
 import socket
 
 from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server.embed import Server
 
@@ -61,6 +62,7 @@ async def serve(cfg: Config) -> None:
     server = Server(
         App(node), address=cfg.http.host, port=cfg.http.port, interface=Interfaces.ASGINL,
         http=HTTPModes.http1, backlog=4096, backpressure=65536, log_level=LogLevels.warning, websockets=False,
+        http1_settings=HTTP1Settings(header_read_timeout=int(cfg.http.header_read_timeout_s * 1000)),
     )  # backpressure: granian serves at most this many connections at once (default backlog // workers
     # = 4096); every LL-HLS listener holds one in a blocking reload, so the default capped a node at 4096
     # listeners and left the rest unanswered (found by `amphi loadtest` at 10k)

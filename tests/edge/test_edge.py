@@ -16,7 +16,6 @@ from amphi.control.tokens import Signer
 from tests.audio import dominant_hz, ffmpeg_decode
 from tests.edge.conftest import SECRET, Tier
 from tests.integration.amphi_proc import BIN, wait_until
-from tests.web.conftest import browser, page  # noqa: F401 - headless Chromium fixtures
 
 
 def media_requests(tier: Tier) -> int:

@@ -111,10 +111,14 @@ def test_a_full_space_admits_waiting_listeners_as_seats_free(serve, tmp_path: Pa
     assert r["sessions"] == sum(r["outcomes"].values())
 
 
-def test_attack_is_refused_until_the_defense_work_lands() -> None:
-    result = CliRunner().invoke(main, ["loadtest", "--server", "http://127.0.0.1:9", "--space", "x",
-                                       "--listeners", "1", "--attack", "flood"])
-    assert result.exit_code == 2 and "defense work" in result.output
+def test_attack_options_are_checked() -> None:
+    for args, message in ((["--attack", "flood"], "Invalid value for '--attack'"),
+                          (["--attack", "join-flood", "--server", "http://10.0.0.1:9"], "127.0.0.0/8"),
+                          (["--attack", "join-flood", "--attack-start", "20", "--attack-duration", "20"], "end by the end"),
+                          (["--listeners", "0"], "needs --attack")):
+        base = ["loadtest", "--server", "http://127.0.0.1:9", "--space", "x", "--listeners", "1"]
+        result = CliRunner().invoke(main, [*base, *args])
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 @pytest.mark.parametrize("args, message", [(["--listeners", "5"], "--space is required"),
@@ -136,3 +140,21 @@ def test_reconnect_storm_comes_back_on_the_same_seats(serve, tmp_path: Path) -> 
     assert r["admitted"] == 150 == status["admitted_total"]  # ... so no second seat was taken
     assert status["peak_listeners"] == 150
     assert sum(r["outcomes"].values()) == 150 and r["outcomes"].get("playing") == 150
+
+
+def test_attackers_mixed_with_listeners_are_refused_and_counted(serve, tmp_path: Path) -> None:
+    """Forged tokens at 150/s from 16 addresses next to 30 listeners (docs/defense.md): every
+    attack request refused, every listener plays, and the detector calls it an attack."""
+    server = serve()
+    space = live_space(server)
+    out = tmp_path / "r.json"
+    r = finish(loadtest(server, space, out, "--listeners", "30", "--duration", "9", "--ramp", "1",
+                        "--attack", "bad-token", "--attack-rate", "150", "--attack-start", "2",
+                        "--attack-duration", "5", "--attack-sources", "16"), out)
+    a = r["attack"]
+    assert a["kind"] == "bad-token" and a["sent"] >= 300
+    assert a["accepted"] == 0 and a["refused"] + sum(a["transport_errors"].values()) == a["sent"]
+    assert set(a["by_status"]) <= {"401", "403"}
+    assert r["admitted"] == 30 and r["failed"] == 0 and r["stalled_listeners"] == 0
+    log = server.log.read_text()
+    assert f"detector space {space}: normal -> attack" in log

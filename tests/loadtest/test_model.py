@@ -10,7 +10,7 @@ import pytest
 from amphi.loadtest import playlist as m3u8
 from amphi.loadtest.buffer import Playback, PlaybackBuffer
 from amphi.loadtest.http import _dechunk, split_url
-from amphi.loadtest.profiles import AttackUnavailable, backoff_s, retry_delay_s, schedule
+from amphi.loadtest.profiles import backoff_s, retry_delay_s, schedule
 from amphi.loadtest.stats import Histogram
 
 GOLDEN = Path(__file__).parent.parent / "golden"
@@ -102,9 +102,7 @@ def test_reconnect_drops_everyone_at_once() -> None:
         schedule("reconnect", 10, duration_s=30, ramp_s=6, drop_at_s=3)
 
 
-def test_attack_mixes_are_an_extension_point_and_unknown_profiles_fail() -> None:
-    with pytest.raises(AttackUnavailable, match="defense work"):
-        schedule("surge", 10, duration_s=10, ramp_s=1, attack="flood")
+def test_unknown_profiles_fail() -> None:
     with pytest.raises(ValueError, match="unknown profile"):
         schedule("tsunami", 10, duration_s=10, ramp_s=1)
 

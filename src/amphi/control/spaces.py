@@ -140,6 +140,9 @@ class SpaceRegistry:
             raise NotFound(f"no Space {space_id!r}")
         return space
 
+    def known(self, space_id: str) -> bool:
+        return space_id in self._spaces
+
     def all(self) -> list[Space]:
         return list(self._spaces.values())
 

@@ -58,6 +58,10 @@ class Signer:
         digest = hmac.new(self._secret, b"%s|%s|%s" % (kind, space_id.encode(), body.encode()), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:MAC_BYTES]).rstrip(b"=").decode()
 
+    def mac(self, kind: bytes, space_id: str, body: str) -> str:
+        """The MAC of ``body`` for another kind of signed thing (proof-of-work challenges)."""
+        return self._mac(kind, space_id, body)
+
     # -- tokens -----------------------------------------------------------------------------
 
     def token(self, space_id: str, seat: str, expires: int, *, host: bool = False) -> str:

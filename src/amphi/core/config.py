@@ -63,6 +63,8 @@ class HttpConfig:
     port: int = 8000
     public_url: str | None = None  # base URL handed to clients; default http://host:port
     max_body_bytes: int = 64 * 1024  # JSON and SDP bodies above this get 413
+    header_read_timeout_s: float = 10.0  # a connection that has not sent a whole request head in this long is
+    # closed (slowloris); granian applies it to idle keep-alive connections as well (docs/defense.md)
 
     @property
     def base_url(self) -> str:
@@ -116,12 +118,51 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class DefenseConfig:
+    """Shedding floods and telling a surge from an attack (docs/defense.md). Rates are
+    requests per second to the join endpoint; bursts are how many at once after a quiet
+    spell. Sized so that a few thousand people behind one carrier-grade NAT can still join
+    at the scheduled minute: one address alone cannot flood, many addresses meet the
+    global budget and the proof of work."""
+
+    address_rate_per_s: float = 50.0  # GCRA per client address (joins, polls, renewals) ...
+    address_burst: int = 500
+    prefix_rate_per_s: float = 200.0  # ... per network prefix (IPv4 /24, IPv6 /48) ...
+    prefix_burst: int = 2000
+    join_rate_per_s: float = 2000.0  # ... and node-wide, for fresh joins only (not polls or renewals)
+    join_burst: int = 4000
+    max_tracked: int = 65_536  # keys per limit table; when full the least recently seen is forgotten
+    max_in_flight_per_address: int = 1000  # requests in progress from one address (blocking reloads too)
+    max_header_bytes: int = 8192  # all request headers of a join together; above it 431
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed (an edge); none by default
+    # proof of work
+    pow_mode: str = "auto"  # on | off | auto (on while the node-level detector says attack)
+    pow_bits: int = 16  # leading zero bits of SHA-256 at the default difficulty (about 1 s in a browser)
+    pow_max_extra_bits: int = 4  # pressure adds up to this many bits (each doubles the work)
+    pow_ttl_s: float = 60.0  # a challenge is valid this long after it is issued
+    pow_max_seen: int = 200_000  # solved challenges remembered until they expire; when full, new solutions get 503
+    # detector
+    detector_period_s: float = 2.0  # a verdict every period, per Space and per node
+    detector_window_s: float = 4.0  # rates are measured over this much of the recent past
+    follow_up_s: float = 5.0  # an admitted join is expected to fetch media within this (a waiting one: to poll
+    # within its retry_after_s plus this)
+    light_joins: int = 2  # an address with at most this many fresh joins in a window looks like one person
+    surge_join_rate: float = 20.0  # fresh joins per second from light addresses that come back: a surge
+    attack_rate: float = 20.0  # bad join requests per second (see docs/defense.md) ...
+    attack_share: float = 0.2  # ... that are at least this share of the join endpoint's traffic: an attack
+    bad_token_share: float = 0.05  # invalid media tokens: this share of the media requests (and attack_rate per s)
+    enter_after: int = 2  # a new label needs this many verdicts in a row ...
+    leave_after: int = 4  # ... and the current one ends after this many verdicts of something else
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
     http: HttpConfig = field(default_factory=HttpConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)  # host addresses offered in ICE candidates
     node_id: str = "origin"  # this node's name, in every log line and sample; edges route /o/<node_id>/media/ to it
     edges: tuple[str, ...] = ()  # base URLs of the edge caches listeners are sent to; none: this node serves them

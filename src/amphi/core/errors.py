@@ -13,13 +13,21 @@ machine-readable ``code``; the web layer maps them to responses in one place
     ├── Unauthorized                401 unauthorized     (no credentials)
     │   └── TokenExpired            401 token_expired    (join again)
     ├── Forbidden                   403 forbidden        (wrong credentials)
+    │   ├── BadSolution             403 bad_solution     (a proof-of-work answer that does not check out)
+    │   └── ChallengeReused         403 challenge_reused (a solved challenge sent again)
     ├── NotFound                    404 not_found
     ├── MethodNotAllowed            405 method_not_allowed
     ├── Conflict                    409 conflict
     │   └── IllegalTransition       409 illegal_transition
     ├── PayloadTooLarge             413 payload_too_large
     ├── TooManyRequests             429 too_many_requests (retry later)
-    │   └── TooEarly                429 too_early        (polled before its time)
+    │   ├── TooEarly                429 too_early        (polled before its time)
+    │   ├── AddressRateLimited      429 address_rate_limited (this client address joins too fast)
+    │   ├── PrefixRateLimited       429 prefix_rate_limited  (its network prefix joins too fast)
+    │   ├── JoinBudgetSpent         429 join_budget_spent    (the node's global join budget)
+    │   ├── TooManyConnections      429 too_many_connections (requests in flight from one address)
+    │   └── ChallengeRequired       429 challenge_required   (solve the proof of work, see docs/defense.md)
+    ├── HeadersTooLarge             431 headers_too_large
     └── Unavailable                 503 unavailable      (retry later)
         └── TooBusy                 503 too_busy
 """
@@ -113,6 +121,14 @@ class StageFull(Conflict):
     code = "stage_full"
 
 
+class BadSolution(Forbidden):
+    code = "bad_solution"
+
+
+class ChallengeReused(Forbidden):
+    code = "challenge_reused"
+
+
 class PayloadTooLarge(AmphiError):
     status = 413
     code = "payload_too_large"
@@ -125,6 +141,40 @@ class TooManyRequests(AmphiError):
 
 class TooEarly(TooManyRequests):
     code = "too_early"
+
+
+class AddressRateLimited(TooManyRequests):
+    code = "address_rate_limited"
+
+
+class PrefixRateLimited(TooManyRequests):
+    code = "prefix_rate_limited"
+
+
+class JoinBudgetSpent(TooManyRequests):
+    code = "join_budget_spent"
+
+
+class TooManyConnections(TooManyRequests):
+    code = "too_many_connections"
+
+
+class ChallengeRequired(TooManyRequests):
+    """Join again with the challenge solved: ``{"challenge": C, "solution": S}``."""
+
+    code = "challenge_required"
+
+    def __init__(self, message: str, challenge: dict[str, object], *, retry_after_s: float | None = None) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.challenge = challenge
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "challenge": self.challenge}
+
+
+class HeadersTooLarge(AmphiError):
+    status = 431
+    code = "headers_too_large"
 
 
 class Unavailable(AmphiError):

@@ -6,14 +6,16 @@ import sys
 
 import click
 
-from amphi.loadtest.profiles import PROFILES, AttackUnavailable
+from amphi.loadtest.attack import ATTACKS, AttackPlan
+from amphi.loadtest.profiles import PROFILES
 
 
 @click.command()
 @click.option("--server", required=True,
               help="Amphi base URL (http://127.0.0.1:8000); for --protocol hls the playlist URL, for icecast the mount URL.")
 @click.option("--space", default="", help="Space id (--protocol amphi).")
-@click.option("--listeners", required=True, type=click.IntRange(1), help="Audience size (places, for churn).")
+@click.option("--listeners", required=True, type=click.IntRange(0),
+              help="Audience size (places, for churn); 0 for an attack alone.")
 @click.option("--profile", default="ramp", show_default=True, type=click.Choice(PROFILES),
               help="Arrival schedule: ramp, surge, poisson, churn or reconnect (see docs/loadtest.md).")
 @click.option("--duration", default=30.0, show_default=True, type=click.FloatRange(min=1),
@@ -32,15 +34,26 @@ from amphi.loadtest.profiles import PROFILES, AttackUnavailable
               help="icecast: the mount's bitrate, to turn bytes into seconds of audio.")
 @click.option("--server-pid", default=None, type=int, help="Server process to measure (default: found by port when local).")
 @click.option("--seed", default=1, show_default=True, type=int, help="Seed of the schedule and the jitter.")
-@click.option("--attack", default=None, metavar="KIND",
-              help="Mix attackers in (extension point: not available until the defense work lands).")
+@click.option("--attack", default=None, type=click.Choice(ATTACKS),
+              help="Mix attackers in, from many source addresses on 127.0.0.0/8 (see docs/defense.md).")
+@click.option("--attack-rate", default=100.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Attack requests per second (slowloris: new sockets per second).")
+@click.option("--attack-start", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds after T0 the attack begins.")
+@click.option("--attack-duration", default=None, type=click.FloatRange(min=0.1),
+              help="Seconds the attack lasts (default: to the end of the run).")
+@click.option("--attack-sources", default=64, show_default=True, type=click.IntRange(1, 1000),
+              help="Distinct attacker addresses (spread over four /24s of 127.200.0.0/16).")
+@click.option("--attack-connections", default=5000, show_default=True, type=click.IntRange(1, 50_000),
+              help="slowloris: sockets held open at once at most.")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the result as JSON.")
 @click.option("--plot", "plot_out", default=None, type=click.Path(dir_okay=False), help="Write a PNG plot over time.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def loadtest(server: str, space: str, listeners: int, profile: str, duration: float, ramp: float, procs: int,
              protocol: str, player: str, stay: float | None, drop_at: float | None, stream_kbps: float,
-             server_pid: int | None, seed: int, attack: str | None, json_out: str | None, plot_out: str | None,
-             quiet: bool) -> None:
+             server_pid: int | None, seed: int, attack: str | None, attack_rate: float, attack_start: float,
+             attack_duration: float | None, attack_sources: int, attack_connections: int, json_out: str | None,
+             plot_out: str | None, quiet: bool) -> None:
     """Drive real HTTP listeners that behave like players, and report what each experienced."""
     from amphi.loadtest import report
     from amphi.loadtest.run import RunOptions, run
@@ -54,8 +67,21 @@ def loadtest(server: str, space: str, listeners: int, profile: str, duration: fl
         raise click.UsageError("--server must be an http:// URL")
     cfg = LoadConfig(server=server.rstrip("/") if protocol == "amphi" else server, space=space, protocol=protocol,
                      player=player, duration_s=duration, stream_kbps=stream_kbps, seed=seed)
+    plan = None
+    if attack:
+        if protocol != "amphi":
+            raise click.UsageError("--attack needs --protocol amphi")
+        if attack_start + (attack_duration or 0) > duration:
+            raise click.UsageError("the attack must end by the end of the run (--attack-start + --attack-duration)")
+        try:
+            plan = AttackPlan(attack, server.rstrip("/"), space, attack_rate, attack_start,
+                              attack_duration or duration - attack_start, attack_sources, attack_connections, seed)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+    elif listeners == 0:
+        raise click.UsageError("--listeners 0 needs --attack")
     opts = RunOptions(cfg=cfg, listeners=listeners, profile=profile, ramp_s=ramp, procs=procs, stay_s=stay,
-                      drop_at_s=drop_at, server_pid=server_pid, attack=attack)
+                      drop_at_s=drop_at, server_pid=server_pid, attack=plan)
     tty = sys.stderr.isatty()
 
     def progress(line: str) -> None:
@@ -66,7 +92,7 @@ def loadtest(server: str, space: str, listeners: int, profile: str, duration: fl
                err=True)
     try:
         result = run(opts, progress)
-    except (AttackUnavailable, ValueError) as e:
+    except ValueError as e:
         raise click.UsageError(str(e)) from None
     if tty and not quiet:
         click.echo("", err=True)

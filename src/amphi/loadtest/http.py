@@ -17,6 +17,7 @@ Errors (all ``HttpError``, with ``kind`` for the error table):
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 
 
@@ -157,9 +158,10 @@ class Connection:
     Lifecycle: idle -> busy (one request) -> idle ...; ``close()`` at any time; a later
     request opens a new TCP connection."""
 
-    def __init__(self, host: str, port: int, *, connect_timeout_s: float = 10.0) -> None:
+    def __init__(self, host: str, port: int, *, connect_timeout_s: float = 10.0, source: str | None = None) -> None:
         self.host = host
         self.port = port
+        self.source = source  # the local address to connect from (a client of its own on 127.0.0.0/8)
         self.connect_timeout_s = connect_timeout_s
         self._p: _Protocol | None = None
         self._host_header = f"{host}:{port}".encode()
@@ -174,7 +176,8 @@ class Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, p = await loop.create_connection(_Protocol, self.host, self.port)
+                _, p = await loop.create_connection(_Protocol, self.host, self.port,
+                                                    local_addr=(self.source, 0) if self.source else None)
         except TimeoutError:
             raise ConnectFailed("connect_timeout", f"no connection to {self.host}:{self.port} in "
                                 f"{self.connect_timeout_s:g} s") from None
@@ -192,13 +195,14 @@ class Connection:
             p.transport.abort()
 
     async def request(self, method: str, target: str, body: bytes | None = None, *,
-                      timeout_s: float = 10.0, content_type: bytes = b"application/json") -> Response:
+                      timeout_s: float = 10.0, content_type: bytes = b"application/json",
+                      retry: bool = True) -> Response:
         """Sends one request and returns the whole response. ``target`` is the path and query."""
         reused = self.connected
         try:
             return await self._exchange(method, target, body, timeout_s, content_type, None)
         except Disconnected:
-            if not reused:
+            if not reused or not retry:
                 raise
             # the server closed the idle connection just as we reused it: once more, new connection
             return await self._exchange(method, target, body, timeout_s, content_type, None)
@@ -252,6 +256,16 @@ class Connection:
         if on_data is None and resp.headers.get("connection", "").lower() == "close":
             self.close()
         return resp
+
+
+def loopback_source(rng: random.Random, second_octets: tuple[int, int] = (1, 63)) -> str:
+    """A random address in 127.<a..b>.0.0/16s: on Linux all of 127.0.0.0/8 is the loopback
+    interface, so a client bound to one of them stands for a client of its own."""
+    return f"127.{rng.randint(*second_octets)}.{rng.randrange(256)}.{rng.randint(1, 254)}"
+
+
+def is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host == "localhost"
 
 
 def split_url(url: str) -> tuple[str, int, str]:

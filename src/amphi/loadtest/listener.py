@@ -29,7 +29,8 @@ import orjson
 
 from amphi.loadtest import playlist as m3u8
 from amphi.loadtest.buffer import PlaybackBuffer
-from amphi.loadtest.http import Connection, HttpError, Response, split_url
+from amphi.defense.pow import solve
+from amphi.loadtest.http import Connection, HttpError, Response, is_loopback, loopback_source, split_url
 from amphi.loadtest.profiles import Session, backoff_s, header_retry_s, retry_delay_s
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class GiveUp(Exception):
 
 
 class Listener:
-    __slots__ = ("swarm", "session", "rng", "conn", "media", "edges", "state", "buffer", "arrived", "answered", "admitted_at",
+    __slots__ = ("swarm", "session", "rng", "conn", "source", "media", "edges", "state", "buffer", "arrived", "answered", "admitted_at",
                  "first_audio", "waited", "token", "ticket", "renew_at", "path", "failures", "outcome", "dropped")
 
     def __init__(self, swarm: Swarm, session: Session, rng: random.Random) -> None:
@@ -63,7 +64,9 @@ class Listener:
         self.session = session
         self.rng = rng
         host, port, _ = split_url(swarm.cfg.server)
-        self.conn = Connection(host, port)  # the API (joins, renewals) and, unless sent to an edge, media
+        source = loopback_source(rng) if swarm.cfg.spread_sources and is_loopback(host) else None
+        self.source = source  # this listener's own 127.x.y.z: the API and the edges see one client address
+        self.conn = Connection(host, port, source=source)  # the API (joins, renewals) and, unless sent to an edge, media
         self.media = self.conn  # where the playlist, parts and segments come from
         self.edges: list[tuple[str, int]] = []  # edge caches the node named for media (docs/edge.md)
         self.state = "new"
@@ -209,6 +212,9 @@ class Listener:
                     self.state = "waiting"
                 await asyncio.sleep(retry_delay_s(float(answer.get("retry_after_s") or 1.0), self.rng))
                 continue
+            if resp.status == 429 and (challenge := _challenge(resp)) is not None:
+                body = {**body, **self._solve(challenge)}  # like the browser's worker: solve, join again
+                continue
             sw.error(f"http_{resp.status}")
             if resp.status in (429, 503):
                 await asyncio.sleep(retry_delay_s(_retry_after(resp), self.rng))
@@ -218,6 +224,13 @@ class Listener:
                 body = {}
                 continue
             raise GiveUp(f"http_{resp.status}")
+
+    def _solve(self, challenge: dict[str, object]) -> dict[str, str]:
+        t = time.perf_counter()
+        solution = solve(str(challenge["challenge"]), int(challenge["bits"]))  # type: ignore[call-overload]
+        self.swarm.pow_solved += 1
+        self.swarm.pow_s += time.perf_counter() - t
+        return {"challenge": str(challenge["challenge"]), "solution": solution}
 
     def _take_token(self, answer: dict[str, object]) -> None:
         self.token = str(answer["token"])
@@ -230,7 +243,8 @@ class Listener:
     def _media_at(self, host: str, port: int) -> None:
         if self.media is not self.conn:
             self.media.close()
-        self.media = self.conn if (host, port) == (self.conn.host, self.conn.port) else Connection(host, port)
+        same = (host, port) == (self.conn.host, self.conn.port)
+        self.media = self.conn if same else Connection(host, port, source=self.source if is_loopback(host) else None)
 
     def _other_edge(self) -> None:
         """The edge stopped answering: the next attempt goes to another one, at random."""
@@ -434,3 +448,14 @@ class Listener:
 
 def _retry_after(resp: Response) -> float:
     return header_retry_s(resp.headers.get("retry-after"))
+
+
+def _challenge(resp: Response) -> dict[str, object] | None:
+    """The proof-of-work challenge of a 429 challenge_required answer (docs/defense.md)."""
+    try:
+        answer = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(answer, dict) and answer.get("error") == "challenge_required" and isinstance(answer.get("challenge"), dict):
+        return answer["challenge"]
+    return None

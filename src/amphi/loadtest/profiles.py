@@ -10,8 +10,8 @@
     reconnect  a ramp, then at ``drop_at_s`` every connection drops at once; each listener
                comes back after the client's backoff (``backoff_s``) and renews its seat
 
-Attackers (``--attack``) are an extension point: the defense work will add attacker
-sessions to a schedule here. Until then asking for them is an error.
+Attackers (``--attack``) are not sessions: they run in a process of their own, mixed into
+any of these (``amphi.loadtest.attack``).
 """
 
 from __future__ import annotations
@@ -31,16 +31,9 @@ class Session:
     drop_s: float | None = None  # its connection drops at this time; it comes back with backoff
 
 
-class AttackUnavailable(Exception):
-    """Attack mixes need the defense work (rate limits, proof of work), which is not built yet."""
-
-
 def schedule(profile: str, listeners: int, *, duration_s: float, ramp_s: float, seed: int = 1,
-             stay_s: float | None = None, gap_s: float = 1.0, drop_at_s: float | None = None,
-             attack: str | None = None) -> list[Session]:
+             stay_s: float | None = None, gap_s: float = 1.0, drop_at_s: float | None = None) -> list[Session]:
     """The sessions of a run, sorted by arrival."""
-    if attack:
-        raise AttackUnavailable(f"--attack {attack}: attackers are not available until the defense work lands")
     if listeners < 0 or duration_s <= 0 or ramp_s < 0:
         raise ValueError("listeners >= 0, duration_s > 0 and ramp_s >= 0 are required")
     rng = random.Random(seed)

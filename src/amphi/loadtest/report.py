@@ -38,6 +38,20 @@ def summary_table(r: dict[str, object]) -> str:
         ("kernel softirq (loopback TCP) / other processes' CPU", f"{_s(r.get('softirq_cpu_pct'), ' %')} / "
                                                                  f"{_s(r.get('other_processes_cpu_pct'), ' %')}"),
     ]
+    if r.get("pow_solved"):
+        rows.append(("proof-of-work challenges solved (seconds)", f"{r['pow_solved']} ({r['pow_s_total']} s)"))
+    atk = r.get("attack")
+    if isinstance(atk, dict):
+        rows.append((f"attack {atk['kind']} ({atk['rate']:g}/s, {atk['sources']} addresses)",
+                     f"sent {atk['sent']}, refused {atk['refused']}, accepted {atk['accepted']}, answer p99 "
+                     f"{_s(atk['answer_p99_s'])}"))
+        rows.append(("attack refusals by error", ", ".join(f"{k} {v}" for k, v in sorted(atk["by_error"].items()))
+                     or "none"))
+        if atk["kind"] == "slowloris":
+            rows.append(("slowloris sockets opened / cut off / open at most / held p50",
+                         f"{atk['opened']} / {atk['cut_off']} / {atk['open_max']} / {_s(atk['held_p50_s'])}"))
+        if atk["transport_errors"]:
+            rows.append(("attack transport errors", ", ".join(f"{k} {v}" for k, v in atk["transport_errors"].items())))
     width = max(len(k) for k, _ in rows)
     lines = [f"  {k:<{width}}  {v}" for k, v in rows]
     for w in r["warnings"]:  # type: ignore[union-attr]

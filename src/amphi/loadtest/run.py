@@ -18,6 +18,7 @@ from multiprocessing.connection import wait
 
 import psutil
 
+from amphi.loadtest.attack import AttackPlan, attack_main
 from amphi.loadtest.http import split_url
 from amphi.loadtest.profiles import schedule
 from amphi.loadtest.stats import Histogram, rounded
@@ -41,7 +42,7 @@ class RunOptions:
     drop_at_s: float | None = None  # reconnect: when everyone drops
     server_pid: int | None = None  # default: whoever listens on the server's port, if local
     also_pids: tuple[int, ...] = ()  # more server-side processes counted as the server (e.g. edges)
-    attack: str | None = None
+    attack: AttackPlan | None = None  # attackers mixed in, in a process of their own
 
 
 def find_server_pid(url: str) -> int | None:
@@ -71,7 +72,7 @@ def server_admission(url: str) -> dict[str, object] | None:
 def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict[str, object]:
     cfg = opts.cfg
     sessions = schedule(opts.profile, opts.listeners, duration_s=cfg.duration_s, ramp_s=opts.ramp_s, seed=cfg.seed,
-                        stay_s=opts.stay_s, drop_at_s=opts.drop_at_s, attack=opts.attack)
+                        stay_s=opts.stay_s, drop_at_s=opts.drop_at_s)
     files = raise_open_files()
     procs = max(1, min(opts.procs, len(sessions) or 1))
     per_proc = -(-len(sessions) // procs)
@@ -95,8 +96,22 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
         child_end.close()
         pipes.append(parent_end)
         workers.append(w)
+    attack_pipe = None
+    if opts.attack is not None:
+        attack_pipe, child_end = ctx.Pipe()
+        w = ctx.Process(target=attack_main, args=(child_end, opts.attack), daemon=True, name="amphi-loadtest-attack")
+        w.start()
+        child_end.close()
+        workers.append(w)
     try:
-        result = _drive(opts, sessions, pipes, workers, server, warnings, progress)
+        result = _drive(opts, sessions, pipes, workers, server, warnings, progress,
+                        [attack_pipe] if attack_pipe else [])
+        if attack_pipe is not None:
+            attack_end = float(result["t0_unix"]) + opts.attack.start_s + opts.attack.duration_s  # type: ignore[arg-type]
+            wait_s = max(0.0, attack_end - time.time()) + 30.0
+            result["attack"] = attack_pipe.recv()["attack"] if attack_pipe.poll(wait_s) else None
+            if result["attack"] is None:
+                warnings.append("the attack process did not report")
         result["server_admission"] = admission
         return result
     finally:
@@ -108,10 +123,11 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
 
 
 def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server: ProcessCpu | None,
-           warnings: list[str], progress: Callable[[str], None] | None) -> dict[str, object]:
+           warnings: list[str], progress: Callable[[str], None] | None, starters: list) -> dict[str, object]:
+    """``starters``: other processes (the attack) that only need to start at T0."""
     cfg = opts.cfg
     deadline = time.monotonic() + READY_TIMEOUT_S
-    for p in pipes:
+    for p in pipes + starters:
         if not p.poll(max(0.0, deadline - time.monotonic())):
             raise RuntimeError("a load-test worker did not start in time")
         p.recv()
@@ -128,7 +144,7 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
         return total
 
     t0 = time.time() + START_MARGIN_S
-    for p in pipes:
+    for p in pipes + starters:
         p.send(t0)
     gen0, srv0, busy0 = gen_cpu(), (server.cpu_s() if server else 0.0), machine_busy_s()
     last_cpu = (time.time(), gen0, srv0)
@@ -195,6 +211,7 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     busy1 = machine_busy_s()
     softirq = 100 * (busy1[1] - busy0[1]) / wall
     others = 100 * (busy1[0] - busy0[0] - gen_total - (srv_total or 0.0)) / wall - softirq
+    result["t0_unix"] = round(t0, 3)  # when arrivals (and attacks) are counted from
     result["softirq_cpu_pct"] = round(softirq, 1)
     result["other_processes_cpu_pct"] = round(max(0.0, others), 1)  # neither generator, server nor softirq
     requests = int(result["requests_total"])  # type: ignore[call-overload]
@@ -260,7 +277,7 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         for k, h in hists.items():
             h.merge(f[k])
         for key in ("sessions", "admitted", "with_audio", "waited", "admitted_from_line", "answered", "stalled_listeners", "stalls",
-                    "requests", "renewals", "drops", "edge_switches", "joins_cut_off"):
+                    "requests", "renewals", "drops", "edge_switches", "joins_cut_off", "pow_solved"):
             totals[key] += f[key]
     stall_s = sum(f["stall_s"] for f in finals)
     worker_cpu = [f["cpu_s"] for f in finals]
@@ -311,6 +328,8 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         "drops": totals["drops"],
         "edge_switches": totals["edge_switches"],
         "joins_cut_off": totals["joins_cut_off"],
+        "pow_solved": totals["pow_solved"],
+        "pow_s_total": round(sum(f.get("pow_s", 0.0) for f in finals), 3),
         "generator_cpu_pct": round(gen_pct, 1),
         "generator_procs": procs,
         "generator_proc_cpu_pct": [round(100 * c / wall, 1) for c in worker_cpu],

@@ -36,6 +36,7 @@ class LoadConfig:
     stream_kbps: float = 64.0  # icecast: the mount's bitrate
     stream_start_s: float = 0.5  # icecast: buffered seconds before playback starts
     seed: int = 1
+    spread_sources: bool = True  # each listener connects from its own 127.x.y.z (on a loopback server)
 
 
 class Swarm:
@@ -58,6 +59,8 @@ class Swarm:
         self.lag = Histogram()
         self.lag_max = 0.0
         self.send_s = 0.0  # time spent handing snapshots to the parent
+        self.pow_solved = 0  # proof-of-work challenges solved (docs/defense.md) ...
+        self.pow_s = 0.0  # ... and the seconds spent on them
 
     # -- callbacks from listeners ---------------------------------------------------------------
 
@@ -97,8 +100,10 @@ class Swarm:
         probe = asyncio.create_task(self._probe())
         reporter = asyncio.create_task(self._report(pipe))
         try:
+            if not tasks:  # an attack alone (--listeners 0): this worker only reports, until the end
+                await asyncio.sleep(max(0.0, self.loop_time(self.cfg.duration_s) - loop.time()))
             done, pending = await asyncio.wait(tasks, timeout=max(0.0, self.loop_time(self.cfg.duration_s) - loop.time())
-                                               + END_GRACE_S)
+                                               + END_GRACE_S) if tasks else (set(), set())
             for t in pending:
                 t.cancel()
             for t in done:
@@ -170,6 +175,7 @@ class Swarm:
             "join": self.join_hist.to_dict(), "audio": self.audio_hist.to_dict(),
             "latency": self.latency.to_dict(), "admit_wait": self.admit_wait.to_dict(), "lag": self.lag.to_dict(),
             "cpu_s": time.process_time(), "send_s": self.send_s,
+            "pow_solved": self.pow_solved, "pow_s": self.pow_s,
         }
 
 

@@ -6,6 +6,7 @@
     POST /api/spaces/<id>/start           Authorization: Bearer HOST_KEY
     POST /api/spaces/<id>/end             Authorization: Bearer HOST_KEY
     POST /api/spaces/<id>/join, /leave    the waiting room (amphi.web.join, raw ASGI)
+    POST /api/spaces/<id>/defense         {pow: on|off|auto}, Authorization: Bearer HOST_KEY (docs/defense.md)
     POST /api/spaces/<id>/speak           SDP offer (application/sdp), host key or grant -> 201 SDP answer
     POST /api/spaces/<id>/stage/session   host key -> a host grant
     GET  /api/spaces/<id>/stage           the stage view (more with a grant; see docs/stage.md)
@@ -21,6 +22,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,14 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
         node.registry.authorize_host(space, request.headers.get("authorization"))
         await node.end_space(space)
         return JSONResponse(node.status(space))
+
+    async def defense(request: Request) -> Response:
+        """The host's proof-of-work switch for its Space: {"pow": "on" | "off" | "auto"}."""
+        space = node.get(request.path_params["id"])
+        node.registry.authorize_host(space, request.headers.get("authorization"))
+        data = await read_json(request, limit)
+        node.shield.set_space_pow(space.id, data.get("pow"), time.time())
+        return JSONResponse(node.shield.status(space.id))
 
     async def speak(request: Request) -> Response:
         space = node.get(request.path_params["id"])
@@ -199,6 +209,7 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
         Route("/api/spaces/{id}", status, methods=["GET"]),
         Route("/api/spaces/{id}/start", start, methods=["POST"]),
         Route("/api/spaces/{id}/end", end, methods=["POST"]),
+        Route("/api/spaces/{id}/defense", defense, methods=["POST"]),
         Route("/api/spaces/{id}/speak", speak, methods=["POST"]),
         Route("/api/spaces/{id}/stage", stage, methods=["GET"]),
         Route("/api/spaces/{id}/stage/session", stage_session, methods=["POST"]),

@@ -14,10 +14,12 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from amphi.core.errors import AmphiError
+from amphi.defense.shield import CLIENT_KEY
 from amphi.node import Node
 from amphi.obs.logging import request_id
 from amphi.web.api import build_api
-from amphi.web.asgi import Receive, Scope, Send, header
+from amphi.web.asgi import Receive, Scope, Send, header, send_error
 from amphi.web.events import PATH as EVENTS_PATH
 from amphi.web.events import EventStream
 from amphi.web.join import PATH as JOIN_PATH
@@ -71,12 +73,26 @@ class App:
                 "config": {k: v for k, v in asdict(self.node.cfg.admission).items() if k != "secret"},
             },
             "degradation": self.node.governor.status(),
+            "defense": self.node.shield.node_status(),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.api(scope, receive, send)
             return
+        shield = self.node.shield  # defense: requests in flight per client address
+        address = scope[CLIENT_KEY] = shield.client(scope)
+        try:
+            shield.enter(address)
+        except AmphiError as err:
+            await send_error(send, err)
+            return
+        try:
+            await self._route(scope, receive, send)
+        finally:
+            shield.leave(address)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         first_byte = 0.0
         status = 499

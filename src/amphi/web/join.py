@@ -13,6 +13,7 @@ import re
 import time
 
 from amphi.core.errors import AmphiError, MethodNotAllowed
+from amphi.defense.shield import CLIENT_KEY
 from amphi.node import Node
 from amphi.web.asgi import Receive, Scope, Send, header, read_json, send_error, send_json
 
@@ -30,9 +31,13 @@ class JoinEndpoint:
         space = None
         outcome: str | None = "refused" if m.group(2) == "join" else None  # obs
         reason: str | None = None
+        shield = node.shield
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{m.group(2)} takes POST")
+            now = time.time()  # defense: the shield first, before any admission work (docs/defense.md)
+            address = scope.get(CLIENT_KEY) or shield.client(scope)
+            shield.check_request(scope, address, m.group(1), now)
             space = node.get(m.group(1))  # 404
             body = await read_json(scope, receive, JOIN_BODY_LIMIT)
             if m.group(2) == "leave":
@@ -42,13 +47,17 @@ class JoinEndpoint:
             auth = header(scope, b"authorization")
             if auth is not None:  # a host listening: reserved capacity, never queued
                 node.registry.authorize_host(space, auth.decode("latin-1"))  # 401/403
+            light = shield.check_join(space.id, address, body, now, host=auth is not None)  # defense
             status, answer = await node.join(space, ticket=body.get("ticket"), token=body.get("token"),
                                             host=auth is not None)
             outcome = _outcome(status, answer)
+            shield.answered(space.id, light, status, answer, now)  # defense
             await send_json(send, status, answer,
                             retry_after_s=answer["retry_after_s"] if status == 202 else None)  # type: ignore[arg-type]
         except AmphiError as err:
             reason = err.code
+            if err.code == "challenge_required" and outcome is not None:
+                outcome = "challenged"  # obs: asked for proof of work (docs/defense.md)
             await send_error(send, err)
         finally:
             node.record_join(time.perf_counter() - started)

@@ -13,6 +13,9 @@
 //   wants a tap before it plays sound.
 // hls.js plays wherever it is supported; otherwise Safari plays HLS natively.
 // window.amphiPlayer exposes both, and every fatal hls.js error, for tests.
+// Under attack the node may answer a join with a proof-of-work challenge (429
+// challenge_required): pow-worker.js solves it off the page's thread, then the join is sent
+// again with the solution (docs/defense.md).
 //
 // The room (docs/stage.md, with stage.js): who is on stage, live by Server-Sent Events, and
 // this listener's way onto it: request to speak (or an invite link, /s/<id>?grant=G), then,
@@ -83,6 +86,7 @@
     polls: 0, // ticket polls sent
     renewals: 0, // token renewals answered "admitted"
     rejoins: 0, // fresh joins after a ticket or token was refused
+    challenges: [], // proof-of-work challenges solved: {bits, hashes, ms} (docs/defense.md)
     endedInLine: false,
     endedWith: null, // {replay, download} from the answer that said the Space has ended
   };
@@ -547,6 +551,9 @@
       }
     }
     if (res.status === 404) return notFound();
+    if (res.status === 429 && data && data.error === "challenge_required" && data.challenge) {
+      return solveThenSend(body, data.challenge, generation);
+    }
     if ((res.status === 429 || res.status === 503) && wait !== null) {
       // too early (429) or too busy (503): the server says when; it gets a little more
       if (res.status === 503 && !body.ticket && !body.token) {
@@ -562,6 +569,28 @@
     const message = (data && data.message) || `${res.status} ${res.statusText}`;
     if (res.status >= 500 || res.status === 429) return troubled(body, message);
     refused(message);
+  }
+
+  // The node asks for a proof of work (it sees an attack): solve it in a worker, join again
+  // with the solution. About a second at the default difficulty.
+  function solveThenSend(body, challenge, generation) {
+    player.note = "Lots of traffic right now: checking this browser before joining…";
+    renderPlayback();
+    const worker = new Worker("/static/pow-worker.js");
+    worker.onmessage = (event) => {
+      worker.terminate();
+      if (generation !== seatGeneration || gone) return;
+      const { solution, hashes, ms } = event.data;
+      player.challenges.push({ bits: challenge.bits, hashes, ms: Math.round(ms) });
+      player.note = "";
+      const { challenge: _old, solution: _oldSolution, ...rest } = body;
+      send({ ...rest, challenge: challenge.challenge, solution });
+    };
+    worker.onerror = (err) => {
+      worker.terminate();
+      if (generation === seatGeneration) troubled(body, `Could not check this browser (${err.message})`);
+    };
+    worker.postMessage({ challenge: challenge.challenge, bits: challenge.bits });
   }
 
   function troubled(body, text) {

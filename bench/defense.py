@@ -1,0 +1,331 @@
+"""Defense: are admitted listeners kept whole and legit joins answered while floods run, and
+does the detector tell a surge from an attack? (docs/defense.md)
+
+    .venv/bin/python bench/defense.py [--only flood,slowloris,detector] [--listeners 2000]
+        [--legit-ramp 40] [--slowloris 5000] [--pow-bits 8] [--json OUT] [--plot OUT.png]
+
+Each scenario starts its own ``amphi serve`` on a free 127.0.0.1 port (a fresh detector),
+puts one Space live and drives it with ``amphi loadtest`` subprocesses (real HTTP, attackers
+from 127.200.0.0/16, listeners each from its own 127.x.y.z), while this process reads the
+Space's status (the detector's label) twice a second.
+
+(a) flood: ``--listeners`` join over ``--legit-ramp`` s and stay; from a quarter of the way in,
+    a join flood at 10x the legit join rate and a bad-token media flood at the same rate, for
+    half the ramp. Bars: 0 stalls among admitted listeners, legit join answers p99 <= 1 s,
+    every attack request refused once the detector has switched the proof of work on (before
+    that, flood joins are answered like anyone's: the table says how many).
+(b) slowloris: ``--slowloris`` sockets held open with unfinished request heads (reopened as the
+    node cuts them), while 200 listeners join. Bar: join answers p99 <= 1 s.
+(c) detector: normal (a trickle), surge (1,500 listeners in 5 s), attack (a join flood alone),
+    both (the surge and the flood together). Bar: the right label within 10 s of onset, and a
+    normal run never labelled anything else.
+
+The load generator solves proof-of-work challenges in Python on the same cores it measures,
+so the node runs with ``--pow-bits`` 8 here (pressure adds up to 4 more); the browser's cost at
+the default 16 bits is what tests/web/test_pow_page.py exercises. The machine is shared: the
+table prints the CPU figures beside the bars. Exit 0 if every bar is met, 1 if one is missed,
+2 on an error. Everything goes to 127.0.0.0/8 and stops by itself (about 4 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import NodeProcess, amphi_command, kill_group, run, start_space  # noqa: E402
+
+ONSET_LIMIT_S = 10.0
+LABELS = ("normal", "surge", "attack", "surge+attack")
+
+
+def loadtest(node: NodeProcess, space: str, out: Path, *args: str) -> subprocess.Popen[bytes]:
+    cmd = amphi_command("loadtest", "--server", node.url, "--space", space, "--json", str(out), "--quiet", *args)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen[bytes], out: Path, timeout_s: float) -> dict:
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        raise RuntimeError("a loadtest did not finish in time") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"loadtest failed:\n{output.decode(errors='replace')[-2000:]}")
+    return json.loads(out.read_text())
+
+
+class Watcher:
+    """Reads the Space's detector label twice a second, in a thread."""
+
+    def __init__(self, node: NodeProcess, space: str) -> None:
+        self.url = f"{node.url}/api/spaces/{space}"
+        self.samples: list[tuple[float, str, dict]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Watcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=5.0) as client:
+            while not self._stop.wait(0.5):
+                try:
+                    d = client.get(self.url).json()["detector"]
+                except (httpx.HTTPError, ValueError, KeyError):
+                    continue
+                self.samples.append((time.time(), d["label"], d))
+
+    def first_with(self, sign: str, after: float) -> float | None:
+        """Seconds after ``after`` until a label with ``sign`` in it (attack, surge+attack)."""
+        return next((t - after for t, lab, _ in self.samples if t >= after and sign in lab), None)
+
+    def first(self, label: str, after: float) -> float | None:
+        return next((t - after for t, lab, _ in self.samples if t >= after and lab == label), None)
+
+
+def t0_of(result: dict) -> float:
+    """The loadtest's T0 (wall clock)."""
+    return float(result["t0_unix"])
+
+
+def scenario_flood(args: argparse.Namespace, tmp: Path) -> dict:
+    legit_rate = args.listeners / args.legit_ramp
+    flood_rate = 10 * legit_rate
+    start, length = args.legit_ramp / 4, args.legit_ramp / 2
+    duration = args.legit_ramp + 15
+    with NodeProcess(args=("--max-listeners", str(args.listeners * 4), "--pow-bits", str(args.pow_bits))) as node:
+        space = start_space(node.url, "flood", join=False).id
+        with Watcher(node, space) as w:
+            legit = loadtest(node, space, tmp / "a.json", "--listeners", str(args.listeners), "--profile", "ramp",
+                             "--ramp", str(args.legit_ramp), "--duration", str(duration), "--procs", "2",
+                             "--attack", "join-flood", "--attack-rate", f"{flood_rate:g}", "--attack-start", f"{start:g}",
+                             "--attack-duration", f"{length:g}", "--attack-sources", "64")
+            bad = loadtest(node, space, tmp / "b.json", "--listeners", "0", "--duration", str(duration), "--ramp", "1",
+                           "--attack", "bad-token", "--attack-rate", f"{flood_rate:g}", "--attack-start", f"{start:g}",
+                           "--attack-duration", f"{length:g}", "--attack-sources", "64", "--seed", "2")
+            r = finish(legit, tmp / "a.json", duration + 120)
+            b = finish(bad, tmp / "b.json", 60)
+        log = node.log_path.read_text()
+    pow_on = w.first_with("attack", t0_of(r) + start)
+    flood, tokens = r["attack"], b["attack"]
+    return {
+        "legit_join_rate": round(legit_rate, 1), "flood_rate": flood_rate, "listeners": args.listeners,
+        "admitted": r["admitted"], "failed": r["failed"], "stalled_listeners": r["stalled_listeners"],
+        "join_p99_s": r["join_p99_s"], "first_audio_p99_s": r["first_audio_p99_s"], "pow_solved": r["pow_solved"],
+        "flood": flood, "bad_token": tokens, "attack_label_after_s": pow_on,
+        "server_cpu_pct": r["server_cpu_pct"], "generator_cpu_pct": r["generator_cpu_pct"],
+        "other_cpu_pct": r.get("other_processes_cpu_pct"), "pow_logged": "proof of work on" in log,
+        "labels": [(round(t - t0_of(r), 1), lab) for t, lab, _ in w.samples],
+        "timeline": [(row["t"], row["join_p99_s"], row["stalled_now"]) for row in r["timeline"]],
+        "ok": {"0 stalls": r["stalled_listeners"] == 0,
+               "legit joins answered, p99 <= 1 s": r["never_answered"] == 0 and (r["join_p99_s"] or 9) <= 1.0,
+               "bad tokens all refused": tokens["accepted"] == 0 and tokens["sent"] > 0,
+               "flood refused once the PoW is on": pow_on is not None
+               and flood["by_error"].get("challenge_required", 0) > 0},
+    }
+
+
+def scenario_slowloris(args: argparse.Namespace, tmp: Path) -> dict:
+    with NodeProcess() as node:
+        space = start_space(node.url, "slowloris", join=False).id
+        rate = max(500, args.slowloris // 8)
+        proc = loadtest(node, space, tmp / "s.json", "--listeners", "200", "--profile", "ramp", "--ramp", "20",
+                        "--duration", "30", "--attack", "slowloris", "--attack-rate", str(rate),
+                        "--attack-connections", str(args.slowloris), "--attack-start", "0", "--attack-duration", "28",
+                        "--attack-sources", "250")
+        r = finish(proc, tmp / "s.json", 150)
+    a = r["attack"]
+    return {"sockets_max": a["open_max"], "opened": a["opened"], "cut_off": a["cut_off"], "held_p50_s": a["held_p50_s"],
+            "join_p99_s": r["join_p99_s"], "admitted": r["admitted"], "stalled_listeners": r["stalled_listeners"],
+            "server_cpu_pct": r["server_cpu_pct"], "server_rss_mb_max": r["server_rss_mb_max"],
+            "ok": {f"{args.slowloris} sockets held": a["open_max"] >= args.slowloris * 0.95,
+                   "joins p99 <= 1 s": r["never_answered"] == 0 and (r["join_p99_s"] or 9) <= 1.0}}
+
+
+def scenario_cost(args: argparse.Namespace, tmp: Path) -> dict:
+    """In process, one core: what a refusal costs next to what an admission costs. A refusal
+    is the shield's check (address GCRA refused) plus the error's JSON; an admission is the
+    admission's decision plus its token's HMAC plus the answer's JSON."""
+    import random
+
+    import orjson
+
+    from amphi.control.admission import Admission
+    from amphi.control.tokens import Signer
+    from amphi.core.config import AdmissionConfig, DefenseConfig
+    from amphi.core.errors import AmphiError
+    from amphi.defense.shield import Shield
+
+    n = 50_000
+    signer = Signer(b"k" * 32)
+    shield = Shield(DefenseConfig(address_rate_per_s=1, address_burst=1), signer, known=lambda s: True,
+                    rng=random.Random(1))
+    scope = {"client": ("127.0.0.1", 1), "headers": [(b"host", b"x"), (b"content-type", b"application/json")]}
+    now = time.time()
+    shield.check_request(scope, "127.0.0.1", "S", now)
+    t = time.process_time()
+    for i in range(n):
+        try:
+            shield.check_request(scope, "127.0.0.1", "S", now)
+        except AmphiError as err:
+            orjson.dumps(err.to_json())
+    refusal = (time.process_time() - t) / n
+    adm = Admission(AdmissionConfig(max_listeners=10 * n, admit_rate_per_s=1e9, admit_burst=10 * n), signer,
+                    random.Random(1))
+    t = time.process_time()
+    for i in range(n):
+        a = adm.join("S", now + i * 1e-6)
+        orjson.dumps({"status": "admitted", "token": a.token, "expires_at": a.expires})
+    admission = (time.process_time() - t) / n
+    return {"refusal_us": round(refusal * 1e6, 2), "admission_us": round(admission * 1e6, 2),
+            "ratio": round(admission / refusal, 1),
+            "ok": {"a refusal costs far less than an admission (< 1/3)": refusal < admission / 3}}
+
+
+DETECTOR_SCENARIOS = {  # name: (expected label, loadtest args)
+    "normal": ("normal", ["--listeners", "40", "--profile", "ramp", "--ramp", "15"]),
+    "surge": ("surge", ["--listeners", "1500", "--profile", "surge", "--ramp", "5", "--procs", "2"]),
+    "attack": ("attack", ["--listeners", "0", "--ramp", "1", "--attack", "join-flood", "--attack-rate", "400",
+                          "--attack-duration", "15"]),
+    "both": ("surge+attack", ["--listeners", "1500", "--profile", "surge", "--ramp", "5", "--procs", "2",
+                              "--attack", "join-flood", "--attack-rate", "400", "--attack-duration", "15"]),
+}
+
+
+def scenario_detector(args: argparse.Namespace, tmp: Path) -> dict:
+    out = {}
+    for name, (expected, extra) in DETECTOR_SCENARIOS.items():
+        with NodeProcess(args=("--pow-bits", str(args.pow_bits))) as node:
+            space = start_space(node.url, name, join=False).id
+            with Watcher(node, space) as w:
+                r = finish(loadtest(node, space, tmp / f"d-{name}.json", "--duration", "20", *extra), tmp / f"d-{name}.json",
+                           150)
+        t0 = t0_of(r)
+        seen = [lab for t, lab, _ in w.samples if t >= t0]
+        after = w.first(expected, t0)
+        ok = (set(seen) == {"normal"}) if expected == "normal" else (after is not None and after <= ONSET_LIMIT_S)
+        evidence = next((d["evidence"] for _, lab, d in reversed(w.samples) if lab == expected), {})
+        out[name] = {"expected": expected, "first_seen_s": after, "labels_seen": sorted(set(seen)), "ok": ok,
+                     "evidence": evidence, "labels": [(round(t - t0, 1), lab) for t, lab, _ in w.samples]}
+    return out
+
+
+def table(results: dict) -> str:
+    lines = []
+    if "flood" in results:
+        f = results["flood"]
+        lines += [
+            f"(a) {f['listeners']} listeners at {f['legit_join_rate']}/s + join flood {f['flood_rate']:g}/s + bad tokens "
+            f"{f['flood_rate']:g}/s",
+            f"    admitted {f['admitted']}, failed {f['failed']}, stalled {f['stalled_listeners']}, join p99 "
+            f"{f['join_p99_s']} s, first audio p99 {f['first_audio_p99_s']} s, PoW solved by listeners {f['pow_solved']}",
+            f"    join flood: sent {f['flood']['sent']}, refused {f['flood']['refused']} {f['flood']['by_error']}, "
+            f"answered before the PoW {f['flood']['accepted']}; labelled attack {f['attack_label_after_s']} s after onset",
+            f"    bad tokens: sent {f['bad_token']['sent']}, refused {f['bad_token']['refused']}, accepted "
+            f"{f['bad_token']['accepted']}",
+            f"    CPU: server {f['server_cpu_pct']} %, generator {f['generator_cpu_pct']} %, other processes "
+            f"{f['other_cpu_pct']} %",
+        ] + [f"    [{'ok' if v else 'MISSED'}] {k}" for k, v in f["ok"].items()]
+    if "slowloris" in results:
+        s = results["slowloris"]
+        lines += [f"(b) slowloris: {s['sockets_max']} sockets open at most ({s['opened']} opened, {s['cut_off']} cut off by "
+                  f"the node, held p50 {s['held_p50_s']} s); joins p99 {s['join_p99_s']} s; server CPU "
+                  f"{s['server_cpu_pct']} %, RSS {s['server_rss_mb_max']} MB"]
+        lines += [f"    [{'ok' if v else 'MISSED'}] {k}" for k, v in s["ok"].items()]
+    if "cost" in results:
+        c = results["cost"]
+        lines += [f"(cost) in process: a refusal {c['refusal_us']} us, an admission {c['admission_us']} us "
+                  f"({c['ratio']}x)"] + [f"    [{'ok' if v else 'MISSED'}] {k}" for k, v in c["ok"].items()]
+    if "detector" in results:
+        lines.append("(c) detector        expected        first seen after onset   labels seen")
+        for name, d in results["detector"].items():
+            seen = "-" if d["first_seen_s"] is None else f"{d['first_seen_s']:.1f} s"
+            lines.append(f"    [{'ok' if d['ok'] else 'MISSED'}] {name:<10} {d['expected']:<15} {seen:<24} "
+                         f"{', '.join(d['labels_seen'])}")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(10, 7))
+    if "flood" in results:
+        f = results["flood"]
+        t, p99, stalled = zip(*[(a, b if b is not None else float("nan"), c) for a, b, c in f["timeline"]])
+        axes[0].plot(t, p99, label="legit join answer p99 (s)")
+        axes[0].plot(t, stalled, label="listeners stalled now")
+        axes[0].axhline(1.0, ls=":", c="gray")
+        for x, lab in f["labels"]:
+            if "attack" in lab:
+                axes[0].axvline(x, c="red", alpha=0.05)
+        axes[0].set_title(f"(a) {f['listeners']} listeners + join flood + bad tokens (red: detector says attack)")
+        axes[0].set_xlabel("s from T0")
+        axes[0].legend()
+    if "detector" in results:
+        for i, (name, d) in enumerate(results["detector"].items()):
+            xs = [x for x, _ in d["labels"]]
+            ys = [LABELS.index(lab) + i * 0.05 for _, lab in d["labels"]]
+            axes[1].step(xs, ys, where="post", label=f"{name} (expected {d['expected']})")
+        axes[1].set_yticks(range(len(LABELS)), LABELS)
+        axes[1].axvline(0, c="gray", ls=":")
+        axes[1].axvline(ONSET_LIMIT_S, c="gray", ls="--")
+        axes[1].set_title("(c) detector label per scenario (onset at 0; bar: right label by 10 s)")
+        axes[1].set_xlabel("s from onset")
+        axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", default="cost,flood,slowloris,detector")
+    ap.add_argument("--listeners", type=int, default=2000)
+    ap.add_argument("--legit-ramp", type=float, default=40.0, help="seconds over which the listeners of (a) join")
+    ap.add_argument("--slowloris", type=int, default=5000)
+    ap.add_argument("--pow-bits", type=int, default=8)
+    ap.add_argument("--json")
+    ap.add_argument("--plot")
+    args = ap.parse_args()
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="amphi-defense-") as d:
+        tmp = Path(d)
+        for name in args.only.split(","):
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            results[name] = {"cost": scenario_cost, "flood": scenario_flood, "slowloris": scenario_slowloris,
+                             "detector": scenario_detector}[name](args, tmp)
+    print(table(results))
+    print("(a shared 2-core machine: figures are noisy; CPU shares are printed beside them)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    if args.plot:
+        plot(results, args.plot)
+        print(f"wrote {args.plot}")
+    oks = []
+    for name, r in results.items():
+        if name == "detector":
+            oks += [d["ok"] for d in r.values()]
+        else:
+            oks += list(r["ok"].values())
+    return 0 if all(oks) else 1
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,1 @@
+"""Defense: rate limits, proof of work, the surge-vs-attack detector (docs/defense.md)."""
