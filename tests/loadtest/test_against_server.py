@@ -156,5 +156,5 @@ def test_attackers_mixed_with_listeners_are_refused_and_counted(serve, tmp_path:
     assert a["accepted"] == 0 and a["refused"] + sum(a["transport_errors"].values()) == a["sent"]
     assert set(a["by_status"]) <= {"401", "403"}
     assert r["admitted"] == 30 and r["failed"] == 0 and r["stalled_listeners"] == 0
-    log = server.log.read_text()
-    assert f"detector space {space}: normal -> attack" in log
+    events = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
+    assert any(e["msg"] == "detector normal -> attack" and e.get("space_id") == space for e in events)

@@ -92,6 +92,8 @@ class Shield:
             raise ValueError(f"pow mode must be one of {', '.join(POW_MODES)}")
         self.cfg = cfg
         self._known = known  # is this a Space id the node has? (per-Space tables stay bounded)
+        # a Space's verdict changed: (space, label, evidence); default: a log line
+        self.on_space_verdict: Callable[[str, str, dict[str, Any]], None] | None = None
         self._rng = rng or random.Random()
         self.limits = JoinLimits(cfg, self._rng)
         self.pow = ProofOfWork(signer, ttl_s=cfg.pow_ttl_s, max_seen=cfg.pow_max_seen, rng=self._rng)
@@ -268,15 +270,15 @@ class Shield:
             det = self.spaces.get(space_id)
             if det is None:
                 det = self.spaces[space_id] = Detector(self.cfg)
-            self._verdict(f"space {space_id}", det, counts, now)
+            self._verdict(space_id, det, counts, now)
         for space_id, det in self.spaces.items():
             if space_id not in self._counts:
-                self._verdict(f"space {space_id}", det, Counts(), now)
+                self._verdict(space_id, det, Counts(), now)
         total = sum(self._by_address.values())
         node.addresses = len(self._by_address)
         node.top_address_requests = max(self._by_address.values(), default=0)
         node.top_prefixes_share = sum(n for _, n in self._by_prefix.most_common(TOP_PREFIXES)) / total if total else 0.0
-        self._verdict("node", self.node, node, now)
+        self._verdict(None, self.node, node, now)
         self._counts, self._node_only = {}, Counts()
         self._fresh_before, self._fresh_by_address = self._fresh_by_address, {}
         self._by_address.clear()
@@ -287,11 +289,16 @@ class Shield:
         self.spaces.pop(space_id, None)
         self._space_modes.pop(space_id, None)
 
-    def _verdict(self, scope: str, det: Detector, counts: Counts, now: float) -> None:
+    def _verdict(self, space_id: str | None, det: Detector, counts: Counts, now: float) -> None:
         change = det.update(counts, now)
-        if change is not None:
-            log.warning("detector %s: %s -> %s", scope, change[0], change[1],
-                        extra={"detector": scope, "evidence": det.verdict.evidence})
+        if change is None:
+            return
+        if space_id is not None and self.on_space_verdict is not None:  # the node's one event function
+            self.on_space_verdict(space_id, change[1], det.verdict.evidence)
+            return
+        scope = "node" if space_id is None else f"space {space_id}"
+        log.warning("detector %s: %s -> %s", scope, change[0], change[1],
+                    extra={"detector": scope, "evidence": det.verdict.evidence})
 
     def _switch_pow(self, now: float) -> None:
         attack = ATTACK in self.node.verdict.label

@@ -129,11 +129,11 @@ class Observer:
     def detector(self, space_id: str, state: str, evidence: dict[str, Any] | None = None) -> None:
         """For the defense work's surge-vs-attack detector: its state per Space and the
         evidence behind it. A change of state is an event; the evidence rides on samples."""
-        old = self._detector.get(space_id, {}).get("state")
+        old = self._detector.get(space_id, {}).get("state", "normal")  # every detector starts at normal
         self.metrics.set_detector_state(space_id, state)
         self._detector[space_id] = {"state": state, "evidence": evidence or {}}
         if state != old:
-            self.event("detector", space_id, msg=f"detector {old or 'none'} -> {state}",
+            self.event("detector", space_id, msg=f"detector {old} -> {state}",
                        level=logging.WARNING if state != "normal" else logging.INFO,
                        old=old, new=state, evidence=evidence or {})
 
