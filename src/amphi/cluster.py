@@ -126,6 +126,7 @@ def up(plan: Plan, say=print) -> Running:  # type: ignore[no-untyped-def]
             log = plan.dir / f"{name}.log"
             cmd = _amphi("serve", "--host", HOST, "--port", str(port), "--data-dir", str(plan.dir / name),
                          "--node-id", name, "--redis", run.redis, *[a for e in run.edges for a in ("--edge", e)],
+                         "--trusted-proxy", f"{HOST}/32",  # the edges: their X-Forwarded-For names the listener
                          *(["--demo"] if plan.demo and i == 0 else []), *plan.serve_args)
             proc = _spawn(cmd, log, env)
             run.pids.append(proc.pid)
