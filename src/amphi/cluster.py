@@ -28,6 +28,7 @@ from amphi.control.tokens import Signer, new_secret
 from amphi.core.errors import Unavailable
 from amphi.edge.varnish import Edge
 from amphi.edge.vcl import Backend, EdgeSpec
+from amphi.server import port_free
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
@@ -60,16 +61,6 @@ class Running:
     demo: str | None = None  # the demo Space's id
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def _amphi(*args: str) -> list[str]:
     script = Path(sys.executable).parent / "amphi"
     return [str(script), *args] if script.is_file() else [sys.executable, "-c", "from amphi.cli import main; main()", *args]
@@ -97,7 +88,7 @@ def _wait(what: str, ready, proc: subprocess.Popen[bytes], log: Path) -> None:  
 
 def up(plan: Plan, say=print) -> Running:  # type: ignore[no-untyped-def]
     ports = plan.ports()
-    busy = [p for ps in ports.values() for p in ps if not _free(p)]
+    busy = [p for ps in ports.values() for p in ps if not port_free(HOST, p)]
     if busy:
         raise Unavailable(f"ports already in use: {busy}; choose another --base-port or run `amphi cluster down`")
     if not shutil.which("redis-server"):
