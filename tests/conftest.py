@@ -22,3 +22,13 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., AmphiServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):
+    """A real, empty ``redis-server`` on a free loopback port, stopped after the test."""
+    from tests.integration.redis_proc import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
