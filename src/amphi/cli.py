@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import uvloop
 
-from amphi.core.config import AdmissionConfig, Config, HttpConfig, StageConfig
+from amphi.core.config import AdmissionConfig, ClusterConfig, Config, HttpConfig, StageConfig
 
 
 def _logging(verbose: bool) -> None:
@@ -50,9 +50,13 @@ def main(verbose: bool) -> None:
               help="Seconds a place in line is kept after the waiting client's last poll.")
 @click.option("--speaker-timeout", default=StageConfig.silence_timeout_s, show_default=True,
               type=click.FloatRange(min=1), help="Hang up a speaker's connection that sends no audio this long.")
+@click.option("--redis", "redis_url", default=None, metavar="URL",
+              help="Share Spaces, admission and the node registry with other nodes through this Redis "
+                   "(e.g. redis://127.0.0.1:6379/0). All nodes need the same AMPHI_SECRET. See docs/cluster.md.")
+@click.option("--node-id", default=None, help="This node's name in the registry (default: random per start).")
 def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bool, max_listeners: int,
           admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float, ticket_hold: float,
-          speaker_timeout: float) -> None:
+          speaker_timeout: float, redis_url: str | None, node_id: str | None) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
@@ -61,7 +65,7 @@ def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bo
                                 seat_grace_s=seat_grace, ticket_hold_s=ticket_hold)
     stage = StageConfig(silence_timeout_s=speaker_timeout)
     cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url), demo=demo,
-                 admission=admission, stage=stage)
+                 admission=admission, stage=stage, cluster=ClusterConfig(redis_url=redis_url, node_id=node_id))
     uvloop.run(run(cfg))
 
 

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -23,9 +24,12 @@ from amphi.control.admission import Admission, Admitted, Gcra, Waiting
 from amphi.control.health import Governor, HealthSample
 from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.stage import HOST_ID, Participant
+from amphi.control.store import Store
+from amphi.control.store.memory import MemoryStore
 from amphi.control.tokens import Signer, Token, new_participant_id, new_secret
 from amphi.core.config import Config
-from amphi.core.errors import Conflict, TokenExpired, TooManyRequests, Unauthorized, Unavailable
+from amphi.core.errors import (Conflict, HostedElsewhere, NotFound, TokenExpired, TooManyRequests, Unauthorized,
+                               Unavailable)
 from amphi.core.files import write_atomic
 from amphi.media.ingest.webrtc import WebRTCIngest
 from amphi.media.pipeline import Pipeline
@@ -57,7 +61,8 @@ class Node:
         self.event_streams = 0  # open SSE connections
         self._recordings: dict[str, Recording] = {}
         self.signer = Signer(self._secret())
-        self.admission = Admission(cfg.admission, self.signer, random.Random())
+        self.admission = Admission(cfg.admission, self.signer, random.Random())  # used without --redis
+        self.store = self._store()
         self.governor = Governor(cfg.admission)
         self._admission_changed = asyncio.Event()
         self._join_times: list[float] = []  # answer times in the current health period
@@ -74,11 +79,24 @@ class Node:
             rec = self.recording(space.id)
             await asyncio.to_thread(rec.finalize)
             log.warning("space %s ended abnormally; %.1f s of recording kept", space.id, rec.duration)
+        await self.store.open()
+        for space in self.registry.all():
+            await self.store.publish(space)
         self.spawn(self._scheduler(), name="scheduler")
         self.spawn(self._admitter(), name="admitter")
         self.spawn(self._lag_probe(), name="lag-probe")
         self.spawn(self._health(), name="health")
         self.spawn(self._levels(), name="levels")
+
+    def _store(self) -> Store:
+        """In memory, alone (the default); with ``--redis``, shared with the other nodes."""
+        if self.cfg.cluster.redis_url is None:
+            return MemoryStore(self.admission)
+        from amphi.control.store.redis import RedisStore
+
+        return RedisStore(self.cfg.cluster.redis_url, self.cfg.admission, self.signer,
+                          node_id=self.cfg.cluster.node_id or secrets.token_hex(4),
+                          public_url=self.cfg.http.base_url, prefix=self.cfg.cluster.prefix)
 
     def _secret(self) -> bytes:
         """The token key: config, else $AMPHI_SECRET, else <data_dir>/secret (made once).
@@ -103,6 +121,7 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
 
     def spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -117,12 +136,12 @@ class Node:
 
     async def _admitter(self) -> None:
         """Offers free seats to the lines as the rate allows, and releases what ran out."""
-        adm = self.admission
+        store = self.store
         while True:
             now = time.time()
-            if adm.sweep(now):
+            if await store.sweep(now):
                 self._admission_changed.set()
-            wait = adm.promote(now)
+            wait = await store.promote(now)
             timeout = SWEEP_PERIOD_S if wait is None else min(SWEEP_PERIOD_S, max(wait, 0.001))
             self._admission_changed.clear()
             try:
@@ -155,12 +174,13 @@ class Node:
             self._join_times.clear()
             self._loop_lag = 0.0
             level = self.governor.level
-            self.governor.update(sample, self.admission.occupied, time.time())
+            self.governor.update(sample, self.store.occupied, time.time())
             if self.governor.level != level:
                 log.warning("degradation %s -> %s (%s)", level, self.governor.level_name,
                             ", ".join(self.governor.problems) or "healthy again")
-            self.admission.limit = self.governor.limit
-            self.admission.paused = self.governor.level >= 1
+            self.store.limit = self.governor.limit
+            self.store.paused = self.governor.level >= 1
+            self.store.level = self.governor.level
             self._admission_changed.set()
 
     def record_join(self, seconds: float) -> None:
@@ -184,13 +204,48 @@ class Node:
 
     # -- Spaces -----------------------------------------------------------------------------
 
-    def create_space(self, title: object, starts_at: object = None) -> tuple[Space, str]:
-        return self.registry.create(title, starts_at)
+    async def create_space(self, title: object, starts_at: object = None) -> tuple[Space, str]:
+        space, key = self.registry.create(title, starts_at)
+        await self.store.publish(space)
+        return space, key
+
+    async def space(self, space_id: str) -> Space:
+        """A Space this node hosts, else one another node hosts (with --redis); 404 if none."""
+        space = self.registry.find(space_id)
+        if space is not None:
+            return space
+        found = await self.store.lookup(space_id)
+        if found is None:
+            raise NotFound(f"no Space {space_id!r}")
+        return found[0]
+
+    async def hosted(self, space_id: str, path: str) -> Space:
+        """A Space this node hosts; one another node hosts -> 307 to ``path`` there."""
+        space = self.registry.find(space_id)
+        if space is not None:
+            return space
+        found = await self.store.lookup(space_id)
+        if found is None:
+            raise NotFound(f"no Space {space_id!r}")
+        raise HostedElsewhere(f"Space {space_id} is hosted by {found[1]}", location=found[1] + path)
+
+    def media_base(self, space_id: str) -> str:
+        """Where a Space's media is served: the one place to point listeners at edges later.
+        For now this node if it hosts the Space, else the hosting node's public URL."""
+        if self.registry.find(space_id) is not None:
+            return self.cfg.http.base_url
+        hit = self.store.origin(space_id)
+        return hit or self.cfg.http.base_url
+
+    async def all_spaces(self) -> list[Space]:
+        mine = self.registry.all()
+        ids = {s.id for s in mine}
+        return mine + [s for s, _ in await self.store.spaces() if s.id not in ids]
 
     async def start_space(self, space: Space) -> None:
         async with self._lock:
             self.registry.transition(space, SpaceState.LIVE)  # raises, naming the state
-            drawn = self.admission.draw(space.id)
+            drawn = await self.store.draw(space.id)
             if drawn:
                 log.info("space %s: %d early arrivals drawn into line in random order", space.id, drawn)
                 self._admission_changed.set()
@@ -199,6 +254,7 @@ class Node:
                 await self._pipeline(space)  # born live: no hold audio to cut away
             else:
                 pipeline.go_live()  # listeners already hear hold music: switch at the next boundary
+        await self.store.publish(space)
 
     async def end_space(self, space: Space) -> None:
         async with self._lock:
@@ -209,9 +265,10 @@ class Node:
             await room.close()
         if pipeline is not None:
             await pipeline.end()
-        self.registry.record_peak(space, self.admission.counts(space.id).peak_listeners)
+        self.registry.record_peak(space, (await self.store.counts(space.id)).peak_listeners)
         self.registry.save(space)
-        self.admission.close_space(space.id)
+        await self.store.publish(space)
+        await self.store.close_space(space.id)
         self.pipelines.pop(space.id, None)
         self.rooms.pop(space.id, None)
 
@@ -240,19 +297,19 @@ class Node:
         """One join decision: (HTTP status, answer). See docs/admission.md."""
         now = time.time()
         if space.state is SpaceState.ENDED:
-            status = self.status(space)
+            status = await self.status(space)
             return 200, {"status": "ended", "state": "ended", "playlist": status["replay"],
                          "replay": status["replay"], "download": status["download"]}
-        adm = self.admission
+        adm = self.store
         before_start = space.state is SpaceState.SCHEDULED
         if host:
             answer: Admitted | Waiting = adm.host(space.id, now)
         elif token is not None:
-            answer = adm.renew(space.id, token if isinstance(token, str) else "", now)
+            answer = await adm.renew(space.id, token if isinstance(token, str) else "", now)
         elif ticket is not None:
-            answer = adm.poll(space.id, ticket, now, before_start=before_start)
+            answer = await adm.poll(space.id, ticket, now, before_start=before_start)
         else:
-            answer = adm.join(space.id, now, before_start=before_start)
+            answer = await adm.join(space.id, now, before_start=before_start)
         common = {"state": space.state.value, "starts_at": iso(space.starts_at)}
         if isinstance(answer, Waiting):
             if adm.occupied < adm.limit:  # a seat is free: the admitter may offer it now
@@ -261,23 +318,24 @@ class Node:
             return 202, {"status": "waiting", **common, "ticket": answer.ticket, "position": answer.position,
                          "waiting": answer.waiting, "estimated_wait_s": answer.estimated_wait_s,
                          "retry_after_s": round(retry, 2), "order": answer.order, "requeued": answer.requeued}
-        await self._pipeline(space)
+        if self.registry.find(space.id) is not None:
+            await self._pipeline(space)  # elsewhere, the hosting node starts it on the first request
         ttl = answer.expires - now
         return 200, {"status": "admitted", **common, "playlist": self.playlist_url(space.id, answer.token),
                      "token": answer.token, "expires_at": iso(answer.expires), "expires_in_s": round(ttl, 1),
                      "renew_after_s": round(ttl / 2, 1), "renewed": answer.renewed}
 
-    def leave(self, space: Space, *, ticket: object = None, token: object = None) -> bool:
-        freed = self.admission.leave(space.id, token=token if isinstance(token, str) else None,
-                                     ticket=ticket, now=time.time()) if (ticket or token) else False
+    async def leave(self, space: Space, *, ticket: object = None, token: object = None) -> bool:
+        freed = await self.store.leave(space.id, token=token if isinstance(token, str) else None,
+                                       ticket=ticket, now=time.time()) if (ticket or token) else False
         if freed:
             self._admission_changed.set()
         return freed
 
     def playlist_url(self, space_id: str, token: str) -> str:
-        return f"{self.cfg.http.base_url}/media/{space_id}/t/{token}/live.m3u8"
+        return f"{self.media_base(space_id)}/media/{space_id}/t/{token}/live.m3u8"
 
-    def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token:
+    async def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token:
         """Stateless: signature, Space and expiry; 401/403 before any other work. For a live
         playlist, an expired listener token whose seat is still held passes (``renewal``
         then redirects it): players that only follow URLs reload their first URL forever,
@@ -287,20 +345,20 @@ class Node:
         if not playlist:
             return self.signer.verify_token(space_id, token, now)
         t = self.signer.verify_token(space_id, token, now, grace_s=math.inf)
-        if t.expires <= now and (t.host or not self.admission.seat_held(space_id, t.seat)):
+        if t.expires <= now and (t.host or not await self.store.seat_held(t, now)):
             raise TokenExpired("the admission token has expired: join again")
         return t
 
-    def renewal(self, space_id: str, token: Token) -> str | None:
+    async def renewal(self, space_id: str, token: Token) -> str | None:
         """A fresh token for a listener in the last quarter of its token's life whose seat is
         still held, for a redirect; None if not due. (Clients that renew through the API do
         so at half-life, so they never see the redirect.)"""
         now = time.time()
         if token.expires - now > self.cfg.admission.token_ttl_s / 4:
             return None
-        if not token.host and not self.admission.seat_held(space_id, token.seat):
+        if not token.host and not await self.store.seat_held(token, now):
             return None
-        return self.admission.renew_seat(token, now).token
+        return (await self.store.renew_seat(token, now)).token
 
     def optional_work_allowed(self) -> None:
         """Degradation rung 2 switches off serving replays and downloads."""
@@ -385,7 +443,7 @@ class Node:
 
     def stage_extra(self, space: Space) -> dict[str, object]:
         """What stage views carry besides the stage: the Space's state and audience."""
-        counts = self.admission.counts(space.id)
+        counts = self.store.known_counts(space.id)
         return {"state": space.state.value, "listeners": counts.listeners, "waiting": counts.waiting}
 
     async def speak(self, space: Space, offer_sdp: str, credential: str | None) -> str:
@@ -399,13 +457,18 @@ class Node:
 
     # -- status -----------------------------------------------------------------------------
 
-    def status(self, space: Space) -> dict[str, object]:
-        base = self.cfg.http.base_url
-        counts = self.admission.counts(space.id)
-        self.registry.record_peak(space, counts.peak_listeners)
-        rec = self.recording(space.id)
+    async def status(self, space: Space) -> dict[str, object]:
+        base, media = self.cfg.http.base_url, self.media_base(space.id)
+        counts = await self.store.counts(space.id)
         ended = space.state is SpaceState.ENDED
-        has_replay = ended and rec.finalized and bool(rec.entries)
+        if self.registry.find(space.id) is not None:
+            self.registry.record_peak(space, counts.peak_listeners)
+            rec = self.recording(space.id)
+            recorded_s: float | None = round(rec.duration, 3)
+            has_replay = ended and rec.finalized and bool(rec.entries)
+        else:  # hosted elsewhere: its recording is there
+            recorded_s, has_replay = None, ended
+            space.peak_listeners = max(space.peak_listeners, counts.peak_listeners)
         return {
             "id": space.id,
             "title": space.title,
@@ -422,9 +485,9 @@ class Node:
             "seats_offered": counts.reserved,
             "degradation": self.governor.status(),
             "listen_url": f"{base}/s/{space.id}",
-            "recorded_s": round(rec.duration, 3),
-            "replay": f"{base}/media/{space.id}/vod.m3u8" if has_replay else None,
-            "download": f"{base}/media/{space.id}/download.m4a" if has_replay else None,
+            "recorded_s": recorded_s,
+            "replay": f"{media}/media/{space.id}/vod.m3u8" if has_replay else None,
+            "download": f"{media}/media/{space.id}/download.m4a" if has_replay else None,
         }
 
     def get(self, space_id: str) -> Space:

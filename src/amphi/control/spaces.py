@@ -135,6 +135,9 @@ class SpaceRegistry:
             raise NotFound(f"no Space {space_id!r}")
         return space
 
+    def find(self, space_id: str) -> Space | None:
+        return self._spaces.get(space_id)
+
     def all(self) -> list[Space]:
         return list(self._spaces.values())
 

@@ -116,12 +116,23 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes sharing state (docs/cluster.md). Without ``redis_url`` the node keeps
+    everything in memory, alone."""
+
+    redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0
+    node_id: str | None = None  # this node's name in the registry; default: random per start
+    prefix: str = "amphi:"  # every Redis key starts with this
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
     http: HttpConfig = field(default_factory=HttpConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)  # host addresses offered in ICE candidates
     demo: bool = False  # create a demo Space with a built-in speaker at start-up
     web_assets_dir: Path = field(

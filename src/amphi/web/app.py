@@ -32,12 +32,13 @@ class App:
             "event_streams": self.node.event_streams,
             "origin": asdict(self.origin.stats),
             "admission": {
-                "occupied": self.node.admission.occupied,
-                "waiting": self.node.admission.waiting,
-                "limit": self.node.admission.limit,
+                "occupied": self.node.store.occupied,
+                "waiting": self.node.store.waiting,
+                "limit": self.node.store.limit,
                 "max_listeners": self.node.cfg.admission.max_listeners,
-                "paused": self.node.admission.paused,
+                "paused": self.node.store.paused,
             },
+            "store": self.node.store.status(),
             "degradation": self.node.governor.status(),
         }
 

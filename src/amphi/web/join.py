@@ -30,15 +30,15 @@ class JoinEndpoint:
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{m.group(2)} takes POST")
-            space = node.get(m.group(1))  # 404
+            space = await node.space(m.group(1))  # 404; with --redis, any node's Space
             body = await read_json(scope, receive, JOIN_BODY_LIMIT)
             if m.group(2) == "leave":
-                freed = node.leave(space, ticket=body.get("ticket"), token=body.get("token"))
+                freed = await node.leave(space, ticket=body.get("ticket"), token=body.get("token"))
                 await send_json(send, 200, {"status": "left" if freed else "not_held"})
                 return
             auth = header(scope, b"authorization")
             if auth is not None:  # a host listening: reserved capacity, never queued
-                node.registry.authorize_host(space, auth.decode("latin-1"))  # 401/403
+                node.registry.authorize_host(space, auth.decode("latin-1"))  # 401/403 (the hash travels with the Space)
             status, answer = await node.join(space, ticket=body.get("ticket"), token=body.get("token"),
                                             host=auth is not None)
             await send_json(send, status, answer,

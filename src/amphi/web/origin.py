@@ -59,9 +59,9 @@ class MediaSource(Protocol):
 
     async def media(self, space_id: str) -> tuple[Pipeline | None, Recording]: ...  # raises NotFound
 
-    def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token: ...  # 401/403
+    async def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token: ...  # 401/403
 
-    def renewal(self, space_id: str, token: Token) -> str | None: ...
+    async def renewal(self, space_id: str, token: Token) -> str | None: ...
 
     def ended(self, space_id: str) -> bool: ...  # raises NotFound
 
@@ -101,7 +101,7 @@ class Origin:
         source = self._source
         token = None
         if token_text is not None:  # first, before any other work
-            token = source.verify_token(space_id, token_text, playlist=name == "live.m3u8")
+            token = await source.verify_token(space_id, token_text, playlist=name == "live.m3u8")
         elif name in _PUBLIC_ONCE_ENDED or (msn is not None and part is None):
             if not source.ended(space_id):
                 raise Unauthorized("an admission token is required while the Space is on: POST /api/spaces/{id}/join")
@@ -110,7 +110,7 @@ class Origin:
             raise Unauthorized("an admission token is required: POST /api/spaces/{id}/join")
         pipeline, recording = await source.media(space_id)
         if name == "live.m3u8":
-            if token is not None and pipeline is not None and (renewed := source.renewal(space_id, token)):
+            if token is not None and pipeline is not None and (renewed := await source.renewal(space_id, token)):
                 await self._redirect(send, space_id, renewed, scope)
                 return
             await self._live_playlist(space_id, pipeline, recording, scope, receive, send, head)

@@ -24,6 +24,7 @@ class Store:
     kind = "abstract"
     limit: int
     paused: bool
+    level = 0  # the node's degradation level, shown in the registry
 
     async def open(self) -> None:
         """Starts whatever background work the store needs (heartbeats, reconnects)."""
@@ -65,6 +66,11 @@ class Store:
     async def counts(self, space_id: str) -> SpaceCounts:
         raise NotImplementedError
 
+    def known_counts(self, space_id: str) -> SpaceCounts:
+        """``counts`` without waiting: exact on one node, the last known with Redis (the
+        heartbeat refreshes those of the Spaces this node hosts)."""
+        raise NotImplementedError
+
     async def promote(self, now: float) -> float | None:
         raise NotImplementedError
 
@@ -84,6 +90,10 @@ class Store:
 
     async def lookup(self, space_id: str) -> tuple[Space, str] | None:
         """A Space hosted by another node and that node's public URL; None if unknown."""
+        return None
+
+    def origin(self, space_id: str) -> str | None:
+        """The public URL of the node hosting a Space looked up before; None if not known."""
         return None
 
     async def spaces(self) -> list[tuple[Space, str]]:

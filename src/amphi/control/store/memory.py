@@ -62,6 +62,9 @@ class MemoryStore(Store):
     async def counts(self, space_id: str) -> SpaceCounts:
         return self.admission.counts(space_id)
 
+    def known_counts(self, space_id: str) -> SpaceCounts:
+        return self.admission.counts(space_id)
+
     async def promote(self, now: float) -> float | None:
         return self.admission.promote(now)
 

@@ -67,7 +67,6 @@ class RedisStore(Store):
         self.rng = rng or random.Random()
         self.limit = cfg.max_listeners
         self.paused = False
-        self.level = 0  # the node's degradation level, for the registry
         self.up = False
         self._r = aioredis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
                                           socket_timeout=COMMAND_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
@@ -291,6 +290,9 @@ class RedisStore(Store):
                 self._lost(e)
         return self._counts.get(space_id) or SpaceCounts()
 
+    def known_counts(self, space_id: str) -> SpaceCounts:
+        return self._counts.get(space_id) or SpaceCounts()
+
     async def promote(self, now: float) -> float | None:
         if not self.up:
             return None
@@ -359,6 +361,10 @@ class RedisStore(Store):
             self._remote.clear()
         self._remote[space_id] = (time.monotonic(), space, origin)
         return space, origin
+
+    def origin(self, space_id: str) -> str | None:
+        hit = self._remote.get(space_id)
+        return hit[2] if hit is not None else None
 
     async def spaces(self) -> list[tuple[Space, str]]:
         try:
