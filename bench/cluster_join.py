@@ -13,7 +13,8 @@ Each run creates one live Space with ``--seats`` seats, takes them all, then
 ``--concurrency`` client tasks POST ``{}`` to ``/api/spaces/<id>/join`` for ``--seconds``:
 every one of those joins is a decision that ends in a place in line (the surge's common
 case), and the line cannot move (no seat frees), so every position told is checkable. Printed per run:
-joins/s, latency p50/p99, answers by status, node and Redis CPU seconds. For the line:
+joins/s, latency p50/p99, answers by status, node and Redis CPU microseconds per join (the
+figure that does not depend on how busy the machine is). For the line:
 the positions handed out must be exactly 1..W (W = waiting answers, across nodes), so the
 bench reports duplicates, gaps and the largest error as a share of the line (target <= 1 %).
 The client runs on the same machine and takes CPU too: figures are relative, and noisy
@@ -120,6 +121,9 @@ def one_run(name: str, nodes_n: int, use_redis: bool, args: argparse.Namespace) 
         result = asyncio.run(drive([n.url for n in nodes], space.id, args.seconds, args.concurrency))
         result["node_cpu_s"] = [round(process_cpu_s(n.pid) - c, 2) for n, c in zip(nodes, cpu0)]
         result["redis_cpu_s"] = round(process_cpu_s(redis_proc.pid) - rcpu0, 2) if redis_proc else None
+        joins = max(1, int(result["joins"]))  # type: ignore[call-overload]
+        result["node_cpu_us_per_join"] = round(1e6 * sum(result["node_cpu_s"]) / joins)  # type: ignore[arg-type]
+        result["redis_cpu_us_per_join"] = round(1e6 * result["redis_cpu_s"] / joins) if redis_proc else None  # type: ignore[operator]
         status = space_status(nodes[-1].url, space.id)
         result["listeners"] = status["listeners"]
         result["cap_exact"] = status["listeners"] == args.seats
@@ -146,8 +150,8 @@ def main() -> int:
         r = one_run(name, n, use_redis, args)
         results.append(r)
         print(f"{name:15s} {r['joins_per_s']:>6} joins/s  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  "
-              f"answers {r['statuses']}  listeners {r['listeners']}/{args.seats}  node CPU {r['node_cpu_s']} s  "
-              f"redis CPU {r['redis_cpu_s']} s  positions: {r['waiting_answers']} told, "
+              f"answers {r['statuses']}  listeners {r['listeners']}/{args.seats}  CPU per join: node "
+              f"{r['node_cpu_us_per_join']} us, redis {r['redis_cpu_us_per_join']} us  positions: {r['waiting_answers']} told, "
               f"{r['position_duplicates']} duplicates, {r['position_gaps']} gaps, "
               f"max error {r['position_max_error_pct']} %")
     if args.json:
