@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from amphi.control.admission import Admission, Admitted, Gcra, Waiting
+from amphi.control.admission import Admission, Admitted, Waiting
 from amphi.control.health import Governor, HealthSample
 from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.stage import HOST_ID, Participant
@@ -42,7 +42,6 @@ SCHEDULER_PERIOD_S = 0.25
 SWEEP_PERIOD_S = 0.25  # seats and places that ran out are released at most this late
 LAG_PROBE_S = 0.05  # the event-loop lag probe's period
 LEVELS_PERIOD_S = 0.2  # talking indicators are refreshed this often
-MAX_REQUEST_LIMITERS = 100_000  # client addresses tracked for request-to-speak limits
 
 
 def iso(t: float | None) -> str | None:
@@ -57,7 +56,6 @@ class Node:
                                    garbage_timeout_s=cfg.stage.garbage_timeout_s)
         self.pipelines: dict[str, Pipeline] = {}
         self.rooms: dict[str, Room] = {}
-        self._request_limits: dict[str, Gcra] = {}  # client address or speaker -> their budget
         self.event_streams = 0  # open SSE connections
         self._recordings: dict[str, Recording] = {}
         self.signer = Signer(self._secret())
@@ -401,11 +399,11 @@ class Node:
         expires = int(time.time() + self.cfg.stage.grant_ttl_s)
         return {"participant": pid, "grant": self.signer.grant(space.id, pid, expires), "expires_at": iso(expires)}
 
-    def request_to_speak(self, space: Space, name: object, credential: str | None, client: str) -> dict[str, object]:
+    async def request_to_speak(self, space: Space, name: object, credential: str | None, client: str) -> dict[str, object]:
         """A listener asks to speak: a new participant (and its grant), or a known one again."""
         room = self.room(space)
         now = time.time()
-        self._limit(client, now, "too many requests to speak from your address")
+        await self._limit(client, now, "too many requests to speak from your address")
         if credential:
             actor = room.stage.rerequest(self.participant(space, credential), now)
             answer: dict[str, object] = {"participant": actor.id}
@@ -415,17 +413,11 @@ class Node:
         room.apply()
         return {**answer, "you": actor.private()}
 
-    def _limit(self, key: str, now: float, what: str) -> None:
-        """One GCRA budget per ``key`` (a client address, a speaker): 429 when spent."""
-        limits = self._request_limits
-        gcra = limits.get(key)
-        if gcra is None:
-            if len(limits) >= MAX_REQUEST_LIMITERS:  # forget the idle ones
-                for k in [k for k, g in limits.items() if g.wait(now) == 0.0]:
-                    del limits[k]
-            gcra = limits[key] = Gcra(self.cfg.stage.request_rate_per_s, self.cfg.stage.request_burst)
-        if not gcra.take(now):
-            wait = gcra.wait(now)
+    async def _limit(self, key: str, now: float, what: str) -> None:
+        """One GCRA budget per ``key`` (a client address, a speaker), in the store (so shared
+        by the nodes with --redis): 429 when spent."""
+        wait = await self.store.take(key, self.cfg.stage.request_rate_per_s, self.cfg.stage.request_burst, now)
+        if wait > 0:
             raise TooManyRequests(f"{what}; try again in {math.ceil(wait)} s", retry_after_s=wait)
 
     def invite(self, space: Space, actor: Participant, name: object) -> dict[str, object]:
@@ -451,7 +443,7 @@ class Node:
         actor = self.participant(space, credential)
         room = self.room(space)
         room.stage.check_can_speak(actor.id)
-        self._limit(f"speak {space.id} {actor.id}", time.time(), "too many connections from this speaker")
+        await self._limit(f"speak {space.id} {actor.id}", time.time(), "too many connections from this speaker")
         pipeline = await self._pipeline(space)
         return await room.speak(pipeline, actor, offer_sdp)
 

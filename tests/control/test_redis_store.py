@@ -119,3 +119,18 @@ async def test_redis_away_refuses_joins_fast_keeps_seats_and_recovers(redis_serv
 async def _until(predicate) -> None:
     while not predicate():
         await asyncio.sleep(0.05)
+
+
+async def test_rate_limits_are_one_budget_across_stores(redis_server) -> None:
+    a, b = store(redis_server.url, "a"), store(redis_server.url, "b")
+    await a.open()
+    await b.open()
+    try:
+        now = time.time()
+        grants = [await (a if i % 2 else b).take("10.0.0.1", 0.5, 3, now) for i in range(4)]
+        assert grants[:3] == [0, 0, 0] and 1.9 < grants[3] <= 2.0  # the 4th waits 1/rate
+        assert await a.take("10.0.0.2", 0.5, 3, now) == 0  # another key, its own budget
+        assert await b.take("10.0.0.1", 0.5, 3, now + 2.0) == 0
+    finally:
+        await a.close()
+        await b.close()

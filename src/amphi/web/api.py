@@ -136,7 +136,7 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
         space = await here(request)
         data = await read_json(request, limit)
         client = request.client.host if request.client else "unknown"
-        answer = node.request_to_speak(space, data.get("name"), credential(request), client)
+        answer = await node.request_to_speak(space, data.get("name"), credential(request), client)
         return JSONResponse(answer, status_code=201, headers={"cache-control": "no-store"})
 
     async def stage_invite(request: Request) -> Response:

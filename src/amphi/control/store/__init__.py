@@ -83,6 +83,13 @@ class Store:
     async def close_space(self, space_id: str) -> None:
         raise NotImplementedError
 
+    # -- rate limits ------------------------------------------------------------------------
+
+    async def take(self, key: str, rate: float, burst: int, now: float) -> float:
+        """One grant from ``key``'s GCRA budget (``rate`` per second, ``burst`` at once):
+        0 if granted, else the seconds until one would be."""
+        raise NotImplementedError
+
     # -- the directory of Spaces and the node registry --------------------------------------
 
     async def publish(self, space: Space) -> None:

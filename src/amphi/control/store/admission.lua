@@ -19,6 +19,7 @@
 --   P.served           ZSET seat -> time offered to a ticket (how fast the lines move)
 --   P.waiting          places in all lines
 --   P.counts:<space>   HASH listeners reserved waiting admitted_total peak_listeners
+--   P.limit:<key>      a rate limit's theoretical arrival time (op "limit"), expiring when idle
 
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -370,6 +371,21 @@ elseif op == 'close' then
   redis.call('DECRBY', P .. 'waiting', gone)
   redis.call('HSET', P .. 'counts:' .. space, 'waiting', 0)
   result = {gone}
+elseif op == 'limit' then
+  -- key rate burst: one grant from a GCRA budget (request-to-speak per client address);
+  -- the key expires once its budget is whole again
+  local k = P .. 'limit:' .. ARGV[A]
+  local iv = 1.0 / tonumber(ARGV[A + 1])
+  local tol = (tonumber(ARGV[A + 2]) - 1) * iv
+  local tat = tonumber(redis.call('GET', k) or '0')
+  local wait = tat - tol - now
+  if wait > EPS then
+    result = {wait}
+  else
+    local new = math.max(tat, now) + iv
+    redis.call('SET', k, string.format('%.6f', new), 'PX', math.ceil((new - now) * 1000) + 1000)
+    result = {0}
+  end
 else
   return redis.error_reply('unknown admission op ' .. tostring(op))
 end

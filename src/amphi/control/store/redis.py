@@ -32,9 +32,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from amphi.control.admission import Admitted, SpaceCounts, Waiting
+from amphi.control.admission import Admitted, Gcra, SpaceCounts, Waiting
 from amphi.control.spaces import Space
 from amphi.control.store import Store
+from amphi.control.store.memory import take
 from amphi.control.tokens import Signer, Token, new_seat_id
 from amphi.core.config import AdmissionConfig
 from amphi.core.errors import TokenExpired, TooBusy, TooEarly, Unavailable
@@ -78,6 +79,7 @@ class RedisStore(Store):
         self._counts: dict[str, SpaceCounts] = {}  # last known, served while Redis is away
         self._remote: dict[str, tuple[float, Space, str]] = {}  # lookups: (fetched, space, origin)
         self._held: dict[str, float] = {}  # seat -> when this node last saw it held
+        self._limits: dict[str, Gcra] = {}  # rate limits kept here while Redis is away
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -322,6 +324,14 @@ class RedisStore(Store):
 
     async def close_space(self, space_id: str) -> None:
         await self._run("close", time.time(), space_id)
+
+    async def take(self, key: str, rate: float, burst: int, now: float) -> float:
+        if self.up:
+            try:
+                return (await self._eval("limit", now, key, rate, burst))[0]
+            except _LOST as e:
+                self._lost(e)
+        return take(self._limits, key, rate, burst, now)  # this node's share, until Redis is back
 
     # -- directory and registry -------------------------------------------------------------
 
