@@ -109,8 +109,8 @@ def one_run(name: str, nodes_n: int, use_redis: bool, args: argparse.Namespace) 
         if use_redis:
             redis_proc, url = start_redis(work)
             flags += ["--redis", url]
-        for _ in range(nodes_n):
-            nodes.append(NodeProcess(args=flags).start())
+        for i in range(nodes_n):
+            nodes.append(NodeProcess(args=[*flags, "--node-id", f"n{i}"]).start())
         space = start_space(nodes[0].url, name, join=False)
         for i in range(args.seats):  # take every seat, through every node
             code, _ = join_space(nodes[i % nodes_n].url, space.id)

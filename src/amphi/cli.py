@@ -1,4 +1,4 @@
-"""Command line: ``amphi serve`` and ``amphi speak``."""
+"""Command line: ``amphi serve``, ``speak``, ``loadtest`` and ``edge``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 import uvloop
 
 from amphi.core.config import AdmissionConfig, ClusterConfig, Config, HttpConfig, StageConfig
+from amphi.edge.vcl import NAME as NODE_ID
 
 
 def _logging(verbose: bool) -> None:
@@ -50,13 +51,18 @@ def main(verbose: bool) -> None:
               help="Seconds a place in line is kept after the waiting client's last poll.")
 @click.option("--speaker-timeout", default=StageConfig.silence_timeout_s, show_default=True,
               type=click.FloatRange(min=1), help="Hang up a speaker's connection that sends no audio this long.")
+@click.option("--node-id", default=Config.node_id, show_default=True,
+              help="This node's name; edges route /o/NODE_ID/media/ to it; with --redis, its name in the "
+                   "node registry (give every node its own).")
+@click.option("--edge", "edges", multiple=True,
+              help="Base URL of an edge cache to send listeners to (repeat; round-robin). Default: none, "
+                   "this node serves its listeners itself. See docs/edge.md.")
 @click.option("--redis", "redis_url", default=None, metavar="URL",
               help="Share Spaces, admission and the node registry with other nodes through this Redis "
                    "(e.g. redis://127.0.0.1:6379/0). All nodes need the same AMPHI_SECRET. See docs/cluster.md.")
-@click.option("--node-id", default=None, help="This node's name in the registry (default: random per start).")
 def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bool, max_listeners: int,
           admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float, ticket_hold: float,
-          speaker_timeout: float, redis_url: str | None, node_id: str | None) -> None:
+          speaker_timeout: float, node_id: str, edges: tuple[str, ...], redis_url: str | None) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
@@ -64,8 +70,11 @@ def serve(host: str, port: int, data_dir: Path, public_url: str | None, demo: bo
                                 admit_rate_per_s=admit_rate, admit_burst=admit_burst, token_ttl_s=token_ttl,
                                 seat_grace_s=seat_grace, ticket_hold_s=ticket_hold)
     stage = StageConfig(silence_timeout_s=speaker_timeout)
+    if not NODE_ID.match(node_id):
+        raise click.BadParameter("1-32 letters, digits, '_' or '-'", param_hint="--node-id")
     cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url), demo=demo,
-                 admission=admission, stage=stage, cluster=ClusterConfig(redis_url=redis_url, node_id=node_id))
+                 admission=admission, stage=stage, node_id=node_id, edges=tuple(e.rstrip("/") for e in edges),
+                 cluster=ClusterConfig(redis_url=redis_url))
     uvloop.run(run(cfg))
 
 
@@ -121,3 +130,7 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
 from amphi.loadtest.cli import loadtest  # noqa: E402 - the load test lives in its own package
 
 main.add_command(loadtest)
+
+from amphi.edge.cli import edge  # noqa: E402
+
+main.add_command(edge)

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import random
-import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -56,6 +55,7 @@ class Node:
                                    garbage_timeout_s=cfg.stage.garbage_timeout_s)
         self.pipelines: dict[str, Pipeline] = {}
         self.rooms: dict[str, Room] = {}
+        self._next_edge = random.randrange(len(cfg.edges)) if cfg.edges else 0  # round-robin over the edges
         self.event_streams = 0  # open SSE connections
         self._recordings: dict[str, Recording] = {}
         self.signer = Signer(self._secret())
@@ -93,7 +93,7 @@ class Node:
         from amphi.control.store.redis import RedisStore
 
         return RedisStore(self.cfg.cluster.redis_url, self.cfg.admission, self.signer,
-                          node_id=self.cfg.cluster.node_id or secrets.token_hex(4),
+                          node_id=self.cfg.node_id,
                           public_url=self.cfg.http.base_url, prefix=self.cfg.cluster.prefix)
 
     def _secret(self) -> bytes:
@@ -227,13 +227,25 @@ class Node:
             raise NotFound(f"no Space {space_id!r}")
         raise HostedElsewhere(f"Space {space_id} is hosted by {found[1]}", location=found[1] + path)
 
-    def media_base(self, space_id: str) -> str:
-        """Where a Space's media is served: the one place to point listeners at edges later.
-        For now this node if it hosts the Space, else the hosting node's public URL."""
-        if self.registry.find(space_id) is not None:
-            return self.cfg.http.base_url
-        hit = self.store.origin(space_id)
-        return hit or self.cfg.http.base_url
+    def origin_of(self, space_id: str) -> tuple[str, str]:
+        """(public URL, node id) of the node hosting a Space: this one, or with --redis the
+        one that published it."""
+        if self.registry.find(space_id) is None and (hit := self.store.origin(space_id)) is not None:
+            return hit
+        return self.cfg.http.base_url, self.cfg.node_id
+
+    def media_base(self, space_id: str, edge: str | None = None) -> str:
+        """Where a listener fetches a Space's media: an edge cache (the next one in turn unless
+        named), under the prefix that routes to the hosting node, /o/<node_id>; without edges,
+        the hosting node itself."""
+        url, node_id = self.origin_of(space_id)
+        edges = self.cfg.edges
+        if not edges:
+            return url
+        if edge is None:
+            edge = edges[self._next_edge % len(edges)]
+            self._next_edge += 1
+        return f"{edge.rstrip('/')}/o/{node_id}"
 
     async def all_spaces(self) -> list[Space]:
         mine = self.registry.all()
@@ -319,9 +331,11 @@ class Node:
         if self.registry.find(space.id) is not None:
             await self._pipeline(space)  # elsewhere, the hosting node starts it on the first request
         ttl = answer.expires - now
-        return 200, {"status": "admitted", **common, "playlist": self.playlist_url(space.id, answer.token),
+        media = self.media_base(space.id)
+        return 200, {"status": "admitted", **common, "playlist": self.playlist_url(space.id, answer.token, media),
                      "token": answer.token, "expires_at": iso(answer.expires), "expires_in_s": round(ttl, 1),
-                     "renew_after_s": round(ttl / 2, 1), "renewed": answer.renewed}
+                     "renew_after_s": round(ttl / 2, 1), "renewed": answer.renewed,
+                     "edges": [self.media_base(space.id, edge) for edge in self.cfg.edges]}
 
     async def leave(self, space: Space, *, ticket: object = None, token: object = None) -> bool:
         freed = await self.store.leave(space.id, token=token if isinstance(token, str) else None,
@@ -330,8 +344,11 @@ class Node:
             self._admission_changed.set()
         return freed
 
-    def playlist_url(self, space_id: str, token: str) -> str:
-        return f"{self.media_base(space_id)}/media/{space_id}/t/{token}/live.m3u8"
+    def playlist_url(self, space_id: str, token: str, media: str | None = None) -> str:
+        return f"{media or self.media_base(space_id)}/media/{space_id}/t/{token}/live.m3u8"
+
+    def verify_edge(self, credential: str | None) -> str:
+        return self.signer.verify_edge(credential)
 
     async def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token:
         """Stateless: signature, Space and expiry; 401/403 before any other work. For a live
@@ -450,7 +467,7 @@ class Node:
     # -- status -----------------------------------------------------------------------------
 
     async def status(self, space: Space) -> dict[str, object]:
-        base, media = self.cfg.http.base_url, self.media_base(space.id)
+        base, media = self.cfg.http.base_url, self.origin_of(space.id)[0]
         counts = await self.store.counts(space.id)
         ended = space.state is SpaceState.ENDED
         if self.registry.find(space.id) is not None:

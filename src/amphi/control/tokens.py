@@ -3,6 +3,7 @@
     token   <role><seat>.<expires>.<mac>      role "l" listener, "h" host; expires: Unix s
     ticket  <entry>.<issued>.<mac>            entry: the waiting-room entry's number
     grant   p<participant>.<expires>.<mac>    who someone is on a Space's stage (docs/stage.md)
+    edge    <edge>.<mac>                      an edge cache fetching media for its listeners (docs/edge.md)
 
 The MAC covers the kind, the Space id and every field, so a token is bound to its Space
 and cannot be moved, extended or forged without the node's secret. Anyone holding the
@@ -24,6 +25,7 @@ from amphi.core.errors import BadTicket, Forbidden, TokenExpired, Unauthorized
 MAC_BYTES = 16
 _TOKEN = re.compile(r"^([lh])([A-Za-z0-9_-]{8,32})\.(\d{1,12})\.([A-Za-z0-9_-]{22})$")
 _GRANT = re.compile(r"^p([A-Za-z0-9_-]{4,32})\.(\d{1,12})\.([A-Za-z0-9_-]{22})$")
+_EDGE = re.compile(r"^([A-Za-z0-9_-]{1,32})\.([A-Za-z0-9_-]{22})$")
 _TICKET = re.compile(r"^(\d{1,15})\.(\d{1,12})\.([A-Za-z0-9_-]{22})$")
 
 
@@ -98,6 +100,20 @@ class Signer:
         if int(expires) <= now:
             raise TokenExpired("the grant has expired: ask to speak again")
         return participant, int(expires)
+
+    # -- edges ------------------------------------------------------------------------------
+
+    def edge_credential(self, edge: str) -> str:
+        """What an edge sends the origin (header ``x-amphi-edge``) instead of its listeners'
+        tokens, which it has checked itself: the edge caches one copy for all of them."""
+        return f"{edge}.{self._mac(b'edge', '*', edge)}"
+
+    def verify_edge(self, text: str | None) -> str:
+        """The edge's name, if its credential is this node's; anything else is ``Forbidden``."""
+        m = _EDGE.match(text) if text else None
+        if m is None or not hmac.compare_digest(m.group(2), self._mac(b"edge", "*", m.group(1))):
+            raise Forbidden("media under /edge/ is for this cluster's edge caches")
+        return m.group(1)
 
     # -- tickets ----------------------------------------------------------------------------
 

@@ -118,10 +118,9 @@ class StageConfig:
 @dataclass(frozen=True)
 class ClusterConfig:
     """Several nodes sharing state (docs/cluster.md). Without ``redis_url`` the node keeps
-    everything in memory, alone."""
+    everything in memory, alone. The node's name in the registry is ``Config.node_id``."""
 
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0
-    node_id: str | None = None  # this node's name in the registry; default: random per start
     prefix: str = "amphi:"  # every Redis key starts with this
 
 
@@ -134,6 +133,8 @@ class Config:
     stage: StageConfig = field(default_factory=StageConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)  # host addresses offered in ICE candidates
+    node_id: str = "origin"  # this node's name: edges route /o/<node_id>/media/ to it (docs/edge.md)
+    edges: tuple[str, ...] = ()  # base URLs of the edge caches listeners are sent to; none: this node serves them
     demo: bool = False  # create a demo Space with a built-in speaker at start-up
     web_assets_dir: Path = field(
         default_factory=lambda: Path(

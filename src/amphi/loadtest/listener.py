@@ -55,7 +55,7 @@ class GiveUp(Exception):
 
 
 class Listener:
-    __slots__ = ("swarm", "session", "rng", "conn", "state", "buffer", "arrived", "answered", "admitted_at",
+    __slots__ = ("swarm", "session", "rng", "conn", "media", "edges", "state", "buffer", "arrived", "answered", "admitted_at",
                  "first_audio", "waited", "token", "ticket", "renew_at", "path", "failures", "outcome", "dropped")
 
     def __init__(self, swarm: Swarm, session: Session, rng: random.Random) -> None:
@@ -63,7 +63,9 @@ class Listener:
         self.session = session
         self.rng = rng
         host, port, _ = split_url(swarm.cfg.server)
-        self.conn = Connection(host, port)
+        self.conn = Connection(host, port)  # the API (joins, renewals) and, unless sent to an edge, media
+        self.media = self.conn  # where the playlist, parts and segments come from
+        self.edges: list[tuple[str, int]] = []  # edge caches the node named for media (docs/edge.md)
         self.state = "new"
         self.buffer: PlaybackBuffer | None = None
         self.arrived = 0.0
@@ -92,7 +94,7 @@ class Listener:
             if s.drop_s is not None and s.drop_s < end:
                 if await self._until(s.drop_s):
                     return
-                self.conn.close()  # the network drops: no leave, the seat is kept by its token
+                self._close()  # the network drops: no leave, the seat is kept by its token
                 self.dropped = True
                 sw.drops += 1
                 await asyncio.sleep(backoff_s(0, self.rng))
@@ -103,7 +105,12 @@ class Listener:
             if not self.outcome:
                 self.outcome = self.state
             await self._leave()
-            self.conn.close()
+            self._close()
+
+    def _close(self) -> None:
+        self.conn.close()
+        if self.media is not self.conn:
+            self.media.close()
 
     async def _until(self, at_s: float) -> bool:
         """Runs the listener until ``at_s`` (seconds from T0); True if it finished by itself."""
@@ -150,11 +157,12 @@ class Listener:
             raise GiveUp(kind)
         await asyncio.sleep(backoff_s(self.failures, self.rng))
 
-    async def _request(self, method: str, target: str, body: object = None, timeout_s: float | None = None) -> Response:
+    async def _request(self, method: str, target: str, body: object = None, timeout_s: float | None = None,
+                       *, conn: Connection | None = None) -> Response:
         sw = self.swarm
         sw.requests += 1
-        resp = await self.conn.request(method, target, None if body is None else orjson.dumps(body),
-                                       timeout_s=timeout_s or sw.cfg.request_timeout_s)
+        resp = await (conn or self.conn).request(method, target, None if body is None else orjson.dumps(body),
+                                                 timeout_s=timeout_s or sw.cfg.request_timeout_s)
         self.failures = 0
         return resp
 
@@ -213,8 +221,23 @@ class Listener:
 
     def _take_token(self, answer: dict[str, object]) -> None:
         self.token = str(answer["token"])
-        self.path = split_url(str(answer["playlist"]))[2]
+        host, port, self.path = split_url(str(answer["playlist"]))
         self.renew_at = time.time() + float(answer.get("renew_after_s") or 30.0)  # type: ignore[arg-type]
+        self.edges = [split_url(str(e))[:2] for e in answer.get("edges") or ()]  # type: ignore[attr-defined]
+        if (host, port) != (self.media.host, self.media.port):
+            self._media_at(host, port)
+
+    def _media_at(self, host: str, port: int) -> None:
+        if self.media is not self.conn:
+            self.media.close()
+        self.media = self.conn if (host, port) == (self.conn.host, self.conn.port) else Connection(host, port)
+
+    def _other_edge(self) -> None:
+        """The edge stopped answering: the next attempt goes to another one, at random."""
+        others = [e for e in self.edges if e != (self.media.host, self.media.port)]
+        if others:
+            self._media_at(*self.rng.choice(others))
+            self.swarm.edge_switches += 1
 
     def _admitted(self, now: float) -> None:
         if self.admitted_at is None:
@@ -256,7 +279,11 @@ class Listener:
         """A media GET. Follows a renewal redirect (307) on playlists; None for a 404
         (the part is gone: skip it); Rejoin on 401/403."""
         while True:
-            resp = await self._request("GET", target)
+            try:
+                resp = await self._request("GET", target, conn=self.media)
+            except HttpError:
+                self._other_edge()
+                raise
             if resp.status == 200:
                 return resp
             if resp.status in (301, 302, 307, 308) and "location" in resp.headers:

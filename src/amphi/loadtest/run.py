@@ -239,7 +239,7 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         for k, h in hists.items():
             h.merge(f[k])
         for key in ("sessions", "admitted", "with_audio", "waited", "admitted_from_line", "answered", "stalled_listeners", "stalls",
-                    "requests", "renewals", "drops", "joins_cut_off"):
+                    "requests", "renewals", "drops", "edge_switches", "joins_cut_off"):
             totals[key] += f[key]
     stall_s = sum(f["stall_s"] for f in finals)
     worker_cpu = [f["cpu_s"] for f in finals]
@@ -288,6 +288,7 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         "request_rate_avg": round(totals["requests"] / wall, 1),
         "renewals": totals["renewals"],
         "drops": totals["drops"],
+        "edge_switches": totals["edge_switches"],
         "joins_cut_off": totals["joins_cut_off"],
         "generator_cpu_pct": round(gen_pct, 1),
         "generator_procs": procs,

@@ -49,6 +49,7 @@ class Swarm:
         self.requests = 0
         self.renewals = 0
         self.drops = 0
+        self.edge_switches = 0  # media moved to another edge after one stopped answering
         self.joins_cut_off = 0  # join requests in flight when their session ended
         self.errors: Counter[str] = Counter()
         self.join_hist, self.audio_hist, self.latency = Histogram(), Histogram(), Histogram()
@@ -163,6 +164,7 @@ class Swarm:
             "stalls": sum(b.stalls for b in stalled),
             "stall_s": sum(b.stalled_seconds(b.last) for b in stalled),
             "requests": self.requests, "renewals": self.renewals, "drops": self.drops,
+            "edge_switches": self.edge_switches,
             "joins_cut_off": self.joins_cut_off,
             "errors": dict(self.errors),
             "join": self.join_hist.to_dict(), "audio": self.audio_hist.to_dict(),

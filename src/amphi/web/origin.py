@@ -4,6 +4,7 @@
     GET /media/<space>/t/<token>/init.mp4                               init segment
     GET /media/<space>/t/<token>/<msn>.<part>.m4s                       part (waits if it is the hinted one)
     GET /media/<space>/t/<token>/<msn>.m4s                              segment
+    GET /media/<space>/edge/...   (any of the above four)               for edge caches: header x-amphi-edge
     GET /media/<space>/vod.m3u8                                         replay, once ended (no token)
     GET /media/<space>/download.m4a                                     the whole recording, one file
 
@@ -14,6 +15,9 @@ Space has ended, its replay is public: init, segments, vod.m3u8 and the download
 token. A live playlist fetched with a token in the last quarter of its life is redirected
 (307) to the same playlist under a renewed token, so players that only follow URLs stay admitted (see
 ``Node.verify_token`` for the one case an expired token still passes).
+
+An edge cache (docs/edge.md) checks its listeners' tokens itself and fetches one copy for
+all of them under ``/edge/``, proving itself with the credential in ``x-amphi-edge``.
 
 Init, parts and segments never change once served: they are immutable to caches. Playlists
 are short-lived. A blocking reload holds a slot until the playlist moves, it times out,
@@ -36,7 +40,7 @@ from amphi.core.errors import AmphiError, BadRequest, MethodNotAllowed, NotFound
 from amphi.media.pipeline import Pipeline
 from amphi.media.playlist import render_live
 from amphi.media.recorder import Recording
-from amphi.web.asgi import CORS, Receive, Scope, Send, respond, send_error
+from amphi.web.asgi import CORS, Receive, Scope, Send, header, respond, send_error
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ M3U8 = b"application/vnd.apple.mpegurl"
 MP4 = b"audio/mp4"
 
 _PATH = re.compile(
-    r"^/media/([A-Za-z0-9_-]{1,64})/(?:t/([^/]{1,128})/)?"
+    r"^/media/([A-Za-z0-9_-]{1,64})/(?:t/([^/]{1,128})/|(edge)/)?"
     r"(live\.m3u8|vod\.m3u8|init\.mp4|download\.m4a|(\d{1,9})(?:\.(\d{1,4}))?\.m4s)$"
 )
 _PUBLIC_ONCE_ENDED = ("init.mp4", "vod.m3u8", "download.m4a")  # and whole segments
@@ -60,6 +64,8 @@ class MediaSource(Protocol):
     async def media(self, space_id: str) -> tuple[Pipeline | None, Recording]: ...  # raises NotFound
 
     async def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token: ...  # 401/403
+
+    def verify_edge(self, credential: str | None) -> str: ...  # 403
 
     async def renewal(self, space_id: str, token: Token) -> str | None: ...
 
@@ -97,11 +103,14 @@ class Origin:
             await send_error(send, err, head_only=head)
 
     async def _route(self, m: re.Match[str], scope: Scope, receive: Receive, send: Send, head: bool) -> None:
-        space_id, token_text, name, msn, part = m.groups()
+        space_id, token_text, edge, name, msn, part = m.groups()
         source = self._source
         token = None
         if token_text is not None:  # first, before any other work
             token = await source.verify_token(space_id, token_text, playlist=name == "live.m3u8")
+        elif edge is not None:
+            credential = header(scope, b"x-amphi-edge")
+            source.verify_edge(credential.decode("latin-1") if credential is not None else None)
         elif name in _PUBLIC_ONCE_ENDED or (msn is not None and part is None):
             if not source.ended(space_id):
                 raise Unauthorized("an admission token is required while the Space is on: POST /api/spaces/{id}/join")

@@ -99,8 +99,8 @@ class Store:
         """A Space hosted by another node and that node's public URL; None if unknown."""
         return None
 
-    def origin(self, space_id: str) -> str | None:
-        """The public URL of the node hosting a Space looked up before; None if not known."""
+    def origin(self, space_id: str) -> tuple[str, str] | None:
+        """(public URL, node id) of the node hosting a Space looked up before; None if not known."""
         return None
 
     async def spaces(self) -> list[tuple[Space, str]]:

@@ -77,7 +77,7 @@ class RedisStore(Store):
         self._waiting = 0
         self._hosted: dict[str, Space] = {}  # published by this node, re-published after a loss
         self._counts: dict[str, SpaceCounts] = {}  # last known, served while Redis is away
-        self._remote: dict[str, tuple[float, Space, str]] = {}  # lookups: (fetched, space, origin)
+        self._remote: dict[str, tuple[float, Space, str, str]] = {}  # lookups: (fetched, space, origin, node)
         self._held: dict[str, float] = {}  # seat -> when this node last saw it held
         self._limits: dict[str, Gcra] = {}  # rate limits kept here while Redis is away
         self._task: asyncio.Task[None] | None = None
@@ -366,15 +366,15 @@ class RedisStore(Store):
             raise self._down() from None
         if raw is None:
             return None
-        space, origin = _space(raw)
+        space, origin, node = _space(raw)
         if len(self._remote) > 10_000:
             self._remote.clear()
-        self._remote[space_id] = (time.monotonic(), space, origin)
+        self._remote[space_id] = (time.monotonic(), space, origin, node)
         return space, origin
 
-    def origin(self, space_id: str) -> str | None:
+    def origin(self, space_id: str) -> tuple[str, str] | None:
         hit = self._remote.get(space_id)
-        return hit[2] if hit is not None else None
+        return (hit[2], hit[3]) if hit is not None else None
 
     async def spaces(self) -> list[tuple[Space, str]]:
         try:
@@ -383,7 +383,7 @@ class RedisStore(Store):
         except _LOST as e:
             self._lost(e)
             raise self._down() from None
-        return [_space(raw) for raw in raws if raw is not None]
+        return [_space(raw)[:2] for raw in raws if raw is not None]
 
     async def nodes(self) -> list[dict[str, object]]:
         try:
@@ -408,8 +408,7 @@ def _counts(raw: dict[bytes, bytes]) -> SpaceCounts:
                        peak_listeners=get.get("peak_listeners", 0))
 
 
-def _space(raw: bytes) -> tuple[Space, str]:
+def _space(raw: bytes) -> tuple[Space, str, str]:
     record = json.loads(raw)
-    origin = record.pop("origin")
-    record.pop("node", None)
-    return Space.from_json(record), origin
+    origin, node = record.pop("origin"), record.pop("node")
+    return Space.from_json(record), origin, node

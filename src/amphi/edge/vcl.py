@@ -1,0 +1,292 @@
+"""Renders an edge's VCL (pure). What the edge does, in request order (docs/edge.md):
+
+1. Media (``/o/<node>/media/<space>/t/<token>/<file>``): a per-address request rate
+   (vsthrottle), then the admission token is verified right there, one HMAC-SHA256 with the
+   cluster's secret (vmod digest) and a clock read: missing/malformed/forged -> 403, expired ->
+   401, nothing asked of the origin. An expired token on a live playlist is the one exception:
+   it is passed to the origin, which knows whether the seat is still held and answers a 307
+   to a renewed token (players that only follow URLs, such as ffmpeg, renew that way).
+2. The token is then dropped from the URL: every listener of a Space shares one cache object
+   per file (``/media/<space>/edge/<file>``, fetched with this edge's credential). Concurrent
+   misses wait on Varnish's waiting list for the one fetch in flight, blocking playlist reloads
+   and preload-hinted parts included, and are woken the moment it lands.
+3. Playlists are kept for their max-age and then served stale for a few seconds while one
+   background fetch refreshes them, or while the origin does not answer. Errors are kept 1 s.
+4. ``/api/`` and pages go to the API nodes, round-robin, health-probed; joins have their own
+   per-address rate. Static assets are cached.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, name: str, url: str) -> Backend:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError(f"{url!r}: an origin or API node is http://HOST:PORT")
+        if not NAME.match(name):
+            raise ValueError(f"{name!r}: a node's name is 1-32 letters, digits, '_' or '-'")
+        return cls(name, parts.hostname, parts.port or 80)
+
+
+@dataclass(frozen=True)
+class EdgeSpec:
+    """One edge's configuration. Rates are per client address, per second; 0 turns one off."""
+
+    name: str  # this edge's name, in its credential and its logs
+    credential: str  # what it shows the origin: Signer.edge_credential(name)
+    secret: str  # the cluster's token key, to verify listeners' tokens
+    origins: tuple[Backend, ...]  # media, routed by /o/<node>/
+    api: tuple[Backend, ...] = ()  # API nodes for /api/ and pages; default: the origins
+    media_rate: int = 200  # media requests per address per second (a NAT of ~50 listeners)
+    join_rate: int = 20  # joins per address per second
+    stale_playlist_s: float = 3.0  # a playlist is served stale this long if the origin is slow or down
+    media_ttl_cap_s: int = 120  # parts and segments are immutable, but only wanted near the live edge
+    error_ttl_s: float = 1.0  # errors from the origin are kept this long
+    probe_interval_s: float = 1.0  # API nodes are probed this often (GET /api/node)
+
+    def __post_init__(self) -> None:
+        if not NAME.match(self.name):
+            raise ValueError(f"{self.name!r}: an edge's name is 1-32 letters, digits, '_' or '-'")
+        if not self.origins:
+            raise ValueError("an edge needs at least one origin")
+        if not re.fullmatch(r"[\x21-\x7e]{16,256}", self.secret) or '"}' in self.secret:
+            raise ValueError("the token secret must be 16-256 printable characters (as in <data_dir>/secret)")
+
+
+def _backend(prefix: str, b: Backend, spec: EdgeSpec, *, probe: bool) -> str:
+    lines = [
+        f"backend {prefix}{b.name.replace('-', '_')} {{",
+        f'    .host = "{b.host}";',
+        f'    .port = "{b.port}";',
+        "    .connect_timeout = 1s;",
+        "    .first_byte_timeout = 15s;",  # a blocking reload is answered within ~3 parts
+        "    .between_bytes_timeout = 5s;",
+    ]
+    if probe:
+        lines += [
+            "    .probe = {",
+            '        .url = "/api/node";',
+            f"        .interval = {spec.probe_interval_s:g}s;",
+            "        .timeout = 1s;",
+            "        .window = 3;",
+            "        .threshold = 2;",
+            "        .initial = 2;",
+            "    }",
+        ]
+    return "\n".join([*lines, "}"])
+
+
+def render(spec: EdgeSpec) -> str:
+    api = spec.api or spec.origins
+    backends = "\n\n".join(
+        [_backend("o_", b, spec, probe=False) for b in spec.origins]
+        + [_backend("a_", b, spec, probe=True) for b in api]
+    )
+    api_adds = "\n".join(f"    api.add_backend(a_{b.name.replace('-', '_')});" for b in api)
+    route = "\n".join(
+        f'    {"if" if i == 0 else "} elsif"} (req.http.x-node == "{b.name}") {{\n'
+        f"        set req.backend_hint = o_{b.name.replace('-', '_')};"
+        for i, b in enumerate(spec.origins)
+    )
+    media_throttle = (
+        f'    if (vsthrottle.is_denied("m" + client.ip, {spec.media_rate}, 1s)) {{\n'
+        '        return (synth(429, "too_many_requests: slow down"));\n    }'
+        if spec.media_rate else "")
+    join_throttle = (
+        f'    if (req.url ~ "^/api/spaces/[^/]+/join" && vsthrottle.is_denied("j" + client.ip, {spec.join_rate}, 1s)) {{\n'
+        '        return (synth(429, "too_many_requests: too many joins from this address"));\n    }'
+        if spec.join_rate else "")
+    mac = ('digest.base64url_nopad_hex(regsub(digest.hmac_sha256({"' + spec.secret + '"}, '
+           '"token|" + req.http.x-space + "|" + req.http.x-claims), "^0x(.{32}).*$", "\\1"))')
+    return f"""vcl 4.1;
+# Amphi edge "{spec.name}", rendered by `amphi edge config`: do not edit, render again.
+# It holds the cluster's token secret: keep it private (mode 0600).
+
+import digest;
+import directors;
+import std;
+import vsthrottle;
+
+{backends}
+
+sub vcl_init {{
+    new api = directors.round_robin();
+{api_adds}
+}}
+
+sub vcl_recv {{
+    unset req.http.x-node;
+    unset req.http.x-space;
+    unset req.http.x-claims;
+    unset req.http.x-token;
+    unset req.http.x-file;
+    if (req.url ~ "^/o/") {{
+        call amphi_media;
+    }}
+{join_throttle}
+    set req.backend_hint = api.backend();
+    if (!std.healthy(req.backend_hint)) {{
+        return (synth(503, "unavailable: no API node is up"));
+    }}
+    if ((req.method == "GET" || req.method == "HEAD") && req.url ~ "^/static/") {{
+        unset req.http.cookie;
+        return (hash);
+    }}
+    if (req.method == "POST") {{
+        std.cache_req_body(64KB);  # so a POST can be retried on another API node
+    }}
+    return (pass);
+}}
+
+sub amphi_media {{
+    if (req.method != "GET" && req.method != "HEAD") {{
+        return (synth(405, "method_not_allowed: media is read with GET or HEAD"));
+    }}
+{media_throttle}
+    set req.http.x-node = regsub(req.url, "^/o/([^/]+)/.*$", "\\1");
+    if (req.url ~ "^/o/[A-Za-z0-9_-]{{1,32}}/media/[A-Za-z0-9_-]{{1,64}}/(vod\\.m3u8|init\\.mp4|download\\.m4a|[0-9]{{1,9}}\\.m4s)$") {{
+        # the replay: public once the Space has ended (the origin says 401 before), cached
+        call amphi_route;
+        set req.url = regsub(req.url, "^/o/[^/]+", "");
+        return (hash);
+    }}
+    if (req.url ~ "^/o/[^/]+/media/[^/]+/[^/]+$") {{
+        return (synth(401, "unauthorized: an admission token is required: POST /api/spaces/{{id}}/join"));
+    }}
+    if (req.url !~ "^/o/[A-Za-z0-9_-]{{1,32}}/media/[A-Za-z0-9_-]{{1,64}}/t/[^/?]{{1,128}}/[A-Za-z0-9._-]{{1,32}}(\\?[A-Za-z0-9_=&-]{{0,64}})?$") {{
+        return (synth(404, "not_found: no such media path"));
+    }}
+    set req.http.x-space = regsub(req.url, "^/o/[^/]+/media/([^/]+)/.*$", "\\1");
+    set req.http.x-token = regsub(req.url, "^/o/[^/]+/media/[^/]+/t/([^/]+)/.*$", "\\1");
+    set req.http.x-file = regsub(req.url, "^/o/[^/]+/media/[^/]+/t/[^/]+/(.*)$", "\\1");
+    if (req.http.x-token !~ "^[lh][A-Za-z0-9_-]{{8,32}}\\.[0-9]{{1,12}}\\.[A-Za-z0-9_-]{{22}}$") {{
+        return (synth(403, "forbidden: malformed admission token"));
+    }}
+    set req.http.x-claims = regsub(req.http.x-token, "^(.*)\\.[^.]*$", "\\1");
+    if ({mac} != regsub(req.http.x-token, "^.*\\.", "")) {{
+        return (synth(403, "forbidden: this admission token is not valid for this Space"));
+    }}
+    call amphi_route;
+    if (std.integer(regsub(req.http.x-claims, "^.*\\.", ""), 0) <= std.integer(time=now)) {{
+        if (req.http.x-file ~ "^live\\.m3u8") {{
+            # the origin knows whether the seat is still held: a 307 to a renewed token, or 401
+            set req.url = "/media/" + req.http.x-space + "/t/" + req.http.x-token + "/" + req.http.x-file;
+            unset req.http.x-token;
+            unset req.http.x-file;
+            return (pass);
+        }}
+        return (synth(401, "token_expired: the admission token has expired: join again"));
+    }}
+    set req.url = "/media/" + req.http.x-space + "/edge/" + req.http.x-file;
+    unset req.http.x-token;
+    unset req.http.x-file;
+    unset req.http.cookie;
+    unset req.http.authorization;
+    return (hash);
+}}
+
+sub amphi_route {{
+{route}
+    }} else {{
+        return (synth(404, "not_found: no such origin node"));
+    }}
+}}
+
+sub vcl_hash {{
+    hash_data(req.url);
+    hash_data(req.http.x-node);
+    return (lookup);
+}}
+
+sub vcl_backend_fetch {{
+    if (bereq.url ~ "^/media/[^/]+/edge/") {{
+        set bereq.http.x-amphi-edge = "{spec.credential}";
+    }}
+}}
+
+sub vcl_backend_response {{
+    if (bereq.url ~ "^/media/") {{
+        if (beresp.status == 307 && beresp.http.location ~ "^/media/") {{
+            set beresp.http.location = "/o/" + bereq.http.x-node + beresp.http.location;
+        }}
+        if (beresp.status >= 500 && bereq.is_bgfetch) {{
+            return (abandon);  # keep serving the stale playlist
+        }}
+        if (beresp.status >= 400) {{
+            set beresp.ttl = {spec.error_ttl_s:g}s;  # kept, never for long: waiters share it
+            set beresp.grace = 0s;
+        }} elsif (bereq.url ~ "\\.m3u8") {{
+            set beresp.grace = {spec.stale_playlist_s:g}s;
+        }} elsif (beresp.ttl > {spec.media_ttl_cap_s}s) {{
+            set beresp.ttl = {spec.media_ttl_cap_s}s;
+            set beresp.grace = 0s;
+        }}
+        return (deliver);
+    }}
+    if (bereq.retries < 2 && beresp.status >= 502 && bereq.method != "POST") {{
+        return (retry);
+    }}
+}}
+
+sub vcl_backend_error {{
+    if (bereq.url !~ "^/media/") {{
+        if (bereq.retries < 2) {{
+            return (retry);  # another API node, round-robin
+        }}
+    }} elsif (bereq.is_bgfetch) {{
+        return (abandon);  # keep serving the stale playlist
+    }}
+    set beresp.ttl = {spec.error_ttl_s:g}s;
+    set beresp.grace = 0s;
+    set beresp.http.content-type = "application/json";
+    set beresp.http.cache-control = "no-store";
+    set beresp.http.retry-after = "1";
+    set beresp.http.access-control-allow-origin = "*";
+    synthetic({{"{{"error": "unavailable", "message": "the origin did not answer" }}"}});
+    return (deliver);
+}}
+
+sub vcl_deliver {{
+    set resp.http.x-edge = "{spec.name}";
+    if (obj.hits > 0) {{
+        set resp.http.x-cache = "hit";
+    }} else {{
+        set resp.http.x-cache = "miss";
+    }}
+    unset resp.http.via;
+    unset resp.http.x-varnish;
+}}
+
+sub vcl_synth {{
+    set resp.http.content-type = "application/json";
+    set resp.http.cache-control = "no-store";
+    set resp.http.access-control-allow-origin = "*";
+    set resp.http.x-edge = "{spec.name}";
+    if (resp.status == 429) {{
+        set resp.http.retry-after = "1";
+    }}
+    if (resp.status == 503) {{
+        set resp.http.retry-after = "2";
+    }}
+    set resp.http.x-code = regsub(resp.reason, ":.*$", "");
+    set resp.http.x-message = regsub(resp.reason, "^[^:]*: ", "");
+    set resp.reason = "Amphi edge";
+    synthetic({{"{{"error": ""}} + resp.http.x-code + {{"", "message": ""}} + resp.http.x-message + {{"" }}"}});
+    unset resp.http.x-code;
+    unset resp.http.x-message;
+    return (deliver);
+}}
+"""
