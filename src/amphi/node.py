@@ -207,25 +207,26 @@ class Node:
         await self.store.publish(space)
         return space, key
 
-    async def space(self, space_id: str) -> Space:
-        """A Space this node hosts, else one another node hosts (with --redis); 404 if none."""
+    async def _locate(self, space_id: str) -> tuple[Space, str | None]:
+        """A Space and, if another node hosts it (--redis), that node's public URL; 404 if none."""
         space = self.registry.find(space_id)
         if space is not None:
-            return space
+            return space, None
         found = await self.store.lookup(space_id)
         if found is None:
             raise NotFound(f"no Space {space_id!r}")
-        return found[0]
+        return found
+
+    async def space(self, space_id: str) -> Space:
+        """A Space this node hosts, else one another node hosts (with --redis); 404 if none."""
+        return (await self._locate(space_id))[0]
 
     async def hosted(self, space_id: str, path: str) -> Space:
         """A Space this node hosts; one another node hosts -> 307 to ``path`` there."""
-        space = self.registry.find(space_id)
-        if space is not None:
-            return space
-        found = await self.store.lookup(space_id)
-        if found is None:
-            raise NotFound(f"no Space {space_id!r}")
-        raise HostedElsewhere(f"Space {space_id} is hosted by {found[1]}", location=found[1] + path)
+        space, elsewhere = await self._locate(space_id)
+        if elsewhere is not None:
+            raise HostedElsewhere(f"Space {space_id} is hosted by {elsewhere}", location=elsewhere + path)
+        return space
 
     def origin_of(self, space_id: str) -> tuple[str, str]:
         """(public URL, node id) of the node hosting a Space: this one, or with --redis the

@@ -4,6 +4,7 @@ one cap and one line for several stores (nodes) sharing it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 
@@ -23,11 +24,20 @@ def store(url: str, node: str, **cfg: object) -> RedisStore:
     return RedisStore(url, c, Signer(SECRET), node_id=node, public_url=f"http://{node}", rng=random.Random(1))
 
 
+@contextlib.asynccontextmanager
+async def running(*stores: RedisStore):
+    for s in stores:
+        await s.open()
+    try:
+        yield
+    finally:
+        for s in stores:
+            await s.close()
+
+
 async def test_cap_and_one_fifo_line_across_two_stores(redis_server) -> None:
     a, b = store(redis_server.url, "a"), store(redis_server.url, "b")
-    await a.open()
-    await b.open()
-    try:
+    async with running(a, b):
         now = time.time()
         answers = [await (a if i % 2 else b).join("s1", now) for i in range(7)]
         admitted = [x for x in answers if isinstance(x, Admitted)]
@@ -49,15 +59,10 @@ async def test_cap_and_one_fifo_line_across_two_stores(redis_server) -> None:
         assert await a.leave("s1", token=renewed.token, ticket=None, now=now + 50)
         with pytest.raises(TokenExpired):
             await a.renew("s1", renewed.token, now + 51)
-    finally:
-        await a.close()
-        await b.close()
-
 
 async def test_seats_and_places_lapse_without_their_node(redis_server) -> None:
     a = store(redis_server.url, "a", max_listeners=1, token_ttl_s=10.0, seat_grace_s=1.0, ticket_hold_s=2.0)
-    await a.open()
-    try:
+    async with running(a):
         now = time.time()
         first = await a.join("s", now)
         second = await a.join("s", now)
@@ -68,14 +73,10 @@ async def test_seats_and_places_lapse_without_their_node(redis_server) -> None:
         assert a.occupied in (0, 1) and (await a.counts("s")).listeners == 0
         again = await a.poll("s", second.ticket, now + 13)
         assert isinstance(again, Admitted)  # a lapsed ticket joins again (a seat was free)
-    finally:
-        await a.close()
-
 
 async def test_pool_is_drawn_into_the_line_at_the_start(redis_server) -> None:
     a = store(redis_server.url, "a", max_listeners=1)
-    await a.open()
-    try:
+    async with running(a):
         now = time.time()
         assert isinstance(await a.join("s", now, before_start=True), Admitted)
         early = [await a.join("s", now, before_start=True) for _ in range(5)]
@@ -85,14 +86,10 @@ async def test_pool_is_drawn_into_the_line_at_the_start(redis_server) -> None:
         positions = sorted([(await a.poll("s", w.ticket, now + 20)).position for w in early])  # type: ignore[union-attr]
         assert positions == [1, 2, 3, 4, 5]
         assert (await a.poll("s", late.ticket, now + 20)).position == 6  # type: ignore[union-attr]
-    finally:
-        await a.close()
-
 
 async def test_redis_away_refuses_joins_fast_keeps_seats_and_recovers(redis_server) -> None:
     a = store(redis_server.url, "a", token_ttl_s=10.0, seat_grace_s=5.0)
-    await a.open()
-    try:
+    async with running(a):
         now = time.time()
         seat = await a.join("s", now)
         assert isinstance(seat, Admitted)
@@ -112,9 +109,6 @@ async def test_redis_away_refuses_joins_fast_keeps_seats_and_recovers(redis_serv
         back = await a.renew("s", kept.token, time.time())  # the lost seat is taken back
         assert back.seat == seat.seat and (await a.counts("s")).listeners == 1
         assert isinstance(await a.join("s", time.time()), Admitted)
-    finally:
-        await a.close()
-
 
 async def _until(predicate) -> None:
     while not predicate():
@@ -123,14 +117,9 @@ async def _until(predicate) -> None:
 
 async def test_rate_limits_are_one_budget_across_stores(redis_server) -> None:
     a, b = store(redis_server.url, "a"), store(redis_server.url, "b")
-    await a.open()
-    await b.open()
-    try:
+    async with running(a, b):
         now = time.time()
         grants = [await (a if i % 2 else b).take("10.0.0.1", 0.5, 3, now) for i in range(4)]
         assert grants[:3] == [0, 0, 0] and 1.9 < grants[3] <= 2.0  # the 4th waits 1/rate
         assert await a.take("10.0.0.2", 0.5, 3, now) == 0  # another key, its own budget
         assert await b.take("10.0.0.1", 0.5, 3, now + 2.0) == 0
-    finally:
-        await a.close()
-        await b.close()

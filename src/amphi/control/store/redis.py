@@ -81,6 +81,7 @@ class RedisStore(Store):
         self._held: dict[str, float] = {}  # seat -> when this node last saw it held
         self._limits: dict[str, Gcra] = {}  # rate limits kept here while Redis is away
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -93,9 +94,11 @@ class RedisStore(Store):
         self._task = asyncio.create_task(self._heartbeat(), name="store-heartbeat")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._closing = True
+        task = self._task
+        while task is not None and not task.done():
+            task.cancel()  # again if a redis-py call swallowed the cancellation
+            await asyncio.wait({task}, timeout=0.1)
         if self.up:
             try:
                 await self._r.zrem(self.prefix + "nodes", self.node_id)
@@ -106,7 +109,7 @@ class RedisStore(Store):
 
     async def _heartbeat(self) -> None:
         delay = BACKOFF_MIN_S
-        while True:
+        while not self._closing:
             try:
                 await self._beat()
                 delay = BACKOFF_MIN_S
@@ -142,6 +145,7 @@ class RedisStore(Store):
             for sid in self._hosted:
                 pipe.hgetall(self.prefix + "counts:" + sid)
             answers = await pipe.execute()
+        _uncancel_check()
         for sid, raw in zip(list(self._hosted), answers[4:]):
             self._counts[sid] = _counts(raw)
 
@@ -172,6 +176,7 @@ class RedisStore(Store):
             op, f"{now:.6f}", self.limit, int(self.paused), c.admit_rate_per_s, c.admit_burst, c.token_ttl_s,
             c.seat_grace_s, c.ticket_hold_s, c.max_waiting, c.poll_min_s, c.poll_max_s, c.rate_window_s,
             f"{jitter:.6f}", self.prefix, *args])
+        _uncancel_check()
         return orjson.loads(raw)
 
     async def _run(self, op: str, now: float, *args: object) -> list:
@@ -399,6 +404,14 @@ class RedisStore(Store):
 
     def status(self) -> dict[str, object]:
         return {"kind": self.kind, "url": self.url, "up": self.up, "node_id": self.node_id, "epoch": self._epoch}
+
+
+def _uncancel_check() -> None:
+    """redis-py can swallow a cancellation that arrives while it reads a reply; raise it
+    again, so the node's tasks stop when cancelled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _counts(raw: dict[bytes, bytes]) -> SpaceCounts:
