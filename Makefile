@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DATA ?= data
-APT_PACKAGES := ffmpeg chromium wrk icecast2 nginx varnish varnish-vmod-digest varnish-modules
+APT_PACKAGES := ffmpeg chromium wrk icecast2 nginx varnish varnish-vmod-digest varnish-modules redis-server
 
 .PHONY: setup system run test bench bench-side-by-side clean
 
@@ -24,6 +24,7 @@ system:
 	[ -x /usr/sbin/varnishd ] || missing="$$missing varnish"; \
 	[ -e /usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_digest.so ] || missing="$$missing varnish-vmod-digest"; \
 	[ -e /usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_vsthrottle.so ] || missing="$$missing varnish-modules"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -48,3 +48,13 @@ def page(browser: Browser) -> Iterator[Page]:
     yield p
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):
+    """A real, empty ``redis-server`` on a free loopback port, stopped after the test."""
+    from tests.integration.redis_proc import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

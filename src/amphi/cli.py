@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import uvloop
 
-from amphi.core.config import AdmissionConfig, Config, DefenseConfig, HttpConfig, StageConfig
+from amphi.core.config import AdmissionConfig, ClusterConfig, Config, DefenseConfig, HttpConfig, StageConfig
 from amphi.edge.vcl import NAME as NODE_ID
 from amphi.obs.logging import configure as configure_logging
 from amphi.defense.shield import parse_networks
@@ -67,16 +67,21 @@ def main(ctx: click.Context, verbose: bool) -> None:
               help="Key for /dashboard and /metrics [env AMPHI_OPERATOR_KEY; default: made once into "
                    "DATA_DIR/operator_key].")
 @click.option("--node-id", default=Config.node_id, show_default=True,
-              help="This node's name: in logs and samples, and edges route /o/NODE_ID/media/ to it.")
+              help="This node's name: in logs and samples; edges route /o/NODE_ID/media/ to it; with --redis, "
+                   "its name in the node registry (give every node its own).")
 @click.option("--edge", "edges", multiple=True,
               help="Base URL of an edge cache to send listeners to (repeat; round-robin). Default: none, "
                    "this node serves its listeners itself. See docs/edge.md.")
+@click.option("--redis", "redis_url", default=None, metavar="URL",
+              help="Share Spaces, admission and the node registry with other nodes through this Redis "
+                   "(e.g. redis://127.0.0.1:6379/0). All nodes need the same AMPHI_SECRET. See docs/cluster.md.")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: str | None, demo: bool,
           max_listeners: int, admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float,
           ticket_hold: float, max_waiting: int, speaker_timeout: float, log_format: str | None, operator_key: str | None,
           node_id: str, edges: tuple[str, ...], pow_mode: str, pow_bits: int, trusted_proxies: tuple[str, ...],
-          join_rate: float, address_join_rate: float, address_join_burst: int, header_timeout: float) -> None:
+          join_rate: float, address_join_rate: float, address_join_burst: int, header_timeout: float,
+          redis_url: str | None) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
@@ -98,7 +103,8 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
     cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url,
                                                         header_read_timeout_s=header_timeout), demo=demo,
                  admission=admission, stage=stage, node_id=node_id, edges=tuple(e.rstrip("/") for e in edges),
-                 operator_key=operator_key or None, defense=defense)
+                 operator_key=operator_key or None, defense=defense,
+                 cluster=ClusterConfig(redis_url=redis_url))
     uvloop.run(run(cfg))
 
 

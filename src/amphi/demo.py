@@ -20,7 +20,7 @@ RETRY_S = (0.5, 1, 2, 5)
 
 async def start_demo(node: Node) -> tuple[Space, str]:
     """The demo Space and its host key."""
-    space, key = node.create_space("Amphi demo: a tune on a loop")
+    space, key = await node.create_space("Amphi demo: a tune on a loop")
     await node.start_space(space)
     node.spawn(_demo_speaker(node, space, key), name="demo-speaker")
     return space, key

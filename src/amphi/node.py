@@ -19,13 +19,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from amphi.control.admission import ADMITTER_PERIOD_S, Admission, Admitted, Gcra, Waiting
+from amphi.control.admission import ADMITTER_PERIOD_S, Admission, Admitted, Waiting
 from amphi.control.health import Governor, HealthSample
 from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.stage import HOST_ID, Participant
+from amphi.control.store import Store
+from amphi.control.store.memory import MemoryStore
 from amphi.control.tokens import Signer, Token, new_participant_id, new_secret
 from amphi.core.config import Config
-from amphi.core.errors import AmphiError, Conflict, Forbidden, TokenExpired, TooManyRequests, Unauthorized, Unavailable
+from amphi.core.errors import (AmphiError, Conflict, Forbidden, HostedElsewhere, NotFound, TokenExpired,
+                               TooManyRequests, Unauthorized, Unavailable)
 from amphi.core.files import write_atomic
 from amphi.defense.shield import Shield
 from amphi.media.ingest.webrtc import WebRTCIngest
@@ -39,7 +42,6 @@ log = logging.getLogger(__name__)
 SCHEDULER_PERIOD_S = 0.25
 LAG_PROBE_S = 0.05  # the event-loop lag probe's period
 LEVELS_PERIOD_S = 0.2  # talking indicators are refreshed this often
-MAX_REQUEST_LIMITERS = 100_000  # client addresses tracked for request-to-speak limits
 
 
 def iso(t: float | None) -> str | None:
@@ -56,12 +58,12 @@ class Node:
         self.pipelines: dict[str, Pipeline] = {}
         self.rooms: dict[str, Room] = {}
         self._next_edge = random.randrange(len(cfg.edges)) if cfg.edges else 0  # round-robin over the edges
-        self._request_limits: dict[str, Gcra] = {}  # client address or speaker -> their budget
         self.event_streams = 0  # open SSE connections
         self._recordings: dict[str, Recording] = {}
         self.signer = Signer(self._secret())
         self.operator_key = self._operator_key()
-        self.admission = Admission(cfg.admission, self.signer, random.Random())
+        self.admission = Admission(cfg.admission, self.signer, random.Random())  # used without --redis
+        self.store = self._store()
         self.governor = Governor(cfg.admission)
         self.shield = Shield(cfg.defense, self.signer, self.registry.known)  # defense (docs/defense.md)
         self.shield.on_space_verdict = self.obs.detector  # obs: detector changes are events, with evidence
@@ -80,6 +82,9 @@ class Node:
             rec = self.recording(space.id)
             await asyncio.to_thread(rec.finalize)
             log.warning("space %s ended abnormally; %.1f s of recording kept", space.id, rec.duration)
+        await self.store.open()
+        for space in self.registry.all():
+            await self.store.publish(space)
         self.spawn(self._scheduler(), name="scheduler")
         self.spawn(self._admitter(), name="admitter")
         self.spawn(self._lag_probe(), name="lag-probe")
@@ -87,6 +92,16 @@ class Node:
         self.spawn(self._levels(), name="levels")
         self.spawn(self.obs.run(), name="obs-sampler")
         self.spawn(self.shield.run(), name="defense")  # defense: the detector's verdicts
+
+    def _store(self) -> Store:
+        """In memory, alone (the default); with ``--redis``, shared with the other nodes."""
+        if self.cfg.cluster.redis_url is None:
+            return MemoryStore(self.admission)
+        from amphi.control.store.redis import RedisStore
+
+        return RedisStore(self.cfg.cluster.redis_url, self.cfg.admission, self.signer,
+                          node_id=self.cfg.node_id,
+                          public_url=self.cfg.http.base_url, prefix=self.cfg.cluster.prefix)
 
     def _secret(self) -> bytes:
         """The token key: config, else $AMPHI_SECRET, else <data_dir>/secret (made once).
@@ -118,6 +133,7 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.obs.close()
+        await self.store.close()
 
     def spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -132,11 +148,13 @@ class Node:
 
     async def _admitter(self) -> None:
         """Offers free seats to the lines as the rate allows, and releases what ran out."""
-        adm = self.admission
+        store = self.store
         while True:
-            freed, timeout = adm.tick(time.time(), ADMITTER_PERIOD_S)
-            if freed:
+            now = time.time()
+            if await store.sweep(now):
                 self._admission_changed.set()
+            wait = await store.promote(now)
+            timeout = ADMITTER_PERIOD_S if wait is None else min(ADMITTER_PERIOD_S, max(wait, 0.001))
             self._admission_changed.clear()
             try:
                 async with asyncio.timeout(timeout):
@@ -163,9 +181,11 @@ class Node:
             self._join_times.clear()
             self._loop_lag = 0.0
             level, limit = self.governor.level, self.governor.limit
-            self.governor.update(sample, self.admission.occupied, time.time())
+            self.governor.update(sample, self.store.occupied, time.time())
             self.obs.health(sample, limit, level)  # obs: limit and ladder changes, with their reason
-            self.governor.apply(self.admission)
+            self.store.limit = self.governor.limit
+            self.store.paused = self.governor.level >= 1
+            self.store.level = self.governor.level
             self._admission_changed.set()
 
     def record_join(self, seconds: float) -> None:
@@ -189,13 +209,61 @@ class Node:
 
     # -- Spaces -----------------------------------------------------------------------------
 
-    def create_space(self, title: object, starts_at: object = None) -> tuple[Space, str]:
-        return self.registry.create(title, starts_at)
+    async def create_space(self, title: object, starts_at: object = None) -> tuple[Space, str]:
+        space, key = self.registry.create(title, starts_at)
+        await self.store.publish(space)
+        return space, key
+
+    async def _locate(self, space_id: str) -> tuple[Space, str | None]:
+        """A Space and, if another node hosts it (--redis), that node's public URL; 404 if none."""
+        space = self.registry.find(space_id)
+        if space is not None:
+            return space, None
+        found = await self.store.lookup(space_id)
+        if found is None:
+            raise NotFound(f"no Space {space_id!r}")
+        return found
+
+    async def space(self, space_id: str) -> Space:
+        """A Space this node hosts, else one another node hosts (with --redis); 404 if none."""
+        return (await self._locate(space_id))[0]
+
+    async def hosted(self, space_id: str, path: str) -> Space:
+        """A Space this node hosts; one another node hosts -> 307 to ``path`` there."""
+        space, elsewhere = await self._locate(space_id)
+        if elsewhere is not None:
+            raise HostedElsewhere(f"Space {space_id} is hosted by {elsewhere}", location=elsewhere + path)
+        return space
+
+    def origin_of(self, space_id: str) -> tuple[str, str]:
+        """(public URL, node id) of the node hosting a Space: this one, or with --redis the
+        one that published it."""
+        if self.registry.find(space_id) is None and (hit := self.store.origin(space_id)) is not None:
+            return hit
+        return self.cfg.http.base_url, self.cfg.node_id
+
+    def media_base(self, space_id: str, edge: str | None = None) -> str:
+        """Where a listener fetches a Space's media: an edge cache (the next one in turn unless
+        named), under the prefix that routes to the hosting node, /o/<node_id>; without edges,
+        the hosting node itself."""
+        url, node_id = self.origin_of(space_id)
+        edges = self.cfg.edges
+        if not edges:
+            return url
+        if edge is None:
+            edge = edges[self._next_edge % len(edges)]
+            self._next_edge += 1
+        return f"{edge.rstrip('/')}/o/{node_id}"
+
+    async def all_spaces(self) -> list[Space]:
+        mine = self.registry.all()
+        ids = {s.id for s in mine}
+        return mine + [s for s, _ in await self.store.spaces() if s.id not in ids]
 
     async def start_space(self, space: Space) -> None:
         async with self._lock:
             self.registry.transition(space, SpaceState.LIVE)  # raises, naming the state
-            drawn = self.admission.draw(space.id)
+            drawn = await self.store.draw(space.id)
             if drawn:
                 log.info("space %s: %d early arrivals drawn into line in random order", space.id, drawn)
                 self._admission_changed.set()
@@ -204,6 +272,7 @@ class Node:
                 await self._pipeline(space)  # born live: no hold audio to cut away
             else:
                 pipeline.go_live()  # listeners already hear hold music: switch at the next boundary
+        await self.store.publish(space)
 
     async def end_space(self, space: Space) -> None:
         async with self._lock:
@@ -214,9 +283,10 @@ class Node:
             await room.close()
         if pipeline is not None:
             await pipeline.end()
-        self.registry.record_peak(space, self.admission.counts(space.id).peak_listeners)
+        self.registry.record_peak(space, (await self.store.counts(space.id)).peak_listeners)
         self.registry.save(space)
-        self.admission.close_space(space.id)
+        await self.store.publish(space)
+        await self.store.close_space(space.id)
         self.pipelines.pop(space.id, None)
         self.rooms.pop(space.id, None)
 
@@ -245,19 +315,19 @@ class Node:
         """One join decision: (HTTP status, answer). See docs/admission.md."""
         now = time.time()
         if space.state is SpaceState.ENDED:
-            status = self.status(space)
+            status = await self.status(space)
             return 200, {"status": "ended", "state": "ended", "playlist": status["replay"],
                          "replay": status["replay"], "download": status["download"]}
-        adm = self.admission
+        adm = self.store
         before_start = space.state is SpaceState.SCHEDULED
         if host:
             answer: Admitted | Waiting = adm.host(space.id, now)
         elif token is not None:
-            answer = adm.renew(space.id, token if isinstance(token, str) else "", now)
+            answer = await adm.renew(space.id, token if isinstance(token, str) else "", now)
         elif ticket is not None:
-            answer = adm.poll(space.id, ticket, now, before_start=before_start)
+            answer = await adm.poll(space.id, ticket, now, before_start=before_start)
         else:
-            answer = adm.join(space.id, now, before_start=before_start)
+            answer = await adm.join(space.id, now, before_start=before_start)
         common = {"state": space.state.value, "starts_at": iso(space.starts_at)}
         if isinstance(answer, Waiting):
             if adm.occupied < adm.limit:  # a seat is free: the admitter may offer it now
@@ -266,75 +336,65 @@ class Node:
             return 202, {"status": "waiting", **common, "ticket": answer.ticket, "position": answer.position,
                          "waiting": answer.waiting, "estimated_wait_s": answer.estimated_wait_s,
                          "retry_after_s": round(retry, 2), "order": answer.order, "requeued": answer.requeued}
-        await self._pipeline(space)
+        if self.registry.find(space.id) is not None:
+            await self._pipeline(space)  # elsewhere, the hosting node starts it on the first request
         ttl = answer.expires - now
-        media = self.media_base()
+        media = self.media_base(space.id)
         return 200, {"status": "admitted", **common, "playlist": self.playlist_url(space.id, answer.token, media),
                      "token": answer.token, "expires_at": iso(answer.expires), "expires_in_s": round(ttl, 1),
                      "renew_after_s": round(ttl / 2, 1), "renewed": answer.renewed,
-                     "edges": [self.media_base(edge) for edge in self.cfg.edges]}
+                     "edges": [self.media_base(space.id, edge) for edge in self.cfg.edges]}
 
-    def leave(self, space: Space, *, ticket: object = None, token: object = None) -> bool:
-        freed = self.admission.leave(space.id, token=token if isinstance(token, str) else None,
-                                     ticket=ticket, now=time.time()) if (ticket or token) else False
+    async def leave(self, space: Space, *, ticket: object = None, token: object = None) -> bool:
+        freed = await self.store.leave(space.id, token=token if isinstance(token, str) else None,
+                                       ticket=ticket, now=time.time()) if (ticket or token) else False
         if freed:
             self._admission_changed.set()
         return freed
 
-    def media_base(self, edge: str | None = None) -> str:
-        """Where a listener fetches media: this node itself, or an edge cache (the next one in
-        turn unless named), under the prefix that routes to this node: /o/<node_id>."""
-        edges = self.cfg.edges
-        if not edges:
-            return self.cfg.http.base_url
-        if edge is None:
-            edge = edges[self._next_edge % len(edges)]
-            self._next_edge += 1
-        return f"{edge.rstrip('/')}/o/{self.cfg.node_id}"
-
     def playlist_url(self, space_id: str, token: str, media: str | None = None) -> str:
-        return f"{media or self.cfg.http.base_url}/media/{space_id}/t/{token}/live.m3u8"
+        return f"{media or self.media_base(space_id)}/media/{space_id}/t/{token}/live.m3u8"
 
     def verify_edge(self, credential: str | None) -> str:
         return self.signer.verify_edge(credential)
 
-    def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token:
+    async def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token:
         """Stateless: signature, Space and expiry; 401/403 before any other work. For a live
         playlist, an expired listener token whose seat is still held passes (``renewal``
         then redirects it): players that only follow URLs reload their first URL forever,
         and their seat is kept by those very renewals. Once the seat is released, the
         token is refused like any other expired one."""
         try:  # defense: the detector counts valid and invalid tokens
-            t = self._verify_token(space_id, token, playlist)
+            t = await self._verify_token(space_id, token, playlist)
         except AmphiError:
             self.shield.media(space_id, None)
             raise
         self.shield.media(space_id, t.seat)
         return t
 
-    def _verify_token(self, space_id: str, token: str | None, playlist: bool) -> Token:
+    async def _verify_token(self, space_id: str, token: str | None, playlist: bool) -> Token:
         now = time.time()
         try:
             if not playlist:
                 return self.signer.verify_token(space_id, token, now)
             t = self.signer.verify_token(space_id, token, now, grace_s=math.inf)
-            if t.expires <= now and (t.host or not self.admission.seat_held(space_id, t.seat)):
+            if t.expires <= now and (t.host or not await self.store.seat_held(t, now)):
                 raise TokenExpired("the admission token has expired: join again")
         except (Unauthorized, Forbidden) as e:
             self.obs.metrics.token_failures.labels(e.code).inc()  # obs
             raise
         return t
 
-    def renewal(self, space_id: str, token: Token) -> str | None:
+    async def renewal(self, space_id: str, token: Token) -> str | None:
         """A fresh token for a listener in the last quarter of its token's life whose seat is
         still held, for a redirect; None if not due. (Clients that renew through the API do
         so at half-life, so they never see the redirect.)"""
         now = time.time()
         if token.expires - now > self.cfg.admission.token_ttl_s / 4:
             return None
-        if not token.host and not self.admission.seat_held(space_id, token.seat):
+        if not token.host and not await self.store.seat_held(token, now):
             return None
-        return self.admission.renew_seat(token, now).token
+        return (await self.store.renew_seat(token, now)).token
 
     def optional_work_allowed(self) -> None:
         """Degradation rung 2 switches off serving replays and downloads."""
@@ -377,11 +437,11 @@ class Node:
         expires = int(time.time() + self.cfg.stage.grant_ttl_s)
         return {"participant": pid, "grant": self.signer.grant(space.id, pid, expires), "expires_at": iso(expires)}
 
-    def request_to_speak(self, space: Space, name: object, credential: str | None, client: str) -> dict[str, object]:
+    async def request_to_speak(self, space: Space, name: object, credential: str | None, client: str) -> dict[str, object]:
         """A listener asks to speak: a new participant (and its grant), or a known one again."""
         room = self.room(space)
         now = time.time()
-        self._limit(client, now, "too many requests to speak from your address")
+        await self._limit(client, now, "too many requests to speak from your address")
         if credential:
             actor = room.stage.rerequest(self.participant(space, credential), now)
             answer: dict[str, object] = {"participant": actor.id}
@@ -391,17 +451,11 @@ class Node:
         room.apply()
         return {**answer, "you": actor.private()}
 
-    def _limit(self, key: str, now: float, what: str) -> None:
-        """One GCRA budget per ``key`` (a client address, a speaker): 429 when spent."""
-        limits = self._request_limits
-        gcra = limits.get(key)
-        if gcra is None:
-            if len(limits) >= MAX_REQUEST_LIMITERS:  # forget the idle ones
-                for k in [k for k, g in limits.items() if g.wait(now) == 0.0]:
-                    del limits[k]
-            gcra = limits[key] = Gcra(self.cfg.stage.request_rate_per_s, self.cfg.stage.request_burst)
-        if not gcra.take(now):
-            wait = gcra.wait(now)
+    async def _limit(self, key: str, now: float, what: str) -> None:
+        """One GCRA budget per ``key`` (a client address, a speaker), in the store (so shared
+        by the nodes with --redis): 429 when spent."""
+        wait = await self.store.take(key, self.cfg.stage.request_rate_per_s, self.cfg.stage.request_burst, now)
+        if wait > 0:
             raise TooManyRequests(f"{what}; try again in {math.ceil(wait)} s", retry_after_s=wait)
 
     def invite(self, space: Space, actor: Participant, name: object) -> dict[str, object]:
@@ -419,7 +473,7 @@ class Node:
 
     def stage_extra(self, space: Space) -> dict[str, object]:
         """What stage views carry besides the stage: the Space's state and audience."""
-        counts = self.admission.counts(space.id)
+        counts = self.store.known_counts(space.id)
         return {"state": space.state.value, "listeners": counts.listeners, "waiting": counts.waiting}
 
     async def speak(self, space: Space, offer_sdp: str, credential: str | None) -> str:
@@ -427,19 +481,24 @@ class Node:
         actor = self.participant(space, credential)
         room = self.room(space)
         room.stage.check_can_speak(actor.id)
-        self._limit(f"speak {space.id} {actor.id}", time.time(), "too many connections from this speaker")
+        await self._limit(f"speak {space.id} {actor.id}", time.time(), "too many connections from this speaker")
         pipeline = await self._pipeline(space)
         return await room.speak(pipeline, actor, offer_sdp)
 
     # -- status -----------------------------------------------------------------------------
 
-    def status(self, space: Space) -> dict[str, object]:
-        base = self.cfg.http.base_url
-        counts = self.admission.counts(space.id)
-        self.registry.record_peak(space, counts.peak_listeners)
-        rec = self.recording(space.id)
+    async def status(self, space: Space) -> dict[str, object]:
+        base, media = self.cfg.http.base_url, self.origin_of(space.id)[0]
+        counts = await self.store.counts(space.id)
         ended = space.state is SpaceState.ENDED
-        has_replay = ended and rec.finalized and bool(rec.entries)
+        if self.registry.find(space.id) is not None:
+            self.registry.record_peak(space, counts.peak_listeners)
+            rec = self.recording(space.id)
+            recorded_s: float | None = round(rec.duration, 3)
+            has_replay = ended and rec.finalized and bool(rec.entries)
+        else:  # hosted elsewhere: its recording is there
+            recorded_s, has_replay = None, ended
+            space.peak_listeners = max(space.peak_listeners, counts.peak_listeners)
         return {
             "id": space.id,
             "title": space.title,
@@ -457,9 +516,9 @@ class Node:
             "degradation": self.governor.status(),
             "detector": self.shield.status(space.id),  # defense: surge / attack, with evidence
             "listen_url": f"{base}/s/{space.id}",
-            "recorded_s": round(rec.duration, 3),
-            "replay": f"{base}/media/{space.id}/vod.m3u8" if has_replay else None,
-            "download": f"{base}/media/{space.id}/download.m4a" if has_replay else None,
+            "recorded_s": recorded_s,
+            "replay": f"{media}/media/{space.id}/vod.m3u8" if has_replay else None,
+            "download": f"{media}/media/{space.id}/download.m4a" if has_replay else None,
         }
 
     def get(self, space_id: str) -> Space:

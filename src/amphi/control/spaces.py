@@ -143,6 +143,9 @@ class SpaceRegistry:
     def known(self, space_id: str) -> bool:
         return space_id in self._spaces
 
+    def find(self, space_id: str) -> Space | None:
+        return self._spaces.get(space_id)
+
     def all(self) -> list[Space]:
         return list(self._spaces.values())
 

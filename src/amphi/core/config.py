@@ -156,6 +156,15 @@ class DefenseConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes sharing state (docs/cluster.md). Without ``redis_url`` the node keeps
+    everything in memory, alone. The node's name in the registry is ``Config.node_id``."""
+
+    redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0
+    prefix: str = "amphi:"  # every Redis key starts with this
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -163,6 +172,7 @@ class Config:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)  # host addresses offered in ICE candidates
     node_id: str = "origin"  # this node's name, in every log line and sample; edges route /o/<node_id>/media/ to it
     edges: tuple[str, ...] = ()  # base URLs of the edge caches listeners are sent to; none: this node serves them

@@ -5,6 +5,7 @@ machine-readable ``code``; the web layer maps them to responses in one place
 (``amphi.web.errors``) and nowhere else.
 
     AmphiError                      500 internal
+    ├── HostedElsewhere             307 hosted_elsewhere (another node hosts the Space: Location)
     ├── BadRequest                  400 bad_request
     │   ├── MalformedBody           400 malformed_body
     │   ├── InvalidSdp              400 invalid_sdp
@@ -49,6 +50,20 @@ class AmphiError(Exception):
         if self.retry_after_s is not None:
             body["retry_after_s"] = self.retry_after_s
         return body
+
+
+class HostedElsewhere(AmphiError):
+    """The Space's media and room live on another node; ``location`` is the same request there."""
+
+    status = 307
+    code = "hosted_elsewhere"
+
+    def __init__(self, message: str, *, location: str) -> None:
+        super().__init__(message)
+        self.location = location
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "location": self.location}
 
 
 class BadRequest(AmphiError):

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
+from amphi.control.admission import SpaceCounts
+from amphi.control.store.redis import RedisStore
 from amphi.obs import logging as obs_logging
 from amphi.obs.feed import Feed
 from amphi.obs.metrics import Metrics, NodeGauges, SpaceGauges, quantile
@@ -142,7 +144,7 @@ class Observer:
     def gauges(self) -> NodeGauges:
         node = self.node
         now = time.time()
-        adm = node.admission
+        adm = node.store  # cluster-wide with --redis (its last known figures)
         origin = self.origin
         h = self.health_sample
         spaces = [self._space_gauges(sid, now) for sid in self._active_ids()]
@@ -159,7 +161,7 @@ class Observer:
 
     def _space_gauges(self, sid: str, now: float) -> SpaceGauges:
         node = self.node
-        counts = node.admission.counts(sid)
+        counts = self._counts(sid)
         pipeline = node.pipelines.get(sid)
         end = pipeline.timeline.media_end_wall if pipeline is not None else None
         rec = node.recording(sid)
@@ -178,16 +180,26 @@ class Observer:
             if space.state is SpaceState.LIVE:
                 out.append(space.id)
             elif space.state is SpaceState.SCHEDULED:
-                c = node.admission.counts(space.id)
+                c = self._counts(space.id)
                 if space.id in node.pipelines or c.listeners or c.waiting:
                     out.append(space.id)
         return out
 
     # -- sampling --------------------------------------------------------------------------------
 
+    def _counts(self, space_id: str) -> SpaceCounts:
+        """A Space's counters: straight from the node's admission, or with --redis as last
+        fetched from the store by the sampler (scrapes and samples never wait on Redis)."""
+        store = self.node.store
+        return store.known_counts(space_id) if isinstance(store, RedisStore) else self.node.admission.counts(space_id)
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(SAMPLE_PERIOD_S)
+            if isinstance(self.node.store, RedisStore):
+                for space in self.node.registry.all():
+                    if space.state.value != "ended":
+                        await self.node.store.counts(space.id)  # refreshes known_counts; Redis away: the last known
             self.sample(time.time())
 
     def sample(self, now: float) -> None:

@@ -14,7 +14,8 @@
     POST /api/spaces/<id>/stage/invites   {name} -> 201 {participant, grant, invite_url}
     POST /api/spaces/<id>/stage/<pid>/<action>   accept, decline, mute, unmute, remove, leave, role
     GET  /api/spaces/<id>/events          Server-Sent Events (amphi.web.events, raw ASGI)
-    GET  /api/node                        this node's counters (pipelines, speakers, origin)
+    GET  /api/node                        this node's counters (pipelines, speakers, origin, store)
+    GET  /api/nodes                       the node registry (with --redis; docs/cluster.md)
     GET  /s/<id>                          listener page
     GET  /s/<id>/host                     host console
     GET  /                                index of Spaces
@@ -35,7 +36,7 @@ from starlette.routing import Route
 
 from amphi.control.spaces import Space
 from amphi.control.stage import HOST_ID, Participant
-from amphi.core.errors import AmphiError, InvalidSdp, NotFound, PayloadTooLarge
+from amphi.core.errors import AmphiError, HostedElsewhere, InvalidSdp, NotFound, PayloadTooLarge
 from amphi.node import Node
 from amphi.web.asgi import bearer, check_declared_length, parse_object, retry_after_value
 
@@ -44,6 +45,8 @@ STATIC = Path(__file__).parent / "static"
 
 def error_response(err: AmphiError) -> JSONResponse:
     headers = {"cache-control": "no-store"}
+    if isinstance(err, HostedElsewhere):
+        headers["location"] = err.location
     if err.retry_after_s is not None:
         headers["retry-after"] = retry_after_value(err.retry_after_s)
     return JSONResponse(err.to_json(), status_code=err.status, headers=headers)
@@ -75,26 +78,31 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
 
     async def create(request: Request) -> Response:
         data = await read_json(request, limit)
-        space, key = node.create_space(data.get("title"), data.get("starts_at"))
-        return JSONResponse({**node.status(space), "host_key": key}, status_code=201)
+        space, key = await node.create_space(data.get("title"), data.get("starts_at"))
+        return JSONResponse({**await node.status(space), "host_key": key}, status_code=201)
 
     async def listing(request: Request) -> Response:
-        return JSONResponse([node.status(s) for s in node.registry.all()])
+        return JSONResponse([await node.status(s) for s in await node.all_spaces()])
 
     async def status(request: Request) -> Response:
-        return JSONResponse(node.status(node.get(request.path_params["id"])))
+        return JSONResponse(await node.status(await node.space(request.path_params["id"])))
+
+    async def here(request: Request) -> Space:
+        """The Space, if this node hosts it; else 307 to the node that does (--redis)."""
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return await node.hosted(request.path_params["id"], path)
 
     async def start(request: Request) -> Response:
-        space = node.get(request.path_params["id"])
+        space = await here(request)
         node.registry.authorize_host(space, request.headers.get("authorization"))
         await node.start_space(space)
-        return JSONResponse(node.status(space))
+        return JSONResponse(await node.status(space))
 
     async def end(request: Request) -> Response:
-        space = node.get(request.path_params["id"])
+        space = await here(request)
         node.registry.authorize_host(space, request.headers.get("authorization"))
         await node.end_space(space)
-        return JSONResponse(node.status(space))
+        return JSONResponse(await node.status(space))
 
     async def defense(request: Request) -> Response:
         """The host's proof-of-work switch for its Space: {"pow": "on" | "off" | "auto"}."""
@@ -105,7 +113,7 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
         return JSONResponse(node.shield.status(space.id))
 
     async def speak(request: Request) -> Response:
-        space = node.get(request.path_params["id"])
+        space = await here(request)
         who = credential(request)
         node.participant(space, who)  # 401/403 before reading the body
         raw = await read_body(request, limit)
@@ -125,31 +133,31 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
         return node.participant(space, who) if who else None
 
     async def stage(request: Request) -> Response:
-        space = node.get(request.path_params["id"])
+        space = await here(request)
         return stage_view(space, viewer(request, space))
 
     async def stage_session(request: Request) -> Response:
-        space = node.get(request.path_params["id"])
+        space = await here(request)
         node.registry.authorize_host(space, request.headers.get("authorization"))
         node.room(space)
         return JSONResponse(node.grant(space, HOST_ID), headers={"cache-control": "no-store"})
 
     async def stage_request(request: Request) -> Response:
-        space = node.get(request.path_params["id"])
+        space = await here(request)
         data = await read_json(request, limit)
         client = request.client.host if request.client else "unknown"
-        answer = node.request_to_speak(space, data.get("name"), credential(request), client)
+        answer = await node.request_to_speak(space, data.get("name"), credential(request), client)
         return JSONResponse(answer, status_code=201, headers={"cache-control": "no-store"})
 
     async def stage_invite(request: Request) -> Response:
-        space = node.get(request.path_params["id"])
+        space = await here(request)
         actor = node.participant(space, credential(request))
         data = await read_json(request, limit)
         return JSONResponse(node.invite(space, actor, data.get("name")), status_code=201,
                             headers={"cache-control": "no-store"})
 
     async def stage_action(request: Request) -> Response:
-        space = node.get(request.path_params["id"])
+        space = await here(request)
         actor = node.participant(space, credential(request))
         data = await read_json(request, limit)
         await node.act(space, actor, request.path_params["pid"], request.path_params["action"], data)
@@ -158,19 +166,22 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
     async def node_stats(request: Request) -> Response:
         return JSONResponse(stats(), headers={"cache-control": "no-store"})
 
-    def page(request: Request, name: str) -> Response:
+    async def nodes(request: Request) -> Response:
+        return JSONResponse(await node.store.nodes(), headers={"cache-control": "no-store"})
+
+    async def page(request: Request, name: str) -> Response:
         try:
-            node.get(request.path_params["id"])
+            await node.space(request.path_params["id"])
             status_code = 200
         except NotFound:
             status_code = 404  # the page itself tells the person the Space does not exist
         return FileResponse(STATIC / name, status_code=status_code, headers={"cache-control": "no-cache"})
 
     async def listener_page(request: Request) -> Response:
-        return page(request, "listener.html")
+        return await page(request, "listener.html")
 
     async def host_console(request: Request) -> Response:
-        return page(request, "host.html")
+        return await page(request, "host.html")
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
@@ -204,6 +215,7 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
         Route("/static/{name}", static),
         Route("/vendor/hls.min.js", hls_js),
         Route("/api/node", node_stats, methods=["GET"]),
+        Route("/api/nodes", nodes, methods=["GET"]),
         Route("/api/spaces", create, methods=["POST"]),
         Route("/api/spaces", listing, methods=["GET"]),
         Route("/api/spaces/{id}", status, methods=["GET"]),

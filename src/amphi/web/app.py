@@ -65,13 +65,14 @@ class App:
             "event_streams": self.node.event_streams,
             "origin": asdict(self.origin.stats),
             "admission": {
-                "occupied": self.node.admission.occupied,
-                "waiting": self.node.admission.waiting,
-                "limit": self.node.admission.limit,
+                "occupied": self.node.store.occupied,
+                "waiting": self.node.store.waiting,
+                "limit": self.node.store.limit,
                 "max_listeners": self.node.cfg.admission.max_listeners,
-                "paused": self.node.admission.paused,
+                "paused": self.node.store.paused,
                 "config": {k: v for k, v in asdict(self.node.cfg.admission).items() if k != "secret"},
             },
+            "store": self.node.store.status(),
             "degradation": self.node.governor.status(),
             "defense": self.node.shield.node_status(),
         }

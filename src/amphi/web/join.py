@@ -38,15 +38,15 @@ class JoinEndpoint:
             now = time.time()  # defense: the shield first, before any admission work (docs/defense.md)
             address = scope.get(CLIENT_KEY) or shield.client(scope)
             shield.check_request(scope, address, m.group(1), now)
-            space = node.get(m.group(1))  # 404
+            space = await node.space(m.group(1))  # 404; with --redis, any node's Space
             body = await read_json(scope, receive, JOIN_BODY_LIMIT)
             if m.group(2) == "leave":
-                freed = node.leave(space, ticket=body.get("ticket"), token=body.get("token"))
+                freed = await node.leave(space, ticket=body.get("ticket"), token=body.get("token"))
                 await send_json(send, 200, {"status": "left" if freed else "not_held"})
                 return
             auth = header(scope, b"authorization")
             if auth is not None:  # a host listening: reserved capacity, never queued
-                node.registry.authorize_host(space, auth.decode("latin-1"))  # 401/403
+                node.registry.authorize_host(space, auth.decode("latin-1"))  # 401/403 (the hash travels with the Space)
             light = shield.check_join(space.id, address, body, now, host=auth is not None)  # defense
             status, answer = await node.join(space, ticket=body.get("ticket"), token=body.get("token"),
                                             host=auth is not None)

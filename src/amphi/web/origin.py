@@ -63,11 +63,11 @@ class MediaSource(Protocol):
 
     async def media(self, space_id: str) -> tuple[Pipeline | None, Recording]: ...  # raises NotFound
 
-    def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token: ...  # 401/403
+    async def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token: ...  # 401/403
 
     def verify_edge(self, credential: str | None) -> str: ...  # 403
 
-    def renewal(self, space_id: str, token: Token) -> str | None: ...
+    async def renewal(self, space_id: str, token: Token) -> str | None: ...
 
     def ended(self, space_id: str) -> bool: ...  # raises NotFound
 
@@ -107,7 +107,7 @@ class Origin:
         source = self._source
         token = None
         if token_text is not None:  # first, before any other work
-            token = source.verify_token(space_id, token_text, playlist=name == "live.m3u8")
+            token = await source.verify_token(space_id, token_text, playlist=name == "live.m3u8")
         elif edge is not None:
             credential = header(scope, b"x-amphi-edge")
             source.verify_edge(credential.decode("latin-1") if credential is not None else None)
@@ -119,7 +119,7 @@ class Origin:
             raise Unauthorized("an admission token is required: POST /api/spaces/{id}/join")
         pipeline, recording = await source.media(space_id)
         if name == "live.m3u8":
-            if token is not None and pipeline is not None and (renewed := source.renewal(space_id, token)):
+            if token is not None and pipeline is not None and (renewed := await source.renewal(space_id, token)):
                 await self._redirect(send, space_id, renewed, scope)
                 return
             await self._live_playlist(space_id, pipeline, recording, scope, receive, send, head)

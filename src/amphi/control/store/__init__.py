@@ -1,0 +1,115 @@
+"""Where a node keeps what can cross nodes: admission (seats, lines, the admission rate,
+counters), the directory of Spaces (which node hosts which) and the node registry.
+
+    Store             the small async interface the node uses (this module)
+    ├── MemoryStore   one node: today's pure ``Admission`` in memory, nothing shared (default)
+    └── RedisStore    many nodes sharing one Redis (``amphi serve --redis URL``, docs/cluster.md)
+
+The media, the WebRTC sessions and the room stay on the node that hosts a Space; a Space's
+own record lives in that node's ``SpaceRegistry`` (memory + disk) and is *published* to the
+store, so other nodes can answer joins for it and say where its media is served.
+"""
+
+from __future__ import annotations
+
+from amphi.control.admission import Admitted, SpaceCounts, Waiting
+from amphi.control.spaces import Space
+from amphi.control.tokens import Token
+
+
+class Store:
+    """Lifecycle: new -> open -> closed. ``limit`` and ``paused`` are set by the node's
+    health loop and apply to the admissions this node makes."""
+
+    kind = "abstract"
+    limit: int
+    paused: bool
+    level = 0  # the node's degradation level, shown in the registry
+
+    async def open(self) -> None:
+        """Starts whatever background work the store needs (heartbeats, reconnects)."""
+
+    async def close(self) -> None:
+        """Stops it; the store cannot be reused."""
+
+    @property
+    def occupied(self) -> int:  # seats taken (cluster-wide with Redis; last known)
+        raise NotImplementedError
+
+    @property
+    def waiting(self) -> int:  # places in line
+        raise NotImplementedError
+
+    # -- admission (the same answers as amphi.control.admission.Admission) ----------------
+
+    async def join(self, space_id: str, now: float, *, before_start: bool = False) -> Admitted | Waiting:
+        raise NotImplementedError
+
+    async def poll(self, space_id: str, ticket: object, now: float, *, before_start: bool = False) -> Admitted | Waiting:
+        raise NotImplementedError
+
+    async def renew(self, space_id: str, token: str, now: float) -> Admitted:
+        raise NotImplementedError
+
+    async def renew_seat(self, token: Token, now: float) -> Admitted:
+        raise NotImplementedError
+
+    def host(self, space_id: str, now: float) -> Admitted:
+        raise NotImplementedError
+
+    async def leave(self, space_id: str, *, token: str | None, ticket: object, now: float) -> bool:
+        raise NotImplementedError
+
+    async def seat_held(self, token: Token, now: float) -> bool:
+        raise NotImplementedError
+
+    async def counts(self, space_id: str) -> SpaceCounts:
+        raise NotImplementedError
+
+    def known_counts(self, space_id: str) -> SpaceCounts:
+        """``counts`` without waiting: exact on one node, the last known with Redis (the
+        heartbeat refreshes those of the Spaces this node hosts)."""
+        raise NotImplementedError
+
+    async def promote(self, now: float) -> float | None:
+        raise NotImplementedError
+
+    async def sweep(self, now: float) -> int:
+        raise NotImplementedError
+
+    async def draw(self, space_id: str) -> int:
+        raise NotImplementedError
+
+    async def close_space(self, space_id: str) -> None:
+        raise NotImplementedError
+
+    # -- rate limits ------------------------------------------------------------------------
+
+    async def take(self, key: str, rate: float, burst: int, now: float) -> float:
+        """One grant from ``key``'s GCRA budget (``rate`` per second, ``burst`` at once):
+        0 if granted, else the seconds until one would be."""
+        raise NotImplementedError
+
+    # -- the directory of Spaces and the node registry --------------------------------------
+
+    async def publish(self, space: Space) -> None:
+        """This node hosts ``space`` (created, started, ended, a new peak): tell the others."""
+
+    async def lookup(self, space_id: str) -> tuple[Space, str] | None:
+        """A Space hosted by another node and that node's public URL; None if unknown."""
+        return None
+
+    def origin(self, space_id: str) -> tuple[str, str] | None:
+        """(public URL, node id) of the node hosting a Space looked up before; None if not known."""
+        return None
+
+    async def spaces(self) -> list[tuple[Space, str]]:
+        """Every Space other nodes host, with their public URLs."""
+        return []
+
+    async def nodes(self) -> list[dict[str, object]]:
+        """The live nodes (the registry); empty on a single node."""
+        return []
+
+    def status(self) -> dict[str, object]:
+        return {"kind": self.kind}

@@ -1,0 +1,96 @@
+"""One node, everything in memory: the pure ``Admission`` behind the store's interface.
+Without ``--redis`` this is the node's store, and behaves exactly as Admission does."""
+
+from __future__ import annotations
+
+from amphi.control.admission import Admission, Admitted, Gcra, SpaceCounts, Waiting
+from amphi.control.store import Store
+from amphi.control.tokens import Token
+
+
+MAX_LIMITERS = 100_000  # keys (client addresses, speakers) tracked for rate limits
+
+
+class MemoryStore(Store):
+    kind = "memory"
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self._limits: dict[str, Gcra] = {}  # key -> its budget
+
+    @property
+    def limit(self) -> int:  # type: ignore[override]
+        return self.admission.limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self.admission.limit = value
+
+    @property
+    def paused(self) -> bool:  # type: ignore[override]
+        return self.admission.paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self.admission.paused = value
+
+    @property
+    def occupied(self) -> int:
+        return self.admission.occupied
+
+    @property
+    def waiting(self) -> int:
+        return self.admission.waiting
+
+    async def join(self, space_id: str, now: float, *, before_start: bool = False) -> Admitted | Waiting:
+        return self.admission.join(space_id, now, before_start=before_start)
+
+    async def poll(self, space_id: str, ticket: object, now: float, *, before_start: bool = False) -> Admitted | Waiting:
+        return self.admission.poll(space_id, ticket, now, before_start=before_start)  # type: ignore[arg-type]
+
+    async def renew(self, space_id: str, token: str, now: float) -> Admitted:
+        return self.admission.renew(space_id, token, now)
+
+    async def renew_seat(self, token: Token, now: float) -> Admitted:
+        return self.admission.renew_seat(token, now)
+
+    def host(self, space_id: str, now: float) -> Admitted:
+        return self.admission.host(space_id, now)
+
+    async def leave(self, space_id: str, *, token: str | None, ticket: object, now: float) -> bool:
+        return self.admission.leave(space_id, token=token, ticket=ticket, now=now)
+
+    async def seat_held(self, token: Token, now: float) -> bool:
+        return self.admission.seat_held(token.space_id, token.seat)
+
+    async def counts(self, space_id: str) -> SpaceCounts:
+        return self.admission.counts(space_id)
+
+    def known_counts(self, space_id: str) -> SpaceCounts:
+        return self.admission.counts(space_id)
+
+    async def promote(self, now: float) -> float | None:
+        return self.admission.promote(now)
+
+    async def sweep(self, now: float) -> int:
+        return self.admission.sweep(now)
+
+    async def draw(self, space_id: str) -> int:
+        return self.admission.draw(space_id)
+
+    async def close_space(self, space_id: str) -> None:
+        self.admission.close_space(space_id)
+
+    async def take(self, key: str, rate: float, burst: int, now: float) -> float:
+        return take(self._limits, key, rate, burst, now)
+
+
+def take(limits: dict[str, Gcra], key: str, rate: float, burst: int, now: float) -> float:
+    """``Store.take`` on a dict of budgets in memory, bounded: the idle ones are forgotten."""
+    gcra = limits.get(key)
+    if gcra is None:
+        if len(limits) >= MAX_LIMITERS:
+            for k in [k for k, g in limits.items() if g.wait(now) == 0.0]:
+                del limits[k]
+        gcra = limits[key] = Gcra(rate, burst)
+    return 0.0 if gcra.take(now) else gcra.wait(now)
