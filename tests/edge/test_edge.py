@@ -164,6 +164,7 @@ def test_killing_an_edge_moves_its_listeners_to_the_others(tier: Tier, tmp_path)
     assert proc.returncode == 0, output.decode(errors="replace")
     r = json.loads(out.read_text())
     assert r["edge_switches"] >= 30  # about a third of 150 were on the killed edge
+    assert r["edge_recovery_max_s"] is not None and r["edge_recovery_max_s"] <= 10  # back within 10 s
     assert r["with_audio"] == 150 and r["failed"] == 0
     assert r["outcomes"].get("done", 0) + r["outcomes"].get("playing", 0) == 150
     assert during <= 2 * normal + 2, (normal, during)

@@ -56,7 +56,7 @@ class GiveUp(Exception):
 
 
 class Listener:
-    __slots__ = ("swarm", "session", "rng", "conn", "source", "media", "edges", "state", "buffer", "arrived", "answered", "admitted_at",
+    __slots__ = ("swarm", "session", "rng", "conn", "source", "media", "edges", "edge_lost_at", "state", "buffer", "arrived", "answered", "admitted_at",
                  "first_audio", "waited", "token", "ticket", "renew_at", "path", "failures", "outcome", "dropped")
 
     def __init__(self, swarm: Swarm, session: Session, rng: random.Random) -> None:
@@ -69,6 +69,7 @@ class Listener:
         self.conn = Connection(host, port, source=source)  # the API (joins, renewals) and, unless sent to an edge, media
         self.media = self.conn  # where the playlist, parts and segments come from
         self.edges: list[tuple[str, int]] = []  # edge caches the node named for media (docs/edge.md)
+        self.edge_lost_at: float | None = None  # when the current edge stopped answering
         self.state = "new"
         self.buffer: PlaybackBuffer | None = None
         self.arrived = 0.0
@@ -252,6 +253,8 @@ class Listener:
         if others:
             self._media_at(*self.rng.choice(others))
             self.swarm.edge_switches += 1
+            if self.edge_lost_at is None:
+                self.edge_lost_at = time.time()
 
     def _admitted(self, now: float) -> None:
         if self.admitted_at is None:
@@ -299,6 +302,9 @@ class Listener:
                 self._other_edge()
                 raise
             if resp.status == 200:
+                if self.edge_lost_at is not None:
+                    self.swarm.edge_recovery.add(time.time() - self.edge_lost_at)
+                    self.edge_lost_at = None
                 return resp
             if resp.status in (301, 302, 307, 308) and "location" in resp.headers:
                 loc = resp.headers["location"]

@@ -269,7 +269,7 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
     cfg = opts.cfg
     outcomes: Counter[str] = Counter()
     errors: Counter[str] = Counter()
-    hists = {k: Histogram() for k in ("join", "audio", "latency", "admit_wait", "lag")}
+    hists = {k: Histogram() for k in ("join", "audio", "latency", "admit_wait", "lag", "edge_recovery")}
     totals: Counter[str] = Counter()
     for f in finals:
         outcomes.update(f["outcomes"])
@@ -315,6 +315,8 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         "join_p99_s": rounded(hists["join"].quantile(0.99), 4),
         "join_max_s": rounded(hists["join"].max if hists["join"].n else None, 4),
         "admit_wait_p99_s": rounded(hists["admit_wait"].quantile(0.99), 4),
+        "edge_recovery_p99_s": rounded(hists["edge_recovery"].quantile(0.99), 3),  # lost edge -> media again
+        "edge_recovery_max_s": rounded(hists["edge_recovery"].max, 3) if hists["edge_recovery"].n else None,
         "first_audio_p50_s": rounded(hists["audio"].quantile(0.5), 4),
         "first_audio_p99_s": rounded(hists["audio"].quantile(0.99), 4),
         "stalled_listeners": totals["stalled_listeners"],

@@ -55,6 +55,7 @@ class Swarm:
         self.errors: Counter[str] = Counter()
         self.join_hist, self.audio_hist, self.latency = Histogram(), Histogram(), Histogram()
         self.admit_wait = Histogram()  # arrival -> admitted
+        self.edge_recovery = Histogram()  # an edge stopped answering -> media again from another
         self.tick_join, self.tick_audio = Histogram(), Histogram()
         self.lag = Histogram()
         self.lag_max = 0.0
@@ -174,6 +175,7 @@ class Swarm:
             "errors": dict(self.errors),
             "join": self.join_hist.to_dict(), "audio": self.audio_hist.to_dict(),
             "latency": self.latency.to_dict(), "admit_wait": self.admit_wait.to_dict(), "lag": self.lag.to_dict(),
+            "edge_recovery": self.edge_recovery.to_dict(),
             "cpu_s": time.process_time(), "send_s": self.send_s,
             "pow_solved": self.pow_solved, "pow_s": self.pow_s,
         }
