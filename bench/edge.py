@@ -1,7 +1,8 @@
 """The edge tier: which HTTP cache to build it on, and does the origin stay flat?
 
     .venv/bin/python bench/edge.py [--choice 1000] [--sizes 1000,5000,10000,20000] [--edges 3] \\
-        [--duration 40] [--ramp 10] [--procs 2] [--json bench/out/edge.json] [--plot bench/out/edge.png]
+        [--failover 3000] [--duration 40] [--ramp 10] [--procs 2] [--json bench/out/edge.json] \\
+        [--plot bench/out/edge.png]
 
 1. **Engine choice** (``--choice N``): N LL-HLS listeners (``amphi loadtest``, parts +
    blocking reloads + preload-hinted parts) against the same origin three ways: directly,
@@ -17,7 +18,13 @@
 
 The generator shares this machine's 2 cores with the origin and the edges: at the largest
 sizes it is the bottleneck (its own CPU and lag are printed), which can only make listeners
-slower, never the origin busier. Everything binds 127.0.0.1 and stops by itself.
+slower, never the origin busier.
+3. **Failover** (``--failover N``): N listeners over 3 edges (1k each at the default), one edge
+   ``kill -9``-ed in the steady part: its listeners' time from losing it to media from another
+   (target <= 10 s, the loadtest's ``edge_recovery_max_s``), and the origin's request rate in the
+   10 s after the kill against the 8 s before (target <= 2x).
+
+Everything binds 127.0.0.1 and stops by itself.
 """
 
 from __future__ import annotations
@@ -210,6 +217,44 @@ def flat(args: argparse.Namespace, work: Path) -> dict[str, dict[str, object]]:
     return results
 
 
+def failover(args: argparse.Namespace, work: Path) -> dict[str, object]:
+    """``--failover N`` listeners over 3 edges; ``kill -9`` of one mid-run: how fast its
+    listeners are back on the others, and the origin's request rate before and during."""
+    n = args.failover
+    print(f"failover: {n} listeners over 3 edges, one killed ...", file=sys.stderr, flush=True)
+
+    def go(node: NodeProcess, space: str, ports: list[int]) -> dict[str, object]:
+        edges = [varnish_edge(f"edge{i + 1}", node.url, work / f"fail-{i}", p) for i, p in enumerate(ports)]
+        out = work / "failover.json"
+        cmd = amphi_command("loadtest", "--server", node.url, "--space", space, "--listeners", str(n),
+                            "--profile", "ramp", "--ramp", str(args.ramp), "--duration", str(args.duration),
+                            "--procs", str(args.procs), "--json", str(out), "--quiet", "--server-pid", str(node.pid))
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            time.sleep(args.ramp + 5)
+            r0, t0 = origin_requests(node.url), time.monotonic()
+            time.sleep(8)
+            r1, t1 = origin_requests(node.url), time.monotonic()
+            edges[0].kill()
+            time.sleep(10)
+            r2, t2 = origin_requests(node.url), time.monotonic()
+            output, _ = proc.communicate(timeout=args.duration + 120)
+        finally:
+            if proc.poll() is None:
+                kill_group(proc, 5)
+            for e in edges:
+                e.stop()
+        if proc.returncode != 0:
+            raise RuntimeError(f"loadtest failed:\n{output.decode(errors='replace')[-2000:]}")
+        r = json.loads(out.read_text())
+        return {"listeners": n, "edge_switches": r["edge_switches"], "edge_recovery_p99_s": r["edge_recovery_p99_s"],
+                "edge_recovery_max_s": r["edge_recovery_max_s"], "with_audio": r["with_audio"], "failed": r["failed"],
+                "stalled_listeners": r["stalled_listeners"], "origin_req_per_s_before": round((r1 - r0) / (t1 - t0), 2),
+                "origin_req_per_s_during": round((r2 - r1) / (t2 - t1), 2)}
+
+    return with_origin(3, go)
+
+
 def report(res: dict[str, dict[str, dict[str, object]]], args: argparse.Namespace) -> int:
     ok = True
     if "choice" in res:
@@ -234,7 +279,14 @@ def report(res: dict[str, dict[str, dict[str, object]]], args: argparse.Namespac
                   f"{r['origin_cpu_pct']:>14}{r['edge_cpu_pct']:>13}{r['stalled_listeners']:>9}"
                   f"{r['latency_p99_s']:>9}{r['generator_cpu_pct']:>11}")
             ok &= abs(dev) <= 0.10
-    print(f"\ntargets {'met' if ok else 'MISSED'}: added p99 <= 100 ms (Varnish), origin rate within +-10 %")
+    if "failover" in res:
+        f = res["failover"]
+        print(f"\nFailover, {f['listeners']} listeners over 3 edges, one killed: {f['edge_switches']} moved, back within "
+              f"p99 {f['edge_recovery_p99_s']} s / max {f['edge_recovery_max_s']} s; origin {f['origin_req_per_s_before']} "
+              f"req/s before, {f['origin_req_per_s_during']} during; {f['failed']} failed, {f['stalled_listeners']} stalled")
+        ok &= (f["edge_recovery_max_s"] or 99) <= 10 and f["origin_req_per_s_during"] <= 2 * f["origin_req_per_s_before"]  # type: ignore[operator]
+    print(f"\ntargets {'met' if ok else 'MISSED'}: added p99 <= 100 ms (Varnish), origin rate within +-10 %, "
+          "failover back within 10 s with the origin <= 2x")
     return 0 if ok else 1
 
 
@@ -273,6 +325,7 @@ def main() -> int:
     p.add_argument("--choice", type=int, default=1000, help="listeners for the engine choice; 0 skips it")
     p.add_argument("--sizes", default="1000,5000,10000,20000", help="audience sizes for the flat-origin run; '' skips")
     p.add_argument("--edges", type=int, default=3)
+    p.add_argument("--failover", type=int, default=3000, help="listeners for the edge-kill run (1k per edge); 0 skips")
     p.add_argument("--duration", type=float, default=40.0)
     p.add_argument("--ramp", type=float, default=10.0)
     p.add_argument("--procs", type=int, default=2)
@@ -289,6 +342,8 @@ def main() -> int:
             res["choice"] = choice(args, work)
         if args.sizes:
             res["flat"] = flat(args, work)
+        if args.failover:
+            res["failover"] = failover(args, work)  # type: ignore[assignment]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
