@@ -67,6 +67,7 @@ class Node:
         self.governor = Governor(cfg.admission)
         self.shield = Shield(cfg.defense, self.signer, self.registry.known)  # defense (docs/defense.md)
         self.shield.on_space_verdict = self.obs.detector  # obs: detector changes are events, with evidence
+        self.shield.media_elsewhere = bool(cfg.edges)  # behind edges the node does not see listeners' media
         self._admission_changed = asyncio.Event()
         self._join_times: list[float] = []  # answer times in the current health period
         self._loop_lag = 0.0  # worst in the current health period

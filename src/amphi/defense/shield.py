@@ -92,6 +92,9 @@ class Shield:
             raise ValueError(f"pow mode must be one of {', '.join(POW_MODES)}")
         self.cfg = cfg
         self._known = known  # is this a Space id the node has? (per-Space tables stay bounded)
+        # True when listeners fetch media from edges (amphi serve --edge): the node never sees an admitted
+        # listener come back, so admitted joins are not followed up (waiting ones still are: they poll here)
+        self.media_elsewhere = False
         # a Space's verdict changed: (space, label, evidence); default: a log line
         self.on_space_verdict: Callable[[str, str, dict[str, Any]], None] | None = None
         self._rng = rng or random.Random()
@@ -194,7 +197,7 @@ class Shield:
         """A fresh light join got its answer: expect it back."""
         if not light:
             return
-        if status == 200 and isinstance(token := answer.get("token"), str):
+        if status == 200 and not self.media_elsewhere and isinstance(token := answer.get("token"), str):
             self._expect(f"s{token.split('.', 1)[0][1:]}", space_id, now + self.cfg.follow_up_s)
         elif status == 202 and isinstance(ticket := answer.get("ticket"), str):
             retry = answer.get("retry_after_s")
