@@ -81,6 +81,19 @@ def test_nobody_jumps_the_line_even_when_a_seat_is_free() -> None:
     assert isinstance(late, Waiting) and late.position == 2
 
 
+def test_under_degradation_new_joins_queue_but_the_line_keeps_moving_under_the_limit() -> None:
+    adm = make(max_listeners=10)
+    adm.paused = True  # rung 1 of the ladder
+    answers = [adm.join("s", T0) for _ in range(4)]
+    assert all(isinstance(a, Waiting) for a in answers)  # nobody seated straight away ...
+    adm.promote(T0)
+    assert adm.counts("s").reserved == 4 and adm.waiting == 0  # ... but the line is not frozen
+    adm.limit = 4  # the AIMD limit is the brake
+    late = adm.join("s", T0)
+    adm.promote(T0)
+    assert isinstance(late, Waiting) and adm.waiting == 1
+
+
 def test_the_rate_turns_a_stampede_into_a_ramp() -> None:
     adm = make(max_listeners=1000, admit_rate_per_s=10.0, admit_burst=5)
     answers = [adm.join("s", T0) for _ in range(100)]

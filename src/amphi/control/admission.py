@@ -206,7 +206,7 @@ class Admission:
         self.rng = rng or random.Random()
         self.gcra = Gcra(cfg.admit_rate_per_s, cfg.admit_burst)
         self.limit = cfg.max_listeners  # set by the health loop, within [min, max]
-        self.paused = False  # degradation: every new join waits
+        self.paused = False  # degradation: every new join waits in line (the line still moves under the limit)
         self._seats: dict[str, Seat] = {}
         self._seat_heap: list[tuple[float, str]] = []
         self._entries: dict[int, Entry] = {}
@@ -321,7 +321,7 @@ class Admission:
         """Offers free seats to the heads of the lines, as the rate allows. Returns the
         seconds until the next seat can be offered, or None if there is nothing to do
         until a seat frees or someone joins."""
-        while self._waiting_total and not self.paused and self.occupied < self.limit:
+        while self._waiting_total and self.occupied < self.limit:  # paused or not: the limit is the brake
             wait = self.gcra.wait(now)
             if wait > 0:
                 return wait
@@ -516,8 +516,6 @@ class Admission:
         """Seconds until ``position`` is seated, from what is measured: the admission rate
         while enough seats are free, else how fast the line has been moving; None when it
         has not moved (a full room nobody leaves): no number is better than a made-up one."""
-        if self.paused:
-            return None
         free = max(0, self.limit - self.occupied)
         if position <= free:
             return round(self.gcra.wait(now) + position / self.gcra.rate, 1)

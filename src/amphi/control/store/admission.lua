@@ -185,7 +185,6 @@ local function drop_entry(eid)
 end
 
 local function estimate(position)
-  if paused then return nil end
   local free = math.max(0, limit - occupied())
   if position <= free then return round1(gcra_wait() + position / rate) end
   redis.call('ZREMRANGEBYSCORE', P .. 'served', '-inf', now - window)
@@ -303,7 +302,7 @@ elseif op == 'promote' then
   -- offers free seats to the heads of the lines as the rate allows (at most 1000 a call)
   result = {cjson.null}
   local offered = 0
-  while offered < 1000 and waiting_total() > 0 and not paused and occupied() < limit do
+  while offered < 1000 and waiting_total() > 0 and occupied() < limit do  -- paused or not: the limit is the brake
     local wait = gcra_wait()
     if wait > 0 then
       result = {wait}
