@@ -123,16 +123,30 @@ http {{
             kill_group(self.proc, 5)
 
 
+def procs_for(listeners: int, procs: int) -> int:
+    """Generator processes: each listener holds two sockets (API, edge) and a process may hold
+    RLIMIT_NOFILE of them (20,000 here, hard), so 20k listeners need more than two."""
+    import resource
+
+    per_process = max(1000, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 500) // 2)
+    return max(procs, -(-listeners // per_process))
+
+
 def origin_requests(url: str) -> int:
     return int(httpx.get(f"{url}/api/node", timeout=10).json()["origin"]["requests"])
 
 
 def audience(origin: NodeProcess, space: str, size: int, args: argparse.Namespace, edge_pids: list[int],
-             out: Path) -> dict[str, object]:
-    """One loadtest run; the origin's media request rate and each side's CPU over the steady part."""
+             out: Path, player: str = "ll") -> dict[str, object]:
+    """One loadtest run; the origin's media request rate and each side's CPU over the steady part.
+    Arrivals are spread over at least size/400 s: one node on these 2 cores answers a few
+    hundred fresh joins a second next to everything else, and this run is about media."""
+    args = argparse.Namespace(**{**vars(args), "ramp": max(args.ramp, size / 400)})
+    args.duration = max(args.duration, args.ramp + 30)
     cmd = amphi_command("loadtest", "--server", origin.url, "--space", space,
            "--listeners", str(size), "--profile", "ramp", "--ramp", str(args.ramp), "--duration", str(args.duration),
-           "--procs", str(args.procs), "--json", str(out), "--quiet", "--server-pid", str(origin.pid))
+           "--procs", str(procs_for(size, args.procs)), "--json", str(out), "--quiet", "--server-pid", str(origin.pid),
+           "--player", player)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         t_start = time.monotonic()
@@ -207,7 +221,7 @@ def flat(args: argparse.Namespace, work: Path) -> dict[str, dict[str, object]]:
             edges = [varnish_edge(f"edge{i + 1}", node.url, work / f"flat{size}-{i}", p) for i, p in enumerate(ports)]
             try:
                 return audience(node, space, size, args, [e.proc.pid for e in edges if e.proc],
-                                work / f"flat{size}.json")
+                                work / f"flat{size}.json", args.flat_player)
             finally:
                 for e in edges:
                     e.stop()
@@ -228,7 +242,8 @@ def failover(args: argparse.Namespace, work: Path) -> dict[str, object]:
         out = work / "failover.json"
         cmd = amphi_command("loadtest", "--server", node.url, "--space", space, "--listeners", str(n),
                             "--profile", "ramp", "--ramp", str(args.ramp), "--duration", str(args.duration),
-                            "--procs", str(args.procs), "--json", str(out), "--quiet", "--server-pid", str(node.pid))
+                            "--procs", str(procs_for(n, args.procs)), "--json", str(out), "--quiet",
+                            "--server-pid", str(node.pid))
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             time.sleep(args.ramp + 5)
@@ -270,14 +285,14 @@ def report(res: dict[str, dict[str, dict[str, object]]], args: argparse.Namespac
     if "flat" in res:
         rates = [r["origin_media_req_per_s"] for r in res["flat"].values()]
         mean = sum(rates) / len(rates)  # type: ignore[arg-type]
-        print(f"\nFlat origin, {args.edges} Varnish edges:")
+        print(f"\nFlat origin, {args.edges} Varnish edges, {args.flat_player} players:")
         print(f"{'listeners':>10}{'listener req/s':>16}{'origin req/s':>14}{'vs mean':>9}{'origin CPU %':>14}"
               f"{'edges CPU %':>13}{'stalled':>9}{'lat p99':>9}{'gen CPU %':>11}")
         for size, r in res["flat"].items():
             dev = r["origin_media_req_per_s"] / mean - 1  # type: ignore[operator]
             print(f"{size:>10}{r['listener_req_per_s']:>16}{r['origin_media_req_per_s']:>14}{dev:>+9.1%}"
                   f"{r['origin_cpu_pct']:>14}{r['edge_cpu_pct']:>13}{r['stalled_listeners']:>9}"
-                  f"{r['latency_p99_s']:>9}{r['generator_cpu_pct']:>11}")
+                  f"{str(r['latency_p99_s']):>9}{r['generator_cpu_pct']:>11}")
             ok &= abs(dev) <= 0.10
     if "failover" in res:
         f = res["failover"]
@@ -325,6 +340,9 @@ def main() -> int:
     p.add_argument("--choice", type=int, default=1000, help="listeners for the engine choice; 0 skips it")
     p.add_argument("--sizes", default="1000,5000,10000,20000", help="audience sizes for the flat-origin run; '' skips")
     p.add_argument("--edges", type=int, default=3)
+    p.add_argument("--flat-player", choices=("ll", "segments"), default="segments",
+                   help="the flat-origin run's players: whole segments (default: 20k LL-HLS listeners need more "
+                        "than this machine's 2 cores for the generator and the edges) or LL-HLS parts")
     p.add_argument("--failover", type=int, default=3000, help="listeners for the edge-kill run (1k per edge); 0 skips")
     p.add_argument("--duration", type=float, default=40.0)
     p.add_argument("--ramp", type=float, default=10.0)

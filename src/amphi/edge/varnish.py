@@ -22,9 +22,10 @@ PARAMS = {
     # closed after this (s): slowloris, and keep-alive connections nobody uses
     "send_timeout": "15",  # a response must be sent within this (s): slow readers
     "idle_send_timeout": "5",  # no progress writing to a client for this long: cut (s)
-    "thread_pool_min": "50",
-    "thread_pool_max": "4000",
+    "thread_pool_min": "200",  # per pool: a surge does not wait for threads to be made one by one
+    "thread_pool_max": "5000",
     "thread_pools": "2",
+    "thread_queue_limit": "1000",  # sessions waiting for a thread before the edge drops new ones
     "http_resp_hdr_len": "16k",
     "max_restarts": "2",
 }
