@@ -19,7 +19,7 @@
 The generator shares this machine's 2 cores with the origin and the edges: at the largest
 sizes it is the bottleneck (its own CPU and lag are printed), which can only make listeners
 slower, never the origin busier.
-3. **Failover** (``--failover N``): N listeners over 3 edges (1k each at the default), one edge
+3. **Failover** (``--failover N``): N listeners (``--flat-player``) over 3 edges (1k each at the default), one edge
    ``kill -9``-ed in the steady part: its listeners' time from losing it to media from another
    (target <= 10 s, the loadtest's ``edge_recovery_max_s``), and the origin's request rate in the
    10 s after the kill against the 8 s before (target <= 2x).
@@ -243,7 +243,7 @@ def failover(args: argparse.Namespace, work: Path) -> dict[str, object]:
         cmd = amphi_command("loadtest", "--server", node.url, "--space", space, "--listeners", str(n),
                             "--profile", "ramp", "--ramp", str(args.ramp), "--duration", str(args.duration),
                             "--procs", str(procs_for(n, args.procs)), "--json", str(out), "--quiet",
-                            "--server-pid", str(node.pid))
+                            "--server-pid", str(node.pid), "--player", args.flat_player)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             time.sleep(args.ramp + 5)

@@ -56,7 +56,7 @@ class GiveUp(Exception):
 
 
 class Listener:
-    __slots__ = ("swarm", "session", "rng", "conn", "source", "media", "edges", "edge_lost_at", "state", "buffer", "arrived", "answered", "admitted_at",
+    __slots__ = ("swarm", "session", "rng", "conn", "source", "media", "edges", "edge_lost", "edge_lost_at", "state", "buffer", "arrived", "answered", "admitted_at",
                  "first_audio", "waited", "token", "ticket", "renew_at", "path", "failures", "outcome", "dropped")
 
     def __init__(self, swarm: Swarm, session: Session, rng: random.Random) -> None:
@@ -70,6 +70,7 @@ class Listener:
         self.media = self.conn  # where the playlist, parts and segments come from
         self.edges: list[tuple[str, int]] = []  # edge caches the node named for media (docs/edge.md)
         self.edge_lost_at: float | None = None  # when the current edge stopped answering
+        self.edge_lost: tuple[str, int] | None = None  # the edge that failed last
         self.state = "new"
         self.buffer: PlaybackBuffer | None = None
         self.arrived = 0.0
@@ -238,6 +239,8 @@ class Listener:
         host, port, self.path = split_url(str(answer["playlist"]))
         self.renew_at = time.time() + float(answer.get("renew_after_s") or 30.0)  # type: ignore[arg-type]
         self.edges = [split_url(str(e))[:2] for e in answer.get("edges") or ()]  # type: ignore[attr-defined]
+        if (self.media.host, self.media.port) in self.edges:
+            return  # a renewal: stay on the edge we play from (the node names the next one in turn)
         if (host, port) != (self.media.host, self.media.port):
             self._media_at(host, port)
 
@@ -249,7 +252,9 @@ class Listener:
 
     def _other_edge(self) -> None:
         """The edge stopped answering: the next attempt goes to another one, at random."""
-        others = [e for e in self.edges if e != (self.media.host, self.media.port)]
+        lost = (self.media.host, self.media.port)
+        others = [e for e in self.edges if e != lost and e != self.edge_lost]
+        self.edge_lost = lost  # not straight back to the one that just failed
         if others:
             self._media_at(*self.rng.choice(others))
             self.swarm.edge_switches += 1
