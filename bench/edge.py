@@ -319,7 +319,7 @@ def plot(res: dict[str, dict[str, dict[str, object]]], path: str) -> None:
         axes[0].set_xscale("log")
         axes[0].set_yscale("log")
         axes[0].set_xlabel("listeners")
-        axes[0].set_title("Origin load stays flat behind the edges")
+        axes[0].set_title("Request rates behind the edges: listeners vs origin")
         axes[0].legend()
     if "choice" in res:
         names = list(res["choice"])
