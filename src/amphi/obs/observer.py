@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psutil
 
 from amphi.control.admission import SpaceCounts
-from amphi.control.store.redis import RedisStore
 from amphi.obs import logging as obs_logging
 from amphi.obs.feed import Feed
 from amphi.obs.metrics import Metrics, NodeGauges, SpaceGauges, quantile
@@ -188,18 +187,13 @@ class Observer:
     # -- sampling --------------------------------------------------------------------------------
 
     def _counts(self, space_id: str) -> SpaceCounts:
-        """A Space's counters: straight from the node's admission, or with --redis as last
-        fetched from the store by the sampler (scrapes and samples never wait on Redis)."""
-        store = self.node.store
-        return store.known_counts(space_id) if isinstance(store, RedisStore) else self.node.admission.counts(space_id)
+        """A Space's counters without waiting (scrapes and samples never wait on Redis): exact
+        on one node; with --redis, as the store's heartbeat last fetched them."""
+        return self.node.store.known_counts(space_id)
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(SAMPLE_PERIOD_S)
-            if isinstance(self.node.store, RedisStore):
-                for space in self.node.registry.all():
-                    if space.state.value != "ended":
-                        await self.node.store.counts(space.id)  # refreshes known_counts; Redis away: the last known
             self.sample(time.time())
 
     def sample(self, now: float) -> None:
