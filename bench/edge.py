@@ -54,8 +54,7 @@ SETTLE_S = 5.0
 
 
 def varnish_edge(name: str, origin_url: str, workdir: Path, port: int) -> Edge:
-    spec = EdgeSpec(name=name, credential=Signer(SECRET.encode()).edge_credential(name), secret=SECRET,
-                    origins=(Backend.parse("origin", origin_url),), media_rate=0, join_rate=0)
+    spec = EdgeSpec.signed(name, SECRET, (Backend.parse("origin", origin_url),), media_rate=0, join_rate=0)
     return Edge(spec, workdir, HOST, port).start()
 
 

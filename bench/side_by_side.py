@@ -216,7 +216,6 @@ http {{
 def behind_edge(size: int, args: argparse.Namespace, player: str, go) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """The node with one Varnish edge in front (``amphi edge``): listeners join at the node and
     fetch media from the edge; server CPU and memory are the node's plus the edge's."""
-    from amphi.control.tokens import Signer
     from amphi.edge.varnish import Edge
     from amphi.edge.vcl import Backend, EdgeSpec
 
@@ -225,8 +224,7 @@ def behind_edge(size: int, args: argparse.Namespace, player: str, go) -> dict[st
     node = NodeProcess(args=["--max-listeners", str(max(size, 10_000)), "--admit-rate", "2000",
                              "--edge", f"http://{HOST}:{port}"])
     with node:
-        spec = EdgeSpec(name="edge1", credential=Signer(secret.encode()).edge_credential("edge1"), secret=secret,
-                        origins=(Backend.parse("origin", node.url),), media_rate=0, join_rate=0)
+        spec = EdgeSpec.signed("edge1", secret, (Backend.parse("origin", node.url),), media_rate=0, join_rate=0)
         edge = Edge(spec, node.dir / "edge", HOST, port).start()
         try:
             space = start_space(node.url, "side by side", join=False)

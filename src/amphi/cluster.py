@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from amphi.control.tokens import Signer, new_secret
+from amphi.control.tokens import new_secret
 from amphi.core.errors import Unavailable
 from amphi.edge.varnish import Edge
 from amphi.edge.vcl import Backend, EdgeSpec
@@ -125,8 +125,7 @@ def up(plan: Plan, say=print) -> Running:  # type: ignore[no-untyped-def]
             say(f"node {name}    {url(port)}")
         origins = tuple(Backend.parse(f"n{i + 1}", url(p)) for i, p in enumerate(ports["nodes"]))
         for name, port in [*((f"edge{i + 1}", p) for i, p in enumerate(ports["edges"])), ("entry", ports["entry"][0])]:
-            spec = EdgeSpec(name=name, credential=Signer(secret.encode()).edge_credential(name), secret=secret,
-                            origins=origins, media_rate=plan.media_rate)
+            spec = EdgeSpec.signed(name, secret, origins, media_rate=plan.media_rate)
             edge = Edge(spec, plan.dir / name, HOST, port).start()
             assert edge.proc is not None
             run.pids.append(edge.proc.pid)

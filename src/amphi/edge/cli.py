@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from amphi.control.tokens import Signer
 from amphi.edge.vcl import Backend, EdgeSpec, render
 
 
@@ -56,9 +55,8 @@ def spec_from(name: str, origins: tuple[str, ...], api: tuple[str, ...], secret_
               media_rate: int, join_rate: int) -> EdgeSpec:
     secret = _secret(secret_file)
     try:
-        return EdgeSpec(name=name, credential=Signer(secret.encode()).edge_credential(name), secret=secret,
-                        origins=_backends(origins, "origin"), api=_backends(api, "api"),
-                        media_rate=media_rate, join_rate=join_rate)
+        return EdgeSpec.signed(name, secret, _backends(origins, "origin"), api=_backends(api, "api"),
+                               media_rate=media_rate, join_rate=join_rate)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
 

@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from amphi.control.tokens import Signer
+
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
@@ -58,6 +60,12 @@ class EdgeSpec:
     media_ttl_cap_s: int = 120  # parts and segments are immutable, but only wanted near the live edge
     error_ttl_s: float = 0.5  # errors from the origin are kept this long
     probe_interval_s: float = 1.0  # origins and API nodes are probed this often (GET /api/node)
+
+    @classmethod
+    def signed(cls, name: str, secret: str, origins: tuple[Backend, ...], **options: object) -> EdgeSpec:
+        """An edge of the cluster whose nodes share ``secret``: its credential is made with it."""
+        return cls(name=name, credential=Signer(secret.encode()).edge_credential(name), secret=secret,
+                   origins=origins, **options)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
