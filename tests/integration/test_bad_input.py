@@ -35,7 +35,15 @@ def test_errors_are_specific_and_the_program_goes_on(amphi) -> None:
     err(http.post("/api/spaces", json=["a list"]), 400, "malformed_body")
     err(http.post("/api/spaces", json={"title": ""}), 400, "malformed_body")
     err(http.post("/api/spaces", json={"title": "x", "starts_at": "soon"}), 400, "malformed_body")
-    err(http.post("/api/spaces", content=b'{"title": "' + b"x" * 100_000 + b'"}'), 413, "payload_too_large")
+    too_big = http.post("/api/spaces", content=b'{"title": "' + b"x" * 100_000 + b'"}')
+    err(too_big, 413, "payload_too_large")
+    # The unread body leaves the connection unusable: the answer says so, or a client reusing
+    # the socket meets "Server disconnected" on its next request (the requests below reuse it).
+    assert too_big.headers["connection"] == "close"
+    refused = http.post(f"/api/spaces/{space}/speak", content=b"v=0\r\n" + b"x" * 60_000,
+                        headers={"content-type": "application/sdp"})
+    err(refused, 401, "unauthorized")
+    assert refused.headers["connection"] == "close"
     sdp = {"authorization": f"Bearer {key}", "content-type": "application/sdp"}
     err(http.post(f"/api/spaces/{space}/speak", content=b"hello", headers=sdp), 400, "invalid_sdp")
     err(http.post(f"/api/spaces/{space}/speak", content=b"\xff\xfe", headers=sdp), 400, "invalid_sdp")

@@ -34,16 +34,19 @@ async def respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], b
 
 
 async def send_json(send: Send, status: int, obj: object, *, retry_after_s: float | None = None,
-                    head_only: bool = False) -> None:
+                    head_only: bool = False, close: bool = False) -> None:
     body = orjson.dumps(obj)
     headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS]
     if retry_after_s is not None:
         headers.append((b"retry-after", retry_after_value(retry_after_s).encode()))
+    if close:
+        headers.append((b"connection", b"close"))
     await respond(send, status, headers, b"" if head_only else body, len(body))
 
 
 async def send_error(send: Send, err: AmphiError, *, head_only: bool = False) -> None:
-    await send_json(send, err.status, err.to_json(), retry_after_s=err.retry_after_s, head_only=head_only)
+    await send_json(send, err.status, err.to_json(), retry_after_s=err.retry_after_s, head_only=head_only,
+                    close=err.closes_connection)
 
 
 def bearer(authorization: str | None, access_token: str | None = None) -> str | None:
