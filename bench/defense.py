@@ -1,19 +1,23 @@
 """Defense: are admitted listeners kept whole and legit joins answered while floods run, and
 does the detector tell a surge from an attack? (docs/defense.md)
 
-    .venv/bin/python bench/defense.py [--only flood,slowloris,detector] [--listeners 2000]
-        [--legit-ramp 40] [--slowloris 5000] [--pow-bits 8] [--json OUT] [--plot OUT.png]
+    .venv/bin/python bench/defense.py [--only cost,flood,slowloris,detector] [--listeners 2000]
+        [--legit-ramp 40] [--flood-via edge|node] [--player ll|segments] [--slowloris 5000]
+        [--pow-bits 8] [--cost-seconds 8] [--json OUT] [--plot OUT.png]
 
 Each scenario starts its own ``amphi serve`` on a free 127.0.0.1 port (a fresh detector),
 puts one Space live and drives it with ``amphi loadtest`` subprocesses (real HTTP, attackers
 from 127.200.0.0/16, listeners each from its own 127.x.y.z), while this process reads the
 Space's status (the detector's label) twice a second.
 
+(cost) a refusal vs an admission, in node CPU per join over HTTP (wrk; see scenario_cost).
 (a) flood: ``--listeners`` join over ``--legit-ramp`` s and stay; from a quarter of the way in,
     a join flood at 10x the legit join rate and a bad-token media flood at the same rate, for
-    half the ramp. Bars: 0 stalls among admitted listeners, legit join answers p99 <= 1 s,
-    every attack request refused once the detector has switched the proof of work on (before
-    that, flood joins are answered like anyone's: the table says how many).
+    half the ramp. By default everyone meets one Varnish edge in front of the node, as in
+    production (``--flood-via node``: the node alone): media and bad tokens stop at the edge,
+    joins pass through it to the node. Bars: every listener admitted with 0 stalls, legit join
+    answers p99 <= 1 s, every bad token refused, and at most 1 % of the flood's joins let
+    through (suspect addresses must solve the proof of work before any verdict).
 (b) slowloris: ``--slowloris`` sockets held open with unfinished request heads (reopened as the
     node cuts them), while 200 listeners join. Bar: join answers p99 <= 1 s.
 (c) detector: normal (a trickle), surge (1,500 listeners in 5 s), attack (a join flood alone),
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,14 +47,21 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import NodeProcess, amphi_command, kill_group, run, start_space  # noqa: E402
+from harness import HOST, NodeProcess, amphi_command, free_port, kill_group, run, start_space  # noqa: E402
+
+from amphi.edge.varnish import Edge  # noqa: E402
+from amphi.edge.vcl import Backend, EdgeSpec  # noqa: E402
+from amphi.loadtest.machine import ProcessCpu  # noqa: E402
 
 ONSET_LIMIT_S = 10.0
+SECRET = "d" * 64  # the node's token key (AMPHI_SECRET), which the edge is given to check tokens
 LABELS = ("normal", "surge", "attack", "surge+attack")
 
 
-def loadtest(node: NodeProcess, space: str, out: Path, *args: str) -> subprocess.Popen[bytes]:
-    cmd = amphi_command("loadtest", "--server", node.url, "--space", space, "--json", str(out), "--quiet", *args)
+def loadtest(node: NodeProcess, space: str, out: Path, *args: str, server: str | None = None) -> subprocess.Popen[bytes]:
+    """``amphi loadtest`` against the node, or against ``server`` (an edge) with the node's CPU measured."""
+    target = ("--server", node.url) if server is None else ("--server", server, "--server-pid", str(node.pid))
+    cmd = amphi_command("loadtest", *target, "--space", space, "--json", str(out), "--quiet", *args)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -108,35 +120,60 @@ def scenario_flood(args: argparse.Namespace, tmp: Path) -> dict:
     flood_rate = 10 * legit_rate
     start, length = args.legit_ramp / 4, args.legit_ramp / 2
     duration = args.legit_ramp + 15
-    with NodeProcess(args=("--max-listeners", str(args.listeners * 4), "--pow-bits", str(args.pow_bits))) as node:
+    node_args = ["--max-listeners", str(args.listeners * 4), "--pow-bits", str(args.pow_bits)]
+    edge_port = free_port()
+    if args.flood_via == "edge":  # listeners and attackers meet the edge; the node trusts its X-Forwarded-For
+        node_args += ["--edge", f"http://{HOST}:{edge_port}", "--trusted-proxy", f"{HOST}/32"]
+    with NodeProcess(args=node_args) as node:
         space = start_space(node.url, "flood", join=False).id
-        with Watcher(node, space) as w:
-            legit = loadtest(node, space, tmp / "a.json", "--listeners", str(args.listeners), "--profile", "ramp",
-                             "--ramp", str(args.legit_ramp), "--duration", str(duration), "--procs", "2",
-                             "--attack", "join-flood", "--attack-rate", f"{flood_rate:g}", "--attack-start", f"{start:g}",
-                             "--attack-duration", f"{length:g}", "--attack-sources", "64")
-            bad = loadtest(node, space, tmp / "b.json", "--listeners", "0", "--duration", str(duration), "--ramp", "1",
-                           "--attack", "bad-token", "--attack-rate", f"{flood_rate:g}", "--attack-start", f"{start:g}",
-                           "--attack-duration", f"{length:g}", "--attack-sources", "64", "--seed", "2")
-            r = finish(legit, tmp / "a.json", duration + 120)
-            b = finish(bad, tmp / "b.json", 60)
+        edge = None
+        if args.flood_via == "edge":
+            spec = EdgeSpec.signed("edge1", SECRET, (Backend.parse("origin", node.url),))
+            edge = Edge(spec, tmp / "edge", HOST, edge_port).start()
+        try:
+            assert edge is None or edge.proc is not None
+            edge_cpu = ProcessCpu(edge.proc.pid) if edge is not None and edge.proc is not None else None
+            c0 = edge_cpu.cpu_s() if edge_cpu else 0.0
+            t0 = time.monotonic()
+            server = edge.url if edge is not None else None
+            with Watcher(node, space) as w:
+                legit = loadtest(node, space, tmp / "a.json", "--listeners", str(args.listeners), "--profile", "ramp",
+                                 "--ramp", str(args.legit_ramp), "--duration", str(duration), "--procs", "2",
+                                 "--player", args.player,
+                                 "--attack", "join-flood", "--attack-rate", f"{flood_rate:g}", "--attack-start",
+                                 f"{start:g}", "--attack-duration", f"{length:g}", "--attack-sources", "64",
+                                 server=server)
+                bad = loadtest(node, space, tmp / "b.json", "--listeners", "0", "--duration", str(duration), "--ramp",
+                               "1", "--attack", "bad-token", "--attack-rate", f"{flood_rate:g}", "--attack-start",
+                               f"{start:g}", "--attack-duration", f"{length:g}", "--attack-sources", "64", "--seed", "2",
+                               server=server)
+                r = finish(legit, tmp / "a.json", duration + 120)
+                b = finish(bad, tmp / "b.json", 60)
+            edge_pct = round(100 * (edge_cpu.cpu_s() - c0) / (time.monotonic() - t0), 1) if edge_cpu else None
+        finally:
+            if edge is not None:
+                edge.stop()
+        defense = httpx.get(f"{node.url}/api/node", timeout=5).json()["defense"]
         log = node.log_path.read_text()
     pow_on = w.first_with("attack", t0_of(r) + start)
     flood, tokens = r["attack"], b["attack"]
     return {
+        "via": args.flood_via, "player": args.player,
         "legit_join_rate": round(legit_rate, 1), "flood_rate": flood_rate, "listeners": args.listeners,
         "admitted": r["admitted"], "failed": r["failed"], "stalled_listeners": r["stalled_listeners"],
         "join_p99_s": r["join_p99_s"], "first_audio_p99_s": r["first_audio_p99_s"], "pow_solved": r["pow_solved"],
         "flood": flood, "bad_token": tokens, "attack_label_after_s": pow_on,
-        "server_cpu_pct": r["server_cpu_pct"], "generator_cpu_pct": r["generator_cpu_pct"],
+        "challenges_to_suspects": defense["challenges"]["to_suspects"],
+        "server_cpu_pct": r["server_cpu_pct"], "edge_cpu_pct": edge_pct, "generator_cpu_pct": r["generator_cpu_pct"],
         "other_cpu_pct": r.get("other_processes_cpu_pct"), "pow_logged": "proof of work on" in log,
         "labels": [(round(t - t0_of(r), 1), lab) for t, lab, _ in w.samples],
         "timeline": [(row["t"], row["join_p99_s"], row["stalled_now"]) for row in r["timeline"]],
         "ok": {"0 stalls": r["stalled_listeners"] == 0,
+               "every listener admitted": r["admitted"] == args.listeners,
                "legit joins answered, p99 <= 1 s": r["never_answered"] == 0 and (r["join_p99_s"] or 9) <= 1.0,
                "bad tokens all refused": tokens["accepted"] == 0 and tokens["sent"] > 0,
-               "flood refused once the PoW is on": pow_on is not None
-               and flood["by_error"].get("challenge_required", 0) > 0},
+               f"flood joins seated <= 1 % ({flood['accepted']} of {flood['sent']})":
+                   flood["sent"] > 0 and flood["accepted"] <= flood["sent"] / 100},
     }
 
 
@@ -158,43 +195,27 @@ def scenario_slowloris(args: argparse.Namespace, tmp: Path) -> dict:
 
 
 def scenario_cost(args: argparse.Namespace, tmp: Path) -> dict:
-    """In process, one core: what a refusal costs next to what an admission costs. A refusal
-    is the shield's check (address GCRA refused) plus the error's JSON; an admission is the
-    admission's decision plus its token's HMAC plus the answer's JSON."""
-    import random
+    """What a refusal costs the node next to what an admission costs, over real HTTP: wrk POSTs
+    joins to one node for ``--cost-seconds`` each way and the node's CPU seconds are divided by
+    the answers. Admissions: each join from a new address (an X-Forwarded-For the node trusts,
+    as from an edge), every one seated with a token. Refusals: every join from one address whose
+    burst is spent, refused by its GCRA before the body is read (429 address_rate_limited)."""
+    from join_rate import SERVE_ARGS, measure_http
 
-    import orjson
-
-    from amphi.control.admission import Admission
-    from amphi.control.tokens import Signer
-    from amphi.core.config import AdmissionConfig, DefenseConfig
-    from amphi.core.errors import AmphiError
-    from amphi.defense.shield import Shield
-
-    n = 50_000
-    signer = Signer(b"k" * 32)
-    shield = Shield(DefenseConfig(address_rate_per_s=1, address_burst=1), signer, known=lambda s: True,
-                    rng=random.Random(1))
-    scope = {"client": ("127.0.0.1", 1), "headers": [(b"host", b"x"), (b"content-type", b"application/json")]}
-    now = time.time()
-    shield.check_request(scope, "127.0.0.1", "S", now)
-    t = time.process_time()
-    for i in range(n):
-        try:
-            shield.check_request(scope, "127.0.0.1", "S", now)
-        except AmphiError as err:
-            orjson.dumps(err.to_json())
-    refusal = (time.process_time() - t) / n
-    adm = Admission(AdmissionConfig(max_listeners=10 * n, admit_rate_per_s=1e9, admit_burst=10 * n), signer,
-                    random.Random(1))
-    t = time.process_time()
-    for i in range(n):
-        a = adm.join("S", now + i * 1e-6)
-        orjson.dumps({"status": "admitted", "token": a.token, "expires_at": a.expires})
-    admission = (time.process_time() - t) / n
-    return {"refusal_us": round(refusal * 1e6, 2), "admission_us": round(admission * 1e6, 2),
-            "ratio": round(admission / refusal, 1),
-            "ok": {"a refusal costs far less than an admission (< 1/3)": refusal < admission / 3}}
+    wrk = argparse.Namespace(threads=1, connections=64, seconds=args.cost_seconds)
+    seats = ("--max-listeners", "10000000", "--admit-rate", "1000000", "--admit-burst", "1000000")
+    with NodeProcess(args=(*seats, *SERVE_ARGS)) as node:
+        space = start_space(node.url, "cost", join=False).id
+        admitted = measure_http(node, space, wrk)
+        refused = measure_http(node, space, wrk, client="192.0.2.1")
+    admission_us, refusal_us = 1e6 / admitted.per_cpu_s, 1e6 / refused.per_cpu_s
+    return {"admission_us": round(admission_us, 1), "refusal_us": round(refusal_us, 1),
+            "ratio": round(admission_us / refusal_us, 1),
+            "admitted": {"requests": admitted.requests, "statuses": admitted.statuses, "node_pct": admitted.node_percent},
+            "refused": {"requests": refused.requests, "statuses": refused.statuses, "node_pct": refused.node_percent},
+            "ok": {"every admission seated (200)": set(admitted.statuses) == {"200"},
+                   "refusals refused (429)": refused.statuses.get("429", 0) >= 0.95 * refused.requests,
+                   "a refusal costs the node far less than an admission (< 1/3)": refusal_us < admission_us / 3}}
 
 
 DETECTOR_SCENARIOS = {  # name: (expected label, loadtest args)
@@ -230,16 +251,17 @@ def table(results: dict) -> str:
     if "flood" in results:
         f = results["flood"]
         lines += [
-            f"(a) {f['listeners']} listeners at {f['legit_join_rate']}/s + join flood {f['flood_rate']:g}/s + bad tokens "
+            f"(a) via the {f['via']}: {f['listeners']} listeners ({f['player']} player) at {f['legit_join_rate']}/s + join flood {f['flood_rate']:g}/s + bad tokens "
             f"{f['flood_rate']:g}/s",
             f"    admitted {f['admitted']}, failed {f['failed']}, stalled {f['stalled_listeners']}, join p99 "
             f"{f['join_p99_s']} s, first audio p99 {f['first_audio_p99_s']} s, PoW solved by listeners {f['pow_solved']}",
             f"    join flood: sent {f['flood']['sent']}, refused {f['flood']['refused']} {f['flood']['by_error']}, "
-            f"answered before the PoW {f['flood']['accepted']}; labelled attack {f['attack_label_after_s']} s after onset",
+            f"let through (seated or queued) {f['flood']['accepted']}; labelled attack {f['attack_label_after_s']} s after onset",
             f"    bad tokens: sent {f['bad_token']['sent']}, refused {f['bad_token']['refused']}, accepted "
             f"{f['bad_token']['accepted']}",
-            f"    CPU: server {f['server_cpu_pct']} %, generator {f['generator_cpu_pct']} %, other processes "
-            f"{f['other_cpu_pct']} %",
+            f"    flood joins challenged as suspects before any verdict: {f['challenges_to_suspects']}",
+            f"    CPU: node {f['server_cpu_pct']} %, edge {f['edge_cpu_pct']} %, generator {f['generator_cpu_pct']} %, "
+            f"other processes {f['other_cpu_pct']} %",
         ] + [f"    [{'ok' if v else 'MISSED'}] {k}" for k, v in f["ok"].items()]
     if "slowloris" in results:
         s = results["slowloris"]
@@ -249,8 +271,10 @@ def table(results: dict) -> str:
         lines += [f"    [{'ok' if v else 'MISSED'}] {k}" for k, v in s["ok"].items()]
     if "cost" in results:
         c = results["cost"]
-        lines += [f"(cost) in process: a refusal {c['refusal_us']} us, an admission {c['admission_us']} us "
-                  f"({c['ratio']}x)"] + [f"    [{'ok' if v else 'MISSED'}] {k}" for k, v in c["ok"].items()]
+        lines += [f"(cost) node CPU per join over HTTP: an admission {c['admission_us']} us "
+                  f"({c['admitted']['requests']} answers {c['admitted']['statuses']}), a refusal {c['refusal_us']} us "
+                  f"({c['refused']['requests']} answers {c['refused']['statuses']}): {c['ratio']}x"]
+        lines += [f"    [{'ok' if v else 'MISSED'}] {k}" for k, v in c["ok"].items()]
     if "detector" in results:
         lines.append("(c) detector        expected        first seen after onset   labels seen")
         for name, d in results["detector"].items():
@@ -301,9 +325,14 @@ def main() -> int:
     ap.add_argument("--legit-ramp", type=float, default=40.0, help="seconds over which the listeners of (a) join")
     ap.add_argument("--slowloris", type=int, default=5000)
     ap.add_argument("--pow-bits", type=int, default=8)
+    ap.add_argument("--cost-seconds", type=float, default=8.0, help="(cost): wrk's run each way")
+    ap.add_argument("--flood-via", choices=("edge", "node"), default="edge",
+                    help="(a): everyone meets a Varnish edge in front of the node (default), or the node itself")
+    ap.add_argument("--player", choices=("ll", "segments"), default="ll", help="(a): the listeners' player")
     ap.add_argument("--json")
     ap.add_argument("--plot")
     args = ap.parse_args()
+    os.environ["AMPHI_SECRET"] = SECRET  # the nodes inherit it; the edge is given it
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="amphi-defense-") as d:
         tmp = Path(d)

@@ -1,8 +1,8 @@
 """The edge tier: which HTTP cache to build it on, and does the origin stay flat?
 
     .venv/bin/python bench/edge.py [--choice 1000] [--sizes 1000,5000,10000,20000] [--edges 3] \\
-        [--failover 3000] [--duration 40] [--ramp 10] [--procs 2] [--json bench/out/edge.json] \\
-        [--plot bench/out/edge.png]
+        [--flat-engine wrk|loadtest] [--failover 3000] [--duration 40] [--ramp 10] [--procs 2] \\
+        [--json bench/out/edge.json] [--plot bench/out/edge.png]
 
 1. **Engine choice** (``--choice N``): N LL-HLS listeners (``amphi loadtest``, parts +
    blocking reloads + preload-hinted parts) against the same origin three ways: directly,
@@ -12,13 +12,14 @@
    each: the origin's media request rate, listeners' latency behind live and first-audio
    p99, stalls, and the edge's CPU. "Added p99" is the edge's latency p99 minus the direct
    one's (target: <= 100 ms).
-2. **Flat origin** (``--sizes``): ``--edges`` Varnish edges, joins round-robin over them,
-   each audience size in turn; the origin's media request rate over the steady part of the
-   run (after the ramp) must stay within +-10 % of its mean across sizes.
-
-The generator shares this machine's 2 cores with the origin and the edges: at the largest
-sizes it is the bottleneck (its own CPU and lag are printed), which can only make listeners
-slower, never the origin busier.
+2. **Flat origin** (``--sizes``): ``--edges`` Varnish edges, each audience size in turn; the
+   origin's media request rate over the steady part of the run must stay within +-10 % of
+   its mean across sizes. The listeners (``--flat-engine``): by default wrk connections split
+   over the edges, each playing segments in step at the live edge (a blocking reload for the
+   next segment, then the segment; every answer must be a 200), because 20k Python players
+   need more than this machine's 2 cores next to the edges; or ``amphi loadtest`` players
+   joined round-robin over the edges (``--flat-engine loadtest``), which at the largest sizes
+   fall behind on a 2-core machine (their CPU and stalls are printed).
 3. **Failover** (``--failover N``): N listeners (``--flat-player``) over 3 edges (1k each at the default), one edge
    ``kill -9``-ed in the steady part: its listeners' time from losing it to media from another
    (target <= 10 s, the loadtest's ``edge_recovery_max_s``), and the origin's request rate in the
@@ -38,11 +39,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import HOST, NodeProcess, amphi_command, exit_on_sigterm, free_port, kill_group, run, start_space  # noqa: E402
+from harness import (HOST, WRK_SUMMARY_LUA, NodeProcess, amphi_command, exit_on_sigterm, free_port,  # noqa: E402
+                     join_space, kill_group, run, start_space, wrk_summary)
 
 from amphi.control.tokens import Signer  # noqa: E402
 from amphi.edge.varnish import Edge  # noqa: E402
@@ -174,10 +177,10 @@ def audience(origin: NodeProcess, space: str, size: int, args: argparse.Namespac
     }
 
 
-def with_origin(edges: int, fn) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def with_origin(edges: int, fn, *extra: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """An origin sending listeners to ``edges`` edge ports (or none), a live Space on it."""
     ports = [free_port() for _ in range(edges)]
-    node = NodeProcess(args=["--max-listeners", "30000", "--admit-rate", "3000", "--admit-burst", "500",
+    node = NodeProcess(args=["--max-listeners", "30000", "--admit-rate", "3000", "--admit-burst", "500", *extra,
                              *[a for p in ports for a in ("--edge", f"http://{HOST}:{p}")]])
     with node:
         space = start_space(node.url, "edge bench", join=False)
@@ -218,16 +221,107 @@ def flat(args: argparse.Namespace, work: Path) -> dict[str, dict[str, object]]:
 
         def go(node: NodeProcess, space: str, ports: list[int], size: int = size) -> dict[str, object]:
             edges = [varnish_edge(f"edge{i + 1}", node.url, work / f"flat{size}-{i}", p) for i, p in enumerate(ports)]
+            pids = [e.proc.pid for e in edges if e.proc]
             try:
-                return audience(node, space, size, args, [e.proc.pid for e in edges if e.proc],
-                                work / f"flat{size}.json", args.flat_player)
+                if args.flat_engine == "wrk":
+                    return wrk_audience(node, space, size, ports, pids, args, work)
+                return audience(node, space, size, args, pids, work / f"flat{size}.json", args.flat_player)
             finally:
                 for e in edges:
                     e.stop()
 
-        results[str(size)] = with_origin(args.edges, go)
+        # wrk's connections all play on one token: it must outlive the run
+        results[str(size)] = with_origin(args.edges, go, *(("--token-ttl", "600") if args.flat_engine == "wrk" else ()))
         print(f"  {json.dumps(results[str(size)])}", file=sys.stderr, flush=True)
     return results
+
+
+# In-step segment players for wrk (``--flat-engine wrk``): every connection plays at the live edge,
+# alternating a blocking reload for the next segment (held by the edge until it exists, which paces
+# the connection like a player) and a fetch of the newest segment. The live position is per wrk
+# thread, shared by its connections; answers are counted by status, segments by kind.
+WRK_PLAYER = r"""
+function init(args)
+  statuses, segments, playlists = {}, 0, 0
+  prefix = args[1]  -- /o/<node>/media/<space>/t/<token>/
+  live, uri, flip = nil, nil, false
+end
+
+function request()
+  flip = not flip
+  if live == nil then
+    return wrk.format("GET", prefix .. "live.m3u8")
+  elseif flip then
+    return wrk.format("GET", prefix .. "live.m3u8?_HLS_msn=" .. (live + 1))
+  end
+  return wrk.format("GET", prefix .. uri)
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  if status ~= 200 then return end
+  if string.sub(body, 1, 7) ~= "#EXTM3U" then
+    segments = segments + 1
+    return
+  end
+  playlists = playlists + 1
+  local last = nil
+  for line in string.gmatch(body, "[^
+]+") do
+    if string.sub(line, 1, 1) ~= "#" then last = line end
+  end
+  local msn = last and tonumber(string.match(last, "^(%d+)"))
+  if msn and (live == nil or msn > live) then live, uri = msn, last end
+end
+""" + WRK_SUMMARY_LUA
+
+
+def wrk_audience(origin: NodeProcess, space: str, size: int, ports: list[int], edge_pids: list[int],
+                 args: argparse.Namespace, work: Path) -> dict[str, object]:
+    """``size`` wrk connections split over the edges (one wrk process each), all playing with one
+    admission token; the origin's request rate and each side's CPU over the steady part."""
+    status, answer = join_space(origin.url, space)
+    if status != 200:
+        raise RuntimeError(f"the bench's join was not admitted: {status} {answer}")
+    path = urlsplit(str(answer["playlist"])).path  # /o/<node>/media/<space>/t/<token>/live.m3u8
+    prefix = path.rsplit("/", 1)[0] + "/"
+    script = work / "player.lua"
+    script.write_text(WRK_PLAYER)
+    wrk = shutil.which("wrk") or "wrk"
+    procs = []
+    for i, port in enumerate(ports):
+        conns = size // len(ports) + (1 if i < size % len(ports) else 0)
+        cmd = [wrk, "-t1", f"-c{conns}", f"-d{args.duration:g}s", "--timeout", "10s", "-s", str(script),
+               f"http://{HOST}:{port}", "--", prefix]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      start_new_session=True))
+    try:
+        time.sleep(SETTLE_S + 5)  # every connection open and in step
+        cpus = [ProcessCpu(origin.pid), ProcessCpu(*edge_pids), ProcessCpu(*(p.pid for p in procs))]
+        r0, c0, t0 = origin_requests(origin.url), [c.cpu_s() for c in cpus], time.monotonic()
+        time.sleep(max(1.0, args.duration - SETTLE_S - 5 - 3))
+        r1, c1, t1 = origin_requests(origin.url), [c.cpu_s() for c in cpus], time.monotonic()
+        outputs = [p.communicate(timeout=60)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                kill_group(p, 5)  # type: ignore[arg-type]
+    runs = [wrk_summary(o) for o in outputs]
+    statuses: dict[str, int] = {}
+    for r in runs:
+        for k, v in r["statuses"].items():  # type: ignore[union-attr]
+            statuses[k] = statuses.get(k, 0) + v
+    requests = sum(int(r["requests"]) for r in runs)  # type: ignore[call-overload]
+    errors = sum(sum(r["errors"].values()) - r["errors"]["status"] for r in runs)  # type: ignore[union-attr,index]
+    wall = t1 - t0
+    return {
+        "listeners": size, "engine": "wrk", "listener_req_per_s": round(requests / args.duration, 1),
+        "origin_media_req_per_s": round((r1 - r0) / wall, 2), "statuses": statuses, "socket_errors": errors,
+        "latency_p99_ms": max(int(r["latency_us"]["p99"]) for r in runs) / 1000,  # type: ignore[index]
+        "origin_cpu_pct": round(100 * (c1[0] - c0[0]) / wall, 1), "edge_cpu_pct": round(100 * (c1[1] - c0[1]) / wall, 1),
+        "generator_cpu_pct": round(100 * (c1[2] - c0[2]) / wall, 1),
+        "stalled_listeners": None, "latency_p99_s": None,
+    }
 
 
 def failover(args: argparse.Namespace, work: Path) -> dict[str, object]:
@@ -284,15 +378,21 @@ def report(res: dict[str, dict[str, dict[str, object]]], args: argparse.Namespac
     if "flat" in res:
         rates = [r["origin_media_req_per_s"] for r in res["flat"].values()]
         mean = sum(rates) / len(rates)  # type: ignore[arg-type]
-        print(f"\nFlat origin, {args.edges} Varnish edges, {args.flat_player} players:")
+        players = ("wrk connections playing segments in step" if args.flat_engine == "wrk"
+                   else f"amphi loadtest {args.flat_player} players")
+        print(f"\nFlat origin, {args.edges} Varnish edges, {players}:")
         print(f"{'listeners':>10}{'listener req/s':>16}{'origin req/s':>14}{'vs mean':>9}{'origin CPU %':>14}"
-              f"{'edges CPU %':>13}{'stalled':>9}{'lat p99':>9}{'gen CPU %':>11}")
+              f"{'edges CPU %':>13}{'gen CPU %':>11}  listeners' outcome")
         for size, r in res["flat"].items():
             dev = r["origin_media_req_per_s"] / mean - 1  # type: ignore[operator]
+            outcome = (f"answers {r['statuses']}, socket errors {r['socket_errors']}, p99 {r['latency_p99_ms']} ms"
+                       if r.get("engine") == "wrk" else
+                       f"stalled {r['stalled_listeners']}, latency p99 {r['latency_p99_s']} s")
             print(f"{size:>10}{r['listener_req_per_s']:>16}{r['origin_media_req_per_s']:>14}{dev:>+9.1%}"
-                  f"{r['origin_cpu_pct']:>14}{r['edge_cpu_pct']:>13}{r['stalled_listeners']:>9}"
-                  f"{str(r['latency_p99_s']):>9}{r['generator_cpu_pct']:>11}")
+                  f"{r['origin_cpu_pct']:>14}{r['edge_cpu_pct']:>13}{r['generator_cpu_pct']:>11}  {outcome}")
             ok &= abs(dev) <= 0.10
+            if r.get("engine") == "wrk":
+                ok &= set(r["statuses"]) == {"200"} and r["socket_errors"] == 0  # type: ignore[arg-type]
     if "failover" in res:
         f = res["failover"]
         print(f"\nFailover, {f['listeners']} listeners over 3 edges, one killed: {f['edge_switches']} moved, back within "
@@ -342,6 +442,9 @@ def main() -> int:
     p.add_argument("--flat-player", choices=("ll", "segments"), default="segments",
                    help="the flat-origin run's players: whole segments (default: 20k LL-HLS listeners need more "
                         "than this machine's 2 cores for the generator and the edges) or LL-HLS parts")
+    p.add_argument("--flat-engine", choices=("wrk", "loadtest"), default="wrk",
+                   help="the flat-origin run's listeners: wrk connections playing in step at the live edge "
+                        "(default: 20k Python players need more than this machine's 2 cores), or amphi loadtest")
     p.add_argument("--failover", type=int, default=3000, help="listeners for the edge-kill run (1k per edge); 0 skips")
     p.add_argument("--duration", type=float, default=40.0)
     p.add_argument("--ramp", type=float, default=10.0)

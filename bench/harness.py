@@ -261,3 +261,46 @@ def main_thread_cpu_s(pid: int) -> float:
     except psutil.NoSuchProcess:
         pass
     return 0.0
+
+
+# wrk's end of run, appended to a bench's own Lua script (which keeps a global ``statuses``
+# table: answers by status): one line "WRK_JSON {...}" that ``wrk_summary`` reads.
+WRK_SUMMARY_LUA = r"""
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function done(summary, latency, requests)
+  local counts = {}
+  for _, thread in ipairs(threads) do
+    for status, n in pairs(thread:get("statuses")) do
+      counts[status] = (counts[status] or 0) + n
+    end
+  end
+  local parts = {}
+  for status, n in pairs(counts) do
+    table.insert(parts, string.format('"%d": %d', status, n))
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests": %d, "duration_us": %d, "bytes": %d, "errors": {"connect": %d, "read": %d, ' ..
+    '"write": %d, "status": %d, "timeout": %d}, "latency_us": {"mean": %.1f, "p50": %d, "p90": %d, ' ..
+    '"p99": %d, "max": %d}, "statuses": {%s}}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+    table.concat(parts, ", ")))
+end
+"""
+
+
+def wrk_summary(text: str) -> dict[str, object]:
+    """The WRK_JSON line of a run whose script ends with ``WRK_SUMMARY_LUA``."""
+    import json
+    import re
+
+    m = re.search(r"^WRK_JSON (.*)$", text, re.MULTILINE)
+    if m is None:
+        raise RuntimeError(f"wrk printed no summary:\n{text[-2000:]}")
+    return dict(json.loads(m.group(1)))

@@ -8,7 +8,9 @@ Measured two ways, both printed:
 1. **over HTTP**: ``amphi serve --max-listeners 1`` on a free 127.0.0.1 port, one live Space
    whose one seat this bench takes first, so every further join is a waiting answer. wrk
    (``-t1 -c64 -d10s`` by default) POSTs ``{}`` to ``/api/spaces/<id>/join`` over keep-alive
-   connections; a Lua script counts the answers by status. The node's CPU time (user +
+   connections, each from a new random client address (an X-Forwarded-For the node trusts,
+   as behind an edge: the per-address limits see a crowd, not one flooding address); a Lua
+   script counts the answers by status. The node's CPU time (user +
    system, all its threads, psutil) over the run gives *decisions per core-second* =
    requests / node CPU seconds. The node's own ``waiting`` count must have grown by about
    the number of requests. Skipped, with a message, if ``wrk`` is not installed
@@ -27,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -37,8 +38,8 @@ from pathlib import Path
 
 import psutil
 
-from harness import (NodeProcess, end_space, exit_on_sigterm, join_space, machine_busy_s, main_thread_cpu_s,
-                     process_cpu_s, run, space_status, start_space)
+from harness import (WRK_SUMMARY_LUA, NodeProcess, end_space, exit_on_sigterm, join_space, machine_busy_s,
+                     main_thread_cpu_s, process_cpu_s, run, space_status, start_space, wrk_summary)
 
 from amphi.loadtest.machine import raise_open_files
 
@@ -47,6 +48,10 @@ BASELINE_S = 2.0  # the node's CPU with the live Space and no joins, for referen
 WRK_GRACE_S = 30.0  # beyond --seconds, before wrk is killed
 INPROC_MAX_DECISIONS = 400_000  # bounds the in-process line's memory (about 100 MB)
 TOKEN_TTL_S = 600  # the seat the bench takes must outlive the run
+# wrk stands for an edge in front of many clients: the node believes 127.0.0.1's X-Forwarded-For, so the
+# per-address and per-prefix limits see a crowd. The node's join budget is lifted (it would cap the rate
+# measured), and the proof of work is off: joins that never poll are, rightly, a flood to the detector.
+SERVE_ARGS = ("--trusted-proxy", "127.0.0.1/32", "--join-rate", "1000000", "--pow", "off")
 
 WRK_SCRIPT = r"""
 -- join_rate.py: POST an empty JSON body to join; count the answers by status
@@ -54,41 +59,28 @@ wrk.method = "POST"
 wrk.body = "{}"
 wrk.headers["Content-Type"] = "application/json"
 
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-end
-
+-- wrk ... URL -- spread | ADDRESS: the client address the node sees (it trusts 127.0.0.1's
+-- X-Forwarded-For, as behind an edge): a new random one per request, or always the same one
 function init(args)
   statuses = {}
+  client = args[1] or "spread"
+  math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+end
+
+function request()
+  if client == "spread" then
+    wrk.headers["X-Forwarded-For"] = string.format("10.%d.%d.%d", math.random(0, 255), math.random(0, 255),
+                                                   math.random(1, 254))
+  else
+    wrk.headers["X-Forwarded-For"] = client
+  end
+  return wrk.format()
 end
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
 end
-
-function done(summary, latency, requests)
-  local counts = {}
-  for _, thread in ipairs(threads) do
-    for status, n in pairs(thread:get("statuses")) do
-      counts[status] = (counts[status] or 0) + n
-    end
-  end
-  local parts = {}
-  for status, n in pairs(counts) do
-    table.insert(parts, string.format('"%d": %d', status, n))
-  end
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_JSON {"requests": %d, "duration_us": %d, "bytes": %d, "errors": {"connect": %d, "read": %d, ' ..
-    '"write": %d, "status": %d, "timeout": %d}, "latency_us": {"mean": %.1f, "p50": %d, "p90": %d, ' ..
-    '"p99": %d, "max": %d}, "statuses": {%s}}\n',
-    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
-    latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
-    table.concat(parts, ", ")))
-end
-"""
+""" + WRK_SUMMARY_LUA
 
 
 @dataclass
@@ -140,14 +132,16 @@ def take_the_seat(server: str, space_id: str) -> None:
         raise RuntimeError(f"with the seat taken a join should wait; got HTTP {status}: {answer}")
 
 
-def measure_http(node: NodeProcess, space_id: str, args: argparse.Namespace) -> HttpRun:
+def measure_http(node: NodeProcess, space_id: str, args: argparse.Namespace, client: str = "spread") -> HttpRun:
+    """wrk POSTing joins; ``client``: the address the node sees, "spread" for a new one per request
+    (the node must trust 127.0.0.1's X-Forwarded-For: ``SERVE_ARGS``)."""
     out = HttpRun()
     wrk = shutil.which("wrk") or "wrk"  # main() checked that it is installed
     script = node.dir / "join.lua"
     script.write_text(WRK_SCRIPT)
     url = f"{node.url}/api/spaces/{space_id}/join"
     out.command = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds:g}s", "--timeout", "5s",
-                   "-s", str(script), url]
+                   "-s", str(script), url, "--", client]
 
     print(f"[http] node baseline {BASELINE_S:.0f} s (live Space, no joins)", flush=True)
     cpu0, t0 = process_cpu_s(node.pid), time.monotonic()
@@ -155,7 +149,7 @@ def measure_http(node: NodeProcess, space_id: str, args: argparse.Namespace) -> 
     out.baseline_percent = 100 * (process_cpu_s(node.pid) - cpu0) / (time.monotonic() - t0)
 
     out.waiting_before = _int(space_status(node.url, space_id).get("waiting"))
-    print(f"[http] {' '.join(out.command[:-3])} ... {url}", flush=True)
+    print(f"[http] {' '.join(out.command[:-5])} ... {url} -- {client}", flush=True)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0, loop0, all0, t0 = process_cpu_s(node.pid), main_thread_cpu_s(node.pid), machine_busy_s(), time.monotonic()
     proc = subprocess.Popen(out.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -178,10 +172,7 @@ def measure_http(node: NodeProcess, space_id: str, args: argparse.Namespace) -> 
     out.wrk_output = text
     if proc.returncode != 0:
         raise RuntimeError(f"wrk exited with {proc.returncode}:\n{text}")
-    m = re.search(r"^WRK_JSON (.*)$", text, re.MULTILINE)
-    if m is None:
-        raise RuntimeError(f"wrk printed no summary:\n{text}")
-    summary = json.loads(m.group(1))
+    summary = wrk_summary(text)
 
     out.requests = int(summary["requests"])
     out.seconds = summary["duration_us"] / 1e6
@@ -323,7 +314,7 @@ def main() -> int:
     print(f"join rate: wrk {args.seconds:g} s over HTTP, {args.inproc_seconds:g} s in process; "
           f"about {args.seconds + args.inproc_seconds + SETTLE_S + BASELINE_S + 8:.0f} s", flush=True)
     http = HttpRun()
-    serve_args = ["--max-listeners", "1", "--token-ttl", str(TOKEN_TTL_S)]
+    serve_args = ["--max-listeners", "1", "--token-ttl", str(TOKEN_TTL_S), *SERVE_ARGS]
     if shutil.which("wrk") is None:
         http.skipped = "wrk is not installed (make system installs it; or apt-get install wrk)"
         print(f"[http] skipped: {http.skipped}", flush=True)

@@ -47,7 +47,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
               type=click.FloatRange(min=1), help="Hang up a speaker's connection that sends no audio this long.")
 @click.option("--pow", "pow_mode", default=DefenseConfig.pow_mode, show_default=True,
               type=click.Choice(["on", "off", "auto"]),
-              help="Proof of work on joins: always, never, or while the detector says attack (docs/defense.md).")
+              help="Proof of work on joins: always, never, or while the detector says attack and for addresses "
+                   "or prefixes that join again and again (docs/defense.md).")
 @click.option("--pow-bits", default=DefenseConfig.pow_bits, show_default=True, type=click.IntRange(1, 28),
               help="Proof-of-work difficulty at rest, in leading zero bits of SHA-256 (16: about 1 s in a browser).")
 @click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="CIDR",

@@ -1,6 +1,7 @@
 """The shield's pure parts: the client's address behind trusted proxies, the follow-through,
 the PoW switch and the ticket binding."""
 
+import contextlib
 import random
 
 import pytest
@@ -70,10 +71,36 @@ def test_repeat_joins_from_one_address_are_heavy():
     assert lights == [True, True, False, False, False]
 
 
+def test_suspect_addresses_and_prefixes_must_work_before_any_verdict():
+    sh = shield(suspect_address_joins=3, suspect_prefix_joins=5, pow_bits=4)
+    assert [sh.check_join("S", "10.0.0.1", {}, NOW, host=False) for _ in range(3)] == [True, True, False]
+    with pytest.raises(ChallengeRequired) as e:  # the fourth attempt from one address in a window
+        sh.check_join("S", "10.0.0.1", {}, NOW, host=False)
+    c = e.value.challenge
+    assert sh.pow_since("S") is None and sh.node.verdict.label == "normal"  # no verdict: this address alone
+    sh.check_join("S", "10.0.0.1", {"challenge": c["challenge"], "solution": solve(c["challenge"], c["bits"])},
+                  NOW, host=False)  # solved: seated
+    with pytest.raises(ChallengeRequired):  # the prefix has now seen 6 attempts: a neighbour works too
+        sh.check_join("S", "10.0.0.2", {}, NOW, host=False)
+    assert sh.check_join("S", "10.0.1.1", {}, NOW, host=False)  # another prefix is not touched
+    assert sh.node_status()["challenges"]["to_suspects"] == 2
+    # attempts age out with the window: the address is itself again two periods later
+    sh.tick(NOW + 2)
+    sh.tick(NOW + 4)
+    assert sh.check_join("S", "10.0.0.1", {}, NOW + 4, host=False)
+    # switched off (by the node or a Space's host) means no challenge at all
+    off = shield(suspect_address_joins=1, pow_mode="off")
+    assert [off.check_join("S", "10.0.0.1", {}, NOW, host=False) for _ in range(4)] == [True, True, False, False]
+    sh.set_space_pow("S", "off", NOW + 4)
+    for _ in range(5):
+        sh.check_join("S", "10.0.0.1", {}, NOW + 4, host=False)
+
+
 def test_pow_switches_on_under_attack_and_binds_old_tickets():
     sh = shield(attack_rate=5, enter_after=1, pow_bits=4)
-    for _ in range(200):  # one address, never coming back: heavy joins
-        sh.check_join("S", "10.9.9.9", {}, NOW, host=False)
+    for _ in range(200):  # one address joining again and again, challenged once suspect, never solving
+        with contextlib.suppress(ChallengeRequired):
+            sh.check_join("S", "10.9.9.9", {}, NOW, host=False)
     old_ticket = f"7.{int(NOW)}.{'m' * 22}"
     sh.tick(NOW + 2)
     assert ATTACK in sh.node.verdict.label and sh.pow_since("S") == NOW + 2

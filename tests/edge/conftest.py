@@ -29,7 +29,8 @@ def tier(tmp_path_factory, request):
     secret_file = data / "secret"
     secret_file.write_text(SECRET)
     ports = [free_port() for _ in range(3)]
-    origin = AmphiServer(data, None, "--token-ttl", "10", "--seat-grace", "30",
+    # --pow off: every test joins from 127.0.0.1, which the node would rightly call a suspect
+    origin = AmphiServer(data, None, "--token-ttl", "10", "--seat-grace", "30", "--pow", "off",
                          *[a for p in ports for a in ("--edge", f"http://127.0.0.1:{p}")]).start()
     edges = []
     speaker = None

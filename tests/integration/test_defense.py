@@ -48,6 +48,23 @@ def test_address_limit_refuses_with_jittered_retry_after_and_spares_other_addres
     assert server.status(space)["listeners"] == 4
 
 
+def test_an_address_that_joins_again_and_again_must_work_before_any_verdict(
+        serve: Callable[..., AmphiServer]) -> None:
+    server = serve("--pow-bits", "6")
+    space, _ = live(server)
+    with from_address(server, "127.0.11.1") as bot, from_address(server, "127.0.12.1") as person:
+        assert [join(bot, space).status_code for _ in range(8)] == [200] * 8
+        r = join(bot, space)  # the ninth fresh join from one address within the detector's window
+        assert r.status_code == 429 and r.json()["error"] == "challenge_required", r.text
+        c = r.json()["challenge"]
+        assert server.status(space)["detector"]["pow"]["active"] is False  # no verdict: this address alone
+        assert join(bot, space, {"challenge": c["challenge"], "solution": solve(c["challenge"], c["bits"])}
+                    ).status_code == 200  # worked for it: seated
+        assert join(person, space).status_code == 200  # someone else is not touched
+    assert server.node()["defense"]["challenges"]["to_suspects"] == 1
+    assert server.status(space)["listeners"] == 10
+
+
 def test_trusted_proxy_forwarded_for_is_the_client(serve: Callable[..., AmphiServer]) -> None:
     server = serve("--address-join-rate", "1", "--address-join-burst", "1", "--trusted-proxy", "127.0.0.0/8")
     space, _ = live(server)
@@ -171,19 +188,25 @@ def test_pow_operator_switch_challenge_single_use_and_bound(serve: Callable[...,
 def test_a_flood_is_called_an_attack_and_switches_the_pow_on(serve: Callable[..., AmphiServer]) -> None:
     server = serve("--pow-bits", "8")
     space, _ = live(server)
+    answers: list[str] = []
     with from_address(server, "127.0.7.1") as bot:
         deadline = time.monotonic() + 12
-        while time.monotonic() < deadline:  # ~hundreds of fresh joins, never coming back
+        while time.monotonic() < deadline:  # hundreds of fresh joins, never solving, never coming back
             r = join(bot, space)
-            if r.status_code == 429 and r.json()["error"] == "challenge_required":
+            answers.append(str(r.status_code) if r.status_code != 429 else r.json()["error"])
+            if len(answers) % 50 == 0 and server.status(space)["detector"]["pow"]["active"]:
                 break
         else:
-            raise AssertionError(f"no challenge while flooding: {server.status(space)['detector']}")
+            raise AssertionError(f"no verdict while flooding: {server.status(space)['detector']}")
+    # seated until the address turned suspect, challenged from then on (before and after the verdict)
+    # or refused once past its rate: never seated again
+    assert answers[:9] == ["200"] * 8 + ["challenge_required"], answers[:20]
+    assert set(answers[9:]) <= {"challenge_required", "address_rate_limited"}, set(answers)
     status = server.status(space)["detector"]
     assert "attack" in status["label"] and status["pow"]["active"]
-    assert status["evidence"]["heavy_joins_per_s"] > 20 and status["evidence"]["bad_join_share"] > 0.5
+    assert status["evidence"]["challenge_solve_ratio"] == 0 and status["evidence"]["bad_join_share"] > 0.5
     node = server.node()["defense"]
-    assert "attack" in node["label"] and node["challenges"]["issued"] >= 1
+    assert "attack" in node["label"] and node["challenges"]["to_suspects"] >= 1
     log = server.log.read_text()
     assert "detector node: normal -> attack" in log and "proof of work on" in log
 

@@ -141,6 +141,10 @@ class DefenseConfig:
     pow_max_extra_bits: int = 4  # pressure adds up to this many bits (each doubles the work)
     pow_ttl_s: float = 60.0  # a challenge is valid this long after it is issued
     pow_max_seen: int = 200_000  # solved challenges remembered until they expire; when full, new solutions get 503
+    # before any verdict: a fresh join from an address (a prefix) that made more than this many fresh join
+    # attempts in the last two detector periods must solve the proof of work, unless it is switched off
+    suspect_address_joins: int = 8
+    suspect_prefix_joins: int = 60
     # detector
     detector_period_s: float = 2.0  # a verdict every period, per Space and per node
     detector_window_s: float = 4.0  # rates are measured over this much of the recent past

@@ -109,8 +109,11 @@ class Shield:
         self.spaces: dict[str, Detector] = {}
         self._counts: dict[str, Counts] = {}
         self._node_only = Counts()  # traffic for ids that are not Spaces of this node
-        self._fresh_by_address: dict[str, int] = {}  # fresh joins per address, this period ...
+        self._fresh_by_address: dict[str, int] = {}  # fresh join attempts per address, this period ...
         self._fresh_before: dict[str, int] = {}  # ... and the one before
+        self._fresh_by_prefix: dict[str, int] = {}  # the same per network prefix
+        self._fresh_prefix_before: dict[str, int] = {}
+        self.suspect_challenges = 0  # challenges issued to suspect addresses or prefixes (PoW otherwise off)
         self._by_address: Counter[str] = Counter()
         self._by_prefix: Counter[str] = Counter()
         self._follow: dict[str, str] = {}  # "s<seat>" | "e<entry>" -> Space id, expected back
@@ -178,17 +181,25 @@ class Shield:
                     if len(self._proven) > self.cfg.max_tracked:
                         self._proven.popitem(last=False)
             return False
+        recent = _bump(self._fresh_by_address, address, self.cfg.max_tracked) + self._fresh_before.get(address, 0)
+        prefix = prefix_of(address)
+        recent_prefix = (_bump(self._fresh_by_prefix, prefix, self.cfg.max_tracked)
+                         + self._fresh_prefix_before.get(prefix, 0))
         if self.pow_since(space_id) is not None:
+            self._require(space_id, None, body, now, counts)
+        elif ((recent > self.cfg.suspect_address_joins or recent_prefix > self.cfg.suspect_prefix_joins)
+              and self.pow_mode_of(space_id) != "off"):
+            # joining again and again before any verdict: seat nobody from here who does not work for it
+            # (attempts count, challenged ones too, so a flooding address stays suspect while it floods)
+            if "solution" not in body:
+                self.suspect_challenges += 1
             self._require(space_id, None, body, now, counts)
         try:
             self.limits.check_fresh_join(now)
         except TooManyRequests:
             counts.refused += 1
             raise
-        n = self._fresh_by_address.get(address, 0) + 1
-        if n > 1 or len(self._fresh_by_address) < self.cfg.max_tracked:
-            self._fresh_by_address[address] = n
-        light = n + self._fresh_before.get(address, 0) <= self.cfg.light_joins
+        light = recent <= self.cfg.light_joins
         counts.fresh_joins += 1
         counts.light_joins += light
         return light
@@ -244,6 +255,10 @@ class Shield:
         elif self._space_modes.get(space_id, ("",))[0] != mode:
             self._space_modes[space_id] = (str(mode), now)
 
+    def pow_mode_of(self, space_id: str | None) -> str:
+        """The switch that holds for this Space: its host's, else the node's."""
+        return self._space_modes[space_id][0] if space_id in self._space_modes else self.pow_mode
+
     def pow_since(self, space_id: str | None) -> float | None:
         """Since when joins to this Space need a solved challenge; None while they do not."""
         mode, since = self._space_modes.get(space_id, ("auto", 0.0)) if space_id else ("auto", 0.0)
@@ -284,6 +299,7 @@ class Shield:
         self._verdict(None, self.node, node, now)
         self._counts, self._node_only = {}, Counts()
         self._fresh_before, self._fresh_by_address = self._fresh_by_address, {}
+        self._fresh_prefix_before, self._fresh_by_prefix = self._fresh_by_prefix, {}
         self._by_address.clear()
         self._by_prefix.clear()
         self._switch_pow(now)
@@ -329,10 +345,11 @@ class Shield:
                 "tracked": {"addresses": len(self.limits.addresses), "prefixes": len(self.limits.prefixes),
                             "follow_ups": len(self._follow), "untracked_follow_ups": self.untracked,
                             "in_flight_addresses": len(self._in_flight)},
-                "challenges": {"issued": self.pow.issued, "solved": self.pow.solved}}
+                "challenges": {"issued": self.pow.issued, "solved": self.pow.solved,
+                               "to_suspects": self.suspect_challenges}}
 
     def _pow_status(self, space_id: str | None) -> dict[str, object]:
-        mode = self._space_modes[space_id][0] if space_id in self._space_modes else self.pow_mode
+        mode = self.pow_mode_of(space_id)
         return {"active": self.pow_since(space_id) is not None, "mode": mode, "bits": self.pow_bits,
                 "since": self.pow_since(space_id)}
 
@@ -357,6 +374,15 @@ class Shield:
         space_id = self._follow.pop(key, None)
         if space_id is not None:
             self._count(space_id).followed += 1
+
+
+def _bump(counts: dict[str, int], key: str, max_tracked: int) -> int:
+    """One more for ``key`` (a table bounded at ``max_tracked`` keys; a new key past it is not
+    kept, which errs towards seating); the new count."""
+    n = counts.get(key, 0) + 1
+    if n > 1 or len(counts) < max_tracked:
+        counts[key] = n
+    return n
 
 
 def _ticket_fields(ticket: object) -> tuple[str | None, int]:
