@@ -132,14 +132,16 @@ def take_the_seat(server: str, space_id: str) -> None:
         raise RuntimeError(f"with the seat taken a join should wait; got HTTP {status}: {answer}")
 
 
-def measure_http(node: NodeProcess, space_id: str, args: argparse.Namespace, client: str = "spread") -> HttpRun:
-    """wrk POSTing joins; ``client``: the address the node sees, "spread" for a new one per request
-    (the node must trust 127.0.0.1's X-Forwarded-For: ``SERVE_ARGS``)."""
+def measure_http(node: NodeProcess, space_id: str, args: argparse.Namespace, client: str = "spread",
+                 url: str | None = None) -> HttpRun:
+    """wrk POSTing joins to the node (or to ``url``, an edge in front of it); ``client``: the address
+    the node sees, "spread" for a new one per request (the node must trust 127.0.0.1's
+    X-Forwarded-For: ``SERVE_ARGS``). The node's CPU is measured either way."""
     out = HttpRun()
     wrk = shutil.which("wrk") or "wrk"  # main() checked that it is installed
     script = node.dir / "join.lua"
     script.write_text(WRK_SCRIPT)
-    url = f"{node.url}/api/spaces/{space_id}/join"
+    url = f"{url or node.url}/api/spaces/{space_id}/join"
     out.command = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds:g}s", "--timeout", "5s",
                    "-s", str(script), url, "--", client]
 

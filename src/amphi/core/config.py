@@ -144,7 +144,7 @@ class DefenseConfig:
     # before any verdict: a fresh join from an address (a prefix) that made more than this many fresh join
     # attempts in the last two detector periods must solve the proof of work, unless it is switched off
     suspect_address_joins: int = 8
-    suspect_prefix_joins: int = 60
+    suspect_prefix_joins: int = 24
     # detector
     detector_period_s: float = 2.0  # a verdict every period, per Space and per node
     detector_window_s: float = 4.0  # rates are measured over this much of the recent past
