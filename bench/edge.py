@@ -50,7 +50,7 @@ from harness import (HOST, WRK_SUMMARY_LUA, NodeProcess, amphi_command, exit_on_
 from amphi.control.tokens import Signer  # noqa: E402
 from amphi.edge.varnish import Edge  # noqa: E402
 from amphi.edge.vcl import Backend, EdgeSpec  # noqa: E402
-from amphi.loadtest.machine import ProcessCpu  # noqa: E402
+from amphi.loadtest.machine import ProcessCpu, raise_open_files  # noqa: E402
 
 SECRET = "b" * 64
 SETTLE_S = 5.0
@@ -266,8 +266,7 @@ function response(status, headers, body)
   end
   playlists = playlists + 1
   local last = nil
-  for line in string.gmatch(body, "[^
-]+") do
+  for line in string.gmatch(body, "[^\n]+") do
     if string.sub(line, 1, 1) ~= "#" then last = line end
   end
   local msn = last and tonumber(string.match(last, "^(%d+)"))
@@ -454,6 +453,7 @@ def main() -> int:
     args = p.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
     exit_on_sigterm()
+    raise_open_files()  # wrk, the edges and the loadtest inherit it: a socket per listener
     os.environ["AMPHI_SECRET"] = SECRET  # the origins inherit it; the edges are given it
     work = Path(tempfile.mkdtemp(prefix="amphi-edge-bench-"))
     res: dict[str, dict[str, dict[str, object]]] = {}
