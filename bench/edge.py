@@ -57,7 +57,9 @@ SETTLE_S = 5.0
 
 
 def varnish_edge(name: str, origin_url: str, workdir: Path, port: int) -> Edge:
-    spec = EdgeSpec.signed(name, SECRET, (Backend.parse("origin", origin_url),), media_rate=0, join_rate=0)
+    # no per-address limits: wrk's connections all come from one address, and the engine comparison is Varnish's
+    spec = EdgeSpec.signed(name, SECRET, (Backend.parse("origin", origin_url),), media_rate=0, join_rate=0,
+                           max_connections_per_address=0)
     return Edge(spec, workdir, HOST, port).start()
 
 
@@ -223,9 +225,10 @@ def flat(args: argparse.Namespace, work: Path) -> dict[str, dict[str, object]]:
             edges = [varnish_edge(f"edge{i + 1}", node.url, work / f"flat{size}-{i}", p) for i, p in enumerate(ports)]
             pids = [e.proc.pid for e in edges if e.proc]
             try:
+                run = argparse.Namespace(**{**vars(args), "duration": args.flat_duration})
                 if args.flat_engine == "wrk":
-                    return wrk_audience(node, space, size, ports, pids, args, work)
-                return audience(node, space, size, args, pids, work / f"flat{size}.json", args.flat_player)
+                    return wrk_audience(node, space, size, ports, pids, run, work)
+                return audience(node, space, size, run, pids, work / f"flat{size}.json", args.flat_player)
             finally:
                 for e in edges:
                     e.stop()
@@ -441,6 +444,9 @@ def main() -> int:
     p.add_argument("--flat-player", choices=("ll", "segments"), default="segments",
                    help="the flat-origin run's players: whole segments (default: 20k LL-HLS listeners need more "
                         "than this machine's 2 cores for the generator and the edges) or LL-HLS parts")
+    p.add_argument("--flat-duration", type=float, default=90.0,
+                   help="each flat-origin run's length: the origin's rate moves in steps of one segment (3.6 s) per "
+                        "edge, so a +-10 %% figure needs a window of many segments")
     p.add_argument("--flat-engine", choices=("wrk", "loadtest"), default="wrk",
                    help="the flat-origin run's listeners: wrk connections playing in step at the live edge "
                         "(default: 20k Python players need more than this machine's 2 cores), or amphi loadtest")

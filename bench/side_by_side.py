@@ -224,7 +224,8 @@ def behind_edge(size: int, args: argparse.Namespace, player: str, go) -> dict[st
     node = NodeProcess(args=["--max-listeners", str(max(size, 10_000)), "--admit-rate", "2000",
                              "--edge", f"http://{HOST}:{port}"])
     with node:
-        spec = EdgeSpec.signed("edge1", secret, (Backend.parse("origin", node.url),), media_rate=0, join_rate=0)
+        spec = EdgeSpec.signed("edge1", secret, (Backend.parse("origin", node.url),), media_rate=0, join_rate=0,
+                               max_connections_per_address=0)
         edge = Edge(spec, node.dir / "edge", HOST, port).start()
         try:
             space = start_space(node.url, "side by side", join=False)

@@ -37,7 +37,8 @@ def tier(tmp_path_factory, request):
     try:
         for i, port in enumerate(ports):
             edges.append(EdgeProc(tmp / f"edge{i + 1}", f"edge{i + 1}", origin.url, secret_file,
-                                  "--media-rate", "0", "--join-rate", "5", port=port).start())
+                                  "--media-rate", "0", "--join-rate", "5", "--max-connections-per-address", "40",
+                                  port=port).start())
         space, key = origin.create("edge")
         origin.start_space(space, key)
         speaker = Speaker(origin, space, key, "--tone", "440").start()

@@ -121,6 +121,44 @@ def test_a_stale_playlist_is_served_while_the_origin_does_not_answer(tier: Tier)
         wait_until(lambda: httpx.get(f"{e.url}/api/node", timeout=5).status_code == 200, 15, f"{e.name} to recover")
 
 
+def test_a_client_address_holds_at_most_its_share_of_connections(tier: Tier) -> None:
+    edge = tier.edges[2]  # 40 connections per address in this tier
+
+    def ask(s: socket.socket) -> bytes:
+        s.settimeout(5)
+        try:
+            s.sendall(b"GET /o/x HTTP/1.1\r\nHost: edge\r\n\r\n")
+            return s.recv(64)
+        except OSError:
+            return b""
+
+    hog = [socket.create_connection(("127.0.0.1", edge.port), source_address=("127.0.41.1", 0)) for _ in range(45)]
+    try:
+        answers = [ask(s) for s in hog]
+        assert sum(a.startswith(b"HTTP/1.1 404") for a in answers) == 40  # the edge itself answers these
+        assert answers.count(b"") == 5, answers  # closed before a byte reached Varnish
+        # another address is not touched, and Varnish sees each client as itself (PROXY protocol):
+        # its per-address join rate refuses one address and not the next
+        with socket.create_connection(("127.0.0.1", edge.port), source_address=("127.0.41.2", 0)) as other:
+            assert ask(other).startswith(b"HTTP/1.1 404")
+    finally:
+        for s in hog:
+            s.close()
+
+    def joins(address: str, n: int) -> list[int]:
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=10) as c:
+            return [c.post(f"{edge.url}/api/spaces/{tier.space}/join", json={}).status_code for _ in range(n)]
+
+    assert 429 in joins("127.0.42.1", 8)
+    assert joins("127.0.42.2", 1) == [200]
+    # and a closed connection gives its place back
+    def hog_again() -> bool:
+        with socket.create_connection(("127.0.0.1", edge.port), source_address=("127.0.41.1", 0)) as s:
+            return ask(s).startswith(b"HTTP/1.1")
+
+    wait_until(hog_again, 10, "the hog's address to connect again")
+
+
 def test_joins_are_rate_limited_per_address_at_the_edge(tier: Tier) -> None:
     statuses = [httpx.post(f"{tier.edges[1].url}/api/spaces/{tier.space}/join", json={}, timeout=10).status_code
                 for _ in range(15)]

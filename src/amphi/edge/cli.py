@@ -46,17 +46,21 @@ def edge_options(f):  # type: ignore[no-untyped-def]
                      help="Media requests per client address per second (0: no limit)."),
         click.option("--join-rate", default=EdgeSpec.join_rate, show_default=True, type=click.IntRange(0),
                      help="Joins per client address per second (0: no limit)."),
+        click.option("--max-connections-per-address", "max_connections", show_default=True, type=click.IntRange(0),
+                     default=EdgeSpec.max_connections_per_address,
+                     help="TCP connections one client address may hold; nginx (stream) caps them in front of "
+                          "Varnish (0: no cap, Varnish alone on the port)."),
     ]):
         f = option(f)
     return f
 
 
 def spec_from(name: str, origins: tuple[str, ...], api: tuple[str, ...], secret_file: Path | None,
-              media_rate: int, join_rate: int) -> EdgeSpec:
+              media_rate: int, join_rate: int, max_connections: int) -> EdgeSpec:
     secret = _secret(secret_file)
     try:
         return EdgeSpec.signed(name, secret, _backends(origins, "origin"), api=_backends(api, "api"),
-                               media_rate=media_rate, join_rate=join_rate)
+                               media_rate=media_rate, join_rate=join_rate, max_connections_per_address=max_connections)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
 
@@ -69,7 +73,8 @@ def edge() -> None:
 @edge.command("config")
 @edge_options
 def config(**kw) -> None:  # type: ignore[no-untyped-def]
-    """Print the edge's VCL (it holds the token secret: keep it private)."""
+    """Print the edge's VCL (it holds the token secret: keep it private). With a connection cap,
+    `run` also writes nginx's configuration into --dir/front."""
     click.echo(render(spec_from(**kw)), nl=False)
 
 
@@ -85,7 +90,9 @@ def run(host: str, port: int, workdir: Path, storage_mb: int, **kw) -> None:  # 
     from amphi.edge.varnish import Edge
 
     e = Edge(spec_from(**kw), workdir, host, port, storage_mb=storage_mb)
-    click.echo(f"amphi edge {e.spec.name}: starting varnishd on {e.url}", err=True)
+    cap = e.spec.max_connections_per_address
+    click.echo(f"amphi edge {e.spec.name}: starting varnishd on {e.url}"
+               + (f" behind nginx, at most {cap} connections per client address" if cap else ""), err=True)
     e.exec()
 
 

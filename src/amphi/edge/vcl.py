@@ -55,6 +55,8 @@ class EdgeSpec:
     api: tuple[Backend, ...] = ()  # API nodes for /api/ and pages; default: the origins
     media_rate: int = 200  # media requests per address per second (a NAT of ~50 listeners)
     join_rate: int = 20  # joins per address per second
+    max_connections_per_address: int = 256  # TCP connections one address may hold (nginx in front, edge/varnish.py;
+    # 0: no cap, no nginx). A browser holds about 6; 256 is a NAT of some 40 listeners
     stale_playlist_s: float = 8.0  # a playlist is served stale this long once the origin stops answering probes
     live_playlist_ttl_s: float = 0.1  # the non-blocking live playlist: a new listener starts this close to live
     media_ttl_cap_s: int = 120  # parts and segments are immutable, but only wanted near the live edge
