@@ -143,8 +143,6 @@ class Edge:
 
     def stats(self) -> dict[str, int]:
         """Varnish's counters (varnishstat), e.g. MAIN.cache_hit, MAIN.backend_req."""
-        import json
-
         out = subprocess.run(["varnishstat", "-n", str(self.workdir / "varnish"), "-1", "-j"],
                              capture_output=True, check=True, timeout=10).stdout
         counters = json.loads(out).get("counters", {})
