@@ -24,6 +24,7 @@ import ipaddress
 import logging
 import math
 import random
+import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -48,18 +49,22 @@ log = logging.getLogger(__name__)
 POW_MODES = ("on", "off", "auto")
 CLIENT_KEY = "amphi.client"  # the ASGI scope key under which the app leaves the client's address
 TOP_PREFIXES = 5
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Network = tuple[int, int, int]  # (address family, network address, netmask), as integers
 
 
 def parse_networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
-    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+    """CIDRs as integers, for a membership test that costs two operations (ValueError if bad)."""
+    nets = (ipaddress.ip_network(c, strict=False) for c in cidrs)
+    return tuple((socket.AF_INET if n.version == 4 else socket.AF_INET6, int(n.network_address), int(n.netmask))
+                 for n in nets)
 
 
 def client_address(scope: dict[str, Any], trusted: tuple[Network, ...]) -> str:
-    """The client's address (see the module's docstring)."""
+    """The client's address (see the module's docstring). On every request behind an edge, so
+    addresses are parsed with ``inet_pton``, not ``ipaddress`` (a tenth of the cost)."""
     client = scope.get("client")
     peer = str(client[0]) if client else "unknown"
-    if not trusted or not _trusted(peer, trusted):
+    if not trusted or not _trusted(_ip(peer), trusted):
         return peer
     forwarded = [v for k, v in scope["headers"] if k == b"x-forwarded-for"]
     if not forwarded:
@@ -67,22 +72,27 @@ def client_address(scope: dict[str, Any], trusted: tuple[Network, ...]) -> str:
     hops = [h.strip() for h in b",".join(forwarded).decode("latin-1").split(",")]
     nearest = peer
     for hop in reversed(hops):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
+        ip = _ip(hop)
+        if ip is None:
             return nearest  # garbage written by the client itself: stop at the last good hop
-        if not _trusted(hop, trusted):
+        if not _trusted(ip, trusted):
             return hop
         nearest = hop
     return nearest
 
 
-def _trusted(address: str, trusted: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in trusted)
+def _ip(address: str) -> tuple[int, int] | None:
+    """(family, address as an integer), or None if ``address`` is not an IP address."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return family, int.from_bytes(socket.inet_pton(family, address), "big")
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _trusted(ip: tuple[int, int] | None, trusted: tuple[Network, ...]) -> bool:
+    return ip is not None and any(ip[0] == family and ip[1] & mask == net for family, net, mask in trusted)
 
 
 class Shield:
