@@ -39,9 +39,6 @@ from __future__ import annotations
 class AmphiError(Exception):
     status = 500
     code = "internal"
-    #: The request's body was left unread, so the connection cannot carry another request:
-    #: the answer says ``Connection: close`` rather than letting a client reuse a dead socket.
-    closes_connection = False
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
@@ -150,7 +147,6 @@ class ChallengeReused(Forbidden):
 class PayloadTooLarge(AmphiError):
     status = 413
     code = "payload_too_large"
-    closes_connection = True
 
 
 class TooManyRequests(AmphiError):

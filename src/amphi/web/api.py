@@ -43,14 +43,12 @@ from amphi.web.asgi import bearer, check_declared_length, parse_object, retry_af
 STATIC = Path(__file__).parent / "static"
 
 
-def error_response(err: AmphiError, *, close: bool = False) -> JSONResponse:
+def error_response(err: AmphiError) -> JSONResponse:
     headers = {"cache-control": "no-store"}
     if isinstance(err, HostedElsewhere):
         headers["location"] = err.location
     if err.retry_after_s is not None:
         headers["retry-after"] = retry_after_value(err.retry_after_s)
-    if close or err.closes_connection:
-        headers["connection"] = "close"
     return JSONResponse(err.to_json(), status_code=err.status, headers=headers)
 
 
@@ -203,10 +201,7 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
 
     async def amphi_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, AmphiError)
-        # A refused request may have left its body unread (a 401 before the SDP was read):
-        # the server then drops the connection, so the answer says so and no client reuses it.
-        return error_response(exc, close=request.headers.get("content-length", "0") != "0"
-                              or "transfer-encoding" in request.headers)
+        return error_response(exc)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -19,7 +19,7 @@ from amphi.defense.shield import CLIENT_KEY
 from amphi.node import Node
 from amphi.obs.logging import request_id
 from amphi.web.api import build_api
-from amphi.web.asgi import Receive, Scope, Send, header, send_error
+from amphi.web.asgi import Receive, Scope, Send, close_if_body_unread, header, send_error
 from amphi.web.events import PATH as EVENTS_PATH
 from amphi.web.events import EventStream
 from amphi.web.join import PATH as JOIN_PATH
@@ -81,6 +81,7 @@ class App:
         if scope["type"] != "http":
             await self.api(scope, receive, send)
             return
+        receive, send = close_if_body_unread(scope, receive, send)
         shield = self.node.shield  # defense: requests in flight per client address
         address = scope[CLIENT_KEY] = shield.client(scope)
         try:

@@ -34,19 +34,45 @@ async def respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], b
 
 
 async def send_json(send: Send, status: int, obj: object, *, retry_after_s: float | None = None,
-                    head_only: bool = False, close: bool = False) -> None:
+                    head_only: bool = False) -> None:
     body = orjson.dumps(obj)
     headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS]
     if retry_after_s is not None:
         headers.append((b"retry-after", retry_after_value(retry_after_s).encode()))
-    if close:
-        headers.append((b"connection", b"close"))
     await respond(send, status, headers, b"" if head_only else body, len(body))
 
 
 async def send_error(send: Send, err: AmphiError, *, head_only: bool = False) -> None:
-    await send_json(send, err.status, err.to_json(), retry_after_s=err.retry_after_s, head_only=head_only,
-                    close=err.closes_connection)
+    await send_json(send, err.status, err.to_json(), retry_after_s=err.retry_after_s, head_only=head_only)
+
+
+def close_if_body_unread(scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send]:
+    """``receive`` and ``send`` for a request whose answer says ``Connection: close`` when it
+    leaves the request's body unread (a 413, a 401 before an SDP offer was read, ...): granian
+    drops such a connection, and a client that reused it would meet a dead socket. GET and
+    HEAD, which carry no body, pass through untouched."""
+    if scope["method"] in ("GET", "HEAD"):
+        return receive, send
+    read = False
+
+    async def reading() -> dict[str, Any]:
+        nonlocal read
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            read = True
+        return message
+
+    async def answering(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and not read and _declares_body(scope):
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await send(message)
+
+    return reading, answering
+
+
+def _declares_body(scope: Scope) -> bool:
+    length = header(scope, b"content-length")
+    return (length is not None and length != b"0") or header(scope, b"transfer-encoding") is not None
 
 
 def bearer(authorization: str | None, access_token: str | None = None) -> str | None:
