@@ -208,14 +208,14 @@ def scenario_cost(args: argparse.Namespace, tmp: Path) -> dict:
     edge (refused there by its per-address join rate, without a byte reaching the node; the
     admissions' edge has no join rate, wrk being one address), and at the node alone (refused
     by the address GCRA before the body is read, 429 address_rate_limited)."""
-    from join_rate import SERVE_ARGS, measure_http
+    from join_rate import SERVE_ARGS, HttpRun, measure_http
 
     wrk = argparse.Namespace(threads=1, connections=64, seconds=args.cost_seconds)
     seats = ("--max-listeners", "10000000", "--admit-rate", "1000000", "--admit-burst", "1000000")
     with NodeProcess(args=(*seats, *SERVE_ARGS)) as node:
         space = start_space(node.url, "cost", join=False).id
 
-        def via_edge(name: str, client: str, **options: int) -> tuple[float, float, object]:
+        def via_edge(name: str, client: str, **options: int) -> tuple[float, float, HttpRun]:
             """(edge us, node us) per answer, and the run."""
             spec = EdgeSpec.signed(name, SECRET, (Backend.parse("origin", node.url),), **options)  # type: ignore[arg-type]
             edge = Edge(spec, tmp / name, HOST, free_port()).start()
@@ -239,12 +239,12 @@ def scenario_cost(args: argparse.Namespace, tmp: Path) -> dict:
             "edge": {"admission_us": [round(adm_edge_us, 1), round(adm_node_us, 1)],
                      "refusal_us": [round(ref_edge_us, 1), round(ref_node_us, 2)],
                      "ratio": round(admission_edge_total / refusal_edge_total, 1),
-                     "admission_statuses": adm_run.statuses, "refusal_statuses": ref_run.statuses},  # type: ignore[attr-defined]
+                     "admission_statuses": adm_run.statuses, "refusal_statuses": ref_run.statuses},
             "admitted": {"requests": admitted.requests, "statuses": admitted.statuses, "node_pct": admitted.node_percent},
             "refused": {"requests": refused.requests, "statuses": refused.statuses, "node_pct": refused.node_percent},
-            "ok": {"every admission decided (2xx)": admitted.non_2xx == 0 and adm_run.non_2xx == 0,  # type: ignore[attr-defined]
+            "ok": {"every admission decided (2xx)": admitted.non_2xx == 0 and adm_run.non_2xx == 0,
                    "refusals refused (429)": refused.statuses.get("429", 0) >= 0.95 * refused.requests
-                   and ref_run.statuses.get("429", 0) >= 0.95 * ref_run.requests,  # type: ignore[attr-defined]
+                   and ref_run.statuses.get("429", 0) >= 0.95 * ref_run.requests,
                    "as deployed, a refusal costs far less than an admission (< 1/3, edge and node together)":
                        refusal_edge_total < admission_edge_total / 3}}
 
