@@ -15,6 +15,8 @@ audience (``--ramp`` seconds of arrivals, then steady listening until ``--durati
 2. **Amphi behind its edge tier**: the same node with one Varnish edge in front (``amphi
    edge``, docs/edge.md); listeners join at the node and fetch media from the edge. Server
    CPU and memory are the node's plus the edge's. Both players, like row 1.
+   At the largest size both Amphi rows also get a **surge** (everyone within ``--surge-window``
+   seconds). Amphi's audience arrives at a Space that has been live for 12 s (three segments).
 3. **Icecast2** (Debian): config rendered into a temporary directory, 127.0.0.1 only, fed a
    64 kbps MP3 sine by ffmpeg; listeners GET the mount and read bytes at the stream rate
    (``--protocol icecast``): a stall is bytes not arriving in time.
@@ -54,6 +56,7 @@ from amphi.loadtest.swarm import LoadConfig  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 KEEP = "<!-- analysis below: written by hand, kept when the tables are rewritten -->"
 SETTLE_S = 5.0  # a source is on air and has made its first segments before the audience arrives
+WARM_S = 12.0  # an Amphi Space has three 3.584 s segments: a segment player starts three behind live
 STREAM_KBPS = 64
 
 
@@ -214,8 +217,9 @@ http {{
 
 
 def behind_edge(size: int, args: argparse.Namespace, player: str, go) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    """The node with one Varnish edge in front (``amphi edge``): listeners join at the node and
-    fetch media from the edge; server CPU and memory are the node's plus the edge's."""
+    """The node with one Varnish edge in front (``amphi edge``, with its default limits and its
+    nginx connection cap): listeners join at the node and fetch media from the edge; server CPU
+    and memory are the node's plus the edge's (varnishd and nginx)."""
     from amphi.edge.varnish import Edge
     from amphi.edge.vcl import Backend, EdgeSpec
 
@@ -224,12 +228,11 @@ def behind_edge(size: int, args: argparse.Namespace, player: str, go) -> dict[st
     node = NodeProcess(args=["--max-listeners", str(max(size, 10_000)), "--admit-rate", "2000",
                              "--edge", f"http://{HOST}:{port}"])
     with node:
-        spec = EdgeSpec.signed("edge1", secret, (Backend.parse("origin", node.url),), media_rate=0, join_rate=0,
-                               max_connections_per_address=0)
+        spec = EdgeSpec.signed("edge1", secret, (Backend.parse("origin", node.url),))  # as deployed: limits on
         edge = Edge(spec, node.dir / "edge", HOST, port).start()
         try:
             space = start_space(node.url, "side by side", join=False)
-            time.sleep(SETTLE_S)
+            time.sleep(WARM_S)
             cfg = LoadConfig(server=node.url, space=space.id, protocol="amphi", player=player, duration_s=args.duration)
             assert edge.proc is not None
             return go(cfg, node.pid, (edge.proc.pid,))
@@ -262,7 +265,7 @@ def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll"
         node = NodeProcess(args=["--max-listeners", str(max(size, 10_000)), "--admit-rate", "2000"])
         with node:
             space = start_space(node.url, "side by side", join=False)
-            time.sleep(SETTLE_S)
+            time.sleep(WARM_S)
             cfg = LoadConfig(server=node.url, space=space.id, protocol="amphi", player=player,
                              duration_s=args.duration)
             return go(cfg, node.pid)
@@ -285,7 +288,9 @@ def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll"
 LABELS = {"amphi/ll": "Amphi embedded, LL-HLS parts", "amphi/segments": "Amphi embedded, segments only",
           "amphi/segments-surge": "Amphi embedded, segments, **surge** (all within 3 s)",
           "edge/ll": "Amphi behind one Varnish edge, LL-HLS parts",
-          "edge/segments": "Amphi behind one Varnish edge, segments only", "icecast": "Icecast2 2.4 (64 kbps MP3)",
+          "edge/segments": "Amphi behind one Varnish edge, segments only",
+          "edge/segments-surge": "Amphi behind one Varnish edge, segments, **surge** (all within 3 s)",
+          "icecast": "Icecast2 2.4 (64 kbps MP3)",
           "nginx": "nginx 1.22, static HLS files (1 worker)"}
 
 
@@ -375,7 +380,7 @@ def targets(results: dict[str, dict[str, dict[str, object]]]) -> list[str]:
     out = [f"## Targets at {int(size):,} listeners (issue 5: the targets are set for 10,000)", ""]
     if not amphi or "skipped" in amphi:
         return out + ["Amphi was not measured.", ""]
-    for key in ("amphi/ll", "amphi/segments", "amphi/segments-surge", "edge/ll", "edge/segments"):
+    for key in ("amphi/ll", "amphi/segments", "amphi/segments-surge", "edge/ll", "edge/segments", "edge/segments-surge"):
         r = rows.get(key)
         if not r or "skipped" in r:
             continue
@@ -406,7 +411,7 @@ def plot(results: dict[str, dict[str, dict[str, object]]], path: str) -> None:
 
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4.5))
     sizes = sorted((k for k in results if k.isdigit()), key=int)
-    for key in ("amphi/ll", "amphi/segments", "icecast", "nginx"):
+    for key in ("amphi/ll", "amphi/segments", "edge/ll", "edge/segments", "icecast", "nginx"):
         xs, cpu, stalls, join = [], [], [], []
         for size in sizes:
             r = results[size].get(key)
@@ -468,8 +473,8 @@ def main() -> int:
         results[str(size)] = rows
         for system in systems:
             keys = [f"{system}/{p}" for p in args.players.split(",")] if system in ("amphi", "edge") else [system]
-            if system == "amphi" and args.surge and size == max(sizes):
-                keys.append("amphi/segments-surge")
+            if system in ("amphi", "edge") and args.surge and size == max(sizes):
+                keys.append(f"{system}/segments-surge")
             for key in keys:
                 print(f"== {size} listeners: {LABELS.get(key, key)}", flush=True)
                 try:

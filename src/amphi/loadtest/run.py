@@ -216,6 +216,7 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     result["other_processes_cpu_pct"] = round(max(0.0, others), 1)  # neither generator, server nor softirq
     requests = int(result["requests_total"])  # type: ignore[call-overload]
     result["server_cpu_per_request_s"] = round(srv_total / requests, 7) if srv_total is not None and requests else None
+    result["generator_cpu_per_request_s"] = round(gen_total / requests, 7) if requests else None
     result["generator_pipe_wait_s"] = round(sum(f.get("send_s", 0.0) for f in finals.values()), 3)
     if others > 20:
         warnings.append(f"other processes used {others:.0f} % of a core during the run: figures are noisier")
