@@ -253,12 +253,15 @@ def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll"
                 print(f"  [{system} {size}] {line}", file=sys.stderr, flush=True)
 
         r = loadtest(RunOptions(cfg=cfg, listeners=size, profile=profile, ramp_s=ramp, procs=args.procs,
-                                server_pid=pid, also_pids=also), progress)
+                                server_pid=pid, also_pids=also, cpus=args.generator_cpus), progress)
         steady = [row for row in r["timeline"] if ramp + 2 < row["t"] <= args.duration]  # type: ignore[union-attr]
         cpu = [row["server_cpu_pct"] for row in steady if row["server_cpu_pct"] is not None]
         gen = [row["generator_cpu_pct"] for row in steady]
         r["server_cpu_pct_steady"] = round(sum(cpu) / len(cpu), 1) if cpu else None
         r["generator_cpu_pct_steady"] = round(sum(gen) / len(gen), 1) if gen else None
+        for key in ("server_cores_busy_pct", "server_cores_softirq_pct"):  # with --split: the server's core
+            vals = [row[key] for row in steady if row.get(key) is not None]
+            r[f"{key}_steady"] = round(sum(vals) / len(vals), 1) if vals else None
         return r
 
     if system == "amphi":
@@ -321,8 +324,9 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
         "",
         f"Written by `bench/side_by_side.py` on {results.get('_run', {}).get('at', '?')} "
         f"(`{results.get('_run', {}).get('command') or '(defaults)'}`). One machine, {os.cpu_count()} cores, shared by the server "
-        "under test and the load generator (`amphi loadtest`, "
-        f"{args.procs} process(es)); every figure comes from the same generator, so the columns compare.",
+        f"under test and the load generator (`amphi loadtest`, {args.procs} process(es)): "
+        f"{results.get('_run', {}).get('cpus', 'servers and generator share every core')}. "
+        "Every figure comes from the same generator, so the columns compare.",
         "",
         f"Audience: profile `{args.profile}`, arrivals over {args.ramp:g} s, run {args.duration:g} s. "
         "Server CPU is % of one core, mean over the steady part (after the ramp), all the server's processes "
@@ -331,7 +335,10 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
         "(lower is better for every column). Join = arrival -> first answer (Amphi: the join answer; "
         "Icecast2: response headers; nginx: the first playlist). First audio = admitted -> playback could start. "
         "softirq is the kernel's loopback TCP work, counted against no process; other processes are everything "
-        "else on the machine during the run (a figure above ~20 means the run was disturbed).",
+        "else on the machine during the run (a figure above ~20 means the run was disturbed). "
+        "Server core busy is everything the server's core did in the steady part: the server's processes, "
+        "its source (Icecast2's and nginx's ffmpeg feed), and the kernel's network work on that core "
+        "(softirq, in brackets), which on loopback is mostly the TCP work of what the server sends.",
         "",
     ]
     for size, rows in results.items():
@@ -339,13 +346,14 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
             continue
         lines += [f"## {int(size):,} listeners", "",
                   "| system | admitted (waiting, unanswered at the end) | stalled listeners (stall s) | failed | join p99 s | "
-                  "first audio p99 s | latency p50 s | server CPU % (per 1k) | ratio to Icecast2 | RSS MB | req/s | "
+                  "first audio p99 s | latency p50 s | server CPU % (per 1k) | ratio to Icecast2 | "
+                  "server core busy % (softirq) | ratio to Icecast2 | RSS MB | req/s | "
                   "generator CPU % | softirq % | other processes CPU % | notes |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         base = rows.get("icecast", {})
         for key, r in rows.items():
             if "skipped" in r:
-                lines.append(f"| {LABELS.get(key, key)} | - | - | - | - | - | - | - | - | - | - | - | - | - | {r['skipped']} |")
+                lines.append(f"| {LABELS.get(key, key)} |" + " - |" * 15 + f" {r['skipped']} |")
                 continue
             cpu = r.get("server_cpu_pct_steady")
             seated = int(r["admitted"]) or 1  # type: ignore[call-overload]
@@ -359,6 +367,8 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
                 f"{r['stalled_listeners']} ({_fmt(r['stall_seconds_total'], 1)}) | "
                 f"{r['failed']} | {_fmt(r['join_p99_s'])} | {_fmt(r['first_audio_p99_s'])} | {_fmt(r['latency_p50_s'], 2)} | "
                 f"{_fmt(cpu, 1)} ({_fmt(per_k, 2)}) | {_ratio(cpu, base.get('server_cpu_pct_steady'))} | "
+                f"{_fmt(r.get('server_cores_busy_pct_steady'), 1)} ({_fmt(r.get('server_cores_softirq_pct_steady'), 1)}) | "
+                f"{_ratio(r.get('server_cores_busy_pct_steady'), base.get('server_cores_busy_pct_steady'))} | "
                 f"{_fmt(r['server_rss_mb_max'], 0)} | {_fmt(r['request_rate_avg'], 0)} | "
                 f"{_fmt(r.get('generator_cpu_pct_steady'), 0)} | {_fmt(r.get('softirq_cpu_pct'), 0)} | "
                 f"{_fmt(r.get('other_processes_cpu_pct'), 0)} | {notes} |")
@@ -375,12 +385,12 @@ def targets(results: dict[str, dict[str, dict[str, object]]]) -> list[str]:
         return []
     size = max((k for k in results if k.isdigit()), key=int)
     rows = results[size]
-    amphi = rows.get("amphi/ll") or rows.get("amphi/segments")
+    amphi_keys = ("amphi/ll", "amphi/segments", "amphi/segments-surge", "edge/ll", "edge/segments", "edge/segments-surge")
     ice = rows.get("icecast")
     out = [f"## Targets at {int(size):,} listeners (issue 5: the targets are set for 10,000)", ""]
-    if not amphi or "skipped" in amphi:
+    if not any(key in rows and "skipped" not in rows[key] for key in amphi_keys):
         return out + ["Amphi was not measured.", ""]
-    for key in ("amphi/ll", "amphi/segments", "amphi/segments-surge", "edge/ll", "edge/segments", "edge/segments-surge"):
+    for key in amphi_keys:
         r = rows.get(key)
         if not r or "skipped" in r:
             continue
@@ -390,7 +400,9 @@ def targets(results: dict[str, dict[str, dict[str, object]]]) -> list[str]:
                                          f"({r['waiting_end']} still waiting, {r['never_answered']} never answered)"),
             (r["stalled_listeners"] == 0, f"0 stalls: {r['stalled_listeners']} listeners stalled"),
             (isinstance(cpu, (int, float)) and isinstance(icpu, (int, float)) and cpu <= icpu,
-             f"server CPU <= Icecast2's: {_fmt(cpu, 1)} % vs {_fmt(icpu, 1)} %"),
+             f"server CPU <= Icecast2's: {_fmt(cpu, 1)} % vs {_fmt(icpu, 1)} % (server core busy, kernel "
+             f"included: {_fmt(r.get('server_cores_busy_pct_steady'), 1)} % vs "
+             f"{_fmt((ice or {}).get('server_cores_busy_pct_steady'), 1)} %)"),
             (r["join_p99_s"] is not None and r["join_p99_s"] <= 1.0, f"join p99 <= 1 s: {_fmt(r['join_p99_s'])} s"),
             (r["failed"] == 0 and r["never_answered"] == 0
              and not any(k.startswith("connect") or k in ("timeout", "reset") for k in r["errors_by_kind"]),  # type: ignore[union-attr]
@@ -452,6 +464,9 @@ def main() -> int:
     parser.add_argument("--md", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--json", default=str(ROOT / "bench" / "out" / "side_by_side.json"))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "benchmarks.png"))
+    parser.add_argument("--no-split", dest="split", action="store_false",
+                        help="let servers and generator share every core (default: the servers on the first "
+                             "core, the generator on the others)")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--from-json", metavar="JSON", help="only rewrite the markdown and plot from an earlier run")
     args = parser.parse_args()
@@ -464,10 +479,21 @@ def main() -> int:
         return 0
     exit_on_sigterm()
     raise_open_files()  # the servers started below inherit it
+    cpus = sorted(os.sched_getaffinity(0))
+    args.generator_cpus = ()
+    if args.split and len(cpus) >= 2:
+        # each side has cores of its own: the generator's load cannot slow the server under test,
+        # nor the other way round. Everything started from here on (servers, edges, their ffmpeg
+        # feeds) inherits the first core; the load test's processes move to the others.
+        os.sched_setaffinity(0, cpus[:1])
+        args.generator_cpus = tuple(cpus[1:])
+    args.cpu_split = f"servers on CPU {cpus[0]}, generator on CPU {','.join(map(str, cpus[1:]))}" if args.generator_cpus \
+        else "servers and generator share every core"
     sizes = [int(s) for s in args.sizes.split(",") if s]
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     results: dict[str, dict[str, dict[str, object]]] = {
-        "_run": {"at": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "command": " ".join(sys.argv[1:])}}
+        "_run": {"at": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "command": " ".join(sys.argv[1:]),
+                 "cpus": args.cpu_split}}
     for size in sizes:
         rows: dict[str, dict[str, object]] = {}
         results[str(size)] = rows

@@ -51,8 +51,9 @@ def test_counts_add_up_no_stalls_json_and_plot(serve, tmp_path: Path) -> None:
     server = serve()
     space = live_space(server)
     out, png = tmp_path / "r.json", tmp_path / "r.png"
+    cpu = max(os.sched_getaffinity(0))
     r = finish(loadtest(server, space, out, "--listeners", "300", "--duration", "10", "--ramp", "3",
-                        "--procs", "2", "--plot", str(png)), out)
+                        "--procs", "2", "--cpus", str(cpu), "--plot", str(png)), out)
     for key in JSON_KEYS:
         assert key in r, key
     status = server.status(space)
@@ -66,7 +67,7 @@ def test_counts_add_up_no_stalls_json_and_plot(serve, tmp_path: Path) -> None:
     assert 0.5 < r["latency_p50_s"] <= r["latency_p99_s"] < 6.0  # part hold-back (1.5 s) plus a part or two
     # every listener fetches a playlist and a part about every 0.512 s while it plays
     assert r["requests_total"] > 300 * 5 / 0.512 * 2 * 0.8
-    assert r["generator_procs"] == 2 and r["generator_cpu_pct"] > 0
+    assert r["generator_procs"] == 2 and r["generator_cpu_pct"] > 0 and r["generator_cpus"] == [cpu]
     assert r["server_pid"] == server.proc.pid and r["server_cpu_pct"] > 0 and r["server_rss_mb_max"] > 10
     assert len(r["timeline"]) >= 9 and max(row["playing"] for row in r["timeline"]) == 300
     import matplotlib.image
@@ -122,7 +123,9 @@ def test_attack_options_are_checked() -> None:
 
 
 @pytest.mark.parametrize("args, message", [(["--listeners", "5"], "--space is required"),
-                                           (["--space", "x", "--listeners", "5", "--ramp", "40"], "--ramp")])
+                                           (["--space", "x", "--listeners", "5", "--ramp", "40"], "--ramp"),
+                                           (["--space", "x", "--listeners", "5", "--cpus", "one"], "CPU numbers"),
+                                           (["--space", "x", "--listeners", "5", "--cpus", "4096"], "lets the load test use")])
 def test_bad_options(args: list[str], message: str) -> None:
     result = CliRunner().invoke(main, ["loadtest", "--server", "http://127.0.0.1:9", *args])
     assert result.exit_code == 2 and message in result.output

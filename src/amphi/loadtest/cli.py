@@ -24,6 +24,9 @@ from amphi.loadtest.profiles import PROFILES
               help="Seconds over which listeners arrive (surge: the window around T0).")
 @click.option("--procs", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Generator processes; each runs a share of the listeners.")
+@click.option("--cpus", default=None,
+              help="Run the generator on these CPUs only (1, 1,3 or 2-3); pin the server to the others "
+                   "(taskset) so that the two do not compete.")
 @click.option("--protocol", default="amphi", show_default=True, type=click.Choice(["amphi", "hls", "icecast"]),
               help="amphi: join + token + LL-HLS; hls: a plain playlist URL; icecast: one endless GET.")
 @click.option("--player", default="ll", show_default=True, type=click.Choice(["ll", "segments"]),
@@ -50,13 +53,13 @@ from amphi.loadtest.profiles import PROFILES
 @click.option("--plot", "plot_out", default=None, type=click.Path(dir_okay=False), help="Write a PNG plot over time.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def loadtest(server: str, space: str, listeners: int, profile: str, duration: float, ramp: float, procs: int,
-             protocol: str, player: str, stay: float | None, drop_at: float | None, stream_kbps: float,
+             cpus: str | None, protocol: str, player: str, stay: float | None, drop_at: float | None, stream_kbps: float,
              server_pid: int | None, seed: int, attack: str | None, attack_rate: float, attack_start: float,
              attack_duration: float | None, attack_sources: int, attack_connections: int, json_out: str | None,
              plot_out: str | None, quiet: bool) -> None:
     """Drive real HTTP listeners that behave like players, and report what each experienced."""
     from amphi.loadtest import report
-    from amphi.loadtest.run import RunOptions, run
+    from amphi.loadtest.run import RunOptions, parse_cpus, run
     from amphi.loadtest.swarm import LoadConfig
 
     if protocol == "amphi" and not space:
@@ -80,8 +83,12 @@ def loadtest(server: str, space: str, listeners: int, profile: str, duration: fl
             raise click.UsageError(str(e)) from None
     elif listeners == 0:
         raise click.UsageError("--listeners 0 needs --attack")
+    try:
+        cpu_set = parse_cpus(cpus) if cpus else ()
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     opts = RunOptions(cfg=cfg, listeners=listeners, profile=profile, ramp_s=ramp, procs=procs, stay_s=stay,
-                      drop_at_s=drop_at, server_pid=server_pid, attack=plan)
+                      drop_at_s=drop_at, server_pid=server_pid, attack=plan, cpus=cpu_set)
     tty = sys.stderr.isatty()
 
     def progress(line: str) -> None:

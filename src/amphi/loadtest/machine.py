@@ -53,10 +53,21 @@ class ProcessCpu:
         return total
 
 
+def _busy(times: dict[str, float]) -> tuple[float, float]:
+    busy = sum(v for k, v in times.items() if k not in ("idle", "iowait", "guest", "guest_nice"))
+    return busy, times.get("softirq", 0.0)
+
+
 def machine_busy_s() -> tuple[float, float]:
     """CPU seconds all cores of this machine have spent busy since boot, and of those the
     kernel's soft interrupts (on loopback, much of the TCP work of both ends lands there,
     counted against no process)."""
-    t = psutil.cpu_times()._asdict()
-    busy = sum(v for k, v in t.items() if k not in ("idle", "iowait", "guest", "guest_nice"))
-    return busy, t.get("softirq", 0.0)
+    return _busy(psutil.cpu_times()._asdict())
+
+
+def cores_busy_s(cpus: tuple[int, ...]) -> tuple[float, float]:
+    """``machine_busy_s`` for these CPUs only: with the server pinned to them, everything its
+    side costs the machine, the kernel's network work on its core included."""
+    per_cpu = psutil.cpu_times(percpu=True)
+    busy = [_busy(per_cpu[c]._asdict()) for c in cpus if c < len(per_cpu)]
+    return sum(b for b, _ in busy), sum(si for _, si in busy)

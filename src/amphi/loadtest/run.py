@@ -7,6 +7,7 @@ server's, and returns the result that ``report`` prints, writes and plots.
 from __future__ import annotations
 
 import json
+import os
 import multiprocessing as mp
 import sys
 import time
@@ -22,7 +23,7 @@ from amphi.loadtest.attack import AttackPlan, attack_main
 from amphi.loadtest.http import split_url
 from amphi.loadtest.profiles import schedule
 from amphi.loadtest.stats import Histogram, rounded
-from amphi.loadtest.machine import ProcessCpu, machine_busy_s, raise_open_files
+from amphi.loadtest.machine import ProcessCpu, cores_busy_s, machine_busy_s, raise_open_files
 from amphi.loadtest.swarm import END_GRACE_S, LoadConfig, worker_main
 
 READY_TIMEOUT_S = 60.0  # worker processes importing and reporting ready
@@ -43,6 +44,22 @@ class RunOptions:
     server_pid: int | None = None  # default: whoever listens on the server's port, if local
     also_pids: tuple[int, ...] = ()  # more server-side processes counted as the server (e.g. edges)
     attack: AttackPlan | None = None  # attackers mixed in, in a process of their own
+    cpus: tuple[int, ...] = ()  # the generator's processes run on these CPUs only (empty: any)
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """``"1"``, ``"1,3"`` or ``"2-3"`` -> CPU numbers, each one this process may use."""
+    cpus: set[int] = set()
+    try:
+        for item in text.split(","):
+            lo, _, hi = item.strip().partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ValueError(f"--cpus {text!r}: a list of CPU numbers like 1 or 1,3 or 2-3") from None
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not cpus <= allowed:
+        raise ValueError(f"--cpus {text!r}: this machine lets the load test use CPUs {sorted(allowed)}")
+    return tuple(sorted(cpus))
 
 
 def find_server_pid(url: str) -> int | None:
@@ -96,6 +113,8 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
         child_end.close()
         pipes.append(parent_end)
         workers.append(w)
+        if opts.cpus:
+            os.sched_setaffinity(w.pid, opts.cpus)  # type: ignore[arg-type]
     attack_pipe = None
     if opts.attack is not None:
         attack_pipe, child_end = ctx.Pipe()
@@ -103,6 +122,8 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
         w.start()
         child_end.close()
         workers.append(w)
+        if opts.cpus:
+            os.sched_setaffinity(w.pid, opts.cpus)  # type: ignore[arg-type]
     try:
         result = _drive(opts, sessions, pipes, workers, server, warnings, progress,
                         [attack_pipe] if attack_pipe else [])
@@ -148,6 +169,9 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
         p.send(t0)
     gen0, srv0, busy0 = gen_cpu(), (server.cpu_s() if server else 0.0), machine_busy_s()
     last_cpu = (time.time(), gen0, srv0)
+    # with the generator pinned (--cpus), the other cores are the server's side of the machine
+    server_cores = tuple(sorted(os.sched_getaffinity(0) - set(opts.cpus))) if opts.cpus else ()
+    last_cores = cores_busy_s(server_cores)
     ticks: dict[int, list[dict]] = {}
     finals: dict[int, dict] = {}
     timeline: list[dict[str, object]] = []
@@ -194,6 +218,11 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
             row["generator_cpu_pct"] = round(100 * (g - last_cpu[1]) / dt, 1)
             row["server_cpu_pct"] = round(100 * (s - last_cpu[2]) / dt, 1) if server else None
             last_cpu = (now, g, s)
+            if server_cores:
+                cores = cores_busy_s(server_cores)
+                row["server_cores_busy_pct"] = round(100 * (cores[0] - last_cores[0]) / dt, 1)
+                row["server_cores_softirq_pct"] = round(100 * (cores[1] - last_cores[1]) / dt, 1)
+                last_cores = cores
             waiting_max = max(waiting_max, int(row["waiting"]))  # type: ignore[call-overload]
             timeline.append(row)
             del ticks[tick]
@@ -335,6 +364,7 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         "pow_s_total": round(sum(f.get("pow_s", 0.0) for f in finals), 3),
         "generator_cpu_pct": round(gen_pct, 1),
         "generator_procs": procs,
+        "generator_cpus": sorted({c for f in finals for c in f.get("cpus", ())}),  # where its processes ran
         "generator_proc_cpu_pct": [round(100 * c / wall, 1) for c in worker_cpu],
         "generator_loop_lag_p99_s": round(lag99, 4),
         "server_pid": server.pid if server else None,

@@ -9,6 +9,7 @@ Parent -> worker: the wall time of T0, once.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections import Counter
@@ -176,7 +177,7 @@ class Swarm:
             "join": self.join_hist.to_dict(), "audio": self.audio_hist.to_dict(),
             "latency": self.latency.to_dict(), "admit_wait": self.admit_wait.to_dict(), "lag": self.lag.to_dict(),
             "edge_recovery": self.edge_recovery.to_dict(),
-            "cpu_s": time.process_time(), "send_s": self.send_s,
+            "cpu_s": time.process_time(), "send_s": self.send_s, "cpus": sorted(os.sched_getaffinity(0)),
             "pow_solved": self.pow_solved, "pow_s": self.pow_s,
         }
 
