@@ -26,7 +26,10 @@ audience (``--ramp`` seconds of arrivals, then steady listening until ``--durati
 
 Server CPU is the server's processes (nginx: master + worker; Amphi: the node; Icecast2:
 the server, not ffmpeg) over the steady part of the run (after the ramp), and over the whole
-run. The generator (this machine's other user of the 2 cores) is reported too. Everything
+run. The generator (this machine's other user of the 2 cores) is reported too. By default
+the servers run on the first core and the generator on the others (``--no-split``: shared),
+and the server's core is also measured whole ("server core busy": its processes, the feeding
+ffmpeg and the kernel's network work on it). Everything
 binds 127.0.0.1; every process is started in its own process group and stopped at the end,
 also on errors and Ctrl-C. Writes ``docs/benchmarks.md`` (a table per size) and a plot.
 """
