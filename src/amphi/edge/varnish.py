@@ -38,8 +38,8 @@ PARAMS = {
     # Few threads, a long queue. Every listener's blocking reload parks on the same busy object
     # and is rushed back the instant it arrives: thousands of requests wanting a thread at once.
     # With up to 5,000 threads a pool, Varnish made them all and the context switches cost
-    # 113 us a request at 10k listeners; with a few hundred they queue, and a request costs 44 us
-    # (bench/edge.py, docs/edge.md). Each request holds a thread only while it is answered
+    # 113 us a request at 10k wrk players on one edge; with a few hundred they queue, and a
+    # request costs 44-63 us (bench/edge.py, docs/edge.md). Each request holds a thread only while it is answered
     # (parked ones and idle connections hold none), and answers are small.
     "thread_pool_min": "100",  # per pool: a surge does not wait for threads to be made one by one
     "thread_pool_max": "200",
