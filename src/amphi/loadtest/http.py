@@ -92,6 +92,7 @@ class _Protocol(asyncio.Protocol):
         self.on_data: Callable[[int], None] | None = None  # streaming: body bytes go here
         self.status = 0
         self.head: bytes | None = None  # the current response's header lines, once they are in
+        self.close_after = False  # the current response says "Connection: close"
         self.length = -1  # -1: unknown (read to close), -2: chunked
         self.closed = False
         self.got_bytes = False
@@ -135,6 +136,7 @@ class _Protocol(asyncio.Protocol):
                 return
             self.head = head
             lower = head.lower()
+            self.close_after = _header(lower, b"connection:") == b"close"
             length = _header(lower, b"content-length:")
             if length is not None:
                 try:
@@ -263,6 +265,7 @@ class Connection:
         p = self._p if self.connected else await self._connect()
         assert p is not None and p.transport is not None
         p.head = None
+        p.close_after = False
         p.buf.clear()
         p.on_data = on_data
         p.got_bytes = False
@@ -275,8 +278,8 @@ class Connection:
         p.waiter = fut
         p.transport.write(head + b"\r\n" + (body or b""))
         self.requests += 1
-        # a timer handle, not asyncio.timeout(): the same deadline at a third of the cost, on
-        # the one path every request of a 10k-listener run takes
+        # a timer handle, not asyncio.timeout(): the same deadline for less work, on the one
+        # path every request of a 10k-listener run takes
         timer = loop.call_later(timeout_s, _time_out, fut, method, target, timeout_s)
         try:
             resp = await fut
@@ -289,7 +292,7 @@ class Connection:
         finally:
             timer.cancel()
             p.waiter = None
-        if on_data is None and _header(resp.head.lower(), b"connection:") == b"close":
+        if on_data is None and p.close_after:  # read from the header block once, in _parse
             self.close()
         return resp
 

@@ -113,8 +113,6 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
         child_end.close()
         pipes.append(parent_end)
         workers.append(w)
-        if opts.cpus:
-            os.sched_setaffinity(w.pid, opts.cpus)  # type: ignore[arg-type]
     attack_pipe = None
     if opts.attack is not None:
         attack_pipe, child_end = ctx.Pipe()
@@ -122,8 +120,8 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
         w.start()
         child_end.close()
         workers.append(w)
-        if opts.cpus:
-            os.sched_setaffinity(w.pid, opts.cpus)  # type: ignore[arg-type]
+    for w in workers if opts.cpus else ():  # listeners and attackers alike
+        os.sched_setaffinity(w.pid, opts.cpus)  # type: ignore[arg-type]
     try:
         result = _drive(opts, sessions, pipes, workers, server, warnings, progress,
                         [attack_pipe] if attack_pipe else [])
@@ -171,7 +169,7 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     last_cpu = (time.time(), gen0, srv0)
     # with the generator pinned (--cpus), the other cores are the server's side of the machine
     server_cores = tuple(sorted(os.sched_getaffinity(0) - set(opts.cpus))) if opts.cpus else ()
-    last_cores = cores_busy_s(server_cores)
+    last_cores = cores_busy_s(server_cores) if server_cores else (0.0, 0.0)
     ticks: dict[int, list[dict]] = {}
     finals: dict[int, dict] = {}
     timeline: list[dict[str, object]] = []
