@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import HOST, NodeProcess, exit_on_sigterm, free_port, kill_group, run, start_space  # noqa: E402
 
 from amphi.loadtest.machine import raise_open_files  # noqa: E402
-from amphi.loadtest.run import RunOptions, run as loadtest  # noqa: E402
+from amphi.loadtest.run import RunOptions, run as loadtest, window_cpu_pct  # noqa: E402
 from amphi.loadtest.swarm import LoadConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,14 +257,8 @@ def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll"
 
         r = loadtest(RunOptions(cfg=cfg, listeners=size, profile=profile, ramp_s=ramp, procs=args.procs,
                                 server_pid=pid, also_pids=also, cpus=args.generator_cpus), progress)
-        steady = [row for row in r["timeline"] if ramp + 2 < row["t"] <= args.duration]  # type: ignore[union-attr]
-        cpu = [row["server_cpu_pct"] for row in steady if row["server_cpu_pct"] is not None]
-        gen = [row["generator_cpu_pct"] for row in steady]
-        r["server_cpu_pct_steady"] = round(sum(cpu) / len(cpu), 1) if cpu else None
-        r["generator_cpu_pct_steady"] = round(sum(gen) / len(gen), 1) if gen else None
-        for key in ("server_cores_busy_pct", "server_cores_softirq_pct"):  # with --split: the server's core
-            vals = [row[key] for row in steady if row.get(key) is not None]
-            r[f"{key}_steady"] = round(sum(vals) / len(vals), 1) if vals else None
+        steady = window_cpu_pct(r["timeline"], ramp + 2, args.duration)  # type: ignore[arg-type]
+        r.update({f"{key}_steady": pct for key, pct in steady.items()})  # server's core: with the split
         return r
 
     if system == "amphi":

@@ -166,10 +166,11 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     for p in pipes + starters:
         p.send(t0)
     gen0, srv0, busy0 = gen_cpu(), (server.cpu_s() if server else 0.0), machine_busy_s()
-    last_cpu = (time.time(), gen0, srv0)
+    t_read0 = time.time()
+    last_cpu = (t_read0, gen0, srv0)
     # with the generator pinned (--cpus), the other cores are the server's side of the machine
     server_cores = tuple(sorted(os.sched_getaffinity(0) - set(opts.cpus))) if opts.cpus else ()
-    last_cores = cores_busy_s(server_cores) if server_cores else (0.0, 0.0)
+    cores0 = last_cores = cores_busy_s(server_cores) if server_cores else (0.0, 0.0)
     ticks: dict[int, list[dict]] = {}
     finals: dict[int, dict] = {}
     timeline: list[dict[str, object]] = []
@@ -216,10 +217,17 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
             row["generator_cpu_pct"] = round(100 * (g - last_cpu[1]) / dt, 1)
             row["server_cpu_pct"] = round(100 * (s - last_cpu[2]) / dt, 1) if server else None
             last_cpu = (now, g, s)
+            # the same, cumulative since the start: a window's mean is a difference of two rows
+            # (a row read late covers a short span, and an average of its rate would weigh it as a second)
+            row["wall_s"] = round(now - t_read0, 3)
+            row["generator_cpu_s"] = round(g - gen0, 3)
+            row["server_cpu_s"] = round(s - srv0, 3) if server else None
             if server_cores:
                 cores = cores_busy_s(server_cores)
                 row["server_cores_busy_pct"] = round(100 * (cores[0] - last_cores[0]) / dt, 1)
                 row["server_cores_softirq_pct"] = round(100 * (cores[1] - last_cores[1]) / dt, 1)
+                row["server_cores_busy_s"] = round(cores[0] - cores0[0], 3)
+                row["server_cores_softirq_s"] = round(cores[1] - cores0[1], 3)
                 last_cores = cores
             waiting_max = max(waiting_max, int(row["waiting"]))  # type: ignore[call-overload]
             timeline.append(row)
@@ -248,6 +256,28 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     if others > 20:
         warnings.append(f"other processes used {others:.0f} % of a core during the run: figures are noisier")
     return result
+
+
+def window_cpu_pct(timeline: list[dict[str, object]], after_s: float, until_s: float) -> dict[str, float | None]:
+    """Mean CPU (% of one core) of the generator, the server and the server's cores over the
+    seconds ``after_s < t <= until_s`` of a run's timeline: the CPU spent between the row before
+    the window and its last row, over the wall time between them (rows carry cumulative figures).
+    None for a figure the run did not measure or a window with no row."""
+    inside = [i for i, row in enumerate(timeline) if after_s < row["t"] <= until_s]  # type: ignore[operator]
+    out: dict[str, float | None] = {k: None for k in ("generator_cpu_pct", "server_cpu_pct",
+                                                       "server_cores_busy_pct", "server_cores_softirq_pct")}
+    if not inside:
+        return out
+    first, last = timeline[inside[0] - 1] if inside[0] else None, timeline[inside[-1]]
+    wall = float(last["wall_s"]) - (float(first["wall_s"]) if first else 0.0)  # type: ignore[arg-type]
+    if wall <= 0:
+        return out
+    for key in out:
+        cum = key.replace("_pct", "_s")
+        if last.get(cum) is not None:
+            before = float(first[cum]) if first else 0.0  # type: ignore[arg-type]
+            out[key] = round(100 * (float(last[cum]) - before) / wall, 1)  # type: ignore[arg-type]
+    return out
 
 
 def _merge_tick(tick: int, snaps: list[dict], prev: dict | None) -> dict[str, object]:
