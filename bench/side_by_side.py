@@ -326,7 +326,8 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
         "Every figure comes from the same generator, so the columns compare.",
         "",
         f"Audience: profile `{args.profile}`, arrivals over {args.ramp:g} s, run {args.duration:g} s. "
-        "Server CPU is % of one core, mean over the steady part (after the ramp), all the server's processes "
+        "Server CPU is % of one core, mean over the steady part (after the ramp: the CPU spent in it over its "
+        "wall time), all the server's processes "
         "(not the feeding ffmpeg, not the generator); per 1k is per 1,000 listeners admitted. "
         "Ratios are to Icecast2 in the same size's run "
         "(lower is better for every column). Join = arrival -> first answer (Amphi: the join answer; "
