@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DATA ?= data
-APT_PACKAGES := ffmpeg chromium wrk icecast2 nginx libnginx-mod-stream varnish varnish-vmod-digest varnish-modules \
+APT_PACKAGES := ffmpeg chromium wrk icecast2 nginx libnginx-mod-stream libnginx-mod-http-js varnish varnish-vmod-digest varnish-modules \
 	redis-server
 
 .PHONY: setup system run test bench bench-side-by-side clean
@@ -23,6 +23,7 @@ system:
 	[ -x /usr/bin/icecast2 ] || missing="$$missing icecast2"; \
 	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$$missing libnginx-mod-stream"; \
+	[ -e /usr/lib/nginx/modules/ngx_http_js_module.so ] || missing="$$missing libnginx-mod-http-js"; \
 	[ -x /usr/sbin/varnishd ] || missing="$$missing varnish"; \
 	[ -e /usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_digest.so ] || missing="$$missing varnish-vmod-digest"; \
 	[ -e /usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_vsthrottle.so ] || missing="$$missing varnish-modules"; \

@@ -99,6 +99,37 @@ def test_an_expired_token_is_renewed_by_the_origin_through_the_edge(tier: Tier) 
     assert httpx.get(url.replace("live.m3u8", "init.mp4"), timeout=10).status_code == 401  # only playlists
 
 
+def test_the_front_answers_segment_players_from_its_cache_but_never_a_bad_token(tier: Tier) -> None:
+    playlist = httpx.get(first_segment(tier), timeout=10).text
+    lines = playlist.splitlines()
+    segment = [line for line in lines if line and not line.startswith("#")][-1]  # the newest whole segment
+    msn = int(next(line for line in lines if line.startswith("#EXT-X-MEDIA-SEQUENCE:")).split(":")[1])
+    msn += sum(line.startswith("#EXTINF") for line in lines) - 1
+    tokens = [tier.origin.join(tier.space).split("/t/")[1].split("/")[0] for _ in range(2)]
+    base = f"{tier.edges[0].url}/o/origin/media/{tier.space}/t"
+    first, second = (httpx.get(f"{base}/{t}/{segment}", timeout=10) for t in tokens)
+    assert first.status_code == second.status_code == 200 and first.content == second.content
+    assert second.headers["x-front-cache"] == "HIT"  # another listener, the front's copy
+
+    signer = Signer(SECRET.encode())
+    forged = tokens[0][:-2] + ("AA" if not tokens[0].endswith("AA") else "BB")
+    expired = signer.token(tier.space, "seat00000002", int(time.time()) - 5)
+    for token, status in ((forged, 403), (expired, 401), ("not-a-token", 403)):
+        r = httpx.get(f"{base}/{token}/{segment}", timeout=10)  # cached, and still refused: Varnish answers
+        assert r.status_code == status and r.headers["x-front-cache"] == "BYPASS", (token, r.status_code)
+
+    # a segment player's blocking reload is the front's too; an LL-HLS one (a part asked for) is Varnish's
+    reload = f"{base}/{tokens[0]}/live.m3u8?_HLS_msn={msn}"
+    answers = [httpx.get(reload, timeout=10) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200] and answers[1].headers["x-front-cache"] == "HIT"
+    assert f"/{segment}" in answers[1].text or f"\n{segment}" in answers[1].text
+    ll = httpx.get(f"{reload}&_HLS_part=0", timeout=10)
+    assert ll.status_code == 200 and ll.headers["x-front-cache"] == "BYPASS"
+    part = [line.split('"')[1] for line in lines if line.startswith("#EXT-X-PART:")][-1]
+    r = httpx.get(f"{base}/{tokens[0]}/{part}", timeout=10)
+    assert r.status_code == 200 and "x-front-cache" not in r.headers and r.headers["x-edge"] == "edge1"
+
+
 def test_a_stale_playlist_is_served_while_the_origin_does_not_answer(tier: Tier) -> None:
     url = first_segment(tier)
     assert httpx.get(url, timeout=10).status_code == 200  # a copy at the edge

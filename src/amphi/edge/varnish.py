@@ -2,9 +2,20 @@
 directory and its own port. Lifecycle: new -> running -> stopped.
 
 Varnish cannot cap the TCP connections one client address holds. With
-``EdgeSpec.max_connections_per_address`` set, nginx's stream module (layer 4, no HTTP) takes
-the edge's port and does just that (``limit_conn``), handing every connection to varnishd
-over a Unix socket with the PROXY protocol, so Varnish still sees each client's own address.
+``EdgeSpec.max_connections_per_address`` set, nginx takes the edge's port (the *front*):
+
+* its stream module (layer 4) caps the connections per address (``limit_conn``) and hands each
+  to nginx's http server over a Unix socket with the PROXY protocol;
+* that http server answers segment players from its own cache: whole segments, ``init.mp4``
+  and blocking playlist reloads without ``_HLS_part``, once the admission token checks out
+  (``front.js``: the same HMAC as the VCL, and the expiry). A rush for one object waits on
+  ``proxy_cache_lock`` while one request fetches it from Varnish. An event loop answers these
+  for about half of what Varnish's thread hand-over costs a request (bench/front_probe.py);
+  segment players are the audience's bulk (docs/benchmarks.md);
+* everything else (LL-HLS parts and their blocking reloads, which need Varnish's instant
+  wake-up, any token that does not check out, the API and pages) goes to varnishd over another
+  Unix socket, with the client's address in ``x-amphi-client``.
+
 Both run in one process group: nginx starts first, as a child that gets SIGTERM when its
 parent goes (``PR_SET_PDEATHSIG``), and that parent then becomes varnishd (``exec``)."""
 
@@ -27,6 +38,7 @@ from amphi.edge.vcl import EdgeSpec, render
 VARNISHD = shutil.which("varnishd") or "/usr/sbin/varnishd"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")  # Debian's libnginx-mod-stream
+JS_MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")  # Debian's libnginx-mod-http-js (njs)
 
 # Slow clients are cut off; idle keep-alive connections are cheap (Varnish parks them on its
 # waiter, not on a thread) but bounded in time.
@@ -63,12 +75,12 @@ class Edge:
 
     @property
     def _socket(self) -> Path:
-        """Where varnishd listens behind the connection cap (PROXY protocol)."""
+        """Where varnishd listens behind the front (only this user may connect)."""
         return self.workdir / "varnish.sock"
 
     def command(self) -> list[str]:
         params = [arg for k, v in PARAMS.items() for arg in ("-p", f"{k}={v}")]
-        listen = (f"{self._socket},PROXY" if self.spec.max_connections_per_address else f"{self.host}:{self.port}")
+        listen = (f"{self._socket},mode=600" if self.spec.max_connections_per_address else f"{self.host}:{self.port}")
         return [VARNISHD, "-F", "-j", "none", "-n", str(self.workdir / "varnish"),
                 "-a", listen, "-f", str(self.workdir / "edge.vcl"),
                 "-s", f"malloc,{self.storage_mb}m", *params]
@@ -87,12 +99,19 @@ class Edge:
         os.chmod(vcl, 0o600)
         cap = self.spec.max_connections_per_address
         if cap:
-            if not STREAM_MODULE.exists():
-                raise Unavailable(f"{STREAM_MODULE} is missing: install libnginx-mod-stream (make setup), or run "
-                                  "the edge without a per-address connection cap")
-            (self.workdir / "front").mkdir(exist_ok=True)
+            for module, package in ((STREAM_MODULE, "libnginx-mod-stream"), (JS_MODULE, "libnginx-mod-http-js")):
+                if not module.exists():
+                    raise Unavailable(f"{module} is missing: install {package} (make setup), or run "
+                                      "the edge without a per-address connection cap (and so without its front)")
+            front = self.workdir / "front"
+            for sub in ("cache", "tmp"):
+                (front / sub).mkdir(parents=True, exist_ok=True)
             self._socket.unlink(missing_ok=True)
-            (self.workdir / "front" / "nginx.conf").write_text(front_config(self.host, self.port, self._socket, cap))
+            (front / "http.sock").unlink(missing_ok=True)
+            script = front / "front.js"
+            script.write_text(front_script(self.spec.secret))
+            os.chmod(script, 0o600)
+            (front / "nginx.conf").write_text(front_config(self.spec, self.host, self.port, front, self._socket))
 
     def exec(self) -> NoReturn:
         """Becomes varnishd (for ``amphi edge run``), after starting the connection cap if there is
@@ -119,13 +138,14 @@ class Edge:
         raise Unavailable(f"edge {self.spec.name} did not start listening within {timeout_s:g} s")
 
     def _accepting(self) -> bool:
-        """The edge answers HTTP on its port (through the cap, when there is one)."""
+        """Varnish answers HTTP on the edge's port (through the front, when there is one)."""
         import socket
 
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5) as s:
                 s.sendall(b"GET /o/ready HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
-                return s.recv(12).startswith(b"HTTP/1.1")
+                head = s.recv(4096)
+                return head.startswith(b"HTTP/1.1") and b"\r\nx-edge:" in head.lower()  # Varnish's answer
         except OSError:
             return False
 
@@ -157,13 +177,51 @@ class Edge:
         return {k: int(v.get("value", 0)) for k, v in counters.items()}
 
 
-def front_config(host: str, port: int, varnish_socket: Path, cap: int) -> str:
-    """nginx (stream) on ``host:port``: at most ``cap`` connections per client address, each
-    handed to varnishd on ``varnish_socket`` with the PROXY protocol."""
-    # the workers run as this user (root included): only this user may connect to varnishd's socket,
-    # so nothing on the machine can bypass the cap or forge a PROXY header
+def front_script(secret: str) -> str:
+    """njs for the front: ``token_bad`` is "" for an admission token that the VCL would let
+    through to the cache (well formed, this Space's MAC, not expired), "1" otherwise."""
+    return f"""// Amphi edge front, rendered by Edge: do not edit. It holds the cluster's token secret.
+import crypto from 'crypto';
+const SECRET = {json.dumps(secret)};
+const TOKEN = /^([lh][A-Za-z0-9_-]{{8,32}}\\.([0-9]{{1,12}}))\\.([A-Za-z0-9_-]{{22}})$/;
+function token_bad(r) {{
+    const m = TOKEN.exec(r.variables.amphi_token || '');
+    if (!m || Number(m[2]) <= Date.now() / 1000) {{
+        return '1';
+    }}
+    const mac = crypto.createHmac('sha256', SECRET).update('token|' + r.variables.amphi_space + '|' + m[1])
+        .digest().slice(0, 16).toString('base64url');
+    return mac === m[3] ? '' : '1';
+}}
+export default {{ token_bad }};
+"""
+
+
+def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: Path) -> str:
+    """nginx in front of varnishd: the per-address connection cap (stream) and a cache for
+    segment players (http); see the module's docstring."""
+    # the workers run as this user (root included): only this user may connect to the sockets,
+    # so nothing on the machine can bypass the cap or forge a client's address
     user = "user root;\n" if os.geteuid() == 0 else ""
+    rate = (f"limit_req zone=media_rate burst={spec.media_rate} nodelay;" if spec.media_rate else "")
+    # whole segments and init are immutable; a blocking reload's answer (keyed by its msn) is
+    # kept about a segment: a player that asks later than that gets a fresh one
+    cached = "\n".join(f"""        location ~ "^/o/(?<amphi_node>[A-Za-z0-9_-]{{1,32}})/media/(?<amphi_space>[A-Za-z0-9_-]{{1,64}})/t/(?<amphi_token>[^/]{{1,128}})/(?<amphi_file>{files})$" {{
+            {rate}
+            proxy_cache media;
+            proxy_cache_key "$amphi_node/$amphi_space/$amphi_file?$arg__HLS_msn";
+            proxy_cache_bypass $amphi_not_here $amphi_token_bad;
+            proxy_no_cache $amphi_not_here $amphi_token_bad;
+            proxy_cache_lock on;  # a rush waits while one request fetches
+            proxy_cache_lock_timeout 10s;  # a blocking reload is held up to a segment (3.584 s)
+            proxy_cache_lock_age 10s;
+            proxy_ignore_headers Cache-Control Expires Set-Cookie;
+            proxy_cache_valid 200 {ttl}s;
+            add_header x-front-cache $upstream_cache_status always;
+            proxy_pass http://varnish;
+        }}""" for files, ttl in ((r"[0-9]{1,9}\.m4s|init\.mp4", spec.media_ttl_cap_s), (r"live\.m3u8", 4)))
     return f"""load_module {STREAM_MODULE};
+load_module {JS_MODULE};
 {user}daemon off;
 master_process on;
 worker_processes 1;
@@ -174,11 +232,69 @@ stream {{
     limit_conn_zone $binary_remote_addr zone=per_address:10m;
     server {{
         listen {host}:{port} backlog=4096;
-        limit_conn per_address {cap};  # one more is closed at once, before a byte reaches Varnish
-        proxy_pass unix:{varnish_socket};
+        limit_conn per_address {spec.max_connections_per_address};  # one more is closed at once
+        proxy_pass unix:{d}/http.sock;
         proxy_protocol on;
         proxy_connect_timeout 2s;
-        proxy_timeout 60s;  # no byte either way for this long: closed (Varnish's own timeouts are shorter)
+        proxy_timeout 60s;  # no byte either way for this long: closed (the http server's timeouts are shorter)
+    }}
+}}
+http {{
+    access_log off;
+    tcp_nodelay on;
+    client_header_timeout 5s;  # as Varnish's timeout_idle: slowloris
+    client_body_timeout 5s;
+    keepalive_timeout 5s;  # keep-alive connections nobody uses
+    keepalive_requests 1000000;
+    send_timeout 15s;  # slow readers
+    client_max_body_size 64k;
+    client_body_temp_path tmp; proxy_temp_path tmp; fastcgi_temp_path tmp; uwsgi_temp_path tmp; scgi_temp_path tmp;
+    proxy_cache_path {d}/cache keys_zone=media:10m max_size=256m inactive={spec.media_ttl_cap_s}s use_temp_path=off;
+    limit_req_zone $binary_remote_addr zone=media_rate:10m rate={max(spec.media_rate, 1)}r/s;
+    limit_req_status 429;
+    js_import front from {d}/front.js;
+    js_set $amphi_token_bad front.token_bad;
+    # not from this cache: LL-HLS (a part asked for) and the first playlist (no msn): Varnish
+    map "$arg__HLS_part:$arg__HLS_msn:$uri" $amphi_not_here {{
+        "~^[^:]+:" 1;
+        "~\\.(m4s|mp4)$" "";
+        "~^::" 1;
+        default "";
+    }}
+    upstream varnish {{
+        server unix:{varnish_socket};
+        keepalive 64;
+    }}
+    server {{
+        listen unix:{d}/http.sock proxy_protocol;
+        set_real_ip_from unix:;
+        real_ip_header proxy_protocol;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header x-amphi-client $remote_addr;
+        proxy_set_header x-amphi-forwarded-for $proxy_add_x_forwarded_for;
+        proxy_read_timeout 20s;  # a blocking reload is answered within a segment
+        error_page 429 = @too_many;
+        error_page 502 504 = @unavailable;  # Varnish is not up (yet, or any more)
+{cached}
+        location / {{
+            proxy_pass http://varnish;
+        }}
+        location @unavailable {{
+            default_type application/json;
+            add_header retry-after 2 always;
+            add_header cache-control no-store always;
+            add_header access-control-allow-origin * always;
+            return 503 '{{"error": "unavailable", "message": "the edge is not ready"}}';
+        }}
+        location @too_many {{
+            keepalive_timeout 0;  # a flooding connection is closed
+            default_type application/json;
+            add_header retry-after 1 always;
+            add_header cache-control no-store always;
+            add_header access-control-allow-origin * always;
+            return 429 '{{"error": "too_many_requests", "message": "slow down"}}';
+        }}
     }}
 }}
 """

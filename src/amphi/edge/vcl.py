@@ -113,14 +113,24 @@ def render(spec: EdgeSpec) -> str:
         f"        set req.backend_hint = o_{b.name.replace('-', '_')};"
         for i, b in enumerate(spec.origins)
     )
+    # behind the front (nginx, with the connection cap) every request comes over its Unix socket:
+    # the client's address is the one the front read from the PROXY protocol and always sets
+    client = 'req.http.x-amphi-client' if spec.max_connections_per_address else 'client.ip'
     media_throttle = (
-        f'    if (vsthrottle.is_denied("m" + client.ip, {spec.media_rate}, 1s)) {{\n'
+        f'    if (vsthrottle.is_denied("m" + {client}, {spec.media_rate}, 1s)) {{\n'
         '        return (synth(429, "too_many_requests: slow down"));\n    }'
         if spec.media_rate else "")
     join_throttle = (
-        f'    if (req.url ~ "^/api/spaces/[^/]+/join" && vsthrottle.is_denied("j" + client.ip, {spec.join_rate}, 1s)) {{\n'
+        f'    if (req.url ~ "^/api/spaces/[^/]+/join" && vsthrottle.is_denied("j" + {client}, {spec.join_rate}, 1s)) {{\n'
         '        return (synth(429, "too_many_requests: too many joins from this address"));\n    }'
         if spec.join_rate else "")
+    front_client = (
+        '    if (!req.http.x-amphi-client) {\n'
+        '        return (synth(400, "bad_request: not through the edge\'s front"));\n'
+        '    }\n'
+        '    set req.http.x-forwarded-for = req.http.x-amphi-forwarded-for;  # as the front saw it\n'
+        '    unset req.http.x-amphi-forwarded-for;\n'
+        if spec.max_connections_per_address else '    unset req.http.x-amphi-client;\n')
     mac = ('digest.base64url_nopad_hex(regsub(digest.hmac_sha256({"' + spec.secret + '"}, '
            '"token|" + req.http.x-space + "|" + req.http.x-claims), "^0x(.{32}).*$", "\\1"))')
     return f"""vcl 4.1;
@@ -140,7 +150,7 @@ sub vcl_init {{
 }}
 
 sub vcl_recv {{
-    unset req.http.x-node;
+{front_client}    unset req.http.x-node;
     unset req.http.x-space;
     unset req.http.x-claims;
     unset req.http.x-token;
