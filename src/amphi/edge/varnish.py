@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -204,6 +205,10 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
     # so nothing on the machine can bypass the cap or forge a client's address
     user = "user root;\n" if os.geteuid() == 0 else ""
     rate = (f"limit_req zone=media_rate burst={spec.media_rate} nodelay;" if spec.media_rate else "")
+    # a listener holds three of the front's connections (the client's, the stream server's to the
+    # http server and that one's end): two workers, each with all the open files it may have
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    files = 65_536 if files == resource.RLIM_INFINITY else min(files, 1 << 20)
     # whole segments and init are immutable; a blocking reload's answer (keyed by its msn) is
     # kept about a segment: a player that asks later than that gets a fresh one
     cached = "\n".join(f"""        location ~ "^/o/(?<amphi_node>[A-Za-z0-9_-]{{1,32}})/media/(?<amphi_space>[A-Za-z0-9_-]{{1,64}})/t/(?<amphi_token>[^/]{{1,128}})/(?<amphi_file>{files})$" {{
@@ -224,10 +229,11 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
 load_module {JS_MODULE};
 {user}daemon off;
 master_process on;
-worker_processes 1;
+worker_processes 2;
+worker_rlimit_nofile {files};
 pid nginx.pid;
 error_log error.log warn;
-events {{ worker_connections 20000; }}
+events {{ worker_connections {files - 100}; }}
 stream {{
     limit_conn_zone $binary_remote_addr zone=per_address:10m;
     server {{
