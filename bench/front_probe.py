@@ -1,7 +1,7 @@
-"""A design probe for issue 5's CPU target: what would an nginx front that serves segment
-players from its own cache cost, next to the edge as it is?
+"""The probe behind the edge's front (docs/edge.md): what a request costs through Varnish
+alone, through the edge as built, and through an nginx cache with nothing else to do.
 
-    .venv/bin/python bench/front_probe.py [--listeners 10000] [--setups varnish,varnish-capped,front,front-capped] \\
+    .venv/bin/python bench/front_probe.py [--listeners 10000] [--setups varnish,edge,front] \\
         [--duration 40] [--json bench/out/front_probe.json]
 
 The same audience (``amphi loadtest``, segment players, ``--listeners`` over a 10 s ramp) plays
@@ -9,23 +9,19 @@ from one node through each setup in turn; servers on CPU 0, the generator on CPU
 ``bench/side_by_side.py``. Server CPU is the node's plus everything in front of it, over the
 steady part (CPU spent over wall time, ``window_cpu_pct``).
 
-* ``varnish``: the edge as built (``amphi edge``'s VCL and thread settings), no connection cap.
-* ``varnish-capped``: as deployed: nginx's stream module caps connections per address and hands
-  each to varnishd over a Unix socket (``edge/varnish.py``).
-* ``front``: an nginx http server in front of that Varnish. Whole segments, ``init.mp4`` and
-  blocking playlist reloads without ``_HLS_part`` (what a segment player asks for) come from
-  nginx's own cache (``proxy_cache_lock`` holds the rest of a rush while one request fetches);
-  everything else (LL-HLS parts, the first playlist, the API) goes to Varnish. Requests per
-  address are limited as Varnish limits them (200 a second); connections are not capped: nginx's
-  http ``limit_conn`` counts only connections with a request in progress, so it cannot cap idle
-  ones.
-* ``front-capped``: the same behind nginx's stream module capping connections per address (256),
-  in the same nginx, over a Unix socket with the PROXY protocol.
+* ``varnish``: Varnish alone on the port (``--max-connections-per-address 0``): every request
+  handed from Varnish's waiter thread to a worker.
+* ``edge``: the edge as built and deployed: nginx's stream module capping connections per
+  address, nginx's http server answering segment players from its cache once ``front.js`` has
+  checked their tokens, Varnish behind it.
+* ``front``: the floor: an nginx http cache in front of Varnish with no connection cap (nginx's
+  http ``limit_conn`` counts only connections with a request in progress, so it cannot cap
+  idle ones) and no token check (Varnish checks only what nginx does not answer itself). Not
+  deployable: it shows what the cap's extra hop and the token check cost.
 
-THIS IS A PROBE, NOT THE EDGE: nginx here does not check admission tokens (Varnish still does
-on every request it sees, so only cache hits in nginx skip the check). A real front would
-check them with njs (``crypto.createHmac``; Debian's libnginx-mod-http-js), a few microseconds
-a request more. Results: docs/benchmarks.md ("What would meet the CPU target").
+Before the edge had its front, this probe measured the edge as deployed then (stream cap straight
+to Varnish) at 84.0 % of a core for 10,000 listeners, Varnish alone at 74.9 %, the same nginx
+cache behind the cap (no token check) at 46.0 % and the floor at 31.9 % (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -43,45 +39,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import HOST, NodeProcess, free_port, kill_group, run, start_space  # noqa: E402
 
-from amphi.edge.varnish import STREAM_MODULE, Edge  # noqa: E402
+from amphi.edge.varnish import Edge  # noqa: E402
 from amphi.edge.vcl import Backend, EdgeSpec  # noqa: E402
 from amphi.loadtest.machine import raise_open_files  # noqa: E402
 from amphi.loadtest.run import RunOptions, run as loadtest, window_cpu_pct  # noqa: E402
 from amphi.loadtest.swarm import LoadConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SETUPS = ("varnish", "varnish-capped", "front", "front-capped")
+SETUPS = ("varnish", "edge", "front")
 WARM_S = 12.0  # as in side_by_side: a segment player starts three segments behind live
 RAMP_S = 10.0
 CAP = 256  # EdgeSpec's default connections per address
 MEDIA_RATE = 200  # EdgeSpec's default media requests per address per second
 
 
-def front_conf(d: Path, port: int, varnish: int, *, capped: bool, listeners: int) -> str:
-    """nginx: an http cache for segment players in front of Varnish on ``varnish``; with
-    ``capped``, behind a stream server that caps connections per address."""
-    # the capped front holds two connections a listener (client, and stream -> http): two workers
-    workers, conns = (2, min(2 * listeners + 1000, 19_000)) if capped else (1, min(listeners + 1000, 19_000))
-    listen = (f"listen unix:{d}/http.sock proxy_protocol;\n    set_real_ip_from unix:;\n"
-              "    real_ip_header proxy_protocol;" if capped else f"listen {HOST}:{port} backlog=16384;")
-    stream = f"""
-stream {{
-  limit_conn_zone $binary_remote_addr zone=per_address:10m;
-  server {{
-    listen {HOST}:{port} backlog=16384;
-    limit_conn per_address {CAP};
-    proxy_pass unix:{d}/http.sock;
-    proxy_protocol on;
-    proxy_timeout 60s;
-  }}
-}}""" if capped else ""
+def front_conf(d: Path, port: int, varnish: int) -> str:
+    """nginx: an http cache for segment players in front of Varnish on ``varnish``, nothing else."""
     user = "user root;\n" if os.geteuid() == 0 else ""
-    return f"""{f"load_module {STREAM_MODULE};" if capped else ""}
-{user}worker_processes {workers};
+    return f"""{user}worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 daemon off;
-events {{ worker_connections {conns}; }}
+events {{ worker_connections 19000; }}
 http {{
   access_log off;
   tcp_nodelay on;
@@ -99,7 +78,7 @@ http {{
   }}
   upstream varnish {{ server {HOST}:{varnish}; keepalive 64; }}
   server {{
-    {listen}
+    listen {HOST}:{port} backlog=16384;
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     location ~ ^/o/([^/]+)/media/([^/]+)/t/[^/]+/([0-9]+\\.m4s|init\\.mp4|live\\.m3u8)$ {{
@@ -110,7 +89,7 @@ http {{
       proxy_cache media;
       proxy_cache_key "$file?$arg__HLS_msn";
       proxy_cache_lock on;
-      proxy_cache_lock_timeout 10s;  # a blocking reload is held up to a segment (3.584 s)
+      proxy_cache_lock_timeout 10s;
       proxy_cache_lock_age 10s;
       proxy_ignore_headers Cache-Control Expires;
       proxy_cache_valid 200 10s;
@@ -118,14 +97,14 @@ http {{
     }}
     location / {{ proxy_pass http://varnish; }}
   }}
-}}{stream}
+}}
 """
 
 
 def measure(setup: str, args: argparse.Namespace) -> dict[str, object]:
     secret = os.environ.setdefault("AMPHI_SECRET", "s" * 64)
     port, varnish_port = free_port(), free_port()
-    front = setup.startswith("front")
+    front = setup == "front"
     node = NodeProcess(args=["--max-listeners", str(max(args.listeners, 10_000)), "--admit-rate", "2000",
                              "--edge", f"http://{HOST}:{port}"])
     d = Path(tempfile.mkdtemp(prefix="amphi-front-"))
@@ -133,7 +112,7 @@ def measure(setup: str, args: argparse.Namespace) -> dict[str, object]:
     with node:
         # Varnish limits per client address: behind the front every request comes from nginx's
         spec = EdgeSpec.signed("edge1", secret, (Backend.parse("origin", node.url),),
-                               max_connections_per_address=CAP if setup == "varnish-capped" else 0,
+                               max_connections_per_address=CAP if setup == "edge" else 0,
                                media_rate=0 if front else MEDIA_RATE)
         edge = Edge(spec, node.dir / "edge", HOST, varnish_port if front else port).start()
         try:
@@ -141,8 +120,7 @@ def measure(setup: str, args: argparse.Namespace) -> dict[str, object]:
             pids = [edge.proc.pid]
             if front:
                 (d / "tmp").mkdir()
-                (d / "nginx.conf").write_text(front_conf(d, port, varnish_port, capped=setup == "front-capped",
-                                                         listeners=args.listeners))
+                (d / "nginx.conf").write_text(front_conf(d, port, varnish_port))
                 nginx = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", str(d / "nginx.conf"), "-p", str(d)],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
                 pids.append(nginx.pid)

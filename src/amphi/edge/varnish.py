@@ -207,11 +207,11 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
     rate = (f"limit_req zone=media_rate burst={spec.media_rate} nodelay;" if spec.media_rate else "")
     # a listener holds three of the front's connections (the client's, the stream server's to the
     # http server and that one's end): two workers, each with all the open files it may have
-    files = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    files = 65_536 if files == resource.RLIM_INFINITY else min(files, 1 << 20)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    files = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
     # whole segments and init are immutable; a blocking reload's answer (keyed by its msn) is
     # kept about a segment: a player that asks later than that gets a fresh one
-    cached = "\n".join(f"""        location ~ "^/o/(?<amphi_node>[A-Za-z0-9_-]{{1,32}})/media/(?<amphi_space>[A-Za-z0-9_-]{{1,64}})/t/(?<amphi_token>[^/]{{1,128}})/(?<amphi_file>{files})$" {{
+    cached = "\n".join(f"""        location ~ "^/o/(?<amphi_node>[A-Za-z0-9_-]{{1,32}})/media/(?<amphi_space>[A-Za-z0-9_-]{{1,64}})/t/(?<amphi_token>[^/]{{1,128}})/(?<amphi_file>{names})$" {{
             {rate}
             proxy_cache media;
             proxy_cache_key "$amphi_node/$amphi_space/$amphi_file?$arg__HLS_msn";
@@ -224,7 +224,7 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
             proxy_cache_valid 200 {ttl}s;
             add_header x-front-cache $upstream_cache_status always;
             proxy_pass http://varnish;
-        }}""" for files, ttl in ((r"[0-9]{1,9}\.m4s|init\.mp4", spec.media_ttl_cap_s), (r"live\.m3u8", 4)))
+        }}""" for names, ttl in ((r"[0-9]{1,9}\.m4s|init\.mp4", spec.media_ttl_cap_s), (r"live\.m3u8", 4)))
     return f"""load_module {STREAM_MODULE};
 load_module {JS_MODULE};
 {user}daemon off;
