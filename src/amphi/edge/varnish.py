@@ -269,7 +269,11 @@ http {{
     }}
     upstream varnish {{
         server unix:{varnish_socket};
-        keepalive 64;
+        # every LL-HLS listener's blocking request waits on its own connection to Varnish: kept
+        # open for the next one, not made and closed for each
+        keepalive {files // 4};
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
     }}
     server {{
         listen unix:{d}/http.sock proxy_protocol;
