@@ -7,7 +7,7 @@ alone, through the edge as built, and through an nginx cache with nothing else t
 The same audience (``amphi loadtest``, segment players, ``--listeners`` over a 10 s ramp) plays
 from one node through each setup in turn; servers on CPU 0, the generator on CPU 1, as in
 ``bench/side_by_side.py``. Server CPU is the node's plus everything in front of it, over the
-steady part (CPU spent over wall time, ``window_cpu_pct``).
+steady part (CPU spent over wall time, ``window_means``).
 
 * ``varnish``: Varnish alone on the port (``--max-connections-per-address 0``): every request
   handed from Varnish's waiter thread to a worker.
@@ -37,12 +37,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import HOST, NodeProcess, free_port, kill_group, run, start_space  # noqa: E402
+from harness import HOST, NodeProcess, free_port, kill_group, run, split_cores, start_space  # noqa: E402
 
 from amphi.edge.varnish import Edge  # noqa: E402
 from amphi.edge.vcl import Backend, EdgeSpec  # noqa: E402
 from amphi.loadtest.machine import raise_open_files  # noqa: E402
-from amphi.loadtest.run import RunOptions, run as loadtest, window_cpu_pct  # noqa: E402
+from amphi.loadtest.run import RunOptions, run as loadtest, window_means  # noqa: E402
 from amphi.loadtest.swarm import LoadConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,15 +135,11 @@ def measure(setup: str, args: argparse.Namespace) -> dict[str, object]:
                 kill_group(nginx)
             edge.stop()
             shutil.rmtree(d, ignore_errors=True)
-    tl = r["timeline"]
-    steady = window_cpu_pct(tl, RAMP_S + 2, args.duration)  # type: ignore[arg-type]
-    rows = [row for row in tl if RAMP_S + 2 < row["t"] <= args.duration]  # type: ignore[index, operator]
-    before = [row for row in tl if row["t"] <= RAMP_S + 2][-1]  # type: ignore[index, operator]
-    req_s = (rows[-1]["requests_total"] - before["requests_total"]) / (rows[-1]["wall_s"] - before["wall_s"])
-    srv = steady["server_cpu_pct"]
+    steady = window_means(r["timeline"], RAMP_S + 2, args.duration)  # type: ignore[arg-type]
+    srv, req_s = steady["server_cpu_pct"], steady["request_rate"]
     return {"setup": setup, "admitted": r["admitted"], "stalled_listeners": r["stalled_listeners"],
             "errors_by_kind": r["errors_by_kind"], "join_p99_s": r["join_p99_s"],
-            "latency_p50_s": r["latency_p50_s"], "req_per_s": round(req_s),
+            "latency_p50_s": r["latency_p50_s"], "req_per_s": round(req_s) if req_s else None,
             "server_cpu_pct": srv, "server_cores_busy_pct": steady["server_cores_busy_pct"],
             "generator_cpu_pct": steady["generator_cpu_pct"],
             "server_us_per_request": round(srv / 100 / req_s * 1e6, 1) if srv and req_s else None}
@@ -160,11 +156,9 @@ def main() -> int:
     if unknown := set(setups) - set(SETUPS):
         parser.error(f"unknown setups {sorted(unknown)}: choose from {', '.join(SETUPS)}")
     raise_open_files()
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
+    args.generator_cpus = split_cores()  # the servers (started from here) on the first core
+    if not args.generator_cpus:
         parser.error("needs 2 cores: the servers on one, the generator on the other")
-    os.sched_setaffinity(0, cpus[:1])  # the servers (started from here) on the first core
-    args.generator_cpus = tuple(cpus[1:])
     results = []
     print(f"{'setup':<16}{'admitted':>9}{'stalled':>8}{'req/s':>7}{'server CPU %':>14}{'us/req':>8}"
           f"{'join p99 s':>11}  errors")

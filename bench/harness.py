@@ -40,6 +40,18 @@ def amphi_command(*args: str) -> list[str]:
     return [sys.executable, "-c", "from amphi.cli import main; main()", *args]
 
 
+def split_cores() -> tuple[int, ...]:
+    """Pins this process to its first core, so that every server started from it runs there, and
+    returns the others, for the load generator (``RunOptions.cpus``): each side has cores of its
+    own, and the generator's load cannot slow the server under test, nor the other way round.
+    With fewer than 2 cores nothing is pinned and the answer is empty."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return ()
+    os.sched_setaffinity(0, cpus[:1])
+    return tuple(cpus[1:])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

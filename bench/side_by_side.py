@@ -50,10 +50,10 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import HOST, NodeProcess, exit_on_sigterm, free_port, kill_group, run, start_space  # noqa: E402
+from harness import HOST, NodeProcess, exit_on_sigterm, free_port, kill_group, run, split_cores, start_space  # noqa: E402
 
 from amphi.loadtest.machine import raise_open_files  # noqa: E402
-from amphi.loadtest.run import RunOptions, run as loadtest, window_cpu_pct  # noqa: E402
+from amphi.loadtest.run import RunOptions, run as loadtest, window_means  # noqa: E402
 from amphi.loadtest.swarm import LoadConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,7 +257,7 @@ def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll"
 
         r = loadtest(RunOptions(cfg=cfg, listeners=size, profile=profile, ramp_s=ramp, procs=args.procs,
                                 server_pid=pid, also_pids=also, cpus=args.generator_cpus), progress)
-        steady = window_cpu_pct(r["timeline"], ramp + 2, args.duration)  # type: ignore[arg-type]
+        steady = window_means(r["timeline"], ramp + 2, args.duration)  # type: ignore[arg-type]
         r.update({f"{key}_steady": pct for key, pct in steady.items()})  # server's core: with the split
         return r
 
@@ -477,16 +477,11 @@ def main() -> int:
         return 0
     exit_on_sigterm()
     raise_open_files()  # the servers started below inherit it
-    cpus = sorted(os.sched_getaffinity(0))
-    args.generator_cpus = ()
-    if args.split and len(cpus) >= 2:
-        # each side has cores of its own: the generator's load cannot slow the server under test,
-        # nor the other way round. Everything started from here on (servers, edges, their ffmpeg
-        # feeds) inherits the first core; the load test's processes move to the others.
-        os.sched_setaffinity(0, cpus[:1])
-        args.generator_cpus = tuple(cpus[1:])
-    args.cpu_split = f"servers on CPU {cpus[0]}, generator on CPU {','.join(map(str, cpus[1:]))}" if args.generator_cpus \
-        else "servers and generator share every core"
+    # everything started from here on (servers, edges, their ffmpeg feeds) inherits the first core
+    args.generator_cpus = split_cores() if args.split else ()
+    args.cpu_split = (f"servers on CPU {min(os.sched_getaffinity(0))}, generator on CPU "
+                      f"{','.join(map(str, args.generator_cpus))}" if args.generator_cpus
+                      else "servers and generator share every core")
     sizes = [int(s) for s in args.sizes.split(",") if s]
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     results: dict[str, dict[str, dict[str, object]]] = {

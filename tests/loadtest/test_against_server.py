@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from amphi.cli import main
-from amphi.loadtest.run import window_cpu_pct
+from amphi.loadtest.run import window_means
 from tests.integration.amphi_proc import BIN, AmphiServer, wait_until
 
 JSON_KEYS = ("listeners", "admitted", "waiting_max", "failed", "errors_by_kind", "join_p50_s", "join_p99_s",
@@ -71,7 +71,7 @@ def test_counts_add_up_no_stalls_json_and_plot(serve, tmp_path: Path) -> None:
     assert r["generator_procs"] == 2 and r["generator_cpu_pct"] > 0 and r["generator_cpus"] == [cpu]
     assert r["server_pid"] == server.proc.pid and r["server_cpu_pct"] > 0 and r["server_rss_mb_max"] > 10
     assert len(r["timeline"]) >= 9 and max(row["playing"] for row in r["timeline"]) == 300
-    whole = window_cpu_pct(r["timeline"], 0, r["timeline"][-1]["t"])  # the rows' cumulative figures
+    whole = window_means(r["timeline"], 0, r["timeline"][-1]["t"])  # the rows' cumulative figures
     assert whole["server_cpu_pct"] > 0 and whole["generator_cpu_pct"] > 0 and whole["server_cores_busy_pct"] > 0
     import matplotlib.image
 

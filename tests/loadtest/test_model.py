@@ -11,7 +11,7 @@ from amphi.loadtest import playlist as m3u8
 from amphi.loadtest.buffer import Playback, PlaybackBuffer
 from amphi.loadtest.http import _dechunk, split_url
 from amphi.loadtest.profiles import backoff_s, retry_delay_s, schedule
-from amphi.loadtest.run import window_cpu_pct
+from amphi.loadtest.run import window_means
 from amphi.loadtest.stats import Histogram
 
 GOLDEN = Path(__file__).parent.parent / "golden"
@@ -161,14 +161,14 @@ def test_window_cpu_is_cpu_spent_over_wall_time_not_a_mean_of_rows() -> None:
     # the third (it came late); 0.5 core busy throughout
     walls = [1.0, 2.0, 3.0, 3.1, 4.0, 5.0]
     rows = [{"t": i + 1, "wall_s": w, "server_cpu_s": 0.5 * w, "generator_cpu_s": 0.25 * w,
-             "server_cpu_pct": 50.0} for i, w in enumerate(walls)]
+             "requests_total": 100 * w, "server_cpu_pct": 50.0} for i, w in enumerate(walls)]
     rows[3]["server_cpu_pct"] = 500.0  # what a rate over the short span looks like with a burst in it
     rows[3]["server_cpu_s"] = rows[2]["server_cpu_s"] + 0.5 * 0.1 + 0.45  # a burst inside the short span...
     for row in rows[4:]:
         row["server_cpu_s"] += 0.45  # ...that the cumulative figure carries on
-    out = window_cpu_pct(rows, 2, 6)  # rows t=3..6: from the row at t=2 (wall 2.0) to wall 5.0
+    out = window_means(rows, 2, 6)  # rows t=3..6: from the row at t=2 (wall 2.0) to wall 5.0
     assert out["server_cpu_pct"] == round(100 * (0.5 * 3 + 0.45) / 3, 1) == 65.0
-    assert out["generator_cpu_pct"] == 25.0
+    assert out["generator_cpu_pct"] == 25.0 and out["request_rate"] == 100.0  # requests a second, the same way
     assert out["server_cores_busy_pct"] is None  # not measured: the generator was not pinned
-    assert window_cpu_pct(rows, 0, 1)["server_cpu_pct"] == 50.0  # from the start of the run
-    assert window_cpu_pct(rows, 10, 20)["server_cpu_pct"] is None
+    assert window_means(rows, 0, 1)["server_cpu_pct"] == 50.0  # from the start of the run
+    assert window_means(rows, 10, 20)["server_cpu_pct"] is None

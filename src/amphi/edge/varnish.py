@@ -198,6 +198,15 @@ export default {{ token_bad }};
 """
 
 
+def _error_answer(status: int, code: str, message: str, *, retry_after_s: int) -> str:
+    """An nginx location's body answering with the edge's JSON error shape (as the VCL's synth)."""
+    return (f"""            default_type application/json;
+            add_header retry-after {retry_after_s} always;
+            add_header cache-control no-store always;
+            add_header access-control-allow-origin * always;
+            return {status} '{{"error": "{code}", "message": "{message}"}}';""")
+
+
 def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: Path) -> str:
     """nginx in front of varnishd: the per-address connection cap (stream) and a cache for
     segment players (http); see the module's docstring."""
@@ -291,19 +300,11 @@ http {{
             proxy_pass http://varnish;
         }}
         location @unavailable {{
-            default_type application/json;
-            add_header retry-after 2 always;
-            add_header cache-control no-store always;
-            add_header access-control-allow-origin * always;
-            return 503 '{{"error": "unavailable", "message": "the edge is not ready"}}';
+{_error_answer(503, "unavailable", "the edge is not ready", retry_after_s=2)}
         }}
         location @too_many {{
             keepalive_timeout 0;  # a flooding connection is closed
-            default_type application/json;
-            add_header retry-after 1 always;
-            add_header cache-control no-store always;
-            add_header access-control-allow-origin * always;
-            return 429 '{{"error": "too_many_requests", "message": "slow down"}}';
+{_error_answer(429, "too_many_requests", "slow down", retry_after_s=1)}
         }}
     }}
 }}

@@ -258,25 +258,31 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     return result
 
 
-def window_cpu_pct(timeline: list[dict[str, object]], after_s: float, until_s: float) -> dict[str, float | None]:
-    """Mean CPU (% of one core) of the generator, the server and the server's cores over the
-    seconds ``after_s < t <= until_s`` of a run's timeline: the CPU spent between the row before
-    the window and its last row, over the wall time between them (rows carry cumulative figures).
-    None for a figure the run did not measure or a window with no row."""
+# a window's means, each from a cumulative figure of the timeline's rows: (row key, scale)
+WINDOW_MEANS = {"generator_cpu_pct": ("generator_cpu_s", 100), "server_cpu_pct": ("server_cpu_s", 100),
+                "server_cores_busy_pct": ("server_cores_busy_s", 100),
+                "server_cores_softirq_pct": ("server_cores_softirq_s", 100),
+                "request_rate": ("requests_total", 1)}
+
+
+def window_means(timeline: list[dict[str, object]], after_s: float, until_s: float) -> dict[str, float | None]:
+    """Means over the seconds ``after_s < t <= until_s`` of a run's timeline: CPU (% of one core)
+    of the generator, the server and the server's cores, and requests a second. Each is what
+    accrued between the row before the window and its last row, over the wall time between them
+    (rows carry cumulative figures). None for a figure the run did not measure or a window with
+    no row."""
     inside = [i for i, row in enumerate(timeline) if after_s < row["t"] <= until_s]  # type: ignore[operator]
-    out: dict[str, float | None] = {k: None for k in ("generator_cpu_pct", "server_cpu_pct",
-                                                       "server_cores_busy_pct", "server_cores_softirq_pct")}
+    out: dict[str, float | None] = dict.fromkeys(WINDOW_MEANS)
     if not inside:
         return out
     first, last = timeline[inside[0] - 1] if inside[0] else None, timeline[inside[-1]]
     wall = float(last["wall_s"]) - (float(first["wall_s"]) if first else 0.0)  # type: ignore[arg-type]
     if wall <= 0:
         return out
-    for key in out:
-        cum = key.replace("_pct", "_s")
+    for key, (cum, scale) in WINDOW_MEANS.items():
         if last.get(cum) is not None:
             before = float(first[cum]) if first else 0.0  # type: ignore[arg-type]
-            out[key] = round(100 * (float(last[cum]) - before) / wall, 1)  # type: ignore[arg-type]
+            out[key] = round(scale * (float(last[cum]) - before) / wall, 1)  # type: ignore[arg-type]
     return out
 
 
