@@ -137,6 +137,18 @@ def test_parse_live_playlist_with_parts_hint_and_date_times() -> None:
         m3u8.parse("<html>")
 
 
+def test_listeners_that_got_the_same_playlist_bytes_share_one_parse() -> None:
+    body = (GOLDEN / "live.m3u8").read_bytes()
+    shared = m3u8.parse_body(body)
+    assert m3u8.parse_body(bytes(bytearray(body))) is shared  # equal bytes from another response
+    assert shared == m3u8.parse(body.decode())
+    assert m3u8.parse_body(body.replace(b"SEQUENCE:0", b"SEQUENCE:1")).media_sequence == 1
+    with pytest.raises(AttributeError):
+        shared.ended = True  # type: ignore[misc]  # shared, so frozen
+    with pytest.raises(ValueError):
+        m3u8.parse_body(b"<html>")
+
+
 def test_dechunk_and_urls() -> None:
     buf = bytearray(b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\nNEXT")
     assert _dechunk(buf) == b"Wikipedia" and bytes(buf) == b"NEXT"

@@ -341,7 +341,7 @@ class Listener:
         if self.answered is None:  # hls: the first playlist is the answer
             self.answered = time.time()
             self.swarm.join_answer(self.answered - self.arrived)
-        return m3u8.parse(resp.body.decode())
+        return m3u8.parse_body(resp.body)
 
     def _got_audio(self, seconds: float, pdt: float | None) -> None:
         now = time.time()

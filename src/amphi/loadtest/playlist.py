@@ -8,8 +8,9 @@ hold-back), the map (init) and the end list. Anything else is ignored, as player
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +31,13 @@ class Segment:
     parts: tuple[Part, ...] = ()
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class MediaPlaylist:
+    """Immutable: every listener that got the same playlist body shares one (``parse_body``)."""
+
     media_sequence: int = 0
     target_duration: float = 0.0
-    segments: list[Segment] = field(default_factory=list)
+    segments: tuple[Segment, ...] = ()
     map_uri: str | None = None
     can_block_reload: bool = False
     part_hold_back: float | None = None
@@ -78,12 +81,21 @@ def _attributes(text: str) -> dict[str, str]:
     return {k: v[1:-1] if v.startswith('"') else v for k, v in _ATTR.findall(text)}
 
 
+@lru_cache(maxsize=32)
+def parse_body(body: bytes) -> MediaPlaylist:
+    """``parse`` of an HTTP body, remembered: at any moment thousands of listeners hold the same
+    few playlists (the edge answers them all with the same bytes), so each is parsed once."""
+    return parse(body.decode())
+
+
 def parse(text: str) -> MediaPlaylist:
     """Parses a media playlist. Raises ValueError if it is not one."""
     lines = text.splitlines()
     if not lines or lines[0].strip() != "#EXTM3U":
         raise ValueError("not an M3U8 playlist")
-    pl = MediaPlaylist()
+    media_sequence, target_duration, map_uri, ended = 0, 0.0, None, False
+    can_block_reload, part_hold_back, part_target, preload_hint = False, None, None, None
+    segments: list[Segment] = []
     msn = None
     pdt: float | None = None
     duration: float | None = None
@@ -96,46 +108,47 @@ def parse(text: str) -> MediaPlaylist:
         if line.startswith("#"):
             tag, _, value = line.partition(":")
             if tag == "#EXT-X-MEDIA-SEQUENCE":
-                pl.media_sequence = int(value)
+                media_sequence = int(value)
             elif tag == "#EXT-X-TARGETDURATION":
-                pl.target_duration = float(value)
+                target_duration = float(value)
             elif tag == "#EXT-X-PROGRAM-DATE-TIME":
                 pdt = part_pdt = parse_pdt(value)
             elif tag == "#EXTINF":
                 duration = float(value.split(",", 1)[0])
             elif tag == "#EXT-X-MAP":
-                pl.map_uri = _attributes(value).get("URI")
+                map_uri = _attributes(value).get("URI")
             elif tag == "#EXT-X-SERVER-CONTROL":
                 attrs = _attributes(value)
-                pl.can_block_reload = attrs.get("CAN-BLOCK-RELOAD") == "YES"
+                can_block_reload = attrs.get("CAN-BLOCK-RELOAD") == "YES"
                 if "PART-HOLD-BACK" in attrs:
-                    pl.part_hold_back = float(attrs["PART-HOLD-BACK"])
+                    part_hold_back = float(attrs["PART-HOLD-BACK"])
             elif tag == "#EXT-X-PART-INF":
-                pl.part_target = float(_attributes(value).get("PART-TARGET", "0")) or None
+                part_target = float(_attributes(value).get("PART-TARGET", "0")) or None
             elif tag == "#EXT-X-PART":  # the most frequent tag: two searches, not a full attribute parse
                 dm, um = _DURATION.search(value), _URI.search(value)
                 if dm is None or um is None:
                     raise ValueError(f"EXT-X-PART without DURATION or URI: {line!r}")
                 if msn is None:
-                    msn = pl.media_sequence
+                    msn = media_sequence
                 d = float(dm.group(1))
                 parts.append(Part(msn, len(parts), um.group(1), d, part_pdt))
                 part_pdt = None if part_pdt is None else part_pdt + d
             elif tag == "#EXT-X-PRELOAD-HINT":
                 attrs = _attributes(value)
                 if attrs.get("TYPE") == "PART":
-                    pl.preload_hint = attrs.get("URI")
+                    preload_hint = attrs.get("URI")
             elif tag == "#EXT-X-ENDLIST":
-                pl.ended = True
+                ended = True
             continue
         # a URI line closes a segment
         if msn is None:
-            msn = pl.media_sequence
-        pl.segments.append(Segment(msn, line, duration or 0.0, pdt, tuple(parts)))
+            msn = media_sequence
+        segments.append(Segment(msn, line, duration or 0.0, pdt, tuple(parts)))
         msn += 1
         pdt = None if pdt is None else pdt + (duration or 0.0)
         part_pdt, duration, parts = pdt, None, []
     if parts:  # the open segment: parts only
         assert msn is not None
-        pl.segments.append(Segment(msn, None, sum(p.duration for p in parts), parts[0].pdt, tuple(parts)))
-    return pl
+        segments.append(Segment(msn, None, sum(p.duration for p in parts), parts[0].pdt, tuple(parts)))
+    return MediaPlaylist(media_sequence, target_duration, tuple(segments), map_uri, can_block_reload,
+                         part_hold_back, part_target, preload_hint, ended)
