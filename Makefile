@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DATA ?= data
 APT_PACKAGES := ffmpeg chromium wrk icecast2 nginx libnginx-mod-stream libnginx-mod-http-js varnish varnish-vmod-digest varnish-modules \
-	redis-server
+	redis-server iptables
 
 .PHONY: setup system run test bench bench-side-by-side clean
 
@@ -28,6 +28,7 @@ system:
 	[ -e /usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_digest.so ] || missing="$$missing varnish-vmod-digest"; \
 	[ -e /usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_vsthrottle.so ] || missing="$$missing varnish-modules"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	[ -x /usr/sbin/iptables ] || missing="$$missing iptables"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -13,9 +13,11 @@ import httpx
 import pytest
 
 from amphi.control.tokens import Signer
+from amphi.edge import firewall
 from tests.audio import dominant_hz, ffmpeg_decode
 from tests.edge.conftest import SECRET, Tier
-from tests.integration.amphi_proc import BIN, wait_until
+from tests.edge.edges import EdgeProc
+from tests.integration.amphi_proc import BIN, free_port, wait_until
 
 
 def media_requests(tier: Tier) -> int:
@@ -152,29 +154,46 @@ def test_a_stale_playlist_is_served_while_the_origin_does_not_answer(tier: Tier)
         wait_until(lambda: httpx.get(f"{e.url}/api/node", timeout=5).status_code == 200, 15, f"{e.name} to recover")
 
 
+def _ask(s: socket.socket | None) -> bytes:
+    """The first bytes of the edge's answer on ``s``; b"" if it was refused or closed."""
+    if s is None:
+        return b""
+    s.settimeout(5)
+    try:
+        s.sendall(b"GET /o/x HTTP/1.1\r\nHost: edge\r\n\r\n")
+        return s.recv(64)
+    except OSError:
+        return b""
+
+
+def _connect(port: int, source: str) -> socket.socket | None:
+    """A connection to the edge from ``source``; None if refused (the firewall's cap)."""
+    try:
+        return socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+    except ConnectionRefusedError:
+        return None
+
+
 def test_a_client_address_holds_at_most_its_share_of_connections(tier: Tier) -> None:
     edge = tier.edges[2]  # 40 connections per address in this tier
-
-    def ask(s: socket.socket) -> bytes:
-        s.settimeout(5)
-        try:
-            s.sendall(b"GET /o/x HTTP/1.1\r\nHost: edge\r\n\r\n")
-            return s.recv(64)
-        except OSError:
-            return b""
-
-    hog = [socket.create_connection(("127.0.0.1", edge.port), source_address=("127.0.41.1", 0)) for _ in range(45)]
+    by_firewall = firewall.unavailable("127.0.0.1") is None  # the default cap: the firewall's when it may
+    assert firewall.installed("127.0.0.1", edge.port) == by_firewall
+    hog = [_connect(edge.port, "127.0.41.1") for _ in range(45)]
     try:
-        answers = [ask(s) for s in hog]
+        answers = [_ask(s) for s in hog]
         assert sum(a.startswith(b"HTTP/1.1 404") for a in answers) == 40  # the edge itself answers these
-        assert answers.count(b"") == 5, answers  # closed before a byte reached Varnish
-        # another address is not touched, and Varnish sees each client as itself (PROXY protocol):
-        # its per-address join rate refuses one address and not the next
-        with socket.create_connection(("127.0.0.1", edge.port), source_address=("127.0.41.2", 0)) as other:
-            assert ask(other).startswith(b"HTTP/1.1 404")
+        assert answers.count(b"") == 5, answers  # never reached Varnish:
+        assert hog.count(None) == (5 if by_firewall else 0)  # refused by the kernel, or closed by nginx
+        # another address is not touched, and Varnish sees each client as itself: its per-address
+        # join rate refuses one address and not the next
+        other = _connect(edge.port, "127.0.41.2")
+        assert _ask(other).startswith(b"HTTP/1.1 404")
+        assert other is not None
+        other.close()
     finally:
         for s in hog:
-            s.close()
+            if s is not None:
+                s.close()
 
     def joins(address: str, n: int) -> list[int]:
         with httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=10) as c:
@@ -184,10 +203,57 @@ def test_a_client_address_holds_at_most_its_share_of_connections(tier: Tier) -> 
     assert joins("127.0.42.2", 1) == [200]
     # and a closed connection gives its place back
     def hog_again() -> bool:
-        with socket.create_connection(("127.0.0.1", edge.port), source_address=("127.0.41.1", 0)) as s:
-            return ask(s).startswith(b"HTTP/1.1")
+        s = _connect(edge.port, "127.0.41.1")
+        try:
+            return _ask(s).startswith(b"HTTP/1.1")
+        finally:
+            if s is not None:
+                s.close()
 
     wait_until(hog_again, 10, "the hog's address to connect again")
+
+
+def test_without_the_firewall_nginx_caps_connections(tier: Tier, tmp_path) -> None:
+    edge = EdgeProc(tmp_path / "edge", "edgenginx", tier.origin.url, tier.secret_file, "--media-rate", "0",
+                    "--max-connections-per-address", "5", "--connection-cap", "nginx").start()
+    try:
+        assert not firewall.installed("127.0.0.1", edge.port)
+        hog = [_connect(edge.port, "127.0.43.1") for _ in range(7)]
+        answers = [_ask(s) for s in hog]
+        assert None not in hog  # nginx accepts, and closes what is over the cap
+        assert sum(a.startswith(b"HTTP/1.1 404") for a in answers) == 5 and answers.count(b"") == 2, answers
+        for s in hog:
+            assert s is not None
+            s.close()
+    finally:
+        edge.stop()
+
+
+@pytest.mark.skipif(firewall.unavailable("127.0.0.1") is not None,
+                    reason=f"no firewall cap here: {firewall.unavailable('127.0.0.1')}")
+def test_the_firewall_rule_lives_as_long_as_its_edge(tier: Tier, tmp_path) -> None:
+    def edge() -> EdgeProc:
+        return EdgeProc(tmp_path / "edge", "edgefw", tier.origin.url, tier.secret_file,
+                        "--max-connections-per-address", "5", "--connection-cap", "firewall", port=port)
+
+    port = free_port()
+    first = edge().start()
+    assert firewall.installed("127.0.0.1", port)
+    first.kill9()  # a crash of the whole process group: its keeper, in its own session, takes the rule away
+    wait_until(lambda: not firewall.installed("127.0.0.1", port), 10, "the killed edge's rule to go")
+    second = edge().start()
+    assert firewall.installed("127.0.0.1", port)
+    second.stop()
+    wait_until(lambda: not firewall.installed("127.0.0.1", port), 10, "the stopped edge's rule to go")
+
+
+def test_an_edge_that_cannot_have_its_firewall_cap_says_why(tier: Tier, tmp_path) -> None:
+    done = subprocess.run([str(BIN), "edge", "run", "--host", "localhost", "--port", str(free_port()),
+                           "--dir", str(tmp_path / "edge"), "--origin", tier.origin.url,
+                           "--secret-file", str(tier.secret_file), "--connection-cap", "firewall"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert "cannot cap connections in the firewall" in done.stderr and "not an IP address" in done.stderr
 
 
 def test_joins_are_rate_limited_per_address_at_the_edge(tier: Tier) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from amphi.edge.vcl import Backend, EdgeSpec, render
+from amphi.edge.vcl import CONNECTION_CAPS, Backend, EdgeSpec, render
 
 
 def _backends(values: tuple[str, ...], default_name: str) -> tuple[Backend, ...]:
@@ -48,19 +48,24 @@ def edge_options(f):  # type: ignore[no-untyped-def]
                      help="Joins per client address per second (0: no limit)."),
         click.option("--max-connections-per-address", "max_connections", show_default=True, type=click.IntRange(0),
                      default=EdgeSpec.max_connections_per_address,
-                     help="TCP connections one client address may hold; nginx (stream) caps them in front of "
-                          "Varnish (0: no cap, Varnish alone on the port)."),
+                     help="TCP connections one client address may hold, with nginx in front of Varnish "
+                          "(0: no cap, Varnish alone on the port)."),
+        click.option("--connection-cap", "connection_cap", type=click.Choice(CONNECTION_CAPS), show_default=True,
+                     default=EdgeSpec.connection_cap,
+                     help="Who caps them: the kernel's firewall (iptables connlimit, needs root), nginx's "
+                          "stream module (one more hop a request), or the firewall when allowed, else nginx."),
     ]):
         f = option(f)
     return f
 
 
 def spec_from(name: str, origins: tuple[str, ...], api: tuple[str, ...], secret_file: Path | None,
-              media_rate: int, join_rate: int, max_connections: int) -> EdgeSpec:
+              media_rate: int, join_rate: int, max_connections: int, connection_cap: str) -> EdgeSpec:
     secret = _secret(secret_file)
     try:
         return EdgeSpec.signed(name, secret, _backends(origins, "origin"), api=_backends(api, "api"),
-                               media_rate=media_rate, join_rate=join_rate, max_connections_per_address=max_connections)
+                               media_rate=media_rate, join_rate=join_rate, max_connections_per_address=max_connections,
+                               connection_cap=connection_cap)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
 
@@ -89,10 +94,18 @@ def run(host: str, port: int, workdir: Path, storage_mb: int, **kw) -> None:  # 
     """Run the edge (varnishd) in the foreground until Ctrl-C."""
     from amphi.edge.varnish import Edge
 
+    from amphi.core.errors import Unavailable
+
     e = Edge(spec_from(**kw), workdir, host, port, storage_mb=storage_mb)
+    try:
+        e.prepare()
+    except Unavailable as err:
+        raise click.ClickException(str(err)) from None
     cap = e.spec.max_connections_per_address
+    by = {"firewall": "the kernel's firewall", "nginx": f"nginx ({e.capped_by_why or 'as asked'})"}
     click.echo(f"amphi edge {e.spec.name}: starting varnishd on {e.url}"
-               + (f" behind nginx, at most {cap} connections per client address" if cap else ""), err=True)
+               + (f" behind nginx, at most {cap} connections per client address, capped by {by[e.capped_by or '']}"
+                  if cap else ""), err=True)
     e.exec()
 
 

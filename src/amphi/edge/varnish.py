@@ -4,9 +4,12 @@ directory and its own port. Lifecycle: new -> running -> stopped.
 Varnish cannot cap the TCP connections one client address holds. With
 ``EdgeSpec.max_connections_per_address`` set, nginx takes the edge's port (the *front*):
 
-* its stream module (layer 4) caps the connections per address (``limit_conn``) and hands each
-  to nginx's http server over a Unix socket with the PROXY protocol;
-* that http server answers segment players from its own cache: whole segments, ``init.mp4``
+* the cap: the kernel's, when the edge may set a firewall rule (``edge/firewall.py``: iptables
+  ``connlimit``, root only), and clients talk to nginx's http server directly; otherwise nginx's
+  stream module (layer 4) caps the connections per address (``limit_conn``) and hands each to
+  the http server over a Unix socket with the PROXY protocol, which costs a hop a request
+  (``EdgeSpec.connection_cap``);
+* nginx's http server answers segment players from its own cache: whole segments, ``init.mp4``
   and blocking playlist reloads without ``_HLS_part``, once the admission token checks out
   (``front.js``: the same HMAC as the VCL, and the expiry). A rush for one object waits on
   ``proxy_cache_lock`` while one request fetches it from Varnish. An event loop answers these
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from amphi.core.errors import Unavailable
+from amphi.edge import firewall
 from amphi.edge.vcl import EdgeSpec, render
 
 VARNISHD = shutil.which("varnishd") or "/usr/sbin/varnishd"
@@ -73,6 +77,9 @@ class Edge:
         self.url = f"http://{host}:{port}"
         self.storage_mb = storage_mb
         self.proc: subprocess.Popen[bytes] | None = None
+        self.capped_by: str | None = None  # "firewall" or "nginx" once prepared, if there is a cap
+        self.capped_by_why = ""  # why "auto" did not take the firewall
+        self._tag = f"{os.getpid()}-{id(self):x}"  # this edge's firewall rules
 
     @property
     def _socket(self) -> Path:
@@ -93,7 +100,26 @@ class Edge:
         d = self.workdir / "front"
         return [NGINX, "-e", str(d / "error.log"), "-c", str(d / "nginx.conf"), "-p", str(d)]
 
-    def _write(self) -> None:
+    def keeper_command(self) -> list[str] | None:
+        """The process that takes the firewall rule away when the edge ends; None without one."""
+        return firewall.keeper_command(self.host, self.port, self._tag) if self.capped_by == "firewall" else None
+
+    def _cap(self, cap: int) -> str:
+        """Puts the connection cap in the firewall if the spec allows and this process may;
+        returns who enforces it."""
+        if self.spec.connection_cap == "nginx":
+            return "nginx"
+        try:
+            firewall.install(self.host, self.port, cap, self._tag)
+            return "firewall"
+        except Unavailable as e:
+            if self.spec.connection_cap == "firewall":
+                raise Unavailable(f"cannot cap connections in the firewall: {e}") from None
+            self.capped_by_why = str(e)
+            return "nginx"
+
+    def prepare(self) -> None:
+        """Writes the VCL and the front's files, and sets the firewall rule if it caps connections."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         vcl = self.workdir / "edge.vcl"
         vcl.write_text(render(self.spec))
@@ -101,7 +127,7 @@ class Edge:
         cap = self.spec.max_connections_per_address
         if cap:
             for module, package in ((STREAM_MODULE, "libnginx-mod-stream"), (JS_MODULE, "libnginx-mod-http-js")):
-                if not module.exists():
+                if not module.exists() and (module is JS_MODULE or self.spec.connection_cap == "nginx"):
                     raise Unavailable(f"{module} is missing: install {package} (make setup), or run "
                                       "the edge without a per-address connection cap (and so without its front)")
             front = self.workdir / "front"
@@ -112,24 +138,29 @@ class Edge:
             script = front / "front.js"
             script.write_text(front_script(self.spec.secret))
             os.chmod(script, 0o600)
-            (front / "nginx.conf").write_text(front_config(self.spec, self.host, self.port, front, self._socket))
+            if self.capped_by is None:
+                self.capped_by = self._cap(cap)
+            (front / "nginx.conf").write_text(front_config(self.spec, self.host, self.port, front, self._socket,
+                                                          stream=self.capped_by == "nginx"))
 
     def exec(self) -> NoReturn:
         """Becomes varnishd (for ``amphi edge run``), after starting the connection cap if there is
         one: signals and ``kill -9`` of the process group reach the whole edge."""
-        self._write()
-        launch(self.front_command(), self.command())
+        self.prepare()
+        launch(self.front_command(), self.command(), self.keeper_command())
 
     def start(self, *, timeout_s: float = 30.0) -> Edge:
         """Starts the edge as a child in its own process group; returns once it accepts."""
-        self._write()
+        self.prepare()
         log = open(self.workdir / "varnishd.log", "ab")
-        cmd = [sys.executable, "-m", "amphi.edge.varnish", json.dumps(self.front_command()), json.dumps(self.command())]
+        cmd = [sys.executable, "-m", "amphi.edge.varnish", json.dumps(self.front_command()), json.dumps(self.command()),
+               json.dumps(self.keeper_command())]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._uncap()
                 tail = (self.workdir / "varnishd.log").read_text(errors="replace")[-2000:]
                 raise Unavailable(f"varnishd exited with {self.proc.returncode}:\n{tail}")
             if self._accepting():
@@ -154,21 +185,27 @@ class Edge:
         assert self.proc is not None
         return self.proc.wait()
 
+    def _uncap(self) -> None:
+        """Takes the firewall rule away now (its keeper would, a moment after the edge ends)."""
+        if self.capped_by == "firewall":
+            firewall.remove(self.host, self.port, self._tag)
+
     def stop(self, grace_s: float = 5.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._uncap()
 
     def kill(self) -> None:
         """``kill -9`` the whole edge (manager and child): a crash, for fault tests."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+        self._uncap()
 
     def stats(self) -> dict[str, int]:
         """Varnish's counters (varnishstat), e.g. MAIN.cache_hit, MAIN.backend_req."""
@@ -207,15 +244,16 @@ def _error_answer(status: int, code: str, message: str, *, retry_after_s: int) -
             return {status} '{{"error": "{code}", "message": "{message}"}}';""")
 
 
-def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: Path) -> str:
-    """nginx in front of varnishd: the per-address connection cap (stream) and a cache for
-    segment players (http); see the module's docstring."""
+def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: Path, *, stream: bool) -> str:
+    """nginx in front of varnishd: a cache for segment players (http) and, with ``stream``, the
+    per-address connection cap (else the firewall has it); see the module's docstring."""
     # the workers run as this user (root included): only this user may connect to the sockets,
     # so nothing on the machine can bypass the cap or forge a client's address
     user = "user root;\n" if os.geteuid() == 0 else ""
     rate = (f"limit_req zone=media_rate burst={spec.media_rate} nodelay;" if spec.media_rate else "")
-    # a listener holds three of the front's connections (the client's, the stream server's to the
-    # http server and that one's end): two workers, each with all the open files it may have
+    # a listener holds up to three of the front's connections (the client's and, with the stream
+    # server, its connection to the http server and that one's end): two workers, each with all
+    # the open files it may have
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     files = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
     # whole segments and init are immutable; a blocking reload's answer (keyed by its msn) is
@@ -234,16 +272,7 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
             add_header x-front-cache $upstream_cache_status always;
             proxy_pass http://varnish;
         }}""" for names, ttl in ((r"[0-9]{1,9}\.m4s|init\.mp4", spec.media_ttl_cap_s), (r"live\.m3u8", 4)))
-    return f"""load_module {STREAM_MODULE};
-load_module {JS_MODULE};
-{user}daemon off;
-master_process on;
-worker_processes 2;
-worker_rlimit_nofile {files};
-pid nginx.pid;
-error_log error.log warn;
-events {{ worker_connections {files - 100}; }}
-stream {{
+    capped = f"""stream {{
     limit_conn_zone $binary_remote_addr zone=per_address:10m;
     server {{
         listen {host}:{port} backlog=4096;
@@ -254,7 +283,20 @@ stream {{
         proxy_timeout 60s;  # no byte either way for this long: closed (the http server's timeouts are shorter)
     }}
 }}
-http {{
+""" if stream else ""
+    listen = (f"""listen unix:{d}/http.sock proxy_protocol;
+        set_real_ip_from unix:;
+        real_ip_header proxy_protocol;""" if stream else f"listen {host}:{port} backlog=4096;  # the firewall caps connections")
+    return f"""{f"load_module {STREAM_MODULE};" if stream else ""}
+load_module {JS_MODULE};
+{user}daemon off;
+master_process on;
+worker_processes 2;
+worker_rlimit_nofile {files};
+pid nginx.pid;
+error_log error.log warn;
+events {{ worker_connections {files - 100}; }}
+{capped}http {{
     access_log off;
     tcp_nodelay on;
     client_header_timeout 5s;  # as Varnish's timeout_idle: slowloris
@@ -285,9 +327,7 @@ http {{
         keepalive_timeout 60s;
     }}
     server {{
-        listen unix:{d}/http.sock proxy_protocol;
-        set_real_ip_from unix:;
-        real_ip_header proxy_protocol;
+        {listen}
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header x-amphi-client $remote_addr;
@@ -315,12 +355,17 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def launch(front: list[str] | None, varnishd: list[str]) -> NoReturn:
-    """Starts ``front`` (if any) as a child that ends with this process, then becomes varnishd."""
+def launch(front: list[str] | None, varnishd: list[str], keeper: list[str] | None = None) -> NoReturn:
+    """Starts ``keeper`` (if any: in its own session, so that only this process's end, not a
+    signal to the edge's group, sets it off) and ``front`` (if any) as children that end with
+    this process, then becomes varnishd."""
+    if keeper is not None:
+        subprocess.Popen(keeper, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+                         preexec_fn=firewall.arm_keeper)
     if front is not None:
         subprocess.Popen(front, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     os.execv(varnishd[0], varnishd)
 
 
-if __name__ == "__main__":  # Edge.start: python -m amphi.edge.varnish FRONT_JSON VARNISHD_JSON
-    launch(json.loads(sys.argv[1]), json.loads(sys.argv[2]))
+if __name__ == "__main__":  # Edge.start: python -m amphi.edge.varnish FRONT_JSON VARNISHD_JSON KEEPER_JSON
+    launch(json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3]))

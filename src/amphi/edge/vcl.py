@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from amphi.control.tokens import Signer
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+CONNECTION_CAPS = ("auto", "firewall", "nginx")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class EdgeSpec:
     join_rate: int = 20  # joins per address per second
     max_connections_per_address: int = 256  # TCP connections one address may hold (nginx in front, edge/varnish.py;
     # 0: no cap, no nginx). A browser holds about 6; 256 is a NAT of some 40 listeners
+    connection_cap: str = "auto"  # who enforces it (CONNECTION_CAPS): "firewall", the kernel (iptables
+    # connlimit, edge/firewall.py: root only); "nginx", its stream module (one more hop a request);
+    # "auto", the firewall when this process may set it, else nginx
     stale_playlist_s: float = 8.0  # a playlist is served stale this long once the origin stops answering probes
     live_playlist_ttl_s: float = 0.1  # the non-blocking live playlist: a new listener starts this close to live
     media_ttl_cap_s: int = 120  # parts and segments are immutable, but only wanted near the live edge
@@ -76,6 +80,8 @@ class EdgeSpec:
             raise ValueError("an edge needs at least one origin")
         if not re.fullmatch(r"[\x21-\x7e]{16,256}", self.secret) or '"}' in self.secret:
             raise ValueError("the token secret must be 16-256 printable characters (as in <data_dir>/secret)")
+        if self.connection_cap not in CONNECTION_CAPS:
+            raise ValueError(f"{self.connection_cap!r}: the connection cap is one of {', '.join(CONNECTION_CAPS)}")
 
 
 def _backend(prefix: str, b: Backend, spec: EdgeSpec, *, probe: bool) -> str:
