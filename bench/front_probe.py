@@ -11,13 +11,15 @@ steady part (CPU spent over wall time, ``window_means``).
 
 * ``varnish``: Varnish alone on the port (``--max-connections-per-address 0``): every request
   handed from Varnish's waiter thread to a worker.
-* ``edge``: the edge as built and deployed: nginx's stream module capping connections per
-  address, nginx's http server answering segment players from its cache once ``front.js`` has
-  checked their tokens, Varnish behind it.
+* ``edge``: the edge as built and deployed (as root): the kernel's firewall capping connections
+  per address (``edge/firewall.py``), nginx's http server answering segment players from its
+  cache once ``front.js`` has checked their tokens, Varnish behind it.
+* ``edge-nginx``: the same with the cap in nginx's stream module (``--connection-cap nginx``, what
+  an edge that may not set firewall rules does): one more hop a request.
 * ``front``: the floor: an nginx http cache in front of Varnish with no connection cap (nginx's
   http ``limit_conn`` counts only connections with a request in progress, so it cannot cap
   idle ones) and no token check (Varnish checks only what nginx does not answer itself). Not
-  deployable: it shows what the cap's extra hop and the token check cost.
+  deployable: against ``edge`` it shows what the token check costs.
 
 Before the edge had its front, this probe measured the edge as deployed then (stream cap straight
 to Varnish) at 84.0 % of a core for 10,000 listeners, Varnish alone at 74.9 %, the same nginx
@@ -46,7 +48,7 @@ from amphi.loadtest.run import RunOptions, run as loadtest, window_means  # noqa
 from amphi.loadtest.swarm import LoadConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SETUPS = ("varnish", "edge", "front")
+SETUPS = ("varnish", "edge", "edge-nginx", "front")
 WARM_S = 12.0  # as in side_by_side: a segment player starts three segments behind live
 RAMP_S = 10.0
 CAP = 256  # EdgeSpec's default connections per address
@@ -112,11 +114,13 @@ def measure(setup: str, args: argparse.Namespace) -> dict[str, object]:
     with node:
         # Varnish limits per client address: behind the front every request comes from nginx's
         spec = EdgeSpec.signed("edge1", secret, (Backend.parse("origin", node.url),),
-                               max_connections_per_address=CAP if setup == "edge" else 0,
+                               max_connections_per_address=CAP if setup.startswith("edge") else 0,
+                               connection_cap="nginx" if setup == "edge-nginx" else "auto",
                                media_rate=0 if front else MEDIA_RATE)
         edge = Edge(spec, node.dir / "edge", HOST, varnish_port if front else port).start()
         try:
             assert edge.proc is not None
+            capped_by = edge.capped_by
             pids = [edge.proc.pid]
             if front:
                 (d / "tmp").mkdir()
@@ -137,7 +141,7 @@ def measure(setup: str, args: argparse.Namespace) -> dict[str, object]:
             shutil.rmtree(d, ignore_errors=True)
     steady = window_means(r["timeline"], RAMP_S + 2, args.duration)  # type: ignore[arg-type]
     srv, req_s = steady["server_cpu_pct"], steady["request_rate"]
-    return {"setup": setup, "admitted": r["admitted"], "stalled_listeners": r["stalled_listeners"],
+    return {"setup": setup, "capped_by": capped_by, "admitted": r["admitted"], "stalled_listeners": r["stalled_listeners"],
             "errors_by_kind": r["errors_by_kind"], "join_p99_s": r["join_p99_s"],
             "latency_p50_s": r["latency_p50_s"], "req_per_s": round(req_s) if req_s else None,
             "server_cpu_pct": srv, "server_cores_busy_pct": steady["server_cores_busy_pct"],

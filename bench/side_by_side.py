@@ -407,8 +407,11 @@ def targets(results: dict[str, dict[str, dict[str, object]]]) -> list[str]:
              f"0 failed connections: {r['failed']} gave up, {r['never_answered']} never answered, "
              f"errors {r['errors_by_kind'] or 'none'}"),
         ]
-        out.append(f"{LABELS[key]}:")
-        out += [f"- {'met' if ok else '**missed**'}: {text}" for ok, text in checks]
+        # the issue asks a surge for one thing: every connection answered; the rest is shown as seen
+        surge = key.endswith("-surge")
+        out.append(f"{LABELS[key]}:" + (" (the surge's target: 0 failed connections)" if surge else ""))
+        out += [f"- {'met' if ok else '**missed**'}: {text}" if not surge or text.startswith("0 failed")
+                else f"- not a surge target, {'met' if ok else 'not met'}: {text}" for ok, text in checks]
         out.append("")
     return out
 
