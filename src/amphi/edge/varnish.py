@@ -126,8 +126,11 @@ class Edge:
         os.chmod(vcl, 0o600)
         cap = self.spec.max_connections_per_address
         if cap:
+            if self.capped_by is None:
+                self.capped_by = self._cap(cap)
             for module, package in ((STREAM_MODULE, "libnginx-mod-stream"), (JS_MODULE, "libnginx-mod-http-js")):
-                if not module.exists() and (module is JS_MODULE or self.spec.connection_cap == "nginx"):
+                if not module.exists() and (module is JS_MODULE or self.capped_by == "nginx"):
+                    self._uncap()
                     raise Unavailable(f"{module} is missing: install {package} (make setup), or run "
                                       "the edge without a per-address connection cap (and so without its front)")
             front = self.workdir / "front"
@@ -138,8 +141,6 @@ class Edge:
             script = front / "front.js"
             script.write_text(front_script(self.spec.secret))
             os.chmod(script, 0o600)
-            if self.capped_by is None:
-                self.capped_by = self._cap(cap)
             (front / "nginx.conf").write_text(front_config(self.spec, self.host, self.port, front, self._socket,
                                                           stream=self.capped_by == "nginx"))
 
