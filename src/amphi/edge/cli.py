@@ -92,9 +92,8 @@ def config(**kw) -> None:  # type: ignore[no-untyped-def]
 @click.option("--storage-mb", default=256, show_default=True, type=click.IntRange(16), help="Cache size in memory.")
 def run(host: str, port: int, workdir: Path, storage_mb: int, **kw) -> None:  # type: ignore[no-untyped-def]
     """Run the edge (varnishd) in the foreground until Ctrl-C."""
-    from amphi.edge.varnish import Edge
-
     from amphi.core.errors import Unavailable
+    from amphi.edge.varnish import Edge
 
     e = Edge(spec_from(**kw), workdir, host, port, storage_mb=storage_mb)
     try:
