@@ -39,3 +39,15 @@ def test_an_edge_finds_its_own_rules_and_those_left_on_its_port() -> None:
     assert mine[-3:] == ["REJECT", "--reject-with", "tcp-reset"]
     assert len(firewall.ours(listing, 8080)) == 2  # a lost keeper's rule on the port too
     assert firewall.ours(listing, 8081) == [] and len(firewall.ours(listing, 80800)) == 1
+
+
+def test_auto_falls_back_to_nginx_and_says_why(tmp_path) -> None:
+    from amphi.edge.varnish import Edge
+    from amphi.edge.vcl import Backend, EdgeSpec
+
+    spec = EdgeSpec.signed("e1", "s" * 64, (Backend.parse("origin", "http://127.0.0.1:9"),), max_connections_per_address=7)
+    edge = Edge(spec, tmp_path, "localhost", 8080)  # a host name: no rule can name it
+    edge.prepare()
+    assert edge.capped_by == "nginx" and "not an IP address" in edge.capped_by_why and edge.keeper_command() is None
+    conf = (tmp_path / "front" / "nginx.conf").read_text()
+    assert "limit_conn per_address 7;" in conf and "proxy_protocol on;" in conf  # the stream cap in front
