@@ -13,7 +13,7 @@ def test_one_rule_per_address_family_the_edge_listens_on() -> None:
     assert args[args.index("-d") + 1] == "127.0.0.1" and args[args.index("--dport") + 1] == "8080"
     assert args[args.index("--connlimit-above") + 1] == "40" and args[args.index("--connlimit-mask") + 1] == "32"
     assert "--syn" in args and args[-3:] == ["REJECT", "--reject-with", "tcp-reset"]
-    assert args[args.index("--comment") + 1] == "amphi-edge 8080 t1"
+    assert args[args.index("--comment") + 1] == "amphi-edge 127.0.0.1 8080 t1"
     [(binary, args)] = firewall.rules("::1", 8080, 40, "t1")
     assert binary == "ip6tables" and args[args.index("--connlimit-mask") + 1] == "128"
     [(_, any4)] = firewall.rules("0.0.0.0", 8080, 40, "t1")
@@ -24,21 +24,23 @@ def test_one_rule_per_address_family_the_edge_listens_on() -> None:
     assert "not an IP address" in (firewall.unavailable("localhost") or "")
 
 
-def test_an_edge_finds_its_own_rules_and_those_left_on_its_port() -> None:
+def test_an_edge_finds_its_own_rules_and_those_left_on_its_address_and_port() -> None:
     listing = "\n".join([
         "-P INPUT ACCEPT",
         '-A INPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 8080 --tcp-flags FIN,SYN,RST,ACK SYN -m connlimit '
-        '--connlimit-above 40 --connlimit-mask 32 --connlimit-saddr -m comment --comment "amphi-edge 8080 t1" '
+        '--connlimit-above 40 --connlimit-mask 32 --connlimit-saddr -m comment --comment "amphi-edge 127.0.0.1 8080 t1" '
         '-j REJECT --reject-with tcp-reset',
-        '-A INPUT -p tcp -m tcp --dport 8080 -m comment --comment "amphi-edge 8080 old" -j REJECT',
-        '-A INPUT -p tcp -m tcp --dport 80800 -m comment --comment "amphi-edge 80800 t1" -j REJECT',
+        '-A INPUT -p tcp -m tcp --dport 8080 -m comment --comment "amphi-edge 127.0.0.1 8080 old" -j REJECT',
+        '-A INPUT -p tcp -m tcp --dport 8080 -m comment --comment "amphi-edge 127.0.0.2 8080 t2" -j REJECT',
+        '-A INPUT -p tcp -m tcp --dport 80800 -m comment --comment "amphi-edge 127.0.0.1 80800 t1" -j REJECT',
         '-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT',
     ])
-    [mine] = firewall.ours(listing, 8080, "t1")
-    assert mine[:2] == ["-D", "INPUT"] and mine[mine.index("--comment") + 1] == "amphi-edge 8080 t1"
+    [mine] = firewall.ours(listing, "127.0.0.1", 8080, "t1")
+    assert mine[:2] == ["-D", "INPUT"] and mine[mine.index("--comment") + 1] == "amphi-edge 127.0.0.1 8080 t1"
     assert mine[-3:] == ["REJECT", "--reject-with", "tcp-reset"]
-    assert len(firewall.ours(listing, 8080)) == 2  # a lost keeper's rule on the port too
-    assert firewall.ours(listing, 8081) == [] and len(firewall.ours(listing, 80800)) == 1
+    assert len(firewall.ours(listing, "127.0.0.1", 8080)) == 2  # a lost keeper's rule there too
+    assert len(firewall.ours(listing, "127.0.0.2", 8080)) == 1  # another address's edge on the same port: not ours
+    assert firewall.ours(listing, "127.0.0.1", 8081) == [] and len(firewall.ours(listing, "127.0.0.1", 80800)) == 1
 
 
 def test_auto_falls_back_to_nginx_and_says_why(tmp_path) -> None:

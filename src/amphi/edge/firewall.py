@@ -5,10 +5,10 @@ cap costs no hop (nginx's stream module, the other way to cap, proxies every byt
 bench/front_probe.py).
 
 It needs root (CAP_NET_ADMIN) and Debian's ``iptables``. Each edge tags its rules
-``amphi-edge <port> <tag>``. A *keeper* (``python -m amphi.edge.firewall keep PORT TAG``),
+``amphi-edge <host> <port> <tag>``. A *keeper* (``python -m amphi.edge.firewall keep PORT TAG``),
 started by the edge in its own session, removes them when the edge's process ends, however it
 ends (``PR_SET_PDEATHSIG``, so ``kill -9`` of the edge's process group too); ``install`` also
-removes what a lost keeper left on the port.
+removes what a lost keeper left on the same address and port.
 """
 
 from __future__ import annotations
@@ -37,15 +37,15 @@ def _families(host: str) -> list[tuple[str, int, str | None]]:
     return [("ip6tables", 128, dest)]
 
 
-def comment(port: int, tag: str) -> str:
-    return f"amphi-edge {port} {tag}"
+def comment(host: str, port: int, tag: str = "") -> str:
+    return f"amphi-edge {host} {port} {tag}"
 
 
 def rules(host: str, port: int, cap: int, tag: str) -> list[tuple[str, list[str]]]:
     """The rules (binary, arguments after the chain) for an edge on ``host:port``. Pure."""
     return [(binary, ["-p", "tcp", *(["-d", dest] if dest else []), "--dport", str(port), "--syn",
                       "-m", "connlimit", "--connlimit-above", str(cap), "--connlimit-mask", str(mask),
-                      "-m", "comment", "--comment", comment(port, tag),
+                      "-m", "comment", "--comment", comment(host, port, tag),
                       "-j", "REJECT", "--reject-with", "tcp-reset"])
             for binary, mask, dest in _families(host)]
 
@@ -67,29 +67,29 @@ def _run(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([binary, "-w", "5", *args], capture_output=True, text=True, timeout=15)
 
 
-def ours(listing: str, port: int, tag: str | None = None) -> list[list[str]]:
-    """The ``-S`` lines of ``listing`` that are this port's rules (of ``tag``, or of any edge),
-    as arguments that delete them. Pure."""
-    want = f'"{comment(port, tag)}"' if tag is not None else f'"amphi-edge {port} '
+def ours(listing: str, host: str, port: int, tag: str | None = None) -> list[list[str]]:
+    """The ``-S`` lines of ``listing`` that are the rules of an edge on ``host:port`` (``tag``'s,
+    or any edge's), as arguments that delete them. Pure."""
+    want = f'"{comment(host, port, tag)}"' if tag is not None else f'"{comment(host, port)}'
     return [["-D", *args[1:]] for line in listing.splitlines()
             if line.startswith(f"-A {CHAIN} ") and want in line and (args := shlex.split(line))]
 
 
 def remove(host: str, port: int, tag: str | None = None) -> int:
-    """Deletes the port's rules (``tag``'s, or any edge's); how many. Never raises for a rule
-    that is already gone."""
+    """Deletes the rules for ``host:port`` (``tag``'s, or any edge's); how many. Never raises
+    for a rule that is already gone."""
     removed = 0
     for binary in {binary for binary, _, _ in _families(host)}:
         listing = _run(binary, "-S", CHAIN)
         if listing.returncode != 0:
             continue
-        for args in ours(listing.stdout, port, tag):
+        for args in ours(listing.stdout, host, port, tag):
             removed += _run(binary, *args).returncode == 0
     return removed
 
 
 def install(host: str, port: int, cap: int, tag: str) -> None:
-    """Puts the cap in place (after removing any left on the port). Raises Unavailable."""
+    """Puts the cap in place (after removing any left for ``host:port``). Raises Unavailable."""
     if reason := unavailable(host):
         raise Unavailable(reason)
     remove(host, port)
@@ -101,8 +101,8 @@ def install(host: str, port: int, cap: int, tag: str) -> None:
 
 
 def installed(host: str, port: int, tag: str | None = None) -> bool:
-    """Whether the port has a rule (``tag``'s, or any edge's)."""
-    return any(ours(_run(binary, "-S", CHAIN).stdout, port, tag) for binary, _, _ in _families(host))
+    """Whether ``host:port`` has a rule (``tag``'s, or any edge's)."""
+    return any(ours(_run(binary, "-S", CHAIN).stdout, host, port, tag) for binary, _, _ in _families(host))
 
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
