@@ -110,10 +110,20 @@ class AmphiServer:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def join(self, space: str) -> str:
-        r = self.http.post(f"/api/spaces/{space}/join")
-        assert r.status_code == 200, r.text
-        return r.json()["playlist"]
+    def join(self, space: str, timeout_s: float = 30.0) -> str:
+        """A listener's playlist URL. A node under pressure puts new joins in line (202,
+        docs/admission.md): like a player, this asks again with its ticket after the answer's
+        retry_after_s, until it is admitted."""
+        deadline = time.monotonic() + timeout_s
+        body: dict = {}
+        while True:
+            r = self.http.post(f"/api/spaces/{space}/join", json=body)
+            if r.status_code == 200:
+                return r.json()["playlist"]
+            assert r.status_code == 202 and time.monotonic() < deadline, r.text
+            answer = r.json()
+            body = {"ticket": answer["ticket"]}
+            time.sleep(answer["retry_after_s"])
 
     def node(self) -> dict:
         return self.http.get("/api/node").json()
