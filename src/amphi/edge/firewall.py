@@ -112,17 +112,10 @@ def keeper_command(host: str, port: int, tag: str) -> list[str]:
     return [sys.executable, "-m", "amphi.edge.firewall", "keep", host, str(port), tag]
 
 
-def arm_keeper() -> None:
-    """``preexec_fn`` of the keeper: SIGTERM when its parent (the edge) ends, and the stop
-    signals held until it waits for them, so one that comes while Python starts is not lost."""
-    import ctypes
-
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def keep(host: str, port: int, tag: str) -> None:
-    """Waits for a stop signal (the edge ended), then removes the edge's rules."""
+    """Waits for a stop signal (the edge ended), then removes the edge's rules. The edge's
+    launcher holds the stop signals before this starts (``varnish._arm_keeper``), so one that
+    comes while Python starts waits here."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     signal.sigwait(STOP_SIGNALS)
     remove(host, port, tag)

@@ -145,9 +145,9 @@ class Edge:
                                                           stream=self.capped_by == "nginx"))
 
     def exec(self) -> NoReturn:
-        """Becomes varnishd (for ``amphi edge run``), after starting the connection cap if there is
-        one: signals and ``kill -9`` of the process group reach the whole edge."""
-        self.prepare()
+        """Becomes varnishd (for ``amphi edge run``, once ``prepare`` has run), after starting the
+        front and the firewall's keeper if there are: signals and ``kill -9`` of the process
+        group reach the whole edge."""
         launch(self.front_command(), self.command(), self.keeper_command())
 
     def start(self, *, timeout_s: float = 30.0) -> Edge:
@@ -356,13 +356,21 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _arm_keeper() -> None:
+    """``preexec_fn`` of the firewall's keeper: SIGTERM when its parent (the edge) ends, and
+    the stop signals held until it waits for them, so one that comes while Python starts is
+    not lost."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, firewall.STOP_SIGNALS)
+    _die_with_parent()
+
+
 def launch(front: list[str] | None, varnishd: list[str], keeper: list[str] | None = None) -> NoReturn:
     """Starts ``keeper`` (if any: in its own session, so that only this process's end, not a
     signal to the edge's group, sets it off) and ``front`` (if any) as children that end with
     this process, then becomes varnishd."""
     if keeper is not None:
         subprocess.Popen(keeper, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
-                         preexec_fn=firewall.arm_keeper)
+                         preexec_fn=_arm_keeper)
     if front is not None:
         subprocess.Popen(front, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     os.execv(varnishd[0], varnishd)

@@ -120,7 +120,8 @@ def render(spec: EdgeSpec) -> str:
         for i, b in enumerate(spec.origins)
     )
     # behind the front (nginx, with the connection cap) every request comes over its Unix socket:
-    # the client's address is the one the front read from the PROXY protocol and always sets
+    # the client's address is the one the front always sets (from its connection, or from the
+    # PROXY protocol behind the stream cap)
     client = 'req.http.x-amphi-client' if spec.max_connections_per_address else 'client.ip'
     media_throttle = (
         f'    if (vsthrottle.is_denied("m" + {client}, {spec.media_rate}, 1s)) {{\n'
