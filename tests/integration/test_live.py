@@ -1,10 +1,15 @@
 """A host speaks a 440 Hz tone; ffmpeg, an independent client, reads the live playlist."""
 
+import os
+import signal
 import subprocess
+import time
 
+import httpx
 import pytest
 
-from tests.audio import SR, dominant_per_window, rms
+from tests.audio import SR, decode, dominant_per_window, rms
+from tests.integration.test_hold_then_live import collect_segments
 
 
 def framemd5_timestamps(text: str) -> list[tuple[int, int]]:
@@ -42,3 +47,37 @@ def test_ffmpeg_hears_the_tone_live_with_gapless_timestamps(amphi, speakers, tmp
     assert len(ts) > 300
     gaps = [(a, b) for a, b in zip(ts, ts[1:]) if b[0] != a[0] + a[1]]
     assert gaps == []
+
+
+def test_a_node_stalled_for_a_second_plays_the_speakers_audio_of_that_second(amphi, speakers) -> None:
+    """The node's process is stopped for 1 s (as a loaded machine may deschedule it): the
+    speaker's audio waits in the socket meanwhile, and when the node resumes, the mixer's
+    overdue ticks get it, so the program has no gap (not a jitter-buffer underrun, nor the
+    backlog dropped as "too far ahead")."""
+    space, key = amphi.create("stall")
+    amphi.start_space(space, key)
+    playlist = amphi.join(space)
+    speakers(amphi, space, key, "--tone", "440")
+    with httpx.Client(timeout=15) as client:
+        init = client.get(playlist.rsplit("/", 1)[0] + "/init.mp4").content
+        collect_segments(client, playlist, lambda segs: len(segs) >= 2, timeout=30)  # the tone is on air
+        os.kill(amphi.proc.pid, signal.SIGSTOP)
+        time.sleep(1.0)
+        os.kill(amphi.proc.pid, signal.SIGCONT)
+        stalled_at = max(collect_segments(client, playlist, lambda segs: True, timeout=10)[0])
+        segments, _ = collect_segments(client, playlist, lambda segs: max(segs) >= stalled_at + 3, timeout=40)
+
+    pipeline = amphi.node()["pipelines"][space]
+    assert pipeline["max_lag_s"] >= 0.9, pipeline  # the program's clock really was stopped
+    msns = sorted(segments)
+    assert msns == list(range(msns[0], msns[-1] + 1))
+    audio = decode(init + b"".join(segments[m] for m in msns))
+    tenth = SR // 10
+    windows = dominant_per_window(audio, 0.1)
+    first = next(i for i, hz in enumerate(windows) if abs(hz - 440) <= 5)
+    assert len(windows) - first > 90  # more than 9 s of tone, the stalled second inside
+    assert all(abs(hz - 440) <= 5 for hz in windows[first + 1 :]), windows[first:]
+    levels = [rms(audio[i * tenth : (i + 1) * tenth]) for i in range(first + 1, len(windows))]
+    assert min(levels) > 0.2, "the tone dropped out"
+    (track,) = pipeline["tracks"].values()
+    assert track["dropped"] == 0, track  # the audio of the stalled second was kept for it

@@ -34,6 +34,33 @@ def test_jitter_buffer_bounds_delay_by_dropping_oldest() -> None:
     assert buf.pop()[0] == 6
 
 
+def test_audio_that_arrived_during_a_stall_of_the_clock_is_kept_for_the_overdue_ticks() -> None:
+    buf = JitterBuffer(target=3, limit=12, backlog=50)
+    v = 0
+    for _ in range(3):
+        buf.push(frame(v))
+        v += 1
+    played = [buf.pop()[0]]
+    for _ in range(40):  # the clock stops for 40 ticks; the speaker's frames keep coming
+        buf.push(frame(v))
+        v += 1
+    for overdue in range(39, -1, -1):  # then the clock catches up, one tick after another
+        played.append(buf.pop(overdue)[0])
+    assert played == list(range(41))  # every frame, in order: no gap, nothing dropped
+    assert buf.stats.dropped == buf.stats.underruns == buf.stats.trimmed == 0
+    assert len(buf) == 2  # the delay is what it was before the stall
+
+
+def test_a_burst_beyond_the_limit_is_bounded_at_the_next_tick_and_the_backlog_bounds_memory() -> None:
+    buf = JitterBuffer(target=1, limit=4, backlog=6)
+    for v in range(20):  # a sender's burst: nothing is overdue, so it is too far ahead
+        buf.push(frame(v))
+    assert len(buf) == 10 and buf.stats.dropped == 10  # held up to limit + backlog
+    assert buf.pop()[0] == 16 and len(buf) == 3  # the next tick keeps the newest 4
+    with pytest.raises(ValueError):
+        JitterBuffer(target=1, limit=4, backlog=-1)
+
+
 def test_closed_buffer_plays_out_what_it_has() -> None:
     buf = JitterBuffer(target=3, limit=5)
     buf.push(frame(1))

@@ -23,6 +23,7 @@ class MediaConfig:
     part_segments: int = 2  # complete segments that still list their parts
     jitter_target_ms: int = 60  # per-track playout delay once a track (re)starts
     jitter_max_ms: int = 240  # per-track buffer bound; the oldest audio is dropped beyond it
+    stall_cover_ms: int = 1000  # after a mixer stall this long, the overdue ticks still get the speakers' audio
     program_queue_ticks: int = 50  # mixer -> encoder channel bound (1 s); drops oldest when full
     blocking_timeout_s: float = 6.0  # a blocking playlist reload answers 503 after this
     max_blocking_waiters: int = 50_000  # concurrent blocking reloads per node; more get 503

@@ -7,6 +7,11 @@ speaker's delay stays bounded. A refill after running dry adds delay; when the q
 not gone below the target for a whole second, one frame is dropped, so the delay returns
 to the target instead of ratcheting up. A speaker whose packets stop is heard as silence:
 the program never waits for a track.
+
+A frame's delay is its place in the queue less the ticks the clock already owes: after a
+stall of the mixer's clock, the audio that arrived meanwhile belongs to the overdue ticks
+and is not "too far ahead". So ``pop(overdue)`` bounds the queue at ``limit + overdue``,
+and ``push`` only at ``limit + backlog``, the most overdue ticks a stall may leave.
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ class JitterStats:
 
 
 class JitterBuffer:
-    def __init__(self, target: int, limit: int) -> None:
-        if not 1 <= target <= limit:
-            raise ValueError("need 1 <= target <= limit")
+    def __init__(self, target: int, limit: int, backlog: int = 0) -> None:
+        if not 1 <= target <= limit or backlog < 0:
+            raise ValueError("need 1 <= target <= limit and backlog >= 0")
         self._frames: deque[np.ndarray] = deque()
         self._target = target
         self._limit = limit
+        self._bound = limit + backlog
         self._playing = False
         self._window_pops = 0
         self._window_low = limit
@@ -50,16 +56,16 @@ class JitterBuffer:
             return
         self._frames.append(frame)
         self.stats.pushed += 1
-        while len(self._frames) > self._limit:
-            self._frames.popleft()
-            self.stats.dropped += 1
+        self._drop_beyond(self._bound)
         self.stats.peak = max(self.stats.peak, len(self._frames))
 
     def close(self) -> None:
         """The track is gone; what is queued still plays out."""
         self.closed = True
 
-    def pop(self) -> np.ndarray | None:
+    def pop(self, overdue: int = 0) -> np.ndarray | None:
+        """The frame for this tick; ``overdue`` is how many later ticks are already due."""
+        self._drop_beyond(self._limit + overdue)
         if not self._playing:
             if len(self._frames) < self._target and not (self.closed and self._frames):
                 return None
@@ -69,12 +75,17 @@ class JitterBuffer:
             self.stats.underruns += 1
             self._window_pops, self._window_low = 0, self._limit
             return None
-        self._trim()
+        self._trim(overdue)
         self.stats.played += 1
         return self._frames.popleft()
 
-    def _trim(self) -> None:
-        self._window_low = min(self._window_low, len(self._frames))
+    def _drop_beyond(self, bound: int) -> None:
+        while len(self._frames) > bound:
+            self._frames.popleft()
+            self.stats.dropped += 1
+
+    def _trim(self, overdue: int) -> None:
+        self._window_low = min(self._window_low, len(self._frames) - overdue)
         self._window_pops += 1
         if self._window_pops < TRIM_WINDOW:
             return

@@ -114,7 +114,9 @@ class Mixer:
     def add_track(self, name: str) -> JitterBuffer:
         tick_ms = self._cfg.tick_ms
         buf = JitterBuffer(
-            target=max(1, self._cfg.jitter_target_ms // tick_ms), limit=max(1, self._cfg.jitter_max_ms // tick_ms)
+            target=max(1, self._cfg.jitter_target_ms // tick_ms),
+            limit=max(1, self._cfg.jitter_max_ms // tick_ms),
+            backlog=self._cfg.stall_cover_ms // tick_ms,
         )
         self.tracks[name] = buf
         self.meters.setdefault(name, LevelMeter(tick_ms / 1000))
@@ -125,7 +127,9 @@ class Mixer:
             self.tracks.pop(name, None)
             self.meters.pop(name, None)
 
-    def tick(self) -> ProgramFrame:
+    def tick(self, overdue: int = 0) -> ProgramFrame:
+        """The next program frame; ``overdue`` is how many later ticks are already due (the
+        clock catching up after a stall), so the tracks keep the audio meant for them."""
         if self.mode is Mode.ENDED:
             raise IllegalTransition("the program has ended")
         if self._switch and self._switch[0] == self.sample:
@@ -137,7 +141,7 @@ class Mixer:
         # every track advances every tick, heard or not, so its delay stays fixed
         heard: dict[str, np.ndarray] = {}
         for name, buf in list(self.tracks.items()):
-            f = buf.pop()
+            f = buf.pop(overdue)
             self.meters[name].feed(f)
             if f is not None and name not in self.muted:
                 heard[name] = f

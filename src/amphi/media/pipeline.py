@@ -202,27 +202,38 @@ class Pipeline:
     # -- tasks ----------------------------------------------------------------------------
 
     async def _clock(self) -> None:
+        """Makes tick k at t0 + k * period. After a stall of the event loop (a slow step, the
+        process descheduled) several ticks are due at once; the clock yields to the loop
+        before each of them, so the speakers' audio that arrived during the stall (waiting
+        in the sockets) reaches the jitter buffers before it is mixed, and tells the mixer
+        how many ticks are overdue, so that audio is kept for them rather than dropped as
+        too far ahead (``MediaConfig.stall_cover_ms``). A stall is then not heard as
+        silence. The event loop runs due timers before it polls the sockets, so without
+        the yield every late tick would find the buffers empty."""
         loop = asyncio.get_running_loop()
         period = self._cfg.tick_ms / 1000
         t0 = loop.time()
         k = 0
         while True:
-            now = loop.time()
             self.stats.wakeups += 1
-            lag = now - (t0 + k * period)
-            if lag > period:
-                self.stats.late_ticks += 1
-                self.stats.max_lag_s = max(self.stats.max_lag_s, lag)
+            now = loop.time()
             # tick k is due at t0 + k * period; compare that very expression with the clock
             # (uvloop's clock moves in whole milliseconds: an integer division of the elapsed
             # time can round a tick that is due right now down to "not yet")
             while t0 + k * period <= now:
-                frame = self.mixer.tick()
+                lag = now - (t0 + k * period)
+                if lag > period:
+                    self.stats.late_ticks += 1
+                    self.stats.max_lag_s = max(self.stats.max_lag_s, lag)
+                frame = self.mixer.tick(overdue=max(0, math.floor((now - t0) / period) - k))
                 k += 1
                 self.stats.ticks += 1
                 self._put(frame)
                 if frame.mode is Mode.ENDED:
                     return
+                if t0 + k * period <= now:
+                    await asyncio.sleep(0)  # more ticks are due: let what arrived meanwhile in first
+                    now = loop.time()
             # uvloop's timers have 1 ms resolution and round shorter sleeps to zero, which
             # would spin; sleep whole milliseconds (a tick may be up to 1 ms late, never early)
             await asyncio.sleep(math.ceil((t0 + k * period - now) * 1000) / 1000)

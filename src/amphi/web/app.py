@@ -60,7 +60,10 @@ class App:
 
     def stats(self) -> dict[str, object]:
         return {
-            "pipelines": {sid: asdict(p.stats) for sid, p in self.node.pipelines.items()},
+            "pipelines": {
+                sid: {**asdict(p.stats), "tracks": {name: asdict(buf.stats) for name, buf in p.mixer.tracks.items()}}
+                for sid, p in self.node.pipelines.items()
+            },
             "speakers": self.node.ingest.connections,
             "event_streams": self.node.event_streams,
             "origin": asdict(self.origin.stats),
