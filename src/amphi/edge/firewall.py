@@ -5,7 +5,7 @@ cap costs no hop (nginx's stream module, the other way to cap, proxies every byt
 bench/front_probe.py).
 
 It needs root (CAP_NET_ADMIN) and Debian's ``iptables``. Each edge tags its rules
-``amphi-edge <host> <port> <tag>``. A *keeper* (``python -m amphi.edge.firewall keep PORT TAG``),
+``amphi-edge <host> <port> <tag>``. A *keeper* (``python -m amphi.edge.firewall keep HOST PORT TAG``),
 started by the edge in its own session, removes them when the edge's process ends, however it
 ends (``PR_SET_PDEATHSIG``, so ``kill -9`` of the edge's process group too); ``install`` also
 removes what a lost keeper left on the same address and port.
@@ -37,6 +37,10 @@ def _families(host: str) -> list[tuple[str, int, str | None]]:
     return [("ip6tables", 128, dest)]
 
 
+def _binaries(host: str) -> list[str]:
+    return [binary for binary, _, _ in _families(host)]
+
+
 def comment(host: str, port: int, tag: str = "") -> str:
     return f"amphi-edge {host} {port} {tag}"
 
@@ -53,12 +57,12 @@ def rules(host: str, port: int, cap: int, tag: str) -> list[tuple[str, list[str]
 def unavailable(host: str) -> str | None:
     """Why this process cannot cap connections in the firewall for ``host``, or None if it may try."""
     try:
-        binaries = {binary for binary, _, _ in _families(host)}
+        binaries = _binaries(host)
     except ValueError:
         return f"the edge binds {host!r}, not an IP address"
     if os.geteuid() != 0:
         return "setting firewall rules needs root (CAP_NET_ADMIN)"
-    if missing := sorted(b for b in binaries if shutil.which(b) is None):
+    if missing := [b for b in binaries if shutil.which(b) is None]:
         return f"{', '.join(missing)} is not installed (Debian's iptables: make setup)"
     return None
 
@@ -79,7 +83,7 @@ def remove(host: str, port: int, tag: str | None = None) -> int:
     """Deletes the rules for ``host:port`` (``tag``'s, or any edge's); how many. Never raises
     for a rule that is already gone."""
     removed = 0
-    for binary in {binary for binary, _, _ in _families(host)}:
+    for binary in _binaries(host):
         listing = _run(binary, "-S", CHAIN)
         if listing.returncode != 0:
             continue
@@ -102,7 +106,7 @@ def install(host: str, port: int, cap: int, tag: str) -> None:
 
 def installed(host: str, port: int, tag: str | None = None) -> bool:
     """Whether ``host:port`` has a rule (``tag``'s, or any edge's)."""
-    return any(ours(_run(binary, "-S", CHAIN).stdout, host, port, tag) for binary, _, _ in _families(host))
+    return any(ours(_run(binary, "-S", CHAIN).stdout, host, port, tag) for binary in _binaries(host))
 
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
