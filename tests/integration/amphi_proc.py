@@ -43,6 +43,24 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def collect_segments(client: httpx.Client, playlist: str, until, timeout: float) -> tuple[dict[int, bytes], list[str]]:
+    """Reads the live playlist like a player that keeps every segment, until ``until(segments)``."""
+    got: dict[int, bytes] = {}
+    texts = []
+    base = playlist.rsplit("/", 1)[0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = client.get(playlist).text
+        texts.append(text)
+        for line in text.splitlines():
+            if line.endswith(".m4s") and not line.startswith("#") and int(line[:-4]) not in got:
+                got[int(line[:-4])] = client.get(f"{base}/{line}").content
+        if until(got):
+            return got, texts
+        time.sleep(0.5)
+    raise AssertionError(f"timed out with segments {sorted(got)}")
+
+
 class AmphiServer:
     def __init__(self, data_dir: Path, port: int | None = None, *extra: str) -> None:
         self.data_dir = data_dir

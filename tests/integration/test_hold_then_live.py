@@ -10,26 +10,9 @@ from amphi.core.config import AAC_FRAME, MediaConfig
 from amphi.media import fmp4
 from amphi.media.programs import HOLD_NOTES_HZ
 from tests.audio import SR, decode, dominant_per_window, rms
+from tests.integration.amphi_proc import collect_segments
 
 CFG = MediaConfig()
-
-
-def collect_segments(client: httpx.Client, playlist: str, until, timeout: float) -> tuple[dict[int, bytes], list[str]]:
-    """Reads the live playlist like a player that keeps every segment, until ``until(segments)``."""
-    got: dict[int, bytes] = {}
-    texts = []
-    base = playlist.rsplit("/", 1)[0]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = client.get(playlist).text
-        texts.append(text)
-        for line in text.splitlines():
-            if line.endswith(".m4s") and not line.startswith("#") and int(line[:-4]) not in got:
-                got[int(line[:-4])] = client.get(f"{base}/{line}").content
-        if until(got):
-            return got, texts
-        time.sleep(0.5)
-    raise AssertionError(f"timed out with segments {sorted(got)}")
 
 
 def test_hold_music_then_live_without_a_gap(amphi, speakers) -> None:

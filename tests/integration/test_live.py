@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.audio import SR, decode, dominant_per_window, rms
-from tests.integration.test_hold_then_live import collect_segments
+from tests.integration.amphi_proc import collect_segments
 
 
 def framemd5_timestamps(text: str) -> list[tuple[int, int]]:
@@ -58,14 +58,19 @@ def test_a_node_stalled_for_a_second_plays_the_speakers_audio_of_that_second(amp
     amphi.start_space(space, key)
     playlist = amphi.join(space)
     speakers(amphi, space, key, "--tone", "440")
+    stalled_at: list[int] = []  # the newest segment when the node was stopped
+
+    def until(segs: dict[int, bytes]) -> bool:
+        if not stalled_at and len(segs) >= 2:  # the tone is on air: stop the node for 1 s
+            os.kill(amphi.proc.pid, signal.SIGSTOP)
+            time.sleep(1.0)
+            os.kill(amphi.proc.pid, signal.SIGCONT)
+            stalled_at.append(max(segs))
+        return bool(stalled_at) and max(segs) >= stalled_at[0] + 4
+
     with httpx.Client(timeout=15) as client:
         init = client.get(playlist.rsplit("/", 1)[0] + "/init.mp4").content
-        collect_segments(client, playlist, lambda segs: len(segs) >= 2, timeout=30)  # the tone is on air
-        os.kill(amphi.proc.pid, signal.SIGSTOP)
-        time.sleep(1.0)
-        os.kill(amphi.proc.pid, signal.SIGCONT)
-        stalled_at = max(collect_segments(client, playlist, lambda segs: True, timeout=10)[0])
-        segments, _ = collect_segments(client, playlist, lambda segs: max(segs) >= stalled_at + 3, timeout=40)
+        segments, _ = collect_segments(client, playlist, until, timeout=60)
 
     pipeline = amphi.node()["pipelines"][space]
     assert pipeline["max_lag_s"] >= 0.9, pipeline  # the program's clock really was stopped
