@@ -20,8 +20,8 @@ RETRY_S = (0.5, 1, 2, 5)
 
 async def start_demo(node: Node) -> tuple[Space, str]:
     """The demo Space and its host key."""
-    space, key = await node.create_space("Amphi demo: a tune on a loop")
-    await node.start_space(space)
+    space, key = await node.spaces.create("Amphi demo: a tune on a loop")
+    await node.spaces.start(space)
     node.spawn(_demo_speaker(node, space, key), name="demo-speaker")
     return space, key
 

@@ -16,7 +16,6 @@ from granian.server.embed import Server
 
 from amphi.core.config import Config
 from amphi.node import Node
-from amphi.web.app import App
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ async def serve(cfg: Config) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()  # what start-up made lives forever: keep it out of every collection
     server = Server(
-        App(node), address=cfg.http.host, port=cfg.http.port, interface=Interfaces.ASGINL,
+        node.app, address=cfg.http.host, port=cfg.http.port, interface=Interfaces.ASGINL,
         http=HTTPModes.http1, backlog=4096, backpressure=65536, log_level=LogLevels.warning, websockets=False,
         http1_settings=HTTP1Settings(header_read_timeout=int(cfg.http.header_read_timeout_s * 1000)),
     )  # backpressure: granian serves at most this many connections at once (default backlog // workers
@@ -86,7 +85,7 @@ async def serve(cfg: Config) -> None:
             print(f"amphi: its host console is {cfg.http.base_url}/s/{space.id}/host (host key {key})", flush=True)
         await asyncio.wait([asyncio.ensure_future(stop.wait()), server_task], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        log.info("shutting down")
-        await node.close()
+        log.info("shutting down")  # stop accepting and drain HTTP, then end the programs, then the store
         server.stop()
         await asyncio.gather(server_task, return_exceptions=True)
+        await node.close()

@@ -21,12 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from amphi.core.config import AdmissionConfig
 
-if TYPE_CHECKING:
-    from amphi.control.admission import Admission
 
 DECREASE = 0.9  # multiplicative decrease per unhealthy sample
 INCREASE = 0.01  # additive increase per healthy sample, as a share of the ceiling
@@ -97,12 +94,6 @@ class Governor:
                 self.limit = min(cfg.max_listeners, self.limit + max(1, round(INCREASE * cfg.max_listeners)))
             if self._healthy_run >= cfg.recover_after and self.level > 0:
                 self._set_level(self.level - 1, now)
-
-    def apply(self, admission: Admission) -> None:
-        """What the limit and the ladder mean for admission: new seats stop at the limit,
-        and from rung 1 on every new join waits."""
-        admission.limit = self.limit
-        admission.paused = self.level >= 1
 
     @property
     def retry_factor(self) -> float:

@@ -29,6 +29,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from amphi.obs.snapshot import SpaceSnapshot
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 disable_created_metrics()  # no *_created series: a third more lines that no dashboard reads
@@ -43,20 +45,6 @@ PROBLEMS = ("loop_lag", "loop_cpu", "join_p95")
 # Time to first byte: LL-HLS parts answer in well under a millisecond, blocking playlist
 # reloads wait up to a part (0.5 s) or time out at 6 s.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 6.0, 10.0)
-
-
-@dataclass(frozen=True)
-class SpaceGauges:
-    """One Space's numbers at scrape time."""
-
-    space_id: str
-    state: str
-    listeners: int
-    peak_listeners: int
-    waiting: int
-    admitted_total: int
-    recording_bytes: int
-    production_lag_s: float | None  # None without a running pipeline
 
 
 @dataclass(frozen=True)
@@ -79,7 +67,7 @@ class NodeGauges:
     blocking_timeouts: int
     blocking_disconnects: int
     playlist_renewals: int
-    spaces: list[SpaceGauges] = field(default_factory=list)
+    spaces: list[SpaceSnapshot] = field(default_factory=list)
 
 
 class GaugeSource(Protocol):

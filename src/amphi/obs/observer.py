@@ -13,8 +13,10 @@ Kinds:
 
 ``run()`` samples once a second: the node (for the dashboard) and every Space that is live,
 or scheduled with someone seated, waiting or a pipeline running (dashboard and timeline
-file). The observer only reads the node; the node calls it at a few marked places
-("# obs:" in node.py, web/join.py, web/app.py).
+file). Obs is a leaf: it imports nothing of the node. The root hands it events (the calls
+marked "# obs:" in node.py, services/ and web/) and one snapshot of the node
+(``amphi.obs.snapshot``: ``NodeState``), which ``/api/node``, ``/metrics`` and the dashboard
+all render.
 """
 
 from __future__ import annotations
@@ -23,35 +25,28 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from amphi.control.admission import SpaceCounts
 from amphi.obs import logging as obs_logging
 from amphi.obs.feed import Feed
-from amphi.obs.metrics import Metrics, NodeGauges, SpaceGauges, quantile
+from amphi.obs.metrics import Metrics, NodeGauges, quantile
+from amphi.obs.snapshot import NodeSnapshot, NodeState, SpaceSnapshot
 from amphi.obs.timeline import FILE, TimelineFile
 
 if TYPE_CHECKING:
-    from amphi.control.health import HealthSample
+    from amphi.control.health import Governor, HealthSample
     from amphi.control.spaces import Space, SpaceState
-    from amphi.node import Node
 
 log = logging.getLogger("amphi.events")
 
 SAMPLE_PERIOD_S = 1.0
-# Route templates whose time to first byte the dashboard charts (see amphi.web.app.route_of).
+# Route templates whose time to first byte the dashboard charts (amphi.web.routes).
 JOIN_ROUTE = "/api/spaces/{id}/join"
 MEDIA_ROUTES = ("/media/{id}/t/{token}/{msn}.{part}.m4s", "/media/{id}/t/{token}/{msn}.m4s",
                 "/media/{id}/t/{token}/init.mp4")
-
-
-class OriginCounters(Protocol):
-    blocking_waiting: int
-    blocking_timeouts: int
-    blocking_disconnects: int
-    renewals: int
 
 
 def _round(x: float | None, digits: int = 4) -> float | None:
@@ -59,13 +54,12 @@ def _round(x: float | None, digits: int = 4) -> float | None:
 
 
 class Observer:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.node_id = node.cfg.node_id
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
         obs_logging.set_node_id(self.node_id)
         self.metrics = Metrics(self)
         self.feed = Feed()
-        self.origin: OriginCounters | None = None  # set by the web app, which owns the origin
+        self.state: NodeState | None = None  # the root's, set once its parts exist
         self.dashboard_streams = 0
         self.health_sample: HealthSample | None = None
         self.problems: tuple[str, ...] = ()
@@ -95,8 +89,11 @@ class Observer:
         """Called by the Space registry on every lifecycle change (and on creation)."""
         from amphi.control.spaces import SpaceState
 
-        if new is SpaceState.ENDED:
-            self._sample_space(space.id, time.time(), self._node_fields())  # the final counts
+        if new is SpaceState.ENDED and self.state is not None:
+            snap = self.state.snapshot()
+            final = self.state.space(space.id)
+            if final is not None:
+                self._sample_space(final, time.time(), self._node_fields(snap))  # the final counts
         what = f"{old.value} -> {new.value}" if old is not None else f"created ({new.value})"
         self.event("space", space.id, msg=f"space {space.id} {what}" + (f" ({reason})" if reason else ""),
                    old=old.value if old else None, new=new.value, reason=reason, title=space.title,
@@ -109,9 +106,8 @@ class Observer:
             self.metrics.forget_space(space.id)
             self._detector.pop(space.id, None)
 
-    def health(self, sample: HealthSample, old_limit: int, old_level: int) -> None:
+    def health(self, sample: HealthSample, gov: Governor, old_limit: int, old_level: int) -> None:
         """After each health period: the limit and the ladder, with their reason."""
-        gov = self.node.governor
         self.health_sample = sample
         self.problems = tuple(sample.problem_kinds(gov.cfg))
         reason = ", ".join(gov.problems) or "healthy"
@@ -140,56 +136,28 @@ class Observer:
 
     # -- scraping ------------------------------------------------------------------------------
 
-    def gauges(self) -> NodeGauges:
-        node = self.node
-        now = time.time()
-        adm = node.store  # cluster-wide with --redis (its last known figures)
-        origin = self.origin
-        h = self.health_sample
-        spaces = [self._space_gauges(sid, now) for sid in self._active_ids()]
-        return NodeGauges(
-            occupied=adm.occupied, waiting=adm.waiting, limit=adm.limit,
-            max_listeners=node.cfg.admission.max_listeners, degradation_level=node.governor.level,
-            problems=self.problems, loop_lag_s=h.loop_lag_s if h else 0.0, loop_cpu=h.loop_cpu if h else 0.0,
-            join_p95_s=h.join_p95_s if h else None, speakers=node.ingest.connections,
-            event_streams=node.event_streams, dashboard_streams=self.dashboard_streams,
-            blocking_waiting=origin.blocking_waiting if origin else 0,
-            blocking_timeouts=origin.blocking_timeouts if origin else 0,
-            blocking_disconnects=origin.blocking_disconnects if origin else 0,
-            playlist_renewals=origin.renewals if origin else 0, spaces=spaces)
+    def _snapshot(self) -> NodeSnapshot:
+        assert self.state is not None, "the root sets Observer.state before serving"
+        return self.state.snapshot()
 
-    def _space_gauges(self, sid: str, now: float) -> SpaceGauges:
-        node = self.node
-        counts = self._counts(sid)
-        pipeline = node.pipelines.get(sid)
-        end = pipeline.timeline.media_end_wall if pipeline is not None else None
-        rec = node.recording(sid)
-        return SpaceGauges(space_id=sid, state=node.registry.get(sid).state.value, listeners=counts.listeners,
-                           peak_listeners=counts.peak_listeners, waiting=counts.waiting,
-                           admitted_total=counts.admitted_total, recording_bytes=rec.bytes_written,
-                           production_lag_s=None if end is None else max(0.0, now - end))
+    def gauges(self) -> NodeGauges:
+        snap = self._snapshot()
+        h = self.health_sample
+        origin = snap.origin
+        return NodeGauges(
+            occupied=snap.occupied, waiting=snap.waiting, limit=snap.limit,
+            max_listeners=snap.max_listeners, degradation_level=snap.level,
+            problems=self.problems, loop_lag_s=h.loop_lag_s if h else 0.0, loop_cpu=h.loop_cpu if h else 0.0,
+            join_p95_s=h.join_p95_s if h else None, speakers=snap.speakers,
+            event_streams=snap.event_streams, dashboard_streams=self.dashboard_streams,
+            blocking_waiting=origin.get("blocking_waiting", 0), blocking_timeouts=origin.get("blocking_timeouts", 0),
+            blocking_disconnects=origin.get("blocking_disconnects", 0),
+            playlist_renewals=origin.get("renewals", 0), spaces=snap.spaces)
 
     def _active_ids(self) -> list[str]:
-        """Spaces worth sampling: live, or scheduled with a pipeline, seats or a line."""
-        from amphi.control.spaces import SpaceState
-
-        node = self.node
-        out = []
-        for space in node.registry.all():
-            if space.state is SpaceState.LIVE:
-                out.append(space.id)
-            elif space.state is SpaceState.SCHEDULED:
-                c = self._counts(space.id)
-                if space.id in node.pipelines or c.listeners or c.waiting:
-                    out.append(space.id)
-        return out
+        return [s.space_id for s in self._snapshot().spaces] if self.state is not None else []
 
     # -- sampling --------------------------------------------------------------------------------
-
-    def _counts(self, space_id: str) -> SpaceCounts:
-        """A Space's counters without waiting (scrapes and samples never wait on Redis): exact
-        on one node; with --redis, as the store's heartbeat last fetched them."""
-        return self.node.store.known_counts(space_id)
 
     async def run(self) -> None:
         while True:
@@ -197,20 +165,21 @@ class Observer:
             self.sample(time.time())
 
     def sample(self, now: float) -> None:
-        node_fields = self._node_fields()
-        for sid in self._active_ids():
-            self._sample_space(sid, now, node_fields)
-        self.feed.sample("node", {"t": round(now, 3), **node_fields, **self._node_only()})
+        snap = self._snapshot()
+        node_fields = self._node_fields(snap)
+        for space in snap.spaces:
+            self._sample_space(space, now, node_fields)
+        self.feed.sample("node", {"t": round(now, 3), **node_fields, **self._node_only(snap)})
         self.feed.notify()
 
-    def _node_fields(self) -> dict[str, Any]:
+    @staticmethod
+    def _node_fields(snap: NodeSnapshot) -> dict[str, Any]:
         """What every sample carries about the node: the limit, the ladder and its reason."""
-        gov = self.node.governor
-        return {"limit": gov.limit, "max_listeners": self.node.cfg.admission.max_listeners, "level": gov.level,
-                "level_name": gov.level_name, "problems": list(gov.problems)}
+        d = snap.degradation
+        return {"limit": d["limit"], "max_listeners": snap.max_listeners, "level": d["level"],
+                "level_name": d["name"], "problems": list(d["problems"])}
 
-    def _node_only(self) -> dict[str, Any]:
-        adm = self.node.admission
+    def _node_only(self, snap: NodeSnapshot) -> dict[str, Any]:
         h = self.health_sample
         hist = self.metrics.route_histograms()
         latency: dict[str, dict[str, float | None]] = {}
@@ -223,15 +192,14 @@ class Observer:
         requests = total - self._requests_before
         self._requests_before, self._hist = total, hist
         mem = self._process.memory_info().rss
-        return {"listeners": adm.occupied, "waiting": adm.waiting, "joins": dict(self.metrics.join_totals),
+        return {"listeners": snap.occupied, "waiting": snap.waiting, "joins": dict(self.metrics.join_totals),
                 "latency": latency, "requests_per_s": round(requests / SAMPLE_PERIOD_S, 1),
                 "loop_lag_ms": _round(h.loop_lag_s * 1000 if h else None, 1),
                 "loop_cpu": _round(h.loop_cpu if h else None, 3), "cpu_pct": round(self._process.cpu_percent(None), 1),
-                "rss_mb": round(mem / 2**20, 1), "speakers": self.node.ingest.connections,
-                "spaces": len(self._active_ids())}
+                "rss_mb": round(mem / 2**20, 1), "speakers": snap.speakers, "spaces": len(snap.spaces)}
 
-    def _sample_space(self, sid: str, now: float, node_fields: dict[str, Any]) -> None:
-        g = self._space_gauges(sid, now)
+    def _sample_space(self, g: SpaceSnapshot, now: float, node_fields: dict[str, Any]) -> None:
+        sid = g.space_id
         sample: dict[str, Any] = {
             "t": round(now, 3), "state": g.state, "listeners": g.listeners, "peak": g.peak_listeners,
             "waiting": g.waiting, "admitted_total": g.admitted_total, "joins": dict(self.metrics.space_join_counts.get(sid, {})),
@@ -248,7 +216,8 @@ class Observer:
     def _file(self, space_id: str) -> TimelineFile:
         f = self._files.get(space_id)
         if f is None:
-            f = self._files[space_id] = TimelineFile(self.node.registry.dir(space_id) / FILE)
+            assert self.state is not None, "the root sets Observer.state before serving"
+            f = self._files[space_id] = TimelineFile(Path(self.state.space_dir(space_id)) / FILE)
         return f
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 code making every admission decision (docs/simulate.md).
 
     arrivals ─▶ clients ─▶ API node (a FIFO of requests: work in seconds)
-                  ▲          └─▶ Admission (production) + Governor (production)
+                  ▲          └─▶ Listeners (production: the node's join decision, Admission, Governor)
                   │                    │ admitted
                   └── retry / backoff  ▼
                                 edges (listeners, requests/s) ─▶ origin (requests per edge)
@@ -19,7 +19,11 @@ What is exact and what is aggregated:
   per second, where the server's retry advice is the same number in both units.
 * **Renewals** are counted, not issued one by one: a renewal never changes a decision, so the
   production ``Admission`` is given seats that last the whole run and a listener who leaves
-  frees its seat with ``Admission.leave`` at the moment it leaves.
+  frees its seat with ``Listeners.leave`` at the moment it leaves.
+
+The node's own ``amphi.control.listeners.Listeners`` answers every join and poll, runs every
+admitter pass and applies every health verdict, over a ``MemoryStore`` (whose coroutines
+never suspend, so ``settle`` drives them on the virtual clock without an event loop).
 * **Listening** is counts: listeners per edge, requests per second per listener.
 
 Everything else (the line, positions, retry advice and its jitter, the rate limit, the
@@ -37,8 +41,11 @@ from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
-from amphi.control.admission import ADMITTER_PERIOD_S, Admission, Admitted
+from amphi.control.admission import ADMITTER_PERIOD_S, Admission
 from amphi.control.health import Governor, HealthSample
+from amphi.control.listeners import InLine, Listeners, Seated, settle
+from amphi.control.spaces import Space, SpaceState
+from amphi.control.store.memory import MemoryStore
 from amphi.control.tokens import Signer
 from amphi.core.clock import VirtualClock
 from amphi.core.config import AdmissionConfig, MediaConfig
@@ -58,6 +65,22 @@ SECRET = b"amphi-simulator-secret"  # signs the simulated tokens and tickets: no
 NEW, JOINING, WAITING, PLAYING, LEFT, FAILED = range(6)
 # events
 ARRIVE, SEND, ANSWER, TIMEOUT, LEAVE, ADMITTER, HEALTH, SAMPLE, FAIL_EDGE, REATTACH = range(10)
+
+
+class _Nowhere:
+    """The simulated Space's program and media URLs: none (listening is counts, see above)."""
+
+    async def seated(self, space: Space) -> None:
+        return None
+
+    async def replay(self, space: Space) -> tuple[str | None, str | None]:
+        return None, None
+
+    def playlist(self, space_id: str, token: str) -> tuple[str, tuple[str, ...]]:
+        return "", ()
+
+
+_NOWHERE = _Nowhere()
 
 
 class SimError(BadRequest):
@@ -166,8 +189,13 @@ class Simulation:
         per_node = cfg.listeners / cfg.api_nodes
         self.n = max(1, round(per_node / self.scale))
         self.adm_cfg = scaled_admission(node_admission(cfg), self.scale, cfg.horizon_s)
-        self.admission = Admission(self.adm_cfg, Signer(SECRET), random.Random(cfg.seed + 1))
+        signer = Signer(SECRET)
+        self.admission = Admission(self.adm_cfg, signer, random.Random(cfg.seed + 1))
         self.governor = Governor(self.adm_cfg)
+        self.t = 0.0  # the event being handled
+        self.space = Space(SPACE, "simulated", SpaceState.LIVE, "", T0, started_at=T0)
+        self.listeners = Listeners(self.adm_cfg, MemoryStore(self.admission), self.governor, signer, _NOWHERE,
+                                   _NOWHERE, wake=lambda: self.wake_admitter(self.t), clock=self.now)
         self.media_rps = media_rps_per_listener(cfg.player)
         self.buffer_s = MediaConfig().part_s * 3 if cfg.player == "ll" else MediaConfig().part_s * MediaConfig().parts_per_segment * 3
         sessions = schedule(cfg.arrival, self.n, duration_s=cfg.horizon_s, ramp_s=cfg.arrival_s, seed=cfg.seed)
@@ -273,6 +301,7 @@ class Simulation:
             if t > horizon:
                 break
             self.clock.advance_to(T0 + t)
+            self.t = t
             handlers[kind](t, cid)
             if self.progress and t >= next_report:
                 next_report += report_every
@@ -302,11 +331,9 @@ class Simulation:
 
     def on_answer(self, t: float, cid: int) -> None:
         """The production decision for this client's join or poll, at the virtual now."""
-        adm, now = self.admission, self.now()
         self.failures[cid] = 0
-        ticket = self.ticket[cid]
-        try:
-            answer = adm.join(SPACE, now) if ticket is None else adm.poll(SPACE, ticket, now)
+        try:  # the node's own join decision (MemoryStore never suspends: no loop needed)
+            answer = settle(self.listeners.join(self.space, ticket=self.ticket[cid]))
         except (TooBusy, TooEarly) as err:  # 503 / 429: the client waits for Retry-After
             retry = header_retry_s(retry_after_value(err.retry_after_s or 1.0))
             self.at(t + retry_delay_s(retry, self.rng), SEND, cid)
@@ -315,7 +342,7 @@ class Simulation:
             raise RuntimeError(f"the simulated client got {err.code}: {err.message}") from err
         if math.isnan(self.answered[cid]):
             self.answered[cid] = t
-        if isinstance(answer, Admitted):
+        if isinstance(answer, Seated):
             self.token[cid] = answer.token
             self.ticket[cid] = None
             self.admitted_at[cid] = t
@@ -325,12 +352,11 @@ class Simulation:
             if self.cfg.stay_s is not None:
                 self.at(t + self.rng.expovariate(1.0 / self.cfg.stay_s), LEAVE, cid)
             return
+        assert isinstance(answer, InLine)
         self.ticket[cid] = answer.ticket
         if self.state[cid] != WAITING:
             self.set_state(cid, WAITING)
-        if adm.occupied < adm.limit:
-            self.wake_admitter(t)
-        retry = round(answer.retry_after_s * self.governor.retry_factor, 2)
+        retry = round(answer.retry_after_s, 2)
         self.at(t + retry_delay_s(retry, self.rng), SEND, cid)
 
     def on_timeout(self, t: float, cid: int) -> None:
@@ -346,7 +372,7 @@ class Simulation:
         if self.state[cid] != PLAYING:
             return
         self.queue(t)  # the node's work; the seat is freed either way (a lost leave runs out later)
-        self.admission.leave(SPACE, token=self.token[cid], now=self.now())
+        settle(self.listeners.leave(self.space, token=self.token[cid]))
         self.detach(cid)
         self.set_state(cid, LEFT)
         self.wake_admitter(t)
@@ -354,7 +380,7 @@ class Simulation:
     def on_admitter(self, t: float, cid: int) -> None:
         if t > self.admitter_due + 1e-9 or t < self.admitter_due - 1e-9:
             return  # a pass that an earlier wake-up replaced
-        _, wait = self.admission.tick(self.now(), ADMITTER_PERIOD_S)
+        _, wait = settle(self.listeners.admit(ADMITTER_PERIOD_S))  # type: ignore[misc]
         self.admitter_due = t + wait
         self.at(self.admitter_due, ADMITTER)
 
@@ -365,10 +391,8 @@ class Simulation:
         cpu = min(1.0, self.period_work / period + self.background)
         sample = HealthSample.measure(self.period_lag, cpu, self.period_joins)
         self.period_work, self.period_lag, self.period_joins = 0.0, self.backlog_s, []
-        self.governor.update(sample, self.admission.occupied, self.now())
-        self.governor.apply(self.admission)
+        self.listeners.health(sample)  # the node's: the governor moves, admission follows, the admitter wakes
         self.level_max = max(self.level_max, self.governor.level)
-        self.wake_admitter(t)
         self.at(t + period, HEALTH)
 
     # -- edges ------------------------------------------------------------------------------

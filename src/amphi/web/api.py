@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,36 +34,25 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from amphi.control.spaces import Space
-from amphi.control.stage import HOST_ID, Participant
-from amphi.core.errors import AmphiError, HostedElsewhere, InvalidSdp, NotFound, PayloadTooLarge
-from amphi.node import Node
-from amphi.web.asgi import bearer, check_declared_length, parse_object, retry_after_value
+from amphi.control.stage import Participant
+from amphi.core.config import Config
+from amphi.core.errors import AmphiError, InvalidSdp, NotFound
+from amphi.defense.shield import CLIENT_KEY
+from amphi.web.asgi import bearer, error_parts, parse_object, read_body
+from amphi.web.ports import Finder, SpaceDesk, StageDesk
 
 STATIC = Path(__file__).parent / "static"
+NO_STORE = {"cache-control": "no-store"}
 
 
-def error_response(err: AmphiError) -> JSONResponse:
-    headers = {"cache-control": "no-store"}
-    if isinstance(err, HostedElsewhere):
-        headers["location"] = err.location
-    if err.retry_after_s is not None:
-        headers["retry-after"] = retry_after_value(err.retry_after_s)
-    return JSONResponse(err.to_json(), status_code=err.status, headers=headers)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    check_declared_length(request.headers.get("content-length"), limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"body larger than {limit} bytes")
-    return bytes(body)
+def error_response(err: AmphiError) -> Response:
+    status, headers, body = error_parts(err)
+    return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
     """The JSON object body; an empty body is ``{}`` (as on the raw endpoints)."""
-    raw = await read_body(request, limit)
+    raw = await read_body(request.scope, request.receive, limit)
     return parse_object(raw) if raw.strip() else {}
 
 
@@ -72,106 +60,103 @@ def credential(request: Request) -> str | None:
     return bearer(request.headers.get("authorization"), request.query_params.get("access_token"))
 
 
-def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
-    limit = node.cfg.http.max_body_bytes
-    assets = node.cfg.web_assets_dir
+def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
+              node_stats: Callable[[], dict[str, object]]) -> Starlette:
+    limit = cfg.http.max_body_bytes
+    assets = cfg.web_assets_dir
+
+    async def status_of(space: Space) -> dict[str, object]:
+        return (await spaces.status(space)).to_json()
 
     async def create(request: Request) -> Response:
         data = await read_json(request, limit)
-        space, key = await node.create_space(data.get("title"), data.get("starts_at"))
-        return JSONResponse({**await node.status(space), "host_key": key}, status_code=201)
+        space, key = await spaces.create(data.get("title"), data.get("starts_at"))
+        return JSONResponse({**await status_of(space), "host_key": key}, status_code=201)
 
     async def listing(request: Request) -> Response:
-        return JSONResponse([await node.status(s) for s in await node.all_spaces()])
+        return JSONResponse([await status_of(s) for s in await finder.all_spaces()])
 
     async def status(request: Request) -> Response:
-        return JSONResponse(await node.status(await node.space(request.path_params["id"])))
+        return JSONResponse(await status_of(await finder.space(request.path_params["id"])))
 
     async def here(request: Request) -> Space:
         """The Space, if this node hosts it; else 307 to the node that does (--redis)."""
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return await node.hosted(request.path_params["id"], path)
+        return await finder.hosted(request.path_params["id"], path)
+
+    async def host_only(request: Request) -> Space:
+        space = await here(request)
+        spaces.authorize_host(space, request.headers.get("authorization"))
+        return space
 
     async def start(request: Request) -> Response:
-        space = await here(request)
-        node.registry.authorize_host(space, request.headers.get("authorization"))
-        await node.start_space(space)
-        return JSONResponse(await node.status(space))
+        space = await host_only(request)
+        await spaces.start(space)
+        return JSONResponse(await status_of(space))
 
     async def end(request: Request) -> Response:
-        space = await here(request)
-        node.registry.authorize_host(space, request.headers.get("authorization"))
-        await node.end_space(space)
-        return JSONResponse(await node.status(space))
+        space = await host_only(request)
+        await spaces.end(space)
+        return JSONResponse(await status_of(space))
 
     async def defense(request: Request) -> Response:
         """The host's proof-of-work switch for its Space: {"pow": "on" | "off" | "auto"}."""
-        space = node.get(request.path_params["id"])
-        node.registry.authorize_host(space, request.headers.get("authorization"))
+        space = await host_only(request)
         data = await read_json(request, limit)
-        node.shield.set_space_pow(space.id, data.get("pow"), time.time())
-        return JSONResponse(node.shield.status(space.id))
+        return JSONResponse(spaces.set_pow(space, data.get("pow")))
 
     async def speak(request: Request) -> Response:
         space = await here(request)
         who = credential(request)
-        node.participant(space, who)  # 401/403 before reading the body
-        raw = await read_body(request, limit)
+        rooms.participant(space, who)  # 401/403 before reading the body
+        raw = await read_body(request.scope, request.receive, limit)
         try:
             offer = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidSdp("the SDP offer is not UTF-8 text") from None
-        answer = await node.speak(space, offer, who)
+        answer = await rooms.speak(space, offer, who)
         return Response(answer, status_code=201, media_type="application/sdp")
 
     def stage_view(space: Space, viewer: Participant | None) -> JSONResponse:
-        room = node.room(space)
-        return JSONResponse(room.view(viewer, node.stage_extra(space)), headers={"cache-control": "no-store"})
-
-    def viewer(request: Request, space: Space) -> Participant | None:
-        who = credential(request)
-        return node.participant(space, who) if who else None
+        return JSONResponse(rooms.view(space, viewer), headers=NO_STORE)
 
     async def stage(request: Request) -> Response:
         space = await here(request)
-        return stage_view(space, viewer(request, space))
+        return stage_view(space, rooms.viewer(space, credential(request)))
 
     async def stage_session(request: Request) -> Response:
-        space = await here(request)
-        node.registry.authorize_host(space, request.headers.get("authorization"))
-        node.room(space)
-        return JSONResponse(node.grant(space, HOST_ID), headers={"cache-control": "no-store"})
+        space = await host_only(request)
+        return JSONResponse(rooms.host_session(space), headers=NO_STORE)
 
     async def stage_request(request: Request) -> Response:
         space = await here(request)
         data = await read_json(request, limit)
-        client = request.client.host if request.client else "unknown"
-        answer = await node.request_to_speak(space, data.get("name"), credential(request), client)
-        return JSONResponse(answer, status_code=201, headers={"cache-control": "no-store"})
+        client = request.scope.get(CLIENT_KEY) or "unknown"  # the shield's address: behind edges, the listener's
+        answer = await rooms.request_to_speak(space, data.get("name"), credential(request), client)
+        return JSONResponse(answer, status_code=201, headers=NO_STORE)
 
     async def stage_invite(request: Request) -> Response:
         space = await here(request)
-        actor = node.participant(space, credential(request))
+        actor = rooms.participant(space, credential(request))
         data = await read_json(request, limit)
-        return JSONResponse(node.invite(space, actor, data.get("name")), status_code=201,
-                            headers={"cache-control": "no-store"})
+        return JSONResponse(rooms.invite(space, actor, data.get("name")), status_code=201, headers=NO_STORE)
 
     async def stage_action(request: Request) -> Response:
         space = await here(request)
-        actor = node.participant(space, credential(request))
+        actor = rooms.participant(space, credential(request))
         data = await read_json(request, limit)
-        await node.act(space, actor, request.path_params["pid"], request.path_params["action"], data)
+        await rooms.act(space, actor, request.path_params["pid"], request.path_params["action"], data)
         return stage_view(space, actor)
 
-    async def node_stats(request: Request) -> Response:
-        return JSONResponse(stats(), headers={"cache-control": "no-store"})
+    async def node(request: Request) -> Response:
+        return JSONResponse(node_stats(), headers=NO_STORE)
 
     async def nodes(request: Request) -> Response:
-        return JSONResponse(await node.store.nodes(), headers={"cache-control": "no-store"})
+        return JSONResponse(await finder.nodes(), headers=NO_STORE)
 
     async def page(request: Request, name: str) -> Response:
         try:
-            await node.space(request.path_params["id"])
+            await finder.space(request.path_params["id"])
             status_code = 200
         except NotFound:
             status_code = 404  # the page itself tells the person the Space does not exist
@@ -214,7 +199,7 @@ def build_api(node: Node, stats: Callable[[], dict[str, object]]) -> Starlette:
         Route("/s/{id}/host", host_console),
         Route("/static/{name}", static),
         Route("/vendor/hls.min.js", hls_js),
-        Route("/api/node", node_stats, methods=["GET"]),
+        Route("/api/node", node, methods=["GET"]),
         Route("/api/nodes", nodes, methods=["GET"]),
         Route("/api/spaces", create, methods=["POST"]),
         Route("/api/spaces", listing, methods=["GET"]),

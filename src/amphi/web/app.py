@@ -9,27 +9,32 @@ request whose client left before any answer is counted with status 499."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
-from dataclasses import asdict
+from collections.abc import Callable
 from typing import Any
 
+from amphi.control.listeners import Listeners
+from amphi.core.config import Config
 from amphi.core.errors import AmphiError
-from amphi.defense.shield import CLIENT_KEY
-from amphi.node import Node
+from amphi.defense.shield import CLIENT_KEY, Shield
 from amphi.obs.logging import request_id
+from amphi.obs.observer import Observer
+from amphi.obs.snapshot import NodeSnapshot
 from amphi.web.api import build_api
 from amphi.web.asgi import Receive, Scope, Send, close_if_body_unread, header, send_error
-from amphi.web.events import PATH as EVENTS_PATH
 from amphi.web.events import EventStream
-from amphi.web.join import PATH as JOIN_PATH
 from amphi.web.join import JoinEndpoint
 from amphi.web.ops import PATHS as OPS_PATHS
 from amphi.web.ops import Ops
 from amphi.web.origin import Origin
+from amphi.web.ports import Finder, SpaceDesk, StageDesk
 
 JOIN_ROUTES = {"join": "/api/spaces/{id}/join", "leave": "/api/spaces/{id}/leave"}
 EVENTS_ROUTE = "/api/spaces/{id}/events"
+JOIN_PATH = re.compile(r"^/api/spaces/([A-Za-z0-9_-]{1,64})/(join|leave)$")
+EVENTS_PATH = re.compile(r"^/api/spaces/([A-Za-z0-9_-]{1,64})/events$")
 _MEDIA_NAMES = ("live.m3u8", "init.mp4", "vod.m3u8", "download.m4a")
 _MEDIA_ROUTES = {(tok, name): ("/media/{id}/t/{token}/" if tok else "/media/{id}/") + name
                  for tok in (True, False) for name in (*_MEDIA_NAMES, "{msn}.{part}.m4s", "{msn}.m4s")}
@@ -48,44 +53,22 @@ def media_route(path: str) -> str:
 
 
 class App:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.origin = Origin(node, node.cfg.media)
-        self.join = JoinEndpoint(node)
-        self.events = EventStream(node)
-        self.ops = Ops(node)
-        self.api = build_api(node, self.stats)
-        self.metrics = node.obs.metrics
-        node.obs.origin = self.origin.stats  # obs: blocking-reload waits
-
-    def stats(self) -> dict[str, object]:
-        return {
-            "pipelines": {
-                sid: {**asdict(p.stats), "tracks": {name: asdict(buf.stats) for name, buf in p.mixer.tracks.items()}}
-                for sid, p in self.node.pipelines.items()
-            },
-            "speakers": self.node.ingest.connections,
-            "event_streams": self.node.event_streams,
-            "origin": asdict(self.origin.stats),
-            "admission": {
-                "occupied": self.node.store.occupied,
-                "waiting": self.node.store.waiting,
-                "limit": self.node.store.limit,
-                "max_listeners": self.node.cfg.admission.max_listeners,
-                "paused": self.node.store.paused,
-                "config": {k: v for k, v in asdict(self.node.cfg.admission).items() if k != "secret"},
-            },
-            "store": self.node.store.status(),
-            "degradation": self.node.governor.status(),
-            "defense": self.node.shield.node_status(),
-        }
+    def __init__(self, cfg: Config, listeners: Listeners, spaces: SpaceDesk, rooms: StageDesk, finder: Finder,
+                 shield: Shield, obs: Observer, operator_key: str, snapshot: Callable[[], NodeSnapshot]) -> None:
+        self.shield = shield
+        self.origin = Origin(spaces, listeners, cfg.media)
+        self.join = JoinEndpoint(listeners, finder, spaces, shield, obs.metrics)
+        self.events = EventStream(rooms, finder, cfg.stage)
+        self.ops = Ops(cfg, obs, operator_key)
+        self.api = build_api(cfg, spaces, finder, rooms, lambda: snapshot().to_json())
+        self.metrics = obs.metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.api(scope, receive, send)
             return
         receive, send = close_if_body_unread(scope, receive, send)
-        shield = self.node.shield  # defense: requests in flight per client address
+        shield = self.shield  # defense: requests in flight per client address
         address = scope[CLIENT_KEY] = shield.client(scope)
         try:
             shield.enter(address)
@@ -116,10 +99,10 @@ class App:
                 await self.origin(scope, receive, timed_send)
             elif path.startswith("/api/spaces/") and (m := JOIN_PATH.match(path)):
                 route = JOIN_ROUTES[m.group(2)]
-                await self.join(scope, receive, timed_send, m)
+                await self.join(scope, receive, timed_send, m.group(1), m.group(2))
             elif path.endswith("/events") and (m := EVENTS_PATH.match(path)):
                 route = EVENTS_ROUTE
-                await self.events(scope, receive, timed_send, m)
+                await self.events(scope, receive, timed_send, m.group(1))
             elif path in OPS_PATHS:
                 route = path
                 await self.ops(scope, receive, timed_send)

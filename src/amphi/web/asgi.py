@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from amphi.core.errors import AmphiError, MalformedBody, PayloadTooLarge, Unauthorized
+from amphi.core.errors import AmphiError, HostedElsewhere, MalformedBody, PayloadTooLarge, Unauthorized
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -43,7 +43,19 @@ async def send_json(send: Send, status: int, obj: object, *, retry_after_s: floa
 
 
 async def send_error(send: Send, err: AmphiError, *, head_only: bool = False) -> None:
-    await send_json(send, err.status, err.to_json(), retry_after_s=err.retry_after_s, head_only=head_only)
+    status, headers, body = error_parts(err)
+    await respond(send, status, headers, b"" if head_only else body, len(body))
+
+
+def error_parts(err: AmphiError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The one mapping of an error to HTTP: (status, headers, JSON body), for the raw
+    endpoints and the Starlette API alike."""
+    headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS]
+    if isinstance(err, HostedElsewhere):
+        headers.append((b"location", err.location.encode()))
+    if err.retry_after_s is not None:
+        headers.append((b"retry-after", retry_after_value(err.retry_after_s).encode()))
+    return err.status, headers, orjson.dumps(err.to_json())
 
 
 def close_if_body_unread(scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send]:
@@ -93,11 +105,11 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def read_json(scope: Scope, receive: Receive, limit: int) -> dict[str, Any]:
-    """The request's JSON object body; an empty body is ``{}``. 413 past ``limit`` bytes
-    (declared or sent), 400 for anything that is not a JSON object."""
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request's body: the one body reader of every endpoint (raw or Starlette). 413
+    past ``limit`` bytes, declared or sent, before reading more than that."""
     check_declared_length(header(scope, b"content-length"), limit)
-    body = b""
+    body = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -107,6 +119,13 @@ async def read_json(scope: Scope, receive: Receive, limit: int) -> dict[str, Any
             raise PayloadTooLarge(f"body larger than {limit} bytes")
         if not message.get("more_body"):
             break
+    return bytes(body)
+
+
+async def read_json(scope: Scope, receive: Receive, limit: int) -> dict[str, Any]:
+    """The request's JSON object body; an empty body is ``{}``. 400 for anything that is
+    not a JSON object."""
+    body = await read_body(scope, receive, limit)
     return parse_object(body) if body.strip() else {}
 
 

@@ -29,11 +29,12 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from amphi.core.errors import AmphiError, MethodNotAllowed, NotFound, PayloadTooLarge, TooBusy, Unauthorized
-from amphi.node import Node
+from amphi.core.config import Config
+from amphi.core.errors import AmphiError, MethodNotAllowed, NotFound, TooBusy, Unauthorized
 from amphi.obs.metrics import CONTENT_TYPE
-from amphi.web.asgi import NO_STORE, Receive, Scope, Send, bearer, header, respond, send_error
-from amphi.web.events import _disconnected, _event  # the stage streams' SSE framing, shared
+from amphi.obs.observer import Observer
+from amphi.web import sse
+from amphi.web.asgi import NO_STORE, Receive, Scope, Send, bearer, header, read_body, respond, send_error
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ COOKIE = "amphi_operator"
 SESSION_S = 12 * 3600
 LOGIN_BODY_LIMIT = 1024
 MAX_STREAMS = 32  # dashboards open at once per node
-KEEPALIVE_S = 15.0
-SEND_TIMEOUT_S = 10.0
 HTML = b"text/html; charset=utf-8"
 VENDOR = {"/vendor/uPlot.iife.min.js": ("uplot/dist/uPlot.iife.min.js", b"text/javascript"),
           "/vendor/uPlot.min.css": ("uplot/dist/uPlot.min.css", b"text/css")}
@@ -52,11 +51,13 @@ _COOKIE_RE = re.compile(COOKIE + r"=([0-9a-f]{64})")
 
 
 class Ops:
-    def __init__(self, node: Node) -> None:
-        self._node = node
-        self._session = hmac.new(node.operator_key.encode(), b"amphi dashboard session", hashlib.sha256).hexdigest()
-        self._secure = (node.cfg.http.public_url or "").startswith("https://")
-        self._assets = node.cfg.web_assets_dir
+    def __init__(self, cfg: Config, obs: Observer, operator_key: str) -> None:
+        self._obs = obs
+        self._key = operator_key.encode()
+        self._max_listeners = cfg.admission.max_listeners
+        self._session = hmac.new(self._key, b"amphi dashboard session", hashlib.sha256).hexdigest()
+        self._secure = (cfg.http.public_url or "").startswith("https://")
+        self._assets = cfg.web_assets_dir
 
     # -- who is asking ------------------------------------------------------------------------
 
@@ -64,7 +65,7 @@ class Ops:
         auth = header(scope, b"authorization")
         if auth is not None:
             key = bearer(auth.decode("latin-1"))
-            return key is not None and hmac.compare_digest(key.encode(), self._node.operator_key.encode())
+            return key is not None and hmac.compare_digest(key.encode(), self._key)
         cookie = header(scope, b"cookie")
         m = _COOKIE_RE.search(cookie.decode("latin-1")) if cookie else None
         return m is not None and hmac.compare_digest(m.group(1), self._session)
@@ -91,7 +92,7 @@ class Ops:
                 raise MethodNotAllowed(f"{path} takes GET")
             elif path == "/metrics":
                 self._require(scope)
-                body = self._node.obs.metrics.exposition()
+                body = self._obs.metrics.exposition()
                 await respond(send, 200, [(b"content-type", CONTENT_TYPE.encode()), (b"cache-control", NO_STORE)], body)
             elif path == "/dashboard":
                 if self._authorized(scope):
@@ -117,16 +118,9 @@ class Ops:
                       file.read_bytes())
 
     async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if len(body) > LOGIN_BODY_LIMIT:
-                raise PayloadTooLarge(f"a login form is at most {LOGIN_BODY_LIMIT} bytes")
-            if not message.get("more_body"):
-                break
+        body = await read_body(scope, receive, LOGIN_BODY_LIMIT)
         key = (parse_qs(body.decode("latin-1")).get("key") or [""])[0].strip()
-        if not hmac.compare_digest(key.encode(), self._node.operator_key.encode()):
+        if not hmac.compare_digest(key.encode(), self._key):
             log.warning("dashboard login refused (wrong operator key)")
             await self._page(send, 401, "login.html", "That is not this node's operator key.")
             return
@@ -140,20 +134,18 @@ class Ops:
                                   (b"cache-control", NO_STORE)], b"")
 
     async def _stream(self, receive: Receive, send: Send) -> None:
-        obs = self._node.obs
+        obs = self._obs
         if obs.dashboard_streams >= MAX_STREAMS:
             raise TooBusy(f"{MAX_STREAMS} dashboards are open on this node", retry_after_s=30)
         obs.dashboard_streams += 1
-        gone = asyncio.ensure_future(_disconnected(receive))
+        gone = sse.watch_disconnect(receive)
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": [
-                (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", NO_STORE),
-                (b"x-accel-buffering", b"no")]})
-            info = {"node_id": obs.node_id, "max_listeners": self._node.cfg.admission.max_listeners}
+            await sse.start(send, cors=False)
+            info = {"node_id": obs.node_id, "max_listeners": self._max_listeners}
             seq, data = obs.feed.snapshot()
-            await self._send(send, _event("hello", orjson.dumps(info)) + _event("snapshot", data))
+            await sse.write(send, sse.event("hello", orjson.dumps(info)) + sse.event("snapshot", data))
             while not gone.done():
-                waited = asyncio.ensure_future(obs.feed.wait(KEEPALIVE_S))
+                waited = asyncio.ensure_future(obs.feed.wait(sse.KEEPALIVE_S))
                 await asyncio.wait([gone, waited], return_when=asyncio.FIRST_COMPLETED)
                 waited.cancel()
                 if gone.done():
@@ -161,22 +153,17 @@ class Ops:
                 news = obs.feed.since(seq)
                 if news is None:  # fell behind the ring: start over
                     seq, data = obs.feed.snapshot()
-                    await self._send(send, _event("snapshot", data))
+                    await sse.write(send, sse.event("snapshot", data))
                 elif news[1]:
                     seq = news[0]
-                    await self._send(send, _event("update", news[1]))
+                    await sse.write(send, sse.event("update", news[1]))
                 else:
-                    await self._send(send, b": keepalive\n\n")
+                    await sse.write(send, sse.KEEPALIVE)
         except (OSError, RuntimeError, TimeoutError) as exc:
             log.debug("dashboard stream closed: %r", exc)
         finally:
             obs.dashboard_streams -= 1
             gone.cancel()
-
-    @staticmethod
-    async def _send(send: Send, body: bytes) -> None:
-        async with asyncio.timeout(SEND_TIMEOUT_S):
-            await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
 def _post(method: str) -> None:

@@ -59,19 +59,23 @@ _PUBLIC_ONCE_ENDED = ("init.mp4", "vod.m3u8", "download.m4a")  # and whole segme
 
 
 class MediaSource(Protocol):
-    """What the origin needs from the node."""
+    """What the origin serves (``amphi.services.spaces.Spaces``)."""
 
     async def media(self, space_id: str) -> tuple[Pipeline | None, Recording]: ...  # raises NotFound
+
+    def ended(self, space_id: str) -> bool: ...  # raises NotFound
+
+    def optional_work_allowed(self) -> None: ...  # raises Unavailable under pressure
+
+
+class MediaAccess(Protocol):
+    """Who may fetch it (``amphi.control.listeners.Listeners``)."""
 
     async def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token: ...  # 401/403
 
     def verify_edge(self, credential: str | None) -> str: ...  # 403
 
     async def renewal(self, space_id: str, token: Token) -> str | None: ...
-
-    def ended(self, space_id: str) -> bool: ...  # raises NotFound
-
-    def optional_work_allowed(self) -> None: ...  # raises Unavailable under pressure
 
 
 @dataclass
@@ -84,8 +88,9 @@ class OriginStats:
 
 
 class Origin:
-    def __init__(self, source: MediaSource, cfg: MediaConfig) -> None:
+    def __init__(self, source: MediaSource, access: MediaAccess, cfg: MediaConfig) -> None:
         self._source = source
+        self._access = access
         self._cfg = cfg
         self.stats = OriginStats()
 
@@ -107,10 +112,10 @@ class Origin:
         source = self._source
         token = None
         if token_text is not None:  # first, before any other work
-            token = await source.verify_token(space_id, token_text, playlist=name == "live.m3u8")
+            token = await self._access.verify_token(space_id, token_text, playlist=name == "live.m3u8")
         elif edge is not None:
             credential = header(scope, b"x-amphi-edge")
-            source.verify_edge(credential.decode("latin-1") if credential is not None else None)
+            self._access.verify_edge(credential.decode("latin-1") if credential is not None else None)
         elif name in _PUBLIC_ONCE_ENDED or (msn is not None and part is None):
             if not source.ended(space_id):
                 raise Unauthorized("an admission token is required while the Space is on: POST /api/spaces/{id}/join")
@@ -119,7 +124,7 @@ class Origin:
             raise Unauthorized("an admission token is required: POST /api/spaces/{id}/join")
         pipeline, recording = await source.media(space_id)
         if name == "live.m3u8":
-            if token is not None and pipeline is not None and (renewed := await source.renewal(space_id, token)):
+            if token is not None and pipeline is not None and (renewed := await self._access.renewal(space_id, token)):
                 await self._redirect(send, space_id, renewed, scope)
                 return
             await self._live_playlist(space_id, pipeline, recording, scope, receive, send, head)

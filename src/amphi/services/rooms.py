@@ -1,0 +1,144 @@
+"""The stage service: who is calling, requests to speak, invites, moderation, speakers'
+connections, and the stage views (docs/stage.md). One ``Room`` (``amphi.services.room``:
+the pure stage joined to the media) per Space that has one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from amphi.control.spaces import Space, SpaceRegistry, SpaceState
+from amphi.control.stage import HOST_ID, Participant
+from amphi.control.store import Store
+from amphi.control.tokens import Signer, new_participant_id
+from amphi.core.config import StageConfig
+from amphi.core.errors import Conflict, TooManyRequests, Unauthorized
+from amphi.media.ingest.webrtc import WebRTCIngest
+from amphi.media.pipeline import Pipeline
+from amphi.services.room import Room
+
+LEVELS_PERIOD_S = 0.2  # talking indicators are refreshed this often
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Rooms:
+    def __init__(self, cfg: StageConfig, base_url: str, registry: SpaceRegistry, store: Store, signer: Signer,
+                 ingest: WebRTCIngest, program: Callable[[Space], Awaitable[Pipeline]]) -> None:
+        self.cfg = cfg
+        self._base_url = base_url
+        self._registry = registry
+        self._store = store
+        self._signer = signer
+        self._ingest = ingest
+        self._rooms: dict[str, Room] = {}
+        self._program = program  # the Space's running pipeline (Spaces.program)
+        self.event_streams = 0  # open SSE connections
+
+    def room(self, space: Space) -> Room:
+        room = self._rooms.get(space.id)
+        if room is None:
+            if space.state is SpaceState.ENDED:
+                raise Conflict(f"Space {space.id} has ended")
+            room = self._rooms[space.id] = Room(space.id, self.cfg, self._ingest)
+        return room
+
+    async def close(self, space_id: str) -> None:
+        """The Space ended: hang up its speakers, tell its event streams."""
+        room = self._rooms.get(space_id)
+        if room is not None:
+            await room.close()
+            self._rooms.pop(space_id, None)
+
+    async def levels(self) -> None:
+        """The talking indicators, a few times a second."""
+        while True:
+            await asyncio.sleep(LEVELS_PERIOD_S)
+            for room in list(self._rooms.values()):
+                room.poll_levels()
+
+    # -- who is calling -----------------------------------------------------------------------
+
+    def participant(self, space: Space, credential: str | None) -> Participant:
+        """``credential`` is the host key or a grant (docs/stage.md)."""
+        if not credential:
+            raise Unauthorized("this needs a grant or the host key: Authorization: Bearer ...")
+        room = self.room(space)
+        if "." in credential:
+            pid, _ = self._signer.verify_grant(space.id, credential, time.time())
+            return room.stage.member(pid)
+        self._registry.check_host_key(space, credential)
+        return room.stage.get(HOST_ID)
+
+    def viewer(self, space: Space, credential: str | None) -> Participant | None:
+        return self.participant(space, credential) if credential else None
+
+    def grant(self, space: Space, pid: str) -> dict[str, object]:
+        expires = int(time.time() + self.cfg.grant_ttl_s)
+        return {"participant": pid, "grant": self._signer.grant(space.id, pid, expires), "expires_at": _iso(expires)}
+
+    def host_session(self, space: Space) -> dict[str, object]:
+        """A grant for the host (the caller has shown the host key)."""
+        self.room(space)
+        return self.grant(space, HOST_ID)
+
+    # -- the stage ------------------------------------------------------------------------------
+
+    async def request_to_speak(self, space: Space, name: object, credential: str | None, client: str) -> dict[str, object]:
+        """A listener asks to speak: a new participant (and its grant), or a known one again.
+        ``client`` is the caller's address as the shield sees it (behind trusted edges, the
+        listener's own, not the edge's)."""
+        room = self.room(space)
+        now = time.time()
+        await self._limit(client, now, "too many requests to speak from your address")
+        if credential:
+            actor = room.stage.rerequest(self.participant(space, credential), now)
+            answer: dict[str, object] = {"participant": actor.id}
+        else:
+            actor = room.stage.request(name, new_participant_id(), now)
+            answer = self.grant(space, actor.id)
+        room.apply()
+        return {**answer, "you": actor.private()}
+
+    async def _limit(self, key: str, now: float, what: str) -> None:
+        """One GCRA budget per ``key`` (a client address, a speaker), in the store (so shared
+        by the nodes with --redis): 429 when spent."""
+        wait = await self._store.take(key, self.cfg.request_rate_per_s, self.cfg.request_burst, now)
+        if wait > 0:
+            raise TooManyRequests(f"{what}; try again in {math.ceil(wait)} s", retry_after_s=wait)
+
+    def invite(self, space: Space, actor: Participant, name: object) -> dict[str, object]:
+        room = self.room(space)
+        guest = room.stage.invite(actor, name, new_participant_id(), time.time())
+        room.apply()
+        answer = self.grant(space, guest.id)
+        return {**answer, "invite_url": f"{self._base_url}/s/{space.id}?grant={answer['grant']}"}
+
+    async def act(self, space: Space, actor: Participant, pid: str, action: str,
+                  body: dict[str, object]) -> Participant:
+        if space.state is SpaceState.ENDED:
+            raise Conflict(f"Space {space.id} has ended")
+        return await self.room(space).act(actor, pid, action, body, time.time())
+
+    def extra(self, space: Space) -> dict[str, object]:
+        """What stage views carry besides the stage: the Space's state and audience."""
+        counts = self._store.known_counts(space.id)
+        return {"state": space.state.value, "listeners": counts.listeners, "waiting": counts.waiting}
+
+    def view(self, space: Space, viewer: Participant | None) -> dict[str, object]:
+        return self.room(space).view(viewer, self.extra(space))
+
+    async def speak(self, space: Space, offer_sdp: str, credential: str | None) -> str:
+        """A speaker's WebRTC offer -> the answer. The host key or an on-stage grant."""
+        actor = self.participant(space, credential)
+        room = self.room(space)
+        room.stage.check_can_speak(actor.id)
+        await self._limit(f"speak {space.id} {actor.id}", time.time(), "too many connections from this speaker")
+        pipeline = await self._program(space)
+        return await room.speak(pipeline, actor, offer_sdp)

@@ -1,0 +1,39 @@
+"""Where the services' typed results become HTTP answers: a join's seat, place in line or
+replay (``amphi.control.listeners``), a Space's status (``amphi.services.spaces``). Errors
+become HTTP in one place too: ``amphi.web.asgi.error_parts`` (every ``AmphiError`` carries
+its status and code, ``amphi.core.errors``)."""
+
+from __future__ import annotations
+
+import time
+
+from amphi.control.listeners import Ended, InLine, JoinResult, Seated
+from amphi.services.spaces import iso
+
+
+def join_answer(result: JoinResult) -> tuple[int, dict[str, object]]:
+    """(status, body) of ``POST /api/spaces/<id>/join`` (docs/admission.md)."""
+    space = result.space
+    if isinstance(result, Ended):
+        return 200, {"status": "ended", "state": "ended", "playlist": result.replay, "replay": result.replay,
+                     "download": result.download}
+    common = {"state": space.state.value, "starts_at": iso(space.starts_at)}
+    if isinstance(result, InLine):
+        return 202, {"status": "waiting", **common, "ticket": result.ticket, "position": result.position,
+                     "waiting": result.waiting, "estimated_wait_s": result.estimated_wait_s,
+                     "retry_after_s": round(result.retry_after_s, 2), "order": result.order,
+                     "requeued": result.requeued}
+    assert isinstance(result, Seated)
+    ttl = result.expires - time.time()
+    return 200, {"status": "admitted", **common, "playlist": result.playlist, "token": result.token,
+                 "expires_at": iso(result.expires), "expires_in_s": round(ttl, 1),
+                 "renew_after_s": round(ttl / 2, 1), "renewed": result.renewed, "edges": list(result.edges)}
+
+
+def outcome(result: JoinResult) -> str:
+    """A join's outcome as the metrics count it."""
+    if isinstance(result, InLine):
+        return "waiting"
+    if isinstance(result, Ended):
+        return "ended"
+    return "renewed" if result.renewed else "admitted"
