@@ -2,7 +2,8 @@
 // errors in plain words, the live stage by Server-Sent Events, the stage list with talking
 // indicators, and speaking from the browser over WebRTC.
 //
-// window.AmphiStage = {call, ApiError, plainError, StageEvents, StageList, PeopleList, Speaker}
+// An ES module (the API itself lives in api.js); window.AmphiStage = {call, ApiError,
+// plainError, StageEvents, StageList, PeopleList, Speaker} for tests.
 //
 // StageEvents: one EventSource on GET /events (events: stage, the view; you, the caller's own
 //   record, with a grant; ended); the browser reconnects by itself after a
@@ -17,543 +18,472 @@
 //   replaced by a fresh offer after 0.5, 1, 2, 4, 8 s (± 20 %); a connection that reached
 //   "connected" resets the back-off.
 
-"use strict";
+import { ApiError, Backoff, call, plainError } from "./api.js";
 
-(() => {
-  const SPEAK_BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
-  const EVENTS_BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
-  const JITTER = 0.2;
-  const DISCONNECTED_GRACE_MS = 3000; // "disconnected" often heals by itself
-  const CONNECT_TIMEOUT_MS = 10000; // answer set, but ICE/DTLS never got through
-  const ICE_GATHER_TIMEOUT_MS = 3000; // non-trickle: the offer waits for every candidate, up to this
-  const REFUSED = new Set([401, 403, 404, 409]); // not on stage any more, or the Space ended
+export { ApiError, call, plainError };
 
-  function jitter(ms) {
-    return ms * (1 + (Math.random() * 2 - 1) * JITTER);
+const SPEAK_BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
+const EVENTS_BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
+const JITTER = 0.2; // every back-off delay ± 20 %
+const DISCONNECTED_GRACE_MS = 3000; // "disconnected" often heals by itself
+const CONNECT_TIMEOUT_MS = 10000; // answer set, but ICE/DTLS never got through
+const ICE_GATHER_TIMEOUT_MS = 3000; // non-trickle: the offer waits for every candidate, up to this
+const REFUSED = new Set([401, 403, 404, 409]); // not on stage any more, or the Space ended
+
+// -- live state ---------------------------------------------------------------------------
+
+export class StageEvents {
+  // token: a grant for a participant's own view, or null for the public one.
+  constructor(space, { token = null, onStage, onYou = () => {}, onEnded = () => {}, onRefused = () => {}, onState = () => {} }) {
+    this.space = space;
+    this.token = token;
+    this.handlers = { onStage, onYou, onEnded, onRefused, onState };
+    this.source = null;
+    this.state = "idle";
+    this.opens = 0; // streams opened, reconnects included
+    this.events = 0; // stage events received
+    this.backoff = new Backoff(EVENTS_BACKOFF_MS, { jitter: JITTER }); // refused streams in a row
+    this.timer = 0;
   }
 
-  // -- the API ------------------------------------------------------------------------------
-
-  class ApiError extends Error {
-    constructor(status, code, message, retryAfterS) {
-      super(message);
-      this.status = status; // 0: the server could not be reached
-      this.code = code;
-      this.retryAfterS = retryAfterS;
-    }
-  }
-
-  const HEADLINE = {
-    0: "The server cannot be reached",
-    400: "That was not accepted",
-    401: "Your access has expired",
-    403: "Not allowed",
-    404: "Not found",
-    409: "Not possible right now",
-    413: "That is too large",
-    429: "Too many requests",
-  };
-
-  // An error as a person reads it: a headline for the status, then the server's own words.
-  function plainError(err) {
-    if (!(err instanceof ApiError)) return `Something went wrong: ${err && err.message ? err.message : err}`;
-    const headline = HEADLINE[err.status] || (err.status >= 500 ? "The server had a problem" : `Error ${err.status}`);
-    let text = err.message ? `${headline}: ${err.message}` : headline;
-    if (!/[.!?…]$/.test(text)) text += ".";
-    if (err.status === 429 && err.retryAfterS) text += ` Try again in ${Math.ceil(err.retryAfterS)} s.`;
-    return text;
-  }
-
-  // One API call under /api/spaces/{space}. body: an object (sent as JSON) or {sdp}.
-  // Resolves to the JSON answer (or text for SDP); rejects with an ApiError.
-  async function call(space, method, path, { auth = null, body: given = undefined } = {}) {
-    let body = given;
-    const headers = {};
-    let payload;
-    if (auth) headers.authorization = `Bearer ${auth}`;
-    if (body && typeof body.sdp === "string") {
-      headers["content-type"] = "application/sdp";
-      payload = body.sdp;
-    } else if (body !== undefined || method === "POST") { // every POST carries a JSON object, {} at least
-      body = body === undefined ? {} : body;
-      headers["content-type"] = "application/json";
-      payload = JSON.stringify(body);
-    }
-    let res;
-    try {
-      res = await fetch(`/api/spaces/${encodeURIComponent(space)}${path}`, {
-        method, headers, body: payload, cache: "no-store",
-      });
-    } catch (err) {
-      throw new ApiError(0, "network", err.message, null);
-    }
-    const type = res.headers.get("content-type") || "";
-    const data = type.includes("json") ? await res.json().catch(() => null) : await res.text().catch(() => "");
-    if (!res.ok) {
-      const retry = Number(res.headers.get("retry-after")) || null;
-      const message = data && typeof data === "object" && data.message ? data.message : res.statusText;
-      throw new ApiError(res.status, data && data.error ? data.error : "http", message, retry);
-    }
-    return data;
-  }
-
-  // -- live state ---------------------------------------------------------------------------
-
-  class StageEvents {
-    // token: a grant for a participant's own view, or null for the public one.
-    constructor(space, { token = null, onStage, onYou = () => {}, onEnded = () => {}, onRefused = () => {}, onState = () => {} }) {
-      this.space = space;
-      this.token = token;
-      this.handlers = { onStage, onYou, onEnded, onRefused, onState };
-      this.source = null;
-      this.state = "idle";
-      this.opens = 0; // streams opened, reconnects included
-      this.events = 0; // stage events received
-      this.failures = 0; // refused streams in a row
-      this.timer = 0;
-    }
-
-    start() {
-      this.stop();
-      const qs = this.token ? `?access_token=${encodeURIComponent(this.token)}` : "";
-      const source = new EventSource(`/api/spaces/${encodeURIComponent(this.space)}/events${qs}`);
-      this.source = source;
-      this.setState("connecting");
-      source.addEventListener("open", () => {
-        if (source !== this.source) return;
-        this.opens += 1;
-        this.failures = 0;
-        this.setState("open");
-      });
-      source.addEventListener("stage", (event) => {
-        if (source !== this.source) return;
-        let view;
-        try {
-          view = JSON.parse(event.data);
-        } catch (_) {
-          return;
-        }
-        this.events += 1;
-        this.handlers.onStage(view);
-      });
-      source.addEventListener("you", (event) => { // the caller's own record (with a grant)
-        if (source !== this.source) return;
-        try {
-          this.handlers.onYou(JSON.parse(event.data));
-        } catch (_) { /* not JSON */ }
-      });
-      source.addEventListener("ended", (event) => {
-        if (source !== this.source) return;
-        this.stop();
-        let data = null;
-        try { data = JSON.parse(event.data); } catch (_) { /* no body */ }
-        this.handlers.onEnded(data);
-      });
-      source.addEventListener("error", () => {
-        if (source !== this.source) return;
-        if (source.readyState === EventSource.CONNECTING) {
-          this.setState("connecting"); // the browser tries again by itself
-          return;
-        }
-        this.refused(); // closed for good: the server answered with an error
-      });
-    }
-
-    // The stream was refused: the status of GET /stage with the same credential says why.
-    async refused() {
-      const source = this.source;
-      this.source.close();
-      this.setState("connecting");
-      let refusal = null;
+  start() {
+    this.stop();
+    const qs = this.token ? `?access_token=${encodeURIComponent(this.token)}` : "";
+    const source = new EventSource(`/api/spaces/${encodeURIComponent(this.space)}/events${qs}`);
+    this.source = source;
+    this.setState("connecting");
+    source.addEventListener("open", () => {
+      if (source !== this.source) return;
+      this.opens += 1;
+      this.backoff.reset();
+      this.setState("open");
+    });
+    source.addEventListener("stage", (event) => {
+      if (source !== this.source) return;
+      let view;
       try {
-        await call(this.space, "GET", "/stage", { auth: this.token });
-      } catch (err) {
-        refusal = err;
-      }
-      if (source !== this.source) return; // stopped or restarted meanwhile
-      if (refusal && [401, 403, 404].includes(refusal.status)) {
-        this.stop();
-        this.handlers.onRefused(refusal);
+        view = JSON.parse(event.data);
+      } catch (_) {
         return;
       }
-      const delay = EVENTS_BACKOFF_MS[Math.min(this.failures, EVENTS_BACKOFF_MS.length - 1)];
-      this.failures += 1;
-      this.timer = setTimeout(() => { if (source === this.source) this.start(); }, jitter(delay));
-    }
-
-    stop() {
-      clearTimeout(this.timer);
-      if (this.source) this.source.close();
-      this.source = null;
-      this.setState("closed");
-    }
-
-    setState(state) {
-      if (state === this.state) return;
-      this.state = state;
-      this.handlers.onState(state);
-    }
-  }
-
-  // -- the stage list -----------------------------------------------------------------------
-
-  const ROLE = { host: "Host", cohost: "Co-host", speaker: "Speaker" };
-
-  function initials(name) {
-    const words = String(name || "?").trim().split(/\s+/).filter(Boolean);
-    const letters = words.length > 1 ? words[0][0] + words[words.length - 1][0] : (words[0] || "?")[0];
-    return letters.toUpperCase();
-  }
-
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
-
-  // Who is on stage, one <li class="member" data-id=…> per member, updated in place (level
-  // changes arrive up to 5 times a second; buttons must not be replaced under a pointer).
-  // actions(member) -> [{label, action, disabled?, title?, kind?}], rebuilt only when the
-  // member's record (not its level) changes; onAction(member, action) runs on a click.
-  class StageList {
-    constructor(list, { youId = null, actions = null, onAction = () => {} } = {}) {
-      this.list = list;
-      this.youId = youId;
-      this.actions = actions;
-      this.onAction = onAction;
-      this.items = new Map();
-    }
-
-    render(members) {
-      const seen = new Set();
-      members.forEach((m, index) => {
-        seen.add(m.id);
-        let item = this.items.get(m.id);
-        if (!item) {
-          item = this.create(m);
-          this.items.set(m.id, item);
-        }
-        this.update(item, m);
-        if (this.list.children[index] !== item.li) this.list.insertBefore(item.li, this.list.children[index] || null);
-      });
-      for (const [id, item] of this.items) {
-        if (!seen.has(id)) {
-          item.li.remove();
-          this.items.delete(id);
-        }
-      }
-    }
-
-    // The actions depend on more than the member (e.g. we became a co-host): rebuild them.
-    reset() {
-      for (const item of this.items.values()) item.signature = "";
-    }
-
-    create(m) {
-      const li = el("li", "member");
-      li.dataset.id = m.id;
-      const avatar = el("span", "avatar");
-      avatar.setAttribute("aria-hidden", "true");
-      const face = el("span", "face");
-      avatar.append(face);
-      const who = el("span", "who");
-      const name = el("span", "name");
-      const detail = el("span", "detail");
-      who.append(name, detail);
-      const status = el("span", "talk-status visually-hidden");
-      const actions = el("span", "member-actions");
-      li.append(avatar, who, status, actions);
-      return { li, avatar, face, name, detail, status, actions, signature: "" };
-    }
-
-    update(item, m) {
-      const { li } = item;
-      const muted = Boolean(m.muted || m.host_muted || m.self_muted);
-      const talking = Boolean(m.talking) && !muted;
-      li.dataset.role = m.role || "speaker";
-      li.dataset.talking = String(talking);
-      li.dataset.muted = String(muted);
-      li.dataset.hostMuted = String(Boolean(m.host_muted));
-      li.dataset.connected = String(m.connected !== false);
-      li.classList.toggle("you", m.id === this.youId);
-      const level = Math.max(0, Math.min(1, Number(m.level) || 0));
-      li.style.setProperty("--level", muted ? "0" : String(level));
-      item.face.textContent = initials(m.name);
-      item.name.textContent = m.id === this.youId ? `${m.name} (you)` : m.name;
-      const bits = [ROLE[m.role] || m.role];
-      if (m.host_muted) bits.push("muted by the host");
-      else if (muted) bits.push("muted");
-      if (m.connected === false) bits.push("not connected");
-      item.detail.textContent = bits.join(" · ");
-      const said = talking ? "talking" : "";
-      if (item.status.textContent !== said) item.status.textContent = said;
-      if (!this.actions) return;
-      const signature = JSON.stringify([m.role, m.muted, m.host_muted, m.self_muted, m.connected, m.name]);
-      if (signature === item.signature) return;
-      item.signature = signature;
-      item.actions.replaceChildren(...this.actions(m).map((a) => {
-        const button = el("button", `button small${a.kind ? ` ${a.kind}` : ""}`, a.label);
-        button.type = "button";
-        button.dataset.action = a.action;
-        button.disabled = Boolean(a.disabled);
-        if (a.title) button.title = a.title;
-        button.setAttribute("aria-label", `${a.label}: ${m.name}`);
-        button.addEventListener("click", () => this.onAction(m, a.action, button));
-        return button;
-      }));
-    }
-  }
-
-  // People waiting for an answer (requests, invites): one <li data-id> each, with buttons
-  // [{label, action, kind?}]; rebuilt only when who is in the list changes.
-  class PeopleList {
-    constructor(list, { buttons, onAction, detail = () => "" }) {
-      this.list = list;
-      this.buttons = buttons;
-      this.onAction = onAction;
-      this.detail = detail;
-      this.signature = "";
-    }
-
-    render(people) {
-      const signature = JSON.stringify(people.map((p) => [p.id, p.name]));
-      if (signature === this.signature) return; // keep the buttons under the pointer
-      this.signature = signature;
-      this.list.replaceChildren(...people.map((p) => {
-        const li = el("li");
-        li.dataset.id = p.id;
-        const who = el("span", "who");
-        who.append(el("span", "name", p.name));
-        const detail = this.detail(p);
-        if (detail) who.append(el("span", "detail", detail));
-        const actions = el("span", "member-actions");
-        for (const b of this.buttons(p)) {
-          const button = el("button", `button small${b.kind ? ` ${b.kind}` : ""}`, b.label);
-          button.type = "button";
-          button.dataset.action = b.action;
-          button.setAttribute("aria-label", `${b.label}: ${p.name}`);
-          button.addEventListener("click", () => this.onAction(p, b.action, button));
-          actions.append(button);
-        }
-        li.append(who, actions);
-        return li;
-      }));
-    }
-  }
-
-  // -- speaking -----------------------------------------------------------------------------
-
-  // Speaks into a Space from this browser and plays the return feed (the others, without us).
-  // credential() -> the bearer for POST /speak (a grant or the host key), read at every offer.
-  class Speaker {
-    constructor(space, { credential, audio, onChange = () => {}, onRefused = () => {} }) {
-      this.space = space;
-      this.credential = credential;
-      this.audio = audio;
-      this.onChange = onChange;
-      this.onRefused = onRefused;
-      this.state = "idle";
-      this.pc = null;
-      this.stream = null;
-      this.track = null;
-      this.muted = false;
-      this.attempt = 0; // failed attempts since the last good connection
-      this.connects = 0; // connections that reached "connected"
-      this.reconnects = 0; // fresh offers after a lost or failed connection
-      this.offers = 0;
-      this.lastError = null;
-      this.refusedWith = null;
-      this.retryAt = 0;
-      this.timers = new Set();
-      this.generation = 0;
-    }
-
-    // For tests and the page: a plain snapshot.
-    snapshot() {
-      return {
-        state: this.state, muted: this.muted, connects: this.connects, reconnects: this.reconnects,
-        offers: this.offers, lastError: this.lastError, refusedWith: this.refusedWith,
-        connection: this.pc ? this.pc.connectionState : null,
-        retryInMs: this.state === "reconnecting" ? Math.max(0, this.retryAt - Date.now()) : 0,
-      };
-    }
-
-    setState(state) {
-      if (state === this.state) return;
-      console.info(`amphi speaker: ${this.state} -> ${state}`);
-      this.state = state;
-      this.onChange(this);
-    }
-
-    after(ms, fn) {
-      const generation = this.generation;
-      const id = setTimeout(() => {
-        this.timers.delete(id);
-        if (generation === this.generation) fn();
-      }, ms);
-      this.timers.add(id);
-    }
-
-    // Asks for the microphone (rejects if refused), then connects.
-    async start() {
-      if (this.state !== "idle" && this.state !== "stopped") throw new Error(`cannot start a speaker that is ${this.state}`);
-      this.generation += 1;
-      this.attempt = 0;
-      this.refusedWith = null;
-      this.lastError = null;
-      this.setState("starting");
-      const generation = this.generation;
-      let stream;
+      this.events += 1;
+      this.handlers.onStage(view);
+    });
+    source.addEventListener("you", (event) => { // the caller's own record (with a grant)
+      if (source !== this.source) return;
       try {
-        stream = await navigator.mediaDevices.getUserMedia({
-          audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-          video: false,
-        });
-      } catch (err) {
-        this.lastError = err.name === "NotAllowedError" ? "microphone access was refused" : `microphone: ${err.message}`;
-        this.setState("stopped");
-        throw new Error(this.lastError);
-      }
-      if (generation !== this.generation) { // stopped while the browser asked
-        stream.getTracks().forEach((t) => t.stop());
+        this.handlers.onYou(JSON.parse(event.data));
+      } catch (_) { /* not JSON */ }
+    });
+    source.addEventListener("ended", (event) => {
+      if (source !== this.source) return;
+      this.stop();
+      let data = null;
+      try { data = JSON.parse(event.data); } catch (_) { /* no body */ }
+      this.handlers.onEnded(data);
+    });
+    source.addEventListener("error", () => {
+      if (source !== this.source) return;
+      if (source.readyState === EventSource.CONNECTING) {
+        this.setState("connecting"); // the browser tries again by itself
         return;
       }
-      this.stream = stream;
-      this.track = stream.getAudioTracks()[0];
-      this.track.enabled = !this.muted;
-      this.connect();
-    }
-
-    async connect() {
-      const generation = this.generation;
-      this.closePeer();
-      this.setState(this.connects > 0 || this.attempt > 0 ? "reconnecting" : "connecting");
-      const pc = new RTCPeerConnection({ iceServers: [] });
-      this.pc = pc;
-      const transceiver = pc.addTransceiver(this.track, { direction: "sendrecv", streams: [this.stream] });
-      pc.addEventListener("track", (event) => {
-        if (pc !== this.pc) return;
-        this.audio.srcObject = event.streams && event.streams[0] ? event.streams[0] : new MediaStream([event.track]);
-        this.audio.play().catch(() => { /* autoplay: the click that got us on stage usually allows it */ });
-      });
-      pc.addEventListener("connectionstatechange", () => this.watch(pc));
-      let answer;
-      try {
-        await pc.setLocalDescription(await pc.createOffer());
-        await gathered(pc);
-        if (pc !== this.pc) return;
-        this.offers += 1;
-        answer = await call(this.space, "POST", "/speak", { auth: this.credential(), body: { sdp: pc.localDescription.sdp } });
-        if (pc !== this.pc) return;
-        await pc.setRemoteDescription({ type: "answer", sdp: answer });
-        // The server hanging up closes DTLS at once; ICE would notice only seconds later.
-        const dtls = transceiver.sender.transport;
-        if (dtls) {
-          dtls.addEventListener("statechange", () => {
-            if (pc !== this.pc || (dtls.state !== "closed" && dtls.state !== "failed")) return;
-            this.lastError = "the server hung up";
-            this.retry();
-          });
-        }
-      } catch (err) {
-        if (pc !== this.pc || generation !== this.generation) return;
-        this.lastError = err instanceof ApiError ? plainError(err) : String(err.message || err);
-        if (err instanceof ApiError && REFUSED.has(err.status)) return this.refused(err);
-        return this.retry(err instanceof ApiError ? err.retryAfterS : null);
-      }
-      // Answered; ICE and DTLS must now get through.
-      this.after(CONNECT_TIMEOUT_MS, () => {
-        if (pc === this.pc && pc.connectionState !== "connected") {
-          this.lastError = "the connection did not come up";
-          this.retry();
-        }
-      });
-    }
-
-    watch(pc) {
-      if (pc !== this.pc) return;
-      const s = pc.connectionState;
-      if (s === "connected") {
-        this.attempt = 0;
-        this.connects += 1;
-        this.lastError = null;
-        this.setState("connected");
-      } else if (s === "failed") {
-        this.lastError = "the connection failed";
-        this.retry();
-      } else if (s === "disconnected") {
-        this.lastError = "the connection was interrupted";
-        this.after(DISCONNECTED_GRACE_MS, () => {
-          if (pc === this.pc && pc.connectionState !== "connected") this.retry();
-        });
-      }
-    }
-
-    // A fresh offer after the next back-off delay (or the server's Retry-After, if longer).
-    retry(retryAfterS = null) {
-      if (this.state === "stopped") return;
-      this.closePeer();
-      const base = SPEAK_BACKOFF_MS[Math.min(this.attempt, SPEAK_BACKOFF_MS.length - 1)];
-      const delay = Math.max(jitter(base), (retryAfterS || 0) * 1000);
-      this.attempt += 1;
-      this.reconnects += 1;
-      this.retryAt = Date.now() + delay;
-      this.setState("reconnecting");
-      this.after(delay, () => this.connect());
-    }
-
-    refused(err) {
-      this.refusedWith = err.status;
-      this.stop();
-      this.onRefused(err);
-    }
-
-    // Mutes locally (the track sends silence); the page tells the stage.
-    setMuted(muted) {
-      this.muted = Boolean(muted);
-      if (this.track) this.track.enabled = !this.muted;
-      this.onChange(this);
-    }
-
-    closePeer() {
-      if (!this.pc) return;
-      const pc = this.pc;
-      this.pc = null;
-      pc.close();
-    }
-
-    stop() {
-      this.generation += 1;
-      for (const id of this.timers) clearTimeout(id);
-      this.timers.clear();
-      this.closePeer();
-      if (this.stream) this.stream.getTracks().forEach((t) => t.stop());
-      this.stream = null;
-      this.track = null;
-      if (this.audio.srcObject) {
-        this.audio.pause();
-        this.audio.srcObject = null;
-      }
-      this.setState("stopped");
-    }
-  }
-
-  // Non-trickle: resolves once ICE gathering is complete (or after a few seconds, with what
-  // was gathered by then).
-  function gathered(pc) {
-    if (pc.iceGatheringState === "complete") return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        pc.removeEventListener("icegatheringstatechange", check);
-        resolve();
-      };
-      const check = () => { if (pc.iceGatheringState === "complete") done(); };
-      const timer = setTimeout(done, ICE_GATHER_TIMEOUT_MS);
-      pc.addEventListener("icegatheringstatechange", check);
+      this.refused(); // closed for good: the server answered with an error
     });
   }
 
-  window.AmphiStage = { call, ApiError, plainError, StageEvents, StageList, PeopleList, Speaker, initials };
-})();
+  // The stream was refused: the status of GET /stage with the same credential says why.
+  async refused() {
+    const source = this.source;
+    this.source.close();
+    this.setState("connecting");
+    let refusal = null;
+    try {
+      await call(this.space, "GET", "/stage", { auth: this.token });
+    } catch (err) {
+      refusal = err;
+    }
+    if (source !== this.source) return; // stopped or restarted meanwhile
+    if (refusal && [401, 403, 404].includes(refusal.status)) {
+      this.stop();
+      this.handlers.onRefused(refusal);
+      return;
+    }
+    const delay = this.backoff.next();
+    this.timer = setTimeout(() => { if (source === this.source) this.start(); }, delay);
+  }
+
+  stop() {
+    clearTimeout(this.timer);
+    if (this.source) this.source.close();
+    this.source = null;
+    this.setState("closed");
+  }
+
+  setState(state) {
+    if (state === this.state) return;
+    this.state = state;
+    this.handlers.onState(state);
+  }
+}
+
+// -- the stage list -----------------------------------------------------------------------
+
+const ROLE = { host: "Host", cohost: "Co-host", speaker: "Speaker" };
+
+export function initials(name) {
+  const words = String(name || "?").trim().split(/\s+/).filter(Boolean);
+  const letters = words.length > 1 ? words[0][0] + words[words.length - 1][0] : (words[0] || "?")[0];
+  return letters.toUpperCase();
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// Who is on stage, one <li class="member" data-id=…> per member, updated in place (level
+// changes arrive up to 5 times a second; buttons must not be replaced under a pointer).
+// actions(member) -> [{label, action, disabled?, title?, kind?}], rebuilt only when the
+// member's record (not its level) changes; onAction(member, action) runs on a click.
+export class StageList {
+  constructor(list, { youId = null, actions = null, onAction = () => {} } = {}) {
+    this.list = list;
+    this.youId = youId;
+    this.actions = actions;
+    this.onAction = onAction;
+    this.items = new Map();
+  }
+
+  render(members) {
+    const seen = new Set();
+    members.forEach((m, index) => {
+      seen.add(m.id);
+      let item = this.items.get(m.id);
+      if (!item) {
+        item = this.create(m);
+        this.items.set(m.id, item);
+      }
+      this.update(item, m);
+      if (this.list.children[index] !== item.li) this.list.insertBefore(item.li, this.list.children[index] || null);
+    });
+    for (const [id, item] of this.items) {
+      if (!seen.has(id)) {
+        item.li.remove();
+        this.items.delete(id);
+      }
+    }
+  }
+
+  // The actions depend on more than the member (e.g. we became a co-host): rebuild them.
+  reset() {
+    for (const item of this.items.values()) item.signature = "";
+  }
+
+  create(m) {
+    const li = el("li", "member");
+    li.dataset.id = m.id;
+    const avatar = el("span", "avatar");
+    avatar.setAttribute("aria-hidden", "true");
+    const face = el("span", "face");
+    avatar.append(face);
+    const who = el("span", "who");
+    const name = el("span", "name");
+    const detail = el("span", "detail");
+    who.append(name, detail);
+    const status = el("span", "talk-status visually-hidden");
+    const actions = el("span", "member-actions");
+    li.append(avatar, who, status, actions);
+    return { li, avatar, face, name, detail, status, actions, signature: "" };
+  }
+
+  update(item, m) {
+    const { li } = item;
+    const muted = Boolean(m.muted || m.host_muted || m.self_muted);
+    const talking = Boolean(m.talking) && !muted;
+    li.dataset.role = m.role || "speaker";
+    li.dataset.talking = String(talking);
+    li.dataset.muted = String(muted);
+    li.dataset.hostMuted = String(Boolean(m.host_muted));
+    li.dataset.connected = String(m.connected !== false);
+    li.classList.toggle("you", m.id === this.youId);
+    const level = Math.max(0, Math.min(1, Number(m.level) || 0));
+    li.style.setProperty("--level", muted ? "0" : String(level));
+    item.face.textContent = initials(m.name);
+    item.name.textContent = m.id === this.youId ? `${m.name} (you)` : m.name;
+    const bits = [ROLE[m.role] || m.role];
+    if (m.host_muted) bits.push("muted by the host");
+    else if (muted) bits.push("muted");
+    if (m.connected === false) bits.push("not connected");
+    item.detail.textContent = bits.join(" · ");
+    const said = talking ? "talking" : "";
+    if (item.status.textContent !== said) item.status.textContent = said;
+    if (!this.actions) return;
+    const signature = JSON.stringify([m.role, m.muted, m.host_muted, m.self_muted, m.connected, m.name]);
+    if (signature === item.signature) return;
+    item.signature = signature;
+    item.actions.replaceChildren(...this.actions(m).map((a) => {
+      const button = el("button", `button small${a.kind ? ` ${a.kind}` : ""}`, a.label);
+      button.type = "button";
+      button.dataset.action = a.action;
+      button.disabled = Boolean(a.disabled);
+      if (a.title) button.title = a.title;
+      button.setAttribute("aria-label", `${a.label}: ${m.name}`);
+      button.addEventListener("click", () => this.onAction(m, a.action, button));
+      return button;
+    }));
+  }
+}
+
+// People waiting for an answer (requests, invites): one <li data-id> each, with buttons
+// [{label, action, kind?}]; rebuilt only when who is in the list changes.
+export class PeopleList {
+  constructor(list, { buttons, onAction, detail = () => "" }) {
+    this.list = list;
+    this.buttons = buttons;
+    this.onAction = onAction;
+    this.detail = detail;
+    this.signature = "";
+  }
+
+  render(people) {
+    const signature = JSON.stringify(people.map((p) => [p.id, p.name]));
+    if (signature === this.signature) return; // keep the buttons under the pointer
+    this.signature = signature;
+    this.list.replaceChildren(...people.map((p) => {
+      const li = el("li");
+      li.dataset.id = p.id;
+      const who = el("span", "who");
+      who.append(el("span", "name", p.name));
+      const detail = this.detail(p);
+      if (detail) who.append(el("span", "detail", detail));
+      const actions = el("span", "member-actions");
+      for (const b of this.buttons(p)) {
+        const button = el("button", `button small${b.kind ? ` ${b.kind}` : ""}`, b.label);
+        button.type = "button";
+        button.dataset.action = b.action;
+        button.setAttribute("aria-label", `${b.label}: ${p.name}`);
+        button.addEventListener("click", () => this.onAction(p, b.action, button));
+        actions.append(button);
+      }
+      li.append(who, actions);
+      return li;
+    }));
+  }
+}
+
+// -- speaking -----------------------------------------------------------------------------
+
+// Speaks into a Space from this browser and plays the return feed (the others, without us).
+// credential() -> the bearer for POST /speak (a grant or the host key), read at every offer.
+export class Speaker {
+  constructor(space, { credential, audio, onChange = () => {}, onRefused = () => {} }) {
+    this.space = space;
+    this.credential = credential;
+    this.audio = audio;
+    this.onChange = onChange;
+    this.onRefused = onRefused;
+    this.state = "idle";
+    this.pc = null;
+    this.stream = null;
+    this.track = null;
+    this.muted = false;
+    this.backoff = new Backoff(SPEAK_BACKOFF_MS, { jitter: JITTER }); // failed attempts since the last good connection
+    this.connects = 0; // connections that reached "connected"
+    this.reconnects = 0; // fresh offers after a lost or failed connection
+    this.offers = 0;
+    this.lastError = null;
+    this.refusedWith = null;
+    this.retryAt = 0;
+    this.timers = new Set();
+    this.generation = 0;
+  }
+
+  // For tests and the page: a plain snapshot.
+  snapshot() {
+    return {
+      state: this.state, muted: this.muted, connects: this.connects, reconnects: this.reconnects,
+      offers: this.offers, lastError: this.lastError, refusedWith: this.refusedWith,
+      connection: this.pc ? this.pc.connectionState : null,
+      retryInMs: this.state === "reconnecting" ? Math.max(0, this.retryAt - Date.now()) : 0,
+    };
+  }
+
+  setState(state) {
+    if (state === this.state) return;
+    console.info(`amphi speaker: ${this.state} -> ${state}`);
+    this.state = state;
+    this.onChange(this);
+  }
+
+  after(ms, fn) {
+    const generation = this.generation;
+    const id = setTimeout(() => {
+      this.timers.delete(id);
+      if (generation === this.generation) fn();
+    }, ms);
+    this.timers.add(id);
+  }
+
+  // Asks for the microphone (rejects if refused), then connects.
+  async start() {
+    if (this.state !== "idle" && this.state !== "stopped") throw new Error(`cannot start a speaker that is ${this.state}`);
+    this.generation += 1;
+    this.backoff.reset();
+    this.refusedWith = null;
+    this.lastError = null;
+    this.setState("starting");
+    const generation = this.generation;
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+        video: false,
+      });
+    } catch (err) {
+      this.lastError = err.name === "NotAllowedError" ? "microphone access was refused" : `microphone: ${err.message}`;
+      this.setState("stopped");
+      throw new Error(this.lastError);
+    }
+    if (generation !== this.generation) { // stopped while the browser asked
+      stream.getTracks().forEach((t) => t.stop());
+      return;
+    }
+    this.stream = stream;
+    this.track = stream.getAudioTracks()[0];
+    this.track.enabled = !this.muted;
+    this.connect();
+  }
+
+  async connect() {
+    const generation = this.generation;
+    this.closePeer();
+    this.setState(this.connects > 0 || this.backoff.attempt > 0 ? "reconnecting" : "connecting");
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    this.pc = pc;
+    const transceiver = pc.addTransceiver(this.track, { direction: "sendrecv", streams: [this.stream] });
+    pc.addEventListener("track", (event) => {
+      if (pc !== this.pc) return;
+      this.audio.srcObject = event.streams && event.streams[0] ? event.streams[0] : new MediaStream([event.track]);
+      this.audio.play().catch(() => { /* autoplay: the click that got us on stage usually allows it */ });
+    });
+    pc.addEventListener("connectionstatechange", () => this.watch(pc));
+    let answer;
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathered(pc);
+      if (pc !== this.pc) return;
+      this.offers += 1;
+      answer = await call(this.space, "POST", "/speak", { auth: this.credential(), body: { sdp: pc.localDescription.sdp } });
+      if (pc !== this.pc) return;
+      await pc.setRemoteDescription({ type: "answer", sdp: answer });
+      // The server hanging up closes DTLS at once; ICE would notice only seconds later.
+      const dtls = transceiver.sender.transport;
+      if (dtls) {
+        dtls.addEventListener("statechange", () => {
+          if (pc !== this.pc || (dtls.state !== "closed" && dtls.state !== "failed")) return;
+          this.lastError = "the server hung up";
+          this.retry();
+        });
+      }
+    } catch (err) {
+      if (pc !== this.pc || generation !== this.generation) return;
+      this.lastError = err instanceof ApiError ? plainError(err) : String(err.message || err);
+      if (err instanceof ApiError && REFUSED.has(err.status)) return this.refused(err);
+      return this.retry(err instanceof ApiError ? err.retryAfterS : null);
+    }
+    // Answered; ICE and DTLS must now get through.
+    this.after(CONNECT_TIMEOUT_MS, () => {
+      if (pc === this.pc && pc.connectionState !== "connected") {
+        this.lastError = "the connection did not come up";
+        this.retry();
+      }
+    });
+  }
+
+  watch(pc) {
+    if (pc !== this.pc) return;
+    const s = pc.connectionState;
+    if (s === "connected") {
+      this.backoff.reset();
+      this.connects += 1;
+      this.lastError = null;
+      this.setState("connected");
+    } else if (s === "failed") {
+      this.lastError = "the connection failed";
+      this.retry();
+    } else if (s === "disconnected") {
+      this.lastError = "the connection was interrupted";
+      this.after(DISCONNECTED_GRACE_MS, () => {
+        if (pc === this.pc && pc.connectionState !== "connected") this.retry();
+      });
+    }
+  }
+
+  // A fresh offer after the next back-off delay (or the server's Retry-After, if longer).
+  retry(retryAfterS = null) {
+    if (this.state === "stopped") return;
+    this.closePeer();
+    const delay = Math.max(this.backoff.next(), (retryAfterS || 0) * 1000);
+    this.reconnects += 1;
+    this.retryAt = Date.now() + delay;
+    this.setState("reconnecting");
+    this.after(delay, () => this.connect());
+  }
+
+  refused(err) {
+    this.refusedWith = err.status;
+    this.stop();
+    this.onRefused(err);
+  }
+
+  // Mutes locally (the track sends silence); the page tells the stage.
+  setMuted(muted) {
+    this.muted = Boolean(muted);
+    if (this.track) this.track.enabled = !this.muted;
+    this.onChange(this);
+  }
+
+  closePeer() {
+    if (!this.pc) return;
+    const pc = this.pc;
+    this.pc = null;
+    pc.close();
+  }
+
+  stop() {
+    this.generation += 1;
+    for (const id of this.timers) clearTimeout(id);
+    this.timers.clear();
+    this.closePeer();
+    if (this.stream) this.stream.getTracks().forEach((t) => t.stop());
+    this.stream = null;
+    this.track = null;
+    if (this.audio.srcObject) {
+      this.audio.pause();
+      this.audio.srcObject = null;
+    }
+    this.setState("stopped");
+  }
+}
+
+// Non-trickle: resolves once ICE gathering is complete (or after a few seconds, with what
+// was gathered by then).
+function gathered(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    };
+    const check = () => { if (pc.iceGatheringState === "complete") done(); };
+    const timer = setTimeout(done, ICE_GATHER_TIMEOUT_MS);
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+// The classic pages' and tests' handle (page.evaluate runs outside the modules).
+window.AmphiStage = { call, ApiError, plainError, StageEvents, StageList, PeopleList, Speaker, initials };

@@ -1,0 +1,313 @@
+// The listener's admission client against a scripted server and a fake clock: no browser.
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { Admission, TAP_GRACE_MS } from "../../src/amphi/web/static/admission.js";
+import { FakeClock, FakeServer, json, randoms, settle } from "./fakes.mjs";
+
+const URL = "/api/spaces/s1";
+
+function seated(extra = {}) {
+  return json(200, {
+    status: "admitted", token: "tok1", playlist: "/media/s1/t/tok1/live.m3u8",
+    expires_in_s: 60, renew_after_s: 30, ...extra,
+  });
+}
+
+function waiting(position, retryAfterS, extra = {}) {
+  return json(202, {
+    status: "waiting", ticket: `tk${position}`, position, waiting: position, estimated_wait_s: 40,
+    retry_after_s: retryAfterS, order: "fifo", ...extra,
+  });
+}
+
+// An Admission wired to fakes; `events` records every hook call in order.
+function make(server, { random = randoms(0), solve = null, beacon = null } = {}) {
+  const clock = new FakeClock();
+  const events = [];
+  const record = (name) => (...args) => events.push([name, ...args]);
+  const hooks = Object.fromEntries(
+    ["change", "note", "error", "admitted", "waiting", "ended", "refused", "notFound"].map((n) => [n, record(n)]));
+  const seat = new Admission(URL, { fetch: server.fetch, now: clock.now, later: clock.later, random, solve, beacon, hooks });
+  const of = (name) => events.filter((e) => e[0] === name).map((e) => e.slice(1));
+  return { seat, clock, events, of };
+}
+
+test("a seat at once: playing, the player starts, the token is renewed before it runs out", async () => {
+  const server = new FakeServer(seated(), seated({ token: "tok2" }));
+  const { seat, clock, of } = make(server, { random: randoms(0.5) });
+  await seat.enter();
+  assert.equal(seat.phase, "playing");
+  assert.equal(seat.seat.token, "tok1");
+  assert.deepEqual(of("admitted"), [[{ playlist: "/media/s1/t/tok1/live.m3u8", restart: false, renewal: false }]]);
+  assert.deepEqual(server.bodies, [{}]);
+  assert.equal(server.requests[0].url, `${URL}/join`);
+  assert.equal(server.requests[0].method, "POST");
+  // renew_after_s plus up to 10 %: 30 s * (1 + 0.5 * 0.1)
+  assert.equal(clock.pending(), 31_500);
+  await clock.next();
+  assert.deepEqual(server.bodies[1], { token: "tok1" });
+  assert.equal(seat.seat.token, "tok2");
+  assert.equal(seat.seat.renewals, 1);
+  assert.equal(of("admitted")[1][0].renewal, true);
+});
+
+test("the renewal comes before 80 % of the token's life, whatever renew_after_s says", async () => {
+  const server = new FakeServer(seated({ expires_in_s: 10, renew_after_s: 30 }));
+  const { seat, clock } = make(server, { random: randoms(0.99) });
+  await seat.enter();
+  assert.equal(clock.pending(), 8000);
+});
+
+test("the waiting line: position updates, polls never sooner than retry_after_s, then the seat", async () => {
+  const server = new FakeServer(waiting(3, 4), waiting(2, 6), seated());
+  const { seat, clock, of } = make(server, { random: randoms(0, 1, 0.5, 0.5) });
+  await seat.enter();
+  assert.equal(seat.phase, "waiting");
+  assert.equal(seat.seat.position, 3);
+  assert.equal(seat.seat.waiting, 3);
+  assert.equal(seat.seat.estimate, 40);
+  assert.equal(seat.seat.order, "fifo");
+  assert.equal(seat.seat.ticket, "tk3");
+  assert.equal(of("waiting").length, 1);
+  // the server's wait plus 10 % ± 10 %: with random() = 0, exactly the wait, never less
+  assert.equal(clock.pending(), 4000);
+  await clock.next();
+  assert.deepEqual(server.bodies[1], { ticket: "tk3" });
+  assert.equal(seat.seat.polls, 1);
+  assert.equal(seat.seat.position, 2);
+  assert.equal(seat.seat.ticket, "tk2");
+  assert.equal(Math.round(clock.pending()), 7200); // random() = 1: 6 s * 1.2
+  await clock.next();
+  assert.deepEqual(server.bodies[2], { ticket: "tk2" });
+  assert.equal(seat.phase, "playing");
+  assert.equal(seat.seat.ticket, null);
+  assert.equal(seat.seat.position, null);
+  assert.ok(of("note").some(([text]) => text === "It’s your turn."), "the listener is told it is their turn");
+});
+
+test("a waiting answer without a wait in its body follows the Retry-After header", async () => {
+  const server = new FakeServer(json(202, { status: "waiting", ticket: "t", position: 1, waiting: 1 }, { "retry-after": "7" }));
+  const { seat, clock } = make(server);
+  await seat.enter();
+  assert.equal(seat.phase, "waiting");
+  assert.equal(clock.pending(), 7000);
+});
+
+test("429 and 503 with a wait: the same request again after it, with a note on a full waiting room", async () => {
+  const server = new FakeServer(
+    json(503, { error: "busy", message: "full", retry_after_s: 3 }),
+    json(429, { error: "too_early", message: "slow down" }, { "retry-after": "2" }),
+    seated(),
+  );
+  const { seat, clock, of } = make(server);
+  await seat.enter();
+  assert.equal(seat.phase, "joining");
+  assert.match(of("note").at(-1)[0], /waiting room is full; trying again in about 3 s/);
+  assert.equal(clock.pending(), 3000);
+  await clock.next();
+  assert.equal(clock.pending(), 2000);
+  await clock.next();
+  assert.deepEqual(server.bodies, [{}, {}, {}]);
+  assert.equal(seat.phase, "playing");
+});
+
+test("network errors and 5xx back off 1, 2, 4 s and say so; a success clears the error", async () => {
+  const server = new FakeServer(
+    new TypeError("Failed to fetch"),
+    json(500, { error: "internal", message: "boom" }),
+    new TypeError("Failed to fetch"),
+    seated(),
+  );
+  const { seat, clock, of } = make(server);
+  await seat.enter();
+  assert.equal(of("error").at(-1)[0], "Cannot reach the server (Failed to fetch); trying again in 1 s…");
+  assert.equal(clock.pending(), 1000);
+  await clock.next();
+  assert.equal(of("error").at(-1)[0], "boom; trying again in 2 s…");
+  assert.equal(clock.pending(), 2000);
+  await clock.next();
+  assert.equal(clock.pending(), 4000);
+  await clock.next();
+  assert.equal(seat.phase, "playing");
+  assert.equal(of("error").at(-1)[0], "", "the seat's error is cleared");
+  assert.equal(seat.trouble.attempt, 0);
+});
+
+test("a fresh join refused (403): phase error, the player stops, the error says why", async () => {
+  const server = new FakeServer(json(403, { error: "forbidden", message: "not from here" }));
+  const { seat, clock, of } = make(server);
+  await seat.enter();
+  assert.equal(seat.phase, "error");
+  assert.deepEqual(of("refused"), [["not from here"]]);
+  assert.deepEqual(of("error").at(-1), ["Could not join: not from here", { force: true }]);
+  assert.equal(clock.pending(), null, "nothing more is sent");
+});
+
+test("a refused token joins afresh; repeated fresh joins back off until media flows", async () => {
+  const server = new FakeServer(
+    seated(),
+    json(401, { error: "expired", message: "too late" }),
+    seated({ token: "tok2" }),
+    json(403, { error: "forbidden", message: "not yours" }),
+  );
+  const { seat, clock } = make(server);
+  await seat.enter();
+  await clock.next(); // the renewal: 401
+  assert.equal(seat.seat.rejoins, 1);
+  assert.equal(seat.seat.token, null);
+  assert.equal(clock.pending(), 0, "the first fresh join goes at once");
+  await clock.next();
+  assert.deepEqual(server.bodies[2], {});
+  assert.equal(seat.seat.token, "tok2");
+  await clock.next(); // the renewal: 403
+  assert.equal(seat.seat.rejoins, 2);
+  assert.equal(clock.pending(), 1000, "the second one waits");
+  seat.mediaFlowing();
+  assert.equal(seat.fresh.attempt, 0);
+});
+
+test("media refusing the token: renew (401) or join afresh (403), then the player restarts", async () => {
+  const server = new FakeServer(seated(), seated({ token: "tok2" }), seated({ token: "tok3" }));
+  const { seat, clock, of } = make(server);
+  await seat.enter();
+  assert.equal(seat.mediaRefused(401), true);
+  assert.equal(seat.mediaRefused(401), false, "once is enough while it is on it");
+  await settle();
+  assert.deepEqual(server.bodies[1], { token: "tok1" });
+  assert.deepEqual(of("admitted").at(-1), [{ playlist: "/media/s1/t/tok1/live.m3u8", restart: true, renewal: true }]);
+  seat.mediaRefused(403);
+  assert.equal(seat.seat.rejoins, 1);
+  await clock.next();
+  assert.deepEqual(server.bodies[2], {});
+  assert.equal(seat.seat.token, "tok3");
+  assert.equal(of("admitted").at(-1)[0].restart, true);
+});
+
+test("a proof-of-work challenge is solved, then the join goes again with the solution", async () => {
+  const challenge = { challenge: "abc", bits: 12 };
+  const server = new FakeServer(json(429, { error: "challenge_required", message: "prove it", challenge }), seated());
+  const solved = [];
+  const solve = async (c) => {
+    solved.push(c);
+    return { solution: "4242", hashes: 4243, ms: 812.4 };
+  };
+  const { seat, of } = make(server, { solve });
+  await seat.enter();
+  await settle();
+  assert.deepEqual(solved, [{ challenge: "abc", bits: 12 }]);
+  assert.deepEqual(server.bodies[1], { challenge: "abc", solution: "4242" });
+  assert.deepEqual(seat.seat.challenges, [{ bits: 12, hashes: 4243, ms: 812 }]);
+  assert.equal(seat.phase, "playing");
+  assert.ok(of("note").some(([t]) => t.startsWith("Lots of traffic")));
+});
+
+test("a solver that fails backs off like a network error", async () => {
+  const challenge = { challenge: "abc", bits: 12 };
+  const server = new FakeServer(json(429, { error: "challenge_required", message: "prove it", challenge }));
+  const { seat, clock, of } = make(server, { solve: async () => { throw new Error("no workers"); } });
+  await seat.enter();
+  await settle();
+  assert.equal(of("error").at(-1)[0], "Could not check this browser (no workers); trying again in 1 s…");
+  assert.equal(clock.pending(), 1000);
+});
+
+test("the Space ended while in line: phase ended, the replay's links kept, no more polls", async () => {
+  const server = new FakeServer(waiting(2, 5),
+    json(200, { status: "ended", replay: "/media/s1/vod.m3u8", download: "/media/s1/download.m4a" }));
+  const { seat, clock, of } = make(server);
+  await seat.enter();
+  await clock.next();
+  assert.equal(seat.phase, "ended");
+  assert.equal(seat.seat.endedInLine, true);
+  assert.deepEqual(seat.seat.endedWith, { replay: "/media/s1/vod.m3u8", download: "/media/s1/download.m4a" });
+  assert.equal(seat.seat.ticket, null);
+  assert.equal(of("ended").length, 1);
+  assert.equal(clock.pending(), null);
+  assert.equal(seat.end({}), false, "ending twice changes nothing");
+});
+
+test("404: the Space does not exist", async () => {
+  const server = new FakeServer(json(404, { error: "not_found", message: "no such Space" }));
+  const { seat, clock, of } = make(server);
+  await seat.enter();
+  assert.equal(of("notFound").length, 1);
+  assert.equal(clock.pending(), null);
+});
+
+test("an answer to a request that was dropped meanwhile is ignored", async () => {
+  let answer;
+  const server = new FakeServer(() => new Promise((resolve) => { answer = resolve; }));
+  const { seat, clock } = make(server);
+  const sent = seat.enter();
+  await settle();
+  seat.drop(); // e.g. the listener went on stage
+  answer(seated());
+  await sent;
+  assert.equal(seat.phase, "joining");
+  assert.equal(seat.seat.token, null);
+  assert.equal(clock.pending(), null);
+});
+
+test("leaving gives the place up: by beacon when the page goes, else by fetch", async () => {
+  const beacons = [];
+  const server = new FakeServer(waiting(1, 5), new Response(null, { status: 204 }));
+  const { seat } = make(server, { beacon: (url, body) => { beacons.push([url, JSON.parse(body)]); return true; } });
+  await seat.enter();
+  seat.pagehide();
+  assert.deepEqual(beacons, [[`${URL}/leave`, { ticket: "tk1" }]]);
+  assert.equal(seat.seat.ticket, null);
+  assert.equal(seat.leave(false), null, "nothing left to give up");
+  seat.seat.token = "tok9";
+  seat.leave(false);
+  await settle();
+  assert.equal(server.requests.at(-1).url, `${URL}/leave`);
+  assert.deepEqual(server.requests.at(-1).body, { token: "tok9" });
+  assert.equal(server.requests.at(-1).init.keepalive, true);
+});
+
+test("admitted but never tapped: after the grace the renewal gives the seat up", async () => {
+  const server = new FakeServer(seated({ expires_in_s: 400, renew_after_s: 200 }), new Response(null, { status: 204 }));
+  const { seat, clock, of } = make(server);
+  await seat.enter();
+  seat.setBlocked(true);
+  clock.t += TAP_GRACE_MS; // the renewal is due after the grace
+  await clock.next();
+  assert.equal(seat.phase, "stopped");
+  assert.equal(seat.seat.token, null);
+  assert.deepEqual(server.requests.at(-1).body, { token: "tok1" });
+  assert.equal(server.requests.at(-1).url, `${URL}/leave`);
+  assert.match(of("note").at(-1)[0], /your seat went to the next in line/);
+});
+
+test("Stop, then Play: the token is used again while it is fresh", async () => {
+  const server = new FakeServer(seated(), seated());
+  const { seat, clock } = make(server);
+  await seat.enter();
+  assert.equal(seat.stopped(), true);
+  assert.equal(seat.phase, "stopped");
+  assert.equal(clock.pending(), null, "no renewals while stopped");
+  await seat.rejoin();
+  assert.deepEqual(server.bodies[1], { token: "tok1" });
+  assert.equal(seat.phase, "playing");
+});
+
+test("media URLs carry the newest token and the current edge", async () => {
+  const edges = ["http://e1:8080/o/n1", "http://e2:8080/o/n1"];
+  const server = new FakeServer(seated({ edges, playlist: `${edges[0]}/media/s1/t/tok1/live.m3u8` }));
+  const { seat } = make(server, { random: randoms(0) });
+  await seat.enter();
+  assert.equal(seat.seat.edge, edges[0]);
+  seat.seat.token = "tok 2";
+  assert.equal(seat.mediaUrl(`${edges[0]}/media/s1/t/tok1/seg3.m4s?x=1`), `${edges[0]}/media/s1/t/tok%202/seg3.m4s?x=1`);
+  seat.otherEdge();
+  assert.equal(seat.seat.edge, edges[1]);
+  assert.equal(seat.seat.edgeSwitches, 1);
+  assert.equal(seat.mediaUrl(`${edges[0]}/media/s1/t/tok1/seg4.m4s`), `${edges[1]}/media/s1/t/tok%202/seg4.m4s`);
+});
+
+test("an illegal phase is refused by name", () => {
+  const { seat } = make(new FakeServer());
+  assert.throws(() => seat.setPhase("dancing"), /no admission phase dancing/);
+});
