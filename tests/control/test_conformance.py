@@ -236,6 +236,12 @@ SCENARIOS = [
         Join("a", 0, Seat(60)), *line(55),
         Counts("s", listeners=1, waiting=55, admitted=1, peak=1), Totals(1, 55),
     ], cfg=dict(max_listeners=1)),
+    Scenario("promote offers 1000 seats a call at most, then answers 0: call again", [
+        Pause(True),
+        *[Join(f"w{p}", 0, Place(p, p, estimate=0.0)) for p in range(1, 1003)],
+        Promote(0, 0.0), Counts("s", reserved=1000, waiting=2), Totals(1000, 2),
+        Promote(0, None), Counts("s", reserved=1002), Totals(1002, 0),
+    ], cfg=dict(max_listeners=5000, admit_rate_per_s=1e6, admit_burst=5000)),
     Scenario("the waiting room is bounded", [
         Join("a", 0, Seat(60)), Join("b", 0, Place(1, 1)), Join("c", 0, Place(2, 2)),
         Join("d", 0, Refused(TooBusy, retry=10.0)),

@@ -40,6 +40,7 @@ from amphi.core.errors import TokenExpired, TooBusy, TooEarly
 from amphi.core.gcra import Gcra
 RENEWED_RECENTLY = 0.75  # a seat's token with more than this share of its life left is handed out again
 ADMITTER_PERIOD_S = 0.25  # the node's admitter passes at least this often: what ran out is released this late at most
+MAX_OFFERS_PER_PASS = 1000  # seats promote offers in one call at most (a Redis script call stays short): then 0, pass again
 FRONT_POLL_S_PER_PLACE = 0.2  # the front of the line polls faster: 1 s at place 5, 10 s from place 50
 
 
@@ -306,9 +307,13 @@ class Admission:
 
     def promote(self, now: float) -> float | None:
         """Offers free seats to the heads of the lines, as the rate allows. Returns the
-        seconds until the next seat can be offered, or None if there is nothing to do
-        until a seat frees or someone joins."""
+        seconds until the next seat can be offered (0 after ``MAX_OFFERS_PER_PASS`` offers:
+        call again), or None if there is nothing to do until a seat frees or someone joins."""
+        offered = 0
         while self._waiting_total and self.occupied < self.limit:  # paused or not: the limit is the brake
+            if offered >= MAX_OFFERS_PER_PASS:
+                return 0.0
+            offered += 1
             wait = self.gcra.wait(now)
             if wait > 0:
                 return wait

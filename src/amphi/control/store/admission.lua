@@ -307,10 +307,15 @@ elseif op == 'leave_place' then
     result = {false}
   end
 elseif op == 'promote' then
-  -- offers free seats to the heads of the lines as the rate allows (at most 1000 a call)
+  -- offers free seats to the heads of the lines as the rate allows; after 1000 offers
+  -- (MAX_OFFERS_PER_PASS) it answers 0: call again
   result = {cjson.null}
   local offered = 0
-  while offered < 1000 and waiting_total() > 0 and occupied() < limit do  -- paused or not: the limit is the brake
+  while waiting_total() > 0 and occupied() < limit do  -- paused or not: the limit is the brake
+    if offered >= 1000 then
+      result = {0}
+      break
+    end
     local wait = gcra_wait()
     if wait > 0 then
       result = {wait}
