@@ -38,6 +38,8 @@ from amphi.control.tokens import Signer, Token, new_seat_id
 from amphi.core.config import AdmissionConfig
 from amphi.core.errors import TokenExpired, TooBusy, TooEarly
 from amphi.core.gcra import Gcra
+
+
 RENEWED_RECENTLY = 0.75  # a seat's token with more than this share of its life left is handed out again
 ADMITTER_PERIOD_S = 0.25  # the node's admitter passes at least this often: what ran out is released this late at most
 MAX_OFFERS_PER_PASS = 1000  # seats promote offers in one call at most (a Redis script call stays short): then 0, pass again
