@@ -6,6 +6,7 @@ import pytest
 
 from amphi.core.config import DefenseConfig
 from amphi.core.errors import AddressRateLimited, JoinBudgetSpent, PrefixRateLimited
+from amphi.core.gcra import GcraTable, decide
 from amphi.defense.limits import JoinLimits, KeyedGcra, prefix_of
 
 
@@ -25,6 +26,26 @@ def test_keyed_gcra_is_bounded_and_forgets_the_least_recently_seen():
     assert len(g) == 3 and g.forgotten == 1
     assert g.take("a", 0.0) > 0  # a's debt survived
     assert g.take("b", 0.0) == 0.0  # b was forgotten: a fresh budget
+
+
+def test_keyed_gcra_advises_one_interval_at_least():
+    g = KeyedGcra(rate=1.0, burst=1, max_keys=3)
+    assert g.take("a", 0.0) == 0.0
+    assert g.take("a", 0.9) == 1.0  # 0.1 s from a grant, but told to come back in one interval
+    assert g.take("a", 1.0) == 0.0
+
+
+def test_gcra_table_is_one_tat_per_key_charged_at_each_request_s_rate():
+    """The table ``Store.take`` keeps in memory (and the Lua's ``limit`` op mirrors)."""
+    t = GcraTable(max_keys=2)
+    assert [t.charge("a", 1.0, 2, 0.0) for _ in range(3)] == [0.0, 0.0, pytest.approx(1.0)]
+    assert t.charge("a", 1.0, 2, 0.5) == pytest.approx(0.5)  # a refusal charges nothing
+    assert t.charge("b", 4.0, 1, 0.0) == 0.0 and t.charge("b", 4.0, 1, 0.1) == pytest.approx(0.15)
+    assert t.charge("c", 1.0, 1, 0.0) == 0.0  # full: a, seen longest ago, is forgotten
+    assert len(t) == 2 and t.forgotten == 1
+    assert t.charge("a", 1.0, 2, 0.0) == 0.0  # a fresh budget
+    assert decide(10.0, 10.0, 2.0, 1) == (0.0, 10.5)  # conforms exactly at tat: granted, tat moves on
+    assert decide(10.5, 10.2, 2.0, 1) == (pytest.approx(0.3), 10.5)  # refused: the wait, tat unchanged
 
 
 def test_address_then_prefix_then_budget():

@@ -13,9 +13,15 @@ A listener's way through:
     admitted --leave, or no renewal for ttl + grace--> seat free
 
 Seats are node-wide and never taken back: the limit only stops new admissions. Lines are
-per Space and served together in order of arrival. Joins that arrive before a scheduled
-start while the room is full go into a pool that is drawn in random order at the start
-(hammering at the last second buys nothing); after the start the line is FIFO.
+per Space and served together in order of arrival (each place's arrival number, so two
+joins in the same instant keep their order). Joins that arrive before a scheduled start
+while the room is full go into a pool that is drawn in random order at the start
+(hammering at the last second buys nothing): the drawn places take the pool's arrival
+numbers in the drawn order, so the pool stays where it arrived among the other Spaces'
+lines and ahead of anyone who arrives later; after the start the line is FIFO.
+
+``control/store/admission.lua`` is this policy again, in Redis, for several nodes;
+``tests/control/test_conformance.py`` runs one table of scenarios against both.
 """
 
 from __future__ import annotations
@@ -31,41 +37,24 @@ from typing import Any
 from amphi.control.tokens import Signer, Token, new_seat_id
 from amphi.core.config import AdmissionConfig
 from amphi.core.errors import TokenExpired, TooBusy, TooEarly
+from amphi.core.gcra import Gcra
 
 
-EPSILON_S = 1e-6  # float slack in time comparisons (Unix times are large numbers)
 RENEWED_RECENTLY = 0.75  # a seat's token with more than this share of its life left is handed out again
 ADMITTER_PERIOD_S = 0.25  # the node's admitter passes at least this often: what ran out is released this late at most
+MAX_OFFERS_PER_PASS = 1000  # seats promote offers in one call at most (a Redis script call stays short): then 0, pass again
 FRONT_POLL_S_PER_PLACE = 0.2  # the front of the line polls faster: 1 s at place 5, 10 s from place 50
+
+
+def _round1(x: float) -> float:
+    """Rounded to 0.1, halves up (as the Lua does; ``round`` would send halves to even)."""
+    return math.floor(x * 10 + 0.5) / 10
 
 
 def _pop_due(heap: list[tuple[float, Any]], now: float) -> Iterator[Any]:
     """The keys of a (deadline, key) heap whose deadline has come, earliest first."""
     while heap and heap[0][0] <= now:
         yield heapq.heappop(heap)[1]
-
-
-class Gcra:
-    """Generic cell rate algorithm: ``rate`` grants per second, ``burst`` at once at most."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("GCRA needs a positive rate and a burst of at least 1")
-        self.rate = rate
-        self.interval = 1.0 / rate
-        self.tolerance = (burst - 1) * self.interval
-        self._tat = 0.0  # theoretical arrival time of the next grant
-
-    def wait(self, now: float) -> float:
-        """Seconds until a grant conforms (0 if one does now)."""
-        wait = self._tat - self.tolerance - now
-        return wait if wait > EPSILON_S else 0.0
-
-    def take(self, now: float) -> bool:
-        if self._tat - self.tolerance - now > EPSILON_S:
-            return False
-        self._tat = max(self._tat, now) + self.interval
-        return True
 
 
 class WaitingLine:
@@ -147,6 +136,7 @@ class Entry:
     seq: int | None = None  # place in the FIFO; None while in the pre-start pool
     slot: int = -1  # index in the pool
     seat: str | None = None  # once promoted
+    order: int = 0  # arrival number: the lines are served in this order (a drawn pool's are dealt anew)
 
 
 @dataclass(slots=True)
@@ -215,7 +205,7 @@ class Admission:
         self._lines: dict[str, _Line] = {}
         self._counts: dict[str, SpaceCounts] = {}
         self._waiting_total = 0
-        self._served: deque[list[float]] = deque()  # [second, count]: seats offered to the lines
+        self._served: deque[list[float]] = deque()  # [when, count]: seats offered to the lines
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -319,9 +309,13 @@ class Admission:
 
     def promote(self, now: float) -> float | None:
         """Offers free seats to the heads of the lines, as the rate allows. Returns the
-        seconds until the next seat can be offered, or None if there is nothing to do
-        until a seat frees or someone joins."""
+        seconds until the next seat can be offered (0 after ``MAX_OFFERS_PER_PASS`` offers:
+        call again), or None if there is nothing to do until a seat frees or someone joins."""
+        offered = 0
         while self._waiting_total and self.occupied < self.limit:  # paused or not: the limit is the brake
+            if offered >= MAX_OFFERS_PER_PASS:
+                return 0.0
+            offered += 1
             wait = self.gcra.wait(now)
             if wait > 0:
                 return wait
@@ -360,15 +354,18 @@ class Admission:
 
     def draw(self, space_id: str) -> int:
         """The Space starts: its pre-start pool joins the line in random order, ahead of
-        anyone who arrives from now on. Returns how many were drawn."""
+        anyone who arrives from now on; the drawn places take the pool's arrival numbers in
+        the drawn order. Returns how many were drawn."""
         line = self._lines.get(space_id)
         if line is None or not line.pool:
             return 0
         drawn = line.pool
         line.pool = []
+        orders = sorted(e.order for e in drawn)
         self.rng.shuffle(drawn)
-        for entry in drawn:
+        for entry, order in zip(drawn, orders):
             entry.slot = -1
+            entry.order = order
             entry.seq = line.fifo.push()
             line.by_seq[entry.seq] = entry
         return len(drawn)
@@ -442,6 +439,7 @@ class Admission:
         if line is None:
             line = self._lines[space_id] = _Line()
         entry = Entry(self._next_entry, space_id, now, now + self.cfg.ticket_hold_s, now, now)
+        entry.order = entry.id
         self._next_entry += 1
         if before_start:
             entry.slot = len(line.pool)
@@ -455,7 +453,7 @@ class Admission:
         return entry
 
     def _next_in_line(self) -> Entry:
-        """The earliest arrival among the heads of all lines (a random member of a pool)."""
+        """The earliest arrival number among the heads of all lines (a random member of a pool)."""
         best: Entry | None = None
         for line in self._lines.values():
             head = line.fifo.head()
@@ -465,7 +463,7 @@ class Admission:
                 cand = line.pool[self.rng.randrange(len(line.pool))]
             else:
                 continue
-            if best is None or cand.arrived < best.arrived:
+            if best is None or cand.order < best.order:
                 best = cand
         assert best is not None
         return best
@@ -518,20 +516,19 @@ class Admission:
         has not moved (a full room nobody leaves): no number is better than a made-up one."""
         free = max(0, self.limit - self.occupied)
         if position <= free:
-            return round(self.gcra.wait(now) + position / self.gcra.rate, 1)
+            return _round1(self.gcra.wait(now) + position / self.gcra.rate)
         rate = self.line_rate(now)
-        return round(position / rate, 1) if rate > 0 else None
+        return _round1(position / rate) if rate > 0 else None
 
     def _jitter(self, seconds: float) -> float:
         j = self.cfg.poll_jitter
         return seconds * self.rng.uniform(1 - j, 1 + j)
 
     def _count_served(self, now: float) -> None:
-        second = math.floor(now)
-        if self._served and self._served[-1][0] == second:
+        if self._served and self._served[-1][0] == now:  # promote offers many seats in one instant
             self._served[-1][1] += 1
         else:
-            self._served.append([second, 1])
+            self._served.append([now, 1])
             self._trim_served(now)
 
     def _trim_served(self, now: float) -> None:

@@ -4,9 +4,9 @@
     request ──▶ address GCRA ──▶ prefix GCRA ──▶ (fresh joins only) global join budget ──▶ admission
                   429 address_rate_limited  429 prefix_rate_limited   429 join_budget_spent
 
-Each limit is the admission's ``Gcra`` (``amphi.control.admission``). The keyed tables are
-bounded (``max_keys``) and kept in least-recently-seen order: when a table is full, the key
-seen longest ago is forgotten. A key whose theoretical arrival time has passed carries no
+Each limit is the one GCRA (``amphi.core.gcra``: ``Gcra``, and ``GcraTable`` for the keyed
+ones). The keyed tables are bounded (``max_keys``) and kept in least-recently-seen order:
+when a table is full, the key seen longest ago is forgotten. A key whose theoretical arrival time has passed carries no
 debt, so forgetting it changes nothing; only a flood from more distinct addresses than the
 table holds can make the oldest debts be forgiven, and the prefix table and the global
 budget still hold then. The address is charged before the prefix and a refused request is
@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections import OrderedDict
-
-from amphi.control.admission import Gcra
 from amphi.core.config import DefenseConfig
 from amphi.core.errors import AddressRateLimited, JoinBudgetSpent, PrefixRateLimited, TooManyRequests
+from amphi.core.gcra import Gcra, GcraTable, check_budget
 
 RETRY_JITTER = (1.0, 1.5)  # Retry-After = the wait times a random factor in this range
 MIN_RETRY_S = 0.5
@@ -45,32 +43,27 @@ def prefix_of(address: str) -> str:
 
 
 class KeyedGcra:
-    """One GCRA per key, at most ``max_keys`` of them (least recently seen forgotten first)."""
+    """One GCRA per key at one rate and burst, at most ``max_keys`` of them (least recently
+    seen forgotten first): a ``GcraTable`` whose refusals advise one interval at least."""
 
     def __init__(self, rate: float, burst: int, max_keys: int) -> None:
-        if max_keys < 1:
-            raise ValueError("max_keys must be at least 1")
+        check_budget(rate, burst)
         self.rate, self.burst, self.max_keys = rate, burst, max_keys
-        self._table: OrderedDict[str, Gcra] = OrderedDict()
-        self.forgotten = 0  # keys dropped because the table was full
+        self.interval = 1.0 / rate
+        self._table = GcraTable(max_keys)
 
     def __len__(self) -> int:
         return len(self._table)
 
+    @property
+    def forgotten(self) -> int:  # keys dropped because the table was full
+        return self._table.forgotten
+
     def take(self, key: str, now: float) -> float:
-        """0.0 if ``key`` may go now (and charges it), else the seconds until it may."""
-        table = self._table
-        gcra = table.get(key)
-        if gcra is None:
-            if len(table) >= self.max_keys:
-                table.popitem(last=False)
-                self.forgotten += 1
-            gcra = table[key] = Gcra(self.rate, self.burst)
-        else:
-            table.move_to_end(key)
-        if gcra.take(now):
-            return 0.0
-        return max(gcra.wait(now), gcra.interval)
+        """0.0 if ``key`` may go now (and charges it), else the seconds until it may (one
+        interval at least: a refused client is not told to come back sooner)."""
+        wait = self._table.charge(key, self.rate, self.burst, now)
+        return max(wait, self.interval) if wait else 0.0
 
 
 class JoinLimits:

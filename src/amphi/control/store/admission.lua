@@ -1,6 +1,8 @@
 -- Admission in Redis: the same policy as amphi.control.admission (seats, one FIFO across a
 -- Space's joins, the pre-start pool, the GCRA admission rate, places held ticket_hold_s),
 -- made atomic across nodes by running each decision as one call of this script.
+-- tests/control/test_conformance.py runs one table of scenarios against this script and
+-- against the Python (MemoryStore): both must give the same answers, positions and counts.
 --
 -- EVALSHA sha 0 op now limit paused rate burst ttl grace hold max_waiting poll_min poll_max
 --                window jitter prefix  ...op arguments
@@ -58,6 +60,9 @@ local function round1(x)
   return math.floor(x * 10 + 0.5) / 10
 end
 
+-- The GCRA is amphi.core.gcra.decide written again (Lua cannot import it; the conformance
+-- table proves they agree): a request conforms when tat - (burst - 1) / rate <= now (EPS of
+-- slack), and a grant moves tat to max(tat, now) + 1 / rate.
 local function gcra_wait()
   local tat = tonumber(redis.call('GET', P .. 'gcra') or '0')
   local w = tat - tolerance - now
@@ -291,18 +296,26 @@ elseif op == 'leave_seat' then
     result = {false}
   end
 elseif op == 'leave_place' then
+  -- the place, or the seat offered to it even once picked up (the ticket names that seat)
   local space, eid = ARGV[A], ARGV[A + 1]
-  if redis.call('HGET', P .. 'entry:' .. eid, 'space') == space then
+  local e = redis.call('HMGET', P .. 'entry:' .. eid, 'space', 'seat')
+  if e[1] == space then
     drop_entry(eid)
+    if e[2] then free_seat(e[2]) end
     result = {true}
   else
     result = {false}
   end
 elseif op == 'promote' then
-  -- offers free seats to the heads of the lines as the rate allows (at most 1000 a call)
+  -- offers free seats to the heads of the lines as the rate allows; after 1000 offers
+  -- (MAX_OFFERS_PER_PASS) it answers 0: call again
   result = {cjson.null}
   local offered = 0
-  while offered < 1000 and waiting_total() > 0 and occupied() < limit do  -- paused or not: the limit is the brake
+  while waiting_total() > 0 and occupied() < limit do  -- paused or not: the limit is the brake
+    if offered >= 1000 then
+      result = {0}
+      break
+    end
     local wait = gcra_wait()
     if wait > 0 then
       result = {wait}
@@ -333,20 +346,26 @@ elseif op == 'sweep' then
   end
   result = {freed}
 elseif op == 'draw' then
-  -- space eid...: the pre-start pool, shuffled by the caller, joins the line in that order
+  -- space eid...: the pre-start pool, shuffled by the caller, joins the line in that order;
+  -- the drawn entries take the pool's arrival numbers (seq) in that order, so the pool keeps
+  -- its place among the other Spaces' lines and stays ahead of anyone who arrives later
   local space = ARGV[A]
-  local drawn = 0
+  local eids, seqs = {}, {}
   for i = A + 1, #ARGV do
     local eid = ARGV[i]
     if redis.call('SREM', P .. 'pool:' .. space, eid) == 1 then
-      local seq = redis.call('INCR', P .. 'seq')
-      redis.call('HSET', P .. 'entry:' .. eid, 'seq', seq)
-      redis.call('HDEL', P .. 'entry:' .. eid, 'pooled')
-      redis.call('ZADD', P .. 'line:' .. space, seq, eid)
-      redis.call('ZADD', P .. 'line', seq, eid)
-      drawn = drawn + 1
+      eids[#eids + 1] = eid
+      seqs[#seqs + 1] = tonumber(redis.call('HGET', P .. 'entry:' .. eid, 'seq'))
     end
   end
+  table.sort(seqs)
+  for i, eid in ipairs(eids) do
+    redis.call('HSET', P .. 'entry:' .. eid, 'seq', seqs[i])
+    redis.call('HDEL', P .. 'entry:' .. eid, 'pooled')
+    redis.call('ZADD', P .. 'line:' .. space, seqs[i], eid)
+    redis.call('ZADD', P .. 'line', seqs[i], eid)
+  end
+  local drawn = #eids
   if redis.call('SCARD', P .. 'pool:' .. space) == 0 then redis.call('SREM', P .. 'pools', space) end
   result = {drawn}
 elseif op == 'close' then
@@ -371,8 +390,8 @@ elseif op == 'close' then
   redis.call('HSET', P .. 'counts:' .. space, 'waiting', 0)
   result = {gone}
 elseif op == 'limit' then
-  -- key rate burst: one grant from a GCRA budget (request-to-speak per client address);
-  -- the key expires once its budget is whole again
+  -- key rate burst: one grant from a GCRA budget (request-to-speak per client address):
+  -- amphi.core.gcra.GcraTable.charge; the key expires once its budget is whole again
   local k = P .. 'limit:' .. ARGV[A]
   local iv = 1.0 / tonumber(ARGV[A + 1])
   local tol = (tonumber(ARGV[A + 2]) - 1) * iv

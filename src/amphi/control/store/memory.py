@@ -3,9 +3,10 @@ Without ``--redis`` this is the node's store, and behaves exactly as Admission d
 
 from __future__ import annotations
 
-from amphi.control.admission import Admission, Admitted, Gcra, SpaceCounts, Waiting
+from amphi.control.admission import Admission, Admitted, SpaceCounts, Waiting
 from amphi.control.store import Store
 from amphi.control.tokens import Token
+from amphi.core.gcra import GcraTable
 
 
 MAX_LIMITERS = 100_000  # keys (client addresses, speakers) tracked for rate limits
@@ -16,7 +17,7 @@ class MemoryStore(Store):
 
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
-        self._limits: dict[str, Gcra] = {}  # key -> its budget
+        self._limits = GcraTable(MAX_LIMITERS)  # key -> its budget
 
     @property
     def limit(self) -> int:  # type: ignore[override]
@@ -82,15 +83,4 @@ class MemoryStore(Store):
         self.admission.close_space(space_id)
 
     async def take(self, key: str, rate: float, burst: int, now: float) -> float:
-        return take(self._limits, key, rate, burst, now)
-
-
-def take(limits: dict[str, Gcra], key: str, rate: float, burst: int, now: float) -> float:
-    """``Store.take`` on a dict of budgets in memory, bounded: the idle ones are forgotten."""
-    gcra = limits.get(key)
-    if gcra is None:
-        if len(limits) >= MAX_LIMITERS:
-            for k in [k for k, g in limits.items() if g.wait(now) == 0.0]:
-                del limits[k]
-        gcra = limits[key] = Gcra(rate, burst)
-    return 0.0 if gcra.take(now) else gcra.wait(now)
+        return self._limits.charge(key, rate, burst, now)

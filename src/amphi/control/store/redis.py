@@ -32,13 +32,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from amphi.control.admission import Admitted, Gcra, SpaceCounts, Waiting
+from amphi.control.admission import Admitted, SpaceCounts, Waiting
 from amphi.control.spaces import Space
 from amphi.control.store import Store
-from amphi.control.store.memory import take
+from amphi.control.store.memory import MAX_LIMITERS
 from amphi.control.tokens import Signer, Token, new_seat_id
 from amphi.core.config import AdmissionConfig
 from amphi.core.errors import TokenExpired, TooBusy, TooEarly, Unavailable
+from amphi.core.gcra import GcraTable
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class RedisStore(Store):
         self._counts: dict[str, SpaceCounts] = {}  # last known, served while Redis is away
         self._remote: dict[str, tuple[float, Space, str, str]] = {}  # lookups: (fetched, space, origin, node)
         self._held: dict[str, float] = {}  # seat -> when this node last saw it held
-        self._limits: dict[str, Gcra] = {}  # rate limits kept here while Redis is away
+        self._limits = GcraTable(MAX_LIMITERS)  # rate limits kept here while Redis is away
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -209,9 +210,10 @@ class RedisStore(Store):
             _, entry, position, waiting, estimate, retry, order, requeued, arrived = res
             return Waiting(self.signer.ticket(space_id, int(entry), int(arrived)), position, waiting, estimate,
                            round(retry, 2), order, requeued=requeued)
-        if kind == "too_busy":
+        if kind == "too_busy":  # as Admission.join: poll_max_s, jittered by poll_jitter
+            j = self.cfg.poll_jitter
             raise TooBusy("the waiting room is full; try again later",
-                          retry_after_s=round(self.cfg.poll_max_s * self.rng.uniform(0.75, 1.25), 2))
+                          retry_after_s=self.cfg.poll_max_s * self.rng.uniform(1 - j, 1 + j))
         if kind == "too_early":
             raise TooEarly("polled before retry_after_s", retry_after_s=res[1])
         raise TokenExpired("this seat has been released: join again")
@@ -336,7 +338,7 @@ class RedisStore(Store):
                 return (await self._eval("limit", now, key, rate, burst))[0]
             except _LOST as e:
                 self._lost(e)
-        return take(self._limits, key, rate, burst, now)  # this node's share, until Redis is back
+        return self._limits.charge(key, rate, burst, now)  # this node's share, until Redis is back
 
     # -- directory and registry -------------------------------------------------------------
 
