@@ -126,7 +126,6 @@ class ReturnTrack(MediaStreamTrack):
         self._ready.set()
 
 
-
 # --- audio conversion ---------------------------------------------------------------------
 
 
