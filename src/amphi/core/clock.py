@@ -1,7 +1,7 @@
-"""Clocks: the real one, and a virtual one that only moves when told to.
+"""A virtual clock that only moves when told to.
 
 Pure logic in Amphi takes ``now`` (Unix seconds) as a parameter; whoever drives it reads a
-clock. The node reads ``RealClock``; the simulator (``amphi.sim``) drives the same
+clock. The node passes ``time.time()``; the simulator (``amphi.sim``) drives the same
 production objects from a ``VirtualClock`` that jumps from one event to the next, so an
 hour of a surge runs in seconds and the same seed gives the same run.
 
@@ -9,18 +9,6 @@ hour of a surge runs in seconds and the same seed gives the same run.
 """
 
 from __future__ import annotations
-
-import time
-from typing import Protocol
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-
-class RealClock:
-    def now(self) -> float:
-        return time.time()
 
 
 class VirtualClock:

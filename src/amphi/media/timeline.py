@@ -30,7 +30,6 @@ class MediaTimeline:
         self._open: Segment | None = None
         self._next: tuple[int, int] = (first_msn, 0)  # the preload hint before the first part
         self.ended = False
-        self.version = 0  # bumps on every change; the playlist cache key
 
     # -- fed by the pipeline ---------------------------------------------------------------
 
@@ -45,11 +44,9 @@ class MediaTimeline:
             while len(self._segments) > self._keep:
                 self._segments.popitem(last=False)
         self._next = next_position
-        self.version += 1
 
     def end(self) -> None:
         self.ended = True
-        self.version += 1
 
     # -- asked by the origin ---------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from amphi.core.errors import AmphiError
-from amphi.media.ingest.webrtc import use_ice_addresses
+from amphi.media.ingest.compat import use_ice_addresses
 
 __all__ = ["SpeakError", "speak", "stay_on_stage"]
 

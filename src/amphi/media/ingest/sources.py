@@ -50,10 +50,6 @@ class PacedTrack(MediaStreamTrack):
         self._start: float | None = None  # loop time at which sample 0 was due
         self._sample = 0  # index of the next sample to send
 
-    @property
-    def samples_sent(self) -> int:
-        return self._sample
-
     async def _next(self, start: int, n: int) -> np.ndarray | None:
         """The ``n`` samples from ``start`` on (float32 mono in [-1, 1]), or None at the end."""
         raise NotImplementedError

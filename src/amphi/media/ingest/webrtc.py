@@ -11,41 +11,43 @@ Lifecycle of one connection: accepted -> consuming -> gone. It is gone when the 
 closes or fails, the track ends, it does not connect within ``connect_timeout_s``, the
 sink raises, it is replaced by a newer ``accept()`` of the same name, or it is hung up
 (``close``/``close_all``), or it is connected but sends no decodable audio for
-``silence_timeout_s`` (or mostly undecodable packets over ``garbage_timeout_s``). Whatever the reason, the sink's ``close()`` is called exactly
-once and the ``RTCPeerConnection`` is released. Once gone, it cannot be reused.
+``silence_timeout_s`` (or mostly undecodable packets over ``garbage_timeout_s``). Whatever
+the reason, the sink's ``close()`` is called exactly once and the ``RTCPeerConnection`` is
+released. Once gone, it cannot be reused.
+
+What this relies on inside aiortc and aioice (the decoder queue it replaces, the ICE
+addresses, the offer parser, pre-encoded return audio) lives in ``compat``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fractions
-import ipaddress
 import logging
-import queue
-import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import aioice.ice
-import aiortc
 import av
 import numpy as np
 from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
-    RTCRtpCodecParameters,
     RTCRtpReceiver,
     RTCSessionDescription,
 )
-from aiortc import sdp as aiortc_sdp
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
-from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from amphi.core.config import SAMPLE_RATE
 from amphi.core.errors import InvalidSdp
+from amphi.media.ingest.compat import (
+    InlineDecoderQueue,
+    offer_media,
+    replace_decoder_queue,
+    sender_packet,
+    use_ice_addresses,
+)
 
 __all__ = ["FrameSink", "ReturnTrack", "WebRTCIngest", "use_ice_addresses"]
 
@@ -117,50 +119,11 @@ class ReturnTrack(MediaStreamTrack):
             self._pts += len(pcm)
             packets = self._codec.encode(frame)
             if packets:
-                packet = packets[-1]
-                packet.pts = frame.pts
-                packet.time_base = _OPUS_TIME_BASE
-                return packet
+                return sender_packet(packets[-1], frame.pts)
 
     def stop(self) -> None:
         super().stop()
         self._ready.set()
-
-
-_OPUS_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
-
-
-# --- ICE host addresses -------------------------------------------------------------------
-
-_ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
-_ice_addresses: tuple[str, ...] | None = None
-
-
-def use_ice_addresses(addresses: Sequence[str]) -> None:
-    """Make aioice offer host candidates on exactly ``addresses`` and nothing else.
-
-    aioice's own ``get_host_addresses()`` lists every interface but deliberately skips
-    127.0.0.1; Amphi wants the opposite (media on loopback, never on other interfaces), so
-    this replaces ``aioice.ice.get_host_addresses``. It is process-wide (the last call wins)
-    and idempotent; both the server (``WebRTCIngest``) and the client (``speak``) call it
-    before gathering. Raises ``ValueError`` for a string that is not an IP address.
-    """
-    global _ice_addresses
-    parsed = tuple(ipaddress.ip_address(a) for a in addresses)
-    wanted = tuple(str(a) for a in parsed)
-    if wanted == _ice_addresses:
-        return
-
-    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [
-            str(a)
-            for a in parsed
-            if (a.version == 4 and use_ipv4) or (a.version == 6 and use_ipv6)
-        ]
-
-    aioice.ice.get_host_addresses = get_host_addresses
-    _ice_addresses = wanted
-    logger.debug("ICE host addresses: %s", ", ".join(wanted) or "(none)")
 
 
 # --- audio conversion ---------------------------------------------------------------------
@@ -231,68 +194,51 @@ def _mono_float(frame: av.AudioFrame) -> np.ndarray:
     return np.frombuffer(frame.planes[0], np.int16, frame.samples) * _S16_SCALE
 
 
-class _InlineDecoding:
-    """Takes the place of the ``queue.Queue`` between one aiortc ``RTCRtpReceiver`` and its
-    decoder thread, and decodes in the caller instead.
+class _InlineDecoding(InlineDecoderQueue):
+    """Decodes one receiver's Opus in the event loop, as each frame completes, instead of in
+    aiortc's decoder thread (``compat.InlineDecoderQueue`` says how it takes that place).
 
     aiortc decodes each receiver's media in a thread of its own and hands every frame back to
     the event loop with ``run_coroutine_threadsafe``: two thread hops, a future chain and a
     queue per 20 ms, which cost more CPU than decoding the audio (~0.08 ms a packet). Here
-    ``put()`` is called by the receiver in the event loop with each complete Opus frame; it
-    decodes it, cuts 20 ms frames and pushes them to the sink, all inline.
-
-    aiortc's thread still starts (``receive()`` starts it with this object as its queue):
-    its ``get()`` blocks until the receiver stops, then returns None as the real queue would,
-    so the thread ends the track and ``track.recv()`` raises ``MediaStreamError``. A sink that
-    raises is fed nothing more, and ``on_sink_error`` (set by the owner) is called once.
+    each complete Opus frame is decoded, cut into 20 ms frames and pushed to the sink, all
+    inline. A sink that raises is fed nothing more, and ``on_sink_error`` (set by the owner)
+    is called once.
     """
 
     def __init__(self, sink: FrameSink) -> None:
+        super().__init__()
         self.sink = sink
         self.frames = 0  # 20 ms frames pushed
         self.on_sink_error: Callable[[BaseException], None] = lambda exc: None
         self._decoder = OpusDecoder()
         self._rechunk = Rechunker()
-        self._stopped = threading.Event()
         self._failed = False
         self.packets = 0  # Opus packets received
 
     @classmethod
     def install(cls, receiver: RTCRtpReceiver, sink: FrameSink) -> _InlineDecoding:
-        """Puts a new instance in ``receiver``'s place for its decoder queue; call before the
+        """A new instance in ``receiver``'s place for its decoder queue; call before the
         receiver starts (``addTransceiver`` -> here -> ``setRemoteDescription``)."""
-        if not isinstance(getattr(receiver, _DECODER_QUEUE, None), queue.Queue):
-            raise RuntimeError(f"aiortc {aiortc.__version__}: RTCRtpReceiver has no decoder queue to replace")
         inline = cls(sink)
-        setattr(receiver, _DECODER_QUEUE, inline)
+        replace_decoder_queue(receiver, inline)
         return inline
 
     @property
     def decode_errors(self) -> int:
         return self._decoder.errors
 
-    def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
-        if item is None:  # the receiver stops
-            self._stopped.set()
-            return
-        codec, encoded = item
-        if self._failed or codec.mimeType.lower() != "audio/opus":
+    def frame(self, mime_type: str, data: bytes) -> None:
+        if self._failed or mime_type.lower() != "audio/opus":
             return
         self.packets += 1
         try:
-            for chunk in self._rechunk.feed(self._decoder.decode(encoded.data)):
+            for chunk in self._rechunk.feed(self._decoder.decode(data)):
                 self.sink.push(chunk)
                 self.frames += 1
         except Exception as exc:
             self._failed = True
             self.on_sink_error(exc)
-
-    def get(self) -> None:
-        """aiortc's decoder thread: parked here until the receiver stops."""
-        self._stopped.wait()
-
-
-_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"  # aiortc 1.16's name-mangled attribute
 
 
 # --- connections ----------------------------------------------------------------------------
@@ -492,10 +438,6 @@ class WebRTCIngest:
             await _stop(previous)
         return pc.localDescription.sdp, back
 
-    def connected(self, name: str) -> bool:
-        conn = self._conns.get(name)
-        return conn is not None and conn.connected.is_set()
-
     async def close(self, name: str) -> None:
         """Hang up one speaker; returns once its task has exited. Unknown names are ignored."""
         conn = self._conns.pop(name, None)
@@ -529,19 +471,16 @@ def _check_offer(offer_sdp: str) -> bool:
         raise InvalidSdp("the body is not an SDP offer (it must start with v=0)")
     if "\nm=audio" not in offer_sdp:
         raise InvalidSdp("the SDP offer has no audio m-line")
-    try:
-        description = aiortc_sdp.SessionDescription.parse(offer_sdp)
-    except Exception as exc:  # untrusted text: any parse failure is the sender's
-        raise InvalidSdp(f"unparsable SDP offer: {exc!r}") from None
-    kinds = [m.kind for m in description.media]
+    media_lines = offer_media(offer_sdp)
+    kinds = [m.kind for m in media_lines]
     if kinds != ["audio"]:
         raise InvalidSdp(f"a speaker's offer must carry exactly one audio m-line, not {kinds}")
-    media = description.media[0]
+    media = media_lines[0]
     if media.direction not in (None, "sendonly", "sendrecv"):
         raise InvalidSdp(f"the offer's audio is {media.direction}; a speaker must send")
-    if not media.ice.usernameFragment or not media.ice.password:
+    if not media.has_ice_credentials:
         raise InvalidSdp("the offer has no ICE credentials")
-    if media.dtls is None or not media.dtls.fingerprints:
+    if not media.has_fingerprint:
         raise InvalidSdp("the offer has no DTLS fingerprint")
     return media.direction in (None, "sendrecv")
 
