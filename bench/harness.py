@@ -8,6 +8,7 @@ Lifecycle of a ``NodeProcess``: new -> running (``start()``, returns once the AP
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -38,6 +39,23 @@ def amphi_command(*args: str) -> list[str]:
     if script.is_file():
         return [str(script), *args]
     return [sys.executable, "-c", "from amphi.cli import main; main()", *args]
+
+
+SMALL_ENV = "AMPHI_BENCH_SMALL"  # set (non-empty, not "0") to run every bench in its small mode
+
+
+def small_mode(parser: argparse.ArgumentParser, **defaults: object) -> bool:
+    """Adds ``--small`` to a bench's options: the same code path and the same printed figures,
+    in seconds instead of minutes (``tests/bench`` runs every bench this way, so a bench that
+    breaks fails the suite). ``defaults`` are the small sizes and relaxed bars; options given
+    on the command line still win. Also on when ``AMPHI_BENCH_SMALL`` is set. Call it before
+    ``parse_args``; returns whether the run is small."""
+    parser.add_argument("--small", action="store_true",
+                        help=f"seconds, not minutes: small sizes, relaxed bars (also ${SMALL_ENV}=1)")
+    small = "--small" in sys.argv[1:] or os.environ.get(SMALL_ENV, "") not in ("", "0")
+    if small:
+        parser.set_defaults(small=True, **defaults)
+    return small
 
 
 def split_cores() -> tuple[int, ...]:
