@@ -64,8 +64,8 @@ import numpy as np
 import psutil
 import uvloop
 
-from harness import (NodeProcess, end_space, exit_on_sigterm, first_media, machine_busy_s, node_stats,
-                     process_cpu_s, run, small_mode, space_status, start_space)
+from harness import (TRUSTED_PROXY, NodeProcess, client_address, end_space, exit_on_sigterm, first_media,
+                     machine_busy_s, node_stats, process_cpu_s, run, small_mode, space_status, start_space)
 
 from amphi.loadtest.machine import raise_open_files
 
@@ -74,17 +74,6 @@ REQUEST_TIMEOUT_S = 10.0  # per HTTP request, including the wait for a pooled co
 DRAIN_TIMEOUT_S = 15.0  # after the poll window, for requests still in flight
 PROGRESS_EVERY_S = 1.0
 JSON_HEADERS = {"content-type": "application/json"}
-TRUSTED_PROXY = "127.0.0.1/32"  # the bench stands for an edge in front of the listeners
-
-
-def client_address(k: int, per_prefix: int) -> str:
-    """The ``k``-th listener address: ``per_prefix`` consecutive ones share a /24 in 10.0.0.0/8
-    (65,536 /24s; past them, round again with the next host numbers)."""
-    prefix, host = divmod(k, per_prefix)
-    spill, prefix = divmod(prefix, 1 << 16)
-    return f"10.{prefix >> 8}.{prefix & 255}.{(spill * per_prefix + host) % 254 + 1}"
-
-
 @dataclass(slots=True)
 class Join:
     """One listener. Times are seconds from the start of the surge."""
