@@ -11,7 +11,7 @@ DATA ?= data
 APT_PACKAGES := ffmpeg chromium wrk icecast2 nginx libnginx-mod-stream libnginx-mod-http-js varnish varnish-vmod-digest varnish-modules \
 	redis-server iptables
 
-.PHONY: setup system run test bench bench-side-by-side clean
+.PHONY: setup system run test bench bench-small bench-side-by-side clean
 
 setup: system $(VENV)/.installed node_modules/.installed
 
@@ -59,6 +59,9 @@ bench: setup
 	$(PY) bench/join_rate.py
 	$(PY) bench/mouth_to_ear.py
 	$(PY) bench/stage_cpu.py
+
+bench-small: setup
+	PYTHONPATH=$(CURDIR)/src $(PY) -m pytest -q tests/bench
 
 bench-side-by-side: setup
 	$(PY) bench/side_by_side.py

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/edge.py [--choice 1000] [--sizes 1000,5000,10000,20000] [--edges 3] \\
         [--flat-engine wrk|loadtest] [--failover 3000] [--duration 40] [--ramp 10] [--procs 2] \\
-        [--json bench/out/edge.json] [--plot bench/out/edge.png]
+        [--engines direct,varnish,nginx] [--steady 30] [--small] [--json bench/out/edge.json] \\
+        [--plot bench/out/edge.png]
 
 1. **Engine choice** (``--choice N``): N LL-HLS listeners (``amphi loadtest``, parts +
    blocking reloads + preload-hinted parts) against the same origin three ways: directly,
@@ -25,6 +26,9 @@
    (target <= 10 s, the loadtest's ``edge_recovery_max_s``), and the origin's request rate in the
    10 s after the kill against the 8 s before (target <= 2x).
 
+Every engine-choice run must also bring audio to every listener (a broken path, not a figure).
+``--small``: the engine choice alone, direct and through Varnish, 100 listeners over 2 s and
+6 s of steady listening each (about 35 s); JSON and plot go to the temporary directory.
 Everything binds 127.0.0.1 and stops by itself.
 """
 
@@ -45,7 +49,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import (HOST, WRK_SUMMARY_LUA, NodeProcess, amphi_command, exit_on_sigterm, free_port,  # noqa: E402
-                     join_space, kill_group, run, start_space, wrk_summary)
+                     join_space, kill_group, run, small_mode, start_space, wrk_summary)
 
 from amphi.control.tokens import Signer  # noqa: E402
 from amphi.edge.varnish import Edge  # noqa: E402
@@ -146,7 +150,7 @@ def audience(origin: NodeProcess, space: str, size: int, args: argparse.Namespac
     Arrivals are spread over at least size/400 s: one node on these 2 cores answers a few
     hundred fresh joins a second next to everything else, and this run is about media."""
     args = argparse.Namespace(**{**vars(args), "ramp": max(args.ramp, size / 400)})
-    args.duration = max(args.duration, args.ramp + 30)
+    args.duration = max(args.duration, args.ramp + args.steady)
     cmd = amphi_command("loadtest", "--server", origin.url, "--space", space,
            "--listeners", str(size), "--profile", "ramp", "--ramp", str(args.ramp), "--duration", str(args.duration),
            "--procs", str(procs_for(size, args.procs)), "--json", str(out), "--quiet", "--server-pid", str(origin.pid),
@@ -193,7 +197,7 @@ def with_origin(edges: int, fn, *extra: str) -> dict[str, object]:  # type: igno
 def choice(args: argparse.Namespace, work: Path) -> dict[str, dict[str, object]]:
     results: dict[str, dict[str, object]] = {}
     n = args.choice
-    for engine in ("direct", "varnish", "nginx"):
+    for engine in args.engines:
         print(f"engine choice: {engine}, {n} listeners ...", file=sys.stderr, flush=True)
 
         def go(node: NodeProcess, space: str, ports: list[int], engine: str = engine) -> dict[str, object]:
@@ -211,6 +215,8 @@ def choice(args: argparse.Namespace, work: Path) -> dict[str, dict[str, object]]
         print(f"  {json.dumps(results[engine])}", file=sys.stderr, flush=True)
     base = results["direct"]["latency_p99_s"] or 0.0
     for engine in ("varnish", "nginx"):
+        if engine not in results:
+            continue
         p99 = results[engine]["latency_p99_s"]
         results[engine]["added_p99_s"] = None if p99 is None else round(p99 - base, 3)  # type: ignore[operator]
     return results
@@ -377,6 +383,10 @@ def report(res: dict[str, dict[str, dict[str, object]]], args: argparse.Namespac
                   f"{r['edge_cpu_pct']:>12}")
         added = res["choice"]["varnish"].get("added_p99_s")
         ok &= added is not None and added <= 0.1  # type: ignore[operator]
+        for k, r in res["choice"].items():
+            if r["with_audio"] != args.choice:
+                print(f"{k}: only {r['with_audio']} of {args.choice} listeners had audio")
+                ok = False
     if "flat" in res:
         rates = [r["origin_media_req_per_s"] for r in res["flat"].values()]
         mean = sum(rates) / len(rates)  # type: ignore[arg-type]
@@ -454,9 +464,18 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=40.0)
     p.add_argument("--ramp", type=float, default=10.0)
     p.add_argument("--procs", type=int, default=2)
+    p.add_argument("--engines", default="direct,varnish,nginx",
+                   help="the engine choice's runs (direct and varnish are needed for the added p99)")
+    p.add_argument("--steady", type=float, default=30.0, help="seconds of listening after a run's ramp, at least")
     p.add_argument("--json", default="bench/out/edge.json")
     p.add_argument("--plot", default="bench/out/edge.png")
+    tmp = Path(tempfile.gettempdir())
+    small_mode(p, choice=100, sizes="", failover=0, duration=8.0, ramp=2.0, steady=6.0, engines="direct,varnish",
+               json=str(tmp / "edge_small.json"), plot=str(tmp / "edge_small.png"))
     args = p.parse_args()
+    args.engines = [e for e in args.engines.split(",") if e]
+    if args.choice and not {"direct", "varnish"} <= set(args.engines) <= {"direct", "varnish", "nginx"}:
+        p.error("--engines: direct and varnish, and nginx if you like")
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
     exit_on_sigterm()
     raise_open_files()  # wrk, the edges and the loadtest inherit it: a socket per listener

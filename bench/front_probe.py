@@ -2,7 +2,7 @@
 alone, through the edge as built, and through an nginx cache with nothing else to do.
 
     .venv/bin/python bench/front_probe.py [--listeners 10000] [--setups varnish,edge,front] \\
-        [--duration 40] [--json bench/out/front_probe.json]
+        [--duration 40] [--ramp 10] [--warm 12] [--small] [--json bench/out/front_probe.json]
 
 The same audience (``amphi loadtest``, segment players, ``--listeners`` over a 10 s ramp) plays
 from one node through each setup in turn; servers on CPU 0, the generator on CPU 1, as in
@@ -20,6 +20,10 @@ steady part (CPU spent over wall time, ``window_means``).
   http ``limit_conn`` counts only connections with a request in progress, so it cannot cap
   idle ones) and no token check (Varnish checks only what nginx does not answer itself). Not
   deployable: against ``edge`` it shows what the token check costs.
+
+Exits 1 if a setup did not seat every listener (a broken path, not a figure), 2 on an error.
+``--small``: 100 listeners through the edge as built, a 2 s ramp, 8 s in all on a Space 5 s
+old (about 20 s); the JSON goes to the temporary directory.
 
 Before the edge had its front, this probe measured the edge as deployed then (stream cap straight
 to Varnish) at 84.0 % of a core for 10,000 listeners, Varnish alone at 74.9 %, the same nginx
@@ -39,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import HOST, NodeProcess, free_port, kill_group, run, split_cores, start_space  # noqa: E402
+from harness import HOST, NodeProcess, free_port, kill_group, run, small_mode, split_cores, start_space  # noqa: E402
 
 from amphi.edge.varnish import Edge  # noqa: E402
 from amphi.edge.vcl import Backend, EdgeSpec  # noqa: E402
@@ -129,17 +133,17 @@ def measure(setup: str, args: argparse.Namespace) -> dict[str, object]:
                                          stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
                 pids.append(nginx.pid)
             space = start_space(node.url, f"front probe {setup}", join=False)
-            time.sleep(WARM_S)
+            time.sleep(args.warm)
             cfg = LoadConfig(server=node.url, space=space.id, protocol="amphi", player="segments",
                              duration_s=args.duration)
-            r = loadtest(RunOptions(cfg=cfg, listeners=args.listeners, profile="ramp", ramp_s=RAMP_S, procs=2,
+            r = loadtest(RunOptions(cfg=cfg, listeners=args.listeners, profile="ramp", ramp_s=args.ramp, procs=2,
                                     server_pid=node.pid, also_pids=tuple(pids), cpus=args.generator_cpus))
         finally:
             if nginx is not None:
                 kill_group(nginx)
             edge.stop()
             shutil.rmtree(d, ignore_errors=True)
-    steady = window_means(r["timeline"], RAMP_S + 2, args.duration)  # type: ignore[arg-type]
+    steady = window_means(r["timeline"], args.ramp + 2, args.duration)  # type: ignore[arg-type]
     srv, req_s = steady["server_cpu_pct"], steady["request_rate"]
     return {"setup": setup, "capped_by": capped_by, "admitted": r["admitted"], "stalled_listeners": r["stalled_listeners"],
             "errors_by_kind": r["errors_by_kind"], "join_p99_s": r["join_p99_s"],
@@ -154,7 +158,11 @@ def main() -> int:
     parser.add_argument("--listeners", type=int, default=10_000)
     parser.add_argument("--setups", default=",".join(SETUPS))
     parser.add_argument("--duration", type=float, default=40.0)
+    parser.add_argument("--ramp", type=float, default=RAMP_S, help="seconds over which the listeners arrive")
+    parser.add_argument("--warm", type=float, default=WARM_S, help="the Space's age when the listeners arrive")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "front_probe.json")
+    small_mode(parser, listeners=100, setups="edge", duration=8.0, ramp=2.0, warm=5.0,
+               json=Path(tempfile.gettempdir()) / "front_probe_small.json")
     args = parser.parse_args()
     setups = [s for s in args.setups.split(",") if s]
     if unknown := set(setups) - set(SETUPS):
@@ -175,7 +183,10 @@ def main() -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"listeners": args.listeners, "results": results}, indent=2))
     print(f"wrote {args.json}")
-    return 0
+    short = [f"{r['setup']} seated {r['admitted']} of {args.listeners}" for r in results
+             if r["admitted"] != args.listeners]
+    print("FAIL: " + "; ".join(short) if short else f"PASS: every setup seated all {args.listeners} listeners")
+    return 1 if short else 0
 
 
 if __name__ == "__main__":

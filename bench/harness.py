@@ -8,6 +8,7 @@ Lifecycle of a ``NodeProcess``: new -> running (``start()``, returns once the AP
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -28,6 +29,10 @@ from amphi.loadtest.machine import ProcessCpu
 from amphi.loadtest.machine import machine_busy_s as busy_and_softirq_s
 
 HOST = "127.0.0.1"  # the benches bind and target loopback only
+# A bench that stands for many clients tells the node to trust it as a proxy (an edge, as
+# deployed) and sends each client's address in X-Forwarded-For: the node's defense then sees
+# a crowd, not one address joining thousands of times (which it rightly challenges).
+TRUSTED_PROXY = "127.0.0.1/32"
 START_TIMEOUT_S = 30.0  # from spawning the node to its API answering
 STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL
 
@@ -38,6 +43,31 @@ def amphi_command(*args: str) -> list[str]:
     if script.is_file():
         return [str(script), *args]
     return [sys.executable, "-c", "from amphi.cli import main; main()", *args]
+
+
+SMALL_ENV = "AMPHI_BENCH_SMALL"  # set (non-empty, not "0") to run every bench in its small mode
+
+
+def small_mode(parser: argparse.ArgumentParser, **defaults: object) -> bool:
+    """Adds ``--small`` to a bench's options: the same code path and the same printed figures,
+    in seconds instead of minutes (``tests/bench`` runs every bench this way, so a bench that
+    breaks fails the suite). ``defaults`` are the small sizes and relaxed bars; options given
+    on the command line still win. Also on when ``AMPHI_BENCH_SMALL`` is set. Call it before
+    ``parse_args``; returns whether the run is small."""
+    parser.add_argument("--small", action="store_true",
+                        help=f"seconds, not minutes: small sizes, relaxed bars (also ${SMALL_ENV}=1)")
+    small = "--small" in sys.argv[1:] or os.environ.get(SMALL_ENV, "") not in ("", "0")
+    if small:
+        parser.set_defaults(small=True, **defaults)
+    return small
+
+
+def client_address(k: int, per_prefix: int = 4) -> str:
+    """The ``k``-th client address of a crowd: ``per_prefix`` consecutive ones share a /24 in
+    10.0.0.0/8 (65,536 /24s; past them, round again with the next host numbers)."""
+    prefix, host = divmod(k, per_prefix)
+    spill, prefix = divmod(prefix, 1 << 16)
+    return f"10.{prefix >> 8}.{prefix & 255}.{(spill * per_prefix + host) % 254 + 1}"
 
 
 def split_cores() -> tuple[int, ...]:

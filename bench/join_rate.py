@@ -1,7 +1,7 @@
 """Join path cost: how many join decisions (the waiting answer) a node makes per CPU second.
 
     .venv/bin/python bench/join_rate.py [--seconds 10] [--connections 64] [--threads 1] \\
-        [--inproc-seconds 3] [--target 10000] [--json OUT]
+        [--inproc-seconds 3] [--target 10000] [--small] [--json OUT]
 
 Measured two ways, both printed:
 
@@ -21,7 +21,9 @@ Measured two ways, both printed:
    HTTP, JSON or the ASGI stack.
 
 Exits 1 if a figure measured is below ``--target`` (10,000 per core-second), 2 on an error.
-Runs about 25 s with the defaults.
+Runs about 25 s with the defaults. ``--small``: wrk for 2 s on 16 connections, 0.5 s in
+process, about 10 s, with a bar of 1,000 (a short run on a shared machine says little about
+the rate; the checks on the answers, the line's growth and errors are the same).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pathlib import Path
 import psutil
 
 from harness import (WRK_SUMMARY_LUA, NodeProcess, end_space, exit_on_sigterm, join_space, machine_busy_s,
-                     main_thread_cpu_s, process_cpu_s, run, space_status, start_space, wrk_summary)
+                     main_thread_cpu_s, process_cpu_s, run, small_mode, space_status, start_space, wrk_summary)
 
 from amphi.loadtest.machine import raise_open_files
 
@@ -284,10 +286,13 @@ def print_table(http: HttpRun, inproc: InprocRun, args: argparse.Namespace, core
         print(f"      node's waiting count {http.waiting_before} -> {http.waiting_after} "
               f"(+{http.waiting_growth}; wrk counted {http.requests} answers)")
         growth_ok = http.waiting_growth is not None and abs(http.waiting_growth - http.requests) <= args.connections
-        results.append((http.non_2xx == 0 and not sum(http.socket_errors.values()),
-                        f"every HTTP answer 2xx: {http.non_2xx} non-2xx, "
+        allowed = int(args.max_other * http.requests)
+        others = http.requests - http.statuses.get("202", 0)
+        results.append((http.non_2xx <= allowed and not sum(http.socket_errors.values()),
+                        f"every HTTP answer 2xx: {http.non_2xx} non-2xx (at most {allowed}), "
                         f"{sum(http.socket_errors.values())} socket errors"))
-        results.append((set(http.statuses) <= {"202"}, f"every HTTP answer a waiting answer (202): {http.statuses}"))
+        results.append((http.requests > 0 and others <= allowed,
+                        f"every HTTP answer a waiting answer (202): {http.statuses} (at most {allowed} other)"))
         results.append((growth_ok, f"the node's line grew by {http.waiting_growth}, wrk counted {http.requests} "
                                    f"(within {args.connections})"))
     if not inproc.skipped:
@@ -306,7 +311,11 @@ def main() -> int:
     parser.add_argument("--inproc-seconds", type=float, default=3.0, help="in-process loop length (default 3)")
     parser.add_argument("--target", type=float, default=10_000.0,
                         help="decisions per core-second that each measurement must reach (default 10000)")
+    parser.add_argument("--max-other", type=float, default=0.0,
+                        help="share of HTTP answers that may be other than a place in line (default 0; --small "
+                             "0.01: an overloaded shared machine makes the node shed a few, 429)")
     parser.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+    small_mode(parser, seconds=2.0, connections=16, inproc_seconds=0.5, target=1000.0, max_other=0.01)
     args = parser.parse_args()
     if args.seconds < 1 or args.connections < 1 or args.threads < 1 or args.connections < args.threads:
         parser.error("--seconds >= 1, --connections >= --threads >= 1")

@@ -2,7 +2,12 @@
 
     .venv/bin/python bench/side_by_side.py [--sizes 1000,3000,6000,10000] [--duration 40] [--ramp 10] \\
         [--procs 2] [--players ll,segments] [--systems amphi,edge,icecast,nginx] \\
-        [--md docs/benchmarks.md] [--json bench/out/side_by_side.json] [--plot docs/benchmarks.png]
+        [--md docs/benchmarks.md] [--json bench/out/side_by_side.json] [--plot docs/benchmarks.png] \\
+        [--warm 12] [--small]
+
+``--small``: 100 segment players against Amphi and Icecast2, a 2 s ramp, 8 s in all, on a Space
+5 s old (about 30 s); the markdown, JSON and plot go to the temporary directory, not docs/.
+Exits 1 if a run could not be made (an error) or seated nobody, 2 on an error of the bench.
 
 For each audience size, one after another, each system gets the same ``amphi loadtest``
 audience (``--ramp`` seconds of arrivals, then steady listening until ``--duration``):
@@ -50,7 +55,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import HOST, NodeProcess, exit_on_sigterm, free_port, kill_group, run, split_cores, start_space  # noqa: E402
+from harness import (HOST, NodeProcess, exit_on_sigterm, free_port, kill_group, run, small_mode, split_cores,  # noqa: E402
+                     start_space)
 
 from amphi.loadtest.machine import raise_open_files  # noqa: E402
 from amphi.loadtest.run import RunOptions, run as loadtest, window_means  # noqa: E402
@@ -235,7 +241,7 @@ def behind_edge(size: int, args: argparse.Namespace, player: str, go) -> dict[st
         edge = Edge(spec, node.dir / "edge", HOST, port).start()
         try:
             space = start_space(node.url, "side by side", join=False)
-            time.sleep(WARM_S)
+            time.sleep(args.warm)
             cfg = LoadConfig(server=node.url, space=space.id, protocol="amphi", player=player, duration_s=args.duration)
             assert edge.proc is not None
             return go(cfg, node.pid, (edge.proc.pid,))
@@ -265,7 +271,7 @@ def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll"
         node = NodeProcess(args=["--max-listeners", str(max(size, 10_000)), "--admit-rate", "2000"])
         with node:
             space = start_space(node.url, "side by side", join=False)
-            time.sleep(WARM_S)
+            time.sleep(args.warm)
             cfg = LoadConfig(server=node.url, space=space.id, protocol="amphi", player=player,
                              duration_s=args.duration)
             return go(cfg, node.pid)
@@ -470,6 +476,11 @@ def main() -> int:
                              "core, the generator on the others)")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--from-json", metavar="JSON", help="only rewrite the markdown and plot from an earlier run")
+    parser.add_argument("--warm", type=float, default=WARM_S, help="an Amphi Space's age when the audience arrives")
+    tmp = Path(tempfile.gettempdir())
+    small_mode(parser, sizes="100", systems="amphi,icecast", players="segments", duration=8.0, ramp=2.0, warm=5.0,
+               surge=False, md=str(tmp / "side_by_side_small.md"), json=str(tmp / "side_by_side_small.json"),
+               plot=str(tmp / "side_by_side_small.png"))
     args = parser.parse_args()
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
@@ -516,7 +527,11 @@ def main() -> int:
             plot(results, args.plot)
         write_markdown(args.md, markdown(results, args, args.plot))
     print(f"wrote {args.md}, {args.json}" + (f", {args.plot}" if args.plot else ""))
-    return 0
+    broken = [f"{size}/{key}: {r.get('skipped') or 'nobody seated'}" for size, rows in results.items()
+              if size != "_run" for key, r in rows.items() if r.get("skipped") or not r.get("admitted")]
+    print("FAIL: " + "; ".join(broken) if broken else "PASS: every run made and seated listeners "
+          "(the targets, met or missed, are in the markdown)")
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """CPU of the node for one Space with a full stage: 13 speakers talking, each hearing the others.
 
     .venv/bin/python bench/stage_cpu.py [--speakers 13] [--seconds 30] [--workers 3] \
-        [--client-nice 10] [--no-listener] [--json OUT] [--plot OUT.png]
+        [--client-nice 10] [--no-listener] [--settle 5] [--small] [--json OUT] [--plot OUT.png]
 
 Starts ``amphi serve`` on a free 127.0.0.1 port, creates and starts a Space, and invites
 ``--speakers - 1`` speakers (the host invites, each invitee accepts with its grant). Every
@@ -23,7 +23,8 @@ show the program stayed whole while the node was loaded. Each client reports how
 return frames it got, their level (the others' tones) and its reconnections.
 
 Exits 1 if the node uses more than ``--target`` (100 % of one core) over the window, 2 on
-an error (a client cannot connect, the stage does not fill, a worker dies).
+an error (a client cannot connect, the stage does not fill, a worker dies). ``--small``: 3 on
+stage in one worker, a 2 s window after 2 s of settling (about 15 s), the same bar.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import httpx
 import psutil
 
 from harness import (NodeProcess, end_space, exit_on_sigterm, machine_busy_s, node_stats, process_cpu_s, run,
-                     start_space)
+                     small_mode, start_space)
 
 STAGE_SIZE = 13  # host + 2 co-hosts + 10 speakers
 SETTLE_S = 5.0  # after everyone is connected and talking, before the window opens
@@ -401,6 +402,9 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=100.0, help="fail if the node exceeds this %% of one core (default 100)")
     parser.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     parser.add_argument("--plot", metavar="OUT.png", help="write CPU over time")
+    parser.add_argument("--settle", type=float, default=SETTLE_S,
+                        help=f"seconds after the stage fills before the window opens (default {SETTLE_S:g})")
+    small_mode(parser, speakers=3, seconds=2.0, workers=1, settle=2.0)
     args = parser.parse_args()
     if not 1 <= args.speakers <= STAGE_SIZE:
         parser.error(f"--speakers must be 1..{STAGE_SIZE}")
@@ -409,9 +413,9 @@ def main() -> int:
     exit_on_sigterm()
 
     cores = psutil.cpu_count() or 1
-    client_duration = FILL_TIMEOUT_S + SETTLE_S + args.seconds + 30  # a bound; they are told to stop long before
+    client_duration = FILL_TIMEOUT_S + args.settle + args.seconds + 30  # a bound; they are told to stop long before
     print(f"stage CPU: {args.speakers} on stage in {args.workers} client processes, a {args.seconds:.0f} s window; "
-          f"about {args.seconds + SETTLE_S + 25:.0f} s", flush=True)
+          f"about {args.seconds + args.settle + 25:.0f} s", flush=True)
     ctx = mp.get_context("spawn")
     events: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     stop = ctx.Event()
@@ -448,8 +452,8 @@ def main() -> int:
             wait_for_stage(node.url, space.id, args.speakers, workers, events, log)
             filled = node_stats(node.url)
             fill_s = time.time() - fill_started
-            print(f"all {args.speakers} connected and talking; settling {SETTLE_S:.0f} s", flush=True)
-            time.sleep(SETTLE_S)
+            print(f"all {args.speakers} connected and talking; settling {args.settle:g} s", flush=True)
+            time.sleep(args.settle)
             before = node_stats(node.url)
             print(f"measuring {args.seconds:.0f} s", flush=True)
             window_start = time.time()

@@ -1,13 +1,21 @@
 """Surge: many listeners join one node at once. Is every join answered, quickly and in order?
 
     .venv/bin/python bench/surge.py [--joins 10000] [--seconds 10] [--max-listeners 2000] \\
-        [--admit-rate R] [--connections 1000] [--no-poll] [--json OUT] [--plot OUT.png]
+        [--admit-rate R] [--addresses N] [--connections 1000] [--no-poll] [--small] \\
+        [--json OUT] [--plot OUT.png]
 
 Starts ``amphi serve --max-listeners 2000`` (plus ``--admit-rate`` if given; the server's
 default otherwise) on a free 127.0.0.1 port, puts one Space live (silence, no speaker) and
 lets it make its first segment. Then, from this process (aiohttp on uvloop, a pool of
 ``--connections`` keep-alive connections), ``--joins`` distinct listeners each
 ``POST /api/spaces/<id>/join`` with ``{}``, spread evenly over ``--seconds``.
+
+A real night comes from many addresses, and the node's defense rightly treats more than a
+few fresh joins from one address (or one /24) as a suspect and challenges them. So the
+node trusts 127.0.0.1 as a proxy (``--trusted-proxy``, as behind an edge) and each listener
+sends every request (join, polls, media) with ``X-Forwarded-For`` set to an address of its
+own: ``--addresses`` of them (default: one per listener) in 10.0.0.0/8, ``--per-prefix``
+(default 4) in each /24, so the defense sees a surge of people, not an attack.
 
 Per join it records when it was sent, when the answer had arrived, the status and, when
 waiting, the position. Every admitted listener (200) then fetches its first audio the way
@@ -21,7 +29,8 @@ does, until it is admitted or the run ends ``--linger`` seconds after the last j
 
 Checks (exit 1 if one fails, 2 on an error):
 
-* every join answered, none with an error; every first answer is 200 or 202;
+* every join answered, none with an error; every first answer is 200 or 202 (not a
+  challenge, not a refusal);
 * p99 of the first answer's time <= ``--answer-p99`` (1 s);
 * listeners admitted <= ``--max-listeners``, and equal to what the node reports
   (``listeners`` and ``admitted_total`` of the Space);
@@ -31,7 +40,9 @@ Checks (exit 1 if one fails, 2 on an error):
 * 0 connection errors, also on polls and media requests;
 * p99 of first audio <= ``--audio-p99`` (3 s).
 
-Everything goes to 127.0.0.1; the run stops by itself, about 35 s with the defaults. The
+``--small`` (or ``AMPHI_BENCH_SMALL=1``): 600 joins over 2 s against 100 seats, polls for
+3 s, about 15 s; the same checks. Everything goes to 127.0.0.1; the run stops by itself,
+about 35 s with the defaults. The
 client's CPU is reported beside the node's, so a reader can tell whether the client was the
 bottleneck.
 """
@@ -53,8 +64,8 @@ import numpy as np
 import psutil
 import uvloop
 
-from harness import (NodeProcess, end_space, exit_on_sigterm, first_media, machine_busy_s, node_stats,
-                     process_cpu_s, run, space_status, start_space)
+from harness import (TRUSTED_PROXY, NodeProcess, client_address, end_space, exit_on_sigterm, first_media,
+                     machine_busy_s, node_stats, process_cpu_s, run, small_mode, space_status, start_space)
 
 from amphi.loadtest.machine import raise_open_files
 
@@ -63,14 +74,13 @@ REQUEST_TIMEOUT_S = 10.0  # per HTTP request, including the wait for a pooled co
 DRAIN_TIMEOUT_S = 15.0  # after the poll window, for requests still in flight
 PROGRESS_EVERY_S = 1.0
 JSON_HEADERS = {"content-type": "application/json"}
-
-
 @dataclass(slots=True)
 class Join:
     """One listener. Times are seconds from the start of the surge."""
 
     i: int
     scheduled: float
+    address: str  # X-Forwarded-For of all its requests
     sent: float = float("nan")
     answered: float = float("nan")
     status: int = 0  # of the first answer; 0 if none
@@ -132,7 +142,8 @@ class Surge:
         self.args = args
         self.join_url = f"{server}/api/spaces/{space_id}/join"
         step = args.seconds / args.joins
-        self.joins = [Join(i, i * step) for i in range(args.joins)]
+        self.joins = [Join(i, i * step, client_address(i % args.addresses, args.per_prefix))
+                      for i in range(args.joins)]
         self.counts = Counts()
         self.poll_answer_s: list[float] = []
         self.poll_times: list[float] = []  # when each answered poll was sent
@@ -169,8 +180,9 @@ class Surge:
         assert self._session is not None
         return self._session
 
-    async def _post_join(self, body: bytes) -> tuple[int, dict[str, object], float | None]:
-        async with self.session.post(self.join_url, data=body, headers=JSON_HEADERS) as r:
+    async def _post_join(self, j: Join, body: bytes) -> tuple[int, dict[str, object], float | None]:
+        headers = {**JSON_HEADERS, "x-forwarded-for": j.address}
+        async with self.session.post(self.join_url, data=body, headers=headers) as r:
             raw = await r.read()
             retry = r.headers.get("retry-after")
         try:
@@ -188,7 +200,7 @@ class Surge:
         j.sent = self.now()
         c.sent += 1
         try:
-            status, answer, retry_header = await self._post_join(b"{}")
+            status, answer, retry_header = await self._post_join(j, b"{}")
         except Exception as exc:  # noqa: BLE001 - recorded and counted
             j.answered = self.now()
             j.error = self._error(exc, "join")
@@ -226,7 +238,7 @@ class Surge:
             j.polls += 1
             self.counts.polls += 1
             try:
-                status, answer, retry_header = await self._post_join(body)
+                status, answer, retry_header = await self._post_join(j, body)
             except Exception as exc:  # noqa: BLE001 - counted; this listener gives up
                 self._error(exc, "poll")
                 return
@@ -257,14 +269,15 @@ class Surge:
     async def first_audio(self, j: Join, playlist: str) -> None:
         """Playlist, init segment, first part or segment listed: a player's start."""
         assert j.admitted_at is not None
+        headers = {"x-forwarded-for": j.address}
         try:
-            async with self.session.get(playlist) as r:
+            async with self.session.get(playlist, headers=headers) as r:
                 text = await r.text()
                 if r.status != 200:
                     raise ValueError(f"playlist: HTTP {r.status} {text[:80]}")
             init_url, media_url = first_media(playlist, text)
             for url in (init_url, media_url):
-                async with self.session.get(url) as r:
+                async with self.session.get(url, headers=headers) as r:
                     data = await r.read()
                     if r.status != 200 or not data:
                         raise ValueError(f"{url.rsplit('/', 1)[-1]}: HTTP {r.status}, {len(data)} bytes")
@@ -451,6 +464,7 @@ def summarize(surge: Surge, timing: dict[str, float], before: dict[str, object],
     return {
         "settings": {"joins": args.joins, "seconds": args.seconds, "max_listeners": args.max_listeners,
                      "admit_rate": args.admit_rate, "connections": args.connections,
+                     "addresses": args.addresses, "per_prefix": args.per_prefix, "small": args.small,
                      "new_connections": args.new_connections, "poll": args.poll, "linger_s": args.linger,
                      "answer_p99_target_s": args.answer_p99, "audio_p99_target_s": args.audio_p99,
                      "cores": cores},
@@ -539,7 +553,8 @@ def print_table(summary: dict[str, object], results: list[tuple[bool, str]]) -> 
     print()
     print(f"surge: {st['joins']} joins over {st['seconds']:g} s, node --max-listeners {st['max_listeners']} "
           f"--admit-rate {st['admit_rate'] if st['admit_rate'] else '(server default)'}; "
-          f"{st['connections']} client connections, {'polling' if st['poll'] else 'no polling'}")
+          f"{st['connections']} client connections, {'polling' if st['poll'] else 'no polling'}; "
+          f"from {st['addresses']} client addresses ({st['per_prefix']} a /24)")
     print(f"{'first answers':44s} {'count':>7s}")
     for label, key in (("admitted (200)", "admitted"), ("waiting (202)", "waiting"),
                        ("other answers (429, 503, ...)", "other"), ("no answer (error)", "unanswered")):
@@ -670,6 +685,9 @@ def main() -> int:
     parser.add_argument("--admit-rate", type=float, default=None,
                         help="the node's --admit-rate, seats per second (default: the server's default)")
     parser.add_argument("--connections", type=int, default=1000, help="client connection pool size (default 1000)")
+    parser.add_argument("--addresses", type=int, default=None,
+                        help="client addresses the joins come from (X-Forwarded-For; default: one per listener)")
+    parser.add_argument("--per-prefix", type=int, default=4, help="client addresses in each /24 (default 4)")
     parser.add_argument("--new-connections", action="store_true",
                         help="a new TCP connection per request instead of keep-alive")
     parser.add_argument("--no-poll", dest="poll", action="store_false",
@@ -680,15 +698,20 @@ def main() -> int:
     parser.add_argument("--audio-p99", type=float, default=3.0, help="target: p99 first audio (s, default 3)")
     parser.add_argument("--json", metavar="OUT", help="write the figures and every join as JSON")
     parser.add_argument("--plot", metavar="OUT.png", help="write answer-time and first-audio plots")
+    small_mode(parser, joins=600, seconds=2.0, max_listeners=100, connections=100, linger=3.0)
     args = parser.parse_args()
-    if args.joins < 1 or args.seconds <= 0 or args.max_listeners < 1 or args.connections < 1:
-        parser.error("--joins, --seconds, --max-listeners and --connections must be positive")
+    if args.addresses is None:
+        args.addresses = args.joins
+    if min(args.joins, args.max_listeners, args.connections, args.addresses, args.per_prefix) < 1 or args.seconds <= 0:
+        parser.error("--joins, --seconds, --max-listeners, --connections, --addresses and --per-prefix must be positive")
+    if args.per_prefix > 254:
+        parser.error("--per-prefix is at most 254 (hosts in a /24)")
     exit_on_sigterm()
 
     files = raise_open_files()  # before the node starts: it inherits the limit
     if files < args.connections + 100:
         print(f"warning: open-file limit {files} is low for {args.connections} connections", file=sys.stderr)
-    serve_args = ["--max-listeners", str(args.max_listeners)]
+    serve_args = ["--max-listeners", str(args.max_listeners), "--trusted-proxy", TRUSTED_PROXY]
     if args.admit_rate is not None:
         serve_args += ["--admit-rate", f"{args.admit_rate:g}"]
     total = 3 + SETTLE_S + args.seconds + (args.linger if args.poll else 0) + 3

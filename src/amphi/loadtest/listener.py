@@ -23,18 +23,17 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import orjson
 
 from amphi.loadtest import playlist as m3u8
 from amphi.loadtest.buffer import PlaybackBuffer
+from amphi.loadtest.config import LoadConfig
 from amphi.defense.pow import solve
 from amphi.loadtest.http import Connection, HttpError, Response, is_loopback, loopback_source, split_url
 from amphi.loadtest.profiles import Session, backoff_s, header_retry_s, retry_delay_s
-
-if TYPE_CHECKING:
-    from amphi.loadtest.swarm import Swarm
+from amphi.loadtest.stats import Histogram
 
 MAX_ATTEMPTS = 6  # consecutive failed requests (with backoff) before a listener gives up
 LL_START_PARTS = 3  # without PART-HOLD-BACK: start this many parts behind live
@@ -53,6 +52,30 @@ class GiveUp(Exception):
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
         self.kind = kind
+
+
+class Swarm(Protocol):
+    """What a listener needs from the crowd it belongs to (``amphi.loadtest.swarm.Swarm`` is
+    one): the run's settings, its clock, and the tallies a listener adds to. A protocol, so
+    this module does not import the swarm that imports it."""
+
+    cfg: LoadConfig
+    renewals: int
+    edge_switches: int
+    pow_solved: int
+    pow_s: float
+    latency: Histogram
+    edge_recovery: Histogram
+
+    def loop_time(self, at_s: float) -> float: ...
+
+    def error(self, kind: str) -> None: ...
+
+    def join_answer(self, seconds: float) -> None: ...
+
+    def first_audio(self, seconds: float) -> None: ...
+
+    def admitted(self, listener: Listener, now: float) -> None: ...
 
 
 class Listener:

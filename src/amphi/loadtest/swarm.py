@@ -13,10 +13,10 @@ import os
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 
 from amphi.loadtest.buffer import Playback
+from amphi.loadtest.config import LoadConfig
 from amphi.loadtest.listener import Listener
 from amphi.loadtest.machine import raise_open_files
 from amphi.loadtest.profiles import Session
@@ -24,20 +24,6 @@ from amphi.loadtest.stats import Histogram
 
 LAG_PROBE_S = 0.05  # event-loop lag probe period
 END_GRACE_S = 15.0  # after the run's end: leaves in flight
-
-
-@dataclass(frozen=True)
-class LoadConfig:
-    server: str  # base URL (amphi), playlist URL (hls) or mount URL (icecast)
-    space: str = ""  # amphi only
-    protocol: str = "amphi"  # amphi | hls | icecast
-    player: str = "ll"  # ll (parts, blocking reload) | segments
-    duration_s: float = 30.0  # from T0 to the end of the run
-    request_timeout_s: float = 10.0
-    stream_kbps: float = 64.0  # icecast: the mount's bitrate
-    stream_start_s: float = 0.5  # icecast: buffered seconds before playback starts
-    seed: int = 1
-    spread_sources: bool = True  # each listener connects from its own 127.x.y.z (on a loopback server)
 
 
 class Swarm:
