@@ -1,14 +1,23 @@
-"""The pipeline's clock under the event loop the server runs (uvloop)."""
+"""The pipeline's clock under the event loop the server runs (uvloop); a slow disk, a full
+recorder queue and crashed tasks."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from pathlib import Path
 
+import numpy as np
+import pytest
 import uvloop
 
-from amphi.core.config import MediaConfig
+from amphi.core.config import SAMPLE_RATE, MediaConfig
+from amphi.core.files import write_atomic
+from amphi.media.encoder import DELAY
 from amphi.media.pipeline import Pipeline, PipelineStats
 from amphi.media.recorder import Recording
+from amphi.media.segmenter import FIRST_MSN
 
 
 def run_pipeline(tmp_path: Path, ticks: int) -> PipelineStats:
@@ -34,18 +43,6 @@ def test_clock_wakes_once_per_tick_under_uvloop(tmp_path: Path) -> None:
 
 
 # -- a slow disk never delays a part ---------------------------------------------------------
-
-import asyncio  # noqa: E402
-import logging  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from amphi.core.config import SAMPLE_RATE  # noqa: E402
-from amphi.core.files import write_atomic  # noqa: E402
-from amphi.media.encoder import DELAY  # noqa: E402
-from amphi.media.segmenter import FIRST_MSN  # noqa: E402
 
 SHORT = MediaConfig(part_packets=6, parts_per_segment=4)  # parts of 128 ms, segments of 512 ms
 SLOW_FSYNC_S = 0.3
