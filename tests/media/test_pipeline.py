@@ -176,3 +176,15 @@ async def test_a_dead_recorder_stops_the_recording_not_the_program(
     assert pipeline.recording.finalized
     assert pipeline.stats.recorder.dropped >= 1
     assert any("recorder:full" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_a_program_cancelled_from_outside_still_ends_and_closes_the_recording(tmp_path: Path) -> None:
+    pipeline = Pipeline("cancelled", SHORT, Recording.open(tmp_path, SHORT), live=True)
+    await pipeline.start()
+    assert await pipeline.wait_for(lambda: pipeline.stats.recorder.written >= 1, timeout=10)
+    encoder = next(t for t in pipeline.supervisor.tasks if t.get_name() == "encoder:cancelled")
+    encoder.cancel()
+    await asyncio.wait_for(pipeline.stop(), 5)  # does not wait for an end the encoder cannot bring
+    assert pipeline.ended and pipeline.recording.finalized and pipeline.recording.entries
+    assert pipeline.failures == {}  # cancelled is not failed
+    assert pipeline.supervisor.tasks == []

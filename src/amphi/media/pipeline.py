@@ -126,7 +126,7 @@ class Pipeline:
             self._live_from = -DELAY
         self._channel = FrameChannel(cfg.program_queue_ticks)
         self._segmenter: Segmenter | None = None
-        self._tasks = Supervisor(f"pipeline {space_id}", on_failure=self._on_failure)
+        self.supervisor = Supervisor(f"pipeline {space_id}")  # the recorder, the mixer clock, the encoder
         self._program: list[asyncio.Task[None]] = []  # the mixer clock and the encoder
         self._started = False
         self._changed = asyncio.Event()
@@ -144,12 +144,14 @@ class Pipeline:
         self._started = True
         self.epoch = time.time()
         self._segmenter = Segmenter(self._cfg, epoch=self.epoch, encoder_delay=DELAY)
-        spawn = self._tasks.spawn
+        spawn = self.supervisor.spawn
         spawn(self.recorder.run(), f"recorder:{self.space_id}")  # the consumer first: it outlives the producers
         self._program = [
             spawn(self._clock(), f"mixer:{self.space_id}"),
             spawn(self._encode(), f"encoder:{self.space_id}"),
         ]
+        for task in self._program:
+            task.add_done_callback(self._program_done)
         log.info("pipeline %s started (%s)", self.space_id, self.mixer.mode.value)
 
     def go_live(self) -> int:
@@ -176,7 +178,7 @@ class Pipeline:
         """Shutdown: end the program (the recording is closed), then wait until every task
         has exited. A task that failed was logged when it failed and stays in ``failures``."""
         await self.end()
-        await self._tasks.close()
+        await self.supervisor.close()
 
     @property
     def ended(self) -> bool:
@@ -186,15 +188,17 @@ class Pipeline:
     def failures(self) -> dict[str, str]:
         """Task name -> reason, for each task of this pipeline that raised (empty: healthy).
         What the Space's status shows as ``"pipeline": {"failed": ...}``."""
-        return dict(self._tasks.failures)
+        return dict(self.supervisor.failures)
 
-    def _on_failure(self, name: str, exc: BaseException) -> None:
-        """A task raised (already logged by the supervisor). The mixer and the encoder make
-        one program: if either dies, the other is stopped and ``end()`` stops waiting."""
-        if name.startswith("recorder:"):
-            return  # the live program goes on; later segments are dropped and counted
-        for task in self._program:
-            task.cancel()
+    def _program_done(self, task: asyncio.Task[None]) -> None:
+        """The mixer and the encoder make one program: if either raised (the supervisor
+        logged it) or was cancelled from outside, the other is stopped and ``end()`` stops
+        waiting for a program end that cannot come. A dead recorder is not here: the live
+        program goes on, its later segments dropped and counted."""
+        if not task.cancelled() and task.exception() is None:
+            return  # the program ended
+        for other in self._program:
+            other.cancel()
         self._settled.set()
         self._notify()
 
@@ -218,8 +222,8 @@ class Pipeline:
             self._ended.set()
             self._notify()
             log.warning("pipeline %s ended after a failure (%s): %.3f s recorded", self.space_id,
-                            "; ".join(f"{k}: {v}" for k, v in self.failures.items()) or "cancelled",
-                            self.recording.duration)
+                        "; ".join(f"{k}: {v}" for k, v in self.failures.items()) or "cancelled",
+                        self.recording.duration)
 
     # -- tracks ---------------------------------------------------------------------------
 
