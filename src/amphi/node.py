@@ -71,7 +71,7 @@ class Node:
         self.app = App(cfg, self.listeners, self.spaces, self.rooms, self.directory, self.shield, self.obs,
                        self.operator_key, self.snapshot)
         self.obs.state = self
-        self.tasks = Supervisor()
+        self.tasks = Supervisor("node")
 
     async def open(self) -> None:
         await self.spaces.open()
@@ -92,7 +92,7 @@ class Node:
         await self.store.close()
 
     def spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
-        return self.tasks.spawn(coro, name=name)
+        return self.tasks.spawn(coro, name)
 
     async def _admitter(self) -> None:
         """Offers free seats to the lines as the rate allows, and releases what ran out."""
@@ -140,10 +140,11 @@ class Node:
         counts = self.store.known_counts(space_id)
         pipeline = self.spaces.pipelines.get(space_id)
         end = pipeline.timeline.media_end_wall if pipeline is not None else None
+        recorded = pipeline.recording.bytes_written if pipeline is not None else 0
         return SpaceSnapshot(
             space_id=space_id, state=self.registry.get(space_id).state.value, listeners=counts.listeners,
             peak_listeners=counts.peak_listeners, waiting=counts.waiting, admitted_total=counts.admitted_total,
-            recording_bytes=self.spaces.recording(space_id).bytes_written,
+            recording_bytes=recorded,
             production_lag_s=None if end is None else max(0.0, now - end))
 
     def space_dir(self, space_id: str) -> Path:

@@ -329,14 +329,6 @@ class Admission:
             heapq.heappush(self._entry_heap, (entry.expires, entry.id))
         return None
 
-    def tick(self, now: float, period_s: float) -> tuple[bool, float]:
-        """One pass of the node's admitter: release what ran out, offer free seats. Returns
-        (whether anything was released, seconds until the next pass: ``period_s`` at most,
-        sooner when the rate allows the next seat)."""
-        freed = self.sweep(now) > 0
-        wait = self.promote(now)
-        return freed, period_s if wait is None else min(period_s, max(wait, 0.001))
-
     def sweep(self, now: float) -> int:
         """Releases seats whose time ran out and places nobody polled for; returns how many."""
         freed = 0

@@ -2,13 +2,22 @@
 
     tracks (jitter buffers) -> [clock task] mixer -> bounded channel -> [encoder task]
         AAC encoder (worker thread) -> segmenter -> timeline (served live)
-                                                 -> recording (live segments, on disk)
+                                                 -> bounded queue -> [recorder task]
+                                                    recording (live segments, on disk)
                                   mixer -> return feeds (each speaker: the others' mix)
+
+A part is published as soon as it is encoded: the recording's writes (and their fsyncs) run
+behind a queue, never between a part and its listeners.
 
 Lifecycle: new -> running (hold or live) -> ended. ``end()`` returns once the last
 segment is on disk and the replay playlist is written; once ended, a pipeline cannot be
-reused. ``stop()`` is ``end()`` for shutdown. Listeners waiting on a blocking playlist
-reload are woken by ``changed`` whenever the timeline moves.
+reused. ``stop()`` is ``end()`` for shutdown, then waits until every task has exited.
+Listeners waiting on a blocking playlist reload are woken whenever the timeline moves.
+
+The tasks run under a ``Supervisor``: a task that raises is logged once with its traceback
+and named in ``failures`` (for the Space's status). A dead mixer or encoder stops the
+program (the other is cancelled; the recording keeps what reached it and ``end()`` still
+closes it); a dead recorder stops the recording, not the live program.
 """
 
 from __future__ import annotations
@@ -19,17 +28,18 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from amphi.core.config import AAC_FRAME, MediaConfig
+from amphi.core.tasks import Supervisor
 from amphi.media.encoder import DELAY, AacEncoder
 from amphi.media.jitter import JitterBuffer
 from amphi.media.mixer import Mixer, Mode, ProgramFrame
 from amphi.media.programs import hold_music
-from amphi.media.recorder import Recording
+from amphi.media.recorder import RECORDER_QUEUE_SEGMENTS, Recorder, RecorderStats, Recording
 from amphi.media.segmenter import Event, SegmentClosed, Segmenter
 from amphi.media.timeline import MediaTimeline
 
@@ -87,6 +97,7 @@ class PipelineStats:
     late_ticks: int = 0  # ticks produced more than one period late (event loop stalls)
     max_lag_s: float = 0.0  # worst lag of the program clock behind wall time
     encode_s: float = 0.0  # CPU time spent encoding (thread)
+    recorder: RecorderStats = field(default_factory=RecorderStats)  # the recording's queue to the disk
 
 
 class Pipeline:
@@ -98,6 +109,7 @@ class Pipeline:
         *,
         live: bool = False,
         hold: Callable[[int, int], np.ndarray] = hold_music,
+        recorder_bound: int = RECORDER_QUEUE_SEGMENTS,
     ) -> None:
         self.space_id = space_id
         self._cfg = cfg
@@ -107,29 +119,39 @@ class Pipeline:
         self.encoder = AacEncoder(cfg.bitrate)
         self.init = self.encoder.init_segment()
         self.stats = PipelineStats()
+        self.recorder = Recorder(recording, bound=recorder_bound, stats=self.stats.recorder)
         self._live_from: int | None = None  # program sample where live audio begins
         if live:
             self.mixer.mode = Mode.LIVE
             self._live_from = -DELAY
         self._channel = FrameChannel(cfg.program_queue_ticks)
         self._segmenter: Segmenter | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.supervisor = Supervisor(f"pipeline {space_id}")  # the recorder, the mixer clock, the encoder
+        self._program: list[asyncio.Task[None]] = []  # the mixer clock and the encoder
+        self._started = False
         self._changed = asyncio.Event()
-        self._ended = asyncio.Event()
+        self._settled = asyncio.Event()  # the program ended, or a task of it died
+        self._ended = asyncio.Event()  # ended and the recording closed
+        self._ending = asyncio.Lock()
         self._feeds: dict[str, FrameFeed] = {}
         self.epoch = 0.0
 
     # -- control --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._tasks:
+        if self._started:
             raise RuntimeError("pipeline already started")
+        self._started = True
         self.epoch = time.time()
         self._segmenter = Segmenter(self._cfg, epoch=self.epoch, encoder_delay=DELAY)
-        self._tasks = [
-            asyncio.create_task(self._clock(), name=f"mixer:{self.space_id}"),
-            asyncio.create_task(self._encode(), name=f"encoder:{self.space_id}"),
+        spawn = self.supervisor.spawn
+        spawn(self.recorder.run(), f"recorder:{self.space_id}")  # the consumer first: it outlives the producers
+        self._program = [
+            spawn(self._clock(), f"mixer:{self.space_id}"),
+            spawn(self._encode(), f"encoder:{self.space_id}"),
         ]
+        for task in self._program:
+            task.add_done_callback(self._program_done)
         log.info("pipeline %s started (%s)", self.space_id, self.mixer.mode.value)
 
     def go_live(self) -> int:
@@ -138,24 +160,70 @@ class Pipeline:
 
     async def end(self) -> None:
         """Ends the program at the next aligned sample and waits until the recording is
-        closed. Idempotent."""
-        if not self._ended.is_set():
+        closed. Idempotent. After a task of the program died, closes the recording with
+        what reached it."""
+        if not self._settled.is_set():
             if self.mixer.mode is Mode.HOLD and self.mixer.pending is None:
                 self.mixer.request(Mode.LIVE)  # a Space ended before it started records nothing
-            self.mixer.request(Mode.ENDED)
+            if self.mixer.mode is not Mode.ENDED:  # the last tick may be mixed, still encoding
+                self.mixer.request(Mode.ENDED)
+        if not self._started:
+            await self._wind_down()
+        await self._settled.wait()
+        if not self._ended.is_set():
+            await self._wind_down()
         await self._ended.wait()
 
     async def stop(self) -> None:
-        """Shutdown: end the program, or if the tasks died, just cancel them."""
-        if all(not t.done() for t in self._tasks):
-            await self.end()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Shutdown: end the program (the recording is closed), then wait until every task
+        has exited. A task that failed was logged when it failed and stays in ``failures``."""
+        await self.end()
+        await self.supervisor.close()
 
     @property
     def ended(self) -> bool:
         return self._ended.is_set()
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Task name -> reason, for each task of this pipeline that raised (empty: healthy).
+        What the Space's status shows as ``"pipeline": {"failed": ...}``."""
+        return dict(self.supervisor.failures)
+
+    def _program_done(self, task: asyncio.Task[None]) -> None:
+        """The mixer and the encoder make one program: if either raised (the supervisor
+        logged it) or was cancelled from outside, the other is stopped and ``end()`` stops
+        waiting for a program end that cannot come. A dead recorder is not here: the live
+        program goes on, its later segments dropped and counted."""
+        if not task.cancelled() and task.exception() is None:
+            return  # the program ended
+        for other in self._program:
+            other.cancel()
+        self._settled.set()
+        self._notify()
+
+    async def _wind_down(self) -> None:
+        """Ends the pipeline without its program: cancels what is left of it, closes the
+        recording with what reached the recorder, ends the timeline. Once."""
+        async with self._ending:
+            if self._ended.is_set():
+                return
+            if not self._started:  # nothing was recorded: nothing to close
+                self._settled.set()
+                self._ended.set()
+                return
+            for task in self._program:
+                task.cancel()
+            if self._program:
+                await asyncio.wait(self._program)
+            await self.recorder.close()
+            self.timeline.end()
+            self._settled.set()
+            self._ended.set()
+            self._notify()
+            log.warning("pipeline %s ended after a failure (%s): %.3f s recorded", self.space_id,
+                        "; ".join(f"{k}: {v}" for k, v in self.failures.items()) or "cancelled",
+                        self.recording.duration)
 
     # -- tracks ---------------------------------------------------------------------------
 
@@ -267,16 +335,17 @@ class Pipeline:
                     start = next_unit * AAC_FRAME - DELAY  # program sample this unit carries
                     live = self._live_from is not None and start >= self._live_from
                     next_unit += 1
-                    await self._apply(seg.push(unit, live=live))
+                    self._apply(seg.push(unit, live=live))
                 if ending:
-                    await self._apply(seg.finish())
-                    await asyncio.to_thread(self.recording.finalize)
+                    self._apply(seg.finish())
+                    await self.recorder.close()  # every segment on disk, then the replay playlist
                     self.timeline.end()
+                    self._settled.set()
+                    self._ended.set()
                     self._notify()
                     log.info("pipeline %s ended: %.3f s recorded", self.space_id, self.recording.duration)
                     return
         finally:
-            self._ended.set()
             self._notify()
 
     def _encode_batch(self, frames: list[ProgramFrame], ending: bool) -> list[bytes]:
@@ -289,16 +358,13 @@ class Pipeline:
         self.stats.encode_s += time.thread_time() - t
         return units
 
-    async def _apply(self, events: list[Event]) -> None:
+    def _apply(self, events: list[Event]) -> None:
         seg = self._segmenter
         assert seg is not None
         for event in events:
             if isinstance(event, SegmentClosed) and event.segment.live:
-                if not self.recording.started:
-                    await asyncio.to_thread(
-                        self.recording.begin, epoch=self.epoch, delay=DELAY, asc=self.encoder.audio_specific_config
-                    )
-                await asyncio.to_thread(self.recording.write_segment, event.segment)
+                self.recorder.begin(epoch=self.epoch, delay=DELAY, asc=self.encoder.audio_specific_config)
+                self.recorder.put(event.segment)  # never waits: the disk is the recorder task's
             self.timeline.apply(event, seg.next_position)
         if events:
             self._notify()

@@ -10,14 +10,23 @@ Files of one Space, under ``<data_dir>/spaces/<id>/``:
 
 After a crash, ``Recording.open`` rebuilds the segment list from the segment files
 themselves (their fragment headers hold decode times and sample counts).
-Blocking file I/O: the pipeline calls these methods in a worker thread.
+
+``Recording`` does blocking file I/O. On the live path it is driven by a ``Recorder``: the
+pipeline hands it each live segment without waiting (a bounded queue), and its consumer task
+writes them in a worker thread, so a slow disk (a 300 ms fsync) never delays a part.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 from amphi.core.config import SAMPLE_RATE, MediaConfig
 from amphi.core.files import write_atomic
@@ -25,13 +34,24 @@ from amphi.media import fmp4
 from amphi.media.playlist import SegmentEntry, render_vod
 from amphi.media.segmenter import Segment
 
+log = logging.getLogger(__name__)
+
 CHUNK = 256 * 1024
+# Live segments waiting for the disk, at most: 32 segments are ~2 min of audio and ~1 MB at
+# 64 kb/s. Beyond it the disk is not slow but stuck; segments are then dropped from the
+# recording (still served live) and counted. Listeners fetch a segment that left the live
+# timeline (its last 12) from disk, so a backlog past 12 makes such a segment 404 until written.
+RECORDER_QUEUE_SEGMENTS = 32
+
+Writer: TypeAlias = Callable[[Path, bytes], None]
 
 
 class Recording:
-    def __init__(self, directory: Path, cfg: MediaConfig) -> None:
+    def __init__(self, directory: Path, cfg: MediaConfig, *, write: Writer = write_atomic) -> None:
+        """``write(path, data)`` stores a file durably (``write_atomic``; tests inject a slow disk)."""
         self.dir = directory
         self._cfg = cfg
+        self._write = write
         self._seg_dir = directory
         self.entries: list[SegmentEntry] = []
         self.epoch: float | None = None
@@ -45,26 +65,26 @@ class Recording:
         self._seg_dir.mkdir(parents=True, exist_ok=True)
         self.epoch, self.delay, self.asc = epoch, delay, asc
         meta = {"epoch": epoch, "delay": delay, "asc": asc.hex()}
-        write_atomic(self.dir / "rec.json", json.dumps(meta).encode())
-        write_atomic(self.dir / "init.mp4", fmp4.init_segment(asc, bitrate=self._cfg.bitrate))
+        self._write(self.dir / "rec.json", json.dumps(meta).encode())
+        self._write(self.dir / "init.mp4", fmp4.init_segment(asc, bitrate=self._cfg.bitrate))
 
     def write_segment(self, seg: Segment) -> None:
         data = seg.data
-        write_atomic(self._seg_dir / seg.uri, data)
+        self._write(self._seg_dir / seg.uri, data)
         self.bytes_written += len(data)
         self.entries.append(SegmentEntry(seg.msn, seg.uri, seg.duration, seg.pdt))
 
     def finalize(self) -> None:
         """Writes the replay playlist. Idempotent."""
-        write_atomic(self.dir / "vod.m3u8", self.vod_playlist().encode())
+        self._write(self.dir / "vod.m3u8", self.vod_playlist().encode())
 
     # -- reading ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: Path, cfg: MediaConfig) -> Recording:
+    def open(cls, directory: Path, cfg: MediaConfig, *, write: Writer = write_atomic) -> Recording:
         """Loads what is on disk: every complete segment, in order. Stray temporaries of a
-        crash are removed."""
-        rec = cls(directory, cfg)
+        crash are removed. Blocking: reads every segment's headers."""
+        rec = cls(directory, cfg, write=write)
         meta = directory / "rec.json"
         if not meta.exists():
             return rec
@@ -128,3 +148,122 @@ class Recording:
                 while chunk := f.read(CHUNK):
                     yield chunk
 
+
+
+@dataclass
+class RecorderStats:
+    queued: int = 0  # live segments waiting for the disk now
+    peak: int = 0  # the most that ever waited
+    written: int = 0  # segments on disk
+    dropped: int = 0  # live segments left out of the recording: queue full, or the writer died
+    write_max_s: float = 0.0  # slowest write of one segment (fsyncs included)
+
+
+class Recorder:
+    """Writes a live recording off the publication path: ``put`` never waits; ``run`` (a
+    task) writes what was put, in order, in a worker thread; ``close`` waits until every
+    segment put is on disk, then writes the replay playlist.
+
+    The queue holds at most ``bound`` segments. When it is full the segment being put is
+    dropped (it is still served live), counted in ``stats.dropped`` and logged once per
+    run of drops: the recording keeps a gap rather than memory growing without bound.
+
+    Lifecycle: new -> running -> closed. ``put`` after ``close`` drops.
+    """
+
+    def __init__(self, recording: Recording, *, bound: int = RECORDER_QUEUE_SEGMENTS,
+                 stats: RecorderStats | None = None) -> None:
+        self.recording = recording
+        self.stats = stats if stats is not None else RecorderStats()
+        self._bound = bound
+        self._queue: deque[tuple[Callable[[], None], bool]] = deque()  # (blocking write, is a segment)
+        self._wake = asyncio.Event()
+        self._began = recording.started
+        self._running = False
+        self._closing = False
+        self._done = asyncio.Event()  # run() returned or died
+        self._finalized = False
+        self._dropping = False  # in a run of drops (logged once)
+
+    def begin(self, *, epoch: float, delay: int, asc: bytes) -> None:
+        """Writes the recording's metadata and init first. Once; never dropped."""
+        if self._began or self._closing:
+            return
+        self._began = True
+        self._queue.append((lambda: self.recording.begin(epoch=epoch, delay=delay, asc=asc), False))
+        self._wake.set()
+
+    def put(self, segment: Segment) -> bool:
+        """Queues a live segment for the disk; False if it was dropped. Never waits."""
+        if self._closing or self._done.is_set():
+            self._drop(segment, "the recorder is closed" if self._closing else "the recorder has stopped")
+            return False
+        if self.stats.queued >= self._bound:
+            self._drop(segment, f"{self.stats.queued} segments are waiting for the disk")
+            return False
+        self._dropping = False
+        self._queue.append((lambda: self._write(segment), True))
+        self.stats.queued += 1
+        self.stats.peak = max(self.stats.peak, self.stats.queued)
+        self._wake.set()
+        return True
+
+    def _drop(self, segment: Segment, why: str) -> None:
+        self.stats.dropped += 1
+        if not self._dropping:
+            self._dropping = True
+            log.error("recording %s: segment %d left out of the recording: %s", self.recording.dir.name,
+                      segment.msn, why)
+
+    def _write(self, segment: Segment) -> None:
+        """In a worker thread."""
+        t = time.perf_counter()
+        self.recording.write_segment(segment)
+        self.stats.write_max_s = max(self.stats.write_max_s, time.perf_counter() - t)
+
+    async def run(self) -> None:
+        """The consumer: writes until closed and drained, then writes the replay playlist.
+        A write that raises ends it (the supervisor logs it); later segments are dropped."""
+        if self._running:
+            raise RuntimeError("recorder already running")
+        self._running = True
+        try:
+            while True:
+                while not self._queue:
+                    if self._closing:
+                        await asyncio.to_thread(self.recording.finalize)
+                        self._finalized = True
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                write, is_segment = self._queue[0]
+                await asyncio.to_thread(write)
+                self._queue.popleft()
+                if is_segment:
+                    self.stats.queued -= 1
+                    self.stats.written += 1
+        finally:
+            self._done.set()
+
+    async def close(self) -> None:
+        """Waits until every segment put is on disk and the replay playlist is written. If
+        ``run`` was never started, runs it here; if it died, writes the playlist of what
+        reached the disk. Idempotent."""
+        self._closing = True
+        self._wake.set()
+        if not self._running:
+            await self.run()
+        await self._done.wait()
+        if not self._finalized:
+            lost = self.stats.queued
+            self._queue.clear()
+            self.stats.dropped += lost
+            self.stats.queued = 0
+            await asyncio.to_thread(self.recording.finalize)
+            self._finalized = True
+            log.error("recording %s closed after its writer died: %d segments kept, %d lost",
+                      self.recording.dir.name, len(self.recording.entries), lost)
+
+    @property
+    def closed(self) -> bool:
+        return self._finalized

@@ -27,6 +27,7 @@ from amphi.core.errors import Conflict, Unavailable
 from amphi.defense.shield import Shield
 from amphi.media.pipeline import Pipeline
 from amphi.media.recorder import Recording
+from amphi.media.recordings import Recordings
 from amphi.services.rooms import Rooms
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,13 @@ class Spaces:
         self._rooms = rooms
         self._wake = wake  # the admitter should look again (early arrivals were drawn into line)
         self.pipelines: dict[str, Pipeline] = {}
-        self._recordings: dict[str, Recording] = {}
+        self.recordings = Recordings(registry.dir, cfg.media)  # ended ones, bounded, read off the loop
         self._lock = asyncio.Lock()  # serialises lifecycle changes
 
     async def open(self) -> None:
         """Loads stored Spaces; closes the recordings of those a crash cut off; publishes them."""
         for space in self.registry.load():
-            rec = self.recording(space.id)
+            rec = await self.recordings.get(space.id)
             await asyncio.to_thread(rec.finalize)
             log.warning("space %s ended abnormally; %.1f s of recording kept", space.id, rec.duration)
         for space in self.registry.all():
@@ -127,6 +128,7 @@ class Spaces:
         await self._rooms.close(space.id)
         if pipeline is not None:
             await pipeline.end()
+            self.recordings.put(space.id, pipeline.recording)  # the replay, without reading it back
         self.registry.record_peak(space, (await self._store.counts(space.id)).peak_listeners)
         self.registry.save(space)
         await self._store.publish(space)
@@ -161,8 +163,11 @@ class Spaces:
             raise Conflict(f"Space {space.id} has ended")
         pipeline = self.pipelines.get(space.id)
         if pipeline is None:
-            pipeline = Pipeline(space.id, self.cfg.media, self.recording(space.id), live=space.state is SpaceState.LIVE)
+            # a Space not ended has nothing on disk yet (one a crash cut off is ended at load)
+            recording = Recording(self.registry.dir(space.id), self.cfg.media)
+            pipeline = Pipeline(space.id, self.cfg.media, recording, live=space.state is SpaceState.LIVE)
             self.pipelines[space.id] = pipeline
+            self.recordings.forget(space.id)
             await pipeline.start()
         return pipeline
 
@@ -171,13 +176,6 @@ class Spaces:
         (elsewhere, the hosting node starts it on the first request)."""
         if self.registry.find(space.id) is not None:
             await self.program(space)
-
-    def recording(self, space_id: str) -> Recording:
-        rec = self._recordings.get(space_id)
-        if rec is None:
-            rec = Recording.open(self.registry.dir(space_id), self.cfg.media)
-            self._recordings[space_id] = rec
-        return rec
 
     async def replay(self, space: Space) -> tuple[str | None, str | None]:
         """An ended Space's VOD playlist and download, where its node serves them."""
@@ -190,8 +188,11 @@ class Spaces:
         """Its running pipeline (started if a player asks before anyone joined, e.g. after
         a restart), or None once ended; and its recording."""
         space = self.registry.get(space_id)  # 404 for unknown Spaces
-        pipeline = None if space.state is SpaceState.ENDED else await self.program(space)
-        return pipeline, self.recording(space_id)
+        if space.state is not SpaceState.ENDED:
+            pipeline = await self.program(space)
+            return pipeline, pipeline.recording
+        ending = self.pipelines.get(space_id)  # ended, its recording still closing
+        return None, ending.recording if ending is not None else await self.recordings.get(space_id)
 
     def ended(self, space_id: str) -> bool:
         return self.registry.get(space_id).state is SpaceState.ENDED
@@ -211,10 +212,10 @@ class Spaces:
         failure = None
         if self.registry.find(space.id) is not None:
             self.registry.record_peak(space, counts.peak_listeners)
-            rec = self.recording(space.id)
+            pipeline = self.pipelines.get(space.id)
+            rec = pipeline.recording if pipeline is not None else await self.recordings.get(space.id)
             recorded_s: float | None = round(rec.duration, 3)
             has_replay = ended and rec.finalized and bool(rec.entries)
-            pipeline = self.pipelines.get(space.id)
             failure = pipeline_failure(pipeline)
         else:  # hosted elsewhere: its recording is there
             recorded_s, has_replay = None, ended
@@ -232,9 +233,7 @@ class Spaces:
 
 
 def pipeline_failure(pipeline: Pipeline | None) -> str | None:
-    if pipeline is None:
+    """A crashed task of the Space's program, and why (the log has its traceback)."""
+    if pipeline is None or not pipeline.failures:
         return None
-    failures = getattr(pipeline, "failures", None)
-    if not failures:
-        return None
-    return "; ".join(f"{name}: {why}" for name, why in failures.items())
+    return "; ".join(f"{name}: {why}" for name, why in pipeline.failures.items())
