@@ -5,6 +5,11 @@
     grant   p<participant>.<expires>.<mac>    who someone is on a Space's stage (docs/stage.md)
     edge    <edge>.<mac>                      an edge cache fetching media for its listeners (docs/edge.md)
 
+Each shape is written once, as a ``TokenFormat`` (``TOKEN``, ``TICKET``, ``GRANT``, ``EDGE``):
+the ``Signer`` makes and checks them with it, the shield reads their fields with ``parse``
+(no MAC check: that is the admission's), and the edge's VCL and nginx front interpolate its
+``pattern`` (the same regex text is valid in Python, PCRE and JavaScript).
+
 The MAC covers the kind, the Space id and every field, so a token is bound to its Space
 and cannot be moved, extended or forged without the node's secret. Anyone holding the
 secret (an edge, another node) verifies a token with one HMAC and a clock read: no shared
@@ -18,15 +23,82 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from amphi.core.errors import BadTicket, Forbidden, TokenExpired, Unauthorized
 
 MAC_BYTES = 16
-_TOKEN = re.compile(r"^([lh])([A-Za-z0-9_-]{8,32})\.(\d{1,12})\.([A-Za-z0-9_-]{22})$")
-_GRANT = re.compile(r"^p([A-Za-z0-9_-]{4,32})\.(\d{1,12})\.([A-Za-z0-9_-]{22})$")
-_EDGE = re.compile(r"^([A-Za-z0-9_-]{1,32})\.([A-Za-z0-9_-]{22})$")
-_TICKET = re.compile(r"^(\d{1,15})\.(\d{1,12})\.([A-Za-z0-9_-]{22})$")
+MAC = r"[A-Za-z0-9_-]{22}"  # base64url of MAC_BYTES, unpadded
+ID = r"[A-Za-z0-9_-]"  # the alphabet of seats, participants and edge names (token_urlsafe)
+DIGITS = "[0-9]"  # never \d: in Python it matches every Unicode digit
+
+
+@dataclass(frozen=True, slots=True)
+class Fields:
+    """What ``TokenFormat.parse`` reads from a credential, the MAC unchecked."""
+
+    kind: str  # the leading letter ("l", "h", "p"), "" for a format without one
+    values: tuple[str, ...]  # the fields, in the format's order
+    body: str  # what the MAC covers: everything before the last '.'
+    mac: str
+
+    def __getitem__(self, i: int) -> str:
+        return self.values[i]
+
+
+@dataclass(frozen=True)
+class TokenFormat:
+    """One credential's grammar: an optional kind letter, '.'-separated fields, then the MAC.
+
+    ``fields`` are (name, regex) pairs; ``pattern`` is the whole credential's regex, unanchored
+    and without groups; ``regex`` (Python) has one group per field, and ``groups`` gives the
+    index of each group ("body" first, then the kind if any, the fields and "mac") so that
+    another regex engine's numbered captures (VCL's ``regsub``, njs) can use ``numbered``."""
+
+    name: str
+    kinds: str  # the kind letters allowed first ("lh"), "" for none
+    fields: tuple[tuple[str, str], ...]
+    pattern: str = field(init=False)
+    regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        kind = f"[{self.kinds}]" if self.kinds else ""
+        body = kind + r"\.".join(grammar for _, grammar in self.fields)
+        object.__setattr__(self, "pattern", rf"{body}\.{MAC}")
+        object.__setattr__(self, "regex", re.compile(self.numbered()))
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return ("body", *(("kind",) if self.kinds else ()), *(name for name, _ in self.fields), "mac")
+
+    def group(self, name: str) -> int:
+        """The number of ``name``'s capture in ``numbered()`` (1-based)."""
+        return self.groups.index(name) + 1
+
+    def numbered(self) -> str:
+        """The anchored regex with numbered captures (see ``groups``), for any PCRE-like engine."""
+        kind = f"([{self.kinds}])" if self.kinds else ""
+        body = kind + r"\.".join(f"({grammar})" for _, grammar in self.fields)
+        return rf"^({body})\.({MAC})$"
+
+    def parse(self, text: object) -> Fields | None:
+        """The fields of a well-formed credential (the MAC is not checked); None otherwise."""
+        m = self.regex.match(text) if isinstance(text, str) else None
+        if m is None:
+            return None
+        g = m.groups()
+        kind = g[1] if self.kinds else ""
+        return Fields(kind, g[2:-1] if self.kinds else g[1:-1], g[0], g[-1])
+
+    def body(self, kind: str, *values: object) -> str:
+        """What the MAC covers, for these fields (not checked against the grammar)."""
+        return kind + ".".join(str(v) for v in values)
+
+
+TOKEN = TokenFormat("token", "lh", (("seat", f"{ID}{{8,32}}"), ("expires", f"{DIGITS}{{1,12}}")))
+TICKET = TokenFormat("ticket", "", (("entry", f"{DIGITS}{{1,15}}"), ("issued", f"{DIGITS}{{1,12}}")))
+GRANT = TokenFormat("grant", "p", (("participant", f"{ID}{{4,32}}"), ("expires", f"{DIGITS}{{1,12}}")))
+EDGE = TokenFormat("edge", "", (("edge", f"{ID}{{1,32}}"),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +134,18 @@ class Signer:
         """The MAC of ``body`` for another kind of signed thing (proof-of-work challenges)."""
         return self._mac(kind, space_id, body)
 
+    def _sign(self, fmt: TokenFormat, space_id: str, kind: str, *values: object) -> str:
+        body = fmt.body(kind, *values)
+        return f"{body}.{self._mac(fmt.name.encode(), space_id, body)}"
+
+    def _authentic(self, fmt: TokenFormat, space_id: str, f: Fields) -> bool:
+        """Whether the MAC of a parsed credential is this node's for this Space."""
+        return hmac.compare_digest(f.mac, self._mac(fmt.name.encode(), space_id, f.body))
+
     # -- tokens -----------------------------------------------------------------------------
 
     def token(self, space_id: str, seat: str, expires: int, *, host: bool = False) -> str:
-        body = f"{'h' if host else 'l'}{seat}.{expires}"
-        return f"{body}.{self._mac(b'token', space_id, body)}"
+        return self._sign(TOKEN, space_id, "h" if host else "l", seat, expires)
 
     def verify_token(self, space_id: str, text: str | None, now: float, *, grace_s: float = 0.0) -> Token:
         """The token's claims, once its MAC and expiry check out. Missing or expired ->
@@ -74,33 +153,32 @@ class Signer:
         ``Forbidden`` (403). ``grace_s`` accepts a token that expired that long ago."""
         if not text:
             raise Unauthorized("an admission token is required: POST /api/spaces/{id}/join")
-        m = _TOKEN.match(text)
-        if m is None:
+        f = TOKEN.parse(text)
+        if f is None:
             raise Forbidden("malformed admission token")
-        role, seat, expires, mac = m.groups()
-        if not hmac.compare_digest(mac, self._mac(b"token", space_id, f"{role}{seat}.{expires}")):
+        if not self._authentic(TOKEN, space_id, f):
             raise Forbidden("this admission token is not valid for this Space")
+        seat, expires = f.values
         if int(expires) + grace_s <= now:
             raise TokenExpired("the admission token has expired: join again")
-        return Token(space_id, role, seat, int(expires))
+        return Token(space_id, f.kind, seat, int(expires))
 
     # -- grants -----------------------------------------------------------------------------
 
     def grant(self, space_id: str, participant: str, expires: int) -> str:
-        body = f"p{participant}.{expires}"
-        return f"{body}.{self._mac(b'grant', space_id, body)}"
+        return self._sign(GRANT, space_id, "p", participant, expires)
 
     def verify_grant(self, space_id: str, text: str | None, now: float) -> tuple[str, int]:
         """(participant, expires) of a grant for this Space. Missing or expired -> 401;
         forged, garbled or another Space's -> 403."""
         if not text:
             raise Unauthorized("this needs a grant or the host key: Authorization: Bearer ...")
-        m = _GRANT.match(text)
-        if m is None:
+        f = GRANT.parse(text)
+        if f is None:
             raise Forbidden("malformed grant")
-        participant, expires, mac = m.groups()
-        if not hmac.compare_digest(mac, self._mac(b"grant", space_id, f"p{participant}.{expires}")):
+        if not self._authentic(GRANT, space_id, f):
             raise Forbidden("this grant is not valid for this Space")
+        participant, expires = f.values
         if int(expires) <= now:
             raise TokenExpired("the grant has expired: ask to speak again")
         return participant, int(expires)
@@ -110,29 +188,28 @@ class Signer:
     def edge_credential(self, edge: str) -> str:
         """What an edge sends the origin (header ``x-amphi-edge``) instead of its listeners'
         tokens, which it has checked itself: the edge caches one copy for all of them."""
-        return f"{edge}.{self._mac(b'edge', '*', edge)}"
+        return self._sign(EDGE, "*", "", edge)
 
     def verify_edge(self, text: str | None) -> str:
         """The edge's name, if its credential is this node's; anything else is ``Forbidden``."""
-        m = _EDGE.match(text) if text else None
-        if m is None or not hmac.compare_digest(m.group(2), self._mac(b"edge", "*", m.group(1))):
+        f = EDGE.parse(text)
+        if f is None or not self._authentic(EDGE, "*", f):
             raise Forbidden("media under /edge/ is for this cluster's edge caches")
-        return m.group(1)
+        return f[0]
 
     # -- tickets ----------------------------------------------------------------------------
 
     def ticket(self, space_id: str, entry: int, issued: int) -> str:
-        body = f"{entry}.{issued}"
-        return f"{body}.{self._mac(b'ticket', space_id, body)}"
+        return self._sign(TICKET, space_id, "", entry, issued)
 
     def verify_ticket(self, space_id: str, text: object) -> Ticket:
         """Any ticket this node did not issue for this Space is ``BadTicket`` (400)."""
-        m = _TICKET.match(text) if isinstance(text, str) else None
-        if m is None:
+        f = TICKET.parse(text)
+        if f is None:
             raise BadTicket("malformed waiting-room ticket")
-        entry, issued, mac = m.groups()
-        if not hmac.compare_digest(mac, self._mac(b"ticket", space_id, f"{entry}.{issued}")):
+        if not self._authentic(TICKET, space_id, f):
             raise BadTicket("this ticket was not issued for this Space")
+        entry, issued = f.values
         return Ticket(space_id, int(entry), int(issued))
 
 

@@ -30,7 +30,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from amphi.control.tokens import Signer
+from amphi.control.tokens import TICKET, TOKEN, Signer
 from amphi.core.config import DefenseConfig
 from amphi.core.errors import (
     AmphiError,
@@ -181,8 +181,8 @@ class Shield:
             return False
         if ticket is not None:
             counts.polls += 1
-            entry, issued = _ticket_fields(ticket)
-            if entry is not None:
+            if (fields := TICKET.parse(ticket)) is not None:  # the MAC is the admission's to check
+                entry, issued = fields[0], int(fields[1])
                 self._followed(f"e{entry}")
                 since = self.pow_since(space_id)
                 if since is not None and issued <= since and entry not in self._proven:
@@ -218,12 +218,12 @@ class Shield:
         """A fresh light join got its answer: expect it back."""
         if not light:
             return
-        if status == 200 and not self.media_elsewhere and isinstance(token := answer.get("token"), str):
-            self._expect(f"s{token.split('.', 1)[0][1:]}", space_id, now + self.cfg.follow_up_s)
-        elif status == 202 and isinstance(ticket := answer.get("ticket"), str):
+        if status == 200 and not self.media_elsewhere and (token := TOKEN.parse(answer.get("token"))) is not None:
+            self._expect(f"s{token[0]}", space_id, now + self.cfg.follow_up_s)
+        elif status == 202 and (ticket := TICKET.parse(answer.get("ticket"))) is not None:
             retry = answer.get("retry_after_s")
             wait = float(retry) if isinstance(retry, (int, float)) else 0.0
-            self._expect(f"e{ticket.split('.', 1)[0]}", space_id, now + wait + self.cfg.follow_up_s)
+            self._expect(f"e{ticket[0]}", space_id, now + wait + self.cfg.follow_up_s)
 
     def _require(self, space_id: str, ticket: str | None, body: dict[str, Any], now: float, counts: Counts) -> None:
         """A solved challenge in ``body``, or a 429 with a new one."""
@@ -393,13 +393,3 @@ def _bump(counts: dict[str, int], key: str, max_tracked: int) -> int:
     if n > 1 or len(counts) < max_tracked:
         counts[key] = n
     return n
-
-
-def _ticket_fields(ticket: object) -> tuple[str | None, int]:
-    """(entry, issued) of a ticket-shaped string; the signature is the admission's to check."""
-    if not isinstance(ticket, str):
-        return None, 0
-    parts = ticket.split(".")
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() or len(parts[1]) > 12:
-        return None, 0
-    return parts[0], int(parts[1])

@@ -36,9 +36,11 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+from amphi.control.tokens import TOKEN
 from amphi.core.errors import Unavailable
 from amphi.edge import firewall
 from amphi.edge.vcl import EdgeSpec, render
+from amphi.web.routes import ROUTES
 
 VARNISHD = shutil.which("varnishd") or "/usr/sbin/varnishd"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -222,15 +224,15 @@ def front_script(secret: str) -> str:
     return f"""// Amphi edge front, rendered by Edge: do not edit. It holds the cluster's token secret.
 import crypto from 'crypto';
 const SECRET = {json.dumps(secret)};
-const TOKEN = /^([lh][A-Za-z0-9_-]{{8,32}}\\.([0-9]{{1,12}}))\\.([A-Za-z0-9_-]{{22}})$/;
+const TOKEN = /{TOKEN.numbered()}/;
 function token_bad(r) {{
     const m = TOKEN.exec(r.variables.amphi_token || '');
-    if (!m || Number(m[2]) <= Date.now() / 1000) {{
+    if (!m || Number(m[{TOKEN.group("expires")}]) <= Date.now() / 1000) {{
         return '1';
     }}
-    const mac = crypto.createHmac('sha256', SECRET).update('token|' + r.variables.amphi_space + '|' + m[1])
+    const mac = crypto.createHmac('sha256', SECRET).update('token|' + r.variables.amphi_space + '|' + m[{TOKEN.group("body")}])
         .digest().slice(0, 16).toString('base64url');
-    return mac === m[3] ? '' : '1';
+    return mac === m[{TOKEN.group("mac")}] ? '' : '1';
 }}
 export default {{ token_bad }};
 """
@@ -259,7 +261,7 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
     files = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
     # whole segments and init are immutable; a blocking reload's answer (keyed by its msn) is
     # kept about a segment: a player that asks later than that gets a fresh one
-    cached = "\n".join(f"""        location ~ "^/o/(?<amphi_node>[A-Za-z0-9_-]{{1,32}})/media/(?<amphi_space>[A-Za-z0-9_-]{{1,64}})/t/(?<amphi_token>[^/]{{1,128}})/(?<amphi_file>{names})$" {{
+    cached = "\n".join(f"""        location ~ "{ROUTES.edge_regex(names, "nginx", node=True).text}" {{
             {rate}
             proxy_cache media;
             proxy_cache_key "$amphi_node/$amphi_space/$amphi_file?$arg__HLS_msn";
@@ -272,7 +274,7 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
             proxy_cache_valid 200 {ttl}s;
             add_header x-front-cache $upstream_cache_status always;
             proxy_pass http://varnish;
-        }}""" for names, ttl in ((r"[0-9]{1,9}\.m4s|init\.mp4", spec.media_ttl_cap_s), (r"live\.m3u8", 4)))
+        }}""" for names, ttl in ((("media.segment", "media.init"), spec.media_ttl_cap_s), (("media.live",), 4)))
     capped = f"""stream {{
     limit_conn_zone $binary_remote_addr zone=per_address:10m;
     server {{

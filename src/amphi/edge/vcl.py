@@ -23,9 +23,16 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from amphi.control.tokens import Signer
+from amphi.control.tokens import TOKEN, Signer
+from amphi.web.routes import PLACES, ROUTES
 
-NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+NAME = re.compile(f"^{PLACES['node'].grammar}$")
+QUERY = r"(?:\?[A-Za-z0-9_=&-]{0,64})?"  # the query a media URL may carry (blocking reloads: _HLS_msn, _HLS_part)
+# the edge's media routes, from the node's one route table (amphi.web.routes)
+REPLAY = ROUTES.edge_regex([r.name for r in ROUTES.named("bare.") if r.public_once_ended], "vcl", node=True)
+MEDIA = ROUTES.edge_regex([r.name for r in ROUTES.named("media.")], "vcl", node=True, query=QUERY)
+JOIN = ROUTES["join"].pattern("vcl", query=r"(\?.*)?")
+TOKEN_RE = TOKEN.numbered()
 CONNECTION_CAPS = ("auto", "firewall", "nginx")
 
 
@@ -128,7 +135,7 @@ def render(spec: EdgeSpec) -> str:
         '        return (synth(429, "too_many_requests: slow down"));\n    }'
         if spec.media_rate else "")
     join_throttle = (
-        f'    if (req.url ~ "^/api/spaces/[^/]+/join" && vsthrottle.is_denied("j" + {client}, {spec.join_rate}, 1s)) {{\n'
+        f'    if (req.url ~ "{JOIN}" && vsthrottle.is_denied("j" + {client}, {spec.join_rate}, 1s)) {{\n'
         '        return (synth(429, "too_many_requests: too many joins from this address"));\n    }'
         if spec.join_rate else "")
     front_client = (
@@ -186,7 +193,7 @@ sub amphi_media {{
     }}
 {media_throttle}
     set req.http.x-node = regsub(req.url, "^/o/([^/]+)/.*$", "\\1");
-    if (req.url ~ "^/o/[A-Za-z0-9_-]{{1,32}}/media/[A-Za-z0-9_-]{{1,64}}/(vod\\.m3u8|init\\.mp4|download\\.m4a|[0-9]{{1,9}}\\.m4s)$") {{
+    if (req.url ~ "{REPLAY.text}") {{
         # the replay: public once the Space has ended (the origin says 401 before), cached
         call amphi_route;
         set req.url = regsub(req.url, "^/o/[^/]+", "");
@@ -195,21 +202,21 @@ sub amphi_media {{
     if (req.url ~ "^/o/[^/]+/media/[^/]+/[^/]+$") {{
         return (synth(401, "unauthorized: an admission token is required: POST /api/spaces/{{id}}/join"));
     }}
-    if (req.url !~ "^/o/[A-Za-z0-9_-]{{1,32}}/media/[A-Za-z0-9_-]{{1,64}}/t/[^/?]{{1,128}}/[A-Za-z0-9._-]{{1,32}}(\\?[A-Za-z0-9_=&-]{{0,64}})?$") {{
+    if (req.url !~ "{MEDIA.text}") {{
         return (synth(404, "not_found: no such media path"));
     }}
-    set req.http.x-space = regsub(req.url, "^/o/[^/]+/media/([^/]+)/.*$", "\\1");
-    set req.http.x-token = regsub(req.url, "^/o/[^/]+/media/[^/]+/t/([^/]+)/.*$", "\\1");
-    set req.http.x-file = regsub(req.url, "^/o/[^/]+/media/[^/]+/t/[^/]+/(.*)$", "\\1");
-    if (req.http.x-token !~ "^[lh][A-Za-z0-9_-]{{8,32}}\\.[0-9]{{1,12}}\\.[A-Za-z0-9_-]{{22}}$") {{
+    set req.http.x-space = regsub(req.url, "{MEDIA.text}", "\\{MEDIA.group("id")}");
+    set req.http.x-token = regsub(req.url, "{MEDIA.text}", "\\{MEDIA.group("token")}");
+    set req.http.x-file = regsub(req.url, "{MEDIA.text}", "\\{MEDIA.group("file")}\\{MEDIA.group("query")}");
+    if (req.http.x-token !~ "{TOKEN_RE}") {{
         return (synth(403, "forbidden: malformed admission token"));
     }}
-    set req.http.x-claims = regsub(req.http.x-token, "^(.*)\\.[^.]*$", "\\1");
-    if ({mac} != regsub(req.http.x-token, "^.*\\.", "")) {{
+    set req.http.x-claims = regsub(req.http.x-token, "{TOKEN_RE}", "\\{TOKEN.group("body")}");
+    if ({mac} != regsub(req.http.x-token, "{TOKEN_RE}", "\\{TOKEN.group("mac")}")) {{
         return (synth(403, "forbidden: this admission token is not valid for this Space"));
     }}
     call amphi_route;
-    if (std.integer(regsub(req.http.x-claims, "^.*\\.", ""), 0) <= std.integer(time=now)) {{
+    if (std.integer(regsub(req.http.x-token, "{TOKEN_RE}", "\\{TOKEN.group("expires")}"), 0) <= std.integer(time=now)) {{
         if (req.http.x-file ~ "^live\\.m3u8") {{
             # the origin knows whether the seat is still held: a 307 to a renewed token, or 401
             set req.url = "/media/" + req.http.x-space + "/t/" + req.http.x-token + "/" + req.http.x-file;
