@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import orjson
 import pytest
 
 from tests.integration.amphi_proc import AmphiServer, wait_until
@@ -191,3 +192,43 @@ def test_redis_restart_mid_space_listeners_keep_playing_and_joins_resume(cluster
     assert not player.errors, player.errors
     flat = [part_number(p) for p in player.parts]
     assert flat == list(range(flat[0], flat[0] + len(flat))), "the player missed parts"
+
+
+OPERATOR_KEY = "cluster-test-operator-key"
+
+
+def dashboard_listeners(node: AmphiServer) -> int | None:
+    """Listeners in the newest node sample of the dashboard's stream (its first snapshot)."""
+    auth = {"authorization": f"Bearer {OPERATOR_KEY}"}
+    with node.http.stream("GET", "/dashboard/stream", headers=auth, timeout=10) as r:
+        assert r.status_code == 200
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "snapshot":
+                samples = [m for m in orjson.loads(line[6:]) if m.get("series") == "node"]
+                return samples[-1]["listeners"] if samples else None
+    return None
+
+
+def test_every_nodes_dashboard_metrics_and_counters_show_the_cluster_wide_audience(cluster, monkeypatch) -> None:
+    """With --redis, obs renders the store's shared figures, not the node's own share."""
+    monkeypatch.setenv("AMPHI_OPERATOR_KEY", OPERATOR_KEY)
+    a, b = cluster()
+    space, key = a.create("watched from both")
+    a.start_space(space, key)
+    wait_until(lambda: b.status(space)["state"] == "live", 5, "node b to see the Space live")
+    for node, n in ((a, 3), (b, 2)):
+        for _ in range(n):
+            assert join(node, space).status_code == 200
+    auth = {"authorization": f"Bearer {OPERATOR_KEY}"}
+
+    def listeners_metric(node: AmphiServer) -> float:
+        text = node.http.get("/metrics", headers=auth).text
+        return float(re.search(r"^amphi_listeners (\S+)$", text, re.M).group(1))
+
+    for node in (a, b):
+        wait_until(lambda: node.node()["admission"]["occupied"] == 5, 15, f"/api/node on {node.url} to count 5")
+        wait_until(lambda: listeners_metric(node) == 5, 15, f"/metrics on {node.url} to count 5")
+        wait_until(lambda: dashboard_listeners(node) == 5, 15, f"the dashboard of {node.url} to count 5")

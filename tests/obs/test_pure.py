@@ -15,7 +15,10 @@ from amphi.obs import logging as obs_logging
 from amphi.obs.feed import RING, Feed
 from amphi.obs.metrics import LATENCY_BUCKETS, Metrics, quantile
 from amphi.obs.timeline import TimelineFile, read
-from amphi.web.app import media_route
+from amphi.obs.observer import JOIN_ROUTE, MEDIA_ROUTES
+from amphi.web.routes import ROUTES
+
+media_route = ROUTES.label  # the metric label of a path
 
 
 def test_timeline_appends_survives_a_torn_line_and_is_bounded(tmp_path: Path) -> None:
@@ -100,6 +103,12 @@ def test_detector_states_are_checked() -> None:
 ])
 def test_media_routes_are_templates(path: str, route: str) -> None:
     assert media_route(path) == route
+
+
+def test_the_dashboard_charts_routes_of_the_table() -> None:
+    """obs is a leaf (it imports nothing of web): its route names must be the table's."""
+    assert JOIN_ROUTE == ROUTES["join"].template
+    assert MEDIA_ROUTES == tuple(ROUTES[n].template for n in ("media.part", "media.segment", "media.init"))
 
 
 def test_json_formatter_carries_the_ids_and_fields() -> None:

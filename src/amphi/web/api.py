@@ -1,4 +1,4 @@
-"""The control API and the pages (Starlette), and the one place where errors become HTTP.
+"""The control API and the pages (Starlette, dispatching on the templates of ``amphi.web.routes``).
 
     POST /api/spaces                      {title, starts_at?} -> 201 {id, host_key, state, ...}
     GET  /api/spaces                      [status, ...]
@@ -40,6 +40,7 @@ from amphi.core.errors import AmphiError, InvalidSdp, NotFound
 from amphi.defense.shield import CLIENT_KEY
 from amphi.web.asgi import bearer, error_parts, parse_object, read_body
 from amphi.web.ports import Finder, SpaceDesk, StageDesk
+from amphi.web.routes import ROUTES
 
 STATIC = Path(__file__).parent / "static"
 NO_STORE = {"cache-control": "no-store"}
@@ -193,25 +194,15 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": code, "message": exc.detail}, status_code=exc.status_code)
 
-    routes = [
-        Route("/", index),
-        Route("/s/{id}", listener_page),
-        Route("/s/{id}/host", host_console),
-        Route("/static/{name}", static),
-        Route("/vendor/hls.min.js", hls_js),
-        Route("/api/node", node, methods=["GET"]),
-        Route("/api/nodes", nodes, methods=["GET"]),
-        Route("/api/spaces", create, methods=["POST"]),
-        Route("/api/spaces", listing, methods=["GET"]),
-        Route("/api/spaces/{id}", status, methods=["GET"]),
-        Route("/api/spaces/{id}/start", start, methods=["POST"]),
-        Route("/api/spaces/{id}/end", end, methods=["POST"]),
-        Route("/api/spaces/{id}/defense", defense, methods=["POST"]),
-        Route("/api/spaces/{id}/speak", speak, methods=["POST"]),
-        Route("/api/spaces/{id}/stage", stage, methods=["GET"]),
-        Route("/api/spaces/{id}/stage/session", stage_session, methods=["POST"]),
-        Route("/api/spaces/{id}/stage/requests", stage_request, methods=["POST"]),
-        Route("/api/spaces/{id}/stage/invites", stage_invite, methods=["POST"]),
-        Route("/api/spaces/{id}/stage/{pid}/{action}", stage_action, methods=["POST"]),
-    ]
+    handlers = {
+        "index": index, "listener": listener_page, "host": host_console, "static": static, "vendor.hls": hls_js,
+        "node": node, "nodes": nodes, "spaces.create": create, "spaces.list": listing, "space": status,
+        "space.start": start, "space.end": end, "space.defense": defense, "speak": speak, "stage": stage,
+        "stage.session": stage_session, "stage.requests": stage_request, "stage.invites": stage_invite,
+        "stage.action": stage_action,
+    }
+    served = {r.name for r in ROUTES if r.kind in ("api", "page", "static")}
+    assert served == set(handlers), f"routes without a handler or handlers without a route: {served ^ set(handlers)}"
+    routes = [Route(ROUTES[name].template, handler, methods=sorted(ROUTES[name].methods))
+              for name, handler in handlers.items()]
     return Starlette(routes=routes, exception_handlers={AmphiError: amphi_error, HTTPException: http_error})

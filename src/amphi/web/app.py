@@ -1,15 +1,17 @@
-"""The node's whole ASGI app: ``/media/`` goes to the raw origin, join/leave to the raw
-waiting-room endpoint and ``/events`` to the raw event streams (the hot paths), everything else to the Starlette control API and
-pages, ``/metrics`` and ``/dashboard`` to the operator's endpoints (``amphi.web.ops``). Served
-without ASGI lifespan: the node's lifecycle is run by ``amphi.server``, which owns the loop.
+"""The node's whole ASGI app. Every path is looked up once in the route table
+(``amphi.web.routes``) and goes by its route's kind: media to the raw origin, join/leave to the
+raw waiting-room endpoint and events to the raw event streams (the hot paths), ops to the
+operator's endpoints (``amphi.web.ops``), everything else to the Starlette control API and
+pages (``amphi.web.api``, whose routes are the same table's). Served without ASGI lifespan:
+the node's lifecycle is run by ``amphi.server``, which owns the loop.
 
 Every request is counted here, by route *template* (``/media/{id}/t/{token}/{msn}.{part}.m4s``,
 never the raw path) and status, with its time to first byte (``amphi.obs.metrics``). A
-request whose client left before any answer is counted with status 499."""
+request whose client left before any answer is counted with status 499. Middleware is plain
+ASGI: the shield's in-flight count (here), ``close_if_body_unread`` (``amphi.web.asgi``)."""
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from collections.abc import Callable
@@ -26,31 +28,10 @@ from amphi.web.api import build_api
 from amphi.web.asgi import Receive, Scope, Send, close_if_body_unread, header, send_error
 from amphi.web.events import EventStream
 from amphi.web.join import JoinEndpoint
-from amphi.web.ops import PATHS as OPS_PATHS
 from amphi.web.ops import Ops
 from amphi.web.origin import Origin
 from amphi.web.ports import Finder, SpaceDesk, StageDesk
-
-JOIN_ROUTES = {"join": "/api/spaces/{id}/join", "leave": "/api/spaces/{id}/leave"}
-EVENTS_ROUTE = "/api/spaces/{id}/events"
-JOIN_PATH = re.compile(r"^/api/spaces/([A-Za-z0-9_-]{1,64})/(join|leave)$")
-EVENTS_PATH = re.compile(r"^/api/spaces/([A-Za-z0-9_-]{1,64})/events$")
-_MEDIA_NAMES = ("live.m3u8", "init.mp4", "vod.m3u8", "download.m4a")
-_MEDIA_ROUTES = {(tok, name): ("/media/{id}/t/{token}/" if tok else "/media/{id}/") + name
-                 for tok in (True, False) for name in (*_MEDIA_NAMES, "{msn}.{part}.m4s", "{msn}.m4s")}
-
-
-def media_route(path: str) -> str:
-    """The template of a /media/ path, without a regex (this runs ~10k times a second)."""
-    tail = path.rpartition("/")[2]
-    if tail.endswith(".m4s"):
-        name = "{msn}.{part}.m4s" if tail.count(".") == 2 else "{msn}.m4s"
-    elif tail in _MEDIA_NAMES:
-        name = tail
-    else:
-        return "/media/other"
-    return _MEDIA_ROUTES[("/t/" in path, name)]
-
+from amphi.web.routes import MEDIA_OTHER, OTHER, ROUTES
 
 class App:
     def __init__(self, cfg: Config, listeners: Listeners, spaces: SpaceDesk, rooms: StageDesk, finder: Finder,
@@ -93,28 +74,29 @@ class App:
             await send(message)
 
         path = scope["path"]
+        m = ROUTES.match(path, scope["method"])
+        if m is not None:
+            route, kind = m.route.template, m.route.kind  # the metric label: the template
+        else:
+            route = kind = MEDIA_OTHER if path.startswith("/media/") else OTHER
         try:
-            if path.startswith("/media/"):
-                route = media_route(path)
-                await self.origin(scope, receive, timed_send)
-            elif path.startswith("/api/spaces/") and (m := JOIN_PATH.match(path)):
-                route = JOIN_ROUTES[m.group(2)]
-                await self.join(scope, receive, timed_send, m.group(1), m.group(2))
-            elif path.endswith("/events") and (m := EVENTS_PATH.match(path)):
-                route = EVENTS_ROUTE
-                await self.events(scope, receive, timed_send, m.group(1))
-            elif path in OPS_PATHS:
-                route = path
-                await self.ops(scope, receive, timed_send)
-            else:
-                route = "other"
+            if kind == "media" or kind == MEDIA_OTHER:
+                await self.origin(scope, receive, timed_send, m)
+            elif kind == "join":
+                assert m is not None
+                await self.join(scope, receive, timed_send, m.params["id"], m.route.name)  # type: ignore[arg-type]
+            elif kind == "events":
+                assert m is not None
+                await self.events(scope, receive, timed_send, m.params["id"])  # type: ignore[arg-type]
+            elif kind == "ops":
+                assert m is not None
+                await self.ops(scope, receive, timed_send, m)
+            else:  # the control API and the pages: Starlette, over the same table's templates
                 given = header(scope, b"x-request-id")
                 token = request_id.set(given.decode("latin-1")[:64] if given else secrets.token_hex(6))
                 try:
                     await self.api(scope, receive, timed_send)
                 finally:
                     request_id.reset(token)
-                    matched = scope.get("route")  # Starlette leaves the matched route here
-                    route = getattr(matched, "path", "other")
         finally:
             self.metrics.request(route, status, (first_byte or time.perf_counter()) - started)

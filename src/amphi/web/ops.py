@@ -35,6 +35,7 @@ from amphi.obs.metrics import CONTENT_TYPE
 from amphi.obs.observer import Observer
 from amphi.web import sse
 from amphi.web.asgi import NO_STORE, Receive, Scope, Send, bearer, header, read_body, respond, send_error
+from amphi.web.routes import Match
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,8 @@ SESSION_S = 12 * 3600
 LOGIN_BODY_LIMIT = 1024
 MAX_STREAMS = 32  # dashboards open at once per node
 HTML = b"text/html; charset=utf-8"
-VENDOR = {"/vendor/uPlot.iife.min.js": ("uplot/dist/uPlot.iife.min.js", b"text/javascript"),
-          "/vendor/uPlot.min.css": ("uplot/dist/uPlot.min.css", b"text/css")}
-PATHS = ("/metrics", "/dashboard", "/dashboard/login", "/dashboard/logout", "/dashboard/stream", *VENDOR)
+VENDOR = {"vendor.uplot": ("uplot/dist/uPlot.iife.min.js", b"text/javascript"),  # route -> file in node_modules
+          "vendor.uplot_css": ("uplot/dist/uPlot.min.css", b"text/css")}
 _COOKIE_RE = re.compile(COOKIE + r"=([0-9a-f]{64})")
 
 
@@ -77,24 +77,22 @@ class Ops:
 
     # -- routing ------------------------------------------------------------------------------
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path, method = scope["path"], scope["method"]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, m: Match) -> None:
+        name = m.route.name  # the "ops" routes of amphi.web.routes
         try:
-            if path in VENDOR:
-                await self._vendor(path, send)
-            elif path == "/dashboard/login":
-                _post(method)
+            if not m.allowed:
+                raise MethodNotAllowed(f"{scope['path']} takes {' or '.join(sorted(m.route.methods))}")
+            if name in VENDOR:
+                await self._vendor(name, send)
+            elif name == "dashboard.login":
                 await self._login(scope, receive, send)
-            elif path == "/dashboard/logout":
-                _post(method)
+            elif name == "dashboard.logout":
                 await self._redirect(send, f"{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict")
-            elif method != "GET":
-                raise MethodNotAllowed(f"{path} takes GET")
-            elif path == "/metrics":
+            elif name == "metrics":
                 self._require(scope)
                 body = self._obs.metrics.exposition()
                 await respond(send, 200, [(b"content-type", CONTENT_TYPE.encode()), (b"cache-control", NO_STORE)], body)
-            elif path == "/dashboard":
+            elif name == "dashboard":
                 if self._authorized(scope):
                     await self._page(send, 200, "dashboard.html")
                 else:
@@ -109,8 +107,8 @@ class Ops:
         body = (STATIC / name).read_bytes().replace(b"{message}", message.encode())
         await respond(send, status, [(b"content-type", HTML), (b"cache-control", NO_STORE)], body)
 
-    async def _vendor(self, path: str, send: Send) -> None:
-        rel, ctype = VENDOR[path]
+    async def _vendor(self, name: str, send: Send) -> None:
+        rel, ctype = VENDOR[name]
         file = self._assets / rel
         if not file.is_file():
             raise NotFound("uPlot is not installed: run `make setup` (npm ci)")
@@ -164,8 +162,3 @@ class Ops:
         finally:
             obs.dashboard_streams -= 1
             gone.cancel()
-
-
-def _post(method: str) -> None:
-    if method != "POST":
-        raise MethodNotAllowed("this takes POST (a form)")

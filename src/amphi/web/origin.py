@@ -14,7 +14,8 @@ HMAC and no state: missing or expired -> 401, forged or another Space's -> 403. 
 Space has ended, its replay is public: init, segments, vod.m3u8 and the download need no
 token. A live playlist fetched with a token in the last quarter of its life is redirected
 (307) to the same playlist under a renewed token, so players that only follow URLs stay admitted (see
-``Node.verify_token`` for the one case an expired token still passes).
+``Listeners.verify_token`` for the one case an expired token still passes). The paths are the
+``media.*``, ``edge.*`` and ``bare.*`` routes of ``amphi.web.routes``.
 
 An edge cache (docs/edge.md) checks its listeners' tokens itself and fetches one copy for
 all of them under ``/edge/``, proving itself with the credential in ``x-amphi-edge``.
@@ -28,10 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from amphi.control.tokens import Token
@@ -41,6 +41,7 @@ from amphi.media.pipeline import Pipeline
 from amphi.media.playlist import render_live
 from amphi.media.recorder import Recording
 from amphi.web.asgi import CORS, Receive, Scope, Send, header, respond, send_error
+from amphi.web.routes import Match, Route
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,6 @@ PLAYLIST_ENDED = b"public, max-age=3600"
 M3U8 = b"application/vnd.apple.mpegurl"
 MP4 = b"audio/mp4"
 
-_PATH = re.compile(
-    r"^/media/([A-Za-z0-9_-]{1,64})/(?:t/([^/]{1,128})/|(edge)/)?"
-    r"(live\.m3u8|vod\.m3u8|init\.mp4|download\.m4a|(\d{1,9})(?:\.(\d{1,4}))?\.m4s)$"
-)
-_PUBLIC_ONCE_ENDED = ("init.mp4", "vod.m3u8", "download.m4a")  # and whole segments
 
 
 class MediaSource(Protocol):
@@ -94,41 +90,42 @@ class Origin:
         self._cfg = cfg
         self.stats = OriginStats()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, m: Match | None) -> None:
+        """One media request; ``m`` is its route (``amphi.web.routes``), None if no route."""
         self.stats.requests += 1
         head = scope["method"] == "HEAD"
         try:
-            if scope["method"] not in ("GET", "HEAD"):
-                raise MethodNotAllowed("media is read with GET or HEAD")
-            m = _PATH.match(scope["path"])
             if m is None:
                 raise NotFound(f"no such media path {scope['path']!r}")
-            await self._route(m, scope, receive, send, head)
+            if not m.allowed:
+                raise MethodNotAllowed("media is read with GET or HEAD")
+            await self._route(m.route, m.params, scope, receive, send, head)
         except AmphiError as err:
             await send_error(send, err, head_only=head)
 
-    async def _route(self, m: re.Match[str], scope: Scope, receive: Receive, send: Send, head: bool) -> None:
-        space_id, token_text, edge, name, msn, part = m.groups()
+    async def _route(self, route: Route, params: dict[str, Any], scope: Scope, receive: Receive, send: Send,
+                     head: bool) -> None:
+        space_id, name = params["id"], route.file
         source = self._source
         token = None
-        if token_text is not None:  # first, before any other work
-            token = await self._access.verify_token(space_id, token_text, playlist=name == "live.m3u8")
-        elif edge is not None:
+        if route.access == "token":  # first, before any other work
+            token = await self._access.verify_token(space_id, params["token"], playlist=name == "live")
+        elif route.access == "edge":
             credential = header(scope, b"x-amphi-edge")
             self._access.verify_edge(credential.decode("latin-1") if credential is not None else None)
-        elif name in _PUBLIC_ONCE_ENDED or (msn is not None and part is None):
+        elif route.public_once_ended:
             if not source.ended(space_id):
                 raise Unauthorized("an admission token is required while the Space is on: POST /api/spaces/{id}/join")
             source.optional_work_allowed()
         else:
             raise Unauthorized("an admission token is required: POST /api/spaces/{id}/join")
         pipeline, recording = await source.media(space_id)
-        if name == "live.m3u8":
+        if name == "live":
             if token is not None and pipeline is not None and (renewed := await self._access.renewal(space_id, token)):
                 await self._redirect(send, space_id, renewed, scope)
                 return
             await self._live_playlist(space_id, pipeline, recording, scope, receive, send, head)
-        elif name == "init.mp4":
+        elif name == "init":
             if pipeline is not None:
                 init = pipeline.init
             elif recording.started:
@@ -136,16 +133,16 @@ class Origin:
             else:
                 raise NotFound("this Space has no audio")
             await self._ok(send, MP4, IMMUTABLE, init, head)
-        elif name == "vod.m3u8":
+        elif name == "vod":
             if not recording.finalized:
                 raise NotFound("the replay exists once the Space has ended")
             await self._ok(send, M3U8, PLAYLIST_ENDED, recording.vod_playlist().encode(), head)
-        elif name == "download.m4a":
+        elif name == "download":
             await self._download(recording, send, head)
-        elif part is not None:
-            await self._part(pipeline, int(msn), int(part), scope, receive, send, head)
+        elif name == "part":
+            await self._part(pipeline, params["msn"], params["part"], scope, receive, send, head)
         else:
-            await self._segment(pipeline, recording, int(msn), send, head)
+            await self._segment(pipeline, recording, params["msn"], send, head)
 
     async def _ok(self, send: Send, ctype: bytes, cache: bytes, body: bytes, head: bool) -> None:
         headers = [(b"content-type", ctype), (b"cache-control", cache), CORS]
