@@ -2,7 +2,7 @@
 
 Every error a user can cause is an ``AmphiError`` with an HTTP status and a stable
 machine-readable ``code``; the web layer maps them to responses in one place
-(``amphi.web.errors``) and nowhere else.
+(``amphi.web.asgi.error_parts``, for the raw endpoints and Starlette alike) and nowhere else.
 
     AmphiError                      500 internal
     ├── HostedElsewhere             307 hosted_elsewhere (another node hosts the Space: Location)

@@ -6,7 +6,7 @@ terminal).
 context variables, so everything logged while a request or a Space's task runs carries them
 without being passed around: ``request_id`` by the control API for each request (``X-Request-Id`` if the client sent
 one), ``space_id`` by whoever acts on a Space. A call may also give them explicitly with
-``extra={"space_id": ...}``; the state-change lines of ``amphi.obs.events`` add their
+``extra={"space_id": ...}``; the state-change lines of ``Observer.event`` (``amphi.obs.observer``, logger "amphi.events") add their
 fields under ``extra={"fields": {...}}``.
 
 Nothing here logs per media request: a node serving 10k requests a second logs state

@@ -5,7 +5,7 @@ line, appended as things happen.
     {"t": 1763755201.3, "kind": "space", "event": "scheduled -> live", ...}      per state change
 
 Samples are written once a second while the Space is scheduled or live; events whenever
-the node records one (``amphi.obs.events``). Each line is one ``write`` on a file opened
+the node records one (``Observer.event`` in ``amphi.obs.observer``). Each line is one ``write`` on a file opened
 for appending, so a crash loses at most the line being written, and a reader skips a torn
 last line. The file is bounded: past ``max_bytes`` samples are no longer written (events
 still are, they are few) and one ``timeline_full`` event says from when.

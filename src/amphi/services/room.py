@@ -1,6 +1,6 @@
 """A Space's conversation: its stage (control plane) joined to its pipeline's speaker tracks
-and the WebRTC ingest (media plane). Part of the composition root: ``Node`` owns one
-``Room`` per Space that has one, and the web layer reaches it through the node.
+and the WebRTC ingest (media plane). ``Rooms`` (``amphi.services.rooms``) keeps one ``Room``
+per Space that has one; the web layer reaches it through that service.
 
 After every stage change the room applies it to the media: who is heard (mutes), whose
 connection is hung up (taken off stage, removed), and it wakes the event streams. Levels
