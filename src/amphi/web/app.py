@@ -12,6 +12,7 @@ ASGI classes (``amphi.web.middleware``)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable
@@ -39,11 +40,17 @@ class App:
         self.shield = shield
         self.origin = Origin(spaces, listeners, cfg.media)
         self.join = JoinEndpoint(listeners, finder, spaces, shield, obs.metrics)
-        self.events = EventStream(rooms, finder, cfg.stage)
-        self.ops = Ops(cfg, obs, operator_key)
+        self.closing = asyncio.Event()  # the node is shutting down: long-lived streams end
+        self.events = EventStream(rooms, finder, cfg.stage, self.closing)
+        self.ops = Ops(cfg, obs, operator_key, self.closing)
         self.api = build_api(cfg, spaces, finder, rooms, lambda: snapshot().to_json())
         self.metrics = obs.metrics
         self._http = BodyGuard(ClientGate(self._route, shield))
+
+    def close(self) -> None:
+        """Shutdown: the event and dashboard streams end (their clients reconnect elsewhere),
+        so the HTTP server can drain."""
+        self.closing.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
