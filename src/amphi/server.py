@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # pile up: the join path ran 30 % slower with 100k in line. Collect the young generation
 # far less often; the program makes few reference cycles.
 GC_THRESHOLDS = (50_000, 20, 100)
+DRAIN_S = 10.0  # at shutdown, requests in flight get this long to finish (blocking reloads take 6 s at most)
 
 
 async def _wait_listening(host: str, port: int, server_task: asyncio.Task[None]) -> None:
@@ -87,5 +88,10 @@ async def serve(cfg: Config) -> None:
     finally:
         log.info("shutting down")  # stop accepting and drain HTTP, then end the programs, then the store
         server.stop()
-        await asyncio.gather(server_task, return_exceptions=True)
+        node.app.close()  # event and dashboard streams end; blocking reloads answer within their timeout
+        try:
+            async with asyncio.timeout(DRAIN_S):
+                await asyncio.gather(server_task, return_exceptions=True)
+        except TimeoutError:
+            log.warning("HTTP did not drain in %.0f s; closing the node anyway", DRAIN_S)
         await node.close()

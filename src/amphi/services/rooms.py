@@ -9,7 +9,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
 
 from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.stage import HOST_ID, Participant
@@ -24,8 +24,27 @@ from amphi.services.room import Room
 LEVELS_PERIOD_S = 0.2  # talking indicators are refreshed this often
 
 
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What lets a participant act and speak in one Space until ``expires`` (docs/stage.md)."""
+
+    participant: str
+    grant: str
+    expires: int
+
+
+@dataclass(frozen=True, slots=True)
+class Requested:
+    """A request to speak: the caller's record and, for a newcomer, their grant."""
+
+    you: Participant
+    grant: Grant | None  # None: a known participant asked again with their grant
+
+
+@dataclass(frozen=True, slots=True)
+class Invited:
+    grant: Grant
+    url: str  # the listener page, grant in the query
 
 
 class Rooms:
@@ -79,18 +98,18 @@ class Rooms:
     def viewer(self, space: Space, credential: str | None) -> Participant | None:
         return self.participant(space, credential) if credential else None
 
-    def grant(self, space: Space, pid: str) -> dict[str, object]:
+    def grant(self, space: Space, pid: str) -> Grant:
         expires = int(time.time() + self.cfg.grant_ttl_s)
-        return {"participant": pid, "grant": self._signer.grant(space.id, pid, expires), "expires_at": _iso(expires)}
+        return Grant(pid, self._signer.grant(space.id, pid, expires), expires)
 
-    def host_session(self, space: Space) -> dict[str, object]:
+    def host_session(self, space: Space) -> Grant:
         """A grant for the host (the caller has shown the host key)."""
         self.room(space)
         return self.grant(space, HOST_ID)
 
     # -- the stage ------------------------------------------------------------------------------
 
-    async def request_to_speak(self, space: Space, name: object, credential: str | None, client: str) -> dict[str, object]:
+    async def request_to_speak(self, space: Space, name: object, credential: str | None, client: str) -> Requested:
         """A listener asks to speak: a new participant (and its grant), or a known one again.
         ``client`` is the caller's address as the shield sees it (behind trusted edges, the
         listener's own, not the edge's)."""
@@ -99,12 +118,12 @@ class Rooms:
         await self._limit(client, now, "too many requests to speak from your address")
         if credential:
             actor = room.stage.rerequest(self.participant(space, credential), now)
-            answer: dict[str, object] = {"participant": actor.id}
+            grant = None
         else:
             actor = room.stage.request(name, new_participant_id(), now)
-            answer = self.grant(space, actor.id)
+            grant = self.grant(space, actor.id)
         room.apply()
-        return {**answer, "you": actor.private()}
+        return Requested(actor, grant)
 
     async def _limit(self, key: str, now: float, what: str) -> None:
         """One GCRA budget per ``key`` (a client address, a speaker), in the store (so shared
@@ -113,12 +132,12 @@ class Rooms:
         if wait > 0:
             raise TooManyRequests(f"{what}; try again in {math.ceil(wait)} s", retry_after_s=wait)
 
-    def invite(self, space: Space, actor: Participant, name: object) -> dict[str, object]:
+    def invite(self, space: Space, actor: Participant, name: object) -> Invited:
         room = self.room(space)
         guest = room.stage.invite(actor, name, new_participant_id(), time.time())
         room.apply()
-        answer = self.grant(space, guest.id)
-        return {**answer, "invite_url": f"{self._base_url}/s/{space.id}?grant={answer['grant']}"}
+        grant = self.grant(space, guest.id)
+        return Invited(grant, f"{self._base_url}/s/{space.id}?grant={grant.grant}")
 
     async def act(self, space: Space, actor: Participant, pid: str, action: str,
                   body: dict[str, object]) -> Participant:

@@ -1,5 +1,6 @@
 """Where the services' typed results become HTTP answers: a join's seat, place in line or
-replay (``amphi.control.listeners``), a Space's status (``amphi.services.spaces``). Errors
+replay (``amphi.control.listeners``), grants, requests to speak and invites
+(``amphi.services.rooms``). A Space's status is its own JSON (``SpaceStatus.to_json``). Errors
 become HTTP in one place too: ``amphi.web.asgi.error_parts`` (every ``AmphiError`` carries
 its status and code, ``amphi.core.errors``)."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import time
 
 from amphi.control.listeners import Ended, InLine, JoinResult, Seated
+from amphi.services.rooms import Grant, Invited, Requested
 from amphi.services.spaces import iso
 
 
@@ -28,6 +30,20 @@ def join_answer(result: JoinResult) -> tuple[int, dict[str, object]]:
     return 200, {"status": "admitted", **common, "playlist": result.playlist, "token": result.token,
                  "expires_at": iso(result.expires), "expires_in_s": round(ttl, 1),
                  "renew_after_s": round(ttl / 2, 1), "renewed": result.renewed, "edges": list(result.edges)}
+
+
+def grant_json(g: Grant) -> dict[str, object]:
+    return {"participant": g.participant, "grant": g.grant, "expires_at": iso(g.expires)}
+
+
+def requested_json(r: Requested) -> dict[str, object]:
+    """``POST /stage/requests``: a newcomer's grant, or the known participant's id."""
+    head = grant_json(r.grant) if r.grant is not None else {"participant": r.you.id}
+    return {**head, "you": r.you.private()}
+
+
+def invited_json(i: Invited) -> dict[str, object]:
+    return {**grant_json(i.grant), "invite_url": i.url}
 
 
 def outcome(result: JoinResult) -> str:

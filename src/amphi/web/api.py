@@ -38,6 +38,7 @@ from amphi.control.stage import Participant
 from amphi.core.config import Config
 from amphi.core.errors import AmphiError, InvalidSdp, NotFound
 from amphi.defense.shield import CLIENT_KEY
+from amphi.web.answers import grant_json, invited_json, requested_json
 from amphi.web.asgi import bearer, error_parts, parse_object, read_body
 from amphi.web.ports import Finder, SpaceDesk, StageDesk
 from amphi.web.routes import ROUTES
@@ -127,20 +128,21 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
 
     async def stage_session(request: Request) -> Response:
         space = await host_only(request)
-        return JSONResponse(rooms.host_session(space), headers=NO_STORE)
+        return JSONResponse(grant_json(rooms.host_session(space)), headers=NO_STORE)
 
     async def stage_request(request: Request) -> Response:
         space = await here(request)
         data = await read_json(request, limit)
         client = request.scope.get(CLIENT_KEY) or "unknown"  # the shield's address: behind edges, the listener's
         answer = await rooms.request_to_speak(space, data.get("name"), credential(request), client)
-        return JSONResponse(answer, status_code=201, headers=NO_STORE)
+        return JSONResponse(requested_json(answer), status_code=201, headers=NO_STORE)
 
     async def stage_invite(request: Request) -> Response:
         space = await here(request)
         actor = rooms.participant(space, credential(request))
         data = await read_json(request, limit)
-        return JSONResponse(rooms.invite(space, actor, data.get("name")), status_code=201, headers=NO_STORE)
+        return JSONResponse(invited_json(rooms.invite(space, actor, data.get("name"))), status_code=201,
+                            headers=NO_STORE)
 
     async def stage_action(request: Request) -> Response:
         space = await here(request)

@@ -8,10 +8,11 @@ the node's lifecycle is run by ``amphi.server``, which owns the loop.
 Every request is counted here, by route *template* (``/media/{id}/t/{token}/{msn}.{part}.m4s``,
 never the raw path) and status, with its time to first byte (``amphi.obs.metrics``). A
 request whose client left before any answer is counted with status 499. Middleware is plain
-ASGI: the shield's in-flight count (here), ``close_if_body_unread`` (``amphi.web.asgi``)."""
+ASGI classes (``amphi.web.middleware``)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable
@@ -19,15 +20,15 @@ from typing import Any
 
 from amphi.control.listeners import Listeners
 from amphi.core.config import Config
-from amphi.core.errors import AmphiError
-from amphi.defense.shield import CLIENT_KEY, Shield
+from amphi.defense.shield import Shield
 from amphi.obs.logging import request_id
 from amphi.obs.observer import Observer
 from amphi.obs.snapshot import NodeSnapshot
 from amphi.web.api import build_api
-from amphi.web.asgi import Receive, Scope, Send, close_if_body_unread, header, send_error
+from amphi.web.asgi import Receive, Scope, Send, header
 from amphi.web.events import EventStream
 from amphi.web.join import JoinEndpoint
+from amphi.web.middleware import BodyGuard, ClientGate
 from amphi.web.ops import Ops
 from amphi.web.origin import Origin
 from amphi.web.ports import Finder, SpaceDesk, StageDesk
@@ -39,27 +40,23 @@ class App:
         self.shield = shield
         self.origin = Origin(spaces, listeners, cfg.media)
         self.join = JoinEndpoint(listeners, finder, spaces, shield, obs.metrics)
-        self.events = EventStream(rooms, finder, cfg.stage)
-        self.ops = Ops(cfg, obs, operator_key)
+        self.closing = asyncio.Event()  # the node is shutting down: long-lived streams end
+        self.events = EventStream(rooms, finder, cfg.stage, self.closing)
+        self.ops = Ops(cfg, obs, operator_key, self.closing)
         self.api = build_api(cfg, spaces, finder, rooms, lambda: snapshot().to_json())
         self.metrics = obs.metrics
+        self._http = BodyGuard(ClientGate(self._route, shield))
+
+    def close(self) -> None:
+        """Shutdown: the event and dashboard streams end (their clients reconnect elsewhere),
+        so the HTTP server can drain."""
+        self.closing.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.api(scope, receive, send)
             return
-        receive, send = close_if_body_unread(scope, receive, send)
-        shield = self.shield  # defense: requests in flight per client address
-        address = scope[CLIENT_KEY] = shield.client(scope)
-        try:
-            shield.enter(address)
-        except AmphiError as err:
-            await send_error(send, err)
-            return
-        try:
-            await self._route(scope, receive, send)
-        finally:
-            shield.leave(address)
+        await self._http(scope, receive, send)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

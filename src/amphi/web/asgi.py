@@ -14,6 +14,7 @@ from amphi.core.errors import AmphiError, HostedElsewhere, MalformedBody, Payloa
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON = b"application/json"
 NO_STORE = b"no-store"

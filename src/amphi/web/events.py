@@ -40,7 +40,8 @@ def _credential(scope: Scope) -> str | None:
 
 
 class EventStream:
-    def __init__(self, rooms: StageDesk, finder: Finder, cfg: StageConfig) -> None:
+    def __init__(self, rooms: StageDesk, finder: Finder, cfg: StageConfig, closing: asyncio.Event) -> None:
+        self._closing = closing  # set at shutdown: the stream ends
         self._rooms = rooms
         self._finder = finder
         self._cfg = cfg
@@ -66,7 +67,7 @@ class EventStream:
             return
 
         rooms.event_streams += 1
-        gone = sse.watch_disconnect(receive)
+        gone = sse.watch_disconnect(receive, self._closing)
         try:
             await sse.start(send)
             interval = self._cfg.event_interval_s
@@ -105,6 +106,7 @@ class EventStream:
                     await asyncio.wait([gone, changed], timeout=REFRESH_S, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     changed.cancel()
+            await sse.finish(send, self._closing)
         except (OSError, RuntimeError, TimeoutError) as exc:  # the client went away or stopped reading
             log.debug("event stream for %s closed: %r", space.id, exc)
         finally:

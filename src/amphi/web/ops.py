@@ -51,7 +51,8 @@ _COOKIE_RE = re.compile(COOKIE + r"=([0-9a-f]{64})")
 
 
 class Ops:
-    def __init__(self, cfg: Config, obs: Observer, operator_key: str) -> None:
+    def __init__(self, cfg: Config, obs: Observer, operator_key: str, closing: asyncio.Event) -> None:
+        self._closing = closing  # set at shutdown: the dashboards' streams end
         self._obs = obs
         self._key = operator_key.encode()
         self._max_listeners = cfg.admission.max_listeners
@@ -136,7 +137,7 @@ class Ops:
         if obs.dashboard_streams >= MAX_STREAMS:
             raise TooBusy(f"{MAX_STREAMS} dashboards are open on this node", retry_after_s=30)
         obs.dashboard_streams += 1
-        gone = sse.watch_disconnect(receive)
+        gone = sse.watch_disconnect(receive, self._closing)
         try:
             await sse.start(send, cors=False)
             info = {"node_id": obs.node_id, "max_listeners": self._max_listeners}
@@ -147,6 +148,7 @@ class Ops:
                 await asyncio.wait([gone, waited], return_when=asyncio.FIRST_COMPLETED)
                 waited.cancel()
                 if gone.done():
+                    await sse.finish(send, self._closing)
                     return
                 news = obs.feed.since(seq)
                 if news is None:  # fell behind the ring: start over

@@ -31,10 +31,28 @@ async def write(send: Send, body: bytes, *, more: bool = True) -> None:
         await send({"type": "http.response.body", "body": body, "more_body": more})
 
 
-def watch_disconnect(receive: Receive) -> asyncio.Future[None]:
-    """Done when the client has gone (cancel it when the stream ends)."""
-    async def gone() -> None:
+def watch_disconnect(receive: Receive, closing: asyncio.Event) -> asyncio.Future[None]:
+    """Done when the client has gone, or when the node is shutting down (``closing``): every
+    stream then ends, so the HTTP server can drain. Cancel it when the stream ends."""
+    async def left() -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
 
+    async def gone() -> None:
+        waits = [asyncio.ensure_future(left()), asyncio.ensure_future(closing.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
     return asyncio.ensure_future(gone())
+
+
+async def finish(send: Send, closing: asyncio.Event) -> None:
+    """Ends the response of a stream stopped by the shutdown (a client that left needs none)."""
+    if closing.is_set():
+        try:
+            await write(send, b"", more=False)
+        except (OSError, RuntimeError, TimeoutError):
+            pass
