@@ -38,7 +38,8 @@ class Directory:
 
     async def space(self, space_id: str) -> Space:
         """A Space this node hosts, else one another node hosts (with --redis); 404 if none."""
-        return (await self.locate(space_id))[0]
+        space = self._registry.find(space_id)  # the common case first: on the join path
+        return space if space is not None else (await self.locate(space_id))[0]
 
     async def hosted(self, space_id: str, path: str) -> Space:
         """A Space this node hosts; one another node hosts -> 307 to ``path`` there."""

@@ -14,8 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from amphi.control.admission import Admitted, Waiting
 from amphi.control.health import Governor, HealthSample
@@ -28,8 +27,7 @@ from amphi.core.errors import AmphiError, TokenExpired
 MAX_JOIN_SAMPLES = 100_000  # answer times kept per health period (the p95 needs no more)
 
 
-@dataclass(frozen=True, slots=True)
-class Seated:
+class Seated(NamedTuple):
     space: Space
     token: str
     expires: int
@@ -38,8 +36,7 @@ class Seated:
     edges: tuple[str, ...]  # the media base at every edge, to fail over to
 
 
-@dataclass(frozen=True, slots=True)
-class InLine:
+class InLine(NamedTuple):
     space: Space
     ticket: str
     position: int
@@ -50,14 +47,13 @@ class InLine:
     requeued: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Ended:
+class Ended(NamedTuple):
     space: Space
     replay: str | None
     download: str | None
 
 
-JoinResult = Seated | InLine | Ended
+JoinResult = Seated | InLine | Ended  # named tuples: immutable, and cheap to make on the join path
 
 
 class Urls(Protocol):

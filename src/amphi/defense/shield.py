@@ -182,7 +182,7 @@ class Shield:
         if ticket is not None:
             counts.polls += 1
             if (fields := TICKET.parse(ticket)) is not None:  # the MAC is the admission's to check
-                entry, issued = fields[0], int(fields[1])
+                entry, issued = fields.values[0], int(fields.values[1])
                 self._followed(f"e{entry}")
                 since = self.pow_since(space_id)
                 if since is not None and issued <= since and entry not in self._proven:
@@ -215,15 +215,15 @@ class Shield:
         return light
 
     def answered(self, space_id: str, light: bool, status: int, answer: dict[str, object], now: float) -> None:
-        """A fresh light join got its answer: expect it back."""
+        """A fresh light join got its answer (this node's own token or ticket): expect it back."""
         if not light:
             return
-        if status == 200 and not self.media_elsewhere and (token := TOKEN.parse(answer.get("token"))) is not None:
-            self._expect(f"s{token[0]}", space_id, now + self.cfg.follow_up_s)
-        elif status == 202 and (ticket := TICKET.parse(answer.get("ticket"))) is not None:
+        if status == 200 and not self.media_elsewhere and isinstance(token := answer.get("token"), str):
+            self._expect(f"s{TOKEN.first(token)}", space_id, now + self.cfg.follow_up_s)
+        elif status == 202 and isinstance(ticket := answer.get("ticket"), str):
             retry = answer.get("retry_after_s")
             wait = float(retry) if isinstance(retry, (int, float)) else 0.0
-            self._expect(f"e{ticket[0]}", space_id, now + wait + self.cfg.follow_up_s)
+            self._expect(f"e{TICKET.first(ticket)}", space_id, now + wait + self.cfg.follow_up_s)
 
     def _require(self, space_id: str, ticket: str | None, body: dict[str, Any], now: float, counts: Counts) -> None:
         """A solved challenge in ``body``, or a 429 with a new one."""

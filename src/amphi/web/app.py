@@ -28,7 +28,7 @@ from amphi.web.api import build_api
 from amphi.web.asgi import Receive, Scope, Send, header
 from amphi.web.events import EventStream
 from amphi.web.join import JoinEndpoint
-from amphi.web.middleware import BodyGuard, ClientGate
+from amphi.web.middleware import Gate
 from amphi.web.ops import Ops
 from amphi.web.origin import Origin
 from amphi.web.ports import Finder, SpaceDesk, StageDesk
@@ -45,7 +45,7 @@ class App:
         self.ops = Ops(cfg, obs, operator_key, self.closing)
         self.api = build_api(cfg, spaces, finder, rooms, lambda: snapshot().to_json())
         self.metrics = obs.metrics
-        self._http = BodyGuard(ClientGate(self._route, shield))
+        self._http = Gate(self._route, shield)
 
     def close(self) -> None:
         """Shutdown: the event and dashboard streams end (their clients reconnect elsewhere),

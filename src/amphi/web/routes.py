@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 FLAVORS = ("python", "vcl", "nginx")
+MEMO_SIZE = 4096  # remembered matches (paths of Spaces' joins, events and API calls); cleared when full
 
 
 @dataclass(frozen=True)
@@ -153,22 +154,41 @@ class EdgePattern:
         return self.groups.index(name) + 1
 
 
+_SHAPED_TAIL = re.compile(r"^(?:\{[a-z]+\}\.)+[a-z0-9]+$")  # "{msn}.{part}.m4s": placeholders, dots, a suffix
+
+
+def _shape(tail: str) -> str:
+    """A last segment's shape: its suffix and number of dots ("m4s/2" for "12.3.m4s")."""
+    return f"{tail.rpartition('.')[2]}/{tail.count('.')}"
+
+
 class RouteTable:
-    """The routes, indexed by their first path segment and their last one when it is literal,
-    so that ``match`` tries a handful of regexes at most (media: three)."""
+    """The routes, indexed by their first path segment and their last one: the literal name
+    (``join``, ``live.m3u8``) or, for a last segment of placeholders and dots, its shape
+    (``{msn}.{part}.m4s``: "m4s/2"). ``match`` tries a handful of regexes at most (media: the
+    token, edge and bare forms of one file, token first); the candidate lists are built once."""
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self._routes: dict[str, Route] = {}
-        self._index: dict[tuple[str, str | None], list[Route]] = {}
+        index: dict[tuple[str, str | None], list[Route]] = {}
         for r in routes:
             if r.name in self._routes:
                 raise ValueError(f"two routes named {r.name!r}")
             self._routes[r.name] = r
             first = r.template[1:].partition("/")[0]
-            tail = r.tail if "{" not in r.tail else None
             if "{" in first:
                 raise ValueError(f"{r.template!r}: the first segment must be literal")
-            self._index.setdefault((first, tail), []).append(r)
+            if "{" not in r.tail:
+                key: str | None = r.tail
+            elif _SHAPED_TAIL.match(r.tail):
+                key = _shape(r.tail)
+            else:
+                key = None  # any last segment: tried after the indexed ones
+            index.setdefault((first, key), []).append(r)
+        self._memo: dict[tuple[str, str | None], Match] = {}  # paths without a token: the same for everyone
+        self._rest = {first: tuple(rs) for (first, key), rs in index.items() if key is None}
+        self._index = {(first, key): tuple(rs) + self._rest.get(first, ())
+                       for (first, key), rs in index.items() if key is not None}
 
     def __getitem__(self, name: str) -> Route:
         return self._routes[name]
@@ -179,19 +199,36 @@ class RouteTable:
     def __len__(self) -> int:
         return len(self._routes)
 
-    def _candidates(self, path: str) -> list[Route]:
-        first = path[1:path.find("/", 1)] if path.find("/", 1) > 0 else path[1:]
+    def _candidates(self, path: str) -> tuple[Route, ...]:
+        slash = path.find("/", 1)
+        first = path[1:slash] if slash > 0 else path[1:]
+        last = path[path.rfind("/") + 1:]
         index = self._index
-        literal = index.get((first, path[path.rfind("/") + 1:]))
-        rest = index.get((first, None))
-        if literal is None:
-            return rest or []
-        return literal + rest if rest else literal
+        found = index.get((first, last))
+        if found is None and "." in last:
+            found = index.get((first, _shape(last)))
+        return found if found is not None else self._rest.get(first, ())
 
     def match(self, path: str, method: str | None = None) -> Match | None:
         """The route of ``path`` and its parameters (typed: msn and part are ints); None if no
         route has this path. With ``method``, a route that takes it is preferred; if none does,
-        the match says so (``allowed`` False)."""
+        the match says so (``allowed`` False). A match is shared: do not change its params.
+
+        Matches of paths that are the same for every caller (a Space's join, its events, the
+        API; not media, whose paths carry tokens and numbers) are remembered, up to
+        ``MEMO_SIZE``: a surge of joins to one Space looks its path up once."""
+        memo = self._memo
+        hit = memo.get((path, method))
+        if hit is not None:
+            return hit
+        found = self._match(path, method)
+        if found is not None and found.route.kind != "media":
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[(path, method)] = found
+        return found
+
+    def _match(self, path: str, method: str | None) -> Match | None:
         found: Match | None = None
         for r in self._candidates(path):
             m = r.regex.match(path)
