@@ -77,6 +77,12 @@ def test_join_rate() -> None:
     assert out.rstrip().splitlines()[-1].startswith("PASS")
 
 
+def test_request_cost() -> None:
+    out = run_small("request_cost")
+    for path in ("join", "media"):  # CPU microseconds per request through the whole ASGI app
+        assert 0 < number(rf"^{path}\s+([\d,.]+)\s+\(CPU us per request\)", out) < 10_000
+
+
 def test_pipeline_cpu() -> None:
     out = run_small("pipeline_cpu")
     with_speaker = number(r"PASS: one Space with a speaker uses ([\d.]+) % of one core", out)

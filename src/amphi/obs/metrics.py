@@ -86,8 +86,9 @@ class NodeCollector(Collector):
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, value=value)
 
-        yield gauge("amphi_listeners", "Listeners holding a seat on this node.", g.occupied)
-        yield gauge("amphi_waiting", "Clients in a waiting line on this node.", g.waiting)
+        cluster = " (with --redis: the whole cluster's, as the store last fetched them)"
+        yield gauge("amphi_listeners", f"Listeners holding a seat{cluster}.", g.occupied)
+        yield gauge("amphi_waiting", f"Clients in a waiting line{cluster}.", g.waiting)
         yield gauge("amphi_admission_limit", "Adaptive seat limit (AIMD, below max_listeners).", g.limit)
         yield gauge("amphi_admission_max_listeners", "Seat ceiling of this node (--max-listeners).", g.max_listeners)
         yield gauge("amphi_degradation_level",
