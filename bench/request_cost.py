@@ -61,7 +61,7 @@ def configured(cfg):
 async def main():
     node = root.Node(configured(Config(data_dir=Path(tempfile.mkdtemp()))))
     if hasattr(node, "spaces"):  # the redesigned root
-        app, spaces = node.app, node.spaces
+        app, spaces = node.app.asgi, node.spaces
         space, _ = await spaces.create("cost")
         await spaces.start(space)
         pipelines = spaces.pipelines

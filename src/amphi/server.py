@@ -60,7 +60,7 @@ async def serve(cfg: Config) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()  # what start-up made lives forever: keep it out of every collection
     server = Server(
-        node.app, address=cfg.http.host, port=cfg.http.port, interface=Interfaces.ASGINL,
+        node.app.asgi, address=cfg.http.host, port=cfg.http.port, interface=Interfaces.ASGINL,
         http=HTTPModes.http1, backlog=4096, backpressure=65536, log_level=LogLevels.warning, websockets=False,
         http1_settings=HTTP1Settings(header_read_timeout=int(cfg.http.header_read_timeout_s * 1000)),
     )  # backpressure: granian serves at most this many connections at once (default backlog // workers

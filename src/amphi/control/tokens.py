@@ -157,15 +157,15 @@ class Signer:
         ``Forbidden`` (403). ``grace_s`` accepts a token that expired that long ago."""
         if not text:
             raise Unauthorized("an admission token is required: POST /api/spaces/{id}/join")
-        f = TOKEN.parse(text)
-        if f is None:
+        m = TOKEN.regex.match(text)  # TOKEN.parse without its record: every media request comes here
+        if m is None:
             raise Forbidden("malformed admission token")
-        if not self._authentic(TOKEN, space_id, f):
+        body, role, seat, expires, mac = m.groups()
+        if not hmac.compare_digest(mac, self._mac(TOKEN.tag, space_id, body)):
             raise Forbidden("this admission token is not valid for this Space")
-        seat, expires = f.values
         if int(expires) + grace_s <= now:
             raise TokenExpired("the admission token has expired: join again")
-        return Token(space_id, f.kind, seat, int(expires))
+        return Token(space_id, role, seat, int(expires))
 
     # -- grants -----------------------------------------------------------------------------
 

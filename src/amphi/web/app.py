@@ -45,18 +45,12 @@ class App:
         self.ops = Ops(cfg, obs, operator_key, self.closing)
         self.api = build_api(cfg, spaces, finder, rooms, lambda: snapshot().to_json())
         self.metrics = obs.metrics
-        self._http = Gate(self._route, shield)
+        self.asgi = Gate(self._route, shield)  # what the HTTP server serves: the middleware, then the routes
 
     def close(self) -> None:
         """Shutdown: the event and dashboard streams end (their clients reconnect elsewhere),
         so the HTTP server can drain."""
         self.closing.set()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.api(scope, receive, send)
-            return
-        await self._http(scope, receive, send)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

@@ -7,8 +7,10 @@
 * an answer that leaves the request's body unread says ``Connection: close``
   (``amphi.web.asgi.close_if_body_unread``).
 
-One class, not one per concern: each layer is a coroutine per request, and on the join path
-two layers cost 3 % of the node's instructions per join (``bench/join_rate.py``).
+One class, not one per concern, and served as the app itself (``App.asgi``): each layer is a
+coroutine per request, and on the join path two layers cost 3 % of the node's instructions per
+join (``bench/request_cost.py``). Only HTTP reaches it: the server runs without lifespan
+and websockets.
 """
 
 from __future__ import annotations

@@ -142,6 +142,9 @@ class Match(NamedTuple):
     allowed: bool = True  # False: the path is this route's, the method is not (405)
 
 
+_new_match = tuple.__new__  # Match(r, params) without the named tuple's Python-level __new__ (the media path)
+
+
 @dataclass(frozen=True)
 class EdgePattern:
     """Regex text for an edge, and the number of each of its captures (for VCL's ``regsub``:
@@ -187,8 +190,10 @@ class RouteTable:
             index.setdefault((first, key), []).append(r)
         self._memo: dict[tuple[str, str | None], Match] = {}  # paths without a token: the same for everyone
         self._rest = {first: tuple(rs) for (first, key), rs in index.items() if key is None}
-        self._index = {(first, key): tuple(rs) + self._rest.get(first, ())
-                       for (first, key), rs in index.items() if key is not None}
+        self._index: dict[str, dict[str, tuple[Route, ...]]] = {}  # first segment -> last (or shape) -> routes
+        for (first, key), rs in index.items():
+            if key is not None:
+                self._index.setdefault(first, {})[key] = tuple(rs) + self._rest.get(first, ())
 
     def __getitem__(self, name: str) -> Route:
         return self._routes[name]
@@ -199,16 +204,6 @@ class RouteTable:
     def __len__(self) -> int:
         return len(self._routes)
 
-    def _candidates(self, path: str) -> tuple[Route, ...]:
-        slash = path.find("/", 1)
-        first = path[1:slash] if slash > 0 else path[1:]
-        last = path[path.rfind("/") + 1:]
-        index = self._index
-        found = index.get((first, last))
-        if found is None and "." in last:
-            found = index.get((first, _shape(last)))
-        return found if found is not None else self._rest.get(first, ())
-
     def match(self, path: str, method: str | None = None) -> Match | None:
         """The route of ``path`` and its parameters (typed: msn and part are ints); None if no
         route has this path. With ``method``, a route that takes it is preferred; if none does,
@@ -217,20 +212,32 @@ class RouteTable:
         Matches of paths that are the same for every caller (a Space's join, its events, the
         API; not media, whose paths carry tokens and numbers) are remembered, up to
         ``MEMO_SIZE``: a surge of joins to one Space looks its path up once."""
+        if path.startswith("/media/"):  # tokens and numbers: a path is never asked for twice
+            return self._match(path, method)
         memo = self._memo
-        hit = memo.get((path, method))
+        key = (path, method)
+        hit = memo.get(key)
         if hit is not None:
             return hit
         found = self._match(path, method)
-        if found is not None and found.route.kind != "media":
+        if found is not None:
             if len(memo) >= MEMO_SIZE:
                 memo.clear()
-            memo[(path, method)] = found
+            memo[key] = found
         return found
 
     def _match(self, path: str, method: str | None) -> Match | None:
         found: Match | None = None
-        for r in self._candidates(path):
+        slash = path.find("/", 1)
+        first = path[1:slash] if slash > 0 else path[1:]
+        last = path[path.rfind("/") + 1:]
+        by_last = self._index.get(first)
+        candidates = None
+        if by_last is not None:
+            candidates = by_last.get(last)
+            if candidates is None and "." in last:
+                candidates = by_last.get(_shape(last))
+        for r in candidates if candidates is not None else self._rest.get(first, ()):
             m = r.regex.match(path)
             if m is None:
                 continue
@@ -238,16 +245,16 @@ class RouteTable:
             for k in r.numbers:
                 params[k] = int(params[k])
             if method is None or method in r.methods:
-                return Match(r, params)
+                return _new_match(Match, (r, params, True))
             if found is None:
                 found = Match(r, params, allowed=False)
         return found
 
     def label(self, path: str) -> str:
         """The metric label of ``path``: its route's template, else ``/media/other`` or ``other``."""
-        for r in self._candidates(path):
-            if r.regex.match(path):
-                return r.template
+        m = self._match(path, None)
+        if m is not None:
+            return m.route.template
         return MEDIA_OTHER if path.startswith("/media/") else OTHER
 
     def named(self, prefix: str) -> list[Route]:
