@@ -50,6 +50,7 @@ bottleneck.
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import json
 import signal
@@ -64,7 +65,7 @@ import numpy as np
 import psutil
 import uvloop
 
-from harness import (TRUSTED_PROXY, NodeProcess, client_address, end_space, exit_on_sigterm, first_media,
+from harness import (TRUSTED_PROXY, NodeProcess, split_cores, client_address, end_space, exit_on_sigterm, first_media,
                      machine_busy_s, node_stats, process_cpu_s, run, small_mode, space_status, start_space)
 
 from amphi.loadtest.machine import raise_open_files
@@ -688,6 +689,9 @@ def main() -> int:
     parser.add_argument("--addresses", type=int, default=None,
                         help="client addresses the joins come from (X-Forwarded-For; default: one per listener)")
     parser.add_argument("--per-prefix", type=int, default=4, help="client addresses in each /24 (default 4)")
+    parser.add_argument("--no-split", dest="split", action="store_false",
+                        help="let the node and the client share every core (default: the node on the first core, "
+                             "the client on the others, as they would be on two machines)")
     parser.add_argument("--new-connections", action="store_true",
                         help="a new TCP connection per request instead of keep-alive")
     parser.add_argument("--no-poll", dest="poll", action="store_false",
@@ -717,8 +721,13 @@ def main() -> int:
     total = 3 + SETTLE_S + args.seconds + (args.linger if args.poll else 0) + 3
     print(f"surge: {args.joins} joins over {args.seconds:g} s against --max-listeners {args.max_listeners}; "
           f"about {total:.0f} s", flush=True)
+    client_cpus = split_cores() if args.split else ()  # the node starts on the first core
     node = NodeProcess(args=serve_args)
     with node:
+        if client_cpus:  # and this process, the client, on the others: neither slows the other
+            os.sched_setaffinity(0, client_cpus)
+            print(f"node on core {sorted(os.sched_getaffinity(node.pid))}, client on {list(client_cpus)} "
+                  "(--no-split: shared)", flush=True)
         print(f"node {node.url} (pid {node.pid}), amphi serve {' '.join(serve_args)}, data in {node.dir}", flush=True)
         space = start_space(node.url, "surge bench", join=False)
         print(f"Space {space.id} live; settling {SETTLE_S:.0f} s", flush=True)
