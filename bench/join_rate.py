@@ -40,7 +40,7 @@ from pathlib import Path
 
 import psutil
 
-from harness import (WRK_SUMMARY_LUA, NodeProcess, end_space, exit_on_sigterm, join_space, machine_busy_s,
+from harness import (WRK_SUMMARY_LUA, NodeProcess, split_cores, end_space, exit_on_sigterm, join_space, machine_busy_s,
                      main_thread_cpu_s, process_cpu_s, run, small_mode, space_status, start_space, wrk_summary)
 
 from amphi.loadtest.machine import raise_open_files
@@ -135,7 +135,7 @@ def take_the_seat(server: str, space_id: str) -> None:
 
 
 def measure_http(node: NodeProcess, space_id: str, args: argparse.Namespace, client: str = "spread",
-                 url: str | None = None) -> HttpRun:
+                 url: str | None = None, wrk_cpus: tuple[int, ...] = ()) -> HttpRun:
     """wrk POSTing joins to the node (or to ``url``, an edge in front of it); ``client``: the address
     the node sees, "spread" for a new one per request (the node must trust 127.0.0.1's
     X-Forwarded-For: ``SERVE_ARGS``). The node's CPU is measured either way."""
@@ -157,7 +157,8 @@ def measure_http(node: NodeProcess, space_id: str, args: argparse.Namespace, cli
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0, loop0, all0, t0 = process_cpu_s(node.pid), main_thread_cpu_s(node.pid), machine_busy_s(), time.monotonic()
     proc = subprocess.Popen(out.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, text=True)
+                            start_new_session=True, text=True,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, wrk_cpus)) if wrk_cpus else None)
     try:
         text, _ = proc.communicate(timeout=args.seconds + WRK_GRACE_S)
     except subprocess.TimeoutExpired:
@@ -314,6 +315,9 @@ def main() -> int:
     parser.add_argument("--max-other", type=float, default=0.0,
                         help="share of HTTP answers that may be other than a place in line (default 0; --small "
                              "0.01: an overloaded shared machine makes the node shed a few, 429)")
+    parser.add_argument("--no-split", dest="split", action="store_false",
+                        help="let the node and wrk share every core (default: the node on the first core, wrk on the "
+                             "others: sharing, each slowed the other and the figure swung by a fifth)")
     parser.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     small_mode(parser, seconds=2.0, connections=16, inproc_seconds=0.5, target=1000.0, max_other=0.01)
     args = parser.parse_args()
@@ -330,12 +334,15 @@ def main() -> int:
         http.skipped = "wrk is not installed (make system installs it; or apt-get install wrk)"
         print(f"[http] skipped: {http.skipped}", flush=True)
     else:
+        wrk_cpus = split_cores() if args.split else ()  # the node starts on the first core, wrk on the others
         with NodeProcess(args=serve_args) as node:
-            print(f"node {node.url} (pid {node.pid}), amphi serve {' '.join(serve_args)}", flush=True)
+            print(f"node {node.url} (pid {node.pid}), amphi serve {' '.join(serve_args)}"
+                  + (f"; node on core {sorted(os.sched_getaffinity(node.pid))}, wrk on {list(wrk_cpus)}" if wrk_cpus
+                     else ""), flush=True)
             space = start_space(node.url, "join rate bench", join=False)
             time.sleep(SETTLE_S)
             take_the_seat(node.url, space.id)
-            http = measure_http(node, space.id, args)
+            http = measure_http(node, space.id, args, wrk_cpus=wrk_cpus)
             if not node.alive():
                 raise RuntimeError("the node exited during the run")
             end_space(node.url, space)
