@@ -52,6 +52,8 @@ def test_dashboard_needs_the_key_then_charts_follow_joins(serve, page: Page, tmp
     wait_for("a joins chart with data", lambda: page.evaluate(
         "document.querySelectorAll('#chart-joins canvas').length > 0"), 5)
     assert page.locator("#events li").filter(has_text=f"space {space} created (scheduled)").count() == 1
+    span = page.evaluate("(() => { const x = window.amphiDashboard.charts['chart-audience'].scales.x; return x.max - x.min; })()")
+    assert 60 <= span < 3600, span  # the last minute or so, not 1,000 days around a lone first sample
 
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)

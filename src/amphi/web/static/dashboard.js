@@ -10,8 +10,10 @@
   const DETECTOR = {normal: 0, surge: 1, attack: 2, "surge+attack": 3};
   const COLORS = ["#d2462f", "#2f7d4f", "#b7791f", "#3b6fb6", "#8e44ad", "#6b645c", "#16a085"];
   const $ = (id) => document.getElementById(id);
+  // a chart shows at least the last minute: uPlot spans a lone first sample's time axis over 1,000 days
+  const MIN_SPAN_S = 60;
 
-  const state = {series: new Map(), events: [], view: "node", updates: 0, nodeId: null, connected: false};
+  const state = {series: new Map(), events: [], view: "node", updates: 0, nodeId: null, connected: false, charts: {}};
   window.amphiDashboard = state;
 
   // -- charts ---------------------------------------------------------------------------------
@@ -31,7 +33,7 @@
       legend: {live: true},
       cursor: {drag: {x: false, y: false}},
     }, [[]].concat(labels.map(() => [])), el);
-    charts[id] = chart;
+    charts[id] = state.charts[id] = chart;
     return chart;
   }
 
@@ -87,20 +89,27 @@
 
   const ms = (x) => (x == null ? null : x * 1000);
 
+  function show(id, data) {
+    const chart = charts[id];
+    chart.setData(data);
+    const t = data[0];
+    if (t.length && t[t.length - 1] - t[0] < MIN_SPAN_S) chart.setScale("x", {min: t[t.length - 1] - MIN_SPAN_S, max: t[t.length - 1]});
+  }
+
   function render() {
     const node = state.series.get("node") || [];
     const list = state.series.get(state.view) || [];
     const t = list.map((s) => s.t);
-    charts["chart-audience"].setData([t, list.map((s) => s.listeners), list.map((s) => s.waiting),
+    show("chart-audience", [t, list.map((s) => s.listeners), list.map((s) => s.waiting),
       list.map((s) => s.limit)]);
-    charts["chart-joins"].setData([t, ...rates(list, "joins", OUTCOMES.concat(["ended"]))]);
+    show("chart-joins", [t, ...rates(list, "joins", OUTCOMES.concat(["ended"]))]);
     const nt = node.map((s) => s.t);
     const lat = (k, p) => node.map((s) => ms(s.latency && s.latency[k] ? s.latency[k][p] : null));
-    charts["chart-latency"].setData([nt, lat("join", "p50"), lat("join", "p95"), lat("join", "p99"),
+    show("chart-latency", [nt, lat("join", "p50"), lat("join", "p95"), lat("join", "p99"),
       lat("media", "p50"), lat("media", "p95"), lat("media", "p99")]);
-    charts["chart-health"].setData([nt, node.map((s) => s.loop_lag_ms), node.map((s) => s.cpu_pct),
+    show("chart-health", [nt, node.map((s) => s.loop_lag_ms), node.map((s) => s.cpu_pct),
       node.map((s) => s.level)]);
-    charts["chart-detector"].setData([t, list.map((s) => (s.detector in DETECTOR ? DETECTOR[s.detector] : null))]);
+    show("chart-detector", [t, list.map((s) => (s.detector in DETECTOR ? DETECTOR[s.detector] : null))]);
     renderStats(list.at(-1), node.at(-1), list);
     renderEvents();
   }
