@@ -94,10 +94,6 @@ class TokenFormat:
         parsed, for the hot path): a token's seat, a ticket's entry."""
         return text[len(text) - len(text.lstrip(self.kinds)):text.index(".")] if self.kinds else text[:text.index(".")]
 
-    def body(self, kind: str, *values: object) -> str:
-        """What the MAC covers, for these fields (not checked against the grammar)."""
-        return kind + ".".join(map(str, values))
-
 
 TOKEN = TokenFormat("token", "lh", (("seat", f"{ID}{{8,32}}"), ("expires", f"{DIGITS}{{1,12}}")))
 TICKET = TokenFormat("ticket", "", (("entry", f"{DIGITS}{{1,15}}"), ("issued", f"{DIGITS}{{1,12}}")))
@@ -139,7 +135,7 @@ class Signer:
         return self._mac(kind, space_id, body)
 
     def _sign(self, fmt: TokenFormat, space_id: str, kind: str, *values: object) -> str:
-        body = kind + ".".join(map(str, values))  # fmt.body, inline: tickets are signed on every join
+        body = kind + ".".join(map(str, values))  # what the MAC covers: the kind, then the fields
         return f"{body}.{self._mac(fmt.tag, space_id, body)}"
 
     def _authentic(self, fmt: TokenFormat, space_id: str, f: Fields) -> bool:
