@@ -48,9 +48,6 @@ class Directory:
             raise HostedElsewhere(f"Space {space_id} is hosted by {elsewhere}", location=elsewhere + path)
         return space
 
-    def here(self, space_id: str) -> bool:
-        return self._registry.find(space_id) is not None
-
     def origin_of(self, space_id: str) -> tuple[str, str]:
         """(public URL, node id) of the node hosting a Space: this one, or with --redis the
         one that published it."""
