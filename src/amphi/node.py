@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from amphi.control.admission import ADMITTER_PERIOD_S, Admission
+from amphi.control.admission import ADMITTER_PERIOD_S, Admission, SpaceCounts
 from amphi.control.directory import Directory
 from amphi.control.health import Governor
 from amphi.control.listeners import Listeners
@@ -121,7 +121,7 @@ class Node:
             counts = store.known_counts(space.id)
             if space.state is SpaceState.LIVE or (space.state is SpaceState.SCHEDULED and (
                     space.id in pipelines or counts.listeners or counts.waiting)):
-                spaces.append(self._space(space.id, now))
+                spaces.append(self._space(space.id, now, counts))
         return NodeSnapshot(
             occupied=store.occupied, waiting=store.waiting, limit=store.limit,
             max_listeners=self.cfg.admission.max_listeners, paused=store.paused,
@@ -134,10 +134,11 @@ class Node:
             spaces=spaces)
 
     def space(self, space_id: str) -> SpaceSnapshot | None:
-        return self._space(space_id, time.time()) if self.registry.find(space_id) is not None else None
+        if self.registry.find(space_id) is None:
+            return None
+        return self._space(space_id, time.time(), self.store.known_counts(space_id))
 
-    def _space(self, space_id: str, now: float) -> SpaceSnapshot:
-        counts = self.store.known_counts(space_id)
+    def _space(self, space_id: str, now: float, counts: SpaceCounts) -> SpaceSnapshot:
         pipeline = self.spaces.pipelines.get(space_id)
         end = pipeline.timeline.media_end_wall if pipeline is not None else None
         recorded = pipeline.recording.bytes_written if pipeline is not None else 0
