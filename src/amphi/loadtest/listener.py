@@ -7,9 +7,11 @@ Protocols:
 
 * ``amphi``: ``POST /api/spaces/<id>/join`` (202: wait ``retry_after_s`` plus jitter, poll
   with the ticket), then the playlist from the answer: LL-HLS with blocking reload and
-  parts (``ll``, like hls.js in low-latency mode) or whole segments (``segments``, like a
-  player that ignores parts); the token is renewed at ``renew_after_s``; at the end it
-  POSTs leave.
+  parts (``ll``, like hls.js in low-latency mode: a request per part), whole segments
+  (``segments``, like a player that ignores parts), or streamed segments (``stream``: the
+  multivariant playlist, then one GET per segment whose body arrives part by part while the
+  segment is made, and one playlist request per segment); the token is renewed at
+  ``renew_after_s``; at the end it POSTs leave.
 * ``hls``: a plain HLS playlist URL (no admission), e.g. nginx serving files: segments,
   reloading the playlist every target duration unless the server can block.
 * ``icecast``: one GET of a mount; bytes arriving are seconds of audio at the stream rate.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import orjson
@@ -30,7 +33,9 @@ import orjson
 from amphi.loadtest import playlist as m3u8
 from amphi.loadtest.buffer import PlaybackBuffer
 from amphi.loadtest.config import LoadConfig
+from amphi.loadtest.fragments import DEFAULT_TIMESCALE, Heard, SegmentRead, init_timescale, start_skip
 from amphi.defense.pow import solve
+from amphi.media.fmp4 import MalformedMp4
 from amphi.loadtest.http import Connection, HttpError, Response, is_loopback, loopback_source, split_url
 from amphi.loadtest.profiles import Session, backoff_s, header_retry_s, retry_delay_s
 from amphi.loadtest.stats import Histogram
@@ -38,6 +43,7 @@ from amphi.loadtest.stats import Histogram
 MAX_ATTEMPTS = 6  # consecutive failed requests (with backoff) before a listener gives up
 LL_START_PARTS = 3  # without PART-HOLD-BACK: start this many parts behind live
 SEGMENTS_BEHIND = 3  # a segment player starts this many segments behind live (hls.js default)
+STREAM_START_PARTS = 2  # a stream player keeps the newest two parts of the segment it joins: one to play, one in hand
 
 
 class Rejoin(Exception):
@@ -80,7 +86,8 @@ class Swarm(Protocol):
 
 class Listener:
     __slots__ = ("swarm", "session", "rng", "conn", "source", "media", "edges", "edge_lost", "edge_lost_at", "state", "buffer", "arrived", "answered", "admitted_at",
-                 "first_audio", "waited", "token", "ticket", "renew_at", "path", "failures", "outcome", "dropped")
+                 "first_audio", "waited", "token", "ticket", "renew_at", "path", "failures", "outcome", "dropped",
+                 "timescale")
 
     def __init__(self, swarm: Swarm, session: Session, rng: random.Random) -> None:
         self.swarm = swarm
@@ -108,6 +115,7 @@ class Listener:
         self.failures = 0
         self.outcome = ""
         self.dropped = False
+        self.timescale = DEFAULT_TIMESCALE  # of the audio track, from the init segment
 
     # -- the session ------------------------------------------------------------------------
 
@@ -186,11 +194,11 @@ class Listener:
         await asyncio.sleep(backoff_s(self.failures, self.rng))
 
     async def _request(self, method: str, target: str, body: object = None, timeout_s: float | None = None,
-                       *, conn: Connection | None = None) -> Response:
+                       *, conn: Connection | None = None, on_body: Callable[[bytes], None] | None = None) -> Response:
         sw = self.swarm
         sw.requests += 1
         resp = await (conn or self.conn).request(method, target, None if body is None else orjson.dumps(body),
-                                                 timeout_s=timeout_s or sw.cfg.request_timeout_s)
+                                                 timeout_s=timeout_s or sw.cfg.request_timeout_s, on_body=on_body)
         self.failures = 0
         return resp
 
@@ -259,7 +267,12 @@ class Listener:
 
     def _take_token(self, answer: dict[str, object]) -> None:
         self.token = str(answer["token"])
-        host, port, self.path = split_url(str(answer["playlist"]))
+        # "playlist" is the multivariant playlist (a media playlist on older nodes), "media_playlist"
+        # the live one: a stream player starts from the first, as a standard player does; the others,
+        # and a renewal (whose media playlist is the one being played, with the new token), from the second
+        first = self.swarm.cfg.player == "stream" and self.admitted_at is None
+        url = answer["playlist"] if first or not answer.get("media_playlist") else answer["media_playlist"]
+        host, port, self.path = split_url(str(url))
         self.renew_at = time.time() + float(answer.get("renew_after_s") or 30.0)  # type: ignore[arg-type]
         self.edges = [split_url(str(e))[:2] for e in answer.get("edges") or ()]  # type: ignore[attr-defined]
         if (self.media.host, self.media.port) in self.edges:
@@ -320,12 +333,13 @@ class Listener:
 
     # -- media ----------------------------------------------------------------------------------
 
-    async def _get(self, target: str, *, playlist: bool = False) -> Response | None:
+    async def _get(self, target: str, *, playlist: bool = False,
+                   on_body: Callable[[bytes], None] | None = None) -> Response | None:
         """A media GET. Follows a renewal redirect (307) on playlists; None for a 404
-        (the part is gone: skip it); Rejoin on 401/403."""
+        (the part is gone: skip it); Rejoin on 401/403. ``on_body``: a 200's body as it arrives."""
         while True:
             try:
-                resp = await self._request("GET", target, conn=self.media)
+                resp = await self._request("GET", target, conn=self.media, on_body=on_body)
             except HttpError:
                 self._other_edge()
                 raise
@@ -364,6 +378,12 @@ class Listener:
         if self.answered is None:  # hls: the first playlist is the answer
             self.answered = time.time()
             self.swarm.join_answer(self.answered - self.arrived)
+        if m3u8.is_multivariant(resp.body):  # the join's answer: follow its (one) variant
+            variant = m3u8.parse_multivariant(resp.body.decode())[0]
+            if not variant.codecs:
+                self.swarm.error("variant_without_codecs")  # standard players refuse or mis-guess it
+            self.path = self._resolve(variant.uri).split("?", 1)[0]
+            return await self._playlist(query)
         return m3u8.parse_body(resp.body)
 
     def _got_audio(self, seconds: float, pdt: float | None) -> None:
@@ -384,9 +404,14 @@ class Listener:
     async def _play(self) -> None:
         pl = await self._playlist()
         if pl.map_uri and self.buffer is None:
-            await self._get(self._resolve(pl.map_uri))
-        ll = self.swarm.cfg.player == "ll" and pl.part_target is not None and bool(pl.parts)
-        if ll:
+            init = await self._get(self._resolve(pl.map_uri))
+            if init is not None:
+                self.timescale = init_timescale(init.body)
+        player = self.swarm.cfg.player
+        lowlat = pl.part_target is not None and bool(pl.parts)
+        if player == "stream" and lowlat:
+            await self._play_stream(pl)
+        elif player == "ll" and lowlat:
             await self._play_parts(pl)
         else:
             await self._play_segments(pl)
@@ -405,7 +430,10 @@ class Listener:
         last = (todo[0].msn, todo[0].index - 1) if todo else (pl.media_sequence, -1)
         while True:
             for part in todo:
-                resp = await self._get(self._resolve(part.uri))
+                # byte-range parts (one segment file) are asked for by their own part URIs, which the
+                # origin still serves: one request per part, as hls.js makes (with a Range header)
+                uri = part.uri if part.byterange is None else f"{part.msn}.{part.index}.m4s"
+                resp = await self._get(self._resolve(uri))
                 if resp is not None:
                     self._got_audio(part.duration, part.pdt)
                 last = (part.msn, part.index)
@@ -445,6 +473,46 @@ class Listener:
                 await asyncio.sleep(max(0.0, reloaded + wait - loop.time()))
                 pl = await self._playlist()
             todo = [s for s in pl.complete_segments if s.msn > last]
+
+    async def _play_stream(self, pl: m3u8.MediaPlaylist) -> None:
+        """One streaming GET per segment, from the newest: its body is read as it arrives and each
+        complete part (moof + mdat) goes to the buffer the moment its last byte is in. When the
+        response ends (the segment closed) the playlist is read once, for a renewal's redirect,
+        the end of the Space and the date-time of the segment just read, then the next segment
+        is asked for (the origin holds the request until its first part exists)."""
+        part_s = pl.part_target or 0.512
+        if self.buffer is None:
+            self.buffer = PlaybackBuffer(start_s=STREAM_START_PARTS * part_s - 1e-3)
+        newest = pl.segments[-1]
+        msn, pdt = newest.msn, newest.pdt
+        skip = start_skip(len(newest.parts) or round(newest.duration / part_s), STREAM_START_PARTS)
+        while True:
+            read = SegmentRead(msn, pdt, skip, self.timescale)
+            try:
+                resp = await self._get(self._resolve(f"{msn}.m4s"), on_body=lambda data: self._heard(read.feed(data)))
+            except MalformedMp4 as e:
+                raise GiveUp("bad_media") from e
+            if resp is not None and not read.reader.idle:
+                self.swarm.error("segment_cut_short")  # the body ended inside a box
+            if resp is None:  # 404: out of the window, or the Space restarted: from the newest again
+                pl = await self._playlist()
+                if pl.ended or not pl.segments:
+                    raise Ended()
+                newest = pl.segments[-1]
+                msn, pdt = newest.msn, newest.pdt
+                skip = start_skip(len(newest.parts) or round(newest.duration / part_s), STREAM_START_PARTS)
+                continue
+            await self._maybe_renew()
+            pl = await self._playlist()
+            if pl.ended:
+                raise Ended()
+            done = next((s for s in pl.segments if s.msn == msn and s.uri is not None), None)
+            pdt = done.pdt + done.duration if done is not None and done.pdt is not None else read.end_pdt
+            msn, skip = msn + 1, 0
+
+    def _heard(self, parts: list[Heard]) -> None:
+        for h in parts:
+            self._got_audio(h.duration_s, h.pdt)
 
     async def _icecast(self) -> None:
         sw = self.swarm
