@@ -37,6 +37,7 @@ def test_fragments_come_out_whole_however_the_bytes_are_cut(step: int) -> None:
     assert [f.decode_time for f in got] == [k * PART_SAMPLES for k in range(40, 47)]
     assert all(f.samples == 24 and f.duration_s == pytest.approx(0.512) for f in got)
     assert sum(f.size for f in got) == len(data) == r.bytes and r.idle
+    assert [data[f.end - f.size:f.end] for f in got] == [segment(k, 1) for k in range(40, 47)]  # each one's bytes
 
 
 def test_a_fragment_counts_only_once_its_last_byte_is_in() -> None:

@@ -7,7 +7,7 @@ of audio. Pure: bytes in, parts out; no I/O, no clock.
 holds a few hundred bytes whatever the segment's length. A fragment is complete when the last
 byte of its ``mdat`` has arrived: only then could a player decode it.
 
-    Fragment(samples, decode_time, duration_s, size)
+    Fragment(samples, decode_time, duration_s, size, end)
 
 The duration is the fragment's sample count times its sample duration (``tfhd``'s default,
 or each sample's own from ``trun``; 1024 for AAC-LC when neither says) over the timescale
@@ -39,6 +39,7 @@ class Fragment:
     decode_time: int  # tfdt, in timescale units (0 when the moof has none)
     duration_s: float
     size: int  # bytes of moof + mdat
+    end: int  # offset in the stream fed just after its last byte: its bytes are [end - size, end)
 
 
 class FragmentReader:
@@ -73,7 +74,7 @@ class FragmentReader:
                 self._skip -= take
                 pos += take
                 if not self._skip and self._size:
-                    self._complete(out)
+                    self._complete(out, self.bytes - n + pos)
                 continue
             if len(buf) < 8:
                 take = min(8 - len(buf), n - pos)
@@ -97,19 +98,19 @@ class FragmentReader:
                 self._size = size
                 self._skip = size - 8
                 if not self._skip:
-                    self._complete(out)
+                    self._complete(out, self.bytes - n + pos)
             else:
                 self._skip = size - 8
             buf.clear()
         return out
 
-    def _complete(self, out: list[Fragment]) -> None:
+    def _complete(self, out: list[Fragment], end: int) -> None:
         mdat, self._size = self._size, 0
         pending, self._pending = self._pending, None
         if pending is None:
             return
         samples, tfdt, ticks, moof = pending
-        out.append(Fragment(samples, tfdt, ticks / self.timescale, moof + mdat))
+        out.append(Fragment(samples, tfdt, ticks / self.timescale, moof + mdat, end))
 
     @property
     def idle(self) -> bool:

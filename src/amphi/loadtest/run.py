@@ -387,6 +387,7 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         "stalls": totals["stalls"],
         "stall_seconds_total": round(stall_s, 3),
         "latency_p50_s": rounded(hists["latency"].quantile(0.5), 3),
+        "latency_p95_s": rounded(hists["latency"].quantile(0.95), 3),
         "latency_p99_s": rounded(hists["latency"].quantile(0.99), 3),
         "requests_total": totals["requests"],
         "request_rate_avg": round(totals["requests"] / wall, 1),
