@@ -31,10 +31,12 @@ audience (``--ramp`` seconds of arrivals, then steady listening until ``--durati
    segments, program date-times), one worker process; listeners reload the playlist every
    target duration and fetch segments (``--protocol hls``): the floor of HTTP serving cost.
 
-Requests per listener per second are the generator's requests in the steady part over the
-listeners seated. For Amphi the node's own media request rate (``origin`` in ``GET
+Requests per listener per second are the generator's request rate in the steady part over
+the listeners seated. For Amphi the node's own media request rate (``origin`` in ``GET
 /api/node``, sampled once a second) is reported too: behind an edge it is what reaches the
-origin, which should not grow with the audience.
+origin, which should not grow with the audience. Both rates are least-squares slopes of the
+cumulative counts (stream listeners ask in a burst at each segment boundary: a difference of
+two readings would be off by a burst).
 
 Server CPU is the server's processes (nginx: master + worker; Amphi: the node; Icecast2:
 the server, not ffmpeg) over the steady part of the run (after the ramp), and over the whole
@@ -67,7 +69,7 @@ from harness import (HOST, NodeProcess, exit_on_sigterm, free_port, kill_group, 
                      start_space)
 
 from amphi.loadtest.machine import raise_open_files  # noqa: E402
-from amphi.loadtest.run import RunOptions, run as loadtest, window_means  # noqa: E402
+from amphi.loadtest.run import RunOptions, fitted_rate, run as loadtest, window_means  # noqa: E402
 from amphi.loadtest.swarm import LoadConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,13 +280,10 @@ class OriginRequests:
                 self._stop.wait(1.0)
 
     def rate(self, after: float, until: float) -> float | None:
-        """Requests a second between the first sample after ``after`` and the last one before
-        ``until`` (wall times); None without two samples there."""
-        inside = [(t, n) for t, n in self.samples if after <= t <= until]
-        if len(inside) < 2 or inside[-1][0] - inside[0][0] < 1.0:
-            return None
-        (t0, n0), (t1, n1) = inside[0], inside[-1]
-        return round((n1 - n0) / (t1 - t0), 1)
+        """Requests a second between the wall times ``after`` and ``until``, fitted through the
+        samples there (``fitted_rate``: streamed segments make the count climb in steps)."""
+        rate = fitted_rate([(t, float(n)) for t, n in self.samples if after <= t <= until])
+        return None if rate is None else round(rate, 1)
 
     def __enter__(self) -> OriginRequests:
         self._thread.start()
@@ -318,8 +317,6 @@ def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll"
             r = loadtest(opts, progress)
         steady = window_means(r["timeline"], ramp + 2, args.duration)  # type: ignore[arg-type]
         r.update({f"{key}_steady": pct for key, pct in steady.items()})  # server's core: with the split
-        rate, seated = r.get("request_rate_steady"), int(r["admitted"])  # type: ignore[call-overload]
-        r["requests_per_listener_s"] = round(rate / seated, 3) if isinstance(rate, (int, float)) and seated else None
         return r
 
     if system == "amphi":

@@ -30,6 +30,8 @@ def summary_table(r: dict[str, object]) -> str:
         ("latency behind live p50 / p95 / p99", f"{_s(r['latency_p50_s'])} / {_s(r.get('latency_p95_s'))} / "
                                                 f"{_s(r['latency_p99_s'])}"),
         ("requests (avg rate)", f"{r['requests_total']} ({r['request_rate_avg']}/s)"),
+        ("requests per listener per second, after the ramp",
+         "-" if r.get("requests_per_listener_s") is None else f"{r['requests_per_listener_s']:.3f}"),
         ("errors by kind", ", ".join(f"{k} {v}" for k, v in sorted(r["errors_by_kind"].items())) or "none"),  # type: ignore[union-attr]
         ("generator CPU (% of one core)", f"{r['generator_cpu_pct']} over {r['generator_procs']} process(es) "
                                           f"{r['generator_proc_cpu_pct']}, loop lag p99 "

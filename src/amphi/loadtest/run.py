@@ -249,6 +249,11 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     result["t0_unix"] = round(t0, 3)  # when arrivals (and attacks) are counted from
     result["softirq_cpu_pct"] = round(softirq, 1)
     result["other_processes_cpu_pct"] = round(max(0.0, others), 1)  # neither generator, server nor softirq
+    # after the ramp: listeners playing, no more joins (fitted: stream listeners ask in bursts)
+    steady = steady_request_rate(timeline, opts.ramp_s + 2, cfg.duration_s)
+    seated = int(result["admitted"])  # type: ignore[call-overload]
+    result["request_rate_steady"] = steady
+    result["requests_per_listener_s"] = round(steady / seated, 3) if steady is not None and seated else None
     requests = int(result["requests_total"])  # type: ignore[call-overload]
     result["server_cpu_per_request_s"] = round(srv_total / requests, 7) if srv_total is not None and requests else None
     result["generator_cpu_per_request_s"] = round(gen_total / requests, 7) if requests else None
@@ -284,6 +289,32 @@ def window_means(timeline: list[dict[str, object]], after_s: float, until_s: flo
             before = float(first[cum]) if first else 0.0  # type: ignore[arg-type]
             out[key] = round(scale * (float(last[cum]) - before) / wall, 1)  # type: ignore[arg-type]
     return out
+
+
+def fitted_rate(points: list[tuple[float, float]]) -> float | None:
+    """The slope of a counter sampled over time, ``(t, count)`` pairs, by least squares. A stream
+    listener's requests come in a burst at each segment boundary, so a counter read once a
+    second climbs in steps a segment apart: the difference of two readings is off by up to a
+    step, the fitted line through all of them by a small fraction of one. None with fewer than
+    two points or no time between them."""
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mt = sum(t for t, _ in points) / n
+    mc = sum(c for _, c in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    if var <= 0:
+        return None
+    return sum((t - mt) * (c - mc) for t, c in points) / var
+
+
+def steady_request_rate(timeline: list[dict[str, object]], after_s: float, until_s: float) -> float | None:
+    """Requests a second over the seconds ``after_s < t <= until_s`` of a run's timeline, fitted
+    (``fitted_rate``) through each row's cumulative request count at its wall time."""
+    points = [(float(row["wall_s"]), float(row["requests_total"]))  # type: ignore[arg-type]
+              for row in timeline if after_s < row["t"] <= until_s and row.get("wall_s") is not None]  # type: ignore[operator]
+    rate = fitted_rate(points)
+    return None if rate is None else round(rate, 1)
 
 
 def _merge_tick(tick: int, snaps: list[dict], prev: dict | None) -> dict[str, object]:
