@@ -33,7 +33,7 @@ import orjson
 from amphi.loadtest import playlist as m3u8
 from amphi.loadtest.buffer import PlaybackBuffer
 from amphi.loadtest.config import LoadConfig
-from amphi.loadtest.fragments import DEFAULT_TIMESCALE, Heard, SegmentRead, init_timescale, start_skip
+from amphi.loadtest.fragments import DEFAULT_TIMESCALE, SegmentRead, init_timescale, start_skip
 from amphi.defense.pow import solve
 from amphi.media.fmp4 import MalformedMp4
 from amphi.loadtest.http import Connection, HttpError, Response, is_loopback, loopback_source, split_url
@@ -72,6 +72,8 @@ class Swarm(Protocol):
     pow_s: float
     latency: Histogram
     edge_recovery: Histogram
+    part_gap: Histogram
+    segment_gap: Histogram
 
     def loop_time(self, at_s: float) -> float: ...
 
@@ -87,7 +89,7 @@ class Swarm(Protocol):
 class Listener:
     __slots__ = ("swarm", "session", "rng", "conn", "source", "media", "edges", "edge_lost", "edge_lost_at", "state", "buffer", "arrived", "answered", "admitted_at",
                  "first_audio", "waited", "token", "ticket", "renew_at", "path", "failures", "outcome", "dropped",
-                 "timescale")
+                 "timescale", "last_part_at")
 
     def __init__(self, swarm: Swarm, session: Session, rng: random.Random) -> None:
         self.swarm = swarm
@@ -116,6 +118,7 @@ class Listener:
         self.outcome = ""
         self.dropped = False
         self.timescale = DEFAULT_TIMESCALE  # of the audio track, from the init segment
+        self.last_part_at: float | None = None  # stream: when the last part arrived
 
     # -- the session ------------------------------------------------------------------------
 
@@ -486,10 +489,11 @@ class Listener:
         newest = pl.segments[-1]
         msn, pdt = newest.msn, newest.pdt
         skip = start_skip(len(newest.parts) or round(newest.duration / part_s), STREAM_START_PARTS)
+        self.last_part_at = None
         while True:
             read = SegmentRead(msn, pdt, skip, self.timescale)
             try:
-                resp = await self._get(self._resolve(f"{msn}.m4s"), on_body=lambda data: self._heard(read.feed(data)))
+                resp = await self._get(self._resolve(f"{msn}.m4s"), on_body=lambda data: self._heard(read, data))
             except MalformedMp4 as e:
                 raise GiveUp("bad_media") from e
             if resp is not None and not read.reader.idle:
@@ -510,7 +514,16 @@ class Listener:
             pdt = done.pdt + done.duration if done is not None and done.pdt is not None else read.end_pdt
             msn, skip = msn + 1, 0
 
-    def _heard(self, parts: list[Heard]) -> None:
+    def _heard(self, read: SegmentRead, data: bytes) -> None:
+        before = read.parts
+        parts = read.feed(data)
+        if not parts:
+            return
+        now = time.time()
+        if self.last_part_at is not None:  # from the previous part to the first of these
+            gap = now - self.last_part_at
+            (self.swarm.segment_gap if before == 0 else self.swarm.part_gap).add(gap)
+        self.last_part_at = now
         for h in parts:
             self._got_audio(h.duration_s, h.pdt)
 

@@ -364,7 +364,8 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
     cfg = opts.cfg
     outcomes: Counter[str] = Counter()
     errors: Counter[str] = Counter()
-    hists = {k: Histogram() for k in ("join", "audio", "latency", "admit_wait", "lag", "edge_recovery")}
+    hists = {k: Histogram() for k in ("join", "audio", "latency", "admit_wait", "lag", "edge_recovery", "part_gap",
+                                      "segment_gap")}
     totals: Counter[str] = Counter()
     for f in finals:
         outcomes.update(f["outcomes"])
@@ -412,6 +413,10 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         "admit_wait_p99_s": rounded(hists["admit_wait"].quantile(0.99), 4),
         "edge_recovery_p99_s": rounded(hists["edge_recovery"].quantile(0.99), 3),  # lost edge -> media again
         "edge_recovery_max_s": rounded(hists["edge_recovery"].max, 3) if hists["edge_recovery"].n else None,
+        # stream: the time between parts arriving, within a segment and across a segment boundary
+        # (0.512 s on time; the boundary's includes the playlist request and the next GET)
+        **{f"{k}_{q}_s": rounded(hists[k].quantile(v), 3) if hists[k].n else None
+           for k in ("part_gap", "segment_gap") for q, v in (("p50", 0.5), ("p99", 0.99))},
         "first_audio_p50_s": rounded(hists["audio"].quantile(0.5), 4),
         "first_audio_p99_s": rounded(hists["audio"].quantile(0.99), 4),
         "stalled_listeners": totals["stalled_listeners"],

@@ -43,6 +43,8 @@ class Swarm:
         self.join_hist, self.audio_hist, self.latency = Histogram(), Histogram(), Histogram()
         self.admit_wait = Histogram()  # arrival -> admitted
         self.edge_recovery = Histogram()  # an edge stopped answering -> media again from another
+        self.part_gap = Histogram()  # stream: between two parts' arrivals within a segment (0.512 s when on time)
+        self.segment_gap = Histogram()  # stream: last part of a segment -> first part of the next
         self.tick_join, self.tick_audio = Histogram(), Histogram()
         self.lag = Histogram()
         self.lag_max = 0.0
@@ -163,6 +165,7 @@ class Swarm:
             "join": self.join_hist.to_dict(), "audio": self.audio_hist.to_dict(),
             "latency": self.latency.to_dict(), "admit_wait": self.admit_wait.to_dict(), "lag": self.lag.to_dict(),
             "edge_recovery": self.edge_recovery.to_dict(),
+            "part_gap": self.part_gap.to_dict(), "segment_gap": self.segment_gap.to_dict(),
             "cpu_s": time.process_time(), "send_s": self.send_s, "cpus": sorted(os.sched_getaffinity(0)),
             "pow_solved": self.pow_solved, "pow_s": self.pow_s,
         }
