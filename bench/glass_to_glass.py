@@ -1,6 +1,6 @@
 """Glass-to-glass latency of one live Space: speaker's WebRTC frame -> listener having the audio.
 
-    .venv/bin/python bench/glass_to_glass.py [--player ll|stream] [--edge] [--bursts 60] \\
+    .venv/bin/python bench/glass_to_glass.py [--player stream|ll] [--edge] [--bursts 60] \\
         [--json OUT] [--plot OUT.png]
 
 Starts ``amphi serve`` on a free 127.0.0.1 port (with ``--edge``, one Varnish edge in front,
@@ -549,8 +549,9 @@ def listener_playlist(node_url: str, space_id: str, via_edge: bool) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--player", choices=("ll", "stream"), default="ll",
-                        help="ll: a request per part with blocking reloads; stream: one streamed GET per segment")
+    parser.add_argument("--player", choices=("ll", "stream"), default="stream",
+                        help="stream (the listener page's mode): one streamed GET per segment; ll: a request per "
+                             "part with blocking reloads")
     parser.add_argument("--edge", action="store_true", help="through one Varnish edge (amphi edge), as deployed")
     args = parse_burst_options(parser, hz_help="tone frequency (default 1000)", target=2.0,
                                target_help="fail if the median latency exceeds this (s)",

@@ -5,7 +5,7 @@
         [--md docs/benchmarks.md] [--json bench/out/side_by_side.json] [--plot docs/benchmarks.png] \\
         [--warm 12] [--small]
 
-``--small``: 100 segment players against Amphi and Icecast2, a 2 s ramp, 8 s in all, on a Space
+``--small``: 100 stream players against Amphi and Icecast2, a 2 s ramp, 8 s in all, on a Space
 5 s old (about 30 s); the markdown, JSON and plot go to the temporary directory, not docs/.
 Exits 1 if a run could not be made (an error) or seated nobody, 2 on an error of the bench.
 
@@ -566,7 +566,7 @@ def main() -> int:
     parser.add_argument("--from-json", metavar="JSON", help="only rewrite the markdown and plot from an earlier run")
     parser.add_argument("--warm", type=float, default=WARM_S, help="an Amphi Space's age when the audience arrives")
     tmp = Path(tempfile.gettempdir())
-    small_mode(parser, sizes="100", systems="amphi,icecast", players="segments", duration=8.0, ramp=2.0, warm=5.0,
+    small_mode(parser, sizes="100", systems="amphi,icecast", players="stream", duration=8.0, ramp=2.0, warm=5.0,
                surge=False, md=str(tmp / "side_by_side_small.md"), json=str(tmp / "side_by_side_small.json"),
                plot=str(tmp / "side_by_side_small.png"))
     args = parser.parse_args()

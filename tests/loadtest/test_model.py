@@ -123,11 +123,13 @@ def test_backoff_grows_with_full_jitter_and_polls_are_never_early() -> None:
 def test_parse_live_playlist_with_parts_hint_and_date_times() -> None:
     pl = m3u8.parse((GOLDEN / "live.m3u8").read_text())
     assert pl.can_block_reload and pl.part_hold_back == pytest.approx(1.536) and pl.part_target == pytest.approx(0.512)
-    assert pl.map_uri == "init.mp4" and pl.preload_hint == "5.3.m4s" and not pl.ended
+    assert pl.map_uri == "init.mp4" and not pl.ended
+    assert (pl.preload_hint, pl.preload_hint_start) == ("5.m4s", 660)  # the next part: from byte 660 of 5.m4s
     assert [s.msn for s in pl.complete_segments] == [0, 1, 2, 3, 4]
     assert pl.segments[-1].uri is None and len(pl.segments[-1].parts) == 3  # the open segment
     parts = pl.parts
-    assert (parts[0].msn, parts[0].index, parts[0].uri) == (3, 0, "3.0.m4s")
+    assert (parts[0].msn, parts[0].index, parts[0].uri, parts[0].byterange) == (3, 0, "3.m4s", (220, 0))
+    assert (parts[-1].msn, parts[-1].index, parts[-1].byterange) == (5, 2, (220, 440))
     assert (pl.last_part.msn, pl.last_part.index) == (5, 2)
     assert parts[1].pdt - parts[0].pdt == pytest.approx(0.512)
     assert pl.segments[1].pdt - pl.segments[0].pdt == pytest.approx(3.584, abs=1e-3)
