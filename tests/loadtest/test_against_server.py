@@ -28,7 +28,7 @@ def live_space(server: AmphiServer) -> str:
     server.start_space(space, key)
     r = server.http.post(f"/api/spaces/{space}/join", json={}, headers={"authorization": f"Bearer {key}"})
     assert r.status_code == 200, r.text
-    playlist = server.http.get(r.json()["playlist"])
+    playlist = server.http.get(r.json()["media_playlist"])
     assert playlist.status_code == 200 and "#EXTINF" in playlist.text
     return space
 
@@ -181,7 +181,7 @@ def test_stream_players_hear_each_part_as_it_is_made_with_two_requests_a_segment
     # joining mid-segment, the segment so far comes at once: playing within a part, near the live edge
     assert r["first_audio_p99_s"] < 1.0
     assert 0.3 < r["latency_p50_s"] <= r["latency_p99_s"] < 2.5
-    assert r["renewals"] >= 300  # about 5 each in 10 s
+    assert r["renewals"] >= 150  # due every 2 s, renewed at the next segment boundary: 2 or 3 each in 10 s
     # per listener: join, multivariant, live playlist, init, leave; two per segment (about 4 of
     # 3.584 s in 10 s, each one streamed) and two per renewal (the POST, the playlist's 307)
     streamed = server.node()["origin"]["streams"]
