@@ -49,7 +49,7 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs
 
 from amphi.control.tokens import Token
-from amphi.core.config import SAMPLE_RATE, MediaConfig
+from amphi.core.config import MediaConfig
 from amphi.core.errors import AmphiError, BadRequest, MethodNotAllowed, NotFound, TooBusy, Unauthorized
 from amphi.media.pipeline import Pipeline
 from amphi.media.playlist import render_live, render_multivariant
@@ -215,13 +215,13 @@ class Origin:
 
     async def _hold(self, pipeline: Pipeline, predicate: Callable[[], bool], receive: Receive,
                     timeout: float | None = None) -> bool | None:
-        """Waits for ``predicate`` (at most ``timeout``, by default a blocking reload's); None
+        """Waits for ``predicate`` (at most ``timeout``, by default ``MediaConfig.hold_s``); None
         when the client disconnected first."""
         if self.stats.blocking_waiting + self.stats.streams_open >= self._cfg.max_blocking_waiters:
             raise TooBusy("too many listeners waiting on this node", retry_after_s=1)
         self.stats.blocking_waiting += 1
         try:
-            ok = await _unless_gone(receive, pipeline.wait_for(predicate, timeout or self._cfg.blocking_timeout_s))
+            ok = await _unless_gone(receive, pipeline.wait_for(predicate, timeout or self._cfg.hold_s))
         finally:
             self.stats.blocking_waiting -= 1
         if ok is None:
@@ -272,9 +272,9 @@ class Origin:
 
     @property
     def _wait_s(self) -> float:
-        """The longest a segment request waits for bytes that will come: a segment and a part,
-        plus a blocking reload's grace."""
-        return self._cfg.segment_samples / SAMPLE_RATE + self._cfg.part_s + self._cfg.blocking_timeout_s
+        """The longest a segment request waits for bytes that will come: a whole segment (the
+        next one is asked for as the open one begins) and then the usual hold."""
+        return self._cfg.segment_s + self._cfg.hold_s
 
     async def _bytes(self, send: Send, data: bytes, wanted: tuple[int, int | None] | None, head: bool) -> None:
         """A complete segment, or the range of it asked for."""
