@@ -1,6 +1,6 @@
 """Glass-to-glass latency of one live Space: speaker's WebRTC frame -> listener having the audio.
 
-    .venv/bin/python bench/glass_to_glass.py [--player stream|ll] [--edge] [--bursts 60] \\
+    .venv/bin/python bench/glass_to_glass.py [--player stream|ll] [--edge] [--segment-parts N] [--bursts 60] \\
         [--json OUT] [--plot OUT.png]
 
 Starts ``amphi serve`` on a free 127.0.0.1 port (with ``--edge``, one Varnish edge in front,
@@ -458,7 +458,7 @@ def summarize(listener: Listener, args: argparse.Namespace) -> dict[str, object]
         "settings": {"player": args.player, "edge": args.edge,
                      "bursts": args.bursts, "warmup": args.warmup, "period_s": args.period, "burst_ms": args.burst_ms,
                      "tone_hz": args.hz, "threshold": args.threshold, "target_p50_s": args.target,
-                     "part_s": MEDIA.part_s, "parts_per_segment": MEDIA.parts_per_segment,
+                     "part_s": MEDIA.part_s, "parts_per_segment": args.segment_parts or MEDIA.parts_per_segment,
                      "jitter_target_ms": MEDIA.jitter_target_ms, "tick_ms": MEDIA.tick_ms},
         "count": len(measured),
         "sent": len(sent),
@@ -553,6 +553,7 @@ def main() -> int:
                         help="stream (the listener page's mode): one streamed GET per segment; ll: a request per "
                              "part with blocking reloads")
     parser.add_argument("--edge", action="store_true", help="through one Varnish edge (amphi edge), as deployed")
+    parser.add_argument("--segment-parts", type=int, default=None, help="parts per segment (amphi serve --segment-parts)")
     args = parse_burst_options(parser, hz_help="tone frequency (default 1000)", target=2.0,
                                target_help="fail if the median latency exceeds this (s)",
                                plot_help="write a per-burst breakdown and a histogram", small_target=3.0)
@@ -561,11 +562,11 @@ def main() -> int:
     print(f"glass-to-glass ({args.player} player{', through an edge' if args.edge else ''}): {args.bursts} bursts; "
           f"about {LEAD_IN_S + args.bursts * args.period + 10:.0f} s", flush=True)
     edge = None
-    node_args: list[str] = []
+    node_args: list[str] = ["--segment-parts", str(args.segment_parts)] if args.segment_parts else []
     if args.edge:
         os.environ.setdefault("AMPHI_SECRET", "s" * 64)  # the node inherits it; the edge is given it
         edge_port = free_port()
-        node_args = ["--edge", f"http://{HOST}:{edge_port}"]
+        node_args += ["--edge", f"http://{HOST}:{edge_port}"]
     node = NodeProcess(args=node_args)
     with node:
         print(f"node {node.url} (pid {node.pid}), data in {node.dir}", flush=True)

@@ -3,7 +3,7 @@
     .venv/bin/python bench/side_by_side.py [--sizes 1000,3000,6000,10000] [--duration 40] [--ramp 10] \\
         [--procs 2] [--players ll,segments,stream] [--systems amphi,edge,icecast,nginx] \\
         [--md docs/benchmarks.md] [--json bench/out/side_by_side.json] [--plot docs/benchmarks.png] \\
-        [--warm 12] [--small]
+        [--warm 12] [--segment-parts 12] [--small]
 
 ``--small``: 100 stream players against Amphi and Icecast2, a 2 s ramp, 8 s in all, on a Space
 5 s old (about 30 s); the markdown, JSON and plot go to the temporary directory, not docs/.
@@ -235,6 +235,13 @@ http {{
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def node_args(size: int, args: argparse.Namespace) -> list[str]:
+    """``amphi serve``'s options for an audience of ``size``: seats for all, joins at 2,000 a
+    second, and ``--segment-parts`` if given (longer segments: fewer requests per listener)."""
+    extra = ["--segment-parts", str(args.segment_parts)] if args.segment_parts else []
+    return ["--max-listeners", str(max(size, 10_000)), "--admit-rate", "2000", *extra]
+
+
 def behind_edge(size: int, args: argparse.Namespace, player: str, go) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """The node with one Varnish edge in front (``amphi edge``, with its default limits and its
     nginx connection cap): listeners join at the node and fetch media from the edge; server CPU
@@ -244,8 +251,7 @@ def behind_edge(size: int, args: argparse.Namespace, player: str, go) -> dict[st
 
     secret = os.environ.setdefault("AMPHI_SECRET", "s" * 64)  # the node inherits it; the edge is given it
     port = free_port()
-    node = NodeProcess(args=["--max-listeners", str(max(size, 10_000)), "--admit-rate", "2000",
-                             "--edge", f"http://{HOST}:{port}"])
+    node = NodeProcess(args=[*node_args(size, args), "--edge", f"http://{HOST}:{port}"])
     with node:
         spec = EdgeSpec.signed("edge1", secret, (Backend.parse("origin", node.url),))  # as deployed: limits on
         edge = Edge(spec, node.dir / "edge", HOST, port).start()
@@ -320,7 +326,7 @@ def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll"
         return r
 
     if system == "amphi":
-        node = NodeProcess(args=["--max-listeners", str(max(size, 10_000)), "--admit-rate", "2000"])
+        node = NodeProcess(args=node_args(size, args))
         with node:
             space = start_space(node.url, "side by side", join=False)
             time.sleep(args.warm)
@@ -565,6 +571,8 @@ def main() -> int:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--from-json", metavar="JSON", help="only rewrite the markdown and plot from an earlier run")
     parser.add_argument("--warm", type=float, default=WARM_S, help="an Amphi Space's age when the audience arrives")
+    parser.add_argument("--segment-parts", type=int, default=None,
+                        help="Amphi's parts (0.512 s) per segment (amphi serve --segment-parts; default: the node's, 7)")
     tmp = Path(tempfile.gettempdir())
     small_mode(parser, sizes="100", systems="amphi,icecast", players="stream", duration=8.0, ramp=2.0, warm=5.0,
                surge=False, md=str(tmp / "side_by_side_small.md"), json=str(tmp / "side_by_side_small.json"),
