@@ -77,6 +77,8 @@ class Swarm(Protocol):
 
     def loop_time(self, at_s: float) -> float: ...
 
+    def wall_time(self, at_s: float) -> float: ...
+
     def error(self, kind: str) -> None: ...
 
     def join_answer(self, seconds: float) -> None: ...
@@ -89,7 +91,7 @@ class Swarm(Protocol):
 class Listener:
     __slots__ = ("swarm", "session", "rng", "conn", "source", "media", "edges", "edge_lost", "edge_lost_at", "state", "buffer", "arrived", "answered", "admitted_at",
                  "first_audio", "waited", "token", "ticket", "renew_at", "path", "failures", "outcome", "dropped",
-                 "timescale", "last_part_at")
+                 "timescale", "last_part_at", "ends_at", "side")
 
     def __init__(self, swarm: Swarm, session: Session, rng: random.Random) -> None:
         self.swarm = swarm
@@ -119,6 +121,8 @@ class Listener:
         self.dropped = False
         self.timescale = DEFAULT_TIMESCALE  # of the audio track, from the init segment
         self.last_part_at: float | None = None  # stream: when the last part arrived
+        self.ends_at = float("inf")  # wall time the session ends: its buffer is not played past it
+        self.side: Connection | None = None  # stream: a second connection to the media's host, for playlists
 
     # -- the session ------------------------------------------------------------------------
 
@@ -129,6 +133,7 @@ class Listener:
         self.arrived = time.time()
         self.state = "joining"
         end = sw.cfg.duration_s if s.leave_s is None else min(s.leave_s, sw.cfg.duration_s)
+        self.ends_at = sw.wall_time(end)
         try:
             if s.drop_s is not None and s.drop_s < end:
                 if await self._until(s.drop_s):
@@ -140,7 +145,9 @@ class Listener:
             await self._until(end)
         finally:
             if self.buffer is not None:
-                self.buffer.advance(time.time())
+                # to the session's end at most: when a whole crowd's sessions end at once, the loop
+                # comes round to each late, and a buffer run dry in that delay is no listener's stall
+                self.buffer.advance(min(time.time(), self.ends_at))
             if not self.outcome:
                 self.outcome = self.state
             await self._leave()
@@ -150,6 +157,8 @@ class Listener:
         self.conn.close()
         if self.media is not self.conn:
             self.media.close()
+        if self.side is not None:
+            self.side.close()
 
     async def _until(self, at_s: float) -> bool:
         """Runs the listener until ``at_s`` (seconds from T0); True if it finished by itself."""
@@ -336,13 +345,14 @@ class Listener:
 
     # -- media ----------------------------------------------------------------------------------
 
-    async def _get(self, target: str, *, playlist: bool = False,
-                   on_body: Callable[[bytes], None] | None = None) -> Response | None:
-        """A media GET. Follows a renewal redirect (307) on playlists; None for a 404
-        (the part is gone: skip it); Rejoin on 401/403. ``on_body``: a 200's body as it arrives."""
+    async def _get(self, target: str, *, playlist: bool = False, on_body: Callable[[bytes], None] | None = None,
+                   conn: Connection | None = None) -> Response | None:
+        """A media GET (on the media connection unless ``conn``). Follows a renewal redirect (307)
+        on playlists; None for a 404 (the part is gone: skip it); Rejoin on 401/403.
+        ``on_body``: a 200's body as it arrives."""
         while True:
             try:
-                resp = await self._request("GET", target, conn=self.media, on_body=on_body)
+                resp = await self._request("GET", target, conn=conn or self.media, on_body=on_body)
             except HttpError:
                 self._other_edge()
                 raise
@@ -374,8 +384,8 @@ class Listener:
             return uri
         return self.path.rsplit("/", 1)[0] + "/" + uri
 
-    async def _playlist(self, query: str = "") -> m3u8.MediaPlaylist:
-        resp = await self._get(self.path + query, playlist=True)
+    async def _playlist(self, query: str = "", conn: Connection | None = None) -> m3u8.MediaPlaylist:
+        resp = await self._get(self.path + query, playlist=True, conn=conn)
         if resp is None:
             raise GiveUp("http_404")
         if self.answered is None:  # hls: the first playlist is the answer
@@ -386,7 +396,7 @@ class Listener:
             if not variant.codecs:
                 self.swarm.error("variant_without_codecs")  # standard players refuse or mis-guess it
             self.path = self._resolve(variant.uri).split("?", 1)[0]
-            return await self._playlist(query)
+            return await self._playlist(query, conn)
         return m3u8.parse_body(resp.body)
 
     def _got_audio(self, seconds: float, pdt: float | None) -> None:
@@ -480,9 +490,10 @@ class Listener:
     async def _play_stream(self, pl: m3u8.MediaPlaylist) -> None:
         """One streaming GET per segment, from the newest: its body is read as it arrives and each
         complete part (moof + mdat) goes to the buffer the moment its last byte is in. When the
-        response ends (the segment closed) the playlist is read once, for a renewal's redirect,
-        the end of the Space and the date-time of the segment just read, then the next segment
-        is asked for (the origin holds the request until its first part exists)."""
+        response ends (the segment closed) the next segment is asked for at once (the origin
+        holds the request until its first part exists) and, alongside on a second connection as
+        a browser would, the playlist once: for a renewal's redirect, the end of the Space, and
+        the date-time of the segment just read (the next one's follows from it)."""
         part_s = pl.part_target or 0.512
         if self.buffer is None:
             self.buffer = PlaybackBuffer(start_s=STREAM_START_PARTS * part_s - 1e-3)
@@ -490,29 +501,54 @@ class Listener:
         msn, pdt = newest.msn, newest.pdt
         skip = start_skip(len(newest.parts) or round(newest.duration / part_s), STREAM_START_PARTS)
         self.last_part_at = None
+        after: int | None = None  # the segment that just closed: the playlist is read for it
         while True:
+            if after is not None:
+                await self._maybe_renew()  # when due (every renew_after_s): before the next GET, which carries the token
             read = SegmentRead(msn, pdt, skip, self.timescale)
+            segment = asyncio.ensure_future(self._segment(read))
             try:
-                resp = await self._get(self._resolve(f"{msn}.m4s"), on_body=lambda data: self._heard(read, data))
-            except MalformedMp4 as e:
-                raise GiveUp("bad_media") from e
-            if resp is not None and not read.reader.idle:
-                self.swarm.error("segment_cut_short")  # the body ended inside a box
+                if after is not None:
+                    pl = await self._reload_beside()
+                    if pl.ended:
+                        raise Ended()
+                    done = next((s for s in pl.segments if s.msn == after and s.uri is not None), None)
+                    if done is not None and done.pdt is not None:
+                        read.pdt = done.pdt + done.duration  # as listed, should the stream's clock have jumped
+                resp = await segment
+            finally:
+                if not segment.done():
+                    segment.cancel()  # the session ended, or the Space: the connection is closed
+                elif not segment.cancelled():
+                    segment.exception()  # raised above if it mattered; retrieved either way
             if resp is None:  # 404: out of the window, or the Space restarted: from the newest again
                 pl = await self._playlist()
                 if pl.ended or not pl.segments:
                     raise Ended()
                 newest = pl.segments[-1]
-                msn, pdt = newest.msn, newest.pdt
+                msn, pdt, after = newest.msn, newest.pdt, None
                 skip = start_skip(len(newest.parts) or round(newest.duration / part_s), STREAM_START_PARTS)
                 continue
-            await self._maybe_renew()
-            pl = await self._playlist()
-            if pl.ended:
-                raise Ended()
-            done = next((s for s in pl.segments if s.msn == msn and s.uri is not None), None)
-            pdt = done.pdt + done.duration if done is not None and done.pdt is not None else read.end_pdt
-            msn, skip = msn + 1, 0
+            after, msn, pdt, skip = msn, msn + 1, read.end_pdt, 0
+
+    async def _segment(self, read: SegmentRead) -> Response | None:
+        """Segment ``read.msn``, streamed into ``read`` (and the buffer); None if the origin has it not."""
+        try:
+            resp = await self._get(self._resolve(f"{read.msn}.m4s"), on_body=lambda data: self._heard(read, data))
+        except MalformedMp4 as e:
+            raise GiveUp("bad_media") from e
+        if resp is not None and not read.reader.idle:
+            self.swarm.error("segment_cut_short")  # the body ended inside a box
+        return resp
+
+    async def _reload_beside(self) -> m3u8.MediaPlaylist:
+        """The playlist on the second connection, while the media connection streams the next segment."""
+        m = self.media
+        if self.side is None or (self.side.host, self.side.port) != (m.host, m.port):
+            if self.side is not None:
+                self.side.close()
+            self.side = Connection(m.host, m.port, source=self.source if is_loopback(m.host) else None)
+        return await self._playlist(conn=self.side)
 
     def _heard(self, read: SegmentRead, data: bytes) -> None:
         before = read.parts

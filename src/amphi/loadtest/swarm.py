@@ -73,6 +73,9 @@ class Swarm:
     def loop_time(self, at_s: float) -> float:
         return self.t0_loop + at_s
 
+    def wall_time(self, at_s: float) -> float:
+        return self.t0_wall + at_s
+
     async def sleep_until(self, at_s: float) -> None:
         delay = self.loop_time(at_s) - asyncio.get_running_loop().time()
         if delay > 0:
@@ -133,7 +136,7 @@ class Swarm:
             states[lst.state] += 1
             b = lst.buffer
             if b is not None:
-                stall_s += b.stalled_seconds(now)
+                stall_s += b.stalled_seconds(min(now, lst.ends_at))  # a session is not played past its end
                 stalls += b.stalls
                 if b.state is Playback.STALLED and lst.state == "playing":
                     stalled_now += 1
