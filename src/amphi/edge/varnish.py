@@ -9,14 +9,17 @@ Varnish cannot cap the TCP connections one client address holds. With
   stream module (layer 4) caps the connections per address (``limit_conn``) and hands each to
   the http server over a Unix socket with the PROXY protocol, which costs a hop a request
   (``EdgeSpec.connection_cap``);
-* nginx's http server answers segment players from its own cache: whole segments, ``init.mp4``
-  and blocking playlist reloads without ``_HLS_part``, once the admission token checks out
+* nginx's http server answers segment players from its own cache: ``init.mp4`` and blocking
+  playlist reloads without ``_HLS_part``, once the admission token checks out
   (``front.js``: the same HMAC as the VCL, and the expiry). A rush for one object waits on
   ``proxy_cache_lock`` while one request fetches it from Varnish. An event loop answers these
   for about half of what Varnish's thread hand-over costs a request (bench/front_probe.py);
-  segment players are the audience's bulk (docs/benchmarks.md);
-* everything else (LL-HLS parts and their blocking reloads, which need Varnish's instant
-  wake-up, any token that does not check out, the API and pages) goes to varnishd over another
+  segment players are the audience's bulk (docs/benchmarks.md). Segments are not: a segment is
+  streamed while it is made, and nginx serves no cached copy before it is whole (its waiters
+  would get the segment at its end) nor a Range of a copy it got chunked;
+* everything else (segments, LL-HLS parts and their blocking reloads, which need Varnish's
+  instant wake-up or its streaming to every waiter, any token that does not check out, the API
+  and pages) goes to varnishd over another
   Unix socket, with the client's address in ``x-amphi-client``.
 
 Both run in one process group: nginx starts first, as a child that gets SIGTERM when its
@@ -259,8 +262,9 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
     # the open files it may have
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     files = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
-    # whole segments and init are immutable; a blocking reload's answer (keyed by its msn) is
-    # kept about a segment: a player that asks later than that gets a fresh one
+    # init is immutable; a blocking reload's answer (keyed by its msn) is kept about a segment: a
+    # player that asks later than that gets a fresh one. Segments go to Varnish: they are streamed
+    # to every listener while they are made (docs/edge.md, "Streamed segments")
     cached = "\n".join(f"""        location ~ "{ROUTES.edge_regex(names, "nginx", node=True).text}" {{
             {rate}
             proxy_cache media;
@@ -274,7 +278,7 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
             proxy_cache_valid 200 {ttl}s;
             add_header x-front-cache $upstream_cache_status always;
             proxy_pass http://varnish;
-        }}""" for names, ttl in ((("media.segment", "media.init"), spec.media_ttl_cap_s), (("media.live",), 4)))
+        }}""" for names, ttl in ((("media.init",), spec.media_ttl_cap_s), (("media.live",), 4)))
     capped = f"""stream {{
     limit_conn_zone $binary_remote_addr zone=per_address:10m;
     server {{

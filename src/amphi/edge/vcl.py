@@ -32,6 +32,8 @@ QUERY = r"(?:\?[A-Za-z0-9_=&-]{0,64})?"  # the query a media URL may carry (bloc
 REPLAY = ROUTES.edge_regex([r.name for r in ROUTES.named("bare.") if r.public_once_ended], "vcl", node=True)
 MEDIA = ROUTES.edge_regex([r.name for r in ROUTES.named("media.")], "vcl", node=True, query=QUERY)
 JOIN = ROUTES["join"].pattern("vcl", query=r"(\?.*)?")
+SEGMENT = ROUTES["media.segment"].pattern("vcl", node=True, query=QUERY)  # a whole segment, streamed while open
+WHOLE_RANGE = r"^bytes=0-[0-9]*$"  # a Range Varnish answers right on a segment still arriving (docs/edge.md)
 TOKEN_RE = TOKEN.numbered()
 CONNECTION_CAPS = ("auto", "firewall", "nginx")
 
@@ -169,6 +171,7 @@ sub vcl_recv {{
     unset req.http.x-claims;
     unset req.http.x-token;
     unset req.http.x-file;
+    unset req.http.x-range;
     if (req.url ~ "^/o/") {{
         call amphi_media;
     }}
@@ -229,6 +232,13 @@ sub amphi_media {{
     if (std.healthy(req.backend_hint)) {{
         set req.grace = 0s;  # stale copies only while the origin is down: fresh ones start listeners at the live edge
     }}
+    if (req.http.range && req.url ~ "{SEGMENT}" && req.http.range !~ "{WHOLE_RANGE}") {{
+        # Varnish answers any Range on an object still arriving with a 200 and the whole body:
+        # right for a Range from byte 0 (the streamed segment), wrong for a part's bytes (a-b, a > 0).
+        # Those are their own objects, one per range, fetched with it: the origin waits for byte b
+        set req.http.x-range = req.http.range;
+        unset req.http.range;
+    }}
     set req.url = "/media/" + req.http.x-space + "/edge/" + req.http.x-file;
     unset req.http.x-token;
     unset req.http.x-file;
@@ -247,6 +257,9 @@ sub amphi_route {{
 sub vcl_hash {{
     hash_data(req.url);
     hash_data(req.http.x-node);
+    if (req.http.x-range) {{
+        hash_data(req.http.x-range);
+    }}
     return (lookup);
 }}
 
@@ -254,10 +267,20 @@ sub vcl_backend_fetch {{
     if (bereq.url ~ "^/media/[^/]+/edge/") {{
         set bereq.http.x-amphi-edge = "{spec.credential}";
     }}
+    if (bereq.http.x-range) {{
+        set bereq.http.range = bereq.http.x-range;  # Varnish drops a client's Range from a cache fetch
+        unset bereq.http.x-range;
+    }}
 }}
 
 sub vcl_backend_response {{
     if (bereq.url ~ "^/media/") {{
+        if (beresp.http.content-range) {{
+            # a part's bytes (x-range, above): Varnish refuses to keep an answer with a
+            # Content-Range ("Unexpected content-range header"), so it is kept under another name
+            set beresp.http.x-amphi-content-range = beresp.http.content-range;
+            unset beresp.http.content-range;
+        }}
         if (beresp.status == 307 && beresp.http.location ~ "^/media/") {{
             set beresp.http.location = "/o/" + bereq.http.x-node + beresp.http.location;
         }}
@@ -272,7 +295,8 @@ sub vcl_backend_response {{
             set beresp.grace = {spec.stale_playlist_s:g}s;
         }} elsif (bereq.url ~ "\\.m3u8") {{
             set beresp.grace = {spec.stale_playlist_s:g}s;
-        }} elsif (beresp.ttl > {spec.media_ttl_cap_s}s) {{
+        }} elsif (beresp.ttl > {spec.media_ttl_cap_s}s || beresp.status == 206) {{
+            # 206: a part's bytes of a segment (x-range), as immutable; Varnish gives a 206 no TTL of its own
             set beresp.ttl = {spec.media_ttl_cap_s}s;
             set beresp.grace = 0s;
         }}
@@ -303,6 +327,10 @@ sub vcl_backend_error {{
 
 sub vcl_deliver {{
     set resp.http.x-edge = "{spec.name}";
+    if (resp.http.x-amphi-content-range) {{
+        set resp.http.content-range = resp.http.x-amphi-content-range;
+        unset resp.http.x-amphi-content-range;
+    }}
     if (obj.hits > 0) {{
         set resp.http.x-cache = "hit";
     }} else {{
