@@ -63,8 +63,11 @@ PARAMS = {
     # 113 us a request at 10k wrk players on one edge; with a few hundred they queue, and a
     # request costs 44-63 us (bench/edge.py, docs/edge.md). Each request holds a thread only while it is answered
     # (parked ones and idle connections hold none), and answers are small.
+    # A listener reading a segment that is still being made holds a thread until the segment ends
+    # (Varnish delivers each response on its own thread): the pools' ceiling follows the streams
+    # the edge is sized for (Edge.streams, below); a stream over it waits for a thread, and so
+    # gets its segment only once whole (docs/edge.md, "Streamed segments")
     "thread_pool_min": "100",  # per pool: a surge does not wait for threads to be made one by one
-    "thread_pool_max": "200",
     "thread_pools": "2",
     "thread_queue_limit": "20000",  # requests waiting for a thread before the edge drops new sessions
     "http_resp_hdr_len": "16k",
@@ -74,13 +77,25 @@ PARAMS = {
 }
 
 
+STREAMS = 10_000  # listeners an edge streams segments to at once, by default (one thread each)
+SPARE_THREADS = 200  # per pool, over the streams: everything else (playlists, parts, the API)
+
+
+def pool_max(streams: int) -> int:
+    """Threads a pool may have for ``streams`` concurrent streamed segments."""
+    pools = int(PARAMS["thread_pools"])
+    return -(-streams // pools) + SPARE_THREADS
+
+
 class Edge:
-    def __init__(self, spec: EdgeSpec, workdir: Path, host: str, port: int, *, storage_mb: int = 256) -> None:
+    def __init__(self, spec: EdgeSpec, workdir: Path, host: str, port: int, *, storage_mb: int = 256,
+                 streams: int = STREAMS) -> None:
         self.spec = spec
         self.workdir = workdir.resolve()
         self.host, self.port = host, port
         self.url = f"http://{host}:{port}"
         self.storage_mb = storage_mb
+        self.streams = streams  # segments streamed at once: about the edge's live audience
         self.proc: subprocess.Popen[bytes] | None = None
         self.capped_by: str | None = None  # "firewall" or "nginx" once prepared, if there is a cap
         self.capped_by_why = ""  # why "auto" did not take the firewall
@@ -92,7 +107,8 @@ class Edge:
         return self.workdir / "varnish.sock"
 
     def command(self) -> list[str]:
-        params = [arg for k, v in PARAMS.items() for arg in ("-p", f"{k}={v}")]
+        params = [arg for k, v in {**PARAMS, "thread_pool_max": str(pool_max(self.streams))}.items()
+                  for arg in ("-p", f"{k}={v}")]
         listen = (f"{self._socket},mode=600" if self.spec.max_connections_per_address else f"{self.host}:{self.port}")
         return [VARNISHD, "-F", "-j", "none", "-n", str(self.workdir / "varnish"),
                 "-a", listen, "-f", str(self.workdir / "edge.vcl"),
@@ -343,6 +359,12 @@ events {{ worker_connections {files - 100}; }}
         error_page 429 = @too_many;
         error_page 502 504 = @unavailable;  # Varnish is not up (yet, or any more)
 {cached}
+        location ~ "{ROUTES.edge_regex(("media.segment",), "nginx", node=True).text}" {{
+            # streamed while it is made: each part goes on the moment Varnish has it (buffered,
+            # nginx sends only whole 4 KB buffers and holds a part's tail until the next part)
+            proxy_buffering off;
+            proxy_pass http://varnish;
+        }}
         location / {{
             proxy_pass http://varnish;
         }}

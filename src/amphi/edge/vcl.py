@@ -33,7 +33,9 @@ REPLAY = ROUTES.edge_regex([r.name for r in ROUTES.named("bare.") if r.public_on
 MEDIA = ROUTES.edge_regex([r.name for r in ROUTES.named("media.")], "vcl", node=True, query=QUERY)
 JOIN = ROUTES["join"].pattern("vcl", query=r"(\?.*)?")
 SEGMENT = ROUTES["media.segment"].pattern("vcl", node=True, query=QUERY)  # a whole segment, streamed while open
-WHOLE_RANGE = r"^bytes=0-[0-9]*$"  # a Range Varnish answers right on a segment still arriving (docs/edge.md)
+# a Range from byte 0 to the end, however the player says it ("0-", Shaka Player's "0-9007199254740991"; the
+# origin reads a last byte >= 2**32 as the end): the whole segment, streamed while it is made
+WHOLE_RANGE = r"^bytes=0-([0-9]{11,})?$"
 TOKEN_RE = TOKEN.numbered()
 CONNECTION_CAPS = ("auto", "firewall", "nginx")
 
@@ -234,8 +236,9 @@ sub amphi_media {{
     }}
     if (req.http.range && req.url ~ "{SEGMENT}" && req.http.range !~ "{WHOLE_RANGE}") {{
         # Varnish answers any Range on an object still arriving with a 200 and the whole body:
-        # right for a Range from byte 0 (the streamed segment), wrong for a part's bytes (a-b, a > 0).
-        # Those are their own objects, one per range, fetched with it: the origin waits for byte b
+        # right for "to the end" from byte 0 (the streamed segment), wrong for a part's bytes
+        # (hls.js asks a-b for each). Those are their own objects, one per range, fetched with
+        # it: the origin answers once byte b exists (206 a-b/*), every waiter shares the answer
         set req.http.x-range = req.http.range;
         unset req.http.range;
     }}
