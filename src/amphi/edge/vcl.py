@@ -10,6 +10,10 @@
    per file (``/media/<space>/edge/<file>``, fetched with this edge's credential). Concurrent
    misses wait on Varnish's waiting list for the one fetch in flight, blocking playlist reloads
    and preload-hinted parts included, and are woken the moment it lands.
+   A segment still being made is streamed (the origin sends each part as it is made): the one
+   fetch reaches every waiting listener as it arrives. Varnish answers any Range on such an
+   object with the whole body, so a Range that is not "from byte 0 to the end" (a part's
+   bytes, as hls.js asks) is an object of its own, fetched from the origin with that Range.
 3. The live playlist is kept 0.1 s (a blocking reload's answer for its max-age), so a new
    listener starts at the live edge; stale copies are served only while the origin fails its
    health probes, for a few seconds. Errors are kept 0.5 s.
