@@ -24,3 +24,10 @@ def test_a_range_from_byte_0_to_the_end_is_the_streamed_segment_and_any_other_it
 
 def test_the_thread_pools_hold_a_thread_per_stream() -> None:
     assert 2 * pool_max(10_000) >= 10_000 + 200 and 2 * pool_max(101) >= 101 + 200
+
+
+def test_media_preflights_are_answered_at_the_edge() -> None:
+    vcl = render(EdgeSpec.signed("e1", "s" * 32, (Backend.parse("n1", "http://127.0.0.1:1"),)))
+    media = vcl[vcl.index("sub amphi_media"):]
+    assert media.index('req.method == "OPTIONS"') < media.index('req.method != "GET"')  # not a 405
+    assert 'access-control-allow-headers = "content-type, range, x-request-id"' in vcl

@@ -41,6 +41,8 @@ SEGMENT = ROUTES["media.segment"].pattern("vcl", node=True, query=QUERY)  # a wh
 # origin reads a last byte >= 2**32 as the end): the whole segment, streamed while it is made
 WHOLE_RANGE = r"^bytes=0-([0-9]{11,})?$"
 TOKEN_RE = TOKEN.numbered()
+PREFLIGHT_HEADERS = "content-type, range, x-request-id"  # as the origin's preflight (web/asgi.py)
+EXPOSE_HEADERS = "content-length, content-range, location, retry-after"  # as the origin's answers (web/asgi.py)
 CONNECTION_CAPS = ("auto", "firewall", "nginx")
 
 
@@ -197,6 +199,9 @@ sub vcl_recv {{
 }}
 
 sub amphi_media {{
+    if (req.method == "OPTIONS") {{
+        return (synth(204, "preflight"));  # a page on another origin may play media (CORS)
+    }}
     if (req.method != "GET" && req.method != "HEAD") {{
         return (synth(405, "method_not_allowed: media is read with GET or HEAD"));
     }}
@@ -348,10 +353,20 @@ sub vcl_deliver {{
 }}
 
 sub vcl_synth {{
-    set resp.http.content-type = "application/json";
-    set resp.http.cache-control = "no-store";
     set resp.http.access-control-allow-origin = "*";
     set resp.http.x-edge = "{spec.name}";
+    if (resp.status == 204) {{
+        # a CORS preflight for media, answered as the origin answers it
+        set resp.http.access-control-allow-methods = "GET, HEAD, OPTIONS";
+        set resp.http.access-control-allow-headers = "{PREFLIGHT_HEADERS}";
+        set resp.http.access-control-max-age = "86400";
+        set resp.http.cache-control = "public, max-age=86400";
+        set resp.reason = "No Content";
+        return (deliver);
+    }}
+    set resp.http.content-type = "application/json";
+    set resp.http.cache-control = "no-store";
+    set resp.http.access-control-expose-headers = "{EXPOSE_HEADERS}";
     if (resp.status == 429) {{
         set resp.http.retry-after = "1";
     }}
