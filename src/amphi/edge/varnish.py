@@ -355,7 +355,7 @@ events {{ worker_connections {files - 100}; }}
         proxy_set_header Connection "";
         proxy_set_header x-amphi-client $remote_addr;
         proxy_set_header x-amphi-forwarded-for $proxy_add_x_forwarded_for;
-        proxy_read_timeout 20s;  # a blocking reload is answered within a segment
+        proxy_read_timeout 30s;  # more than Varnish's first_byte_timeout (edge/vcl.py)
         error_page 429 = @too_many;
         error_page 502 504 = @unavailable;  # Varnish is not up (yet, or any more)
 {cached}

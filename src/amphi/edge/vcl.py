@@ -107,8 +107,10 @@ def _backend(prefix: str, b: Backend, spec: EdgeSpec, *, probe: bool) -> str:
         f'    .host = "{b.host}";',
         f'    .port = "{b.port}";',
         "    .connect_timeout = 1s;",
-        "    .first_byte_timeout = 15s;",  # a blocking reload is answered within ~3 parts
-        "    .between_bytes_timeout = 5s;",
+        # the origin holds a request for media that will come at most a segment and then
+        # MediaConfig.hold_s (1.5 segments, at least 6 s): 9.6 s with 3.584 s segments, 20 s with 8 s
+        "    .first_byte_timeout = 25s;",
+        "    .between_bytes_timeout = 5s;",  # a streamed segment's parts come every 0.512 s
     ]
     if probe:
         lines += [
