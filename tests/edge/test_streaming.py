@@ -126,3 +126,14 @@ def test_players_byte_ranges_through_the_edge_get_the_exact_bytes(tier: Tier) ->
     r = httpx.options(segment, headers={"origin": "https://elsewhere.example", "access-control-request-headers": "range"})
     assert r.status_code == 204 and "range" in r.headers["access-control-allow-headers"]
 
+
+
+def test_the_joins_multivariant_playlist_is_served_by_the_edge(tier: Tier) -> None:
+    first_segment(tier)
+    index = tier.origin.join(tier.space, multivariant=True)
+    assert index.startswith(tuple(e.url for e in tier.edges)) and index.endswith("/index.m3u8")
+    r = httpx.get(index, timeout=10)
+    assert r.status_code == 200 and r.headers["x-edge"] and 'CODECS="mp4a.40.2"' in r.text
+    media = r.text.strip().splitlines()[-1]  # the one variant, relative to the multivariant playlist
+    live = httpx.get(index.rsplit("/", 1)[0] + "/" + media, timeout=10)
+    assert live.status_code == 200 and parts_of(live.text, hint(live.text)[0] - 1)
