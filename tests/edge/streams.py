@@ -37,11 +37,19 @@ def parts_of(playlist: str, msn: int) -> list[tuple[int, int]]:
     return [(int(m[3]), int(m[2])) for m in PART.finditer(playlist) if int(m[1]) == msn]
 
 
-def hint(playlist: str) -> tuple[int, int]:
-    """The preload hint: (msn, byte offset in it)."""
+def hint(playlist: str) -> tuple[int, int] | None:
+    """The preload hint: (msn, byte offset in it); None between segments (the origin hints a
+    part only inside a segment that has begun)."""
     m = HINT.search(playlist)
-    assert m, playlist
-    return int(m[1]), int(m[2])
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def open_msn(playlist: str) -> int:
+    """The segment being made, or the next one if none is: the hinted one, else the one after
+    the last listed."""
+    if (h := hint(playlist)) is not None:
+        return h[0]
+    return max(int(line[:-4]) for line in playlist.splitlines() if line.endswith(".m4s") and not line.startswith("#")) + 1
 
 
 def boxes(data: bytes) -> list[tuple[bytes, int, int]]:

@@ -10,7 +10,7 @@ import socket
 import httpx
 
 from tests.edge.conftest import Tier
-from tests.edge.streams import Answer, get, hint, part_ends, parts_of
+from tests.edge.streams import Answer, get, hint, open_msn, part_ends, parts_of
 from tests.edge.test_edge import first_segment
 
 LATE_S = 0.15  # a part reaches a listener through the edge at most this long after the origin sent it
@@ -29,17 +29,17 @@ def at_edge(url: str, tier: Tier, i: int) -> str:
 
 def next_segment(tier: Tier) -> tuple[str, int, int]:
     """Waits (a blocking reload at the origin) until a segment has just closed; returns the
-    media playlist URL at edge 0, the next segment's number (not begun: the preload hint points
-    at its byte 0) and the number of parts a segment has, read from the playlist."""
+    media playlist URL at edge 0, the next segment's number (not begun) and the number of parts
+    a segment has, read from the playlist."""
     url = at_edge(first_segment(tier), tier, 0)
     playlist = httpx.get(url, timeout=10).text
-    msn, _ = hint(playlist)
+    msn = open_msn(playlist)
     per_segment = len(parts_of(playlist, msn - 1))  # the last closed segment's parts
     assert per_segment >= 2, playlist
     direct = tier.origin.url + "/media/" + url.split("/media/", 1)[1]
     for part in range(per_segment):  # part by part: a reload may not ask far past the live edge
         closed = httpx.get(direct, params={"_HLS_msn": msn, "_HLS_part": part}, timeout=20).text
-    assert hint(closed) == (msn + 1, 0), closed  # segment msn is whole; msn + 1 has not begun
+    assert hint(closed) is None and open_msn(closed) == msn + 1, closed  # msn is whole; msn + 1 has not begun
     return url, msn + 1, per_segment
 
 
@@ -136,4 +136,4 @@ def test_the_joins_multivariant_playlist_is_served_by_the_edge(tier: Tier) -> No
     assert r.status_code == 200 and r.headers["x-edge"] and 'CODECS="mp4a.40.2"' in r.text
     media = r.text.strip().splitlines()[-1]  # the one variant, relative to the multivariant playlist
     live = httpx.get(index.rsplit("/", 1)[0] + "/" + media, timeout=10)
-    assert live.status_code == 200 and parts_of(live.text, hint(live.text)[0] - 1)
+    assert live.status_code == 200 and parts_of(live.text, open_msn(live.text) - 1)
