@@ -1,18 +1,23 @@
-"""Glass-to-glass latency of one live Space: speaker's WebRTC frame -> LL-HLS listener.
+"""Glass-to-glass latency of one live Space: speaker's WebRTC frame -> listener having the audio.
 
-    .venv/bin/python bench/glass_to_glass.py [--bursts 60] [--json OUT] [--plot OUT.png]
+    .venv/bin/python bench/glass_to_glass.py [--player stream|ll] [--edge] [--segment-parts N] [--bursts 60] \\
+        [--json OUT] [--plot OUT.png]
 
-Starts ``amphi serve`` on a free 127.0.0.1 port, creates and starts a Space, and in this
-process runs both ends:
+Starts ``amphi serve`` on a free 127.0.0.1 port (with ``--edge``, one Varnish edge in front,
+``amphi edge`` as deployed: the listener joins at the node and fetches media from the edge the
+join names), creates and starts a Space, and in this process runs both ends:
 
 * a speaker (``amphi.media.ingest.client.speak``) whose ``GeneratedTrack`` sends a short
   tone burst every ``--period`` seconds, silence between; the track's ``on_frame`` hook
   records the wall time at which the frame carrying each burst's onset goes to aiortc;
-* a listener that behaves like an LL-HLS player (httpx, HTTP/1.1 keep-alive): it asks for
-  the preload-hinted part (the request blocks until the part exists) and, alongside, the
-  blocking playlist reload for that same part; it notes when the part arrived, decodes it
-  (one AAC decoder kept across parts, as a player's audio pipeline does), and finds burst
-  onsets by energy.
+* a listener (httpx, HTTP/1.1 keep-alive) that decodes each part as it has it (one AAC
+  decoder kept across parts, as a player's audio pipeline does) and finds burst onsets by
+  energy. ``--player ll`` behaves like an LL-HLS player: it asks for the preload-hinted part
+  (the request blocks until the part exists) and, alongside, the blocking playlist reload for
+  that same part. ``--player stream`` (the listener page's mode, issue 18) follows the join's
+  multivariant playlist, then makes one GET per segment whose body the origin streams as the
+  segment is made: a part is had when the last byte of its ``moof`` + ``mdat`` has arrived;
+  the live playlist is read once per segment.
 
 The onset's program time is ``PROGRAM-DATE-TIME`` of its segment + the part's offset in
 the segment + the onset's offset in the part: the wall time at which the node mixed it.
@@ -25,7 +30,8 @@ An onset is matched to the latest burst sent no later than that program time (pl
             + (arrival - part end)          encoder look-ahead, packaging, HTTP
 
 Exits 1 if a burst is missing or the median exceeds ``--target`` (2.0 s), 2 on an error.
-``--small``: 6 bursts (about 15 s), the median held to 3 s.
+``--small``: 6 bursts (about 15 s), the median held to 3 s (any ``--player``, with or
+without ``--edge``).
 """
 
 from __future__ import annotations
@@ -34,13 +40,13 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import signal
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import av
@@ -49,9 +55,11 @@ import numpy as np
 
 from bursts import Bursts as ToneBursts
 from bursts import distribution_panel, parse_burst_options
-from harness import NodeProcess, end_space, exit_on_sigterm, run, start_space
+from harness import HOST, NodeProcess, end_space, exit_on_sigterm, free_port, join_space, run, start_space
 
 from amphi.core.config import SAMPLE_RATE, MediaConfig
+from amphi.loadtest import playlist as m3u8
+from amphi.loadtest.fragments import FragmentReader, init_timescale
 from amphi.media.ingest.client import speak
 from amphi.media.ingest.sources import GeneratedTrack
 
@@ -88,7 +96,7 @@ class Bursts(ToneBursts):
 
 @dataclass(frozen=True)
 class PartInfo:
-    uri: str
+    uri: str  # the part's own URI, <msn>.<index>.m4s
     start: float  # program (wall) time of its first sample
     duration: float
 
@@ -96,35 +104,23 @@ class PartInfo:
 @dataclass(frozen=True)
 class Playlist:
     parts: dict[str, PartInfo]
-    hint: str | None  # URI of the preload-hinted part
+    hint: str | None  # URI of the preload-hinted part, <msn>.<index>.m4s
 
     @classmethod
     def parse(cls, text: str) -> Playlist:
-        parts: dict[str, PartInfo] = {}
-        hint = None
-        pdt: float | None = None
-        offset = 0.0
-        for line in text.splitlines():
-            if line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
-                pdt = datetime.fromisoformat(line.split(":", 1)[1].strip()).timestamp()
-                offset = 0.0
-            elif line.startswith("#EXT-X-PART:") and pdt is not None:
-                attrs = _attributes(line)
-                duration = float(attrs["DURATION"])
-                parts[attrs["URI"]] = PartInfo(attrs["URI"], pdt + offset, duration)
-                offset += duration
-            elif line.startswith("#EXT-X-PRELOAD-HINT:"):
-                hint = _attributes(line).get("URI")
+        """Parts by their own URIs: a playlist listing parts as byte ranges of their segment
+        (``URI="12.m4s",BYTERANGE=...``) names them by segment and position, and the origin
+        still serves each at ``<msn>.<index>.m4s``; a byte-range hint is the next part of the
+        segment it names."""
+        pl = m3u8.parse(text)
+        parts = {f"{p.msn}.{p.index}.m4s": PartInfo(f"{p.msn}.{p.index}.m4s", p.pdt, p.duration)
+                 for p in pl.parts if p.pdt is not None}
+        hint = pl.preload_hint
+        if hint is not None and pl.preload_hint_start is not None:
+            msn = int(hint.split(".", 1)[0])
+            listed = next((len(seg.parts) for seg in pl.segments if seg.msn == msn), 0)
+            hint = f"{msn}.{listed}.m4s"
         return cls(parts, hint)
-
-
-def _attributes(line: str) -> dict[str, str]:
-    out = {}
-    for item in line.split(":", 1)[1].split(","):
-        if "=" in item:
-            key, value = item.split("=", 1)
-            out[key] = value.strip('"')
-    return out
 
 
 class PartDecoder:
@@ -229,6 +225,7 @@ class Listener:
         self.measured: dict[int, Measurement] = {}
         self.stats = ListenerStats()
         self.ready = asyncio.Event()
+        self.previous: str | None = None  # the last part had (stream player)
 
     def _adopt(self, playlist: httpx.Response) -> None:
         """Like hls.js, resolve from where the playlist really came: the origin renews an
@@ -242,10 +239,20 @@ class Listener:
         msn, index = uri.split(".")[:2]
         return f"{self.url}{'&' if '?' in self.url else '?'}_HLS_msn={msn}&_HLS_part={index}"
 
-    async def run(self, client: httpx.AsyncClient) -> None:
+    async def _open(self, client: httpx.AsyncClient) -> httpx.Response:
+        """The join's playlist; a multivariant one is followed to its (one) variant."""
         r = await client.get(self.url)
         r.raise_for_status()
+        if m3u8.is_multivariant(r.content):
+            variant = m3u8.parse_multivariant(r.text)[0]
+            self.url = self.base + variant.uri.split("?", 1)[0]
+            r = await client.get(self.url)
+            r.raise_for_status()
         self._adopt(r)
+        return r
+
+    async def run(self, client: httpx.AsyncClient) -> None:
+        r = await self._open(client)
         playlist = Playlist.parse(r.text)
         init = await client.get(self.base + "init.mp4")
         init.raise_for_status()
@@ -303,6 +310,77 @@ def _follows(a: str, b: str) -> bool:
     return (bm == am and bi == ai + 1) or (bm == am + 1 and bi == 0)
 
 
+class StreamListener(Listener):
+    """The stream player (``--player stream``): the join's multivariant playlist, its media
+    playlist, then one streaming GET per segment from the newest on. Each part is decoded when
+    the last byte of its ``moof`` + ``mdat`` has arrived; its program time is the segment's
+    date-time plus its decode time's distance from the segment's first part."""
+
+    async def run(self, client: httpx.AsyncClient) -> None:
+        r = await self._open(client)
+        pl = m3u8.parse(r.text)
+        init = await client.get(self.base + (pl.map_uri or "init.mp4"))
+        init.raise_for_status()
+        decoder = PartDecoder(init.content)
+        timescale = init_timescale(init.content)
+        self.ready.set()
+        newest = pl.segments[-1]
+        msn, pdt = newest.msn, newest.pdt
+        while True:
+            if pdt is None:
+                raise RuntimeError(f"no program date-time for segment {msn}")
+            got = await self._segment(client, msn, pdt, decoder, timescale)
+            if got is None:  # not there (any more): from the newest again
+                self.stats.resyncs += 1
+                self.stats.log.append(f"resync at segment {msn}")
+                r = await client.get(self.url)
+                r.raise_for_status()
+                self._adopt(r)
+                pl = m3u8.parse(r.text)
+                msn, pdt = pl.segments[-1].msn, pl.segments[-1].pdt
+                continue
+            r = await client.get(self.url)  # once per segment: renewals, and the segment's date-time
+            r.raise_for_status()
+            self._adopt(r)
+            pl = m3u8.parse(r.text)
+            if pl.ended:
+                return
+            done = next((seg for seg in pl.segments if seg.msn == msn and seg.uri is not None), None)
+            pdt = done.pdt + done.duration if done is not None and done.pdt is not None else pdt + got
+            msn += 1
+
+    async def _segment(self, client: httpx.AsyncClient, msn: int, pdt: float, decoder: PartDecoder,
+                       timescale: int) -> float | None:
+        """Streams segment ``msn``; its seconds of audio, or None if the origin does not have it."""
+        reader = FragmentReader(timescale)
+        body = bytearray()
+        first: int | None = None
+        seconds = 0.0
+        index = 0
+        async with client.stream("GET", f"{self.base}{msn}.m4s") as resp:
+            if resp.status_code == 404:
+                return None
+            resp.raise_for_status()
+            async for chunk in resp.aiter_raw():
+                arrival = time.time()
+                body += chunk
+                for f in reader.feed(chunk):
+                    first = f.decode_time if first is None else first
+                    info = PartInfo(f"{msn}.{index}.m4s", pdt + (f.decode_time - first) / timescale, f.duration_s)
+                    name = info.uri
+                    if self.previous is not None and not _follows(self.previous, name):
+                        self.stats.gaps += 1
+                    self.previous = name
+                    index += 1
+                    seconds += f.duration_s
+                    samples = await asyncio.to_thread(decoder.decode, bytes(body[f.end - f.size:f.end]))
+                    self.stats.parts += 1
+                    self.stats.seconds_decoded += len(samples) / SAMPLE_RATE
+                    for offset in self.detector.feed(samples):
+                        self._onset(info, offset, arrival)
+        return seconds
+
+
 # -- the run -------------------------------------------------------------------------------
 
 
@@ -317,7 +395,7 @@ async def measure(server: str, space_id: str, host_key: str, playlist: str, args
             print(f"  {n:3d}/{args.bursts} bursts heard; last {m.latency:.3f} s, median so far {so_far:.3f} s",
                   flush=True)
 
-    listener = Listener(playlist, bursts, args.threshold, progress)
+    listener = (StreamListener if args.player == "stream" else Listener)(playlist, bursts, args.threshold, progress)
     me = asyncio.current_task()
     assert me is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)  # clean up, then exit
@@ -377,9 +455,10 @@ def summarize(listener: Listener, args: argparse.Namespace) -> dict[str, object]
                 "max": float(a.max()), "mean": float(a.mean())}
 
     return {
-        "settings": {"bursts": args.bursts, "warmup": args.warmup, "period_s": args.period, "burst_ms": args.burst_ms,
+        "settings": {"player": args.player, "edge": args.edge,
+                     "bursts": args.bursts, "warmup": args.warmup, "period_s": args.period, "burst_ms": args.burst_ms,
                      "tone_hz": args.hz, "threshold": args.threshold, "target_p50_s": args.target,
-                     "part_s": MEDIA.part_s, "parts_per_segment": MEDIA.parts_per_segment,
+                     "part_s": MEDIA.part_s, "parts_per_segment": args.segment_parts or MEDIA.parts_per_segment,
                      "jitter_target_ms": MEDIA.jitter_target_ms, "tick_ms": MEDIA.tick_ms},
         "count": len(measured),
         "sent": len(sent),
@@ -451,25 +530,66 @@ def plot(summary: dict[str, object], path: str, target: float) -> None:
     plt.close(fig)
 
 
+def listener_playlist(node_url: str, space_id: str, via_edge: bool) -> str:
+    """The playlist URL a listener starts from: the join's ``playlist`` (the multivariant playlist
+    on nodes that have one), on the first edge the join names when ``via_edge``."""
+    status, answer = join_space(node_url, space_id)
+    if status != 200:
+        raise RuntimeError(f"join answered {status}: {answer}")
+    url = str(answer["playlist"])
+    if via_edge:
+        edges = answer.get("edges") or []
+        if not edges:
+            raise RuntimeError("the node named no edge in its join answer")
+        # the playlist's path is the same on the edge (it routes /o/<node>/media/ to the node): swap host:port
+        edge_host = str(edges[0]).split("://", 1)[1].split("/", 1)[0]  # type: ignore[index]
+        url = f"http://{edge_host}/" + url.split("://", 1)[1].split("/", 1)[1]
+    return url
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--player", choices=("ll", "stream"), default="stream",
+                        help="stream (the listener page's mode): one streamed GET per segment; ll: a request per "
+                             "part with blocking reloads")
+    parser.add_argument("--edge", action="store_true", help="through one Varnish edge (amphi edge), as deployed")
+    parser.add_argument("--segment-parts", type=int, default=None, help="parts per segment (amphi serve --segment-parts)")
     args = parse_burst_options(parser, hz_help="tone frequency (default 1000)", target=2.0,
                                target_help="fail if the median latency exceeds this (s)",
                                plot_help="write a per-burst breakdown and a histogram", small_target=3.0)
     exit_on_sigterm()
 
-    print(f"glass-to-glass: {args.bursts} bursts; about {LEAD_IN_S + args.bursts * args.period + 10:.0f} s", flush=True)
-    node = NodeProcess()
+    print(f"glass-to-glass ({args.player} player{', through an edge' if args.edge else ''}): {args.bursts} bursts; "
+          f"about {LEAD_IN_S + args.bursts * args.period + 10:.0f} s", flush=True)
+    edge = None
+    node_args: list[str] = ["--segment-parts", str(args.segment_parts)] if args.segment_parts else []
+    if args.edge:
+        os.environ.setdefault("AMPHI_SECRET", "s" * 64)  # the node inherits it; the edge is given it
+        edge_port = free_port()
+        node_args += ["--edge", f"http://{HOST}:{edge_port}"]
+    node = NodeProcess(args=node_args)
     with node:
         print(f"node {node.url} (pid {node.pid}), data in {node.dir}", flush=True)
-        space = start_space(node.url, "glass-to-glass bench")
         try:
-            listener = asyncio.run(measure(node.url, space.id, space.host_key, space.playlist, args))
-        except asyncio.CancelledError:
-            raise SystemExit(128 + signal.SIGTERM) from None  # the only thing that cancels it
+            if args.edge:
+                from amphi.edge.varnish import Edge
+                from amphi.edge.vcl import Backend, EdgeSpec
+
+                spec = EdgeSpec.signed("edge1", os.environ["AMPHI_SECRET"], (Backend.parse("origin", node.url),))
+                edge = Edge(spec, node.dir / "edge", HOST, edge_port).start()
+                print(f"edge http://{HOST}:{edge_port} (pid {edge.proc.pid if edge.proc else '?'})", flush=True)
+            space = start_space(node.url, "glass-to-glass bench", join=False)
+            try:
+                playlist = listener_playlist(node.url, space.id, args.edge)
+                listener = asyncio.run(measure(node.url, space.id, space.host_key, playlist, args))
+            except asyncio.CancelledError:
+                raise SystemExit(128 + signal.SIGTERM) from None  # the only thing that cancels it
+            finally:
+                exit_on_sigterm()  # the event loop restored the default handler when it closed
+                end_space(node.url, space)
         finally:
-            exit_on_sigterm()  # the event loop restored the default handler when it closed
-            end_space(node.url, space)
+            if edge is not None:
+                edge.stop()
 
     summary = summarize(listener, args)
     print_table(summary)

@@ -1,11 +1,11 @@
 """Side by side: the same audience against Amphi, Icecast2 and nginx, on this machine.
 
     .venv/bin/python bench/side_by_side.py [--sizes 1000,3000,6000,10000] [--duration 40] [--ramp 10] \\
-        [--procs 2] [--players ll,segments] [--systems amphi,edge,icecast,nginx] \\
+        [--procs 2] [--players ll,segments,stream] [--systems amphi,edge,icecast,nginx] \\
         [--md docs/benchmarks.md] [--json bench/out/side_by_side.json] [--plot docs/benchmarks.png] \\
-        [--warm 12] [--small]
+        [--warm 12] [--segment-parts 12] [--small]
 
-``--small``: 100 segment players against Amphi and Icecast2, a 2 s ramp, 8 s in all, on a Space
+``--small``: 100 stream players against Amphi and Icecast2, a 2 s ramp, 8 s in all, on a Space
 5 s old (about 30 s); the markdown, JSON and plot go to the temporary directory, not docs/.
 Exits 1 if a run could not be made (an error) or seated nobody, 2 on an error of the bench.
 
@@ -14,12 +14,14 @@ audience (``--ramp`` seconds of arrivals, then steady listening until ``--durati
 
 1. **Amphi embedded**: ``amphi serve --max-listeners max(size, 10000) --admit-rate 2000``, one live
    Space (silence, no speaker). Listeners join, take a token, and play LL-HLS
-   (``--player ll``: a playlist and a part every 0.512 s, like hls.js in low-latency mode)
-   and, as a second row, whole segments (``--player segments``: blocking reload per 3.584 s
-   segment, like a player that ignores parts).
+   (``--player ll``: a playlist and a part every 0.512 s, like hls.js in low-latency mode),
+   as a second row whole segments (``--player segments``: blocking reload per 3.584 s
+   segment, like a player that ignores parts), and as a third streamed segments (``--player
+   stream``: one GET per segment, whose body arrives part by part as the segment is made,
+   and one playlist request per segment).
 2. **Amphi behind its edge tier**: the same node with one Varnish edge in front (``amphi
    edge``, docs/edge.md); listeners join at the node and fetch media from the edge. Server
-   CPU and memory are the node's plus the edge's. Both players, like row 1.
+   CPU and memory are the node's plus the edge's. Every player, like row 1.
    At the largest size both Amphi rows also get a **surge** (everyone within ``--surge-window``
    seconds). Amphi's audience arrives at a Space that has been live for 12 s (three segments).
 3. **Icecast2** (Debian): config rendered into a temporary directory, 127.0.0.1 only, fed a
@@ -28,6 +30,13 @@ audience (``--ramp`` seconds of arrivals, then steady listening until ``--durati
 4. **nginx** (Debian) serving HLS files that ffmpeg writes live (64 kbps AAC, fMP4, 4 s
    segments, program date-times), one worker process; listeners reload the playlist every
    target duration and fetch segments (``--protocol hls``): the floor of HTTP serving cost.
+
+Requests per listener per second are the generator's request rate in the steady part over
+the listeners seated. For Amphi the node's own media request rate (``origin`` in ``GET
+/api/node``, sampled once a second) is reported too: behind an edge it is what reaches the
+origin, which should not grow with the audience. Both rates are least-squares slopes of the
+cumulative counts (stream listeners ask in a burst at each segment boundary: a difference of
+two readings would be off by a burst).
 
 Server CPU is the server's processes (nginx: master + worker; Amphi: the node; Icecast2:
 the server, not ffmpeg) over the steady part of the run (after the ramp), and over the whole
@@ -48,6 +57,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,7 +69,7 @@ from harness import (HOST, NodeProcess, exit_on_sigterm, free_port, kill_group, 
                      start_space)
 
 from amphi.loadtest.machine import raise_open_files  # noqa: E402
-from amphi.loadtest.run import RunOptions, run as loadtest, window_means  # noqa: E402
+from amphi.loadtest.run import RunOptions, fitted_rate, run as loadtest, window_means  # noqa: E402
 from amphi.loadtest.swarm import LoadConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,6 +235,13 @@ http {{
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def node_args(size: int, args: argparse.Namespace) -> list[str]:
+    """``amphi serve``'s options for an audience of ``size``: seats for all, joins at 2,000 a
+    second, and ``--segment-parts`` if given (longer segments: fewer requests per listener)."""
+    extra = ["--segment-parts", str(args.segment_parts)] if args.segment_parts else []
+    return ["--max-listeners", str(max(size, 10_000)), "--admit-rate", "2000", *extra]
+
+
 def behind_edge(size: int, args: argparse.Namespace, player: str, go) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """The node with one Varnish edge in front (``amphi edge``, with its default limits and its
     nginx connection cap): listeners join at the node and fetch media from the edge; server CPU
@@ -234,8 +251,7 @@ def behind_edge(size: int, args: argparse.Namespace, player: str, go) -> dict[st
 
     secret = os.environ.setdefault("AMPHI_SECRET", "s" * 64)  # the node inherits it; the edge is given it
     port = free_port()
-    node = NodeProcess(args=["--max-listeners", str(max(size, 10_000)), "--admit-rate", "2000",
-                             "--edge", f"http://{HOST}:{port}"])
+    node = NodeProcess(args=[*node_args(size, args), "--edge", f"http://{HOST}:{port}"])
     with node:
         spec = EdgeSpec.signed("edge1", secret, (Backend.parse("origin", node.url),))  # as deployed: limits on
         edge = Edge(spec, node.dir / "edge", HOST, port).start()
@@ -247,6 +263,41 @@ def behind_edge(size: int, args: argparse.Namespace, player: str, go) -> dict[st
             return go(cfg, node.pid, (edge.proc.pid,))
         finally:
             edge.stop()
+
+
+class OriginRequests:
+    """Samples a node's media request counter (``origin.requests`` of ``GET /api/node``) once a
+    second in a thread, for the rate over a window of the run. Use as a context manager."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.samples: list[tuple[float, int]] = []  # (wall time, requests so far)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="origin-requests", daemon=True)
+
+    def _sample(self) -> None:
+        with httpx.Client(timeout=2.0) as client:
+            while not self._stop.is_set():
+                try:
+                    n = int(client.get(f"{self.url}/api/node").json()["origin"]["requests"])
+                    self.samples.append((time.time(), n))
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    pass  # a busy node may not answer in time: that second has no sample
+                self._stop.wait(1.0)
+
+    def rate(self, after: float, until: float) -> float | None:
+        """Requests a second between the wall times ``after`` and ``until``, fitted through the
+        samples there (``fitted_rate``: streamed segments make the count climb in steps)."""
+        rate = fitted_rate([(t, float(n)) for t, n in self.samples if after <= t <= until])
+        return None if rate is None else round(rate, 1)
+
+    def __enter__(self) -> OriginRequests:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 # -- one run --------------------------------------------------------------------------------------
@@ -261,14 +312,21 @@ def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll"
             if not args.quiet:
                 print(f"  [{system} {size}] {line}", file=sys.stderr, flush=True)
 
-        r = loadtest(RunOptions(cfg=cfg, listeners=size, profile=profile, ramp_s=ramp, procs=args.procs,
-                                server_pid=pid, also_pids=also, cpus=args.generator_cpus), progress)
+        opts = RunOptions(cfg=cfg, listeners=size, profile=profile, ramp_s=ramp, procs=args.procs,
+                          server_pid=pid, also_pids=also, cpus=args.generator_cpus)
+        if cfg.protocol == "amphi":
+            with OriginRequests(cfg.server) as origin:
+                r = loadtest(opts, progress)
+            t0 = float(r["t0_unix"])  # type: ignore[arg-type]
+            r["origin_request_rate_steady"] = origin.rate(t0 + ramp + 2, t0 + args.duration)
+        else:
+            r = loadtest(opts, progress)
         steady = window_means(r["timeline"], ramp + 2, args.duration)  # type: ignore[arg-type]
         r.update({f"{key}_steady": pct for key, pct in steady.items()})  # server's core: with the split
         return r
 
     if system == "amphi":
-        node = NodeProcess(args=["--max-listeners", str(max(size, 10_000)), "--admit-rate", "2000"])
+        node = NodeProcess(args=node_args(size, args))
         with node:
             space = start_space(node.url, "side by side", join=False)
             time.sleep(args.warm)
@@ -292,9 +350,11 @@ def measure(system: str, size: int, args: argparse.Namespace, player: str = "ll"
 # -- report ---------------------------------------------------------------------------------------
 
 LABELS = {"amphi/ll": "Amphi embedded, LL-HLS parts", "amphi/segments": "Amphi embedded, segments only",
+          "amphi/stream": "Amphi embedded, streamed segments",
           "amphi/segments-surge": "Amphi embedded, segments, **surge** (all within 3 s)",
           "edge/ll": "Amphi behind one Varnish edge, LL-HLS parts",
           "edge/segments": "Amphi behind one Varnish edge, segments only",
+          "edge/stream": "Amphi behind one Varnish edge, streamed segments",
           "edge/segments-surge": "Amphi behind one Varnish edge, segments, **surge** (all within 3 s)",
           "icecast": "Icecast2 2.4 (64 kbps MP3)",
           "nginx": "nginx 1.22, static HLS files (1 worker)"}
@@ -342,7 +402,9 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
         "else on the machine during the run (a figure above ~20 means the run was disturbed). "
         "Server core busy is everything the server's core did in the steady part: the server's processes, "
         "its source (Icecast2's and nginx's ffmpeg feed), and the kernel's network work on that core "
-        "(softirq, in brackets), which on loopback is mostly the TCP work of what the server sends.",
+        "(softirq, in brackets), which on loopback is mostly the TCP work of what the server sends. "
+        "req/s per listener is the steady request rate over the listeners seated; origin req/s is what "
+        "reached Amphi's node (behind an edge: the edge's misses and streamed fetches).",
         "",
     ]
     for size, rows in results.items():
@@ -350,14 +412,14 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
             continue
         lines += [f"## {int(size):,} listeners", "",
                   "| system | admitted (waiting, unanswered at the end) | stalled listeners (stall s) | failed | join p99 s | "
-                  "first audio p99 s | latency p50 s | server CPU % (per 1k) | ratio to Icecast2 | "
-                  "server core busy % (softirq) | ratio to Icecast2 | RSS MB | req/s | "
-                  "generator CPU % | softirq % | other processes CPU % | notes |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "first audio p99 s | latency p50 / p95 s | server CPU % (per 1k) | ratio to Icecast2 | "
+                  "server core busy % (softirq) | ratio to Icecast2 | RSS MB | req/s | req/s per listener | "
+                  "origin req/s | generator CPU % | softirq % | other processes CPU % | notes |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         base = rows.get("icecast", {})
         for key, r in rows.items():
             if "skipped" in r:
-                lines.append(f"| {LABELS.get(key, key)} |" + " - |" * 15 + f" {r['skipped']} |")
+                lines.append(f"| {LABELS.get(key, key)} |" + " - |" * 17 + f" {r['skipped']} |")
                 continue
             cpu = r.get("server_cpu_pct_steady")
             seated = int(r["admitted"]) or 1  # type: ignore[call-overload]
@@ -369,17 +431,20 @@ def markdown(results: dict[str, dict[str, dict[str, object]]], args: argparse.Na
             lines.append(
                 f"| {LABELS.get(key, key)} | {r['admitted']} ({r['waiting_end']}, {r['never_answered']}) | "
                 f"{r['stalled_listeners']} ({_fmt(r['stall_seconds_total'], 1)}) | "
-                f"{r['failed']} | {_fmt(r['join_p99_s'])} | {_fmt(r['first_audio_p99_s'])} | {_fmt(r['latency_p50_s'], 2)} | "
+                f"{r['failed']} | {_fmt(r['join_p99_s'])} | {_fmt(r['first_audio_p99_s'])} | "
+                f"{_fmt(r['latency_p50_s'], 2)} / {_fmt(r.get('latency_p95_s'), 2)} | "
                 f"{_fmt(cpu, 1)} ({_fmt(per_k, 2)}) | {_ratio(cpu, base.get('server_cpu_pct_steady'))} | "
                 f"{_fmt(r.get('server_cores_busy_pct_steady'), 1)} ({_fmt(r.get('server_cores_softirq_pct_steady'), 1)}) | "
                 f"{_ratio(r.get('server_cores_busy_pct_steady'), base.get('server_cores_busy_pct_steady'))} | "
                 f"{_fmt(r['server_rss_mb_max'], 0)} | {_fmt(r['request_rate_avg'], 0)} | "
+                f"{_fmt(r.get('requests_per_listener_s'), 2)} | {_fmt(r.get('origin_request_rate_steady'), 0)} | "
                 f"{_fmt(r.get('generator_cpu_pct_steady'), 0)} | {_fmt(r.get('softirq_cpu_pct'), 0)} | "
                 f"{_fmt(r.get('other_processes_cpu_pct'), 0)} | {notes} |")
         lines.append("")
     if plot_path:
         lines += [f"![server CPU and stalls by audience size]({os.path.relpath(plot_path, Path(args.md).parent)})", ""]
     lines += targets(results)
+    lines += origin_flatness(results)
     return "\n".join(lines) + "\n"
 
 
@@ -389,7 +454,8 @@ def targets(results: dict[str, dict[str, dict[str, object]]]) -> list[str]:
         return []
     size = max((k for k in results if k.isdigit()), key=int)
     rows = results[size]
-    amphi_keys = ("amphi/ll", "amphi/segments", "amphi/segments-surge", "edge/ll", "edge/segments", "edge/segments-surge")
+    amphi_keys = ("amphi/ll", "amphi/segments", "amphi/stream", "amphi/segments-surge", "edge/ll", "edge/segments",
+                  "edge/stream", "edge/segments-surge")
     ice = rows.get("icecast")
     out = [f"## Targets at {int(size):,} listeners (issue 5: the targets are set for 10,000)", ""]
     if not any(key in rows and "skipped" not in rows[key] for key in amphi_keys):
@@ -413,6 +479,14 @@ def targets(results: dict[str, dict[str, dict[str, object]]]) -> list[str]:
              f"0 failed connections: {r['failed']} gave up, {r['never_answered']} never answered, "
              f"errors {r['errors_by_kind'] or 'none'}"),
         ]
+        if key.endswith("/stream"):  # issue 18: live and at scale at once
+            p50, p95, per = r.get("latency_p50_s"), r.get("latency_p95_s"), r.get("requests_per_listener_s")
+            checks += [
+                (isinstance(p50, (int, float)) and p50 <= 2.0 and isinstance(p95, (int, float)) and p95 <= 3.0,
+                 f"latency behind live p50 <= 2.0 s, p95 <= 3.0 s: {_fmt(p50, 2)} s, {_fmt(p95, 2)} s"),
+                (isinstance(per, (int, float)) and per <= 0.5,
+                 f"<= 0.5 requests per listener per second: {_fmt(per, 3)}"),
+            ]
         # the issue asks a surge for one thing: every connection answered; the rest is shown as seen
         surge = key.endswith("-surge")
         out.append(f"{LABELS[key]}:" + (" (the surge's target: 0 failed connections)" if surge else ""))
@@ -420,6 +494,25 @@ def targets(results: dict[str, dict[str, dict[str, object]]]) -> list[str]:
                 else f"- not a surge target, {'met' if ok else 'not met'}: {text}" for ok, text in checks]
         out.append("")
     return out
+
+
+def origin_flatness(results: dict[str, dict[str, dict[str, object]]]) -> list[str]:
+    """The origin's request rate behind the edge at each size, per player: issue 18 wants it
+    flat (within 10 %) from 1k to 10k listeners."""
+    sizes = sorted((k for k in results if k.isdigit()), key=int)
+    out = []
+    for key in ("edge/stream", "edge/ll", "edge/segments"):
+        rates = [(int(size), results[size][key].get("origin_request_rate_steady")) for size in sizes
+                 if key in results[size] and "skipped" not in results[size][key]]
+        rates = [(n, v) for n, v in rates if isinstance(v, (int, float))]
+        if len(rates) < 2:
+            continue
+        mean = sum(v for _, v in rates) / len(rates)
+        spread = max(abs(v - mean) for _, v in rates) / mean * 100 if mean else float("inf")
+        figures = ", ".join(f"{n:,}: {v:.1f}/s" for n, v in rates)
+        out.append(f"- {LABELS[key]}: {figures} ({'flat' if spread <= 10 else '**not flat**'}: "
+                   f"within ±{spread:.0f} % of their mean; the target is ±10 %)")
+    return (["## The origin's request rate behind the edge, by audience size", "", *out, ""]) if out else []
 
 
 def plot(results: dict[str, dict[str, dict[str, object]]], path: str) -> None:
@@ -430,7 +523,8 @@ def plot(results: dict[str, dict[str, dict[str, object]]], path: str) -> None:
 
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4.5))
     sizes = sorted((k for k in results if k.isdigit()), key=int)
-    for key in ("amphi/ll", "amphi/segments", "edge/ll", "edge/segments", "icecast", "nginx"):
+    for key in ("amphi/ll", "amphi/segments", "amphi/stream", "edge/ll", "edge/segments", "edge/stream", "icecast",
+                "nginx"):
         xs, cpu, stalls, join = [], [], [], []
         for size in sizes:
             r = results[size].get(key)
@@ -460,7 +554,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,3000,6000,10000", help="audience sizes, comma-separated")
     parser.add_argument("--systems", default="amphi,edge,icecast,nginx")
-    parser.add_argument("--players", default="ll,segments", help="Amphi's player models (ll, segments)")
+    parser.add_argument("--players", default="ll,segments,stream", help="Amphi's player models (ll, segments, stream)")
     parser.add_argument("--profile", default="ramp")
     parser.add_argument("--duration", type=float, default=40.0)
     parser.add_argument("--ramp", type=float, default=10.0)
@@ -477,8 +571,10 @@ def main() -> int:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--from-json", metavar="JSON", help="only rewrite the markdown and plot from an earlier run")
     parser.add_argument("--warm", type=float, default=WARM_S, help="an Amphi Space's age when the audience arrives")
+    parser.add_argument("--segment-parts", type=int, default=None,
+                        help="Amphi's parts (0.512 s) per segment (amphi serve --segment-parts; default: the node's, 7)")
     tmp = Path(tempfile.gettempdir())
-    small_mode(parser, sizes="100", systems="amphi,icecast", players="segments", duration=8.0, ramp=2.0, warm=5.0,
+    small_mode(parser, sizes="100", systems="amphi,icecast", players="stream", duration=8.0, ramp=2.0, warm=5.0,
                surge=False, md=str(tmp / "side_by_side_small.md"), json=str(tmp / "side_by_side_small.json"),
                plot=str(tmp / "side_by_side_small.png"))
     args = parser.parse_args()
@@ -521,6 +617,9 @@ def main() -> int:
                 print(f"   stalled {r['stalled_listeners']}, failed {r['failed']}, join p99 {r['join_p99_s']}, "
                       f"first audio p99 {r['first_audio_p99_s']}, server CPU {r['server_cpu_pct_steady']} % "
                       f"(generator {r['generator_cpu_pct_steady']} %), errors {r['errors_by_kind']}", flush=True)
+                print(f"   latency p50 {r['latency_p50_s']} s, p95 {r.get('latency_p95_s')} s; requests per listener "
+                      f"per second {r['requests_per_listener_s']}; origin requests/s "
+                      f"{r.get('origin_request_rate_steady', '-')}", flush=True)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
         if args.plot:

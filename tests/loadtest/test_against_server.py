@@ -28,7 +28,7 @@ def live_space(server: AmphiServer) -> str:
     server.start_space(space, key)
     r = server.http.post(f"/api/spaces/{space}/join", json={}, headers={"authorization": f"Bearer {key}"})
     assert r.status_code == 200, r.text
-    playlist = server.http.get(r.json()["playlist"])
+    playlist = server.http.get(r.json()["media_playlist"])
     assert playlist.status_code == 200 and "#EXTINF" in playlist.text
     return space
 
@@ -164,3 +164,26 @@ def test_attackers_mixed_with_listeners_are_refused_and_counted(serve, tmp_path:
     assert r["admitted"] == 30 and r["failed"] == 0 and r["stalled_listeners"] == 0
     events = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
     assert any(e["msg"] == "detector normal -> attack" and e.get("space_id") == space for e in events)
+
+
+def test_stream_players_hear_each_part_as_it_is_made_with_two_requests_a_segment(serve, tmp_path: Path) -> None:
+    """``--player stream`` against a real node (issue 18): the join's multivariant playlist, one
+    streamed GET per segment read part by part, one playlist request per segment, renewals
+    (a 4 s token: a renewal every 2 s) followed through the live playlist's redirect."""
+    server = serve("--token-ttl", "4")
+    space = live_space(server)
+    out = tmp_path / "r.json"
+    r = finish(loadtest(server, space, out, "--listeners", "100", "--duration", "12", "--ramp", "2",
+                        "--player", "stream"), out)
+    assert r["admitted"] == r["with_audio"] == 100 and r["failed"] == 0
+    assert r["errors_by_kind"] == {}  # no variant without CODECS, no segment cut short, no 404
+    assert r["stalled_listeners"] == 0
+    # joining mid-segment, the segment so far comes at once: playing within a part, near the live edge
+    assert r["first_audio_p99_s"] < 1.0
+    assert 0.3 < r["latency_p50_s"] <= r["latency_p99_s"] < 2.5
+    assert r["renewals"] >= 150  # due every 2 s, renewed at the next segment boundary: 2 or 3 each in 10 s
+    # per listener: join, multivariant, live playlist, init, leave; two per segment (about 4 of
+    # 3.584 s in 10 s, each one streamed) and two per renewal (the POST, the playlist's 307)
+    streamed = server.node()["origin"]["streams"]
+    assert 100 * 3 <= streamed <= 100 * 5
+    assert r["requests_total"] <= 100 * 5 + 2 * streamed + 2 * r["renewals"] + 100

@@ -123,11 +123,13 @@ def test_backoff_grows_with_full_jitter_and_polls_are_never_early() -> None:
 def test_parse_live_playlist_with_parts_hint_and_date_times() -> None:
     pl = m3u8.parse((GOLDEN / "live.m3u8").read_text())
     assert pl.can_block_reload and pl.part_hold_back == pytest.approx(1.536) and pl.part_target == pytest.approx(0.512)
-    assert pl.map_uri == "init.mp4" and pl.preload_hint == "5.3.m4s" and not pl.ended
+    assert pl.map_uri == "init.mp4" and not pl.ended
+    assert (pl.preload_hint, pl.preload_hint_start) == ("5.m4s", 660)  # the next part: from byte 660 of 5.m4s
     assert [s.msn for s in pl.complete_segments] == [0, 1, 2, 3, 4]
     assert pl.segments[-1].uri is None and len(pl.segments[-1].parts) == 3  # the open segment
     parts = pl.parts
-    assert (parts[0].msn, parts[0].index, parts[0].uri) == (3, 0, "3.0.m4s")
+    assert (parts[0].msn, parts[0].index, parts[0].uri, parts[0].byterange) == (3, 0, "3.m4s", (220, 0))
+    assert (parts[-1].msn, parts[-1].index, parts[-1].byterange) == (5, 2, (220, 440))
     assert (pl.last_part.msn, pl.last_part.index) == (5, 2)
     assert parts[1].pdt - parts[0].pdt == pytest.approx(0.512)
     assert pl.segments[1].pdt - pl.segments[0].pdt == pytest.approx(3.584, abs=1e-3)
@@ -184,3 +186,19 @@ def test_window_cpu_is_cpu_spent_over_wall_time_not_a_mean_of_rows() -> None:
     assert out["server_cores_busy_pct"] is None  # not measured: the generator was not pinned
     assert window_means(rows, 0, 1)["server_cpu_pct"] == 50.0  # from the start of the run
     assert window_means(rows, 10, 20)["server_cpu_pct"] is None
+
+
+def test_a_rate_counted_in_bursts_is_fitted_not_differenced() -> None:
+    """Stream listeners ask once a segment (3.584 s), all at once: a counter read each second
+    climbs in steps. Two readings' difference is off by up to a step; the fitted slope is not."""
+    from amphi.loadtest.run import fitted_rate
+
+    rate = 100 / 3.584  # 100 listeners, a request each per segment
+    worst_naive = 0.0
+    for phase in (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5):  # where the readings fall between the steps
+        points = [(t + phase, 100.0 * int((t + phase) / 3.584)) for t in range(4, 34)]
+        naive = (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
+        worst_naive = max(worst_naive, abs(naive - rate) / rate)
+        assert fitted_rate(points) == pytest.approx(rate, rel=0.02)  # a fit is never far off ...
+    assert worst_naive > 0.1  # ... where a difference of two readings can be
+    assert fitted_rate(points[:1]) is None and fitted_rate([(1.0, 0.0), (1.0, 5.0)]) is None

@@ -29,8 +29,9 @@ from amphi.loadtest.profiles import PROFILES
                    "(taskset) so that the two do not compete.")
 @click.option("--protocol", default="amphi", show_default=True, type=click.Choice(["amphi", "hls", "icecast"]),
               help="amphi: join + token + LL-HLS; hls: a plain playlist URL; icecast: one endless GET.")
-@click.option("--player", default="ll", show_default=True, type=click.Choice(["ll", "segments"]),
-              help="ll: parts with blocking reload (hls.js low-latency); segments: whole segments only.")
+@click.option("--player", default="ll", show_default=True, type=click.Choice(["ll", "segments", "stream"]),
+              help="ll: parts with blocking reload (hls.js low-latency); segments: whole segments only; stream: "
+                   "one GET per segment, read part by part as the origin streams it (docs/loadtest.md).")
 @click.option("--stay", default=None, type=click.FloatRange(min=0.1), help="churn: mean seconds a session stays.")
 @click.option("--drop-at", default=None, type=click.FloatRange(min=0), help="reconnect: when every connection drops (s).")
 @click.option("--stream-kbps", default=64.0, show_default=True, type=click.FloatRange(min=1),

@@ -11,7 +11,7 @@ class LoadConfig:
     server: str  # base URL (amphi), playlist URL (hls) or mount URL (icecast)
     space: str = ""  # amphi only
     protocol: str = "amphi"  # amphi | hls | icecast
-    player: str = "ll"  # ll (parts, blocking reload) | segments
+    player: str = "ll"  # ll (parts, blocking reload) | segments | stream (one streamed GET per segment)
     duration_s: float = 30.0  # from T0 to the end of the run
     request_timeout_s: float = 10.0
     stream_kbps: float = 64.0  # icecast: the mount's bitrate

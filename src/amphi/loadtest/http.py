@@ -2,9 +2,11 @@
 
 One ``Connection`` is one TCP connection carrying one request at a time, as a player's
 connection does. Responses are framed by Content-Length or chunked encoding; ``stream``
-reads an endless body (an Icecast mount) and hands each chunk's size to a callback. A
-request on a connection that was idle and has been closed by the server is retried once
-on a new connection, as browsers do.
+reads an endless body (an Icecast mount) and hands each chunk's size to a callback;
+``request(..., on_body=f)`` hands a 2xx body to ``f`` piece by piece as it arrives (a segment
+the server streams while it is being made, chunked) and returns once it has ended, the
+connection ready for the next request. A request on a connection that was idle and has been
+closed by the server is retried once on a new connection, as browsers do.
 
 Errors (all ``HttpError``, with ``kind`` for the error table):
 
@@ -23,6 +25,7 @@ from collections.abc import Callable
 
 class HttpError(Exception):
     kind = "http_error"
+    started = False  # the answer had begun: a streamed body is not asked for again blindly
 
 
 class ConnectFailed(HttpError):
@@ -82,6 +85,65 @@ def _header(lower_head: bytes, name: bytes) -> bytes | None:
 _HEADERS_END = b"\r\n\r\n"
 
 
+class ChunkDecoder:
+    """HTTP/1.1 chunked transfer coding, decoded as it arrives (RFC 9112 7.1). Pure.
+
+    ``feed`` returns the body bytes in what it was given and whether the body has ended (the
+    last chunk and the trailer section are in); bytes after the end are left alone."""
+
+    __slots__ = ("_line", "_left", "_state", "done")
+
+    SIZE, DATA, DATA_END, TRAILER = range(4)
+    MAX_LINE = 4096  # a chunk-size line (with extensions) or trailer line longer than this is an error
+
+    def __init__(self) -> None:
+        self._line = bytearray()  # a size or trailer line while it arrives
+        self._left = 0  # bytes of the current chunk's data still to come (DATA), or of its CRLF (DATA_END)
+        self._state = self.SIZE
+        self.done = False
+
+    def feed(self, data: bytes | bytearray) -> tuple[list[bytes], bool]:
+        out: list[bytes] = []
+        pos, n = 0, len(data)
+        while pos < n and not self.done:
+            if self._state == self.DATA:
+                take = min(self._left, n - pos)
+                out.append(bytes(data[pos:pos + take]))
+                pos += take
+                self._left -= take
+                if not self._left:
+                    self._state, self._left = self.DATA_END, 2
+            elif self._state == self.DATA_END:
+                take = min(self._left, n - pos)
+                pos += take
+                self._left -= take
+                if not self._left:
+                    self._state = self.SIZE
+            else:  # a line: a chunk's size, or one of the trailer section
+                eol = data.find(b"\n", pos)
+                end = n if eol < 0 else eol + 1
+                self._line += data[pos:end]
+                pos = end
+                if len(self._line) > self.MAX_LINE:
+                    raise Disconnected("chunked body: a line too long")
+                if eol < 0:
+                    break
+                line = bytes(self._line).strip()
+                self._line.clear()
+                if self._state == self.TRAILER:
+                    self.done = not line
+                    continue
+                try:
+                    size = int(line.split(b";", 1)[0], 16)
+                except ValueError:
+                    raise Disconnected(f"chunked body: bad chunk size {line[:40]!r}") from None
+                if size:
+                    self._state, self._left = self.DATA, size
+                else:
+                    self._state = self.TRAILER
+        return out, self.done
+
+
 class _Protocol(asyncio.Protocol):
     """Parses one response at a time into ``waiter``."""
 
@@ -90,6 +152,10 @@ class _Protocol(asyncio.Protocol):
         self.buf = bytearray()
         self.waiter: asyncio.Future[Response] | None = None
         self.on_data: Callable[[int], None] | None = None  # streaming: body bytes go here
+        self.on_body: Callable[[bytes], None] | None = None  # a 2xx body, piece by piece, as it arrives
+        self.body_left = 0  # streamed body with Content-Length: bytes still to come
+        self.chunks: ChunkDecoder | None = None  # streamed chunked body
+        self.streaming = False  # the current response's body goes to on_body
         self.status = 0
         self.head: bytes | None = None  # the current response's header lines, once they are in
         self.close_after = False  # the current response says "Connection: close"
@@ -105,7 +171,8 @@ class _Protocol(asyncio.Protocol):
         w = self.waiter
         if w is not None and not w.done():
             if self.head is not None and self.length == -1 and self.on_data is None:
-                w.set_result(Response(self.status, self.head, bytes(self.buf)))  # body ended by close
+                # body ended by close
+                w.set_result(Response(self.status, self.head, b"" if self.streaming else bytes(self.buf)))
             else:
                 w.set_exception(Disconnected(f"connection closed: {exc or 'by the server'}"))
 
@@ -114,8 +181,37 @@ class _Protocol(asyncio.Protocol):
         if self.head is not None and self.on_data is not None:
             self.on_data(len(data))
             return
+        if self.streaming:
+            self._body(data)
+            return
         self.buf += data
         self._parse()
+
+    def _body(self, data: bytes | bytearray) -> None:
+        """A piece of a streamed body: to ``on_body``; the response is done at its end."""
+        w = self.waiter
+        if w is None or w.done() or self.on_body is None:
+            return
+        try:
+            if self.chunks is not None:
+                pieces, done = self.chunks.feed(data)
+                for piece in pieces:
+                    self.on_body(piece)
+            elif self.length >= 0:
+                piece = data[:self.body_left]
+                self.body_left -= len(piece)
+                if piece:
+                    self.on_body(bytes(piece))
+                done = not self.body_left
+            else:  # to the close
+                self.on_body(bytes(data))
+                done = False
+        except Exception as e:  # noqa: BLE001 - the caller's error (or bad framing) ends the request
+            w.set_exception(e)
+            return
+        if done:
+            self.streaming = False
+            w.set_result(Response(self.status, self.head or b"", b""))
 
     def _parse(self) -> None:
         w = self.waiter
@@ -155,6 +251,15 @@ class _Protocol(asyncio.Protocol):
                 if self.buf:
                     self.on_data(len(self.buf))
                     self.buf.clear()
+                return
+            if self.on_body is not None and 200 <= self.status < 300 and self.length != 0:
+                self.streaming = True
+                self.chunks = ChunkDecoder() if self.length == -2 else None
+                self.body_left = self.length
+                rest = bytes(self.buf)
+                self.buf.clear()
+                if rest:
+                    self._body(rest)
                 return
         if self.length >= 0:
             if len(self.buf) >= self.length:
@@ -233,16 +338,21 @@ class Connection:
 
     async def request(self, method: str, target: str, body: bytes | None = None, *,
                       timeout_s: float = 10.0, content_type: bytes = b"application/json",
-                      retry: bool = True) -> Response:
-        """Sends one request and returns the whole response. ``target`` is the path and query."""
+                      retry: bool = True, on_body: Callable[[bytes], None] | None = None) -> Response:
+        """Sends one request and returns the whole response. ``target`` is the path and query.
+
+        With ``on_body``, a 2xx answer's body goes to it as it arrives (the response's ``body``
+        stays empty), and ``timeout_s`` bounds each wait for more of it rather than the whole:
+        a streamed segment lasts as long as the segment. An exception ``on_body`` raises ends
+        the request (the connection is closed) and is raised here."""
         reused = self.connected
         try:
-            return await self._exchange(method, target, body, timeout_s, content_type, None)
-        except Disconnected:
-            if not reused or not retry:
+            return await self._exchange(method, target, body, timeout_s, content_type, None, on_body)
+        except Disconnected as e:
+            if not reused or not retry or (on_body is not None and e.started):
                 raise
             # the server closed the idle connection just as we reused it: once more, new connection
-            return await self._exchange(method, target, body, timeout_s, content_type, None)
+            return await self._exchange(method, target, body, timeout_s, content_type, None, on_body)
 
     async def stream(self, target: str, on_data: Callable[[int], None], *, timeout_s: float = 10.0) -> Response:
         """GET with an endless body: returns once the headers are in; the body's sizes go to
@@ -261,13 +371,17 @@ class Connection:
         self._p = None
 
     async def _exchange(self, method: str, target: str, body: bytes | None, timeout_s: float,
-                        content_type: bytes, on_data: Callable[[int], None] | None) -> Response:
+                        content_type: bytes, on_data: Callable[[int], None] | None,
+                        on_body: Callable[[bytes], None] | None = None) -> Response:
         p = self._p if self.connected else await self._connect()
         assert p is not None and p.transport is not None
         p.head = None
         p.close_after = False
         p.buf.clear()
         p.on_data = on_data
+        p.on_body = on_body
+        p.streaming = False
+        p.chunks = None
         p.got_bytes = False
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: amphi-loadtest\r\n" % (
             method.encode(), target.encode(), self._host_header)
@@ -280,18 +394,27 @@ class Connection:
         self.requests += 1
         # a timer handle, not asyncio.timeout(): the same deadline for less work, on the one
         # path every request of a 10k-listener run takes
-        timer = loop.call_later(timeout_s, _time_out, fut, method, target, timeout_s)
+        if on_body is None:
+            timer: asyncio.TimerHandle | _IdleTimer = loop.call_later(timeout_s, _time_out, fut, method, target,
+                                                                      timeout_s)
+        else:
+            timer = _IdleTimer(loop, p, fut, f"{method} {target[:80]}", timeout_s)
         try:
             resp = await fut
         except asyncio.CancelledError:
             self.close()  # an answer may still come: this connection's framing is lost
             raise
-        except HttpError:
+        except HttpError as e:
+            e.started = p.head is not None
+            self.close()
+            raise
+        except Exception:  # on_body's own error, mid-response: the framing is lost
             self.close()
             raise
         finally:
             timer.cancel()
             p.waiter = None
+            p.on_body = None
         if on_data is None and p.close_after:  # read from the header block once, in _parse
             self.close()
         return resp
@@ -300,6 +423,30 @@ class Connection:
 def _time_out(fut: asyncio.Future[Response], method: str, target: str, timeout_s: float) -> None:
     if not fut.done():
         fut.set_exception(Timeout(f"{method} {target[:80]}: no response in {timeout_s:g} s"))
+
+
+class _IdleTimer:
+    """A streamed response's deadline: a ``Timeout`` once ``timeout_s`` pass with no byte received
+    (checked once per period, so it costs one timer handle per period, not one per piece)."""
+
+    __slots__ = ("loop", "p", "fut", "what", "timeout_s", "handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, p: _Protocol, fut: asyncio.Future[Response], what: str,
+                 timeout_s: float) -> None:
+        self.loop, self.p, self.fut, self.what, self.timeout_s = loop, p, fut, what, timeout_s
+        self.handle = loop.call_later(timeout_s, self._check)
+
+    def _check(self) -> None:
+        if self.fut.done():
+            return
+        if self.p.got_bytes:
+            self.p.got_bytes = False
+            self.handle = self.loop.call_later(self.timeout_s, self._check)
+            return
+        self.fut.set_exception(Timeout(f"{self.what}: nothing received for {self.timeout_s:g} s"))
+
+    def cancel(self) -> None:
+        self.handle.cancel()
 
 
 def loopback_source(rng: random.Random, second_octets: tuple[int, int] = (1, 63)) -> str:

@@ -7,9 +7,11 @@ Protocols:
 
 * ``amphi``: ``POST /api/spaces/<id>/join`` (202: wait ``retry_after_s`` plus jitter, poll
   with the ticket), then the playlist from the answer: LL-HLS with blocking reload and
-  parts (``ll``, like hls.js in low-latency mode) or whole segments (``segments``, like a
-  player that ignores parts); the token is renewed at ``renew_after_s``; at the end it
-  POSTs leave.
+  parts (``ll``, like hls.js in low-latency mode: a request per part), whole segments
+  (``segments``, like a player that ignores parts), or streamed segments (``stream``: the
+  multivariant playlist, then one GET per segment whose body arrives part by part while the
+  segment is made, and one playlist request per segment); the token is renewed at
+  ``renew_after_s``; at the end it POSTs leave.
 * ``hls``: a plain HLS playlist URL (no admission), e.g. nginx serving files: segments,
   reloading the playlist every target duration unless the server can block.
 * ``icecast``: one GET of a mount; bytes arriving are seconds of audio at the stream rate.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import orjson
@@ -30,7 +33,9 @@ import orjson
 from amphi.loadtest import playlist as m3u8
 from amphi.loadtest.buffer import PlaybackBuffer
 from amphi.loadtest.config import LoadConfig
+from amphi.loadtest.fragments import DEFAULT_TIMESCALE, SegmentRead, init_timescale, start_skip
 from amphi.defense.pow import solve
+from amphi.media.fmp4 import MalformedMp4
 from amphi.loadtest.http import Connection, HttpError, Response, is_loopback, loopback_source, split_url
 from amphi.loadtest.profiles import Session, backoff_s, header_retry_s, retry_delay_s
 from amphi.loadtest.stats import Histogram
@@ -38,6 +43,7 @@ from amphi.loadtest.stats import Histogram
 MAX_ATTEMPTS = 6  # consecutive failed requests (with backoff) before a listener gives up
 LL_START_PARTS = 3  # without PART-HOLD-BACK: start this many parts behind live
 SEGMENTS_BEHIND = 3  # a segment player starts this many segments behind live (hls.js default)
+STREAM_START_PARTS = 2  # a stream player keeps the newest two parts of the segment it joins: one to play, one in hand
 
 
 class Rejoin(Exception):
@@ -66,8 +72,12 @@ class Swarm(Protocol):
     pow_s: float
     latency: Histogram
     edge_recovery: Histogram
+    part_gap: Histogram
+    segment_gap: Histogram
 
     def loop_time(self, at_s: float) -> float: ...
+
+    def wall_time(self, at_s: float) -> float: ...
 
     def error(self, kind: str) -> None: ...
 
@@ -80,7 +90,8 @@ class Swarm(Protocol):
 
 class Listener:
     __slots__ = ("swarm", "session", "rng", "conn", "source", "media", "edges", "edge_lost", "edge_lost_at", "state", "buffer", "arrived", "answered", "admitted_at",
-                 "first_audio", "waited", "token", "ticket", "renew_at", "path", "failures", "outcome", "dropped")
+                 "first_audio", "waited", "token", "ticket", "renew_at", "path", "failures", "outcome", "dropped",
+                 "timescale", "last_part_at", "ends_at", "side")
 
     def __init__(self, swarm: Swarm, session: Session, rng: random.Random) -> None:
         self.swarm = swarm
@@ -108,6 +119,10 @@ class Listener:
         self.failures = 0
         self.outcome = ""
         self.dropped = False
+        self.timescale = DEFAULT_TIMESCALE  # of the audio track, from the init segment
+        self.last_part_at: float | None = None  # stream: when the last part arrived
+        self.ends_at = float("inf")  # wall time the session ends: its buffer is not played past it
+        self.side: Connection | None = None  # stream: a second connection to the media's host, for playlists
 
     # -- the session ------------------------------------------------------------------------
 
@@ -118,6 +133,7 @@ class Listener:
         self.arrived = time.time()
         self.state = "joining"
         end = sw.cfg.duration_s if s.leave_s is None else min(s.leave_s, sw.cfg.duration_s)
+        self.ends_at = sw.wall_time(end)
         try:
             if s.drop_s is not None and s.drop_s < end:
                 if await self._until(s.drop_s):
@@ -129,7 +145,9 @@ class Listener:
             await self._until(end)
         finally:
             if self.buffer is not None:
-                self.buffer.advance(time.time())
+                # to the session's end at most: when a whole crowd's sessions end at once, the loop
+                # comes round to each late, and a buffer run dry in that delay is no listener's stall
+                self.buffer.advance(min(time.time(), self.ends_at))
             if not self.outcome:
                 self.outcome = self.state
             await self._leave()
@@ -139,6 +157,8 @@ class Listener:
         self.conn.close()
         if self.media is not self.conn:
             self.media.close()
+        if self.side is not None:
+            self.side.close()
 
     async def _until(self, at_s: float) -> bool:
         """Runs the listener until ``at_s`` (seconds from T0); True if it finished by itself."""
@@ -186,11 +206,11 @@ class Listener:
         await asyncio.sleep(backoff_s(self.failures, self.rng))
 
     async def _request(self, method: str, target: str, body: object = None, timeout_s: float | None = None,
-                       *, conn: Connection | None = None) -> Response:
+                       *, conn: Connection | None = None, on_body: Callable[[bytes], None] | None = None) -> Response:
         sw = self.swarm
         sw.requests += 1
         resp = await (conn or self.conn).request(method, target, None if body is None else orjson.dumps(body),
-                                                 timeout_s=timeout_s or sw.cfg.request_timeout_s)
+                                                 timeout_s=timeout_s or sw.cfg.request_timeout_s, on_body=on_body)
         self.failures = 0
         return resp
 
@@ -259,7 +279,12 @@ class Listener:
 
     def _take_token(self, answer: dict[str, object]) -> None:
         self.token = str(answer["token"])
-        host, port, self.path = split_url(str(answer.get("media_playlist") or answer["playlist"]))
+        # "playlist" is the multivariant playlist (a media playlist on older nodes), "media_playlist"
+        # the live one: a stream player starts from the first, as a standard player does; the others,
+        # and a renewal (whose media playlist is the one being played, with the new token), from the second
+        first = self.swarm.cfg.player == "stream" and self.admitted_at is None
+        url = answer["playlist"] if first or not answer.get("media_playlist") else answer["media_playlist"]
+        host, port, self.path = split_url(str(url))
         self.renew_at = time.time() + float(answer.get("renew_after_s") or 30.0)  # type: ignore[arg-type]
         self.edges = [split_url(str(e))[:2] for e in answer.get("edges") or ()]  # type: ignore[attr-defined]
         if (self.media.host, self.media.port) in self.edges:
@@ -320,12 +345,14 @@ class Listener:
 
     # -- media ----------------------------------------------------------------------------------
 
-    async def _get(self, target: str, *, playlist: bool = False) -> Response | None:
-        """A media GET. Follows a renewal redirect (307) on playlists; None for a 404
-        (the part is gone: skip it); Rejoin on 401/403."""
+    async def _get(self, target: str, *, playlist: bool = False, on_body: Callable[[bytes], None] | None = None,
+                   conn: Connection | None = None) -> Response | None:
+        """A media GET (on the media connection unless ``conn``). Follows a renewal redirect (307)
+        on playlists; None for a 404 (the part is gone: skip it); Rejoin on 401/403.
+        ``on_body``: a 200's body as it arrives."""
         while True:
             try:
-                resp = await self._request("GET", target, conn=self.media)
+                resp = await self._request("GET", target, conn=conn or self.media, on_body=on_body)
             except HttpError:
                 self._other_edge()
                 raise
@@ -357,13 +384,19 @@ class Listener:
             return uri
         return self.path.rsplit("/", 1)[0] + "/" + uri
 
-    async def _playlist(self, query: str = "") -> m3u8.MediaPlaylist:
-        resp = await self._get(self.path + query, playlist=True)
+    async def _playlist(self, query: str = "", conn: Connection | None = None) -> m3u8.MediaPlaylist:
+        resp = await self._get(self.path + query, playlist=True, conn=conn)
         if resp is None:
             raise GiveUp("http_404")
         if self.answered is None:  # hls: the first playlist is the answer
             self.answered = time.time()
             self.swarm.join_answer(self.answered - self.arrived)
+        if m3u8.is_multivariant(resp.body):  # the join's answer: follow its (one) variant
+            variant = m3u8.parse_multivariant(resp.body.decode())[0]
+            if not variant.codecs:
+                self.swarm.error("variant_without_codecs")  # standard players refuse or mis-guess it
+            self.path = self._resolve(variant.uri).split("?", 1)[0]
+            return await self._playlist(query, conn)
         return m3u8.parse_body(resp.body)
 
     def _got_audio(self, seconds: float, pdt: float | None) -> None:
@@ -384,9 +417,14 @@ class Listener:
     async def _play(self) -> None:
         pl = await self._playlist()
         if pl.map_uri and self.buffer is None:
-            await self._get(self._resolve(pl.map_uri))
-        ll = self.swarm.cfg.player == "ll" and pl.part_target is not None and bool(pl.parts)
-        if ll:
+            init = await self._get(self._resolve(pl.map_uri))
+            if init is not None:
+                self.timescale = init_timescale(init.body)
+        player = self.swarm.cfg.player
+        lowlat = pl.part_target is not None and bool(pl.parts)
+        if player == "stream" and lowlat:
+            await self._play_stream(pl)
+        elif player == "ll" and lowlat:
             await self._play_parts(pl)
         else:
             await self._play_segments(pl)
@@ -405,7 +443,10 @@ class Listener:
         last = (todo[0].msn, todo[0].index - 1) if todo else (pl.media_sequence, -1)
         while True:
             for part in todo:
-                resp = await self._get(self._resolve(part.uri))
+                # byte-range parts (one segment file) are asked for by their own part URIs, which the
+                # origin still serves: one request per part, as hls.js makes (with a Range header)
+                uri = part.uri if part.byterange is None else f"{part.msn}.{part.index}.m4s"
+                resp = await self._get(self._resolve(uri))
                 if resp is not None:
                     self._got_audio(part.duration, part.pdt)
                 last = (part.msn, part.index)
@@ -445,6 +486,82 @@ class Listener:
                 await asyncio.sleep(max(0.0, reloaded + wait - loop.time()))
                 pl = await self._playlist()
             todo = [s for s in pl.complete_segments if s.msn > last]
+
+    async def _play_stream(self, pl: m3u8.MediaPlaylist) -> None:
+        """One streaming GET per segment, from the newest: its body is read as it arrives and each
+        complete part (moof + mdat) goes to the buffer the moment its last byte is in. When the
+        response ends (the segment closed) the next segment is asked for at once (the origin
+        holds the request until its first part exists) and, alongside on a second connection as
+        a browser would, the playlist once: for a renewal's redirect, the end of the Space, and
+        the date-time of the segment just read (the next one's follows from it)."""
+        part_s = pl.part_target or 0.512
+        if self.buffer is None:
+            self.buffer = PlaybackBuffer(start_s=STREAM_START_PARTS * part_s - 1e-3)
+        newest = pl.segments[-1]
+        msn, pdt = newest.msn, newest.pdt
+        skip = start_skip(len(newest.parts) or round(newest.duration / part_s), STREAM_START_PARTS)
+        self.last_part_at = None
+        after: int | None = None  # the segment that just closed: the playlist is read for it
+        while True:
+            if after is not None:
+                await self._maybe_renew()  # when due (every renew_after_s): before the next GET, which carries the token
+            read = SegmentRead(msn, pdt, skip, self.timescale)
+            segment = asyncio.ensure_future(self._segment(read))
+            try:
+                if after is not None:
+                    pl = await self._reload_beside()
+                    if pl.ended:
+                        raise Ended()
+                    done = next((s for s in pl.segments if s.msn == after and s.uri is not None), None)
+                    if done is not None and done.pdt is not None:
+                        read.pdt = done.pdt + done.duration  # as listed, should the stream's clock have jumped
+                resp = await segment
+            finally:
+                if not segment.done():
+                    segment.cancel()  # the session ended, or the Space: the connection is closed
+                elif not segment.cancelled():
+                    segment.exception()  # raised above if it mattered; retrieved either way
+            if resp is None:  # 404: out of the window, or the Space restarted: from the newest again
+                pl = await self._playlist()
+                if pl.ended or not pl.segments:
+                    raise Ended()
+                newest = pl.segments[-1]
+                msn, pdt, after = newest.msn, newest.pdt, None
+                skip = start_skip(len(newest.parts) or round(newest.duration / part_s), STREAM_START_PARTS)
+                continue
+            after, msn, pdt, skip = msn, msn + 1, read.end_pdt, 0
+
+    async def _segment(self, read: SegmentRead) -> Response | None:
+        """Segment ``read.msn``, streamed into ``read`` (and the buffer); None if the origin has it not."""
+        try:
+            resp = await self._get(self._resolve(f"{read.msn}.m4s"), on_body=lambda data: self._heard(read, data))
+        except MalformedMp4 as e:
+            raise GiveUp("bad_media") from e
+        if resp is not None and not read.reader.idle:
+            self.swarm.error("segment_cut_short")  # the body ended inside a box
+        return resp
+
+    async def _reload_beside(self) -> m3u8.MediaPlaylist:
+        """The playlist on the second connection, while the media connection streams the next segment."""
+        m = self.media
+        if self.side is None or (self.side.host, self.side.port) != (m.host, m.port):
+            if self.side is not None:
+                self.side.close()
+            self.side = Connection(m.host, m.port, source=self.source if is_loopback(m.host) else None)
+        return await self._playlist(conn=self.side)
+
+    def _heard(self, read: SegmentRead, data: bytes) -> None:
+        before = read.parts
+        parts = read.feed(data)
+        if not parts:
+            return
+        now = time.time()
+        if self.last_part_at is not None:  # from the previous part to the first of these
+            gap = now - self.last_part_at
+            (self.swarm.segment_gap if before == 0 else self.swarm.part_gap).add(gap)
+        self.last_part_at = now
+        for h in parts:
+            self._got_audio(h.duration_s, h.pdt)
 
     async def _icecast(self) -> None:
         sw = self.swarm

@@ -1,8 +1,10 @@
-"""What a player reads from an HLS media playlist (RFC 8216bis). Pure.
+"""What a player reads from an HLS playlist (RFC 8216bis). Pure.
 
-Only the tags a live player acts on: the media sequence, segments with their durations and
-program date-times, LL-HLS parts, the preload hint, server control (blocking reload, part
-hold-back), the map (init) and the end list. Anything else is ignored, as players do.
+Media playlists: only the tags a live player acts on: the media sequence, segments with their
+durations and program date-times, LL-HLS parts (whole files or byte ranges of their segment),
+the preload hint, server control (blocking reload, part hold-back), the map (init) and the end
+list. Multivariant playlists: each variant's URI, bandwidth and codecs. Anything else is
+ignored, as players do.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Part:
     uri: str
     duration: float
     pdt: float | None  # Unix time of its first sample, if the playlist gives a date-time
+    byterange: tuple[int, int] | None = None  # (length, offset) in ``uri``: a byte range of its segment
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,7 @@ class MediaPlaylist:
     part_hold_back: float | None = None
     part_target: float | None = None
     preload_hint: str | None = None
+    preload_hint_start: int | None = None  # BYTERANGE-START of the hint: bytes of its segment already made
     ended: bool = False
 
     @property
@@ -65,6 +69,7 @@ _PDT_CACHE: dict[str, float] = {}  # the same date-times come back in every relo
 _ATTR = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
 _DURATION = re.compile(r'(?:^|,)DURATION=([0-9.]+)')
 _URI = re.compile(r'(?:^|,)URI="([^"]*)"')
+_BYTERANGE = re.compile(r'(?:^|,)BYTERANGE="?([0-9]+)(?:@([0-9]+))?')
 
 
 def parse_pdt(text: str) -> float:
@@ -94,7 +99,8 @@ def parse(text: str) -> MediaPlaylist:
     if not lines or lines[0].strip() != "#EXTM3U":
         raise ValueError("not an M3U8 playlist")
     media_sequence, target_duration, map_uri, ended = 0, 0.0, None, False
-    can_block_reload, part_hold_back, part_target, preload_hint = False, None, None, None
+    can_block_reload, part_hold_back, part_target, preload_hint, hint_start = False, None, None, None, None
+    next_offset = 0  # a part's byte range without an offset starts where the previous one ended
     segments: list[Segment] = []
     msn = None
     pdt: float | None = None
@@ -131,12 +137,19 @@ def parse(text: str) -> MediaPlaylist:
                 if msn is None:
                     msn = media_sequence
                 d = float(dm.group(1))
-                parts.append(Part(msn, len(parts), um.group(1), d, part_pdt))
+                br = None
+                if "BYTERANGE" in value and (bm := _BYTERANGE.search(value)) is not None:
+                    length = int(bm.group(1))
+                    offset = int(bm.group(2)) if bm.group(2) is not None else next_offset
+                    br, next_offset = (length, offset), offset + length
+                parts.append(Part(msn, len(parts), um.group(1), d, part_pdt, br))
                 part_pdt = None if part_pdt is None else part_pdt + d
             elif tag == "#EXT-X-PRELOAD-HINT":
                 attrs = _attributes(value)
                 if attrs.get("TYPE") == "PART":
                     preload_hint = attrs.get("URI")
+                    if "BYTERANGE-START" in attrs:
+                        hint_start = int(attrs["BYTERANGE-START"])
             elif tag == "#EXT-X-ENDLIST":
                 ended = True
             continue
@@ -146,9 +159,47 @@ def parse(text: str) -> MediaPlaylist:
         segments.append(Segment(msn, line, duration or 0.0, pdt, tuple(parts)))
         msn += 1
         pdt = None if pdt is None else pdt + (duration or 0.0)
-        part_pdt, duration, parts = pdt, None, []
+        part_pdt, duration, parts, next_offset = pdt, None, [], 0
     if parts:  # the open segment: parts only
         assert msn is not None
         segments.append(Segment(msn, None, sum(p.duration for p in parts), parts[0].pdt, tuple(parts)))
     return MediaPlaylist(media_sequence, target_duration, tuple(segments), map_uri, can_block_reload,
-                         part_hold_back, part_target, preload_hint, ended)
+                         part_hold_back, part_target, preload_hint, hint_start, ended)
+
+
+# -- multivariant playlists --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    uri: str
+    bandwidth: int  # peak bits per second
+    average_bandwidth: int | None
+    codecs: str | None
+
+
+def is_multivariant(body: bytes) -> bool:
+    """A multivariant playlist lists variants (EXT-X-STREAM-INF); a media playlist, media."""
+    return b"#EXT-X-STREAM-INF:" in body
+
+
+def parse_multivariant(text: str) -> list[Variant]:
+    """The variants of a multivariant playlist, in order. Raises ValueError if it lists none."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "#EXTM3U":
+        raise ValueError("not an M3U8 playlist")
+    variants: list[Variant] = []
+    attrs: dict[str, str] | None = None
+    for raw in lines[1:]:
+        line = raw.strip()
+        if line.startswith("#EXT-X-STREAM-INF:"):
+            attrs = _attributes(line.partition(":")[2])
+        elif line and not line.startswith("#") and attrs is not None:
+            if "BANDWIDTH" not in attrs:
+                raise ValueError(f"EXT-X-STREAM-INF without BANDWIDTH before {line!r}")
+            avg = attrs.get("AVERAGE-BANDWIDTH")
+            variants.append(Variant(line, int(attrs["BANDWIDTH"]), int(avg) if avg else None, attrs.get("CODECS")))
+            attrs = None
+    if not variants:
+        raise ValueError("a multivariant playlist without variants")
+    return variants

@@ -27,8 +27,14 @@ def summary_table(r: dict[str, object]) -> str:
         ("first audio p50 / p99", f"{_s(r['first_audio_p50_s'])} / {_s(r['first_audio_p99_s'])}"),
         ("stalled listeners / stalls / stalled seconds",
          f"{r['stalled_listeners']} / {r['stalls']} / {r['stall_seconds_total']}"),
-        ("latency behind live p50 / p99", f"{_s(r['latency_p50_s'])} / {_s(r['latency_p99_s'])}"),
+        ("stream: between parts p50 / p99, across a segment boundary p50 / p99",
+         f"{_s(r.get('part_gap_p50_s'))} / {_s(r.get('part_gap_p99_s'))}, {_s(r.get('segment_gap_p50_s'))} / "
+         f"{_s(r.get('segment_gap_p99_s'))}"),
+        ("latency behind live p50 / p95 / p99", f"{_s(r['latency_p50_s'])} / {_s(r.get('latency_p95_s'))} / "
+                                                f"{_s(r['latency_p99_s'])}"),
         ("requests (avg rate)", f"{r['requests_total']} ({r['request_rate_avg']}/s)"),
+        ("requests per listener per second, after the ramp",
+         "-" if r.get("requests_per_listener_s") is None else f"{r['requests_per_listener_s']:.3f}"),
         ("errors by kind", ", ".join(f"{k} {v}" for k, v in sorted(r["errors_by_kind"].items())) or "none"),  # type: ignore[union-attr]
         ("generator CPU (% of one core)", f"{r['generator_cpu_pct']} over {r['generator_procs']} process(es) "
                                           f"{r['generator_proc_cpu_pct']}, loop lag p99 "

@@ -249,6 +249,11 @@ def _drive(opts: RunOptions, sessions: list, pipes: list, workers: list, server:
     result["t0_unix"] = round(t0, 3)  # when arrivals (and attacks) are counted from
     result["softirq_cpu_pct"] = round(softirq, 1)
     result["other_processes_cpu_pct"] = round(max(0.0, others), 1)  # neither generator, server nor softirq
+    # after the ramp: listeners playing, no more joins (fitted: stream listeners ask in bursts)
+    steady = steady_request_rate(timeline, opts.ramp_s + 2, cfg.duration_s)
+    seated = int(result["admitted"])  # type: ignore[call-overload]
+    result["request_rate_steady"] = steady
+    result["requests_per_listener_s"] = round(steady / seated, 3) if steady is not None and seated else None
     requests = int(result["requests_total"])  # type: ignore[call-overload]
     result["server_cpu_per_request_s"] = round(srv_total / requests, 7) if srv_total is not None and requests else None
     result["generator_cpu_per_request_s"] = round(gen_total / requests, 7) if requests else None
@@ -284,6 +289,32 @@ def window_means(timeline: list[dict[str, object]], after_s: float, until_s: flo
             before = float(first[cum]) if first else 0.0  # type: ignore[arg-type]
             out[key] = round(scale * (float(last[cum]) - before) / wall, 1)  # type: ignore[arg-type]
     return out
+
+
+def fitted_rate(points: list[tuple[float, float]]) -> float | None:
+    """The slope of a counter sampled over time, ``(t, count)`` pairs, by least squares. A stream
+    listener's requests come in a burst at each segment boundary, so a counter read once a
+    second climbs in steps a segment apart: the difference of two readings is off by up to a
+    step, the fitted line through all of them by a small fraction of one. None with fewer than
+    two points or no time between them."""
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mt = sum(t for t, _ in points) / n
+    mc = sum(c for _, c in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    if var <= 0:
+        return None
+    return sum((t - mt) * (c - mc) for t, c in points) / var
+
+
+def steady_request_rate(timeline: list[dict[str, object]], after_s: float, until_s: float) -> float | None:
+    """Requests a second over the seconds ``after_s < t <= until_s`` of a run's timeline, fitted
+    (``fitted_rate``) through each row's cumulative request count at its wall time."""
+    points = [(float(row["wall_s"]), float(row["requests_total"]))  # type: ignore[arg-type]
+              for row in timeline if after_s < row["t"] <= until_s and row.get("wall_s") is not None]  # type: ignore[operator]
+    rate = fitted_rate(points)
+    return None if rate is None else round(rate, 1)
 
 
 def _merge_tick(tick: int, snaps: list[dict], prev: dict | None) -> dict[str, object]:
@@ -333,7 +364,8 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
     cfg = opts.cfg
     outcomes: Counter[str] = Counter()
     errors: Counter[str] = Counter()
-    hists = {k: Histogram() for k in ("join", "audio", "latency", "admit_wait", "lag", "edge_recovery")}
+    hists = {k: Histogram() for k in ("join", "audio", "latency", "admit_wait", "lag", "edge_recovery", "part_gap",
+                                      "segment_gap")}
     totals: Counter[str] = Counter()
     for f in finals:
         outcomes.update(f["outcomes"])
@@ -381,12 +413,17 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         "admit_wait_p99_s": rounded(hists["admit_wait"].quantile(0.99), 4),
         "edge_recovery_p99_s": rounded(hists["edge_recovery"].quantile(0.99), 3),  # lost edge -> media again
         "edge_recovery_max_s": rounded(hists["edge_recovery"].max, 3) if hists["edge_recovery"].n else None,
+        # stream: the time between parts arriving, within a segment and across a segment boundary
+        # (0.512 s on time; the boundary's includes the playlist request and the next GET)
+        **{f"{k}_{q}_s": rounded(hists[k].quantile(v), 3) if hists[k].n else None
+           for k in ("part_gap", "segment_gap") for q, v in (("p50", 0.5), ("p99", 0.99))},
         "first_audio_p50_s": rounded(hists["audio"].quantile(0.5), 4),
         "first_audio_p99_s": rounded(hists["audio"].quantile(0.99), 4),
         "stalled_listeners": totals["stalled_listeners"],
         "stalls": totals["stalls"],
         "stall_seconds_total": round(stall_s, 3),
         "latency_p50_s": rounded(hists["latency"].quantile(0.5), 3),
+        "latency_p95_s": rounded(hists["latency"].quantile(0.95), 3),
         "latency_p99_s": rounded(hists["latency"].quantile(0.99), 3),
         "requests_total": totals["requests"],
         "request_rate_avg": round(totals["requests"] / wall, 1),

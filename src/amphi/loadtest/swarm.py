@@ -43,6 +43,8 @@ class Swarm:
         self.join_hist, self.audio_hist, self.latency = Histogram(), Histogram(), Histogram()
         self.admit_wait = Histogram()  # arrival -> admitted
         self.edge_recovery = Histogram()  # an edge stopped answering -> media again from another
+        self.part_gap = Histogram()  # stream: between two parts' arrivals within a segment (0.512 s when on time)
+        self.segment_gap = Histogram()  # stream: last part of a segment -> first part of the next
         self.tick_join, self.tick_audio = Histogram(), Histogram()
         self.lag = Histogram()
         self.lag_max = 0.0
@@ -70,6 +72,9 @@ class Swarm:
 
     def loop_time(self, at_s: float) -> float:
         return self.t0_loop + at_s
+
+    def wall_time(self, at_s: float) -> float:
+        return self.t0_wall + at_s
 
     async def sleep_until(self, at_s: float) -> None:
         delay = self.loop_time(at_s) - asyncio.get_running_loop().time()
@@ -131,7 +136,7 @@ class Swarm:
             states[lst.state] += 1
             b = lst.buffer
             if b is not None:
-                stall_s += b.stalled_seconds(now)
+                stall_s += b.stalled_seconds(min(now, lst.ends_at))  # a session is not played past its end
                 stalls += b.stalls
                 if b.state is Playback.STALLED and lst.state == "playing":
                     stalled_now += 1
@@ -163,6 +168,7 @@ class Swarm:
             "join": self.join_hist.to_dict(), "audio": self.audio_hist.to_dict(),
             "latency": self.latency.to_dict(), "admit_wait": self.admit_wait.to_dict(), "lag": self.lag.to_dict(),
             "edge_recovery": self.edge_recovery.to_dict(),
+            "part_gap": self.part_gap.to_dict(), "segment_gap": self.segment_gap.to_dict(),
             "cpu_s": time.process_time(), "send_s": self.send_s, "cpus": sorted(os.sched_getaffinity(0)),
             "pow_solved": self.pow_solved, "pow_s": self.pow_s,
         }
