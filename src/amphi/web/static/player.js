@@ -54,6 +54,7 @@ function shakaConfig(failureCallback) {
       retryParameters: retry,
       failureCallback,
       stallSkip: 0.1,
+      rebufferingGoal: 0.5, // seconds buffered before playing starts (or resumes): no stall straight after the start
       segmentPrefetchLimit: 0, // a segment is fetched once, by the request that streams it
     },
     manifest: {
