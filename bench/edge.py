@@ -291,7 +291,7 @@ def wrk_audience(origin: NodeProcess, space: str, size: int, ports: list[int], e
     status, answer = join_space(origin.url, space)
     if status != 200:
         raise RuntimeError(f"the bench's join was not admitted: {status} {answer}")
-    path = urlsplit(str(answer["playlist"])).path  # /o/<node>/media/<space>/t/<token>/live.m3u8
+    path = urlsplit(str(answer["media_playlist"])).path  # /o/<node>/media/<space>/t/<token>/live.m3u8
     prefix = path.rsplit("/", 1)[0] + "/"
     script = work / "player.lua"
     script.write_text(WRK_PLAYER)

@@ -189,7 +189,7 @@ def start_space(server: str, title: str, *, join: bool = True) -> LiveSpace:
         if join:
             r = api.post(f"/api/spaces/{space['id']}/join", json={})
             r.raise_for_status()
-            playlist = r.json()["playlist"]
+            playlist = r.json()["media_playlist"]
     return LiveSpace(space["id"], space["host_key"], playlist)
 
 

@@ -260,7 +260,7 @@ class Surge:
     def _admitted(self, j: Join, answer: dict[str, object], *, via_poll: bool) -> None:
         j.admitted_at = self.now()
         j.via_poll = via_poll
-        playlist = answer.get("playlist")
+        playlist = answer.get("media_playlist")
         if not isinstance(playlist, str):
             j.audio_error = "the admitted answer has no playlist"
             self.counts.audio_failed += 1

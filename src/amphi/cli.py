@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import uvloop
 
-from amphi.core.config import AdmissionConfig, ClusterConfig, Config, DefenseConfig, HttpConfig, StageConfig
+from amphi.core.config import AdmissionConfig, ClusterConfig, Config, DefenseConfig, HttpConfig, MediaConfig, StageConfig
 from amphi.edge.vcl import NAME as NODE_ID
 from amphi.obs.logging import configure as configure_logging
 from amphi.defense.shield import parse_networks
@@ -76,13 +76,16 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.option("--redis", "redis_url", default=None, metavar="URL",
               help="Share Spaces, admission and the node registry with other nodes through this Redis "
                    "(e.g. redis://127.0.0.1:6379/0). All nodes need the same AMPHI_SECRET. See docs/cluster.md.")
+@click.option("--segment-parts", default=MediaConfig.parts_per_segment, show_default=True, type=click.IntRange(2, 16),
+              help="Parts (0.512 s each) per HLS segment: longer segments, fewer requests for streaming and "
+                   "segment players, later starts for players that ignore parts (docs/streaming.md).")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: str | None, demo: bool,
           max_listeners: int, admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float,
           ticket_hold: float, max_waiting: int, speaker_timeout: float, log_format: str | None, operator_key: str | None,
           node_id: str, edges: tuple[str, ...], pow_mode: str, pow_bits: int, trusted_proxies: tuple[str, ...],
           join_rate: float, address_join_rate: float, address_join_burst: int, header_timeout: float,
-          redis_url: str | None) -> None:
+          redis_url: str | None, segment_parts: int) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
@@ -105,7 +108,7 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
                                                         header_read_timeout_s=header_timeout), demo=demo,
                  admission=admission, stage=stage, node_id=node_id, edges=tuple(e.rstrip("/") for e in edges),
                  operator_key=operator_key or None, defense=defense,
-                 cluster=ClusterConfig(redis_url=redis_url))
+                 cluster=ClusterConfig(redis_url=redis_url), media=MediaConfig(parts_per_segment=segment_parts))
     uvloop.run(run(cfg))
 
 

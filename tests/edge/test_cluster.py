@@ -55,13 +55,15 @@ def test_cluster_up_serves_a_demo_space_through_edges_and_down_stops_everything(
         for _ in range(6):  # joins answered through the entry by either node; media from the edges in turn
             r = httpx.post(f"{entry}/api/spaces/{space}/join", json={}, timeout=10)
             assert r.status_code == 200, r.text
-            playlist = r.json()["playlist"]
+            playlist, index = r.json()["media_playlist"], r.json()["playlist"]
             edges_seen.add(playlist.split("/o/")[0])
             assert "/o/n1/media/" in playlist  # the demo Space lives on n1
         assert edges_seen == set(state["edges"])
         pl = wait_until(lambda: (r := httpx.get(playlist, timeout=10)).status_code == 200 and "#EXTINF" in r.text and r,
                         30, "the demo's playlist through an edge")
         assert pl.headers["x-edge"].startswith("edge")
+        multivariant = httpx.get(index, timeout=10)  # what the join names, through the edge too
+        assert multivariant.status_code == 200 and multivariant.text.splitlines()[-1] == "live.m3u8"
     finally:
         down = subprocess.run([str(BIN), "cluster", "down", "--dir", str(d)], capture_output=True, text=True, timeout=60)
     assert down.returncode == 0, down.stderr

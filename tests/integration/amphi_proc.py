@@ -128,8 +128,9 @@ class AmphiServer:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def join(self, space: str, timeout_s: float = 30.0) -> str:
-        """A listener's playlist URL. A node under pressure puts new joins in line (202,
+    def join(self, space: str, timeout_s: float = 30.0, *, multivariant: bool = False) -> str:
+        """A listener's media playlist URL (``multivariant``: the playlist the join answer names,
+        which names the media playlist; both carry the token in the path). A node under pressure puts new joins in line (202,
         docs/admission.md): like a player, this asks again with its ticket after the answer's
         retry_after_s, until it is admitted."""
         deadline = time.monotonic() + timeout_s
@@ -137,7 +138,8 @@ class AmphiServer:
         while True:
             r = self.http.post(f"/api/spaces/{space}/join", json=body)
             if r.status_code == 200:
-                return r.json()["playlist"]
+                answer = r.json()
+                return answer["playlist"] if multivariant else answer.get("media_playlist", answer["playlist"])
             assert r.status_code == 202 and time.monotonic() < deadline, r.text
             answer = r.json()
             body = {"ticket": answer["ticket"]}

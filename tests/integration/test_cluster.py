@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from amphi.core.config import MediaConfig
 from tests.integration.amphi_proc import AmphiServer, wait_until
 
 SECRET = "cluster-test-secret-0123456789abcdef"
@@ -114,7 +115,16 @@ def test_kill_9_one_api_node_joins_continue_on_the_other(cluster) -> None:
 
 def part_number(uri: str) -> int:
     msn, part = uri.removesuffix(".m4s").split(".")
-    return int(msn) * 7 + int(part)  # 7 parts per segment (MediaConfig)
+    return int(msn) * MediaConfig().parts_per_segment + int(part)
+
+
+def listed_parts(text: str) -> list[tuple[int, str]]:
+    """(number, own URI) of each part the playlist lists (as byte ranges of its segment) or hints."""
+    out, counts = [], {}
+    for uri in re.findall(r'^#EXT-X-(?:PART|PRELOAD-HINT):.*URI="(\d+)\.m4s"', text, re.M):
+        index = counts[uri] = counts.get(uri, -1) + 1
+        out.append((part_number(f"{uri}.{index}.m4s"), f"{uri}.{index}.m4s"))
+    return out
 
 
 class Player(threading.Thread):
@@ -124,7 +134,7 @@ class Player(threading.Thread):
     def __init__(self, nodes: list[AmphiServer], space: str, first: dict) -> None:
         super().__init__(daemon=True)
         self.nodes, self.space = nodes, space
-        self.token, self.playlist = first["token"], first["playlist"]
+        self.token, self.playlist = first["token"], first["media_playlist"]
         self.renew_at = time.monotonic() + first["renew_after_s"]
         self.parts: list[str] = []
         self.errors: list[str] = []
@@ -140,7 +150,7 @@ class Player(threading.Thread):
                     if r.status_code != 200:
                         self.errors.append(f"renew on {node.url}: {r.status_code} {r.text}")
                         return
-                    self.token, self.playlist = r.json()["token"], r.json()["playlist"]
+                    self.token, self.playlist = r.json()["token"], r.json()["media_playlist"]
                     self.renew_at = time.monotonic() + r.json()["renew_after_s"]
                     self.renewals += 1
                 base = self.playlist.rsplit("/", 1)[0]
@@ -148,7 +158,7 @@ class Player(threading.Thread):
                 if r.status_code != 200:
                     self.errors.append(f"playlist {r.status_code} {r.text}")
                     return
-                listed = sorted((part_number(u), u) for u in re.findall(r'URI="(\d+\.\d+\.m4s)"', r.text))
+                listed = listed_parts(r.text)
                 last = part_number(self.parts[-1]) if self.parts else listed[-3][0] - 1
                 for _, uri in [(n, u) for n, u in listed if n > last]:
                     p = http.get(f"{base}/{uri}")  # the hinted part: the origin answers once it exists

@@ -21,7 +21,8 @@ def test_ffmpeg_hears_the_tone_live_with_gapless_timestamps(amphi, speakers, tmp
     space, key = amphi.create("tone")
     amphi.start_space(space, key)
     speakers(amphi, space, key, "--tone", "440")
-    playlist = amphi.join(space)
+    playlist = amphi.join(space, multivariant=True)  # what the join names: ffmpeg follows its one variant
+    assert playlist.endswith("/index.m3u8")
     pcm, stamps = tmp_path / "pcm.raw", tmp_path / "ts.txt"
     subprocess.run(
         ["ffmpeg", "-v", "error", "-live_start_index", "-1", "-i", playlist, "-t", "8",

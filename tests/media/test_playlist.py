@@ -2,12 +2,13 @@
 Regenerate after an intended change with AMPHI_UPDATE_GOLDEN=1 and review the diff."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from amphi.core.config import AAC_FRAME, MediaConfig
-from amphi.media.playlist import render_vod
+from amphi.media.playlist import render_multivariant, render_vod
 from amphi.media.segmenter import Segmenter
 from amphi.media.timeline import MediaTimeline, entry
 
@@ -77,3 +78,24 @@ def test_golden_files_are_valid_hls(name: str) -> None:
         assert lines[-1] == "#EXT-X-ENDLIST" and not any("PRELOAD-HINT" in line for line in lines)
     else:
         assert lines[-1].startswith("#EXT-X-PRELOAD-HINT:TYPE=PART")
+    # parts are byte ranges of their segment, back to back from byte 0, and the hint names the
+    # next part's first byte: in the open segment, or at 0 of the next one
+    ends: dict[str, int] = {}
+    for line in lines:
+        if line.startswith(("#EXT-X-PART:", "#EXT-X-PRELOAD-HINT:")):
+            uri = line.split('URI="')[1].split('"')[0]
+            assert re.fullmatch(r"[0-9]+\.m4s", uri), line
+            if line.startswith("#EXT-X-PART:"):
+                length, offset = map(int, line.split('BYTERANGE="')[1].split('"')[0].split("@"))
+                assert offset == ends.get(uri, 0) and length > 0, line
+                ends[uri] = offset + length
+            else:
+                assert int(line.split("BYTERANGE-START=")[1]) == ends.get(uri, 0), line
+
+
+def test_multivariant_names_the_codec_and_bandwidth() -> None:
+    text = render_multivariant("live.m3u8", peak_bps=71_000, average_bps=69_000)
+    check_golden("index.m3u8", text)
+    lines = text.splitlines()
+    assert lines[0] == "#EXTM3U" and lines[-1] == "live.m3u8"
+    assert 'CODECS="mp4a.40.2"' in lines[-2] and "BANDWIDTH=71000" in lines[-2]

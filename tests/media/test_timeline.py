@@ -60,3 +60,32 @@ def test_ended_timeline_satisfies_every_wait() -> None:
     tl.end()
     assert tl.satisfies(99, 0)
     assert tl.render().endswith("#EXT-X-ENDLIST\n")
+
+
+def test_a_growing_segment_is_served_from_its_first_part_and_its_bytes_add_up() -> None:
+    tl, seg = fed(2 * 3 * 2 + 2 * 2)  # two segments and two parts of the third
+    open_ = tl.growing(2)
+    assert open_ is not None and not open_.closed and len(open_.parts) == 2
+    assert [p.offset for p in open_.parts] == [0, len(open_.parts[0].data)]
+    assert open_.size == len(open_.data) == sum(len(p.data) for p in open_.parts)
+    assert open_.since(1) == open_.parts[1].data and open_.since(2) == b""
+    assert tl.growing(1) is tl.segment(1) and tl.segment(1).closed
+    # the one after the open segment is awaited (held until its first part); further is not
+    assert tl.awaited(3) and not tl.awaited(4) and not tl.awaited(2)
+    for _ in range(2):  # the third segment's last part: it closes, its bytes are joined once
+        for ev in seg.push(b"\x00", live=True):
+            tl.apply(ev, seg.next_position)
+    closed = tl.segment(2)
+    assert closed is open_ and closed.closed and closed.data is closed.data
+    assert tl.awaited(3) and not tl.awaited(4)
+    rendered = tl.render()
+    assert rendered.rstrip().endswith('#EXT-X-PRELOAD-HINT:TYPE=PART,URI="3.m4s",BYTERANGE-START=0')
+    tl.end()
+    assert not tl.awaited(3)
+
+
+def test_the_hint_names_the_next_parts_first_byte_in_the_open_segment() -> None:
+    tl, _ = fed(2 * 3 * 2 + 2 * 2)
+    size = tl.growing(2).size
+    assert f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="2.m4s",BYTERANGE-START={size}' in tl.render()
+    assert tl.bit_rates() and all(r > 0 for r in tl.bit_rates())

@@ -59,7 +59,8 @@ def test_first_listener_of_a_fresh_scheduled_space_plays_steadily_near_live(base
     space_id = r.json()["id"]
 
     parts: Counter[str] = Counter()
-    page.on("request", lambda req: parts.update([req.url.rsplit("/", 1)[-1]])
+    # a part is a byte range of its segment: a request is its file and range
+    page.on("request", lambda req: parts.update([f'{req.url.rsplit("/", 1)[-1]} {req.headers.get("range", "")}'])
             if "/media/" in req.url and req.url.endswith(".m4s") else None)
     page.goto(f"{base}/s/{space_id}")  # the page's join is the first: it starts the Space's pipeline
     page.wait_for_selector("#state.scheduled")

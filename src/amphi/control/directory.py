@@ -68,8 +68,9 @@ class Directory:
         return f"{edge.rstrip('/')}/o/{node_id}"
 
     def playlist(self, space_id: str, token: str) -> tuple[str, tuple[str, ...]]:
-        """A seated listener's playlist URL, and the media base at every edge (to fail over)."""
-        url = f"{self.media_base(space_id)}/media/{space_id}/t/{token}/live.m3u8"
+        """A seated listener's (multivariant) playlist URL, and the media base at every edge
+        (to fail over)."""
+        url = f"{self.media_base(space_id)}/media/{space_id}/t/{token}/index.m3u8"
         return url, tuple(self.media_base(space_id, edge) for edge in self.edges)
 
     async def all_spaces(self) -> list[Space]:

@@ -32,7 +32,7 @@ class Seated(NamedTuple):
     token: str
     expires: int
     renewed: bool
-    playlist: str  # the live playlist, token in the URL
+    playlist: str  # the multivariant playlist (index.m3u8), token in the URL
     edges: tuple[str, ...]  # the media base at every edge, to fail over to
 
 

@@ -25,7 +25,7 @@ class MediaConfig:
     jitter_max_ms: int = 240  # per-track buffer bound; the oldest audio is dropped beyond it
     stall_cover_ms: int = 1000  # after a mixer stall this long, the overdue ticks still get the speakers' audio
     program_queue_ticks: int = 50  # mixer -> encoder channel bound (1 s); drops oldest when full
-    blocking_timeout_s: float = 6.0  # a blocking playlist reload answers 503 after this
+    blocking_timeout_s: float = 6.0  # a blocking playlist reload answers 503 after this (or after 1.5 segments)
     max_blocking_waiters: int = 50_000  # concurrent blocking reloads per node; more get 503
 
     @property
@@ -43,6 +43,16 @@ class MediaConfig:
     @property
     def segment_samples(self) -> int:
         return self.part_samples * self.parts_per_segment
+
+    @property
+    def segment_s(self) -> float:
+        return self.segment_samples / SAMPLE_RATE
+
+    @property
+    def hold_s(self) -> float:
+        """The longest a request waits for media that will come: a blocking reload, the next
+        part or segment, a growing segment's next bytes."""
+        return max(self.blocking_timeout_s, 1.5 * self.segment_s)
 
     @property
     def target_duration_s(self) -> int:

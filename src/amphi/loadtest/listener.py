@@ -259,7 +259,7 @@ class Listener:
 
     def _take_token(self, answer: dict[str, object]) -> None:
         self.token = str(answer["token"])
-        host, port, self.path = split_url(str(answer["playlist"]))
+        host, port, self.path = split_url(str(answer.get("media_playlist") or answer["playlist"]))
         self.renew_at = time.time() + float(answer.get("renew_after_s") or 30.0)  # type: ignore[arg-type]
         self.edges = [split_url(str(e))[:2] for e in answer.get("edges") or ()]  # type: ignore[attr-defined]
         if (self.media.host, self.media.port) in self.edges:

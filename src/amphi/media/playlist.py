@@ -1,8 +1,16 @@
-"""LL-HLS media playlists (RFC 8216bis), rendered from plain values. Pure.
+"""HLS playlists (RFC 8216bis), rendered from plain values. Pure.
 
 ``render_live`` lists the last complete segments, the parts of the newest ones, the open
 segment's parts and a preload hint for the next part; ``render_vod`` lists a whole
-recording and ends it. URIs are relative to the playlist.
+recording and ends it; ``render_multivariant`` names the one audio rendition with its codec
+and bandwidth. URIs are relative to the playlist.
+
+Parts are byte ranges of their segment (``BYTERANGE="<length>@<offset>"`` on the segment's
+URI) and the hint names the next part's first byte in it (``BYTERANGE-START``): the origin
+streams a segment that is still being made as one response, part by part
+(``amphi.web.origin``), so a player that merges a segment's parts into one request (Shaka
+Player) makes one request a segment and still has each part the moment it exists, and an
+edge fetches it once for all its listeners (docs/streaming.md).
 """
 
 from __future__ import annotations
@@ -16,10 +24,15 @@ from amphi.core.config import MediaConfig
 INIT_URI = "init.mp4"
 
 
+CODECS = "mp4a.40.2"  # AAC-LC (RFC 6381)
+
+
 @dataclass(frozen=True)
 class PartEntry:
-    uri: str
+    uri: str  # its segment's: a part is a byte range of it
     duration: float
+    offset: int
+    length: int
 
 
 @dataclass(frozen=True)
@@ -50,12 +63,12 @@ def render_live(
     cfg: MediaConfig,
     segments: Sequence[SegmentEntry],
     *,
-    next_part: tuple[int, int] | None,
+    hint: tuple[int, int] | None,
     ended: bool,
 ) -> str:
     """``segments`` in order, the last one possibly open (closed=False, parts only).
-    ``next_part`` is the (msn, index) of the part still to come, hinted unless ended."""
-    first_msn = segments[0].msn if segments else (next_part[0] if next_part else 0)
+    ``hint`` is (msn, first byte) of the part still to come, hinted unless ended."""
+    first_msn = segments[0].msn if segments else (hint[0] if hint else 0)
     lines = _header(cfg, first_msn)
     if not ended:
         lines.append(
@@ -67,15 +80,27 @@ def render_live(
         lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_pdt(seg.pdt)}")
         if not ended:
             for part in seg.parts:
-                lines.append(f'#EXT-X-PART:DURATION={part.duration:.3f},URI="{part.uri}",INDEPENDENT=YES')
+                lines.append(f'#EXT-X-PART:DURATION={part.duration:.3f},URI="{part.uri}",'
+                             f'BYTERANGE="{part.length}@{part.offset}",INDEPENDENT=YES')
         if seg.closed:
             lines.append(f"#EXTINF:{seg.duration:.3f},")
             lines.append(seg.uri)
     if ended:
         lines.append("#EXT-X-ENDLIST")
-    elif next_part is not None:
-        lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{next_part[0]}.{next_part[1]}.m4s"')
+    elif hint is not None:
+        lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{hint[0]}.m4s",BYTERANGE-START={hint[1]}')
     return "\n".join(lines) + "\n"
+
+
+def render_multivariant(media_uri: str, *, peak_bps: int, average_bps: int) -> str:
+    """The one variant: an audio-only stream. Apple's HLS Authoring Specification wants
+    CODECS and BANDWIDTH (the peak segment bit rate) on every variant; players other than
+    hls.js refuse, or guess wrong about, a bare media playlist."""
+    return (
+        "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-INDEPENDENT-SEGMENTS\n"
+        f'#EXT-X-STREAM-INF:BANDWIDTH={peak_bps},AVERAGE-BANDWIDTH={average_bps},CODECS="{CODECS}"\n'
+        f"{media_uri}\n"
+    )
 
 
 def render_vod(cfg: MediaConfig, segments: Sequence[SegmentEntry]) -> str:

@@ -28,6 +28,7 @@ class Part:
     data: bytes  # one moof+mdat fragment
     first_sample: int  # decode time of its first sample
     samples: int
+    offset: int  # where its bytes start in its segment's (the part is a byte range of it)
 
     @property
     def duration(self) -> float:
@@ -46,6 +47,8 @@ class Segment:
     live: bool  # recorded: produced while the Space was live
     parts: list[Part] = field(default_factory=list)
     closed: bool = False
+    size: int = 0  # bytes so far: the parts' lengths added up
+    _data: bytes | None = field(default=None, repr=False)  # the whole segment, joined once closed
 
     @property
     def samples(self) -> int:
@@ -57,7 +60,17 @@ class Segment:
 
     @property
     def data(self) -> bytes:
-        return b"".join(p.data for p in self.parts)
+        """Its bytes so far (all of them once closed: then joined once and kept)."""
+        if self._data is not None:
+            return self._data
+        data = b"".join(p.data for p in self.parts)
+        if self.closed:
+            self._data = data
+        return data
+
+    def since(self, part: int) -> bytes:
+        """The bytes of its parts from index ``part`` on: what a streamed response still owes."""
+        return b"".join(p.data for p in self.parts[part:])
 
     @property
     def uri(self) -> str:
@@ -140,9 +153,11 @@ class Segmenter:
         self._sequence += 1
         samples = len(self._units) * AAC_FRAME
         first = self._next_sample - samples
-        part = Part(segment.msn, len(segment.parts), fmp4.fragment(self._sequence, first, self._units), first, samples)
+        data = fmp4.fragment(self._sequence, first, self._units)
+        part = Part(segment.msn, len(segment.parts), data, first, samples, segment.size)
         self._units = []
         segment.parts.append(part)
+        segment.size += len(data)
         return [PartReady(part, segment)]
 
     def _close_segment(self) -> list[Event]:

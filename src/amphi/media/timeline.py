@@ -16,7 +16,7 @@ ADVANCE_PART_LIMIT = 3  # RFC 8216bis: requests further ahead than this get 400 
 
 
 def entry(seg: Segment, *, with_parts: bool) -> SegmentEntry:
-    parts = tuple(PartEntry(p.uri, p.duration) for p in seg.parts) if with_parts else ()
+    parts = tuple(PartEntry(seg.uri, p.duration, p.offset, len(p.data)) for p in seg.parts) if with_parts else ()
     return SegmentEntry(seg.msn, seg.uri, seg.duration, seg.pdt, parts, seg.closed)
 
 
@@ -87,7 +87,28 @@ class MediaTimeline:
         return seg.parts[index]
 
     def segment(self, msn: int) -> Segment | None:
+        """Segment ``msn`` if it is complete and still kept."""
         return self._segments.get(msn)
+
+    def growing(self, msn: int) -> Segment | None:
+        """Segment ``msn`` if it is complete and kept, or the open one: what a streamed
+        response serves from (its parts so far, then each new one)."""
+        seg = self._segments.get(msn)
+        if seg is None and self._open is not None and self._open.msn == msn:
+            return self._open
+        return seg
+
+    def bit_rates(self) -> list[float]:
+        """Bits per second of each complete segment kept (the multivariant's BANDWIDTH)."""
+        return [8 * s.size / s.duration for s in self._segments.values() if s.duration > 0]
+
+    def awaited(self, msn: int) -> bool:
+        """Segment ``msn`` has not begun but will soon: the hinted one, or the one after the
+        open one. A request for it is held until its first part rather than refused."""
+        if self.ended or self.growing(msn) is not None:
+            return False
+        newest = self._next[0] if self._open is None else self._open.msn + 1
+        return self._next[0] <= msn <= newest
 
     def is_hinted(self, msn: int, index: int) -> bool:
         """The part named by the preload hint: worth waiting for rather than a 404."""
@@ -125,4 +146,6 @@ class MediaTimeline:
         entries = [entry(s, with_parts=s.msn in with_parts) for s in window]
         if self._open is not None and not self.ended:
             entries.append(entry(self._open, with_parts=True))
-        return render_live(self._cfg, entries, next_part=self._next, ended=self.ended)
+        msn = self._next[0]
+        start = self._open.size if self._open is not None and self._open.msn == msn else 0
+        return render_live(self._cfg, entries, hint=(msn, start), ended=self.ended)

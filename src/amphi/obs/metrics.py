@@ -67,6 +67,9 @@ class NodeGauges:
     blocking_timeouts: int
     blocking_disconnects: int
     playlist_renewals: int
+    streams: int  # streamed segment answers begun
+    streams_open: int
+    streams_cut: int
     spaces: list[SpaceSnapshot] = field(default_factory=list)
 
 
@@ -114,6 +117,11 @@ class NodeCollector(Collector):
                                   "went away while waiting.", value=g.blocking_disconnects)
         yield CounterMetricFamily("amphi_playlist_renewals", "Live playlist requests redirected to a renewed "
                                   "token.", value=g.playlist_renewals)
+        yield CounterMetricFamily("amphi_segment_streams", "Answers that streamed a segment while it was being "
+                                  "made (docs/streaming.md).", value=g.streams)
+        yield gauge("amphi_segment_streams_open", "Streamed segment answers still sending.", g.streams_open)
+        yield CounterMetricFamily("amphi_segment_streams_cut", "Streamed segment answers that ended before their "
+                                  "segment: the client left, or the program failed.", value=g.streams_cut)
 
         per = {
             "listeners": GaugeMetricFamily("amphi_space_listeners", "Listeners seated in the Space.",

@@ -152,7 +152,8 @@ class Observer:
             event_streams=snap.event_streams, dashboard_streams=self.dashboard_streams,
             blocking_waiting=origin.get("blocking_waiting", 0), blocking_timeouts=origin.get("blocking_timeouts", 0),
             blocking_disconnects=origin.get("blocking_disconnects", 0),
-            playlist_renewals=origin.get("renewals", 0), spaces=snap.spaces)
+            playlist_renewals=origin.get("renewals", 0), streams=origin.get("streams", 0),
+            streams_open=origin.get("streams_open", 0), streams_cut=origin.get("streams_cut", 0), spaces=snap.spaces)
 
     def _active_ids(self) -> list[str]:
         return [s.space_id for s in self._snapshot().spaces] if self.state is not None else []

@@ -11,6 +11,7 @@ import time
 from amphi.control.listeners import Ended, InLine, JoinResult, Seated
 from amphi.services.rooms import Grant, Invited, Requested
 from amphi.services.spaces import iso
+from amphi.web.routes import MEDIA_FILES
 
 
 def join_answer(result: JoinResult) -> tuple[int, dict[str, object]]:
@@ -27,7 +28,9 @@ def join_answer(result: JoinResult) -> tuple[int, dict[str, object]]:
                      "requeued": result.requeued}
     assert isinstance(result, Seated)
     ttl = result.expires - time.time()
-    return 200, {"status": "admitted", **common, "playlist": result.playlist, "token": result.token,
+    media_playlist = f"{result.playlist.rsplit('/', 1)[0]}/{MEDIA_FILES['live']}"  # beside the multivariant
+    return 200, {"status": "admitted", **common, "playlist": result.playlist, "media_playlist": media_playlist,
+                 "token": result.token,
                  "expires_at": iso(result.expires), "expires_in_s": round(ttl, 1),
                  "renew_after_s": round(ttl / 2, 1), "renewed": result.renewed, "edges": list(result.edges)}
 

@@ -1,7 +1,8 @@
 """The node's whole ASGI app. Every path is looked up once in the route table
 (``amphi.web.routes``) and goes by its route's kind: media to the raw origin, join/leave to the
 raw waiting-room endpoint and events to the raw event streams (the hot paths), ops to the
-operator's endpoints (``amphi.web.ops``), everything else to the Starlette control API and
+operator's endpoints (``amphi.web.ops``), a CORS preflight on media or a join to one answer
+(``CROSS_ORIGIN``: any page may embed a Space), everything else to the Starlette control API and
 pages (``amphi.web.api``, whose routes are the same table's). Served without ASGI lifespan:
 the node's lifecycle is run by ``amphi.server``, which owns the loop.
 
@@ -25,7 +26,7 @@ from amphi.obs.logging import request_id
 from amphi.obs.observer import Observer
 from amphi.obs.snapshot import NodeSnapshot
 from amphi.web.api import build_api
-from amphi.web.asgi import Receive, Scope, Send, header
+from amphi.web.asgi import Receive, Scope, Send, header, preflight
 from amphi.web.events import EventStream
 from amphi.web.join import JoinEndpoint
 from amphi.web.middleware import Gate
@@ -33,6 +34,8 @@ from amphi.web.ops import Ops
 from amphi.web.origin import Origin
 from amphi.web.ports import Finder, SpaceDesk, StageDesk
 from amphi.web.routes import MEDIA_OTHER, OTHER, ROUTES
+
+CROSS_ORIGIN = frozenset({"media", "join"})  # what a page on another origin may call: embed a Space (CORS preflights)
 
 class App:
     def __init__(self, cfg: Config, listeners: Listeners, spaces: SpaceDesk, rooms: StageDesk, finder: Finder,
@@ -71,7 +74,9 @@ class App:
         else:
             route = kind = MEDIA_OTHER if path.startswith("/media/") else OTHER
         try:
-            if kind == "media" or kind == MEDIA_OTHER:
+            if scope["method"] == "OPTIONS" and m is not None and kind in CROSS_ORIGIN:
+                await preflight(timed_send, m.route.methods)
+            elif kind == "media" or kind == MEDIA_OTHER:
                 await self.origin(scope, receive, timed_send, m)
             elif kind == "join":
                 assert m is not None

@@ -19,6 +19,17 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON = b"application/json"
 NO_STORE = b"no-store"
 CORS = (b"access-control-allow-origin", b"*")
+EXPOSE = (b"access-control-expose-headers", b"content-length, content-range, location, retry-after")
+PREFLIGHT_MAX_AGE = b"86400"
+
+
+async def preflight(send: Send, methods: frozenset[str]) -> None:
+    """A CORS preflight's answer: any origin may embed a Space (join it and play its media)
+    and read what it needs of the answers (``EXPOSE``)."""
+    headers = [CORS, (b"access-control-allow-methods", ", ".join(sorted(methods | {"OPTIONS"})).encode()),
+               (b"access-control-allow-headers", b"content-type, range, x-request-id"),
+               (b"access-control-max-age", PREFLIGHT_MAX_AGE), (b"cache-control", b"public, max-age=86400")]
+    await respond(send, 204, headers, b"")
 
 
 def retry_after_value(seconds: float) -> str:
@@ -37,7 +48,7 @@ async def respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], b
 async def send_json(send: Send, status: int, obj: object, *, retry_after_s: float | None = None,
                     head_only: bool = False) -> None:
     body = orjson.dumps(obj)
-    headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS]
+    headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS, EXPOSE]
     if retry_after_s is not None:
         headers.append((b"retry-after", retry_after_value(retry_after_s).encode()))
     await respond(send, status, headers, b"" if head_only else body, len(body))
@@ -51,7 +62,7 @@ async def send_error(send: Send, err: AmphiError, *, head_only: bool = False) ->
 def error_parts(err: AmphiError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """The one mapping of an error to HTTP: (status, headers, JSON body), for the raw
     endpoints and the Starlette API alike."""
-    headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS]
+    headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS, EXPOSE]
     if isinstance(err, HostedElsewhere):
         headers.append((b"location", err.location.encode()))
     if err.retry_after_s is not None:

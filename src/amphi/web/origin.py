@@ -1,10 +1,11 @@
 """The origin: what listeners fetch. A raw ASGI app, because these are the hot paths.
 
+    GET /media/<space>/t/<token>/index.m3u8                             multivariant playlist (CODECS, BANDWIDTH)
     GET /media/<space>/t/<token>/live.m3u8[?_HLS_msn=M[&_HLS_part=P]]   live playlist (blocking reload)
     GET /media/<space>/t/<token>/init.mp4                               init segment
     GET /media/<space>/t/<token>/<msn>.<part>.m4s                       part (waits if it is the hinted one)
-    GET /media/<space>/t/<token>/<msn>.m4s                              segment
-    GET /media/<space>/edge/...   (any of the above four)               for edge caches: header x-amphi-edge
+    GET /media/<space>/t/<token>/<msn>.m4s                              segment (streamed while it is made)
+    GET /media/<space>/edge/...   (any of the above five)               for edge caches: header x-amphi-edge
     GET /media/<space>/vod.m3u8                                         replay, once ended (no token)
     GET /media/<space>/download.m4a                                     the whole recording, one file
 
@@ -23,35 +24,53 @@ all of them under ``/edge/``, proving itself with the credential in ``x-amphi-ed
 Init, parts and segments never change once served: they are immutable to caches. Playlists
 are short-lived. A blocking reload holds a slot until the playlist moves, it times out,
 or the client goes away (then the slot is freed at once).
+
+A segment still being made is streamed (docs/streaming.md): the answer to ``<msn>.m4s`` for
+the open segment, or for the next one (held until its first part exists), is a 200 without a
+length (HTTP/1.1 chunked) that carries the bytes made so far at once and then each part (one
+``moof``+``mdat``) the moment the segmenter closes it, and ends with the segment. The
+playlist lists the parts as byte ranges of it, so a player (or an edge) that reads the
+segment has every part as soon as a part request would have. Ranges (RFC 9110): served
+exactly on a complete segment (206, 416); on a segment still being made an open range from
+byte 0 (``0-``, or Shaka Player's ``0-9007199254740991``) is the streamed whole, a range
+``a-b`` waits until byte ``b`` exists (206 ``a-b/*``: what hls.js asks for each part), and an
+open range ``a-`` until the segment is complete. A stream that cannot be completed (the
+program failed) is cut off, never ended cleanly: an edge must not keep a truncated segment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs
 
 from amphi.control.tokens import Token
 from amphi.core.config import MediaConfig
 from amphi.core.errors import AmphiError, BadRequest, MethodNotAllowed, NotFound, TooBusy, Unauthorized
 from amphi.media.pipeline import Pipeline
-from amphi.media.playlist import render_live
+from amphi.media.playlist import render_live, render_multivariant
 from amphi.media.recorder import Recording
-from amphi.web.asgi import CORS, Receive, Scope, Send, header, respond, send_error
+from amphi.media.segmenter import Segment
+from amphi.web.asgi import CORS, EXPOSE, Receive, Scope, Send, header, respond, send_error
+from amphi.web.routes import MEDIA_FILES
 from amphi.web.routes import Match, Route
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
 PLAYLIST_LIVE = b"public, max-age=1"
 PLAYLIST_BLOCKING = b"public, max-age=6"  # a blocking response's URL names a point in time
 PLAYLIST_ENDED = b"public, max-age=3600"
+PLAYLIST_INDEX = b"public, max-age=60"
 M3U8 = b"application/vnd.apple.mpegurl"
 MP4 = b"audio/mp4"
-
+OPEN_END = 1 << 32  # a range's last byte this far out means "to the end": no segment is that long
+RANGE = re.compile(r"bytes=([0-9]{1,12})-([0-9]{0,16})")  # one range; anything else is ignored (RFC 9110)
 
 
 class MediaSource(Protocol):
@@ -81,6 +100,9 @@ class OriginStats:
     blocking_timeouts: int = 0
     blocking_disconnects: int = 0
     renewals: int = 0  # playlist requests redirected to a renewed token
+    streams: int = 0  # streamed segment answers begun (a segment still being made)
+    streams_open: int = 0  # of those, still sending
+    streams_cut: int = 0  # cut off: the program failed, or the client went away, mid-segment
 
 
 class Origin:
@@ -120,7 +142,9 @@ class Origin:
         else:
             raise Unauthorized("an admission token is required: POST /api/spaces/{id}/join")
         pipeline, recording = await source.media(space_id)
-        if name == "live":
+        if name == "index":
+            await self._ok(send, M3U8, PLAYLIST_INDEX, self._multivariant(pipeline).encode(), head)
+        elif name == "live":
             if token is not None and pipeline is not None and (renewed := await self._access.renewal(space_id, token)):
                 await self._redirect(send, space_id, renewed, scope)
                 return
@@ -142,11 +166,19 @@ class Origin:
         elif name == "part":
             await self._part(pipeline, params["msn"], params["part"], scope, receive, send, head)
         else:
-            await self._segment(pipeline, recording, params["msn"], send, head)
+            await self._segment(pipeline, recording, params["msn"], scope, receive, send, head)
 
     async def _ok(self, send: Send, ctype: bytes, cache: bytes, body: bytes, head: bool) -> None:
-        headers = [(b"content-type", ctype), (b"cache-control", cache), CORS]
+        headers = [(b"content-type", ctype), (b"cache-control", cache), CORS, EXPOSE]
         await respond(send, 200, headers, b"" if head else body, len(body))
+
+    def _multivariant(self, pipeline: Pipeline | None) -> str:
+        """The one variant, with its bit rate measured on the segments at hand (peak and
+        average), or estimated from the encoder's when there are none."""
+        rates = pipeline.timeline.bit_rates() if pipeline is not None else []
+        estimate = self._cfg.bitrate * 1.1  # AAC plus the fragments' boxes
+        peak, average = (max(rates), sum(rates) / len(rates)) if rates else (estimate, estimate)
+        return render_multivariant(MEDIA_FILES["live"], peak_bps=_kbps(peak), average_bps=_kbps(average))
 
     async def _redirect(self, send: Send, space_id: str, token: str, scope: Scope) -> None:
         self.stats.renewals += 1
@@ -181,37 +213,22 @@ class Origin:
         cache = PLAYLIST_BLOCKING if msn is not None else PLAYLIST_LIVE
         await self._ok(send, M3U8, cache, timeline.render().encode(), head)
 
-    async def _hold(self, pipeline: Pipeline, predicate: Callable[[], bool], receive: Receive) -> bool | None:
-        """Waits for ``predicate``; None when the client disconnected first."""
-        if self.stats.blocking_waiting >= self._cfg.max_blocking_waiters:
+    async def _hold(self, pipeline: Pipeline, predicate: Callable[[], bool], receive: Receive,
+                    timeout: float | None = None) -> bool | None:
+        """Waits for ``predicate`` (at most ``timeout``, by default ``MediaConfig.hold_s``); None
+        when the client disconnected first."""
+        if self.stats.blocking_waiting + self.stats.streams_open >= self._cfg.max_blocking_waiters:
             raise TooBusy("too many listeners waiting on this node", retry_after_s=1)
-        me = asyncio.current_task()
-        assert me is not None
-        gone = False
-
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            me.cancel()
-
-        watcher = asyncio.create_task(watch())
         self.stats.blocking_waiting += 1
         try:
-            ok = await pipeline.wait_for(predicate, self._cfg.blocking_timeout_s)
-            if not ok:
-                self.stats.blocking_timeouts += 1
-            return ok
-        except asyncio.CancelledError:
-            if gone:
-                self.stats.blocking_disconnects += 1
-                me.uncancel()
-                return None
-            raise
+            ok = await _unless_gone(receive, pipeline.wait_for(predicate, timeout or self._cfg.hold_s))
         finally:
             self.stats.blocking_waiting -= 1
-            watcher.cancel()
+        if ok is None:
+            self.stats.blocking_disconnects += 1
+        elif not ok:
+            self.stats.blocking_timeouts += 1
+        return ok
 
     # -- media ----------------------------------------------------------------------------
 
@@ -230,15 +247,99 @@ class Origin:
             raise NotFound(f"no part {msn}.{index}")
         await self._ok(send, MP4, IMMUTABLE, found.data, head)
 
-    async def _segment(self, pipeline: Pipeline | None, recording: Recording, msn: int, send: Send, head: bool) -> None:
-        if pipeline is not None and (seg := pipeline.timeline.segment(msn)) is not None:
-            await self._ok(send, MP4, IMMUTABLE, seg.data, head)
-            return
+    async def _segment(self, pipeline: Pipeline | None, recording: Recording, msn: int,
+                       scope: Scope, receive: Receive, send: Send, head: bool) -> None:
+        wanted = _byte_range(header(scope, b"range"))
+        if pipeline is not None:
+            timeline = pipeline.timeline
+            seg = timeline.growing(msn)
+            if seg is None and timeline.awaited(msn):  # the next segment: from its first part on
+                ok = await self._hold(pipeline, lambda: timeline.growing(msn) is not None, receive, self._wait_s)
+                if ok is None:
+                    return
+                seg = timeline.growing(msn)
+            if seg is not None:
+                if seg.closed:
+                    await self._bytes(send, seg.data, wanted, head)
+                else:
+                    await self._growing(pipeline, seg, wanted, receive, send, head)
+                return
         path = recording.segment_path(msn)
         if path is None:
             raise NotFound(f"no segment {msn}")
         data = await asyncio.to_thread(path.read_bytes)
-        await self._ok(send, MP4, IMMUTABLE, data, head)
+        await self._bytes(send, data, wanted, head)
+
+    @property
+    def _wait_s(self) -> float:
+        """The longest a segment request waits for bytes that will come: a whole segment (the
+        next one is asked for as the open one begins) and then the usual hold."""
+        return self._cfg.segment_s + self._cfg.hold_s
+
+    async def _bytes(self, send: Send, data: bytes, wanted: tuple[int, int | None] | None, head: bool) -> None:
+        """A complete segment, or the range of it asked for."""
+        if wanted is None:
+            await self._ok(send, MP4, IMMUTABLE, data, head)
+            return
+        first, last = wanted
+        size = len(data)
+        if first >= size:
+            await respond(send, 416, [(b"content-range", f"bytes */{size}".encode()), CORS, EXPOSE], b"")
+            return
+        last = size - 1 if last is None or last >= size else last
+        body = data[first:last + 1]
+        headers = [(b"content-type", MP4), (b"cache-control", IMMUTABLE), CORS, EXPOSE,
+                   (b"content-range", f"bytes {first}-{last}/{size}".encode())]
+        await respond(send, 206, headers, b"" if head else body, len(body))
+
+    async def _growing(self, pipeline: Pipeline, seg: Segment, wanted: tuple[int, int | None] | None,
+                       receive: Receive, send: Send, head: bool) -> None:
+        """A segment still being made: streamed whole, or a range of it once it exists."""
+        if wanted is not None and wanted != (0, None):
+            first, last = wanted
+            ok = await self._hold(pipeline, lambda: seg.closed or (last is not None and seg.size > last),
+                                  receive, self._wait_s)
+            if ok is None:
+                return
+            if not ok:
+                raise TooBusy("the segment did not grow in time", retry_after_s=1)
+            if seg.closed or last is None:
+                await self._bytes(send, seg.data, wanted, head)
+                return
+            body = seg.data[first:last + 1]
+            headers = [(b"content-type", MP4), (b"cache-control", IMMUTABLE), CORS, EXPOSE,
+                       (b"content-range", f"bytes {first}-{last}/*".encode())]
+            await respond(send, 206, headers, b"" if head else body, len(body))
+            return
+        headers = [(b"content-type", MP4), (b"cache-control", IMMUTABLE), CORS, EXPOSE]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if head:
+            await send({"type": "http.response.body", "body": b""})
+            return
+        self.stats.streams += 1
+        self.stats.streams_open += 1
+        try:
+            done = await _unless_gone(receive, self._stream(pipeline, seg, send))
+        finally:
+            self.stats.streams_open -= 1
+        if not done:
+            self.stats.streams_cut += 1
+            if done is False:  # the program failed mid-segment: cut off, so nobody keeps a truncated segment
+                raise StreamCut(f"segment {seg.msn} could not be completed")
+
+    async def _stream(self, pipeline: Pipeline, seg: Segment, send: Send) -> bool:
+        """Sends each part of ``seg`` as it comes; True once the whole segment was sent,
+        False if it stopped growing (the program failed, or stalled past a segment's time)."""
+        sent = 0
+        while True:
+            if len(seg.parts) > sent:
+                body, sent = seg.since(sent), len(seg.parts)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            if seg.closed:
+                await send({"type": "http.response.body", "body": b""})
+                return True
+            if not await pipeline.wait_for(lambda n=sent: seg.closed or len(seg.parts) > n, self._wait_s):
+                return False
 
     async def _download(self, recording: Recording, send: Send, head: bool) -> None:
         if not recording.finalized:
@@ -258,6 +359,56 @@ class Origin:
             while (chunk := await asyncio.to_thread(next, iterator, None)) is not None:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+
+
+class StreamCut(Exception):
+    """Raised out of the app to make the server drop a streamed answer it cannot complete:
+    a chunked body that just ended would pass for a whole segment."""
+
+
+async def _unless_gone(receive: Receive, work: Awaitable[T]) -> T | None:
+    """Awaits ``work``, or None if the client disconnects first (``work`` is then cancelled).
+    It runs in this task (no task per request): a watcher reads ``receive`` and cancels us."""
+    me = asyncio.current_task()
+    assert me is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        me.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            me.uncancel()
+            return None
+        raise
+    finally:
+        watcher.cancel()
+
+
+def _byte_range(value: bytes | None) -> tuple[int, int | None] | None:
+    """(first, last or None) of a single ``bytes=`` range; None for none, or for what a
+    server may ignore (several ranges, suffix ranges, nonsense): then the whole is sent."""
+    if value is None:
+        return None
+    m = RANGE.fullmatch(value.decode("latin-1").strip())
+    if m is None:
+        return None
+    first, last = int(m.group(1)), int(m.group(2)) if m.group(2) else None
+    if last is not None and last >= OPEN_END:
+        last = None  # "to the end, whatever it is": Shaka Player asks 0-9007199254740991 for a growing segment
+    return None if last is not None and last < first else (first, last)
+
+
+def _kbps(bps: float) -> int:
+    """Bits per second, rounded up to a whole kilobit."""
+    return -(-int(bps) // 1000) * 1000
 
 
 def _int_param(query: dict[str, list[str]], name: str) -> int | None:

@@ -14,7 +14,7 @@ Media routes come in three families, one per way in:
     bare.<file>    /media/{id}/<file>             public once the Space has ended (``public_once_ended``);
                                                   else 401: a token is needed
 
-for the files live.m3u8, vod.m3u8, init.mp4, download.m4a, {msn}.{part}.m4s (a part) and
+for the files index.m3u8 (the multivariant playlist), live.m3u8, vod.m3u8, init.mp4, download.m4a, {msn}.{part}.m4s (a part) and
 {msn}.m4s (a segment).
 """
 
@@ -283,6 +283,7 @@ class RouteTable:
 
 
 MEDIA_FILES = {  # file -> the last segment of its URL
+    "index": "index.m3u8",
     "live": "live.m3u8",
     "vod": "vod.m3u8",
     "init": "init.mp4",
