@@ -126,3 +126,21 @@ def test_joining_in_the_middle_of_a_segment_plays_within_a_second(tier: Tier, pa
     # and near the live edge: the open segment's bytes so far came at once, not three segments back
     behind = wait_for("behind-live", lambda: sample(page, "amphiPlayer.behindLive()")["behind"], 5)
     assert behind <= MAX_BEHIND_S, f"{behind} s behind live at the start\n{timeline}"
+
+
+def test_hls_js_on_another_origin_plays_the_joins_multivariant_playlist(tier: Tier, page: Page) -> None:
+    answer = httpx.post(f"{tier.origin.url}/api/spaces/{tier.space}/join", json={}, timeout=10,
+                        headers={"origin": "http://127.0.0.1:1"})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers.get("access-control-allow-origin") == "*"
+    playlist = answer.json()["playlist"]
+    assert playlist.endswith("/index.m3u8") and playlist.startswith(tier.edge.url), playlist
+    with OtherOrigin(embed_page(tier.origin.url, "hls.js")) as other:
+        page.add_init_script(WATCH)
+        page.goto(f"{other.url}?src={playlist}")
+        start = wait_for("hls.js to play", lambda: (s := sample(page, "behindLive()"))["time"] > 0 and s, 20)
+        wait_for("3 s of audio", lambda: sample(page, "behindLive()")["time"] >= start["time"] + 3, 15)
+        assert page.evaluate("errors") == []
+        urls = [r["url"] for r in media_requests(page)]
+        assert urls[0].endswith("/index.m3u8") and any("/live.m3u8" in u for u in urls), urls[:5]
+        assert sum(u.endswith(".m4s") for u in urls) >= 2, urls
