@@ -79,7 +79,9 @@ def test_a_growing_segment_is_served_from_its_first_part_and_its_bytes_add_up() 
     assert closed is open_ and closed.closed and closed.data is closed.data
     assert tl.awaited(3) and not tl.awaited(4)
     rendered = tl.render()
-    assert rendered.rstrip().endswith('#EXT-X-PRELOAD-HINT:TYPE=PART,URI="3.m4s",BYTERANGE-START=0')
+    # no part of segment 3 yet: no hint (Shaka Player would fetch a segment hinted at byte 0
+    # whole, not streamed); the playlist names it with its first part
+    assert rendered.rstrip().endswith("\n2.m4s") and "PRELOAD-HINT" not in rendered
     tl.end()
     assert not tl.awaited(3)
 

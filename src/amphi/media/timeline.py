@@ -146,6 +146,11 @@ class MediaTimeline:
         entries = [entry(s, with_parts=s.msn in with_parts) for s in window]
         if self._open is not None and not self.ended:
             entries.append(entry(self._open, with_parts=True))
-        msn = self._next[0]
-        start = self._open.size if self._open is not None and self._open.msn == msn else 0
-        return render_live(self._cfg, entries, hint=(msn, start), ended=self.ended)
+        # the next part is hinted only inside a segment that has begun: a hint at byte 0 names a
+        # segment no part of which is listed, which Shaka Player fetches whole, not streamed (its
+        # byte-range merge needs an end: none at 0, "to the end" past it); a player that blocks
+        # on the playlist learns of the new segment with its first part instead
+        hint = None
+        if self._open is not None and self._open.msn == self._next[0]:
+            hint = (self._open.msn, self._open.size)
+        return render_live(self._cfg, entries, hint=hint, ended=self.ended)
