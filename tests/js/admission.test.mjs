@@ -311,13 +311,3 @@ test("an illegal phase is refused by name", () => {
   const { seat } = make(new FakeServer());
   assert.throws(() => seat.setPhase("dancing"), /no admission phase dancing/);
 });
-
-test("the page plays the media playlist the join names beside the multivariant one (a round trip less)", async () => {
-  const server = new FakeServer(seated({
-    playlist: "/media/s1/t/tok1/index.m3u8", media_playlist: "/media/s1/t/tok1/live.m3u8",
-  }));
-  const { seat, of } = make(server, { random: randoms(0.5) });
-  await seat.enter();
-  assert.equal(seat.seat.playlist, "/media/s1/t/tok1/live.m3u8");
-  assert.deepEqual(of("admitted"), [[{ playlist: "/media/s1/t/tok1/live.m3u8", restart: false, renewal: false }]]);
-});

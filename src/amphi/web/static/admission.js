@@ -327,12 +327,10 @@ export class Admission {
     s.ticket = null;
     s.position = null;
     s.token = data.token;
-    // The page's player needs no multivariant playlist (it plays the one rendition): the media
-    // playlist saves it a round trip at the start.
-    s.playlist = data.media_playlist || data.playlist;
+    s.playlist = data.playlist;
     s.edges = Array.isArray(data.edges) ? data.edges : [];
     if (!s.edges.includes(s.edge)) {
-      s.edge = s.edges.find((e) => String(s.playlist).startsWith(`${e}/`)) || null;
+      s.edge = s.edges.find((e) => String(data.playlist).startsWith(`${e}/`)) || null;
     }
     s.expiresAt = this.deps.now() + Number(data.expires_in_s) * 1000;
     this.scheduleRenewal(data);
@@ -340,7 +338,7 @@ export class Admission {
     this.setPhase("playing");
     const restart = this.restart;
     this.restart = false;
-    this.hook("admitted", { playlist: s.playlist, restart, renewal: Boolean(body.token) });
+    this.hook("admitted", { playlist: data.playlist, restart, renewal: Boolean(body.token) });
   }
 
   scheduleRenewal(data) {
