@@ -32,6 +32,9 @@ import { RETRY_MS } from "./admission.js";
 // playlist and a segment round trip). Behind live is then about 2 s (docs/player.md).
 const LIVE_DELAY_S = 1.5;
 const TARGET_BEHIND_S = 2.0; // what the page aims at, behind the wall clock (the "Jump to live" button is 3 s past it)
+const STEER = 0.03; // playback this much faster or slower (pitch kept) to get back to TARGET_BEHIND_S
+const STEER_DEADBAND_S = 0.1;
+const STEER_MIN_AHEAD_S = 0.5;
 const REJOIN_AFTER = 3; // failed attempts in a row before joining afresh (the node may have restarted)
 
 // shaka.util.Error codes the player acts on (lib/util/error.js)
@@ -65,6 +68,17 @@ function shakaConfig(failureCallback) {
     abr: { enabled: false }, // one rendition
   };
 }
+
+// What Shaka applies over the settings above once it sees a low-latency stream (its own
+// defaults for that, createDefaultForLL, would turn segment prefetch back on).
+const LOW_LATENCY = {
+  streaming: {
+    inaccurateManifestTolerance: 0,
+    segmentPrefetchLimit: 0, // a segment is fetched once, by the request that streams it
+    updateIntervalSeconds: 0.1, // the next segment is asked for within 0.1 s of the playlist naming it
+    maxDisabledTime: 1,
+  },
+};
 
 export class Player {
   // shaka: the library (window.shaka) or null; now(): the server's wall clock, in ms (the
@@ -180,6 +194,7 @@ export class Player {
     const sp = new shaka.Player();
     this.sp = sp;
     sp.configure(shakaConfig((error) => this.streamingFailed(sp, error)));
+    sp.configurationForLowLatency(LOW_LATENCY);
     const net = sp.getNetworkingEngine();
     net.registerRequestFilter((_type, request) => {
       request.uris = request.uris.map((u) => this.seat.mediaUrl(u));
@@ -326,8 +341,27 @@ export class Player {
     this.setState("idle");
   }
 
+  // Shaka starts 1.6 to 2.2 s behind live, depending on when the playlist it first reads was
+  // made, and a stall leaves it further back; at 1.6 s only half a second is buffered, and a
+  // late part is a stall. Playing 3 % faster or slower (the browser keeps the pitch) brings the
+  // playhead to TARGET_BEHIND_S and keeps it there, but never eats into the last
+  // STEER_MIN_AHEAD_S buffered: where parts come late (a busy machine), it stays further back.
+  steer() {
+    const { audio } = this;
+    if (!this.sp || this.mode !== "live" || audio.paused || !audio.buffered.length) return;
+    const behind = this.behindLive();
+    if (behind == null) return;
+    const ahead = audio.buffered.end(audio.buffered.length - 1) - audio.currentTime;
+    const off = behind - TARGET_BEHIND_S;
+    let rate = 1;
+    if (off < -STEER_DEADBAND_S || ahead < STEER_MIN_AHEAD_S) rate = 1 - STEER;
+    else if (off > STEER_DEADBAND_S && ahead > 2 * STEER_MIN_AHEAD_S) rate = 1 + STEER;
+    if (audio.playbackRate !== rate) audio.playbackRate = rate;
+  }
+
   listen() {
     const { audio } = this;
+    audio.addEventListener("timeupdate", () => this.steer());
     audio.addEventListener("waiting", () => {
       if (this.state !== "idle" && this.state !== "retrying") this.setState("buffering");
     });
