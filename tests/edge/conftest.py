@@ -20,9 +20,10 @@ class Tier:
     secret_file: Path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def tier(tmp_path_factory, request):
-    """One origin (node "origin") with a live Space and a 440 Hz speaker, behind 3 edges."""
+    """One origin (node "origin") with a live Space and a 440 Hz speaker, behind 3 edges
+    (shared by test_edge and test_streaming: it takes some 10 s to start)."""
     tmp = tmp_path_factory.mktemp("edge")
     data = tmp / "data"
     data.mkdir()

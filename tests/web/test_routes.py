@@ -141,12 +141,17 @@ def test_the_vcl_patterns_accept_what_the_table_routes(url: str, node: str) -> N
 def test_the_nginx_locations_cache_what_the_table_routes(url: str, tmp_path: Path) -> None:
     spec = vcl.EdgeSpec.signed("e1", "k" * 32, (vcl.Backend.parse("origin", "http://127.0.0.1:9"),))
     conf = front_config(spec, "127.0.0.1", 9000, tmp_path, tmp_path / "v.sock", stream=False)
-    locations = [_python(p) for p in re.findall(r'location ~ "([^"]+)"', conf)]
-    assert len(locations) == 2
+    blocks = re.findall(r'location ~ "([^"]+)" \{(.*?)\n        \}', conf, re.S)
+    assert len(blocks) == 3
+    locations = [_python(p) for p, body in blocks if "proxy_cache media;" in body]
+    streamed = [_python(p) for p, body in blocks if "proxy_buffering off;" in body]
+    assert len(locations) == 2 and len(streamed) == 1
     m = ROUTES.match(url)  # nginx matches $uri: no query
-    cached = m is not None and m.route.name in ("media.segment", "media.init", "media.live")
+    cached = m is not None and m.route.name in ("media.init", "media.live")
     hit = [loc.match(f"/o/origin{url}") for loc in locations]
     assert any(hit) == cached
+    # segments are streamed while they are made: to Varnish, unbuffered, never the front's cache
+    assert bool(streamed[0].match(f"/o/origin{url}")) == (m is not None and m.route.name == "media.segment")
     if cached:
         g = next(h for h in hit if h)
         assert (g["amphi_node"], g["amphi_space"], g["amphi_token"]) == ("origin", "abc", TOK)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from amphi.edge.varnish import STREAMS
 from amphi.edge.vcl import CONNECTION_CAPS, Backend, EdgeSpec, render
 
 
@@ -90,12 +91,16 @@ def config(**kw) -> None:  # type: ignore[no-untyped-def]
 @click.option("--dir", "workdir", default="edge", show_default=True, type=click.Path(path_type=Path),
               help="Working directory: the VCL, Varnish's state and log.")
 @click.option("--storage-mb", default=256, show_default=True, type=click.IntRange(16), help="Cache size in memory.")
-def run(host: str, port: int, workdir: Path, storage_mb: int, **kw) -> None:  # type: ignore[no-untyped-def]
+@click.option("--streams", default=STREAMS, show_default=True, type=click.IntRange(100),
+              help="Listeners the edge streams segments to at once (about its live audience): each holds one "
+                   "of Varnish's threads while its segment is made, about 0.2 MB of memory.")
+def run(host: str, port: int, workdir: Path, storage_mb: int, streams: int,  # type: ignore[no-untyped-def]
+        **kw) -> None:
     """Run the edge (varnishd) in the foreground until Ctrl-C."""
     from amphi.core.errors import Unavailable
     from amphi.edge.varnish import Edge
 
-    e = Edge(spec_from(**kw), workdir, host, port, storage_mb=storage_mb)
+    e = Edge(spec_from(**kw), workdir, host, port, storage_mb=storage_mb, streams=streams)
     try:
         e.prepare()
     except Unavailable as err:

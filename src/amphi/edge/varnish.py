@@ -9,14 +9,17 @@ Varnish cannot cap the TCP connections one client address holds. With
   stream module (layer 4) caps the connections per address (``limit_conn``) and hands each to
   the http server over a Unix socket with the PROXY protocol, which costs a hop a request
   (``EdgeSpec.connection_cap``);
-* nginx's http server answers segment players from its own cache: whole segments, ``init.mp4``
-  and blocking playlist reloads without ``_HLS_part``, once the admission token checks out
+* nginx's http server answers segment players from its own cache: ``init.mp4`` and blocking
+  playlist reloads without ``_HLS_part``, once the admission token checks out
   (``front.js``: the same HMAC as the VCL, and the expiry). A rush for one object waits on
   ``proxy_cache_lock`` while one request fetches it from Varnish. An event loop answers these
   for about half of what Varnish's thread hand-over costs a request (bench/front_probe.py);
-  segment players are the audience's bulk (docs/benchmarks.md);
-* everything else (LL-HLS parts and their blocking reloads, which need Varnish's instant
-  wake-up, any token that does not check out, the API and pages) goes to varnishd over another
+  segment players are the audience's bulk (docs/benchmarks.md). Segments are not: a segment is
+  streamed while it is made, and nginx serves no cached copy before it is whole (its waiters
+  would get the segment at its end) nor a Range of a copy it got chunked;
+* everything else (segments, LL-HLS parts and their blocking reloads, which need Varnish's
+  instant wake-up or its streaming to every waiter, any token that does not check out, the API
+  and pages) goes to varnishd over another
   Unix socket, with the client's address in ``x-amphi-client``.
 
 Both run in one process group: nginx starts first, as a child that gets SIGTERM when its
@@ -60,8 +63,11 @@ PARAMS = {
     # 113 us a request at 10k wrk players on one edge; with a few hundred they queue, and a
     # request costs 44-63 us (bench/edge.py, docs/edge.md). Each request holds a thread only while it is answered
     # (parked ones and idle connections hold none), and answers are small.
+    # A listener reading a segment that is still being made holds a thread until the segment ends
+    # (Varnish delivers each response on its own thread): the pools' ceiling follows the streams
+    # the edge is sized for (Edge.streams, below); a stream over it waits for a thread, and so
+    # gets its segment only once whole (docs/edge.md, "Streamed segments")
     "thread_pool_min": "100",  # per pool: a surge does not wait for threads to be made one by one
-    "thread_pool_max": "200",
     "thread_pools": "2",
     "thread_queue_limit": "20000",  # requests waiting for a thread before the edge drops new sessions
     "http_resp_hdr_len": "16k",
@@ -71,13 +77,25 @@ PARAMS = {
 }
 
 
+STREAMS = 10_000  # listeners an edge streams segments to at once, by default (one thread each)
+SPARE_THREADS = 200  # per pool, over the streams: everything else (playlists, parts, the API)
+
+
+def pool_max(streams: int) -> int:
+    """Threads a pool may have for ``streams`` concurrent streamed segments."""
+    pools = int(PARAMS["thread_pools"])
+    return -(-streams // pools) + SPARE_THREADS
+
+
 class Edge:
-    def __init__(self, spec: EdgeSpec, workdir: Path, host: str, port: int, *, storage_mb: int = 256) -> None:
+    def __init__(self, spec: EdgeSpec, workdir: Path, host: str, port: int, *, storage_mb: int = 256,
+                 streams: int = STREAMS) -> None:
         self.spec = spec
         self.workdir = workdir.resolve()
         self.host, self.port = host, port
         self.url = f"http://{host}:{port}"
         self.storage_mb = storage_mb
+        self.streams = streams  # segments streamed at once: about the edge's live audience
         self.proc: subprocess.Popen[bytes] | None = None
         self.capped_by: str | None = None  # "firewall" or "nginx" once prepared, if there is a cap
         self.capped_by_why = ""  # why "auto" did not take the firewall
@@ -89,7 +107,8 @@ class Edge:
         return self.workdir / "varnish.sock"
 
     def command(self) -> list[str]:
-        params = [arg for k, v in PARAMS.items() for arg in ("-p", f"{k}={v}")]
+        params = [arg for k, v in {**PARAMS, "thread_pool_max": str(pool_max(self.streams))}.items()
+                  for arg in ("-p", f"{k}={v}")]
         listen = (f"{self._socket},mode=600" if self.spec.max_connections_per_address else f"{self.host}:{self.port}")
         return [VARNISHD, "-F", "-j", "none", "-n", str(self.workdir / "varnish"),
                 "-a", listen, "-f", str(self.workdir / "edge.vcl"),
@@ -259,8 +278,9 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
     # the open files it may have
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     files = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
-    # whole segments and init are immutable; a blocking reload's answer (keyed by its msn) is
-    # kept about a segment: a player that asks later than that gets a fresh one
+    # init is immutable; a blocking reload's answer (keyed by its msn) is kept about a segment: a
+    # player that asks later than that gets a fresh one. Segments go to Varnish: they are streamed
+    # to every listener while they are made (docs/edge.md, "Streamed segments")
     cached = "\n".join(f"""        location ~ "{ROUTES.edge_regex(names, "nginx", node=True).text}" {{
             {rate}
             proxy_cache media;
@@ -274,7 +294,7 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
             proxy_cache_valid 200 {ttl}s;
             add_header x-front-cache $upstream_cache_status always;
             proxy_pass http://varnish;
-        }}""" for names, ttl in ((("media.segment", "media.init"), spec.media_ttl_cap_s), (("media.live",), 4)))
+        }}""" for names, ttl in ((("media.init",), spec.media_ttl_cap_s), (("media.live",), 4)))
     capped = f"""stream {{
     limit_conn_zone $binary_remote_addr zone=per_address:10m;
     server {{
@@ -335,10 +355,16 @@ events {{ worker_connections {files - 100}; }}
         proxy_set_header Connection "";
         proxy_set_header x-amphi-client $remote_addr;
         proxy_set_header x-amphi-forwarded-for $proxy_add_x_forwarded_for;
-        proxy_read_timeout 20s;  # a blocking reload is answered within a segment
+        proxy_read_timeout 30s;  # more than Varnish's first_byte_timeout (edge/vcl.py)
         error_page 429 = @too_many;
         error_page 502 504 = @unavailable;  # Varnish is not up (yet, or any more)
 {cached}
+        location ~ "{ROUTES.edge_regex(("media.segment",), "nginx", node=True).text}" {{
+            # streamed while it is made: each part goes on the moment Varnish has it (buffered,
+            # nginx sends only whole 4 KB buffers and holds a part's tail until the next part)
+            proxy_buffering off;
+            proxy_pass http://varnish;
+        }}
         location / {{
             proxy_pass http://varnish;
         }}

@@ -10,6 +10,10 @@
    per file (``/media/<space>/edge/<file>``, fetched with this edge's credential). Concurrent
    misses wait on Varnish's waiting list for the one fetch in flight, blocking playlist reloads
    and preload-hinted parts included, and are woken the moment it lands.
+   A segment still being made is streamed (the origin sends each part as it is made): the one
+   fetch reaches every waiting listener as it arrives. Varnish answers any Range on such an
+   object with the whole body, so a Range that is not "from byte 0 to the end" (a part's
+   bytes, as hls.js asks) is an object of its own, fetched from the origin with that Range.
 3. The live playlist is kept 0.1 s (a blocking reload's answer for its max-age), so a new
    listener starts at the live edge; stale copies are served only while the origin fails its
    health probes, for a few seconds. Errors are kept 0.5 s.
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from amphi.control.tokens import TOKEN, Signer
+from amphi.web.asgi import EXPOSE, PREFLIGHT_MAX_AGE
 from amphi.web.routes import PLACES, ROUTES
 
 NAME = re.compile(f"^{PLACES['node'].grammar}$")
@@ -32,7 +37,13 @@ QUERY = r"(?:\?[A-Za-z0-9_=&-]{0,64})?"  # the query a media URL may carry (bloc
 REPLAY = ROUTES.edge_regex([r.name for r in ROUTES.named("bare.") if r.public_once_ended], "vcl", node=True)
 MEDIA = ROUTES.edge_regex([r.name for r in ROUTES.named("media.")], "vcl", node=True, query=QUERY)
 JOIN = ROUTES["join"].pattern("vcl", query=r"(\?.*)?")
+SEGMENT = ROUTES["media.segment"].pattern("vcl", node=True, query=QUERY)  # a whole segment, streamed while open
+# a Range from byte 0 to the end, however the player says it ("0-", Shaka Player's "0-9007199254740991"; the
+# origin reads a last byte >= 2**32 as the end): the whole segment, streamed while it is made
+WHOLE_RANGE = r"^bytes=0-([0-9]{11,})?$"
 TOKEN_RE = TOKEN.numbered()
+PREFLIGHT_HEADERS = "content-type, range, x-request-id"  # as the origin's preflight (web/asgi.py; a test holds them equal)
+EXPOSE_HEADERS = EXPOSE[1].decode()  # as the origin's answers
 CONNECTION_CAPS = ("auto", "firewall", "nginx")
 
 
@@ -97,8 +108,10 @@ def _backend(prefix: str, b: Backend, spec: EdgeSpec, *, probe: bool) -> str:
         f'    .host = "{b.host}";',
         f'    .port = "{b.port}";',
         "    .connect_timeout = 1s;",
-        "    .first_byte_timeout = 15s;",  # a blocking reload is answered within ~3 parts
-        "    .between_bytes_timeout = 5s;",
+        # the origin holds a request for media that will come at most a segment and then
+        # MediaConfig.hold_s (1.5 segments, at least 6 s): 9.6 s with 3.584 s segments, 20 s with 8 s
+        "    .first_byte_timeout = 25s;",
+        "    .between_bytes_timeout = 5s;",  # a streamed segment's parts come every 0.512 s
     ]
     if probe:
         lines += [
@@ -169,6 +182,7 @@ sub vcl_recv {{
     unset req.http.x-claims;
     unset req.http.x-token;
     unset req.http.x-file;
+    unset req.http.x-range;
     if (req.url ~ "^/o/") {{
         call amphi_media;
     }}
@@ -188,6 +202,9 @@ sub vcl_recv {{
 }}
 
 sub amphi_media {{
+    if (req.method == "OPTIONS") {{
+        return (synth(204, "preflight"));  # a page on another origin may play media (CORS)
+    }}
     if (req.method != "GET" && req.method != "HEAD") {{
         return (synth(405, "method_not_allowed: media is read with GET or HEAD"));
     }}
@@ -229,6 +246,14 @@ sub amphi_media {{
     if (std.healthy(req.backend_hint)) {{
         set req.grace = 0s;  # stale copies only while the origin is down: fresh ones start listeners at the live edge
     }}
+    if (req.http.range && req.url ~ "{SEGMENT}" && req.http.range !~ "{WHOLE_RANGE}") {{
+        # Varnish answers any Range on an object still arriving with a 200 and the whole body:
+        # right for "to the end" from byte 0 (the streamed segment), wrong for a part's bytes
+        # (hls.js asks a-b for each). Those are their own objects, one per range, fetched with
+        # it: the origin answers once byte b exists (206 a-b/*), every waiter shares the answer
+        set req.http.x-range = req.http.range;
+        unset req.http.range;
+    }}
     set req.url = "/media/" + req.http.x-space + "/edge/" + req.http.x-file;
     unset req.http.x-token;
     unset req.http.x-file;
@@ -247,6 +272,9 @@ sub amphi_route {{
 sub vcl_hash {{
     hash_data(req.url);
     hash_data(req.http.x-node);
+    if (req.http.x-range) {{
+        hash_data(req.http.x-range);
+    }}
     return (lookup);
 }}
 
@@ -254,10 +282,20 @@ sub vcl_backend_fetch {{
     if (bereq.url ~ "^/media/[^/]+/edge/") {{
         set bereq.http.x-amphi-edge = "{spec.credential}";
     }}
+    if (bereq.http.x-range) {{
+        set bereq.http.range = bereq.http.x-range;  # Varnish drops a client's Range from a cache fetch
+        unset bereq.http.x-range;
+    }}
 }}
 
 sub vcl_backend_response {{
     if (bereq.url ~ "^/media/") {{
+        if (beresp.http.content-range) {{
+            # a part's bytes (x-range, above): Varnish refuses to keep an answer with a
+            # Content-Range ("Unexpected content-range header"), so it is kept under another name
+            set beresp.http.x-amphi-content-range = beresp.http.content-range;
+            unset beresp.http.content-range;
+        }}
         if (beresp.status == 307 && beresp.http.location ~ "^/media/") {{
             set beresp.http.location = "/o/" + bereq.http.x-node + beresp.http.location;
         }}
@@ -272,7 +310,8 @@ sub vcl_backend_response {{
             set beresp.grace = {spec.stale_playlist_s:g}s;
         }} elsif (bereq.url ~ "\\.m3u8") {{
             set beresp.grace = {spec.stale_playlist_s:g}s;
-        }} elsif (beresp.ttl > {spec.media_ttl_cap_s}s) {{
+        }} elsif (beresp.ttl > {spec.media_ttl_cap_s}s || beresp.status == 206) {{
+            # 206: a part's bytes of a segment (x-range), as immutable; Varnish gives a 206 no TTL of its own
             set beresp.ttl = {spec.media_ttl_cap_s}s;
             set beresp.grace = 0s;
         }}
@@ -303,6 +342,10 @@ sub vcl_backend_error {{
 
 sub vcl_deliver {{
     set resp.http.x-edge = "{spec.name}";
+    if (resp.http.x-amphi-content-range) {{
+        set resp.http.content-range = resp.http.x-amphi-content-range;
+        unset resp.http.x-amphi-content-range;
+    }}
     if (obj.hits > 0) {{
         set resp.http.x-cache = "hit";
     }} else {{
@@ -313,10 +356,20 @@ sub vcl_deliver {{
 }}
 
 sub vcl_synth {{
-    set resp.http.content-type = "application/json";
-    set resp.http.cache-control = "no-store";
     set resp.http.access-control-allow-origin = "*";
     set resp.http.x-edge = "{spec.name}";
+    if (resp.status == 204) {{
+        # a CORS preflight for media, answered as the origin answers it
+        set resp.http.access-control-allow-methods = "GET, HEAD, OPTIONS";
+        set resp.http.access-control-allow-headers = "{PREFLIGHT_HEADERS}";
+        set resp.http.access-control-max-age = "{PREFLIGHT_MAX_AGE.decode()}";
+        set resp.http.cache-control = "public, max-age={PREFLIGHT_MAX_AGE.decode()}";
+        set resp.reason = "No Content";
+        return (deliver);
+    }}
+    set resp.http.content-type = "application/json";
+    set resp.http.cache-control = "no-store";
+    set resp.http.access-control-expose-headers = "{EXPOSE_HEADERS}";
     if (resp.status == 429) {{
         set resp.http.retry-after = "1";
     }}
