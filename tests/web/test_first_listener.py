@@ -46,9 +46,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def playback(page: Page) -> dict[str, Any]:
     return page.evaluate("""() => {
         const a = document.querySelector("audio");
-        const h = window.amphiPlayer.hls;
         const b = a.buffered.length ? a.buffered.end(a.buffered.length - 1) : null;
-        return {time: a.currentTime, paused: a.paused, latency: h ? h.latency : null, bufferEnd: b,
+        return {time: a.currentTime, paused: a.paused, latency: window.amphiPlayer.behindLive(), bufferEnd: b,
                 fatal: window.amphiPlayer.fatal};
     }""")
 

@@ -23,7 +23,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ from amphi.web.ports import Finder, SpaceDesk, StageDesk
 from amphi.web.routes import ROUTES
 
 STATIC = Path(__file__).parent / "static"
+# the listener page's player libraries: route -> file under node_modules (docs/player.md)
+VENDOR = {"vendor.hls": "hls.js/dist/hls.min.js", "vendor.shaka": "shaka-player/dist/shaka-player.hls.js"}
 NO_STORE = {"cache-control": "no-store"}
 
 
@@ -181,11 +183,15 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
             raise NotFound(f"no static file {name!r}")
         return FileResponse(path, headers={"cache-control": "public, max-age=60"})
 
-    async def hls_js(request: Request) -> Response:
-        path = assets / "hls.js" / "dist" / "hls.min.js"
-        if not path.is_file():
-            raise NotFound("hls.js is not installed: run `make setup` (npm ci)")
-        return FileResponse(path, media_type="text/javascript", headers={"cache-control": "public, max-age=3600"})
+    def vendor(name: str) -> Callable[[Request], Awaitable[Response]]:
+        """The handler of a player library's route: its file in node_modules (VENDOR)."""
+        path = assets / VENDOR[name]
+
+        async def handler(request: Request) -> Response:
+            if not path.is_file():
+                raise NotFound(f"{VENDOR[name]} is not installed: run `make setup` (npm ci)")
+            return FileResponse(path, media_type="text/javascript", headers={"cache-control": "public, max-age=3600"})
+        return handler
 
     async def amphi_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, AmphiError)
@@ -197,7 +203,8 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
         return JSONResponse({"error": code, "message": exc.detail}, status_code=exc.status_code)
 
     handlers = {
-        "index": index, "listener": listener_page, "host": host_console, "static": static, "vendor.hls": hls_js,
+        "index": index, "listener": listener_page, "host": host_console, "static": static,
+        "vendor.hls": vendor("vendor.hls"), "vendor.shaka": vendor("vendor.shaka"),
         "node": node, "nodes": nodes, "spaces.create": create, "spaces.list": listing, "space": status,
         "space.start": start, "space.end": end, "space.defense": defense, "speak": speak, "stage": stage,
         "stage.session": stage_session, "stage.requests": stage_request, "stage.invites": stage_invite,

@@ -333,6 +333,7 @@ def _pages() -> Iterator[Route]:
     yield Route("host", "/s/{id}/host", "page")
     yield Route("static", "/static/{name}", "static", cacheable=True)
     yield Route("vendor.hls", "/vendor/hls.min.js", "static", cacheable=True)
+    yield Route("vendor.shaka", "/vendor/shaka-player.js", "static", cacheable=True)
 
 
 def _ops() -> Iterator[Route]:

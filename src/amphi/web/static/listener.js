@@ -5,7 +5,8 @@
 //
 // Under attack the node may answer a join with a proof-of-work challenge: pow-worker.js
 // solves it off the page's thread (docs/defense.md).
-// window.amphiPlayer exposes the seat and the player (every fatal hls.js error too), and
+// window.amphiPlayer exposes the seat and the player (every fatal Shaka error too, and
+// behindLive()), and
 // window.amphiStage the room {you, view, events, speaking}, for tests.
 
 import { request } from "./api.js";
@@ -106,7 +107,7 @@ const seat = new Admission(api, {
     admitted: ({ playlist, restart }) => {
       if (player.running && !restart) {
         if (!player.url) player.load(playlist); // Play was pressed and waited for this answer
-        return; // a renewal: hls.js sends the new token with every request from now on
+        return; // a renewal: the player sends the new token with every request from now on
       }
       if (seat.seat.blocked) return; // starts at the tap
       player.playLive(playlist);
@@ -122,7 +123,8 @@ const seat = new Admission(api, {
   },
 });
 const player = new Player(audio, {
-  Hls: window.Hls || null,
+  shaka: window.shaka || null,
+  now: () => Date.now() + page.skewMs, // the server's clock: how far behind live, from EXT-X-PROGRAM-DATE-TIME
   seat,
   hooks: {
     change: () => render(),
@@ -167,9 +169,10 @@ function exposed() {
       set: (value) => { seat.seat[key] = value; },
     });
   }
-  for (const key of ["state", "mode", "url", "hls", "fatal", "retries", "engine", "note"]) {
+  for (const key of ["state", "mode", "url", "sp", "fatal", "retries", "engine", "note"]) {
     Object.defineProperty(out, key, { enumerable: true, get: () => player[key] });
   }
+  out.behindLive = () => player.behindLive();
   return out;
 }
 
