@@ -13,7 +13,7 @@ from amphi.media.segmenter import Segmenter
 from amphi.media.timeline import MediaTimeline, entry
 
 GOLDEN = Path(__file__).parent.parent / "golden"
-CFG = MediaConfig()
+CFG = MediaConfig(parts_per_segment=7)  # the golden files are of 3.584 s segments, whatever the default
 EPOCH = 1_795_000_000.0  # a fixed wall time, so PROGRAM-DATE-TIME is stable
 
 

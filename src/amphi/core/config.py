@@ -18,7 +18,7 @@ class MediaConfig:
     tick_ms: int = 20  # mixer tick; one program frame per tick
     bitrate: int = 64_000  # AAC-LC bits per second
     part_packets: int = 24  # AAC frames per LL-HLS part: 24 * 1024 / 48k = 0.512 s
-    parts_per_segment: int = 7  # parts per segment: 3.584 s (<= 4 s)
+    parts_per_segment: int = 12  # parts per segment: 6.144 s (target duration 7); docs/streaming.md on why
     window_segments: int = 8  # complete segments listed in the live playlist
     part_segments: int = 2  # complete segments that still list their parts
     jitter_target_ms: int = 60  # per-track playout delay once a track (re)starts
