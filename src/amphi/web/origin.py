@@ -287,6 +287,11 @@ class Origin:
             await respond(send, 416, [(b"content-range", f"bytes */{size}".encode()), CORS, EXPOSE], b"")
             return
         last = size - 1 if last is None or last >= size else last
+        await self._partial(send, data, first, last, str(size), head)
+
+    async def _partial(self, send: Send, data: bytes, first: int, last: int, size: str, head: bool) -> None:
+        """206 with bytes ``first``-``last`` of ``data``, whose whole length is ``size`` ("*":
+        not known yet)."""
         body = data[first:last + 1]
         headers = [(b"content-type", MP4), (b"cache-control", IMMUTABLE), CORS, EXPOSE,
                    (b"content-range", f"bytes {first}-{last}/{size}".encode())]
@@ -306,10 +311,7 @@ class Origin:
             if seg.closed or last is None:
                 await self._bytes(send, seg.data, wanted, head)
                 return
-            body = seg.data[first:last + 1]
-            headers = [(b"content-type", MP4), (b"cache-control", IMMUTABLE), CORS, EXPOSE,
-                       (b"content-range", f"bytes {first}-{last}/*".encode())]
-            await respond(send, 206, headers, b"" if head else body, len(body))
+            await self._partial(send, seg.data, first, last, "*", head)
             return
         headers = [(b"content-type", MP4), (b"cache-control", IMMUTABLE), CORS, EXPOSE]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
