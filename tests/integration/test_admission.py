@@ -75,7 +75,7 @@ def test_tokens_renew_and_a_silent_listener_frees_its_seat(serve) -> None:
     space, key = amphi.create("renewals")
     amphi.start_space(space, key)
     a = join(amphi, space).json()
-    playlist = a["playlist"]
+    playlist = a["media_playlist"]  # the live playlist, whose requests renew (the join names the multivariant)
     wait_until(lambda: "#EXTINF" in amphi.http.get(playlist).text, 15, "a first segment")
     w = join(amphi, space)
     assert w.status_code == 202  # the one seat is taken

@@ -9,10 +9,14 @@ from tests.integration.amphi_proc import wait_until
 
 
 def hinted(text: str) -> tuple[int, int]:
-    """(msn, index) of the hinted part: the hint names its segment and first byte; its index is
-    the number of parts of that segment listed before it."""
-    line = next(line for line in text.splitlines() if line.startswith("#EXT-X-PRELOAD-HINT"))
-    uri = line.split('URI="')[1].split('"')[0]
+    """(msn, index) of the next part: the hint names its segment and first byte, and its index is
+    the number of parts of that segment listed before it; between segments there is no hint,
+    and the next part opens the segment after the newest whole one."""
+    hint = [line for line in text.splitlines() if line.startswith("#EXT-X-PRELOAD-HINT")]
+    if not hint:
+        newest = [line for line in text.splitlines() if line.endswith(".m4s") and not line.startswith("#")][-1]
+        return int(newest.removesuffix(".m4s")) + 1, 0
+    uri = hint[0].split('URI="')[1].split('"')[0]
     return int(uri.split(".")[0]), text.count(f'URI="{uri}",BYTERANGE=')
 
 

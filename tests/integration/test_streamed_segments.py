@@ -23,15 +23,20 @@ def boxes(data: bytes) -> list[tuple[str, int]]:
 
 
 def hint(text: str) -> tuple[int, int]:
-    """(msn, first byte) named by the preload hint."""
-    line = next(line for line in text.splitlines() if line.startswith("#EXT-X-PRELOAD-HINT"))
+    """(msn, first byte) of the next part: named by the preload hint inside a segment being made;
+    between segments there is none, and the next part opens the segment after the newest one."""
+    hints = [line for line in text.splitlines() if line.startswith("#EXT-X-PRELOAD-HINT")]
+    if not hints:
+        newest = [line for line in text.splitlines() if line.endswith(".m4s") and not line.startswith("#")][-1]
+        return int(newest.removesuffix(".m4s")) + 1, 0
+    line = hints[0]
     assert line.startswith("#EXT-X-PRELOAD-HINT:TYPE=PART,URI="), line
     return int(line.split('URI="')[1].split(".")[0]), int(line.split("BYTERANGE-START=")[1])
 
 
 def unbegun(text: str) -> int:
-    """A segment not begun yet, that the origin holds a request for: the hinted one if the hint
-    opens it, else the one after the hinted one."""
+    """A segment not begun yet, that the origin holds a request for: the next part's if that
+    part opens it, else the one after it."""
     msn, start = hint(text)
     return msn + (start > 0)
 

@@ -23,6 +23,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page
 
+from amphi.core.config import MediaConfig
 from tests.edge.edges import EdgeProc
 from tests.integration.amphi_proc import AmphiServer, free_port
 from tests.web.browser import wait_for
@@ -32,7 +33,7 @@ SECRET = "e" * 64  # the node's and the edge's token key
 WATCH_S = 120.0
 MAX_BEHIND_S = 2.5
 JOIN_TO_AUDIO_S = 1.0
-MAX_REQUESTS_PER_S = 0.8  # one playlist and one segment per 3.584 s segment is 0.56
+MAX_REQUESTS_PER_S = 0.8  # one playlist and one segment per 6.144 s segment is 0.33
 
 
 @dataclass
@@ -49,7 +50,8 @@ def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
     data.mkdir()
     (data / "secret").write_text(SECRET)
     port = free_port()
-    origin = AmphiServer(data, None, "--demo", "--pow", "off", "--edge", f"http://127.0.0.1:{port}").start()
+    origin = AmphiServer(data, None, "--demo", "--pow", "off", "--edge", f"http://127.0.0.1:{port}",
+                         "--segment-parts", str(MediaConfig().parts_per_segment)).start()  # the default, as deployed
     edge = None
     try:
         edge = EdgeProc(tmp / "edge", "edge1", origin.url, data / "secret", port=port).start()
