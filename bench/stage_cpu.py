@@ -454,6 +454,11 @@ def main() -> int:
             fill_s = time.time() - fill_started
             print(f"all {args.speakers} connected and talking; settling {args.settle:g} s", flush=True)
             time.sleep(args.settle)
+            if listener_thread is not None:  # the window is measured with the listener playing: its first part
+                # comes once the Space's first whole segment exists (up to a segment after the start)
+                deadline = time.time() + 20
+                while listener_stats.parts == 0 and time.time() < deadline:
+                    time.sleep(0.1)
             before = node_stats(node.url)
             print(f"measuring {args.seconds:.0f} s", flush=True)
             window_start = time.time()

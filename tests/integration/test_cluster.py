@@ -11,8 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from amphi.core.config import MediaConfig
-from tests.integration.amphi_proc import AmphiServer, wait_until
+from tests.integration.amphi_proc import TEST_SEGMENT_PARTS, AmphiServer, wait_until
 
 SECRET = "cluster-test-secret-0123456789abcdef"
 
@@ -115,7 +114,7 @@ def test_kill_9_one_api_node_joins_continue_on_the_other(cluster) -> None:
 
 def part_number(uri: str) -> int:
     msn, part = uri.removesuffix(".m4s").split(".")
-    return int(msn) * MediaConfig().parts_per_segment + int(part)
+    return int(msn) * int(TEST_SEGMENT_PARTS) + int(part)  # the parts a segment of the nodes under test
 
 
 def listed_parts(text: str) -> list[tuple[int, str]]:
