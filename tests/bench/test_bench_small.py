@@ -141,7 +141,9 @@ def test_defense_flood() -> None:
 def test_edge_engine_choice() -> None:
     out = run_small("edge")
     assert re.search(r"^direct\s+[\d.]+", out, re.MULTILINE)
-    assert number(r"^varnish\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+(-?[\d.]+)", out) <= 0.1  # added p99
+    direct_p99 = number(r"^direct\s+[\d.]+\s+[\d.]+\s+([\d.]+)", out)
+    # added p99, to within a quantile's resolution: one 5 % histogram bucket (amphi.loadtest.stats)
+    assert number(r"^varnish\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+(-?[\d.]+)", out) <= 0.1 + 0.05 * direct_p99
     assert "targets met" in out
 
 
