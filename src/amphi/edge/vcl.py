@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from amphi.control.tokens import TOKEN, Signer
-from amphi.web.asgi import EXPOSE, PREFLIGHT_MAX_AGE
+from amphi.web.asgi import EXPOSE, PREFLIGHT_HEADERS, PREFLIGHT_MAX_AGE
 from amphi.web.routes import PLACES, ROUTES
 
 NAME = re.compile(f"^{PLACES['node'].grammar}$")
@@ -42,7 +42,6 @@ SEGMENT = ROUTES["media.segment"].pattern("vcl", node=True, query=QUERY)  # a wh
 # origin reads a last byte >= 2**32 as the end): the whole segment, streamed while it is made
 WHOLE_RANGE = r"^bytes=0-([0-9]{11,})?$"
 TOKEN_RE = TOKEN.numbered()
-PREFLIGHT_HEADERS = "content-type, range, x-request-id"  # as the origin's preflight (web/asgi.py; a test holds them equal)
 EXPOSE_HEADERS = EXPOSE[1].decode()  # as the origin's answers
 CONNECTION_CAPS = ("auto", "firewall", "nginx")
 
@@ -361,7 +360,7 @@ sub vcl_synth {{
     if (resp.status == 204) {{
         # a CORS preflight for media, answered as the origin answers it
         set resp.http.access-control-allow-methods = "GET, HEAD, OPTIONS";
-        set resp.http.access-control-allow-headers = "{PREFLIGHT_HEADERS}";
+        set resp.http.access-control-allow-headers = "{PREFLIGHT_HEADERS.decode()}";
         set resp.http.access-control-max-age = "{PREFLIGHT_MAX_AGE.decode()}";
         set resp.http.cache-control = "public, max-age={PREFLIGHT_MAX_AGE.decode()}";
         set resp.reason = "No Content";

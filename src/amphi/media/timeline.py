@@ -79,9 +79,7 @@ class MediaTimeline:
         return self._next
 
     def part(self, msn: int, index: int) -> Part | None:
-        seg = self._segments.get(msn)
-        if seg is None and self._open is not None and self._open.msn == msn:
-            seg = self._open
+        seg = self.growing(msn)
         if seg is None or index >= len(seg.parts):
             return None
         return seg.parts[index]

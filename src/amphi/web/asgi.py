@@ -21,13 +21,14 @@ NO_STORE = b"no-store"
 CORS = (b"access-control-allow-origin", b"*")
 EXPOSE = (b"access-control-expose-headers", b"content-length, content-range, location, retry-after")
 PREFLIGHT_MAX_AGE = b"86400"
+PREFLIGHT_HEADERS = b"content-type, range, x-request-id"  # what a page on another origin may send
 
 
 async def preflight(send: Send, methods: frozenset[str]) -> None:
     """A CORS preflight's answer: any origin may embed a Space (join it and play its media)
     and read what it needs of the answers (``EXPOSE``)."""
     headers = [CORS, (b"access-control-allow-methods", ", ".join(sorted(methods | {"OPTIONS"})).encode()),
-               (b"access-control-allow-headers", b"content-type, range, x-request-id"),
+               (b"access-control-allow-headers", PREFLIGHT_HEADERS),
                (b"access-control-max-age", PREFLIGHT_MAX_AGE), (b"cache-control", b"public, max-age=86400")]
     await respond(send, 204, headers, b"")
 
