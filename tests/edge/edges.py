@@ -29,6 +29,8 @@ class EdgeProc:
         def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"edge exited: {(self.workdir / 'edge.log').read_text()}")
+            if not (self.workdir / "front" / "fanout.sock").exists():  # edge/fanout.py, behind the front
+                return False
             try:
                 return httpx.get(f"{self.url}/api/node", timeout=1).status_code == 200
             except httpx.TransportError:
@@ -36,6 +38,12 @@ class EdgeProc:
 
         wait_until(up, 60, f"edge {self.name} to answer")
         return self
+
+    def fanout(self) -> dict[str, int]:
+        """The fan-out's counters (edge/fanout.py ``Fanout.stats``), read on its socket."""
+        transport = httpx.HTTPTransport(uds=str(self.workdir / "front" / "fanout.sock"))
+        with httpx.Client(transport=transport, timeout=5) as c:
+            return c.get("http://edge/_fanout").json()
 
     def kill9(self) -> None:
         import os

@@ -52,7 +52,7 @@ def test_many_listeners_share_one_origin_stream_and_get_each_part_as_it_is_made(
     playlist, msn, per_segment = next_segment(tier)
     segment = playlist.rsplit("/", 1)[0] + f"/{msn}.m4s"
     direct = tier.origin.url + "/media/" + segment.split("/media/", 1)[1]
-    before = streams(tier)
+    before, fanned = streams(tier), tier.edges[0].fanout()
     # a listener that sends its GET and never reads (a tiny receive buffer: it is full at once)
     stuck = socket.socket()
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
@@ -87,6 +87,8 @@ def test_many_listeners_share_one_origin_stream_and_get_each_part_as_it_is_made(
             lateness.append(a.arrived(end) - max(sent, a.started))
     assert max(lateness) <= LATE_S, sorted(lateness)[-5:]
     assert streams(tier) - before == 2  # the reference's and the edge's one, for 51 listeners
+    fanout = tier.edges[0].fanout()  # the edge's fan-out wrote the segment to all of them
+    assert fanout["requests"] - fanned["requests"] == 51 and fanout["fetches"] - fanned["fetches"] == 1, fanout
 
 
 def test_players_byte_ranges_through_the_edge_get_the_exact_bytes(tier: Tier) -> None:

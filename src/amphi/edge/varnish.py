@@ -121,6 +121,17 @@ class Edge:
         d = self.workdir / "front"
         return [NGINX, "-e", str(d / "error.log"), "-c", str(d / "nginx.conf"), "-p", str(d)]
 
+    def fanout_command(self) -> list[str] | None:
+        """The fan-out behind the front (``edge/fanout.py``); None without a front."""
+        if not self.spec.max_connections_per_address:
+            return None
+        return [sys.executable, "-m", "amphi.edge.fanout", "--listen", str(self._fanout_socket),
+                "--upstream", str(self._socket)]
+
+    @property
+    def _fanout_socket(self) -> Path:
+        return self.workdir / "front" / "fanout.sock"
+
     def keeper_command(self) -> list[str] | None:
         """The process that takes the firewall rule away when the edge ends; None without one."""
         return firewall.keeper_command(self.host, self.port, self._tag) if self.capped_by == "firewall" else None
@@ -159,6 +170,7 @@ class Edge:
                 (front / sub).mkdir(parents=True, exist_ok=True)
             self._socket.unlink(missing_ok=True)
             (front / "http.sock").unlink(missing_ok=True)
+            self._fanout_socket.unlink(missing_ok=True)
             script = front / "front.js"
             script.write_text(front_script(self.spec.secret))
             os.chmod(script, 0o600)
@@ -169,13 +181,14 @@ class Edge:
         """Becomes varnishd (for ``amphi edge run``, once ``prepare`` has run), after starting the
         front and the firewall's keeper if there are: signals and ``kill -9`` of the process
         group reach the whole edge."""
-        launch(self.front_command(), self.command(), self.keeper_command())
+        launch([c for c in (self.fanout_command(), self.front_command()) if c], self.command(), self.keeper_command())
 
     def start(self, *, timeout_s: float = 30.0) -> Edge:
         """Starts the edge as a child in its own process group; returns once it accepts."""
         self.prepare()
         log = open(self.workdir / "varnishd.log", "ab")
-        cmd = [sys.executable, "-m", "amphi.edge.varnish", json.dumps(self.front_command()), json.dumps(self.command()),
+        front = [c for c in (self.fanout_command(), self.front_command()) if c]
+        cmd = [sys.executable, "-m", "amphi.edge.varnish", json.dumps(front), json.dumps(self.command()),
                json.dumps(self.keeper_command())]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -195,6 +208,8 @@ class Edge:
         """Varnish answers HTTP on the edge's port (through the front, when there is one)."""
         import socket
 
+        if self.fanout_command() and not self._fanout_socket.exists():
+            return False
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5) as s:
                 s.sendall(b"GET /o/ready HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
@@ -230,11 +245,18 @@ class Edge:
         self._uncap()
 
     def stats(self) -> dict[str, int]:
-        """Varnish's counters (varnishstat), e.g. MAIN.cache_hit, MAIN.backend_req."""
+        """Varnish's counters (varnishstat), e.g. MAIN.cache_hit, MAIN.backend_req, and the
+        fan-out's as FANOUT.<name> (``Fanout.stats``) when there is a front."""
         out = subprocess.run(["varnishstat", "-n", str(self.workdir / "varnish"), "-1", "-j"],
                              capture_output=True, check=True, timeout=10).stdout
         counters = json.loads(out).get("counters", {})
-        return {k: int(v.get("value", 0)) for k, v in counters.items()}
+        stats = {k: int(v.get("value", 0)) for k, v in counters.items()}
+        if self.fanout_command():
+            import httpx
+
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(self._fanout_socket)), timeout=5) as c:
+                stats.update({f"FANOUT.{k}": int(v) for k, v in c.get("http://edge/_fanout").json().items()})
+        return stats
 
 
 def front_script(secret: str) -> str:
@@ -341,6 +363,23 @@ events {{ worker_connections {files - 100}; }}
         "~^::" 1;
         default "";
     }}
+    # a GET of a segment from byte 0 to the end, with a token that checks out: the fan-out's
+    # (edge/fanout.py); any other Range (a part's bytes), a bad token: Varnish's
+    map "$request_method:$http_range" $amphi_whole {{
+        "GET:" 1;
+        "~^GET:bytes=0-([0-9]{{11,}})?$" 1;
+        default "";
+    }}
+    map "$amphi_whole:$amphi_token_bad" $amphi_segment_to {{
+        "1:" fanout;
+        default varnish;
+    }}
+    upstream fanout {{
+        server unix:{d}/fanout.sock;
+        keepalive {files // 4};  # a listener's connection to it is kept for its next segment
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }}
     upstream varnish {{
         server unix:{varnish_socket};
         # every LL-HLS listener's blocking request waits on its own connection to Varnish: kept
@@ -360,10 +399,10 @@ events {{ worker_connections {files - 100}; }}
         error_page 502 504 = @unavailable;  # Varnish is not up (yet, or any more)
 {cached}
         location ~ "{ROUTES.edge_regex(("media.segment",), "nginx", node=True).text}" {{
-            # streamed while it is made: each part goes on the moment Varnish has it (buffered,
-            # nginx sends only whole 4 KB buffers and holds a part's tail until the next part)
+            # streamed while it is made: each part goes on the moment it arrives (buffered, nginx
+            # sends only whole 4 KB buffers and holds a part's tail until the next part)
             proxy_buffering off;
-            proxy_pass http://varnish;
+            proxy_pass http://$amphi_segment_to;
         }}
         location / {{
             proxy_pass http://varnish;
@@ -392,15 +431,15 @@ def _arm_keeper() -> None:
     _die_with_parent()
 
 
-def launch(front: list[str] | None, varnishd: list[str], keeper: list[str] | None = None) -> NoReturn:
+def launch(front: list[list[str]], varnishd: list[str], keeper: list[str] | None = None) -> NoReturn:
     """Starts ``keeper`` (if any: in its own session, so that only this process's end, not a
-    signal to the edge's group, sets it off) and ``front`` (if any) as children that end with
-    this process, then becomes varnishd."""
+    signal to the edge's group, sets it off) and the ``front``'s commands (the fan-out and
+    nginx, if there is a front) as children that end with this process, then becomes varnishd."""
     if keeper is not None:
         subprocess.Popen(keeper, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
                          preexec_fn=_arm_keeper)
-    if front is not None:
-        subprocess.Popen(front, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    for command in front:
+        subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     os.execv(varnishd[0], varnishd)
 
 
