@@ -176,6 +176,10 @@ class Edge:
             os.chmod(script, 0o600)
             (front / "nginx.conf").write_text(front_config(self.spec, self.host, self.port, front, self._socket,
                                                           stream=self.capped_by == "nginx"))
+            test = subprocess.run([*(self.front_command() or ()), "-t", "-q"], capture_output=True, text=True, timeout=30)
+            if test.returncode:
+                self._uncap()
+                raise Unavailable(f"the front's nginx.conf does not load: {test.stderr.strip()}")
 
     def exec(self) -> NoReturn:
         """Becomes varnishd (for ``amphi edge run``, once ``prepare`` has run), after starting the
@@ -402,6 +406,9 @@ events {{ worker_connections {files - 100}; }}
             # streamed while it is made: each part goes on the moment it arrives (buffered, nginx
             # sends only whole 4 KB buffers and holds a part's tail until the next part)
             proxy_buffering off;
+            proxy_buffer_size 16k;  # a part (about 4 KB at 64 kbps) is read and sent in one piece
+            proxy_buffers 4 16k;  # (unused unbuffered, but nginx checks their sizes)
+            proxy_busy_buffers_size 16k;
             proxy_pass http://$amphi_segment_to;
         }}
         location / {{
