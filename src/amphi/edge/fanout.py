@@ -1,40 +1,46 @@
-"""The edge's fan-out: every streamed segment to every listener, from one event loop.
+"""The edge's door and fan-out: a live audience's media from one event loop.
 
 Varnish delivers each response on a thread of its own. A listener reading a segment that is
 still being made holds its thread until the segment ends, and every part wakes every one of
 those threads, which then writes its piece: 40-65 us of CPU a listener a part, so 10,000
-listeners of 0.512 s parts were a core for the parts alone (docs/edge.md, "Streamed
-segments"). This server holds those listeners in one event loop instead: it reads each segment
-once from Varnish and writes each piece, framed once, to every listener with one ``write``.
-No library does that fan-out (an HTTP server library would frame and schedule each listener's
-copy on its own); it is written here because it is the edge's hot path (docs/edge.md,
-"The fan-out", has the measurement).
+listeners of 0.512 s parts were a core for the parts alone. Put behind nginx, a fan-out still
+paid a second hop a part a listener. So this server takes the edge's port itself and answers,
+from memory, the requests a live audience makes again and again: a segment (streamed while it
+is made), the live playlist (no blocking reload), the multivariant playlist and ``init.mp4``,
+each with an admission token it checks (the same HMAC and expiry as the VCL). It reads each
+file once from Varnish and writes each piece, framed once, to every listener: one ``write`` a
+listener a part. No library does that fan-out (an HTTP server frames and schedules each
+response on its own); it is written here because it is the edge's hot path (docs/edge.md, "The
+door and the fan-out", has the measurement).
 
-Where it sits: the front (nginx) sends it the requests it can answer, and only those: a GET of
-a segment whose admission token the front has checked, with no ``Range`` or one from byte 0
-to the end (Shaka Player's ``bytes=0-9007199254740991``). It listens on a Unix socket only its
-user may open, so the requests are well-formed HTTP/1.1 from nginx (kept-alive, one at a
-time); anything else is answered 400 and the connection closed.
+Every other request (the API, pages, replays, parts, blocking reloads, a token that does not
+check out, anything malformed or unusual) is nginx's, unchanged: the connection is handed to
+nginx's http server over a Unix socket with the PROXY protocol (the client's address) and, from
+that request on, its bytes are passed both ways untouched. Segments asked on such a connection
+come back here through nginx (the internal socket).
 
-    front ──GET <segment>──▶ Fanout ──one GET a segment (httpx, the first asker's URL)──▶ Varnish
+    client ──▶ [firewall cap] ──▶ Fanout (the edge's port) ──── its own: from memory ◀── one GET a file ── Varnish
+                                      └─ anything else: the connection, to nginx ──▶ Varnish / its cache
+    with nginx's stream cap: client ──▶ nginx stream ──PROXY──▶ Fanout (as above)
 
-A segment's ``Feed``:
+A file's ``Feed``:
 
 * waiting: asked for, Varnish's answer not begun (the origin holds the next segment until its
   first part exists). Askers wait.
-* streaming: a 200 of no length arrived. Each asker gets ``200`` chunked: the bytes so far at
-  once, then each piece as it arrives, then the last chunk when the segment closes.
-* whole: kept ``keep_s`` (at most ``MAX_FEEDS`` segments) for late askers, answered with a
-  ``Content-Length`` (``206`` for a ``Range`` from 0, as Varnish answers a whole object).
-* an answer other than 200 (401/403/404/503...) is passed to every waiting asker and not kept
-  (Varnish keeps errors 0.5 s).
+* streaming (segments): a 200 of no length. Each asker gets ``200`` chunked: the bytes so far
+  at once, then each piece as it arrives, then the last chunk when the segment closes.
+* whole: answered with a ``Content-Length`` (a segment: ``206`` for a ``Range`` from 0, as
+  Varnish answers a whole object); kept ``keep_s`` (segments, init) or ``fresh_s`` (playlists:
+  Varnish keeps the live playlist 0.1 s, so a new listener starts at the live edge).
+* an answer other than 200 (401/403/404/503...) goes to every waiting asker and is not kept.
 * a fetch that breaks off (the origin cut the segment: its program died) cuts every listener's
-  connection without the last chunk, as Varnish would, and is forgotten: the next asker fetches
-  again.
+  connection without the last chunk, as Varnish would, and is forgotten.
 
-A listener that stops reading is cut once ``max_buffer`` bytes wait for it (a segment is about
-50 KB): it never holds up the others (the front also cuts a client that takes more than 15 s).
-Counters: ``Fanout.stats`` (``GET /_fanout`` on the socket, read by ``Edge.stats``).
+Bounds: a listener that stops reading is cut once ``max_buffer`` bytes wait for it, or after
+``send_timeout_s`` with its socket full; a request's header must come within ``idle_s`` of the
+connection's last answer (slowloris; idle keep-alive connections too); ``media_rate`` requests
+per second per address (429, and the connection closed, as nginx's ``limit_req``). Counters:
+``Fanout.stats`` (``GET /_fanout`` on the internal socket, read by ``Edge.stats``).
 """
 
 from __future__ import annotations
@@ -42,7 +48,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import time
 from collections import OrderedDict
@@ -50,20 +55,31 @@ from pathlib import Path
 
 import httpx
 
+from amphi.control.tokens import Signer
+from amphi.core.gcra import GcraTable
 from amphi.web.routes import ROUTES
 
-SEGMENT = ROUTES.edge_regex(("media.segment",), "vcl", node=True)
-_SEGMENT = re.compile(SEGMENT.text)
-_TOKEN = SEGMENT.group("token")
+_MEDIA = ROUTES.edge_regex(("media.segment", "media.live", "media.index", "media.init"), "vcl", node=True)
+_PATH = re.compile(_MEDIA.text)
+_TOKEN, _SPACE, _FILE = _MEDIA.group("token"), _MEDIA.group("id"), _MEDIA.group("file")
 _WHOLE = re.compile(rb"^bytes=0-(?:[0-9]{11,})?$")  # a Range from byte 0 to the end (the origin's rule)
 
-MAX_HEAD = 16 * 1024  # a request's header: nginx sends a few hundred bytes
+MAX_HEAD = 16 * 1024  # a request header longer than this is nginx's to refuse
 MAX_BUFFER = 1 << 20  # bytes waiting for one listener before it is cut: some twenty segments
-MAX_FEEDS = 256  # segments kept in memory (whole or being made)
-KEEP_S = 30.0  # a whole segment is kept this long for late askers (Varnish has it for longer)
-HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"content-range", b"x-amphi-content-range",
-       b"date", b"age", b"x-varnish", b"via"}
+HIGH_WATER = 64 * 1024  # a listener's socket is "full" (its send timeout runs) above this
+MAX_FEEDS = 512  # files kept in memory (whole or being made)
+KEEP_S = 30.0  # a whole segment or init is kept this long for late askers (Varnish has it longer)
+FRESH_S = 0.1  # a playlist's copy is answered this long (Varnish's live_playlist_ttl_s)
+RETRY_S = 1.0  # a playlist's fetch unanswered this long is left to its askers; the next asker fetches again
+# (Varnish answers a stale copy at once when the origin fails its probes, not to a fetch already waiting)
+IDLE_S = 5.0  # as the front's client_header_timeout / keepalive_timeout and Varnish's timeout_idle
+SEND_TIMEOUT_S = 15.0  # as the front's send_timeout
+HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"content-range",
+       b"x-amphi-content-range"}  # Varnish's header lines not passed on as they are (framing, this hop)
 LAST_CHUNK = b"0\r\n\r\n"
+TOO_MANY = (b'HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n'
+            b'cache-control: no-store\r\naccess-control-allow-origin: *\r\nconnection: close\r\ncontent-length: 56\r\n\r\n'
+            b'{"error": "too_many_requests", "message": "slow down"}\r\n')
 
 
 def frame(data: bytes) -> bytes:
@@ -71,32 +87,81 @@ def frame(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-class Listener(asyncio.Protocol):
-    """One connection from the front: a request at a time."""
+class Ask:
+    """A request this server answers itself."""
 
-    __slots__ = ("fanout", "transport", "buf", "feed", "closed")
+    __slots__ = ("key", "target", "keep_s", "ranged", "close", "headers")
 
-    def __init__(self, fanout: Fanout) -> None:
+    def __init__(self, key: str, target: str, keep_s: float, ranged: bool, close: bool,
+                 headers: dict[str, str]) -> None:
+        self.key, self.target, self.ranged, self.close = key, target, ranged, close
+        self.keep_s = keep_s  # how long a whole copy is answered: 0 for a segment (streamed), else its time
+        self.headers = headers  # for Varnish, should this one fetch the file
+
+
+class Client(asyncio.Protocol):
+    """One connection: at the edge's port (``public``) or from nginx (the internal socket)."""
+
+    __slots__ = ("fanout", "transport", "buf", "feed", "addr", "public", "proxied", "tunnel", "since",
+                 "full_since", "close_after", "closed")
+
+    def __init__(self, fanout: Fanout, *, public: bool, proxied: bool) -> None:
         self.fanout = fanout
+        self.public, self.proxied = public, proxied  # proxied: a PROXY protocol line comes first
         self.transport: asyncio.Transport | None = None
         self.buf = b""
-        self.feed: Feed | None = None  # the segment this connection is being answered from
+        self.feed: Feed | None = None  # the file this connection is being answered from
+        self.addr = ""
+        self.tunnel: Tunnel | None = None  # once handed to nginx
+        self.since = time.monotonic()  # of the last answer (or the connection): idle_s runs from it
+        self.full_since: float | None = None  # the socket is full since
+        self.close_after = False
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
+        peer = transport.get_extra_info("peername")
+        self.addr = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        self.fanout.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            return self.tunnel.send(data)
         self.buf += data
-        if self.feed is not None:  # a second request while the first is answered: not nginx's way
-            return self.refuse(b"one request at a time")
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buf) > MAX_HEAD:
-                self.refuse(b"request header too large")
-            return
-        head, self.buf = self.buf[:end], self.buf[end + 4:]
-        self.fanout.request(self, head)
+        if self.proxied:
+            end = self.buf.find(b"\r\n")
+            if end < 0:
+                if len(self.buf) > 108:  # the PROXY v1 line's longest
+                    self.abort()
+                return
+            fields = self.buf[:end].split(b" ")
+            if len(fields) < 3 or fields[0] != b"PROXY":
+                return self.abort()
+            self.addr, self.buf, self.proxied = fields[2].decode("latin-1"), self.buf[end + 2:], False
+        self._next()
+
+    def _next(self) -> None:
+        """Answers the requests in the buffer, one at a time."""
+        while self.feed is None and self.tunnel is None and not self.closed:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > MAX_HEAD:
+                    self._not_mine()
+                return
+            ask = self.fanout.route(self.buf[:end], self)
+            if ask is None:
+                return self._not_mine()
+            self.buf = self.buf[end + 4:]
+            self.close_after = ask.close
+            self.fanout.answer(self, ask)
+
+    def _not_mine(self) -> None:
+        if self.public:
+            self.tunnel = Tunnel(self)
+        else:  # from nginx, which sends only what route() takes
+            self.fanout.refused += 1
+            self.abort()
 
     def send(self, data: bytes) -> bool:
         """Writes ``data`` unless too much already waits for this listener (then it is cut)."""
@@ -113,87 +178,189 @@ class Listener(asyncio.Protocol):
     def finish(self) -> None:
         """The answer is complete: the connection takes the next request."""
         self.feed = None
+        self.since = time.monotonic()
+        if self.close_after:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+            return
         if self.buf:
-            self.data_received(b"")
-
-    def refuse(self, why: bytes, status: bytes = b"400 Bad Request") -> None:
-        self.fanout.refused += 1
-        body = b'{"error": "bad_request", "message": "' + why + b'"}'
-        if self.transport is not None and not self.closed:
-            self.transport.write(b"HTTP/1.1 %b\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                                 b"connection: close\r\n\r\n%b" % (status, len(body), body))
-            self.transport.close()
-        self.closed = True
+            self._next()
 
     def abort(self) -> None:
-        """Closes the connection at once, an answer unfinished (the front sees it cut short)."""
+        """Closes the connection at once, an answer unfinished (the client sees it cut short)."""
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
 
+    def pause_writing(self) -> None:
+        self.full_since = time.monotonic()
+        if self.tunnel is not None:
+            self.tunnel.pause()
+
+    def resume_writing(self) -> None:
+        self.full_since = None
+        if self.tunnel is not None:
+            self.tunnel.resume()
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel is not None:
+            self.tunnel.eof()
+            return True  # half-closed: nginx's answer may still come
+        return None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.fanout.clients.discard(self)
         if self.feed is not None:
             self.feed.leave(self)
             self.feed = None
+        if self.tunnel is not None:
+            self.tunnel.close()
+
+
+class Tunnel(asyncio.Protocol):
+    """A client's connection handed to nginx: a PROXY protocol line, then every byte both ways."""
+
+    __slots__ = ("client", "transport", "pending")
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.pending = [client.buf]  # what the client sent that is not answered yet
+        client.buf = b""
+        client.fanout.tunnels += 1
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            await asyncio.get_running_loop().create_unix_connection(lambda: self, str(self.client.fanout.front))
+        except OSError:
+            self.client.abort()  # nginx is not there: the edge is going down
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        family = b"TCP6" if ":" in self.client.addr else b"TCP4"
+        here = b"::1" if family == b"TCP6" else b"127.0.0.1"
+        transport.write(b"PROXY %b %b %b 1 1\r\n%b" % (family, self.client.addr.encode(), here,  # type: ignore[attr-defined]
+                                                        b"".join(self.pending)))
+        self.pending = []
+        if self.client.closed:
+            transport.close()
+
+    def send(self, data: bytes) -> None:
+        if self.transport is None:
+            self.pending.append(data)
+        else:
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self.client.transport is not None and not self.client.closed:
+            self.client.transport.write(data)
+
+    def eof(self) -> None:
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def pause(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client.transport is not None:
+            self.client.transport.close()  # once what nginx sent is written
 
 
 class Feed:
-    """One segment: read once from Varnish, written to every listener (see the module)."""
+    """One file: read once from Varnish, written to every asker (see the module)."""
 
-    __slots__ = ("fanout", "key", "status", "head", "body", "waiting", "listeners", "whole", "done_at", "task")
+    __slots__ = ("fanout", "key", "streamed", "keep_s", "status", "head", "body", "waiting", "listeners", "whole",
+                 "done_at", "task", "first", "started")
 
-    def __init__(self, fanout: Fanout, key: str) -> None:
+    def __init__(self, fanout: Fanout, key: str, streamed: bool, keep_s: float) -> None:
         self.fanout = fanout
         self.key = key
+        self.streamed = streamed  # a segment: streamed to its askers while it arrives
+        self.keep_s = keep_s  # a whole copy is answered this long
         self.status = 0
         self.head = b""  # the answer's header lines (no status line, no framing)
         self.body = bytearray()
-        self.waiting: dict[Listener, bool] = {}  # askers before Varnish answered -> asked a Range from 0
-        self.listeners: set[Listener] = set()  # streaming
+        self.waiting: dict[Client, bool] = {}  # askers before the answer could be given -> asked a Range from 0
+        self.listeners: set[Client] = set()  # streaming
         self.whole = False
         self.done_at: float | None = None
         self.task: asyncio.Task[None] | None = None
+        self.first: Client | None = None  # who asked first (its answer says x-fanout: MISS, the others' HIT)
+        self.started = time.monotonic()
 
-    def join(self, who: Listener, ranged: bool) -> None:
+    def _mine(self, who: Client) -> bytes:
+        """The header lines of ``who``'s answer that are not Varnish's."""
+        return ((b"x-fanout: MISS\r\n" if who is self.first else b"x-fanout: HIT\r\n")
+                + (b"connection: close\r\n" if who.close_after else b""))
+
+    def fresh(self, now: float) -> bool:
+        """Whether a new asker may be answered from this feed."""
+        if self.whole:
+            return now - self.done_at <= self.keep_s  # type: ignore[operator]
+        return self.streamed or now - self.started <= RETRY_S
+
+    def join(self, who: Client, ranged: bool) -> None:
         who.feed = self
         if self.whole:
             return self._answer_whole(who, ranged)
-        if not self.status:
+        if self.status != 200 or not self.streamed:
             self.waiting[who] = ranged
             return
-        if who.send(b"HTTP/1.1 200 OK\r\n%btransfer-encoding: chunked\r\n\r\n%b"
-                    % (self.head, frame(bytes(self.body)) if self.body else b"")):
+        if who.send(b"HTTP/1.1 200 OK\r\n%btransfer-encoding: chunked\r\n%b\r\n%b"
+                    % (self.head, self._mine(who),
+                       frame(bytes(self.body)) if self.body else b"")):
             self.listeners.add(who)
 
-    def leave(self, who: Listener) -> None:
+    def leave(self, who: Client) -> None:
         self.waiting.pop(who, None)
         self.listeners.discard(who)
 
-    def _answer_whole(self, who: Listener, ranged: bool) -> None:
+    def _answer_whole(self, who: Client, ranged: bool) -> None:
         n = len(self.body)
-        if ranged and n:
+        if self.status != 200:
+            status = b"%d %b" % (self.status, httpx.codes.get_reason_phrase(self.status).encode() or b"Error")
+        elif ranged and n:
             status = b"206 Partial Content\r\ncontent-range: bytes 0-%d/%d" % (n - 1, n)
         else:
             status = b"200 OK"
-        if who.send(b"HTTP/1.1 %b\r\n%bcontent-length: %d\r\n\r\n" % (status, self.head, n)) and n:
-            who.send(bytes(self.body))
-        self.fanout.served += 1
-        who.finish()
+        if who.send(b"HTTP/1.1 %b\r\n%b%bcontent-length: %d\r\n\r\n%b"
+                    % (status, self.head, self._mine(who), n, self.body)):
+            self.fanout.served += 1
+            who.finish()
 
     def began(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
         self.head = b"".join(b"%b: %b\r\n" % (k, v) for k, v in headers if k.lower() not in HOP)
-        if status != 200:
-            return
-        waiting, self.waiting = self.waiting, {}
-        for who in waiting:
-            self.join(who, False)
+        if status == 200 and self.streamed:
+            waiting, self.waiting = self.waiting, {}
+            for who in waiting:
+                self.join(who, False)
 
     def piece(self, data: bytes) -> None:
         self.body += data
-        if self.status != 200:
-            return  # an error's body: passed on whole, at the end
+        if not self.listeners:
+            return
         chunk = frame(data)
         for who in tuple(self.listeners):
             if not who.send(chunk):
@@ -203,24 +370,17 @@ class Feed:
         self.whole, self.done_at = True, time.monotonic()
         if self.status != 200:
             self.fanout.forget(self)  # errors are not kept
-            waiting, self.waiting = self.waiting, {}
-            for who in waiting:
-                self._error(who)
-            return
-        for who in tuple(self.listeners):
+        waiting, self.waiting = self.waiting, {}
+        for who, ranged in waiting.items():
+            self._answer_whole(who, ranged)
+        listeners, self.listeners = self.listeners, set()
+        for who in listeners:
             if who.send(LAST_CHUNK):
                 self.fanout.served += 1
                 who.finish()
-        self.listeners.clear()
-
-    def _error(self, who: Listener) -> None:
-        reason = httpx.codes.get_reason_phrase(self.status).encode() or b"Error"
-        if who.send(b"HTTP/1.1 %d %b\r\n%bcontent-length: %d\r\n\r\n%b"
-                    % (self.status, reason, self.head, len(self.body), bytes(self.body))):
-            who.finish()
 
     def broke(self) -> None:
-        """The fetch broke off: every listener is cut (none may take a short segment as whole)."""
+        """The fetch broke off: every asker is cut (none may take a short segment as whole)."""
         self.fanout.forget(self)
         self.fanout.broken += 1
         for who in (*self.waiting, *self.listeners):
@@ -230,56 +390,94 @@ class Feed:
 
 
 class Fanout:
-    def __init__(self, upstream: str, *, max_buffer: int = MAX_BUFFER, keep_s: float = KEEP_S,
+    def __init__(self, upstream: Path, front: Path | None, secret: str, *, media_rate: int = 0,
+                 max_buffer: int = MAX_BUFFER, keep_s: float = KEEP_S, fresh_s: float = FRESH_S,
                  max_feeds: int = MAX_FEEDS, timeout_s: float = 30.0) -> None:
         self.upstream = upstream  # Varnish's Unix socket
-        self.max_buffer, self.keep_s, self.max_feeds = max_buffer, keep_s, max_feeds
+        self.front = front  # nginx's http server (PROXY protocol): where connections go that are not ours
+        self.signer = Signer(secret.encode())
+        self.media_rate = media_rate
+        self.rates = GcraTable(100_000)
+        self.max_buffer, self.keep_s, self.fresh_s, self.max_feeds = max_buffer, keep_s, fresh_s, max_feeds
         self.timeout_s = timeout_s  # for Varnish's first byte, and between pieces
         self.feeds: OrderedDict[str, Feed] = OrderedDict()
+        self.clients: set[Client] = set()
         self.client: httpx.AsyncClient | None = None
         self.requests = self.served = self.fetches = self.cut = self.broken = self.refused = 0
+        self.tunnels = self.timeouts = self.limited = 0
 
     def stats(self) -> dict[str, int]:
         return {"requests": self.requests, "served": self.served, "fetches": self.fetches, "cut": self.cut,
-                "broken": self.broken, "refused": self.refused, "feeds": len(self.feeds),
+                "broken": self.broken, "refused": self.refused, "tunnels": self.tunnels, "timeouts": self.timeouts,
+                "limited": self.limited, "connections": len(self.clients), "feeds": len(self.feeds),
                 "streaming": sum(len(f.listeners) for f in self.feeds.values()),
                 "waiting": sum(len(f.waiting) for f in self.feeds.values())}
 
-    def request(self, who: Listener, head: bytes) -> None:
+    def route(self, head: bytes, who: Client) -> Ask | None:
+        """The request in ``head`` if this server answers it, else None (nginx's)."""
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            return who.refuse(b"not an HTTP/1.1 request line")
-        method, target = parts[0], parts[1].decode("latin-1")
+        if len(parts) != 3 or parts[0] != b"GET" or parts[2] != b"HTTP/1.1":
+            return None
+        if parts[1] == b"/_fanout" and not who.public:
+            body = json.dumps(self.stats()).encode()
+            who.send(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b" % (len(body), body))
+            return Ask("", "", 0.0, False, False, {})
+        target = parts[1].decode("latin-1")
+        path, _, query = target.partition("?")
+        m = _PATH.match(path)
+        if m is None:
+            return None
         headers: dict[bytes, bytes] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
             if not sep:
-                return who.refuse(b"malformed header line")
+                return None
             headers[name.strip().lower()] = value.strip()
-        if method == b"GET" and target == "/_fanout":
-            body = json.dumps(self.stats()).encode()
-            who.send(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
-                     % (len(body), body))
-            return who.finish()
-        path, _, query = target.partition("?")
-        m = _SEGMENT.match(path)
+        if b"content-length" in headers or b"transfer-encoding" in headers:
+            return None
+        file = m.group(_FILE)
+        streamed = file.endswith(".m4s")
         rng = headers.get(b"range")
-        if method != b"GET" or m is None or (rng is not None and not _WHOLE.match(rng)) or b"content-length" in headers:
-            return who.refuse(b"only a GET of a whole segment comes here")
+        if rng is not None and not (streamed and _WHOLE.match(rng)):
+            return None
+        if query and not streamed:
+            return None  # a blocking reload: nginx's cache or Varnish's waiting list
+        space = m.group(_SPACE)
+        try:
+            self.signer.verify_token(space, m.group(_TOKEN), time.time())
+        except Exception:  # noqa: BLE001 - missing, forged, expired: Varnish answers (401/403/307)
+            return None
+        if not who.public:
+            who.addr = headers.get(b"x-amphi-client", b"").decode("latin-1") or who.addr
+        elif self.media_rate and self.rates.charge(who.addr, self.media_rate, self.media_rate, time.monotonic()):
+            self.limited += 1
+            who.send(TOO_MANY)
+            who.abort()
+            return None
         self.requests += 1
+        xff = headers.get(b"x-forwarded-for")
+        fetch = {"host": headers.get(b"host", b"edge").decode("latin-1"), "x-amphi-client": who.addr,
+                 "x-amphi-forwarded-for": f"{xff.decode('latin-1')}, {who.addr}" if xff else who.addr}
         key = f"{path[:m.start(_TOKEN)]}{path[m.end(_TOKEN):]}?{query}"  # the token is not part of what is asked
-        feed = self.feeds.get(key)
-        if feed is None:
-            feed = self._fetch(key, target, headers)
-        feed.join(who, rng is not None)
+        close = headers.get(b"connection", b"").lower() == b"close"
+        keep = self.keep_s if streamed or file == "init.mp4" else self.fresh_s
+        return Ask(key, target, 0.0 if streamed else keep, rng is not None, close, fetch)
 
-    def _fetch(self, key: str, target: str, headers: dict[bytes, bytes]) -> Feed:
+    def answer(self, who: Client, ask: Ask) -> None:
+        if not ask.key:  # the counters, answered in route()
+            return who.finish()
+        feed = self.feeds.get(ask.key)
+        if feed is None or not feed.fresh(time.monotonic()):
+            feed = self._fetch(ask, who)
+        feed.join(who, ask.ranged)
+
+    def _fetch(self, ask: Ask, who: Client) -> Feed:
         self._tidy()
-        feed = self.feeds[key] = Feed(self, key)
-        send = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()
-                if k in (b"host", b"x-amphi-client", b"x-amphi-forwarded-for", b"user-agent", b"origin")}
-        feed.task = asyncio.get_running_loop().create_task(self._read(feed, target, send))
+        streamed = not ask.keep_s
+        feed = self.feeds[ask.key] = Feed(self, ask.key, streamed, self.keep_s if streamed else ask.keep_s)
+        feed.first = who
+        feed.task = asyncio.get_running_loop().create_task(self._read(feed, ask.target, ask.headers))
         self.fetches += 1
         return feed
 
@@ -303,10 +501,10 @@ class Fanout:
             del self.feeds[feed.key]
 
     def _tidy(self) -> None:
-        """Drops whole segments older than ``keep_s``, and the oldest beyond ``max_feeds``."""
+        """Drops whole files no longer fresh, and the oldest beyond ``max_feeds``."""
         now = time.monotonic()
         for key, feed in list(self.feeds.items()):
-            if feed.done_at is not None and now - feed.done_at > self.keep_s:
+            if feed.whole and not feed.fresh(now):
                 del self.feeds[key]
         while len(self.feeds) >= self.max_feeds:
             key, feed = next(iter(self.feeds.items()))
@@ -314,27 +512,62 @@ class Fanout:
             if not feed.whole and feed.task is not None:
                 feed.task.cancel()  # its listeners are cut (broke)
 
-    async def serve(self, path: Path) -> None:
+    async def sweep(self) -> None:
+        """Once a second: connections idle (no request, or half of one) for ``IDLE_S`` and
+        listeners whose socket has been full for ``SEND_TIMEOUT_S`` are closed."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for c in tuple(self.clients):
+                if c.tunnel is not None:
+                    continue  # nginx's timeouts
+                if (c.feed is None and now - c.since > IDLE_S) or (
+                        c.full_since is not None and now - c.full_since > SEND_TIMEOUT_S):
+                    self.timeouts += 1
+                    c.abort()
+
+    async def serve(self, internal: Path, public: str | None) -> None:
+        """Serves nginx on the Unix socket ``internal`` and, if given, the edge's port:
+        ``HOST:PORT`` (TCP) or a Unix socket path (behind nginx's stream cap, PROXY protocol)."""
         loop = asyncio.get_running_loop()
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
         timeout = httpx.Timeout(self.timeout_s, connect=5.0)
         async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(self.upstream), limits=limits),
                                      timeout=timeout) as self.client:
-            path.unlink(missing_ok=True)
-            server = await loop.create_unix_server(lambda: Listener(self), str(path), backlog=4096)
-            os.chmod(path, 0o600)  # only this user (the front's) may connect
-            async with server:
-                await server.serve_forever()
+            servers = []
+            internal.unlink(missing_ok=True)
+            servers.append(await loop.create_unix_server(lambda: Client(self, public=False, proxied=False),
+                                                         str(internal), backlog=4096))
+            internal.chmod(0o600)  # only this user (nginx's) may connect
+            if public is not None and public.startswith("/"):
+                Path(public).unlink(missing_ok=True)
+                servers.append(await loop.create_unix_server(lambda: Client(self, public=True, proxied=True),
+                                                             public, backlog=4096))
+                Path(public).chmod(0o600)
+            elif public is not None:
+                host, _, port = public.rpartition(":")
+                servers.append(await loop.create_server(lambda: Client(self, public=True, proxied=False),
+                                                        host, int(port), backlog=4096, reuse_address=True))
+            sweeping = loop.create_task(self.sweep())
+            try:
+                await asyncio.gather(*(s.serve_forever() for s in servers))
+            finally:
+                sweeping.cancel()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m amphi.edge.fanout", description=__doc__.split("\n")[0])
-    p.add_argument("--listen", type=Path, required=True, help="the Unix socket the front sends segments to")
-    p.add_argument("--upstream", required=True, help="Varnish's Unix socket")
+    p.add_argument("--internal", type=Path, required=True, help="the Unix socket nginx sends segments to")
+    p.add_argument("--public", help="the edge's port, HOST:PORT, or a Unix socket behind nginx's stream cap")
+    p.add_argument("--upstream", type=Path, required=True, help="Varnish's Unix socket")
+    p.add_argument("--front", type=Path, help="nginx's http socket, for the requests that are not ours")
+    p.add_argument("--secret-file", type=Path, required=True, help="the nodes' token secret")
+    p.add_argument("--media-rate", type=int, default=0, help="media requests per address per second (0: none)")
     args = p.parse_args()
     import uvloop
 
-    uvloop.run(Fanout(args.upstream).serve(args.listen))
+    fanout = Fanout(args.upstream, args.front, args.secret_file.read_text().strip(), media_rate=args.media_rate)
+    uvloop.run(fanout.serve(args.internal, args.public))
 
 
 if __name__ == "__main__":

@@ -125,8 +125,11 @@ class Edge:
         """The fan-out behind the front (``edge/fanout.py``); None without a front."""
         if not self.spec.max_connections_per_address:
             return None
-        return [sys.executable, "-m", "amphi.edge.fanout", "--listen", str(self._fanout_socket),
-                "--upstream", str(self._socket)]
+        d = self.workdir / "front"
+        public = str(d / "public.sock") if self.capped_by == "nginx" else f"{self.host}:{self.port}"
+        return [sys.executable, "-m", "amphi.edge.fanout", "--internal", str(self._fanout_socket), "--public", public,
+                "--upstream", str(self._socket), "--front", str(d / "http.sock"), "--secret-file", str(d / "secret"),
+                "--media-rate", str(self.spec.media_rate)]
 
     @property
     def _fanout_socket(self) -> Path:
@@ -171,6 +174,10 @@ class Edge:
             self._socket.unlink(missing_ok=True)
             (front / "http.sock").unlink(missing_ok=True)
             self._fanout_socket.unlink(missing_ok=True)
+            (front / "public.sock").unlink(missing_ok=True)
+            secret = front / "secret"  # for the fan-out's token checks
+            secret.write_text(self.spec.secret)
+            os.chmod(secret, 0o600)
             script = front / "front.js"
             script.write_text(front_script(self.spec.secret))
             os.chmod(script, 0o600)
@@ -326,16 +333,18 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
     server {{
         listen {host}:{port} backlog=4096;
         limit_conn per_address {spec.max_connections_per_address};  # one more is closed at once
-        proxy_pass unix:{d}/http.sock;
+        proxy_pass unix:{d}/public.sock;  # the fan-out (edge/fanout.py), which hands nginx the rest
         proxy_protocol on;
         proxy_connect_timeout 2s;
         proxy_timeout 60s;  # no byte either way for this long: closed (the http server's timeouts are shorter)
     }}
 }}
 """ if stream else ""
-    listen = (f"""listen unix:{d}/http.sock proxy_protocol;
+    # the fan-out takes the edge's port (or the stream cap's connections) and hands nginx every
+    # connection it does not answer itself, with the client's address in the PROXY protocol
+    listen = f"""listen unix:{d}/http.sock proxy_protocol backlog=4096;
         set_real_ip_from unix:;
-        real_ip_header proxy_protocol;""" if stream else f"listen {host}:{port} backlog=4096;  # the firewall caps connections")
+        real_ip_header proxy_protocol;"""
     return f"""{f"load_module {STREAM_MODULE};" if stream else ""}
 load_module {JS_MODULE};
 {user}daemon off;
