@@ -118,6 +118,13 @@ class Icecast:
         self.pid = 0
 
     def __enter__(self) -> Icecast:
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__()  # whatever started is stopped: a failed start leaves no server behind
+            raise
+
+    def _start(self) -> Icecast:
         icecast, ffmpeg = _binary("icecast2"), _binary("ffmpeg")
         if not icecast or not ffmpeg:
             raise RuntimeError("icecast2 or ffmpeg missing: make system installs them")
@@ -157,7 +164,8 @@ class Icecast:
             except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.2)
-        raise RuntimeError("the ffmpeg source did not reach icecast2")
+        log = (self.dir / "ffmpeg.log").read_text(errors="replace")[-500:].strip()
+        raise RuntimeError(f"the ffmpeg source did not reach icecast2 within 15 s: {log or 'ffmpeg said nothing'}")
 
     def __exit__(self, *exc: object) -> None:
         for p in reversed(self.procs):

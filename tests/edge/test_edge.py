@@ -236,10 +236,23 @@ def test_a_client_address_holds_at_most_its_share_of_connections(tier: Tier) -> 
     wait_until(hog_again, 10, "the hog's address to connect again")
 
 
-def test_without_the_firewall_nginx_caps_connections(tier: Tier, tmp_path) -> None:
-    edge = EdgeProc(tmp_path / "edge", "edgenginx", tier.origin.url, tier.secret_file, "--media-rate", "0",
+def test_without_the_firewall_nginx_caps_connections_and_the_fan_out_limits_media_per_address(
+        tier: Tier, tmp_path) -> None:
+    edge = EdgeProc(tmp_path / "edge", "edgenginx", tier.origin.url, tier.secret_file, "--media-rate", "5",
                     "--max-connections-per-address", "5", "--connection-cap", "nginx").start()
     try:
+        # the fan-out behind nginx's stream cap learns each client's address from the PROXY protocol
+        first_segment(tier)
+        url = tier.origin.join(tier.space)
+        init = f"{edge.url}/o/{url.split('/o/', 1)[1].rsplit('/', 1)[0]}/init.mp4"
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.44.1"), timeout=10) as c:
+            answers = [c.get(init) for _ in range(12)]  # a burst of 5 at 5 a second
+        assert answers[0].status_code == 200 and answers[0].headers["x-fanout"] in ("HIT", "MISS")
+        limited = [a for a in answers if a.status_code == 429]
+        assert limited and limited[0].json()["error"] == "too_many_requests" and limited[0].headers["retry-after"]
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.44.2"), timeout=10) as c:
+            assert c.get(init).headers["x-fanout"] == "HIT"  # another address: served, from memory
+
         assert not firewall.installed("127.0.0.1", edge.port)
         hog = [_connect(edge.port, "127.0.43.1") for _ in range(7)]
         answers = [_ask(s) for s in hog]

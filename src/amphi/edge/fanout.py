@@ -39,7 +39,8 @@ A file's ``Feed``:
 Bounds: a listener that stops reading is cut once ``max_buffer`` bytes wait for it, or after
 ``send_timeout_s`` with its socket full; a request's header must come within ``idle_s`` of the
 connection's last answer (slowloris; idle keep-alive connections too); ``media_rate`` requests
-per second per address (429, and the connection closed, as nginx's ``limit_req``). Counters:
+per second per address (429, and the connection closed, as nginx's ``limit_req``); a connection
+with no request is kept ``KEEPALIVE_S`` (a player's playlist connection is used once a segment). Counters:
 ``Fanout.stats`` (``GET /_fanout`` on the internal socket, read by ``Edge.stats``).
 """
 
@@ -72,14 +73,18 @@ KEEP_S = 30.0  # a whole segment or init is kept this long for late askers (Varn
 FRESH_S = 0.1  # a playlist's copy is answered this long (Varnish's live_playlist_ttl_s)
 RETRY_S = 1.0  # a playlist's fetch unanswered this long is left to its askers; the next asker fetches again
 # (Varnish answers a stale copy at once when the origin fails its probes, not to a fetch already waiting)
-IDLE_S = 5.0  # as the front's client_header_timeout / keepalive_timeout and Varnish's timeout_idle
+IDLE_S = 5.0  # a request's header must be whole this long after the last answer (slowloris), as the
+# front's client_header_timeout and Varnish's timeout_idle
+KEEPALIVE_S = 20.0  # a connection with no request at all is kept this long: a player asks for the
+# playlist once a segment (6.144 s), and a connection made again each time costs both ends more
 SEND_TIMEOUT_S = 15.0  # as the front's send_timeout
 HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"content-range",
        b"x-amphi-content-range"}  # Varnish's header lines not passed on as they are (framing, this hop)
 LAST_CHUNK = b"0\r\n\r\n"
-TOO_MANY = (b'HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n'
-            b'cache-control: no-store\r\naccess-control-allow-origin: *\r\nconnection: close\r\ncontent-length: 56\r\n\r\n'
-            b'{"error": "too_many_requests", "message": "slow down"}\r\n')
+_SLOW_DOWN = b'{"error": "too_many_requests", "message": "slow down"}'  # the front's and the VCL's answer
+TOO_MANY = (b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+            b"cache-control: no-store\r\naccess-control-allow-origin: *\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%b" % (len(_SLOW_DOWN), _SLOW_DOWN))
 
 
 def frame(data: bytes) -> bytes:
@@ -180,12 +185,14 @@ class Client(asyncio.Protocol):
         self.feed = None
         self.since = time.monotonic()
         if self.close_after:
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()
-            return
+            return self.close()
         if self.buf:
             self._next()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
 
     def abort(self) -> None:
         """Closes the connection at once, an answer unfinished (the client sees it cut short)."""
@@ -453,8 +460,8 @@ class Fanout:
         elif self.media_rate and self.rates.charge(who.addr, self.media_rate, self.media_rate, time.monotonic()):
             self.limited += 1
             who.send(TOO_MANY)
-            who.abort()
-            return None
+            who.close()  # as the front's limit_req: answered, and the connection closed
+            return Ask("", "", 0.0, False, True, {})
         self.requests += 1
         xff = headers.get(b"x-forwarded-for")
         fetch = {"host": headers.get(b"host", b"edge").decode("latin-1"), "x-amphi-client": who.addr,
@@ -465,7 +472,7 @@ class Fanout:
         return Ask(key, target, 0.0 if streamed else keep, rng is not None, close, fetch)
 
     def answer(self, who: Client, ask: Ask) -> None:
-        if not ask.key:  # the counters, answered in route()
+        if not ask.key:  # answered in route(): the counters, a 429
             return who.finish()
         feed = self.feeds.get(ask.key)
         if feed is None or not feed.fresh(time.monotonic()):
@@ -513,16 +520,18 @@ class Fanout:
                 feed.task.cancel()  # its listeners are cut (broke)
 
     async def sweep(self) -> None:
-        """Once a second: connections idle (no request, or half of one) for ``IDLE_S`` and
-        listeners whose socket has been full for ``SEND_TIMEOUT_S`` are closed."""
+        """Once a second: connections with half a request for ``IDLE_S``, or none for
+        ``KEEPALIVE_S``, and listeners whose socket has been full for ``SEND_TIMEOUT_S`` are closed."""
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for c in tuple(self.clients):
                 if c.tunnel is not None:
                     continue  # nginx's timeouts
-                if (c.feed is None and now - c.since > IDLE_S) or (
-                        c.full_since is not None and now - c.full_since > SEND_TIMEOUT_S):
+                if c.feed is None and now - c.since > (IDLE_S if c.buf or c.proxied else KEEPALIVE_S):
+                    self.timeouts += 1
+                    c.close()  # a FIN, as nginx closes an idle keep-alive connection
+                elif c.full_since is not None and now - c.full_since > SEND_TIMEOUT_S:
                     self.timeouts += 1
                     c.abort()
 

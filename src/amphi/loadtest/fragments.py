@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
 from amphi.media.fmp4 import MalformedMp4
 
@@ -118,8 +119,10 @@ class FragmentReader:
         return not self._buf and not self._skip and self._pending is None
 
 
+@lru_cache(maxsize=256)
 def _read_moof(moof: bytes) -> tuple[int, int, int]:
-    """(sample count, tfdt, duration in timescale units) of a whole ``moof`` box (one track)."""
+    """(sample count, tfdt, duration in timescale units) of a whole ``moof`` box (one track).
+    Remembered: every listener of a process reads the same parts' moofs."""
     samples = tfdt = ticks = 0
     default_duration = AAC_SAMPLES
     found_trun = False

@@ -489,66 +489,81 @@ class Listener:
 
     async def _play_stream(self, pl: m3u8.MediaPlaylist) -> None:
         """One streaming GET per segment, from the newest: its body is read as it arrives and each
-        complete part (moof + mdat) goes to the buffer the moment its last byte is in. When the
-        response ends (the segment closed) the next segment is asked for at once (the origin
-        holds the request until its first part exists) and, alongside on a second connection as
-        a browser would, the playlist once: for a renewal's redirect, the end of the Space, and
-        the date-time of the segment just read (the next one's follows from it)."""
+        complete part (moof + mdat) goes to the buffer the moment its last byte is in.
+
+        The next segment is asked for ahead: at a random moment while a segment streams, the
+        player reads the playlist once on its second connection (a renewal's redirect, the end
+        of the Space) and then, on that connection, sends the next segment's GET, which the
+        edge holds until that segment begins. So at a segment boundary nothing is asked, and the
+        next segment's first part comes the moment it is made; a crowd's requests spread over
+        the segment instead of all coming at its end (a player acting on the playlist's preload
+        hint asks so; docs/streaming.md). The connections then swap roles. A segment's
+        date-time follows from the previous one's (its date-time plus its parts' durations)."""
         part_s = pl.part_target or 0.512
         if self.buffer is None:
             self.buffer = PlaybackBuffer(start_s=STREAM_START_PARTS * part_s - 1e-3)
+        done = pl.complete_segments
+        segment_s = done[-1].duration if done else (pl.target_duration or 4.0)
         newest = pl.segments[-1]
-        msn, pdt = newest.msn, newest.pdt
         skip = start_skip(len(newest.parts) or round(newest.duration / part_s), STREAM_START_PARTS)
+        read = SegmentRead(newest.msn, newest.pdt, skip, self.timescale)
         self.last_part_at = None
-        after: int | None = None  # the segment that just closed: the playlist is read for it
-        while True:
-            if after is not None:
-                await self._maybe_renew()  # when due (every renew_after_s): before the next GET, which carries the token
-            read = SegmentRead(msn, pdt, skip, self.timescale)
-            segment = asyncio.ensure_future(self._segment(read))
-            try:
-                if after is not None:
-                    pl = await self._reload_beside()
-                    if pl.ended:
-                        raise Ended()
-                    done = next((s for s in pl.segments if s.msn == after and s.uri is not None), None)
-                    if done is not None and done.pdt is not None:
-                        read.pdt = done.pdt + done.duration  # as listed, should the stream's clock have jumped
-                resp = await segment
-            finally:
-                if not segment.done():
-                    segment.cancel()  # the session ended, or the Space: the connection is closed
-                elif not segment.cancelled():
-                    segment.exception()  # raised above if it mattered; retrieved either way
-            if resp is None:  # 404: out of the window, or the Space restarted: from the newest again
-                pl = await self._playlist()
-                if pl.ended or not pl.segments:
-                    raise Ended()
-                newest = pl.segments[-1]
-                msn, pdt, after = newest.msn, newest.pdt, None
-                skip = start_skip(len(newest.parts) or round(newest.duration / part_s), STREAM_START_PARTS)
-                continue
-            after, msn, pdt, skip = msn, msn + 1, read.end_pdt, 0
-
-    async def _segment(self, read: SegmentRead) -> Response | None:
-        """Segment ``read.msn``, streamed into ``read`` (and the buffer); None if the origin has it not."""
+        if self.media is self.conn:  # the API's connection (no edge) renews while a segment streams
+            self.media = Connection(self.conn.host, self.conn.port, source=self.conn.source)
+        current = asyncio.ensure_future(self._segment(read, self.media))
+        upcoming: asyncio.Future[Response | None] | None = None
         try:
-            resp = await self._get(self._resolve(f"{read.msn}.m4s"), on_body=lambda data: self._heard(read, data))
+            while True:
+                await asyncio.wait({current}, timeout=self.rng.uniform(0.25, 0.75) * segment_s)
+                await self._maybe_renew()  # when due (every renew_after_s): before the next GET, which carries the token
+                side = self._side()
+                pl = await self._playlist(conn=side)
+                if pl.ended:
+                    raise Ended()
+                ahead = SegmentRead(read.msn + 1, None, 0, self.timescale)
+                upcoming = asyncio.ensure_future(self._segment(ahead, side))
+                resp = await current
+                if resp is None:  # 404: out of the window, or the Space restarted: from the newest again
+                    upcoming.cancel()
+                    pl = await self._playlist()
+                    if pl.ended or not pl.segments:
+                        raise Ended()
+                    newest = pl.segments[-1]
+                    skip = start_skip(len(newest.parts) or round(newest.duration / part_s), STREAM_START_PARTS)
+                    read = SegmentRead(newest.msn, newest.pdt, skip, self.timescale)
+                    current = asyncio.ensure_future(self._segment(read, self.media))
+                    continue
+                if ahead.pdt is None:
+                    ahead.pdt = read.end_pdt
+                self.media, self.side = side, self.media  # the one that streamed reads the next playlist
+                read, current, upcoming = ahead, upcoming, None
+        finally:
+            for task in (current, upcoming):
+                if task is not None and not task.done():
+                    task.cancel()  # the session ended, or the Space: the connection is closed
+                elif task is not None and not task.cancelled():
+                    task.exception()  # raised above if it mattered; retrieved either way
+
+    async def _segment(self, read: SegmentRead, conn: Connection) -> Response | None:
+        """Segment ``read.msn`` on ``conn``, streamed into ``read`` (and the buffer); None if the
+        origin has it not."""
+        try:
+            resp = await self._get(self._resolve(f"{read.msn}.m4s"), conn=conn,
+                                   on_body=lambda data: self._heard(read, data))
         except MalformedMp4 as e:
             raise GiveUp("bad_media") from e
         if resp is not None and not read.reader.idle:
             self.swarm.error("segment_cut_short")  # the body ended inside a box
         return resp
 
-    async def _reload_beside(self) -> m3u8.MediaPlaylist:
-        """The playlist on the second connection, while the media connection streams the next segment."""
+    def _side(self) -> Connection:
+        """The second connection to the media's host (made again when the media moved)."""
         m = self.media
         if self.side is None or (self.side.host, self.side.port) != (m.host, m.port):
             if self.side is not None:
                 self.side.close()
             self.side = Connection(m.host, m.port, source=self.source if is_loopback(m.host) else None)
-        return await self._playlist(conn=self.side)
+        return self.side
 
     def _heard(self, read: SegmentRead, data: bytes) -> None:
         before = read.parts
