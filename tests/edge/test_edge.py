@@ -103,7 +103,7 @@ def test_an_expired_token_is_renewed_by_the_origin_through_the_edge(tier: Tier) 
     assert httpx.get(url.replace("live.m3u8", "init.mp4"), timeout=10).status_code == 401  # only playlists
 
 
-def test_the_front_answers_segment_players_from_its_cache_but_never_a_bad_token(tier: Tier) -> None:
+def test_the_fan_out_and_the_front_answer_listeners_from_memory_but_never_a_bad_token(tier: Tier) -> None:
     playlist = httpx.get(first_segment(tier), timeout=10).text
     lines = playlist.splitlines()
     segment = [line for line in lines if line and not line.startswith("#")][-1]  # the newest whole segment
@@ -127,17 +127,24 @@ def test_the_front_answers_segment_players_from_its_cache_but_never_a_bad_token(
         r = httpx.get(f"{base}/{token}/init.mp4", timeout=10)  # cached, and still refused: Varnish answers
         assert r.status_code == status and r.headers["x-front-cache"] == "BYPASS", (token, r.status_code)
 
-    # a segment player's blocking reload is the front's too; an LL-HLS one (a part asked for) is Varnish's
+    # blocking reloads, a segment player's and an LL-HLS one (a part asked for), are the fan-out's
     reload = f"{base}/{tokens[0]}/live.m3u8?_HLS_msn={msn}"
     answers = [httpx.get(reload, timeout=10) for _ in range(2)]
-    assert [a.status_code for a in answers] == [200, 200] and answers[1].headers["x-front-cache"] == "HIT"
+    assert [a.status_code for a in answers] == [200, 200] and answers[1].headers["x-fanout"] == "HIT"
     assert f"/{segment}" in answers[1].text or f"\n{segment}" in answers[1].text
-    ll = httpx.get(f"{reload}&_HLS_part=0", timeout=10)
-    assert ll.status_code == 200 and ll.headers["x-front-cache"] == "BYPASS"
+    ll = [httpx.get(f"{reload}&_HLS_part=0", timeout=10) for _ in range(2)]
+    assert [a.status_code for a in ll] == [200, 200] and ll[1].headers["x-fanout"] == "HIT"
+    # ... and so is a segment player's reload that comes back to the front through a connection
+    # the fan-out handed to nginx (it asked for something else first): the front's cache
+    with httpx.Client(timeout=10) as c:
+        assert c.get(f"{tier.edges[0].url}/api/node").status_code == 200  # not media: nginx's from now on
+        r = [c.get(reload) for _ in range(2)][1]
+    assert r.status_code == 200 and r.headers["x-front-cache"] == "HIT" and "x-fanout" not in r.headers
     listed = [line.split('"')[1] for line in lines if line.startswith("#EXT-X-PART:")]  # parts: ranges of a segment
     part = f"{listed[-1][:-4]}.{listed.count(listed[-1]) - 1}.m4s"  # the last one, by its own URL
     r = httpx.get(f"{base}/{tokens[0]}/{part}", timeout=10)
     assert r.status_code == 200 and "x-front-cache" not in r.headers and r.headers["x-edge"] == "edge1"
+    assert r.headers["x-fanout"] in ("HIT", "MISS")
 
 
 def test_a_stale_playlist_is_served_while_the_origin_does_not_answer(tier: Tier) -> None:

@@ -6,15 +6,15 @@ those threads, which then writes its piece: 40-65 us of CPU a listener a part, s
 listeners of 0.512 s parts were a core for the parts alone. Put behind nginx, a fan-out still
 paid a second hop a part a listener. So this server takes the edge's port itself and answers,
 from memory, the requests a live audience makes again and again: a segment (streamed while it
-is made), the live playlist (no blocking reload), the multivariant playlist and ``init.mp4``,
-each with an admission token it checks (the same HMAC and expiry as the VCL). It reads each
+is made), a part, the live playlist and its blocking reloads, the multivariant playlist and
+``init.mp4``, each with an admission token it checks (the same HMAC and expiry as the VCL). It reads each
 file once from Varnish and writes each piece, framed once, to every listener: one ``write`` a
 listener a part. No library does that fan-out (an HTTP server frames and schedules each
 response on its own); it is written here because it is the edge's hot path (docs/edge.md, "The
 door and the fan-out", has the measurement).
 
-Every other request (the API, pages, replays, parts, blocking reloads, a token that does not
-check out, anything malformed or unusual) is nginx's, unchanged: the connection is handed to
+Every other request (the API, pages, replays, a part's byte range, a token that does not check
+out or has expired, anything malformed or unusual) is nginx's, unchanged: the connection is handed to
 nginx's http server over a Unix socket with the PROXY protocol (the client's address) and, from
 that request on, its bytes are passed both ways untouched. Segments asked on such a connection
 come back here through nginx (the internal socket).
@@ -30,8 +30,11 @@ A file's ``Feed``:
 * streaming (segments): a 200 of no length. Each asker gets ``200`` chunked: the bytes so far
   at once, then each piece as it arrives, then the last chunk when the segment closes.
 * whole: answered with a ``Content-Length`` (a segment: ``206`` for a ``Range`` from 0, as
-  Varnish answers a whole object); kept ``keep_s`` (segments, init) or ``fresh_s`` (playlists:
-  Varnish keeps the live playlist 0.1 s, so a new listener starts at the live edge).
+  Varnish answers a whole object); kept ``keep_s`` (segments, parts, init), ``fresh_s`` (the
+  playlists: Varnish keeps the live playlist 0.1 s, so a new listener starts at the live edge)
+  or ``RELOAD_S`` (a blocking reload, whose URL names a point in time). A playlist's fetch
+  still unanswered after ``RETRY_S`` is left to its askers and the next asker fetches again
+  (Varnish answers a stale copy at once, and only to a new request, while the origin fails).
 * an answer other than 200 (401/403/404/503...) goes to every waiting asker and is not kept.
 * a fetch that breaks off (the origin cut the segment: its program died) cuts every listener's
   connection without the last chunk, as Varnish would, and is forgotten.
@@ -60,7 +63,8 @@ from amphi.control.tokens import Signer
 from amphi.core.gcra import GcraTable
 from amphi.web.routes import ROUTES
 
-_MEDIA = ROUTES.edge_regex(("media.segment", "media.live", "media.index", "media.init"), "vcl", node=True)
+_MEDIA = ROUTES.edge_regex(("media.segment", "media.part", "media.live", "media.index", "media.init"), "vcl",
+                           node=True)
 _PATH = re.compile(_MEDIA.text)
 _TOKEN, _SPACE, _FILE = _MEDIA.group("token"), _MEDIA.group("id"), _MEDIA.group("file")
 _WHOLE = re.compile(rb"^bytes=0-(?:[0-9]{11,})?$")  # a Range from byte 0 to the end (the origin's rule)
@@ -71,6 +75,7 @@ HIGH_WATER = 64 * 1024  # a listener's socket is "full" (its send timeout runs) 
 MAX_FEEDS = 512  # files kept in memory (whole or being made)
 KEEP_S = 30.0  # a whole segment or init is kept this long for late askers (Varnish has it longer)
 FRESH_S = 0.1  # a playlist's copy is answered this long (Varnish's live_playlist_ttl_s)
+RELOAD_S = 4.0  # a blocking reload's answer (its URL names a point in time), as the front's cache keeps it
 RETRY_S = 1.0  # a playlist's fetch unanswered this long is left to its askers; the next asker fetches again
 # (Varnish answers a stale copy at once when the origin fails its probes, not to a fetch already waiting)
 IDLE_S = 5.0  # a request's header must be whole this long after the last answer (slowloris), as the
@@ -444,12 +449,12 @@ class Fanout:
         if b"content-length" in headers or b"transfer-encoding" in headers:
             return None
         file = m.group(_FILE)
-        streamed = file.endswith(".m4s")
+        streamed = file.endswith(".m4s") and file.count(".") == 1  # a segment, not a part ("13.2.m4s")
         rng = headers.get(b"range")
         if rng is not None and not (streamed and _WHOLE.match(rng)):
+            return None  # a part's bytes (hls.js): Varnish keeps each range as an object
+        if query and file != "live.m3u8":
             return None
-        if query and not streamed:
-            return None  # a blocking reload: nginx's cache or Varnish's waiting list
         space = m.group(_SPACE)
         try:
             self.signer.verify_token(space, m.group(_TOKEN), time.time())
@@ -468,7 +473,9 @@ class Fanout:
                  "x-amphi-forwarded-for": f"{xff.decode('latin-1')}, {who.addr}" if xff else who.addr}
         key = f"{path[:m.start(_TOKEN)]}{path[m.end(_TOKEN):]}?{query}"  # the token is not part of what is asked
         close = headers.get(b"connection", b"").lower() == b"close"
-        keep = self.keep_s if streamed or file == "init.mp4" else self.fresh_s
+        keep = self.fresh_s if file.endswith(".m3u8") else self.keep_s
+        if query:
+            keep = RELOAD_S  # a blocking reload (_HLS_msn, _HLS_part): Varnish's answer once that part exists
         return Ask(key, target, 0.0 if streamed else keep, rng is not None, close, fetch)
 
     def answer(self, who: Client, ask: Ask) -> None:

@@ -514,7 +514,7 @@ class Listener:
         upcoming: asyncio.Future[Response | None] | None = None
         try:
             while True:
-                await asyncio.wait({current}, timeout=self.rng.uniform(0.25, 0.75) * segment_s)
+                await asyncio.wait({current}, timeout=self.rng.uniform(0.1, 0.9) * segment_s)
                 await self._maybe_renew()  # when due (every renew_after_s): before the next GET, which carries the token
                 side = self._side()
                 pl = await self._playlist(conn=side)

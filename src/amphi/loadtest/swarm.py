@@ -176,10 +176,17 @@ class Swarm:
 
 def worker_main(pipe: Pipe, cfg: LoadConfig, sessions: list[Session], worker: int) -> None:
     """Entry point of a worker process."""
+    import gc
+
     import uvloop
 
     raise_open_files()
     swarm = Swarm(cfg, sessions, worker)
+    # thousands of listeners are hundreds of thousands of long-lived objects: a full collection
+    # of them stalled the loop for a large part of a second (every listener's buffer at once).
+    # What exists now is never collected; young objects are, less often
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     pipe.send({"ready": True})
     try:
         uvloop.run(swarm.run(pipe))
