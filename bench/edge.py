@@ -54,7 +54,8 @@ from harness import (HOST, WRK_SUMMARY_LUA, NodeProcess, amphi_command, exit_on_
 from amphi.control.tokens import Signer  # noqa: E402
 from amphi.edge.varnish import Edge  # noqa: E402
 from amphi.edge.vcl import Backend, EdgeSpec  # noqa: E402
-from amphi.loadtest.machine import ProcessCpu, raise_open_files  # noqa: E402
+from amphi.core.files import raise_open_files  # noqa: E402
+from amphi.loadtest.machine import ProcessCpu  # noqa: E402
 
 SECRET = "b" * 64
 SETTLE_S = 5.0

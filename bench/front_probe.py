@@ -47,7 +47,7 @@ from harness import HOST, NodeProcess, free_port, kill_group, run, small_mode, s
 
 from amphi.edge.varnish import Edge  # noqa: E402
 from amphi.edge.vcl import Backend, EdgeSpec  # noqa: E402
-from amphi.loadtest.machine import raise_open_files  # noqa: E402
+from amphi.core.files import raise_open_files  # noqa: E402
 from amphi.loadtest.run import RunOptions, run as loadtest, window_means  # noqa: E402
 from amphi.loadtest.swarm import LoadConfig  # noqa: E402
 

@@ -43,7 +43,7 @@ import psutil
 from harness import (WRK_SUMMARY_LUA, NodeProcess, split_cores, end_space, exit_on_sigterm, join_space, machine_busy_s,
                      main_thread_cpu_s, process_cpu_s, run, small_mode, space_status, start_space, wrk_summary)
 
-from amphi.loadtest.machine import raise_open_files
+from amphi.core.files import raise_open_files
 
 SETTLE_S = 2.0  # after the Space starts, before measuring
 BASELINE_S = 2.0  # the node's CPU with the live Space and no joins, for reference

@@ -68,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import (HOST, NodeProcess, exit_on_sigterm, free_port, kill_group, run, small_mode, split_cores,  # noqa: E402
                      start_space)
 
-from amphi.loadtest.machine import raise_open_files  # noqa: E402
+from amphi.core.files import raise_open_files  # noqa: E402
 from amphi.loadtest.run import RunOptions, fitted_rate, run as loadtest, window_means  # noqa: E402
 from amphi.loadtest.swarm import LoadConfig  # noqa: E402
 

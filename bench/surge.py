@@ -68,7 +68,7 @@ import uvloop
 from harness import (TRUSTED_PROXY, NodeProcess, split_cores, client_address, end_space, exit_on_sigterm, first_media,
                      machine_busy_s, node_stats, process_cpu_s, run, small_mode, space_status, start_space)
 
-from amphi.loadtest.machine import raise_open_files
+from amphi.core.files import raise_open_files
 
 SETTLE_S = 5.0  # after the start, before the surge: the first segment (3.6 s) exists
 REQUEST_TIMEOUT_S = 10.0  # per HTTP request, including the wait for a pooled connection

@@ -29,7 +29,7 @@ class EdgeProc:
         def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"edge exited: {(self.workdir / 'edge.log').read_text()}")
-            if not (self.workdir / "front" / "fanout.sock").exists():  # edge/fanout.py, behind the front
+            if not (self.workdir / "front" / "fanout-0.sock").exists():  # edge/fanout.py, behind the front
                 return False
             try:
                 return httpx.get(f"{self.url}/api/node", timeout=1).status_code == 200
@@ -40,10 +40,13 @@ class EdgeProc:
         return self
 
     def fanout(self) -> dict[str, int]:
-        """The fan-out's counters (edge/fanout.py ``Fanout.stats``), read on its socket."""
-        transport = httpx.HTTPTransport(uds=str(self.workdir / "front" / "fanout.sock"))
-        with httpx.Client(transport=transport, timeout=5) as c:
-            return c.get("http://edge/_fanout").json()
+        """The fan-out's counters (edge/fanout.py ``Fanout.stats``), summed over its workers."""
+        total: dict[str, int] = {}
+        for sock in sorted((self.workdir / "front").glob("fanout-*.sock")):
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=5) as c:
+                for k, v in c.get("http://edge/_fanout").json().items():
+                    total[k] = total.get(k, 0) + v
+        return total
 
     def kill9(self) -> None:
         import os

@@ -9,6 +9,7 @@ import socket
 
 import httpx
 
+from amphi.edge.varnish import FANOUT_WORKERS
 from tests.edge.conftest import Tier
 from tests.edge.streams import Answer, get, hint, open_msn, part_ends, parts_of
 from tests.edge.test_edge import first_segment
@@ -88,7 +89,8 @@ def test_many_listeners_share_one_origin_stream_and_get_each_part_as_it_is_made(
     assert max(lateness) <= LATE_S, sorted(lateness)[-5:]
     assert streams(tier) - before == 2  # the reference's and the edge's one, for 51 listeners
     fanout = tier.edges[0].fanout()  # the edge's fan-out wrote the segment to all of them
-    assert fanout["requests"] - fanned["requests"] == 51 and fanout["fetches"] - fanned["fetches"] == 1, fanout
+    assert fanout["requests"] - fanned["requests"] == 51, fanout
+    assert 1 <= fanout["fetches"] - fanned["fetches"] <= FANOUT_WORKERS, fanout  # a fetch per worker at most
 
 
 def test_players_byte_ranges_through_the_edge_get_the_exact_bytes(tier: Tier) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from amphi.edge.varnish import STREAMS
+from amphi.edge.varnish import FANOUT_WORKERS, STREAMS
 from amphi.edge.vcl import CONNECTION_CAPS, Backend, EdgeSpec, render
 
 
@@ -92,15 +92,19 @@ def config(**kw) -> None:  # type: ignore[no-untyped-def]
               help="Working directory: the VCL, Varnish's state and log.")
 @click.option("--storage-mb", default=256, show_default=True, type=click.IntRange(16), help="Cache size in memory.")
 @click.option("--streams", default=STREAMS, show_default=True, type=click.IntRange(100),
-              help="Listeners the edge streams segments to at once (about its live audience): each holds one "
-                   "of Varnish's threads while its segment is made, about 0.2 MB of memory.")
+              help="Without the front (--max-connections-per-address 0): listeners Varnish streams segments to "
+                   "at once (about its live audience), each holding one of its threads, about 0.2 MB.")
+@click.option("--fanout-workers", default=FANOUT_WORKERS, show_default=True, type=click.IntRange(1, 64),
+              help="Processes of the fan-out on the edge's port (docs/edge.md): each holds up to its open-file "
+                   "limit of sockets (two a streaming listener) and can use a core.")
 def run(host: str, port: int, workdir: Path, storage_mb: int, streams: int,  # type: ignore[no-untyped-def]
-        **kw) -> None:
+        fanout_workers: int, **kw) -> None:
     """Run the edge (varnishd) in the foreground until Ctrl-C."""
     from amphi.core.errors import Unavailable
     from amphi.edge.varnish import Edge
 
-    e = Edge(spec_from(**kw), workdir, host, port, storage_mb=storage_mb, streams=streams)
+    e = Edge(spec_from(**kw), workdir, host, port, storage_mb=storage_mb, streams=streams,
+             fanout_workers=fanout_workers)
     try:
         e.prepare()
     except Unavailable as err:

@@ -60,6 +60,7 @@ from pathlib import Path
 import httpx
 
 from amphi.control.tokens import Signer
+from amphi.core.files import raise_open_files
 from amphi.core.gcra import GcraTable
 from amphi.web.routes import ROUTES
 
@@ -113,7 +114,7 @@ class Client(asyncio.Protocol):
     """One connection: at the edge's port (``public``) or from nginx (the internal socket)."""
 
     __slots__ = ("fanout", "transport", "buf", "feed", "addr", "public", "proxied", "tunnel", "since",
-                 "full_since", "close_after", "closed")
+                 "full_since", "close_after", "closed", "missed")
 
     def __init__(self, fanout: Fanout, *, public: bool, proxied: bool) -> None:
         self.fanout = fanout
@@ -127,6 +128,7 @@ class Client(asyncio.Protocol):
         self.full_since: float | None = None  # the socket is full since
         self.close_after = False
         self.closed = False
+        self.missed = False  # the request being answered made its file's fetch (x-fanout: MISS)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -303,7 +305,7 @@ class Feed:
     """One file: read once from Varnish, written to every asker (see the module)."""
 
     __slots__ = ("fanout", "key", "streamed", "keep_s", "status", "head", "body", "waiting", "listeners", "whole",
-                 "done_at", "task", "first", "started")
+                 "done_at", "task", "started")
 
     def __init__(self, fanout: Fanout, key: str, streamed: bool, keep_s: float) -> None:
         self.fanout = fanout
@@ -318,12 +320,11 @@ class Feed:
         self.whole = False
         self.done_at: float | None = None
         self.task: asyncio.Task[None] | None = None
-        self.first: Client | None = None  # who asked first (its answer says x-fanout: MISS, the others' HIT)
         self.started = time.monotonic()
 
     def _mine(self, who: Client) -> bytes:
         """The header lines of ``who``'s answer that are not Varnish's."""
-        return ((b"x-fanout: MISS\r\n" if who is self.first else b"x-fanout: HIT\r\n")
+        return ((b"x-fanout: MISS\r\n" if who.missed else b"x-fanout: HIT\r\n")
                 + (b"connection: close\r\n" if who.close_after else b""))
 
     def fresh(self, now: float) -> bool:
@@ -482,15 +483,15 @@ class Fanout:
         if not ask.key:  # answered in route(): the counters, a 429
             return who.finish()
         feed = self.feeds.get(ask.key)
-        if feed is None or not feed.fresh(time.monotonic()):
-            feed = self._fetch(ask, who)
+        who.missed = feed is None or not feed.fresh(time.monotonic())
+        if feed is None or who.missed:
+            feed = self._fetch(ask)
         feed.join(who, ask.ranged)
 
-    def _fetch(self, ask: Ask, who: Client) -> Feed:
+    def _fetch(self, ask: Ask) -> Feed:
         self._tidy()
         streamed = not ask.keep_s
         feed = self.feeds[ask.key] = Feed(self, ask.key, streamed, self.keep_s if streamed else ask.keep_s)
-        feed.first = who
         feed.task = asyncio.get_running_loop().create_task(self._read(feed, ask.target, ask.headers))
         self.fetches += 1
         return feed
@@ -563,7 +564,8 @@ class Fanout:
             elif public is not None:
                 host, _, port = public.rpartition(":")
                 servers.append(await loop.create_server(lambda: Client(self, public=True, proxied=False),
-                                                        host, int(port), backlog=4096, reuse_address=True))
+                                                        host, int(port), backlog=4096, reuse_address=True,
+                                                        reuse_port=True))  # the other workers listen there too
             sweeping = loop.create_task(self.sweep())
             try:
                 await asyncio.gather(*(s.serve_forever() for s in servers))
@@ -582,6 +584,7 @@ def main() -> None:
     args = p.parse_args()
     import uvloop
 
+    raise_open_files()  # two sockets a listener (the segment streaming, the next one asked ahead)
     fanout = Fanout(args.upstream, args.front, args.secret_file.read_text().strip(), media_rate=args.media_rate)
     uvloop.run(fanout.serve(args.internal, args.public))
 

@@ -77,6 +77,8 @@ PARAMS = {
 }
 
 
+FANOUT_WORKERS = 2  # the fan-out's processes: each holds at most its open-file limit of sockets (a
+# listener holds two), and each can have a core of its own
 STREAMS = 10_000  # listeners an edge streams segments to at once, by default (one thread each)
 SPARE_THREADS = 200  # per pool, over the streams: everything else (playlists, parts, the API)
 
@@ -89,8 +91,9 @@ def pool_max(streams: int) -> int:
 
 class Edge:
     def __init__(self, spec: EdgeSpec, workdir: Path, host: str, port: int, *, storage_mb: int = 256,
-                 streams: int = STREAMS) -> None:
+                 streams: int = STREAMS, fanout_workers: int = FANOUT_WORKERS) -> None:
         self.spec = spec
+        self.fanout_workers = fanout_workers  # processes of the fan-out (edge/fanout.py)
         self.workdir = workdir.resolve()
         self.host, self.port = host, port
         self.url = f"http://{host}:{port}"
@@ -121,19 +124,22 @@ class Edge:
         d = self.workdir / "front"
         return [NGINX, "-e", str(d / "error.log"), "-c", str(d / "nginx.conf"), "-p", str(d)]
 
-    def fanout_command(self) -> list[str] | None:
-        """The fan-out behind the front (``edge/fanout.py``); None without a front."""
+    def fanout_commands(self) -> list[list[str]]:
+        """The fan-out's workers behind the front (``edge/fanout.py``); none without a front.
+        They share the edge's port (SO_REUSEPORT: the kernel spreads connections over them), or
+        behind nginx's stream cap each has a socket of its own; each has its internal socket."""
         if not self.spec.max_connections_per_address:
-            return None
+            return []
         d = self.workdir / "front"
-        public = str(d / "public.sock") if self.capped_by == "nginx" else f"{self.host}:{self.port}"
-        return [sys.executable, "-m", "amphi.edge.fanout", "--internal", str(self._fanout_socket), "--public", public,
-                "--upstream", str(self._socket), "--front", str(d / "http.sock"), "--secret-file", str(d / "secret"),
-                "--media-rate", str(self.spec.media_rate)]
+        return [[sys.executable, "-m", "amphi.edge.fanout", "--internal", str(self.fanout_sockets[k]),
+                 "--public", str(d / f"public-{k}.sock") if self.capped_by == "nginx" else f"{self.host}:{self.port}",
+                 "--upstream", str(self._socket), "--front", str(d / "http.sock"), "--secret-file", str(d / "secret"),
+                 "--media-rate", str(self.spec.media_rate)] for k in range(self.fanout_workers)]
 
     @property
-    def _fanout_socket(self) -> Path:
-        return self.workdir / "front" / "fanout.sock"
+    def fanout_sockets(self) -> list[Path]:
+        """Each fan-out worker's internal socket (nginx's way to it, and its counters)."""
+        return [self.workdir / "front" / f"fanout-{k}.sock" for k in range(self.fanout_workers)]
 
     def keeper_command(self) -> list[str] | None:
         """The process that takes the firewall rule away when the edge ends; None without one."""
@@ -173,8 +179,8 @@ class Edge:
                 (front / sub).mkdir(parents=True, exist_ok=True)
             self._socket.unlink(missing_ok=True)
             (front / "http.sock").unlink(missing_ok=True)
-            self._fanout_socket.unlink(missing_ok=True)
-            (front / "public.sock").unlink(missing_ok=True)
+            for old in (*front.glob("fanout-*.sock"), *front.glob("public-*.sock")):
+                old.unlink()
             secret = front / "secret"  # for the fan-out's token checks
             secret.write_text(self.spec.secret)
             os.chmod(secret, 0o600)
@@ -182,7 +188,8 @@ class Edge:
             script.write_text(front_script(self.spec.secret))
             os.chmod(script, 0o600)
             (front / "nginx.conf").write_text(front_config(self.spec, self.host, self.port, front, self._socket,
-                                                          stream=self.capped_by == "nginx"))
+                                                          stream=self.capped_by == "nginx",
+                                                          fanout_workers=self.fanout_workers))
             test = subprocess.run([*(self.front_command() or ()), "-t", "-q"], capture_output=True, text=True, timeout=30)
             if test.returncode:
                 self._uncap()
@@ -192,13 +199,13 @@ class Edge:
         """Becomes varnishd (for ``amphi edge run``, once ``prepare`` has run), after starting the
         front and the firewall's keeper if there are: signals and ``kill -9`` of the process
         group reach the whole edge."""
-        launch([c for c in (self.fanout_command(), self.front_command()) if c], self.command(), self.keeper_command())
+        launch([*self.fanout_commands(), *filter(None, [self.front_command()])], self.command(), self.keeper_command())
 
     def start(self, *, timeout_s: float = 30.0) -> Edge:
         """Starts the edge as a child in its own process group; returns once it accepts."""
         self.prepare()
         log = open(self.workdir / "varnishd.log", "ab")
-        front = [c for c in (self.fanout_command(), self.front_command()) if c]
+        front = [*self.fanout_commands(), *filter(None, [self.front_command()])]
         cmd = [sys.executable, "-m", "amphi.edge.varnish", json.dumps(front), json.dumps(self.command()),
                json.dumps(self.keeper_command())]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -219,7 +226,7 @@ class Edge:
         """Varnish answers HTTP on the edge's port (through the front, when there is one)."""
         import socket
 
-        if self.fanout_command() and not self._fanout_socket.exists():
+        if not all(p.exists() for p in self.fanout_sockets[:len(self.fanout_commands())]):
             return False
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5) as s:
@@ -262,11 +269,12 @@ class Edge:
                              capture_output=True, check=True, timeout=10).stdout
         counters = json.loads(out).get("counters", {})
         stats = {k: int(v.get("value", 0)) for k, v in counters.items()}
-        if self.fanout_command():
+        for sock in self.fanout_sockets[:len(self.fanout_commands())]:
             import httpx
 
-            with httpx.Client(transport=httpx.HTTPTransport(uds=str(self._fanout_socket)), timeout=5) as c:
-                stats.update({f"FANOUT.{k}": int(v) for k, v in c.get("http://edge/_fanout").json().items()})
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=5) as c:
+                for k, v in c.get("http://edge/_fanout").json().items():
+                    stats[f"FANOUT.{k}"] = stats.get(f"FANOUT.{k}", 0) + int(v)  # summed over the workers
         return stats
 
 
@@ -299,9 +307,14 @@ def _error_answer(status: int, code: str, message: str, *, retry_after_s: int) -
             return {status} '{{"error": "{code}", "message": "{message}"}}';""")
 
 
-def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: Path, *, stream: bool) -> str:
+def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: Path, *, stream: bool,
+                 fanout_workers: int = FANOUT_WORKERS) -> str:
     """nginx in front of varnishd: a cache for segment players (http) and, with ``stream``, the
     per-address connection cap (else the firewall has it); see the module's docstring."""
+
+    def servers(kind: str) -> str:  # the fan-out's workers' sockets, as an upstream's servers
+        return "\n".join(f"        server unix:{d}/{kind}-{k}.sock;" for k in range(fanout_workers))
+
     # the workers run as this user (root included): only this user may connect to the sockets,
     # so nothing on the machine can bypass the cap or forge a client's address
     user = "user root;\n" if os.geteuid() == 0 else ""
@@ -330,10 +343,13 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
         }}""" for names, ttl in ((("media.init",), spec.media_ttl_cap_s), (("media.live",), 4)))
     capped = f"""stream {{
     limit_conn_zone $binary_remote_addr zone=per_address:10m;
+    upstream fanout_public {{
+{servers("public")}
+    }}
     server {{
         listen {host}:{port} backlog=4096;
         limit_conn per_address {spec.max_connections_per_address};  # one more is closed at once
-        proxy_pass unix:{d}/public.sock;  # the fan-out (edge/fanout.py), which hands nginx the rest
+        proxy_pass fanout_public;  # the fan-out (edge/fanout.py), which hands nginx the rest
         proxy_protocol on;
         proxy_connect_timeout 2s;
         proxy_timeout 60s;  # no byte either way for this long: closed (the http server's timeouts are shorter)
@@ -388,7 +404,7 @@ events {{ worker_connections {files - 100}; }}
         default varnish;
     }}
     upstream fanout {{
-        server unix:{d}/fanout.sock;
+{servers("fanout")}
         keepalive {files // 4};  # a listener's connection to it is kept for its next segment
         keepalive_requests 1000000;
         keepalive_timeout 60s;

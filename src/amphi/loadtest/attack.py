@@ -264,7 +264,7 @@ def attack_main(pipe: Pipe, plan: AttackPlan) -> None:
     """Entry point of the attack process: ready, wait for T0, attack, report."""
     import uvloop
 
-    from amphi.loadtest.machine import raise_open_files
+    from amphi.core.files import raise_open_files
 
     raise_open_files()
     attack = Attack(plan)

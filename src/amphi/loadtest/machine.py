@@ -1,26 +1,10 @@
 """What the load test (and the benches) measure of this machine: CPU of a process and its
-children, CPU of the whole machine, and the open-file limit that caps listeners."""
+children, and CPU of the whole machine (the open-file limit that caps listeners:
+``core/files.py raise_open_files``)."""
 
 from __future__ import annotations
 
-import resource
-
 import psutil
-
-
-def raise_open_files() -> int:
-    """Lifts the soft open-file limit to the hard one: one socket per listener (a
-    server started afterwards inherits it). Returns the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 class ProcessCpu:

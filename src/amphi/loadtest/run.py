@@ -23,7 +23,8 @@ from amphi.loadtest.attack import AttackPlan, attack_main
 from amphi.loadtest.http import split_url
 from amphi.loadtest.profiles import schedule
 from amphi.loadtest.stats import Histogram, rounded
-from amphi.loadtest.machine import ProcessCpu, cores_busy_s, machine_busy_s, raise_open_files
+from amphi.core.files import raise_open_files
+from amphi.loadtest.machine import ProcessCpu, cores_busy_s, machine_busy_s
 from amphi.loadtest.swarm import END_GRACE_S, LoadConfig, worker_main
 
 READY_TIMEOUT_S = 60.0  # worker processes importing and reporting ready

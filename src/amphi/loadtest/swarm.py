@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection as Pipe
 from amphi.loadtest.buffer import Playback
 from amphi.loadtest.config import LoadConfig
 from amphi.loadtest.listener import Listener
-from amphi.loadtest.machine import raise_open_files
+from amphi.core.files import raise_open_files
 from amphi.loadtest.profiles import Session
 from amphi.loadtest.stats import Histogram
 
