@@ -262,7 +262,8 @@ def behind_edge(size: int, args: argparse.Namespace, player: str, go) -> dict[st
     node = NodeProcess(args=[*node_args(size, args), "--edge", f"http://{HOST}:{port}"])
     with node:
         spec = EdgeSpec.signed("edge1", secret, (Backend.parse("origin", node.url),))  # as deployed: limits on
-        edge = Edge(spec, node.dir / "edge", HOST, port).start()
+        workers = {"fanout_workers": args.fanout_workers} if args.fanout_workers else {}
+        edge = Edge(spec, node.dir / "edge", HOST, port, **workers).start()
         try:
             space = start_space(node.url, "side by side", join=False)
             time.sleep(args.warm)
@@ -580,7 +581,9 @@ def main() -> int:
     parser.add_argument("--from-json", metavar="JSON", help="only rewrite the markdown and plot from an earlier run")
     parser.add_argument("--warm", type=float, default=WARM_S, help="an Amphi Space's age when the audience arrives")
     parser.add_argument("--segment-parts", type=int, default=None,
-                        help="Amphi's parts (0.512 s) per segment (amphi serve --segment-parts; default: the node's, 7)")
+                        help="Amphi's parts (0.512 s) per segment (amphi serve --segment-parts; default: the node's, 12)")
+    parser.add_argument("--fanout-workers", type=int, default=None,
+                        help="the edge's fan-out processes (amphi edge run --fanout-workers; default: the edge's)")
     tmp = Path(tempfile.gettempdir())
     small_mode(parser, sizes="100", systems="amphi,icecast", players="stream", duration=8.0, ramp=2.0, warm=5.0,
                surge=False, md=str(tmp / "side_by_side_small.md"), json=str(tmp / "side_by_side_small.json"),
