@@ -311,6 +311,25 @@ def test_joins_are_rate_limited_per_address_at_the_edge(tier: Tier) -> None:
         assert r.json()["error"] == "too_many_requests" and r.headers["retry-after"]
 
 
+def test_the_fan_out_answers_pipelined_requests_in_order_and_hands_nginx_what_it_does_not_parse(
+        tier: Tier) -> None:
+    first_segment(tier)
+    url = tier.origin.join(tier.space)
+    path = "/o/" + url.split("/o/", 1)[1].rsplit("/", 1)[0]
+    edge = tier.edges[2]
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as s:
+        s.sendall(f"GET {path}/init.mp4 HTTP/1.1\r\nHost: e\r\n\r\n".encode() * 2)  # two at once
+        got = b""
+        while got.count(b"HTTP/1.1 200 OK") < 2:
+            more = s.recv(65536)
+            assert more, got[:200]
+            got += more
+        assert got.startswith(b"HTTP/1.1 200 OK") and got.count(b"x-fanout: ") == 2
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as s:
+        s.sendall(b"NOT HTTP AT ALL\r\n\r\n")  # not the fan-out's: nginx's answer
+        assert s.recv(64).startswith(b"HTTP/1.1 400"), "nginx refuses a malformed request"
+
+
 def test_a_slow_client_is_cut_off(tier: Tier) -> None:
     with socket.create_connection(("127.0.0.1", tier.edges[2].port), timeout=15) as s:
         s.sendall(b"GET /api/node HTTP/1.1\r\nHost: x\r\n")  # ... and the rest never comes

@@ -101,12 +101,13 @@ def frame(data: bytes) -> bytes:
 class Ask:
     """A request this server answers itself."""
 
-    __slots__ = ("key", "target", "keep_s", "ranged", "close", "headers")
+    __slots__ = ("key", "target", "streamed", "keep_s", "ranged", "close", "headers")
 
-    def __init__(self, key: str, target: str, keep_s: float, ranged: bool, close: bool,
+    def __init__(self, key: str, target: str, streamed: bool, keep_s: float, ranged: bool, close: bool,
                  headers: dict[str, str]) -> None:
         self.key, self.target, self.ranged, self.close = key, target, ranged, close
-        self.keep_s = keep_s  # how long a whole copy is answered: 0 for a segment (streamed), else its time
+        self.streamed = streamed  # a segment: streamed to its askers while it is made
+        self.keep_s = keep_s  # how long a whole copy is answered
         self.headers = headers  # for Varnish, should this one fetch the file
 
 
@@ -435,7 +436,7 @@ class Fanout:
         if parts[1] == b"/_fanout" and not who.public:
             body = json.dumps(self.stats()).encode()
             who.send(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b" % (len(body), body))
-            return Ask("", "", 0.0, False, False, {})
+            return Ask("", "", False, 0.0, False, False, {})
         target = parts[1].decode("latin-1")
         path, _, query = target.partition("?")
         m = _PATH.match(path)
@@ -467,7 +468,7 @@ class Fanout:
             self.limited += 1
             who.send(TOO_MANY)
             who.close()  # as the front's limit_req: answered, and the connection closed
-            return Ask("", "", 0.0, False, True, {})
+            return Ask("", "", False, 0.0, False, True, {})
         self.requests += 1
         xff = headers.get(b"x-forwarded-for")
         fetch = {"host": headers.get(b"host", b"edge").decode("latin-1"), "x-amphi-client": who.addr,
@@ -477,7 +478,7 @@ class Fanout:
         keep = self.fresh_s if file.endswith(".m3u8") else self.keep_s
         if query:
             keep = RELOAD_S  # a blocking reload (_HLS_msn, _HLS_part): Varnish's answer once that part exists
-        return Ask(key, target, 0.0 if streamed else keep, rng is not None, close, fetch)
+        return Ask(key, target, streamed, keep, rng is not None, close, fetch)
 
     def answer(self, who: Client, ask: Ask) -> None:
         if not ask.key:  # answered in route(): the counters, a 429
@@ -490,8 +491,7 @@ class Fanout:
 
     def _fetch(self, ask: Ask) -> Feed:
         self._tidy()
-        streamed = not ask.keep_s
-        feed = self.feeds[ask.key] = Feed(self, ask.key, streamed, self.keep_s if streamed else ask.keep_s)
+        feed = self.feeds[ask.key] = Feed(self, ask.key, ask.streamed, ask.keep_s)
         feed.task = asyncio.get_running_loop().create_task(self._read(feed, ask.target, ask.headers))
         self.fetches += 1
         return feed
