@@ -515,6 +515,8 @@ class Listener:
         try:
             while True:
                 await asyncio.wait({current}, timeout=self.rng.uniform(0.1, 0.9) * segment_s)
+                while not current.done() and not read.parts:  # the next segment may be asked for once
+                    await asyncio.wait({current}, timeout=part_s / 2)  # this one has begun (else: 404)
                 await self._maybe_renew()  # when due (every renew_after_s): before the next GET, which carries the token
                 side = self._side()
                 pl = await self._playlist(conn=side)
