@@ -366,6 +366,8 @@ class Feed:
     def began(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
         self.head = b"".join(b"%b: %b\r\n" % (k, v) for k, v in headers if k.lower() not in HOP)
+        if not any(k.lower() == b"transfer-encoding" for k, _ in headers):
+            self.streamed = False  # Varnish has it whole (a length): answered whole, a Range from 0 with a 206
         if status == 200 and self.streamed:
             waiting, self.waiting = self.waiting, {}
             for who in waiting:
