@@ -120,7 +120,9 @@ def test_players_byte_ranges_through_the_edge_get_the_exact_bytes(tier: Tier) ->
         assert a.status == 206 and a.headers["content-range"] == f"bytes {offset}-{last}/*", a.headers  # still made
         assert a.body == whole.body[offset:last + 1]
         assert b.status == 206 and b.body == a.body and b.headers["x-cache"] == "hit"  # the edge's copy
-    # on the segment once whole: exact too (a range from byte 0 to the end from the edge's copy)
+    # on the segment once whole: exact too (a range from byte 0 to the end from the edge's copy),
+    # with a new listener's token (the tier's last 10 s)
+    segment = at_edge(tier.origin.join(tier.space), tier, 0).rsplit("/", 1)[0] + f"/{msn}.m4s"
     r = httpx.get(segment, headers={"Range": "bytes=100-199"}, timeout=10)
     assert r.status_code == 206 and r.content == whole.body[100:200]
     for _ in range(4):  # new connections: each fan-out worker, whether it has the segment yet or not
