@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from amphi.edge.varnish import fanout_stats
 from tests.integration.amphi_proc import BIN, free_port, stop_group, wait_until
 
 
@@ -41,12 +42,7 @@ class EdgeProc:
 
     def fanout(self) -> dict[str, int]:
         """The fan-out's counters (edge/fanout.py ``Fanout.stats``), summed over its workers."""
-        total: dict[str, int] = {}
-        for sock in sorted((self.workdir / "front").glob("fanout-*.sock")):
-            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=5) as c:
-                for k, v in c.get("http://edge/_fanout").json().items():
-                    total[k] = total.get(k, 0) + v
-        return total
+        return fanout_stats(sorted((self.workdir / "front").glob("fanout-*.sock")))
 
     def kill9(self) -> None:
         import os

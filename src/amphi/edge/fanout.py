@@ -62,13 +62,14 @@ import httpx
 from amphi.control.tokens import Signer
 from amphi.core.files import raise_open_files
 from amphi.core.gcra import GcraTable
+from amphi.edge.vcl import WHOLE_RANGE
 from amphi.web.routes import ROUTES
 
 _MEDIA = ROUTES.edge_regex(("media.segment", "media.part", "media.live", "media.index", "media.init"), "vcl",
                            node=True)
 _PATH = re.compile(_MEDIA.text)
 _TOKEN, _SPACE, _FILE = _MEDIA.group("token"), _MEDIA.group("id"), _MEDIA.group("file")
-_WHOLE = re.compile(rb"^bytes=0-(?:[0-9]{11,})?$")  # a Range from byte 0 to the end (the origin's rule)
+_WHOLE = re.compile(WHOLE_RANGE.encode())  # a Range from byte 0 to the end (the origin's rule, as the VCL)
 
 MAX_HEAD = 16 * 1024  # a request header longer than this is nginx's to refuse
 MAX_BUFFER = 1 << 20  # bytes waiting for one listener before it is cut: some twenty segments

@@ -42,7 +42,7 @@ from typing import NoReturn
 from amphi.control.tokens import TOKEN
 from amphi.core.errors import Unavailable
 from amphi.edge import firewall
-from amphi.edge.vcl import EdgeSpec, render
+from amphi.edge.vcl import WHOLE_RANGE, EdgeSpec, render
 from amphi.web.routes import ROUTES
 
 VARNISHD = shutil.which("varnishd") or "/usr/sbin/varnishd"
@@ -128,18 +128,23 @@ class Edge:
         """The fan-out's workers behind the front (``edge/fanout.py``); none without a front.
         They share the edge's port (SO_REUSEPORT: the kernel spreads connections over them), or
         behind nginx's stream cap each has a socket of its own; each has its internal socket."""
-        if not self.spec.max_connections_per_address:
-            return []
         d = self.workdir / "front"
-        return [[sys.executable, "-m", "amphi.edge.fanout", "--internal", str(self.fanout_sockets[k]),
+        return [[sys.executable, "-m", "amphi.edge.fanout", "--internal", str(sock),
                  "--public", str(d / f"public-{k}.sock") if self.capped_by == "nginx" else f"{self.host}:{self.port}",
                  "--upstream", str(self._socket), "--front", str(d / "http.sock"), "--secret-file", str(d / "secret"),
-                 "--media-rate", str(self.spec.media_rate)] for k in range(self.fanout_workers)]
+                 "--media-rate", str(self.spec.media_rate)] for k, sock in enumerate(self.fanout_sockets)]
 
     @property
     def fanout_sockets(self) -> list[Path]:
-        """Each fan-out worker's internal socket (nginx's way to it, and its counters)."""
+        """Each fan-out worker's internal socket (nginx's way to it, and its counters); none
+        without a front."""
+        if not self.spec.max_connections_per_address:
+            return []
         return [self.workdir / "front" / f"fanout-{k}.sock" for k in range(self.fanout_workers)]
+
+    def front_commands(self) -> list[list[str]]:
+        """What starts before varnishd: the fan-out's workers, then nginx (none without a front)."""
+        return [*self.fanout_commands(), *filter(None, [self.front_command()])]
 
     def keeper_command(self) -> list[str] | None:
         """The process that takes the firewall rule away when the edge ends; None without one."""
@@ -199,14 +204,13 @@ class Edge:
         """Becomes varnishd (for ``amphi edge run``, once ``prepare`` has run), after starting the
         front and the firewall's keeper if there are: signals and ``kill -9`` of the process
         group reach the whole edge."""
-        launch([*self.fanout_commands(), *filter(None, [self.front_command()])], self.command(), self.keeper_command())
+        launch(self.front_commands(), self.command(), self.keeper_command())
 
     def start(self, *, timeout_s: float = 30.0) -> Edge:
         """Starts the edge as a child in its own process group; returns once it accepts."""
         self.prepare()
         log = open(self.workdir / "varnishd.log", "ab")
-        front = [*self.fanout_commands(), *filter(None, [self.front_command()])]
-        cmd = [sys.executable, "-m", "amphi.edge.varnish", json.dumps(front), json.dumps(self.command()),
+        cmd = [sys.executable, "-m", "amphi.edge.varnish", json.dumps(self.front_commands()), json.dumps(self.command()),
                json.dumps(self.keeper_command())]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -226,7 +230,7 @@ class Edge:
         """Varnish answers HTTP on the edge's port (through the front, when there is one)."""
         import socket
 
-        if not all(p.exists() for p in self.fanout_sockets[:len(self.fanout_commands())]):
+        if not all(p.exists() for p in self.fanout_sockets):
             return False
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5) as s:
@@ -269,13 +273,21 @@ class Edge:
                              capture_output=True, check=True, timeout=10).stdout
         counters = json.loads(out).get("counters", {})
         stats = {k: int(v.get("value", 0)) for k, v in counters.items()}
-        for sock in self.fanout_sockets[:len(self.fanout_commands())]:
-            import httpx
-
-            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=5) as c:
-                for k, v in c.get("http://edge/_fanout").json().items():
-                    stats[f"FANOUT.{k}"] = stats.get(f"FANOUT.{k}", 0) + int(v)  # summed over the workers
+        stats.update({f"FANOUT.{k}": v for k, v in fanout_stats(self.fanout_sockets).items()})
         return stats
+
+
+def fanout_stats(sockets: list[Path]) -> dict[str, int]:
+    """The fan-out's counters (``Fanout.stats``, ``GET /_fanout`` on each worker's internal
+    socket), summed over its workers; {} for none."""
+    import httpx
+
+    total: dict[str, int] = {}
+    for sock in sockets:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=5) as c:
+            for k, v in c.get("http://edge/_fanout").json().items():
+                total[k] = total.get(k, 0) + int(v)
+    return total
 
 
 def front_script(secret: str) -> str:
@@ -396,7 +408,7 @@ events {{ worker_connections {files - 100}; }}
     # (edge/fanout.py); any other Range (a part's bytes), a bad token: Varnish's
     map "$request_method:$http_range" $amphi_whole {{
         "GET:" 1;
-        "~^GET:bytes=0-([0-9]{{11,}})?$" 1;
+        "~^GET:{WHOLE_RANGE.removeprefix("^")}" 1;
         default "";
     }}
     map "$amphi_whole:$amphi_token_bad" $amphi_segment_to {{
