@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from amphi.control.admission import Admission, Admitted, Gcra, Waiting, WaitingLine
 from amphi.control.health import Governor, HealthSample
@@ -235,6 +238,64 @@ def test_ending_a_space_frees_its_seats_and_line() -> None:
     assert adm.waiting == 1  # b's line is untouched; its head is offered a freed seat
     adm.promote(T0)
     assert adm.counts("b").reserved == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_interleaving_keeps_the_cap_exact_and_counts_each_seat_once(data: st.DataObject) -> None:
+    """Joins, polls, leaves, renewals, edges' extensions, promotions and sweeps in any order,
+    over two Spaces: never more seats than the limit, each seat counted once (as a listener
+    once issued, as an offer while reserved), and no seat outlives one token life from now."""
+    adm = make(max_listeners=3)
+    tokens: list[tuple[str, str]] = []  # (space, token): every token handed out, the edges' too
+    tickets: list[tuple[str, str]] = []
+
+    def keep(space: str, answer: Admitted | Waiting) -> None:
+        if isinstance(answer, Admitted):
+            tokens.append((space, answer.token))
+        else:
+            tickets.append((space, answer.ticket))
+
+    now = T0
+    for _ in range(data.draw(st.integers(1, 60))):
+        now += data.draw(st.sampled_from([0.0, 0.5, 5.0, 20.0, 45.0]))
+        op = data.draw(st.sampled_from(["join", "poll", "leave", "renew", "extend", "promote", "sweep"]))
+        try:
+            if op == "join":
+                space = data.draw(st.sampled_from("xy"))
+                keep(space, adm.join(space, now))
+            elif op == "poll" and tickets:
+                space, ticket = data.draw(st.sampled_from(tickets))
+                keep(space, adm.poll(space, ticket, now))
+            elif op == "leave" and tokens:
+                space, token = data.draw(st.sampled_from(tokens))
+                adm.leave(space, token=token, now=now)
+            elif op == "renew" and tokens:
+                space, token = data.draw(st.sampled_from(tokens))
+                keep(space, adm.renew(space, token, now))
+            elif op == "extend":
+                space = data.draw(st.sampled_from("xy"))
+                known = [adm.signer.verify_token(sp, tok, now, grace_s=1e9).seat for sp, tok in tokens]
+                picked = data.draw(st.lists(st.sampled_from([*known, *adm._seats, "never-seen"]), max_size=5))
+                renewals = [(sid, int(now), int(now) + data.draw(st.integers(-30, 200))) for sid in picked]
+                held = [adm.seat_held(space, sid) for sid in picked]  # adm._seats holds the offers too
+                assert adm.extend(space, renewals, now) == [sid for sid, h in zip(picked, held) if not h]
+                tokens.extend((space, adm.signer.token(space, sid, new))
+                              for (sid, _, new), h in zip(renewals, held) if h)
+            elif op == "promote":
+                adm.promote(now)
+            elif op == "sweep":
+                adm.sweep(now)
+        except (TokenExpired, TooEarly):
+            pass
+        seats = list(adm._seats.values())
+        assert adm.occupied == len(seats) <= adm.limit
+        for space in "xy":
+            c = adm.counts(space)
+            assert c.listeners == sum(s.issued and s.space_id == space for s in seats)
+            assert c.reserved == sum(s.reserved and s.space_id == space for s in seats)
+        assert all(s.issued != s.reserved for s in seats)
+        assert all(s.token_expires <= math.ceil(now + adm.cfg.token_ttl_s) + 1 for s in seats)
 
 
 # --- tokens and tickets --------------------------------------------------------------------------

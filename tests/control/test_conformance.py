@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -27,9 +27,9 @@ from amphi.control.admission import Admission, Admitted, Waiting
 from amphi.control.store import Store
 from amphi.control.store.memory import MemoryStore
 from amphi.control.store.redis import RedisStore
-from amphi.control.tokens import Signer
+from amphi.control.tokens import Signer, new_seat_id
 from amphi.core.config import AdmissionConfig
-from amphi.core.errors import AmphiError, TokenExpired, TooBusy, TooEarly
+from amphi.core.errors import AmphiError, TokenExpired, TooBusy, TooEarly, Unavailable
 
 SECRET = b"c" * 32
 # a whole second, far from the wall clock: a Redis keyspace begins (its epoch) at the real time
@@ -114,6 +114,19 @@ class Held:  # is ``who``'s seat held (the store's answer, whatever the token's 
     t: float
     expect: bool
     space: str = "s"
+
+
+@dataclass(frozen=True)
+class Extend:
+    """An edge reports the seats it renewed: who -> the new token's expiry (seconds after T0),
+    the old one being who's newest token's; a who never admitted names a seat never seen.
+    ``expect_gone``: whose seats the store says are not held, in the order reported. Each
+    listener still held keeps the edge's token if it is its newest."""
+
+    space: str
+    renewed: dict[str, int]
+    t: float
+    expect_gone: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -290,6 +303,64 @@ SCENARIOS = [
         Leave("b", 108, False),
         Counts("s", admitted=2, peak=2), Totals(0, 0),
     ], cfg=dict(max_listeners=2)),
+    Scenario("extend: a seat an edge renewed outlives its old token, until the new one's expiry and the grace", [
+        Join("a", 0, Seat(60)), Join("b", 0, Seat(60)),
+        Extend("s", {"a": 100}, 40),
+        Sweep(75, 1),  # b's seat (60 + 15); a's outlives its old token
+        Held("a", 75, True), Held("b", 75, False),
+        Extend("s", {"a": 130}, 70),
+        Sweep(115, 0), Held("a", 115, True),
+        Sweep(145, 1),  # 130 + 15
+        Held("a", 145, False),
+        Counts("s", admitted=2, peak=2), Totals(0, 0),
+    ]),
+    Scenario("extend never brings back a seat that was left or lapsed: the cap stays exact", [
+        Join("a", 0, Seat(60)), Join("b", 0, Seat(60)), Join("c", 10, Seat(70)),
+        Leave("a", 20, True),
+        Sweep(75, 1),  # b's seat, nobody renewed it; c's lasts until 85
+        Extend("s", {"a": 130, "b": 130, "c": 130}, 76, ("a", "b")),
+        Counts("s", listeners=1, admitted=3, peak=3), Totals(1, 0),
+        Held("a", 76, False), Held("b", 76, False), Held("c", 76, True),
+        Join("d", 77, Seat(137)), Join("e", 77, Seat(137)),  # exactly the two free seats
+        Join("f", 77, Place(1, 1)),
+        Counts("s", listeners=3, waiting=1, admitted=5, peak=3), Totals(3, 1),
+        Sweep(145, 2),  # c's seat (130 + 15) and f's place; d's and e's last until 152
+    ]),
+    Scenario("extend: another Space's seats and seats never seen are gone", [
+        Join("a", 0, Seat(60), space="x"), Join("b", 0, Seat(60), space="y"),
+        Extend("y", {"a": 100, "b": 100, "nobody": 100}, 40, ("a", "nobody")),
+        Counts("x", listeners=1, admitted=1, peak=1), Counts("y", listeners=1, admitted=1, peak=1),
+        Totals(2, 0),
+        Sweep(75, 1),  # a's seat: reported for the wrong Space, not extended
+        Held("a", 75, False, space="x"), Held("b", 75, True, space="y"),
+        Counts("x", admitted=1, peak=1), Totals(1, 0),
+    ]),
+    Scenario("extend never shortens: a later expiry already known is kept", [
+        Join("a", 0, Seat(60)), Join("b", 0, Seat(60)),
+        Renew("b", 30, Seat(90, renewed=True, seat_of="b")),
+        Extend("s", {"b": 70}, 31),  # older than the node's own renewal
+        Renew("b", 32, Seat(90, renewed=True, seat_of="b")),  # not extended: the same token again
+        Extend("s", {"a": 100}, 40),
+        Extend("s", {"a": 80}, 41),  # an edge that renewed an older token reports late
+        Sweep(95, 0), Held("a", 95, True),
+        Sweep(105, 1),  # b's: 90 + 15
+        Sweep(115, 1),  # a's: 100 + 15
+    ]),
+    Scenario("extend: a seat outlives one token life from now at most", [
+        Join("a", 0, Seat(60)),
+        Extend("s", {"a": 1000}, 10.5),  # until ceil(10.5 + 60) + 1 = 72
+        Sweep(86.9, 0), Held("a", 86.9, True),
+        Sweep(87, 1),
+    ]),
+    Scenario("renew after extend: a fresh token for the same seat (the node never saw the edge's)", [
+        Join("a", 0, Seat(60)),
+        Extend("s", {"a": 100}, 40),
+        Renew("a", 41, Seat(101, renewed=True, seat_of="a")),  # fresh, though 100 is not due yet
+        Renew("a", 42, Seat(101, renewed=True, seat_of="a")),  # the node's own: the same token while fresh
+        Sweep(115, 0),  # the extended deadline (100 + 15) was moved on by the renewal
+        Sweep(116, 1),
+        Counts("s", admitted=1, peak=1), Totals(0, 0),
+    ]),
     Scenario("lowering the limit with seats taken evicts nobody; joins wait until below it", [
         Join("a", 0, Seat(60)), Join("b", 0, Seat(60)), Join("c", 0, Seat(60)),
         Limit(2),
@@ -440,6 +511,7 @@ class Holder:
     ticket: str | None = None
     token: str | None = None
     seat: str | None = None
+    expires: int = 0  # the token's
 
 
 async def outcome(call: Any) -> Any:
@@ -463,7 +535,7 @@ def check(expect: Seat | Place | Refused, got: Any, held: dict[str, Holder], who
         assert (got.expires - T0, got.renewed) == (expect.expires, expect.renewed), got
         if expect.seat_of is not None:
             assert got.seat == held[expect.seat_of].seat
-        h.token, h.seat = got.token, got.seat
+        h.token, h.seat, h.expires = got.token, got.seat, got.expires
         return
     assert isinstance(got, Waiting), f"expected {expect}, got {got}"
     assert (got.position, got.waiting, got.estimated_wait_s, got.retry_after_s,
@@ -503,6 +575,16 @@ async def run_step(step: Any, store: Store, totals: Any, held: dict[str, Holder]
         case Held():
             token = signer.verify_token(step.space, held[step.who].token, now, grace_s=1e9)
             assert await store.seat_held(token, now) is step.expect
+        case Extend():
+            never = Holder(expires=int(T0) + 60)  # a seat never seen, for a token issued well after the epoch
+            reported = {who: held.get(who) or replace(never, seat=f"never-{who}") for who in step.renewed}
+            renewals = [(h.seat, h.expires, int(T0 + step.renewed[who])) for who, h in reported.items()]
+            gone = await store.extend(step.space, renewals, now)  # type: ignore[arg-type]
+            assert gone == [reported[who].seat for who in step.expect_gone], gone
+            for who, h in reported.items():  # the edge handed out the new tokens
+                expires = int(T0 + step.renewed[who])
+                if who not in step.expect_gone and expires > h.expires:
+                    h.token, h.expires = signer.token(step.space, h.seat, expires), expires  # type: ignore[arg-type]
         case Sweep():
             assert await store.sweep(now) == step.expect
         case Promote():
@@ -561,3 +643,33 @@ async def test_take_agrees_on_a_random_walk(shared_redis) -> None:
             answers[kind] = [await store.take(k, r, b, T0 + at) for k, r, b, at in walk]
     assert sum(w == 0 for w in answers["memory"]) > 100 and sum(w > 0 for w in answers["memory"]) > 50
     assert answers["redis"] == pytest.approx(answers["memory"], abs=1e-5)
+
+
+async def test_redis_takes_back_the_seats_it_lost_when_an_edge_reports_them(shared_redis) -> None:
+    """The one difference (the table avoids it: T0 is far after the epoch), as for renew: a seat
+    this keyspace never saw, for a token issued before it began (Redis restarted empty), is
+    taken back and extended. The memory store has none: after a restart listeners join again."""
+    async with redis_store(config(Scenario("", [])), shared_redis.url) as (store, totals):
+        now = time.time()
+        t = math.ceil(now)
+        lost, stale, new = new_seat_id(), new_seat_id(), new_seat_id()
+        renewals = [(lost, t + 30, t + 60),  # issued 30 s before the keyspace began
+                    (stale, t - 20, t + 40),  # as old, but past its grace
+                    (new, t + 70, t + 90)]  # issued since: a seat this keyspace would know
+        assert await store.extend("s", renewals, now) == [stale, new]
+        assert (await store.counts("s")).listeners == 1 and await totals() == (1, 0)
+        signer = Signer(SECRET)
+        assert await store.seat_held(signer.verify_token("s", signer.token("s", lost, t + 60), now), now)
+        assert await store.sweep(t + 74) == 0 and await store.sweep(t + 75) == 1  # t + 60 + grace
+        assert await store.extend("s", renewals[:1], t + 76) == [lost]  # past its grace now: not again
+
+
+async def test_redis_away_refuses_extend_so_the_edge_reports_again(redis_server) -> None:
+    async with redis_store(config(Scenario("", [])), redis_server.url) as (store, _):
+        seat = await store.join("s", T0)
+        assert isinstance(seat, Admitted)
+        redis_server.stop()
+        for _ in range(2):  # the failed call, then refused without touching the network
+            with pytest.raises(Unavailable):
+                await store.extend("s", [(seat.seat, seat.expires, seat.expires + 30)], T0 + 30)
+        assert not store.up

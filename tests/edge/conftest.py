@@ -39,6 +39,7 @@ def tier(tmp_path_factory, request):
         for i, port in enumerate(ports):
             edges.append(EdgeProc(tmp / f"edge{i + 1}", f"edge{i + 1}", origin.url, secret_file,
                                   "--media-rate", "0", "--join-rate", "5", "--max-connections-per-address", "40",
+                                  "--token-ttl", "10",
                                   port=port).start())
         space, key = origin.create("edge")
         origin.start_space(space, key)

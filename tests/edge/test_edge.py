@@ -104,6 +104,60 @@ def test_an_expired_token_is_renewed_by_the_origin_through_the_edge(tier: Tier) 
     assert httpx.get(url.replace("live.m3u8", "init.mp4"), timeout=10).status_code == 401  # only playlists
 
 
+def test_the_edge_renews_tokens_on_the_live_playlist_and_reports_the_seats_it_renewed(tier: Tier) -> None:
+    """Past half its life, a token is renewed by the edge (a 307 on the live playlist, for the
+    same seat), with no request to the node; the seats go to the node in a report; a seat given
+    back meanwhile is then refused at the edge (docs/admission.md, "Renewals")."""
+    first_segment(tier)
+    staying, leaving = tier.origin.join(tier.space), tier.origin.join(tier.space)
+    edge = next(e for e in tier.edges if staying.startswith(e.url))
+    leaving = edge.url + leaving[leaving.index("/o/"):]  # both on one edge
+    tokens = [u.split("/t/")[1].split("/")[0] for u in (staying, leaving)]
+    before, node_renewals = edge.fanout(), tier.origin.node()["origin"]["renewals"]
+    assert httpx.get(staying, timeout=10).status_code == 200  # fresh: no renewal yet
+    expires = int(tokens[1].split(".")[1])
+    r = httpx.post(f"{tier.origin.url}/api/spaces/{tier.space}/leave", json={"token": tokens[1]}, timeout=10)
+    assert r.json()["status"] == "left"
+    wait_until(lambda: time.time() > expires - 5 + 0.2, 15, "the tokens to pass half their life (ttl 10 s)")
+    renewed = []
+    for url, token in zip((staying, leaving), tokens):
+        r = httpx.get(url + "?_HLS_msn=0", timeout=10)  # a blocking reload keeps its query
+        assert r.status_code == 307, r.text
+        location = r.headers["location"]
+        assert location.startswith("/o/origin/media/") and location.endswith("/live.m3u8?_HLS_msn=0")
+        new = location.split("/t/")[1].split("/")[0]
+        assert new.split(".")[0] == token.split(".")[0] and int(new.split(".")[1]) > int(token.split(".")[1])
+        renewed.append(edge.url + location.split("?")[0])
+    assert httpx.get(renewed[0], timeout=10).status_code == 200
+    wait_until(lambda: edge.fanout()["reported"] >= before["reported"] + 2, 15, f"the edge to report the two seats {edge.fanout()}")
+    after = edge.fanout()
+    assert after["renewed"] - before["renewed"] == 2
+    assert after["released"] - before["released"] == 1  # the node: the seat given back is not held
+    r = httpx.get(renewed[1], timeout=10)
+    assert r.status_code == 401 and r.json()["error"] == "seat_released"
+    assert httpx.get(renewed[1].replace("live.m3u8", "init.mp4"), timeout=10).status_code == 401
+    assert httpx.get(renewed[0].replace("live.m3u8", "init.mp4"), timeout=10).status_code == 200
+    assert tier.origin.node()["origin"]["renewals"] == node_renewals  # the node renewed nothing itself
+
+
+def test_an_edges_report_of_renewed_seats_needs_its_credential_and_a_well_formed_body(tier: Tier) -> None:
+    url = f"{tier.origin.url}/api/edge/renewals"
+    good = {"x-amphi-edge": Signer(SECRET.encode()).edge_credential("edge1")}
+    report = {"spaces": {tier.space: [["neverseat001", 1, 2]]}}
+    assert httpx.post(url, json=report, timeout=10).status_code == 403
+    assert httpx.post(url, json=report, headers={"x-amphi-edge": "edge1.AAAAAAAAAAAAAAAAAAAAAA"},
+                      timeout=10).status_code == 403
+    r = httpx.post(url, json=report, headers=good, timeout=10)
+    assert r.status_code == 200 and r.json() == {"extended": 0, "gone": {tier.space: ["neverseat001"]}}
+    for bad in ({"spaces": []}, {"spaces": {tier.space: [["short", 1, 2]]}}, {"spaces": {tier.space: [["s" * 12, "1", 2]]}},
+                {"spaces": {"../x": []}}):
+        r = httpx.post(url, json=bad, headers=good, timeout=10)
+        assert r.status_code == 400 and r.json()["error"] == "malformed_body", (bad, r.text)
+    r = httpx.post(url, content=b"x" * (300 * 1024), headers={**good, "content-type": "application/json"}, timeout=10)
+    assert r.status_code == 413
+    assert httpx.get(url, headers=good, timeout=10).status_code == 405
+
+
 def test_the_fan_out_and_the_front_answer_listeners_from_memory_but_never_a_bad_token(tier: Tier) -> None:
     playlist = httpx.get(first_segment(tier), timeout=10).text
     lines = playlist.splitlines()

@@ -87,7 +87,7 @@ def test_tokens_renew_and_a_silent_listener_frees_its_seat(serve) -> None:
     assert b["expires_at"] > a["expires_at"]
     assert amphi.http.get(b["playlist"]).status_code == 200
 
-    # a player that only follows URLs is redirected to a renewed token in its last quarter
+    # a player that only follows URLs is redirected to a renewed token once past half its life
     r = wait_until(lambda: (r := amphi.http.get(playlist, follow_redirects=False)).status_code == 307 and r,
                    ttl, "a renewal redirect")
     assert "/t/" in r.headers["location"] and a["token"] not in r.headers["location"]

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Admission, TAP_GRACE_MS } from "../../src/amphi/web/static/admission.js";
+import { Admission, TAP_GRACE_MS, mediaToken, parseToken } from "../../src/amphi/web/static/admission.js";
 import { FakeClock, FakeServer, json, randoms, settle } from "./fakes.mjs";
 
 const URL = "/api/spaces/s1";
@@ -305,6 +305,100 @@ test("media URLs carry the newest token and the current edge", async () => {
   assert.equal(seat.seat.edge, edges[1]);
   assert.equal(seat.seat.edgeSwitches, 1);
   assert.equal(seat.mediaUrl(`${edges[0]}/media/s1/t/tok1/seg4.m4s`), `${edges[1]}/media/s1/t/tok%202/seg4.m4s`);
+});
+
+// Well-formed tokens (src/amphi/control/tokens.py, TOKEN): the server's clock is far from the
+// fake local one, on purpose: adopt() needs none.
+const MAC = "Mac_-0123456789abcdefg"; // 22 characters of base64url
+const T0 = 1_700_000_000; // Unix s: when the first token was issued, on the server's clock
+const token = (expires, seat = "seatAAAA", role = "l") => `${role}${seat}.${expires}.${MAC}`;
+
+// Admitted with a 60 s token whose API renewal is the fallback at 75 % of its life.
+async function playing(server = new FakeServer(), options = {}) {
+  server.answers.unshift(seated({ token: token(T0 + 60), playlist: `/media/s1/t/${token(T0 + 60)}/live.m3u8`, renew_after_s: 45 }));
+  const made = make(server, { random: randoms(0.5), ...options });
+  await made.seat.enter();
+  return made;
+}
+
+test("tokens and media URLs are read as the server writes them", () => {
+  assert.deepEqual(parseToken(token(T0)), { seat: "lseatAAAA", expires: T0 });
+  assert.deepEqual(parseToken(token(T0, "seatBBBB", "h")), { seat: "hseatBBBB", expires: T0 });
+  for (const bad of ["tok1", "", null, 42, `x${token(T0).slice(1)}`, `${token(T0)}x`, "lshort.1.".concat(MAC)]) {
+    assert.equal(parseToken(bad), null, String(bad));
+  }
+  assert.equal(mediaToken(`http://e1:8080/o/n1/media/s1/t/${token(T0)}/live.m3u8?_HLS_msn=4`), token(T0));
+  assert.equal(mediaToken("/media/s1/t/tok%202/live.m3u8"), "tok 2");
+  assert.equal(mediaToken("/media/s1/t/tok%E0%A4%A/live.m3u8"), null, "a broken escape");
+  assert.equal(mediaToken("/media/s1/vod.m3u8"), null);
+  assert.equal(mediaToken(undefined), null);
+});
+
+test("a newer token from the playlist is taken: no request, the fallback renewal moves with it", async () => {
+  const server = new FakeServer();
+  const { seat, clock } = await playing(server);
+  const start = clock.t;
+  // the fallback: renew_after_s plus up to 10 %, 45 s * 1.05, before 80 % of 60 s
+  assert.equal(clock.pending(), 47_250);
+  assert.equal(seat.seat.expiresAt, start + 60_000);
+  clock.t += 31_000; // the playlist renewed it past half its life
+  assert.equal(seat.adopt(token(T0 + 91)), true);
+  assert.equal(seat.seat.token, token(T0 + 91));
+  assert.equal(seat.seat.expiresAt, start + 91_000, "moved by what the expiry moved, on the local clock");
+  assert.equal(seat.seat.playlistRenewals, 1);
+  assert.equal(seat.seat.renewals, 0);
+  assert.equal(server.requests.length, 1, "no request: only the join");
+  // the fallback is now 47.25 s into the new token's life (issued at start + 31 s), well after its half
+  const due = clock.t + clock.pending();
+  assert.equal(due, start + 31_000 + 47_250);
+  assert.ok(due > seat.seat.expiresAt - 30_000);
+  // later media URLs carry it
+  assert.equal(seat.mediaUrl(`/media/s1/t/${token(T0 + 60)}/seg3.m4s`), `/media/s1/t/${token(T0 + 91)}/seg3.m4s`);
+  // no playlist renewed it again: the fallback renews the adopted token through the API
+  server.then(seated({ token: token(T0 + 138) }));
+  await clock.next();
+  assert.deepEqual(server.bodies[1], { token: token(T0 + 91) });
+  assert.equal(seat.seat.renewals, 1);
+  assert.equal(seat.seat.token, token(T0 + 138));
+});
+
+test("adopt ignores another seat's token, an older or the same one, and garbage", async () => {
+  const { seat, clock } = await playing();
+  const before = { ...seat.seat };
+  const pending = clock.pending();
+  for (const other of [
+    token(T0 + 90, "seatBBBB"), // another seat
+    token(T0 + 90, "seatAAAA", "h"), // the same seat id as a host: not ours
+    token(T0 + 30), // older
+    token(T0 + 60), // the same
+    "tok2", "", null, undefined, 42, `${token(T0 + 90)}.x`, token(T0 + 90).slice(0, -1),
+  ]) {
+    assert.equal(seat.adopt(other), false, String(other));
+  }
+  assert.deepEqual(seat.seat, before);
+  assert.equal(clock.pending(), pending, "the fallback renewal stays where it was");
+});
+
+test("adopt does nothing unless playing, nor while a refused token is being renewed", async () => {
+  let answer;
+  const server = new FakeServer(() => new Promise((resolve) => { answer = resolve; }));
+  const { seat, clock } = await playing(server);
+  seat.mediaRefused(401); // the renewal is on its way; the player restarts from its answer
+  await settle();
+  assert.equal(seat.adopt(token(T0 + 90)), false);
+  answer(seated({ token: token(T0 + 100) }));
+  await settle();
+  assert.equal(seat.seat.token, token(T0 + 100));
+  seat.stopped();
+  assert.equal(seat.adopt(token(T0 + 130)), false, "stopped");
+  assert.equal(seat.seat.token, token(T0 + 100));
+  assert.equal(clock.pending(), null, "no renewal while stopped");
+  const fresh = make(new FakeServer(waiting(2, 5)));
+  await fresh.seat.enter();
+  fresh.seat.seat.token = token(T0 + 60); // as if: a waiting seat holds none
+  assert.equal(fresh.seat.adopt(token(T0 + 90)), false, "waiting");
+  assert.equal(seat.seat.playlistRenewals + fresh.seat.seat.playlistRenewals, 0);
+  assert.equal(server.requests.length, 2, "the join and the renewal after the refusal: nothing more");
 });
 
 test("an illegal phase is refused by name", () => {

@@ -169,7 +169,7 @@ def test_attackers_mixed_with_listeners_are_refused_and_counted(serve, tmp_path:
 def test_stream_players_hear_each_part_as_it_is_made_with_two_requests_a_segment(serve, tmp_path: Path) -> None:
     """``--player stream`` against a real node (issue 18): the join's multivariant playlist, one
     streamed GET per segment read part by part, one playlist request per segment, renewals
-    (a 4 s token: a renewal every 2 s) followed through the live playlist's redirect."""
+    (a 4 s token: a renewal every 2 s), mostly by the live playlist's redirect."""
     server = serve("--token-ttl", "4")
     space = live_space(server)
     out = tmp_path / "r.json"
@@ -181,9 +181,13 @@ def test_stream_players_hear_each_part_as_it_is_made_with_two_requests_a_segment
     # joining mid-segment, the segment so far comes at once: playing within a part, near the live edge
     assert r["first_audio_p99_s"] < 1.0
     assert 0.3 < r["latency_p50_s"] <= r["latency_p99_s"] < 2.5
-    assert r["renewals"] >= 150  # due every 2 s, renewed at the next segment boundary: 2 or 3 each in 10 s
+    # due every 2 s: the playlist read once a segment past half the token's life is answered 307
+    # to a renewed token (docs/admission.md, "Renewals"); one not read by 3 s renews through the API
+    renewed = r["renewals"] + r["playlist_renewals"]
+    assert renewed >= 150 and r["playlist_renewals"] >= 50, (r["renewals"], r["playlist_renewals"])
     # per listener: join, multivariant, live playlist, init, leave; two per segment (about 4 of
-    # 3.584 s in 10 s, each one streamed) and two per renewal (the POST, the playlist's 307)
+    # 3.584 s in 10 s, each one streamed) and at most two per renewal (the POST and the
+    # playlist's 307 at once, or the 307 alone)
     streamed = server.node()["origin"]["streams"]
     assert 100 * 3 <= streamed <= 100 * 5
-    assert r["requests_total"] <= 100 * 5 + 2 * streamed + 2 * r["renewals"] + 100
+    assert r["requests_total"] <= 100 * 5 + 2 * streamed + 2 * renewed + 100

@@ -109,6 +109,11 @@ def test_the_listener_page_plays_through_an_edge_for_two_minutes_near_live(tier:
     per_s = len(window) / ((last["now"] - samples[0]["now"]) / 1000)
     assert per_s <= MAX_REQUESTS_PER_S, f"{per_s:.2f} media requests a second"
     assert page.evaluate("amphiPlayer.fatal") == []
+    # the seat was kept by the edge's 307s to playlist reloads, never by a request to the node
+    # (docs/admission.md, "Renewals"): a 60 s token is renewed every 30 s
+    assert page.evaluate("amphiPlayer.renewals") == 0
+    assert page.evaluate("amphiPlayer.playlistRenewals") >= WATCH_S // 30 - 1
+    assert tier.edge.fanout()["renewed"] >= WATCH_S // 30 - 1
     assert re.match(r"Live · \d+\.\d s behind", page.locator("#playback").inner_text()), \
         page.locator("#playback").inner_text()
     page.screenshot(path=str(tmp_path / "listener-playing.png"))

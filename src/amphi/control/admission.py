@@ -10,6 +10,7 @@ A listener's way through:
     waiting --promote--> offered (a seat reserved for the ticket) --poll--> admitted
     waiting --no poll for ticket_hold_s--> gone        (its ticket then joins at the back)
     admitted --renew (join with the token)--> admitted, new token, same seat
+    admitted --extend (an edge renewed its token)--> admitted, same seat, a later deadline
     admitted --leave, or no renewal for ttl + grace--> seat free
 
 Seats are node-wide and never taken back: the limit only stops new admissions. Lines are
@@ -30,7 +31,7 @@ import heapq
 import math
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -147,7 +148,7 @@ class Seat:
     reserved: bool  # offered to a ticket, not yet picked up
     entry: int | None = None  # the waiting-room entry it was offered to
     issued: bool = False  # a token was issued for it: a listener's seat
-    token: str | None = None  # the newest token issued for it
+    token: str | None = None  # the newest token issued for it; None if an edge issued it
     token_expires: int = 0
 
 
@@ -281,6 +282,25 @@ class Admission:
             # token, so the URLs a player already holds stay the same
             return Admitted(seat.token, seat.id, seat.token_expires, renewed=True)
         return replace(self._admit(token.space_id, seat, now), renewed=True)
+
+    def extend(self, space_id: str, renewals: Sequence[tuple[str, int, int]], now: float) -> list[str]:
+        """Seats an edge renewed, (seat, old token expiry, new token expiry): each of this
+        Space's held seats lasts until the new expiry (at most one token life from now) plus
+        the grace, never shortened. Returns the seats not held; never creates one. The node
+        does not know the edge's token, so the next ``renew`` issues a fresh one."""
+        latest = math.ceil(now + self.cfg.token_ttl_s) + 1
+        gone: list[str] = []
+        for sid, _, expires in renewals:
+            seat = self._seats.get(sid)
+            if seat is None or seat.space_id != space_id or seat.reserved:
+                gone.append(sid)
+                continue
+            expires = min(expires, latest)
+            if expires > seat.token_expires:
+                seat.token, seat.token_expires = None, expires
+                seat.expires = expires + self.cfg.seat_grace_s
+                heapq.heappush(self._seat_heap, (seat.expires, sid))
+        return gone
 
     def host(self, space_id: str, now: float, *, seat: str | None = None) -> Admitted:
         """Hosts and speakers listen on reserved capacity: never queued, never counted."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple, Protocol
 
 from amphi.control.admission import Admitted, Waiting
@@ -154,6 +154,11 @@ class Listeners:
     def verify_edge(self, credential: str | None) -> str:
         return self._signer.verify_edge(credential)
 
+    async def extend(self, space_id: str, renewals: Sequence[tuple[str, int, int]]) -> list[str]:
+        """Seats an edge renewed, (seat, old expiry, new expiry): extended while held; returns
+        those that are not (edge/renewals.py)."""
+        return await self.store.extend(space_id, renewals, self._clock())
+
     async def verify_token(self, space_id: str, token: str | None, *, playlist: bool = False) -> Token:
         """Stateless: signature, Space and expiry; 401/403 before any other work. For a live
         playlist, an expired listener token whose seat is still held passes (``renewal``
@@ -175,11 +180,12 @@ class Listeners:
         return t
 
     async def renewal(self, space_id: str, token: Token) -> str | None:
-        """A fresh token for a listener in the last quarter of its token's life whose seat is
-        still held, for a redirect; None if not due. (Clients that renew through the API do
-        so at half-life, so they never see the redirect.)"""
+        """A fresh token for a listener past half its token's life whose seat is still held,
+        for the live playlist's redirect (as an edge's fan-out renews, edge/renewals.py);
+        None if not due. Clients renew through the API only if no playlist did
+        (``renew_after_s``, at three quarters)."""
         now = self._clock()
-        if token.expires - now > self.cfg.token_ttl_s / 4:
+        if token.expires - now > self.cfg.token_ttl_s / 2:
             return None
         if not token.host and not await self.store.seat_held(token, now):
             return None

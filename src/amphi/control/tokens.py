@@ -95,7 +95,8 @@ class TokenFormat:
         return text[len(text) - len(text.lstrip(self.kinds)):text.index(".")] if self.kinds else text[:text.index(".")]
 
 
-TOKEN = TokenFormat("token", "lh", (("seat", f"{ID}{{8,32}}"), ("expires", f"{DIGITS}{{1,12}}")))
+SEAT = re.compile(f"{ID}{{8,32}}")  # a seat id (new_seat_id), as tokens carry it
+TOKEN = TokenFormat("token", "lh", (("seat", SEAT.pattern), ("expires", f"{DIGITS}{{1,12}}")))
 TICKET = TokenFormat("ticket", "", (("entry", f"{DIGITS}{{1,15}}"), ("issued", f"{DIGITS}{{1,12}}")))
 GRANT = TokenFormat("grant", "p", (("participant", f"{ID}{{4,32}}"), ("expires", f"{DIGITS}{{1,12}}")))
 EDGE = TokenFormat("edge", "", (("edge", f"{ID}{{1,32}}"),))

@@ -51,6 +51,9 @@ def edge_options(f):  # type: ignore[no-untyped-def]
                      default=EdgeSpec.max_connections_per_address,
                      help="TCP connections one client address may hold, with nginx in front of Varnish "
                           "(0: no cap, Varnish alone on the port)."),
+        click.option("--token-ttl", default=EdgeSpec.token_ttl_s, show_default=True, type=click.FloatRange(min=2),
+                     help="The nodes' token life (amphi serve --token-ttl): the edge renews listeners' tokens "
+                          "at half of it."),
         click.option("--connection-cap", "connection_cap", type=click.Choice(CONNECTION_CAPS), show_default=True,
                      default=EdgeSpec.connection_cap,
                      help="Who caps them: the kernel's firewall (iptables connlimit, needs root), nginx's "
@@ -61,12 +64,13 @@ def edge_options(f):  # type: ignore[no-untyped-def]
 
 
 def spec_from(name: str, origins: tuple[str, ...], api: tuple[str, ...], secret_file: Path | None,
-              media_rate: int, join_rate: int, max_connections: int, connection_cap: str) -> EdgeSpec:
+              media_rate: int, join_rate: int, max_connections: int, connection_cap: str,
+              token_ttl: float) -> EdgeSpec:
     secret = _secret(secret_file)
     try:
         return EdgeSpec.signed(name, secret, _backends(origins, "origin"), api=_backends(api, "api"),
                                media_rate=media_rate, join_rate=join_rate, max_connections_per_address=max_connections,
-                               connection_cap=connection_cap)
+                               connection_cap=connection_cap, token_ttl_s=token_ttl)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
 

@@ -13,6 +13,10 @@ listener a part. No library does that fan-out (an HTTP server frames and schedul
 response on its own); it is written here because it is the edge's hot path (docs/edge.md, "The
 door and the fan-out", has the measurement).
 
+A live playlist asked with a token past half its life is answered with a 307 to the same URL
+under a new token for the same seat, and the seats renewed are reported to an API node every few
+seconds (``edge/renewals.py``): listeners keep their seats without a request to a node each.
+
 Every other request (the API, pages, replays, a part's byte range, a token that does not check
 out or has expired, anything malformed or unusual) is nginx's, unchanged: the connection is handed to
 nginx's http server over a Unix socket with the PROXY protocol (the client's address) and, from
@@ -43,7 +47,8 @@ Bounds: a listener that stops reading is cut once ``max_buffer`` bytes wait for 
 ``send_timeout_s`` with its socket full; a request's header must come within ``idle_s`` of the
 connection's last answer (slowloris; idle keep-alive connections too); ``media_rate`` requests
 per second per address (429, and the connection closed, as nginx's ``limit_req``); a connection
-with no request is kept ``KEEPALIVE_S`` (a player's playlist connection is used once a segment). Counters:
+with no request is kept ``KEEPALIVE_S`` (a player's playlist connection is used once a segment); a
+token whose seat a node said is released is refused (401). Counters:
 ``Fanout.stats`` (``GET /_fanout`` on the internal socket, read by ``Edge.stats``).
 """
 
@@ -52,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -60,10 +66,14 @@ from pathlib import Path
 import httpx
 
 from amphi.control.tokens import Signer
+from amphi.core.config import AdmissionConfig
 from amphi.core.files import raise_open_files
 from amphi.core.gcra import GcraTable
+from amphi.edge.renewals import REPORT_S, Renewals, SharedRefusals
 from amphi.edge.vcl import WHOLE_RANGE
 from amphi.web.routes import ROUTES
+
+log = logging.getLogger("amphi.edge.fanout")
 
 _MEDIA = ROUTES.edge_regex(("media.segment", "media.part", "media.live", "media.index", "media.init"), "vcl",
                            node=True)
@@ -92,6 +102,11 @@ _SLOW_DOWN = b'{"error": "too_many_requests", "message": "slow down"}'  # the fr
 TOO_MANY = (b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
             b"cache-control: no-store\r\naccess-control-allow-origin: *\r\nconnection: close\r\n"
             b"content-length: %d\r\n\r\n%b" % (len(_SLOW_DOWN), _SLOW_DOWN))
+_GONE = b'{"error": "seat_released", "message": "this seat has been released: join again"}'
+RELEASED = (b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncache-control: no-store\r\n"
+            b"access-control-allow-origin: *\r\ncontent-length: %d\r\n\r\n%b" % (len(_GONE), _GONE))
+RENEWED = (b"HTTP/1.1 307 Temporary Redirect\r\nlocation: %b\r\ncache-control: no-store\r\n"
+           b"access-control-allow-origin: *\r\ncontent-length: 0\r\n\r\n")  # the live playlist, renewed
 
 
 def frame(data: bytes) -> bytes:
@@ -407,12 +422,17 @@ class Feed:
 
 
 class Fanout:
-    def __init__(self, upstream: Path, front: Path | None, secret: str, *, media_rate: int = 0,
+    def __init__(self, upstream: Path, front: Path | None, secret: str, *, name: str = "edge1",
+                 released: Path | None = None,
+                 token_ttl_s: float = AdmissionConfig.token_ttl_s, media_rate: int = 0,
                  max_buffer: int = MAX_BUFFER, keep_s: float = KEEP_S, fresh_s: float = FRESH_S,
                  max_feeds: int = MAX_FEEDS, timeout_s: float = 30.0) -> None:
         self.upstream = upstream  # Varnish's Unix socket
         self.front = front  # nginx's http server (PROXY protocol): where connections go that are not ours
         self.signer = Signer(secret.encode())
+        self.credential = self.signer.edge_credential(name)  # shown to the API nodes with the renewed seats
+        self.renewals = Renewals(self.signer, token_ttl_s)
+        self.shared = SharedRefusals(released) if released is not None else None  # with this edge's other workers
         self.media_rate = media_rate
         self.rates = GcraTable(100_000)
         self.max_buffer, self.keep_s, self.fresh_s, self.max_feeds = max_buffer, keep_s, fresh_s, max_feeds
@@ -421,14 +441,15 @@ class Fanout:
         self.clients: set[Client] = set()
         self.client: httpx.AsyncClient | None = None
         self.requests = self.served = self.fetches = self.cut = self.broken = self.refused = 0
-        self.tunnels = self.timeouts = self.limited = 0
+        self.tunnels = self.timeouts = self.limited = self.report_errors = 0
 
     def stats(self) -> dict[str, int]:
         return {"requests": self.requests, "served": self.served, "fetches": self.fetches, "cut": self.cut,
                 "broken": self.broken, "refused": self.refused, "tunnels": self.tunnels, "timeouts": self.timeouts,
                 "limited": self.limited, "connections": len(self.clients), "feeds": len(self.feeds),
                 "streaming": sum(len(f.listeners) for f in self.feeds.values()),
-                "waiting": sum(len(f.waiting) for f in self.feeds.values())}
+                "waiting": sum(len(f.waiting) for f in self.feeds.values()), "report_errors": self.report_errors,
+                **self.renewals.stats()}
 
     def route(self, head: bytes, who: Client) -> Ask | None:
         """The request in ``head`` if this server answers it, else None (nginx's)."""
@@ -461,8 +482,9 @@ class Fanout:
         if query and file != "live.m3u8":
             return None
         space = m.group(_SPACE)
+        now = time.time()
         try:
-            self.signer.verify_token(space, m.group(_TOKEN), time.time())
+            t = self.signer.verify_token(space, m.group(_TOKEN), now)
         except Exception:  # noqa: BLE001 - missing, forged, expired: Varnish answers (401/403/307)
             return None
         if not who.public:
@@ -472,12 +494,20 @@ class Fanout:
             who.send(TOO_MANY)
             who.close()  # as the front's limit_req: answered, and the connection closed
             return Ask("", "", False, 0.0, False, True, {})
+        close = headers.get(b"connection", b"").lower() == b"close"
+        if self.renewals.released(space, t.seat, now):
+            who.send(RELEASED)
+            return Ask("", "", False, 0.0, False, close, {})
+        if file == "live.m3u8" and self.renewals.due(t.expires, now):  # renewed here (edge/renewals.py)
+            token = self.renewals.renew(space, t.role, t.seat, t.expires, now)
+            location = f"{path[:m.start(_TOKEN)]}{token}{path[m.end(_TOKEN):]}" + (f"?{query}" if query else "")
+            who.send(RENEWED % location.encode("latin-1"))
+            return Ask("", "", False, 0.0, False, close, {})
         self.requests += 1
         xff = headers.get(b"x-forwarded-for")
         fetch = {"host": headers.get(b"host", b"edge").decode("latin-1"), "x-amphi-client": who.addr,
                  "x-amphi-forwarded-for": f"{xff.decode('latin-1')}, {who.addr}" if xff else who.addr}
         key = f"{path[:m.start(_TOKEN)]}{path[m.end(_TOKEN):]}?{query}"  # the token is not part of what is asked
-        close = headers.get(b"connection", b"").lower() == b"close"
         keep = self.fresh_s if file.endswith(".m3u8") else self.keep_s
         if query:
             keep = RELOAD_S  # a blocking reload (_HLS_msn, _HLS_part): Varnish's answer once that part exists
@@ -532,9 +562,12 @@ class Fanout:
 
     async def sweep(self) -> None:
         """Once a second: connections with half a request for ``IDLE_S``, or none for
-        ``KEEPALIVE_S``, and listeners whose socket has been full for ``SEND_TIMEOUT_S`` are closed."""
+        ``KEEPALIVE_S``, and listeners whose socket has been full for ``SEND_TIMEOUT_S`` are closed;
+        the seats another worker heard are released are refused here too."""
         while True:
             await asyncio.sleep(1.0)
+            if self.shared is not None and (gone := self.shared.changed()) is not None:
+                self.renewals.learn(gone)
             now = time.monotonic()
             for c in tuple(self.clients):
                 if c.tunnel is not None:
@@ -545,6 +578,35 @@ class Fanout:
                 elif c.full_since is not None and now - c.full_since > SEND_TIMEOUT_S:
                     self.timeouts += 1
                     c.abort()
+
+    async def report(self) -> None:
+        """Every ``REPORT_S``: the seats renewed here, to an API node (through Varnish, which
+        picks a healthy one); a report that does not get through goes with the next."""
+        assert self.client is not None
+        url = "http://edge" + ROUTES["renewals"].path()
+        while True:
+            await asyncio.sleep(REPORT_S)
+            now = time.time()
+            self.renewals.tidy(now)
+            reports = self.renewals.batches()
+            for k, report in enumerate(reports):
+                try:
+                    resp = await self.client.post(url, content=json.dumps({"spaces": report}).encode(),
+                                                  headers={"x-amphi-edge": self.credential, "x-amphi-client": "127.0.0.1",
+                                                           "x-amphi-forwarded-for": "127.0.0.1",  # the edge itself
+                                                           "content-type": "application/json"})
+                    if resp.status_code != 200:
+                        raise ValueError(f"{resp.status_code}")
+                    gone = resp.json().get("gone") or {}
+                    self.renewals.answered(report, gone, time.time())
+                    if gone and self.shared is not None:
+                        self.shared.publish(self.renewals.gone, time.time())  # the other workers refuse them too
+                except Exception as e:  # noqa: BLE001 - whatever it was, the seats go with the next report
+                    log.warning("renewed seats not reported (%s: %s); they go with the next report", type(e).__name__, e)
+                    self.report_errors += 1
+                    for rest in reports[k:]:
+                        self.renewals.failed(rest)
+                    break
 
     async def serve(self, internal: Path, public: str | None) -> None:
         """Serves nginx on the Unix socket ``internal`` and, if given, the edge's port:
@@ -569,11 +631,12 @@ class Fanout:
                 servers.append(await loop.create_server(lambda: Client(self, public=True, proxied=False),
                                                         host, int(port), backlog=4096, reuse_address=True,
                                                         reuse_port=True))  # the other workers listen there too
-            sweeping = loop.create_task(self.sweep())
+            tasks = [loop.create_task(self.sweep()), loop.create_task(self.report())]
             try:
                 await asyncio.gather(*(s.serve_forever() for s in servers))
             finally:
-                sweeping.cancel()
+                for task in tasks:
+                    task.cancel()
 
 
 def main() -> None:
@@ -584,11 +647,18 @@ def main() -> None:
     p.add_argument("--front", type=Path, help="nginx's http socket, for the requests that are not ours")
     p.add_argument("--secret-file", type=Path, required=True, help="the nodes' token secret")
     p.add_argument("--media-rate", type=int, default=0, help="media requests per address per second (0: none)")
+    p.add_argument("--name", default="edge1", help="the edge's name, in its credential")
+    p.add_argument("--released", type=Path, help="the file this edge's workers share released seats in")
+    p.add_argument("--token-ttl", type=float, default=AdmissionConfig.token_ttl_s,
+                   help="the tokens' life, as the nodes sign them (--token-ttl): renewed here at half of it")
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="fanout %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line a fetch
     import uvloop
 
     raise_open_files()  # two sockets a listener (the segment streaming, the next one asked ahead)
-    fanout = Fanout(args.upstream, args.front, args.secret_file.read_text().strip(), media_rate=args.media_rate)
+    fanout = Fanout(args.upstream, args.front, args.secret_file.read_text().strip(), name=args.name,
+                    released=args.released, token_ttl_s=args.token_ttl, media_rate=args.media_rate)
     uvloop.run(fanout.serve(args.internal, args.public))
 
 

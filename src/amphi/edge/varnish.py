@@ -132,7 +132,8 @@ class Edge:
         return [[sys.executable, "-m", "amphi.edge.fanout", "--internal", str(sock),
                  "--public", str(d / f"public-{k}.sock") if self.capped_by == "nginx" else f"{self.host}:{self.port}",
                  "--upstream", str(self._socket), "--front", str(d / "http.sock"), "--secret-file", str(d / "secret"),
-                 "--media-rate", str(self.spec.media_rate)] for k, sock in enumerate(self.fanout_sockets)]
+                 "--media-rate", str(self.spec.media_rate), "--name", self.spec.name, "--released", str(d / "released.json"),
+                 "--token-ttl", f"{self.spec.token_ttl_s:g}"] for k, sock in enumerate(self.fanout_sockets)]
 
     @property
     def fanout_sockets(self) -> list[Path]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from amphi.control.tokens import TOKEN, Signer
+from amphi.core.config import AdmissionConfig
 from amphi.web.asgi import EXPOSE, PREFLIGHT_HEADERS, PREFLIGHT_MAX_AGE
 from amphi.web.routes import PLACES, ROUTES
 
@@ -83,6 +84,7 @@ class EdgeSpec:
     media_ttl_cap_s: int = 120  # parts and segments are immutable, but only wanted near the live edge
     error_ttl_s: float = 0.5  # errors from the origin are kept this long
     probe_interval_s: float = 1.0  # origins and API nodes are probed this often (GET /api/node)
+    token_ttl_s: float = AdmissionConfig.token_ttl_s  # the nodes' --token-ttl: the fan-out renews tokens at half of it
 
     @classmethod
     def signed(cls, name: str, secret: str, origins: tuple[Backend, ...], **options: object) -> EdgeSpec:

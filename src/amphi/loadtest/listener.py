@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -40,6 +41,8 @@ from amphi.loadtest.http import Connection, HttpError, Response, is_loopback, lo
 from amphi.loadtest.profiles import Session, backoff_s, header_retry_s, retry_delay_s
 from amphi.loadtest.stats import Histogram
 
+_TOKEN_IN_PATH = re.compile(r"/t/([^/]+)/")
+RENEW_FALLBACK = 0.75  # the API renewal, when no playlist reload renewed the token first (as the node's renew_after_s)
 MAX_ATTEMPTS = 6  # consecutive failed requests (with backoff) before a listener gives up
 LL_START_PARTS = 3  # without PART-HOLD-BACK: start this many parts behind live
 SEGMENTS_BEHIND = 3  # a segment player starts this many segments behind live (hls.js default)
@@ -67,6 +70,7 @@ class Swarm(Protocol):
 
     cfg: LoadConfig
     renewals: int
+    playlist_renewals: int
     edge_switches: int
     pow_solved: int
     pow_s: float
@@ -330,6 +334,21 @@ class Listener:
         self.swarm.error(f"http_{resp.status}")
         self.renew_at = time.time() + 1.0  # try again shortly; the token is still good
 
+    def _adopt(self, path: str) -> None:
+        """A live playlist's redirect renewed our token (the path carries the new one, for the same
+        seat): it is ours, and the API renewal moves to three quarters of its life (docs/admission.md)."""
+        m = _TOKEN_IN_PATH.search(path)
+        if m is None or self.token is None or m.group(1) == self.token:
+            return
+        token = m.group(1)
+        seat, _, rest = token.partition(".")
+        if seat != self.token.partition(".")[0]:
+            return
+        now = time.time()
+        self.token = token
+        self.swarm.playlist_renewals += 1
+        self.renew_at = now + RENEW_FALLBACK * max(0.0, int(rest.partition(".")[0]) - now)
+
     async def _leave(self) -> None:
         if self.swarm.cfg.protocol != "amphi" or self.state == "failed":
             return
@@ -366,6 +385,7 @@ class Listener:
                 target = split_url(loc)[2] if loc.startswith("http://") else loc
                 if playlist:
                     self.path = target.split("?", 1)[0]
+                    self._adopt(self.path)
                 continue
             self.swarm.error(f"http_{resp.status}")
             if resp.status in (401, 403) and self.swarm.cfg.protocol == "amphi":

@@ -35,7 +35,8 @@ class Swarm:
         self.t0_wall = 0.0
         self.t0_loop = 0.0
         self.requests = 0
-        self.renewals = 0
+        self.renewals = 0  # through the API (join with the token)
+        self.playlist_renewals = 0  # by a live-playlist reload's redirect (docs/admission.md)
         self.drops = 0
         self.edge_switches = 0  # media moved to another edge after one stopped answering
         self.joins_cut_off = 0  # join requests in flight when their session ended
@@ -161,7 +162,8 @@ class Swarm:
             "stalled_listeners": len(stalled),
             "stalls": sum(b.stalls for b in stalled),
             "stall_s": sum(b.stalled_seconds(b.last) for b in stalled),
-            "requests": self.requests, "renewals": self.renewals, "drops": self.drops,
+            "requests": self.requests, "renewals": self.renewals,
+            "playlist_renewals": self.playlist_renewals, "drops": self.drops,
             "edge_switches": self.edge_switches,
             "joins_cut_off": self.joins_cut_off,
             "errors": dict(self.errors),

@@ -19,7 +19,10 @@ What is exact and what is aggregated:
   per second, where the server's retry advice is the same number in both units.
 * **Renewals** are counted, not issued one by one: a renewal never changes a decision, so the
   production ``Admission`` is given seats that last the whole run and a listener who leaves
-  frees its seat with ``Listeners.leave`` at the moment it leaves.
+  frees its seat with ``Listeners.leave`` at the moment it leaves. Behind edges the edges renew
+  tokens and report the seats (a request per fan-out worker per ``REPORT_S``, a thousand seats
+  each: edge/renewals.py), which costs a node a request per report and ``extend_cost_s`` a
+  seat; without edges the node renews each token (a request each).
 
 The node's own ``amphi.control.listeners.Listeners`` answers every join and poll, runs every
 admitter pass and applies every health verdict, over a ``MemoryStore`` (whose coroutines
@@ -50,6 +53,8 @@ from amphi.control.tokens import Signer
 from amphi.core.clock import VirtualClock
 from amphi.core.config import AdmissionConfig, MediaConfig
 from amphi.core.errors import AmphiError, BadRequest, TooBusy, TooEarly
+from amphi.edge.renewals import BATCH, REPORT_S
+from amphi.edge.varnish import FANOUT_WORKERS
 from amphi.loadtest.listener import MAX_ATTEMPTS
 from amphi.loadtest.profiles import backoff_s, header_retry_s, retry_delay_s, schedule
 from amphi.web.asgi import retry_after_value
@@ -104,6 +109,7 @@ class SimConfig:
     edge_rps: float | None = None  # requests per second one edge serves; None: only edge_capacity counts
     player: str = "ll"  # ll: a part and a blocking reload per part; segments: the same per segment
     request_cost_s: float = 0.0002  # node time per API request (join, poll, renewal, leave): ~ measured on loopback
+    extend_cost_s: float = 0.000003  # node time per seat in an edge's renewal report (Admission.extend: 0.9 us, JSON)
     media_cost_s: float = 0.0002  # node time per media request when the node serves media (edges = 0)
     rtt_s: float = 0.002  # a request's answer time with nothing queued
     request_timeout_s: float = 10.0  # clients give up on a request after this (and back off)
@@ -457,11 +463,16 @@ class Simulation:
         cfg, mult = self.cfg, self.mult
         dt = self.sample_every
         playing_node = self.counts[PLAYING] * self.scale  # real listeners of this node
-        renew_rps = playing_node / (cfg.admission.token_ttl_s / 2)
+        renewed = playing_node / (cfg.admission.token_ttl_s / 2)  # this node's seats renewed a second
         media_node = playing_node * self.media_rps if cfg.edges == 0 else 0.0
         self.drain(t)
-        self.background = renew_rps * cfg.request_cost_s + media_node * cfg.media_cost_s
-        if self.background > self.adm_cfg.max_loop_cpu and not self.warned_background:
+        if cfg.edges:  # the edges renew tokens and report the seats, a batch per worker per period (edge/renewals.py)
+            renew_rps = (len(self.alive) * FANOUT_WORKERS / REPORT_S + renewed * cfg.api_nodes / BATCH) / cfg.api_nodes
+            renew_work = renew_rps * cfg.request_cost_s + renewed * cfg.extend_cost_s
+        else:  # the node renews each token (a live-playlist reload's 307)
+            renew_rps, renew_work = renewed, renewed * cfg.request_cost_s
+        self.background = renew_work + media_node * cfg.media_cost_s
+        if self.background > self.adm_cfg.max_loop_cpu and not self.warned_background:  # renewals, media
             self.warned_background = True
             self.warnings.append(f"at {t / 60:.1f} min renewals{' and media' if cfg.edges == 0 else ''} alone take "
                                  f"{self.background:.0%} of an API node: add API nodes")
@@ -474,6 +485,7 @@ class Simulation:
         self.stall_listener_s += stalled * dt
         self.stalled_peak = max(self.stalled_peak, stalled)
         api_rps = (self.sample_requests * self.scale / dt + renew_rps) * cfg.api_nodes
+        api_cpu = (self.sample_requests * self.scale / dt * cfg.request_cost_s + renew_work) * cfg.api_nodes
         self.sample_requests = 0
         origin_rps = (len(self.alive) * self.media_rps if cfg.edges else playing_node * self.media_rps * cfg.api_nodes)
         admitted = self.admitted_total * mult
@@ -484,6 +496,7 @@ class Simulation:
             "playing": self.counts[PLAYING] * mult, "waiting": self.counts[WAITING] * mult,
             "joining": self.counts[JOINING] * mult, "failed": self.counts[FAILED] * mult,
             "left": self.counts[LEFT] * mult, "stalled_now": round(stalled), "api_rps": round(api_rps, 1),
+            "api_cpu": round(api_cpu, 3),
             "origin_rps": round(origin_rps, 1), "edges_alive": len(self.alive),
             "node_backlog_s": round(self.backlog_s, 4), "level": self.governor.level,
             "limit": self.governor.limit * self.mult,
@@ -524,7 +537,8 @@ class Simulation:
         peak_seats = max((float(r["seats_per_s"]) for r in tl), default=0.0)  # type: ignore[arg-type]
         per_edge = float(cfg.edge_capacity) if cfg.edge_rps is None else min(cfg.edge_capacity, cfg.edge_rps / self.media_rps)
         edges_needed = max(1, math.ceil(peak_playing / per_edge))
-        nodes_needed = max(1, math.ceil(peak_api * cfg.request_cost_s / cfg.admission.max_loop_cpu))
+        peak_cpu = max((float(r["api_cpu"]) for r in tl), default=0.0)  # type: ignore[arg-type]
+        nodes_needed = max(1, math.ceil(peak_cpu / cfg.admission.max_loop_cpu))
         return {
             "config": {**asdict(cfg), "admission": {k: v for k, v in asdict(cfg.admission).items() if k != "secret"}},
             "scale": self.scale, "simulated_clients": self.n, "real_per_simulated": mult,

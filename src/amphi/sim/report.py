@@ -85,7 +85,7 @@ def plot(r: dict[str, object], path: str | Path, title: str | None = None) -> No
     a1.legend(fontsize=8)
     a2.plot(t, col("seats_per_s"), color="#55a868")
     a2.set_title("seats given per second")
-    a3.plot(t, col("api_rps"), label="control plane (joins, polls, renewals)", color="#8172b2")
+    a3.plot(t, col("api_rps"), label="control plane (joins, polls, renewal reports)", color="#8172b2")
     a3.plot(t, col("origin_rps"), label="origin", color="#dd8452")
     a3.set_yscale("symlog")
     a3.set_title("requests per second")

@@ -14,6 +14,9 @@ from amphi.services.spaces import iso
 from amphi.web.routes import MEDIA_FILES
 
 
+RENEW_FALLBACK = 0.75  # the API renewal, only if no live-playlist reload renewed the token (at half its life)
+
+
 def join_answer(result: JoinResult) -> tuple[int, dict[str, object]]:
     """(status, body) of ``POST /api/spaces/<id>/join`` (docs/admission.md)."""
     space = result.space
@@ -32,7 +35,7 @@ def join_answer(result: JoinResult) -> tuple[int, dict[str, object]]:
     return 200, {"status": "admitted", **common, "playlist": result.playlist, "media_playlist": media_playlist,
                  "token": result.token,
                  "expires_at": iso(result.expires), "expires_in_s": round(ttl, 1),
-                 "renew_after_s": round(ttl / 2, 1), "renewed": result.renewed, "edges": list(result.edges)}
+                 "renew_after_s": round(ttl * RENEW_FALLBACK, 1), "renewed": result.renewed, "edges": list(result.edges)}
 
 
 def grant_json(g: Grant) -> dict[str, object]:

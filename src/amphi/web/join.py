@@ -6,20 +6,29 @@ the defense looks first (``amphi.defense.shield``); ``amphi.web.answers`` says i
         200 admitted {playlist, token, expires_at, ...}   202 waiting {ticket, position, ...}
         200 ended {replay, download}
     POST /api/spaces/<id>/leave   {"token": T} | {"ticket": T}  -> 200 {"status": "left"|"not_held"}
+    POST /api/edge/renewals       {"spaces": {<id>: [[seat, old expiry, new expiry], ...]}}   x-amphi-edge: credential
+        200 {"extended": n, "gone": {<id>: [seat, ...]}}: the seats an edge renewed (edge/renewals.py)
 """
 
 from __future__ import annotations
 
+import re
 import time
 
-from amphi.core.errors import AmphiError, MethodNotAllowed
+from amphi.control.tokens import SEAT
+from amphi.core.errors import AmphiError, MalformedBody, MethodNotAllowed
 from amphi.defense.shield import CLIENT_KEY, Shield
 from amphi.obs.metrics import Metrics
 from amphi.web.answers import join_answer, outcome
 from amphi.web.asgi import Receive, Scope, Send, header, read_json, send_error, send_json
 from amphi.web.ports import Finder, ListenerDesk, SpaceDesk
+from amphi.web.routes import PLACES
+
+SPACE_ID = re.compile(PLACES["id"].grammar)
 
 JOIN_BODY_LIMIT = 4096  # a ticket or a token fits many times over
+RENEWALS_BODY_LIMIT = 256 * 1024  # an edge's report: a thousand seats (edge/renewals.py BATCH) in about 40 KB
+MAX_RENEWALS = 5000  # seats in one report
 
 
 class JoinEndpoint:
@@ -69,3 +78,43 @@ class JoinEndpoint:
             listeners.record_join(time.perf_counter() - started)
             if counted is not None:  # obs: joins by outcome, refusals by reason
                 self._metrics.join(space.id if space is not None else None, counted, reason)
+
+    async def renewals(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An edge's report of the seats it renewed: each still held is extended in one store
+        call per Space; the answer names those that are not (the edge refuses their tokens)."""
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed("renewals take POST")
+            credential = header(scope, b"x-amphi-edge")
+            self._listeners.verify_edge(credential.decode("latin-1") if credential is not None else None)  # 403
+            spaces = (await read_json(scope, receive, RENEWALS_BODY_LIMIT)).get("spaces")
+            report = _report(spaces)
+            gone: dict[str, list[str]] = {}
+            for space_id, rows in report.items():
+                if lost := await self._listeners.extend(space_id, rows):
+                    gone[space_id] = lost
+            await send_json(send, 200, {"extended": sum(len(r) for r in report.values()) - sum(map(len, gone.values())),
+                                        "gone": gone})
+        except AmphiError as err:
+            await send_error(send, err)
+
+
+def _report(spaces: object) -> dict[str, list[tuple[str, int, int]]]:
+    """An edge's report, checked: {space: [[seat, old expiry, new expiry], ...]}; 400 otherwise."""
+    if not isinstance(spaces, dict):
+        raise MalformedBody('a report is {"spaces": {space: [[seat, old expiry, new expiry], ...]}}')
+    out: dict[str, list[tuple[str, int, int]]] = {}
+    n = 0
+    for space_id, rows in spaces.items():
+        if not isinstance(rows, list) or not SPACE_ID.fullmatch(space_id):
+            raise MalformedBody(f"bad Space in a report: {str(space_id)[:64]!r}")
+        checked = out[space_id] = []
+        for row in rows:
+            if (not isinstance(row, list) or len(row) != 3 or not isinstance(row[0], str) or not SEAT.fullmatch(row[0])
+                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in row[1:])):
+                raise MalformedBody(f"a seat is [seat, old expiry, new expiry], not {str(row)[:80]}")
+            checked.append((row[0], row[1], row[2]))
+        n += len(checked)
+    if n > MAX_RENEWALS:
+        raise MalformedBody(f"at most {MAX_RENEWALS} seats a report, not {n}")
+    return out

@@ -5,6 +5,7 @@ origin's own."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from amphi.control.listeners import JoinResult
@@ -23,6 +24,10 @@ class ListenerDesk(Protocol):
     async def leave(self, space: Space, *, ticket: object = None, token: object = None) -> bool: ...
 
     def record_join(self, seconds: float) -> None: ...
+
+    def verify_edge(self, credential: str | None) -> str: ...  # 403
+
+    async def extend(self, space_id: str, renewals: Sequence[tuple[str, int, int]]) -> list[str]: ...
 
 
 class Finder(Protocol):

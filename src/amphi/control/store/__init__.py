@@ -12,6 +12,8 @@ store, so other nodes can answer joins for it and say where its media is served.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from amphi.control.admission import Admitted, SpaceCounts, Waiting
 from amphi.control.spaces import Space
 from amphi.control.tokens import Token
@@ -52,6 +54,14 @@ class Store:
         raise NotImplementedError
 
     async def renew_seat(self, token: Token, now: float) -> Admitted:
+        raise NotImplementedError
+
+    async def extend(self, space_id: str, renewals: Sequence[tuple[str, int, int]], now: float) -> list[str]:
+        """Seats an edge renewed: (seat, the expiry of the token it renewed, the new token's expiry).
+        Each seat of this Space still held (issued, not a reserved offer) now lasts until the new
+        expiry plus the grace (never shortened: a later expiry already known is kept). Returns the
+        seats that are not held (released, lapsed, another Space's, never seen): the edge refuses
+        their tokens from then on. Never creates a seat, so the cap stays exact."""
         raise NotImplementedError
 
     def host(self, space_id: str, now: float) -> Admitted:

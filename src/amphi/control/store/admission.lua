@@ -11,7 +11,8 @@
 --   P.eid, P.seq       entry ids (start at floor(epoch) * 1e5, so tickets never repeat) and arrival order
 --   P.gcra             the admission rate's theoretical arrival time
 --   P.seats            ZSET seat -> deadline (ZCARD = seats taken, cluster-wide)
---   P.seat:<id>        HASH space, reserved, issued, texp (newest token expiry), entry
+--   P.seat:<id>        HASH space, reserved, issued, texp (newest token expiry), edge (1: an edge
+--                      issued that token, op "extend": this node does not know it), entry
 --   P.sseats:<space>   SET of the Space's seats
 --   P.entries          ZSET entry -> deadline of its place (or of the seat offered to it)
 --   P.entry:<id>       HASH space, seq, arrived, last_poll, next_poll, pooled, seat
@@ -117,6 +118,7 @@ local function admit(space, sid, renewed)
   end
   local exp = math.ceil(now + ttl)
   redis.call('HSET', k, 'texp', exp)
+  redis.call('HDEL', k, 'edge')
   redis.call('ZADD', P .. 'seats', exp + grace, sid)
   return {'admitted', sid, exp, renewed}
 end
@@ -225,6 +227,22 @@ local function join(space, sid, before, requeued)
   return waiting_answer(enqueue(space, before), space, requeued)
 end
 
+-- A verified token's seat, HMGET space reserved texp edge. A seat this keyspace never saw, for
+-- a token issued before the keyspace began (Redis restarted and lost it), is taken back:
+-- admitted listeners are never evicted.
+local function token_seat(space, sid, texp)
+  local k = P .. 'seat:' .. sid
+  local s = redis.call('HMGET', k, 'space', 'reserved', 'texp', 'edge')
+  if not s[1] and texp - ttl <= epoch + 1 and texp + grace > now then
+    redis.call('HSET', k, 'space', space, 'reserved', 0, 'issued', 1, 'texp', texp)
+    redis.call('ZADD', P .. 'seats', texp + grace, sid)
+    redis.call('SADD', P .. 'sseats:' .. space, sid)
+    count_listener(space)
+    s = {space, '0', tostring(texp), false}
+  end
+  return s
+end
+
 local function next_in_line()
   local best, best_seq = nil, nil
   local head = redis.call('ZRANGE', P .. 'line', 0, 0, 'WITHSCORES')
@@ -264,27 +282,35 @@ elseif op == 'poll' then
     end
   end
 elseif op == 'renew' or op == 'held' then
-  -- space seat token_expires: a verified token's seat. A seat this keyspace never saw, for a
-  -- token issued before the keyspace began (Redis restarted and lost it), is taken back:
-  -- admitted listeners are never evicted.
-  local space, sid, texp = ARGV[A], ARGV[A + 1], tonumber(ARGV[A + 2])
-  local k = P .. 'seat:' .. sid
-  local s = redis.call('HMGET', k, 'space', 'reserved', 'texp')
-  if not s[1] and texp - ttl <= epoch + 1 and texp + grace > now then
-    redis.call('HSET', k, 'space', space, 'reserved', 0, 'issued', 1, 'texp', texp)
-    redis.call('ZADD', P .. 'seats', texp + grace, sid)
-    redis.call('SADD', P .. 'sseats:' .. space, sid)
-    count_listener(space)
-    s = {space, '0', tostring(texp)}
-  end
+  -- space seat token_expires: a verified token's seat (taken back if the keyspace lost it)
+  local space, sid = ARGV[A], ARGV[A + 1]
+  local s = token_seat(space, sid, tonumber(ARGV[A + 2]))
   if not s[1] or s[1] ~= space or s[2] == '1' then
     result = {'released'}
   elseif op == 'held' then
     result = {'held'}
-  elseif tonumber(s[3]) - now > 0.75 * ttl then -- RENEWED_RECENTLY: the same token again
+  elseif s[4] ~= '1' and tonumber(s[3]) - now > 0.75 * ttl then -- RENEWED_RECENTLY: the same token again
     result = {'admitted', sid, tonumber(s[3]), true}
   else
     result = admit(space, sid, true)
+  end
+elseif op == 'extend' then
+  -- space (seat old_texp new_texp)...: seats an edge renewed, one call per batch. Each seat of
+  -- the Space still held (taken back as in renew) lasts until the new expiry, at most one token
+  -- life from now (+1 s), plus the grace: never shortened, never created. Answers {'gone',
+  -- seat...}: the seats not held (the marker keeps the list an array: cjson encodes {} as an object)
+  local space = ARGV[A]
+  local latest = math.ceil(now + ttl) + 1
+  result = {'gone'}
+  for i = A + 1, #ARGV, 3 do
+    local sid, texp = ARGV[i], math.min(tonumber(ARGV[i + 2]), latest)
+    local s = token_seat(space, sid, tonumber(ARGV[i + 1]))
+    if not s[1] or s[1] ~= space or s[2] == '1' then
+      result[#result + 1] = sid
+    elseif texp > tonumber(s[3]) then
+      redis.call('HSET', P .. 'seat:' .. sid, 'texp', texp, 'edge', 1)
+      redis.call('ZADD', P .. 'seats', texp + grace, sid)
+    end
   end
 elseif op == 'leave_seat' then
   local space, sid = ARGV[A], ARGV[A + 1]

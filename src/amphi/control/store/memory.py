@@ -3,6 +3,8 @@ Without ``--redis`` this is the node's store, and behaves exactly as Admission d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from amphi.control.admission import Admission, Admitted, SpaceCounts, Waiting
 from amphi.control.store import Store
 from amphi.control.tokens import Token
@@ -54,6 +56,9 @@ class MemoryStore(Store):
 
     async def renew_seat(self, token: Token, now: float) -> Admitted:
         return self.admission.renew_seat(token, now)
+
+    async def extend(self, space_id: str, renewals: Sequence[tuple[str, int, int]], now: float) -> list[str]:
+        return self.admission.extend(space_id, renewals, now)
 
     def host(self, space_id: str, now: float) -> Admitted:
         return self.admission.host(space_id, now)

@@ -12,7 +12,8 @@ the network; admitted listeners keep playing (media needs no state; renewals and
 checks fail open for tokens this node saw held or that are still valid). The heartbeat
 reconnects with full-jitter backoff (0.2 s doubling to 2 s); once back, the node registers
 again and re-publishes the Spaces it hosts with their counters. A Redis that restarted
-empty begins a new *epoch*: seats it lost are taken back when their listeners renew.
+empty begins a new *epoch*: seats it lost are taken back when their listeners renew (or
+their edges report the renewals, ``extend``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from importlib import resources
 
 import orjson
@@ -246,6 +248,12 @@ class RedisStore(Store):
         # is taken back (or found) when the listener renews after Redis returns
         expires = math.ceil(now + self.cfg.token_ttl_s)
         return Admitted(self.signer.token(token.space_id, token.seat, expires), token.seat, expires, renewed=True)
+
+    async def extend(self, space_id: str, renewals: Sequence[tuple[str, int, int]], now: float) -> list[str]:
+        """One script call per batch; Unavailable while Redis is away (the edge keeps the
+        batch and reports it again)."""
+        args = [x for renewal in renewals for x in renewal]
+        return (await self._run("extend", now, space_id, *args))[1:]  # after the marker 'gone'
 
     def host(self, space_id: str, now: float, *, seat: str | None = None) -> Admitted:
         expires = math.ceil(now + self.cfg.token_ttl_s)

@@ -6,8 +6,11 @@
 // Phases (seat.phase), one request at a time (POST join):
 //   joining -> waiting -> playing <-> stopped;  any -> ended;  joining -> error (refused).
 //   waiting: a ticket, polled after the answer's retry_after_s plus 0-20 % (never sooner);
-//   playing: a seat and a token, renewed every renew_after_s (+ up to 10 %, before 80 % of
-//     the lifetime); a refused ticket or token (400/401/403) means joining afresh;
+//   playing: a seat and a token. The live playlist renews the token: past half its life, a
+//     playlist GET is answered 307 to the same path with a new token for the seat, which the
+//     player hands to adopt() (no request here). The API renewal (POST join {token}) is the
+//     fallback, for a token no playlist renewed: renew_after_s (+ up to 10 %, before 80 %) into
+//     the newest token's life. A refused ticket or token (400/401/403) means joining afresh;
 //   stopped: the listener stopped: no more renewals, the seat lapses with the token.
 // 429 challenge_required: solve(challenge) (a worker, in the page), then the same request
 // again with the solution. 429/503 with a wait: again after it. Network errors, 5xx and 429
@@ -32,6 +35,28 @@ export const DEFAULT_RETRY_S = 2; // when a waiting answer names no wait
 export const TAP_GRACE_MS = 3 * 60 * 1000; // admitted, never tapped "Tap to listen": the seat is kept this long
 
 const PHASES = new Set(["joining", "waiting", "playing", "stopped", "ended", "error"]);
+
+// A seat's token as src/amphi/control/tokens.py writes it (TOKEN): <role><seat>.<expires>.<mac>,
+// role l or h, expires in Unix seconds. Only read here (the MAC is the server's business).
+const TOKEN_RE = /^([lh][A-Za-z0-9_-]{8,32})\.([0-9]{1,12})\.[A-Za-z0-9_-]{22}$/;
+const MEDIA_TOKEN_RE = /\/media\/[^/?#]+\/t\/([^/?#]+)\//;
+
+// {seat: role and seat, expires: Unix s} of a well-formed token, else null.
+export function parseToken(text) {
+  const m = typeof text === "string" ? TOKEN_RE.exec(text) : null;
+  return m ? { seat: m[1], expires: Number(m[2]) } : null;
+}
+
+// The token in a media URL's /t/<token>/ segment, decoded; null when there is none.
+export function mediaToken(url) {
+  const m = typeof url === "string" ? MEDIA_TOKEN_RE.exec(url) : null;
+  if (!m) return null;
+  try {
+    return decodeURIComponent(m[1]);
+  } catch (_) {
+    return null; // a broken %-escape
+  }
+}
 
 export class Admission {
   // url: the Space's API base (/api/spaces/<id>); later(fn, ms) -> cancel(): the one timer;
@@ -60,7 +85,8 @@ export class Admission {
       expiresAt: 0, // local clock, ms
       blocked: false, // admitted, but the browser wants a tap before it plays sound
       polls: 0, // ticket polls sent
-      renewals: 0, // token renewals answered "admitted"
+      renewals: 0, // token renewals answered "admitted" (the API fallback)
+      playlistRenewals: 0, // newer tokens the live playlist handed us (adopt)
       rejoins: 0, // fresh joins after a ticket or token was refused
       challenges: [], // proof-of-work challenges solved: {bits, hashes, ms} (docs/defense.md)
       endedInLine: false,
@@ -71,6 +97,7 @@ export class Admission {
     this.trouble = new Backoff(RETRY_MS); // failed requests in a row (network, 5xx without a wait)
     this.fresh = new Backoff([0, ...RETRY_MS]); // fresh joins since media last loaded: repeated ones back off
     this.restart = false; // media refused the token: the player starts again once re-admitted
+    this.life = { ttl: 60, after: 30 }; // the last join answer's token lifetime and renew_after_s
     this.blockedAt = 0;
     this.closed = false;
   }
@@ -217,6 +244,26 @@ export class Admission {
     return u.replace(/(\/media\/[^/?#]+\/t\/)[^/?#]+\//, (_, head) => `${head}${encodeURIComponent(s.token)}/`);
   }
 
+  // A newer token for our seat that the media path handed us (the live playlist's 307). Taken
+  // while playing, if well formed, for the same seat (role and seat) and expiring later; the
+  // fallback API renewal then moves with the new token's life. Not while a refused token is
+  // being renewed (the player restarts from that answer). Never a request. Returns whether it
+  // was taken.
+  adopt(token) {
+    const s = this.seat;
+    if (s.phase !== "playing" || !s.token || this.restart || this.closed) return false;
+    const next = parseToken(token);
+    const current = parseToken(s.token);
+    if (!next || !current || next.seat !== current.seat || next.expires <= current.expires) return false;
+    // expiresAt is on the local clock: moved by what the expiry moved, so no server clock is needed
+    s.expiresAt += (next.expires - current.expires) * 1000;
+    s.token = token;
+    s.playlistRenewals += 1;
+    // the new token was issued a lifetime before it expires (the server gives each the same)
+    this.scheduleFallback(s.expiresAt - this.life.ttl * 1000);
+    return true;
+  }
+
   // -- the protocol ----------------------------------------------------------------------
 
   // One join request: {} to join, {ticket} to poll for our place, {token} to renew the seat.
@@ -344,8 +391,17 @@ export class Admission {
   scheduleRenewal(data) {
     const ttl = Number(data.expires_in_s) > 0 ? Number(data.expires_in_s) : 60;
     const after = Number(data.renew_after_s) > 0 ? Number(data.renew_after_s) : ttl / 2;
-    // a little jitter, so that listeners admitted together do not all renew together
-    this.later(() => this.renew(), Math.min(after * (1 + this.deps.random() * JITTER), ttl * 0.8) * 1000);
+    this.life = { ttl, after };
+    this.scheduleFallback(this.deps.now());
+  }
+
+  // The API renewal of a token issued at `issued` (local ms): renew_after_s into its life plus
+  // a little jitter, so that listeners admitted together do not all renew together, and before
+  // 80 % of it. A playlist that renews the token first moves it (adopt).
+  scheduleFallback(issued) {
+    const { ttl, after } = this.life;
+    const delay = Math.min(after * (1 + this.deps.random() * JITTER), ttl * 0.8) * 1000;
+    this.later(() => this.renew(), issued + delay - this.deps.now());
   }
 
   renew() {

@@ -12,7 +12,9 @@
 // States (player.state): idle -> connecting -> buffering <-> playing -> idle (stopped or
 //   ended), plus paused (replay) and retrying.
 // Media requests carry the seat's newest token and go to its current edge (seat.mediaUrl);
-// 401/403 on live media is about the token: the seat deals with it (seat.mediaRefused).
+// the live playlist renews the token (a 307 to the same path with a new one): the seat takes
+// it from the URL the playlist came from (seat.adopt). 401/403 on live media is about the
+// token: the seat deals with it (seat.mediaRefused).
 // Recovery: Shaka retries a request twice itself; a failed segment stream is resumed
 // (retryStreaming) and a playlist that cannot be loaded is loaded again, with back-off, so a
 // server that is down is not hammered; when network errors persist, or anything else fails, a
@@ -24,7 +26,7 @@
 //   error(text), restartLive() (only a fresh admission helps).
 
 import { Backoff } from "./api.js";
-import { RETRY_MS } from "./admission.js";
+import { RETRY_MS, mediaToken } from "./admission.js";
 
 // Live, playback starts this far behind the newest part the playlist lists (the playlist's
 // PART-HOLD-BACK, three parts, is about the same): parts arrive as they are made, and the
@@ -200,8 +202,15 @@ export class Player {
       request.uris = request.uris.map((u) => this.seat.mediaUrl(u));
     });
     const { MANIFEST, SEGMENT } = shaka.net.NetworkingEngine.RequestType;
-    net.registerResponseFilter((type) => {
+    net.registerResponseFilter((type, response) => {
       if (sp !== this.sp || (type !== MANIFEST && type !== SEGMENT)) return;
+      // The live playlist renews the token (a 307 to the same path with a new one): Shaka's
+      // response.uri is the URL after redirects. The seat takes it if it is newer, and the
+      // request filter puts it into every later URL.
+      if (type === MANIFEST && this.mode === "live") {
+        const token = mediaToken(response.uri);
+        if (token) this.seat.adopt(token);
+      }
       if (this.backoff.attempt && this.state === "retrying") this.setState(this.audio.paused ? "buffering" : "playing");
       this.backoff.reset();
       this.seat.mediaFlowing();
