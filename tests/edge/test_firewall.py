@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from amphi.core.errors import Unavailable
 from amphi.edge import firewall
 
 
@@ -43,13 +44,17 @@ def test_an_edge_finds_its_own_rules_and_those_left_on_its_address_and_port() ->
     assert firewall.ours(listing, "127.0.0.1", 8081) == [] and len(firewall.ours(listing, "127.0.0.1", 80800)) == 1
 
 
-def test_auto_falls_back_to_nginx_and_says_why(tmp_path) -> None:
+def test_auto_caps_connections_in_the_fan_out_and_the_firewall_is_asked_for_by_name(tmp_path) -> None:
     from amphi.edge.varnish import Edge
     from amphi.edge.vcl import Backend, EdgeSpec
 
-    spec = EdgeSpec.signed("e1", "s" * 64, (Backend.parse("origin", "http://127.0.0.1:9"),), max_connections_per_address=7)
-    edge = Edge(spec, tmp_path, "localhost", 8080)  # a host name: no rule can name it
+    origin = (Backend.parse("origin", "http://127.0.0.1:9"),)
+    edge = Edge(EdgeSpec.signed("e1", "s" * 64, origin, max_connections_per_address=7), tmp_path / "a", "127.0.0.1", 8080)
     edge.prepare()
-    assert edge.capped_by == "nginx" and "not an IP address" in edge.capped_by_why and edge.keeper_command() is None
-    conf = (tmp_path / "front" / "nginx.conf").read_text()
-    assert "limit_conn per_address 7;" in conf and "proxy_protocol on;" in conf  # the stream cap in front
+    assert edge.capped_by == "fanout" and edge.keeper_command() is None  # no rule, no connection tracking
+    for cmd in edge.fanout_commands():
+        assert cmd[cmd.index("--max-connections") + 1] == "7" and cmd[cmd.index("--public") + 1] == "127.0.0.1:8080"
+    assert "limit_conn" not in (tmp_path / "a" / "front" / "nginx.conf").read_text()  # no stream cap in front
+    spec = EdgeSpec.signed("e1", "s" * 64, origin, max_connections_per_address=7, connection_cap="firewall")
+    with pytest.raises(Unavailable, match="cannot cap connections in the firewall"):
+        Edge(spec, tmp_path / "b", "localhost", 8080).prepare()  # a host name: no rule can name it

@@ -56,8 +56,8 @@ def edge_options(f):  # type: ignore[no-untyped-def]
                           "at half of it."),
         click.option("--connection-cap", "connection_cap", type=click.Choice(CONNECTION_CAPS), show_default=True,
                      default=EdgeSpec.connection_cap,
-                     help="Who caps them: the kernel's firewall (iptables connlimit, needs root), nginx's "
-                          "stream module (one more hop a request), or the firewall when allowed, else nginx."),
+                     help="Who caps them: the fan-out on the edge's port (auto), the kernel's firewall "
+                          "(iptables connlimit, needs root), or nginx's stream module (one more hop a request)."),
     ]):
         f = option(f)
     return f
@@ -114,9 +114,9 @@ def run(host: str, port: int, workdir: Path, storage_mb: int, streams: int,  # t
     except Unavailable as err:
         raise click.ClickException(str(err)) from None
     cap = e.spec.max_connections_per_address
-    by = {"firewall": "the kernel's firewall", "nginx": f"nginx ({e.capped_by_why or 'as asked'})"}
+    by = {"fanout": "the fan-out", "firewall": "the kernel's firewall", "nginx": "nginx's stream module"}
     click.echo(f"amphi edge {e.spec.name}: starting varnishd on {e.url}"
-               + (f" behind nginx, at most {cap} connections per client address, capped by {by[e.capped_by or '']}"
+               + (f" behind its front (the fan-out, nginx), at most {cap} connections per client address, capped by {by[e.capped_by or '']}"
                   if cap else ""), err=True)
     e.exec()
 

@@ -56,9 +56,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import logging
 import re
+import socket
+import struct
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -81,6 +84,9 @@ _PATH = re.compile(_MEDIA.text)
 _TOKEN, _SPACE, _FILE = _MEDIA.group("token"), _MEDIA.group("id"), _MEDIA.group("file")
 _WHOLE = re.compile(WHOLE_RANGE.encode())  # a Range from byte 0 to the end (the origin's rule, as the VCL)
 
+SO_ATTACH_REUSEPORT_CBPF = 51  # linux/asm-generic/socket.h
+SKF_NET_OFF = -0x100000  # linux/filter.h: a load relative to the network (IP) header
+BPF_LD_W_ABS, BPF_ALU_MOD_K, BPF_RET_A = 0x20, 0x94, 0x16  # ld [k]; A %= k; ret A
 MAX_HEAD = 16 * 1024  # a request header longer than this is nginx's to refuse
 MAX_BUFFER = 1 << 20  # bytes waiting for one listener before it is cut: some twenty segments
 HIGH_WATER = 64 * 1024  # a listener's socket is "full" (its send timeout runs) above this
@@ -131,7 +137,7 @@ class Client(asyncio.Protocol):
     """One connection: at the edge's port (``public``) or from nginx (the internal socket)."""
 
     __slots__ = ("fanout", "transport", "buf", "feed", "addr", "public", "proxied", "tunnel", "since",
-                 "full_since", "close_after", "closed", "missed")
+                 "full_since", "close_after", "closed", "missed", "counted")
 
     def __init__(self, fanout: Fanout, *, public: bool, proxied: bool) -> None:
         self.fanout = fanout
@@ -146,12 +152,19 @@ class Client(asyncio.Protocol):
         self.close_after = False
         self.closed = False
         self.missed = False  # the request being answered made its file's fetch (x-fanout: MISS)
+        self.counted = False  # one of its address's connections (the per-address cap)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.addr = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        if self.public and not self.proxied and self.fanout.max_connections:
+            if not self.fanout.connected(self.addr):
+                self.closed = True
+                transport.abort()  # a reset, as the firewall's cap answers
+                return
+            self.counted = True
         self.fanout.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -243,6 +256,9 @@ class Client(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.fanout.clients.discard(self)
+        if self.counted:
+            self.counted = False
+            self.fanout.disconnected(self.addr)
         if self.feed is not None:
             self.feed.leave(self)
             self.feed = None
@@ -423,7 +439,7 @@ class Feed:
 
 class Fanout:
     def __init__(self, upstream: Path, front: Path | None, secret: str, *, name: str = "edge1",
-                 released: Path | None = None,
+                 released: Path | None = None, max_connections: int = 0, workers: int = 1,
                  token_ttl_s: float = AdmissionConfig.token_ttl_s, media_rate: int = 0,
                  max_buffer: int = MAX_BUFFER, keep_s: float = KEEP_S, fresh_s: float = FRESH_S,
                  max_feeds: int = MAX_FEEDS, timeout_s: float = 30.0) -> None:
@@ -435,21 +451,40 @@ class Fanout:
         self.shared = SharedRefusals(released) if released is not None else None  # with this edge's other workers
         self.media_rate = media_rate
         self.rates = GcraTable(100_000)
+        self.max_connections = max_connections  # per client address at the edge's port (0: none)
+        self.workers = workers  # the fan-out's processes on the port: an address's connections all go to one
+        self.per_address: dict[str, int] = {}
         self.max_buffer, self.keep_s, self.fresh_s, self.max_feeds = max_buffer, keep_s, fresh_s, max_feeds
         self.timeout_s = timeout_s  # for Varnish's first byte, and between pieces
         self.feeds: OrderedDict[str, Feed] = OrderedDict()
         self.clients: set[Client] = set()
         self.client: httpx.AsyncClient | None = None
         self.requests = self.served = self.fetches = self.cut = self.broken = self.refused = 0
-        self.tunnels = self.timeouts = self.limited = self.report_errors = 0
+        self.tunnels = self.timeouts = self.limited = self.report_errors = self.capped = 0
 
     def stats(self) -> dict[str, int]:
         return {"requests": self.requests, "served": self.served, "fetches": self.fetches, "cut": self.cut,
                 "broken": self.broken, "refused": self.refused, "tunnels": self.tunnels, "timeouts": self.timeouts,
-                "limited": self.limited, "connections": len(self.clients), "feeds": len(self.feeds),
+                "limited": self.limited, "capped": self.capped, "connections": len(self.clients), "feeds": len(self.feeds),
                 "streaming": sum(len(f.listeners) for f in self.feeds.values()),
                 "waiting": sum(len(f.waiting) for f in self.feeds.values()), "report_errors": self.report_errors,
                 **self.renewals.stats()}
+
+    def connected(self, addr: str) -> bool:
+        """A connection from ``addr``: counted, or False once the address holds its cap."""
+        n = self.per_address.get(addr, 0)
+        if n >= self.max_connections:
+            self.capped += 1
+            return False
+        self.per_address[addr] = n + 1
+        return True
+
+    def disconnected(self, addr: str) -> None:
+        n = self.per_address[addr] - 1
+        if n:
+            self.per_address[addr] = n
+        else:
+            del self.per_address[addr]
 
     def route(self, head: bytes, who: Client) -> Ask | None:
         """The request in ``head`` if this server answers it, else None (nginx's)."""
@@ -628,15 +663,42 @@ class Fanout:
                 Path(public).chmod(0o600)
             elif public is not None:
                 host, _, port = public.rpartition(":")
-                servers.append(await loop.create_server(lambda: Client(self, public=True, proxied=False),
-                                                        host, int(port), backlog=4096, reuse_address=True,
-                                                        reuse_port=True))  # the other workers listen there too
+                sock = steered_socket(host, int(port), self.workers)  # the other workers listen there too
+                servers.append(await loop.create_server(lambda: Client(self, public=True, proxied=False), sock=sock,
+                                                        backlog=4096))
             tasks = [loop.create_task(self.sweep()), loop.create_task(self.report())]
             try:
                 await asyncio.gather(*(s.serve_forever() for s in servers))
             finally:
                 for task in tasks:
                     task.cancel()
+
+
+def steered_socket(host: str, port: int, workers: int) -> socket.socket:
+    """The edge's port, shared by the fan-out's workers (SO_REUSEPORT), with a classic BPF
+    program that picks the worker from the client's address alone (its last 32 bits modulo
+    ``workers``): every connection of one address reaches the same worker, whose count of them
+    is then the address's whole count (the per-address cap, without the firewall's connection
+    tracking). Without the program (a kernel that refuses it) the kernel spreads connections by
+    their 4-tuple and the cap holds per worker; a warning says so."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)  # in the port's group first: a program attached before would make a group of its own
+    # A = the source address's last 32 bits (IPv4: offset 12 of its header; IPv6: 20); A %= workers; return A
+    src = SKF_NET_OFF + (20 if family == socket.AF_INET6 else 12)
+    program = b"".join(struct.pack("HBBI", code, 0, 0, k & 0xFFFFFFFF)
+                       for code, k in ((BPF_LD_W_ABS, src), (BPF_ALU_MOD_K, max(1, workers)), (BPF_RET_A, 0)))
+    buf = ctypes.create_string_buffer(program)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF,
+                        struct.pack("HL", len(program) // 8, ctypes.addressof(buf)))
+    except OSError as e:
+        log.warning("connections are not steered by client address (%s): the per-address cap holds per worker", e)
+    sock.setblocking(False)
+    return sock
 
 
 def main() -> None:
@@ -649,6 +711,8 @@ def main() -> None:
     p.add_argument("--media-rate", type=int, default=0, help="media requests per address per second (0: none)")
     p.add_argument("--name", default="edge1", help="the edge's name, in its credential")
     p.add_argument("--released", type=Path, help="the file this edge's workers share released seats in")
+    p.add_argument("--max-connections", type=int, default=0, help="connections per client address at --public (0: none)")
+    p.add_argument("--workers", type=int, default=1, help="the fan-out's processes sharing --public")
     p.add_argument("--token-ttl", type=float, default=AdmissionConfig.token_ttl_s,
                    help="the tokens' life, as the nodes sign them (--token-ttl): renewed here at half of it")
     args = p.parse_args()
@@ -658,7 +722,7 @@ def main() -> None:
 
     raise_open_files()  # two sockets a listener (the segment streaming, the next one asked ahead)
     fanout = Fanout(args.upstream, args.front, args.secret_file.read_text().strip(), name=args.name,
-                    released=args.released, token_ttl_s=args.token_ttl, media_rate=args.media_rate)
+                    released=args.released, max_connections=args.max_connections, workers=args.workers, token_ttl_s=args.token_ttl, media_rate=args.media_rate)
     uvloop.run(fanout.serve(args.internal, args.public))
 
 

@@ -44,7 +44,7 @@ SEGMENT = ROUTES["media.segment"].pattern("vcl", node=True, query=QUERY)  # a wh
 WHOLE_RANGE = r"^bytes=0-([0-9]{11,})?$"
 TOKEN_RE = TOKEN.numbered()
 EXPOSE_HEADERS = EXPOSE[1].decode()  # as the origin's answers
-CONNECTION_CAPS = ("auto", "firewall", "nginx")
+CONNECTION_CAPS = ("auto", "fanout", "firewall", "nginx")
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,10 @@ class EdgeSpec:
     join_rate: int = 20  # joins per address per second
     max_connections_per_address: int = 256  # TCP connections one address may hold (nginx in front, edge/varnish.py;
     # 0: no cap, no nginx). A browser holds about 6; 256 is a NAT of some 40 listeners
-    connection_cap: str = "auto"  # who enforces it (CONNECTION_CAPS): "firewall", the kernel (iptables
-    # connlimit, edge/firewall.py: root only); "nginx", its stream module (one more hop a request);
-    # "auto", the firewall when this process may set it, else nginx
+    connection_cap: str = "auto"  # who enforces it (CONNECTION_CAPS): "fanout" (and "auto"), the fan-out's
+    # workers, each address's connections steered to one of them (edge/fanout.py); "firewall", the kernel
+    # (iptables connlimit, edge/firewall.py: root only, and connection tracking on); "nginx", its stream
+    # module in front (one more hop a request)
     stale_playlist_s: float = 8.0  # a playlist is served stale this long once the origin stops answering probes
     live_playlist_ttl_s: float = 0.1  # the non-blocking live playlist: a new listener starts this close to live
     media_ttl_cap_s: int = 120  # parts and segments are immutable, but only wanted near the live edge
