@@ -56,10 +56,15 @@ class Renewals:
         new = math.ceil(now + self.ttl_s)
         self.renewed += 1
         if role != "h":
-            seats = self.pending.setdefault(space_id, {})
-            known = seats.get(seat)
-            seats[seat] = (min(known[0], expires) if known else expires, max(new, known[1]) if known else new)
+            self._pend(space_id, seat, expires, new)
         return self.signer.token(space_id, seat, new, host=role == "h")
+
+    def _pend(self, space_id: str, seat: str, old: int, new: int) -> None:
+        """The seat goes with the next report: the oldest token it renewed (the store may take
+        its seat back by it), the newest expiry."""
+        seats = self.pending.setdefault(space_id, {})
+        known = seats.get(seat)
+        seats[seat] = (min(known[0], old), max(known[1], new)) if known else (old, new)
 
     def released(self, space_id: str, seat: str, now: float) -> bool:
         """Whether the control plane said this seat is no longer held (its tokens are refused)."""
@@ -93,11 +98,8 @@ class Renewals:
     def failed(self, report: Report) -> None:
         """A report that did not reach a node: its seats go with the next one."""
         for space_id, rows in report.items():
-            seats = self.pending.setdefault(space_id, {})
             for row in rows:
-                seat, old, new = str(row[0]), int(row[1]), int(row[2])  # type: ignore[call-overload]
-                known = seats.get(seat)
-                seats[seat] = (min(known[0], old), max(known[1], new)) if known else (old, new)
+                self._pend(space_id, str(row[0]), int(row[1]), int(row[2]))  # type: ignore[call-overload]
 
     def answered(self, report: Report, gone: dict[str, list[str]], now: float) -> None:
         """A node's answer to ``report``: the seats in ``gone`` are no longer held."""

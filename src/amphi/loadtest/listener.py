@@ -35,6 +35,7 @@ from amphi.loadtest import playlist as m3u8
 from amphi.loadtest.buffer import PlaybackBuffer
 from amphi.loadtest.config import LoadConfig
 from amphi.loadtest.fragments import DEFAULT_TIMESCALE, SegmentRead, init_timescale, start_skip
+from amphi.control.tokens import TOKEN
 from amphi.defense.pow import solve
 from amphi.media.fmp4 import MalformedMp4
 from amphi.loadtest.http import Connection, HttpError, Response, is_loopback, loopback_source, split_url
@@ -42,7 +43,6 @@ from amphi.loadtest.profiles import Session, backoff_s, header_retry_s, retry_de
 from amphi.loadtest.stats import Histogram
 
 _TOKEN_IN_PATH = re.compile(r"/t/([^/]+)/")
-RENEW_FALLBACK = 0.75  # the API renewal, when no playlist reload renewed the token first (as the node's renew_after_s)
 MAX_ATTEMPTS = 6  # consecutive failed requests (with backoff) before a listener gives up
 LL_START_PARTS = 3  # without PART-HOLD-BACK: start this many parts behind live
 SEGMENTS_BEHIND = 3  # a segment player starts this many segments behind live (hls.js default)
@@ -95,7 +95,7 @@ class Swarm(Protocol):
 class Listener:
     __slots__ = ("swarm", "session", "rng", "conn", "source", "media", "edges", "edge_lost", "edge_lost_at", "state", "buffer", "arrived", "answered", "admitted_at",
                  "first_audio", "waited", "token", "ticket", "renew_at", "path", "failures", "outcome", "dropped",
-                 "timescale", "last_part_at", "ends_at", "side")
+                 "timescale", "last_part_at", "ends_at", "side", "renew_share")
 
     def __init__(self, swarm: Swarm, session: Session, rng: random.Random) -> None:
         self.swarm = swarm
@@ -127,6 +127,7 @@ class Listener:
         self.last_part_at: float | None = None  # stream: when the last part arrived
         self.ends_at = float("inf")  # wall time the session ends: its buffer is not played past it
         self.side: Connection | None = None  # stream: a second connection to the media's host, for playlists
+        self.renew_share = 0.5  # how far into a token's life the API renewal comes (the join's renew_after_s)
 
     # -- the session ------------------------------------------------------------------------
 
@@ -289,7 +290,9 @@ class Listener:
         first = self.swarm.cfg.player == "stream" and self.admitted_at is None
         url = answer["playlist"] if first or not answer.get("media_playlist") else answer["media_playlist"]
         host, port, self.path = split_url(str(url))
-        self.renew_at = time.time() + float(answer.get("renew_after_s") or 30.0)  # type: ignore[arg-type]
+        renew_after = float(answer.get("renew_after_s") or 30.0)  # type: ignore[arg-type]
+        self.renew_share = renew_after / float(answer.get("expires_in_s") or 60.0)  # type: ignore[arg-type]
+        self.renew_at = time.time() + renew_after
         self.edges = [split_url(str(e))[:2] for e in answer.get("edges") or ()]  # type: ignore[attr-defined]
         if (self.media.host, self.media.port) in self.edges:
             return  # a renewal: stay on the edge we play from (the node names the next one in turn)
@@ -336,18 +339,18 @@ class Listener:
 
     def _adopt(self, path: str) -> None:
         """A live playlist's redirect renewed our token (the path carries the new one, for the same
-        seat): it is ours, and the API renewal moves to three quarters of its life (docs/admission.md)."""
+        seat): it is ours, and the API renewal moves as far into its life as the join said
+        (``renew_after_s``: three quarters; docs/admission.md)."""
         m = _TOKEN_IN_PATH.search(path)
-        if m is None or self.token is None or m.group(1) == self.token:
+        if m is None or m.group(1) == self.token:
             return
-        token = m.group(1)
-        seat, _, rest = token.partition(".")
-        if seat != self.token.partition(".")[0]:
-            return
+        new, old = TOKEN.parse(m.group(1)), TOKEN.parse(self.token)
+        if new is None or old is None or (new.kind, new.values[0]) != (old.kind, old.values[0]):
+            return  # not a token of our seat
         now = time.time()
-        self.token = token
+        self.token = m.group(1)
         self.swarm.playlist_renewals += 1
-        self.renew_at = now + RENEW_FALLBACK * max(0.0, int(rest.partition(".")[0]) - now)
+        self.renew_at = now + self.renew_share * max(0.0, int(new.values[1]) - now)
 
     async def _leave(self) -> None:
         if self.swarm.cfg.protocol != "amphi" or self.state == "failed":
