@@ -135,17 +135,17 @@ def test_polling_too_early_is_refused_cheaply() -> None:
     assert isinstance(adm.poll("s", w.ticket, T0 + w.retry_after_s), Waiting)
 
 
-def test_places_and_seats_lapse_without_polls_or_renewals() -> None:
+def test_places_are_held_without_polls_and_seats_lapse_without_renewals() -> None:
     cfg = AdmissionConfig()
     adm = make(max_listeners=1)
     seated = adm.join("s", T0)
     w = adm.join("s", T0)
     assert isinstance(seated, Admitted) and isinstance(w, Waiting)
-    # the waiting client goes quiet: its place lapses; the ticket then rejoins at the back
+    # the waiting client follows the line document, not the API: its place is held
     adm.sweep(T0 + cfg.ticket_hold_s + 1)
-    assert adm.waiting == 0
-    back = adm.poll("s", w.ticket, T0 + cfg.ticket_hold_s + 2)
-    assert isinstance(back, Waiting) and back.requeued
+    assert adm.waiting == 1
+    again = adm.poll("s", w.ticket, T0 + cfg.ticket_hold_s + 2)
+    assert isinstance(again, Waiting) and not again.requeued and again.position == 1
     # the listener renews within its token's life and keeps the seat; then stops renewing
     t1 = T0 + cfg.token_ttl_s - 5
     renewed = adm.renew("s", seated.token, t1)

@@ -62,6 +62,7 @@ class Place:
     retry: float = 1.0
     order: str = "fifo"
     requeued: bool = False
+    place: int | None = -1  # the place's number in the Space's line (-1: not checked)
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,22 @@ class Totals:  # node-wide (cluster-wide with Redis)
 
 
 @dataclass(frozen=True)
+class Doc:
+    """The Space's line document: the numbers it shows, and each named waiter's position as
+    a client works it out from the document and its own place number (None: its turn came)."""
+
+    space: str
+    t: float
+    called: int
+    next: int
+    gaps: tuple[int, ...] = ()
+    waiting: int = 0
+    pooled: int = 0
+    free: int = 0
+    at: dict[str, int | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Positions:  # each polls; the positions, sorted (a draw's order is random)
     whos: tuple[str, ...]
     t: float
@@ -260,17 +277,22 @@ SCENARIOS = [
         Join("d", 0, Refused(TooBusy, retry=10.0)),
         Counts("s", listeners=1, waiting=2, admitted=1, peak=1),
     ], cfg=dict(max_listeners=1, max_waiting=2)),
-    Scenario("places nobody polls for lapse; a lapsed ticket joins again at the back, told so", [
-        Join("a", 0, Seat(60)), Join("b", 0, Place(1, 1)), Join("c", 0, Place(2, 2)),
-        Poll("c", 20, Place(2, 2)),
-        Sweep(31, 1),  # b's place
-        Counts("s", listeners=1, waiting=1, admitted=1, peak=1),
-        Poll("c", 40, Place(1, 1)),
-        Poll("b", 40, Place(2, 2, requeued=True)),
-        Sweep(76, 3),  # a's seat (60 + grace 15), both places (70)
-        Counts("s", admitted=1, peak=1), Totals(0, 0),
-        Poll("c", 77, Seat(137)),  # lapsed, and a seat is free: seated at once
-        Totals(1, 0),
+    Scenario("a place is held until its turn without a poll; the line document gives exact positions", [
+        Join("a", 0, Seat(60)), Join("b", 0, Place(1, 1, place=0)), Join("c", 0, Place(2, 2, place=1)),
+        Join("d", 0, Place(3, 3, place=2)), Join("e", 0, Place(4, 4, place=3)),
+        Sweep(70, 0),  # nobody polled: every place is still held
+        Doc("s", 70, called=0, next=4, waiting=4, at={"b": 1, "c": 2, "d": 3, "e": 4}),
+        Leave("c", 71, True, by="ticket"),  # from the middle: a gap
+        Doc("s", 71, called=0, next=4, gaps=(1,), waiting=3, at={"b": 1, "d": 2, "e": 3}),
+        Poll("d", 72, Place(2, 3, place=2)),  # the API says the same
+        Leave("a", 73, True), Promote(73, None),  # b's turn: the head moves past the gap
+        Doc("s", 73, called=2, next=4, waiting=2, at={"b": None, "d": 1, "e": 2}),
+        Leave("e", 74, True, by="ticket"),
+        Doc("s", 74, called=2, next=4, gaps=(3,), waiting=1, at={"d": 1}),
+        Poll("b", 74, Seat(134)),
+        Join("f", 75, Place(2, 2, estimate=60.0, place=4)),  # one seat offered in the last 30 s
+        Doc("s", 75, called=2, next=5, gaps=(3,), waiting=2, at={"d": 1, "f": 2}),
+        Counts("s", listeners=1, waiting=2, admitted=2, peak=1), Totals(1, 2),
     ], cfg=dict(max_listeners=1)),
     Scenario("an offered seat is held ticket_hold_s, then offered to the next", [
         Join("a", 0, Seat(60)), Join("b", 0, Place(1, 1)), Join("c", 0, Place(2, 2)),
@@ -324,7 +346,7 @@ SCENARIOS = [
         Join("d", 77, Seat(137)), Join("e", 77, Seat(137)),  # exactly the two free seats
         Join("f", 77, Place(1, 1)),
         Counts("s", listeners=3, waiting=1, admitted=5, peak=3), Totals(3, 1),
-        Sweep(145, 2),  # c's seat (130 + 15) and f's place; d's and e's last until 152
+        Sweep(145, 1),  # c's seat (130 + 15); f's place is held until its turn; d's and e's seats last until 152
     ]),
     Scenario("extend: another Space's seats and seats never seen are gone", [
         Join("a", 0, Seat(60), space="x"), Join("b", 0, Seat(60), space="y"),
@@ -402,8 +424,10 @@ SCENARIOS = [
         Join("p3", 0.5, Place(3, 3, order="draw_at_start"), before=True),
         Poll("p1", 1, Place(3, 3, order="draw_at_start"), before=True),  # the pool's size: an upper bound
         Counts("s", listeners=1, waiting=3, admitted=1, peak=1),
+        Doc("s", 1, called=0, next=0, waiting=3, pooled=3),  # no numbers before the draw
         Draw("s", 3),
-        Join("late", 1, Place(4, 4)),
+        Join("late", 1, Place(4, 4, place=3)),
+        Doc("s", 1, called=0, next=4, waiting=4, at={"late": 4}),
         Positions(("p1", "p2", "p3"), 2, (1, 2, 3)),
         Poll("late", 2, Place(4, 4)),
         Draw("s", 0), Totals(1, 4),
@@ -512,6 +536,7 @@ class Holder:
     token: str | None = None
     seat: str | None = None
     expires: int = 0  # the token's
+    place: int | None = None  # the place's number, while waiting
 
 
 async def outcome(call: Any) -> Any:
@@ -538,6 +563,9 @@ def check(expect: Seat | Place | Refused, got: Any, held: dict[str, Holder], who
         h.token, h.seat, h.expires = got.token, got.seat, got.expires
         return
     assert isinstance(got, Waiting), f"expected {expect}, got {got}"
+    if expect.place != -1:
+        assert got.place == expect.place, got
+    h.place = got.place
     assert (got.position, got.waiting, got.estimated_wait_s, got.retry_after_s,
             got.order, got.requeued) == (expect.position, expect.waiting, expect.estimate, expect.retry,
                                          expect.order, expect.requeued), got
@@ -607,6 +635,13 @@ async def run_step(step: Any, store: Store, totals: Any, held: dict[str, Holder]
             assert got == (step.listeners, step.reserved, step.waiting, step.admitted, step.peak)
         case Totals():
             assert await totals() == (step.occupied, step.waiting)
+        case Doc():
+            line = await store.line(step.space, now)
+            got = (line.called, line.next, line.gaps, line.waiting, line.pooled, line.free)
+            assert got == (step.called, step.next, step.gaps, step.waiting, step.pooled, step.free), line
+            for who, position in step.at.items():
+                place = held[who].place
+                assert place is not None and line.position(place) == position, (who, place, line)
         case Positions():
             positions = []
             for who in step.whos:

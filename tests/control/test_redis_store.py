@@ -60,18 +60,20 @@ async def test_cap_and_one_fifo_line_across_two_stores(redis_server) -> None:
         with pytest.raises(TokenExpired):
             await a.renew("s1", renewed.token, now + 51)
 
-async def test_seats_and_places_lapse_without_their_node(redis_server) -> None:
+async def test_seats_and_offers_lapse_without_their_node(redis_server) -> None:
     a = store(redis_server.url, "a", max_listeners=1, token_ttl_s=10.0, seat_grace_s=1.0, ticket_hold_s=2.0)
     async with running(a):
         now = time.time()
         first = await a.join("s", now)
         second = await a.join("s", now)
         assert isinstance(first, Admitted) and isinstance(second, Waiting)
-        assert await a.sweep(now + 3) == 1  # the place nobody polled for
-        assert (await a.counts("s")).waiting == 0
+        assert await a.sweep(now + 3) == 0  # a place is held until its turn, polled or not
+        assert (await a.counts("s")).waiting == 1
         assert await a.sweep(now + 12) == 1  # the seat nobody renewed
         assert a.occupied in (0, 1) and (await a.counts("s")).listeners == 0
-        again = await a.poll("s", second.ticket, now + 13)
+        assert await a.promote(now + 12) is None  # the seat goes to the place
+        assert await a.sweep(now + 15) == 1  # offered, not picked up within ticket_hold_s
+        again = await a.poll("s", second.ticket, now + 16)
         assert isinstance(again, Admitted)  # a lapsed ticket joins again (a seat was free)
 
 async def test_pool_is_drawn_into_the_line_at_the_start(redis_server) -> None:

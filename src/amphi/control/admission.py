@@ -8,7 +8,7 @@ A listener's way through:
     join -> admitted (a seat, a token)                 seats free, nobody in line, rate allows
          -> waiting (a ticket, an exact position)      otherwise
     waiting --promote--> offered (a seat reserved for the ticket) --poll--> admitted
-    waiting --no poll for ticket_hold_s--> gone        (its ticket then joins at the back)
+    offered --not picked up for ticket_hold_s--> gone  (its ticket then joins at the back)
     admitted --renew (join with the token)--> admitted, new token, same seat
     admitted --extend (an edge renewed its token)--> admitted, same seat, a later deadline
     admitted --leave, or no renewal for ttl + grace--> seat free
@@ -21,12 +21,18 @@ while the room is full go into a pool that is drawn in random order at the start
 numbers in the drawn order, so the pool stays where it arrived among the other Spaces'
 lines and ahead of anyone who arrives later; after the start the line is FIFO.
 
+A place is held until its turn without a poll: waiting clients follow the Space's ``Line``
+(the line document, which edges cache) and come back only to pick their seat up. Places are
+numbered in each Space's line (``Waiting.place``); the line says the number being called
+and the places above it that left, so a place's exact position needs nothing else.
+
 ``control/store/admission.lua`` is this policy again, in Redis, for several nodes;
 ``tests/control/test_conformance.py`` runs one table of scenarios against both.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -45,11 +51,30 @@ RENEWED_RECENTLY = 0.75  # a seat's token with more than this share of its life 
 ADMITTER_PERIOD_S = 0.25  # the node's admitter passes at least this often: what ran out is released this late at most
 MAX_OFFERS_PER_PASS = 1000  # seats promote offers in one call at most (a Redis script call stays short): then 0, pass again
 FRONT_POLL_S_PER_PLACE = 0.2  # the front of the line polls faster: 1 s at place 5, 10 s from place 50
+MAX_GAPS = 1000  # places that left, listed in a line at most (beyond, positions from it are upper bounds)
 
 
 def _round1(x: float) -> float:
     """Rounded to 0.1, halves up (as the Lua does; ``round`` would send halves to even)."""
     return math.floor(x * 10 + 0.5) / 10
+
+
+def eta(position: int, free: int, wait_s: float, admit_rate: float, line_rate: float) -> float | None:
+    """Seconds until ``position`` is seated, from what is measured: the admission rate while
+    enough seats are free, else how fast the line has been moving; None when it has not moved
+    (a full room nobody leaves): no number is better than a made-up one."""
+    if position <= free:
+        return _round1(wait_s + position / admit_rate)
+    return _round1(position / line_rate) if line_rate > 0 else None
+
+
+def poll_after(position: int, estimate: float | None, poll_min_s: float, poll_max_s: float) -> float:
+    """When a waiting client should look again, before jitter: soon at the front (a seat
+    offered there is picked up at once), at most ``poll_max_s`` further back."""
+    base = position * FRONT_POLL_S_PER_PLACE
+    if estimate is not None:
+        base = min(base, estimate / 3)
+    return min(poll_max_s, max(poll_min_s, base))
 
 
 def _pop_due(heap: list[tuple[float, Any]], now: float) -> Iterator[Any]:
@@ -125,13 +150,24 @@ class WaitingLine:
     def head(self) -> int | None:
         return self._head if self._len else None
 
+    def numbers(self) -> tuple[int, int, tuple[int, ...]]:
+        """(the lowest number in line, or the next if none; the next number; the numbers in
+        between that left, ascending, ``MAX_GAPS`` at most)."""
+        head = self._head if self._len else self._next
+        alive, base, gaps = self._alive, self._base, []
+        i, end = head - base, self._next - base
+        while len(gaps) < MAX_GAPS and (i := alive.find(0, i, end)) >= 0:
+            gaps.append(i + base)
+            i += 1
+        return head, self._next, tuple(gaps)
+
 
 @dataclass(slots=True)
 class Entry:
     id: int
     space_id: str
     arrived: float
-    expires: float  # the place (or the seat offered to it) is dropped after this
+    expires: float  # the seat offered to it is dropped after this (a place in line has no deadline)
     last_poll: float
     next_poll: float  # the advised earliest poll
     seq: int | None = None  # place in the FIFO; None while in the pre-start pool
@@ -188,6 +224,32 @@ class Waiting:
     retry_after_s: float
     order: str  # "fifo" or "draw_at_start"
     requeued: bool = False
+    place: int | None = None  # the place's number in the Space's line (None in the pre-start pool)
+
+
+@dataclass(frozen=True)
+class Line:
+    """A Space's line as anyone may see it: what the line document says (``amphi.web.answers``).
+    A place numbered n is at ``position(n)``; below ``called`` its turn has come (or it left)."""
+
+    called: int  # the lowest number still in line (``next`` when none is)
+    next: int  # the number the next place gets
+    gaps: tuple[int, ...]  # numbers from ``called`` on that left the line, ascending (``MAX_GAPS`` at most)
+    waiting: int  # places in the line and the pool
+    pooled: int  # of those, in the pre-start pool (numbered at the draw)
+    free: int  # seats free under the limit
+    wait_s: float  # until the admission rate allows the next seat
+    admit_rate_per_s: float
+    line_rate_per_s: float  # seats offered to the lines per second, lately
+
+    def position(self, place: int) -> int | None:
+        """1 for the head; None once the place's turn has come."""
+        if place < self.called:
+            return None
+        return place - self.called + 1 - bisect.bisect_left(self.gaps, place)
+
+    def eta(self, position: int) -> float | None:
+        return eta(position, self.free, self.wait_s, self.admit_rate_per_s, self.line_rate_per_s)
 
 
 class Admission:
@@ -231,6 +293,13 @@ class Admission:
         the line actually moves (0 when the room is full and nobody leaves)."""
         self._trim_served(now)
         return sum(c for _, c in self._served) / self.cfg.rate_window_s
+
+    def line(self, space_id: str, now: float) -> Line:
+        """The Space's line as the line document shows it."""
+        line = self._lines.get(space_id)
+        called, nxt, gaps = line.fifo.numbers() if line is not None else (0, 0, ())
+        return Line(called, nxt, gaps, len(line) if line is not None else 0, len(line.pool) if line is not None else 0,
+                    max(0, self.limit - self.occupied), self.gcra.wait(now), self.gcra.rate, self.line_rate(now))
 
     # -- joins ------------------------------------------------------------------------------
 
@@ -445,12 +514,11 @@ class Admission:
                 del self._entries[entry.id]
 
     def _enqueue(self, space_id: str, now: float, before_start: bool) -> Entry:
-        """A place at the back; ``_waiting_answer``, which always follows, sets its deadlines
-        and queues it for the sweep."""
+        """A place at the back (or in the pool); ``_waiting_answer`` always follows."""
         line = self._lines.get(space_id)
         if line is None:
             line = self._lines[space_id] = _Line()
-        entry = Entry(self._next_entry, space_id, now, now + self.cfg.ticket_hold_s, now, now)
+        entry = Entry(self._next_entry, space_id, now, math.inf, now, now)
         entry.order = entry.id
         self._next_entry += 1
         if before_start:
@@ -510,27 +578,13 @@ class Admission:
             position, order = line.fifo.position(entry.seq), "fifo"
         else:
             position, order = len(line.pool), "draw_at_start"  # an upper bound until the draw
-        estimate = self._estimate(position, now)
-        base = position * FRONT_POLL_S_PER_PLACE  # a seat offered to the head is picked up soon
-        if estimate is not None:
-            base = min(base, estimate / 3)
-        retry = self._jitter(min(self.cfg.poll_max_s, max(self.cfg.poll_min_s, base)))
+        estimate = eta(position, max(0, self.limit - self.occupied), self.gcra.wait(now), self.gcra.rate,
+                       self.line_rate(now))
+        retry = self._jitter(poll_after(position, estimate, self.cfg.poll_min_s, self.cfg.poll_max_s))
         entry.last_poll = now
-        entry.next_poll = now + retry
-        entry.expires = now + self.cfg.ticket_hold_s
-        heapq.heappush(self._entry_heap, (entry.expires, entry.id))
+        entry.next_poll = now + retry  # the place is held until its turn: no deadline while in line
         ticket = self.signer.ticket(entry.space_id, entry.id, int(entry.arrived))
-        return Waiting(ticket, position, len(line), estimate, round(retry, 2), order)
-
-    def _estimate(self, position: int, now: float) -> float | None:
-        """Seconds until ``position`` is seated, from what is measured: the admission rate
-        while enough seats are free, else how fast the line has been moving; None when it
-        has not moved (a full room nobody leaves): no number is better than a made-up one."""
-        free = max(0, self.limit - self.occupied)
-        if position <= free:
-            return _round1(self.gcra.wait(now) + position / self.gcra.rate)
-        rate = self.line_rate(now)
-        return _round1(position / rate) if rate > 0 else None
+        return Waiting(ticket, position, len(line), estimate, round(retry, 2), order, place=entry.seq)
 
     def _jitter(self, seconds: float) -> float:
         j = self.cfg.poll_jitter

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amphi.control.admission import Admitted, SpaceCounts, Waiting
+from amphi.control.admission import Admitted, Line, SpaceCounts, Waiting
 from amphi.control.spaces import Space
 from amphi.control.tokens import Token
 
@@ -54,6 +54,10 @@ class Store:
         raise NotImplementedError
 
     async def renew_seat(self, token: Token, now: float) -> Admitted:
+        raise NotImplementedError
+
+    async def line(self, space_id: str, now: float) -> Line:
+        """The Space's line as its line document shows it (``Admission.line``)."""
         raise NotImplementedError
 
     async def extend(self, space_id: str, renewals: Sequence[tuple[str, int, int]], now: float) -> list[str]:

@@ -14,10 +14,12 @@
 --   P.seat:<id>        HASH space, reserved, issued, texp (newest token expiry), edge (1: an edge
 --                      issued that token, op "extend": this node does not know it), entry
 --   P.sseats:<space>   SET of the Space's seats
---   P.entries          ZSET entry -> deadline of its place (or of the seat offered to it)
---   P.entry:<id>       HASH space, seq, arrived, last_poll, next_poll, pooled, seat
+--   P.entries          ZSET entry -> deadline of the seat offered to it (a place in line has none)
+--   P.entry:<id>       HASH space, seq, n, arrived, last_poll, next_poll, pooled, seat
 --   P.line             ZSET entry -> seq: every line's FIFO entries (the head of all lines)
 --   P.line:<space>     ZSET entry -> seq: the Space's line (ZRANK + 1 = exact position)
+--   P.n:<space>        place numbers given in the Space's line (n, from 0: the line document's numbers)
+--   P.gaps:<space>     ZSET n -> n: places that left the line from behind its head (op "line")
 --   P.pool:<space>     SET the pre-start pool; P.pools: Spaces with a pool
 --   P.served           ZSET seat -> time offered to a ticket (how fast the lines move)
 --   P.waiting          places in all lines
@@ -155,6 +157,7 @@ local function enqueue(space, before)
     redis.call('SADD', P .. 'pool:' .. space, eid)
     redis.call('SADD', P .. 'pools', space)
   else
+    redis.call('HSET', k, 'n', redis.call('INCR', P .. 'n:' .. space) - 1)
     redis.call('ZADD', P .. 'line:' .. space, seq, eid)
     redis.call('ZADD', P .. 'line', seq, eid)
   end
@@ -170,8 +173,21 @@ local function drop_from_line(eid, space)
     if redis.call('SCARD', P .. 'pool:' .. space) == 0 then redis.call('SREM', P .. 'pools', space) end
     redis.call('HDEL', k, 'pooled')
   else
-    redis.call('ZREM', P .. 'line:' .. space, eid)
+    local lk, gk = P .. 'line:' .. space, P .. 'gaps:' .. space
+    local rank = redis.call('ZRANK', lk, eid)
+    redis.call('ZREM', lk, eid)
     redis.call('ZREM', P .. 'line', eid)
+    if rank and rank > 0 then -- left from behind the head: a gap until the head passes it
+      local n = redis.call('HGET', k, 'n')
+      redis.call('ZADD', gk, n, n)
+    else
+      local head = redis.call('ZRANGE', lk, 0, 0)[1]
+      if head then
+        redis.call('ZREMRANGEBYSCORE', gk, '-inf', '(' .. redis.call('HGET', P .. 'entry:' .. head, 'n'))
+      else
+        redis.call('DEL', gk)
+      end
+    end
   end
   redis.call('DECR', P .. 'waiting')
   cnt(space, 'waiting', -1)
@@ -212,10 +228,11 @@ local function waiting_answer(eid, space, requeued)
   local base = position * 0.2 -- the front of the line polls faster (FRONT_POLL_S_PER_PLACE)
   if est then base = math.min(base, est / 3) end
   local retry = math.min(poll_max, math.max(poll_min, base)) * jitter
+  -- the place is held until its turn: no deadline while in line
   redis.call('HSET', k, 'last_poll', string.format('%.6f', now), 'next_poll', string.format('%.6f', now + retry))
-  redis.call('ZADD', P .. 'entries', now + hold, eid)
-  local arrived = tonumber(redis.call('HGET', k, 'arrived'))
-  return {'waiting', eid, position, line_len(space), est or cjson.null, retry, order, requeued, math.floor(arrived)}
+  local e = redis.call('HMGET', k, 'arrived', 'n')
+  return {'waiting', eid, position, line_len(space), est or cjson.null, retry, order, requeued,
+          math.floor(tonumber(e[1])), e[2] and tonumber(e[2]) or cjson.null}
 end
 
 local function join(space, sid, before, requeued)
@@ -386,7 +403,7 @@ elseif op == 'draw' then
   end
   table.sort(seqs)
   for i, eid in ipairs(eids) do
-    redis.call('HSET', P .. 'entry:' .. eid, 'seq', seqs[i])
+    redis.call('HSET', P .. 'entry:' .. eid, 'seq', seqs[i], 'n', redis.call('INCR', P .. 'n:' .. space) - 1)
     redis.call('HDEL', P .. 'entry:' .. eid, 'pooled')
     redis.call('ZADD', P .. 'line:' .. space, seqs[i], eid)
     redis.call('ZADD', P .. 'line', seqs[i], eid)
@@ -410,11 +427,25 @@ elseif op == 'close' then
     redis.call('DEL', P .. 'entry:' .. eid)
     gone = gone + 1
   end
-  redis.call('DEL', P .. 'line:' .. space, P .. 'pool:' .. space, P .. 'sseats:' .. space)
+  redis.call('DEL', P .. 'line:' .. space, P .. 'pool:' .. space, P .. 'sseats:' .. space, P .. 'gaps:' .. space, P .. 'n:' .. space)
   redis.call('SREM', P .. 'pools', space)
   redis.call('DECRBY', P .. 'waiting', gone)
   redis.call('HSET', P .. 'counts:' .. space, 'waiting', 0)
   result = {gone}
+elseif op == 'line' then
+  -- space: the line document's numbers (amphi.control.admission.Line): the lowest place number
+  -- in line (the next when none), the next, the gaps from the head on (1000 at most: MAX_GAPS),
+  -- places in line and pool, seats free, the rate's wait, how fast the lines moved lately
+  local space = ARGV[A]
+  local nxt = tonumber(redis.call('GET', P .. 'n:' .. space) or '0')
+  local head = redis.call('ZRANGE', P .. 'line:' .. space, 0, 0)[1]
+  local called = head and tonumber(redis.call('HGET', P .. 'entry:' .. head, 'n')) or nxt
+  local gaps = redis.call('ZRANGEBYSCORE', P .. 'gaps:' .. space, called, '+inf', 'LIMIT', 0, 1000)
+  for i = 1, #gaps do gaps[i] = tonumber(gaps[i]) end
+  gaps[#gaps + 1] = -1 -- a marker keeps the list an array (cjson encodes {} as an object)
+  redis.call('ZREMRANGEBYSCORE', P .. 'served', '-inf', now - window)
+  result = {called, nxt, gaps, line_len(space), redis.call('SCARD', P .. 'pool:' .. space),
+            math.max(0, limit - occupied()), gcra_wait(), redis.call('ZCARD', P .. 'served') / window}
 elseif op == 'limit' then
   -- key rate burst: one grant from a GCRA budget (request-to-speak per client address):
   -- amphi.core.gcra.GcraTable.charge; the key expires once its budget is whole again

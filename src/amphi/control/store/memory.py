@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amphi.control.admission import Admission, Admitted, SpaceCounts, Waiting
+from amphi.control.admission import Admission, Admitted, Line, SpaceCounts, Waiting
 from amphi.control.store import Store
 from amphi.control.tokens import Token
 from amphi.core.gcra import GcraTable
@@ -56,6 +56,9 @@ class MemoryStore(Store):
 
     async def renew_seat(self, token: Token, now: float) -> Admitted:
         return self.admission.renew_seat(token, now)
+
+    async def line(self, space_id: str, now: float) -> Line:
+        return self.admission.line(space_id, now)
 
     async def extend(self, space_id: str, renewals: Sequence[tuple[str, int, int]], now: float) -> list[str]:
         return self.admission.extend(space_id, renewals, now)

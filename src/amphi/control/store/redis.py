@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from amphi.control.admission import Admitted, SpaceCounts, Waiting
+from amphi.control.admission import Admitted, Line, SpaceCounts, Waiting
 from amphi.control.spaces import Space
 from amphi.control.store import Store
 from amphi.control.store.memory import MAX_LIMITERS
@@ -209,9 +209,9 @@ class RedisStore(Store):
             self._saw_held(seat)
             return Admitted(self.signer.token(space_id, seat, int(expires)), seat, int(expires), renewed=renewed)
         if kind == "waiting":
-            _, entry, position, waiting, estimate, retry, order, requeued, arrived = res
+            _, entry, position, waiting, estimate, retry, order, requeued, arrived, place = res
             return Waiting(self.signer.ticket(space_id, int(entry), int(arrived)), position, waiting, estimate,
-                           round(retry, 2), order, requeued=requeued)
+                           round(retry, 2), order, requeued=requeued, place=place)
         if kind == "too_busy":  # as Admission.join: poll_max_s, jittered by poll_jitter
             j = self.cfg.poll_jitter
             raise TooBusy("the waiting room is full; try again later",
@@ -248,6 +248,10 @@ class RedisStore(Store):
         # is taken back (or found) when the listener renews after Redis returns
         expires = math.ceil(now + self.cfg.token_ttl_s)
         return Admitted(self.signer.token(token.space_id, token.seat, expires), token.seat, expires, renewed=True)
+
+    async def line(self, space_id: str, now: float) -> Line:
+        called, nxt, gaps, waiting, pooled, free, wait, moving = await self._run("line", now, space_id)
+        return Line(called, nxt, tuple(gaps[:-1]), waiting, pooled, free, wait, self.cfg.admit_rate_per_s, moving)
 
     async def extend(self, space_id: str, renewals: Sequence[tuple[str, int, int]], now: float) -> list[str]:
         """One script call per batch; Unavailable while Redis is away (the edge keeps the
