@@ -69,6 +69,65 @@ def test_capacity_100_with_300_concurrent_joiners(serve) -> None:
     assert amphi.status(space)["listeners"] == 100
 
 
+def line_position(doc: dict, place: int) -> int | None:
+    """A client's position from the line document and its place number, as the page works it
+    out (static/admission.js): None once its turn has come."""
+    if place < doc["called"]:
+        return None
+    return place - doc["called"] + 1 - sum(1 for g in doc["gaps"] if g < place)
+
+
+def test_waiting_by_the_line_document(serve) -> None:
+    amphi = serve("--max-listeners", "2", "--pow", "off")
+    space, key = amphi.create("a line to watch")
+    amphi.start_space(space, key)
+    seated = [join(amphi, space).json() for _ in range(2)]
+    waiting = [join(amphi, space).json() for _ in range(6)]
+    assert [w["position"] for w in waiting] == [1, 2, 3, 4, 5, 6]
+    assert all(w["line"] == f"/api/spaces/{space}/line" for w in waiting)
+
+    r = amphi.http.get(waiting[0]["line"])
+    assert r.status_code == 200 and r.headers["cache-control"] == "public, max-age=1"
+    doc = r.json()
+    assert (doc["space"], doc["state"], doc["waiting"], doc["free"]) == (space, "live", 6, 0)
+    assert [line_position(doc, w["place"]) for w in waiting] == [1, 2, 3, 4, 5, 6]
+
+    # two leave from the middle: everyone behind them moves up, as the API says too
+    for w in (waiting[1], waiting[3]):
+        assert amphi.http.post(f"/api/spaces/{space}/leave", json={"ticket": w["ticket"]}).json()["status"] == "left"
+    stayed = [waiting[i] for i in (0, 2, 4, 5)]
+
+    def fresh() -> dict:  # the node keeps a document a second: the next second's shows the leaves
+        return amphi.http.get(f"/api/spaces/{space}/line").json()
+
+    wait_until(lambda: fresh()["waiting"] == 4, 5, "a document with the leaves")
+    doc = fresh()
+    assert [line_position(doc, w["place"]) for w in stayed] == [1, 2, 3, 4]
+    assert sorted(doc["gaps"]) == sorted([waiting[1]["place"], waiting[3]["place"]])
+    by_api = [poll_until_position(amphi, space, w["ticket"]) for w in stayed]
+    assert by_api == [1, 2, 3, 4]
+
+    # a seat frees: the document says the head's turn has come; only then it redeems, once
+    amphi.http.post(f"/api/spaces/{space}/leave", json={"token": seated[0]["token"]})
+    wait_until(lambda: line_position(fresh(), stayed[0]["place"]) is None, 10, "the head's turn in the document")
+    assert line_position(fresh(), stayed[1]["place"]) == 1
+    got = join(amphi, space, ticket=stayed[0]["ticket"])
+    assert got.status_code == 200 and got.json()["status"] == "admitted"
+
+    # not a document: the wrong method, an unknown Space
+    assert amphi.http.post(f"/api/spaces/{space}/line", json={}).status_code == 405
+    assert amphi.http.get("/api/spaces/nosuchspace/line").status_code == 404
+
+
+def poll_until_position(amphi: AmphiServer, space: str, ticket: str) -> int:
+    while True:
+        r = join(amphi, space, ticket=ticket)
+        if r.status_code == 202:
+            return r.json()["position"]
+        assert r.status_code == 429, r.text
+        time.sleep(float(r.json()["retry_after_s"]))
+
+
 def test_tokens_renew_and_a_silent_listener_frees_its_seat(serve) -> None:
     ttl, grace = 8, 2
     amphi = serve("--max-listeners", "1", "--token-ttl", str(ttl), "--seat-grace", str(grace))

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple, Protocol
 
-from amphi.control.admission import Admitted, Waiting
+from amphi.control.admission import Admitted, Line, Waiting
 from amphi.control.health import Governor, HealthSample
 from amphi.control.spaces import Space, SpaceState
 from amphi.control.store import Store
@@ -25,6 +25,7 @@ from amphi.core.config import AdmissionConfig
 from amphi.core.errors import AmphiError, TokenExpired
 
 MAX_JOIN_SAMPLES = 100_000  # answer times kept per health period (the p95 needs no more)
+MAX_LINES = 10_000  # Spaces whose line this node remembers for the current second
 
 
 class Seated(NamedTuple):
@@ -45,6 +46,7 @@ class InLine(NamedTuple):
     retry_after_s: float  # the store's advice, stretched by the degradation ladder
     order: str
     requeued: bool
+    place: int | None  # the place's number in the Space's line (None in the pre-start pool)
 
 
 class Ended(NamedTuple):
@@ -85,6 +87,7 @@ class Listeners:
         self._watch = watch  # every media token checked: (space, seat or None, the refusal)
         self._clock = clock
         self.join_times: list[float] = []  # answer times in the current health period
+        self._lines: dict[str, tuple[int, Line]] = {}  # Space -> (the second, its line then)
 
     # -- the waiting room -------------------------------------------------------------------
 
@@ -108,10 +111,24 @@ class Listeners:
             if store.occupied < store.limit:  # a seat is free: the admitter may offer it now
                 self._wake()
             return InLine(space, answer.ticket, answer.position, answer.waiting, answer.estimated_wait_s,
-                          answer.retry_after_s * self.governor.retry_factor, answer.order, answer.requeued)
+                          answer.retry_after_s * self.governor.retry_factor, answer.order, answer.requeued,
+                          answer.place)
         await self._programs.seated(space)
         playlist, edges = self._urls.playlist(space.id, answer.token)
         return Seated(space, answer.token, answer.expires, answer.renewed, playlist, edges)
+
+    async def line(self, space: Space) -> tuple[float, Line, float]:
+        """(when, the Space's line, how much the ladder stretches polls) as its line document
+        shows them: the store is asked once a second at most, however many edges and clients
+        ask (edges cache the document for a second)."""
+        now = self._clock()
+        second = int(now)
+        memo = self._lines.get(space.id)
+        if memo is None or memo[0] != second:
+            if len(self._lines) >= MAX_LINES:
+                self._lines.clear()
+            memo = self._lines[space.id] = (second, await self.store.line(space.id, now))
+        return float(memo[0]), memo[1], self.governor.retry_factor
 
     async def leave(self, space: Space, *, ticket: object = None, token: object = None) -> bool:
         """Gives a seat or a place in line back; whether anything was held."""

@@ -38,6 +38,7 @@ QUERY = r"(?:\?[A-Za-z0-9_=&-]{0,64})?"  # the query a media URL may carry (bloc
 REPLAY = ROUTES.edge_regex([r.name for r in ROUTES.named("bare.") if r.public_once_ended], "vcl", node=True)
 MEDIA = ROUTES.edge_regex([r.name for r in ROUTES.named("media.")], "vcl", node=True, query=QUERY)
 JOIN = ROUTES["join"].pattern("vcl", query=r"(\?.*)?")
+LINE = ROUTES["line"].pattern("vcl", query=r"(\?.*)?")  # the line document: cached, one fetch a second
 SEGMENT = ROUTES["media.segment"].pattern("vcl", node=True, query=QUERY)  # a whole segment, streamed while open
 # a Range from byte 0 to the end, however the player says it ("0-", Shaka Player's "0-9007199254740991"; the
 # origin reads a last byte >= 2**32 as the end): the whole segment, streamed while it is made
@@ -195,6 +196,14 @@ sub vcl_recv {{
     }}
     if ((req.method == "GET" || req.method == "HEAD") && req.url ~ "^/static/") {{
         unset req.http.cookie;
+        return (hash);
+    }}
+    if ((req.method == "GET" || req.method == "HEAD") && req.url ~ "{LINE}") {{
+        # a Space's line document (docs/admission.md): every waiting client of this edge
+        # shares one copy, fetched once a second at most; a query cannot split it
+        set req.url = regsub(req.url, "\\?.*$", "");
+        unset req.http.cookie;
+        unset req.http.authorization;
         return (hash);
     }}
     if (req.method == "POST") {{

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import time
 
+from amphi.control.admission import FRONT_POLL_S_PER_PLACE, MAX_GAPS, Line
 from amphi.control.listeners import Ended, InLine, JoinResult, Seated
+from amphi.control.spaces import Space
+from amphi.core.config import AdmissionConfig
 from amphi.services.rooms import Grant, Invited, Requested
 from amphi.services.spaces import iso
 from amphi.web.routes import MEDIA_FILES
@@ -28,7 +31,7 @@ def join_answer(result: JoinResult) -> tuple[int, dict[str, object]]:
         return 202, {"status": "waiting", **common, "ticket": result.ticket, "position": result.position,
                      "waiting": result.waiting, "estimated_wait_s": result.estimated_wait_s,
                      "retry_after_s": round(result.retry_after_s, 2), "order": result.order,
-                     "requeued": result.requeued}
+                     "requeued": result.requeued, "place": result.place, "line": f"/api/spaces/{space.id}/line"}
     assert isinstance(result, Seated)
     ttl = result.expires - time.time()
     media_playlist = f"{result.playlist.rsplit('/', 1)[0]}/{MEDIA_FILES['live']}"  # beside the multivariant
@@ -36,6 +39,27 @@ def join_answer(result: JoinResult) -> tuple[int, dict[str, object]]:
                  "token": result.token,
                  "expires_at": iso(result.expires), "expires_in_s": round(ttl, 1),
                  "renew_after_s": round(ttl * RENEW_FALLBACK, 1), "renewed": result.renewed, "edges": list(result.edges)}
+
+
+def line_answer(space: Space, at: float, line: Line, stretch: float, cfg: AdmissionConfig) -> dict[str, object]:
+    """``GET /api/spaces/<id>/line``: the line document (docs/admission.md, "Waiting without
+    polling"). A client with place number n is at ``Line.position(n)``; once n < called its
+    turn has come and it redeems its ticket (``POST join``). ``poll`` is how the API would
+    advise it: ``poll_after`` times ``stretch``, jittered."""
+    return {"space": space.id, "state": space.state.value, "starts_at": iso(space.starts_at), "at": at,
+            "called": line.called, "next": line.next, "gaps": list(line.gaps), "gaps_complete": len(line.gaps) < MAX_GAPS,
+            "waiting": line.waiting, "pooled": line.pooled, "free": line.free, "wait_s": round(line.wait_s, 3),
+            "admit_rate_per_s": line.admit_rate_per_s, "line_rate_per_s": round(line.line_rate_per_s, 3),
+            "poll": {"min_s": cfg.poll_min_s, "max_s": cfg.poll_max_s, "per_place_s": FRONT_POLL_S_PER_PLACE,
+                     "jitter": cfg.poll_jitter, "stretch": stretch}}
+
+
+def parse_line(doc: dict[str, object]) -> Line:
+    """A line document read back (the load generator's and the simulator's clients); KeyError,
+    TypeError or ValueError if it is not one."""
+    return Line(int(doc["called"]), int(doc["next"]), tuple(int(g) for g in doc["gaps"]),  # type: ignore[arg-type, union-attr, call-overload]
+                int(doc["waiting"]), int(doc["pooled"]), int(doc["free"]), float(doc["wait_s"]),  # type: ignore[arg-type]
+                float(doc["admit_rate_per_s"]), float(doc["line_rate_per_s"]))  # type: ignore[arg-type]
 
 
 def grant_json(g: Grant) -> dict[str, object]:

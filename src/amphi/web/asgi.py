@@ -47,9 +47,9 @@ async def respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], b
 
 
 async def send_json(send: Send, status: int, obj: object, *, retry_after_s: float | None = None,
-                    head_only: bool = False) -> None:
+                    head_only: bool = False, cache: bytes = NO_STORE) -> None:
     body = orjson.dumps(obj)
-    headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS, EXPOSE]
+    headers = [(b"content-type", JSON), (b"cache-control", cache), CORS, EXPOSE]
     if retry_after_s is not None:
         headers.append((b"retry-after", retry_after_value(retry_after_s).encode()))
     await respond(send, status, headers, b"" if head_only else body, len(body))

@@ -6,6 +6,9 @@ the defense looks first (``amphi.defense.shield``); ``amphi.web.answers`` says i
         200 admitted {playlist, token, expires_at, ...}   202 waiting {ticket, position, ...}
         200 ended {replay, download}
     POST /api/spaces/<id>/leave   {"token": T} | {"ticket": T}  -> 200 {"status": "left"|"not_held"}
+    GET  /api/spaces/<id>/line    the line document, cacheable for a second (edges serve it): the
+        number being called and the places that left, so a waiter knows its position from its
+        place number, and comes back to join with its ticket only once its turn has come
     POST /api/edge/renewals       {"spaces": {<id>: [[seat, old expiry, new expiry], ...]}}   x-amphi-edge: credential
         200 {"extended": n, "gone": {<id>: [seat, ...]}}: the seats an edge renewed (edge/renewals.py)
 """
@@ -19,7 +22,7 @@ from amphi.control.tokens import SEAT
 from amphi.core.errors import AmphiError, MalformedBody, MethodNotAllowed
 from amphi.defense.shield import CLIENT_KEY, Shield
 from amphi.obs.metrics import Metrics
-from amphi.web.answers import join_answer, outcome
+from amphi.web.answers import join_answer, line_answer, outcome
 from amphi.web.asgi import Receive, Scope, Send, header, read_json, send_error, send_json
 from amphi.web.ports import Finder, ListenerDesk, SpaceDesk
 from amphi.web.routes import PLACES
@@ -29,6 +32,7 @@ SPACE_ID = re.compile(PLACES["id"].grammar)
 JOIN_BODY_LIMIT = 4096  # a ticket or a token fits many times over
 RENEWALS_BODY_LIMIT = 256 * 1024  # an edge's report: a thousand seats (edge/renewals.py BATCH) in about 40 KB
 MAX_RENEWALS = 5000  # seats in one report
+LINE_CACHE = b"public, max-age=1"  # the line document: edges and browsers keep it a second
 
 
 class JoinEndpoint:
@@ -41,6 +45,9 @@ class JoinEndpoint:
         self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, space_id: str, action: str) -> None:
+        if action == "line":
+            await self.line(scope, send, space_id)
+            return
         started = time.perf_counter()
         listeners, shield = self._listeners, self._shield
         space = None
@@ -78,6 +85,17 @@ class JoinEndpoint:
             listeners.record_join(time.perf_counter() - started)
             if counted is not None:  # obs: joins by outcome, refusals by reason
                 self._metrics.join(space.id if space is not None else None, counted, reason)
+
+    async def line(self, scope: Scope, send: Send, space_id: str) -> None:
+        """The line document: one store lookup a second at most, cacheable for a second."""
+        try:
+            if scope["method"] not in ("GET", "HEAD"):
+                raise MethodNotAllowed("the line document is read with GET")
+            space = await self._finder.space(space_id)  # 404
+            doc = line_answer(space, *await self._listeners.line(space), self._listeners.cfg)
+            await send_json(send, 200, doc, head_only=scope["method"] == "HEAD", cache=LINE_CACHE)
+        except AmphiError as err:
+            await send_error(send, err, head_only=scope["method"] == "HEAD")
 
     async def renewals(self, scope: Scope, receive: Receive, send: Send) -> None:
         """An edge's report of the seats it renewed: each still held is extended in one store

@@ -8,9 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from amphi.control.admission import Line
 from amphi.control.listeners import JoinResult
 from amphi.control.spaces import Space
 from amphi.control.stage import Participant
+from amphi.core.config import AdmissionConfig
 from amphi.services.room import Room
 from amphi.services.rooms import Grant, Invited, Requested
 from amphi.services.spaces import SpaceStatus
@@ -18,12 +20,16 @@ from amphi.web.origin import MediaSource
 
 
 class ListenerDesk(Protocol):
+    cfg: AdmissionConfig
+
     async def join(self, space: Space, *, ticket: object = None, token: object = None,
                    host: bool = False) -> JoinResult: ...
 
     async def leave(self, space: Space, *, ticket: object = None, token: object = None) -> bool: ...
 
     def record_join(self, seconds: float) -> None: ...
+
+    async def line(self, space: Space) -> tuple[float, Line, float]: ...  # (when, the line, poll stretch)
 
     def verify_edge(self, credential: str | None) -> str: ...  # 403
 

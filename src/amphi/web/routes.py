@@ -307,6 +307,7 @@ def _api() -> Iterator[Route]:
     post, get = frozenset({"POST"}), READ
     yield Route("join", "/api/spaces/{id}/join", "join", post)
     yield Route("leave", "/api/spaces/{id}/leave", "join", post)
+    yield Route("line", "/api/spaces/{id}/line", "join", get, cacheable=True)  # the line document: edges cache it
     yield Route("renewals", "/api/edge/renewals", "renewals", post)  # seats an edge renewed (its credential)
     yield Route("events", "/api/spaces/{id}/events", "events", frozenset({"GET"}))
     for name, template, methods in (
