@@ -3,7 +3,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Admission, TAP_GRACE_MS, mediaToken, parseToken } from "../../src/amphi/web/static/admission.js";
+import {
+  Admission, TAP_GRACE_MS, lineEta, linePosition, lineRetry, mediaToken, parseToken,
+} from "../../src/amphi/web/static/admission.js";
 import { FakeClock, FakeServer, json, randoms, settle } from "./fakes.mjs";
 
 const URL = "/api/spaces/s1";
@@ -20,6 +22,15 @@ function waiting(position, retryAfterS, extra = {}) {
     status: "waiting", ticket: `tk${position}`, position, waiting: position, estimated_wait_s: 40,
     retry_after_s: retryAfterS, order: "fifo", ...extra,
   });
+}
+
+// A line document (src/amphi/web/answers.py line_answer) with nothing free, moving `rate` a second.
+function doc(called, extra = {}) {
+  return json(200, {
+    space: "s1", state: "live", called, next: called + 50, gaps: [], gaps_complete: true, waiting: 50,
+    pooled: 0, free: 0, wait_s: 0, admit_rate_per_s: 10, line_rate_per_s: 0.5,
+    poll: { min_s: 1, max_s: 10, per_place_s: 0.2, jitter: 0.25, stretch: 1 }, ...extra,
+  }, { "cache-control": "public, max-age=1" });
 }
 
 // An Admission wired to fakes; `events` records every hook call in order.
@@ -60,8 +71,59 @@ test("the renewal comes before 80 % of the token's life, whatever renew_after_s 
   assert.equal(clock.pending(), 8000);
 });
 
-test("the waiting line: position updates, polls never sooner than retry_after_s, then the seat", async () => {
-  const server = new FakeServer(waiting(3, 4), waiting(2, 6), seated());
+test("the line document: positions worked out from it, the ticket sent only once our turn has come", async () => {
+  const server = new FakeServer(waiting(30, 4, { place: 129 }), doc(100, { gaps: [105, 120, 140] }),
+    doc(110, { gaps: [120, 140] }), doc(130), seated());
+  const { seat, clock, of } = make(server, { random: randoms(0) });
+  await seat.enter();
+  assert.equal(seat.seat.place, 129);
+  assert.equal(clock.pending(), 4000); // the join answer's wait, never sooner
+  await clock.next();
+  assert.equal(server.requests[1].url, `${URL}/line`);
+  assert.equal(server.requests[1].method, "GET");
+  // 129 - 100 + 1, less the two places ahead that left (105, 120; 140 is behind)
+  assert.equal(seat.seat.position, 28);
+  assert.equal(seat.seat.estimate, 56); // 28 places at 0.5 a second
+  assert.equal(seat.seat.lineReads, 1);
+  assert.equal(seat.seat.polls, 0, "no request to the API while in line");
+  assert.equal(clock.pending(), 5600); // 28 * 0.2 s: sooner than 10 s, later than 1 s
+  await clock.next();
+  assert.equal(seat.seat.position, 19);
+  await clock.next();
+  assert.deepEqual(server.bodies.filter(Boolean), [{}, { ticket: "tk30" }], "the ticket once, when called");
+  assert.equal(seat.phase, "playing");
+  assert.ok(of("note").some(([text]) => text === "It’s your turn."), "the listener is told it is their turn");
+});
+
+test("linePosition, lineEta and lineRetry read the document as the server's Line does", () => {
+  const d = { called: 10, gaps: [12, 15], free: 3, wait_s: 0.5, admit_rate_per_s: 2, line_rate_per_s: 0,
+    poll: { min_s: 1, max_s: 10, per_place_s: 0.2, stretch: 2 } };
+  assert.equal(linePosition(d, 9), null);
+  assert.equal(linePosition(d, 10), 1);
+  assert.equal(linePosition(d, 13), 3); // 10, 11, (12 left), 13
+  assert.equal(linePosition(d, 20), 9);
+  assert.equal(lineEta(d, 3), 2); // 0.5 + 3 / 2
+  assert.equal(lineEta(d, 4), null); // more than the free seats, and the line has not moved
+  assert.equal(lineRetry(d, 100, null), 20); // 10 s at most, stretched twice by the ladder
+  assert.equal(lineRetry(d, 1, 0.3), 2); // 1 s at least
+});
+
+test("a line document that cannot be read: the ticket is polled as the answer advised", async () => {
+  const server = new FakeServer(waiting(3, 4, { place: 7 }), json(404, { error: "not_found" }), waiting(2, 6, { place: 7 }),
+    new Error("offline"), seated());
+  const { seat, clock } = make(server, { random: randoms(0) });
+  await seat.enter();
+  await clock.next();
+  assert.deepEqual(server.bodies[2], { ticket: "tk3" });
+  assert.equal(seat.seat.position, 2);
+  await clock.next();
+  assert.deepEqual(server.bodies[4], { ticket: "tk2" });
+  assert.equal(seat.phase, "playing");
+});
+
+test("the waiting line by polls: position updates, polls never sooner than retry_after_s, then the seat", async () => {
+  const unreadable = () => json(503, { error: "unavailable" });
+  const server = new FakeServer(waiting(3, 4), unreadable(), waiting(2, 6), unreadable(), seated());
   const { seat, clock, of } = make(server, { random: randoms(0, 1, 0.5, 0.5) });
   await seat.enter();
   assert.equal(seat.phase, "waiting");
@@ -74,13 +136,13 @@ test("the waiting line: position updates, polls never sooner than retry_after_s,
   // the server's wait plus 10 % ± 10 %: with random() = 0, exactly the wait, never less
   assert.equal(clock.pending(), 4000);
   await clock.next();
-  assert.deepEqual(server.bodies[1], { ticket: "tk3" });
+  assert.deepEqual(server.bodies[2], { ticket: "tk3" });
   assert.equal(seat.seat.polls, 1);
   assert.equal(seat.seat.position, 2);
   assert.equal(seat.seat.ticket, "tk2");
   assert.equal(Math.round(clock.pending()), 7200); // random() = 1: 6 s * 1.2
   await clock.next();
-  assert.deepEqual(server.bodies[2], { ticket: "tk2" });
+  assert.deepEqual(server.bodies[4], { ticket: "tk2" });
   assert.equal(seat.phase, "playing");
   assert.equal(seat.seat.ticket, null);
   assert.equal(seat.seat.position, null);
@@ -214,7 +276,7 @@ test("a solver that fails backs off like a network error", async () => {
 });
 
 test("the Space ended while in line: phase ended, the replay's links kept, no more polls", async () => {
-  const server = new FakeServer(waiting(2, 5),
+  const server = new FakeServer(waiting(2, 5, { place: 4 }), doc(0, { state: "ended" }),
     json(200, { status: "ended", replay: "/media/s1/vod.m3u8", download: "/media/s1/download.m4a" }));
   const { seat, clock, of } = make(server);
   await seat.enter();

@@ -5,7 +5,13 @@
 //
 // Phases (seat.phase), one request at a time (POST join):
 //   joining -> waiting -> playing <-> stopped;  any -> ended;  joining -> error (refused).
-//   waiting: a ticket, polled after the answer's retry_after_s plus 0-20 % (never sooner);
+//   waiting: a ticket and a place number. The Space's line document (GET line, which edges
+//     cache for a second) is read after the answer's retry_after_s plus 0-20 % (never sooner),
+//     and again after the interval it implies: the position is worked out from it
+//     (linePosition), and only once our turn has come is the ticket sent (POST join {ticket})
+//     to take the seat. A place in the pre-start pool has no number: its ticket is sent once
+//     the document says the Space has started. A document that cannot be read: the ticket
+//     is polled instead, as the join answer advised;
 //   playing: a seat and a token. The live playlist renews the token: past half its life, a
 //     playlist GET is answered 307 to the same path with a new token for the seat, which the
 //     player hands to adopt() (no request here). The API renewal (POST join {token}) is the
@@ -58,6 +64,32 @@ export function mediaToken(url) {
   }
 }
 
+// The line document (GET /api/spaces/<id>/line, src/amphi/web/answers.py line_answer) read as
+// src/amphi/control/admission.py's Line reads it. A place numbered `place` is at this
+// position, 1 at the head; null once its turn has come.
+export function linePosition(doc, place) {
+  if (place < doc.called) return null;
+  let gone = 0;
+  for (const g of doc.gaps || []) if (g < place) gone += 1;
+  return place - doc.called + 1 - gone;
+}
+
+// Seconds until `position` is seated (as Line.eta): null while the line does not move.
+export function lineEta(doc, position) {
+  const round1 = (x) => Math.floor(x * 10 + 0.5) / 10;
+  if (position <= doc.free) return round1(doc.wait_s + position / doc.admit_rate_per_s);
+  return doc.line_rate_per_s > 0 ? round1(position / doc.line_rate_per_s) : null;
+}
+
+// Seconds until the document is worth reading again (as poll_after, stretched by the node's
+// degradation ladder): soon at the front, at most poll.max_s further back.
+export function lineRetry(doc, position, estimate) {
+  const p = doc.poll || {};
+  let base = position * (p.per_place_s ?? 0.2);
+  if (estimate !== null && estimate !== undefined) base = Math.min(base, estimate / 3);
+  return Math.min(p.max_s ?? 10, Math.max(p.min_s ?? 1, base)) * (p.stretch ?? 1);
+}
+
 export class Admission {
   // url: the Space's API base (/api/spaces/<id>); later(fn, ms) -> cancel(): the one timer;
   // solve(challenge) -> Promise<{solution, hashes, ms}>; beacon(url, json) -> bool.
@@ -72,6 +104,7 @@ export class Admission {
       phase: "joining",
       ticket: null, // while waiting
       position: null,
+      place: null, // our place's number in the Space's line (null in the pre-start pool)
       waiting: null, // how many wait in this Space's line, us included
       estimate: null, // estimated_wait_s: null when nobody is leaving
       order: null, // "fifo" or "draw_at_start"
@@ -85,6 +118,7 @@ export class Admission {
       expiresAt: 0, // local clock, ms
       blocked: false, // admitted, but the browser wants a tap before it plays sound
       polls: 0, // ticket polls sent
+      lineReads: 0, // line documents read
       renewals: 0, // token renewals answered "admitted" (the API fallback)
       playlistRenewals: 0, // newer tokens the live playlist handed us (adopt)
       rejoins: 0, // fresh joins after a ticket or token was refused
@@ -426,6 +460,7 @@ export class Admission {
     this.fresh.reset();
     s.ticket = data.ticket;
     s.position = data.position;
+    s.place = Number.isInteger(data.place) ? data.place : null;
     s.waiting = data.waiting;
     s.estimate = data.estimated_wait_s ?? null;
     s.order = data.order || "fifo";
@@ -438,7 +473,38 @@ export class Admission {
     this.hook("waiting"); // back in line: a token that lapsed, or Play after Stop
     this.setPhase("waiting");
     this.hook("change");
-    this.later(() => this.send({ ticket: s.ticket }), this.jittered(wait ?? DEFAULT_RETRY_S));
+    this.later(() => this.watchLine(), this.jittered(wait ?? DEFAULT_RETRY_S));
+  }
+
+  // Reads the line document; sends the ticket only once our turn has come (or the Space has
+  // started, for a place in the pool, or ended). A document that cannot be read: the ticket.
+  async watchLine() {
+    const s = this.seat;
+    if (s.phase !== "waiting" || !s.ticket) return;
+    const generation = this.generation;
+    let reply;
+    try {
+      reply = await request(`${this.url}/line`, { method: "GET" }, { fetch: this.deps.fetch });
+    } catch (_) {
+      reply = null;
+    }
+    if (generation !== this.generation || this.closed) return;
+    const doc = reply && reply.status === 200 && reply.data && typeof reply.data === "object" ? reply.data : null;
+    if (!doc || !Number.isInteger(doc.called)) return this.send({ ticket: s.ticket });
+    s.lineReads += 1;
+    if (doc.state === "ended") return this.send({ ticket: s.ticket });
+    if (s.place === null) {
+      if (doc.state !== "scheduled") return this.send({ ticket: s.ticket }); // drawn: our number
+      return this.later(() => this.watchLine(), this.jittered(lineRetry(doc, s.position || 1, null)));
+    }
+    const position = linePosition(doc, s.place);
+    if (position === null) return this.send({ ticket: s.ticket }); // our turn
+    const estimate = lineEta(doc, position);
+    s.position = position;
+    s.waiting = doc.waiting;
+    s.estimate = estimate;
+    this.hook("change");
+    this.later(() => this.watchLine(), this.jittered(lineRetry(doc, position, estimate)));
   }
 
   // The Space has ended (a join answer or the status): no seat, no line, only the replay.
