@@ -109,6 +109,7 @@ def test_a_full_space_admits_waiting_listeners_as_seats_free(serve, tmp_path: Pa
     assert status["peak_listeners"] <= 30
     assert r["waiting_max"] >= 30 and r["waited"] >= 60
     assert r["admitted_from_line"] >= 20  # seats freed by leavers went to the line
+    assert r["line_reads"] >= r["admitted_from_line"]  # they waited by the line document
     # a session that ends while its poll is in flight may be seated by the node without hearing of it
     assert r["admitted"] <= status["admitted_total"] <= r["admitted"] + r["joins_cut_off"]
     assert r["failed"] == 0 and r["sessions"] > 90

@@ -5,8 +5,9 @@
 
 Protocols:
 
-* ``amphi``: ``POST /api/spaces/<id>/join`` (202: wait ``retry_after_s`` plus jitter, poll
-  with the ticket), then the playlist from the answer: LL-HLS with blocking reload and
+* ``amphi``: ``POST /api/spaces/<id>/join`` (202: wait ``retry_after_s`` plus jitter, then
+  read the line document until it says the place's turn has come, and only then send the
+  ticket, as the listener page does; the ticket is polled if the document cannot be read), then the playlist from the answer: LL-HLS with blocking reload and
   parts (``ll``, like hls.js in low-latency mode: a request per part), whole segments
   (``segments``, like a player that ignores parts), or streamed segments (``stream``: the
   multivariant playlist, then one GET per segment whose body arrives part by part while the
@@ -36,10 +37,11 @@ from amphi.loadtest.buffer import PlaybackBuffer
 from amphi.loadtest.config import LoadConfig
 from amphi.loadtest.fragments import DEFAULT_TIMESCALE, SegmentRead, init_timescale, start_skip
 from amphi.control.tokens import TOKEN
+from amphi.web.answers import parse_line
 from amphi.defense.pow import solve
 from amphi.media.fmp4 import MalformedMp4
 from amphi.loadtest.http import Connection, HttpError, Response, is_loopback, loopback_source, split_url
-from amphi.loadtest.profiles import Session, backoff_s, header_retry_s, retry_delay_s
+from amphi.loadtest.profiles import Session, backoff_s, header_retry_s, line_retry_s, retry_delay_s
 from amphi.loadtest.stats import Histogram
 
 _TOKEN_IN_PATH = re.compile(r"/t/([^/]+)/")
@@ -71,6 +73,7 @@ class Swarm(Protocol):
     cfg: LoadConfig
     renewals: int
     playlist_renewals: int
+    line_reads: int
     edge_switches: int
     pow_solved: int
     pow_s: float
@@ -95,7 +98,7 @@ class Swarm(Protocol):
 class Listener:
     __slots__ = ("swarm", "session", "rng", "conn", "source", "media", "edges", "edge_lost", "edge_lost_at", "state", "buffer", "arrived", "answered", "admitted_at",
                  "first_audio", "waited", "token", "ticket", "renew_at", "path", "failures", "outcome", "dropped",
-                 "timescale", "last_part_at", "ends_at", "side", "renew_share")
+                 "timescale", "last_part_at", "ends_at", "side", "renew_share", "place")
 
     def __init__(self, swarm: Swarm, session: Session, rng: random.Random) -> None:
         self.swarm = swarm
@@ -128,6 +131,7 @@ class Listener:
         self.ends_at = float("inf")  # wall time the session ends: its buffer is not played past it
         self.side: Connection | None = None  # stream: a second connection to the media's host, for playlists
         self.renew_share = 0.5  # how far into a token's life the API renewal comes (the join's renew_after_s)
+        self.place: int | None = None  # while waiting: the place's number in the Space's line
 
     # -- the session ------------------------------------------------------------------------
 
@@ -256,11 +260,13 @@ class Listener:
             if resp.status == 202:
                 answer = orjson.loads(resp.body)
                 self.ticket = answer["ticket"]
+                self.place = answer.get("place") if isinstance(answer.get("place"), int) else None
                 body = {"ticket": self.ticket}
                 if self.state != "waiting":
                     self.waited = True
                     self.state = "waiting"
                 await asyncio.sleep(retry_delay_s(float(answer.get("retry_after_s") or 1.0), self.rng))
+                await self._watch_line(f"/api/spaces/{sw.cfg.space}/line", int(answer.get("position") or 1))
                 continue
             if resp.status == 429 and (challenge := _challenge(resp)) is not None:
                 body = {**body, **self._solve(challenge)}  # like the browser's worker: solve, join again
@@ -274,6 +280,31 @@ class Listener:
                 body = {}
                 continue
             raise GiveUp(f"http_{resp.status}")
+
+    async def _watch_line(self, url: str, pooled_position: int) -> None:
+        """Reads the line document until this place's turn has come (or the Space started, for a
+        place in the pool, or ended); returns then, or at once if the document cannot be read:
+        the ticket goes to the API either way."""
+        sw = self.swarm
+        while True:
+            try:
+                resp = await self._request("GET", url)
+                doc = orjson.loads(resp.body) if resp.status == 200 else None
+                line = parse_line(doc) if isinstance(doc, dict) else None
+            except HttpError as e:
+                sw.error(e.kind)
+                return
+            except (ValueError, KeyError, TypeError):
+                line = None
+            if line is None or doc is None:
+                return
+            sw.line_reads += 1
+            if doc.get("state") == "ended" or (self.place is None and doc.get("state") != "scheduled"):
+                return
+            position = pooled_position if self.place is None else line.position(self.place)
+            if position is None:
+                return  # our turn
+            await asyncio.sleep(line_retry_s(doc["poll"], position, line.eta(position), self.rng))
 
     def _solve(self, challenge: dict[str, object]) -> dict[str, str]:
         t = time.perf_counter()

@@ -19,6 +19,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from amphi.control.admission import poll_after
+
 PROFILES = ("ramp", "surge", "poisson", "churn", "reconnect")
 
 
@@ -82,6 +84,15 @@ def header_retry_s(value: str | None) -> float:
         return max(0.2, float(value if value is not None else "1"))
     except ValueError:
         return 1.0
+
+
+def line_retry_s(poll: dict[str, float], position: int, estimate: float | None, rng: random.Random) -> float:
+    """When a waiting client reads the line document again: as the server would advise it
+    (``poll_after``, stretched by the node's ladder, jittered: the document's ``poll``), plus
+    up to 10 % more, as ``retry_delay_s``."""
+    base = poll_after(position, estimate, poll["min_s"], poll["max_s"]) * poll.get("stretch", 1.0)
+    j = poll.get("jitter", 0.0)
+    return retry_delay_s(base * rng.uniform(1 - j, 1 + j), rng)
 
 
 def retry_delay_s(retry_after_s: float, rng: random.Random) -> float:

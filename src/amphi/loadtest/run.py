@@ -374,7 +374,7 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         for k, h in hists.items():
             h.merge(f[k])
         for key in ("sessions", "admitted", "with_audio", "waited", "admitted_from_line", "answered", "stalled_listeners", "stalls",
-                    "requests", "renewals", "playlist_renewals", "drops", "edge_switches", "joins_cut_off", "pow_solved"):
+                    "requests", "renewals", "playlist_renewals", "line_reads", "drops", "edge_switches", "joins_cut_off", "pow_solved"):
             totals[key] += f[key]
     stall_s = sum(f["stall_s"] for f in finals)
     worker_cpu = [f["cpu_s"] for f in finals]
@@ -430,6 +430,7 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         "request_rate_avg": round(totals["requests"] / wall, 1),
         "renewals": totals["renewals"],
         "playlist_renewals": totals["playlist_renewals"],
+        "line_reads": totals["line_reads"],
         "drops": totals["drops"],
         "edge_switches": totals["edge_switches"],
         "joins_cut_off": totals["joins_cut_off"],

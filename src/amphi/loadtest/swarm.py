@@ -37,6 +37,7 @@ class Swarm:
         self.requests = 0
         self.renewals = 0  # through the API (join with the token)
         self.playlist_renewals = 0  # by a live-playlist reload's redirect (docs/admission.md)
+        self.line_reads = 0  # line documents read while waiting (docs/admission.md)
         self.drops = 0
         self.edge_switches = 0  # media moved to another edge after one stopped answering
         self.joins_cut_off = 0  # join requests in flight when their session ended
@@ -163,7 +164,7 @@ class Swarm:
             "stalls": sum(b.stalls for b in stalled),
             "stall_s": sum(b.stalled_seconds(b.last) for b in stalled),
             "requests": self.requests, "renewals": self.renewals,
-            "playlist_renewals": self.playlist_renewals, "drops": self.drops,
+            "playlist_renewals": self.playlist_renewals, "line_reads": self.line_reads, "drops": self.drops,
             "edge_switches": self.edge_switches,
             "joins_cut_off": self.joins_cut_off,
             "errors": dict(self.errors),
