@@ -52,7 +52,7 @@ class Node:
         self.signer = Signer(keys.token_key(cfg))
         self.operator_key = keys.operator_key(cfg)
         self.store = _store(cfg, self.signer)
-        self.governor = Governor(cfg.admission)
+        self.governor = Governor(cfg.admission, seats_cost=not cfg.edges)  # behind edges, seats cost a share of a report
         self.shield = Shield(cfg.defense, self.signer, self.registry.known)  # defense (docs/defense.md)
         self.shield.on_space_verdict = self.obs.detector  # obs: detector changes are events, with evidence
         self.shield.media_elsewhere = bool(cfg.edges)  # behind edges the node does not see listeners' media

@@ -86,7 +86,7 @@ def test_nobody_jumps_the_line_even_when_a_seat_is_free() -> None:
 
 def test_under_degradation_new_joins_queue_but_the_line_keeps_moving_under_the_limit() -> None:
     adm = make(max_listeners=10)
-    adm.paused = True  # rung 1 of the ladder
+    adm.paused = True  # rung 2 of the ladder
     answers = [adm.join("s", T0) for _ in range(4)]
     assert all(isinstance(a, Waiting) for a in answers)  # nobody seated straight away ...
     adm.promote(T0)
@@ -333,10 +333,11 @@ def test_governor_cuts_the_limit_under_pressure_and_climbs_the_ladder() -> None:
     gov.update(sick, occupied=900, now=1)
     assert gov.limit == 900 and gov.level == 0 and len(gov.problems) == 3
     gov.update(sick, occupied=900, now=2)
-    assert gov.level == 1 and gov.level_name == "queue_new_joins"
+    assert gov.level == 1 and gov.level_name == "optional_work_off" and gov.retry_factor == 2
+    assert gov.optional_work_off and not gov.queue_new_joins  # what can wait is shed first
     for t in (3, 4):
         gov.update(sick, occupied=900, now=t)
-    assert gov.level == 2 and gov.level_name == "optional_work_off"
+    assert gov.level == 2 and gov.level_name == "queue_new_joins" and gov.queue_new_joins
     low = gov.limit
     for t in range(5, 8):
         gov.update(well, occupied=900, now=t)  # the room is over the limit: it grows back
@@ -344,3 +345,14 @@ def test_governor_cuts_the_limit_under_pressure_and_climbs_the_ladder() -> None:
     for t in range(8, 200):
         gov.update(well, occupied=0, now=t)  # nearly empty: no reason to grow
     assert gov.level == 0 and gov.limit < 1000
+
+
+def test_behind_edges_an_unhealthy_node_sheds_and_never_cuts_seats() -> None:
+    """Seats cost a node behind edges nothing but a share of a report: under pressure it sheds
+    (stretches waiting clients, pauses replays) and keeps seating at the admission rate."""
+    cfg = AdmissionConfig(max_listeners=1000, escalate_after=2, recover_after=3)
+    gov = Governor(cfg, seats_cost=False)
+    sick = HealthSample(loop_lag_s=0.5, loop_cpu=0.99, join_p95_s=1.0)
+    for t in range(1, 50):
+        gov.update(sick, occupied=900, now=t)
+    assert gov.limit == 1000 and gov.level == 2 and gov.retry_factor == 3

@@ -82,6 +82,26 @@ def test_an_overloaded_node_times_out_and_clients_give_up() -> None:
     assert r["join_p99_s"] > 2.0
 
 
+def test_waiting_clients_read_the_line_and_reach_the_node_only_to_take_their_seat() -> None:
+    r = Simulation(small()).run()  # 800 seats, 2000 arrive: 1200 wait to the end, by the line document
+    assert r["waiting_end"] == 1200 and r["line_reads"] > 2000
+    # a join each, a ticket for each of the ~780 seated from the line, and nothing for those still waiting
+    assert r["api_requests"] <= 2000 + 800 + 50, r["api_requests"]
+
+
+@pytest.mark.parametrize("edges", [2, 0])
+def test_an_undersized_control_plane_sheds_and_seats_slower_never_stops(edges: int) -> None:
+    """A node with a fifth of the CPU the surge wants: behind edges it sheds (the ladder's
+    rungs) and keeps seating at the rate; serving the media itself it also cuts the limit."""
+    r = Simulation(small(request_cost_s=0.02, listen_s=120.0, edges=edges)).run()
+    limits = [row["limit"] for row in r["timeline"]]
+    assert r["degradation_level_max"] == 2
+    if edges:
+        assert r["admitted"] == 800 and r["failed"] == 0 and min(limits) == 800
+    else:
+        assert min(limits) < 800
+
+
 def test_same_seed_same_run() -> None:
     a, b = Simulation(small()).run(), Simulation(small()).run()
     assert a["timeline"] == b["timeline"] and a["wait_p99_s"] == b["wait_p99_s"]

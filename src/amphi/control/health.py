@@ -5,16 +5,20 @@ and feeds a ``HealthSample`` here.
 Two responses, both automatic and both visible in every Space's status:
 
 * the **adaptive limit** (AIMD, as in TCP congestion control and Netflix's
-  concurrency-limits AIMD): an unhealthy sample cuts the seat limit by ``DECREASE``; a
-  healthy one while the room is nearly full adds ``INCREASE`` of the ceiling back. The
-  limit only stops new admissions; nobody seated is ever evicted.
+  concurrency-limits AIMD), only where seats cost this node (it serves their media itself,
+  ``seats_cost``): an unhealthy sample cuts the seat limit by ``DECREASE``; a healthy one
+  while the room is nearly full adds ``INCREASE`` of the ceiling back. The limit only stops
+  new admissions; nobody seated is ever evicted. Behind edges a seat costs the node a share
+  of an edge's report: cutting seats would stop seating and relieve nothing.
 * the **degradation ladder**, one rung per ``escalate_after`` unhealthy samples in a row and
-  back down one per ``recover_after`` healthy ones:
+  back down one per ``recover_after`` healthy ones. What can wait is shed first, seating last
+  (and never stopped: the line keeps moving at the admission rate):
 
       0 normal
-      1 queue_new_joins     every new join waits in line (no new seats at all)
-      2 optional_work_off   also: replays and downloads of ended Spaces answer 503 + Retry-After,
-                            waiting clients are told to poll half as often
+      1 optional_work_off   waiting clients poll and read the line half as often; replays and
+                            downloads of ended Spaces answer 503 + Retry-After
+      2 queue_new_joins     also: every new join waits in line (no seat straight away),
+                            waiting clients poll a third as often
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ DECREASE = 0.9  # multiplicative decrease per unhealthy sample
 INCREASE = 0.01  # additive increase per healthy sample, as a share of the ceiling
 NEARLY_FULL = 0.9  # the limit grows only when occupancy is above this share of it
 
-LEVELS = ("normal", "queue_new_joins", "optional_work_off")
+LEVELS = ("normal", "optional_work_off", "queue_new_joins")
+STRETCH = (1.0, 2.0, 3.0)  # per level: how much longer waiting clients are told to wait
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,9 @@ class HealthSample:
 class Governor:
     """The adaptive limit and the degradation ladder, updated once per health sample."""
 
-    def __init__(self, cfg: AdmissionConfig) -> None:
+    def __init__(self, cfg: AdmissionConfig, *, seats_cost: bool = True) -> None:
         self.cfg = cfg
+        self.seats_cost = seats_cost  # this node serves its listeners' media: seats cost it CPU
         self.limit = cfg.max_listeners
         self.level = 0
         self.problems: list[str] = []
@@ -84,7 +90,8 @@ class Governor:
         if self.problems:
             self._unhealthy_run += 1
             self._healthy_run = 0
-            self.limit = max(cfg.min_listeners, int(self.limit * DECREASE))
+            if self.seats_cost:
+                self.limit = max(cfg.min_listeners, int(self.limit * DECREASE))
             if self._unhealthy_run >= cfg.escalate_after and self.level < len(LEVELS) - 1:
                 self._set_level(self.level + 1, now)
         else:
@@ -97,8 +104,16 @@ class Governor:
 
     @property
     def retry_factor(self) -> float:
-        """Waiting clients are told to poll half as often from rung 2 on."""
-        return 2.0 if self.level >= 2 else 1.0
+        """How much longer waiting clients are told to wait (polls and line reads)."""
+        return STRETCH[self.level]
+
+    @property
+    def queue_new_joins(self) -> bool:
+        return self.level >= 2
+
+    @property
+    def optional_work_off(self) -> bool:
+        return self.level >= 1
 
     def _set_level(self, level: int, now: float) -> None:
         self.level = level

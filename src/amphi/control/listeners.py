@@ -161,7 +161,7 @@ class Listeners:
         gov = self.governor
         gov.update(sample, self.store.occupied, self._clock())
         self.store.limit = gov.limit
-        self.store.paused = gov.level >= 1
+        self.store.paused = gov.queue_new_joins
         self.store.level = gov.level
         self.join_times = []
         self._wake()

@@ -198,8 +198,8 @@ class Spaces:
         return self.registry.get(space_id).state is SpaceState.ENDED
 
     def optional_work_allowed(self) -> None:
-        """Degradation rung 2 switches off serving replays and downloads."""
-        if self._governor.level >= 2:
+        """Degradation rung 1 switches off serving replays and downloads."""
+        if self._governor.optional_work_off:
             raise Unavailable("replays are paused while the node is under pressure",
                               retry_after_s=random.uniform(20, 40))
 

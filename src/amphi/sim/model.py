@@ -56,7 +56,7 @@ from amphi.core.errors import AmphiError, BadRequest, TooBusy, TooEarly
 from amphi.edge.renewals import BATCH, REPORT_S
 from amphi.edge.varnish import FANOUT_WORKERS
 from amphi.loadtest.listener import MAX_ATTEMPTS
-from amphi.loadtest.profiles import backoff_s, header_retry_s, retry_delay_s, schedule
+from amphi.loadtest.profiles import backoff_s, header_retry_s, line_retry_s, retry_delay_s, schedule
 from amphi.web.asgi import retry_after_value
 
 ARRIVALS = ("surge", "ramp", "poisson")
@@ -69,7 +69,7 @@ SECRET = b"amphi-simulator-secret"  # signs the simulated tokens and tickets: no
 # client states, as the loadtest names them
 NEW, JOINING, WAITING, PLAYING, LEFT, FAILED = range(6)
 # events
-ARRIVE, SEND, ANSWER, TIMEOUT, LEAVE, ADMITTER, HEALTH, SAMPLE, FAIL_EDGE, REATTACH = range(10)
+ARRIVE, SEND, ANSWER, TIMEOUT, LEAVE, ADMITTER, HEALTH, SAMPLE, FAIL_EDGE, REATTACH, LINE = range(11)
 
 
 class _Nowhere:
@@ -197,18 +197,21 @@ class Simulation:
         self.adm_cfg = scaled_admission(node_admission(cfg), self.scale, cfg.horizon_s)
         signer = Signer(SECRET)
         self.admission = Admission(self.adm_cfg, signer, random.Random(cfg.seed + 1))
-        self.governor = Governor(self.adm_cfg)
+        self.governor = Governor(self.adm_cfg, seats_cost=not cfg.edges)
         self.t = 0.0  # the event being handled
         self.space = Space(SPACE, "simulated", SpaceState.LIVE, "", T0, started_at=T0)
         self.listeners = Listeners(self.adm_cfg, MemoryStore(self.admission), self.governor, signer, _NOWHERE,
                                    _NOWHERE, wake=lambda: self.wake_admitter(self.t), clock=self.now)
         self.media_rps = media_rps_per_listener(cfg.player)
+        adm = self.adm_cfg
+        self.poll = {"min_s": adm.poll_min_s, "max_s": adm.poll_max_s, "jitter": adm.poll_jitter}  # the document's advice
         self.buffer_s = MediaConfig().part_s * 3 if cfg.player == "ll" else MediaConfig().part_s * MediaConfig().parts_per_segment * 3
         sessions = schedule(cfg.arrival, self.n, duration_s=cfg.horizon_s, ramp_s=cfg.arrival_s, seed=cfg.seed)
         self.arrive_s = [s.arrive_s for s in sessions]
         n = self.n
         self.state = bytearray(n)
         self.ticket: list[str | None] = [None] * n
+        self.place: list[int | None] = [None] * n  # while waiting: the place's number in the line
         self.token: list[str | None] = [None] * n
         self.failures = bytearray(n)
         self.answered = [math.nan] * n
@@ -224,6 +227,9 @@ class Simulation:
         self.period_lag = 0.0
         self.period_joins: list[float] = []
         self.sample_requests = 0  # simulated API requests since the last sample
+        self.sample_line_reads = 0  # simulated line-document reads since the last sample (edges serve them)
+        self.api_requests = 0  # simulated joins, redemptions and leaves sent to the node, in all
+        self.line_reads = 0  # simulated line-document reads, in all
         # edges
         self.edge_load = [0] * cfg.edges  # simulated clients per edge
         self.alive = list(range(cfg.edges))
@@ -281,6 +287,7 @@ class Simulation:
         self.period_work += cost * self.scale
         self.period_lag = max(self.period_lag, self.backlog_s)
         self.sample_requests += 1
+        self.api_requests += 1
         return delay
 
     # -- the run ----------------------------------------------------------------------------
@@ -301,7 +308,8 @@ class Simulation:
         horizon = cfg.horizon_s
         events = self.events
         handlers = (self.on_arrive, self.on_send, self.on_answer, self.on_timeout, self.on_leave,
-                    self.on_admitter, self.on_health, self.on_sample, self.on_fail_edge, self.on_reattach)
+                    self.on_admitter, self.on_health, self.on_sample, self.on_fail_edge, self.on_reattach,
+                    self.on_line)
         while events:
             t, _, kind, cid = heapq.heappop(events)
             if t > horizon:
@@ -360,10 +368,29 @@ class Simulation:
             return
         assert isinstance(answer, InLine)
         self.ticket[cid] = answer.ticket
+        self.place[cid] = answer.place
         if self.state[cid] != WAITING:
             self.set_state(cid, WAITING)
         retry = round(answer.retry_after_s, 2)
-        self.at(t + retry_delay_s(retry, self.rng), SEND, cid)
+        self.at(t + retry_delay_s(retry, self.rng), LINE, cid)
+
+    def on_line(self, t: float, cid: int) -> None:
+        """A waiting client reads the line document (from its edge; from the node when there
+        are none) and sends its ticket only once its turn has come, as the page does."""
+        if self.state[cid] != WAITING:
+            return
+        self.sample_line_reads += 1
+        self.line_reads += 1
+        if not self.cfg.edges and self.queue(t) is None:  # the node serves it: a request like any other
+            self.at(t + self.cfg.request_timeout_s, LINE, cid)
+            return
+        _, line, stretch = settle(self.listeners.line(self.space))  # type: ignore[misc]
+        place = self.place[cid]
+        position = None if place is None else line.position(place)
+        if position is None:  # called (the edge's copy up to a second older than the node's)
+            self.at(t + self.rng.uniform(0.0, 1.0), SEND, cid)
+            return
+        self.at(t + line_retry_s(self.poll | {"stretch": stretch}, position, line.eta(position), self.rng), LINE, cid)
 
     def on_timeout(self, t: float, cid: int) -> None:
         """No answer within the client's timeout: full-jitter backoff, and after
@@ -486,7 +513,8 @@ class Simulation:
         self.stalled_peak = max(self.stalled_peak, stalled)
         api_rps = (self.sample_requests * self.scale / dt + renew_rps) * cfg.api_nodes
         api_cpu = (self.sample_requests * self.scale / dt * cfg.request_cost_s + renew_work) * cfg.api_nodes
-        self.sample_requests = 0
+        line_rps = self.sample_line_reads * self.scale / dt * cfg.api_nodes
+        self.sample_requests = self.sample_line_reads = 0
         origin_rps = (len(self.alive) * self.media_rps if cfg.edges else playing_node * self.media_rps * cfg.api_nodes)
         admitted = self.admitted_total * mult
         prev = self.timeline[-1]["admitted"] if self.timeline else 0
@@ -496,7 +524,7 @@ class Simulation:
             "playing": self.counts[PLAYING] * mult, "waiting": self.counts[WAITING] * mult,
             "joining": self.counts[JOINING] * mult, "failed": self.counts[FAILED] * mult,
             "left": self.counts[LEFT] * mult, "stalled_now": round(stalled), "api_rps": round(api_rps, 1),
-            "api_cpu": round(api_cpu, 3),
+            "api_cpu": round(api_cpu, 3), "line_rps": round(line_rps, 1),
             "origin_rps": round(origin_rps, 1), "edges_alive": len(self.alive),
             "node_backlog_s": round(self.backlog_s, 4), "level": self.governor.level,
             "limit": self.governor.limit * self.mult,
@@ -556,6 +584,7 @@ class Simulation:
             "wait_max_s": _r(waits[-1] if waits else None),
             "stall_listener_s": round(self.stall_listener_s, 1), "stalled_peak": round(self.stalled_peak),
             "degradation_level_max": self.level_max,
+            "api_requests": self.api_requests * mult, "line_reads": self.line_reads * mult,
             "plan": {
                 "edges_for_zero_stalls": edges_needed,
                 "edges_to_survive_one_loss": edges_needed + 1,
