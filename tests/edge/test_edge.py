@@ -365,6 +365,23 @@ def test_joins_are_rate_limited_per_address_at_the_edge(tier: Tier) -> None:
         assert r.json()["error"] == "too_many_requests" and r.headers["retry-after"]
 
 
+def test_waiting_clients_share_one_line_document_per_edge_a_second(tier: Tier) -> None:
+    edge = tier.edges[0].url
+    started = time.monotonic()
+    answers = [httpx.get(f"{edge}/api/spaces/{tier.space}/line?client={i}", timeout=10) for i in range(40)]
+    seconds = time.monotonic() - started
+    assert all(a.status_code == 200 and a.json()["space"] == tier.space for a in answers)
+    assert answers[0].headers["cache-control"] == "public, max-age=1"
+    # a fetch from the node is a miss; a query cannot split the copy: one fetch a second at
+    # most (one more if its second turned over), every other answer the edge's copy
+    fetched = sum(a.headers.get("x-cache") == "miss" for a in answers)
+    assert 1 <= fetched <= seconds + 2, ([a.headers.get("x-cache") for a in answers], seconds)
+    assert sum(a.headers.get("x-cache") == "hit" for a in answers) == 40 - fetched
+    assert len({a.json()["at"] for a in answers}) <= fetched  # one document per fetch
+    # a write is not a read: POST is refused by the node, never cached
+    assert httpx.post(f"{edge}/api/spaces/{tier.space}/line", json={}, timeout=10).status_code == 405
+
+
 def test_the_fan_out_answers_pipelined_requests_in_order_and_hands_nginx_what_it_does_not_parse(
         tier: Tier) -> None:
     first_segment(tier)

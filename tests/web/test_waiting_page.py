@@ -138,6 +138,10 @@ def test_waiting_page_plays_by_itself_when_a_seat_frees(serve: Callable[..., Amp
     assert page.text_content("#play-label") == "Stop"
     assert_polls_respect_retry_after(page)
     assert server.status(space)["listeners"] == 1
+    # it waited by the line document, and sent its ticket once: when its turn had come
+    tickets = [j for j in joins(page) if "ticket" in j["body"]]
+    assert len(tickets) == 1 and tickets[0]["status"] == 200, joins(page)
+    assert page.evaluate("window.amphiPlayer.lineReads") >= 1
 
 
 def test_waiting_before_a_scheduled_start_explains_the_draw(serve: Callable[..., AmphiServer], page: Page) -> None:
