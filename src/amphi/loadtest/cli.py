@@ -32,6 +32,9 @@ from amphi.loadtest.profiles import PROFILES
 @click.option("--player", default="ll", show_default=True, type=click.Choice(["ll", "segments", "stream"]),
               help="ll: parts with blocking reload (hls.js low-latency); segments: whole segments only; stream: "
                    "one GET per segment, read part by part as the origin streams it (docs/loadtest.md).")
+@click.option("--admission", "admission", default="line", show_default=True, type=click.Choice(["line", "polls"]),
+              help="amphi: line: wait by the line document and keep the seat by playlist reloads (docs/admission.md); "
+                   "polls: as the first wave's clients did (ticket polls, API renewals), to compare the two.")
 @click.option("--stay", default=None, type=click.FloatRange(min=0.1), help="churn: mean seconds a session stays.")
 @click.option("--drop-at", default=None, type=click.FloatRange(min=0), help="reconnect: when every connection drops (s).")
 @click.option("--stream-kbps", default=64.0, show_default=True, type=click.FloatRange(min=1),
@@ -54,7 +57,7 @@ from amphi.loadtest.profiles import PROFILES
 @click.option("--plot", "plot_out", default=None, type=click.Path(dir_okay=False), help="Write a PNG plot over time.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def loadtest(server: str, space: str, listeners: int, profile: str, duration: float, ramp: float, procs: int,
-             cpus: str | None, protocol: str, player: str, stay: float | None, drop_at: float | None, stream_kbps: float,
+             cpus: str | None, protocol: str, player: str, admission: str, stay: float | None, drop_at: float | None, stream_kbps: float,
              server_pid: int | None, seed: int, attack: str | None, attack_rate: float, attack_start: float,
              attack_duration: float | None, attack_sources: int, attack_connections: int, json_out: str | None,
              plot_out: str | None, quiet: bool) -> None:
@@ -70,7 +73,7 @@ def loadtest(server: str, space: str, listeners: int, profile: str, duration: fl
     if not server.startswith("http://"):
         raise click.UsageError("--server must be an http:// URL")
     cfg = LoadConfig(server=server.rstrip("/") if protocol == "amphi" else server, space=space, protocol=protocol,
-                     player=player, duration_s=duration, stream_kbps=stream_kbps, seed=seed)
+                     player=player, duration_s=duration, stream_kbps=stream_kbps, seed=seed, admission=admission)
     plan = None
     if attack:
         if protocol != "amphi":

@@ -17,4 +17,6 @@ class LoadConfig:
     stream_kbps: float = 64.0  # icecast: the mount's bitrate
     stream_start_s: float = 0.5  # icecast: buffered seconds before playback starts
     seed: int = 1
+    admission: str = "line"  # line: wait by the line document, renewed by playlist reloads; polls: the first
+    # wave's clients (ticket polls, API renewals at POLLS_RENEW_SHARE of a token's life), to compare the two
     spread_sources: bool = True  # each listener connects from its own 127.x.y.z (on a loopback server)

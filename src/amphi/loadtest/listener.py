@@ -59,6 +59,9 @@ class Ended(Exception):
     """The Space (or the stream) has ended."""
 
 
+POLLS_RENEW_SHARE = 0.4  # --admission polls: API renewals this far into a token's life (the playlist's come at half)
+
+
 class GiveUp(Exception):
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
@@ -266,7 +269,8 @@ class Listener:
                     self.waited = True
                     self.state = "waiting"
                 await asyncio.sleep(retry_delay_s(float(answer.get("retry_after_s") or 1.0), self.rng))
-                await self._watch_line(f"/api/spaces/{sw.cfg.space}/line", int(answer.get("position") or 1))
+                if sw.cfg.admission == "line":
+                    await self._watch_line(f"/api/spaces/{sw.cfg.space}/line", int(answer.get("position") or 1))
                 continue
             if resp.status == 429 and (challenge := _challenge(resp)) is not None:
                 body = {**body, **self._solve(challenge)}  # like the browser's worker: solve, join again
@@ -322,6 +326,8 @@ class Listener:
         url = answer["playlist"] if first or not answer.get("media_playlist") else answer["media_playlist"]
         host, port, self.path = split_url(str(url))
         renew_after = float(answer.get("renew_after_s") or 30.0)  # type: ignore[arg-type]
+        if self.swarm.cfg.admission == "polls":  # before half its life: no playlist reload renews it
+            renew_after = POLLS_RENEW_SHARE * float(answer.get("expires_in_s") or 60.0)  # type: ignore[arg-type]
         self.renew_share = renew_after / float(answer.get("expires_in_s") or 60.0)  # type: ignore[arg-type]
         self.renew_at = time.time() + renew_after
         self.edges = [split_url(str(e))[:2] for e in answer.get("edges") or ()]  # type: ignore[attr-defined]
