@@ -165,3 +165,14 @@ def test_side_by_side(tmp_path: Path) -> None:
     # Amphi's row is the stream player (issue 18): near the live edge, its requests counted per listener
     assert 0.2 < number(r"^   latency p50 ([\d.]+) s", out) < 3.0
     assert number(r"requests per listener per second ([\d.]+)", out) > 0
+
+
+@pytest.mark.slow
+def test_control_cost() -> None:
+    out = run_small("control_cost")
+    for protocol in ("polls", "line"):
+        assert number(rf"^{protocol}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+(\d+)", out) == 200  # seated: every seat
+        assert number(rf"^{protocol}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+\s+(\d+)", out) >= 90  # the rest waited
+    assert number(r"client: line reads (\d+)", out.split("== line")[1]) > 0  # the line's clients read it
+    assert "'/api/spaces/{id}/line'" in out.split("== line")[1]
+    assert "cost the node" in out

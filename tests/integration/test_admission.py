@@ -107,12 +107,22 @@ def test_waiting_by_the_line_document(serve) -> None:
     by_api = [poll_until_position(amphi, space, w["ticket"]) for w in stayed]
     assert by_api == [1, 2, 3, 4]
 
+    # a document that lies (forged, or replayed from later) only makes a client come early:
+    # the node answers with the true place, and no seat
+    early = poll_until_position(amphi, space, stayed[1]["ticket"])
+    assert early == 2
+
     # a seat frees: the document says the head's turn has come; only then it redeems, once
     amphi.http.post(f"/api/spaces/{space}/leave", json={"token": seated[0]["token"]})
     wait_until(lambda: line_position(fresh(), stayed[0]["place"]) is None, 10, "the head's turn in the document")
     assert line_position(fresh(), stayed[1]["place"]) == 1
     got = join(amphi, space, ticket=stayed[0]["ticket"])
     assert got.status_code == 200 and got.json()["status"] == "admitted"
+    # the same redemption again (a retry, or a copied ticket) is the same seat: the cap holds
+    again = join(amphi, space, ticket=stayed[0]["ticket"])
+    assert again.status_code == 200 and again.json()["token"].split(".")[0] == got.json()["token"].split(".")[0]
+    status = amphi.status(space)
+    assert (status["listeners"], status["waiting"]) == (2, 3)
 
     # not a document: the wrong method, an unknown Space
     assert amphi.http.post(f"/api/spaces/{space}/line", json={}).status_code == 405
