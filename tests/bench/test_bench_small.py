@@ -176,3 +176,12 @@ def test_control_cost() -> None:
     assert number(r"client: line reads (\d+)", out.split("== line")[1]) > 0  # the line's clients read it
     assert "'/api/spaces/{id}/line'" in out.split("== line")[1]
     assert "cost the node" in out
+
+
+@pytest.mark.slow
+def test_calibrate() -> None:
+    out = run_small("calibrate")
+    assert number(r"^seated\s+(\d+)", out) == 300  # every seat, in the real run
+    assert number(r"^waiting peak\s+(\d+)", out) >= 100
+    assert number(r"line reads (\d+)", out) > 0  # the real waiters read the line document through the edge
+    assert "PASS: within 10% on every figure" in out

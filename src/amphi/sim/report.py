@@ -63,7 +63,8 @@ def write_json(r: dict[str, object], path: str | Path) -> None:
 
 def plot(r: dict[str, object], path: str | Path, title: str | None = None) -> None:
     """Four panels over time: listeners (arrived, playing, waiting, gave up); seats given per
-    second; control-plane and origin requests per second; stalled listeners and live edges."""
+    second; control-plane, origin and line-document requests per second; stalled listeners
+    and live edges."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,8 +86,11 @@ def plot(r: dict[str, object], path: str | Path, title: str | None = None) -> No
     a1.legend(fontsize=8)
     a2.plot(t, col("seats_per_s"), color="#55a868")
     a2.set_title("seats given per second")
-    a3.plot(t, col("api_rps"), label="control plane (joins, polls, renewal reports)", color="#8172b2")
+    a3.plot(t, col("api_rps"), label="control plane (joins, seats taken, renewal reports)", color="#8172b2")
     a3.plot(t, col("origin_rps"), label="origin", color="#dd8452")
+    if any(row.get("line_rps") for row in tl):
+        a3.plot(t, [row.get("line_rps", 0) for row in tl], label="line document reads (at the edges)",
+                color="#64b5cd", linestyle="--")
     a3.set_yscale("symlog")
     a3.set_title("requests per second")
     a3.legend(fontsize=8)
