@@ -40,7 +40,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.option("--seat-grace", default=AdmissionConfig.seat_grace_s, show_default=True, type=click.FloatRange(min=0),
               help="Seconds a seat outlives its last token before it is given to someone else.")
 @click.option("--ticket-hold", default=AdmissionConfig.ticket_hold_s, show_default=True, type=click.FloatRange(min=1),
-              help="Seconds a place in line is kept after the waiting client's last poll.")
+              help="Seconds a seat offered to a place in line is held for its ticket (a place is held until its turn).")
 @click.option("--max-waiting", default=AdmissionConfig.max_waiting, show_default=True, type=click.IntRange(1),
               help="Places in the waiting line, node-wide; beyond it joins get 503 and come back later.")
 @click.option("--speaker-timeout", default=StageConfig.silence_timeout_s, show_default=True,

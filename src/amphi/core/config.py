@@ -93,7 +93,7 @@ class AdmissionConfig:
     admit_burst: int = 100  # GCRA: seats that may be given at once after a quiet spell
     token_ttl_s: float = 60.0  # admission token lifetime; clients renew at half of it
     seat_grace_s: float = 15.0  # a seat outlives its last token by this much
-    ticket_hold_s: float = 30.0  # a place in line (or a seat offered to it) is kept this long after a poll
+    ticket_hold_s: float = 30.0  # a seat offered to a place in line is held this long for its ticket (the place itself is held until its turn)
     poll_min_s: float = 1.0  # retry_after_s bounds for waiting clients, before jitter
     poll_max_s: float = 10.0
     poll_jitter: float = 0.25  # every retry_after_s is multiplied by 1 +- this, at random
