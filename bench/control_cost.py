@@ -18,7 +18,7 @@ line for the whole run, as in a full Space at a launch:
   fetch a second reaches the node), seats are renewed by the edge's fan-out and reported to the
   node in batches.
 
-The node's CPU (user + system, all its threads, psutil) is sampled once a second; over the
+The node's CPU (user + system, all its threads, ``amphi.loadtest.machine.ProcessCpu``) is sampled once a second; over the
 steady part (after the ramp and 10 s more, to the end) its mean is the figure, and the node's
 CPU with the Space live and nobody listening, measured first for 10 s, is subtracted to give
 the CPU that listening and waiting cost the node. The node's requests by route (``/metrics``)
@@ -41,11 +41,11 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 
 from harness import HOST, NodeProcess, exit_on_sigterm, free_port, run, small_mode, split_cores, start_space
 
 from amphi.core.files import raise_open_files
+from amphi.loadtest.machine import ProcessCpu
 from amphi.loadtest.run import RunOptions, run as loadtest
 from amphi.loadtest.swarm import LoadConfig
 
@@ -61,22 +61,14 @@ class CpuSampler:
     """A process's CPU seconds (all threads and children), read once a second in a thread."""
 
     def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
+        self.proc = ProcessCpu(pid)
         self.samples: list[tuple[float, float]] = []  # (monotonic, cpu seconds so far)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="cpu")
 
-    def _cpu(self) -> float:
-        t = self.proc.cpu_times()
-        return t.user + t.system + sum(c.cpu_times().user + c.cpu_times().system
-                                       for c in self.proc.children(recursive=True) if c.is_running())
-
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.samples.append((time.monotonic(), self._cpu()))
-            except psutil.Error:
-                pass
+            self.samples.append((time.monotonic(), self.proc.cpu_s()))  # a process gone counts nothing
             self._stop.wait(1.0)
 
     def share(self, start: float, end: float) -> float | None:
