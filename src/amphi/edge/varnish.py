@@ -340,8 +340,9 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
     # the open files it may have
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     files = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
-    # init is immutable. The live playlist and segments go to the fan-out when the token checks
-    # out (else to Varnish, which answers 401/403 or has the origin renew an expired one)
+    # init is immutable; a blocking reload's answer (keyed by its msn) is kept about a segment: a
+    # player that asks later than that gets a fresh one. Segments go to Varnish: they are streamed
+    # to every listener while they are made (docs/edge.md, "Streamed segments")
     cached = "\n".join(f"""        location ~ "{ROUTES.edge_regex(names, "nginx", node=True).text}" {{
             {rate}
             proxy_cache media;
@@ -355,7 +356,7 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
             proxy_cache_valid 200 {ttl}s;
             add_header x-front-cache $upstream_cache_status always;
             proxy_pass http://varnish;
-        }}""" for names, ttl in ((("media.init",), spec.media_ttl_cap_s),))
+        }}""" for names, ttl in ((("media.init",), spec.media_ttl_cap_s), (("media.live",), 4)))
     capped = f"""stream {{
     limit_conn_zone $binary_remote_addr zone=per_address:10m;
     upstream fanout_public {{
@@ -418,12 +419,6 @@ events {{ worker_connections {files - 100}; }}
         "1:" fanout;
         default varnish;
     }}
-    # a GET of the live playlist with a token that checks out and no Range (ffmpeg asks
-    # "bytes=0-"): the fan-out's, as it takes them (Fanout.route); anything else, Varnish's
-    map "$request_method:$http_range:$amphi_token_bad" $amphi_live_to {{
-        "GET::" fanout;
-        default varnish;
-    }}
     # An idle upstream connection is dropped before the other end drops it (Varnish's timeout_idle
     # and the fan-out's IDLE_S are 5 s): a request written on a connection the other end has just
     # closed fails, and nginx retries only GETs; a join or a leave (POST) got a 502, answered 503
@@ -460,13 +455,6 @@ events {{ worker_connections {files - 100}; }}
             proxy_buffers 4 16k;  # (unused unbuffered, but nginx checks their sizes)
             proxy_busy_buffers_size 16k;
             proxy_pass http://$amphi_segment_to;
-        }}
-        location ~ "{ROUTES.edge_regex(("media.live",), "nginx", node=True).text}" {{
-            # a live playlist on a connection the fan-out handed over (one that carried an API
-            # call, say): back to the fan-out, which renews a token past half its life
-            # (edge/renewals.py) and answers blocking reloads from memory
-            {rate}
-            proxy_pass http://$amphi_live_to;
         }}
         location / {{
             proxy_pass http://varnish;
