@@ -297,9 +297,12 @@ class Admission:
     def line(self, space_id: str, now: float) -> Line:
         """The Space's line as the line document shows it."""
         line = self._lines.get(space_id)
-        called, nxt, gaps = line.fifo.numbers() if line is not None else (0, 0, ())
-        return Line(called, nxt, gaps, len(line) if line is not None else 0, len(line.pool) if line is not None else 0,
-                    max(0, self.limit - self.occupied), self.gcra.wait(now), self.gcra.rate, self.line_rate(now))
+        if line is None:
+            called, nxt, gaps, waiting, pooled = 0, 0, (), 0, 0
+        else:
+            (called, nxt, gaps), waiting, pooled = line.fifo.numbers(), len(line), len(line.pool)
+        return Line(called, nxt, gaps, waiting, pooled, max(0, self.limit - self.occupied), self.gcra.wait(now),
+                    self.gcra.rate, self.line_rate(now))
 
     # -- joins ------------------------------------------------------------------------------
 

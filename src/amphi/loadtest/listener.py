@@ -7,7 +7,8 @@ Protocols:
 
 * ``amphi``: ``POST /api/spaces/<id>/join`` (202: wait ``retry_after_s`` plus jitter, then
   read the line document until it says the place's turn has come, and only then send the
-  ticket, as the listener page does; the ticket is polled if the document cannot be read), then the playlist from the answer: LL-HLS with blocking reload and
+  ticket, as the listener page does; the ticket is polled if the document cannot be read),
+  then the playlist from the answer: LL-HLS with blocking reload and
   parts (``ll``, like hls.js in low-latency mode: a request per part), whole segments
   (``segments``, like a player that ignores parts), or streamed segments (``stream``: the
   multivariant playlist, then one GET per segment whose body arrives part by part while the

@@ -57,6 +57,7 @@ from amphi.edge.renewals import BATCH, REPORT_S
 from amphi.edge.varnish import FANOUT_WORKERS
 from amphi.loadtest.listener import MAX_ATTEMPTS
 from amphi.loadtest.profiles import backoff_s, header_retry_s, line_retry_s, retry_delay_s, schedule
+from amphi.web.answers import poll_advice
 from amphi.web.asgi import retry_after_value
 
 ARRIVALS = ("surge", "ramp", "poisson")
@@ -203,8 +204,6 @@ class Simulation:
         self.listeners = Listeners(self.adm_cfg, MemoryStore(self.admission), self.governor, signer, _NOWHERE,
                                    _NOWHERE, wake=lambda: self.wake_admitter(self.t), clock=self.now)
         self.media_rps = media_rps_per_listener(cfg.player)
-        adm = self.adm_cfg
-        self.poll = {"min_s": adm.poll_min_s, "max_s": adm.poll_max_s, "jitter": adm.poll_jitter}  # the document's advice
         self.buffer_s = MediaConfig().part_s * 3 if cfg.player == "ll" else MediaConfig().part_s * MediaConfig().parts_per_segment * 3
         sessions = schedule(cfg.arrival, self.n, duration_s=cfg.horizon_s, ramp_s=cfg.arrival_s, seed=cfg.seed)
         self.arrive_s = [s.arrive_s for s in sessions]
@@ -390,7 +389,7 @@ class Simulation:
         if position is None:  # called (the edge's copy up to a second older than the node's)
             self.at(t + self.rng.uniform(0.0, 1.0), SEND, cid)
             return
-        self.at(t + line_retry_s(self.poll | {"stretch": stretch}, position, line.eta(position), self.rng), LINE, cid)
+        self.at(t + line_retry_s(poll_advice(self.adm_cfg, stretch), position, line.eta(position), self.rng), LINE, cid)
 
     def on_timeout(self, t: float, cid: int) -> None:
         """No answer within the client's timeout: full-jitter backoff, and after

@@ -50,8 +50,14 @@ def line_answer(space: Space, at: float, line: Line, stretch: float, cfg: Admiss
             "called": line.called, "next": line.next, "gaps": list(line.gaps), "gaps_complete": len(line.gaps) < MAX_GAPS,
             "waiting": line.waiting, "pooled": line.pooled, "free": line.free, "wait_s": round(line.wait_s, 3),
             "admit_rate_per_s": line.admit_rate_per_s, "line_rate_per_s": round(line.line_rate_per_s, 3),
-            "poll": {"min_s": cfg.poll_min_s, "max_s": cfg.poll_max_s, "per_place_s": FRONT_POLL_S_PER_PLACE,
-                     "jitter": cfg.poll_jitter, "stretch": stretch}}
+            "poll": poll_advice(cfg, stretch)}
+
+
+def poll_advice(cfg: AdmissionConfig, stretch: float) -> dict[str, float]:
+    """The line document's ``poll``: how a waiting client should space its reads
+    (``amphi.loadtest.profiles.line_retry_s`` reads it, as does the page's ``lineRetry``)."""
+    return {"min_s": cfg.poll_min_s, "max_s": cfg.poll_max_s, "per_place_s": FRONT_POLL_S_PER_PLACE,
+            "jitter": cfg.poll_jitter, "stretch": stretch}
 
 
 def parse_line(doc: dict[str, object]) -> Line:
