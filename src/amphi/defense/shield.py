@@ -154,15 +154,14 @@ class Shield:
 
     # -- the join endpoint --------------------------------------------------------------------
 
-    def check_request(self, scope: dict[str, Any], address: str, space_id: str, now: float) -> None:
+    def check_request(self, header_bytes: int, address: str, space_id: str, now: float) -> None:
         """Before anything else on join and leave: header size, address and prefix limits."""
         prefix = prefix_of(address)
         if len(self._by_address) < self.cfg.max_tracked or address in self._by_address:
             self._by_address[address] += 1
             self._by_prefix[prefix] += 1
         try:
-            size = sum(len(k) + len(v) for k, v in scope["headers"])
-            if size > self.cfg.max_header_bytes:
+            if header_bytes > self.cfg.max_header_bytes:
                 raise HeadersTooLarge(f"request headers larger than {self.cfg.max_header_bytes} bytes")
             self.limits.check_client(address, prefix, now)
         except AmphiError:

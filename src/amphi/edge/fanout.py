@@ -64,17 +64,20 @@ import socket
 import struct
 import time
 from collections import OrderedDict
+from http import HTTPStatus
 from pathlib import Path
 
 import httpx
+import orjson
 
 from amphi.control.tokens import Signer
 from amphi.core.config import AdmissionConfig
 from amphi.core.files import raise_open_files
 from amphi.core.gcra import GcraTable
+from amphi.edge.joins import Join, JoinBatcher
 from amphi.edge.renewals import REPORT_S, Renewals, SharedRefusals
 from amphi.edge.vcl import WHOLE_RANGE
-from amphi.web.routes import ROUTES
+from amphi.web.routes import JOIN_BODY_LIMIT, ROUTES
 
 log = logging.getLogger("amphi.edge.fanout")
 
@@ -115,6 +118,35 @@ RENEWED = (b"HTTP/1.1 307 Temporary Redirect\r\nlocation: %b\r\ncache-control: n
            b"access-control-allow-origin: *\r\ncontent-length: 0\r\n\r\n")  # the live playlist, renewed
 
 
+_JSON_HEADERS = (b"content-type: application/json\r\ncache-control: no-store\r\naccess-control-allow-origin: *\r\n"
+                 b"access-control-expose-headers: content-length, content-range, location, retry-after\r\n")
+_JOINS_SLOW = b'{"error": "too_many_requests", "message": "too many joins from this address"}'  # the VCL's
+JOINS_TOO_MANY = (b"HTTP/1.1 429 Too Many Requests\r\n" + _JSON_HEADERS + b"retry-after: 1\r\nconnection: close\r\n"
+                  b"content-length: %d\r\n\r\n%b" % (len(_JOINS_SLOW), _JOINS_SLOW))
+_BUSY = b'{"error": "unavailable", "message": "this edge has too many joins waiting: try again"}'
+JOINS_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\n" + _JSON_HEADERS + b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%b"
+              % (len(_BUSY), _BUSY))
+_NO_ANSWER = b'{"error": "unavailable", "message": "no API node answered: try again"}'
+JOINS_UNANSWERED = (b"HTTP/1.1 503 Service Unavailable\r\n" + _JSON_HEADERS
+                    + b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%b" % (len(_NO_ANSWER), _NO_ANSWER))
+
+
+def _join_response(answer: object, edge: bytes) -> bytes:
+    """A client's answer from its row of a node's batch answer, ``[status, retry-after, body]``."""
+    if (not isinstance(answer, list) or len(answer) != 3 or not isinstance(answer[0], int)
+            or not isinstance(answer[2], str)):
+        return JOINS_UNANSWERED
+    status, retry, text = answer
+    body = text.encode()
+    reason = HTTPStatus(status).phrase.encode() if status in _STATUSES else b"Unknown"
+    extra = b"retry-after: %b\r\n" % str(retry).encode() if retry is not None else b""
+    return b"HTTP/1.1 %d %b\r\n%b%bx-edge: %b\r\nx-edge-batch: 1\r\ncontent-length: %d\r\n\r\n%b" % (
+        status, reason, _JSON_HEADERS, extra, edge, len(body), body)
+
+
+_STATUSES = {s.value for s in HTTPStatus}
+
+
 def frame(data: bytes) -> bytes:
     """One HTTP/1.1 chunk."""
     return b"%x\r\n%b\r\n" % (len(data), data)
@@ -137,7 +169,7 @@ class Client(asyncio.Protocol):
     """One connection: at the edge's port (``public``) or from nginx (the internal socket)."""
 
     __slots__ = ("fanout", "transport", "buf", "feed", "addr", "public", "proxied", "tunnel", "since",
-                 "full_since", "close_after", "closed", "missed", "counted")
+                 "full_since", "close_after", "closed", "missed", "counted", "joining")
 
     def __init__(self, fanout: Fanout, *, public: bool, proxied: bool) -> None:
         self.fanout = fanout
@@ -153,6 +185,7 @@ class Client(asyncio.Protocol):
         self.closed = False
         self.missed = False  # the request being answered made its file's fetch (x-fanout: MISS)
         self.counted = False  # one of its address's connections (the per-address cap)
+        self.joining = False  # its join is in a batch, not answered yet (edge/joins.py)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -185,12 +218,19 @@ class Client(asyncio.Protocol):
 
     def _next(self) -> None:
         """Answers the requests in the buffer, one at a time."""
-        while self.feed is None and self.tunnel is None and not self.closed:
+        while self.feed is None and self.tunnel is None and not self.joining and not self.closed:
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(self.buf) > MAX_HEAD:
                     self._not_mine()
                 return
+            if self.buf.startswith(b"POST ") and self.public:
+                took = self.fanout.take_join(self.buf, end, self)
+                if took is None:
+                    return self._not_mine()
+                if took:
+                    self.buf = self.buf[took:]
+                return  # answered with its batch (or the rest of its body is to come)
             ask = self.fanout.route(self.buf[:end], self)
             if ask is None:
                 return self._not_mine()
@@ -220,6 +260,7 @@ class Client(asyncio.Protocol):
     def finish(self) -> None:
         """The answer is complete: the connection takes the next request."""
         self.feed = None
+        self.joining = False
         self.since = time.monotonic()
         if self.close_after:
             return self.close()
@@ -442,15 +483,20 @@ class Fanout:
                  released: Path | None = None, max_connections: int = 0, workers: int = 1,
                  token_ttl_s: float = AdmissionConfig.token_ttl_s, media_rate: int = 0,
                  max_buffer: int = MAX_BUFFER, keep_s: float = KEEP_S, fresh_s: float = FRESH_S,
-                 max_feeds: int = MAX_FEEDS, timeout_s: float = 30.0) -> None:
+                 max_feeds: int = MAX_FEEDS, timeout_s: float = 30.0, join_rate: int = 0) -> None:
         self.upstream = upstream  # Varnish's Unix socket
         self.front = front  # nginx's http server (PROXY protocol): where connections go that are not ours
         self.signer = Signer(secret.encode())
+        self.name = name.encode()  # the edge's, as Varnish's x-edge says
         self.credential = self.signer.edge_credential(name)  # shown to the API nodes with the renewed seats
         self.renewals = Renewals(self.signer, token_ttl_s)
         self.shared = SharedRefusals(released) if released is not None else None  # with this edge's other workers
         self.media_rate = media_rate
         self.rates = GcraTable(100_000)
+        self.join_rate = join_rate  # joins per address per second (0: none), as the VCL's throttle
+        self.join_rates = GcraTable(100_000)
+        self.joins = JoinBatcher()
+        self._join_timer: asyncio.TimerHandle | None = None
         self.max_connections = max_connections  # per client address at the edge's port (0: none)
         self.workers = workers  # the fan-out's processes on the port: an address's connections all go to one
         self.per_address: dict[str, int] = {}
@@ -460,7 +506,7 @@ class Fanout:
         self.clients: set[Client] = set()
         self.client: httpx.AsyncClient | None = None
         self.requests = self.served = self.fetches = self.cut = self.broken = self.refused = 0
-        self.tunnels = self.timeouts = self.limited = self.report_errors = self.capped = 0
+        self.tunnels = self.timeouts = self.limited = self.report_errors = self.capped = self.join_errors = 0
 
     def stats(self) -> dict[str, int]:
         return {"requests": self.requests, "served": self.served, "fetches": self.fetches, "cut": self.cut,
@@ -468,7 +514,7 @@ class Fanout:
                 "limited": self.limited, "capped": self.capped, "connections": len(self.clients), "feeds": len(self.feeds),
                 "streaming": sum(len(f.listeners) for f in self.feeds.values()),
                 "waiting": sum(len(f.waiting) for f in self.feeds.values()), "report_errors": self.report_errors,
-                **self.renewals.stats()}
+                "join_errors": self.join_errors, **self.renewals.stats(), **self.joins.stats()}
 
     def connected(self, addr: str) -> bool:
         """A connection from ``addr``: counted, or False once the address holds its cap."""
@@ -548,6 +594,95 @@ class Fanout:
             keep = RELOAD_S  # a blocking reload (_HLS_msn, _HLS_part): Varnish's answer once that part exists
         return Ask(key, target, streamed, keep, rng is not None, close, fetch)
 
+    def take_join(self, buf: bytes, end: int, who: Client) -> int | None:
+        """A join (``POST /api/spaces/<id>/join``) at the head of ``buf``, whose header ends at
+        ``end``: taken into the next batch (edge/joins.py), its length returned; 0 while its
+        body is still to come; None if it is nginx's (anything unusual: a query, no length,
+        a body over the limit, ``Expect``, chunked, HTTP/1.0)."""
+        lines = buf[:end].split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or parts[2] != b"HTTP/1.1" or b"?" in parts[1]:
+            return None
+        m = ROUTES.match(parts[1].decode("latin-1"), "POST")
+        if m is None or m.route.name != "join":
+            return None
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep:
+                return None
+            headers[name.strip().lower()] = value.strip()
+        length = headers.get(b"content-length", b"")
+        if (not length.isdigit() or int(length) > JOIN_BODY_LIMIT or b"transfer-encoding" in headers
+                or b"expect" in headers):
+            return None
+        took = end + 4 + int(length)
+        if len(buf) < took:
+            return 0
+        who.close_after = headers.get(b"connection", b"").lower() == b"close"
+        if self.join_rate and self.join_rates.charge(who.addr, self.join_rate, self.join_rate, time.monotonic()):
+            self.limited += 1
+            who.send(JOINS_TOO_MANY)
+            who.close()  # as the VCL's throttle answers, and the connection closed as the front's limit does
+            return took
+        auth = headers.get(b"authorization")
+        join = Join(str(m.params["id"]), who.addr, buf[end + 4:took], auth.decode("latin-1") if auth is not None else None,
+                    end + 4, who)
+        if not self.joins.add(join):
+            who.send(JOINS_BUSY)
+            who.finish()
+            return took
+        who.joining = True
+        self._schedule_joins()
+        return took
+
+    def _schedule_joins(self) -> None:
+        """Sends a batch now, or sets the timer for when the window allows (edge/joins.py)."""
+        if self._join_timer is not None:
+            return
+        wait = self.joins.wait_s(time.monotonic())
+        if wait is None:
+            return
+        loop = asyncio.get_running_loop()
+        if wait == 0:
+            loop.create_task(self._send_joins(self.joins.take(time.monotonic())))
+            if self.joins.pending:
+                self._schedule_joins()
+            return
+        self._join_timer = loop.call_later(wait, self._joins_due)
+
+    def _joins_due(self) -> None:
+        self._join_timer = None
+        self._schedule_joins()
+
+    async def _send_joins(self, batch: list[Join]) -> None:
+        """One batch to an API node (through Varnish, which picks a healthy one); each client
+        gets its own answer, or a 503 if the batch got none."""
+        assert self.client is not None
+        answers: list[object] = []
+        try:
+            resp = await self.client.post("http://edge" + ROUTES["joins"].path(),
+                                          content=orjson.dumps({"joins": [j.row() for j in batch]}),
+                                          headers={"x-amphi-edge": self.credential, "x-amphi-client": "127.0.0.1",
+                                                   "x-amphi-forwarded-for": "127.0.0.1",  # the edge itself
+                                                   "content-type": "application/json"})
+            if resp.status_code != 200:
+                raise ValueError(f"{resp.status_code} {resp.text[:200]}")
+            answers = orjson.loads(resp.content)["answers"]
+            if not isinstance(answers, list) or len(answers) != len(batch):
+                raise ValueError(f"{len(batch)} joins, {len(answers) if isinstance(answers, list) else 'no'} answers")
+        except Exception as e:  # noqa: BLE001 - whatever it was, each client gets a clear 503
+            log.warning("a batch of %d joins got no answer (%s: %s)", len(batch), type(e).__name__, e)
+            self.join_errors += 1
+            answers = [None] * len(batch)
+        finally:
+            self.joins.answered()
+        for join, answer in zip(batch, answers):
+            who = join.who
+            assert isinstance(who, Client)
+            who.send(_join_response(answer, self.name))
+            who.finish()
+
     def answer(self, who: Client, ask: Ask) -> None:
         if not ask.key:  # answered in route(): the counters, a 429
             return who.finish()
@@ -607,7 +742,7 @@ class Fanout:
             for c in tuple(self.clients):
                 if c.tunnel is not None:
                     continue  # nginx's timeouts
-                if c.feed is None and now - c.since > (IDLE_S if c.buf or c.proxied else KEEPALIVE_S):
+                if c.feed is None and not c.joining and now - c.since > (IDLE_S if c.buf or c.proxied else KEEPALIVE_S):
                     self.timeouts += 1
                     c.close()  # a FIN, as nginx closes an idle keep-alive connection
                 elif c.full_since is not None and now - c.full_since > SEND_TIMEOUT_S:
@@ -709,6 +844,7 @@ def main() -> None:
     p.add_argument("--front", type=Path, help="nginx's http socket, for the requests that are not ours")
     p.add_argument("--secret-file", type=Path, required=True, help="the nodes' token secret")
     p.add_argument("--media-rate", type=int, default=0, help="media requests per address per second (0: none)")
+    p.add_argument("--join-rate", type=int, default=0, help="joins per address per second (0: none)")
     p.add_argument("--name", default="edge1", help="the edge's name, in its credential")
     p.add_argument("--released", type=Path, help="the file this edge's workers share released seats in")
     p.add_argument("--max-connections", type=int, default=0, help="connections per client address at --public (0: none)")
@@ -722,7 +858,8 @@ def main() -> None:
 
     raise_open_files()  # two sockets a listener (the segment streaming, the next one asked ahead)
     fanout = Fanout(args.upstream, args.front, args.secret_file.read_text().strip(), name=args.name,
-                    released=args.released, max_connections=args.max_connections, workers=args.workers, token_ttl_s=args.token_ttl, media_rate=args.media_rate)
+                    released=args.released, max_connections=args.max_connections, workers=args.workers, token_ttl_s=args.token_ttl, media_rate=args.media_rate,
+                    join_rate=args.join_rate)
     uvloop.run(fanout.serve(args.internal, args.public))
 
 

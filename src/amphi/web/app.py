@@ -81,8 +81,9 @@ class App:
             elif kind == "join":
                 assert m is not None
                 await self.join(scope, receive, timed_send, m.params["id"], m.route.name)  # type: ignore[arg-type]
-            elif kind == "renewals":
-                await self.join.renewals(scope, receive, timed_send)
+            elif kind == "edge":
+                assert m is not None
+                await self.join.edge(scope, receive, timed_send, m.route.name)
             elif kind == "events":
                 assert m is not None
                 await self.events(scope, receive, timed_send, m.params["id"])  # type: ignore[arg-type]

@@ -48,11 +48,17 @@ async def respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], b
 
 async def send_json(send: Send, status: int, obj: object, *, retry_after_s: float | None = None,
                     head_only: bool = False, cache: bytes = NO_STORE) -> None:
-    body = orjson.dumps(obj)
+    status, headers, body = json_parts(status, obj, retry_after_s=retry_after_s, cache=cache)
+    await respond(send, status, headers, b"" if head_only else body, len(body))
+
+
+def json_parts(status: int, obj: object, *, retry_after_s: float | None = None,
+               cache: bytes = NO_STORE) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A JSON answer as (status, headers, body), as ``error_parts`` gives an error's."""
     headers = [(b"content-type", JSON), (b"cache-control", cache), CORS, EXPOSE]
     if retry_after_s is not None:
         headers.append((b"retry-after", retry_after_value(retry_after_s).encode()))
-    await respond(send, status, headers, b"" if head_only else body, len(body))
+    return status, headers, orjson.dumps(obj)
 
 
 async def send_error(send: Send, err: AmphiError, *, head_only: bool = False) -> None:

@@ -93,7 +93,7 @@ def _compile(template: str, flavor: str, *, captures: bool = True) -> str:
 class Route:
     name: str  # unique: "join", "media.part", "spaces.create"
     template: str  # also the metric label
-    kind: str  # the handler family: media, join, renewals, events, ops, api, page, static
+    kind: str  # the handler family: media, join, edge, events, ops, api, page, static
     methods: frozenset[str] = READ
     file: str | None = None  # media: live, vod, init, download, part, segment
     access: str = "open"  # media: "token" (in the path), "edge" (x-amphi-edge), "bare" (none)
@@ -303,12 +303,16 @@ def _media() -> Iterator[Route]:
                         cacheable=access != "bare" or file in _PUBLIC_ONCE_ENDED)
 
 
+JOIN_BODY_LIMIT = 4096  # a join's body: a ticket or a token fits many times over (the node's and the edge's bound)
+
+
 def _api() -> Iterator[Route]:
     post, get = frozenset({"POST"}), READ
     yield Route("join", "/api/spaces/{id}/join", "join", post)
     yield Route("leave", "/api/spaces/{id}/leave", "join", post)
     yield Route("line", "/api/spaces/{id}/line", "join", get, cacheable=True)  # the line document: edges cache it
-    yield Route("renewals", "/api/edge/renewals", "renewals", post)  # seats an edge renewed (its credential)
+    yield Route("joins", "/api/edge/joins", "edge", post)  # an edge's batch of joins (its credential)
+    yield Route("renewals", "/api/edge/renewals", "edge", post)  # seats an edge renewed (its credential)
     yield Route("events", "/api/spaces/{id}/events", "events", frozenset({"GET"}))
     for name, template, methods in (
         ("node", "/api/node", get),
