@@ -31,16 +31,18 @@ MAX_PENDING = 5000  # joins waiting in one worker before more are refused (503, 
 
 @dataclass(slots=True)
 class Join:
-    """One client's join, as the node's batch endpoint takes it: ``[space, address, body, authorization]``."""
+    """One client's join, as the node's batch endpoint takes it:
+    ``[space, address, body, authorization, header bytes]``."""
 
     space: str
     address: str  # the client's, as the fan-out saw it (the PROXY line's, or the peer's)
     body: bytes  # the JSON body as sent (the node parses it: a malformed one is that client's 400)
     authorization: str | None  # a host's key (reserved capacity), passed on unread
+    header_bytes: int  # the request's header size (the node's shield refuses one too large: 431)
     who: object = field(default=None, repr=False)  # the connection to answer (the fan-out's Client)
 
     def row(self) -> list[object]:
-        return [self.space, self.address, self.body.decode("utf-8", "replace"), self.authorization]
+        return [self.space, self.address, self.body.decode("utf-8", "replace"), self.authorization, self.header_bytes]
 
 
 class JoinBatcher:
