@@ -4,6 +4,8 @@ scenarios and bad input."""
 from __future__ import annotations
 
 import json
+import math
+import random
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,9 @@ from click.testing import CliRunner
 from amphi.cli import main
 from amphi.core.clock import VirtualClock
 from amphi.core.config import AdmissionConfig
+from amphi.edge.joins import WINDOW_S, JoinBatcher
+from amphi.edge.renewals import BATCH, REPORT_S
+from amphi.edge.varnish import FANOUT_WORKERS
 from amphi.sim.model import FAILED, JOINING, LEFT, NEW, PLAYING, WAITING, SimConfig, SimError, Simulation
 from amphi.sim.scenario import build, load_scenario, scenario_names
 
@@ -92,14 +97,92 @@ def test_waiting_clients_read_the_line_and_reach_the_node_only_to_take_their_sea
 @pytest.mark.parametrize("edges", [2, 0])
 def test_an_undersized_control_plane_sheds_and_seats_slower_never_stops(edges: int) -> None:
     """A node with a fifth of the CPU the surge wants: behind edges it sheds (the ladder's
-    rungs) and keeps seating at the rate; serving the media itself it also cuts the limit."""
-    r = Simulation(small(request_cost_s=0.02, listen_s=120.0, edges=edges)).run()
+    rungs) and keeps seating at the rate; serving the media itself it also cuts the limit.
+    (Behind edges the joins come in batches of about six: a decision is made to cost 16 ms,
+    20 ms with its share of the batch, as a join on its own does with no edges.)"""
+    r = Simulation(small(request_cost_s=0.02, join_cost_s=0.016, listen_s=120.0, edges=edges)).run()
     limits = [row["limit"] for row in r["timeline"]]
     assert r["degradation_level_max"] == 2
     if edges:
         assert r["admitted"] == 800 and r["failed"] == 0 and min(limits) == 800
     else:
         assert min(limits) < 800
+
+
+@pytest.mark.parametrize("api_nodes", [1, 2])
+def test_behind_edges_joins_reach_the_nodes_a_batch_per_worker_per_window(api_nodes: int) -> None:
+    """2 edges: 4 fan-out workers, 40 batches a second at most, however many join (the
+    surge: ~240 joins/s a node at first, then the line's tickets); each join waits its window."""
+    cfg = small(listeners=2000 * api_nodes, api_nodes=api_nodes, max_listeners=800 * api_nodes)
+    r = Simulation(cfg).run()
+    bound = cfg.edges * FANOUT_WORKERS / WINDOW_S
+    surge = [row for row in r["timeline"] if row["t"] <= cfg.arrival_s]
+    for row in surge:  # nobody leaves and the edges serve the line: the rest are renewal reports
+        reports = cfg.edges * FANOUT_WORKERS / REPORT_S + row["playing"] / (cfg.admission.token_ttl_s / 2) / BATCH
+        assert row["api_rps"] <= bound + reports + 0.1, row
+    peak = max(surge, key=lambda row: row["joins_per_s"])
+    assert peak["joins_per_s"] > 4 * bound and peak["api_rps"] > 0.9 * bound and r["joins"] > 2 * r["api_requests"]
+    assert r["plan"]["joins_per_s_peak"] == peak["joins_per_s"]
+    assert r["failed"] == 0 and r["admitted"] == 800 * api_nodes
+    assert 0.8 * WINDOW_S < r["join_p99_s"] <= WINDOW_S + 0.01  # a window's wait, the node's answer, nothing more
+    assert r["join_p50_s"] < 0.7 * WINDOW_S
+
+
+@pytest.mark.parametrize("max_clients", [20_000, 400])
+def test_the_batches_counted_are_those_the_edges_join_batcher_sends(max_clients: int) -> None:
+    """The same joins (when each reached an edge) through edge/joins.py's JoinBatcher, each to
+    one of the workers at random: as many batches as the model counted, within 3 %, exact or
+    scaled (then each simulated join is ``scale`` joins, to as many workers)."""
+    cfg = small(listeners=4000, edges=5, admission=AdmissionConfig(max_listeners=3000, admit_rate_per_s=100),
+                max_clients=max_clients)
+    sim = Simulation(cfg)
+    sent: list[float] = []
+    on_send = sim.on_send
+
+    def spy(t: float, cid: int) -> None:
+        if sim.state[cid] in (JOINING, WAITING):
+            sent.append(t)
+        on_send(t, cid)
+
+    sim.on_send = spy  # type: ignore[method-assign]
+    r = sim.run()
+    rng = random.Random(1)
+    workers = cfg.edges * FANOUT_WORKERS
+    arrivals: list[list[float]] = [[] for _ in range(workers)]
+    for t in sent:
+        for w in rng.sample(range(workers), sim.scale):
+            arrivals[w].append(t)
+    batches = 0
+    for times in arrivals:
+        edge, due = JoinBatcher(), math.inf
+        for t in [*times, math.inf]:
+            while due <= t and due < math.inf:  # the window's end comes first: the batch goes
+                edge.take(due)
+                wait = edge.wait_s(due)
+                due = math.inf if wait is None else due + wait
+            if t < math.inf:
+                edge.add(t)  # type: ignore[arg-type]  # what a join carries does not matter here
+                wait = edge.wait_s(t)
+                if wait == 0:
+                    edge.take(t)
+                    wait = edge.wait_s(t)
+                due = math.inf if wait is None else t + wait
+        batches += edge.batches
+    assert r["scale"] == (1 if max_clients > 4000 else 10) and r["joins"] == len(sent) * sim.scale
+    assert abs(r["api_requests"] - batches) <= 0.03 * batches, (r["api_requests"], batches)
+    assert batches < 0.6 * r["joins"]
+
+
+def test_without_edges_every_join_is_a_request_as_before() -> None:
+    """No edges: a join, a line read, a leave, a request each; the batch's cost does not enter."""
+    cfg = small(edges=0, stay_s=30.0)
+    r = Simulation(cfg).run()
+    assert r["joins"] > 2000 and r["api_requests"] == r["joins"] + r["line_reads"] + r["left"]
+    assert r["join_p99_s"] < WINDOW_S / 10  # no window to wait for
+    for row in r["timeline"]:  # every request, renewals included, costs request_cost_s
+        assert row["api_cpu"] == pytest.approx(row["api_rps"] * cfg.request_cost_s, abs=0.002)
+    dear = Simulation(small(edges=0, stay_s=30.0, join_cost_s=1.0)).run()
+    assert dear["timeline"] == r["timeline"] and dear["join_p99_s"] == r["join_p99_s"]
 
 
 def test_same_seed_same_run() -> None:

@@ -51,6 +51,8 @@ def parse_arrival(text: str) -> tuple[str, float]:
               help="Lose the fullest edge at this minute.")
 @click.option("--request-cost", default=None, type=click.FloatRange(min=0), metavar="SECONDS",
               help="API node time per request [0.0002, or measured with --calibrate].")
+@click.option("--join-cost", default=None, type=click.FloatRange(min=0), metavar="SECONDS",
+              help="API node time per join in an edge's batch, on top of --request-cost per batch [0.00004].")
 @click.option("--max-clients", default=None, type=click.IntRange(1), help="Simulated clients per node at most [20000].")
 @click.option("--seed", default=None, type=int, help="Seed of arrivals and jitter [1].")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the result as JSON.")
@@ -59,7 +61,8 @@ def parse_arrival(text: str) -> tuple[str, float]:
 def simulate(scenario: str | None, calibrate: str | None, listeners: int | None, arrival: str | None,
              listen: str | None, stay: str | None, api_nodes: int | None, max_listeners: int | None,
              admit_rate: float | None, edges: int | None, edge_capacity: int | None, edge_rps: float | None,
-             player: str | None, fail_edge_at: float | None, request_cost: float | None, max_clients: int | None,
+             player: str | None, fail_edge_at: float | None, request_cost: float | None, join_cost: float | None,
+             max_clients: int | None,
              seed: int | None, json_out: str | None, plot_out: str | None, quiet: bool) -> None:
     """Plan a night: arrivals, retries, the waiting room, edges and origin on a virtual clock,
     admission decided by Amphi's own code (docs/simulate.md)."""
@@ -69,7 +72,8 @@ def simulate(scenario: str | None, calibrate: str | None, listeners: int | None,
 
     given: dict[str, Any] = {"listeners": listeners, "api_nodes": api_nodes, "max_listeners": max_listeners,
                              "edges": edges, "edge_capacity": edge_capacity, "edge_rps": edge_rps, "player": player,
-                             "request_cost_s": request_cost, "max_clients": max_clients, "seed": seed}
+                             "request_cost_s": request_cost, "join_cost_s": join_cost, "max_clients": max_clients,
+                             "seed": seed}
     if arrival is not None:
         given["arrival"], given["arrival_s"] = parse_arrival(arrival)
     if listen is not None:

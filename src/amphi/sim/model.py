@@ -23,6 +23,16 @@ What is exact and what is aggregated:
   tokens and report the seats (a request per fan-out worker per ``REPORT_S``, a thousand seats
   each: edge/renewals.py), which costs a node a request per report and ``extend_cost_s`` a
   seat; without edges the node renews each token (a request each).
+* **Joins behind edges** reach the node a batch at a time (edge/joins.py: a fan-out worker
+  sends what it gathered at once if its last batch left ``WINDOW_S`` ago, else when the
+  window has passed; ``MAX_BATCH`` at most). The workers are aggregated (``batching``: a
+  worker receiving Poisson joins at a rate, its batches per join and the share it sends at
+  once): a second's requests are the batches that second's joins make at this node's share
+  of the workers (``join_batches``: at most ``1 / WINDOW_S`` a worker); each join waits for
+  its window (uniform in [0, ``WINDOW_S``] under load, 0 if its worker was idle: the rate of
+  the last ``JOIN_RATE_OVER`` joins decides) before it reaches the node's queue, where it costs
+  ``join_cost_s`` and its share of the batch's ``request_cost_s``. tests/sim checks the count
+  against ``JoinBatcher`` run on the same joins. Without edges a join is a request of its own.
 
 The node's own ``amphi.control.listeners.Listeners`` answers every join and poll, runs every
 admitter pass and applies every health verdict, over a ``MemoryStore`` (whose coroutines
@@ -41,6 +51,7 @@ import itertools
 import math
 import random
 from array import array
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
@@ -53,6 +64,7 @@ from amphi.control.tokens import Signer
 from amphi.core.clock import VirtualClock
 from amphi.core.config import AdmissionConfig, MediaConfig
 from amphi.core.errors import AmphiError, BadRequest, TooBusy, TooEarly
+from amphi.edge.joins import MAX_BATCH, WINDOW_S
 from amphi.edge.renewals import BATCH, REPORT_S
 from amphi.edge.varnish import FANOUT_WORKERS
 from amphi.loadtest.listener import MAX_ATTEMPTS
@@ -70,7 +82,8 @@ SECRET = b"amphi-simulator-secret"  # signs the simulated tokens and tickets: no
 # client states, as the loadtest names them
 NEW, JOINING, WAITING, PLAYING, LEFT, FAILED = range(6)
 # events
-ARRIVE, SEND, ANSWER, TIMEOUT, LEAVE, ADMITTER, HEALTH, SAMPLE, FAIL_EDGE, REATTACH, LINE = range(11)
+ARRIVE, SEND, ANSWER, TIMEOUT, LEAVE, ADMITTER, HEALTH, SAMPLE, FAIL_EDGE, REATTACH, LINE, BATCHED = range(12)
+JOIN_RATE_OVER = 32  # the joins/s reaching the edges' fan-out workers: measured over this many (simulated) joins
 
 
 class _Nowhere:
@@ -109,7 +122,10 @@ class SimConfig:
     edge_capacity: int = 10_000  # listeners one edge serves without stalling
     edge_rps: float | None = None  # requests per second one edge serves; None: only edge_capacity counts
     player: str = "ll"  # ll: a part and a blocking reload per part; segments: the same per segment
-    request_cost_s: float = 0.0002  # node time per API request (join, poll, renewal, leave): ~ measured on loopback
+    request_cost_s: float = 0.0002  # node time per API request (join, poll, renewal, leave, a batch of joins): ~ measured on loopback
+    # node time per join decided in an edge's batch, on top of request_cost_s per batch: a placeholder
+    # until bench/join_rate.py measures it (joins.py quotes ~12 us a decision there; issue 22's bar is 50 us)
+    join_cost_s: float = 0.00004
     extend_cost_s: float = 0.000003  # node time per seat in an edge's renewal report (Admission.extend: 0.9 us, JSON)
     media_cost_s: float = 0.0002  # node time per media request when the node serves media (edges = 0)
     rtt_s: float = 0.002  # a request's answer time with nothing queued
@@ -176,6 +192,23 @@ def node_admission(cfg: SimConfig) -> AdmissionConfig:
     return replace(cfg.admission, max_listeners=per_node, min_listeners=min(cfg.admission.min_listeners, per_node))
 
 
+def batching(per_worker: float, window_s: float = WINDOW_S, max_batch: int = MAX_BATCH) -> tuple[float, float, float]:
+    """A fan-out worker receiving joins at ``per_worker`` a second (Poisson), batched as
+    edge/joins.py's ``JoinBatcher`` does: (batches per join, the share of joins sent at once,
+    the longest wait). After each batch a window: it ends with a batch if a join came in it,
+    else the worker is idle until the next join, which goes at once and opens a window; so a
+    batch every ``window_s + P(empty window) / rate`` on average (at most ``1 / window_s`` a
+    second), and a join that found a window open waits for its end (uniform under load).
+    Faster than ``max_batch`` a window, full batches go at once."""
+    if per_worker <= 0:
+        return 1.0, 1.0, 0.0
+    if per_worker * window_s >= max_batch:
+        return 1.0 / max_batch, 0.0, max_batch / per_worker
+    idle = math.exp(-per_worker * window_s)
+    batches_per_s = 1.0 / (window_s + idle / per_worker)
+    return batches_per_s / per_worker, batches_per_s * idle / per_worker, window_s
+
+
 def quantile(sorted_values: list[float], q: float) -> float | None:
     if not sorted_values:
         return None
@@ -225,9 +258,18 @@ class Simulation:
         self.period_work = 0.0
         self.period_lag = 0.0
         self.period_joins: list[float] = []
-        self.sample_requests = 0  # simulated API requests since the last sample
+        self.sample_requests = 0  # real API requests to this node since the last sample, joins in batches apart
+        self.sample_work = 0.0  # node time they took
+        self.sample_batched = 0  # real joins that came in edges' batches since the last sample
+        self.sample_joins = 0  # real joins decided by this node since the last sample (batched or not)
+        self.sampled_at = 0.0
         self.sample_line_reads = 0  # simulated line-document reads since the last sample (edges serve them)
-        self.api_requests = 0  # simulated joins, redemptions and leaves sent to the node, in all
+        self.api_requests = 0.0  # real requests to this node (joins or their batches, redemptions, leaves), in all
+        self.joins_decided = 0  # real joins (fresh, redemptions, retries) this node decided, in all
+        # joins behind edges: the rate reaching this node's share of the fan-out workers, and each join's share of a batch
+        self.recent_joins: deque[float] = deque(maxlen=JOIN_RATE_OVER)  # when the last joins came
+        self.sent_at = array("d", [0.0]) * n
+        self.batch_share = array("d", [1.0]) * n
         self.line_reads = 0  # simulated line-document reads, in all
         # edges
         self.edge_load = [0] * cfg.edges  # simulated clients per edge
@@ -273,21 +315,56 @@ class Simulation:
             self.backlog_s = max(0.0, self.backlog_s + (self.background - 1.0) * dt)
             self.backlog_at = t
 
-    def queue(self, t: float) -> float | None:
+    def queue(self, t: float, join: bool = False, share: float | None = None, waited: float = 0.0) -> float | None:
         """A simulated client's request reaches the node at ``t``: its answer time (the
         ``scale`` real requests it stands for are spread over the queue), or None if it
-        would come after the client's timeout (the node never sees it: refused at accept)."""
+        would come after the client's timeout (the node never sees it: refused at accept).
+        A join in an edge's batch (``share``: its share of one, ``waited`` at the edge) costs
+        ``join_cost_s`` and its share of the batch's request, and is answered with the rest
+        of its batch; its request is counted with its second's batches (``on_sample``)."""
+        cfg = self.cfg
         self.drain(t)
-        cost = self.cfg.request_cost_s
-        delay = self.cfg.rtt_s + self.backlog_s + cost * (self.scale + 1) / 2
-        if delay > self.cfg.request_timeout_s:
+        if share is None:
+            cost, rest = cfg.request_cost_s, 0.0
+        else:
+            cost, rest = cfg.join_cost_s + cfg.request_cost_s * share, (1.0 / share - 1.0) * cfg.join_cost_s
+        delay = cfg.rtt_s + self.backlog_s + cost * (self.scale + 1) / 2 + rest
+        if waited + delay > cfg.request_timeout_s:
             return None
-        self.backlog_s += cost * self.scale
-        self.period_work += cost * self.scale
+        work = cost * self.scale
+        self.backlog_s += work
+        self.period_work += work
         self.period_lag = max(self.period_lag, self.backlog_s)
-        self.sample_requests += 1
-        self.api_requests += 1
+        if share is None:
+            self.sample_requests += self.scale
+            self.sample_work += work
+        else:
+            self.sample_batched += self.scale
+        if join:
+            self.sample_joins += self.scale
+            self.joins_decided += self.scale
         return delay
+
+    def join_batches(self, joins: int, dt: float) -> float:
+        """The batches (requests) that ``joins`` real joins in ``dt`` seconds make at this
+        node's share of the edges' fan-out workers (``batching``): at most ``1 / WINDOW_S`` a
+        worker a second, unless batches fill."""
+        workers = len(self.alive) * FANOUT_WORKERS / self.cfg.api_nodes
+        if not joins or not workers or dt <= 0:
+            return float(joins)
+        return joins * batching(joins / workers / dt)[0]
+
+    def count_requests(self, t: float) -> tuple[float, float]:
+        """This node's requests and their node time since the last count, joins' batches
+        included; counted into ``api_requests``."""
+        batches = self.join_batches(self.sample_batched, t - self.sampled_at)
+        requests = self.sample_requests + batches
+        work = self.sample_work + batches * self.cfg.request_cost_s + self.sample_batched * self.cfg.join_cost_s
+        self.api_requests += requests
+        self.sample_requests = self.sample_batched = 0
+        self.sample_work = 0.0
+        self.sampled_at = t
+        return requests, work
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -308,7 +385,7 @@ class Simulation:
         events = self.events
         handlers = (self.on_arrive, self.on_send, self.on_answer, self.on_timeout, self.on_leave,
                     self.on_admitter, self.on_health, self.on_sample, self.on_fail_edge, self.on_reattach,
-                    self.on_line)
+                    self.on_line, self.on_batched)
         while events:
             t, _, kind, cid = heapq.heappop(events)
             if t > horizon:
@@ -333,14 +410,51 @@ class Simulation:
         self.on_send(t, cid)
 
     def on_send(self, t: float, cid: int) -> None:
+        """A join (fresh, a ticket, a retry): to the node, or behind edges to a fan-out
+        worker, which sends it in its next batch (see ``batching``)."""
         if self.state[cid] not in (JOINING, WAITING):
             return
-        delay = self.queue(t)
-        if delay is None:
-            self.at(t + self.cfg.request_timeout_s, TIMEOUT, cid)
+        cfg = self.cfg
+        if not (cfg.edges and self.alive):
+            delay = self.queue(t, join=True)
+            if delay is None:
+                self.at(t + cfg.request_timeout_s, TIMEOUT, cid)
+                return
+            self.period_joins.append(delay - cfg.rtt_s)
+            self.at(t + delay, ANSWER, cid)  # decided and answered at once: the queue is ahead of it
             return
-        self.period_joins.append(delay - self.cfg.rtt_s)
-        self.at(t + delay, ANSWER, cid)  # decided and answered at once: the queue is ahead of it
+        workers = len(self.alive) * FANOUT_WORKERS / cfg.api_nodes  # this node's share of the edges' workers
+        share, at_once, longest = batching(self.join_rate(t) / workers)
+        self.sent_at[cid] = t
+        self.batch_share[cid] = share
+        if self.rng.random() < at_once:
+            self.on_batched(t, cid)
+        else:
+            self.at(t + self.rng.uniform(0.0, longest), BATCHED, cid)
+
+    def join_rate(self, t: float) -> float:
+        """Real joins a second reaching this node's share of the fan-out workers before one
+        at ``t``: measured over the last ``JOIN_RATE_OVER`` joins (a short span in a surge,
+        longer when joins are few; the first finds the workers idle)."""
+        recent = self.recent_joins
+        rate = 0.0
+        if len(recent) > 1 and t > recent[0]:
+            rate = (len(recent) - 1) * self.scale / (t - recent[0])
+        recent.append(t)
+        return rate
+
+    def on_batched(self, t: float, cid: int) -> None:
+        """The batch holding this join reaches the node: its decision costs ``join_cost_s``
+        and its share of the batch's request; all of the batch is answered together."""
+        cfg = self.cfg
+        share = self.batch_share[cid]
+        waited = t - self.sent_at[cid]
+        delay = self.queue(t, join=True, share=share, waited=waited)
+        if delay is None:
+            self.at(self.sent_at[cid] + cfg.request_timeout_s, TIMEOUT, cid)
+            return
+        self.period_joins.append(delay - cfg.rtt_s)  # the node's part: the window's wait is the edge's
+        self.at(t + delay, ANSWER, cid)
 
     def on_answer(self, t: float, cid: int) -> None:
         """The production decision for this client's join or poll, at the virtual now."""
@@ -510,10 +624,12 @@ class Simulation:
         stalled = self.stalled_now()
         self.stall_listener_s += stalled * dt
         self.stalled_peak = max(self.stalled_peak, stalled)
-        api_rps = (self.sample_requests * self.scale / dt + renew_rps) * cfg.api_nodes
-        api_cpu = (self.sample_requests * self.scale / dt * cfg.request_cost_s + renew_work) * cfg.api_nodes
+        requests, work = self.count_requests(t)
+        api_rps = (requests / dt + renew_rps) * cfg.api_nodes
+        api_cpu = (work / dt + renew_work) * cfg.api_nodes
+        joins_ps = self.sample_joins / dt * cfg.api_nodes
         line_rps = self.sample_line_reads * self.scale / dt * cfg.api_nodes
-        self.sample_requests = self.sample_line_reads = 0
+        self.sample_joins = self.sample_line_reads = 0
         origin_rps = (len(self.alive) * self.media_rps if cfg.edges else playing_node * self.media_rps * cfg.api_nodes)
         admitted = self.admitted_total * mult
         prev = self.timeline[-1]["admitted"] if self.timeline else 0
@@ -523,7 +639,7 @@ class Simulation:
             "playing": self.counts[PLAYING] * mult, "waiting": self.counts[WAITING] * mult,
             "joining": self.counts[JOINING] * mult, "failed": self.counts[FAILED] * mult,
             "left": self.counts[LEFT] * mult, "stalled_now": round(stalled), "api_rps": round(api_rps, 1),
-            "api_cpu": round(api_cpu, 3), "line_rps": round(line_rps, 1),
+            "joins_per_s": round(joins_ps, 1), "api_cpu": round(api_cpu, 3), "line_rps": round(line_rps, 1),
             "origin_rps": round(origin_rps, 1), "edges_alive": len(self.alive),
             "node_backlog_s": round(self.backlog_s, 4), "level": self.governor.level,
             "limit": self.governor.limit * self.mult,
@@ -552,6 +668,7 @@ class Simulation:
 
     def result(self) -> dict[str, object]:
         cfg, mult = self.cfg, self.mult
+        self.count_requests(max(cfg.horizon_s, self.sampled_at))  # those since the last sample
         if self.edge_loss is not None:
             self.edge_loss["stall_listener_s"] = round(self.stall_listener_s - float(self.edge_loss.pop("_stall0")), 1)  # type: ignore[arg-type]
             if self.edge_loss["back_by_s"] is None and not self.edge_attempts:
@@ -562,6 +679,7 @@ class Simulation:
         peak_playing = max((int(r["playing"]) for r in tl), default=0)  # type: ignore[call-overload]
         peak_api = max((float(r["api_rps"]) for r in tl), default=0.0)  # type: ignore[arg-type]
         peak_seats = max((float(r["seats_per_s"]) for r in tl), default=0.0)  # type: ignore[arg-type]
+        peak_joins = max((float(r["joins_per_s"]) for r in tl), default=0.0)  # type: ignore[arg-type]
         per_edge = float(cfg.edge_capacity) if cfg.edge_rps is None else min(cfg.edge_capacity, cfg.edge_rps / self.media_rps)
         edges_needed = max(1, math.ceil(peak_playing / per_edge))
         peak_cpu = max((float(r["api_cpu"]) for r in tl), default=0.0)  # type: ignore[arg-type]
@@ -583,13 +701,15 @@ class Simulation:
             "wait_max_s": _r(waits[-1] if waits else None),
             "stall_listener_s": round(self.stall_listener_s, 1), "stalled_peak": round(self.stalled_peak),
             "degradation_level_max": self.level_max,
-            "api_requests": self.api_requests * mult, "line_reads": self.line_reads * mult,
+            "api_requests": round(self.api_requests * cfg.api_nodes), "joins": self.joins_decided * cfg.api_nodes,
+            "line_reads": self.line_reads * mult,
             "plan": {
                 "edges_for_zero_stalls": edges_needed,
                 "edges_to_survive_one_loss": edges_needed + 1,
                 "origin_rps": round((edges_needed + 1) * self.media_rps, 1),
                 "origin_rps_with_given_edges": round(cfg.edges * self.media_rps, 1) if cfg.edges else None,
                 "api_rps_peak": round(peak_api, 1),
+                "joins_per_s_peak": round(peak_joins, 1),
                 "api_nodes_needed": nodes_needed,
                 "seats_per_s_peak": round(peak_seats, 1),
             },

@@ -40,7 +40,9 @@ def summary(r: dict[str, object], title: str | None = None) -> str:
                                                      f"survive losing one), peak {_n(r['peak_listeners'])} listeners"),
         ("plan: origin requests/s", f"{_n(plan['origin_rps'])} with {plan['edges_to_survive_one_loss']} edges"
                                     + (f" ({_n(plan['origin_rps_with_given_edges'])} with {cfg['edges']})" if cfg["edges"] else "")),
-        ("plan: control plane", f"peak {_n(plan['api_rps_peak'])} requests/s, {_n(plan['seats_per_s_peak'])} seats/s: "
+        ("plan: control plane", f"peak {_n(plan['api_rps_peak'])} requests/s, {_n(plan['joins_per_s_peak'])} joins/s decided"
+                                + (" (in the edges' batches)" if cfg["edges"] else "")
+                                + f", {_n(plan['seats_per_s_peak'])} seats/s: "
                                 f"{plan['api_nodes_needed']} API node(s) at {adm['max_loop_cpu']:.0%} busy"),
     ]
     loss = r.get("edge_loss")
@@ -63,8 +65,8 @@ def write_json(r: dict[str, object], path: str | Path) -> None:
 
 def plot(r: dict[str, object], path: str | Path, title: str | None = None) -> None:
     """Four panels over time: listeners (arrived, playing, waiting, gave up); seats given per
-    second; control-plane, origin and line-document requests per second; stalled listeners
-    and live edges."""
+    second; control-plane requests and joins decided, origin and line-document requests per
+    second; stalled listeners and live edges."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,7 +88,12 @@ def plot(r: dict[str, object], path: str | Path, title: str | None = None) -> No
     a1.legend(fontsize=8)
     a2.plot(t, col("seats_per_s"), color="#55a868")
     a2.set_title("seats given per second")
-    a3.plot(t, col("api_rps"), label="control plane (joins, seats taken, renewal reports)", color="#8172b2")
+    edges = bool(r["config"]["edges"])  # type: ignore[index]
+    a3.plot(t, col("api_rps"), label="control plane requests (" + ("join batches, leaves, renewal reports)" if edges
+                                                                   else "joins, leaves, renewals)"), color="#8172b2")
+    if any(row.get("joins_per_s") for row in tl):
+        a3.plot(t, [row.get("joins_per_s", 0) for row in tl], label="joins decided by the nodes", color="#8172b2",
+                linestyle=":")
     a3.plot(t, col("origin_rps"), label="origin", color="#dd8452")
     if any(row.get("line_rps") for row in tl):
         a3.plot(t, [row.get("line_rps", 0) for row in tl], label="line document reads (at the edges)",
