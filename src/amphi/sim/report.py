@@ -99,8 +99,9 @@ def plot(r: dict[str, object], path: str | Path, title: str | None = None) -> No
         a3.plot(t, [row.get("line_rps", 0) for row in tl], label="line document reads (at the edges)",
                 color="#64b5cd", linestyle="--")
     a3.set_yscale("symlog")
+    a3.set_ylim(top=300 * max(1.0, a3.get_ylim()[1]))  # room above the curves for the legend
     a3.set_title("requests per second")
-    a3.legend(fontsize=8)
+    a3.legend(fontsize=7, loc="upper right")
     a4.plot(t, col("stalled_now"), label="stalled listeners", color="#c44e52")
     a4.set_title("stalled listeners")
     if any(row["edges_alive"] for row in tl):
