@@ -286,7 +286,8 @@ def test_a_client_address_holds_at_most_its_share_of_connections(tier: Tier) -> 
         with httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=10) as c:
             return [c.post(f"{edge.url}/api/spaces/{tier.space}/join", json={}).status_code for _ in range(n)]
 
-    assert 429 in joins("127.0.42.1", 8)
+    # 5 a second (each join waits for its batch's window, edge/joins.py: 20 in a row outrun the budget)
+    assert 429 in joins("127.0.42.1", 20)
     assert joins("127.0.42.2", 1) == [200]
     # and a closed connection gives its place back
     def hog_again() -> bool:
@@ -357,9 +358,12 @@ def test_an_edge_that_cannot_have_its_firewall_cap_says_why(tier: Tier, tmp_path
 
 
 def test_joins_are_rate_limited_per_address_at_the_edge(tier: Tier) -> None:
+    started = time.monotonic()
     statuses = [httpx.post(f"{tier.edges[1].url}/api/spaces/{tier.space}/join", json={}, timeout=10).status_code
-                for _ in range(15)]
-    assert statuses.count(200) >= 4 and 429 in statuses
+                for _ in range(20)]
+    elapsed = time.monotonic() - started
+    passed = statuses.count(200) + statuses.count(202)
+    assert passed >= 4 and 429 in statuses and passed <= 5 + 5 * elapsed + 1, (statuses, elapsed)  # --join-rate 5
     r = httpx.post(f"{tier.edges[1].url}/api/spaces/{tier.space}/join", json={}, timeout=10)
     if r.status_code == 429:
         assert r.json()["error"] == "too_many_requests" and r.headers["retry-after"]
@@ -377,7 +381,9 @@ def test_waiting_clients_share_one_line_document_per_edge_a_second(tier: Tier) -
     fetched = sum(a.headers.get("x-cache") == "miss" for a in answers)
     assert 1 <= fetched <= seconds + 2, ([a.headers.get("x-cache") for a in answers], seconds)
     assert sum(a.headers.get("x-cache") == "hit" for a in answers) == 40 - fetched
-    assert len({a.json()["at"] for a in answers}) <= fetched  # one document per fetch
+    # one document a second at most (a hit on a copy just past its second is refreshed in the
+    # background, Varnish's grace: that hit carries the next second's document)
+    assert len({a.json()["at"] for a in answers}) <= seconds + 2
     # a write is not a read: POST is refused by the node, never cached
     assert httpx.post(f"{edge}/api/spaces/{tier.space}/line", json={}, timeout=10).status_code == 405
 
