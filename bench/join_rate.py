@@ -43,7 +43,9 @@ import psutil
 from harness import (WRK_SUMMARY_LUA, NodeProcess, split_cores, end_space, exit_on_sigterm, join_space, machine_busy_s,
                      main_thread_cpu_s, process_cpu_s, run, small_mode, space_status, start_space, wrk_summary)
 
+from amphi.control.tokens import Signer
 from amphi.core.files import raise_open_files
+from amphi.edge.joins import MAX_BATCH
 
 SETTLE_S = 2.0  # after the Space starts, before measuring
 BASELINE_S = 2.0  # the node's CPU with the live Space and no joins, for reference
@@ -54,6 +56,35 @@ TOKEN_TTL_S = 600  # the seat the bench takes must outlive the run
 # per-address and per-prefix limits see a crowd. The node's join budget is lifted (it would cap the rate
 # measured), and the proof of work is off: joins that never poll are, rightly, a flood to the detector.
 SERVE_ARGS = ("--trusted-proxy", "127.0.0.1/32", "--join-rate", "1000000", "--pow", "off")
+
+BATCH_SCRIPT = r"""
+-- join_rate.py: an edge's batches of joins (edge/joins.py): POST /api/edge/joins with N joins, each
+-- from a new random client address, with the edge's credential; count the answers by status
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["x-amphi-edge"] = "CREDENTIAL"
+
+function init(args)
+  statuses = {}
+  space = args[1]
+  n = tonumber(args[2])
+  math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+end
+
+function request()
+  local rows = {}
+  for i = 1, n do
+    rows[i] = string.format('["%s","10.%d.%d.%d","{}",null,120]', space, math.random(0, 255), math.random(0, 255),
+                            math.random(1, 254))
+  end
+  wrk.body = '{"joins":[' .. table.concat(rows, ",") .. ']}'
+  return wrk.format()
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+""" + WRK_SUMMARY_LUA
 
 WRK_SCRIPT = r"""
 -- join_rate.py: POST an empty JSON body to join; count the answers by status
@@ -89,7 +120,9 @@ end
 class HttpRun:
     skipped: str | None = None
     command: list[str] = field(default_factory=list)
+    batch: int = 0  # joins a request (an edge's batch), 0: one join a request
     requests: int = 0
+    decisions: int = 0
     seconds: float = 0.0
     requests_per_s: float = 0.0
     node_cpu_s: float = 0.0
@@ -99,8 +132,8 @@ class HttpRun:
     baseline_percent: float = 0.0  # the node with the live Space and no joins
     wrk_cpu_s: float = 0.0
     wrk_percent: float = 0.0
-    per_cpu_s: float = 0.0  # requests / node CPU seconds
-    per_loop_cpu_s: float = 0.0  # requests / CPU seconds of the node's event-loop thread
+    per_cpu_s: float = 0.0  # decisions / node CPU seconds
+    per_loop_cpu_s: float = 0.0  # decisions / CPU seconds of the node's event-loop thread
     statuses: dict[str, int] = field(default_factory=dict)
     non_2xx: int = 0
     socket_errors: dict[str, int] = field(default_factory=dict)
@@ -135,17 +168,28 @@ def take_the_seat(server: str, space_id: str) -> None:
 
 
 def measure_http(node: NodeProcess, space_id: str, args: argparse.Namespace, client: str = "spread",
-                 url: str | None = None, wrk_cpus: tuple[int, ...] = ()) -> HttpRun:
+                 url: str | None = None, wrk_cpus: tuple[int, ...] = (), batch: int = 0) -> HttpRun:
     """wrk POSTing joins to the node (or to ``url``, an edge in front of it); ``client``: the address
     the node sees, "spread" for a new one per request (the node must trust 127.0.0.1's
-    X-Forwarded-For: ``SERVE_ARGS``). The node's CPU is measured either way."""
-    out = HttpRun()
+    X-Forwarded-For: ``SERVE_ARGS``). ``batch``: instead, an edge's batches of that many joins
+    (``POST /api/edge/joins``), each join from a new address. The node's CPU is measured either way;
+    a request is ``batch`` decisions."""
+    out = HttpRun(batch=batch)
     wrk = shutil.which("wrk") or "wrk"  # main() checked that it is installed
-    script = node.dir / "join.lua"
-    script.write_text(WRK_SCRIPT)
-    url = f"{url or node.url}/api/spaces/{space_id}/join"
-    out.command = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds:g}s", "--timeout", "5s",
-                   "-s", str(script), url, "--", client]
+    script = node.dir / ("batch.lua" if batch else "join.lua")
+    if batch:
+        credential = Signer((node.dir / "data" / "secret").read_text().strip().encode()).edge_credential("bench")
+        script.write_text(BATCH_SCRIPT.replace("CREDENTIAL", credential))
+        url = f"{url or node.url}/api/edge/joins"
+        tail = [space_id, str(batch)]
+        connections = min(args.connections, args.batch_connections)
+    else:
+        script.write_text(WRK_SCRIPT)
+        url = f"{url or node.url}/api/spaces/{space_id}/join"
+        tail = [client]
+        connections = args.connections
+    out.command = [wrk, f"-t{args.threads}", f"-c{connections}", f"-d{args.seconds:g}s", "--timeout", "5s",
+                   "-s", str(script), url, "--", *tail]
 
     print(f"[http] node baseline {BASELINE_S:.0f} s (live Space, no joins)", flush=True)
     cpu0, t0 = process_cpu_s(node.pid), time.monotonic()
@@ -153,7 +197,7 @@ def measure_http(node: NodeProcess, space_id: str, args: argparse.Namespace, cli
     out.baseline_percent = 100 * (process_cpu_s(node.pid) - cpu0) / (time.monotonic() - t0)
 
     out.waiting_before = _int(space_status(node.url, space_id).get("waiting"))
-    print(f"[http] {' '.join(out.command[:-5])} ... {url} -- {client}", flush=True)
+    print(f"[http] {' '.join(out.command[:-4 - len(tail)])} ... {url} -- {' '.join(tail)}", flush=True)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0, loop0, all0, t0 = process_cpu_s(node.pid), main_thread_cpu_s(node.pid), machine_busy_s(), time.monotonic()
     proc = subprocess.Popen(out.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -180,6 +224,7 @@ def measure_http(node: NodeProcess, space_id: str, args: argparse.Namespace, cli
     summary = wrk_summary(text)
 
     out.requests = int(summary["requests"])
+    out.decisions = out.requests * max(1, batch)
     out.seconds = summary["duration_us"] / 1e6
     out.requests_per_s = out.requests / out.seconds if out.seconds else 0.0
     out.node_cpu_s = node_cpu
@@ -187,9 +232,9 @@ def measure_http(node: NodeProcess, space_id: str, args: argparse.Namespace, cli
     out.wrk_cpu_s = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
     out.wrk_percent = 100 * out.wrk_cpu_s / wall
     out.loop_percent = 100 * loop_cpu / wall
-    out.per_loop_cpu_s = out.requests / loop_cpu if loop_cpu > 0 else 0.0
+    out.per_loop_cpu_s = out.decisions / loop_cpu if loop_cpu > 0 else 0.0
     out.others_percent = max(0.0, 100 * (all_cpu - node_cpu - out.wrk_cpu_s) / wall)
-    out.per_cpu_s = out.requests / node_cpu if node_cpu > 0 else 0.0
+    out.per_cpu_s = out.decisions / node_cpu if node_cpu > 0 else 0.0
     out.statuses = {k: int(v) for k, v in sorted(summary["statuses"].items())}
     out.non_2xx = sum(n for status, n in out.statuses.items() if not 200 <= int(status) < 300)
     out.socket_errors = {k: int(v) for k, v in summary["errors"].items() if k != "status"}
@@ -197,7 +242,7 @@ def measure_http(node: NodeProcess, space_id: str, args: argparse.Namespace, cli
     out.waiting_after = _int(space_status(node.url, space_id).get("waiting"))
     if out.waiting_before is not None and out.waiting_after is not None:
         out.waiting_growth = out.waiting_after - out.waiting_before
-    print(f"[http] {out.requests} requests in {out.seconds:.1f} s ({out.requests_per_s:.0f}/s); "
+    print(f"[http] {out.requests} requests ({out.decisions} decisions) in {out.seconds:.1f} s ({out.requests_per_s:.0f}/s); "
           f"node CPU {node_cpu:.2f} s ({out.node_percent:.0f} % of one core): "
           f"{out.per_cpu_s:.0f} decisions per core-second", flush=True)
     return out
@@ -255,47 +300,58 @@ def measure_inproc(seconds: float) -> InprocRun:
 # -- report ---------------------------------------------------------------------------------
 
 
-def print_table(http: HttpRun, inproc: InprocRun, args: argparse.Namespace, cores: int) -> list[tuple[bool, str]]:
+def print_table(runs: list[HttpRun], inproc: InprocRun, args: argparse.Namespace, cores: int) -> list[tuple[bool, str]]:
+    """The figures, and the checks: the target applies to the batched joins (what a node pays for
+    joins that come through edges, docs/admission.md "Joins batched at the edge"); a join that
+    comes alone (no edge in front) is printed beside it, met or not."""
     print()
-    print(f"join decisions, waiting answer ({cores} cores here)   decisions  seconds   CPU s  per CPU s  "
-          f"target {args.target:g}")
+    print(f"join decisions, waiting answer ({cores} cores here)          requests  decisions  seconds   CPU s  "
+          f"per CPU s  target {args.target:g}")
     results: list[tuple[bool, str]] = []
-    if http.skipped:
-        print(f"  {'over HTTP (wrk)':48s} skipped: {http.skipped}")
-    else:
+    for http in runs:
+        name = f"an edge's batches of {http.batch} (POST /api/edge/joins)" if http.batch else "one join a request, alone"
+        if http.skipped:
+            print(f"  {name:56s} skipped: {http.skipped}")
+            continue
         ok = http.per_cpu_s >= args.target
-        results.append((ok, f"over HTTP {http.per_cpu_s:.0f} decisions per core-second >= {args.target:g}"))
-        label = f"over HTTP (wrk -t{args.threads} -c{args.connections} -d{args.seconds:g}s)"
-        print(f"  {label:48s} {http.requests:9d} {http.seconds:8.1f} {http.node_cpu_s:7.2f} {http.per_cpu_s:10.0f}  "
-              f"{'met' if ok else 'MISSED'}")
+        if http.batch:
+            results.append((ok, f"batched over HTTP {http.per_cpu_s:.0f} decisions per core-second >= {args.target:g}"))
+        print(f"  {name:56s} {http.requests:8d} {http.decisions:10d} {http.seconds:8.1f} {http.node_cpu_s:7.2f} "
+              f"{http.per_cpu_s:10.0f}  {'met' if ok else 'MISSED'}")
     if inproc.skipped:
-        print(f"  {'in process (Admission.join)':48s} skipped: {inproc.skipped}")
+        print(f"  {'in process (Admission.join)':56s} skipped: {inproc.skipped}")
     else:
         ok = inproc.per_cpu_s >= args.target
         results.append((ok, f"in process {inproc.per_cpu_s:.0f} decisions per CPU second >= {args.target:g}"))
-        print(f"  {'in process (Admission.join)':48s} {inproc.decisions:9d} {inproc.wall_s:8.1f} {inproc.cpu_s:7.2f} "
-              f"{inproc.per_cpu_s:10.0f}  {'met' if ok else 'MISSED'}")
-    if not http.skipped:
+        print(f"  {'in process (Admission.join)':56s} {'':8s} {inproc.decisions:10d} {inproc.wall_s:8.1f} "
+              f"{inproc.cpu_s:7.2f} {inproc.per_cpu_s:10.0f}  {'met' if ok else 'MISSED'}")
+    measured = [h for h in runs if not h.skipped]
+    if len(measured) == 2 and measured[0].per_cpu_s:
+        print(f"batched / alone: {measured[1].per_cpu_s / measured[0].per_cpu_s:.2f}x the decisions per core-second")
+    for http in measured:
         lat = http.latency_ms
-        print(f"HTTP: {http.requests_per_s:.0f} req/s; latency ms p50 {lat['p50']:.2f}, p90 {lat['p90']:.2f}, "
-              f"p99 {lat['p99']:.2f}, max {lat['max']:.2f}; answers {http.statuses}, non-2xx {http.non_2xx}, "
-              f"socket errors {sum(http.socket_errors.values())}")
+        print(f"{'batched' if http.batch else 'alone'}: {' '.join(http.command[:6])}: {http.requests_per_s:.0f} req/s; "
+              f"latency ms p50 {lat['p50']:.2f}, p90 {lat['p90']:.2f}, p99 {lat['p99']:.2f}, max {lat['max']:.2f}; "
+              f"answers {http.statuses}, non-2xx {http.non_2xx}, socket errors {sum(http.socket_errors.values())}")
         print(f"      CPU, % of one core: node {http.node_percent:.0f} (event loop thread {http.loop_percent:.0f}, "
               f"baseline with the live Space and no joins {http.baseline_percent:.1f}), wrk {http.wrk_percent:.0f}, "
               f"other processes {http.others_percent:.0f}")
         print(f"      per CPU second of the event-loop thread alone (the serial part): {http.per_loop_cpu_s:.0f}")
         print(f"      node's waiting count {http.waiting_before} -> {http.waiting_after} "
-              f"(+{http.waiting_growth}; wrk counted {http.requests} answers)")
-        growth_ok = http.waiting_growth is not None and abs(http.waiting_growth - http.requests) <= args.connections
+              f"(+{http.waiting_growth}; {http.decisions} decisions answered)")
+        slack = args.connections * max(1, http.batch)  # answers in flight when wrk stopped
+        growth_ok = http.waiting_growth is not None and abs(http.waiting_growth - http.decisions) <= slack
         allowed = int(args.max_other * http.requests)
-        others = http.requests - http.statuses.get("202", 0)
+        label = "batched" if http.batch else "alone"
         results.append((http.non_2xx <= allowed and not sum(http.socket_errors.values()),
-                        f"every HTTP answer 2xx: {http.non_2xx} non-2xx (at most {allowed}), "
+                        f"{label}: every HTTP answer 2xx: {http.non_2xx} non-2xx (at most {allowed}), "
                         f"{sum(http.socket_errors.values())} socket errors"))
+        expected = "200" if http.batch else "202"  # a batch's answer lists its joins' answers
+        others = http.requests - http.statuses.get(expected, 0)
         results.append((http.requests > 0 and others <= allowed,
-                        f"every HTTP answer a waiting answer (202): {http.statuses} (at most {allowed} other)"))
-        results.append((growth_ok, f"the node's line grew by {http.waiting_growth}, wrk counted {http.requests} "
-                                   f"(within {args.connections})"))
+                        f"{label}: every HTTP answer {expected}: {http.statuses} (at most {allowed} other)"))
+        results.append((growth_ok, f"{label}: the node's line grew by {http.waiting_growth}, {http.decisions} "
+                                   f"decisions answered (within {slack}): each a place in line"))
     if not inproc.skipped:
         print(f"in process: line {inproc.line_length} long at the end; last answer {inproc.answer}")
     print("checks")
@@ -309,6 +365,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="wrk duration (default 10)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--batch", type=int, default=MAX_BATCH,
+                        help=f"joins in an edge's batch (default {MAX_BATCH}, edge/joins.py MAX_BATCH)")
+    parser.add_argument("--batch-connections", type=int, default=8,
+                        help="wrk connections for the batches (default 8: an edge tier's workers each send one at a time)")
     parser.add_argument("--inproc-seconds", type=float, default=3.0, help="in-process loop length (default 3)")
     parser.add_argument("--target", type=float, default=20_000.0,
                         help="decisions per core-second that each measurement must reach (default 20000, issue 22)")
@@ -319,20 +379,23 @@ def main() -> int:
                         help="let the node and wrk share every core (default: the node on the first core, wrk on the "
                              "others: sharing, each slowed the other and the figure swung by a fifth)")
     parser.add_argument("--json", metavar="OUT", help="write the figures as JSON")
-    small_mode(parser, seconds=2.0, connections=16, inproc_seconds=0.5, target=1000.0, max_other=0.01)
+    small_mode(parser, seconds=2.0, connections=16, inproc_seconds=0.5, target=1000.0, max_other=0.01, batch=50,
+               batch_connections=4)
     args = parser.parse_args()
-    if args.seconds < 1 or args.connections < 1 or args.threads < 1 or args.connections < args.threads:
-        parser.error("--seconds >= 1, --connections >= --threads >= 1")
+    if (args.seconds < 1 or args.connections < 1 or args.threads < 1 or args.connections < args.threads
+            or args.batch < 1 or args.batch_connections < args.threads):
+        parser.error("--seconds >= 1, --connections >= --threads >= 1, --batch >= 1, --batch-connections >= --threads")
     exit_on_sigterm()
     raise_open_files()
 
     print(f"join rate: wrk {args.seconds:g} s over HTTP, {args.inproc_seconds:g} s in process; "
           f"about {args.seconds + args.inproc_seconds + SETTLE_S + BASELINE_S + 8:.0f} s", flush=True)
-    http = HttpRun()
+    runs = [HttpRun(), HttpRun(batch=args.batch)]
     serve_args = ["--max-listeners", "1", "--token-ttl", str(TOKEN_TTL_S), *SERVE_ARGS]
     if shutil.which("wrk") is None:
-        http.skipped = "wrk is not installed (make system installs it; or apt-get install wrk)"
-        print(f"[http] skipped: {http.skipped}", flush=True)
+        for http in runs:
+            http.skipped = "wrk is not installed (make system installs it; or apt-get install wrk)"
+        print(f"[http] skipped: {runs[0].skipped}", flush=True)
     else:
         wrk_cpus = split_cores() if args.split else ()  # the node starts on the first core, wrk on the others
         with NodeProcess(args=serve_args) as node:
@@ -342,16 +405,18 @@ def main() -> int:
             space = start_space(node.url, "join rate bench", join=False)
             time.sleep(SETTLE_S)
             take_the_seat(node.url, space.id)
-            http = measure_http(node, space.id, args, wrk_cpus=wrk_cpus)
+            runs = [measure_http(node, space.id, args, wrk_cpus=wrk_cpus),  # side by side, on one node
+                    measure_http(node, space.id, args, wrk_cpus=wrk_cpus, batch=args.batch)]
             if not node.alive():
                 raise RuntimeError("the node exited during the run")
             end_space(node.url, space)
     inproc = measure_inproc(args.inproc_seconds)
 
     cores = psutil.cpu_count() or 0
-    results = print_table(http, inproc, args, cores)
+    results = print_table(runs, inproc, args, cores)
     if args.json:
-        summary = {"target_per_core_s": args.target, "cores": cores, "http": asdict(http), "in_process": asdict(inproc),
+        summary = {"target_per_core_s": args.target, "cores": cores, "http": asdict(runs[0]), "batched": asdict(runs[1]),
+                   "in_process": asdict(inproc),
                    "checks": [{"ok": ok, "check": text} for ok, text in results]}
         Path(args.json).write_text(json.dumps(summary, indent=2))
         print(f"wrote {args.json}")

@@ -69,11 +69,15 @@ def test_surge_from_one_address_is_challenged() -> None:
 
 def test_join_rate() -> None:
     out = run_small("join_rate")
-    http = number(r"over HTTP \(wrk.*?\)\s+(\d+)\s+[\d.]+\s+[\d.]+\s+(?:\d+)", out)
-    assert http > 500  # decisions in 2 s
-    assert number(r"over HTTP \(wrk.*?\)\s+\d+\s+[\d.]+\s+[\d.]+\s+(\d+)", out) >= 1000  # per core-second
+    row = r"\s+(\d+)\s+(\d+)\s+[\d.]+\s+[\d.]+\s+(\d+)"  # requests, decisions, seconds, CPU s, per CPU s
+    assert number(r"one join a request, alone" + row, out) > 500  # decisions in 2 s
+    assert number(r"one join a request, alone\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+\s+(\d+)", out) >= 1000  # per core-second
+    batched = number(r"an edge's batches of 50 \(POST /api/edge/joins\)\s+\d+\s+(\d+)", out)
+    assert batched > 1000  # decisions in 2 s, 50 a request
+    assert number(r"in process \(Admission.join\)\s+(\d+)\s+[\d.]+\s+[\d.]+\s+(?:\d+)", out) > 1000
     assert number(r"in process \(Admission.join\)\s+\d+\s+[\d.]+\s+[\d.]+\s+(\d+)", out) >= 10_000
     assert number(r"node's waiting count \d+ -> (\d+)", out) > 500
+    assert "MISS" not in out.split("checks", 1)[1]  # each decision a place in line, every answer 2xx
     assert out.rstrip().splitlines()[-1].startswith("PASS")
 
 

@@ -66,8 +66,8 @@ def test_the_batch_endpoint_needs_an_edges_credential_and_a_well_formed_batch(ti
     assert r.status_code == 200, r.text
     answers = r.json()["answers"]
     assert [a[0] for a in answers] == [answers[0][0], 400, 404, 431, 403] and answers[0][0] in (200, 202), answers
-    assert json.loads(answers[1][2])["error"] == "malformed_body"
-    assert json.loads(answers[0][2])["status"] in ("admitted", "waiting")
+    assert answers[1][2]["error"] == "malformed_body"
+    assert answers[0][2]["status"] in ("admitted", "waiting")
 
 
 async def _post_all(port: int, requests: list[tuple[str, bytes]]) -> list[tuple[int, dict[str, str], bytes]]:

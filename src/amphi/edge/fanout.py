@@ -134,10 +134,10 @@ JOINS_UNANSWERED = (b"HTTP/1.1 503 Service Unavailable\r\n" + _JSON_HEADERS
 def _join_response(answer: object, edge: bytes) -> bytes:
     """A client's answer from its row of a node's batch answer, ``[status, retry-after, body]``."""
     if (not isinstance(answer, list) or len(answer) != 3 or not isinstance(answer[0], int)
-            or not isinstance(answer[2], str)):
+            or not isinstance(answer[2], dict)):
         return JOINS_UNANSWERED
-    status, retry, text = answer
-    body = text.encode()
+    status, retry, doc = answer
+    body = orjson.dumps(doc)
     reason = HTTPStatus(status).phrase.encode() if status in _STATUSES else b"Unknown"
     extra = b"retry-after: %b\r\n" % str(retry).encode() if retry is not None else b""
     return b"HTTP/1.1 %d %b\r\n%b%bx-edge: %b\r\nx-edge-batch: 1\r\ncontent-length: %d\r\n\r\n%b" % (
