@@ -52,7 +52,7 @@ def parse_arrival(text: str) -> tuple[str, float]:
 @click.option("--request-cost", default=None, type=click.FloatRange(min=0), metavar="SECONDS",
               help="API node time per request [0.0002, or measured with --calibrate].")
 @click.option("--join-cost", default=None, type=click.FloatRange(min=0), metavar="SECONDS",
-              help="API node time per join in an edge's batch, on top of --request-cost per batch [0.00004].")
+              help="API node time per join in an edge's batch, on top of --request-cost per batch [0.00005].")
 @click.option("--max-clients", default=None, type=click.IntRange(1), help="Simulated clients per node at most [20000].")
 @click.option("--seed", default=None, type=int, help="Seed of arrivals and jitter [1].")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the result as JSON.")

@@ -123,9 +123,9 @@ class SimConfig:
     edge_rps: float | None = None  # requests per second one edge serves; None: only edge_capacity counts
     player: str = "ll"  # ll: a part and a blocking reload per part; segments: the same per segment
     request_cost_s: float = 0.0002  # node time per API request (join, poll, renewal, leave, a batch of joins): ~ measured on loopback
-    # node time per join decided in an edge's batch, on top of request_cost_s per batch: a placeholder
-    # until bench/join_rate.py measures it (joins.py quotes ~12 us a decision there; issue 22's bar is 50 us)
-    join_cost_s: float = 0.00004
+    # node time per join decided in an edge's batch, on top of request_cost_s per batch: bench/join_rate.py
+    # measured 19,843 decisions per core-second in batches of 250 (50 us each, the batch's request included)
+    join_cost_s: float = 0.00005
     extend_cost_s: float = 0.000003  # node time per seat in an edge's renewal report (Admission.extend: 0.9 us, JSON)
     media_cost_s: float = 0.0002  # node time per media request when the node serves media (edges = 0)
     rtt_s: float = 0.002  # a request's answer time with nothing queued
