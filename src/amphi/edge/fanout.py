@@ -16,8 +16,10 @@ door and the fan-out", has the measurement).
 A live playlist asked with a token past half its life is answered with a 307 to the same URL
 under a new token for the same seat, and the seats renewed are reported to an API node every few
 seconds (``edge/renewals.py``): listeners keep their seats without a request to a node each.
+Joins (``POST /api/spaces/<id>/join``) are read here too and sent to a node a batch at a time
+(``edge/joins.py``, ``take_join``): a surge's joins cost the nodes one request a batch.
 
-Every other request (the API, pages, replays, a part's byte range, a token that does not check
+Every other request (the rest of the API, pages, replays, a part's byte range, a token that does not check
 out or has expired, anything malformed or unusual) is nginx's, unchanged: the connection is handed to
 nginx's http server over a Unix socket with the PROXY protocol (the client's address) and, from
 that request on, its bytes are passed both ways untouched. Segments asked on such a connection
