@@ -2,7 +2,7 @@
 document, renewals by the edge): a real run and its simulation side by side.
 
     .venv/bin/python bench/calibrate.py [--listeners 10000] [--seats 6000] [--rate 500] \\
-        [--max-waiting 2000] [--window 5] [--duration 60] [--procs 4] [--json OUT]
+        [--max-waiting 2000] [--window 5] [--duration 60] [--procs 4] [--no-batch-joins] [--json OUT]
 
 ``amphi serve --max-listeners SEATS --admit-rate RATE --max-waiting MAX_WAITING`` on a free
 127.0.0.1 port with one live Space, behind one Varnish edge (``amphi.edge.varnish.Edge``), and
@@ -51,7 +51,7 @@ def real_run(args: argparse.Namespace, out: Path) -> dict[str, object]:
                              "--max-waiting", str(args.max_waiting), "--edge", f"http://{HOST}:{port}",
                              "--trusted-proxy", "127.0.0.1/32", "--pow", "off"])  # the edge forwards the client address
     with node:
-        spec = EdgeSpec.signed("edge1", secret, (Backend.parse("origin", node.url),))
+        spec = EdgeSpec.signed("edge1", secret, (Backend.parse("origin", node.url),), batch_joins=args.batch_joins)
         edge = Edge(spec, node.dir / "edge", HOST, port).start()
         try:
             space = start_space(node.url, "calibration", join=False)
@@ -83,13 +83,16 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=0.10)
     parser.add_argument("--json", default=None)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--no-batch-joins", dest="batch_joins", action="store_false",
+                        help="the edge sends each join on its own (amphi edge run --no-batch-joins)")
     small_mode(parser, listeners=600, seats=300, rate=40.0, max_waiting=150, window=0.5, duration=20.0, procs=2)
     args = parser.parse_args()
     exit_on_sigterm()
     raise_open_files()
     args.generator_cpus = split_cores()
     print(f"calibration: {args.listeners} listeners within {args.window:g} s through one edge into {args.seats} "
-          f"seats at {args.rate:g}/s, {args.max_waiting} in line at most, {args.duration:g} s", flush=True)
+          f"seats at {args.rate:g}/s, {args.max_waiting} in line at most, {args.duration:g} s; joins "
+          f"{'in batches' if args.batch_joins else 'each on its own'}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out, sim_out = Path(tmp) / "real.json", Path(tmp) / "sim.json"
         real = real_run(args, out)

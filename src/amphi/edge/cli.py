@@ -47,6 +47,9 @@ def edge_options(f):  # type: ignore[no-untyped-def]
                      help="Media requests per client address per second (0: no limit)."),
         click.option("--join-rate", default=EdgeSpec.join_rate, show_default=True, type=click.IntRange(0),
                      help="Joins per client address per second (0: no limit)."),
+        click.option("--batch-joins/--no-batch-joins", default=EdgeSpec.batch_joins, show_default=True,
+                     help="The fan-out sends joins to the API nodes in batches, at most 10 a second a worker "
+                          "(docs/admission.md, \"Joins batched at the edge\"); off: each join on its own."),
         click.option("--max-connections-per-address", "max_connections", show_default=True, type=click.IntRange(0),
                      default=EdgeSpec.max_connections_per_address,
                      help="TCP connections one client address may hold, with nginx in front of Varnish "
@@ -64,12 +67,13 @@ def edge_options(f):  # type: ignore[no-untyped-def]
 
 
 def spec_from(name: str, origins: tuple[str, ...], api: tuple[str, ...], secret_file: Path | None,
-              media_rate: int, join_rate: int, max_connections: int, connection_cap: str,
+              media_rate: int, join_rate: int, batch_joins: bool, max_connections: int, connection_cap: str,
               token_ttl: float) -> EdgeSpec:
     secret = _secret(secret_file)
     try:
         return EdgeSpec.signed(name, secret, _backends(origins, "origin"), api=_backends(api, "api"),
-                               media_rate=media_rate, join_rate=join_rate, max_connections_per_address=max_connections,
+                               media_rate=media_rate, join_rate=join_rate, batch_joins=batch_joins,
+                               max_connections_per_address=max_connections,
                                connection_cap=connection_cap, token_ttl_s=token_ttl)
     except ValueError as e:
         raise click.UsageError(str(e)) from None

@@ -226,7 +226,7 @@ class Client(asyncio.Protocol):
                 if len(self.buf) > MAX_HEAD:
                     self._not_mine()
                 return
-            if self.buf.startswith(b"POST ") and self.public:
+            if self.buf.startswith(b"POST ") and self.public and self.fanout.batch_joins:
                 took = self.fanout.take_join(self.buf, end, self)
                 if took is None:
                     return self._not_mine()
@@ -485,7 +485,8 @@ class Fanout:
                  released: Path | None = None, max_connections: int = 0, workers: int = 1,
                  token_ttl_s: float = AdmissionConfig.token_ttl_s, media_rate: int = 0,
                  max_buffer: int = MAX_BUFFER, keep_s: float = KEEP_S, fresh_s: float = FRESH_S,
-                 max_feeds: int = MAX_FEEDS, timeout_s: float = 30.0, join_rate: int = 0) -> None:
+                 max_feeds: int = MAX_FEEDS, timeout_s: float = 30.0, join_rate: int = 0,
+                 batch_joins: bool = True) -> None:
         self.upstream = upstream  # Varnish's Unix socket
         self.front = front  # nginx's http server (PROXY protocol): where connections go that are not ours
         self.signer = Signer(secret.encode())
@@ -498,6 +499,7 @@ class Fanout:
         self.join_rate = join_rate  # joins per address per second (0: none), as the VCL's throttle
         self.join_rates = GcraTable(100_000)
         self.joins = JoinBatcher()
+        self.batch_joins = batch_joins  # off: joins are nginx's, as any request with a body
         self._join_timer: asyncio.TimerHandle | None = None
         self.max_connections = max_connections  # per client address at the edge's port (0: none)
         self.workers = workers  # the fan-out's processes on the port: an address's connections all go to one
@@ -847,6 +849,8 @@ def main() -> None:
     p.add_argument("--secret-file", type=Path, required=True, help="the nodes' token secret")
     p.add_argument("--media-rate", type=int, default=0, help="media requests per address per second (0: none)")
     p.add_argument("--join-rate", type=int, default=0, help="joins per address per second (0: none)")
+    p.add_argument("--no-batch-joins", dest="batch_joins", action="store_false",
+                   help="joins go to nginx as any other request, each on its own (default: in batches)")
     p.add_argument("--name", default="edge1", help="the edge's name, in its credential")
     p.add_argument("--released", type=Path, help="the file this edge's workers share released seats in")
     p.add_argument("--max-connections", type=int, default=0, help="connections per client address at --public (0: none)")
@@ -861,7 +865,7 @@ def main() -> None:
     raise_open_files()  # two sockets a listener (the segment streaming, the next one asked ahead)
     fanout = Fanout(args.upstream, args.front, args.secret_file.read_text().strip(), name=args.name,
                     released=args.released, max_connections=args.max_connections, workers=args.workers, token_ttl_s=args.token_ttl, media_rate=args.media_rate,
-                    join_rate=args.join_rate)
+                    join_rate=args.join_rate, batch_joins=args.batch_joins)
     uvloop.run(fanout.serve(args.internal, args.public))
 
 

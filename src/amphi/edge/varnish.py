@@ -134,7 +134,8 @@ class Edge:
         return [[sys.executable, "-m", "amphi.edge.fanout", "--internal", str(sock),
                  "--public", str(d / f"public-{k}.sock") if self.capped_by == "nginx" else f"{self.host}:{self.port}",
                  "--upstream", str(self._socket), "--front", str(d / "http.sock"), "--secret-file", str(d / "secret"),
-                 "--media-rate", str(self.spec.media_rate), "--join-rate", str(self.spec.join_rate), "--name", self.spec.name, "--released", str(d / "released.json"),
+                 "--media-rate", str(self.spec.media_rate), "--join-rate", str(self.spec.join_rate),
+                 *(() if self.spec.batch_joins else ("--no-batch-joins",)), "--name", self.spec.name, "--released", str(d / "released.json"),
                  "--token-ttl", f"{self.spec.token_ttl_s:g}", "--workers", str(self.fanout_workers),
                  "--max-connections", str(self.spec.max_connections_per_address if self.capped_by == "fanout" else 0)]
                 for k, sock in enumerate(self.fanout_sockets)]

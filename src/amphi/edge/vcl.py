@@ -75,6 +75,7 @@ class EdgeSpec:
     api: tuple[Backend, ...] = ()  # API nodes for /api/ and pages; default: the origins
     media_rate: int = 200  # media requests per address per second (a NAT of ~50 listeners)
     join_rate: int = 20  # joins per address per second
+    batch_joins: bool = True  # the fan-out sends joins to the API nodes in batches (edge/joins.py); off: one each
     max_connections_per_address: int = 256  # TCP connections one address may hold (nginx in front, edge/varnish.py;
     # 0: no cap, no nginx). A browser holds about 6; 256 is a NAT of some 40 listeners
     connection_cap: str = "auto"  # who enforces it (CONNECTION_CAPS): "fanout" (and "auto"), the fan-out's
