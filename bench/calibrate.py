@@ -2,7 +2,8 @@
 document, renewals by the edge): a real run and its simulation side by side.
 
     .venv/bin/python bench/calibrate.py [--listeners 10000] [--seats 6000] [--rate 500] \\
-        [--max-waiting 2000] [--window 5] [--duration 60] [--procs 4] [--no-batch-joins] [--json OUT]
+        [--max-waiting 2000] [--window 5] [--duration 60] [--procs 4] [--no-batch-joins] [--json OUT] \\
+        [--real-json OUT | --from-real FILE]
 
 ``amphi serve --max-listeners SEATS --admit-rate RATE --max-waiting MAX_WAITING`` on a free
 127.0.0.1 port with one live Space, behind one Varnish edge (``amphi.edge.varnish.Edge``), and
@@ -83,6 +84,9 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=0.10)
     parser.add_argument("--json", default=None)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--real-json", metavar="OUT", help="keep the real run's amphi loadtest JSON here")
+    parser.add_argument("--from-real", metavar="FILE",
+                        help="simulate a real run kept with --real-json instead of running one (to work on the model)")
     parser.add_argument("--no-batch-joins", dest="batch_joins", action="store_false",
                         help="the edge sends each join on its own (amphi edge run --no-batch-joins)")
     small_mode(parser, listeners=600, seats=300, rate=40.0, max_waiting=150, window=0.5, duration=20.0, procs=2)
@@ -94,8 +98,13 @@ def main() -> int:
           f"seats at {args.rate:g}/s, {args.max_waiting} in line at most, {args.duration:g} s; joins "
           f"{'in batches' if args.batch_joins else 'each on its own'}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        out, sim_out = Path(tmp) / "real.json", Path(tmp) / "sim.json"
-        real = real_run(args, out)
+        out, sim_out = Path(args.real_json or Path(tmp) / "real.json"), Path(tmp) / "sim.json"
+        if args.from_real:
+            out = Path(args.from_real)
+            real = json.loads(out.read_text())
+            print(f"the real run: {out} (not run again)", flush=True)
+        else:
+            real = real_run(args, out)
         result = CliRunner().invoke(amphi_main, ["simulate", "--calibrate", str(out), "--edges", "1", "--json",
                                                  str(sim_out), "--quiet"])
         if result.exit_code != 0:
