@@ -16,7 +16,8 @@ line for the whole run, as in a full Space at a launch:
   life (a request per listener per 24 s at the default 60 s), as the first wave did;
 * ``line`` (the default clients): waiting clients read the line document through the edge (one
   fetch a second reaches the node), seats are renewed by the edge's fan-out and reported to the
-  node in batches.
+  node in batches, and the joins that remain (redeeming a turn) reach the node in the edge's
+  batches (``polls`` runs with ``amphi edge run --no-batch-joins``, as the first wave's edge).
 
 The node's CPU (user + system, all its threads, ``amphi.loadtest.machine.ProcessCpu``) is sampled once a second; over the
 steady part (after the ramp and 10 s more, to the end) its mean is the figure, and the node's
@@ -107,7 +108,8 @@ def one(protocol: str, args: argparse.Namespace) -> dict[str, object]:
     node = NodeProcess(args=["--max-listeners", str(args.seats), "--admit-rate", "2000", "--edge", f"http://{HOST}:{port}",
                              "--trusted-proxy", "127.0.0.1/32", "--pow", "off"])  # the edge forwards the client address
     with node:
-        spec = EdgeSpec.signed("edge1", secret, (Backend.parse("origin", node.url),))
+        # the first wave's edge sent each join (a poll, a renewal) on its own; today's batches them
+        spec = EdgeSpec.signed("edge1", secret, (Backend.parse("origin", node.url),), batch_joins=protocol != "polls")
         edge = Edge(spec, node.dir / "edge", HOST, port).start()
         try:
             space = start_space(node.url, f"control cost, {protocol}", join=False)
