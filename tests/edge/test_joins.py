@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +20,8 @@ import pytest
 from amphi.control.tokens import Signer
 from amphi.edge.joins import WINDOW_S, Join, JoinBatcher
 from tests.edge.conftest import SECRET, Tier
-from tests.integration.amphi_proc import free_port, stop_group, wait_until
+from tests.edge.edges import EdgeProc
+from tests.integration.amphi_proc import BIN, AmphiServer, free_port, stop_group, wait_until
 
 
 def _join(n: int = 0) -> Join:
@@ -150,3 +153,43 @@ def test_an_edge_whose_nodes_do_not_answer_says_so_to_each_joining_client(tmp_pa
         assert "a batch of 1 joins got no answer" in (tmp_path / "fanout.log").read_text()
     finally:
         stop_group(proc, 10)
+
+
+def test_loadtest_listeners_wait_and_play_through_an_edge_and_their_seats_free_when_they_vanish(tmp_path: Path) -> None:
+    """`amphi loadtest` through a real edge into a full Space (token life 10 s): the line is
+    waited by the line document, joins go in the edge's batches, tokens are renewed by the
+    edge; then kill -9 of the load generator: every seat is free again within two token
+    lives, with nothing to tell the node."""
+    ttl = 10
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "secret").write_text(SECRET)
+    port = free_port()
+    origin = AmphiServer(data, None, "--token-ttl", str(ttl), "--seat-grace", "5", "--max-listeners", "12",
+                         "--pow", "off", "--trusted-proxy", "127.0.0.1/32", "--edge", f"http://127.0.0.1:{port}").start()
+    edge = gen = None
+    try:
+        edge = EdgeProc(tmp_path / "edge", "edge1", origin.url, data / "secret", "--token-ttl", str(ttl),
+                        port=port).start()
+        space, key = origin.create("vanish")
+        origin.start_space(space, key)
+        gen = subprocess.Popen([str(BIN), "loadtest", "--server", edge.url, "--space", space, "--listeners", "20",
+                                "--ramp", "1", "--duration", "120", "--player", "segments", "--quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_until(lambda: origin.status(space)["listeners"] == 12 and origin.status(space)["waiting"] == 8, 30,
+                   "12 seated and 8 in line")
+        wait_until(lambda: edge.fanout()["renewed"] >= 12 and edge.fanout()["reported"] >= 12, 3 * ttl,
+                   f"the edge to renew and report the seats {edge.fanout()}")
+        stats = edge.fanout()
+        assert stats["joins"] >= 20 and stats["join_batches"] <= stats["joins"] and stats["join_errors"] == 0, stats
+        os.killpg(gen.pid, signal.SIGKILL)  # every listener vanishes at once
+        gen.wait(10)
+        killed = time.monotonic()
+        wait_until(lambda: origin.status(space)["listeners"] == 0, 2 * ttl + 5, "the vanished listeners' seats to free")
+        assert time.monotonic() - killed <= 2 * ttl, time.monotonic() - killed
+    finally:
+        if gen is not None and gen.poll() is None:
+            os.killpg(gen.pid, signal.SIGKILL)
+        if edge is not None:
+            edge.stop()
+        origin.stop()
