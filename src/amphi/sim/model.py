@@ -33,6 +33,13 @@ What is exact and what is aggregated:
   the last ``JOIN_RATE_OVER`` joins decides) before it reaches the node's queue, where it costs
   ``join_cost_s`` and its share of the batch's ``request_cost_s``. tests/sim checks the count
   against ``JoinBatcher`` run on the same joins. Without edges a join is a request of its own.
+  So is a ticket sent after a read of the line document: the read goes on the client's
+  connection to the edge, which the fan-out hands to nginx (it answers media and joins
+  itself, nothing else), and the ticket follows on that connection (``on_line``).
+* **The line document** behind edges is each edge's copy (``edge_line``: Varnish keeps it
+  ``LINE_TTL_S``, then serves it stale while it fetches the next, a request to a node); a
+  client that sees its turn in it sends its ticket at once, one that does not reads again
+  when the document advises.
 
 The node's own ``amphi.control.listeners.Listeners`` answers every join and poll, runs every
 admitter pass and applies every health verdict, over a ``MemoryStore`` (whose coroutines
@@ -50,12 +57,13 @@ import heapq
 import itertools
 import math
 import random
+import re
 from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
-from amphi.control.admission import ADMITTER_PERIOD_S, Admission
+from amphi.control.admission import ADMITTER_PERIOD_S, Admission, Line
 from amphi.control.health import Governor, HealthSample
 from amphi.control.listeners import InLine, Listeners, Seated, settle
 from amphi.control.spaces import Space, SpaceState
@@ -71,6 +79,7 @@ from amphi.loadtest.listener import MAX_ATTEMPTS
 from amphi.loadtest.profiles import backoff_s, header_retry_s, line_retry_s, retry_delay_s, schedule
 from amphi.web.answers import poll_advice
 from amphi.web.asgi import retry_after_value
+from amphi.web.join import LINE_CACHE
 
 ARRIVALS = ("surge", "ramp", "poisson")
 PLAYERS = ("ll", "segments")
@@ -84,6 +93,11 @@ NEW, JOINING, WAITING, PLAYING, LEFT, FAILED = range(6)
 # events
 ARRIVE, SEND, ANSWER, TIMEOUT, LEAVE, ADMITTER, HEALTH, SAMPLE, FAIL_EDGE, REATTACH, LINE, BATCHED = range(12)
 JOIN_RATE_OVER = 32  # the joins/s reaching the edges' fan-out workers: measured over this many (simulated) joins
+# An edge keeps the line document as long as the node's Cache-Control says (web/join.py: max-age=1), and past that
+# serves its copy while it fetches a fresh one: the VCL gives the document no grace of its own, so Varnish's
+# default_grace (10 s) applies.
+LINE_TTL_S = float(re.search(rb"max-age=(\d+)", LINE_CACHE).group(1))  # type: ignore[union-attr]
+LINE_GRACE_S = 10.0
 
 
 class _Nowhere:
@@ -258,7 +272,7 @@ class Simulation:
         self.period_work = 0.0
         self.period_lag = 0.0
         self.period_joins: list[float] = []
-        self.sample_requests = 0  # real API requests to this node since the last sample, joins in batches apart
+        self.sample_requests = 0.0  # real API requests to this node since the last sample, joins in batches apart
         self.sample_work = 0.0  # node time they took
         self.sample_batched = 0  # real joins that came in edges' batches since the last sample
         self.sample_joins = 0  # real joins decided by this node since the last sample (batched or not)
@@ -271,6 +285,7 @@ class Simulation:
         self.sent_at = array("d", [0.0]) * n
         self.batch_share = array("d", [1.0]) * n
         self.line_reads = 0  # simulated line-document reads, in all
+        self.line_copies: list[tuple[float, Line, float] | None] = [None] * cfg.edges  # each edge's: (fetched at, line, stretch)
         # edges
         self.edge_load = [0] * cfg.edges  # simulated clients per edge
         self.alive = list(range(cfg.edges))
@@ -361,7 +376,7 @@ class Simulation:
         requests = self.sample_requests + batches
         work = self.sample_work + batches * self.cfg.request_cost_s + self.sample_batched * self.cfg.join_cost_s
         self.api_requests += requests
-        self.sample_requests = self.sample_batched = 0
+        self.sample_requests, self.sample_batched = 0.0, 0
         self.sample_work = 0.0
         self.sampled_at = t
         return requests, work
@@ -409,13 +424,15 @@ class Simulation:
         self.set_state(cid, JOINING)
         self.on_send(t, cid)
 
-    def on_send(self, t: float, cid: int) -> None:
+    def on_send(self, t: float, cid: int, alone: bool = False) -> None:
         """A join (fresh, a ticket, a retry): to the node, or behind edges to a fan-out
-        worker, which sends it in its next batch (see ``batching``)."""
+        worker, which sends it in its next batch (see ``batching``). ``alone``: a request
+        of its own behind edges too (a ticket sent on the connection that read the line
+        document, which the fan-out handed to nginx: ``on_line``)."""
         if self.state[cid] not in (JOINING, WAITING):
             return
         cfg = self.cfg
-        if not (cfg.edges and self.alive):
+        if alone or not (cfg.edges and self.alive):
             delay = self.queue(t, join=True)
             if delay is None:
                 self.at(t + cfg.request_timeout_s, TIMEOUT, cid)
@@ -489,21 +506,72 @@ class Simulation:
 
     def on_line(self, t: float, cid: int) -> None:
         """A waiting client reads the line document (from its edge; from the node when there
-        are none) and sends its ticket only once its turn has come, as the page does."""
+        are none) and, once it says the place's turn has come, sends its ticket at once, as
+        the loadtest's listener (``_watch_line``) and the page do.
+
+        Behind edges the document is the edge's copy (``edge_line``): up to ``LINE_TTL_S`` old,
+        so a place called since is still shown in line and its client reads again when the
+        document advises. That read and the ticket after it go on one connection, which the
+        edge's fan-out hands to nginx at the read (it answers media and joins itself, nothing
+        else; edge/fanout.py ``_not_mine``): the ticket reaches the node as a request of its
+        own (nginx, Varnish), not in a batch."""
         if self.state[cid] != WAITING:
             return
         self.sample_line_reads += 1
         self.line_reads += 1
-        if not self.cfg.edges and self.queue(t) is None:  # the node serves it: a request like any other
+        edged = bool(self.cfg.edges and self.alive)
+        if edged:
+            read = self.edge_line(t, self.alive[cid % len(self.alive)])
+        elif self.queue(t) is None:  # the node serves it: a request like any other
             self.at(t + self.cfg.request_timeout_s, LINE, cid)
             return
-        _, line, stretch = settle(self.listeners.line(self.space))  # type: ignore[misc]
+        else:
+            _, line, stretch = settle(self.listeners.line(self.space))  # type: ignore[misc]
+            read = line, stretch
+        if read is None:  # no document (the edge could not fetch one): the ticket goes to the API
+            self.on_send(t, cid, True)
+            return
+        line, stretch = read
         place = self.place[cid]
         position = None if place is None else line.position(place)
-        if position is None:  # called (the edge's copy up to a second older than the node's)
-            self.at(t + self.rng.uniform(0.0, 1.0), SEND, cid)
+        if position is None:  # called: the ticket, on the same connection
+            self.on_send(t, cid, edged)
             return
         self.at(t + line_retry_s(poll_advice(self.adm_cfg, stretch), position, line.eta(position), self.rng), LINE, cid)
+
+    def edge_line(self, t: float, e: int) -> tuple[Line, float] | None:
+        """Edge ``e``'s line document at ``t`` as Varnish serves it: its copy while younger
+        than ``LINE_TTL_S``; then still that copy (grace, ``LINE_GRACE_S``) while a fresh one
+        is fetched from the node, which the next reader gets; past the grace a reader waits
+        for the fetch. A fetch is a request to a node (the node's ``Listeners.line``, itself
+        looked up once a second); None if no node answers and there is no copy."""
+        copy = self.line_copies[e]
+        age = math.inf if copy is None else t - copy[0]
+        if age < LINE_TTL_S:
+            assert copy is not None
+            return copy[1], copy[2]
+        fetched = self.fetch_line(t)
+        if fetched is not None:
+            self.line_copies[e] = (t, *fetched)
+        if age < LINE_TTL_S + LINE_GRACE_S:
+            assert copy is not None
+            return copy[1], copy[2]
+        return fetched
+
+    def fetch_line(self, t: float) -> tuple[Line, float] | None:
+        """An edge fetches the line document: one request to one of the nodes (this node's
+        share: ``1 / api_nodes`` of it); None if it would come after the timeout."""
+        cfg = self.cfg
+        self.drain(t)
+        if cfg.rtt_s + self.backlog_s > cfg.request_timeout_s:
+            return None
+        work = cfg.request_cost_s / cfg.api_nodes
+        self.backlog_s += work
+        self.period_work += work
+        self.sample_requests += 1.0 / cfg.api_nodes
+        self.sample_work += work
+        _, line, stretch = settle(self.listeners.line(self.space))  # type: ignore[misc]
+        return line, stretch
 
     def on_timeout(self, t: float, cid: int) -> None:
         """No answer within the client's timeout: full-jitter backoff, and after
