@@ -9,6 +9,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -193,3 +194,70 @@ def test_loadtest_listeners_wait_and_play_through_an_edge_and_their_seats_free_w
         if edge is not None:
             edge.stop()
         origin.stop()
+
+
+class _Raw:
+    """One keep-alive connection to an edge, request by request (to know which connection asks)."""
+
+    def __init__(self, port: int) -> None:
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+
+    def ask(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+        extra = b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body) if body is not None else b""
+        self.s.sendall(b"%s %s HTTP/1.1\r\nhost: edge\r\n%b\r\n%b" % (method.encode(), path.encode(), extra, body or b""))
+        while b"\r\n\r\n" not in self.buf:
+            more = self.s.recv(65536)
+            assert more, f"the edge closed the connection: {self.buf[:200]!r}"
+            self.buf += more
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+        n = int(headers.get("content-length", "0"))
+        while len(self.buf) < n:
+            more = self.s.recv(65536)
+            assert more, "the edge closed the connection mid-answer"
+            self.buf += more
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return int(lines[0].split(" ")[1]), headers, body
+
+
+def test_a_connection_handed_to_nginx_still_joins_in_batches_and_is_renewed_at_the_edge(tier: Tier) -> None:
+    """A browser's connection first loads the page (not media: the fan-out hands it to nginx for
+    good); its join still goes in the edge's batch and its live playlist is still renewed at the
+    edge past half the token's life, with no request to a node (nginx sends both back to the
+    fan-out). A body too large, or a join read with GET, gets the usual answers."""
+    edge = tier.edges[1]
+    before = edge.fanout()
+    page = _Raw(edge.port)
+    try:
+        status, _, _ = page.ask("GET", "/api/node")  # a page's first request: the connection is nginx's now
+        assert status == 200 and edge.fanout()["tunnels"] > before["tunnels"]
+        status, headers, body = page.ask("POST", f"/api/spaces/{tier.space}/join", b"{}")
+        assert status == 200 and headers["x-edge-batch"] == "1", (status, headers, body)
+        answer = json.loads(body)
+        assert edge.fanout()["joins"] == before["joins"] + 1
+        status, headers, body = page.ask("POST", f"/api/spaces/{tier.space}/join", b"{" + b" " * 5000 + b"}")
+        assert status == 413 and json.loads(body)["error"] == "payload_too_large", (status, body)
+        page = _Raw(edge.port)  # nginx closes a connection whose body it did not read
+        page.ask("GET", "/api/node")
+        status, _, body = page.ask("GET", f"/api/spaces/{tier.space}/join")
+        assert status == 405, body  # the node's answer: a join is a POST
+        live = answer["media_playlist"][answer["media_playlist"].index("/o/"):]
+        expires = int(answer["token"].split(".")[1])
+
+        def past_half_life() -> bool:
+            assert page.ask("GET", "/api/node")[0] == 200  # the same connection, kept alive meanwhile
+            return time.time() > expires - 5 + 0.2
+
+        wait_until(past_half_life, 15, "the token to pass half its life (ttl 10 s)")
+        renewed = edge.fanout()["renewed"]
+        status, headers, _ = page.ask("GET", live)
+        assert status == 307, headers
+        new = headers["location"].split("/t/")[1].split("/")[0]
+        assert new.split(".")[0] == answer["token"].split(".")[0] and int(new.split(".")[1]) > expires  # the same seat
+        assert edge.fanout()["renewed"] == renewed + 1
+        status, _, body = page.ask("GET", headers["location"])
+        assert status == 200 and b"#EXTM3U" in body
+    finally:
+        page.s.close()

@@ -226,7 +226,7 @@ class Client(asyncio.Protocol):
                 if len(self.buf) > MAX_HEAD:
                     self._not_mine()
                 return
-            if self.buf.startswith(b"POST ") and self.public and self.fanout.batch_joins:
+            if self.buf.startswith(b"POST ") and self.fanout.batch_joins:
                 took = self.fanout.take_join(self.buf, end, self)
                 if took is None:
                     return self._not_mine()
@@ -601,13 +601,14 @@ class Fanout:
     def take_join(self, buf: bytes, end: int, who: Client) -> int | None:
         """A join (``POST /api/spaces/<id>/join``) at the head of ``buf``, whose header ends at
         ``end``: taken into the next batch (edge/joins.py), its length returned; 0 while its
-        body is still to come; None if it is nginx's (anything unusual: a query, no length,
-        a body over the limit, ``Expect``, chunked, HTTP/1.0)."""
+        body is still to come; None if it is nginx's (anything unusual: no length, a body
+        over the limit, ``Expect``, chunked, HTTP/1.0). nginx sends here the joins
+        asked on a connection the fan-out handed it (only those, well-formed)."""
         lines = buf[:end].split(b"\r\n")
         parts = lines[0].split(b" ")
-        if len(parts) != 3 or parts[2] != b"HTTP/1.1" or b"?" in parts[1]:
+        if len(parts) != 3 or parts[2] != b"HTTP/1.1":
             return None
-        m = ROUTES.match(parts[1].decode("latin-1"), "POST")
+        m = ROUTES.match(parts[1].partition(b"?")[0].decode("latin-1"), "POST")  # a query says nothing to a join
         if m is None or m.route.name != "join":
             return None
         headers: dict[bytes, bytes] = {}
@@ -623,6 +624,8 @@ class Fanout:
         took = end + 4 + int(length)
         if len(buf) < took:
             return 0
+        if not who.public:  # from nginx (a join on a connection handed over): the client's address it saw
+            who.addr = headers.get(b"x-amphi-client", b"").decode("latin-1") or who.addr
         who.close_after = headers.get(b"connection", b"").lower() == b"close"
         if self.join_rate and self.join_rates.charge(who.addr, self.join_rate, self.join_rate, time.monotonic()):
             self.limited += 1

@@ -45,7 +45,7 @@ from amphi.control.tokens import TOKEN
 from amphi.core.errors import Unavailable
 from amphi.edge import firewall
 from amphi.edge.vcl import WHOLE_RANGE, EdgeSpec, render
-from amphi.web.routes import ROUTES
+from amphi.web.routes import JOIN_BODY_LIMIT, ROUTES
 
 VARNISHD = shutil.which("varnishd") or "/usr/sbin/varnishd"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -315,10 +315,10 @@ export default {{ token_bad }};
 """
 
 
-def _error_answer(status: int, code: str, message: str, *, retry_after_s: int) -> str:
+def _error_answer(status: int, code: str, message: str, *, retry_after_s: int | None) -> str:
     """An nginx location's body answering with the edge's JSON error shape (as the VCL's synth)."""
-    return (f"""            default_type application/json;
-            add_header retry-after {retry_after_s} always;
+    retry = f"\n            add_header retry-after {retry_after_s} always;" if retry_after_s is not None else ""
+    return (f"""            default_type application/json;{retry}
             add_header cache-control no-store always;
             add_header access-control-allow-origin * always;
             return {status} '{{"error": "{code}", "message": "{message}"}}';""")
@@ -356,8 +356,19 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
             proxy_ignore_headers Cache-Control Expires Set-Cookie;
             proxy_cache_valid 200 {ttl}s;
             add_header x-front-cache $upstream_cache_status always;
-            proxy_pass http://varnish;
-        }}""" for names, ttl in ((("media.init",), spec.media_ttl_cap_s), (("media.live",), 4)))
+            proxy_pass http://{to};
+        }}""" for names, ttl, to in ((("media.init",), spec.media_ttl_cap_s, "varnish"),
+                                     (("media.live",), 4, "$amphi_live_to")))
+    # a join on a connection the fan-out handed over (a page's, say): to the fan-out's batches
+    joins = f"""        location ~ "{ROUTES.edge_regex(("join",), "nginx").text}" {{
+            client_max_body_size {JOIN_BODY_LIMIT};  # the fan-out's bound
+            error_page 413 = @too_large;
+            proxy_pass http://$amphi_join_to;
+        }}
+        location @too_large {{
+{_error_answer(413, "payload_too_large", f"body larger than {JOIN_BODY_LIMIT} bytes", retry_after_s=None)}
+        }}
+""" if spec.batch_joins else ""
     capped = f"""stream {{
     limit_conn_zone $binary_remote_addr zone=per_address:10m;
     upstream fanout_public {{
@@ -420,6 +431,17 @@ events {{ worker_connections {files - 100}; }}
         "1:" fanout;
         default varnish;
     }}
+    # the live playlist on a connection the fan-out handed over (one that loaded a page, say), not
+    # this cache's (LL-HLS, or the first one), with a token that checks out and no Range: the
+    # fan-out's, which renews a token past half its life (edge/renewals.py); else Varnish's
+    map "$request_method:$http_range:$amphi_not_here:$amphi_token_bad" $amphi_live_to {{
+        "GET::1:" fanout;
+        default varnish;
+    }}
+    map $request_method $amphi_join_to {{
+        POST fanout;
+        default varnish;
+    }}
     # An idle upstream connection is dropped before the other end drops it (Varnish's timeout_idle
     # and the fan-out's IDLE_S are 5 s): a request written on a connection the other end has just
     # closed fails, and nginx retries only GETs; a join or a leave (POST) got a 502, answered 503
@@ -448,7 +470,7 @@ events {{ worker_connections {files - 100}; }}
         error_page 429 = @too_many;
         error_page 502 504 = @unavailable;  # Varnish is not up (yet, or any more)
 {cached}
-        location ~ "{ROUTES.edge_regex(("media.segment",), "nginx", node=True).text}" {{
+{joins}        location ~ "{ROUTES.edge_regex(("media.segment",), "nginx", node=True).text}" {{
             # streamed while it is made: each part goes on the moment it arrives (buffered, nginx
             # sends only whole 4 KB buffers and holds a part's tail until the next part)
             proxy_buffering off;
