@@ -145,6 +145,33 @@ def test_an_edge_serves_its_copy_of_the_line_a_second_then_stale_while_it_fetche
     assert sim.line_copies[1] is None  # each edge its own copy
 
 
+@pytest.mark.parametrize("refresh", [True, False])
+def test_a_scaled_run_keeps_the_edges_copies_as_fresh_as_its_real_readers_would(refresh: bool) -> None:
+    """Each simulated client stands for ten real ones: their reads (not simulated) refresh an
+    edge's copy as soon as it expires, so a simulated read finds it little more than
+    ``LINE_TTL_S`` old (as real readers, some tens an edge, would); without them (``on_line_fetch``
+    off) a simulated read on an expired copy would often be served one much older."""
+    cfg = small(listeners=20_000, max_clients=2000, edges=200,
+                admission=AdmissionConfig(max_listeners=8000, admit_rate_per_s=200, admit_burst=20))
+    sim = Simulation(cfg)
+    ages: list[float] = []
+    edge_line = sim.edge_line
+
+    def spy(t: float, e: int):  # type: ignore[no-untyped-def]
+        copy = sim.line_copies[e]
+        if copy is not None:
+            ages.append(t - copy[0])
+        return edge_line(t, e)
+
+    sim.edge_line = spy  # type: ignore[method-assign]
+    if not refresh:
+        sim.on_line_fetch = lambda t, e: None  # type: ignore[method-assign]
+    sim.run()
+    assert sim.scale == 10 and len(ages) > 10_000
+    p99 = sorted(ages)[int(0.99 * len(ages))]
+    assert (p99 < 1.5 * LINE_TTL_S) == refresh, p99
+
+
 @pytest.mark.parametrize("edges", [2, 0])
 def test_an_undersized_control_plane_sheds_and_seats_slower_never_stops(edges: int) -> None:
     """A node with a fifth of the CPU the surge wants: behind edges it sheds (the ladder's

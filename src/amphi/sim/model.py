@@ -91,13 +91,14 @@ SECRET = b"amphi-simulator-secret"  # signs the simulated tokens and tickets: no
 # client states, as the loadtest names them
 NEW, JOINING, WAITING, PLAYING, LEFT, FAILED = range(6)
 # events
-ARRIVE, SEND, ANSWER, TIMEOUT, LEAVE, ADMITTER, HEALTH, SAMPLE, FAIL_EDGE, REATTACH, LINE, BATCHED = range(12)
+ARRIVE, SEND, ANSWER, TIMEOUT, LEAVE, ADMITTER, HEALTH, SAMPLE, FAIL_EDGE, REATTACH, LINE, BATCHED, LINE_FETCH = range(13)
 JOIN_RATE_OVER = 32  # the joins/s reaching the edges' fan-out workers: measured over this many (simulated) joins
 # An edge keeps the line document as long as the node's Cache-Control says (web/join.py: max-age=1), and past that
 # serves its copy while it fetches a fresh one: the VCL gives the document no grace of its own, so Varnish's
 # default_grace (10 s) applies.
 LINE_TTL_S = float(re.search(rb"max-age=(\d+)", LINE_CACHE).group(1))  # type: ignore[union-attr]
 LINE_GRACE_S = 10.0
+LINE_READS_OVER = 8  # the rate of an edge's line-document readers: measured over this many (simulated) reads
 
 
 class _Nowhere:
@@ -286,6 +287,8 @@ class Simulation:
         self.batch_share = array("d", [1.0]) * n
         self.line_reads = 0  # simulated line-document reads, in all
         self.line_copies: list[tuple[float, Line, float] | None] = [None] * cfg.edges  # each edge's: (fetched at, line, stretch)
+        # when each edge's copy was last read (simulated reads): how often its real readers come
+        self.line_copy_reads = [deque(maxlen=LINE_READS_OVER) for _ in range(cfg.edges)]
         # edges
         self.edge_load = [0] * cfg.edges  # simulated clients per edge
         self.alive = list(range(cfg.edges))
@@ -400,7 +403,7 @@ class Simulation:
         events = self.events
         handlers = (self.on_arrive, self.on_send, self.on_answer, self.on_timeout, self.on_leave,
                     self.on_admitter, self.on_health, self.on_sample, self.on_fail_edge, self.on_reattach,
-                    self.on_line, self.on_batched)
+                    self.on_line, self.on_batched, self.on_line_fetch)
         while events:
             t, _, kind, cid = heapq.heappop(events)
             if t > horizon:
@@ -544,19 +547,43 @@ class Simulation:
         than ``LINE_TTL_S``; then still that copy (grace, ``LINE_GRACE_S``) while a fresh one
         is fetched from the node, which the next reader gets; past the grace a reader waits
         for the fetch. A fetch is a request to a node (the node's ``Listeners.line``, itself
-        looked up once a second); None if no node answers and there is no copy."""
+        looked up once a second); None if no node answers and there is no copy. A read here
+        is one of the ``mult`` real reads its client stands for: the others come at other
+        moments, and the first after the copy expires refreshes it (``on_line_fetch``)."""
+        self.line_copy_reads[e].append(t)
         copy = self.line_copies[e]
         age = math.inf if copy is None else t - copy[0]
         if age < LINE_TTL_S:
             assert copy is not None
             return copy[1], copy[2]
-        fetched = self.fetch_line(t)
-        if fetched is not None:
-            self.line_copies[e] = (t, *fetched)
+        self.refresh_line(t, e)
         if age < LINE_TTL_S + LINE_GRACE_S:
             assert copy is not None
             return copy[1], copy[2]
-        return fetched
+        fresh = self.line_copies[e]
+        return None if fresh is None or fresh is copy else (fresh[1], fresh[2])
+
+    def refresh_line(self, t: float, e: int) -> None:
+        """Edge ``e`` fetches the line document. The real reads its simulated ones stand for
+        but does not simulate (``mult - 1`` for each, at the rate of its last
+        ``LINE_READS_OVER``) bring the next fetch: the first of them after the copy expires."""
+        fetched = self.fetch_line(t)
+        if fetched is None:
+            return
+        self.line_copies[e] = (t, *fetched)
+        reads = self.line_copy_reads[e]
+        # a waiting client reads again within the longest interval the document advises: past it, nobody reads here
+        longest = self.adm_cfg.poll_max_s * (1 + self.adm_cfg.poll_jitter) * 1.1 * self.governor.retry_factor
+        if reads and self.mult > 1 and t - reads[-1] < longest:  # real reads a second, not simulated
+            others = len(reads) * (self.mult - 1) / max(LINE_TTL_S, t - reads[0])
+            self.at(t + LINE_TTL_S + self.rng.expovariate(others), LINE_FETCH, e)
+
+    def on_line_fetch(self, t: float, e: int) -> None:
+        """An unsimulated real read finds edge ``e``'s copy expired: it is fetched again (unless
+        a simulated read already did)."""
+        copy = self.line_copies[e]
+        if copy is not None and t - copy[0] >= LINE_TTL_S and e in self.alive:
+            self.refresh_line(t, e)
 
     def fetch_line(self, t: float) -> tuple[Line, float] | None:
         """An edge fetches the line document: one request to one of the nodes (this node's
