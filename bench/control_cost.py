@@ -27,7 +27,7 @@ say what it answered. The target (issue 22): the second figure at least 5x lower
 line than with polls. Servers on the first core, the generator on the others.
 
 Exits 1 if the ratio is below ``--target`` (5), 2 on an error. ``--small``: 300 listeners, 200
-seats, 25 s a protocol, a bar of 1 (the same checks on the answers).
+seats, 17 s a protocol (3 s of arrivals), a bar of 1 (the same checks on the answers).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
     parser.add_argument("--quiet", action="store_true")
-    small_mode(parser, listeners=300, seats=200, duration=25.0, ramp=5.0, procs=1, target=1.0)
+    small_mode(parser, listeners=300, seats=200, duration=17.0, ramp=3.0, procs=1, target=1.0)
     args = parser.parse_args()
     order = [p.strip() for p in args.order.split(",") if p.strip()]
     if not order or set(order) - set(PROTOCOLS) or args.seats >= args.listeners or args.ramp + SETTLE_S >= args.duration:
