@@ -8,21 +8,24 @@ from amphi.media import fmp4
 from tests.audio import SR, dominant_per_window, ffmpeg_decode
 from tests.integration.amphi_proc import AmphiServer, wait_until
 
+PARTS = "4"  # 2.048 s segments: three on disk sooner than the suite's 3.584 s
+SEGMENT_S = 4 * 0.512
+
 
 def test_recording_survives_kill_9(tmp_path, speakers) -> None:
     data = tmp_path / "data"
-    server = AmphiServer(data).start()
+    server = AmphiServer(data, None, "--segment-parts", PARTS).start()
     try:
         space, key = server.create("crash")
         server.start_space(space, key)
         speakers(server, space, key, "--tone", "440")
-        wait_until(lambda: server.status(space)["recorded_s"] >= 3 * 3.584, 30, "three segments on disk")
+        wait_until(lambda: server.status(space)["recorded_s"] >= 3 * SEGMENT_S, 30, "three segments on disk")
         recorded = server.status(space)["recorded_s"]
         server.kill9()
     finally:
         server.close()
 
-    again = AmphiServer(data, server.port).start()
+    again = AmphiServer(data, server.port, "--segment-parts", PARTS).start()
     try:
         st = again.status(space)
         assert st["state"] == "ended" and st["ended_abnormally"] is True and st["end_reason"] == "abnormal"
