@@ -582,7 +582,7 @@ class Simulation:
         """An unsimulated real read finds edge ``e``'s copy expired: it is fetched again (unless
         a simulated read already did)."""
         copy = self.line_copies[e]
-        if copy is not None and t - copy[0] >= LINE_TTL_S and e in self.alive:
+        if copy is not None and t - copy[0] >= LINE_TTL_S:  # (a lost edge's copy is gone: on_fail_edge)
             self.refresh_line(t, e)
 
     def fetch_line(self, t: float) -> tuple[Line, float] | None:
@@ -663,6 +663,7 @@ class Simulation:
         client's full-jitter backoff; their tokens are still good, so no join is needed."""
         lost = max(self.alive, key=lambda e: self.edge_load[e])
         self.alive.remove(lost)
+        self.line_copies[lost] = None
         moved = 0
         for c in range(self.n):
             if self.edge[c] == lost and self.state[c] == PLAYING:
