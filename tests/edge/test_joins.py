@@ -239,6 +239,7 @@ def test_a_connection_handed_to_nginx_still_joins_in_batches_and_is_renewed_at_t
         assert edge.fanout()["joins"] == before["joins"] + 1
         status, headers, body = page.ask("POST", f"/api/spaces/{tier.space}/join", b"{" + b" " * 5000 + b"}")
         assert status == 413 and json.loads(body)["error"] == "payload_too_large", (status, body)
+        page.s.close()
         page = _Raw(edge.port)  # nginx closes a connection whose body it did not read
         page.ask("GET", "/api/node")
         status, _, body = page.ask("GET", f"/api/spaces/{tier.space}/join")

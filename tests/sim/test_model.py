@@ -99,7 +99,8 @@ def test_waiting_clients_read_the_line_and_reach_the_node_only_to_take_their_sea
 def test_a_ticket_goes_the_moment_the_line_document_shows_the_turn(edges: int) -> None:
     """As the loadtest's listener (``_watch_line``): the read that shows the place called is
     followed by the ticket at once, so a seat from the line comes a request's answer after a
-    read, never later (the document's age is the edge's copy's, ``edge_line``)."""
+    read (behind edges, plus the ticket's wait for its batch, a window at most), never later
+    (the document's age is the edge's copy's, ``edge_line``)."""
     sim = Simulation(small(edges=edges))
     reads: dict[int, float] = {}
     on_line = sim.on_line
@@ -113,8 +114,9 @@ def test_a_ticket_goes_the_moment_the_line_document_shows_the_turn(edges: int) -
     r = sim.run()
     from_line = [c for c in reads if not math.isnan(sim.admitted_at[c])]
     assert len(from_line) > 700 and r["admitted"] == 800
+    bound = (WINDOW_S if edges else 0.0) + 0.01
     for c in from_line:
-        assert 0 < sim.admitted_at[c] - reads[c] < 0.01, (c, sim.admitted_at[c], reads[c])
+        assert 0 < sim.admitted_at[c] - reads[c] < bound, (c, sim.admitted_at[c], reads[c])
 
 
 def test_an_edge_serves_its_copy_of_the_line_a_second_then_stale_while_it_fetches() -> None:
@@ -216,23 +218,20 @@ def test_behind_edges_joins_reach_the_nodes_a_batch_per_worker_per_window(api_no
 @pytest.mark.parametrize("max_clients", [20_000, 400])
 def test_the_batches_counted_are_those_the_edges_join_batcher_sends(max_clients: int) -> None:
     """The same joins (when each reached an edge) through edge/joins.py's JoinBatcher, each to
-    one of the workers at random: as many batches as the model counted, within 3 %, exact or
-    scaled (then each simulated join is ``scale`` joins, to as many workers)."""
+    one of the workers at random: as many batches as the model counted, within 5 % (the model
+    estimates each worker's rate from the last joins), exact or scaled (then each simulated
+    join is ``scale`` joins, to as many workers)."""
     cfg = small(listeners=4000, edges=5, admission=AdmissionConfig(max_listeners=3000, admit_rate_per_s=100),
                 max_clients=max_clients)
     sim = Simulation(cfg)
     sent: list[float] = []
-    alone = fetches = 0
+    fetches = 0
     on_send, fetch_line = sim.on_send, sim.fetch_line
 
-    def spy(t: float, cid: int, single: bool = False) -> None:
-        nonlocal alone
+    def spy(t: float, cid: int) -> None:
         if sim.state[cid] in (JOINING, WAITING):
-            if single:  # a ticket after a line read: a request of its own
-                alone += 1
-            else:
-                sent.append(t)
-        on_send(t, cid, single)
+            sent.append(t)  # a fresh join, a retry, a ticket after a line read: all in the edges' batches
+        on_send(t, cid)
 
     def fetch_spy(t: float):  # type: ignore[no-untyped-def]
         nonlocal fetches
@@ -264,10 +263,10 @@ def test_the_batches_counted_are_those_the_edges_join_batcher_sends(max_clients:
                     wait = edge.wait_s(t)
                 due = math.inf if wait is None else t + wait
         batches += edge.batches
-    assert r["scale"] == (1 if max_clients > 4000 else 10) and r["joins"] == (len(sent) + alone) * sim.scale
-    assert alone > 0 and fetches > 0
-    batched = r["api_requests"] - alone * sim.scale - fetches
-    assert abs(batched - batches) <= 0.03 * batches, (batched, batches)
+    assert r["scale"] == (1 if max_clients > 4000 else 10) and r["joins"] == len(sent) * sim.scale
+    assert fetches > 0
+    batched = r["api_requests"] - fetches
+    assert abs(batched - batches) <= 0.05 * batches, (batched, batches)
     assert batches < 0.6 * r["joins"]
 
 

@@ -33,9 +33,9 @@ What is exact and what is aggregated:
   the last ``JOIN_RATE_OVER`` joins decides) before it reaches the node's queue, where it costs
   ``join_cost_s`` and its share of the batch's ``request_cost_s``. tests/sim checks the count
   against ``JoinBatcher`` run on the same joins. Without edges a join is a request of its own.
-  So is a ticket sent after a read of the line document: the read goes on the client's
-  connection to the edge, which the fan-out hands to nginx (it answers media and joins
-  itself, nothing else), and the ticket follows on that connection (``on_line``).
+  A ticket sent after a read of the line document is batched too: the read hands the
+  client's connection to nginx (the fan-out answers media and joins itself, nothing else),
+  and nginx sends the join that follows back to the fan-out (docs/edge.md, "The front").
 * **The line document** behind edges is each edge's copy (``edge_line``: Varnish keeps it
   ``LINE_TTL_S``, then serves it stale while it fetches the next, a request to a node); a
   client that sees its turn in it sends its ticket at once, one that does not reads again
@@ -427,15 +427,13 @@ class Simulation:
         self.set_state(cid, JOINING)
         self.on_send(t, cid)
 
-    def on_send(self, t: float, cid: int, alone: bool = False) -> None:
+    def on_send(self, t: float, cid: int) -> None:
         """A join (fresh, a ticket, a retry): to the node, or behind edges to a fan-out
-        worker, which sends it in its next batch (see ``batching``). ``alone``: a request
-        of its own behind edges too (a ticket sent on the connection that read the line
-        document, which the fan-out handed to nginx: ``on_line``)."""
+        worker, which sends it in its next batch (see ``batching``)."""
         if self.state[cid] not in (JOINING, WAITING):
             return
         cfg = self.cfg
-        if alone or not (cfg.edges and self.alive):
+        if not (cfg.edges and self.alive):
             delay = self.queue(t, join=True)
             if delay is None:
                 self.at(t + cfg.request_timeout_s, TIMEOUT, cid)
@@ -514,10 +512,8 @@ class Simulation:
 
         Behind edges the document is the edge's copy (``edge_line``): up to ``LINE_TTL_S`` old,
         so a place called since is still shown in line and its client reads again when the
-        document advises. That read and the ticket after it go on one connection, which the
-        edge's fan-out hands to nginx at the read (it answers media and joins itself, nothing
-        else; edge/fanout.py ``_not_mine``): the ticket reaches the node as a request of its
-        own (nginx, Varnish), not in a batch."""
+        document advises. The ticket after it goes in the edge's batch (nginx sends a join on a
+        connection the fan-out handed it back to the fan-out)."""
         if self.state[cid] != WAITING:
             return
         self.sample_line_reads += 1
@@ -531,14 +527,14 @@ class Simulation:
         else:
             _, line, stretch = settle(self.listeners.line(self.space))  # type: ignore[misc]
             read = line, stretch
-        if read is None:  # no document (the edge could not fetch one): the ticket goes to the API
-            self.on_send(t, cid, True)
+        if read is None:  # no document (the edge could not fetch one): the ticket, to learn the place
+            self.on_send(t, cid)
             return
         line, stretch = read
         place = self.place[cid]
         position = None if place is None else line.position(place)
-        if position is None:  # called: the ticket, on the same connection
-            self.on_send(t, cid, edged)
+        if position is None:  # called: the ticket
+            self.on_send(t, cid)
             return
         self.at(t + line_retry_s(poll_advice(self.adm_cfg, stretch), position, line.eta(position), self.rng), LINE, cid)
 
