@@ -142,10 +142,13 @@ def test_the_nginx_locations_cache_what_the_table_routes(url: str, tmp_path: Pat
     spec = vcl.EdgeSpec.signed("e1", "k" * 32, (vcl.Backend.parse("origin", "http://127.0.0.1:9"),))
     conf = front_config(spec, "127.0.0.1", 9000, tmp_path, tmp_path / "v.sock", stream=False)
     blocks = re.findall(r'location ~ "([^"]+)" \{(.*?)\n        \}', conf, re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     locations = [_python(p) for p, body in blocks if "proxy_cache media;" in body]
     streamed = [_python(p) for p, body in blocks if "proxy_buffering off;" in body]
-    assert len(locations) == 2 and len(streamed) == 1
+    joins = [_python(p) for p, body in blocks if "$amphi_join_to" in body]  # back to the fan-out's batches
+    assert len(locations) == 2 and len(streamed) == 1 and len(joins) == 1
+    assert joins[0].match("/api/spaces/abc/join") and not joins[0].match("/api/spaces/abc/leave")
+    assert not joins[0].match(f"/o/origin{url}")
     m = ROUTES.match(url)  # nginx matches $uri: no query
     cached = m is not None and m.route.name in ("media.init", "media.live")
     hit = [loc.match(f"/o/origin{url}") for loc in locations]
