@@ -501,6 +501,7 @@ class Fanout:
         self.joins = JoinBatcher()
         self.batch_joins = batch_joins  # off: joins are nginx's, as any request with a body
         self._join_timer: asyncio.TimerHandle | None = None
+        self._join_tasks: set[asyncio.Task[None]] = set()  # batches on their way to a node
         self.max_connections = max_connections  # per client address at the edge's port (0: none)
         self.workers = workers  # the fan-out's processes on the port: an address's connections all go to one
         self.per_address: dict[str, int] = {}
@@ -652,7 +653,9 @@ class Fanout:
             return
         loop = asyncio.get_running_loop()
         if wait == 0:
-            loop.create_task(self._send_joins(self.joins.take(time.monotonic())))
+            task = loop.create_task(self._send_joins(self.joins.take(time.monotonic())))
+            self._join_tasks.add(task)  # held until done: the loop keeps only a weak reference
+            task.add_done_callback(self._join_tasks.discard)
             if self.joins.pending:
                 self._schedule_joins()
             return
