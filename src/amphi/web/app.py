@@ -1,6 +1,7 @@
 """The node's whole ASGI app. Every path is looked up once in the route table
 (``amphi.web.routes``) and goes by its route's kind: media to the raw origin, join/leave to the
-raw waiting-room endpoint and events to the raw event streams (the hot paths), ops to the
+raw waiting-room endpoint, what edges send (a batch of joins, renewed seats) to the same
+endpoint, and events to the raw event streams (the hot paths), ops to the
 operator's endpoints (``amphi.web.ops``), a CORS preflight on media or a join to one answer
 (``CROSS_ORIGIN``: any page may embed a Space), everything else to the Starlette control API and
 pages (``amphi.web.api``, whose routes are the same table's). Served without ASGI lifespan:
