@@ -122,15 +122,22 @@ RENEWED = (b"HTTP/1.1 307 Temporary Redirect\r\nlocation: %b\r\ncache-control: n
 
 _JSON_HEADERS = (b"content-type: application/json\r\ncache-control: no-store\r\naccess-control-allow-origin: *\r\n"
                  b"access-control-expose-headers: content-length, content-range, location, retry-after\r\n")
-_JOINS_SLOW = b'{"error": "too_many_requests", "message": "too many joins from this address"}'  # the VCL's
-JOINS_TOO_MANY = (b"HTTP/1.1 429 Too Many Requests\r\n" + _JSON_HEADERS + b"retry-after: 1\r\nconnection: close\r\n"
-                  b"content-length: %d\r\n\r\n%b" % (len(_JOINS_SLOW), _JOINS_SLOW))
-_BUSY = b'{"error": "unavailable", "message": "this edge has too many joins waiting: try again"}'
-JOINS_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\n" + _JSON_HEADERS + b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%b"
-              % (len(_BUSY), _BUSY))
-_NO_ANSWER = b'{"error": "unavailable", "message": "no API node answered: try again"}'
-JOINS_UNANSWERED = (b"HTTP/1.1 503 Service Unavailable\r\n" + _JSON_HEADERS
-                    + b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%b" % (len(_NO_ANSWER), _NO_ANSWER))
+
+
+def _json_answer(status: int, body: bytes, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 answer with a JSON body, as the node's raw endpoints answer (``extra``:
+    more header lines, each ending in CRLF)."""
+    reason = HTTPStatus(status).phrase.encode() if status in _STATUSES else b"Unknown"
+    return b"HTTP/1.1 %d %b\r\n%b%bcontent-length: %d\r\n\r\n%b" % (status, reason, _JSON_HEADERS, extra, len(body), body)
+
+
+_STATUSES = {s.value for s in HTTPStatus}
+JOINS_TOO_MANY = _json_answer(429, b'{"error": "too_many_requests", "message": "too many joins from this address"}',
+                              b"retry-after: 1\r\nconnection: close\r\n")  # the VCL's
+JOINS_BUSY = _json_answer(503, b'{"error": "unavailable", "message": "this edge has too many joins waiting: try again"}',
+                          b"retry-after: 1\r\n")
+JOINS_UNANSWERED = _json_answer(503, b'{"error": "unavailable", "message": "no API node answered: try again"}',
+                                b"retry-after: 1\r\n")
 
 
 def _join_response(answer: object, edge: bytes) -> bytes:
@@ -139,14 +146,20 @@ def _join_response(answer: object, edge: bytes) -> bytes:
             or not isinstance(answer[2], dict)):
         return JOINS_UNANSWERED
     status, retry, doc = answer
-    body = orjson.dumps(doc)
-    reason = HTTPStatus(status).phrase.encode() if status in _STATUSES else b"Unknown"
     extra = b"retry-after: %b\r\n" % str(retry).encode() if retry is not None else b""
-    return b"HTTP/1.1 %d %b\r\n%b%bx-edge: %b\r\nx-edge-batch: 1\r\ncontent-length: %d\r\n\r\n%b" % (
-        status, reason, _JSON_HEADERS, extra, edge, len(body), body)
+    return _json_answer(status, orjson.dumps(doc), b"%bx-edge: %b\r\nx-edge-batch: 1\r\n" % (extra, edge))
 
 
-_STATUSES = {s.value for s in HTTPStatus}
+def _headers(lines: list[bytes]) -> dict[bytes, bytes] | None:
+    """A request's header lines (after the request line) by lower-case name; None if one is
+    not a header line (the request is nginx's to refuse)."""
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            return None
+        headers[name.strip().lower()] = value.strip()
+    return headers
 
 
 def frame(data: bytes) -> bytes:
@@ -552,12 +565,9 @@ class Fanout:
         m = _PATH.match(path)
         if m is None:
             return None
-        headers: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                return None
-            headers[name.strip().lower()] = value.strip()
+        headers = _headers(lines)
+        if headers is None:
+            return None
         if b"content-length" in headers or b"transfer-encoding" in headers:
             return None
         file = m.group(_FILE)
@@ -612,12 +622,9 @@ class Fanout:
         m = ROUTES.match(parts[1].partition(b"?")[0].decode("latin-1"), "POST")  # a query says nothing to a join
         if m is None or m.route.name != "join":
             return None
-        headers: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                return None
-            headers[name.strip().lower()] = value.strip()
+        headers = _headers(lines)
+        if headers is None:
+            return None
         length = headers.get(b"content-length", b"")
         if (not length.isdigit() or int(length) > JOIN_BODY_LIMIT or b"transfer-encoding" in headers
                 or b"expect" in headers):

@@ -144,8 +144,12 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 async def read_json(scope: Scope, receive: Receive, limit: int) -> dict[str, Any]:
     """The request's JSON object body; an empty body is ``{}``. 400 for anything that is
     not a JSON object."""
-    body = await read_body(scope, receive, limit)
-    return parse_object(body) if body.strip() else {}
+    return parse_body(await read_body(scope, receive, limit))
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object; an empty body is ``{}``; 400 for anything else."""
+    return parse_object(raw) if raw.strip() else {}
 
 
 def check_declared_length(declared: bytes | str | None, limit: int) -> None:

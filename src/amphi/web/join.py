@@ -29,7 +29,7 @@ from amphi.core.errors import AmphiError, MalformedBody, MethodNotAllowed, Paylo
 from amphi.defense.shield import CLIENT_KEY, Shield
 from amphi.obs.metrics import Metrics
 from amphi.web.answers import join_answer, line_answer, outcome
-from amphi.web.asgi import (Receive, Scope, Send, error_parts, header, json_parts, parse_object, read_body, read_json,
+from amphi.web.asgi import (Receive, Scope, Send, error_parts, header, json_parts, parse_body, read_body, read_json,
                             respond, send_error, send_json)
 from amphi.web.ports import Finder, ListenerDesk, SpaceDesk
 from amphi.web.routes import JOIN_BODY_LIMIT, PLACES
@@ -84,8 +84,7 @@ class JoinEndpoint:
             now = time.time()  # defense: the shield first, before any admission work (docs/defense.md)
             shield.check_request(header_bytes, address, space_id, now)
             space = await self._finder.space(space_id)  # 404; with --redis, any node's Space
-            raw = await body()
-            data = parse_object(raw) if raw.strip() else {}
+            data = parse_body(await body())
             if action == "leave":
                 freed = await listeners.leave(space, ticket=data.get("ticket"), token=data.get("token"))
                 return json_parts(200, {"status": "left" if freed else "not_held"})
