@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DATA ?= data
-APT_PACKAGES := ffmpeg chromium wrk icecast2 nginx libnginx-mod-stream libnginx-mod-http-js varnish varnish-vmod-digest varnish-modules \
+APT_PACKAGES := ffmpeg chromium espeak-ng wrk icecast2 nginx libnginx-mod-stream libnginx-mod-http-js varnish varnish-vmod-digest varnish-modules \
 	redis-server iptables
 
 .PHONY: setup system run test bench bench-small bench-side-by-side clean
@@ -18,6 +18,7 @@ setup: system $(VENV)/.installed node_modules/.installed
 system:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
+	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	[ -x /usr/bin/icecast2 ] || missing="$$missing icecast2"; \

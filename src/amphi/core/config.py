@@ -12,6 +12,28 @@ AAC_FRAME = 1024  # samples per AAC-LC access unit
 
 
 @dataclass(frozen=True)
+class SoundConfig:
+    """The program guards its own sound (docs/sound.md; ``amphi.media.guard``): each
+    speaker's loudness, the program's true peak, feedback, dead air."""
+
+    enabled: bool = True
+    target_lufs: float = -16.0  # each speaker's speech, and so the program (streaming practice; AES TD1004)
+    window_lu: float = 4.0  # a speaker up to this much louder than the target is left as is
+    max_boost_db: float = 30.0
+    max_cut_db: float = 20.0
+    speech_gate_lufs: float = -60.0  # a 400 ms block quieter than this is not speech: it never moves the gain
+    estimate_s: float = 10.0  # the speech loudness estimate covers this much of the speaker's recent speech
+    slew_db_per_s: float = 15.0  # the gain moves at most this fast
+    expander_below_lu: float = 20.0  # a tick this far below the speaker's speech is a pause ...
+    expander_hold_s: float = 0.6  # ... and after this long of pause the boost is released ...
+    expander_release_db_per_s: float = 20.0  # ... at this rate
+    ceiling_dbtp: float = -1.5  # the program's true-peak ceiling (-1 dBTP after the AAC encoder)
+    limiter_release_db_per_s: float = 30.0
+    feedback: bool = True  # detect acoustic loops and duck the speaker
+    dead_air_s: float = 8.0  # a live Space with nothing audible this long alerts its hosts (per Space)
+
+
+@dataclass(frozen=True)
 class MediaConfig:
     """Timing of the program. Latency levels are data, not code: change the numbers here."""
 
@@ -27,6 +49,7 @@ class MediaConfig:
     program_queue_ticks: int = 50  # mixer -> encoder channel bound (1 s); drops oldest when full
     blocking_timeout_s: float = 6.0  # a blocking playlist reload answers 503 after this (or after 1.5 segments)
     max_blocking_waiters: int = 50_000  # concurrent blocking reloads per node; more get 503
+    sound: SoundConfig = SoundConfig()  # the guard: loudness, true peak, feedback, dead air
 
     @property
     def tick_samples(self) -> int:

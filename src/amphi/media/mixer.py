@@ -8,6 +8,12 @@ mode, so speakers can talk before the start while listeners hear hold music. Eac
 level is measured as it is mixed (``LevelMeter``). A mode change is requested now and takes effect at the next sample that is a
 whole number of ticks and AAC frames (``MediaConfig.switch_align_samples``, 320 ms), so the
 segmenter can cut a segment exactly where the Space started or ended.
+
+With ``MediaConfig.sound.enabled`` the mixer guards the sound (``amphi.media.guard``): each
+track goes through its ``TrackGuard`` (leveled towards the program loudness, ducked on
+feedback) before it is mixed, each return feed is shown to its speaker's guard (the
+feedback detector's reference), and the live program goes through a true-peak limiter.
+Level meters measure what the microphone sends, before the guard.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 
 from amphi.core.config import MediaConfig
 from amphi.core.errors import IllegalTransition
+from amphi.media.guard import TrackGuard, TruePeakLimiter
 from amphi.media.jitter import JitterBuffer
 
 log = logging.getLogger(__name__)
@@ -93,6 +100,9 @@ class Mixer:
         self._silence.flags.writeable = False  # shared by every silent frame
         self.muted: set[str] = set()
         self.return_to: set[str] = set()  # tracks whose speakers get a return feed
+        sound = cfg.sound
+        self.guards: dict[str, TrackGuard] | None = {} if sound.enabled else None
+        self.limiter = TruePeakLimiter(sound.ceiling_dbtp, sound.limiter_release_db_per_s) if sound.enabled else None
 
     @property
     def pending(self) -> tuple[int, Mode] | None:
@@ -120,12 +130,16 @@ class Mixer:
         )
         self.tracks[name] = buf
         self.meters.setdefault(name, LevelMeter(tick_ms / 1000))
+        if self.guards is not None:
+            self.guards.setdefault(name, TrackGuard(self._cfg.sound, self._n))  # kept across a reconnect
         return buf
 
     def remove_track(self, name: str, buf: JitterBuffer | None = None) -> None:
         if buf is None or self.tracks.get(name) is buf:
             self.tracks.pop(name, None)
             self.meters.pop(name, None)
+            if self.guards is not None:
+                self.guards.pop(name, None)
 
     def tick(self, overdue: int = 0) -> ProgramFrame:
         """The next program frame; ``overdue`` is how many later ticks are already due (the
@@ -140,16 +154,32 @@ class Mixer:
                 return ProgramFrame(self.sample, np.zeros(0, dtype=np.float32), Mode.ENDED)
         # every track advances every tick, heard or not, so its delay stays fixed
         heard: dict[str, np.ndarray] = {}
+        guards = self.guards
         for name, buf in list(self.tracks.items()):
             f = buf.pop(overdue)
             self.meters[name].feed(f)
+            if guards is not None:
+                if f is None:
+                    guards[name].skip()
+                else:
+                    f = guards[name].process(f)
             if f is not None and name not in self.muted:
                 heard[name] = f
             if buf.drained:
                 self.remove_track(name, buf)
         total = self._sum(list(heard.values()))
+        if self.mode is Mode.HOLD:
+            program = self._hold(self.sample, self._n)
+        elif self.limiter is not None:
+            program = self.limiter.process(total)
+        else:
+            program = _clip(total)
         returns = {name: self._minus(total, heard.get(name), len(heard)) for name in self.return_to} or None
-        program = self._hold(self.sample, self._n) if self.mode is Mode.HOLD else _clip(total)
+        if returns and guards is not None:
+            for name, frame in returns.items():
+                guard = guards.get(name)
+                if guard is not None:
+                    guard.sent(frame)
         out = ProgramFrame(self.sample, program, self.mode, returns)
         self.sample += self._n
         return out
@@ -158,7 +188,7 @@ class Mixer:
         if not frames:
             return self._silence
         if len(frames) == 1:
-            return frames[0]  # a track's frame is already in [-1, 1]
+            return frames[0]  # a track's frame: in [-1, 1], or the guard's own copy
         return np.add.reduce(frames)
 
     def _minus(self, total: np.ndarray, own: np.ndarray | None, heard: int) -> np.ndarray:
