@@ -62,7 +62,8 @@ class Node:
         self._admission_changed = asyncio.Event()
         wake = self._admission_changed.set
         self.rooms = Rooms(cfg.stage, cfg.http.base_url, self.registry, self.store, self.signer, self.ingest,
-                           program=lambda space: self.spaces.program(space))
+                           program=lambda space: self.spaces.program(space), sound=cfg.media.sound)
+        self.rooms.on_sound = self.obs.sound  # obs: feedback and dead air are events, metrics, timeline lines
         self.spaces = Spaces(cfg, self.registry, self.store, self.directory, self.governor, self.shield, self.rooms,
                              wake=wake)
         self.listeners = Listeners(cfg.admission, self.store, self.governor, self.signer, self.directory,

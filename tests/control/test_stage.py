@@ -180,7 +180,8 @@ def test_the_host_cannot_leave_or_be_removed_and_views_hide_private_data() -> No
         stage.leave(host, bob.id, 0)  # leaving is for oneself; moderators remove
     public = stage.view(moderator=False)
     assert public["requests"] == 1 and "invited" not in public
-    assert all(set(m) == {"id", "name", "role", "muted", "host_muted", "connected", "talking", "level"}
+    assert all(set(m) == {"id", "name", "role", "muted", "host_muted", "connected", "talking", "level",
+                          "feedback", "muted_talking"}
                for m in public["members"])
     assert [r["name"] for r in stage.view(moderator=True)["requests"]] == ["eve"]
 

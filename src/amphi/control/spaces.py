@@ -52,6 +52,7 @@ class Space:
     ended_at: float | None = None
     end_reason: str | None = None  # "host", "shutdown" or "abnormal"
     peak_listeners: int = 0
+    dead_air_s: float | None = None  # alert the hosts after this long of dead air (None: the node's default)
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
@@ -67,6 +68,19 @@ class Space:
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+MIN_DEAD_AIR_S, MAX_DEAD_AIR_S = 2.0, 3600.0
+
+
+def parse_dead_air(value: object) -> float | None:
+    """Seconds of dead air before the hosts are alerted (docs/sound.md)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            MIN_DEAD_AIR_S <= value <= MAX_DEAD_AIR_S):
+        raise MalformedBody(f"dead_air_s must be a number of seconds from {MIN_DEAD_AIR_S:g} to {MAX_DEAD_AIR_S:g}")
+    return float(value)
 
 
 def parse_starts_at(value: object) -> float | None:
@@ -111,7 +125,7 @@ class SpaceRegistry:
                 crashed.append(space)
         return crashed
 
-    def create(self, title: object, starts_at: object = None) -> tuple[Space, str]:
+    def create(self, title: object, starts_at: object = None, dead_air_s: object = None) -> tuple[Space, str]:
         if not isinstance(title, str) or not title.strip():
             raise MalformedBody("title must be a non-empty string")
         if len(title) > MAX_TITLE:
@@ -124,6 +138,7 @@ class SpaceRegistry:
             host_key_hash=hash_key(key),
             created_at=self._clock(),
             starts_at=parse_starts_at(starts_at),
+            dead_air_s=parse_dead_air(dead_air_s),
         )
         self._spaces[space.id] = space
         self.dir(space.id).mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,12 @@ class Participant:
     connected: bool = False  # media flowing from them (a live WebRTC connection)
     level: float = 0.0  # 0..1, quantised to LEVEL_STEP
     talking: bool = False
+    # the sound guard's view of their microphone (docs/sound.md)
+    muted_talking: bool = False  # muted, and their microphone sends talk
+    feedback: str | None = None  # "loop" or "resonance": ducked (docs/sound.md)
+    heard: bool = False  # speech from them since they connected
+    loudness: float | None = None  # their speech's loudness (LUFS), before the leveler
+    gain_db: float = 0.0  # the leveler's gain
     since: float = 0.0  # when they entered their current state
     declined_at: float = -math.inf
     reconnects: int = 0  # media connections after the first
@@ -84,12 +90,12 @@ class Participant:
     def public(self) -> dict[str, object]:
         return {"id": self.id, "name": self.name, "role": self.role.value, "muted": self.muted,
                 "host_muted": self.host_muted, "connected": self.connected, "talking": self.talking,
-                "level": self.level}
+                "level": self.level, "feedback": self.feedback, "muted_talking": self.muted_talking}
 
     def private(self) -> dict[str, object]:
         return {"id": self.id, "name": self.name, "role": self.role.value, "state": self.state.value,
                 "self_muted": self.self_muted, "host_muted": self.host_muted, "connected": self.connected,
-                "reconnects": self.reconnects}
+                "reconnects": self.reconnects, "feedback": self.feedback, "muted_talking": self.muted_talking}
 
 
 @dataclass(frozen=True)
@@ -309,7 +315,7 @@ class Stage:
             return
         p.connected = connected
         if not connected:
-            p.level, p.talking = 0.0, False
+            p.level, p.talking, p.muted_talking = 0.0, False, False
         self._bump()
 
     def note_connection(self, pid: str, first: bool) -> None:
@@ -318,14 +324,29 @@ class Stage:
             p.reconnects += 1
             self._bump()
 
-    def set_level(self, pid: str, level: float, talking: bool) -> None:
+    def set_level(self, pid: str, level: float, talking: bool, muted_talking: bool = False) -> None:
         p = self.people.get(pid)
         if p is None:
             return
         q = quantise(level)
-        if q != p.level or talking != p.talking:
-            p.level, p.talking = q, talking
+        if q != p.level or talking != p.talking or muted_talking != p.muted_talking:
+            p.level, p.talking, p.muted_talking = q, talking, muted_talking
             self._bump()
+
+    def set_sound(self, pid: str, *, heard: bool, loudness: float | None, gain_db: float, feedback: str | None) -> None:
+        """The guard's reading of one microphone (loudness and gain in half-dB steps)."""
+        p = self.people.get(pid)
+        if p is None:
+            return
+        loud = None if loudness is None else round(loudness * 2) / 2
+        gain = round(gain_db * 2) / 2
+        if (heard, loud, gain, feedback) != (p.heard, p.loudness, p.gain_db, p.feedback):
+            p.heard, p.loudness, p.gain_db, p.feedback = heard, loud, gain, feedback
+            self._bump()
+
+    def touch(self) -> None:
+        """Something the views carry besides the stage changed (the dead-air alert)."""
+        self._bump()
 
     # -- views ------------------------------------------------------------------------------
 
@@ -362,7 +383,7 @@ class Stage:
     def _off_stage(p: Participant) -> None:
         p.role = Role.LISTENER
         p.self_muted = p.host_muted = False
-        p.level, p.talking = 0.0, False
+        p.level, p.talking, p.muted_talking, p.feedback = 0.0, False, False, None
 
     def _set(self, p: Participant, state: State, now: float) -> None:
         p.state = state

@@ -36,6 +36,7 @@ import numpy as np
 from amphi.core.config import AAC_FRAME, MediaConfig
 from amphi.core.tasks import Supervisor
 from amphi.media.encoder import DELAY, AacEncoder
+from amphi.media.guard import GuardStats
 from amphi.media.jitter import JitterBuffer
 from amphi.media.mixer import Mixer, Mode, ProgramFrame
 from amphi.media.programs import hold_music
@@ -244,9 +245,12 @@ class Pipeline:
     def set_muted(self, names: set[str]) -> None:
         self.mixer.muted = set(names)
 
-    def levels(self) -> dict[str, tuple[float, bool]]:
-        """Each track's level (0..1) since the last call and whether it is talking."""
-        return {name: (m.read(), m.talking) for name, m in self.mixer.meters.items()}
+    def levels(self) -> dict[str, tuple[float, bool, GuardStats | None]]:
+        """Each track's level (0..1) since the last call, whether it is talking (both of what
+        the microphone sends, muted or not), and its guard's reading (None: no guard)."""
+        guards = self.mixer.guards or {}
+        return {name: (m.read(), m.talking, g.stats if (g := guards.get(name)) else None)
+                for name, m in self.mixer.meters.items()}
 
     # -- listeners ------------------------------------------------------------------------
 

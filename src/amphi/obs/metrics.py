@@ -175,6 +175,12 @@ class Metrics:
         self.detector = Gauge("amphi_detector_state", "Surge-vs-attack detector state per Space: 1 for the "
                               "current state (normal, surge, attack, surge+attack). Set by the defense work; "
                               "absent until a detector runs.", ["space", "state"], registry=r)
+        self.sound_alerts = Counter("amphi_sound_alerts", "Sound alerts raised (docs/sound.md): feedback on a "
+                                    "speaker's microphone, dead air in a live Space.", ["kind"], registry=r)
+        self.dead_air = Gauge("amphi_dead_air", "1 while a live Space has dead air, labelled with why "
+                              "(all_muted, nobody_connected, silent).", ["space", "reason"], registry=r)
+        self.feedback = Gauge("amphi_feedback_speakers", "Speakers whose microphone is feeding back (ducked), "
+                              "per Space.", ["space"], registry=r)
         self._route_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         self._space_joins: dict[tuple[str, str], Counter] = {}
         # the same counts as plain numbers, for the timeline and the dashboard
@@ -233,6 +239,17 @@ class Metrics:
                 self.detector.remove(space_id, s)
             except KeyError:
                 pass
+        self.set_dead_air(space_id, None)
+        try:
+            self.feedback.remove(space_id)
+        except KeyError:
+            pass
+
+    def set_dead_air(self, space_id: str, reason: str | None) -> None:
+        for key in [k for k in self.dead_air._metrics if k[0] == space_id]:  # noqa: SLF001 (prometheus_client has no listing)
+            self.dead_air.remove(*key)
+        if reason is not None:
+            self.dead_air.labels(space_id, reason).set(1)
 
     # -- read ---------------------------------------------------------------------------------
 

@@ -10,6 +10,9 @@ Kinds:
     degradation      a rung of the degradation ladder up or down
     detector         the surge-vs-attack detector changed state (set by the defense work
                      through ``Observer.detector``)
+    sound            the sound guard (docs/sound.md): ``feedback`` on a speaker's microphone
+                     (and ``feedback_cleared``), ``dead_air`` in a live Space, with its reason
+                     (and ``dead_air_cleared``); through ``Observer.sound``
 
 ``run()`` samples once a second: the node (for the dashboard) and every Space that is live,
 or scheduled with someone seated, waiting or a pipeline running (dashboard and timeline
@@ -133,6 +136,24 @@ class Observer:
             self.event("detector", space_id, msg=f"detector {old} -> {state}",
                        level=logging.WARNING if state != "normal" else logging.INFO,
                        old=old, new=state, evidence=evidence or {})
+
+    def sound(self, space_id: str, what: str, fields: dict[str, Any]) -> None:
+        """From a Space's room: feedback on a microphone, dead air, and their clearing."""
+        fields = dict(fields)
+        msg = str(fields.pop("msg", what))
+        m = self.metrics
+        if what == "dead_air":
+            m.sound_alerts.labels("dead_air").inc()
+            m.set_dead_air(space_id, str(fields["reason"]))
+        elif what == "dead_air_cleared":
+            m.set_dead_air(space_id, None)
+        elif what == "feedback":
+            m.sound_alerts.labels("feedback").inc()
+            m.feedback.labels(space_id).inc()
+        elif what == "feedback_cleared":
+            m.feedback.labels(space_id).dec()
+        alert = what in ("dead_air", "feedback")
+        self.event("sound", space_id, msg=msg, level=logging.WARNING if alert else logging.INFO, what=what, **fields)
 
     # -- scraping ------------------------------------------------------------------------------
 

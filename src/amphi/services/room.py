@@ -4,19 +4,25 @@ per Space that has one; the web layer reaches it through that service.
 
 After every stage change the room applies it to the media: who is heard (mutes), whose
 connection is hung up (taken off stage, removed), and it wakes the event streams. Levels
-are read from the mixer a few times a second (``poll_levels``) for the talking indicator.
+are read from the mixer a few times a second (``poll_levels``): the talking indicator, the
+sound guard's reading of each microphone (loudness, gain, feedback, talking while muted),
+and the dead-air watch (docs/sound.md). What the room notices about its sound goes to
+``on_sound(space_id, what, fields)`` (the root hands it to obs: an event, a metric, a line
+in the Space's timeline).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import orjson
 
+from amphi.control.sound import DeadAir, problems
 from amphi.control.stage import HOST_ID, Participant, Stage, StageLimits
-from amphi.core.config import StageConfig
+from amphi.core.config import SoundConfig, StageConfig
 from amphi.core.errors import Conflict, MalformedBody
 from amphi.media.ingest.webrtc import ReturnTrack, WebRTCIngest
 from amphi.media.jitter import JitterBuffer
@@ -49,10 +55,18 @@ class _SpeakerSink:
         self.room._gone(self)
 
 
+SoundEvents = Callable[[str, str, dict[str, object]], None]
+"""``on_sound(space_id, what, fields)``: "feedback", "feedback_cleared", "dead_air", "dead_air_cleared"."""
+
+
 class Room:
-    def __init__(self, space_id: str, cfg: StageConfig, ingest: WebRTCIngest) -> None:
+    def __init__(self, space_id: str, cfg: StageConfig, ingest: WebRTCIngest, sound: SoundConfig = SoundConfig(),
+                 on_sound: SoundEvents | None = None) -> None:
         self.space_id = space_id
         self.cfg = cfg
+        self.sound = sound
+        self.dead_air = DeadAir()
+        self._on_sound = on_sound
         self.stage = Stage(space_id, StageLimits(max_cohosts=cfg.max_cohosts, max_speakers=cfg.max_speakers))
         self._ingest = ingest
         self.pipeline: Pipeline | None = None
@@ -147,17 +161,65 @@ class Room:
             self.pipeline.set_muted(silenced)
         self._notify()
 
-    def poll_levels(self) -> None:
-        if self.pipeline is None:
-            return
-        version = self.stage.version
-        levels = self.pipeline.levels()
-        for p in self.stage.on_stage():
-            level, talking = levels.get(self.track(p.id), (0.0, False))
-            heard = p.audible
-            self.stage.set_level(p.id, level if heard else 0.0, talking and heard)
-        if self.stage.version != version:
+    def poll_levels(self, now: float, live: bool, dead_air_s: float) -> None:
+        """The talking indicators, the guard's readings and the dead-air watch."""
+        stage = self.stage
+        version = stage.version
+        levels = self.pipeline.levels() if self.pipeline is not None else {}
+        on_stage = stage.on_stage()
+        for p in on_stage:
+            level, talking, guard = levels.get(self.track(p.id), (0.0, False, None))
+            audible = p.audible
+            stage.set_level(p.id, level if audible else 0.0, talking and audible,
+                            muted_talking=talking and p.connected and p.muted)
+            was = p.feedback
+            if guard is not None:
+                stage.set_sound(p.id, heard=guard.heard and p.connected, loudness=guard.loudness,
+                                gain_db=guard.gain_db, feedback=guard.feedback if p.connected else None)
+            else:
+                stage.set_sound(p.id, heard=p.connected and (p.heard or talking), loudness=None, gain_db=0.0,
+                                feedback=None)
+            if p.feedback != was:
+                self._sound_event(p, was, guard)
+        if self.dead_air.update(now, live, dead_air_s, on_stage):
+            stage.touch()
+            alert = self.dead_air.alert
+            if alert is not None:
+                self._emit("dead_air", {"reason": alert.reason, "after_s": alert.after_s, "msg": alert.message,
+                                        "talking_muted": list(alert.talking_muted)})
+            else:
+                self._emit("dead_air_cleared", {})
+        if stage.version != version:
             self._notify()
+
+    def _sound_event(self, p: Participant, was: str | None, guard: object) -> None:
+        if p.feedback is not None:
+            lag = getattr(guard, "feedback_lag_ms", None)
+            self._emit("feedback", {"participant": p.id, "name": p.name, "kind": p.feedback,
+                                    "lag_ms": None if lag is None else round(lag, 1),
+                                    "msg": f"feedback ({p.feedback}) on {p.name}'s microphone: ducked while others "
+                                           "talk; they should use headphones"})
+        else:
+            self._emit("feedback_cleared", {"participant": p.id, "name": p.name, "kind": was,
+                                            "msg": f"no more feedback on {p.name}'s microphone"})
+
+    def _emit(self, what: str, fields: dict[str, object]) -> None:
+        if self._on_sound is not None:
+            self._on_sound(self.space_id, what, fields)
+
+    def sound_view(self) -> dict[str, object]:
+        """The moderators' sound panel: each person on stage (their checks before going live),
+        and the dead-air alert."""
+        speakers = []
+        for p in self.stage.on_stage():
+            issues = problems(p)
+            speakers.append({"id": p.id, "name": p.name, "connected": p.connected, "muted": p.muted,
+                             "level": p.level, "loudness": p.loudness, "gain_db": p.gain_db, "heard": p.heard,
+                             "feedback": p.feedback, "muted_talking": p.muted_talking, "ready": not issues,
+                             "problems": issues})
+        alert = self.dead_air.alert
+        return {"target_lufs": self.sound.target_lufs, "dead_air": alert.to_json() if alert else None,
+                "speakers": speakers, "ready": all(s["ready"] for s in speakers)}
 
     async def close(self) -> None:
         """The Space ended: hang up every speaker, tell the event streams."""
@@ -168,7 +230,10 @@ class Room:
     # -- views and events -------------------------------------------------------------------
 
     def view(self, viewer: Participant | None, extra: dict[str, object]) -> dict[str, object]:
-        out = {**self.stage.view(moderator=bool(viewer and viewer.moderator)), **extra}
+        moderator = bool(viewer and viewer.moderator)
+        out = {**self.stage.view(moderator=moderator), **extra}
+        if moderator:
+            out["sound"] = self.sound_view()
         if viewer is not None:
             out["you"] = viewer.private()
         return out
@@ -180,7 +245,10 @@ class Room:
         if data is None:
             if len(self._views) > 64:
                 self._views.clear()
-            data = orjson.dumps({**self.stage.view(moderator=moderator), **extra})
+            view = {**self.stage.view(moderator=moderator), **extra}
+            if moderator:
+                view["sound"] = self.sound_view()
+            data = orjson.dumps(view)
             self._views[key] = data
         return key, data
 

@@ -15,11 +15,11 @@ from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.stage import HOST_ID, Participant
 from amphi.control.store import Store
 from amphi.control.tokens import Signer, new_participant_id
-from amphi.core.config import StageConfig
+from amphi.core.config import SoundConfig, StageConfig
 from amphi.core.errors import Conflict, TooManyRequests, Unauthorized
 from amphi.media.ingest.webrtc import WebRTCIngest
 from amphi.media.pipeline import Pipeline
-from amphi.services.room import Room
+from amphi.services.room import Room, SoundEvents
 
 LEVELS_PERIOD_S = 0.2  # talking indicators are refreshed this often
 
@@ -49,7 +49,8 @@ class Invited:
 
 class Rooms:
     def __init__(self, cfg: StageConfig, base_url: str, registry: SpaceRegistry, store: Store, signer: Signer,
-                 ingest: WebRTCIngest, program: Callable[[Space], Awaitable[Pipeline]]) -> None:
+                 ingest: WebRTCIngest, program: Callable[[Space], Awaitable[Pipeline]],
+                 sound: SoundConfig = SoundConfig()) -> None:
         self.cfg = cfg
         self._base_url = base_url
         self._registry = registry
@@ -59,13 +60,15 @@ class Rooms:
         self._rooms: dict[str, Room] = {}
         self._program = program  # the Space's running pipeline (Spaces.program)
         self.event_streams = 0  # open SSE connections
+        self.sound = sound
+        self.on_sound: SoundEvents | None = None  # the root hands these to obs
 
     def room(self, space: Space) -> Room:
         room = self._rooms.get(space.id)
         if room is None:
             if space.state is SpaceState.ENDED:
                 raise Conflict(f"Space {space.id} has ended")
-            room = self._rooms[space.id] = Room(space.id, self.cfg, self._ingest)
+            room = self._rooms[space.id] = Room(space.id, self.cfg, self._ingest, self.sound, self.on_sound)
         return room
 
     async def close(self, space_id: str) -> None:
@@ -76,11 +79,18 @@ class Rooms:
             self._rooms.pop(space_id, None)
 
     async def levels(self) -> None:
-        """The talking indicators, a few times a second."""
+        """The talking indicators, the sound guard's readings and dead air, a few times a second."""
         while True:
             await asyncio.sleep(LEVELS_PERIOD_S)
-            for room in list(self._rooms.values()):
-                room.poll_levels()
+            now = time.time()
+            for space_id, room in list(self._rooms.items()):
+                space = self._registry.find(space_id)
+                if space is None:
+                    continue
+                room.poll_levels(now, space.state is SpaceState.LIVE, self.dead_air_s(space))
+
+    def dead_air_s(self, space: Space) -> float:
+        return space.dead_air_s if space.dead_air_s is not None else self.sound.dead_air_s
 
     # -- who is calling -----------------------------------------------------------------------
 

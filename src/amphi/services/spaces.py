@@ -63,6 +63,7 @@ class SpaceStatus:
     replay: str | None
     download: str | None
     program_failure: str | None  # a pipeline task that crashed, and why
+    dead_air_s: float  # the hosts are alerted after this long of dead air (docs/sound.md)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -102,8 +103,8 @@ class Spaces:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def create(self, title: object, starts_at: object = None) -> tuple[Space, str]:
-        space, key = self.registry.create(title, starts_at)
+    async def create(self, title: object, starts_at: object = None, dead_air_s: object = None) -> tuple[Space, str]:
+        space, key = self.registry.create(title, starts_at, dead_air_s)
         await self._store.publish(space)
         return space, key
 
@@ -229,7 +230,7 @@ class Spaces:
             detector=self._shield.status(space.id), listen_url=f"{base}/s/{space.id}", recorded_s=recorded_s,
             replay=f"{media}/media/{space.id}/vod.m3u8" if has_replay else None,
             download=f"{media}/media/{space.id}/download.m4a" if has_replay else None,
-            program_failure=failure)
+            program_failure=failure, dead_air_s=self._rooms.dead_air_s(space))
 
 
 def pipeline_failure(pipeline: Pipeline | None) -> str | None:

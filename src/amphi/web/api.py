@@ -1,6 +1,6 @@
 """The control API and the pages (Starlette, dispatching on the templates of ``amphi.web.routes``).
 
-    POST /api/spaces                      {title, starts_at?} -> 201 {id, host_key, state, ...}
+    POST /api/spaces                      {title, starts_at?, dead_air_s?} -> 201 {id, host_key, state, ...}
     GET  /api/spaces                      [status, ...]
     GET  /api/spaces/<id>                 status
     POST /api/spaces/<id>/start           Authorization: Bearer HOST_KEY
@@ -74,7 +74,7 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
 
     async def create(request: Request) -> Response:
         data = await read_json(request, limit)
-        space, key = await spaces.create(data.get("title"), data.get("starts_at"))
+        space, key = await spaces.create(data.get("title"), data.get("starts_at"), data.get("dead_air_s"))
         return JSONResponse({**await status_of(space), "host_key": key}, status_code=201)
 
     async def listing(request: Request) -> Response:

@@ -17,8 +17,11 @@
 //   whose DTLS the server closed, is
 //   replaced by a fresh offer after 0.5, 1, 2, 4, 8 s (± 20 %); a connection that reached
 //   "connected" resets the back-off.
+//   While it speaks, a MicMeter (sound.js) measures the microphone itself, muted or not:
+//   snapshot().mutedTalking says that they talk while muted (the page tells them).
 
 import { ApiError, Backoff, call, plainError } from "./api.js";
+import { MicMeter } from "./sound.js";
 
 export { ApiError, call, plainError };
 
@@ -208,6 +211,7 @@ export class StageList {
     li.dataset.muted = String(muted);
     li.dataset.hostMuted = String(Boolean(m.host_muted));
     li.dataset.connected = String(m.connected !== false);
+    li.dataset.feedback = m.feedback || "";
     li.classList.toggle("you", m.id === this.youId);
     const level = Math.max(0, Math.min(1, Number(m.level) || 0));
     li.style.setProperty("--level", muted ? "0" : String(level));
@@ -216,6 +220,8 @@ export class StageList {
     const bits = [ROLE[m.role] || m.role];
     if (m.host_muted) bits.push("muted by the host");
     else if (muted) bits.push("muted");
+    if (muted && m.muted_talking) bits.push("talking while muted");
+    if (m.feedback) bits.push("echo on their microphone");
     if (m.connected === false) bits.push("not connected");
     item.detail.textContent = bits.join(" · ");
     const said = talking ? "talking" : "";
@@ -290,6 +296,8 @@ export class Speaker {
     this.stream = null;
     this.track = null;
     this.muted = false;
+    this.hostMuted = false; // the stage says so; the track still sends (the server mutes)
+    this.meter = null;
     this.backoff = new Backoff(SPEAK_BACKOFF_MS, { jitter: JITTER }); // failed attempts since the last good connection
     this.connects = 0; // connections that reached "connected"
     this.reconnects = 0; // fresh offers after a lost or failed connection
@@ -308,7 +316,13 @@ export class Speaker {
       offers: this.offers, lastError: this.lastError, refusedWith: this.refusedWith,
       connection: this.pc ? this.pc.connectionState : null,
       retryInMs: this.state === "reconnecting" ? Math.max(0, this.retryAt - Date.now()) : 0,
+      mutedTalking: this.mutedTalking, mic: this.meter ? this.meter.snapshot() : null,
     };
+  }
+
+  // Our own microphone says we talk while muted (self- or host-muted).
+  get mutedTalking() {
+    return Boolean(this.meter && this.meter.mutedTalking);
   }
 
   setState(state) {
@@ -354,6 +368,9 @@ export class Speaker {
     this.stream = stream;
     this.track = stream.getAudioTracks()[0];
     this.track.enabled = !this.muted;
+    this.meter = new MicMeter(this.track, { onChange: () => this.onChange(this) });
+    this.meter.setMuted(this.muted || this.hostMuted);
+    this.meter.start();
     this.connect();
   }
 
@@ -443,7 +460,14 @@ export class Speaker {
   setMuted(muted) {
     this.muted = Boolean(muted);
     if (this.track) this.track.enabled = !this.muted;
+    if (this.meter) this.meter.setMuted(this.muted || this.hostMuted);
     this.onChange(this);
+  }
+
+  // A host's mute: the track still sends, but the meter knows nobody hears it.
+  setHostMuted(hostMuted) {
+    this.hostMuted = Boolean(hostMuted);
+    if (this.meter) this.meter.setMuted(this.muted || this.hostMuted);
   }
 
   closePeer() {
@@ -458,6 +482,8 @@ export class Speaker {
     for (const id of this.timers) clearTimeout(id);
     this.timers.clear();
     this.closePeer();
+    if (this.meter) this.meter.stop();
+    this.meter = null;
     if (this.stream) this.stream.getTracks().forEach((t) => t.stop());
     this.stream = null;
     this.track = null;
