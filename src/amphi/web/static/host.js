@@ -3,10 +3,18 @@
 // moderator's view of the stage by Server-Sent Events, and authorises the moderation calls.
 // Start, End and Speak use the key itself.
 //
+// The sound (sound.js, issue 20): the moderators' view carries `sound`: a dead-air banner
+// while the live program is silent, and per person on stage their level, loudness, the
+// leveler's gain and three checks; before the start, "Ready to go live" says whether the
+// stage is ready. The host may speak before the start (the others on stage hear them; the
+// listeners hear hold music), to check their own microphone; their page measures it too and
+// tells them when they talk while muted.
+//
 // Page: signin (no key, or a key the server refused) -> console (-> ended).
-// window.amphiStage exposes {role, view, you, events, speaking} for tests.
+// window.amphiStage exposes {role, view, you, events, speaking, sound} for tests.
 
 import { ApiError, call, plainError } from "./api.js";
+import { FEEDBACK_TEXT, MUTED_TALKING_TEXT, SoundPanel } from "./sound.js";
 import { PeopleList, Speaker, StageEvents, StageList } from "./stage.js";
 
 const GRANT_RENEW_MARGIN_S = 300; // a new host grant this long before the old one expires
@@ -31,8 +39,15 @@ const exposed = {
   get you() { return you; },
   get events() { return events ? { state: events.state, opens: events.opens, events: events.events } : null; },
   get speaking() { return speaker.snapshot(); },
+  get sound() { return soundPanel.snapshot(); },
 };
 window.amphiStage = exposed;
+
+const soundPanel = new SoundPanel(document, {
+  banner: $("dead-air"), bannerMessage: $("dead-air-message"), bannerLasted: $("dead-air-lasted"),
+  card: $("sound"), title: $("sound-title"), ready: $("sound-ready"), list: $("sound-speakers"),
+  empty: $("sound-empty"), note: $("sound-note"),
+});
 
 const speaker = new Speaker(spaceId, {
   credential: () => key,
@@ -183,6 +198,7 @@ function render() {
   renderCounts();
   renderSpeak();
   if (!view) return;
+  soundPanel.render(view.sound, state);
   stageList.render(view.members || []);
   const onStage = (view.members || []).length;
   $("stage-count").textContent = `(${onStage} of 13)`;
@@ -217,10 +233,11 @@ const SPEAK_TEXT = {
 };
 
 function renderSpeak() {
-  const live = currentState() === "live";
+  const state = currentState();
+  const live = state === "live";
   const s = speaker.snapshot();
   const active = s.state !== "idle" && s.state !== "stopped";
-  $("speak").hidden = !live && !active;
+  $("speak").hidden = !live && state !== "scheduled" && !active; // before the start: a sound check
   $("speak").textContent = active ? "Stop speaking" : "Speak";
   $("speak").setAttribute("aria-pressed", String(active));
   $("speak").classList.toggle("primary", !active && live);
@@ -229,10 +246,22 @@ function renderSpeak() {
   $("self-mute").textContent = muted ? "Unmute me" : "Mute me";
   $("self-mute").setAttribute("aria-pressed", String(muted));
   let text = SPEAK_TEXT[s.state] || "";
+  if (s.state === "connected" && !live) text = "Connected: the others on stage hear you; listeners hear the hold music until you start.";
   if (s.state === "connected" && muted) text = "You are muted.";
   if (s.state === "reconnecting") text = `Connection lost; reconnecting in ${Math.ceil(s.retryInMs / 1000)} s…`;
   if (s.state === "stopped" && s.lastError && s.refusedWith === null) text = `Not speaking: ${s.lastError}.`;
-  $("speak-status").textContent = text;
+  // Talking while muted: our own meter, or the server's (it hears what the track sends).
+  const mine = (view && (view.members || []).find((m) => m.id === "host")) || {};
+  const talkingMuted = active && muted && Boolean(s.mutedTalking || (you && you.muted_talking) || mine.muted_talking);
+  notice($("muted-talking"), talkingMuted ? MUTED_TALKING_TEXT : "");
+  $("speak-status").textContent = talkingMuted ? "" : text; // the notice says it louder
+  const feedback = active && Boolean((you && you.feedback) || mine.feedback);
+  notice($("feedback-warning"), feedback ? FEEDBACK_TEXT : "");
+}
+
+function notice(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+  node.hidden = !text;
 }
 
 const stageList = new StageList($("members"), {
@@ -408,7 +437,10 @@ $("invite-copy").addEventListener("click", async () => {
     getSelection().selectAllChildren($("invite-link")); // no clipboard on plain http
   }
 });
-setInterval(renderSpeak, 1000); // the reconnect countdown
+setInterval(() => { // the reconnect countdown, how long the dead air has lasted
+  renderSpeak();
+  soundPanel.tick();
+}, 1000);
 
 (async () => {
   try {

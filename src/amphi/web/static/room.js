@@ -7,10 +7,15 @@
 //   listener -> requested -> on_stage -> listener;  invited -> on_stage | listener;
 //   any -> removed (the page stops).  onStage: this page speaks, the program is paused.
 //
+// On stage, the page tells the speaker what the sound guard knows (sound.js): that they talk
+// while muted (their own microphone, metered here, or the server's measure) and that their
+// microphone hears the Space (feedback: the server turns them down; use headphones).
+//
 // hooks: pauseProgram(), resumeProgram() (on and off the stage), removed() (stop everything),
 //   notFound(), ended() (the Space ended: the page polls its status), isEnded(), spaceState().
 
 import { plainError } from "./api.js";
+import { FEEDBACK_TEXT, HOST_MUTED_TALKING_TEXT, MUTED_TALKING_TEXT } from "./sound.js";
 import { call, PeopleList, Speaker, StageEvents, StageList } from "./stage.js";
 
 const SPEAKING_TEXT = {
@@ -18,6 +23,11 @@ const SPEAKING_TEXT = {
   connecting: "Connecting your microphone…",
   connected: "Live: listeners hear you.",
 };
+
+function notice(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+  node.hidden = !text;
+}
 
 export class Room {
   constructor(doc, spaceId, { storage, location, history, hooks }) {
@@ -49,7 +59,7 @@ export class Room {
       withdraw: $("withdraw"), invited: $("invited"), inviteAccept: $("invite-accept"),
       inviteDecline: $("invite-decline"), onstage: $("onstage"), mute: $("mute"), muteNote: $("mute-note"),
       leaveStage: $("leave-stage"), removed: $("removed"), status: $("speak-status"), error: $("speak-error"),
-      feed: $("return-feed"),
+      feed: $("return-feed"), mutedTalking: $("muted-talking"), feedback: $("feedback-warning"),
     };
     // A co-host moderates speakers (not the host, other co-hosts or themselves) and requests.
     this.stageList = new StageList(this.ui.members, {
@@ -166,6 +176,7 @@ export class Room {
     if (state === "on_stage" && !this.onStage && !this.ended) this.goOnStage();
     else if (state !== "on_stage" && this.onStage) this.backToListening();
     if (this.onStage && this.speaker && !this.muting) this.speaker.setMuted(Boolean(this.you.self_muted));
+    if (this.onStage && this.speaker) this.speaker.setHostMuted(Boolean(this.you.host_muted));
     return undefined;
   }
 
@@ -360,7 +371,12 @@ export class Room {
       if (sp.state === "reconnecting") text = `Connection lost; reconnecting in ${Math.ceil(sp.retryInMs / 1000)} s…`;
     }
     if (state === "listener") text = this.note;
+    const speaking = state === "on_stage" && sp && sp.state !== "stopped" && !ended;
+    const talkingMuted = speaking && muted && Boolean(sp.mutedTalking || you.muted_talking);
+    if (talkingMuted) text = ""; // the notice says it louder
     if (ui.status.textContent !== text) ui.status.textContent = text;
+    notice(ui.mutedTalking, talkingMuted ? (you.host_muted ? HOST_MUTED_TALKING_TEXT : MUTED_TALKING_TEXT) : "");
+    notice(ui.feedback, speaking && you.feedback ? FEEDBACK_TEXT : "");
   }
 
   wire() {

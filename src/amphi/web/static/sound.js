@@ -182,7 +182,7 @@ export function problemsOf(sp) {
 }
 
 // The ready line: before the start "Stage ready" or "Not ready: Ann: not connected; Bob: not
-// heard yet"; while live, the same checks in other words.
+// heard yet"; while live, the same checks in other words, and who is muted.
 export function readyLine(sound, state = "scheduled") {
   const speakers = Array.isArray(sound && sound.speakers) ? sound.speakers : [];
   const live = state === "live";
@@ -192,7 +192,13 @@ export function readyLine(sound, state = "scheduled") {
     .filter(([, problems]) => problems.length > 0)
     .map(([name, problems]) => `${name}: ${problems.join(", ")}`);
   const ready = sound.ready !== undefined ? Boolean(sound.ready) && issues.length === 0 : issues.length === 0;
-  if (ready) return { ready, text: live ? "Everyone on stage is connected and heard." : "Stage ready" };
+  if (ready && live) {
+    const muted = speakers.filter((sp) => sp.muted).map((sp) => sp.name);
+    if (muted.length === speakers.length) return { ready: false, text: "Everyone on stage is muted." };
+    const also = muted.length ? `; muted: ${muted.join(", ")}` : "";
+    return { ready, text: `Everyone on stage is connected and heard${also}.` };
+  }
+  if (ready) return { ready, text: "Stage ready" };
   return { ready, text: `${live ? "Check" : "Not ready"}: ${issues.join("; ")}` };
 }
 
