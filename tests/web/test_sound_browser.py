@@ -1,0 +1,223 @@
+"""The program guards its own sound (issue 20), in real browsers: the host console's Sound
+panel and dead-air banner, and the speaker's own page, against a real node, with headless
+Chromium's fake microphone (a ~400 Hz beep of about 60 ms, twice a second) and `amphi speak
+--tone` as the other speaker. No mocks: the figures come from the node's sound guard."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from tests.integration.amphi_proc import AmphiServer, Speaker
+from tests.web.browser import CHROMIUM, CHROMIUM_ARGS, FAKE_MEDIA_ARGS, wait_for
+from tests.web.test_stage_browser import RAW_MICROPHONE
+
+ON_STAGE_TIMEOUT_S = 20
+DEAD_AIR_S = 3.0  # this Space's threshold (the default is 8 s)
+PHONE = {"width": 390, "height": 844}
+MUTED_TALKING = "You’re muted: nobody hears you. Unmute to speak."
+LUFS = re.compile(r"^-?\d+(\.5)? LUFS$")
+GAIN = re.compile(r"^gain ([+-]\d+(\.5)?|0) dB$")
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AmphiServer]:
+    server = AmphiServer(tmp_path_factory.mktemp("sound-node") / "data", None).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"chromium is not installed at {CHROMIUM}: run `make setup`")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS + FAKE_MEDIA_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def pages(browser: Browser) -> Iterator[Callable[..., Page]]:
+    """A page in a browser context of its own; every page must finish without a JavaScript error."""
+    contexts: list[BrowserContext] = []
+    errors: list[str] = []
+
+    def new_page(url: str, viewport: dict[str, int] | None = None) -> Page:
+        context = browser.new_context(viewport=viewport or {"width": 1024, "height": 768})
+        context.add_init_script(RAW_MICROPHONE)  # the fake beep as it is (tests/web/test_stage_browser.py says why)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda e: errors.append(f"{url}: {e}"))
+        page.on("console", lambda m: print(f"[{url}] {m.type}: {m.text}"))
+        page.goto(url)
+        return page
+
+    yield new_page
+    for context in contexts:
+        context.close()
+    assert not errors, f"JavaScript errors on the pages: {errors}"
+
+
+def open_console(pages: Callable[..., Page], node: AmphiServer, space: str, key: str, state: str,
+                 viewport: dict[str, int] | None = None) -> Page:
+    host = pages(f"{node.url}/s/{space}/host", viewport)
+    host.fill("#key", key)
+    host.click("#key-submit")
+    host.wait_for_selector("#console:not([hidden])")
+    host.wait_for_function(f"window.amphiStage.view && window.amphiStage.view.state === '{state}'")
+    return host
+
+
+def sound(page: Page) -> dict:
+    return page.evaluate("window.amphiStage.sound")
+
+
+def row(page: Page, pid: str) -> dict | None:
+    return next((r for r in sound(page)["rows"] if r["id"] == pid), None)
+
+
+def shot(page: Page, path: Path) -> Path:
+    page.screenshot(path=str(path), full_page=True)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return path
+
+
+# -- tests ---------------------------------------------------------------------------------------
+
+
+def test_before_the_start_the_console_shows_each_speaker_heard_and_whether_the_stage_is_ready(
+    node: AmphiServer, pages: Callable[..., Page], tmp_path: Path
+) -> None:
+    space, key = node.create("sound: ready to go live")
+    pid, grant = node.on_stage(space, key, "Ada Lovelace")
+    ada = Speaker(node, space, grant, "--tone", "440").start()
+    try:
+        host = open_console(pages, node, space, key, "scheduled")
+        host.wait_for_selector("#sound:not([hidden])")
+        assert host.inner_text("#sound-title") == "Ready to go live"
+        assert host.is_hidden("#dead-air")
+
+        # Ada's tone: connected, heard, a loudness figure and the leveler's gain.
+        ada_row = wait_for("Ada connected and heard in the sound panel",
+                           lambda: (r := row(host, pid)) and r["checks"]["connected"] and r["checks"]["heard"]
+                           and LUFS.match(r["loudness"]) and r, 15)
+        assert ada_row["name"] == "Ada Lovelace"
+        assert ada_row["checks"]["feedback"] is True, "a steady tone is not feedback"
+        assert ada_row["warning"] is None
+        assert GAIN.match(ada_row["gain"]), ada_row
+        host.wait_for_selector(f'#sound-speakers li[data-id="{pid}"] .meter[aria-valuenow]:not([aria-valuenow="0"])')
+        texts = host.inner_text(f'#sound-speakers li[data-id="{pid}"]')
+        assert "✓" in texts and "connected" in texts and "heard" in texts and "no feedback" in texts
+
+        # The host is on stage too, not connected yet: not ready, and the line says who and why.
+        line = wait_for("the ready line to name the host",
+                        lambda: (t := host.inner_text("#sound-ready")).startswith("Not ready: ") and t, 10)
+        assert "not connected" in line and "Ada" not in line, line
+        assert host.get_attribute("#sound-ready", "data-ready") == "false"
+        host_row = row(host, "host")
+        assert host_row and host_row["checks"] == {"connected": False, "heard": False, "feedback": True}
+        assert host_row["loudness"] == "not heard yet"
+        shot(host, tmp_path / "console-not-ready.png")
+
+        # A sound check before the start: the host speaks from the browser (the fake beep).
+        assert host.is_visible("#speak")
+        host.click("#speak")
+        host.wait_for_function("window.amphiStage.speaking.state === 'connected'", timeout=ON_STAGE_TIMEOUT_S * 1000)
+        host.wait_for_selector('#sound-ready[data-ready="true"]', timeout=15_000)
+        assert host.inner_text("#sound-ready") == "Stage ready"
+        assert all(r["checks"] == {"connected": True, "heard": True, "feedback": True} for r in sound(host)["rows"])
+        assert host.inner_text("#state") == "SCHEDULED"  # still hold music for the listeners
+        shot(host, tmp_path / "console-ready.png")
+        host.set_viewport_size(PHONE)
+        phone = shot(host, tmp_path / "console-ready-phone.png")
+        assert host.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "wider than a phone"
+        print(f"screenshots: {tmp_path / 'console-ready.png'} {phone}")
+    finally:
+        ada.stop()
+
+
+def test_dead_air_alert_says_everyone_is_muted_and_clears_when_the_host_is_heard(
+    node: AmphiServer, pages: Callable[..., Page], tmp_path: Path
+) -> None:
+    r = node.http.post("/api/spaces", json={"title": "sound: dead air", "dead_air_s": DEAD_AIR_S})
+    assert r.status_code == 201, r.text
+    space, key = r.json()["id"], r.json()["host_key"]
+    assert node.status(space)["dead_air_s"] == DEAD_AIR_S
+    node.start_space(space, key)
+    host = open_console(pages, node, space, key, "live")
+    assert host.inner_text("#sound-title") == "Sound"
+
+    # Live, and nobody on stage connected: dead air, and the banner says why.
+    banner = host.wait_for_selector('#dead-air[data-reason="nobody_connected"]', timeout=(DEAD_AIR_S + 5) * 1000)
+    assert "nobody on stage is connected" in banner.inner_text()
+    assert re.search(r"Silent for \d+ s", host.inner_text("#dead-air-lasted"))
+    assert host.get_attribute("#dead-air", "role") == "alert"
+
+    # The host speaks (the fake beep): heard, the alert clears.
+    host.click("#speak")
+    host.wait_for_function("window.amphiStage.speaking.state === 'connected'", timeout=ON_STAGE_TIMEOUT_S * 1000)
+    host.wait_for_selector("#dead-air", state="hidden", timeout=10_000)
+
+    # Muted: the program goes silent; the alert comes with its reason within the threshold + 1 s.
+    host.click("#self-mute")
+    host.wait_for_selector('#members li.member[data-id="host"][data-muted="true"]')
+    muted_at = time.monotonic()
+    host.wait_for_selector('#dead-air[data-reason="all_muted"]', timeout=(DEAD_AIR_S + 1) * 1000)
+    took = time.monotonic() - muted_at
+    assert took <= DEAD_AIR_S + 1, f"the alert took {took:.2f} s"
+    assert "everyone on stage is muted" in host.inner_text("#dead-air-message")
+    host.wait_for_selector('#sound-ready[data-ready="false"]:has-text("Everyone on stage is muted.")')
+    # ... and the console's own microphone tells the host they talk while muted.
+    host.wait_for_selector("#muted-talking:not([hidden])", timeout=5_000)
+    assert host.inner_text("#muted-talking") == MUTED_TALKING
+    shot(host, tmp_path / "console-dead-air.png")
+    wait_for("the banner's clock to move", lambda: re.search(
+        rf"Silent for ([{int(DEAD_AIR_S) + 1}-9]|\d\d) s", host.inner_text("#dead-air-lasted")), 5)
+
+    # Unmuted: heard again, the alert clears by itself.
+    host.click("#self-mute")
+    host.wait_for_selector("#dead-air", state="hidden", timeout=5_000)
+    assert host.is_hidden("#muted-talking")
+    assert sound(host)["deadAir"] is None
+    node.end_space(space, key)
+
+
+def test_a_muted_browser_speaker_who_talks_is_told_nobody_hears_them(
+    node: AmphiServer, pages: Callable[..., Page], tmp_path: Path
+) -> None:
+    space, key = node.create("sound: talking while muted")
+    node.start_space(space, key)
+    pid, grant = node.on_stage(space, key, "Grace Hopper")
+    grace = pages(f"{node.url}/s/{space}?grant={grant}", PHONE)
+    grace.wait_for_function("window.amphiStage.speaking && window.amphiStage.speaking.state === 'connected'",
+                            timeout=ON_STAGE_TIMEOUT_S * 1000)
+    assert grace.is_hidden("#muted-talking") and grace.is_hidden("#feedback-warning")
+
+    # She mutes herself; her microphone still sounds (the beep): her page says so.
+    grace.click("#mute")
+    grace.wait_for_selector("#muted-talking:not([hidden])", timeout=5_000)
+    assert grace.inner_text("#muted-talking") == MUTED_TALKING
+    assert grace.evaluate("window.amphiStage.speaking.mutedTalking") is True
+    assert grace.evaluate("window.amphiStage.speaker.track.enabled") is False, "muted: the sent track is off"
+    shot(grace, tmp_path / "speaker-muted-talking.png")
+
+    # Unmuted: the warning goes at once.
+    grace.click("#mute")
+    grace.wait_for_selector("#muted-talking", state="hidden", timeout=2_000)
+
+    # Muted by the host: the track still sends, the server hears talk from a muted microphone
+    # (you.muted_talking), and the page says who can unmute her.
+    r = node.stage_call(space, f"/{pid}/mute", key)
+    assert r.status_code == 200, r.text
+    grace.wait_for_selector("#muted-talking:not([hidden])", timeout=5_000)
+    assert "The host muted you" in grace.inner_text("#muted-talking")
+    wait_for("the server to see Grace talking while muted",
+             lambda: grace.evaluate("window.amphiStage.you && window.amphiStage.you.muted_talking"), 5)
+    assert grace.is_hidden("#feedback-warning"), "a steady beep is not feedback"
+    node.end_space(space, key)
