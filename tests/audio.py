@@ -54,3 +54,51 @@ def rms(x: np.ndarray) -> float:
 def tone(hz: float, seconds: float, level: float = 0.5, start: int = 0) -> np.ndarray:
     t = (np.arange(int(seconds * SR)) + start) / SR
     return (level * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+SENTENCES = (
+    "Welcome to the Space. Tonight we talk about live audio at scale, what broke at the scheduled "
+    "minute, and how a program can guard its own sound.",
+    "Thanks for having me. The first thing I learned is that nobody reads the logs during a launch; "
+    "they listen, and silence is the loudest failure there is.",
+)
+
+
+def speech(path: Path, *, text: int = 0, voice: str = "en", dbfs: float = -20.0, repeat: int = 1) -> np.ndarray:
+    """Real speech (espeak-ng, installed by ``make setup``), 48 kHz mono, scaled so that its
+    voiced parts (samples above -60 dBFS) have an RMS of ``dbfs``; also written to ``path``
+    as a WAV file that ``amphi speak --file`` plays."""
+    raw = path.with_suffix(".espeak.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "160", "-w", str(raw), SENTENCES[text]], check=True,
+                   capture_output=True, timeout=60)
+    x = ffmpeg_decode(raw)
+    x = np.tile(np.concatenate([x, np.zeros(SR // 2, np.float32)]), repeat)
+    voiced = x[np.abs(x) > 1e-3]
+    x = (x * (10 ** (dbfs / 20) / rms(voiced))).astype(np.float32)
+    write_wav(path, x)
+    return x
+
+
+def write_wav(path: Path, x: np.ndarray) -> None:
+    import wave
+
+    pcm = np.rint(np.clip(x, -1, 1) * 32767).astype(np.int16)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes(pcm.tobytes())
+
+
+def ebur128(x: np.ndarray) -> tuple[float, float]:
+    """ffmpeg's EBU R128 meter on float32 mono 48 kHz audio: (integrated loudness in LUFS,
+    true peak in dBTP)."""
+    import re
+
+    out = subprocess.run(["ffmpeg", "-hide_banner", "-nostats", "-f", "f32le", "-ar", str(SR), "-ac", "1", "-i", "-",
+                          "-af", "ebur128=peak=true", "-f", "null", "-"], input=x.astype(np.float32).tobytes(),
+                         capture_output=True, timeout=60, check=True).stderr.decode()
+    summary = out[out.rindex("Summary:"):]
+    integrated = float(re.search(r"I:\s+(-?[\d.]+|-inf) LUFS", summary).group(1))
+    peak = float(re.search(r"Peak:\s+(-?[\d.]+|-inf) dBFS", summary).group(1))
+    return integrated, peak

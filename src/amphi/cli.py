@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pathlib import Path
 
 import click
 import uvloop
 
-from amphi.core.config import AdmissionConfig, ClusterConfig, Config, DefenseConfig, HttpConfig, MediaConfig, StageConfig
+from amphi.core.config import (AdmissionConfig, ClusterConfig, Config, DefenseConfig, HttpConfig, MediaConfig,
+                               SoundConfig, StageConfig)
 from amphi.edge.vcl import NAME as NODE_ID
 from amphi.obs.logging import configure as configure_logging
 from amphi.defense.shield import parse_networks
@@ -79,13 +82,21 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.option("--segment-parts", default=MediaConfig.parts_per_segment, show_default=True, type=click.IntRange(2, 16),
               help="Parts (0.512 s each) per HLS segment: longer segments, fewer requests for streaming and "
                    "segment players, later starts for players that ignore parts (docs/streaming.md).")
+@click.option("--loudness-target", default=SoundConfig.target_lufs, show_default=True,
+              type=click.FloatRange(-30, -10), help="Program loudness in LUFS that each speaker is brought towards "
+                                                    "(docs/sound.md).")
+@click.option("--dead-air", default=SoundConfig.dead_air_s, show_default=True, type=click.FloatRange(2, 3600),
+              help="Seconds of dead air in a live Space before its hosts are alerted (a Space may set its own).")
+@click.option("--no-sound-guard", is_flag=True, help="Mix speakers as they arrive: no leveler, limiter or "
+                                                      "feedback detection (dead-air alerts stay).")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: str | None, demo: bool,
           max_listeners: int, admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float,
           ticket_hold: float, max_waiting: int, speaker_timeout: float, log_format: str | None, operator_key: str | None,
           node_id: str, edges: tuple[str, ...], pow_mode: str, pow_bits: int, trusted_proxies: tuple[str, ...],
           join_rate: float, address_join_rate: float, address_join_burst: int, header_timeout: float,
-          redis_url: str | None, segment_parts: int) -> None:
+          redis_url: str | None, segment_parts: int, loudness_target: float, dead_air: float,
+          no_sound_guard: bool) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
@@ -108,7 +119,10 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
                                                         header_read_timeout_s=header_timeout), demo=demo,
                  admission=admission, stage=stage, node_id=node_id, edges=tuple(e.rstrip("/") for e in edges),
                  operator_key=operator_key or None, defense=defense,
-                 cluster=ClusterConfig(redis_url=redis_url), media=MediaConfig(parts_per_segment=segment_parts))
+                 cluster=ClusterConfig(redis_url=redis_url),
+                 media=MediaConfig(parts_per_segment=segment_parts,
+                                   sound=SoundConfig(enabled=not no_sound_guard, target_lufs=loudness_target,
+                                                     dead_air_s=dead_air)))
     uvloop.run(run(cfg))
 
 
@@ -130,7 +144,7 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
 def speak(server: str, space_id: str, role: str, key: str | None, token: str | None, path: str | None,
           tone: float | None, loop: bool, duration: float | None, return_to: Path | None, no_reconnect: bool) -> None:
     """Join a Space's stage over WebRTC, send audio in real time and hear the others."""
-    from amphi.media.ingest.client import SpeakError, speak as once, stay_on_stage
+    from amphi.media.ingest.client import SpeakError, follow_room, speak as once, stay_on_stage
     from amphi.media.ingest.sources import FileTrack, ToneTrack
     from amphi.media.wav import WavWriter
 
@@ -148,12 +162,25 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
     def dropped(reason: str, delay: float) -> None:
         click.echo(f"amphi speak: {reason}; reconnecting in {delay:.1f} s", err=True)
 
+    def tell(notice: str) -> None:
+        click.echo(f"amphi speak: {notice}", err=True)
+
     on_return = writer.write if writer else None
     run = once if no_reconnect else stay_on_stage
     extra = {} if no_reconnect else {"on_drop": dropped}
+
+    async def speak_and_listen() -> None:
+        """Speaks; beside it, follows the room to say what the speaker should know (muted, feedback)."""
+        room = asyncio.ensure_future(follow_room(server, space_id, credential, tell))
+        try:
+            await run(server.rstrip("/"), space_id, track, key=credential, duration=duration,  # type: ignore[operator]
+                      on_connected=connected, on_return=on_return, **extra)
+        finally:
+            room.cancel()
+            await asyncio.gather(room, return_exceptions=True)
+
     try:
-        uvloop.run(run(server.rstrip("/"), space_id, track, key=credential, duration=duration,  # type: ignore[operator]
-                       on_connected=connected, on_return=on_return, **extra))
+        uvloop.run(speak_and_listen())
     except SpeakError as e:
         raise click.ClickException(str(e)) from None
     finally:

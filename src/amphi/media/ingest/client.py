@@ -5,6 +5,9 @@ Signalling is one HTTP request (WHIP-like, non-trickle): POST the complete SDP o
 ``{server}/api/spaces/{space}/speak`` and get the complete answer back with ``201``.
 ``speak()`` is one connection; ``stay_on_stage()`` reconnects with backoff when the network
 drops, and stops for good when the server says no (not on stage any more, Space ended).
+``follow_room()`` reads the room's event stream beside it and says what the speaker should
+know (docs/sound.md): talking while muted, feedback on their microphone, and, for hosts,
+dead air.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from collections.abc import Callable
 import av
 import httpx
 import numpy as np
+import orjson
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from amphi.core.errors import AmphiError
 from amphi.media.ingest.compat import use_ice_addresses
 
-__all__ = ["SpeakError", "speak", "stay_on_stage"]
+__all__ = ["SpeakError", "follow_room", "notices", "speak", "stay_on_stage"]
 
 logger = logging.getLogger(__name__)
 
@@ -258,3 +262,60 @@ async def _first(*events: asyncio.Event, timeout: float | None) -> asyncio.Event
             w.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
     return next((e for e in events if e.is_set()), None)
+
+
+def notices(you: dict[str, object] | None, stage: dict[str, object] | None, said: dict[str, object]) -> list[str]:
+    """What to tell the speaker, from their own record (``you``) and the stage view, once per
+    change (``said`` remembers what was told). Pure."""
+    out = []
+    if you is not None:
+        muted_talking = bool(you.get("muted_talking"))
+        if muted_talking != said.get("muted_talking", False):
+            said["muted_talking"] = muted_talking
+            if muted_talking:
+                by = "by the host" if you.get("host_muted") else "by yourself"
+                out.append(f"you're muted ({by}): nobody hears you. Unmute to speak.")
+        feedback = you.get("feedback")
+        if feedback != said.get("feedback"):
+            said["feedback"] = feedback
+            out.append("we hear an echo of the Space in your microphone, so your voice is turned down while "
+                       "others talk: use headphones" if feedback else "no more echo in your microphone")
+    sound = stage.get("sound") if stage is not None else None
+    if isinstance(sound, dict):
+        alert = sound.get("dead_air")
+        message = alert.get("message") if isinstance(alert, dict) else None
+        if message != said.get("dead_air"):
+            said["dead_air"] = message
+            out.append(str(message) if message else "dead air over: someone is heard")
+    return out
+
+
+async def follow_room(server: str, space: str, credential: str, tell: Callable[[str], None]) -> None:
+    """Reads the room's events (``GET /api/spaces/{space}/events``) for as long as it runs, and
+    passes each notice to ``tell``. A broken stream is opened again after a pause; this never
+    ends the speaking."""
+    url = f"{server.rstrip('/')}/api/spaces/{space}/events"
+    said: dict[str, object] = {}
+    attempt = 0
+    while True:
+        try:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(HTTP_TIMEOUT_S, read=60.0)) as client, \
+                    client.stream("GET", url, headers={"Authorization": f"Bearer {credential}"}) as response:
+                if response.status_code in FINAL_STATUSES:
+                    return  # not ours to follow (the speaking says why)
+                response.raise_for_status()
+                attempt = 0
+                kind = None
+                async for line in response.aiter_lines():
+                    if line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith("data:") and kind in ("you", "stage"):
+                        data = orjson.loads(line[5:])
+                        for notice in notices(data if kind == "you" else None, data if kind == "stage" else None, said):
+                            tell(notice)
+                    elif line.startswith("data:") and kind == "ended":
+                        return
+        except (httpx.HTTPError, ValueError) as exc:
+            logger.debug("room events for %s: %r", space, exc)
+        await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+        attempt += 1
