@@ -5,7 +5,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  CLEAR_MS, MutedTalk, TALK_DBFS, TALK_GAP_MS, TALK_MIN_MS, feedbackText, gainText, lastedText, loudnessText, readyLine,
+  CLEAR_MS, MutedTalk, TALK_DBFS, TALK_GAP_MS, TALK_MIN_MS, deadAirLastedS, feedbackText, gainText, lastedText,
+  loudnessText, readyLine,
 } from "../../src/amphi/web/static/sound.js";
 
 test("loudness and gain read as a person would say them", () => {
@@ -27,6 +28,9 @@ test("how long the dead air has lasted", () => {
   assert.equal(lastedText(-1), "0 s");
   assert.equal(lastedText(125), "2 min 5 s");
   assert.equal(lastedText(3720), "1 h 2 min");
+  const dead = { reason: "all_muted", since: 1000, after_s: 8, message: "Dead air: …" };
+  assert.equal(deadAirLastedS(dead, 1_600_000), 600); // ten minutes of it: the console opened late says so
+  assert.equal(deadAirLastedS(dead, 1_005_000), 8); // a clock a little behind: never less than the threshold
 });
 
 const speaker = (name, extra = {}) => ({

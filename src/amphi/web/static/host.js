@@ -32,6 +32,7 @@ let space = null; // GET /api/spaces/<id>
 let view = null; // the latest stage view (moderator's)
 let you = null; // the host's own record
 let events = null;
+let skewMs = 0; // the server's clock minus ours (its Date header): how long dead air has lasted
 
 const exposed = {
   role: "host",
@@ -47,7 +48,19 @@ const soundPanel = new SoundPanel(document, {
   banner: $("dead-air"), bannerMessage: $("dead-air-message"), bannerLasted: $("dead-air-lasted"),
   card: $("sound"), title: $("sound-title"), ready: $("sound-ready"), list: $("sound-speakers"),
   empty: $("sound-empty"), note: $("sound-note"),
-});
+}, { now: () => Date.now() + skewMs });
+
+// The status call notes the server's clock from its Date header (whole seconds).
+function clocked(...args) {
+  return window.fetch(...args).then((res) => {
+    const date = Date.parse(res.headers.get("date") || "");
+    if (!Number.isNaN(date)) {
+      const skew = date + 500 - Date.now();
+      skewMs = Math.abs(skew) > 2000 ? skew : 0;
+    }
+    return res;
+  });
+}
 
 const speaker = new Speaker(spaceId, {
   credential: () => key,
@@ -164,7 +177,7 @@ function startEvents() {
 
 async function refreshStatus() {
   try {
-    space = await call(spaceId, "GET", "");
+    space = await call(spaceId, "GET", "", { fetch: clocked });
     render();
   } catch (err) {
     if (err.status === 404) notFound();
@@ -444,7 +457,7 @@ setInterval(() => { // the reconnect countdown, how long the dead air has lasted
 
 (async () => {
   try {
-    space = await call(spaceId, "GET", "");
+    space = await call(spaceId, "GET", "", { fetch: clocked });
   } catch (err) {
     if (err.status === 404) return notFound();
   }

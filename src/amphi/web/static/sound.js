@@ -202,6 +202,14 @@ export function readyLine(sound, state = "scheduled") {
   return { ready, text: `${live ? "Check" : "Not ready"}: ${issues.join("; ")}` };
 }
 
+// Seconds the program has been silent: `since` is when it went silent; the alert comes
+// after_s into the silence, so never less than that (a clock a little behind the server's).
+export function deadAirLastedS(dead, nowMs) {
+  const after = Number(dead.after_s) || 0;
+  const lasted = nowMs / 1000 - Number(dead.since);
+  return Number.isFinite(lasted) ? Math.max(after, lasted) : after;
+}
+
 export function feedbackText(name) {
   return `Feedback on ${name}’s microphone: they should use headphones.`;
 }
@@ -222,7 +230,8 @@ const CHECKS = [
 ];
 
 // The dead-air banner and the Sound card of the host console, updated in place. ui: {banner,
-// bannerMessage, bannerLasted, card, title, ready, list, empty, note}; now() in ms.
+// bannerMessage, bannerLasted, card, title, ready, list, empty, note}; now() in ms, on the
+// server's clock (the alert's `since` is the server's).
 export class SoundPanel {
   constructor(doc, ui, { now = () => Date.now() } = {}) {
     this.doc = doc;
@@ -231,7 +240,6 @@ export class SoundPanel {
     this.sound = null;
     this.state = null;
     this.rows = new Map();
-    this.shownAt = null; // when the banner last appeared (ms, ours)
   }
 
   render(sound, state) {
@@ -280,25 +288,12 @@ export class SoundPanel {
     if (!dead) {
       ui.banner.hidden = true;
       ui.banner.dataset.reason = "";
-      this.shownAt = null;
       return;
     }
-    if (ui.banner.hidden) this.shownAt = this.now();
     ui.banner.hidden = false;
     ui.banner.dataset.reason = dead.reason || "";
     if (ui.bannerMessage.textContent !== dead.message) ui.bannerMessage.textContent = dead.message || "Dead air.";
-    const lasted = this.lastedS(dead);
-    ui.bannerLasted.textContent = `Silent for ${lastedText(lasted)}`;
-  }
-
-  // Seconds of silence: from the server's `since` if our clock agrees with it, else from
-  // when the banner appeared (the alert comes after_s into the silence).
-  lastedS(dead) {
-    const after = Number(dead.after_s) || 0;
-    const fromSince = this.now() / 1000 - Number(dead.since);
-    const fromBanner = after + (this.now() - (this.shownAt ?? this.now())) / 1000;
-    if (Number.isFinite(fromSince) && fromSince >= after - 2 && Math.abs(fromSince - fromBanner) < 30) return Math.max(after, fromSince);
-    return fromBanner;
+    ui.bannerLasted.textContent = `Silent for ${lastedText(deadAirLastedS(dead, this.now()))}`;
   }
 
   createRow() {

@@ -221,7 +221,7 @@ export class StageList {
     if (m.host_muted) bits.push("muted by the host");
     else if (muted) bits.push("muted");
     if (muted && m.muted_talking) bits.push("talking while muted");
-    if (m.feedback) bits.push("echo on their microphone");
+    if (m.feedback) bits.push(m.id === this.youId ? "echo on your microphone" : "echo on their microphone");
     if (m.connected === false) bits.push("not connected");
     item.detail.textContent = bits.join(" · ");
     const said = talking ? "talking" : "";
