@@ -1,11 +1,14 @@
 """The program guards its own sound (issue 20), in real browsers: the host console's Sound
 panel and dead-air banner, and the speaker's own page, against a real node, with headless
-Chromium's fake microphone (a ~400 Hz beep of about 60 ms, twice a second) and `amphi speak
---tone` as the other speaker. No mocks: the figures come from the node's sound guard."""
+Chromium's fake microphone (a ~400 Hz beep of about 60 ms, twice a second) and `amphi speak`
+(a tone, or espeak-ng's speech) as the other speaker. No mocks: the figures come from the
+node's sound guard; the acoustic loop is the browser's own return feed sent back as its
+microphone (WebAudio), louder."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +24,8 @@ ON_STAGE_TIMEOUT_S = 20
 DEAD_AIR_S = 3.0  # this Space's threshold (the default is 8 s)
 PHONE = {"width": 390, "height": 844}
 MUTED_TALKING = "You’re muted: nobody hears you. Unmute to speak."
+FEEDBACK = ("We hear an echo of the Space in your microphone, so your voice is turned down while others talk. "
+            "Use headphones.")
 LUFS = re.compile(r"^-?\d+(\.5)? LUFS$")
 GAIN = re.compile(r"^gain ([+-]\d+(\.5)?|0) dB$")
 
@@ -220,4 +225,65 @@ def test_a_muted_browser_speaker_who_talks_is_told_nobody_hears_them(
     wait_for("the server to see Grace talking while muted",
              lambda: grace.evaluate("window.amphiStage.you && window.amphiStage.you.muted_talking"), 5)
     assert grace.is_hidden("#feedback-warning"), "a steady beep is not feedback"
+    node.end_space(space, key)
+
+
+# The page's return feed (what the others sound like to this speaker) back into what it
+# sends, 50 ms later and 1.5 times as loud: a loudspeaker next to the microphone.
+LOOP_BACK = """async () => {
+    const sp = window.amphiStage.speaker;
+    const ctx = new AudioContext();
+    await ctx.resume();
+    const src = ctx.createMediaStreamSource(document.getElementById('return-feed').srcObject);
+    const delay = ctx.createDelay();
+    delay.delayTime.value = 0.05;
+    const gain = ctx.createGain();
+    gain.gain.value = 1.5;
+    const out = ctx.createMediaStreamDestination();
+    src.connect(delay).connect(gain).connect(out);
+    await sp.pc.getSenders()[0].replaceTrack(out.stream.getAudioTracks()[0]);
+    window.__loop = ctx;
+}"""
+
+def test_a_speaker_whose_microphone_hears_the_space_is_caught_and_both_pages_say_use_headphones(
+    node: AmphiServer, pages: Callable[..., Page], tmp_path: Path
+) -> None:
+    words = tmp_path / "speech.wav"
+    subprocess.run(["espeak-ng", "-v", "en", "-s", "160", "-w", str(words),
+                    "Welcome to the Space. Tonight we talk about live audio, and how a program guards its own sound."],
+                   check=True, capture_output=True, timeout=60)
+    space, key = node.create("sound: feedback")
+    node.start_space(space, key)
+    ada_id, ada_grant = node.on_stage(space, key, "Ada")
+    bob_id, bob_grant = node.on_stage(space, key, "Bob")
+    ada = Speaker(node, space, ada_grant, "--file", str(words), "--loop").start()
+    try:
+        host = open_console(pages, node, space, key, "live")
+        bob = pages(f"{node.url}/s/{space}?grant={bob_grant}", PHONE)
+        bob.wait_for_function("window.amphiStage.speaking && window.amphiStage.speaking.state === 'connected'",
+                              timeout=ON_STAGE_TIMEOUT_S * 1000)
+        bob.wait_for_function("(document.getElementById('return-feed').srcObject || {active: false}).active")
+        wait_for("Ada heard, Bob's beep heard, no feedback",
+                 lambda: (r := sound(host)["rows"]) and all(x["checks"]["heard"] for x in r if x["id"] != "host"), 15)
+        assert host.is_hidden(f'#sound-speakers li[data-id="{bob_id}"] .sound-warning')
+
+        # Bob's microphone hears the Space: caught within about a second, both pages say so.
+        bob.evaluate(LOOP_BACK)
+        looped_at = time.monotonic()
+        host.wait_for_selector(f'#sound-speakers li[data-id="{bob_id}"] .sound-warning:not([hidden])', timeout=5_000)
+        took = time.monotonic() - looped_at
+        assert host.inner_text(f'#sound-speakers li[data-id="{bob_id}"] .sound-warning') == \
+            "Feedback on Bob’s microphone: they should use headphones."
+        assert row(host, bob_id)["checks"]["feedback"] is False
+        assert row(host, ada_id)["checks"]["feedback"] is True and row(host, ada_id)["warning"] is None
+        assert "Bob: feedback" in host.inner_text("#sound-ready")
+        assert "echo on their microphone" in host.inner_text(f'#members li.member[data-id="{bob_id}"]')
+        bob.wait_for_selector("#feedback-warning:not([hidden])", timeout=3_000)
+        assert bob.inner_text("#feedback-warning") == FEEDBACK
+        wait_for("Ada still heard", lambda: (m := node.member(space, ada_id)) and m["talking"] and not m["feedback"], 3)
+        shot(host, tmp_path / "console-feedback.png")
+        shot(bob, tmp_path / "speaker-feedback.png")
+        print(f"feedback shown on the console {took:.2f} s after the loop closed")
+    finally:
+        ada.stop()
     node.end_space(space, key)
