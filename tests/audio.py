@@ -64,17 +64,19 @@ SENTENCES = (
 )
 
 
-def speech(path: Path, *, text: int = 0, voice: str = "en", dbfs: float = -20.0, repeat: int = 1) -> np.ndarray:
+def speech(path: Path, *, text: int = 0, voice: str = "en", dbfs: float = -20.0, repeat: int = 1,
+           peak: bool = False) -> np.ndarray:
     """Real speech (espeak-ng, installed by ``make setup``), 48 kHz mono, scaled so that its
-    voiced parts (samples above -60 dBFS) have an RMS of ``dbfs``; also written to ``path``
-    as a WAV file that ``amphi speak --file`` plays."""
+    voiced parts (samples above -60 dBFS) have an RMS of ``dbfs`` (``peak``: so that its
+    highest sample is at ``dbfs``); also written to ``path`` as a WAV file that ``amphi
+    speak --file`` plays."""
     raw = path.with_suffix(".espeak.wav")
     subprocess.run(["espeak-ng", "-v", voice, "-s", "160", "-w", str(raw), SENTENCES[text]], check=True,
                    capture_output=True, timeout=60)
     x = ffmpeg_decode(raw)
     x = np.tile(np.concatenate([x, np.zeros(SR // 2, np.float32)]), repeat)
-    voiced = x[np.abs(x) > 1e-3]
-    x = (x * (10 ** (dbfs / 20) / rms(voiced))).astype(np.float32)
+    level = float(np.abs(x).max()) if peak else rms(x[np.abs(x) > 1e-3])
+    x = (x * (10 ** (dbfs / 20) / level)).astype(np.float32)
     write_wav(path, x)
     return x
 

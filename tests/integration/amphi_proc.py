@@ -74,6 +74,7 @@ class AmphiServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"amphi-{self.port}.log"
         self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.expect_feedback = False  # a node raising a feedback alarm fails its test unless it made a loop
 
     def start(self) -> AmphiServer:
         cmd = [str(BIN), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra]
@@ -101,6 +102,16 @@ class AmphiServer:
         if self.proc is not None:
             stop_group(self.proc, 15)
         self.close()
+        self.check_no_feedback()
+
+    def check_no_feedback(self) -> None:
+        """Steady tones, music, hold audio and two speakers at once are not feedback
+        (docs/sound.md): every test's node is checked for a false alarm when it stops."""
+        if self.expect_feedback or not self.log.exists():
+            return
+        alarms = [line for line in self.log.read_text(errors="replace").splitlines() if '"what": "feedback"' in line
+                  or '"what":"feedback"' in line]
+        assert not alarms, f"feedback alarm(s) with no loop:\n" + "\n".join(alarms[:3])
 
     def close(self) -> None:
         self.http.close()

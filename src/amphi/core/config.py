@@ -17,8 +17,8 @@ class SoundConfig:
     speaker's loudness, the program's true peak, feedback, dead air."""
 
     enabled: bool = True
-    target_lufs: float = -16.0  # each speaker's speech, and so the program (streaming practice; AES TD1004)
-    window_lu: float = 4.0  # a speaker up to this much louder than the target is left as is
+    target_lufs: float = -18.0  # each speaker's speech, and so the program (AES TD1004: -16 to -20; docs/sound.md)
+    window_lu: float = 6.0  # a speaker up to this much louder than the target is left as is
     max_boost_db: float = 30.0
     max_cut_db: float = 20.0
     speech_gate_lufs: float = -60.0  # a 400 ms block quieter than this is not speech: it never moves the gain
@@ -27,7 +27,7 @@ class SoundConfig:
     expander_below_lu: float = 20.0  # a tick this far below the speaker's speech is a pause ...
     expander_hold_s: float = 0.6  # ... and after this long of pause the boost is released ...
     expander_release_db_per_s: float = 20.0  # ... at this rate
-    ceiling_dbtp: float = -1.5  # the program's true-peak ceiling (-1 dBTP after the AAC encoder)
+    ceiling_dbtp: float = -3.0  # the program's true peak before the encoder: under -1 dBTP after it (docs/sound.md)
     limiter_release_db_per_s: float = 30.0
     feedback: bool = True  # detect acoustic loops and duck the speaker
     dead_air_s: float = 8.0  # a live Space with nothing audible this long alerts its hosts (per Space)

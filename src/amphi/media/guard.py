@@ -6,7 +6,7 @@ program, every 20 ms tick:
     speaker's frame ─▶ TrackGuard.process: K-weighted loudness (ITU-R BS.1770), the leveler's
                        gain towards the program loudness, the feedback duck ─▶ the mix
     the speaker's return feed ─▶ TrackGuard.sent (what they hear: the feedback detector's reference)
-    the mix ─▶ TruePeakLimiter (4x oversampled peaks, ceiling -1.5 dBTP) ─▶ the encoder
+    the mix ─▶ TruePeakLimiter (4x oversampled peaks, ceiling -3 dBTP) ─▶ the encoder
 
 Loudness is measured here and not with pyloudnorm: pyloudnorm measures a whole file, and
 this must run per 20 ms tick with the filter's state carried across ticks. The filter and

@@ -195,12 +195,12 @@ class Room:
     def _sound_event(self, p: Participant, was: str | None, guard: object) -> None:
         if p.feedback is not None:
             lag = getattr(guard, "feedback_lag_ms", None)
-            self._emit("feedback", {"participant": p.id, "name": p.name, "kind": p.feedback,
+            self._emit("feedback", {"participant": p.id, "name": p.name, "feedback": p.feedback,
                                     "lag_ms": None if lag is None else round(lag, 1),
                                     "msg": f"feedback ({p.feedback}) on {p.name}'s microphone: ducked while others "
                                            "talk; they should use headphones"})
         else:
-            self._emit("feedback_cleared", {"participant": p.id, "name": p.name, "kind": was,
+            self._emit("feedback_cleared", {"participant": p.id, "name": p.name, "feedback": was,
                                             "msg": f"no more feedback on {p.name}'s microphone"})
 
     def _emit(self, what: str, fields: dict[str, object]) -> None:

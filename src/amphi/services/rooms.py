@@ -6,6 +6,7 @@ the pure stage joined to the media) per Space that has one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,8 @@ from amphi.core.errors import Conflict, TooManyRequests, Unauthorized
 from amphi.media.ingest.webrtc import WebRTCIngest
 from amphi.media.pipeline import Pipeline
 from amphi.services.room import Room, SoundEvents
+
+log = logging.getLogger(__name__)
 
 LEVELS_PERIOD_S = 0.2  # talking indicators are refreshed this often
 
@@ -87,7 +90,10 @@ class Rooms:
                 space = self._registry.find(space_id)
                 if space is None:
                     continue
-                room.poll_levels(now, space.state is SpaceState.LIVE, self.dead_air_s(space))
+                try:
+                    room.poll_levels(now, space.state is SpaceState.LIVE, self.dead_air_s(space))
+                except Exception:  # one room's failure must not stop the others' indicators
+                    log.exception("space %s: reading the levels failed", space_id)
 
     def dead_air_s(self, space: Space) -> float:
         return space.dead_air_s if space.dead_air_s is not None else self.sound.dead_air_s
