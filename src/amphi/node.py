@@ -143,11 +143,13 @@ class Node:
         pipeline = self.spaces.pipelines.get(space_id)
         end = pipeline.timeline.media_end_wall if pipeline is not None else None
         recorded = pipeline.recording.bytes_written if pipeline is not None else 0
+        dead_air, feedback = self.rooms.sound_state(space_id)
         return SpaceSnapshot(
             space_id=space_id, state=self.registry.get(space_id).state.value, listeners=counts.listeners,
             peak_listeners=counts.peak_listeners, waiting=counts.waiting, admitted_total=counts.admitted_total,
             recording_bytes=recorded,
-            production_lag_s=None if end is None else max(0.0, now - end))
+            production_lag_s=None if end is None else max(0.0, now - end), dead_air=dead_air,
+            feedback_speakers=feedback)
 
     def space_dir(self, space_id: str) -> Path:
         return self.registry.dir(space_id)

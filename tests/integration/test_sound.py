@@ -19,6 +19,7 @@ from amphi.media.ingest.client import speak
 from amphi.media.ingest.sources import GeneratedTrack
 from tests.audio import SR, ebur128, ffmpeg_decode, rms, speech
 from tests.integration.amphi_proc import AmphiServer, Speaker, wait_until
+from tests.obs.test_against_server import KEY, scrape, value
 
 TARGET = SoundConfig.target_lufs
 LIVE_LAG_S = 7.5  # ffmpeg starts at the live playlist's last whole segment (tests/integration/test_room.py)
@@ -26,7 +27,7 @@ LIVE_LAG_S = 7.5  # ffmpeg starts at the live playlist's last whole segment (tes
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AmphiServer]:
-    server = AmphiServer(tmp_path_factory.mktemp("sound-node") / "data", None)
+    server = AmphiServer(tmp_path_factory.mktemp("sound-node") / "data", None, "--operator-key", KEY)
     server.expect_feedback = True  # one test here makes a loop on purpose
     server.start()
     yield server
@@ -138,6 +139,9 @@ def test_a_speaker_whose_microphone_plays_back_the_space_is_caught_within_a_seco
         panel = guard_of(node, space, key, bob)
         assert panel["feedback"] == "loop" and "feedback: use headphones" in panel["problems"] and not panel["ready"]
         assert guard_of(node, space, key)["feedback"] is None  # the host is not the loop
+        metrics = scrape(node)
+        assert value(metrics, "amphi_feedback_speakers", space=space) == 1
+        assert value(metrics, "amphi_sound_alerts_total", kind="feedback") >= 1
         program = live_audio(node, space, 5)
     finally:
         stop.set()
@@ -186,8 +190,11 @@ def test_dead_air_when_everyone_on_stage_is_muted_is_told_to_the_hosts_and_clear
         assert "Host is talking while muted" in alert["message"], alert
         assert node.member(space, "host")["muted_talking"] is True
         assert "sound" not in node.stage(space)  # listeners do not see the hosts' panel
+        assert value(scrape(node), "amphi_dead_air", space=space, reason="all_muted") == 1
+        assert node.http.get("/api/node").status_code == 200
         assert node.stage_call(space, "/me/unmute", key).status_code == 200
         wait_until(lambda: node.stage(space, key)["sound"]["dead_air"] is None, 2, "the alert to clear")
+        assert value(scrape(node), "amphi_dead_air", space=space, reason="all_muted") == 0  # the series is gone
         said = _stderr(host)
         assert "you're muted (by yourself): nobody hears you" in said, said
         assert "Dead air: everyone on stage is muted" in said, said

@@ -218,7 +218,8 @@ class Observer:
                 "latency": latency, "requests_per_s": round(requests / SAMPLE_PERIOD_S, 1),
                 "loop_lag_ms": _round(h.loop_lag_s * 1000 if h else None, 1),
                 "loop_cpu": _round(h.loop_cpu if h else None, 3), "cpu_pct": round(self._process.cpu_percent(None), 1),
-                "rss_mb": round(mem / 2**20, 1), "speakers": snap.speakers, "spaces": len(snap.spaces)}
+                "rss_mb": round(mem / 2**20, 1), "speakers": snap.speakers, "spaces": len(snap.spaces),
+                "dead_air": snap.dead_air_spaces}
 
     def _sample_space(self, g: SpaceSnapshot, now: float, node_fields: dict[str, Any]) -> None:
         sid = g.space_id
@@ -226,7 +227,8 @@ class Observer:
             "t": round(now, 3), "state": g.state, "listeners": g.listeners, "peak": g.peak_listeners,
             "waiting": g.waiting, "admitted_total": g.admitted_total, "joins": dict(self.metrics.space_join_counts.get(sid, {})),
             "refusals": dict(self.metrics.space_refusals.get(sid, {})), "lag_s": _round(g.production_lag_s),
-            "recording_bytes": g.recording_bytes, **node_fields,
+            "recording_bytes": g.recording_bytes, "dead_air": g.dead_air, "feedback": g.feedback_speakers,
+            **node_fields,
         }
         det = self._detector.get(sid)
         if det is not None:

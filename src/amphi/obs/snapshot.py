@@ -23,6 +23,8 @@ class SpaceSnapshot:
     admitted_total: int
     recording_bytes: int
     production_lag_s: float | None  # None without a running pipeline
+    dead_air: str | None = None  # why the live Space is silent, while it is (docs/sound.md)
+    feedback_speakers: int = 0  # speakers ducked for feedback now
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,10 @@ class NodeSnapshot:
     defense: dict[str, Any]
     admission_config: dict[str, Any]  # without the secret
     spaces: list[SpaceSnapshot] = field(default_factory=list)
+
+    @property
+    def dead_air_spaces(self) -> int:
+        return sum(1 for s in self.spaces if s.dead_air)
 
     @property
     def level(self) -> int:

@@ -95,6 +95,14 @@ class Rooms:
                 except Exception:  # one room's failure must not stop the others' indicators
                     log.exception("space %s: reading the levels failed", space_id)
 
+    def sound_state(self, space_id: str) -> tuple[str | None, int]:
+        """(why the Space has dead air, or None; how many speakers are ducked for feedback)."""
+        room = self._rooms.get(space_id)
+        if room is None:
+            return None, 0
+        alert = room.dead_air.alert
+        return (alert.reason if alert else None), sum(1 for p in room.stage.on_stage() if p.feedback)
+
     def dead_air_s(self, space: Space) -> float:
         return space.dead_air_s if space.dead_air_s is not None else self.sound.dead_air_s
 

@@ -123,10 +123,25 @@
     $("stat-reason").textContent = (last.problems || []).join(", ") || "healthy";
     $("stat-detector").textContent = last.detector || "no detector";
     $("stat-evidence").textContent = last.evidence ? JSON.stringify(last.evidence) : "";
+    renderSound(last);
     const joins = rates(list.slice(-2), "joins", OUTCOMES).map((r) => r.at(-1) || 0);
     $("stat-joins").textContent = joins.reduce((a, b) => a + b, 0).toFixed(0);
     $("stat-joins").title = OUTCOMES.map((o, i) => `${o} ${joins[i].toFixed(1)}`).join(", ");
     if (node) $("stat-cpu").textContent = `${node.cpu_pct}% · ${Math.round(node.rss_mb)} MB`;
+  }
+
+  // dead air and feedback (docs/sound.md): a Space's own state, or how many Spaces have dead air
+  function renderSound(last) {
+    const el = $("stat-sound");
+    if (state.view === "node") {
+      const n = last.dead_air || 0;
+      el.textContent = n ? `dead air in ${n} Space${n === 1 ? "" : "s"}` : "ok";
+      $("stat-sound-detail").textContent = "";
+    } else {
+      el.textContent = last.dead_air ? `dead air: ${last.dead_air.replace("_", " ")}` : "ok";
+      $("stat-sound-detail").textContent = last.feedback ? `${last.feedback} speaker(s) feeding back` : "";
+    }
+    el.classList.toggle("alert", Boolean(last.dead_air || last.feedback));
   }
 
   function renderEvents() {
