@@ -111,7 +111,7 @@ class AmphiServer:
             return
         alarms = [line for line in self.log.read_text(errors="replace").splitlines() if '"what": "feedback"' in line
                   or '"what":"feedback"' in line]
-        assert not alarms, f"feedback alarm(s) with no loop:\n" + "\n".join(alarms[:3])
+        assert not alarms, "feedback alarm(s) with no loop:\n" + "\n".join(alarms[:3])
 
     def close(self) -> None:
         self.http.close()
