@@ -113,6 +113,26 @@ def test_stage_cpu() -> None:
     assert number(r"listener: (\d+) parts", out) > 0
 
 
+def test_sound() -> None:
+    """The guard's sound offline: the small run's figures are sane (the targets themselves are
+    judged by the full run, ``python bench/sound.py``)."""
+    out = run_small("sound")
+    level_row = r"^  en\s+{}\s+[\d.]+%\s+[-\d.]+\s+[-\d.]+\s+([-+][\d.]+)"  # voice, input dBFS -> error LU
+    assert abs(number(level_row.format(-30), out)) <= 2.0  # a -30 dBFS speaker at the target
+    assert number(level_row.format(-40), out) > -6.0  # lifted (the input is 20 LU or more under the target)
+    assert number(r"dBFS\), ([-\d.]+) dBTP before the encoder", out) <= -1.0  # the limiter holds the program
+    assert number(r"^  digital silence .*output peak ([-\d.e+]+)", out) == 0
+    assert number(r"^  -65 dBFS noise alone\s+[-\d.]+\s+[-\d.]+\s+([-+][\d.]+)", out) <= 1.0  # dB lifted
+    assert number(r"loops: detected (\d+), missed", out) > 0
+    assert number(r"time to detect median ([\d.]+) s", out) <= 1.0
+    assert number(r"lag error max (\d+) ms", out) <= 25
+    for case in ("two voices at once", r"tone 440 Hz vs tone 466\.2 Hz", r"tone 440 Hz vs tone 440 Hz",
+                 r"stage_cpu's 13 tones: 220 Hz vs the other 12"):
+        assert number(rf"^  {case}\s+\d+ x\s+\d+\s+\d+\s+(\d+)", out) == 0  # alarms
+    assert re.search(r"^\s+1000 Hz\s+\d", out, re.MULTILINE)  # a 1 kHz howl found
+    assert "PASS: every target met" in out or "small: the path works" in out
+
+
 def test_cluster_join() -> None:
     out = run_small("cluster_join")
     for run in ("embedded", r"redis, 1 node", r"redis, 2 nodes"):
