@@ -19,7 +19,7 @@ class SoundConfig:
     enabled: bool = True
     target_lufs: float = -18.0  # each speaker's speech, and so the program (AES TD1004: -16 to -20; docs/sound.md)
     window_lu: float = 6.0  # a speaker up to this much louder than the target is left as is
-    max_boost_db: float = 30.0
+    max_boost_db: float = 36.0  # lifts speech from about -54 LUFS
     max_cut_db: float = 20.0
     speech_gate_lufs: float = -60.0  # a 400 ms block quieter than this is not speech: it never moves the gain
     estimate_s: float = 10.0  # the speech loudness estimate covers this much of the speaker's recent speech

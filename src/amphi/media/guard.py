@@ -70,6 +70,10 @@ FB_MIN_CORR = 0.5  # a quarter of the input's energy is the delayed return, at l
 FB_MIN_PEAKINESS = 4.0  # the peak over the correlation's RMS: periodic audio gives ~1.4
 FB_MIN_PERIOD = FB_RATE // 50  # what was sent is periodic if it matches itself 20 ms or more later ...
 FB_MAX_PERIODICITY = 0.5  # ... this well (speech's pitch repeats within 20 ms; a tone or a beep repeats longer)
+ENVELOPE_TICKS = 75  # 1.5 s of what was sent, one level per tick: its rhythm ...
+ENVELOPE_LAGS = (5, 50)  # ... repeating with a period of 0.1 to 1 s ...
+ENVELOPE_WARMUP = 50  # (no loop is confirmed before 1 s of it is known: two beeps' worth)
+ENVELOPE_MAX_PERIODICITY = 0.8  # ... this well is a beep or a beat, not speech
 FB_LAG_SLACK = 8  # samples at 4 kHz (2 ms): the same loop from one check to the next
 FB_CONFIRM = 3  # checks in a row at one lag confirm a loop (a word said twice is not one)
 FB_HOLD_S = 1.0  # the duck holds this long after the return feed went quiet (the loop's delay)
@@ -79,6 +83,7 @@ RESONANCE_STEP_DB = 0.5  # ... rising at every check ...
 RESONANCE_CHECKS = 10  # ... for this many checks in a row (1 s) ...
 RESONANCE_RISE_DB = 10.0  # ... by this much in all
 RESONANCE_MIN_DBFS = -30.0  # ... and loud
+RESONANCE_WINDOW = 4096  # the input's last 85 ms at 48 kHz, for its spectrum (howls sit at 1-4 kHz)
 DUCK_DB = -30.0
 
 
@@ -146,6 +151,10 @@ class TrackGuard:
         self._in = _Ring(FB_WINDOW)
         self._out = _Ring(FB_WINDOW + FB_MAX_LAG)
         self._quiet = np.zeros(tick_samples // DECIMATE, dtype=np.float32)
+        self._envelope = _Ring(ENVELOPE_TICKS)  # the level of what was sent, per tick
+        self._sent_ticks = 0
+        self._raw = _Ring(RESONANCE_WINDOW)
+        self._quiet_raw = np.zeros(tick_samples, dtype=np.float32)
         self._fb_tick = 0
         self._candidate_lag: int | None = None
         self._candidate_checks = 0
@@ -194,6 +203,7 @@ class TrackGuard:
         self._quiet_ticks += 1
         if self.cfg.feedback:
             self._in.push(self._quiet)
+            self._raw.push(self._quiet_raw)
             self._fb_tick += 1
             if self._fb_tick % FB_CHECK_TICKS == 0:
                 self._check()
@@ -202,13 +212,17 @@ class TrackGuard:
         """What the speaker was sent this tick (their return feed); None: nothing."""
         if not self.cfg.feedback:
             return
+        self._sent_ticks += 1
         if frame is None:
             self._out.push(self._quiet)
+            self._envelope.push(_ZERO)
             self._return_active_ticks += 1
             return
         small = _decimate(frame)
         self._out.push(small)
-        if float(np.sqrt(np.dot(small, small) / len(small))) >= FB_MIN_RMS:
+        level = np.sqrt(np.dot(small, small) / len(small), dtype=np.float32)
+        self._envelope.push(level.reshape(1))
+        if level >= FB_MIN_RMS:
             self._return_active_ticks = 0
         else:
             self._return_active_ticks += 1
@@ -245,6 +259,7 @@ class TrackGuard:
 
     def _feedback_tick(self, frame: np.ndarray) -> None:
         self._in.push(_decimate(frame))
+        self._raw.push(frame)
         self._fb_tick += 1
         if self._fb_tick % FB_CHECK_TICKS == 0:
             self._check()
@@ -252,10 +267,13 @@ class TrackGuard:
     def _check(self) -> None:
         x, y = self._in.data, self._out.data
         x_rms = float(np.sqrt(np.dot(x, x) / len(x)))
-        self._resonance(x, x_rms)
+        self._resonance()
         if x_rms < FB_MIN_RMS or self._return_active_ticks * self._tick_s > FB_HOLD_S:
             self._candidate_lag = None
             return  # nothing to compare: the input or what they hear is silent
+        if self._sent_ticks < ENVELOPE_WARMUP or _rhythmic(self._envelope.data[-self._sent_ticks:]):
+            self._candidate_lag = None
+            return  # too little heard yet, or what they hear repeats itself: no evidence either way
         corr, lag = _correlate(x, y)
         self.stats.checks += 1
         self.stats.feedback_corr = corr
@@ -281,17 +299,22 @@ class TrackGuard:
                     if self.stats.feedback == "loop":
                         self.stats.feedback = None
 
-    def _resonance(self, x: np.ndarray, x_rms: float) -> None:
-        """A narrow peak that keeps growing (a howl whose loop this cannot see)."""
+    def _resonance(self) -> None:
+        """A narrow peak that keeps growing (a howl whose loop this cannot see), in the input's
+        last 85 ms at 48 kHz."""
+        x = self._raw.data
+        x_rms = float(np.sqrt(np.dot(x, x) / len(x)))
         if x_rms < FB_MIN_RMS:
             self._peaks.clear()
             if self.stats.feedback == "resonance":
                 self.stats.feedback = None
             return
-        spectrum = np.abs(np.fft.rfft(x * _HANN))
+        spectrum = np.abs(np.fft.rfft(x * _HANN_RAW))
         i = int(np.argmax(spectrum))
         peak = float(spectrum[i])
-        pmr = db(peak / max(float(np.median(spectrum)), 1e-12))
+        half = len(spectrum) // 2
+        median = float(np.partition(spectrum, half)[half])
+        pmr = db(peak / max(median, 1e-12))
         level = db(x_rms)
         if pmr < RESONANCE_MIN_PMR_DB:
             self._peaks.clear()
@@ -319,13 +342,32 @@ class TrackGuard:
         return self._duck_linear if duck else 1.0
 
 
-_HANN = np.hanning(FB_WINDOW).astype(np.float32)
+_HANN_RAW = np.hanning(RESONANCE_WINDOW).astype(np.float32)
+_ZERO = np.zeros(1, dtype=np.float32)
+_MEAN = np.full(DECIMATE, 1 / DECIMATE, dtype=np.float32)
 
 
 def _decimate(frame: np.ndarray) -> np.ndarray:
     """48 kHz -> 4 kHz by block means (a boxcar: crude, and enough to compare speech)."""
     n = len(frame) - len(frame) % DECIMATE
-    return frame[:n].reshape(-1, DECIMATE).sum(axis=1) * np.float32(1 / DECIMATE)
+    return frame[:n].reshape(-1, DECIMATE) @ _MEAN
+
+
+def _rhythmic(envelope: np.ndarray) -> bool:
+    """Whether the level of what was sent changes with a period of 0.1 to 1 s (a beep twice a
+    second, a beat): normalised autocorrelation of the level's changes from tick to tick (so
+    silence turning into speech is one change, not a pattern), over the overlapping part at
+    each lag. Speech's syllables do not keep such time."""
+    e = np.diff(envelope.astype(np.float64))
+    lo, hi = ENVELOPE_LAGS
+    full = np.correlate(e, e, "full")[len(e) - 1:]
+    c2 = np.concatenate(([0.0], np.cumsum(e * e)))
+    n = len(e)
+    lags = np.arange(lo, hi + 1)
+    head = c2[n - lags]  # sum of e[:n-L]^2
+    tail = c2[n] - c2[lags]  # sum of e[L:]^2
+    norm = np.sqrt(np.maximum(head * tail, 1e-24))
+    return bool((full[lo: hi + 1] / norm).max() > ENVELOPE_MAX_PERIODICITY)
 
 
 def _correlate(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
@@ -377,6 +419,7 @@ class TruePeakLimiter:
         self._recover = 10 ** (release_db_per_s * self.BLOCK / SAMPLE_RATE / 20)
         self.limited_blocks = 0
         self.min_gain_db = 0.0
+        self.ramp: np.ndarray | None = None  # the gain the last frame got (None: untouched)
 
     def process(self, frame: np.ndarray) -> np.ndarray:
         """The frame under the ceiling: the frame itself when nothing is near it."""
@@ -384,12 +427,14 @@ class TruePeakLimiter:
         x = np.concatenate((self._hist, frame))
         self._hist = x[-len(self._hist):].copy()
         if peak_sample < self.ceiling * 0.5 and self._gain >= 1.0:
+            self.ramp = None
             return frame  # 6 dB under the ceiling: no inter-sample peak can reach it
         up = np.abs(signal.upfirdn(self._h, x, up=4))
         # the interpolated signal for the frame's samples: skip the history and the filter's delay
         delay = (self.TAPS - 1) // 2
         off = 4 * len(self._hist) + delay
-        tp = up[off: off + 4 * len(frame)].reshape(-1, 4).max(axis=1)
+        v = up[off: off + 4 * len(frame)]
+        tp = np.maximum(np.maximum(v[0::4], v[1::4]), np.maximum(v[2::4], v[3::4]))
         tp = np.maximum(tp, np.abs(frame))
         nblocks = len(frame) // self.BLOCK
         peaks = tp[: nblocks * self.BLOCK].reshape(nblocks, self.BLOCK).max(axis=1)
@@ -407,6 +452,8 @@ class TruePeakLimiter:
         ramp = np.empty(nblocks * self.BLOCK, dtype=np.float32)
         t = np.arange(self.BLOCK, dtype=np.float32) / self.BLOCK
         ramp.reshape(nblocks, self.BLOCK)[:] = gains[:-1, None] + (gains[1:] - gains[:-1])[:, None] * t
-        out = frame.copy()
-        out[: len(ramp)] *= ramp
+        if len(ramp) < len(frame):
+            ramp = np.concatenate((ramp, np.full(len(frame) - len(ramp), ramp[-1], dtype=np.float32)))
+        self.ramp = ramp
+        out = frame * ramp
         return np.clip(out, -self.ceiling, self.ceiling, out=out)

@@ -174,7 +174,9 @@ class Mixer:
             program = self.limiter.process(total)
         else:
             program = _clip(total)
-        returns = {name: self._minus(total, heard.get(name), len(heard)) for name in self.return_to} or None
+        # the return feeds get the program limiter's gain too: levelled speakers summed would clip
+        ramp = self.limiter.ramp if self.limiter is not None and self.mode is not Mode.HOLD else None
+        returns = {name: self._minus(total, heard.get(name), len(heard), ramp) for name in self.return_to} or None
         if returns and guards is not None:
             for name, frame in returns.items():
                 guard = guards.get(name)
@@ -191,12 +193,12 @@ class Mixer:
             return frames[0]  # a track's frame: in [-1, 1], or the guard's own copy
         return np.add.reduce(frames)
 
-    def _minus(self, total: np.ndarray, own: np.ndarray | None, heard: int) -> np.ndarray:
-        if own is None:
-            return _clip(total)
-        if heard == 1:
+    def _minus(self, total: np.ndarray, own: np.ndarray | None, heard: int,
+               ramp: np.ndarray | None = None) -> np.ndarray:
+        if own is not None and heard == 1:
             return self._silence
-        return _clip(total - own)
+        out = total if own is None else total - own
+        return _clip(out if ramp is None else out * ramp)
 
 
 def _clip(frame: np.ndarray) -> np.ndarray:
