@@ -206,3 +206,25 @@ def test_the_mixer_ducks_a_looped_speaker_while_the_other_talks_and_levels_both(
 def test_a_guard_off_config_mixes_as_before(tmp_path: Path) -> None:
     mixer = Mixer(MediaConfig(sound=SoundConfig(enabled=False)), hold_music)
     assert mixer.guards is None and mixer.limiter is None
+
+
+def test_a_loop_is_cleared_once_it_is_gone(voices) -> None:
+    """Headphones on (the microphone hears only its own speaker) or muted (silence): after
+    5 s with no sign of the loop the flag and the duck go; a loop that comes back is caught again."""
+    a, b = voices
+    lead = np.zeros(3 * SR // 2, np.float32)
+    heard = np.concatenate([lead, b, b])
+    echo = np.concatenate([np.zeros(SR // 10, np.float32), heard])[: len(heard)]
+    n = len(lead) + len(b)
+    mic = np.concatenate([echo[:n // 2], (a * np.float32(0.5))[: n - n // 2], echo[n:]])  # loop, then headphones
+    guard = TrackGuard(CFG, N)
+    flags = []
+    for i in range(0, len(heard) - N + 1, N):
+        guard.process(mic[i:i + N])
+        guard.sent(heard[i:i + N])
+        flags.append(guard.stats.feedback)
+    t = np.arange(len(flags)) * N / SR
+    half, back = (n // 2) / SR, n / SR
+    assert flags[int((half - 0.5) * SR / N)] == "loop"
+    assert all(f is None for f, s in zip(flags, t) if half + 6 < s < back)  # cleared within 6 s of the headphones
+    assert flags[-1] == "loop" and guard.stats.detections == 2  # the loop came back: caught again

@@ -77,7 +77,7 @@ ENVELOPE_MAX_PERIODICITY = 0.8  # ... this well is a beep or a beat, not speech
 FB_LAG_SLACK = 8  # samples at 4 kHz (2 ms): the same loop from one check to the next
 FB_CONFIRM = 3  # checks in a row at one lag confirm a loop (a word said twice is not one)
 FB_HOLD_S = 1.0  # the duck holds this long after the return feed went quiet (the loop's delay)
-FB_RELEASE_S = 5.0  # a confirmed loop is cleared after this long of checks that find none
+FB_RELEASE_S = 5.0  # a confirmed loop is cleared after this long without a check that sees it
 RESONANCE_MIN_PMR_DB = 25.0  # a narrow peak: this far above the spectrum's median
 RESONANCE_STEP_DB = 0.5  # ... rising at every check ...
 RESONANCE_CHECKS = 10  # ... for this many checks in a row (1 s) ...
@@ -159,7 +159,7 @@ class TrackGuard:
         self._candidate_lag: int | None = None
         self._candidate_checks = 0
         self._loop_lag: int | None = None
-        self._clear_checks = 0
+        self._last_positive = 0  # the feedback tick of the last check that saw the loop
         self._return_active_ticks = 10 ** 9  # ticks since the return feed last carried sound
         self._peaks: deque[tuple[int, float]] = deque(maxlen=RESONANCE_CHECKS + 1)
         self._duck = 1.0
@@ -265,6 +265,11 @@ class TrackGuard:
             self._check()
 
     def _check(self) -> None:
+        if self._loop_lag is not None and (self._fb_tick - self._last_positive) * self._tick_s >= FB_RELEASE_S:
+            self._loop_lag = None  # no sign of the loop for a while (headphones on, or muted)
+            self._candidate_checks = 0
+            if self.stats.feedback == "loop":
+                self.stats.feedback = None
         x, y = self._in.data, self._out.data
         x_rms = float(np.sqrt(np.dot(x, x) / len(x)))
         self._resonance()
@@ -278,7 +283,7 @@ class TrackGuard:
         self.stats.checks += 1
         self.stats.feedback_corr = corr
         if corr >= FB_MIN_CORR:
-            self._clear_checks = 0
+            self._last_positive = self._fb_tick
             same = self._candidate_lag is not None and abs(lag - self._candidate_lag) <= FB_LAG_SLACK
             self._candidate_checks = self._candidate_checks + 1 if same else 1
             self._candidate_lag = lag
@@ -292,12 +297,6 @@ class TrackGuard:
                 self.stats.detections += 1
         else:
             self._candidate_lag = None
-            if self._loop_lag is not None:
-                self._clear_checks += 1
-                if self._clear_checks * FB_CHECK_TICKS * self._tick_s >= FB_RELEASE_S:
-                    self._loop_lag = None
-                    if self.stats.feedback == "loop":
-                        self.stats.feedback = None
 
     def _resonance(self) -> None:
         """A narrow peak that keeps growing (a howl whose loop this cannot see), in the input's
