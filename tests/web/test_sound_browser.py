@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Page
 
 from tests.integration.amphi_proc import AmphiServer, Speaker
-from tests.web.browser import CHROMIUM, CHROMIUM_ARGS, FAKE_MEDIA_ARGS, wait_for
-from tests.web.test_stage_browser import RAW_MICROPHONE
+from tests.web.browser import open_console, wait_for
 
 ON_STAGE_TIMEOUT_S = 20
 DEAD_AIR_S = 3.0  # this Space's threshold (the default is 8 s)
@@ -37,46 +36,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AmphiServer]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"chromium is not installed at {CHROMIUM}: run `make setup`")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS + FAKE_MEDIA_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def pages(browser: Browser) -> Iterator[Callable[..., Page]]:
-    """A page in a browser context of its own; every page must finish without a JavaScript error."""
-    contexts: list[BrowserContext] = []
-    errors: list[str] = []
-
-    def new_page(url: str, viewport: dict[str, int] | None = None) -> Page:
-        context = browser.new_context(viewport=viewport or {"width": 1024, "height": 768})
-        context.add_init_script(RAW_MICROPHONE)  # the fake beep as it is (tests/web/test_stage_browser.py says why)
-        contexts.append(context)
-        page = context.new_page()
-        page.on("pageerror", lambda e: errors.append(f"{url}: {e}"))
-        page.on("console", lambda m: print(f"[{url}] {m.type}: {m.text}"))
-        page.goto(url)
-        return page
-
-    yield new_page
-    for context in contexts:
-        context.close()
-    assert not errors, f"JavaScript errors on the pages: {errors}"
-
-
-def open_console(pages: Callable[..., Page], node: AmphiServer, space: str, key: str, state: str,
-                 viewport: dict[str, int] | None = None) -> Page:
-    host = pages(f"{node.url}/s/{space}/host", viewport)
-    host.fill("#key", key)
-    host.click("#key-submit")
-    host.wait_for_selector("#console:not([hidden])")
-    host.wait_for_function(f"window.amphiStage.view && window.amphiStage.view.state === '{state}'")
-    return host
 
 
 def sound(page: Page) -> dict:

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Page
 
 from tests.integration.amphi_proc import AmphiServer
-from tests.web.browser import CHROMIUM, CHROMIUM_ARGS, FAKE_MEDIA_ARGS, wait_for
+from tests.web.browser import open_console, wait_for
 
 SR = 48_000
 BEEP_HZ = 400  # Chromium's fake audio capture device (measured: the peak sits at 396-404 Hz)
@@ -29,17 +29,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # -- fixtures ----------------------------------------------------------------------------------
 
 
-# The pages ask for echo cancellation, noise suppression and gain control, as they should for
-# people. Chromium's voice processing adapts to the fake device's steady beep and, on a busy
-# machine, sometimes turns it down to nothing; these tests check Amphi's path, not Chromium's
-# processing, so the microphone is taken raw here (the only change to the pages' behaviour).
-RAW_MICROPHONE = """(() => {
-    const md = navigator.mediaDevices;
-    if (!md || !md.getUserMedia) return;
-    const gum = md.getUserMedia.bind(md);
-    md.getUserMedia = (c) => gum(c && c.audio ? {...c, audio: {echoCancellation: false,
-        noiseSuppression: false, autoGainControl: false}} : c);
-})();"""
 
 
 @pytest.fixture(scope="module")
@@ -49,53 +38,12 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AmphiServer]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"chromium is not installed at {CHROMIUM}: run `make setup`")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS + FAKE_MEDIA_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def pages(browser: Browser) -> Iterator[Callable[[str], Page]]:
-    """A new page in a browser context of its own (its own sessionStorage, like another
-    person's browser); every page must finish without a JavaScript error."""
-    contexts: list[BrowserContext] = []
-    errors: list[str] = []
-
-    def new_page(url: str, viewport: dict[str, int] | None = None) -> Page:
-        context = browser.new_context(viewport=viewport or {"width": 1024, "height": 768})
-        context.add_init_script(RAW_MICROPHONE)
-        contexts.append(context)
-        page = context.new_page()
-        page.on("pageerror", lambda e: errors.append(f"{url}: {e}"))
-        page.on("console", lambda m: print(f"[{url}] {m.type}: {m.text}"))  # shown when a test fails
-        page.goto(url)
-        return page
-
-    yield new_page
-    for context in contexts:
-        context.close()
-    assert not errors, f"JavaScript errors on the pages: {errors}"
-
-
 def live_space(node: AmphiServer, title: str) -> tuple[str, str]:
     space, key = node.create(title)
     node.start_space(space, key)
     return space, key
 
 
-def open_console(pages: Callable[..., Page], node: AmphiServer, space: str, key: str) -> Page:
-    host = pages(f"{node.url}/s/{space}/host")
-    host.fill("#key", key)
-    host.click("#key-submit")
-    host.wait_for_selector("#console:not([hidden])")
-    host.wait_for_function("window.amphiStage.view && window.amphiStage.view.state === 'live'")
-    assert key not in host.url
-    return host
 
 
 def stage_state(page: Page) -> dict:
