@@ -60,6 +60,7 @@ bench: setup
 	$(PY) bench/join_rate.py
 	$(PY) bench/mouth_to_ear.py
 	$(PY) bench/stage_cpu.py
+	$(PY) bench/sound.py
 
 bench-small: setup
 	PYTHONPATH=$(CURDIR)/src $(PY) -m pytest -q tests/bench
