@@ -262,9 +262,9 @@ def guard_cpu(seconds: float, speakers: int) -> dict[str, object]:
     class TimedGuard(TrackGuard):
         ns = [0]
 
-        def process(self, frame: np.ndarray) -> np.ndarray:
+        def process(self, frame: np.ndarray, z: float | None = None) -> np.ndarray:
             t = time.thread_time_ns()
-            out = super().process(frame)
+            out = super().process(frame, z)
             self.ns[0] += time.thread_time_ns() - t
             return out
 
@@ -277,6 +277,19 @@ def guard_cpu(seconds: float, speakers: int) -> dict[str, object]:
             t = time.thread_time_ns()
             super().sent(frame)
             self.ns[0] += time.thread_time_ns() - t
+
+    from amphi.media import mixer as mixer_module
+
+    batched = mixer_module.k_weighted  # the mixer filters all tracks' frames in one call: time that too
+
+    def timed_k_weighted(guards: list[TrackGuard], frames: list[np.ndarray]) -> list[float]:
+        t = time.thread_time_ns()
+        out = batched(guards, frames)
+        if guards and isinstance(guards[0], TimedGuard):
+            TimedGuard.ns[0] += time.thread_time_ns() - t
+        return out
+
+    mixer_module.k_weighted = timed_k_weighted
 
     class TimedLimiter(TruePeakLimiter):
         ns = [0]

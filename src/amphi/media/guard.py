@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import signal
@@ -79,11 +79,12 @@ FB_CONFIRM = 3  # checks in a row at one lag confirm a loop (a word said twice i
 FB_HOLD_S = 1.0  # the duck holds this long after the return feed went quiet (the loop's delay)
 FB_RELEASE_S = 5.0  # a confirmed loop is cleared after this long without a check that sees it
 RESONANCE_MIN_PMR_DB = 25.0  # a narrow peak: this far above the spectrum's median
-RESONANCE_STEP_DB = 0.5  # ... rising at every check ...
-RESONANCE_CHECKS = 10  # ... for this many checks in a row (1 s) ...
+RESONANCE_EVERY = 2  # feedback checks (0.2 s) between two looks at the spectrum
+RESONANCE_STEP_DB = 1.0  # ... rising at every look ...
+RESONANCE_CHECKS = 5  # ... for this many looks in a row (1 s) ...
 RESONANCE_RISE_DB = 10.0  # ... by this much in all
 RESONANCE_MIN_DBFS = -30.0  # ... and loud
-RESONANCE_WINDOW = 4096  # the input's last 85 ms at 48 kHz, for its spectrum (howls sit at 1-4 kHz)
+RESONANCE_WINDOW = 2048  # the input's last 43 ms at 48 kHz, for its spectrum (howls sit at 1-4 kHz)
 DUCK_DB = -30.0
 
 
@@ -112,20 +113,31 @@ class GuardStats:
     checks: int = 0  # feedback checks that compared sound with sound
 
 
-@dataclass
-class _Ring:
-    """The last ``size`` samples, oldest first, in a numpy array."""
+def k_weighted(guards: list[TrackGuard], frames: list[np.ndarray]) -> list[float]:
+    """The K-weighted mean square of each guard's frame, by one filter call for all of them
+    (scipy's per-call cost is most of the filter's, 13 times a tick on a full stage); each
+    guard's filter state moves on as if it had filtered its own."""
+    k, zf = signal.lfilter(K_B, K_A, np.stack(frames).astype(np.float64), axis=1,
+                           zi=np.stack([g._zi for g in guards]))
+    for g, state in zip(guards, zf):
+        g._zi = state
+    return list(np.einsum("ij,ij->i", k, k) / k.shape[1])
 
-    size: int
-    data: np.ndarray = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.data = np.zeros(self.size, dtype=np.float32)
+class _Frames:
+    """The last ``size`` samples, kept as the frames they came in (no copy per tick)."""
 
-    def push(self, x: np.ndarray) -> None:
-        n = len(x)
-        self.data[:-n] = self.data[n:]
-        self.data[-n:] = x
+    def __init__(self, size: int, frame: int) -> None:
+        self.size = size
+        self._frames: deque[np.ndarray] = deque([np.zeros(frame, dtype=np.float32)] * (-(-size // frame)),
+                                                maxlen=-(-size // frame))
+
+    def push(self, frame: np.ndarray) -> None:
+        self._frames.append(frame)
+
+    def window(self, size: int | None = None) -> np.ndarray:
+        """The last ``size`` (default: all ``size``) samples, oldest first."""
+        return np.concatenate(self._frames)[-(size or self.size):]
 
 
 class TrackGuard:
@@ -148,13 +160,13 @@ class TrackGuard:
         self._open_db = 0.0  # how much of the boost the expander lets through (0: all)
         self.stats = GuardStats()
         # feedback
-        self._in = _Ring(FB_WINDOW)
-        self._out = _Ring(FB_WINDOW + FB_MAX_LAG)
-        self._quiet = np.zeros(tick_samples // DECIMATE, dtype=np.float32)
-        self._envelope = _Ring(ENVELOPE_TICKS)  # the level of what was sent, per tick
+        # the last frames heard and sent (references, not copies: the mixer makes new ones every
+        # tick), put together and decimated only when a check needs them
+        self._in = _Frames(FB_WINDOW * DECIMATE, tick_samples)
+        self._out = _Frames((FB_WINDOW + FB_MAX_LAG) * DECIMATE, tick_samples)
+        self._quiet = np.zeros(tick_samples, dtype=np.float32)
+        self._envelope: deque[float] = deque([0.0] * ENVELOPE_TICKS, maxlen=ENVELOPE_TICKS)  # what was sent, per tick
         self._sent_ticks = 0
-        self._raw = _Ring(RESONANCE_WINDOW)
-        self._quiet_raw = np.zeros(tick_samples, dtype=np.float32)
         self._fb_tick = 0
         self._candidate_lag: int | None = None
         self._candidate_checks = 0
@@ -167,11 +179,13 @@ class TrackGuard:
 
     # -- per tick ------------------------------------------------------------------------------
 
-    def process(self, frame: np.ndarray) -> np.ndarray:
-        """The speaker's frame as it goes into the mix (a new array; ``frame`` is untouched)."""
+    def process(self, frame: np.ndarray, z: float | None = None) -> np.ndarray:
+        """The speaker's frame as it goes into the mix (a new array; ``frame`` is untouched).
+        ``z``: its K-weighted mean square, when ``k_weighted`` made it with the others'."""
         cfg = self.cfg
-        k, self._zi = signal.lfilter(K_B, K_A, frame.astype(np.float64), zi=self._zi)
-        z = float(np.dot(k, k)) / len(k)
+        if z is None:
+            k, self._zi = signal.lfilter(K_B, K_A, frame.astype(np.float64), zi=self._zi)
+            z = float(np.dot(k, k)) / len(k)
         self._ticks.append(z)
         self._since_block += 1
         if self._since_block >= HOP_TICKS and len(self._ticks) == BLOCK_TICKS:
@@ -203,7 +217,6 @@ class TrackGuard:
         self._quiet_ticks += 1
         if self.cfg.feedback:
             self._in.push(self._quiet)
-            self._raw.push(self._quiet_raw)
             self._fb_tick += 1
             if self._fb_tick % FB_CHECK_TICKS == 0:
                 self._check()
@@ -215,13 +228,12 @@ class TrackGuard:
         self._sent_ticks += 1
         if frame is None:
             self._out.push(self._quiet)
-            self._envelope.push(_ZERO)
+            self._envelope.append(0.0)
             self._return_active_ticks += 1
             return
-        small = _decimate(frame)
-        self._out.push(small)
-        level = np.sqrt(np.dot(small, small) / len(small), dtype=np.float32)
-        self._envelope.push(level.reshape(1))
+        self._out.push(frame)
+        level = math.sqrt(float(np.dot(frame, frame)) / len(frame))
+        self._envelope.append(level)
         if level >= FB_MIN_RMS:
             self._return_active_ticks = 0
         else:
@@ -258,8 +270,7 @@ class TrackGuard:
     # -- feedback ------------------------------------------------------------------------------
 
     def _feedback_tick(self, frame: np.ndarray) -> None:
-        self._in.push(_decimate(frame))
-        self._raw.push(frame)
+        self._in.push(frame)
         self._fb_tick += 1
         if self._fb_tick % FB_CHECK_TICKS == 0:
             self._check()
@@ -270,16 +281,18 @@ class TrackGuard:
             self._candidate_checks = 0
             if self.stats.feedback == "loop":
                 self.stats.feedback = None
-        x, y = self._in.data, self._out.data
+        x = _decimate(self._in.window())
         x_rms = float(np.sqrt(np.dot(x, x) / len(x)))
-        self._resonance()
+        if self._fb_tick % (FB_CHECK_TICKS * RESONANCE_EVERY) == 0:
+            self._resonance()
         if x_rms < FB_MIN_RMS or self._return_active_ticks * self._tick_s > FB_HOLD_S:
             self._candidate_lag = None
             return  # nothing to compare: the input or what they hear is silent
-        if self._sent_ticks < ENVELOPE_WARMUP or _rhythmic(self._envelope.data[-self._sent_ticks:]):
+        envelope = np.fromiter(self._envelope, dtype=np.float64, count=ENVELOPE_TICKS)
+        if self._sent_ticks < ENVELOPE_WARMUP or _rhythmic(envelope[-self._sent_ticks:]):
             self._candidate_lag = None
             return  # too little heard yet, or what they hear repeats itself: no evidence either way
-        corr, lag = _correlate(x, y)
+        corr, lag = _correlate(x, _decimate(self._out.window()))
         self.stats.checks += 1
         self.stats.feedback_corr = corr
         if corr >= FB_MIN_CORR:
@@ -301,7 +314,7 @@ class TrackGuard:
     def _resonance(self) -> None:
         """A narrow peak that keeps growing (a howl whose loop this cannot see), in the input's
         last 85 ms at 48 kHz."""
-        x = self._raw.data
+        x = self._in.window(RESONANCE_WINDOW)
         x_rms = float(np.sqrt(np.dot(x, x) / len(x)))
         if x_rms < FB_MIN_RMS:
             self._peaks.clear()
@@ -342,7 +355,6 @@ class TrackGuard:
 
 
 _HANN_RAW = np.hanning(RESONANCE_WINDOW).astype(np.float32)
-_ZERO = np.zeros(1, dtype=np.float32)
 _MEAN = np.full(DECIMATE, 1 / DECIMATE, dtype=np.float32)
 
 
@@ -378,9 +390,6 @@ def _correlate(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
     source of the same sound would match it."""
     n = len(x)
     fy = np.fft.rfft(y, FB_NFFT)
-    auto = np.fft.irfft(fy * np.conj(fy), FB_NFFT)[:FB_MAX_LAG + 1]
-    if auto[0] <= 0 or float(auto[FB_MIN_PERIOD:].max()) > FB_MAX_PERIODICITY * float(auto[0]):
-        return 0.0, 0
     fx = np.fft.rfft(x, FB_NFFT)
     full = np.fft.irfft(fy * np.conj(fx), FB_NFFT)
     # full[s] = sum_t x[t] * y[t + s]; lag L (x delayed by L after y) is s = FB_MAX_LAG - L
@@ -394,8 +403,13 @@ def _correlate(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
     c[energy_y < FB_MIN_RMS ** 2 * n] = 0.0
     lag = int(np.argmax(c))
     peak = float(c[lag])
+    if peak < FB_MIN_CORR:
+        return peak, lag  # nothing like a loop: no need to ask whether it is evidence
     spread = float(np.sqrt(np.mean(c * c)))
     if spread <= 0 or peak / spread < FB_MIN_PEAKINESS:
+        return 0.0, lag
+    auto = np.fft.irfft(fy * np.conj(fy), FB_NFFT)[:FB_MAX_LAG + 1]
+    if auto[0] <= 0 or float(auto[FB_MIN_PERIOD:].max()) > FB_MAX_PERIODICITY * float(auto[0]):
         return 0.0, lag
     return peak, lag
 

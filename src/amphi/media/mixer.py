@@ -27,7 +27,7 @@ import numpy as np
 
 from amphi.core.config import MediaConfig
 from amphi.core.errors import IllegalTransition
-from amphi.media.guard import TrackGuard, TruePeakLimiter
+from amphi.media.guard import TrackGuard, TruePeakLimiter, k_weighted
 from amphi.media.jitter import JitterBuffer
 
 log = logging.getLogger(__name__)
@@ -134,11 +134,11 @@ class Mixer:
             self.guards.setdefault(name, TrackGuard(self._cfg.sound, self._n))  # kept across a reconnect
         return buf
 
-    def remove_track(self, name: str, buf: JitterBuffer | None = None) -> None:
+    def remove_track(self, name: str, buf: JitterBuffer | None = None, *, keep_guard: bool = False) -> None:
         if buf is None or self.tracks.get(name) is buf:
             self.tracks.pop(name, None)
             self.meters.pop(name, None)
-            if self.guards is not None:
+            if self.guards is not None and not keep_guard:
                 self.guards.pop(name, None)
 
     def tick(self, overdue: int = 0) -> ProgramFrame:
@@ -155,18 +155,26 @@ class Mixer:
         # every track advances every tick, heard or not, so its delay stays fixed
         heard: dict[str, np.ndarray] = {}
         guards = self.guards
+        popped: list[tuple[str, np.ndarray]] = []
         for name, buf in list(self.tracks.items()):
             f = buf.pop(overdue)
             self.meters[name].feed(f)
-            if guards is not None:
-                if f is None:
-                    guards[name].skip()
-                else:
-                    f = guards[name].process(f)
-            if f is not None and name not in self.muted:
-                heard[name] = f
+            if f is not None:
+                popped.append((name, f))
+            elif guards is not None:
+                guards[name].skip()
             if buf.drained:
-                self.remove_track(name, buf)
+                self.remove_track(name, buf, keep_guard=True)
+        if guards is not None and popped:
+            mine = [guards[name] for name, _ in popped]
+            squares = k_weighted(mine, [f for _, f in popped])
+            popped = [(name, g.process(f, z)) for (name, f), g, z in zip(popped, mine, squares)]
+        for name, f in popped:
+            if name not in self.muted:
+                heard[name] = f
+        if guards is not None:
+            for name in [n for n in guards if n not in self.tracks]:
+                del guards[name]  # a track drained this tick
         total = self._sum(list(heard.values()))
         if self.mode is Mode.HOLD:
             program = self._hold(self.sample, self._n)
