@@ -125,19 +125,33 @@ def k_weighted(guards: list[TrackGuard], frames: list[np.ndarray]) -> list[float
 
 
 class _Frames:
-    """The last ``size`` samples, kept as the frames they came in (no copy per tick)."""
+    """The last ``size`` samples, kept as the frames they came in (no copy per tick), and each
+    frame's 4 kHz copy, made once, when a check first needs it."""
 
     def __init__(self, size: int, frame: int) -> None:
         self.size = size
-        self._frames: deque[np.ndarray] = deque([np.zeros(frame, dtype=np.float32)] * (-(-size // frame)),
-                                                maxlen=-(-size // frame))
+        n = -(-size // frame)
+        zeros = np.zeros(frame, dtype=np.float32)
+        self._frames: deque[np.ndarray] = deque([zeros] * n, maxlen=n)
+        self._small: deque[np.ndarray | None] = deque([_decimate(zeros)] * n, maxlen=n)
 
     def push(self, frame: np.ndarray) -> None:
         self._frames.append(frame)
+        self._small.append(None)
 
-    def window(self, size: int | None = None) -> np.ndarray:
-        """The last ``size`` (default: all ``size``) samples, oldest first."""
-        return np.concatenate(self._frames)[-(size or self.size):]
+    def window(self, size: int) -> np.ndarray:
+        """The last ``size`` samples at 48 kHz, oldest first."""
+        k = -(-size // len(self._frames[-1]))
+        return np.concatenate([self._frames[-i] for i in range(k, 0, -1)])[-size:]
+
+    def decimated(self) -> np.ndarray:
+        """All ``size`` samples at 4 kHz, oldest first."""
+        small = self._small
+        for i in range(len(small) - 1, -1, -1):
+            if small[i] is not None:
+                break
+            small[i] = _decimate(self._frames[i])
+        return np.concatenate(small)[-(self.size // DECIMATE):]  # type: ignore[arg-type]
 
 
 class TrackGuard:
@@ -281,7 +295,7 @@ class TrackGuard:
             self._candidate_checks = 0
             if self.stats.feedback == "loop":
                 self.stats.feedback = None
-        x = _decimate(self._in.window())
+        x = self._in.decimated()
         x_rms = float(np.sqrt(np.dot(x, x) / len(x)))
         if self._fb_tick % (FB_CHECK_TICKS * RESONANCE_EVERY) == 0:
             self._resonance()
@@ -292,7 +306,7 @@ class TrackGuard:
         if self._sent_ticks < ENVELOPE_WARMUP or _rhythmic(envelope[-self._sent_ticks:]):
             self._candidate_lag = None
             return  # too little heard yet, or what they hear repeats itself: no evidence either way
-        corr, lag = _correlate(x, _decimate(self._out.window()))
+        corr, lag = _correlate(x, self._out.decimated())
         self.stats.checks += 1
         self.stats.feedback_corr = corr
         if corr >= FB_MIN_CORR:
