@@ -50,8 +50,10 @@ run: setup
 	@echo "Starting Amphi with a demo Space; open the URL it prints (Ctrl-C to stop)."
 	$(VENV)/bin/amphi serve --host $(HOST) --port $(PORT) --data-dir $(DATA) --demo
 
+# two workers for the rest, then the tests marked serial (timing that a neighbour would disturb) alone
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(PY) -m pytest -q -m serial
 
 bench: setup
 	$(PY) bench/glass_to_glass.py

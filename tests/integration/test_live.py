@@ -50,6 +50,7 @@ def test_ffmpeg_hears_the_tone_live_with_gapless_timestamps(amphi, speakers, tmp
     assert gaps == []
 
 
+@pytest.mark.serial  # a stopped node's catch-up, judged to the tenth of a second: alone (make test)
 def test_a_node_stalled_for_a_second_plays_the_speakers_audio_of_that_second(amphi, speakers) -> None:
     """The node's process is stopped for 1 s (as a loaded machine may deschedule it): the
     speaker's audio waits in the socket meanwhile, and when the node resumes, the mixer's

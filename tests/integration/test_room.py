@@ -263,6 +263,7 @@ def test_room_state_is_pushed_to_every_kind_of_viewer(serve: Callable[..., Amphi
     assert server.node()["event_streams"] == 0
 
 
+@pytest.mark.serial  # the server's hang-up must win the client's 3 s silence check: alone (make test)
 async def test_a_peer_that_sends_garbage_is_dropped_without_disturbing_the_others(
         serve: Callable[..., AmphiServer], monkeypatch) -> None:
     """A real aiortc client whose Opus encoder emits random bytes: the server decodes nothing,

@@ -21,6 +21,8 @@ from tests.audio import SR, ebur128, ffmpeg_decode, rms, speech
 from tests.integration.amphi_proc import AmphiServer, Speaker, wait_until
 from tests.obs.test_against_server import KEY, scrape, value
 
+pytestmark = pytest.mark.serial  # detection and dead-air times are judged: alone (make test)
+
 TARGET = SoundConfig.target_lufs
 LIVE_LAG_S = 7.5  # ffmpeg starts at the live playlist's last whole segment (tests/integration/test_room.py)
 

@@ -19,6 +19,8 @@ from playwright.sync_api import Page
 from tests.integration.amphi_proc import AmphiServer, Speaker
 from tests.web.browser import open_console, wait_for
 
+pytestmark = pytest.mark.serial  # detection and dead-air times are judged: alone (make test)
+
 ON_STAGE_TIMEOUT_S = 20
 DEAD_AIR_S = 3.0  # this Space's threshold (the default is 8 s)
 PHONE = {"width": 390, "height": 844}

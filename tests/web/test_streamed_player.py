@@ -30,6 +30,8 @@ from tests.integration.amphi_proc import AmphiServer, free_port
 from tests.web.browser import wait_for
 from tests.web.lab import WATCH, OtherOrigin, embed_page, media_requests, sample
 
+pytestmark = pytest.mark.serial  # a minute of playback judged for stalls: alone (make test)
+
 SECRET = "e" * 64  # the node's and the edge's token key
 WATCH_S = 60.0
 TOKEN_TTL_S = 60  # the node's and the edge's: renewed at half its life (30 s), at least once in the watch; the

@@ -13,7 +13,7 @@ While a Space is scheduled or live, every request needs the admission token from
 its path (the playlist's relative URIs inherit it). The token is checked first, with one
 HMAC and no state: missing or expired -> 401, forged or another Space's -> 403. Once the
 Space has ended, its replay is public: init, segments, vod.m3u8 and the download need no
-token. A live playlist fetched with a token in the last quarter of its life is redirected
+token. A live playlist fetched with a token past half its life is redirected
 (307) to the same playlist under a renewed token, so players that only follow URLs stay admitted (see
 ``Listeners.verify_token`` for the one case an expired token still passes). The paths are the
 ``media.*``, ``edge.*`` and ``bare.*`` routes of ``amphi.web.routes``.
