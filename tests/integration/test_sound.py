@@ -141,9 +141,9 @@ def test_a_speaker_whose_microphone_plays_back_the_space_is_caught_within_a_seco
         panel = guard_of(node, space, key, bob)
         assert panel["feedback"] == "loop" and "feedback: use headphones" in panel["problems"] and not panel["ready"]
         assert guard_of(node, space, key)["feedback"] is None  # the host is not the loop
-        metrics = scrape(node)
-        assert value(metrics, "amphi_feedback_speakers", space=space) == 1
-        assert value(metrics, "amphi_sound_alerts_total", kind="feedback") >= 1
+        wait_until(lambda: value(scrape(node), "amphi_feedback_speakers", space=space) == 1, 3,
+                   "the one-second sample to count Bob")
+        assert value(scrape(node), "amphi_sound_alerts_total", kind="feedback") >= 1
         program = live_audio(node, space, 5)
     finally:
         stop.set()

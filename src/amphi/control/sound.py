@@ -2,8 +2,8 @@
 
 ``DeadAir`` watches a live Space: when nothing on stage is audible for ``after_s`` (a Space's
 ``dead_air_s``, default 8 s) it raises an alert that says why, and clears it as soon as
-someone is heard. ``readiness`` is the host console's check per speaker before the start
-(and during): connected, heard, not feeding back.
+someone is heard. ``problems`` is the host console's check per person on stage before the
+start (and during): connected, heard, not feeding back.
 """
 
 from __future__ import annotations

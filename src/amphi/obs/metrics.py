@@ -180,7 +180,7 @@ class Metrics:
         self.dead_air = Gauge("amphi_dead_air", "1 while a live Space has dead air, labelled with why "
                               "(all_muted, nobody_connected, silent).", ["space", "reason"], registry=r)
         self.feedback = Gauge("amphi_feedback_speakers", "Speakers whose microphone is feeding back (ducked), "
-                              "per Space.", ["space"], registry=r)
+                              "per Space, as of the last one-second sample.", ["space"], registry=r)
         self._route_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         self._space_joins: dict[tuple[str, str], Counter] = {}
         # the same counts as plain numbers, for the timeline and the dashboard

@@ -149,9 +149,6 @@ class Observer:
             m.set_dead_air(space_id, None)
         elif what == "feedback":
             m.sound_alerts.labels("feedback").inc()
-            m.feedback.labels(space_id).inc()
-        elif what == "feedback_cleared":
-            m.feedback.labels(space_id).dec()
         alert = what in ("dead_air", "feedback")
         self.event("sound", space_id, msg=msg, level=logging.WARNING if alert else logging.INFO, what=what, **fields)
 
@@ -230,6 +227,7 @@ class Observer:
             "recording_bytes": g.recording_bytes, "dead_air": g.dead_air, "feedback": g.feedback_speakers,
             **node_fields,
         }
+        self.metrics.feedback.labels(sid).set(g.feedback_speakers)
         det = self._detector.get(sid)
         if det is not None:
             sample["detector"] = det["state"]
