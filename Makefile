@@ -52,8 +52,9 @@ run: setup
 
 # two workers for the rest, then the tests marked serial (timing that a neighbour would disturb) alone
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial"
-	$(PY) -m pytest -q -m serial
+	@$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial"; parallel=$$?; \
+	$(PY) -m pytest -q -m serial; alone=$$?; \
+	[ $$parallel -eq 0 ] && [ $$alone -eq 0 ]
 
 bench: setup
 	$(PY) bench/glass_to_glass.py

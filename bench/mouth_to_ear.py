@@ -11,8 +11,9 @@ receives that speaker's return feed (the mix of everyone else on stage):
   seconds, silence between. The track's ``on_frame`` hook records the wall time at which the
   frame carrying each burst's first sample goes to aiortc: the **send** time. Bursts start
   ``LEAD_IN_S`` after both speakers show ``connected`` in ``GET /stage``.
-* **B** (the invited speaker) sends a quiet 330 Hz tone (-43 dBFS: "talking", far below the
-  onset threshold; mix-minus keeps it out of B's own return feed anyway). Every frame of B's
+* **B** (the invited speaker) sends a quiet 330 Hz tone (-43 dBFS: "talking", below the
+  onset threshold as sent; the node's leveler lifts it towards the program loudness,
+  docs/sound.md, and mix-minus keeps it out of B's own return feed anyway). Every frame of B's
   return feed goes through an energy onset detector (5 ms RMS windows crossing
   ``--threshold`` after ``QUIET_S`` of quiet, refined to the first sample reaching half the
   threshold). An onset's **arrival** is the wall time the decoded frame came out of B's
@@ -35,8 +36,9 @@ growth under its jitter.
 
 An onset is matched to the latest burst sent no later than its arrival, if that was less
 than a period before; bursts are a second apart, so the match is unambiguous. A's own
-return feed is run through the same detector: a burst heard there would be an echo, which
-mix-minus must prevent (reported as ``echo_onsets``, expected 0).
+return feed is run through the same detector, after a band-pass around the bursts' frequency
+(B's tone, lifted by the leveler, is not A's echo): a burst heard there would be an echo,
+which mix-minus must prevent (reported as ``echo_onsets``, expected 0).
 
 Exits 1 if a burst is missing, an echo is heard, or the median exceeds ``--target``
 (0.300 s, issue 3), 2 on an error. ``--small``: 6 bursts (about 12 s), the median held to 1 s.
@@ -56,6 +58,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from scipy import signal as dsp
 
 from bursts import Bursts as ToneBursts
 from bursts import distribution_panel, parse_burst_options
@@ -224,9 +227,13 @@ async def measure(server: str, space_id: str, host_key: str, grant: str, args: a
     ear = Ear(bursts, FrameOnsets(args.threshold))
     echo = FrameOnsets(args.threshold)
 
+    band = dsp.butter(4, [args.hz / 1.25, args.hz * 1.25], btype="bandpass", fs=SAMPLE_RATE, output="sos")
+    band_state = [np.zeros((band.shape[0], 2))]
+
     def a_return(samples: np.ndarray, wall: float) -> None:
         info.a_return_frames += 1
-        info.echo_onsets += len(echo.feed(samples, wall))
+        heard, band_state[0] = dsp.sosfilt(band, samples, zi=band_state[0])  # A's bursts' frequency only
+        info.echo_onsets += len(echo.feed(heard.astype(np.float32), wall))
 
     def b_return(samples: np.ndarray, wall: float) -> None:
         info.b_return_frames += 1
