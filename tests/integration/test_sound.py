@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,18 +90,24 @@ def test_a_quiet_speaker_is_heard_at_the_target_a_hot_one_never_clips_and_silenc
 
 
 class LoopedMicrophone:
-    """A speaker with no headphones: what they hear comes back into their microphone, 1.5x,
-    after the time it takes to arrive (the return feed's own delay, plus 60 ms of room)."""
+    """A speaker who takes their headphones off while the other talks: from ``after_s`` after
+    they first hear the other, what they hear comes back into their microphone, 1.5x, after
+    the time it takes to arrive (the return feed's own delay, plus 60 ms of room)."""
 
-    def __init__(self, gain: float = 1.5, delay_s: float = 0.06) -> None:
+    def __init__(self, gain: float = 1.5, delay_s: float = 0.06, after_s: float = 1.5) -> None:
         self.gain = gain
-        self.pending: deque[np.ndarray] = deque()
+        self.after_s = after_s
         self.silence = np.zeros(int(delay_s * SR), np.float32)
         self.buffer = self.silence.copy()
-        self.echo_from: float | None = None  # when the first audible return frame came back out
+        self.heard_from: float | None = None  # when the first audible return frame came out
+        self.echo_from: float | None = None  # when the first audible frame went back in
         self.lock = threading.Lock()
 
     def hear(self, samples: np.ndarray, wall: float) -> None:
+        if self.heard_from is None and rms(samples) > 1e-3:
+            self.heard_from = wall
+        if self.heard_from is None or wall - self.heard_from < self.after_s:
+            return  # headphones still on
         with self.lock:
             self.buffer = np.concatenate([self.buffer, samples * np.float32(self.gain)])
         if self.echo_from is None and rms(samples) > 1e-3:
@@ -135,9 +140,12 @@ def test_a_speaker_whose_microphone_plays_back_the_space_is_caught_within_a_seco
     try:
         wait_until(lambda: mic.echo_from is not None, 15, "Bob to hear the host")
         member = wait_until(lambda: (m := node.member(space, bob)) and m["feedback"] and m, 5, "feedback on Bob")
-        caught_after = time.time() - mic.echo_from
+        shown_after = time.time() - mic.echo_from
         assert member["feedback"] == "loop"
-        assert caught_after <= 1.2, caught_after  # detected within 1 s, seen in a view refreshed every 0.2 s
+        assert shown_after <= 1.6, shown_after  # in the view, refreshed every 0.2 s, as read every 0.05 s here
+        event = _feedback_events(node, space)[0]
+        print(f"loop caught {event['detected_at'] - mic.echo_from:.2f} s after its first echo, shown {shown_after:.2f} s")
+        assert event["detected_at"] - mic.echo_from <= 1.0, (event, mic.echo_from)  # the mixer's own tick
         panel = guard_of(node, space, key, bob)
         assert panel["feedback"] == "loop" and "feedback: use headphones" in panel["problems"] and not panel["ready"]
         assert guard_of(node, space, key)["feedback"] is None  # the host is not the loop

@@ -72,7 +72,8 @@ FB_MIN_PERIOD = FB_RATE // 50  # what was sent is periodic if it matches itself 
 FB_MAX_PERIODICITY = 0.5  # ... this well (speech's pitch repeats within 20 ms; a tone or a beep repeats longer)
 ENVELOPE_TICKS = 75  # 1.5 s of what was sent, one level per tick: its rhythm ...
 ENVELOPE_LAGS = (5, 50)  # ... repeating with a period of 0.1 to 1 s ...
-ENVELOPE_WARMUP = 50  # (no loop is confirmed before 1 s of it is known: two beeps' worth)
+ENVELOPE_WARMUP = 50  # until 1 s of it is known (two beeps' worth), the rhythm cannot be judged ...
+FB_CONFIRM_EARLY = 5  # ... so a loop needs this many checks in a row (0.5 s: a beep leaves the input's window sooner)
 ENVELOPE_MAX_PERIODICITY = 0.8  # ... this well is a beep or a beat, not speech
 FB_LAG_SLACK = 8  # samples at 4 kHz (2 ms): the same loop from one check to the next
 FB_CONFIRM = 3  # checks in a row at one lag confirm a loop (a word said twice is not one)
@@ -107,6 +108,7 @@ class GuardStats:
     heard: bool = False  # some speech above the gate since the track began
     feedback: str | None = None  # None, "loop" or "resonance"
     feedback_lag_ms: float | None = None  # the loop's delay, as detected
+    detected_sample: int | None = None  # the program sample at which the last loop or resonance was confirmed
     feedback_corr: float = 0.0  # the last check's correlation peak
     detections: int = 0  # loops or resonances confirmed
     ducked_ticks: int = 0
@@ -173,6 +175,7 @@ class TrackGuard:
         self._hold_ticks = round(cfg.expander_hold_s / tick_s)
         self._open_db = 0.0  # how much of the boost the expander lets through (0: all)
         self.stats = GuardStats()
+        self.sample = 0  # the program sample of the tick being processed (the mixer keeps it)
         # feedback
         # the last frames heard and sent (references, not copies: the mixer makes new ones every
         # tick), put together and decimated only when a check needs them
@@ -303,9 +306,10 @@ class TrackGuard:
             self._candidate_lag = None
             return  # nothing to compare: the input or what they hear is silent
         envelope = np.fromiter(self._envelope, dtype=np.float64, count=ENVELOPE_TICKS)
-        if self._sent_ticks < ENVELOPE_WARMUP or _rhythmic(envelope[-self._sent_ticks:]):
+        early = self._sent_ticks < ENVELOPE_WARMUP
+        if not early and _rhythmic(envelope[-self._sent_ticks:]):
             self._candidate_lag = None
-            return  # too little heard yet, or what they hear repeats itself: no evidence either way
+            return  # what they hear repeats itself: no evidence either way
         corr, lag = _correlate(x, self._out.decimated())
         self.stats.checks += 1
         self.stats.feedback_corr = corr
@@ -316,9 +320,10 @@ class TrackGuard:
             self._candidate_lag = lag
             if self._loop_lag is not None:
                 self._loop_lag = lag
-            elif self._candidate_checks >= FB_CONFIRM:
+            elif self._candidate_checks >= (FB_CONFIRM_EARLY if early else FB_CONFIRM):
                 self._loop_lag = lag
                 self.stats.feedback = "loop"
+                self.stats.detected_sample = self.sample
                 # the input was taken before this tick's return feed was sent: one tick more
                 self.stats.feedback_lag_ms = lag * 1000 / FB_RATE + self._tick_s * 1000
                 self.stats.detections += 1
@@ -356,6 +361,7 @@ class TrackGuard:
         rising = all(b - a >= RESONANCE_STEP_DB for a, b in zip(levels, levels[1:]))
         if rising and levels[-1] - levels[0] >= RESONANCE_RISE_DB and level >= RESONANCE_MIN_DBFS:
             self.stats.feedback = "resonance"
+            self.stats.detected_sample = self.sample
             self.stats.detections += 1
 
     def _duck_now(self) -> float:

@@ -159,6 +159,8 @@ class Mixer:
         for name, buf in list(self.tracks.items()):
             f = buf.pop(overdue)
             self.meters[name].feed(f)
+            if guards is not None:
+                guards[name].sample = self.sample
             if f is not None:
                 popped.append((name, f))
             elif guards is not None:

@@ -22,8 +22,9 @@ import orjson
 
 from amphi.control.sound import DeadAir, problems
 from amphi.control.stage import HOST_ID, Participant, Stage, StageLimits
-from amphi.core.config import SoundConfig, StageConfig
+from amphi.core.config import SAMPLE_RATE, SoundConfig, StageConfig
 from amphi.core.errors import Conflict, MalformedBody
+from amphi.media.guard import GuardStats
 from amphi.media.ingest.webrtc import ReturnTrack, WebRTCIngest
 from amphi.media.jitter import JitterBuffer
 from amphi.media.pipeline import Pipeline
@@ -192,11 +193,14 @@ class Room:
         if stage.version != version:
             self._notify()
 
-    def _sound_event(self, p: Participant, was: str | None, guard: object) -> None:
+    def _sound_event(self, p: Participant, was: str | None, guard: GuardStats | None) -> None:
         if p.feedback is not None:
-            lag = getattr(guard, "feedback_lag_ms", None)
+            lag = guard.feedback_lag_ms if guard is not None else None
+            sample = guard.detected_sample if guard is not None else None
+            pipeline = self.pipeline
+            at = None if sample is None or pipeline is None else round(pipeline.epoch + sample / SAMPLE_RATE, 3)
             self._emit("feedback", {"participant": p.id, "name": p.name, "feedback": p.feedback,
-                                    "lag_ms": None if lag is None else round(lag, 1),
+                                    "lag_ms": None if lag is None else round(lag, 1), "detected_at": at,
                                     "msg": f"feedback ({p.feedback}) on {p.name}'s microphone: ducked while others "
                                            "talk; they should use headphones"})
         else:
