@@ -191,7 +191,6 @@ class TrackGuard:
         self._last_positive = 0  # the feedback tick of the last check that saw the loop
         self._return_active_ticks = 10 ** 9  # ticks since the return feed last carried sound
         self._peaks: deque[tuple[int, float]] = deque(maxlen=RESONANCE_CHECKS + 1)
-        self._duck = 1.0
         self._duck_linear = 10 ** (DUCK_DB / 20)
 
     # -- per tick ------------------------------------------------------------------------------

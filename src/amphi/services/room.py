@@ -61,11 +61,11 @@ SoundEvents = Callable[[str, str, dict[str, object]], None]
 
 
 class Room:
-    def __init__(self, space_id: str, cfg: StageConfig, ingest: WebRTCIngest, sound: SoundConfig = SoundConfig(),
+    def __init__(self, space_id: str, cfg: StageConfig, ingest: WebRTCIngest, sound: SoundConfig | None = None,
                  on_sound: SoundEvents | None = None) -> None:
         self.space_id = space_id
         self.cfg = cfg
-        self.sound = sound
+        self.sound = sound or SoundConfig()
         self.dead_air = DeadAir()
         self._on_sound = on_sound
         self.stage = Stage(space_id, StageLimits(max_cohosts=cfg.max_cohosts, max_speakers=cfg.max_speakers))

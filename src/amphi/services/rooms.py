@@ -53,7 +53,7 @@ class Invited:
 class Rooms:
     def __init__(self, cfg: StageConfig, base_url: str, registry: SpaceRegistry, store: Store, signer: Signer,
                  ingest: WebRTCIngest, program: Callable[[Space], Awaitable[Pipeline]],
-                 sound: SoundConfig = SoundConfig()) -> None:
+                 sound: SoundConfig | None = None) -> None:
         self.cfg = cfg
         self._base_url = base_url
         self._registry = registry
@@ -63,7 +63,7 @@ class Rooms:
         self._rooms: dict[str, Room] = {}
         self._program = program  # the Space's running pipeline (Spaces.program)
         self.event_streams = 0  # open SSE connections
-        self.sound = sound
+        self.sound = sound or SoundConfig()
         self.on_sound: SoundEvents | None = None  # the root hands these to obs
 
     def room(self, space: Space) -> Room:
