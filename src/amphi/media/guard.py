@@ -200,8 +200,7 @@ class TrackGuard:
         ``z``: its K-weighted mean square, when ``k_weighted`` made it with the others'."""
         cfg = self.cfg
         if z is None:
-            k, self._zi = signal.lfilter(K_B, K_A, frame.astype(np.float64), zi=self._zi)
-            z = float(np.dot(k, k)) / len(k)
+            z = k_weighted([self], [frame])[0]
         self._ticks.append(z)
         self._since_block += 1
         if self._since_block >= HOP_TICKS and len(self._ticks) == BLOCK_TICKS:
@@ -232,10 +231,7 @@ class TrackGuard:
         the input stays aligned with what they were sent."""
         self._quiet_ticks += 1
         if self.cfg.feedback:
-            self._in.push(self._quiet)
-            self._fb_tick += 1
-            if self._fb_tick % FB_CHECK_TICKS == 0:
-                self._check()
+            self._feedback_tick(self._quiet)
 
     def sent(self, frame: np.ndarray | None) -> None:
         """What the speaker was sent this tick (their return feed); None: nothing."""

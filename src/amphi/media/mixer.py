@@ -134,11 +134,11 @@ class Mixer:
             self.guards.setdefault(name, TrackGuard(self._cfg.sound, self._n))  # kept across a reconnect
         return buf
 
-    def remove_track(self, name: str, buf: JitterBuffer | None = None, *, keep_guard: bool = False) -> None:
+    def remove_track(self, name: str, buf: JitterBuffer | None = None) -> None:
         if buf is None or self.tracks.get(name) is buf:
             self.tracks.pop(name, None)
             self.meters.pop(name, None)
-            if self.guards is not None and not keep_guard:
+            if self.guards is not None:
                 self.guards.pop(name, None)
 
     def tick(self, overdue: int = 0) -> ProgramFrame:
@@ -156,7 +156,8 @@ class Mixer:
         heard: dict[str, np.ndarray] = {}
         guards = self.guards
         popped: list[tuple[str, np.ndarray]] = []
-        for name, buf in list(self.tracks.items()):
+        drained: list[tuple[str, JitterBuffer]] = []
+        for name, buf in self.tracks.items():
             f = buf.pop(overdue)
             self.meters[name].feed(f)
             if guards is not None:
@@ -166,7 +167,7 @@ class Mixer:
             elif guards is not None:
                 guards[name].skip()
             if buf.drained:
-                self.remove_track(name, buf, keep_guard=True)
+                drained.append((name, buf))  # removed once its last frame has been through its guard
         if guards is not None and popped:
             mine = [guards[name] for name, _ in popped]
             squares = k_weighted(mine, [f for _, f in popped])
@@ -174,9 +175,8 @@ class Mixer:
         for name, f in popped:
             if name not in self.muted:
                 heard[name] = f
-        if guards is not None:
-            for name in [n for n in guards if n not in self.tracks]:
-                del guards[name]  # a track drained this tick
+        for name, buf in drained:
+            self.remove_track(name, buf)
         total = self._sum(list(heard.values()))
         if self.mode is Mode.HOLD:
             program = self._hold(self.sample, self._n)

@@ -181,6 +181,7 @@ class Metrics:
                               "(all_muted, nobody_connected, silent).", ["space", "reason"], registry=r)
         self.feedback = Gauge("amphi_feedback_speakers", "Speakers whose microphone is feeding back (ducked), "
                               "per Space, as of the last one-second sample.", ["space"], registry=r)
+        self._dead_air_reasons: dict[str, str] = {}  # Space -> the reason its amphi_dead_air series carries
         self._route_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         self._space_joins: dict[tuple[str, str], Counter] = {}
         # the same counts as plain numbers, for the timeline and the dashboard
@@ -246,10 +247,13 @@ class Metrics:
             pass
 
     def set_dead_air(self, space_id: str, reason: str | None) -> None:
-        for key in [k for k in self.dead_air._metrics if k[0] == space_id]:  # noqa: SLF001 (prometheus_client has no listing)
-            self.dead_air.remove(*key)
+        """One series per Space in dead air, labelled with why; none once it clears."""
+        old = self._dead_air_reasons.pop(space_id, None)
+        if old is not None:
+            self.dead_air.remove(space_id, old)
         if reason is not None:
             self.dead_air.labels(space_id, reason).set(1)
+            self._dead_air_reasons[space_id] = reason
 
     # -- read ---------------------------------------------------------------------------------
 

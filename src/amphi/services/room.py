@@ -234,13 +234,17 @@ class Room:
     # -- views and events -------------------------------------------------------------------
 
     def view(self, viewer: Participant | None, extra: dict[str, object]) -> dict[str, object]:
-        moderator = bool(viewer and viewer.moderator)
-        out = {**self.stage.view(moderator=moderator), **extra}
-        if moderator:
-            out["sound"] = self.sound_view()
+        out = self._shared_view(bool(viewer and viewer.moderator), extra)
         if viewer is not None:
             out["you"] = viewer.private()
         return out
+
+    def _shared_view(self, moderator: bool, extra: dict[str, object]) -> dict[str, object]:
+        """The stage as everyone (or every moderator, with the sound panel) sees it."""
+        view = {**self.stage.view(moderator=moderator), **extra}
+        if moderator:
+            view["sound"] = self.sound_view()
+        return view
 
     def view_bytes(self, moderator: bool, extra: dict[str, object]) -> tuple[tuple[object, ...], bytes]:
         """The shared (not per-viewer) view as JSON, cached by what it depends on."""
@@ -249,10 +253,7 @@ class Room:
         if data is None:
             if len(self._views) > 64:
                 self._views.clear()
-            view = {**self.stage.view(moderator=moderator), **extra}
-            if moderator:
-                view["sound"] = self.sound_view()
-            data = orjson.dumps(view)
+            data = orjson.dumps(self._shared_view(moderator, extra))
             self._views[key] = data
         return key, data
 
