@@ -10,6 +10,8 @@
 //   SoundPanel: the console's dead-air banner and its Sound card (level, loudness, the
 //     leveler's gain and three checks per person on stage; the ready line before the start).
 
+import { syncKeyedList } from "./keyed.js";
+
 // -- talking while muted ---------------------------------------------------------------------
 
 export const TALK_DBFS = -42; // RMS over the analyser's window: speech at a microphone is -35..-15
@@ -260,23 +262,7 @@ export class SoundPanel {
       : "";
     const speakers = Array.isArray(sound.speakers) ? sound.speakers : [];
     ui.empty.hidden = speakers.length > 0;
-    const seen = new Set();
-    speakers.forEach((sp, index) => {
-      seen.add(sp.id);
-      let row = this.rows.get(sp.id);
-      if (!row) {
-        row = this.createRow();
-        this.rows.set(sp.id, row);
-      }
-      this.updateRow(row, sp);
-      if (ui.list.children[index] !== row.li) ui.list.insertBefore(row.li, ui.list.children[index] || null);
-    });
-    for (const [id, row] of this.rows) {
-      if (!seen.has(id)) {
-        row.li.remove();
-        this.rows.delete(id);
-      }
-    }
+    syncKeyedList(ui.list, this.rows, speakers, () => this.createRow(), (row, sp) => this.updateRow(row, sp));
   }
 
   // The banner's clock moves every second between two views.

@@ -21,6 +21,7 @@
 //   snapshot().mutedTalking says that they talk while muted (the page tells them).
 
 import { ApiError, Backoff, call, plainError } from "./api.js";
+import { syncKeyedList } from "./keyed.js";
 import { MicMeter } from "./sound.js";
 
 export { ApiError, call, plainError };
@@ -161,23 +162,7 @@ export class StageList {
   }
 
   render(members) {
-    const seen = new Set();
-    members.forEach((m, index) => {
-      seen.add(m.id);
-      let item = this.items.get(m.id);
-      if (!item) {
-        item = this.create(m);
-        this.items.set(m.id, item);
-      }
-      this.update(item, m);
-      if (this.list.children[index] !== item.li) this.list.insertBefore(item.li, this.list.children[index] || null);
-    });
-    for (const [id, item] of this.items) {
-      if (!seen.has(id)) {
-        item.li.remove();
-        this.items.delete(id);
-      }
-    }
+    syncKeyedList(this.list, this.items, members, (m) => this.create(m), (item, m) => this.update(item, m));
   }
 
   // The actions depend on more than the member (e.g. we became a co-host): rebuild them.
