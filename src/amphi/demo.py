@@ -31,7 +31,7 @@ async def _demo_speaker(node: Node, space: Space, key: str) -> None:
     while True:
         try:
             await stay_on_stage(node.cfg.http.base_url, space.id, GeneratedTrack(demo_program), key=key,
-                                ice_addresses=node.cfg.ice_addresses)
+                                ice_addresses=node.cfg.ice.addresses)
             return
         except (SpeakError, OSError) as e:
             delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]

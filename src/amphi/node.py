@@ -56,7 +56,7 @@ class Node:
         self.shield = Shield(cfg.defense, self.signer, self.registry.known)  # defense (docs/defense.md)
         self.shield.on_space_verdict = self.obs.detector  # obs: detector changes are events, with evidence
         self.shield.media_elsewhere = bool(cfg.edges)  # behind edges the node does not see listeners' media
-        self.ingest = WebRTCIngest(cfg.ice_addresses, silence_timeout_s=cfg.stage.silence_timeout_s,
+        self.ingest = WebRTCIngest(cfg.ice.addresses, silence_timeout_s=cfg.stage.silence_timeout_s,
                                    garbage_timeout_s=cfg.stage.garbage_timeout_s)
         self.directory = Directory(cfg, self.registry, self.store)
         self._admission_changed = asyncio.Event()

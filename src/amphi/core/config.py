@@ -96,13 +96,16 @@ class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = None  # base URL handed to clients; default http://host:port
+    tls_cert: Path | None = None  # PEM certificate chain: serve https (browsers grant the microphone only to
+    tls_key: Path | None = None  # secure origins: https, or localhost); both or neither
     max_body_bytes: int = 64 * 1024  # JSON and SDP bodies above this get 413
     header_read_timeout_s: float = 10.0  # a connection that has not sent a whole request head in this long is
     # closed (slowloris); granian applies it to idle keep-alive connections as well (docs/defense.md)
 
     @property
     def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.tls_cert else "http"
+        return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,20 @@ class DefenseConfig:
 
 
 @dataclass(frozen=True)
+class IceConfig:
+    """How speakers' WebRTC connections find the node (docs/deploying.md): the host addresses the
+    node offers in its ICE candidates, and the STUN and TURN servers handed to clients (the page's
+    config, WHIP's ``Link`` headers). TURN credentials are TURN REST ephemeral ones (coturn's
+    ``use-auth-secret``): username ``<expiry>:<user>``, password base64(HMAC-SHA1(secret, username))."""
+
+    addresses: tuple[str, ...] = ("127.0.0.1",)  # host addresses offered in ICE candidates (IP literals)
+    stun: tuple[str, ...] = ()  # stun:host:port URLs
+    turn: tuple[str, ...] = ()  # turn:host:port?transport=udp|tcp, turns:... URLs
+    turn_secret: str | None = None  # the TURN server's static-auth-secret
+    turn_ttl_s: float = 24 * 3600.0  # an ephemeral TURN credential lives this long
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """Several nodes sharing state (docs/cluster.md). Without ``redis_url`` the node keeps
     everything in memory, alone. The node's name in the registry is ``Config.node_id``."""
@@ -211,7 +228,7 @@ class Config:
     stage: StageConfig = field(default_factory=StageConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    ice_addresses: tuple[str, ...] = ("127.0.0.1",)  # host addresses offered in ICE candidates
+    ice: IceConfig = field(default_factory=IceConfig)  # speakers' WebRTC: addresses, STUN, TURN
     node_id: str = "origin"  # this node's name, in every log line and sample; edges route /o/<node_id>/media/ to it
     edges: tuple[str, ...] = ()  # base URLs of the edge caches listeners are sent to; none: this node serves them
     demo: bool = False  # create a demo Space with a built-in speaker at start-up
