@@ -322,3 +322,9 @@ def test_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], env: dict[st
     assert r.output.startswith(message.format(d=tmp_path)), r.output
     if not message.startswith("Usage"):
         assert r.output.count("\n") == 1, r.output
+
+
+def test_the_docs_list_every_flag() -> None:
+    doc = (ROOT / "docs" / "config.md").read_text()
+    rows = set(re.findall(r"^\| `(--[a-z-]+)` \| `([a-z_.]+)`", doc, re.M))
+    assert rows == {(f.decl, f.path) for f in FLAGS}, "docs/config.md's table of flags is not FLAGS"

@@ -84,16 +84,10 @@ pow_mode = "off"
 
 
 def test_a_bad_file_stops_serve_with_one_line(tmp_path: Path) -> None:
-    cases = {
-        "[media]\nparts_per_segmnt = 9\n": "unknown key 'parts_per_segmnt' in [media]; did you mean 'parts_per_segment'?",
-        "[admission]\nmax_listeners = 'many'\n": "[admission] max_listeners: expected an integer, got a string",
-        "[http]\nport = 80\n[http]\nhost = 'x'\n": "not TOML: line 3",
-    }
-    for text, message in cases.items():
-        conf = tmp_path / "amphi.toml"
-        conf.write_text(text)
-        r = subprocess.run([str(BIN), "serve", "--config", str(conf), "--port", "0"], capture_output=True, text=True,
-                           timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("AMPHI_")})
-        assert r.returncode == 1 and r.stdout == "", (r.returncode, r.stdout)
-        assert r.stderr == f"Error: {conf}: {message}" + r.stderr.split(message, 1)[1], r.stderr
-        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    """(The other refusals are in tests/test_settings.py, in process.)"""
+    conf = tmp_path / "amphi.toml"
+    conf.write_text("[media]\nparts_per_segmnt = 9\n")
+    r = subprocess.run([str(BIN), "serve", "--config", str(conf), "--port", "0"], capture_output=True, text=True,
+                       timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("AMPHI_")})
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == f"Error: {conf}: unknown key 'parts_per_segmnt' in [media]; did you mean 'parts_per_segment'?\n"
