@@ -509,6 +509,7 @@ def example() -> str:
              "# Environment variables AMPHI_<TABLE>_<KEY> override this file, and serve's flags both."]
     for table, group in _by_table().items():
         doc, comments = _source_comments(tables()[table])
+        doc = doc or ([f"{tables()[table].__name__}: top-level keys, before any table"] if not table else [])
         lines.append("")
         lines += [f"# {d}".rstrip() for d in doc]
         if table:
