@@ -328,3 +328,9 @@ def test_the_docs_list_every_flag() -> None:
     doc = (ROOT / "docs" / "config.md").read_text()
     rows = set(re.findall(r"^\| `(--[a-z-]+)` \| `([a-z_.]+)`", doc, re.M))
     assert rows == {(f.decl, f.path) for f in FLAGS}, "docs/config.md's table of flags is not FLAGS"
+
+
+def test_the_example_file_is_accepted_as_it_is() -> None:
+    plain = run("config", "show", env={"AMPHI_CONFIG": ""})
+    example = run("config", "show", "--config", str(ROOT / "amphi.example.toml"))
+    assert example.exit_code == 0 and example.output == plain.output, example.output
