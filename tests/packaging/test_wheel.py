@@ -281,6 +281,16 @@ def test_the_installed_node_serves_the_web_assets(demo: tuple[str, str, Path]) -
     assert "web assets missing" not in log.read_text()
 
 
+def test_the_installed_node_serves_every_page_and_static_file(demo: tuple[str, str, Path]) -> None:
+    base, space, _ = demo
+    for path, status in (("/", 200), (f"/s/{space}", 200), (f"/s/{space}/host", 200), ("/dashboard", 401)):
+        r = httpx.get(base + path, timeout=5)
+        assert r.status_code == status and r.headers["content-type"].startswith("text/html"), path
+    for file in (REPO / "src" / "amphi" / "web" / "static").iterdir():
+        r = httpx.get(f"{base}/static/{file.name}", timeout=5)
+        assert r.status_code == 200 and r.content == file.read_bytes(), file.name
+
+
 def test_chromium_plays_the_installed_demo(demo: tuple[str, str, Path], page: Page) -> None:
     base, space, _ = demo
     page.goto(f"{base}/s/{space}")
