@@ -11,7 +11,7 @@ DATA ?= data
 APT_PACKAGES := ffmpeg chromium espeak-ng wrk icecast2 nginx libnginx-mod-stream libnginx-mod-http-js varnish varnish-vmod-digest varnish-modules \
 	redis-server iptables
 
-.PHONY: setup system run test bench bench-small bench-side-by-side clean
+.PHONY: setup system run test wheel bench bench-small bench-side-by-side clean
 
 setup: system $(VENV)/.installed node_modules/.installed
 
@@ -56,6 +56,11 @@ test: setup
 	$(PY) -m pytest -q -m serial; alone=$$?; \
 	[ $$parallel -eq 0 ] && [ $$alone -eq 0 ]
 
+# the installable package (docs/install.md): dist/amphi-*.tar.gz, then dist/amphi-*.whl built from it, both
+# carrying the pages' npm files; with the pinned setuptools the test extra put in .venv (no build isolation)
+wheel: $(VENV)/.installed node_modules/.installed
+	$(PY) -m build --no-isolation --outdir dist .
+
 bench: setup
 	$(PY) bench/glass_to_glass.py
 	$(PY) bench/pipeline_cpu.py
@@ -72,4 +77,4 @@ bench-side-by-side: setup
 	$(PY) bench/side_by_side.py
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache
+	rm -rf $(VENV) node_modules .pytest_cache build dist

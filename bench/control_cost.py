@@ -148,10 +148,9 @@ def _r(v: float | None) -> float | None:
 
 
 def plot(results: list[dict[str, object]], path: str) -> None:
-    import matplotlib
+    from amphi.core.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bench/control_cost.py's figure")
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     names = [str(r["protocol"]) for r in results]

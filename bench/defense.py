@@ -326,10 +326,9 @@ def table(results: dict) -> str:
 
 
 def plot(results: dict, path: str) -> None:
-    import matplotlib
+    from amphi.core.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bench/defense.py's figure")
 
     fig, axes = plt.subplots(2, 1, figsize=(10, 7))
     if "flood" in results:

@@ -421,10 +421,9 @@ def report(res: dict[str, dict[str, dict[str, object]]], args: argparse.Namespac
 
 
 def plot(res: dict[str, dict[str, dict[str, object]]], path: str) -> None:
-    import matplotlib
+    from amphi.core.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bench/edge.py's figure")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     if "flat" in res:

@@ -501,10 +501,9 @@ def print_table(summary: dict[str, object]) -> None:
 
 
 def plot(summary: dict[str, object], path: str, target: float) -> None:
-    import matplotlib
+    from amphi.core.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bench/glass_to_glass.py's figure")
 
     bursts = [b for b in summary["bursts"] if b["burst"] >= summary["settings"]["warmup"]]  # type: ignore[index, union-attr]
     if not bursts:

@@ -25,8 +25,11 @@ from typing import NoReturn
 
 import httpx
 
+from amphi.core.extras import need_plots
 from amphi.loadtest.machine import ProcessCpu
 from amphi.loadtest.machine import machine_busy_s as busy_and_softirq_s
+
+need_plots("the bench scripts' figures")  # every bench draws some: say so before a run, not after it
 
 HOST = "127.0.0.1"  # the benches bind and target loopback only
 # A bench that stands for many clients tells the node to trust it as a proxy (an edge, as

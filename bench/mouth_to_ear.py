@@ -335,10 +335,9 @@ def print_table(summary: dict[str, object]) -> None:
 
 
 def plot(summary: dict[str, object], path: str, target: float) -> None:
-    import matplotlib
+    from amphi.core.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bench/mouth_to_ear.py's figure")
 
     warmup = summary["settings"]["warmup"]  # type: ignore[index]
     bursts = [b for b in summary["bursts"] if b["burst"] >= warmup]  # type: ignore[union-attr]

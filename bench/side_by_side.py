@@ -525,10 +525,9 @@ def origin_flatness(results: dict[str, dict[str, dict[str, object]]]) -> list[st
 
 
 def plot(results: dict[str, dict[str, dict[str, object]]], path: str) -> None:
-    import matplotlib
+    from amphi.core.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bench/side_by_side.py's figure")
 
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4.5))
     sizes = sorted((k for k in results if k.isdigit()), key=int)

@@ -531,10 +531,9 @@ def howls(freqs: tuple[int, ...], rates: tuple[int, ...]) -> list[HowlRow]:
 
 def plot(path: Path, level_rows: list[LevelRow], loop_rows: list[LoopRow], alarm_rows: list[AlarmRow],
          howl_rows: list[HowlRow]) -> None:
-    import matplotlib
+    from amphi.core.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bench/sound.py's figure")
 
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
     target, edge = CFG.target_lufs, CFG.target_lufs + CFG.window_lu

@@ -598,10 +598,9 @@ def print_table(summary: dict[str, object]) -> None:
 
 
 def plot(runs: list[dict[str, object]], path: str, target: float) -> None:
-    import matplotlib
+    from amphi.core.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bench/stage_cpu.py's figure")
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
     top = target

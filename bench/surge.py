@@ -613,10 +613,9 @@ def _fmt(v: object) -> str:
 
 
 def plot(summary: dict[str, object], path: str, args: argparse.Namespace) -> None:
-    import matplotlib
+    from amphi.core.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bench/surge.py's figure")
 
     joins = summary["joins"]
     assert isinstance(joins, list)

@@ -107,11 +107,13 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
               help="Where to write report.html and report.png (default: the Space's directory).")
 def report(space_id: str, data_dir: Path, out: Path | None) -> None:
     """Write a Space's post-event report: an HTML page and a PNG timeline."""
+    from amphi.core.extras import MissingExtra, need_plots
     from amphi.obs.report import ReportError, write_report
 
     try:
+        need_plots("amphi report")
         html, png = write_report(data_dir, space_id, out)
-    except ReportError as e:
+    except (ReportError, MissingExtra) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"amphi report: {html}")
     click.echo(f"amphi report: {png}")

@@ -235,8 +235,8 @@ class Config:
     # the operator's key for /dashboard and /metrics (docs/observability.md); default
     # $AMPHI_OPERATOR_KEY, else <data_dir>/operator_key (made once, mode 0600)
     operator_key: str | None = None
-    web_assets_dir: Path = field(
-        default_factory=lambda: Path(
-            os.environ.get("AMPHI_NODE_MODULES", Path(__file__).resolve().parents[3] / "node_modules")
-        )
-    )  # where npm installed hls.js
+    # where the pages' npm libraries are (Shaka Player, hls.js, uPlot): default $AMPHI_NODE_MODULES; None: the
+    # installed wheel's copy, else node_modules beside a source checkout (amphi.web.assets.root decides)
+    web_assets_dir: Path | None = field(
+        default_factory=lambda: Path(p) if (p := os.environ.get("AMPHI_NODE_MODULES")) else None
+    )

@@ -62,6 +62,7 @@ def loadtest(server: str, space: str, listeners: int, profile: str, duration: fl
              attack_duration: float | None, attack_sources: int, attack_connections: int, json_out: str | None,
              plot_out: str | None, quiet: bool) -> None:
     """Drive real HTTP listeners that behave like players, and report what each experienced."""
+    from amphi.core.extras import MissingExtra, need_plots
     from amphi.loadtest import report
     from amphi.loadtest.run import RunOptions, parse_cpus, run
     from amphi.loadtest.swarm import LoadConfig
@@ -72,6 +73,11 @@ def loadtest(server: str, space: str, listeners: int, profile: str, duration: fl
         raise click.UsageError("--ramp must be shorter than --duration")
     if not server.startswith("http://"):
         raise click.UsageError("--server must be an http:// URL")
+    if plot_out:
+        try:
+            need_plots("amphi loadtest --plot")
+        except MissingExtra as e:
+            raise click.UsageError(str(e)) from None
     cfg = LoadConfig(server=server.rstrip("/") if protocol == "amphi" else server, space=space, protocol=protocol,
                      player=player, duration_s=duration, stream_kbps=stream_kbps, seed=seed, admission=admission)
     plan = None

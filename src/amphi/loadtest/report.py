@@ -72,10 +72,9 @@ def write_json(r: dict[str, object], path: str | Path) -> None:
 def plot(r: dict[str, object], path: str | Path, title: str | None = None) -> None:
     """Five panels over time: listeners (playing, waiting, failed), request rate, stalls,
     join answer p50/p99 and first-audio p50/p99 per second, and CPU."""
-    import matplotlib
+    from amphi.core.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("amphi loadtest --plot")
 
     tl = r["timeline"]
     assert isinstance(tl, list)

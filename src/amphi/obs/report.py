@@ -66,11 +66,10 @@ def totals(samples: list[dict[str, Any]], key: str) -> dict[str, int]:
 def plot(space: dict[str, Any], tl: Timeline) -> bytes:
     import io
 
-    import matplotlib
+    from amphi.core.extras import pyplot
 
-    matplotlib.use("Agg")
+    plt = pyplot("amphi report")
     import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
 
     def when(t: float) -> datetime:
         return datetime.fromtimestamp(t, UTC)

@@ -66,6 +66,7 @@ def simulate(scenario: str | None, calibrate: str | None, listeners: int | None,
              seed: int | None, json_out: str | None, plot_out: str | None, quiet: bool) -> None:
     """Plan a night: arrivals, retries, the waiting room, edges and origin on a virtual clock,
     admission decided by Amphi's own code (docs/simulate.md)."""
+    from amphi.core.extras import MissingExtra, need_plots
     from amphi.sim import report
     from amphi.sim.model import SimError, Simulation
     from amphi.sim.scenario import build, calibrate as from_loadtest, load_scenario
@@ -90,6 +91,11 @@ def simulate(scenario: str | None, calibrate: str | None, listeners: int | None,
         cfg = build(base, measured, given)
     except SimError as e:
         raise click.UsageError(e.message) from None
+    if plot_out:
+        try:
+            need_plots("amphi simulate --plot")
+        except MissingExtra as e:
+            raise click.UsageError(str(e)) from None
     about = base.get("about", {})
     title = about.get("title") or f"amphi simulate: {cfg.listeners:,} listeners"
     tty = sys.stderr.isatty()

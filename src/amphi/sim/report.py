@@ -67,10 +67,9 @@ def plot(r: dict[str, object], path: str | Path, title: str | None = None) -> No
     """Four panels over time: listeners (arrived, playing, waiting, gave up); seats given per
     second; control-plane requests and joins decided, origin and line-document requests per
     second; stalled listeners and live edges."""
-    import matplotlib
+    from amphi.core.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("amphi simulate --plot")
 
     tl = r["timeline"]
     assert isinstance(tl, list)

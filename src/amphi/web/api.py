@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -38,15 +39,16 @@ from amphi.control.stage import Participant
 from amphi.core.config import Config
 from amphi.core.errors import AmphiError, InvalidSdp, NotFound
 from amphi.defense.shield import CLIENT_KEY
+from amphi.web import assets
 from amphi.web.answers import grant_json, invited_json, requested_json
 from amphi.web.asgi import bearer, error_parts, parse_object, read_body
 from amphi.web.ports import Finder, SpaceDesk, StageDesk
 from amphi.web.routes import ROUTES
 
 STATIC = Path(__file__).parent / "static"
-# the listener page's player libraries: route -> file under node_modules (docs/player.md)
-VENDOR = {"vendor.hls": "hls.js/dist/hls.min.js", "vendor.shaka": "shaka-player/dist/shaka-player.hls.js"}
 NO_STORE = {"cache-control": "no-store"}
+
+log = logging.getLogger(__name__)
 
 
 def error_response(err: AmphiError) -> Response:
@@ -67,7 +69,9 @@ def credential(request: Request) -> str | None:
 def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
               node_stats: Callable[[], dict[str, object]]) -> Starlette:
     limit = cfg.http.max_body_bytes
-    assets = cfg.web_assets_dir
+    vendor_root = assets.root(cfg.web_assets_dir)
+    if assets.missing(vendor_root):
+        log.warning("%s", assets.missing_message(vendor_root))
 
     async def status_of(space: Space) -> dict[str, object]:
         return (await spaces.status(space)).to_json()
@@ -184,13 +188,14 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
         return FileResponse(path, headers={"cache-control": "public, max-age=60"})
 
     def vendor(name: str) -> Callable[[Request], Awaitable[Response]]:
-        """The handler of a player library's route: its file in node_modules (VENDOR)."""
-        path = assets / VENDOR[name]
+        """The handler of a player library's route: its file from npm (amphi.web.assets)."""
+        rel, ctype = assets.VENDOR[name]
+        path = vendor_root / rel
 
         async def handler(request: Request) -> Response:
             if not path.is_file():
-                raise NotFound(f"{VENDOR[name]} is not installed: run `make setup` (npm ci)")
-            return FileResponse(path, media_type="text/javascript", headers={"cache-control": "public, max-age=3600"})
+                raise NotFound(assets.missing_message(vendor_root, rel))
+            return FileResponse(path, media_type=ctype, headers={"cache-control": "public, max-age=3600"})
         return handler
 
     async def amphi_error(request: Request, exc: Exception) -> Response:

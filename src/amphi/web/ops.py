@@ -5,7 +5,7 @@
     POST /dashboard/login         form field ``key`` -> session cookie, 303 to /dashboard
     POST /dashboard/logout        clears the cookie, 303 to /dashboard
     GET  /dashboard/stream        Server-Sent Events: a snapshot, then new samples and events
-    GET  /vendor/uPlot.iife.min.js, /vendor/uPlot.min.css    the chart library (npm, node_modules)
+    GET  /vendor/uPlot.iife.min.js, /vendor/uPlot.min.css    the chart library (npm; amphi.web.assets)
 
 Operator only = ``Authorization: Bearer OPERATOR_KEY``, or the session cookie the login form
 sets (an HMAC of the key, HttpOnly, SameSite=Strict: the key itself never sits in the URL
@@ -33,7 +33,7 @@ from amphi.core.config import Config
 from amphi.core.errors import AmphiError, MethodNotAllowed, NotFound, TooBusy, Unauthorized
 from amphi.obs.metrics import CONTENT_TYPE
 from amphi.obs.observer import Observer
-from amphi.web import sse
+from amphi.web import assets, sse
 from amphi.web.asgi import NO_STORE, Receive, Scope, Send, bearer, header, read_body, respond, send_error
 from amphi.web.routes import Match
 
@@ -45,8 +45,6 @@ SESSION_S = 12 * 3600
 LOGIN_BODY_LIMIT = 1024
 MAX_STREAMS = 32  # dashboards open at once per node
 HTML = b"text/html; charset=utf-8"
-VENDOR = {"vendor.uplot": ("uplot/dist/uPlot.iife.min.js", b"text/javascript"),  # route -> file in node_modules
-          "vendor.uplot_css": ("uplot/dist/uPlot.min.css", b"text/css")}
 _COOKIE_RE = re.compile(COOKIE + r"=([0-9a-f]{64})")
 
 
@@ -58,7 +56,7 @@ class Ops:
         self._max_listeners = cfg.admission.max_listeners
         self._session = hmac.new(self._key, b"amphi dashboard session", hashlib.sha256).hexdigest()
         self._secure = (cfg.http.public_url or "").startswith("https://")
-        self._assets = cfg.web_assets_dir
+        self._assets = assets.root(cfg.web_assets_dir)
 
     # -- who is asking ------------------------------------------------------------------------
 
@@ -83,7 +81,7 @@ class Ops:
         try:
             if not m.allowed:
                 raise MethodNotAllowed(f"{scope['path']} takes {' or '.join(sorted(m.route.methods))}")
-            if name in VENDOR:
+            if name in assets.VENDOR:
                 await self._vendor(name, send)
             elif name == "dashboard.login":
                 await self._login(scope, receive, send)
@@ -109,11 +107,11 @@ class Ops:
         await respond(send, status, [(b"content-type", HTML), (b"cache-control", NO_STORE)], body)
 
     async def _vendor(self, name: str, send: Send) -> None:
-        rel, ctype = VENDOR[name]
+        rel, ctype = assets.VENDOR[name]
         file = self._assets / rel
         if not file.is_file():
-            raise NotFound("uPlot is not installed: run `make setup` (npm ci)")
-        await respond(send, 200, [(b"content-type", ctype), (b"cache-control", b"public, max-age=3600")],
+            raise NotFound(assets.missing_message(self._assets, rel))
+        await respond(send, 200, [(b"content-type", ctype.encode()), (b"cache-control", b"public, max-age=3600")],
                       file.read_bytes())
 
     async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
