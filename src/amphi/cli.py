@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 import uvloop
 
-from amphi.core.config import (AdmissionConfig, ClusterConfig, Config, DefenseConfig, HttpConfig, MediaConfig,
-                               SoundConfig, StageConfig)
+from amphi.core.config import (AdmissionConfig, ClusterConfig, Config, DefenseConfig, HttpConfig, IceConfig,
+                               MediaConfig, SoundConfig, StageConfig)
 from amphi.edge.vcl import NAME as NODE_ID
 from amphi.obs.logging import configure as configure_logging
 from amphi.defense.shield import parse_networks
@@ -23,6 +23,55 @@ def main(ctx: click.Context, verbose: bool) -> None:
     """Amphi: live-audio rooms that survive the surge."""
     ctx.obj = {"verbose": verbose}
     configure_logging("text", verbose)
+
+
+# -- serve's ICE flags (docs/deploying.md, "ICE addresses", "STUN and TURN"): one block, one checker ------
+
+ICE_OPTIONS = (
+    click.option("--ice-address", "ice_addresses", multiple=True, metavar="IP",
+                 help="Address the node offers to speakers' WebRTC (an IP literal; repeatable). Default: --host if "
+                      "it is an address other than 0.0.0.0 or ::, else 127.0.0.1. Behind 1:1 NAT, the public one."),
+    click.option("--stun", "stun", multiple=True, metavar="URL",
+                 help="STUN server handed to speakers' clients, stun:HOST[:PORT] (repeatable)."),
+    click.option("--turn", "turn", multiple=True, metavar="URL",
+                 help="TURN server handed to speakers' clients with an ephemeral credential, "
+                      "turn:HOST[:PORT][?transport=udp|tcp] or turns:... (repeatable; needs --turn-secret)."),
+    click.option("--turn-secret", envvar="AMPHI_TURN_SECRET", default=None, metavar="SECRET",
+                 help="The TURN server's static-auth-secret (coturn's use-auth-secret) [env AMPHI_TURN_SECRET]."),
+    click.option("--turn-ttl", default=IceConfig.turn_ttl_s, show_default=True, type=click.FloatRange(min=60),
+                 help="Seconds an ephemeral TURN credential is valid."),
+)
+
+
+def ice_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(ICE_OPTIONS):
+        command = option(command)
+    return command
+
+
+def ice_config(host: str, ice_addresses: tuple[str, ...], stun: tuple[str, ...], turn: tuple[str, ...],
+               turn_secret: str | None, turn_ttl: float) -> IceConfig:
+    """The flags as an ``IceConfig``, each checked (``click.BadParameter`` naming the flag)."""
+    from amphi.control.ice import checked, parse_address, parse_ice_url
+
+    if not ice_addresses:
+        try:
+            ice_addresses = (parse_address(host),)
+        except ValueError:
+            ice_addresses = IceConfig.addresses
+    for flag, values, check in (("--ice-address", ice_addresses, parse_address),
+                                ("--stun", stun, lambda u: parse_ice_url(u, "stun")),
+                                ("--turn", turn, lambda u: parse_ice_url(u, "turn"))):
+        for value in values:
+            try:
+                check(value)
+            except ValueError as e:
+                raise click.BadParameter(str(e), param_hint=flag) from None
+    if turn and not turn_secret:
+        raise click.BadParameter("--turn needs the TURN server's shared secret (its static-auth-secret)",
+                                 param_hint="--turn-secret / AMPHI_TURN_SECRET")
+    return checked(IceConfig(addresses=ice_addresses, stun=stun, turn=turn, turn_secret=turn_secret or None,
+                             turn_ttl_s=turn_ttl))
 
 
 @main.command()
@@ -89,6 +138,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
               help="Seconds of dead air in a live Space before its hosts are alerted (a Space may set its own).")
 @click.option("--no-sound-guard", is_flag=True, help="Mix speakers as they arrive: no leveler, limiter or "
                                                       "feedback detection (dead-air alerts stay).")
+@ice_options
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: str | None, demo: bool,
           max_listeners: int, admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float,
@@ -96,7 +146,8 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
           node_id: str, edges: tuple[str, ...], pow_mode: str, pow_bits: int, trusted_proxies: tuple[str, ...],
           join_rate: float, address_join_rate: float, address_join_burst: int, header_timeout: float,
           redis_url: str | None, segment_parts: int, loudness_target: float, dead_air: float,
-          no_sound_guard: bool) -> None:
+          no_sound_guard: bool, ice_addresses: tuple[str, ...], stun: tuple[str, ...], turn: tuple[str, ...],
+          turn_secret: str | None, turn_ttl: float) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
@@ -115,11 +166,12 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
                             address_burst=address_join_burst)
     if not NODE_ID.match(node_id):
         raise click.BadParameter("1-32 letters, digits, '_' or '-'", param_hint="--node-id")
+    ice = ice_config(host, ice_addresses, stun, turn, turn_secret, turn_ttl)
     cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url,
                                                         header_read_timeout_s=header_timeout), demo=demo,
                  admission=admission, stage=stage, node_id=node_id, edges=tuple(e.rstrip("/") for e in edges),
                  operator_key=operator_key or None, defense=defense,
-                 cluster=ClusterConfig(redis_url=redis_url),
+                 cluster=ClusterConfig(redis_url=redis_url), ice=ice,
                  media=MediaConfig(parts_per_segment=segment_parts,
                                    sound=SoundConfig(enabled=not no_sound_guard, target_lufs=loudness_target,
                                                      dead_air_s=dead_air)))
@@ -141,10 +193,15 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
 @click.option("--return-to", "return_to", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Write what this speaker hears (the others on stage) to this WAV file.")
 @click.option("--no-reconnect", is_flag=True, help="Give up when the connection drops instead of reconnecting.")
+@click.option("--ice-address", "ice_addresses", multiple=True, metavar="IP",
+              help="This machine's address to offer in ICE (an IP literal; repeatable). Default: the address it "
+                   "reaches --server from. STUN and TURN servers come from the node.")
 def speak(server: str, space_id: str, role: str, key: str | None, token: str | None, path: str | None,
-          tone: float | None, loop: bool, duration: float | None, return_to: Path | None, no_reconnect: bool) -> None:
+          tone: float | None, loop: bool, duration: float | None, return_to: Path | None, no_reconnect: bool,
+          ice_addresses: tuple[str, ...]) -> None:
     """Join a Space's stage over WebRTC, send audio in real time and hear the others."""
-    from amphi.media.ingest.client import SpeakError, follow_room, speak as once, stay_on_stage
+    from amphi.control.ice import parse_address
+    from amphi.media.ingest.client import SpeakError, follow_room, local_address_towards, speak as once, stay_on_stage
     from amphi.media.ingest.sources import FileTrack, ToneTrack
     from amphi.media.wav import WavWriter
 
@@ -153,6 +210,15 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
     credential = key if role == "host" else token
     if credential is None:
         raise click.UsageError("--as host needs --key HOST_KEY" if role == "host" else "--as speaker needs --token GRANT")
+    try:
+        addresses = tuple(parse_address(a) for a in ice_addresses)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--ice-address") from None
+    if not addresses:
+        try:
+            addresses = (local_address_towards(server),)
+        except OSError as e:
+            raise click.ClickException(f"no route to {server} ({e}): give --ice-address") from None
     track = FileTrack(path, loop=loop) if path else ToneTrack(tone)  # type: ignore[arg-type]
     writer = WavWriter(return_to) if return_to else None
 
@@ -174,7 +240,7 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
         room = asyncio.ensure_future(follow_room(server, space_id, credential, tell))
         try:
             await run(server.rstrip("/"), space_id, track, key=credential, duration=duration,  # type: ignore[operator]
-                      on_connected=connected, on_return=on_return, **extra)
+                      ice_addresses=addresses, on_connected=connected, on_return=on_return, **extra)
         finally:
             room.cancel()
             await asyncio.gather(room, return_exceptions=True)
