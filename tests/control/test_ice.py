@@ -1,0 +1,131 @@
+"""ICE settings (amphi.control.ice, the serve/speak flags): what an operator types is checked
+with a clear error, and TURN REST credentials are the ones coturn's use-auth-secret expects
+(checked against openssl's HMAC, an independent implementation)."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from amphi.cli import ice_config, main
+from amphi.control.ice import IceUrl, checked, ice_servers, link_header, parse_address, parse_ice_url, turn_credential
+from amphi.core.config import IceConfig
+
+
+def openssl_hmac_sha1_b64(secret: str, message: str) -> str:
+    digest = subprocess.run(["openssl", "dgst", "-sha1", "-hmac", secret, "-binary"], input=message.encode(),
+                            capture_output=True, check=True).stdout
+    return base64.b64encode(digest).decode()
+
+
+# -- URLs and addresses ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url, kind, parsed", [
+    ("stun:stun.example.org", "stun", IceUrl("stun", "stun.example.org", 3478, None)),
+    ("stun:198.51.100.4:19302", "stun", IceUrl("stun", "198.51.100.4", 19302, None)),
+    ("turn:127.0.0.1:3479?transport=udp", "turn", IceUrl("turn", "127.0.0.1", 3479, "udp")),
+    ("turn:turn.example.org?transport=tcp", "turn", IceUrl("turn", "turn.example.org", 3478, "tcp")),
+    ("turns:turn.example.org", "turn", IceUrl("turns", "turn.example.org", 5349, None)),
+    ("turn:[2001:db8::1]:3478", "turn", IceUrl("turn", "2001:db8::1", 3478, None)),
+])
+def test_good_urls_parse(url: str, kind: str, parsed: IceUrl) -> None:
+    assert parse_ice_url(url, kind) == parsed
+
+
+@pytest.mark.parametrize("url, kind, says", [
+    ("http://stun.example.org", "stun", "is not a STUN URL"),
+    ("stun.example.org:3478", "stun", "is not a STUN URL"),
+    ("turn:turn.example.org", "stun", "a STUN URL starts with stun:, not turn:"),
+    ("stun:stun.example.org", "turn", "a TURN URL starts with turn: or turns:, not stun:"),
+    ("stun:stun.example.org?transport=udp", "stun", "a STUN URL takes no transport"),
+    ("turn:turn.example.org?transport=sctp", "turn", "transport is udp or tcp"),
+    ("turn:turn.example.org:70000", "turn", "port 70000 is out of range"),
+    ("turn:[not-v6]:3478", "turn", "is not a TURN URL"),
+    ("turn:[2001:db8::zz]", "turn", "is not a TURN URL"),
+    ("turn:user@turn.example.org", "turn", "is not a TURN URL"),
+])
+def test_bad_urls_are_refused_saying_why(url: str, kind: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says.replace("?", r"\?")):
+        parse_ice_url(url, kind)
+
+
+def test_addresses_are_ip_literals_peers_can_send_to() -> None:
+    assert parse_address("10.213.7.1") == "10.213.7.1"
+    assert parse_address("2001:0db8::0001") == "2001:db8::1"  # canonical
+    for bad, says in (("localhost", "not an IP address"), ("203.0.113", "not an IP address"),
+                      ("0.0.0.0", "unspecified"), ("::", "unspecified")):
+        with pytest.raises(ValueError, match=says):
+            parse_address(bad)
+
+
+def test_checked_config() -> None:
+    assert checked(IceConfig(addresses=("2001:db8::0001",))).addresses == ("2001:db8::1",)
+    with pytest.raises(ValueError, match="at least one"):
+        checked(IceConfig(addresses=()))
+    with pytest.raises(ValueError, match="shared secret"):
+        checked(IceConfig(turn=("turn:127.0.0.1",)))
+    with pytest.raises(ValueError, match="too short"):
+        checked(IceConfig(turn=("turn:127.0.0.1",), turn_secret="s", turn_ttl_s=5))
+
+
+# -- the flags --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, says", [
+    (["serve", "--ice-address", "node.example.org"], "Invalid value for --ice-address: 'node.example.org' is not an IP"),
+    (["serve", "--ice-address", "0.0.0.0"], "Invalid value for --ice-address: '0.0.0.0' is the unspecified address"),
+    (["serve", "--stun", "turn:127.0.0.1"], "Invalid value for --stun: 'turn:127.0.0.1': a STUN URL starts with stun:"),
+    (["serve", "--turn", "https://turn.example.org"], "Invalid value for --turn: 'https://turn.example.org' is not a TURN URL"),
+    (["serve", "--turn", "turn:127.0.0.1"], "Invalid value for --turn-secret / AMPHI_TURN_SECRET: --turn needs"),
+    (["serve", "--turn", "turn:127.0.0.1", "--turn-secret", "s", "--turn-ttl", "10"], "--turn-ttl"),
+    (["speak", "--server", "http://127.0.0.1:9", "--space", "x", "--key", "k", "--tone", "440",
+      "--ice-address", "me.example.org"], "Invalid value for --ice-address: 'me.example.org' is not an IP"),
+])
+def test_bad_flags_are_usage_errors_naming_the_flag(args: list[str], says: str) -> None:
+    result = CliRunner().invoke(main, args, env={"AMPHI_TURN_SECRET": ""})
+    assert result.exit_code == 2, result.output
+    assert says in " ".join(result.output.split()), result.output
+
+
+def test_flags_make_the_config() -> None:
+    ice = ice_config("10.213.7.1", (), ("stun:stun.example.org",), ("turn:127.0.0.1:3479?transport=udp",), "s", 600)
+    assert ice == IceConfig(addresses=("10.213.7.1",), stun=("stun:stun.example.org",),
+                            turn=("turn:127.0.0.1:3479?transport=udp",), turn_secret="s", turn_ttl_s=600)
+    # the default address: --host when it is one peers can send to, else loopback
+    assert ice_config("0.0.0.0", (), (), (), None, 600).addresses == ("127.0.0.1",)
+    assert ice_config("localhost", (), (), (), None, 600).addresses == ("127.0.0.1",)
+    assert ice_config("0.0.0.0", ("198.51.100.7", "10.0.0.7"), (), (), None, 600).addresses == ("198.51.100.7", "10.0.0.7")
+
+
+# -- TURN REST credentials -------------------------------------------------------------------------
+
+
+def test_turn_credential_is_coturns_hmac_with_the_expiry_in_the_username() -> None:
+    now, ttl = 1_800_000_000.7, 3600.0
+    username, password = turn_credential("north-wind", "host", now, ttl)
+    assert username == "1800003600:host"  # <unix expiry>:<user>
+    assert password == openssl_hmac_sha1_b64("north-wind", username)
+    assert turn_credential("another secret", "host", now, ttl)[1] != password
+    later_user, later_password = turn_credential("north-wind", "host", now + 60, ttl)
+    assert later_user == "1800003660:host" and later_password == openssl_hmac_sha1_b64("north-wind", later_user)
+
+
+def test_ice_servers_and_link_header() -> None:
+    assert ice_servers(IceConfig(), 0) == []
+    ice = IceConfig(stun=("stun:stun.example.org",), turn=("turn:t.example.org?transport=udp", "turns:t.example.org"),
+                    turn_secret="s3", turn_ttl_s=600)
+    stun, turn = ice_servers(ice, 1000.0, "p1")
+    assert stun == {"urls": ["stun:stun.example.org"]}
+    assert turn["urls"] == ["turn:t.example.org?transport=udp", "turns:t.example.org"]
+    assert turn["username"] == "1600:p1" and turn["credential"] == openssl_hmac_sha1_b64("s3", "1600:p1")
+    assert link_header([stun, turn]) == [
+        '<stun:stun.example.org>; rel="ice-server"',
+        f'<turn:t.example.org?transport=udp>; rel="ice-server"; username="1600:p1"; credential="{turn["credential"]}"; '
+        'credential-type="password"',
+        f'<turns:t.example.org>; rel="ice-server"; username="1600:p1"; credential="{turn["credential"]}"; '
+        'credential-type="password"',
+    ]
