@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
 ICE_OPTIONS = (
     click.option("--ice-address", "ice_addresses", multiple=True, metavar="IP",
                  help="Address the node offers to speakers' WebRTC (an IP literal; repeatable). Default: --host if "
-                      "it is an address other than 0.0.0.0 or ::, else 127.0.0.1. Behind 1:1 NAT, the public one."),
+                      "it is an address other than 0.0.0.0 or ::, else 127.0.0.1. It must be on one of this host's "
+                      "interfaces; behind NAT, speakers come through --turn (docs/deploying.md)."),
     click.option("--stun", "stun", multiple=True, metavar="URL",
                  help="STUN server handed to speakers' clients, stun:HOST[:PORT] (repeatable)."),
     click.option("--turn", "turn", multiple=True, metavar="URL",
@@ -67,6 +69,14 @@ def ice_config(host: str, ice_addresses: tuple[str, ...], stun: tuple[str, ...],
                 check(value)
             except ValueError as e:
                 raise click.BadParameter(str(e), param_hint=flag) from None
+    for address in ice_addresses:
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind((address, 0))  # where aioice will bind each speaker's connection
+        except OSError as e:
+            raise click.BadParameter(f"{address} is not an address of this host ({e.strerror}); behind NAT, "
+                                     "give the private one and use --turn (docs/deploying.md)",
+                                     param_hint="--ice-address") from None
     if turn and not turn_secret:
         raise click.BadParameter("--turn needs the TURN server's shared secret (its static-auth-secret)",
                                  param_hint="--turn-secret / AMPHI_TURN_SECRET")

@@ -78,6 +78,7 @@ def test_checked_config() -> None:
 @pytest.mark.parametrize("args, says", [
     (["serve", "--ice-address", "node.example.org"], "Invalid value for --ice-address: 'node.example.org' is not an IP"),
     (["serve", "--ice-address", "0.0.0.0"], "Invalid value for --ice-address: '0.0.0.0' is the unspecified address"),
+    (["serve", "--ice-address", "192.0.2.1"], "Invalid value for --ice-address: 192.0.2.1 is not an address of this host"),
     (["serve", "--stun", "turn:127.0.0.1"], "Invalid value for --stun: 'turn:127.0.0.1': a STUN URL starts with stun:"),
     (["serve", "--turn", "https://turn.example.org"], "Invalid value for --turn: 'https://turn.example.org' is not a TURN URL"),
     (["serve", "--turn", "turn:127.0.0.1"], "Invalid value for --turn-secret / AMPHI_TURN_SECRET: --turn needs"),
@@ -92,13 +93,13 @@ def test_bad_flags_are_usage_errors_naming_the_flag(args: list[str], says: str) 
 
 
 def test_flags_make_the_config() -> None:
-    ice = ice_config("10.213.7.1", (), ("stun:stun.example.org",), ("turn:127.0.0.1:3479?transport=udp",), "s", 600)
-    assert ice == IceConfig(addresses=("10.213.7.1",), stun=("stun:stun.example.org",),
+    ice = ice_config("127.0.0.5", (), ("stun:stun.example.org",), ("turn:127.0.0.1:3479?transport=udp",), "s", 600)
+    assert ice == IceConfig(addresses=("127.0.0.5",), stun=("stun:stun.example.org",),
                             turn=("turn:127.0.0.1:3479?transport=udp",), turn_secret="s", turn_ttl_s=600)
     # the default address: --host when it is one peers can send to, else loopback
     assert ice_config("0.0.0.0", (), (), (), None, 600).addresses == ("127.0.0.1",)
     assert ice_config("localhost", (), (), (), None, 600).addresses == ("127.0.0.1",)
-    assert ice_config("0.0.0.0", ("198.51.100.7", "10.0.0.7"), (), (), None, 600).addresses == ("198.51.100.7", "10.0.0.7")
+    assert ice_config("0.0.0.0", ("127.0.0.2", "127.0.0.3"), (), (), None, 600).addresses == ("127.0.0.2", "127.0.0.3")
 
 
 # -- TURN REST credentials -------------------------------------------------------------------------
