@@ -32,7 +32,10 @@ ICE_OPTIONS = (
     click.option("--ice-address", "ice_addresses", multiple=True, metavar="IP",
                  help="Address the node offers to speakers' WebRTC (an IP literal; repeatable). Default: --host if "
                       "it is an address other than 0.0.0.0 or ::, else 127.0.0.1. It must be on one of this host's "
-                      "interfaces; behind NAT, speakers come through --turn (docs/deploying.md)."),
+                      "interfaces; behind NAT, see --ice-announce and --turn (docs/deploying.md)."),
+    click.option("--ice-announce", "ice_announced", multiple=True, metavar="IP",
+                 help="Behind 1:1 NAT: the public address to offer in place of each --ice-address, in the same "
+                      "order (repeatable; the NAT must map it to the private one, port for port)."),
     click.option("--stun", "stun", multiple=True, metavar="URL",
                  help="STUN server handed to speakers' clients, stun:HOST[:PORT] (repeatable)."),
     click.option("--turn", "turn", multiple=True, metavar="URL",
@@ -51,8 +54,8 @@ def ice_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
-def ice_config(host: str, ice_addresses: tuple[str, ...], stun: tuple[str, ...], turn: tuple[str, ...],
-               turn_secret: str | None, turn_ttl: float) -> IceConfig:
+def ice_config(host: str, ice_addresses: tuple[str, ...], ice_announced: tuple[str, ...], stun: tuple[str, ...],
+               turn: tuple[str, ...], turn_secret: str | None, turn_ttl: float) -> IceConfig:
     """The flags as an ``IceConfig``, each checked (``click.BadParameter`` naming the flag)."""
     from amphi.control.ice import checked, parse_address, parse_ice_url
 
@@ -62,6 +65,7 @@ def ice_config(host: str, ice_addresses: tuple[str, ...], stun: tuple[str, ...],
         except ValueError:
             ice_addresses = IceConfig.addresses
     for flag, values, check in (("--ice-address", ice_addresses, parse_address),
+                                ("--ice-announce", ice_announced, parse_address),
                                 ("--stun", stun, lambda u: parse_ice_url(u, "stun")),
                                 ("--turn", turn, lambda u: parse_ice_url(u, "turn"))):
         for value in values:
@@ -77,10 +81,13 @@ def ice_config(host: str, ice_addresses: tuple[str, ...], stun: tuple[str, ...],
             raise click.BadParameter(f"{address} is not an address of this host ({e.strerror}); behind NAT, "
                                      "give the private one and use --turn (docs/deploying.md)",
                                      param_hint="--ice-address") from None
+    if ice_announced and len(ice_announced) != len(ice_addresses):
+        raise click.BadParameter(f"{len(ice_announced)} given for {len(ice_addresses)} --ice-address: one for each, "
+                                 "in the same order", param_hint="--ice-announce")
     if turn and not turn_secret:
         raise click.BadParameter("--turn needs the TURN server's shared secret (its static-auth-secret)",
                                  param_hint="--turn-secret / AMPHI_TURN_SECRET")
-    return checked(IceConfig(addresses=ice_addresses, stun=stun, turn=turn, turn_secret=turn_secret or None,
+    return checked(IceConfig(addresses=ice_addresses, announced=ice_announced, stun=stun, turn=turn, turn_secret=turn_secret or None,
                              turn_ttl_s=turn_ttl))
 
 
@@ -156,7 +163,7 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
           node_id: str, edges: tuple[str, ...], pow_mode: str, pow_bits: int, trusted_proxies: tuple[str, ...],
           join_rate: float, address_join_rate: float, address_join_burst: int, header_timeout: float,
           redis_url: str | None, segment_parts: int, loudness_target: float, dead_air: float,
-          no_sound_guard: bool, ice_addresses: tuple[str, ...], stun: tuple[str, ...], turn: tuple[str, ...],
+          no_sound_guard: bool, ice_addresses: tuple[str, ...], ice_announced: tuple[str, ...], stun: tuple[str, ...], turn: tuple[str, ...],
           turn_secret: str | None, turn_ttl: float) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
@@ -176,7 +183,7 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
                             address_burst=address_join_burst)
     if not NODE_ID.match(node_id):
         raise click.BadParameter("1-32 letters, digits, '_' or '-'", param_hint="--node-id")
-    ice = ice_config(host, ice_addresses, stun, turn, turn_secret, turn_ttl)
+    ice = ice_config(host, ice_addresses, ice_announced, stun, turn, turn_secret, turn_ttl)
     cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url,
                                                         header_read_timeout_s=header_timeout), demo=demo,
                  admission=admission, stage=stage, node_id=node_id, edges=tuple(e.rstrip("/") for e in edges),

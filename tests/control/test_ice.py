@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from amphi.cli import ice_config, main
 from amphi.control.ice import IceUrl, checked, ice_servers, link_header, parse_address, parse_ice_url, turn_credential
 from amphi.core.config import IceConfig
+from amphi.media.ingest.webrtc import announce
 
 
 def openssl_hmac_sha1_b64(secret: str, message: str) -> str:
@@ -68,6 +69,8 @@ def test_checked_config() -> None:
         checked(IceConfig(addresses=()))
     with pytest.raises(ValueError, match="shared secret"):
         checked(IceConfig(turn=("turn:127.0.0.1",)))
+    with pytest.raises(ValueError, match="1 announced address.*for 2 ICE"):
+        checked(IceConfig(addresses=("10.0.0.5", "10.0.0.6"), announced=("203.0.113.7",)))
     with pytest.raises(ValueError, match="too short"):
         checked(IceConfig(turn=("turn:127.0.0.1",), turn_secret="s", turn_ttl_s=5))
 
@@ -79,6 +82,9 @@ def test_checked_config() -> None:
     (["serve", "--ice-address", "node.example.org"], "Invalid value for --ice-address: 'node.example.org' is not an IP"),
     (["serve", "--ice-address", "0.0.0.0"], "Invalid value for --ice-address: '0.0.0.0' is the unspecified address"),
     (["serve", "--ice-address", "192.0.2.1"], "Invalid value for --ice-address: 192.0.2.1 is not an address of this host"),
+    (["serve", "--ice-address", "127.0.0.2", "--ice-announce", "203.0.113.7", "--ice-announce", "203.0.113.8"],
+     "Invalid value for --ice-announce: 2 given for 1 --ice-address"),
+    (["serve", "--ice-announce", "public.example.org"], "Invalid value for --ice-announce: 'public.example.org' is not an IP"),
     (["serve", "--stun", "turn:127.0.0.1"], "Invalid value for --stun: 'turn:127.0.0.1': a STUN URL starts with stun:"),
     (["serve", "--turn", "https://turn.example.org"], "Invalid value for --turn: 'https://turn.example.org' is not a TURN URL"),
     (["serve", "--turn", "turn:127.0.0.1"], "Invalid value for --turn-secret / AMPHI_TURN_SECRET: --turn needs"),
@@ -93,13 +99,16 @@ def test_bad_flags_are_usage_errors_naming_the_flag(args: list[str], says: str) 
 
 
 def test_flags_make_the_config() -> None:
-    ice = ice_config("127.0.0.5", (), ("stun:stun.example.org",), ("turn:127.0.0.1:3479?transport=udp",), "s", 600)
+    ice = ice_config("127.0.0.5", (), (), ("stun:stun.example.org",), ("turn:127.0.0.1:3479?transport=udp",), "s", 600)
     assert ice == IceConfig(addresses=("127.0.0.5",), stun=("stun:stun.example.org",),
                             turn=("turn:127.0.0.1:3479?transport=udp",), turn_secret="s", turn_ttl_s=600)
     # the default address: --host when it is one peers can send to, else loopback
-    assert ice_config("0.0.0.0", (), (), (), None, 600).addresses == ("127.0.0.1",)
-    assert ice_config("localhost", (), (), (), None, 600).addresses == ("127.0.0.1",)
-    assert ice_config("0.0.0.0", ("127.0.0.2", "127.0.0.3"), (), (), None, 600).addresses == ("127.0.0.2", "127.0.0.3")
+    assert ice_config("0.0.0.0", (), (), (), (), None, 600).addresses == ("127.0.0.1",)
+    assert ice_config("localhost", (), (), (), (), None, 600).addresses == ("127.0.0.1",)
+    assert ice_config("0.0.0.0", ("127.0.0.2", "127.0.0.3"), (), (), (), None, 600).addresses == ("127.0.0.2", "127.0.0.3")
+    # 1:1 NAT: a public address for each bound one
+    nat = ice_config("127.0.0.2", (), ("203.0.113.7",), (), (), None, 600)
+    assert (nat.addresses, nat.announced) == (("127.0.0.2",), ("203.0.113.7",))
 
 
 # -- TURN REST credentials -------------------------------------------------------------------------
@@ -130,3 +139,27 @@ def test_ice_servers_and_link_header() -> None:
         f'<turns:t.example.org>; rel="ice-server"; username="1600:p1"; credential="{turn["credential"]}"; '
         'credential-type="password"',
     ]
+
+
+# -- 1:1 NAT: the answer names the public address -----------------------------------------------------
+
+
+ANSWER = "\r\n".join([
+    "v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0", "m=audio 40000 UDP/TLS/RTP/SAVPF 96", "c=IN IP4 10.0.0.5",
+    "a=candidate:1 1 udp 2130706431 10.0.0.5 40000 typ host",
+    "a=candidate:2 1 udp 2130706431 10.0.0.6 40001 typ host",
+    "a=candidate:3 1 udp 1694498815 198.51.100.9 40002 typ srflx raddr 10.0.0.5 rport 40000",
+    "a=end-of-candidates", "",
+])
+
+
+def test_announce_replaces_the_bound_address_in_candidates_and_c_lines() -> None:
+    assert announce(ANSWER, {}) == ANSWER
+    out = announce(ANSWER, {"10.0.0.5": "203.0.113.7"}).split("\r\n")
+    assert "c=IN IP4 203.0.113.7" in out
+    assert "a=candidate:1 1 udp 2130706431 203.0.113.7 40000 typ host" in out  # the port stays: 1:1 NAT
+    assert "a=candidate:2 1 udp 2130706431 10.0.0.6 40001 typ host" in out  # not mapped: as it was
+    assert "a=candidate:3 1 udp 1694498815 198.51.100.9 40002 typ srflx raddr 10.0.0.5 rport 40000" in out
+    assert out[1] == "o=- 1 1 IN IP4 0.0.0.0" and out[-1] == ""
+    v6 = announce(ANSWER, {"10.0.0.5": "2001:db8::7"})
+    assert "c=IN IP6 2001:db8::7\r\n" in v6 and " 2001:db8::7 40000 typ host" in v6

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +29,7 @@ from tests.audio import SR, dominant_per_window, rms
 from tests.integration.amphi_proc import BIN, AmphiServer, Speaker, stop_group, wait_until
 
 NODE_IP, SPEAKER_IP, PREFIX = "10.213.7.1", "10.213.7.2", 24
+PRIVATE_IP = "192.168.213.1"  # the node's address behind its 1:1 NAT (inside its namespace only)
 PORT = 8000  # the node's namespace is its own: no other process can hold the port there
 TONE_HZ = 660
 
@@ -84,51 +85,47 @@ def netns() -> Iterator[Netns]:
 
 
 @pytest.fixture
-def node_in_netns(netns: Netns, tmp_path: Path) -> Iterator[str]:
-    """``amphi serve`` inside the node's namespace, bound to its veth address (its ICE
-    address by default); the node's base URL."""
+def node_in_netns(netns: Netns, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Starts ``amphi serve`` inside the node's namespace, bound to its veth address (by default
+    also its ICE address), with extra flags; returns the node's base URL. Stopped after the test."""
     url = f"http://{NODE_IP}:{PORT}"
-    log = tmp_path / "amphi.log"
-    with open(log, "ab") as logf:
-        proc = subprocess.Popen(["ip", "netns", "exec", netns.node, str(BIN), "serve", "--host", NODE_IP, "--port",
-                                 str(PORT), "--data-dir", str(tmp_path / "data"), "--segment-parts", "7"],
-                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*flags: str) -> str:
+        log = tmp_path / "amphi.log"
+        with open(log, "ab") as logf:
+            proc = subprocess.Popen(["ip", "netns", "exec", netns.node, str(BIN), "serve", "--host", NODE_IP, "--port",
+                                     str(PORT), "--data-dir", str(tmp_path / "data"), "--segment-parts", "7", *flags],
+                                    stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(proc)
+
         def up() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"amphi serve exited with {proc.returncode}:\n{log.read_text()}")
             return netns.run(netns.node, "curl", "-sf", "-o", "/dev/null", f"{url}/api/node", check=False).returncode == 0
 
         wait_until(up, 30, "amphi serve to answer in its namespace", interval=0.2)
-        yield url
-    finally:
+        return url
+
+    yield start
+    for proc in procs:
         stop_group(proc, 15)
 
 
-def test_a_speaker_in_its_own_network_namespace_is_heard(netns: Netns, node_in_netns: str) -> None:
-    url = node_in_netns
+def live_space(netns: Netns, url: str) -> tuple[str, str]:
     status, created = netns.http(netns.node, "POST", f"{url}/api/spaces", {"title": "off loopback"})
     assert status == 201, created
     space, key = created["id"], created["host_key"]
     status, _ = netns.http(netns.node, "POST", f"{url}/api/spaces/{space}/start", auth=key)
     assert status == 200
+    return space, key
 
-    # The speaker's namespace reaches the node at its address only: the node's 127.0.0.1 is not
-    # there (its own loopback has nothing listening), and neither is the root namespace's.
-    assert netns.run(netns.speaker, "curl", "-sf", "-o", "/dev/null", "-m", "5", f"{url}/api/node").returncode == 0
-    for loopback in (f"http://127.0.0.1:{PORT}", "http://127.0.0.1:8000"):
-        refused = netns.run(netns.speaker, "curl", "-s", "-o", "/dev/null", "-m", "5", f"{loopback}/api/node",
-                            check=False)
-        assert refused.returncode == 7, refused  # curl: failed to connect
-    routes = netns.run(netns.speaker, "ip", "-4", "addr", "show").stdout.decode()
-    assert f"inet {SPEAKER_IP}/{PREFIX}" in routes and NODE_IP not in routes
 
-    # The node hands out no STUN or TURN here: the two host addresses are all there is.
-    status, servers = netns.http(netns.speaker, "GET", f"{url}/api/spaces/{space}/ice", auth=key)
-    assert (status, servers) == (200, {"ice_servers": []})
-
+def speaker_heard(netns: Netns, url: str, space: str, key: str) -> None:
+    """``amphi speak --tone`` from the speaker's namespace (offering the address it reaches the
+    node from); ffmpeg in the node's namespace hears the tone in the live program."""
     speaker = Speaker(SimpleNamespace(url=url), space, key, "--tone", str(TONE_HZ))
-    speaker.cmd = ["ip", "netns", "exec", netns.speaker, *speaker.cmd]  # its ICE address: the one towards the node
+    speaker.cmd = ["ip", "netns", "exec", netns.speaker, *speaker.cmd]
     try:
         speaker.start(timeout=30)
         status, joined = netns.http(netns.node, "POST", f"{url}/api/spaces/{space}/join", {})
@@ -155,6 +152,53 @@ def test_a_speaker_in_its_own_network_namespace_is_heard(netns: Netns, node_in_n
     windows = dominant_per_window(audio, 0.25)
     assert all(abs(hz - TONE_HZ) <= 5 for hz in windows), windows
     assert min(rms(audio[i * quarter:(i + 1) * quarter]) for i in range(len(windows))) > 0.2, "the tone dropped out"
+
+
+def test_a_speaker_in_its_own_network_namespace_is_heard(netns: Netns, node_in_netns: Callable[..., str]) -> None:
+    url = node_in_netns()
+    space, key = live_space(netns, url)
+
+    # The speaker's namespace reaches the node at its address only: the node's 127.0.0.1 is not
+    # there (its own loopback has nothing listening), and neither is the root namespace's.
+    assert netns.run(netns.speaker, "curl", "-sf", "-o", "/dev/null", "-m", "5", f"{url}/api/node").returncode == 0
+    for loopback in (f"http://127.0.0.1:{PORT}", "http://127.0.0.1:8000"):
+        refused = netns.run(netns.speaker, "curl", "-s", "-o", "/dev/null", "-m", "5", f"{loopback}/api/node",
+                            check=False)
+        assert refused.returncode == 7, refused  # curl: failed to connect
+    routes = netns.run(netns.speaker, "ip", "-4", "addr", "show").stdout.decode()
+    assert f"inet {SPEAKER_IP}/{PREFIX}" in routes and NODE_IP not in routes
+
+    # The node hands out no STUN or TURN here: the two host addresses are all there is.
+    status, servers = netns.http(netns.speaker, "GET", f"{url}/api/spaces/{space}/ice", auth=key)
+    assert (status, servers) == (200, {"ice_servers": []})
+
+    speaker_heard(netns, url, space, key)
+
+
+@pytest.mark.serial  # over 30 s alone
+def test_a_node_behind_1to1_nat_announces_its_public_address(netns: Netns,
+                                                             node_in_netns: Callable[..., str]) -> None:
+    """The node binds a private address (on the loopback interface of its namespace) that the speaker
+    has no route to; iptables in the node's namespace maps the public one (its veth address)
+    to it, port for port, as a cloud's 1:1 NAT does. The speaker takes UDP only in answer to
+    its own. ``--ice-announce`` puts the public address in the answer, and the speaker is heard
+    (without it, the speaker's checks go to the private address and never arrive)."""
+    netns.run(netns.node, "ip", "addr", "add", f"{PRIVATE_IP}/32", "dev", "lo")
+    netns.run(netns.node, "iptables", "-t", "nat", "-A", "PREROUTING", "-d", NODE_IP, "-p", "udp",
+              "-j", "DNAT", "--to-destination", PRIVATE_IP)
+    netns.run(netns.node, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", PRIVATE_IP, "-p", "udp",
+              "-j", "SNAT", "--to-source", NODE_IP)
+    # The speaker is behind a stateful firewall, as behind a home router: UDP comes in only in
+    # answer to what it sent (else the node's own checks would find it, from the public address).
+    netns.run(netns.speaker, "iptables", "-A", "INPUT", "-p", "udp", "-m", "conntrack", "--ctstate",
+              "ESTABLISHED,RELATED", "-j", "ACCEPT")
+    netns.run(netns.speaker, "iptables", "-A", "INPUT", "-p", "udp", "-j", "DROP")
+    unroutable = netns.run(netns.speaker, "ip", "route", "get", PRIVATE_IP, check=False)
+    assert unroutable.returncode != 0, unroutable.stdout  # the private address is no use to the speaker
+
+    url = node_in_netns("--ice-address", PRIVATE_IP, "--ice-announce", NODE_IP)
+    space, key = live_space(netns, url)
+    speaker_heard(netns, url, space, key)
 
 
 def test_the_node_hands_speakers_stun_and_fresh_turn_credentials(tmp_path: Path) -> None:

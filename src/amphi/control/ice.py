@@ -117,6 +117,10 @@ def checked(ice: IceConfig) -> IceConfig:
     addresses = tuple(parse_address(a) for a in ice.addresses)
     if not addresses:
         raise ValueError("at least one ICE address is needed")
+    announced = tuple(parse_address(a) for a in ice.announced)
+    if announced and len(announced) != len(addresses):
+        raise ValueError(f"{len(announced)} announced address(es) for {len(addresses)} ICE address(es): "
+                         "give one for each, in the same order")
     for url in ice.stun:
         parse_ice_url(url, "stun")
     for url in ice.turn:
@@ -125,4 +129,4 @@ def checked(ice: IceConfig) -> IceConfig:
         raise ValueError("TURN URLs need the TURN server's shared secret (its static-auth-secret)")
     if ice.turn_ttl_s < 60:
         raise ValueError(f"a TURN credential lifetime of {ice.turn_ttl_s} s is too short (60 s at least)")
-    return replace(ice, addresses=addresses)
+    return replace(ice, addresses=addresses, announced=announced)
