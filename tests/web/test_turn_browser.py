@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from tests.audio import SR, dominant_per_window, rms, tone, write_wav
-from tests.integration.amphi_proc import AmphiServer, stop_group
+from tests.integration.amphi_proc import AmphiServer, Speaker, stop_group
 from tests.web.browser import CHROMIUM, CHROMIUM_ARGS, FAKE_MEDIA_ARGS, RAW_MICROPHONE, wait_for
 
 TONE_HZ = 523
@@ -159,3 +159,23 @@ def test_a_browser_speaker_relayed_by_coturn_is_heard(turn: Turn, browser: Brows
                              log)
     assert allocations, log[-3000:]
     assert re.search(r"user <\d+:host>: incoming packet CREATE_PERMISSION processed, success", log), log[-3000:]
+
+
+def test_amphi_speak_allocates_on_coturn_with_the_nodes_credential(turn: Turn, tmp_path: Path) -> None:
+    """``amphi speak`` asks the node for its ICE servers and gathers a relay candidate on coturn
+    with the ephemeral credential (aiortc offers it beside its host candidate)."""
+    node = AmphiServer(tmp_path / "data", None, "--turn", turn.url, "--turn-secret", SECRET).start()
+    speaker = None
+    try:
+        space, key = node.create("speak with TURN")
+        node.start_space(space, key)
+        speaker = Speaker(node, space, key, "--tone", str(TONE_HZ)).start(timeout=30)
+        audio = program(node, space)
+    finally:
+        if speaker is not None:
+            speaker.stop()
+        node.stop()
+    windows = dominant_per_window(audio, 0.25)
+    assert windows and all(abs(hz - TONE_HZ) <= 5 for hz in windows), windows
+    assert re.search(rf"realm <{re.escape(REALM)}> user <\d+:host>: incoming packet ALLOCATE processed, success",
+                     turn.text()), turn.text()[-3000:]
