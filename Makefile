@@ -37,6 +37,10 @@ system:
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+		case "$$missing" in *coturn*) if command -v systemctl >/dev/null; then \
+			$$SUDO systemctl disable --now coturn >/dev/null 2>&1 || true; \
+			echo "coturn: its system service (default config, no credentials) is stopped and disabled; the tests start their own"; \
+		fi;; esac; \
 	fi
 
 $(VENV)/.installed: pyproject.toml
