@@ -79,7 +79,7 @@ def ice_config(host: str, ice_addresses: tuple[str, ...], ice_announced: tuple[s
                 s.bind((address, 0))  # where aioice will bind each speaker's connection
         except OSError as e:
             raise click.BadParameter(f"{address} is not an address of this host ({e.strerror}); behind NAT, "
-                                     "give the private one and use --turn (docs/deploying.md)",
+                                     "give the private one, and --ice-announce or --turn (docs/deploying.md)",
                                      param_hint="--ice-address") from None
     if ice_announced and len(ice_announced) != len(ice_addresses):
         raise click.BadParameter(f"{len(ice_announced)} given for {len(ice_addresses)} --ice-address: one for each, "
@@ -87,8 +87,8 @@ def ice_config(host: str, ice_addresses: tuple[str, ...], ice_announced: tuple[s
     if turn and not turn_secret:
         raise click.BadParameter("--turn needs the TURN server's shared secret (its static-auth-secret)",
                                  param_hint="--turn-secret / AMPHI_TURN_SECRET")
-    return checked(IceConfig(addresses=ice_addresses, announced=ice_announced, stun=stun, turn=turn, turn_secret=turn_secret or None,
-                             turn_ttl_s=turn_ttl))
+    return checked(IceConfig(addresses=ice_addresses, announced=ice_announced, stun=stun, turn=turn,
+                             turn_secret=turn_secret or None, turn_ttl_s=turn_ttl))
 
 
 @main.command()
@@ -163,8 +163,8 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
           node_id: str, edges: tuple[str, ...], pow_mode: str, pow_bits: int, trusted_proxies: tuple[str, ...],
           join_rate: float, address_join_rate: float, address_join_burst: int, header_timeout: float,
           redis_url: str | None, segment_parts: int, loudness_target: float, dead_air: float,
-          no_sound_guard: bool, ice_addresses: tuple[str, ...], ice_announced: tuple[str, ...], stun: tuple[str, ...], turn: tuple[str, ...],
-          turn_secret: str | None, turn_ttl: float) -> None:
+          no_sound_guard: bool, ice_addresses: tuple[str, ...], ice_announced: tuple[str, ...],
+          stun: tuple[str, ...], turn: tuple[str, ...], turn_secret: str | None, turn_ttl: float) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
