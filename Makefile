@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DATA ?= data
 APT_PACKAGES := ffmpeg chromium espeak-ng wrk icecast2 nginx libnginx-mod-stream libnginx-mod-http-js varnish varnish-vmod-digest varnish-modules \
-	redis-server iptables
+	redis-server iptables coturn iproute2 curl
 
 .PHONY: setup system run test wheel bench bench-small bench-side-by-side clean
 
@@ -30,10 +30,17 @@ system:
 	[ -e /usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_vsthrottle.so ] || missing="$$missing varnish-modules"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	[ -x /usr/sbin/iptables ] || missing="$$missing iptables"; \
+	command -v turnserver >/dev/null || missing="$$missing coturn"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+		case "$$missing" in *coturn*) if command -v systemctl >/dev/null; then \
+			$$SUDO systemctl disable --now coturn >/dev/null 2>&1 || true; \
+			echo "coturn: its system service (default config, no credentials) is stopped and disabled; the tests start their own"; \
+		fi;; esac; \
 	fi
 
 $(VENV)/.installed: pyproject.toml

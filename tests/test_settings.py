@@ -29,6 +29,7 @@ SAMPLES: dict[str, Any] = {
     "defense.trusted_proxies": ("10.0.0.0/8", "2001:db8::/32"),
     "defense.pow_mode": "on",
     "ice.addresses": ("192.0.2.7", "2001:db8::7"),
+    "ice.announced": ("203.0.113.7", "2001:db8::8"),
     "ice.stun": ("stun:stun.example.org:3478",),
     "ice.turn": ("turn:turn.example.org:3478?transport=udp", "turns:turn.example.org:5349"),
     "node_id": "node-7",
@@ -197,8 +198,8 @@ def test_layers_later_wins() -> None:
      "max_listeners)"),
     ("[http]\ntls_cert = 'c.pem'\n", "f.toml: [http] tls_cert: TLS needs both http.tls_cert and http.tls_key"),
     ("[ice]\nturn = ['turn:t:3478']\n", "f.toml: [ice] turn: TURN URLs need the TURN server's shared secret"),
-    ("[ice]\naddresses = ['speaker.example.org']\n", "f.toml: [ice] addresses: 'speaker.example.org' does not"),
-    ("[ice]\nstun = ['http://x']\n", "f.toml: [ice] stun: 'http://x' is not a stun: or stuns: URL"),
+    ("[ice]\naddresses = ['speaker.example.org']\n", "f.toml: [ice] addresses: 'speaker.example.org' is not an IP address"),
+    ("[ice]\nstun = ['http://x']\n", "f.toml: [ice] stun: 'http://x' is not a STUN URL"),
 ])
 def test_checks_apply_to_the_file(text: str, message: str) -> None:
     with pytest.raises(SettingsError) as e:
@@ -254,7 +255,7 @@ SERVE_FLAGS = ("--host", "--port", "--data-dir", "--public-url", "--demo", "--ma
                "--pow", "--pow-bits", "--trusted-proxy", "--join-rate", "--address-join-rate",
                "--address-join-burst", "--header-timeout", "--log-format", "--operator-key", "--node-id", "--edge",
                "--redis", "--segment-parts", "--loudness-target", "--dead-air", "--no-sound-guard",
-               "--ice-address", "--stun", "--turn", "--turn-secret", "--turn-ttl", "--tls-cert", "--tls-key",
+               "--ice-address", "--ice-announce", "--stun", "--turn", "--turn-secret", "--turn-ttl", "--tls-cert", "--tls-key",
                "--config")
 
 

@@ -52,10 +52,15 @@ def serve(ctx: click.Context, log_format: str | None, **_: object) -> None:
 @click.option("--return-to", "return_to", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Write what this speaker hears (the others on stage) to this WAV file.")
 @click.option("--no-reconnect", is_flag=True, help="Give up when the connection drops instead of reconnecting.")
+@click.option("--ice-address", "ice_addresses", multiple=True, metavar="IP",
+              help="This machine's address to offer in ICE (an IP literal; repeatable). Default: the address it "
+                   "reaches --server from. STUN and TURN servers come from the node.")
 def speak(server: str, space_id: str, role: str, key: str | None, token: str | None, path: str | None,
-          tone: float | None, loop: bool, duration: float | None, return_to: Path | None, no_reconnect: bool) -> None:
+          tone: float | None, loop: bool, duration: float | None, return_to: Path | None, no_reconnect: bool,
+          ice_addresses: tuple[str, ...]) -> None:
     """Join a Space's stage over WebRTC, send audio in real time and hear the others."""
-    from amphi.media.ingest.client import SpeakError, follow_room, speak as once, stay_on_stage
+    from amphi.control.ice import parse_address
+    from amphi.media.ingest.client import SpeakError, follow_room, local_address_towards, speak as once, stay_on_stage
     from amphi.media.ingest.sources import FileTrack, ToneTrack
     from amphi.media.wav import WavWriter
 
@@ -64,6 +69,15 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
     credential = key if role == "host" else token
     if credential is None:
         raise click.UsageError("--as host needs --key HOST_KEY" if role == "host" else "--as speaker needs --token GRANT")
+    try:
+        addresses = tuple(parse_address(a) for a in ice_addresses)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--ice-address") from None
+    if not addresses:
+        try:
+            addresses = (local_address_towards(server),)
+        except OSError as e:
+            raise click.ClickException(f"no route to {server} ({e}): give --ice-address") from None
     track = FileTrack(path, loop=loop) if path else ToneTrack(tone)  # type: ignore[arg-type]
     writer = WavWriter(return_to) if return_to else None
 
@@ -85,7 +99,7 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
         room = asyncio.ensure_future(follow_room(server, space_id, credential, tell))
         try:
             await run(server.rstrip("/"), space_id, track, key=credential, duration=duration,  # type: ignore[operator]
-                      on_connected=connected, on_return=on_return, **extra)
+                      ice_addresses=addresses, on_connected=connected, on_return=on_return, **extra)
         finally:
             room.cancel()
             await asyncio.gather(room, return_exceptions=True)

@@ -90,11 +90,16 @@ FLAGS = (
          "Mix speakers as they arrive: no leveler, limiter or feedback detection (dead-air alerts stay).",
          invert=True),
     Flag("--ice-address", "ice.addresses",
-         "A host address offered in ICE candidates (repeatable; IP literal).", "IP"),
+         "Address the node offers to speakers' WebRTC (an IP literal; repeatable). Default: --host if it is an "
+         "address other than 0.0.0.0 or ::, else 127.0.0.1. It must be on one of this host's interfaces; behind "
+         "NAT, see --ice-announce and --turn (docs/deploying.md).", "IP"),
+    Flag("--ice-announce", "ice.announced",
+         "Behind 1:1 NAT: the public address to offer in place of each --ice-address, in the same order "
+         "(repeatable; the NAT must map it to the private one, port for port).", "IP"),
     Flag("--stun", "ice.stun", "A STUN server for speakers' clients, stun:host:port (repeatable).", "URL"),
     Flag("--turn", "ice.turn", "A TURN server, turn:host:port?transport=udp|tcp or turns:... (repeatable; "
          "needs --turn-secret).", "URL"),
-    Flag("--turn-secret", "ice.turn_secret", "The TURN server's static-auth-secret (TURN REST credentials)."),
+    Flag("--turn-secret", "ice.turn_secret", "The TURN server's static-auth-secret (TURN REST credentials) [env AMPHI_TURN_SECRET]."),
     Flag("--turn-ttl", "ice.turn_ttl_s", "Seconds an ephemeral TURN credential lives."),
 )
 

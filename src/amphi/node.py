@@ -57,7 +57,8 @@ class Node:
         self.shield.on_space_verdict = self.obs.detector  # obs: detector changes are events, with evidence
         self.shield.media_elsewhere = bool(cfg.edges)  # behind edges the node does not see listeners' media
         self.ingest = WebRTCIngest(cfg.ice.addresses, silence_timeout_s=cfg.stage.silence_timeout_s,
-                                   garbage_timeout_s=cfg.stage.garbage_timeout_s)
+                                   garbage_timeout_s=cfg.stage.garbage_timeout_s,
+                                   announced=dict(zip(cfg.ice.addresses, cfg.ice.announced)))
         self.directory = Directory(cfg, self.registry, self.store)
         self._admission_changed = asyncio.Event()
         wake = self._admission_changed.set

@@ -51,10 +51,24 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def unbindable(address: str) -> str | None:
+    """Why aioice could not bind a speaker's connection to ``address``, or None if it can."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((address, 0))
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 async def serve(cfg: Config) -> None:
     """Runs a node until SIGINT/SIGTERM, then shuts down in order."""
     if not port_free(cfg.http.host, cfg.http.port):
         raise SystemExit(f"amphi: {cfg.http.host}:{cfg.http.port} is already in use")
+    for address in cfg.ice.addresses:
+        if why := unbindable(address):
+            raise SystemExit(f"amphi: ice.addresses: {address} is not an address of this host ({why}); behind NAT, "
+                             "give the private one, and --ice-announce or --turn (docs/deploying.md)")
     node = Node(cfg)
     await node.open()
     gc.set_threshold(*GC_THRESHOLDS)

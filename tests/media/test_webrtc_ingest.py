@@ -308,6 +308,8 @@ async def test_speak_tone_through_http(ingest: WebRTCIngest) -> None:
 
     async def handler(path: str, headers: dict[str, str], body: str) -> tuple[int, str, str]:
         seen.append((path, headers))
+        if path.endswith("/ice"):  # the ICE servers, asked before the offer: none here
+            return 200, "application/json", json.dumps({"ice_servers": []})
         try:
             answer, _ = await ingest.accept(body, sink, name="alice")
         except InvalidSdp as exc:
@@ -325,9 +327,10 @@ async def test_speak_tone_through_http(ingest: WebRTCIngest) -> None:
         await server.wait_closed()
 
     assert connected.is_set()
-    assert seen[0][0] == "/api/spaces/lobby/speak"
-    assert seen[0][1]["content-type"] == "application/sdp"
+    assert [path for path, _ in seen] == ["/api/spaces/lobby/ice", "/api/spaces/lobby/speak"]
     assert seen[0][1]["authorization"] == "Bearer k3y"
+    assert seen[1][1]["content-type"] == "application/sdp"
+    assert seen[1][1]["authorization"] == "Bearer k3y"
     assert sent[:3] == [0, FRAME, 2 * FRAME]
 
     await sink.wait_closed()  # speak() hung up after its duration

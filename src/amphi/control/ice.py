@@ -11,6 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
+import re
+from dataclasses import dataclass
 
 from amphi.core.config import IceConfig
 
@@ -48,3 +51,61 @@ def link_header(servers: list[dict[str, object]]) -> list[str]:
                 value += f'; username="{server["username"]}"; credential="{server["credential"]}"; credential-type="password"'
             out.append(value)
     return out
+
+
+# -- checking what an operator typed (the CLI and the config turn ValueError into their own errors) --
+
+SCHEMES = {"stun": ("stun",), "turn": ("turn", "turns")}  # what each list may hold (RFC 7064, RFC 7065)
+TRANSPORTS = ("udp", "tcp")
+_URL = re.compile(r"^(?P<scheme>stuns?|turns?):(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?"
+                  r"(?:\?transport=(?P<transport>[a-z]+))?$")
+
+
+@dataclass(frozen=True)
+class IceUrl:
+    scheme: str  # stun, turn or turns
+    host: str  # a name or an IP literal (IPv6 without its brackets)
+    port: int  # 3478, or 5349 for turns, unless given
+    transport: str | None  # turn/turns only: udp or tcp (None: the client's default)
+
+
+def parse_ice_url(url: str, kind: str) -> IceUrl:
+    """``url`` as a STUN (``kind`` "stun": ``stun:host[:port]``) or TURN server (``kind``
+    "turn": ``turn:host[:port][?transport=udp|tcp]`` or ``turns:...``); ``ValueError`` saying
+    what is wrong otherwise."""
+    m = _URL.match(url)
+    wanted = " or ".join(f"{s}:" for s in SCHEMES[kind])
+    if m is None:
+        example = "stun:stun.example.org:3478" if kind == "stun" else "turn:turn.example.org:3478?transport=udp"
+        raise ValueError(f"{url!r} is not a {kind.upper()} URL (like {example})")
+    scheme = m.group("scheme")
+    if scheme not in SCHEMES[kind]:
+        raise ValueError(f"{url!r}: a {kind.upper()} URL starts with {wanted}, not {scheme}:")
+    host = m.group("host")
+    if host.startswith("["):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{url!r}: {host!r} is not an IPv6 address") from None
+    port = int(m.group("port") or (5349 if scheme == "turns" else 3478))
+    if not 0 < port < 65536:
+        raise ValueError(f"{url!r}: port {port} is out of range")
+    transport = m.group("transport")
+    if transport is not None and scheme == "stun":
+        raise ValueError(f"{url!r}: a STUN URL takes no transport")
+    if transport is not None and transport not in TRANSPORTS:
+        raise ValueError(f"{url!r}: transport is udp or tcp, not {transport!r}")
+    return IceUrl(scheme, host, port, transport)
+
+
+def parse_address(text: str) -> str:
+    """An ICE host address: an IP literal, not a name, nor the unspecified address (0.0.0.0, ::),
+    which is no place a peer can send to. Returned in its canonical form; ``ValueError`` otherwise."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address (an ICE address is a literal, like 203.0.113.7)") from None
+    if address.is_unspecified:
+        raise ValueError(f"{text!r} is the unspecified address: give the address peers should send to")
+    return str(address)

@@ -204,6 +204,8 @@ class IceConfig:
     ``use-auth-secret``): username ``<expiry>:<user>``, password base64(HMAC-SHA1(secret, username))."""
 
     addresses: tuple[str, ...] = ("127.0.0.1",)  # host addresses offered in ICE candidates (IP literals)
+    announced: tuple[str, ...] = ()  # 1:1 NAT: offered in place of ``addresses``, one for one (the public address
+    # each is reached at); none: the addresses themselves
     stun: tuple[str, ...] = ()  # stun:host:port URLs
     turn: tuple[str, ...] = ()  # turn:host:port?transport=udp|tcp, turns:... URLs
     turn_secret: str | None = None  # the TURN server's static-auth-secret

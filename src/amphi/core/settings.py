@@ -43,6 +43,7 @@ SECRETS = frozenset({"admission.secret", "operator_key", "ice.turn_secret"})  # 
 ALIASES = {  # older environment names, kept: a setting's own AMPHI_ name wins over its alias
     "AMPHI_SECRET": "admission.secret",
     "AMPHI_NODE_MODULES": "web_assets_dir",
+    "AMPHI_TURN_SECRET": "ice.turn_secret",
 }
 OTHER_ENV = {  # AMPHI_ variables that are not settings (any other AMPHI_ name is an error)
     "AMPHI_CONFIG": "the config file, as --config",
@@ -70,7 +71,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "media.parts_per_segment": (2, 16),
     "media.sound.target_lufs": (-30, -10),
     "media.sound.dead_air_s": (2, 3600),
-    "ice.turn_ttl_s": (1, None),
+    "ice.turn_ttl_s": (60, None),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "defense.pow_mode": ("on", "off", "auto"),
@@ -327,17 +328,18 @@ def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
-def _ip_literals(value: tuple[str, ...]) -> tuple[str, ...]:
-    for v in value:
-        ipaddress.ip_address(v)  # ValueError: "'x' does not appear to be an IPv4 or IPv6 address"
-    return value
+def _ice_addresses(value: tuple[str, ...]) -> tuple[str, ...]:
+    from amphi.control.ice import parse_address
+
+    return tuple(parse_address(v) for v in value)  # ValueError names the bad one
 
 
-def _urls(*schemes: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+def _ice_urls(kind: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    from amphi.control.ice import parse_ice_url
+
     def check(value: tuple[str, ...]) -> tuple[str, ...]:
         for v in value:
-            if v.split(":", 1)[0] not in schemes or ":" not in v:
-                raise ValueError(f"{v!r} is not a {' or '.join(s + ':' for s in schemes)} URL")
+            parse_ice_url(v, kind)
         return value
     return check
 
@@ -346,9 +348,10 @@ CHECKS: dict[str, Callable[[Any], Any]] = {  # path -> the value to use (ValueEr
     "node_id": _node_id,
     "edges": lambda value: tuple(e.rstrip("/") for e in value),
     "defense.trusted_proxies": _networks,
-    "ice.addresses": _ip_literals,
-    "ice.stun": _urls("stun", "stuns"),
-    "ice.turn": _urls("turn", "turns"),
+    "ice.addresses": _ice_addresses,
+    "ice.announced": _ice_addresses,
+    "ice.stun": _ice_urls("stun"),
+    "ice.turn": _ice_urls("turn"),
 }
 
 
@@ -393,6 +396,16 @@ def build(*layers: Mapping[str, Given]) -> Config:
     if (values["http.tls_cert"] is None) != (values["http.tls_key"] is None):
         which = "http.tls_cert" if values["http.tls_cert"] is not None else "http.tls_key"
         raise SettingsError(f"{source(which)}: TLS needs both http.tls_cert and http.tls_key")
+    if "ice.addresses" not in given:  # the node offers the address it binds, if that is one peers can send to
+        try:
+            chosen["ice.addresses"] = values["ice.addresses"] = _ice_addresses((values["http.host"],))
+        except ValueError:
+            pass  # a name, 0.0.0.0 or ::: the default, 127.0.0.1
+    if not values["ice.addresses"]:
+        raise SettingsError(f"{source('ice.addresses')}: at least one ICE address is needed")
+    if values["ice.announced"] and len(values["ice.announced"]) != len(values["ice.addresses"]):
+        raise SettingsError(f"{source('ice.announced')}: {len(values['ice.announced'])} announced address(es) for "
+                            f"{len(values['ice.addresses'])} ICE address(es): give one for each, in the same order")
     if values["ice.turn"] and not values["ice.turn_secret"]:
         raise SettingsError(f"{source('ice.turn')}: TURN URLs need the TURN server's shared secret (ice.turn_secret)")
     return _assemble(Config, "", chosen)

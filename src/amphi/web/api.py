@@ -8,6 +8,7 @@
     POST /api/spaces/<id>/join, /leave    the waiting room (amphi.web.join, raw ASGI)
     POST /api/spaces/<id>/defense         {pow: on|off|auto}, Authorization: Bearer HOST_KEY (docs/defense.md)
     POST /api/spaces/<id>/speak           SDP offer (application/sdp), host key or grant -> 201 SDP answer
+    GET  /api/spaces/<id>/ice             host key or grant -> {ice_servers: [...]}: STUN, TURN with a fresh credential
     POST /api/spaces/<id>/stage/session   host key -> a host grant
     GET  /api/spaces/<id>/stage           the stage view (more with a grant; see docs/stage.md)
     POST /api/spaces/<id>/stage/requests  {name} -> 201 {participant, grant, ...}
@@ -24,6 +25,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from amphi.control.ice import ice_servers
 from amphi.control.spaces import Space
 from amphi.control.stage import Participant
 from amphi.core.config import Config
@@ -125,6 +128,13 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
         answer = await rooms.speak(space, offer, who)
         return Response(answer, status_code=201, media_type="application/sdp")
 
+    async def ice(request: Request) -> Response:
+        """The ICE servers a speaker's client should use (docs/deploying.md): asked before each
+        offer, so a TURN credential is always fresh; only for those who may speak."""
+        space = await here(request)
+        who = rooms.participant(space, credential(request))
+        return JSONResponse({"ice_servers": ice_servers(cfg.ice, time.time(), who.id)}, headers=NO_STORE)
+
     def stage_view(space: Space, viewer: Participant | None) -> JSONResponse:
         return JSONResponse(rooms.view(space, viewer), headers=NO_STORE)
 
@@ -211,7 +221,7 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
         "index": index, "listener": listener_page, "host": host_console, "static": static,
         "vendor.hls": vendor("vendor.hls"), "vendor.shaka": vendor("vendor.shaka"),
         "node": node, "nodes": nodes, "spaces.create": create, "spaces.list": listing, "space": status,
-        "space.start": start, "space.end": end, "space.defense": defense, "speak": speak, "stage": stage,
+        "space.start": start, "space.end": end, "space.defense": defense, "speak": speak, "speak.ice": ice, "stage": stage,
         "stage.session": stage_session, "stage.requests": stage_request, "stage.invites": stage_invite,
         "stage.action": stage_action,
     }

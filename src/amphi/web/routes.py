@@ -324,6 +324,7 @@ def _api() -> Iterator[Route]:
         ("space.end", "/api/spaces/{id}/end", post),
         ("space.defense", "/api/spaces/{id}/defense", post),
         ("speak", "/api/spaces/{id}/speak", post),
+        ("speak.ice", "/api/spaces/{id}/ice", get),  # STUN/TURN for a speaker (docs/deploying.md)
         ("stage", "/api/spaces/{id}/stage", get),
         ("stage.session", "/api/spaces/{id}/stage/session", post),
         ("stage.requests", "/api/spaces/{id}/stage/requests", post),

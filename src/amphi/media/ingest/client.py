@@ -5,7 +5,10 @@ Signalling is one HTTP request (WHIP-like, non-trickle): POST the complete SDP o
 ``{server}/api/spaces/{space}/speak`` and get the complete answer back with ``201``.
 ``speak()`` is one connection; ``stay_on_stage()`` reconnects with backoff when the network
 drops, and stops for good when the server says no (not on stage any more, Space ended).
-``follow_room()`` reads the room's event stream beside it and says what the speaker should
+Before each offer it asks the node for the STUN and TURN servers to use (``GET
+/api/spaces/{space}/ice``, a fresh TURN credential each time), and it offers host candidates
+on ``ice_addresses`` only (by default the address this machine reaches the server from:
+``local_address_towards``). ``follow_room()`` reads the room's event stream beside it and says what the speaker should
 know (docs/sound.md): talking while muted, feedback on their microphone, and, for hosts,
 dead air.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable
 
@@ -22,13 +26,13 @@ import av
 import httpx
 import numpy as np
 import orjson
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from amphi.core.errors import AmphiError
 from amphi.media.ingest.compat import use_ice_addresses
 
-__all__ = ["SpeakError", "follow_room", "notices", "speak", "stay_on_stage"]
+__all__ = ["SpeakError", "follow_room", "ice_servers", "local_address_towards", "notices", "speak", "stay_on_stage"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +83,7 @@ async def speak(
     hangs up first, or the connection fails, goes silent, or does not come up within
     ``CONNECT_TIMEOUT_S``."""
     use_ice_addresses(ice_addresses)
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=await ice_servers(server, space, key or token)))
     connected = asyncio.Event()
     gone = asyncio.Event()  # failed or closed
     silent = asyncio.Event()  # the return feed stopped
@@ -225,6 +229,33 @@ async def stay_on_stage(
             if on_drop is not None:
                 on_drop(str(e), delay)
             await asyncio.sleep(delay)
+
+
+async def ice_servers(server: str, space: str, credential: str | None) -> list[RTCIceServer]:
+    """The STUN and TURN servers the node hands its speakers (``GET /api/spaces/{space}/ice``);
+    none when it has none or does not answer (the offer that follows says why). aiortc uses
+    the first STUN and the first TURN server of the list."""
+    url = f"{server.rstrip('/')}/api/spaces/{space}/ice"
+    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+    try:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as client:
+            response = await client.get(url, headers=headers)
+        listed = response.json()["ice_servers"] if response.is_success else []
+        return [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+                for s in listed]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        logger.debug("ICE servers of %s: %r", url, exc)
+        return []
+
+
+def local_address_towards(server: str) -> str:
+    """The address of this machine that packets to ``server``'s host leave from (the kernel's
+    route to it; no packet is sent): the ICE host address a speaker should offer by default."""
+    host = httpx.URL(server).host or "127.0.0.1"
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect(sockaddr)
+        return s.getsockname()[0]
 
 
 async def _post_offer(server: str, space: str, offer: str, credential: str | None) -> str:

@@ -10,7 +10,7 @@ three: bump the pin, run that test, then re-read the upstream code named below.
    Replaces the module function ``aioice.ice.get_host_addresses(use_ipv4, use_ipv6)``, which
    ``aioice.ice.Connection.gather_candidates`` looks up as a module global. aioice lists
    every interface but skips 127.0.0.1; Amphi wants exactly the configured addresses
-   (``Config.ice_addresses``, by default 127.0.0.1), so speakers, tests and benchmarks keep
+   (``Config.ice.addresses``, by default 127.0.0.1), so speakers, tests and benchmarks keep
    media on loopback. Process-wide: the server and the ``speak`` client both call it.
 
 2. Inline Opus decoding (``InlineDecoderQueue``, ``replace_decoder_queue``) -- a private

@@ -49,7 +49,7 @@ from amphi.media.ingest.compat import (
     use_ice_addresses,
 )
 
-__all__ = ["FrameSink", "ReturnTrack", "WebRTCIngest", "use_ice_addresses"]
+__all__ = ["FrameSink", "ReturnTrack", "WebRTCIngest", "announce", "use_ice_addresses"]
 
 logger = logging.getLogger(__name__)
 
@@ -368,6 +368,27 @@ class _ExitCallback(Protocol):
     def __call__(self, conn: _Connection, /) -> None: ...
 
 
+def announce(sdp: str, announced: dict[str, str]) -> str:
+    """``sdp`` with each address in ``announced`` replaced by its announced one, in candidate
+    lines (the connection address) and ``c=`` lines: behind 1:1 NAT the node binds its private
+    address and tells peers the public one, which the NAT maps to it, port for port. Pure."""
+    if not announced:
+        return sdp
+    lines = sdp.split("\r\n")
+    for i, line in enumerate(lines):
+        if line.startswith("a=candidate:"):
+            fields = line.split(" ")
+            if len(fields) > 5 and fields[4] in announced:  # foundation component transport priority ADDRESS port
+                fields[4] = announced[fields[4]]
+                lines[i] = " ".join(fields)
+        elif line.startswith("c=IN "):
+            fields = line.split(" ")
+            if len(fields) == 3 and fields[2] in announced:
+                public = announced[fields[2]]
+                lines[i] = f"c=IN {'IP6' if ':' in public else 'IP4'} {public}"
+    return "\r\n".join(lines)
+
+
 class WebRTCIngest:
     """Accepts speakers' WebRTC offers and feeds their decoded audio to sinks.
 
@@ -382,8 +403,10 @@ class WebRTCIngest:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         silence_timeout_s: float = SILENCE_TIMEOUT_S,
         garbage_timeout_s: float = GARBAGE_TIMEOUT_S,
+        announced: dict[str, str] | None = None,
     ) -> None:
         self.ice_addresses = tuple(ice_addresses)
+        self.announced = dict(announced or {})  # 1:1 NAT: an ICE address -> the one the answer names instead
         self._timeouts = _Timeouts(connect_timeout_s, silence_timeout_s, garbage_timeout_s)
         self._conns: dict[str, _Connection] = {}
         use_ice_addresses(self.ice_addresses)
@@ -436,7 +459,7 @@ class WebRTCIngest:
         if previous is not None:
             logger.info("speaker %r: replaced by a new connection", name)
             await _stop(previous)
-        return pc.localDescription.sdp, back
+        return announce(pc.localDescription.sdp, self.announced), back
 
     async def close(self, name: str) -> None:
         """Hang up one speaker; returns once its task has exited. Unknown names are ignored."""

@@ -40,6 +40,7 @@ const exposed = {
   get you() { return you; },
   get events() { return events ? { state: events.state, opens: events.opens, events: events.events } : null; },
   get speaking() { return speaker.snapshot(); },
+  route: () => speaker.route(), // which ICE path the speaking took (diagnostics)
   get sound() { return soundPanel.snapshot(); },
 };
 window.amphiStage = exposed;

@@ -17,6 +17,10 @@
 //   whose DTLS the server closed, is
 //   replaced by a fresh offer after 0.5, 1, 2, 4, 8 s (± 20 %); a connection that reached
 //   "connected" resets the back-off.
+//   Before each offer it asks GET /ice for the STUN and TURN servers to use (a fresh TURN
+//   credential each time; docs/deploying.md). iceTransportPolicy is "all", unless the page's
+//   URL says ?ice_transport_policy=relay (diagnostics: only TURN-relayed paths are tried).
+//   route() tells which path the connection took (the selected candidate pair's types).
 //   While it speaks, a MicMeter (sound.js) measures the microphone itself, muted or not:
 //   snapshot().mutedTalking says that they talk while muted (the page tells them).
 
@@ -33,6 +37,13 @@ const DISCONNECTED_GRACE_MS = 3000; // "disconnected" often heals by itself
 const CONNECT_TIMEOUT_MS = 10000; // answer set, but ICE/DTLS never got through
 const ICE_GATHER_TIMEOUT_MS = 3000; // non-trickle: the offer waits for every candidate, up to this
 const REFUSED = new Set([401, 403, 404, 409]); // not on stage any more, or the Space ended
+const POLICIES = new Set(["all", "relay"]); // RTCIceTransportPolicy
+
+// The page URL's ?ice_transport_policy= (diagnostics, e.g. proving a TURN server relays), else "all".
+function policyFromUrl() {
+  const asked = new URLSearchParams(window.location.search).get("ice_transport_policy");
+  return POLICIES.has(asked) ? asked : "all";
+}
 
 // -- live state ---------------------------------------------------------------------------
 
@@ -270,8 +281,9 @@ export class PeopleList {
 // Speaks into a Space from this browser and plays the return feed (the others, without us).
 // credential() -> the bearer for POST /speak (a grant or the host key), read at every offer.
 export class Speaker {
-  constructor(space, { credential, audio, onChange = () => {}, onRefused = () => {} }) {
+  constructor(space, { credential, audio, onChange = () => {}, onRefused = () => {}, iceTransportPolicy = policyFromUrl() }) {
     this.space = space;
+    this.iceTransportPolicy = iceTransportPolicy;
     this.credential = credential;
     this.audio = audio;
     this.onChange = onChange;
@@ -363,7 +375,15 @@ export class Speaker {
     const generation = this.generation;
     this.closePeer();
     this.setState(this.connects > 0 || this.backoff.attempt > 0 ? "reconnecting" : "connecting");
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    let iceServers;
+    try {
+      iceServers = (await call(this.space, "GET", "/ice", { auth: this.credential() })).ice_servers;
+    } catch (err) {
+      if (generation !== this.generation || this.pc) return;
+      return this.failed(err);
+    }
+    if (generation !== this.generation || this.pc) return; // stopped, or another connect() ran meanwhile
+    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: this.iceTransportPolicy });
     this.pc = pc;
     const transceiver = pc.addTransceiver(this.track, { direction: "sendrecv", streams: [this.stream] });
     pc.addEventListener("track", (event) => {
@@ -392,9 +412,7 @@ export class Speaker {
       }
     } catch (err) {
       if (pc !== this.pc || generation !== this.generation) return;
-      this.lastError = err instanceof ApiError ? plainError(err) : String(err.message || err);
-      if (err instanceof ApiError && REFUSED.has(err.status)) return this.refused(err);
-      return this.retry(err instanceof ApiError ? err.retryAfterS : null);
+      return this.failed(err);
     }
     // Answered; ICE and DTLS must now get through.
     this.after(CONNECT_TIMEOUT_MS, () => {
@@ -403,6 +421,30 @@ export class Speaker {
         this.retry();
       }
     });
+  }
+
+  // An offer or its ICE servers could not be had: refused for good, or try again later.
+  failed(err) {
+    this.lastError = err instanceof ApiError ? plainError(err) : String(err.message || err);
+    if (err instanceof ApiError && REFUSED.has(err.status)) return this.refused(err);
+    return this.retry(err instanceof ApiError ? err.retryAfterS : null);
+  }
+
+  // Which path the media took: the selected candidate pair's local and remote candidates
+  // ({type: host | srflx | prflx | relay, address, port, protocol}), or null before one is chosen.
+  async route() {
+    if (!this.pc) return null;
+    const stats = await this.pc.getStats();
+    let pair = null;
+    stats.forEach((r) => {
+      if (r.type === "transport" && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
+    });
+    if (!pair) return null;
+    const candidate = (id) => {
+      const c = stats.get(id);
+      return c ? { type: c.candidateType, address: c.address, port: c.port, protocol: c.protocol } : null;
+    };
+    return { local: candidate(pair.localCandidateId), remote: candidate(pair.remoteCandidateId), state: pair.state };
   }
 
   watch(pc) {
