@@ -23,7 +23,6 @@ import dataclasses
 import difflib
 import inspect
 import io
-import ipaddress
 import json
 import re
 import textwrap
