@@ -216,3 +216,7 @@ from amphi.edge.cli import cluster, edge  # noqa: E402
 main.add_command(edge)
 main.add_command(cluster)
 main.add_command(simulate)
+
+from amphi.keys_cli import keys  # noqa: E402 - the operator's API keys (docs/keys.md)
+
+main.add_command(keys)

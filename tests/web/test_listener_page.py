@@ -29,6 +29,7 @@ class Node:
     base: str
     demo_id: str
     log: Path
+    api_key: str  # the demo key `amphi serve --demo` prints (docs/keys.md)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             spaces = server.http.get("/api/spaces").json()
             return next((s["id"] for s in spaces if s["state"] == "live"), None)
 
-        yield Node(server.url, wait_for("a live demo Space", demo_live, START_TIMEOUT_S), server.log)
+        demo_id = wait_for("a live demo Space", demo_live, START_TIMEOUT_S)
+        api_key = wait_for("the demo API key", lambda: re.search(r"API key to create Spaces .*: (amphi_\S+)",
+                                                                    server.log.read_text()), START_TIMEOUT_S).group(1)
+        yield Node(server.url, demo_id, server.log, api_key)
     finally:
         server.stop()
 
@@ -86,7 +90,8 @@ def test_demo_space_plays_live(node: Node, page: Page, tmp_path: Path) -> None:
 
 def test_scheduled_space_counts_down_and_plays_hold_music(node: Node, page: Page) -> None:
     starts = (datetime.now(UTC) + timedelta(minutes=10)).isoformat(timespec="seconds").replace("+00:00", "Z")
-    r = httpx.post(f"{node.base}/api/spaces", json={"title": "Later today", "starts_at": starts}, timeout=5)
+    r = httpx.post(f"{node.base}/api/spaces", json={"title": "Later today", "starts_at": starts},
+                   headers={"authorization": f"Bearer {node.api_key}"}, timeout=5)
     assert r.status_code == 201, r.text
     space = r.json()
 
