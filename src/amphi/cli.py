@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 import uvloop
 
-from amphi.core.config import (AdmissionConfig, ClusterConfig, Config, DefenseConfig, HttpConfig, MediaConfig,
-                               SoundConfig, StageConfig)
+from amphi.core.config import (AdmissionConfig, ClusterConfig, Config, DefenseConfig, HttpConfig, KeysConfig,
+                               MediaConfig, SoundConfig, StageConfig)
 from amphi.edge.vcl import NAME as NODE_ID
 from amphi.obs.logging import configure as configure_logging
 from amphi.defense.shield import parse_networks
@@ -89,6 +89,10 @@ def main(ctx: click.Context, verbose: bool) -> None:
               help="Seconds of dead air in a live Space before its hosts are alerted (a Space may set its own).")
 @click.option("--no-sound-guard", is_flag=True, help="Mix speakers as they arrive: no leveler, limiter or "
                                                       "feedback detection (dead-air alerts stay).")
+@click.option("--key-rate", default=KeysConfig.rate_per_s, show_default=True, type=click.FloatRange(min=0.001),
+              help="Requests per second one API key may make (creates, starts, ends; docs/keys.md) ...")
+@click.option("--key-burst", default=KeysConfig.burst, show_default=True, type=click.IntRange(1),
+              help="... and how many at once after a quiet spell; beyond it 429.")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: str | None, demo: bool,
           max_listeners: int, admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float,
@@ -96,7 +100,7 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
           node_id: str, edges: tuple[str, ...], pow_mode: str, pow_bits: int, trusted_proxies: tuple[str, ...],
           join_rate: float, address_join_rate: float, address_join_burst: int, header_timeout: float,
           redis_url: str | None, segment_parts: int, loudness_target: float, dead_air: float,
-          no_sound_guard: bool) -> None:
+          no_sound_guard: bool, key_rate: float, key_burst: int) -> None:
     """Run a node: API, origin, waiting room, media pipelines, recordings."""
     from amphi.server import serve as run
 
@@ -119,7 +123,7 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
                                                         header_read_timeout_s=header_timeout), demo=demo,
                  admission=admission, stage=stage, node_id=node_id, edges=tuple(e.rstrip("/") for e in edges),
                  operator_key=operator_key or None, defense=defense,
-                 cluster=ClusterConfig(redis_url=redis_url),
+                 cluster=ClusterConfig(redis_url=redis_url), keys=KeysConfig(rate_per_s=key_rate, burst=key_burst),
                  media=MediaConfig(parts_per_segment=segment_parts,
                                    sound=SoundConfig(enabled=not no_sound_guard, target_lufs=loudness_target,
                                                      dead_air_s=dead_air)))
