@@ -128,6 +128,7 @@ def test_index_lists_the_demo_space(node: Node, page: Page) -> None:
 def test_index_creates_a_space_and_shows_the_key_once(node: Node, page: Page) -> None:
     page.goto(f"{node.base}/")
     page.fill("#create-title", "Made from the index")
+    page.fill("#create-key", node.api_key)  # the demo's key (docs/keys.md; tests/web/test_index_keys.py)
     page.click("form#create button[type=submit]")
     page.locator("#created").wait_for(state="visible", timeout=5000)
     key = page.text_content("#created-key") or ""
