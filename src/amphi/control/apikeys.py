@@ -23,6 +23,7 @@ import base64
 import fcntl
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -36,6 +37,8 @@ import orjson
 
 from amphi.core.errors import InvalidApiKey, MalformedBody, NotFound, RevokedApiKey
 from amphi.core.files import write_atomic
+
+log = logging.getLogger(__name__)
 
 PREFIX = "amphi_"
 KEY_RE = re.compile(r"amphi_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
@@ -270,7 +273,10 @@ class ApiKeys:
         now = self._clock()
         if now - self._used.get(key_id, record.last_used_at or 0.0) >= USED_EVERY_S:
             self._used[key_id] = now
-            await self.book.used(key_id, now)
+            try:
+                await self.book.used(key_id, now)
+            except Exception as e:  # the last use is a note: a failure to write it refuses no one
+                log.warning("could not note the use of API key %s: %s", key_id, e)
         return record
 
     async def close(self) -> None:
