@@ -118,6 +118,17 @@ def tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
+API_KEYS: dict[str, str] = {}  # node URL -> its operator key, which creates Spaces (docs/keys.md)
+
+
+def operator_key(args: Sequence[str], data_dir: Path) -> str:
+    """A node's operator key: ``--operator-key``, else $AMPHI_OPERATOR_KEY, else the file it made."""
+    args = list(args)
+    if "--operator-key" in args:
+        return args[args.index("--operator-key") + 1]
+    return os.environ.get("AMPHI_OPERATOR_KEY") or (data_dir / "operator_key").read_text().strip()
+
+
 class NodeProcess:
     """``amphi serve`` on a free 127.0.0.1 port with a throw-away data dir."""
 
@@ -147,6 +158,7 @@ class NodeProcess:
                 raise RuntimeError(f"amphi serve exited with {self.proc.returncode}:\n{tail(self.log_path)}")
             try:
                 if httpx.get(f"{self.url}/api/spaces", timeout=1.0).status_code == 200:
+                    API_KEYS[self.url] = operator_key(self.args, self.dir / "data")
                     return self
             except httpx.HTTPError:
                 pass
@@ -180,10 +192,12 @@ class LiveSpace:
     playlist: str  # live.m3u8 URL handed to a listener (with its session id)
 
 
-def start_space(server: str, title: str, *, join: bool = True) -> LiveSpace:
-    """Creates a Space, starts it (hold -> live) and, with ``join``, joins it as a listener."""
+def start_space(server: str, title: str, *, join: bool = True, api_key: str | None = None) -> LiveSpace:
+    """Creates a Space (with ``api_key``, by default the operator key of the ``NodeProcess`` at
+    ``server``), starts it (hold -> live) and, with ``join``, joins it as a listener."""
+    key = api_key or API_KEYS[server]
     with httpx.Client(base_url=server, timeout=10.0) as api:
-        r = api.post("/api/spaces", json={"title": title})
+        r = api.post("/api/spaces", json={"title": title}, headers={"Authorization": f"Bearer {key}"})
         r.raise_for_status()
         space = r.json()
         auth = {"Authorization": f"Bearer {space['host_key']}"}

@@ -89,7 +89,7 @@ def test_every_dataclass_field_is_a_setting() -> None:
     assert {"http.port", "http.tls_cert", "media.sound.target_lufs", "admission.secret", "ice.turn_ttl_s",
             "cluster.redis_url", "data_dir", "node_id", "web_assets_dir"} <= set(known)
     assert list(settings.tables()) == ["", "http", "media", "media.sound", "admission", "stage", "defense",
-                                       "cluster", "ice"]
+                                       "cluster", "ice", "keys"]
 
     def leaves(obj: Any, prefix: str = "") -> set[str]:
         out = set()

@@ -144,3 +144,7 @@ main.add_command(edge)
 main.add_command(cluster)
 main.add_command(simulate)
 main.add_command(config)
+
+from amphi.keys_cli import keys  # noqa: E402 - the operator's API keys (docs/keys.md)
+
+main.add_command(keys)

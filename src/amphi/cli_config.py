@@ -89,6 +89,9 @@ FLAGS = (
     Flag("--no-sound-guard", "media.sound.enabled",
          "Mix speakers as they arrive: no leveler, limiter or feedback detection (dead-air alerts stay).",
          invert=True),
+    Flag("--key-rate", "keys.rate_per_s", "Requests per second one API key may make (creates, starts, ends; "
+         "docs/keys.md) ..."),
+    Flag("--key-burst", "keys.burst", "... and how many at once after a quiet spell; beyond it 429."),
     Flag("--ice-address", "ice.addresses",
          "Address the node offers to speakers' WebRTC (an IP literal; repeatable). Default: --host if it is an "
          "address other than 0.0.0.0 or ::, else 127.0.0.1. It must be on one of this host's interfaces; behind "

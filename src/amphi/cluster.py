@@ -6,7 +6,8 @@
 Every process runs in its own process group, outlives ``amphi cluster up`` and is listed in
 ``<dir>/cluster.json``; ``amphi cluster down`` stops them (SIGTERM, then SIGKILL). Ports are
 consecutive from ``--base-port``: the entry, then the nodes, then the edges, then Redis.
-The nodes share one token secret (``<dir>/secret``), which the edges are given too.
+The nodes share one token secret (``<dir>/secret``), which the edges are given too, and one set
+of API keys, in the Redis: ``up`` makes a key named ``cluster`` and prints it (docs/keys.md).
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import asyncio
+
 import httpx
 
+from amphi.control.apikeys import ApiKeys, RedisKeyBook
 from amphi.control.tokens import new_secret
+from amphi.core.config import ClusterConfig
 from amphi.core.errors import Unavailable
 from amphi.edge.varnish import Edge
 from amphi.edge.vcl import Backend, EdgeSpec
@@ -59,6 +64,7 @@ class Running:
     redis: str
     pids: list[int] = field(default_factory=list)  # process group leaders, in start order
     demo: str | None = None  # the demo Space's id
+    api_key: str | None = None  # a key that creates Spaces on any node (in Redis: made anew by every `up`)
 
 
 def _amphi(*args: str) -> list[str]:
@@ -111,6 +117,8 @@ def up(plan: Plan, say=print) -> Running:  # type: ignore[no-untyped-def]
         run.pids.append(proc.pid)
         _wait("redis-server", lambda: socket.create_connection((HOST, ports["redis"][0]), 0.2).close() or True, proc, log)
         say(f"redis      {run.redis}")
+        run.api_key = asyncio.run(_api_key(run.redis))
+        say(f"API key    {run.api_key}   <- creates Spaces: Authorization: Bearer KEY, or the home page")
         env = {**os.environ, "AMPHI_SECRET": secret}
         for i, port in enumerate(ports["nodes"]):
             name = f"n{i + 1}"
@@ -140,6 +148,14 @@ def up(plan: Plan, say=print) -> Running:  # type: ignore[no-untyped-def]
     finally:
         state.write_text(json.dumps(asdict(run), indent=1))
     return run
+
+
+async def _api_key(redis_url: str) -> str:
+    keys = ApiKeys(RedisKeyBook(redis_url, ClusterConfig.prefix))
+    try:
+        return (await keys.create("cluster"))[1]
+    finally:
+        await keys.close()
 
 
 def _demo_space(node: str) -> str | None:

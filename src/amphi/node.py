@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from amphi.control.admission import ADMITTER_PERIOD_S, Admission, SpaceCounts
+from amphi.control.apikeys import ApiKeys, book_for
 from amphi.control.directory import Directory
 from amphi.control.health import Governor
 from amphi.control.listeners import Listeners
@@ -38,6 +39,7 @@ from amphi.defense.shield import Shield
 from amphi.media.ingest.webrtc import WebRTCIngest
 from amphi.obs.observer import Observer
 from amphi.obs.snapshot import NodeSnapshot, SpaceSnapshot
+from amphi.services.access import Access
 from amphi.services.health import Health
 from amphi.services.rooms import Rooms
 from amphi.services.spaces import Spaces
@@ -70,8 +72,11 @@ class Node:
         self.listeners = Listeners(cfg.admission, self.store, self.governor, self.signer, self.directory,
                                    self.spaces, wake=wake, watch=self._watched)
         self.health = Health(self.listeners, self.obs, cfg.admission.health_period_s)
+        # who may create Spaces and manage any Space: API keys (file, or Redis with --redis), the operator key
+        self.access = Access(cfg.keys, ApiKeys(book_for(cfg.data_dir, cfg.cluster.redis_url, cfg.cluster.prefix)),
+                             self.operator_key, self.store)
         self.app = App(cfg, self.listeners, self.spaces, self.rooms, self.directory, self.shield, self.obs,
-                       self.operator_key, self.snapshot)
+                       self.operator_key, self.snapshot, self.access)
         self.obs.state = self
         self.tasks = Supervisor("node")
 
@@ -91,6 +96,7 @@ class Node:
         await self.spaces.close()
         await self.tasks.close()
         self.obs.close()
+        await self.access.close()
         await self.store.close()
 
     def spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:

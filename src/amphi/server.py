@@ -98,6 +98,12 @@ async def serve(cfg: Config) -> None:
             space, key = await start_demo(node)
             print(f"amphi: demo Space live, open {cfg.http.base_url}/s/{space.id}", flush=True)
             print(f"amphi: its host console is {cfg.http.base_url}/s/{space.id}/host (host key {key})", flush=True)
+            try:
+                _, api_key = await node.access.demo_key(cfg.data_dir / "demo_api_key")
+                print(f"amphi: API key to create Spaces (on {cfg.http.base_url}/ or with Authorization: Bearer "
+                      f"KEY): {api_key}", flush=True)
+            except Exception as e:  # Redis away at start-up: the demo plays on; `amphi keys create` makes one
+                print(f"amphi: no demo API key ({e}); make one with `amphi keys create --name demo`", flush=True)
         await asyncio.wait([asyncio.ensure_future(stop.wait()), server_task], return_when=asyncio.FIRST_COMPLETED)
     finally:
         log.info("shutting down")  # stop accepting and drain HTTP, then end the programs, then the store

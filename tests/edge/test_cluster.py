@@ -50,6 +50,12 @@ def test_cluster_up_serves_a_demo_space_through_edges_and_down_stops_everything(
         assert len(state["pids"]) == 1 + 2 + 3 + 1 and all(alive(p) for p in state["pids"])
         entry, space = state["entry"], state["demo"]
         assert httpx.get(f"{entry}/s/{space}", timeout=10).status_code == 200  # the page, through the entry
+        assert f"API key    {state['api_key']}" in up.stdout  # made in the Redis: every node knows it
+        assert httpx.post(f"{entry}/api/spaces", json={"title": "x"}, timeout=10).status_code == 401
+        for _ in range(2):  # through the entry, to either node
+            r = httpx.post(f"{entry}/api/spaces", json={"title": "keyed"}, timeout=10,
+                           headers={"authorization": f"Bearer {state['api_key']}"})
+            assert r.status_code == 201, r.text
         assert {n["id"] for n in httpx.get(f"{entry}/api/nodes", timeout=10).json()} == {"n1", "n2"}
         edges_seen = set()
         for _ in range(6):  # joins answered through the entry by either node; media from the edges in turn

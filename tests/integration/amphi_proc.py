@@ -75,6 +75,7 @@ class AmphiServer:
         self.log = data_dir.parent / f"amphi-{self.port}.log"
         self.http = httpx.Client(base_url=self.url, timeout=30)
         self.expect_feedback = False  # a node raising a feedback alarm fails its test unless it made a loop
+        self.api_key: str | None = None  # what creates Spaces (docs/keys.md): the node's operator key, once started
 
     def start(self) -> AmphiServer:
         cmd = [str(BIN), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra]
@@ -90,7 +91,21 @@ class AmphiServer:
                 return False
 
         wait_until(up, 30, "amphi serve to answer")
+        self.api_key = self._operator_key()
         return self
+
+    def _operator_key(self) -> str:
+        """The node's operator key, which counts as an API key (docs/keys.md): ``--operator-key``,
+        else $AMPHI_OPERATOR_KEY as the node was started with, else the one it made in its data dir."""
+        if "--operator-key" in self.extra:
+            return self.extra[self.extra.index("--operator-key") + 1]
+        return os.environ.get("AMPHI_OPERATOR_KEY") or (self.data_dir / "operator_key").read_text().strip()
+
+    @property
+    def api_headers(self) -> dict[str, str]:
+        """The header that lets a request create Spaces (and manage any Space)."""
+        assert self.api_key is not None, "start the server first"
+        return {"authorization": f"Bearer {self.api_key}"}
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -124,7 +139,7 @@ class AmphiServer:
         body: dict[str, object] = {"title": title}
         if starts_at is not None:
             body["starts_at"] = starts_at
-        r = self.http.post("/api/spaces", json=body)
+        r = self.http.post("/api/spaces", json=body, headers=self.api_headers)
         assert r.status_code == 201, r.text
         return r.json()["id"], r.json()["host_key"]
 

@@ -31,11 +31,13 @@ def test_errors_are_specific_and_the_program_goes_on(amphi) -> None:
     err(http.post(f"/api/spaces/{space}/end"), 401, "unauthorized")
     err(http.post(f"/api/spaces/{space}/end", headers={"authorization": "Bearer wrong"}), 403, "forbidden")
     err(http.post(f"/api/spaces/{space}/start", headers={"authorization": f"Bearer {key}"}), 409, "illegal_transition")
-    err(http.post("/api/spaces", content=b"{not json"), 400, "malformed_body")
-    err(http.post("/api/spaces", json=["a list"]), 400, "malformed_body")
-    err(http.post("/api/spaces", json={"title": ""}), 400, "malformed_body")
-    err(http.post("/api/spaces", json={"title": "x", "starts_at": "soon"}), 400, "malformed_body")
-    too_big = http.post("/api/spaces", content=b'{"title": "' + b"x" * 100_000 + b'"}')
+    err(http.post("/api/spaces", json={"title": "x"}), 401, "api_key_required")
+    api = amphi.api_headers
+    err(http.post("/api/spaces", content=b"{not json", headers=api), 400, "malformed_body")
+    err(http.post("/api/spaces", json=["a list"], headers=api), 400, "malformed_body")
+    err(http.post("/api/spaces", json={"title": ""}, headers=api), 400, "malformed_body")
+    err(http.post("/api/spaces", json={"title": "x", "starts_at": "soon"}, headers=api), 400, "malformed_body")
+    too_big = http.post("/api/spaces", content=b'{"title": "' + b"x" * 100_000 + b'"}', headers=api)
     err(too_big, 413, "payload_too_large")
     # The unread body leaves the connection unusable: the answer says so, or a client reusing
     # the socket meets "Server disconnected" on its next request (the requests below reuse it).
@@ -57,7 +59,8 @@ def test_errors_are_specific_and_the_program_goes_on(amphi) -> None:
 
     # a body that claims more than it sends, then the client vanishes
     with socket.create_connection(("127.0.0.1", amphi.port)) as s:
-        s.sendall(b"POST /api/spaces HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"ti")
+        s.sendall(b"POST /api/spaces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + amphi.api_key.encode()
+                  + b"\r\nContent-Length: 1000\r\n\r\n{\"ti")
 
     # the server is still whole: same Space, still live, the program advancing
     assert amphi.status(space)["state"] == "live"

@@ -183,10 +183,10 @@ def _correlation_at(x: np.ndarray, lag: int) -> float:
 
 def test_dead_air_when_everyone_on_stage_is_muted_is_told_to_the_hosts_and_clears_when_heard(
         node: AmphiServer) -> None:
-    r = node.http.post("/api/spaces", json={"title": "dead air", "dead_air_s": 3})
+    r = node.http.post("/api/spaces", json={"title": "dead air", "dead_air_s": 3}, headers=node.api_headers)
     assert r.status_code == 201 and r.json()["dead_air_s"] == 3.0, r.text
     space, key = r.json()["id"], r.json()["host_key"]
-    assert node.http.post("/api/spaces", json={"title": "x", "dead_air_s": 0.5}).status_code == 400
+    assert node.http.post("/api/spaces", json={"title": "x", "dead_air_s": 0.5}, headers=node.api_headers).status_code == 400
     node.start_space(space, key)
     host = Speaker(node, space, key, "--tone", "440").start()
     try:

@@ -85,7 +85,8 @@ def test_json_logs_one_line_per_state_change_and_the_report(tmp_path: Path) -> N
                 return False
 
         wait_until(up, 30, "amphi serve to answer")
-        space, key = (r := http.post("/api/spaces", json={"title": "Logged"}).json())["id"], r["host_key"]
+        operator = {"authorization": f"Bearer {(data / 'operator_key').read_text().strip()}"}  # docs/keys.md
+        space, key = (r := http.post("/api/spaces", json={"title": "Logged"}, headers=operator).json())["id"], r["host_key"]
         auth = {"authorization": f"Bearer {key}"}
         assert http.post(f"/api/spaces/{space}/start", headers=auth).status_code == 200
         answers = [http.post(f"/api/spaces/{space}/join", json={}).status_code for _ in range(5)]

@@ -37,9 +37,9 @@ MAX_REQUESTS_PER_PART = 2  # one, plus a possible retry; the bug made hundreds
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AmphiServer]:
     server = AmphiServer(tmp_path_factory.mktemp("amphi-first-listener") / "data").start()
-    yield server.url
+    yield server
     server.stop()
 
 
@@ -52,9 +52,11 @@ def playback(page: Page) -> dict[str, Any]:
     }""")
 
 
-def test_first_listener_of_a_fresh_scheduled_space_plays_steadily_near_live(base: str, page: Page) -> None:
+def test_first_listener_of_a_fresh_scheduled_space_plays_steadily_near_live(node: AmphiServer, page: Page) -> None:
+    base = node.url
     starts = (datetime.now(UTC) + timedelta(minutes=10)).isoformat(timespec="seconds").replace("+00:00", "Z")
-    r = httpx.post(f"{base}/api/spaces", json={"title": "First listener", "starts_at": starts}, timeout=5)
+    r = httpx.post(f"{base}/api/spaces", json={"title": "First listener", "starts_at": starts},
+                   headers=node.api_headers, timeout=5)
     assert r.status_code == 201, r.text
     space_id = r.json()["id"]
 

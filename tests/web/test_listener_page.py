@@ -29,6 +29,7 @@ class Node:
     base: str
     demo_id: str
     log: Path
+    api_key: str  # the demo key `amphi serve --demo` prints (docs/keys.md)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             spaces = server.http.get("/api/spaces").json()
             return next((s["id"] for s in spaces if s["state"] == "live"), None)
 
-        yield Node(server.url, wait_for("a live demo Space", demo_live, START_TIMEOUT_S), server.log)
+        demo_id = wait_for("a live demo Space", demo_live, START_TIMEOUT_S)
+        api_key = wait_for("the demo API key", lambda: re.search(r"API key to create Spaces .*: (amphi_\S+)",
+                                                                    server.log.read_text()), START_TIMEOUT_S).group(1)
+        yield Node(server.url, demo_id, server.log, api_key)
     finally:
         server.stop()
 
@@ -86,7 +90,8 @@ def test_demo_space_plays_live(node: Node, page: Page, tmp_path: Path) -> None:
 
 def test_scheduled_space_counts_down_and_plays_hold_music(node: Node, page: Page) -> None:
     starts = (datetime.now(UTC) + timedelta(minutes=10)).isoformat(timespec="seconds").replace("+00:00", "Z")
-    r = httpx.post(f"{node.base}/api/spaces", json={"title": "Later today", "starts_at": starts}, timeout=5)
+    r = httpx.post(f"{node.base}/api/spaces", json={"title": "Later today", "starts_at": starts},
+                   headers={"authorization": f"Bearer {node.api_key}"}, timeout=5)
     assert r.status_code == 201, r.text
     space = r.json()
 
@@ -123,6 +128,7 @@ def test_index_lists_the_demo_space(node: Node, page: Page) -> None:
 def test_index_creates_a_space_and_shows_the_key_once(node: Node, page: Page) -> None:
     page.goto(f"{node.base}/")
     page.fill("#create-title", "Made from the index")
+    page.fill("#create-key", node.api_key)  # the demo's key (docs/keys.md; tests/web/test_index_keys.py)
     page.click("form#create button[type=submit]")
     page.locator("#created").wait_for(state="visible", timeout=5000)
     key = page.text_content("#created-key") or ""

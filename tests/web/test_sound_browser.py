@@ -111,7 +111,8 @@ def test_before_the_start_the_console_shows_each_speaker_heard_and_whether_the_s
 def test_dead_air_alert_says_everyone_is_muted_and_clears_when_the_host_is_heard(
     node: AmphiServer, pages: Callable[..., Page], tmp_path: Path
 ) -> None:
-    r = node.http.post("/api/spaces", json={"title": "sound: dead air", "dead_air_s": DEAD_AIR_S})
+    r = node.http.post("/api/spaces", json={"title": "sound: dead air", "dead_air_s": DEAD_AIR_S},
+                      headers=node.api_headers)
     assert r.status_code == 201, r.text
     space, key = r.json()["id"], r.json()["host_key"]
     assert node.status(space)["dead_air_s"] == DEAD_AIR_S

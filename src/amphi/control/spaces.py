@@ -169,7 +169,7 @@ class SpaceRegistry:
 
     def authorize_host(self, space: Space, authorization: str | None) -> None:
         if not authorization:
-            raise Unauthorized("this needs the host key: Authorization: Bearer HOST_KEY")
+            raise Unauthorized("this needs the host key (or an API key): Authorization: Bearer HOST_KEY")
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key:
             raise Unauthorized("Authorization must be 'Bearer HOST_KEY'")

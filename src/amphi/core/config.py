@@ -213,6 +213,18 @@ class IceConfig:
 
 
 @dataclass(frozen=True)
+class KeysConfig:
+    """API keys: who may create Spaces and manage any Space (docs/keys.md). Each key has a GCRA
+    budget (cluster-wide with --redis); failed key attempts are limited per client address."""
+
+    rate_per_s: float = 2.0  # writes (creates, starts, ends, ...) per second with one key ...
+    burst: int = 30  # ... and how many at once after a quiet spell
+    failure_rate_per_s: float = 0.5  # failed key attempts (wrong or revoked keys) per client address ...
+    failure_burst: int = 20  # ... and how many at once; beyond it 429 before the key is even looked at
+    max_tracked: int = 65_536  # client addresses whose failures are remembered (least recently seen forgotten)
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """Several nodes sharing state (docs/cluster.md). Without ``redis_url`` the node keeps
     everything in memory, alone. The node's name in the registry is ``Config.node_id``."""
@@ -231,6 +243,7 @@ class Config:
     defense: DefenseConfig = field(default_factory=DefenseConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     ice: IceConfig = field(default_factory=IceConfig)  # speakers' WebRTC: addresses, STUN, TURN
+    keys: KeysConfig = field(default_factory=KeysConfig)  # API keys: rate limits (docs/keys.md)
     node_id: str = "origin"  # this node's name, in every log line and sample; edges route /o/<node_id>/media/ to it
     edges: tuple[str, ...] = ()  # base URLs of the edge caches listeners are sent to; none: this node serves them
     demo: bool = False  # create a demo Space with a built-in speaker at start-up

@@ -1,7 +1,7 @@
 """One error hierarchy for all of Amphi.
 
 Every error a user can cause is an ``AmphiError`` with an HTTP status and a stable
-machine-readable ``code``; the web layer maps them to responses in one place
+machine-readable ``code`` (a 401 also names its scheme: ``WWW-Authenticate: Bearer``); the web layer maps them to responses in one place
 (``amphi.web.asgi.error_parts``, for the raw endpoints and Starlette alike) and nowhere else.
 
     AmphiError                      500 internal
@@ -12,7 +12,10 @@ machine-readable ``code``; the web layer maps them to responses in one place
     │   ├── BadTicket               400 bad_ticket       (a waiting-room ticket not ours)
     │   └── BeyondLiveEdge          400 beyond_live_edge
     ├── Unauthorized                401 unauthorized     (no credentials)
-    │   └── TokenExpired            401 token_expired    (join again)
+    │   ├── TokenExpired            401 token_expired    (join again)
+    │   ├── ApiKeyRequired          401 api_key_required (no API key; docs/keys.md)
+    │   ├── InvalidApiKey           401 invalid_api_key  (not a key this deployment issued)
+    │   └── RevokedApiKey           401 revoked_api_key  (the operator revoked it)
     ├── Forbidden                   403 forbidden        (wrong credentials)
     │   ├── BadSolution             403 bad_solution     (a proof-of-work answer that does not check out)
     │   └── ChallengeReused         403 challenge_reused (a solved challenge sent again)
@@ -27,6 +30,8 @@ machine-readable ``code``; the web layer maps them to responses in one place
     │   ├── PrefixRateLimited       429 prefix_rate_limited  (its network prefix joins too fast)
     │   ├── JoinBudgetSpent         429 join_budget_spent    (the node's global join budget)
     │   ├── TooManyConnections      429 too_many_connections (requests in flight from one address)
+    │   ├── KeyRateLimited          429 key_rate_limited     (this API key is used faster than its budget)
+    │   ├── KeyFailuresLimited      429 key_failures_limited (too many failed key attempts from this address)
     │   └── ChallengeRequired       429 challenge_required   (solve the proof of work, see docs/defense.md)
     ├── HeadersTooLarge             431 headers_too_large
     └── Unavailable                 503 unavailable      (retry later)
@@ -90,10 +95,25 @@ class BeyondLiveEdge(BadRequest):
 class Unauthorized(AmphiError):
     status = 401
     code = "unauthorized"
+    challenge = 'Bearer realm="amphi"'  # WWW-Authenticate (RFC 6750)
 
 
 class TokenExpired(Unauthorized):
     code = "token_expired"
+
+
+class ApiKeyRequired(Unauthorized):
+    code = "api_key_required"
+
+
+class InvalidApiKey(Unauthorized):
+    code = "invalid_api_key"
+    challenge = 'Bearer realm="amphi", error="invalid_token"'
+
+
+class RevokedApiKey(Unauthorized):
+    code = "revoked_api_key"
+    challenge = 'Bearer realm="amphi", error="invalid_token", error_description="revoked"'
 
 
 class Forbidden(AmphiError):
@@ -172,6 +192,14 @@ class JoinBudgetSpent(TooManyRequests):
 
 class TooManyConnections(TooManyRequests):
     code = "too_many_connections"
+
+
+class KeyRateLimited(TooManyRequests):
+    code = "key_rate_limited"
+
+
+class KeyFailuresLimited(TooManyRequests):
+    code = "key_failures_limited"
 
 
 class ChallengeRequired(TooManyRequests):

@@ -83,6 +83,11 @@ class GcraTable:
     def __len__(self) -> int:
         return len(self._tat)
 
+    def wait(self, key: str, rate: float, burst: int, now: float) -> float:
+        """Seconds until ``key`` may go (0 if it may now); charges nothing, remembers nothing."""
+        tat = self._tat.get(key)
+        return 0.0 if tat is None else decide(tat, now, rate, burst)[0]
+
     def charge(self, key: str, rate: float, burst: int, now: float) -> float:
         """0.0 if ``key`` may go now (and charges it), else the seconds until it may."""
         table = self._tat

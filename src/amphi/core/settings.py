@@ -71,6 +71,11 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "media.sound.target_lufs": (-30, -10),
     "media.sound.dead_air_s": (2, 3600),
     "ice.turn_ttl_s": (60, None),
+    "keys.rate_per_s": (0.001, None),
+    "keys.burst": (1, None),
+    "keys.failure_rate_per_s": (0.001, None),
+    "keys.failure_burst": (1, None),
+    "keys.max_tracked": (1, None),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "defense.pow_mode": ("on", "off", "auto"),

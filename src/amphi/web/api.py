@@ -1,15 +1,16 @@
 """The control API and the pages (Starlette, dispatching on the templates of ``amphi.web.routes``).
 
-    POST /api/spaces                      {title, starts_at?, dead_air_s?} -> 201 {id, host_key, state, ...}
+    POST /api/spaces                      {title, starts_at?, dead_air_s?}, Authorization: Bearer API_KEY
+                                          -> 201 {id, host_key, state, ...} (docs/keys.md)
     GET  /api/spaces                      [status, ...]
     GET  /api/spaces/<id>                 status
-    POST /api/spaces/<id>/start           Authorization: Bearer HOST_KEY
-    POST /api/spaces/<id>/end             Authorization: Bearer HOST_KEY
+    POST /api/spaces/<id>/start           Authorization: Bearer HOST_KEY (or an API key: any Space)
+    POST /api/spaces/<id>/end             Authorization: Bearer HOST_KEY (or an API key)
     POST /api/spaces/<id>/join, /leave    the waiting room (amphi.web.join, raw ASGI)
-    POST /api/spaces/<id>/defense         {pow: on|off|auto}, Authorization: Bearer HOST_KEY (docs/defense.md)
+    POST /api/spaces/<id>/defense         {pow: on|off|auto}, host key or API key (docs/defense.md)
     POST /api/spaces/<id>/speak           SDP offer (application/sdp), host key or grant -> 201 SDP answer
     GET  /api/spaces/<id>/ice             host key or grant -> {ice_servers: [...]}: STUN, TURN with a fresh credential
-    POST /api/spaces/<id>/stage/session   host key -> a host grant
+    POST /api/spaces/<id>/stage/session   host key or API key -> a host grant
     GET  /api/spaces/<id>/stage           the stage view (more with a grant; see docs/stage.md)
     POST /api/spaces/<id>/stage/requests  {name} -> 201 {participant, grant, ...}
     POST /api/spaces/<id>/stage/invites   {name} -> 201 {participant, grant, invite_url}
@@ -45,7 +46,7 @@ from amphi.defense.shield import CLIENT_KEY
 from amphi.web import assets
 from amphi.web.answers import grant_json, invited_json, requested_json
 from amphi.web.asgi import bearer, error_parts, parse_object, read_body
-from amphi.web.ports import Finder, SpaceDesk, StageDesk
+from amphi.web.ports import Finder, KeyDesk, SpaceDesk, StageDesk
 from amphi.web.routes import ROUTES
 
 STATIC = Path(__file__).parent / "static"
@@ -70,7 +71,7 @@ def credential(request: Request) -> str | None:
 
 
 def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
-              node_stats: Callable[[], dict[str, object]]) -> Starlette:
+              node_stats: Callable[[], dict[str, object]], access: KeyDesk) -> Starlette:
     limit = cfg.http.max_body_bytes
     vendor_root = assets.root(cfg.web_assets_dir)
     if assets.missing(vendor_root):
@@ -79,7 +80,11 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
     async def status_of(space: Space) -> dict[str, object]:
         return (await spaces.status(space)).to_json()
 
+    def client(request: Request) -> str:
+        return request.scope.get(CLIENT_KEY) or "unknown"  # the shield's address: behind edges, the caller's
+
     async def create(request: Request) -> Response:
+        await access.require(request.headers.get("authorization"), client(request), "creating a Space")
         data = await read_json(request, limit)
         space, key = await spaces.create(data.get("title"), data.get("starts_at"), data.get("dead_air_s"))
         return JSONResponse({**await status_of(space), "host_key": key}, status_code=201)
@@ -96,8 +101,13 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
         return await finder.hosted(request.path_params["id"], path)
 
     async def host_only(request: Request) -> Space:
+        """The Space, if the caller holds its host key or an API key (the operator's: any Space)."""
         space = await here(request)
-        spaces.authorize_host(space, request.headers.get("authorization"))
+        authorization = request.headers.get("authorization")
+        if access.is_key((authorization or "").partition(" ")[2].strip()):
+            await access.require(authorization, client(request), "managing a Space")
+        else:
+            spaces.authorize_host(space, authorization)
         return space
 
     async def start(request: Request) -> Response:
@@ -149,8 +159,7 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
     async def stage_request(request: Request) -> Response:
         space = await here(request)
         data = await read_json(request, limit)
-        client = request.scope.get(CLIENT_KEY) or "unknown"  # the shield's address: behind edges, the listener's
-        answer = await rooms.request_to_speak(space, data.get("name"), credential(request), client)
+        answer = await rooms.request_to_speak(space, data.get("name"), credential(request), client(request))
         return JSONResponse(requested_json(answer), status_code=201, headers=NO_STORE)
 
     async def stage_invite(request: Request) -> Response:

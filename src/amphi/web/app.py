@@ -33,21 +33,22 @@ from amphi.web.join import JoinEndpoint
 from amphi.web.middleware import Gate
 from amphi.web.ops import Ops
 from amphi.web.origin import Origin
-from amphi.web.ports import Finder, SpaceDesk, StageDesk
+from amphi.web.ports import Finder, KeyDesk, SpaceDesk, StageDesk
 from amphi.web.routes import MEDIA_OTHER, OTHER, ROUTES
 
 CROSS_ORIGIN = frozenset({"media", "join"})  # what a page on another origin may call: embed a Space (CORS preflights)
 
 class App:
     def __init__(self, cfg: Config, listeners: Listeners, spaces: SpaceDesk, rooms: StageDesk, finder: Finder,
-                 shield: Shield, obs: Observer, operator_key: str, snapshot: Callable[[], NodeSnapshot]) -> None:
+                 shield: Shield, obs: Observer, operator_key: str, snapshot: Callable[[], NodeSnapshot],
+                 access: KeyDesk) -> None:
         self.shield = shield
         self.origin = Origin(spaces, listeners, cfg.media)
         self.join = JoinEndpoint(listeners, finder, spaces, shield, obs.metrics)
         self.closing = asyncio.Event()  # the node is shutting down: long-lived streams end
         self.events = EventStream(rooms, finder, cfg.stage, self.closing)
         self.ops = Ops(cfg, obs, operator_key, self.closing)
-        self.api = build_api(cfg, spaces, finder, rooms, lambda: snapshot().to_json())
+        self.api = build_api(cfg, spaces, finder, rooms, lambda: snapshot().to_json(), access)
         self.metrics = obs.metrics
         self.asgi = Gate(self._route, shield)  # what the HTTP server serves: the middleware, then the routes
 

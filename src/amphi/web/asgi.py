@@ -74,6 +74,8 @@ def error_parts(err: AmphiError) -> tuple[int, list[tuple[bytes, bytes]], bytes]
         headers.append((b"location", err.location.encode()))
     if err.retry_after_s is not None:
         headers.append((b"retry-after", retry_after_value(err.retry_after_s).encode()))
+    if isinstance(err, Unauthorized):
+        headers.append((b"www-authenticate", err.challenge.encode()))
     return err.status, headers, orjson.dumps(err.to_json())
 
 

@@ -60,6 +60,14 @@ class SpaceDesk(MediaSource, Protocol):
     def set_pow(self, space: Space, mode: object) -> dict[str, object]: ...
 
 
+class KeyDesk(Protocol):
+    """Who may create Spaces and manage any Space (``amphi.services.access``; docs/keys.md)."""
+
+    def is_key(self, credential: str) -> bool: ...  # an API key or the operator key (else a host key, a grant)
+
+    async def require(self, authorization: str | None, client: str, what: str) -> str: ...  # 401/429/503
+
+
 class StageDesk(Protocol):
     event_streams: int
 

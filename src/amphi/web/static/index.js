@@ -1,5 +1,6 @@
-// The index page: the node's Spaces (polled) and a form to create one. The host key of a
-// new Space is shown once, here, and never stored by the page.
+// The index page: the node's Spaces (polled) and a form to create one. Creating needs an API
+// key (docs/keys.md), which the page keeps in localStorage; a key the node refuses is forgotten.
+// The host key of a new Space is shown once, here, and never stored by the page.
 
 "use strict";
 
@@ -7,6 +8,34 @@
   const REFRESH_MS = 10000;
   const ORDER = { live: 0, scheduled: 1, ended: 2 };
   const LABEL = { scheduled: "Scheduled", live: "Live", ended: "Ended" };
+  const KEY_STORE = "amphi.apiKey";
+  const ASK_OPERATOR = "ask this node's operator for one (amphi keys create --name NAME; make run prints a demo key)";
+
+  function stored() {
+    try { return localStorage.getItem(KEY_STORE) || ""; } catch (_) { return ""; }
+  }
+
+  function store(key) {
+    try {
+      if (key) localStorage.setItem(KEY_STORE, key); else localStorage.removeItem(KEY_STORE);
+    } catch (_) { /* storage disabled: the field still works for this visit */ }
+  }
+
+  // what the person should read when the node refuses to create (401, 429), else null
+  function refusal(res, data) {
+    if (res.status === 401) {
+      if (data.error === "revoked_api_key") return `This API key was revoked; ${ASK_OPERATOR}.`;
+      if (data.error === "invalid_api_key") return `This node does not know this API key; check it, or ${ASK_OPERATOR}.`;
+      return `Creating a Space needs an API key: ${ASK_OPERATOR}.`;
+    }
+    if (res.status === 429) {
+      const wait = Number(res.headers.get("retry-after")) || Math.ceil(data.retry_after_s || 1);
+      return data.error === "key_failures_limited"
+        ? `Too many refused keys from this address; try again in ${wait} s.`
+        : `Too many Spaces created with this key just now; try again in ${wait} s.`;
+    }
+    return null;
+  }
 
   const $ = (id) => document.getElementById(id);
   let timer = 0;
@@ -103,17 +132,30 @@
       }
       body.starts_at = t.toISOString().replace(/\.\d{3}Z$/, "Z");
     }
+    const key = $("create-key").value.trim();
     const button = event.submitter || $("create").querySelector("button");
     button.disabled = true;
     try {
       const res = await fetch("/api/spaces", {
         method: "POST",
-        headers: { "content-type": "application/json" },
+        headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
         body: JSON.stringify(body),
       });
       const data = await res.json().catch(() => ({}));
+      const refused = refusal(res, data);
+      if (refused) {
+        if (res.status === 401) {
+          store("");
+          $("create-key").focus();
+        }
+        error.textContent = refused;
+        error.hidden = false;
+        return;
+      }
       if (!res.ok) throw new Error(data.message || `${res.status} ${res.statusText}`);
+      store(key);
       $("create").reset();
+      $("create-key").value = key;
       showCreated(data);
       refresh();
     } catch (err) {
@@ -124,6 +166,7 @@
     }
   }
 
+  $("create-key").value = stored();
   $("create").addEventListener("submit", create);
   $("copy-key").addEventListener("click", async () => {
     try {
