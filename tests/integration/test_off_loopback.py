@@ -32,6 +32,7 @@ NODE_IP, SPEAKER_IP, PREFIX = "10.213.7.1", "10.213.7.2", 24
 PRIVATE_IP = "192.168.213.1"  # the node's address behind its 1:1 NAT (inside its namespace only)
 PORT = 8000  # the node's namespace is its own: no other process can hold the port there
 TONE_HZ = 660
+OPERATOR_KEY = "off-loopback-operator"  # creates the test's Spaces (an API key: docs/keys.md)
 
 # One HTTP request from inside a namespace (the test process itself stays in the root one).
 HTTP = """import json, sys, httpx
@@ -95,7 +96,8 @@ def node_in_netns(netns: Netns, tmp_path: Path) -> Iterator[Callable[..., str]]:
         log = tmp_path / "amphi.log"
         with open(log, "ab") as logf:
             proc = subprocess.Popen(["ip", "netns", "exec", netns.node, str(BIN), "serve", "--host", NODE_IP, "--port",
-                                     str(PORT), "--data-dir", str(tmp_path / "data"), "--segment-parts", "7", *flags],
+                                     str(PORT), "--data-dir", str(tmp_path / "data"), "--segment-parts", "7",
+                                     "--operator-key", OPERATOR_KEY, *flags],
                                     stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(proc)
 
@@ -113,7 +115,7 @@ def node_in_netns(netns: Netns, tmp_path: Path) -> Iterator[Callable[..., str]]:
 
 
 def live_space(netns: Netns, url: str) -> tuple[str, str]:
-    status, created = netns.http(netns.node, "POST", f"{url}/api/spaces", {"title": "off loopback"})
+    status, created = netns.http(netns.node, "POST", f"{url}/api/spaces", {"title": "off loopback"}, auth=OPERATOR_KEY)
     assert status == 201, created
     space, key = created["id"], created["host_key"]
     status, _ = netns.http(netns.node, "POST", f"{url}/api/spaces/{space}/start", auth=key)
