@@ -11,6 +11,7 @@ import uvloop
 
 from amphi.core.config import (AdmissionConfig, ClusterConfig, Config, DefenseConfig, HttpConfig, MediaConfig,
                                SoundConfig, StageConfig)
+from amphi.core.tls import BadCertificate, check_pair as check_tls, client_context
 from amphi.edge.vcl import NAME as NODE_ID
 from amphi.obs.logging import configure as configure_logging
 from amphi.defense.shield import parse_networks
@@ -30,7 +31,13 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(path_type=Path),
               help="Recordings and Space state live here.")
-@click.option("--public-url", default=None, help="Base URL handed to clients (default http://HOST:PORT).")
+@click.option("--public-url", default=None, help="Base URL handed to clients (default http://HOST:PORT, "
+                                                    "https:// with --tls-cert).")
+@click.option("--tls-cert", default=None, type=click.Path(path_type=Path, dir_okay=False),
+              help="PEM certificate chain: serve https (browsers grant the microphone only to https "
+                   "origins, or localhost). With --tls-key; see docs/tls.md.")
+@click.option("--tls-key", default=None, type=click.Path(path_type=Path, dir_okay=False),
+              help="PEM private key of --tls-cert.")
 @click.option("--demo", is_flag=True, help="Create a live demo Space with a built-in speaker.")
 @click.option("--max-listeners", default=AdmissionConfig.max_listeners, show_default=True, type=click.IntRange(1),
               help="Seat ceiling of this node; the adaptive limit stays at or below it.")
@@ -90,7 +97,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.option("--no-sound-guard", is_flag=True, help="Mix speakers as they arrive: no leveler, limiter or "
                                                       "feedback detection (dead-air alerts stay).")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: str | None, demo: bool,
+def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: str | None,
+          tls_cert: Path | None, tls_key: Path | None, demo: bool,
           max_listeners: int, admit_rate: float, admit_burst: int, token_ttl: float, seat_grace: float,
           ticket_hold: float, max_waiting: int, speaker_timeout: float, log_format: str | None, operator_key: str | None,
           node_id: str, edges: tuple[str, ...], pow_mode: str, pow_bits: int, trusted_proxies: tuple[str, ...],
@@ -115,7 +123,12 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
                             address_burst=address_join_burst)
     if not NODE_ID.match(node_id):
         raise click.BadParameter("1-32 letters, digits, '_' or '-'", param_hint="--node-id")
+    try:
+        check_tls(tls_cert, tls_key)
+    except BadCertificate as e:
+        raise click.BadParameter(str(e), param_hint="--tls-cert/--tls-key") from None
     cfg = Config(data_dir=data_dir, http=HttpConfig(host=host, port=port, public_url=public_url,
+                                                        tls_cert=tls_cert, tls_key=tls_key,
                                                         header_read_timeout_s=header_timeout), demo=demo,
                  admission=admission, stage=stage, node_id=node_id, edges=tuple(e.rstrip("/") for e in edges),
                  operator_key=operator_key or None, defense=defense,
@@ -141,8 +154,12 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path, public_url: 
 @click.option("--return-to", "return_to", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Write what this speaker hears (the others on stage) to this WAV file.")
 @click.option("--no-reconnect", is_flag=True, help="Give up when the connection drops instead of reconnecting.")
+@click.option("--ca-file", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Trust an https server's certificate only if this CA (PEM) signed it (a private CA); "
+                   "default: the system's store, or $SSL_CERT_FILE.")
 def speak(server: str, space_id: str, role: str, key: str | None, token: str | None, path: str | None,
-          tone: float | None, loop: bool, duration: float | None, return_to: Path | None, no_reconnect: bool) -> None:
+          tone: float | None, loop: bool, duration: float | None, return_to: Path | None, no_reconnect: bool,
+          ca_file: Path | None) -> None:
     """Join a Space's stage over WebRTC, send audio in real time and hear the others."""
     from amphi.media.ingest.client import SpeakError, follow_room, speak as once, stay_on_stage
     from amphi.media.ingest.sources import FileTrack, ToneTrack
@@ -153,6 +170,10 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
     credential = key if role == "host" else token
     if credential is None:
         raise click.UsageError("--as host needs --key HOST_KEY" if role == "host" else "--as speaker needs --token GRANT")
+    try:
+        verify = client_context(ca_file)
+    except BadCertificate as e:
+        raise click.BadParameter(str(e), param_hint="--ca-file") from None
     track = FileTrack(path, loop=loop) if path else ToneTrack(tone)  # type: ignore[arg-type]
     writer = WavWriter(return_to) if return_to else None
 
@@ -171,10 +192,10 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
 
     async def speak_and_listen() -> None:
         """Speaks; beside it, follows the room to say what the speaker should know (muted, feedback)."""
-        room = asyncio.ensure_future(follow_room(server, space_id, credential, tell))
+        room = asyncio.ensure_future(follow_room(server, space_id, credential, tell, verify))
         try:
             await run(server.rstrip("/"), space_id, track, key=credential, duration=duration,  # type: ignore[operator]
-                      on_connected=connected, on_return=on_return, **extra)
+                      on_connected=connected, on_return=on_return, verify=verify, **extra)
         finally:
             room.cancel()
             await asyncio.gather(room, return_exceptions=True)

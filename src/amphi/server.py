@@ -9,12 +9,13 @@ import logging
 import signal
 import socket
 
-from granian.constants import HTTPModes, Interfaces
+from granian.constants import HTTPModes, Interfaces, SSLProtocols
 from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server.embed import Server
 
 from amphi.core.config import Config
+from amphi.core.tls import MIN_VERSION, BadCertificate, check_pair
 from amphi.node import Node
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,10 @@ async def serve(cfg: Config) -> None:
     """Runs a node until SIGINT/SIGTERM, then shuts down in order."""
     if not port_free(cfg.http.host, cfg.http.port):
         raise SystemExit(f"amphi: {cfg.http.host}:{cfg.http.port} is already in use")
+    try:
+        tls = check_pair(cfg.http.tls_cert, cfg.http.tls_key)  # a bad file is said here, not deep in granian
+    except BadCertificate as e:
+        raise SystemExit(f"amphi: {e}") from None
     node = Node(cfg)
     await node.open()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -63,6 +68,8 @@ async def serve(cfg: Config) -> None:
         node.app.asgi, address=cfg.http.host, port=cfg.http.port, interface=Interfaces.ASGINL,
         http=HTTPModes.http1, backlog=4096, backpressure=65536, log_level=LogLevels.warning, websockets=False,
         http1_settings=HTTP1Settings(header_read_timeout=int(cfg.http.header_read_timeout_s * 1000)),
+        ssl_cert=cfg.http.tls_cert if tls else None, ssl_key=cfg.http.tls_key if tls else None,
+        ssl_protocol_min=SSLProtocols(f"tls{MIN_VERSION}"),
     )  # backpressure: granian serves at most this many connections at once (default backlog // workers
     # = 4096); every LL-HLS listener holds one in a blocking reload, so the default capped a node at 4096
     # listeners and left the rest unanswered (found by `amphi loadtest` at 10k)
