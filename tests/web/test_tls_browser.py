@@ -11,6 +11,7 @@ verifying the certificate against the CA, hears the tone in the live program ove
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import subprocess
@@ -25,7 +26,7 @@ from playwright.sync_api import Browser, sync_playwright
 
 from tests.audio import SR, dominant_per_window, rms, tone, write_wav
 from tests.certs import Pki, make_pki
-from tests.integration.amphi_proc import BIN, AmphiServer, free_port
+from tests.integration.amphi_proc import BIN, AmphiServer, Speaker, free_port
 from tests.web.browser import CHROMIUM, CHROMIUM_ARGS, FAKE_MEDIA_ARGS, open_console, wait_for
 
 NAME = "amphi.test"
@@ -161,3 +162,27 @@ def test_a_bad_certificate_is_a_clear_cli_error(tmp_path: Path, pki: Pki, case: 
                 "mismatch": "does not match the certificate", "cert_alone": "both --tls-cert and --tls-key"}[case]
     assert expected in r.stderr, r.stderr
     assert not (tmp_path / "data").exists()  # refused before the node was made
+
+
+def test_amphi_speak_trusts_a_private_ca_by_ca_file_or_ssl_cert_file(node: AmphiServer, pki: Pki) -> None:
+    space, key = node.create("speak over https")
+    node.start_space(space, key)
+    cmd = [str(BIN), "speak", "--server", node.url, "--space", space, "--key", key, "--tone", "440",
+           "--no-reconnect", "--duration", "1"]
+    untrusted = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr, untrusted.stderr
+    by_env = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "SSL_CERT_FILE": str(pki.ca)})
+    assert by_env.returncode == 0 and "on air" in by_env.stderr, by_env.stderr
+
+    speaker = Speaker(node, space, key, "--tone", "440").start()  # with --ca-file (Speaker adds it)
+    try:
+        assert "--ca-file" in speaker.cmd
+
+        def heard() -> list[np.ndarray] | None:
+            audio = program(node, space, pki.ca)
+            hz = [h for i, h in enumerate(dominant_per_window(audio, 0.25)) if rms(audio[i * SR // 4:(i + 1) * SR // 4]) > 0.05]
+            return [audio] if len(hz) >= 12 and all(abs(h - 440) <= 8 for h in hz) else None
+
+        wait_for("amphi speak's tone in the program", heard, 30, 0.5)
+    finally:
+        speaker.stop()
