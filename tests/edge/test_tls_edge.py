@@ -151,3 +151,23 @@ def test_an_edge_without_its_front_cannot_serve_tls(tls_tier: TlsTier, tmp_path:
                         "--origin", tls_tier.origin.url, "--secret-file", str(tls_tier.origin.data_dir / "secret"),
                         "--tls-cert", str(tls_tier.pki.cert)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "both --tls-cert and --tls-key" in r.stderr, r.stderr
+
+
+@pytest.mark.serial
+def test_amphi_loadtest_listens_through_the_https_edges_with_the_ca(tls_tier: TlsTier, tmp_path: Path) -> None:
+    """The node (http) sends the load test's listeners to its https edges: they verify them by --ca-file."""
+    import json
+
+    out = tmp_path / "r.json"
+    cmd = [str(BIN), "loadtest", "--server", tls_tier.origin.url, "--space", tls_tier.space, "--listeners", "20",
+           "--duration", "8", "--ramp", "2", "--quiet", "--json", str(out), "--ca-file", str(tls_tier.pki.ca)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads(out.read_text())
+    assert result["admitted"] == result["with_audio"] == 20, result
+    assert result["errors_by_kind"] == {} and result["stalled_listeners"] == 0, result
+
+    untrusted = subprocess.run(cmd[:-2], capture_output=True, text=True, timeout=90)  # no --ca-file
+    assert untrusted.returncode == 0, untrusted.stdout + untrusted.stderr
+    result = json.loads(out.read_text())
+    assert result["with_audio"] == 0 and result["errors_by_kind"].get("tls_error", 0) > 0, result
