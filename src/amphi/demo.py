@@ -30,8 +30,8 @@ async def start_demo(node: Node) -> tuple[Space, str]:
 async def _demo_speaker(node: Node, space: Space, key: str) -> None:
     attempt = 0
     cert = node.cfg.http.tls_cert
-    verify = own_context(cert) if cert else True  # its own certificate, whatever name it is reached by
     while True:
+        verify = own_context(cert) if cert else True  # its own certificate (as of now: SIGHUP reloads it)
         try:
             await stay_on_stage(node.cfg.http.base_url, space.id, GeneratedTrack(demo_program), key=key,
                                 ice_addresses=node.cfg.ice.addresses, verify=verify)

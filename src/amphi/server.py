@@ -52,6 +52,19 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def _reload_certificate(cfg: Config, server: Server) -> None:
+    """SIGHUP: the certificate and key files are read again (a renewed certificate, at the same
+    paths) by granian's new HTTP worker; the old one finishes what it serves. Files that do not
+    load are refused here and the running certificate stays."""
+    try:
+        check_pair(cfg.http.tls_cert, cfg.http.tls_key)
+    except BadCertificate as e:
+        log.error("SIGHUP: keeping the running certificate: %s", e)
+        return
+    log.info("SIGHUP: reloading the TLS certificate %s", cfg.http.tls_cert)
+    server.reload()
+
+
 async def serve(cfg: Config) -> None:
     """Runs a node until SIGINT/SIGTERM, then shuts down in order."""
     if not port_free(cfg.http.host, cfg.http.port):
@@ -78,6 +91,8 @@ async def serve(cfg: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if tls:
+        loop.add_signal_handler(signal.SIGHUP, _reload_certificate, cfg, server)
     try:
         await _wait_listening(cfg.http.host, cfg.http.port, server_task)
         log.info("listening on %s", cfg.http.base_url)
