@@ -35,7 +35,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
                                                     "https:// with --tls-cert).")
 @click.option("--tls-cert", default=None, type=click.Path(path_type=Path, dir_okay=False),
               help="PEM certificate chain: serve https (browsers grant the microphone only to https "
-                   "origins, or localhost). With --tls-key; see docs/tls.md.")
+                   "origins, or localhost). With --tls-key; SIGHUP reads both again (a renewal). See docs/tls.md.")
 @click.option("--tls-key", default=None, type=click.Path(path_type=Path, dir_okay=False),
               help="PEM private key of --tls-cert.")
 @click.option("--demo", is_flag=True, help="Create a live demo Space with a built-in speaker.")
