@@ -10,6 +10,7 @@ import click
 import uvloop
 
 from amphi.cli_config import config, effective_config, setting_options
+from amphi.core.tls import BadCertificate, client_context
 from amphi.obs.logging import configure as configure_logging
 
 
@@ -55,9 +56,12 @@ def serve(ctx: click.Context, log_format: str | None, **_: object) -> None:
 @click.option("--ice-address", "ice_addresses", multiple=True, metavar="IP",
               help="This machine's address to offer in ICE (an IP literal; repeatable). Default: the address it "
                    "reaches --server from. STUN and TURN servers come from the node.")
+@click.option("--ca-file", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Trust an https server's certificate only if this CA (PEM) signed it (a private CA); "
+                   "default: the system's store, or $SSL_CERT_FILE.")
 def speak(server: str, space_id: str, role: str, key: str | None, token: str | None, path: str | None,
           tone: float | None, loop: bool, duration: float | None, return_to: Path | None, no_reconnect: bool,
-          ice_addresses: tuple[str, ...]) -> None:
+          ice_addresses: tuple[str, ...], ca_file: Path | None) -> None:
     """Join a Space's stage over WebRTC, send audio in real time and hear the others."""
     from amphi.control.ice import parse_address
     from amphi.media.ingest.client import SpeakError, follow_room, local_address_towards, speak as once, stay_on_stage
@@ -78,6 +82,10 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
             addresses = (local_address_towards(server),)
         except OSError as e:
             raise click.ClickException(f"no route to {server} ({e}): give --ice-address") from None
+    try:
+        verify = client_context(ca_file)
+    except BadCertificate as e:
+        raise click.BadParameter(str(e), param_hint="--ca-file") from None
     track = FileTrack(path, loop=loop) if path else ToneTrack(tone)  # type: ignore[arg-type]
     writer = WavWriter(return_to) if return_to else None
 
@@ -96,10 +104,11 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
 
     async def speak_and_listen() -> None:
         """Speaks; beside it, follows the room to say what the speaker should know (muted, feedback)."""
-        room = asyncio.ensure_future(follow_room(server, space_id, credential, tell))
+        room = asyncio.ensure_future(follow_room(server, space_id, credential, tell, verify))
         try:
             await run(server.rstrip("/"), space_id, track, key=credential, duration=duration,  # type: ignore[operator]
-                      ice_addresses=addresses, on_connected=connected, on_return=on_return, **extra)
+                      ice_addresses=addresses, on_connected=connected, on_return=on_return, verify=verify,
+                      **extra)
         finally:
             room.cancel()
             await asyncio.gather(room, return_exceptions=True)

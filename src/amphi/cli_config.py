@@ -39,8 +39,9 @@ FLAGS = (
     Flag("--host", "http.host", "Address to bind."),
     Flag("--port", "http.port", "Port to bind (0: any free one)."),
     Flag("--data-dir", "data_dir", "Recordings and Space state live here."),
-    Flag("--public-url", "http.public_url", "Base URL handed to clients (default http://HOST:PORT)."),
-    Flag("--tls-cert", "http.tls_cert", "PEM certificate chain: serve https (with --tls-key).", "FILE"),
+    Flag("--public-url", "http.public_url", "Base URL handed to clients (default http://HOST:PORT, https:// with --tls-cert)."),
+    Flag("--tls-cert", "http.tls_cert", "PEM certificate chain: serve https (browsers grant the microphone only to "
+         "https origins, or localhost). With --tls-key; SIGHUP reads both again (a renewal). See docs/tls.md.", "FILE"),
     Flag("--tls-key", "http.tls_key", "PEM private key of --tls-cert.", "FILE"),
     Flag("--demo", "demo", "Create a live demo Space with a built-in speaker."),
     Flag("--max-listeners", "admission.max_listeners",

@@ -8,6 +8,7 @@ import asyncio
 import logging
 
 from amphi.control.spaces import Space
+from amphi.core.tls import own_context
 from amphi.media.ingest.client import SpeakError, stay_on_stage
 from amphi.media.ingest.sources import GeneratedTrack
 from amphi.media.programs import demo_program
@@ -28,10 +29,12 @@ async def start_demo(node: Node) -> tuple[Space, str]:
 
 async def _demo_speaker(node: Node, space: Space, key: str) -> None:
     attempt = 0
+    cert = node.cfg.http.tls_cert
     while True:
+        verify = own_context(cert) if cert else True  # its own certificate (as of now: SIGHUP reloads it)
         try:
             await stay_on_stage(node.cfg.http.base_url, space.id, GeneratedTrack(demo_program), key=key,
-                                ice_addresses=node.cfg.ice.addresses)
+                                ice_addresses=node.cfg.ice.addresses, verify=verify)
             return
         except (SpeakError, OSError) as e:
             delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]

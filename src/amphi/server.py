@@ -9,12 +9,13 @@ import logging
 import signal
 import socket
 
-from granian.constants import HTTPModes, Interfaces
+from granian.constants import HTTPModes, Interfaces, SSLProtocols
 from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server.embed import Server
 
 from amphi.core.config import Config
+from amphi.core.tls import MIN_VERSION, BadCertificate, check_pair
 from amphi.node import Node
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,27 @@ def unbindable(address: str) -> str | None:
     return None
 
 
+def _reload_certificate(cfg: Config, server: Server) -> None:
+    """SIGHUP: the certificate and key files are read again (a renewed certificate, at the same
+    paths) by granian's new HTTP worker; the old one finishes what it serves. Files that do not
+    load are refused here and the running certificate stays."""
+    try:
+        check_pair(cfg.http.tls_cert, cfg.http.tls_key)
+    except BadCertificate as e:
+        log.error("SIGHUP: keeping the running certificate: %s", e)
+        return
+    log.info("SIGHUP: reloading the TLS certificate %s", cfg.http.tls_cert)
+    server.reload()
+
+
 async def serve(cfg: Config) -> None:
     """Runs a node until SIGINT/SIGTERM, then shuts down in order."""
     if not port_free(cfg.http.host, cfg.http.port):
         raise SystemExit(f"amphi: {cfg.http.host}:{cfg.http.port} is already in use")
+    try:
+        tls = check_pair(cfg.http.tls_cert, cfg.http.tls_key)  # a bad file is said here, not deep in granian
+    except BadCertificate as e:
+        raise SystemExit(f"amphi: {e}") from None
     for address in cfg.ice.addresses:
         if why := unbindable(address):
             raise SystemExit(f"amphi: ice.addresses: {address} is not an address of this host ({why}); behind NAT, "
@@ -77,6 +95,8 @@ async def serve(cfg: Config) -> None:
         node.app.asgi, address=cfg.http.host, port=cfg.http.port, interface=Interfaces.ASGINL,
         http=HTTPModes.http1, backlog=4096, backpressure=65536, log_level=LogLevels.warning, websockets=False,
         http1_settings=HTTP1Settings(header_read_timeout=int(cfg.http.header_read_timeout_s * 1000)),
+        ssl_cert=cfg.http.tls_cert if tls else None, ssl_key=cfg.http.tls_key if tls else None,
+        ssl_protocol_min=SSLProtocols(f"tls{MIN_VERSION}"),
     )  # backpressure: granian serves at most this many connections at once (default backlog // workers
     # = 4096); every LL-HLS listener holds one in a blocking reload, so the default capped a node at 4096
     # listeners and left the rest unanswered (found by `amphi loadtest` at 10k)
@@ -85,6 +105,8 @@ async def serve(cfg: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if tls:
+        loop.add_signal_handler(signal.SIGHUP, _reload_certificate, cfg, server)
     try:
         await _wait_listening(cfg.http.host, cfg.http.port, server_task)
         log.info("listening on %s", cfg.http.base_url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -66,14 +67,18 @@ TEST_SEGMENT_PARTS = "7"  # 3.584 s segments unless a test asks for others: the 
 
 
 class AmphiServer:
-    def __init__(self, data_dir: Path, port: int | None = None, *extra: str) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, *extra: str, ca: Path | None = None) -> None:
+        """``ca``: the node serves https (``extra`` has its --tls-cert/--tls-key) with a certificate
+        this CA signed for 127.0.0.1; the test's clients trust it."""
         self.data_dir = data_dir
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.ca = ca
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
         self.extra = extra if "--segment-parts" in extra else (*extra, "--segment-parts", TEST_SEGMENT_PARTS)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"amphi-{self.port}.log"
-        self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.http = httpx.Client(base_url=self.url, timeout=30,
+                                 verify=ssl.create_default_context(cafile=str(ca)) if ca else True)
         self.expect_feedback = False  # a node raising a feedback alarm fails its test unless it made a loop
         self.api_key: str | None = None  # what creates Spaces (docs/keys.md): the node's operator key, once started
 
@@ -210,7 +215,8 @@ class Speaker:
 
     def __init__(self, server: AmphiServer, space: str, credential: str, *args: str) -> None:
         who = ["--as", "speaker", "--token", credential] if "." in credential else ["--key", credential]
-        self.cmd = [str(BIN), "speak", "--server", server.url, "--space", space, *who, *args]
+        ca = ("--ca-file", str(server.ca)) if server.ca else ()
+        self.cmd = [str(BIN), "speak", "--server", server.url, "--space", space, *who, *ca, *args]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> Speaker:

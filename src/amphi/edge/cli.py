@@ -105,14 +105,24 @@ def config(**kw) -> None:  # type: ignore[no-untyped-def]
 @click.option("--fanout-workers", default=FANOUT_WORKERS, show_default=True, type=click.IntRange(1, 64),
               help="Processes of the fan-out on the edge's port (docs/edge.md): each holds up to its open-file "
                    "limit of sockets (two a streaming listener) and can use a core.")
+@click.option("--tls-cert", default=None, type=click.Path(path_type=Path, dir_okay=False),
+              help="PEM certificate chain: the edge's front serves https to listeners (with --tls-key; needs "
+                   "the front: --max-connections-per-address above 0). See docs/tls.md.")
+@click.option("--tls-key", default=None, type=click.Path(path_type=Path, dir_okay=False),
+              help="PEM private key of --tls-cert.")
 def run(host: str, port: int, workdir: Path, storage_mb: int, streams: int,  # type: ignore[no-untyped-def]
-        fanout_workers: int, **kw) -> None:
+        fanout_workers: int, tls_cert: Path | None, tls_key: Path | None, **kw) -> None:
     """Run the edge (varnishd) in the foreground until Ctrl-C."""
     from amphi.core.errors import Unavailable
+    from amphi.core.tls import BadCertificate, check_pair
     from amphi.edge.varnish import Edge
 
+    try:
+        tls = (tls_cert, tls_key) if check_pair(tls_cert, tls_key) else None
+    except BadCertificate as err:
+        raise click.BadParameter(str(err), param_hint="--tls-cert/--tls-key") from None
     e = Edge(spec_from(**kw), workdir, host, port, storage_mb=storage_mb, streams=streams,
-             fanout_workers=fanout_workers)
+             fanout_workers=fanout_workers, tls=tls)  # type: ignore[arg-type]
     try:
         e.prepare()
     except Unavailable as err:

@@ -63,6 +63,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 import struct
 import time
 from collections import OrderedDict
@@ -76,6 +77,7 @@ from amphi.control.tokens import Signer
 from amphi.core.config import AdmissionConfig
 from amphi.core.files import raise_open_files
 from amphi.core.gcra import GcraTable
+from amphi.core.tls import server_context
 from amphi.edge.joins import Join, JoinBatcher
 from amphi.edge.renewals import REPORT_S, Renewals, SharedRefusals
 from amphi.edge.vcl import WHOLE_RANGE
@@ -184,7 +186,7 @@ class Client(asyncio.Protocol):
     """One connection: at the edge's port (``public``) or from nginx (the internal socket)."""
 
     __slots__ = ("fanout", "transport", "buf", "feed", "addr", "public", "proxied", "tunnel", "since",
-                 "full_since", "close_after", "closed", "missed", "counted", "joining")
+                 "full_since", "close_after", "closed", "missed", "counted", "joining", "tls")
 
     def __init__(self, fanout: Fanout, *, public: bool, proxied: bool) -> None:
         self.fanout = fanout
@@ -201,9 +203,11 @@ class Client(asyncio.Protocol):
         self.missed = False  # the request being answered made its file's fetch (x-fanout: MISS)
         self.counted = False  # one of its address's connections (the per-address cap)
         self.joining = False  # its join is in a batch, not answered yet (edge/joins.py)
+        self.tls = False  # over TLS (which cannot be half-closed)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.tls = transport.get_extra_info("sslcontext") is not None
         transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.addr = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
@@ -306,7 +310,7 @@ class Client(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.tunnel is not None:
             self.tunnel.eof()
-            return True  # half-closed: nginx's answer may still come
+            return None if self.tls else True  # half-closed: nginx's answer may still come (not over TLS)
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -362,7 +366,7 @@ class Tunnel(asyncio.Protocol):
             self.client.transport.write(data)
 
     def eof(self) -> None:
-        if self.transport is not None and self.transport.can_write_eof():
+        if self.transport is not None and not self.transport.is_closing() and self.transport.can_write_eof():
             self.transport.write_eof()
 
     def pause(self) -> None:
@@ -795,9 +799,10 @@ class Fanout:
                         self.renewals.failed(rest)
                     break
 
-    async def serve(self, internal: Path, public: str | None) -> None:
+    async def serve(self, internal: Path, public: str | None, tls: ssl.SSLContext | None = None) -> None:
         """Serves nginx on the Unix socket ``internal`` and, if given, the edge's port:
-        ``HOST:PORT`` (TCP) or a Unix socket path (behind nginx's stream cap, PROXY protocol)."""
+        ``HOST:PORT`` (TCP; https with ``tls``) or a Unix socket path (behind nginx's stream cap,
+        PROXY protocol, which terminates TLS itself)."""
         loop = asyncio.get_running_loop()
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
         timeout = httpx.Timeout(self.timeout_s, connect=5.0)
@@ -817,7 +822,9 @@ class Fanout:
                 host, _, port = public.rpartition(":")
                 sock = steered_socket(host, int(port), self.workers)  # the other workers listen there too
                 servers.append(await loop.create_server(lambda: Client(self, public=True, proxied=False), sock=sock,
-                                                        backlog=4096))
+                                                        backlog=4096, ssl=tls,
+                                                        ssl_handshake_timeout=IDLE_S if tls else None))
+                # TLS ends here: the bytes a Client reads (and hands nginx) are in the clear
             tasks = [loop.create_task(self.sweep()), loop.create_task(self.report())]
             try:
                 await asyncio.gather(*(s.serve_forever() for s in servers))
@@ -868,6 +875,8 @@ def main() -> None:
     p.add_argument("--released", type=Path, help="the file this edge's workers share released seats in")
     p.add_argument("--max-connections", type=int, default=0, help="connections per client address at --public (0: none)")
     p.add_argument("--workers", type=int, default=1, help="the fan-out's processes sharing --public")
+    p.add_argument("--tls-cert", type=Path, help="serve https at --public (HOST:PORT): the PEM certificate chain")
+    p.add_argument("--tls-key", type=Path, help="... and its PEM private key")
     p.add_argument("--token-ttl", type=float, default=AdmissionConfig.token_ttl_s,
                    help="the tokens' life, as the nodes sign them (--token-ttl): renewed here at half of it")
     args = p.parse_args()
@@ -879,7 +888,8 @@ def main() -> None:
     fanout = Fanout(args.upstream, args.front, args.secret_file.read_text().strip(), name=args.name,
                     released=args.released, max_connections=args.max_connections, workers=args.workers, token_ttl_s=args.token_ttl, media_rate=args.media_rate,
                     join_rate=args.join_rate, batch_joins=args.batch_joins)
-    uvloop.run(fanout.serve(args.internal, args.public))
+    tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    uvloop.run(fanout.serve(args.internal, args.public, tls))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import os
 import resource
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ from typing import NoReturn
 
 from amphi.control.tokens import TOKEN
 from amphi.core.errors import Unavailable
+from amphi.core.tls import MIN_VERSION, BadCertificate, check_pair
 from amphi.edge import firewall
 from amphi.edge.vcl import WHOLE_RANGE, EdgeSpec, render
 from amphi.web.routes import JOIN_BODY_LIMIT, ROUTES
@@ -80,6 +82,7 @@ PARAMS = {
 }
 
 
+TLS_PROTOCOLS = tuple(v for v in ("TLSv1.2", "TLSv1.3") if v >= f"TLSv{MIN_VERSION}")  # nginx's names
 FANOUT_WORKERS = 2  # the fan-out's processes: each holds at most its open-file limit of sockets (a
 # listener holds two), and each can have a core of its own
 STREAMS = 10_000  # listeners an edge streams segments to at once, by default (one thread each)
@@ -94,12 +97,14 @@ def pool_max(streams: int) -> int:
 
 class Edge:
     def __init__(self, spec: EdgeSpec, workdir: Path, host: str, port: int, *, storage_mb: int = 256,
-                 streams: int = STREAMS, fanout_workers: int = FANOUT_WORKERS) -> None:
+                 streams: int = STREAMS, fanout_workers: int = FANOUT_WORKERS,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.spec = spec
+        self.tls = tls  # (certificate chain, key), PEM: the front serves https (Varnish has no TLS)
         self.fanout_workers = fanout_workers  # processes of the fan-out (edge/fanout.py)
         self.workdir = workdir.resolve()
         self.host, self.port = host, port
-        self.url = f"http://{host}:{port}"
+        self.url = f"{'https' if tls else 'http'}://{host}:{port}"
         self.storage_mb = storage_mb
         self.streams = streams  # segments streamed at once: about the edge's live audience
         self.proc: subprocess.Popen[bytes] | None = None
@@ -137,7 +142,9 @@ class Edge:
                  "--media-rate", str(self.spec.media_rate), "--join-rate", str(self.spec.join_rate),
                  *(() if self.spec.batch_joins else ("--no-batch-joins",)), "--name", self.spec.name, "--released", str(d / "released.json"),
                  "--token-ttl", f"{self.spec.token_ttl_s:g}", "--workers", str(self.fanout_workers),
-                 "--max-connections", str(self.spec.max_connections_per_address if self.capped_by == "fanout" else 0)]
+                 "--max-connections", str(self.spec.max_connections_per_address if self.capped_by == "fanout" else 0),
+                 *(("--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1]))
+                   if self.tls and self.capped_by != "nginx" else ())]
                 for k, sock in enumerate(self.fanout_sockets)]
 
     @property
@@ -171,6 +178,15 @@ class Edge:
 
     def prepare(self) -> None:
         """Writes the VCL and the front's files, and sets the firewall rule if it caps connections."""
+        if self.tls is not None:
+            if not self.spec.max_connections_per_address:
+                raise Unavailable("TLS is served by the edge's front (the fan-out, or nginx's stream cap) and "
+                                  "Varnish has none: give --max-connections-per-address above 0 with --tls-cert")
+            try:
+                check_pair(*self.tls)
+            except BadCertificate as e:
+                raise Unavailable(str(e)) from None
+            self.tls = (self.tls[0].resolve(), self.tls[1].resolve())  # nginx and the fan-out run elsewhere
         self.workdir.mkdir(parents=True, exist_ok=True)
         vcl = self.workdir / "edge.vcl"
         vcl.write_text(render(self.spec))
@@ -199,7 +215,7 @@ class Edge:
             os.chmod(script, 0o600)
             (front / "nginx.conf").write_text(front_config(self.spec, self.host, self.port, front, self._socket,
                                                           stream=self.capped_by == "nginx",
-                                                          fanout_workers=self.fanout_workers))
+                                                          fanout_workers=self.fanout_workers, tls=self.tls))
             test = subprocess.run([*(self.front_command() or ()), "-t", "-q"], capture_output=True, text=True, timeout=30)
             if test.returncode:
                 self._uncap()
@@ -238,7 +254,8 @@ class Edge:
         if not all(p.exists() for p in self.fanout_sockets):
             return False
         try:
-            with socket.create_connection((self.host, self.port), timeout=0.5) as s:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as raw, \
+                    (_unverified().wrap_socket(raw) if self.tls else raw) as s:  # up, not trusted
                 s.sendall(b"GET /o/ready HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
                 head = s.recv(4096)
                 return head.startswith(b"HTTP/1.1") and b"\r\nx-edge:" in head.lower()  # Varnish's answer
@@ -280,6 +297,13 @@ class Edge:
         stats = {k: int(v.get("value", 0)) for k, v in counters.items()}
         stats.update({f"FANOUT.{k}": v for k, v in fanout_stats(self.fanout_sockets).items()})
         return stats
+
+
+def _unverified() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def fanout_stats(sockets: list[Path]) -> dict[str, int]:
@@ -325,9 +349,10 @@ def _error_answer(status: int, code: str, message: str, *, retry_after_s: int | 
 
 
 def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: Path, *, stream: bool,
-                 fanout_workers: int = FANOUT_WORKERS) -> str:
+                 fanout_workers: int = FANOUT_WORKERS, tls: tuple[Path, Path] | None = None) -> str:
     """nginx in front of varnishd: a cache for segment players (http) and, with ``stream``, the
-    per-address connection cap (else the firewall has it); see the module's docstring."""
+    per-address connection cap (else the firewall has it), terminating TLS if given ``tls``
+    (else the fan-out does); see the module's docstring."""
 
     def servers(kind: str) -> str:  # the fan-out's workers' sockets, as an upstream's servers
         return "\n".join(f"        server unix:{d}/{kind}-{k}.sock;" for k in range(fanout_workers))
@@ -369,13 +394,18 @@ def front_config(spec: EdgeSpec, host: str, port: int, d: Path, varnish_socket: 
 {_error_answer(413, "payload_too_large", f"body larger than {JOIN_BODY_LIMIT} bytes", retry_after_s=None)}
         }}
 """ if spec.batch_joins else ""
+    tls_lines = f"""
+        ssl_certificate {tls[0]};
+        ssl_certificate_key {tls[1]};
+        ssl_protocols {" ".join(TLS_PROTOCOLS)};
+        ssl_handshake_timeout 5s;  # as the http server's client_header_timeout: slowloris""" if tls else ""
     capped = f"""stream {{
     limit_conn_zone $binary_remote_addr zone=per_address:10m;
     upstream fanout_public {{
 {servers("public")}
     }}
     server {{
-        listen {host}:{port} backlog=4096;
+        listen {host}:{port}{" ssl" if tls else ""} backlog=4096;{tls_lines}
         limit_conn per_address {spec.max_connections_per_address};  # one more is closed at once
         proxy_pass fanout_public;  # the fan-out (edge/fanout.py), which hands nginx the rest
         proxy_protocol on;

@@ -53,13 +53,17 @@ from amphi.loadtest.profiles import PROFILES
               help="Distinct attacker addresses (spread over four /24s of 127.200.0.0/16).")
 @click.option("--attack-connections", default=5000, show_default=True, type=click.IntRange(1, 50_000),
               help="slowloris: sockets held open at once at most.")
+@click.option("--ca-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Trust https servers (the node, its edges) only if this CA (PEM) signed them; default: the "
+                   "system's store, or $SSL_CERT_FILE.")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the result as JSON.")
 @click.option("--plot", "plot_out", default=None, type=click.Path(dir_okay=False), help="Write a PNG plot over time.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def loadtest(server: str, space: str, listeners: int, profile: str, duration: float, ramp: float, procs: int,
              cpus: str | None, protocol: str, player: str, admission: str, stay: float | None, drop_at: float | None, stream_kbps: float,
              server_pid: int | None, seed: int, attack: str | None, attack_rate: float, attack_start: float,
-             attack_duration: float | None, attack_sources: int, attack_connections: int, json_out: str | None,
+             attack_duration: float | None, attack_sources: int, attack_connections: int, ca_file: str | None,
+             json_out: str | None,
              plot_out: str | None, quiet: bool) -> None:
     """Drive real HTTP listeners that behave like players, and report what each experienced."""
     from amphi.core.extras import MissingExtra, need_plots
@@ -71,19 +75,22 @@ def loadtest(server: str, space: str, listeners: int, profile: str, duration: fl
         raise click.UsageError("--space is required with --protocol amphi")
     if ramp >= duration:
         raise click.UsageError("--ramp must be shorter than --duration")
-    if not server.startswith("http://"):
-        raise click.UsageError("--server must be an http:// URL")
+    if not server.startswith(("http://", "https://")):
+        raise click.UsageError("--server must be an http:// or https:// URL")
     if plot_out:
         try:
             need_plots("amphi loadtest --plot")
         except MissingExtra as e:
             raise click.UsageError(str(e)) from None
     cfg = LoadConfig(server=server.rstrip("/") if protocol == "amphi" else server, space=space, protocol=protocol,
-                     player=player, duration_s=duration, stream_kbps=stream_kbps, seed=seed, admission=admission)
+                     player=player, duration_s=duration, stream_kbps=stream_kbps, seed=seed, admission=admission,
+                     ca_file=ca_file)
     plan = None
     if attack:
         if protocol != "amphi":
             raise click.UsageError("--attack needs --protocol amphi")
+        if not server.startswith("http://"):
+            raise click.UsageError("--attack needs an http:// server (the attackers speak no TLS)")
         if attack_start + (attack_duration or 0) > duration:
             raise click.UsageError("the attack must end by the end of the run (--attack-start + --attack-duration)")
         try:

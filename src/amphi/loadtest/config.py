@@ -20,3 +20,4 @@ class LoadConfig:
     admission: str = "line"  # line: wait by the line document, renewed by playlist reloads; polls: the first
     # wave's clients (ticket polls, API renewals at POLLS_RENEW_SHARE of a token's life), to compare the two
     spread_sources: bool = True  # each listener connects from its own 127.x.y.z (on a loopback server)
+    ca_file: str | None = None  # https servers are trusted if this CA (PEM) signed them; default: the system's store

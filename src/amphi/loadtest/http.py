@@ -11,7 +11,7 @@ closed by the server is retried once on a new connection, as browsers do.
 Errors (all ``HttpError``, with ``kind`` for the error table):
 
     HttpError
-     ├── ConnectFailed   kind "connect_refused" | "connect_error" | "connect_timeout"
+     ├── ConnectFailed   kind "connect_refused" | "connect_error" | "connect_timeout" | "tls_error"
      ├── Timeout         kind "timeout"         (no whole response in time)
      └── Disconnected    kind "reset"           (the server closed or reset mid-response)
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from collections.abc import Callable
 
 
@@ -300,9 +301,11 @@ class Connection:
     Lifecycle: idle -> busy (one request) -> idle ...; ``close()`` at any time; a later
     request opens a new TCP connection."""
 
-    def __init__(self, host: str, port: int, *, connect_timeout_s: float = 10.0, source: str | None = None) -> None:
+    def __init__(self, host: str, port: int, *, connect_timeout_s: float = 10.0, source: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
+        self.tls = tls  # https: the context that verifies the server (``Tls.context``)
         self.source = source  # the local address to connect from (a client of its own on 127.0.0.0/8)
         self.connect_timeout_s = connect_timeout_s
         self._p: _Protocol | None = None
@@ -319,12 +322,15 @@ class Connection:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, p = await loop.create_connection(_Protocol, self.host, self.port,
-                                                    local_addr=(self.source, 0) if self.source else None)
+                                                    local_addr=(self.source, 0) if self.source else None,
+                                                    ssl=self.tls, server_hostname=self.host if self.tls else None)
         except TimeoutError:
             raise ConnectFailed("connect_timeout", f"no connection to {self.host}:{self.port} in "
                                 f"{self.connect_timeout_s:g} s") from None
         except ConnectionRefusedError as e:
             raise ConnectFailed("connect_refused", str(e)) from None
+        except ssl.SSLError as e:  # a certificate not trusted (--ca-file), a handshake refused
+            raise ConnectFailed("tls_error", f"{type(e).__name__}: {e}") from None
         except OSError as e:
             raise ConnectFailed("connect_error", f"{type(e).__name__}: {e}") from None
         self.connects += 1
@@ -460,10 +466,42 @@ def is_loopback(host: str) -> bool:
 
 
 def split_url(url: str) -> tuple[str, int, str]:
-    """``http://host:port/path?q`` -> (host, port, "/path?q")."""
-    if not url.startswith("http://"):
-        raise ValueError(f"only http:// URLs are supported: {url!r}")
-    rest = url[len("http://"):]
+    """``http://host:port/path?q`` (or https) -> (host, port, "/path?q")."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        raise ValueError(f"only http:// and https:// URLs are supported: {url!r}")
     hostport, slash, path = rest.partition("/")
-    host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "80")
+    default = "443" if scheme == "https" else "80"
+    host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", default)
     return host, int(port), "/" + path if slash else "/"
+
+
+def absolute(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
+
+
+class Tls:
+    """Which servers speak https, learnt from the URLs a listener is given (the node's, its
+    edges'), and the one context that verifies them all: ``ca_file`` alone if given, else the
+    system's store (``SSL_CERT_FILE`` if set). One per process (a context is not picklable)."""
+
+    def __init__(self, ca_file: str | None = None) -> None:
+        self.ca_file = ca_file
+        self.secure: set[tuple[str, int]] = set()
+        self._ctx: ssl.SSLContext | None = None
+
+    def split(self, url: str) -> tuple[str, int, str]:
+        """``split_url``, remembering an https server."""
+        host, port, path = split_url(url)
+        if url.startswith("https://"):
+            self.secure.add((host, port))
+        return host, port, path
+
+    def context(self, host: str, port: int) -> ssl.SSLContext | None:
+        if (host, port) not in self.secure:
+            return None
+        if self._ctx is None:
+            from amphi.core.tls import client_context
+
+            self._ctx = client_context(self.ca_file)
+        return self._ctx

@@ -41,7 +41,7 @@ from amphi.control.tokens import TOKEN
 from amphi.web.answers import parse_line
 from amphi.defense.pow import solve
 from amphi.media.fmp4 import MalformedMp4
-from amphi.loadtest.http import Connection, HttpError, Response, is_loopback, loopback_source, split_url
+from amphi.loadtest.http import Connection, HttpError, Response, Tls, absolute, is_loopback, loopback_source, split_url
 from amphi.loadtest.profiles import Session, backoff_s, header_retry_s, line_retry_s, retry_delay_s
 from amphi.loadtest.stats import Histogram
 
@@ -75,6 +75,7 @@ class Swarm(Protocol):
     this module does not import the swarm that imports it."""
 
     cfg: LoadConfig
+    tls: Tls
     renewals: int
     playlist_renewals: int
     line_reads: int
@@ -108,10 +109,10 @@ class Listener:
         self.swarm = swarm
         self.session = session
         self.rng = rng
-        host, port, _ = split_url(swarm.cfg.server)
+        host, port, _ = swarm.tls.split(swarm.cfg.server)
         source = loopback_source(rng) if swarm.cfg.spread_sources and is_loopback(host) else None
         self.source = source  # this listener's own 127.x.y.z: the API and the edges see one client address
-        self.conn = Connection(host, port, source=source)  # the API (joins, renewals) and, unless sent to an edge, media
+        self.conn = Connection(host, port, source=source, tls=swarm.tls.context(host, port))  # the API (joins, renewals) and, unless sent to an edge, media
         self.media = self.conn  # where the playlist, parts and segments come from
         self.edges: list[tuple[str, int]] = []  # edge caches the node named for media (docs/edge.md)
         self.edge_lost_at: float | None = None  # when the current edge stopped answering
@@ -325,13 +326,13 @@ class Listener:
         # and a renewal (whose media playlist is the one being played, with the new token), from the second
         first = self.swarm.cfg.player == "stream" and self.admitted_at is None
         url = answer["playlist"] if first or not answer.get("media_playlist") else answer["media_playlist"]
-        host, port, self.path = split_url(str(url))
+        host, port, self.path = self.swarm.tls.split(str(url))
         renew_after = float(answer.get("renew_after_s") or 30.0)  # type: ignore[arg-type]
         if self.swarm.cfg.admission == "polls":  # before half its life: no playlist reload renews it
             renew_after = POLLS_RENEW_SHARE * float(answer.get("expires_in_s") or 60.0)  # type: ignore[arg-type]
         self.renew_share = renew_after / float(answer.get("expires_in_s") or 60.0)  # type: ignore[arg-type]
         self.renew_at = time.time() + renew_after
-        self.edges = [split_url(str(e))[:2] for e in answer.get("edges") or ()]  # type: ignore[attr-defined]
+        self.edges = [self.swarm.tls.split(str(e))[:2] for e in answer.get("edges") or ()]  # type: ignore[attr-defined]
         if (self.media.host, self.media.port) in self.edges:
             return  # a renewal: stay on the edge we play from (the node names the next one in turn)
         if (host, port) != (self.media.host, self.media.port):
@@ -341,7 +342,8 @@ class Listener:
         if self.media is not self.conn:
             self.media.close()
         same = (host, port) == (self.conn.host, self.conn.port)
-        self.media = self.conn if same else Connection(host, port, source=self.source if is_loopback(host) else None)
+        self.media = self.conn if same else Connection(host, port, source=self.source if is_loopback(host) else None,
+                                                       tls=self.swarm.tls.context(host, port))
 
     def _other_edge(self) -> None:
         """The edge stopped answering: the next attempt goes to another one, at random."""
@@ -423,7 +425,7 @@ class Listener:
                 return resp
             if resp.status in (301, 302, 307, 308) and "location" in resp.headers:
                 loc = resp.headers["location"]
-                target = split_url(loc)[2] if loc.startswith("http://") else loc
+                target = split_url(loc)[2] if absolute(loc) else loc
                 if playlist:
                     self.path = target.split("?", 1)[0]
                     self._adopt(self.path)
@@ -439,7 +441,7 @@ class Listener:
             raise GiveUp(f"http_{resp.status}")
 
     def _resolve(self, uri: str) -> str:
-        if uri.startswith("http://"):
+        if absolute(uri):
             return split_url(uri)[2]
         if uri.startswith("/"):
             return uri
@@ -570,7 +572,7 @@ class Listener:
         read = SegmentRead(newest.msn, newest.pdt, skip, self.timescale)
         self.last_part_at = None
         if self.media is self.conn:  # the API's connection (no edge) renews while a segment streams
-            self.media = Connection(self.conn.host, self.conn.port, source=self.conn.source)
+            self.media = Connection(self.conn.host, self.conn.port, source=self.conn.source, tls=self.conn.tls)
         current = asyncio.ensure_future(self._segment(read, self.media))
         upcoming: asyncio.Future[Response | None] | None = None
         try:
@@ -625,7 +627,7 @@ class Listener:
         if self.side is None or (self.side.host, self.side.port) != (m.host, m.port):
             if self.side is not None:
                 self.side.close()
-            self.side = Connection(m.host, m.port, source=self.source if is_loopback(m.host) else None)
+            self.side = Connection(m.host, m.port, source=self.source if is_loopback(m.host) else None, tls=m.tls)
         return self.side
 
     def _heard(self, read: SegmentRead, data: bytes) -> None:

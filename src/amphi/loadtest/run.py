@@ -20,6 +20,7 @@ from multiprocessing.connection import wait
 import psutil
 
 from amphi.loadtest.attack import AttackPlan, attack_main
+from amphi.core.tls import client_context
 from amphi.loadtest.http import split_url
 from amphi.loadtest.profiles import schedule
 from amphi.loadtest.stats import Histogram, rounded
@@ -77,11 +78,12 @@ def find_server_pid(url: str) -> int | None:
     return None
 
 
-def server_admission(url: str) -> dict[str, object] | None:
+def server_admission(url: str, ca_file: str | None = None) -> dict[str, object] | None:
     """The node's admission settings (``GET /api/node``), recorded so that ``amphi simulate
     --calibrate`` can model the same node; None if the node does not say."""
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/api/node", timeout=5) as resp:
+        tls = client_context(ca_file) if url.startswith("https://") else None
+        with urllib.request.urlopen(f"{url.rstrip('/')}/api/node", timeout=5, context=tls) as resp:
             return json.loads(resp.read())["admission"]["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -98,7 +100,7 @@ def run(opts: RunOptions, progress: Callable[[str], None] | None = None) -> dict
     if files < per_proc + 100:
         warnings.append(f"open-file limit {files} is below the {per_proc} connections one process needs")
     server_pid = opts.server_pid or find_server_pid(cfg.server)
-    admission = server_admission(cfg.server) if cfg.protocol == "amphi" else None
+    admission = server_admission(cfg.server, cfg.ca_file) if cfg.protocol == "amphi" else None
     if cfg.protocol == "amphi" and admission is None:
         warnings.append("could not read the node's admission settings (GET /api/node): amphi simulate "
                         "cannot be calibrated from this run")

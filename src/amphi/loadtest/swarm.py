@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection as Pipe
 
 from amphi.loadtest.buffer import Playback
 from amphi.loadtest.config import LoadConfig
+from amphi.loadtest.http import Tls
 from amphi.loadtest.listener import Listener
 from amphi.core.files import raise_open_files
 from amphi.loadtest.profiles import Session
@@ -29,6 +30,7 @@ END_GRACE_S = 15.0  # after the run's end: leaves in flight
 class Swarm:
     def __init__(self, cfg: LoadConfig, sessions: list[Session], worker: int) -> None:
         self.cfg = cfg
+        self.tls = Tls(cfg.ca_file)  # which servers speak https, and the trust in them
         self.sessions = sessions
         self.rng = random.Random(cfg.seed * 1000 + worker)
         self.listeners: list[Listener] = []

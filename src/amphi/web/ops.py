@@ -55,7 +55,7 @@ class Ops:
         self._key = operator_key.encode()
         self._max_listeners = cfg.admission.max_listeners
         self._session = hmac.new(self._key, b"amphi dashboard session", hashlib.sha256).hexdigest()
-        self._secure = (cfg.http.public_url or "").startswith("https://")
+        self._secure = cfg.http.base_url.startswith("https://")
         self._assets = assets.root(cfg.web_assets_dir)
 
     # -- who is asking ------------------------------------------------------------------------

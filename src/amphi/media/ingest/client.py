@@ -19,6 +19,7 @@ import asyncio
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Callable
 
@@ -72,6 +73,7 @@ async def speak(
     ice_addresses: tuple[str, ...] = ("127.0.0.1",),
     on_connected: Callable[[], None] | None = None,
     on_return: ReturnHook | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> None:
     """Send ``track`` to ``space`` until ``duration`` seconds after connecting (None: until
     the track ends or the caller cancels), then hang up cleanly. ``on_connected`` is called
@@ -81,9 +83,10 @@ async def speak(
 
     Raises ``SpeakError`` when the server refuses the offer (non-2xx), cannot be reached,
     hangs up first, or the connection fails, goes silent, or does not come up within
-    ``CONNECT_TIMEOUT_S``."""
+    ``CONNECT_TIMEOUT_S``. ``verify``: the trust in an https server's certificate
+    (``amphi.core.tls.client_context``; True: httpx's default)."""
     use_ice_addresses(ice_addresses)
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=await ice_servers(server, space, key or token)))
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=await ice_servers(server, space, key or token, verify)))
     connected = asyncio.Event()
     gone = asyncio.Event()  # failed or closed
     silent = asyncio.Event()  # the return feed stopped
@@ -113,7 +116,7 @@ async def speak(
     try:
         sender = pc.addTransceiver(track, direction="sendrecv").sender
         await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers all candidates here
-        answer = await _post_offer(server, space, pc.localDescription.sdp, key or token)
+        answer = await _post_offer(server, space, pc.localDescription.sdp, key or token, verify)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
         if await _first(connected, gone, timeout=CONNECT_TIMEOUT_S) is not connected:
@@ -191,6 +194,7 @@ async def stay_on_stage(
     on_connected: Callable[[], None] | None = None,
     on_return: ReturnHook | None = None,
     on_drop: Callable[[str, float], None] | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> int:
     """``speak()`` that survives a dropped network: when the connection fails, goes silent
     or cannot be made, it tries again after 0.5, 1, 2, 4, 8, 8... s (jittered) with a new
@@ -215,7 +219,7 @@ async def stay_on_stage(
 
         try:
             await speak(server, space, _Borrowed(track), key=key, token=token, duration=left,
-                        ice_addresses=ice_addresses, on_connected=connected, on_return=on_return)
+                        ice_addresses=ice_addresses, on_connected=connected, on_return=on_return, verify=verify)
             return reconnects  # the duration passed or the source ran out
         except SpeakError as e:
             if e.status in FINAL_STATUSES or track.readyState != "live":
@@ -231,14 +235,15 @@ async def stay_on_stage(
             await asyncio.sleep(delay)
 
 
-async def ice_servers(server: str, space: str, credential: str | None) -> list[RTCIceServer]:
+async def ice_servers(server: str, space: str, credential: str | None,
+                      verify: ssl.SSLContext | bool = True) -> list[RTCIceServer]:
     """The STUN and TURN servers the node hands its speakers (``GET /api/spaces/{space}/ice``);
     none when it has none or does not answer (the offer that follows says why). aiortc uses
     the first STUN and the first TURN server of the list."""
     url = f"{server.rstrip('/')}/api/spaces/{space}/ice"
     headers = {"Authorization": f"Bearer {credential}"} if credential else {}
     try:
-        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as client:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, verify=verify) as client:
             response = await client.get(url, headers=headers)
         listed = response.json()["ice_servers"] if response.is_success else []
         return [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
@@ -258,13 +263,14 @@ def local_address_towards(server: str) -> str:
         return s.getsockname()[0]
 
 
-async def _post_offer(server: str, space: str, offer: str, credential: str | None) -> str:
+async def _post_offer(server: str, space: str, offer: str, credential: str | None,
+                      verify: ssl.SSLContext | bool = True) -> str:
     url = f"{server.rstrip('/')}/api/spaces/{space}/speak"
     headers = {"Content-Type": "application/sdp"}
     if credential:
         headers["Authorization"] = f"Bearer {credential}"
     try:
-        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as client:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, verify=verify) as client:
             response = await client.post(url, content=offer.encode(), headers=headers)
     except httpx.HTTPError as exc:
         raise SpeakError(0, f"cannot reach {url}: {exc!r}") from exc
@@ -321,7 +327,8 @@ def notices(you: dict[str, object] | None, stage: dict[str, object] | None, said
     return out
 
 
-async def follow_room(server: str, space: str, credential: str, tell: Callable[[str], None]) -> None:
+async def follow_room(server: str, space: str, credential: str, tell: Callable[[str], None],
+                      verify: ssl.SSLContext | bool = True) -> None:
     """Reads the room's events (``GET /api/spaces/{space}/events``) for as long as it runs, and
     passes each notice to ``tell``. A broken stream is opened again after a pause; this never
     ends the speaking."""
@@ -330,7 +337,7 @@ async def follow_room(server: str, space: str, credential: str, tell: Callable[[
     attempt = 0
     while True:
         try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(HTTP_TIMEOUT_S, read=60.0)) as client, \
+            async with httpx.AsyncClient(timeout=httpx.Timeout(HTTP_TIMEOUT_S, read=60.0), verify=verify) as client, \
                     client.stream("GET", url, headers={"Authorization": f"Bearer {credential}"}) as response:
                 if response.status_code in FINAL_STATUSES:
                     return  # not ours to follow (the speaking says why)
