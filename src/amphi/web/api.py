@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from amphi.control.ice import ice_servers, link_header
 from amphi.control.spaces import Space
 from amphi.control.stage import Participant
 from amphi.core.config import Config
-from amphi.core.errors import AmphiError, InvalidSdp, NotFound
+from amphi.core.errors import AmphiError, InvalidSdp, NotFound, UnsupportedMediaType
 from amphi.defense.shield import CLIENT_KEY
+from amphi.media.ingest.trickle import MEDIA_TYPE as TRICKLE
+from amphi.media.ingest.trickle import parse_fragment
 from amphi.web.answers import grant_json, invited_json, requested_json
 from amphi.web.asgi import bearer, error_parts, parse_object, read_body
 from amphi.web.ports import Finder, SpaceDesk, StageDesk
@@ -47,6 +51,7 @@ STATIC = Path(__file__).parent / "static"
 # the listener page's player libraries: route -> file under node_modules (docs/player.md)
 VENDOR = {"vendor.hls": "hls.js/dist/hls.min.js", "vendor.shaka": "shaka-player/dist/shaka-player.hls.js"}
 NO_STORE = {"cache-control": "no-store"}
+SDP = "application/sdp"
 
 
 def error_response(err: AmphiError) -> Response:
@@ -110,16 +115,46 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
         return JSONResponse(spaces.set_pow(space, data.get("pow")))
 
     async def speak(request: Request) -> Response:
+        """WHIP (RFC 9725): an SDP offer -> 201, the answer, the session's Location and ETag,
+        the ICE servers in Link headers."""
         space = await here(request)
         who = credential(request)
         rooms.participant(space, who)  # 401/403 before reading the body
+        kind = request.headers.get("content-type")
+        if kind is not None and kind.partition(";")[0].strip().lower() != SDP:
+            raise UnsupportedMediaType(f"an offer is {SDP}, not {kind}")
         raw = await read_body(request.scope, request.receive, limit)
         try:
             offer = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidSdp("the SDP offer is not UTF-8 text") from None
-        answer = await rooms.speak(space, offer, who)
-        return Response(answer, status_code=201, media_type="application/sdp")
+        spoken = await rooms.speak(space, offer, who)
+        location = ROUTES["speak.session"].path(id=space.id, session=spoken.session)
+        response = Response(spoken.answer, status_code=201, media_type=SDP,
+                            headers={"location": location, "etag": spoken.etag, "accept-patch": TRICKLE,
+                                     **NO_STORE})
+        for link in link_header(ice_servers(cfg.ice, time.time(), spoken.participant)):
+            response.headers.append("link", link)
+        return response
+
+    async def speak_session(request: Request) -> Response:
+        """A WHIP session: DELETE hangs up; PATCH trickles ICE candidates (no ICE restarts)."""
+        space = await here(request)
+        session = request.path_params["session"]
+        who = credential(request)
+        if request.method == "DELETE":
+            await rooms.hang_up(space, session, who)
+            return Response(status_code=204)
+        kind = request.headers.get("content-type")
+        if kind is None or kind.partition(";")[0].strip().lower() != TRICKLE:
+            raise UnsupportedMediaType(f"a WHIP PATCH is {TRICKLE}, not {kind}")
+        raw = await read_body(request.scope, request.receive, limit)
+        try:
+            fragment = parse_fragment(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidSdp("the SDP fragment is not UTF-8 text") from None
+        await rooms.trickle(space, session, who, request.headers.get("if-match"), fragment)
+        return Response(status_code=204)
 
     def stage_view(space: Space, viewer: Participant | None) -> JSONResponse:
         return JSONResponse(rooms.view(space, viewer), headers=NO_STORE)
@@ -206,11 +241,11 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
         "index": index, "listener": listener_page, "host": host_console, "static": static,
         "vendor.hls": vendor("vendor.hls"), "vendor.shaka": vendor("vendor.shaka"),
         "node": node, "nodes": nodes, "spaces.create": create, "spaces.list": listing, "space": status,
-        "space.start": start, "space.end": end, "space.defense": defense, "speak": speak, "stage": stage,
+        "space.start": start, "space.end": end, "space.defense": defense, "speak": speak, "speak.session": speak_session, "stage": stage,
         "stage.session": stage_session, "stage.requests": stage_request, "stage.invites": stage_invite,
         "stage.action": stage_action,
     }
-    served = {r.name for r in ROUTES if r.kind in ("api", "page", "static")}
+    served = {r.name for r in ROUTES if r.kind in ("api", "whip", "page", "static")}
     assert served == set(handlers), f"routes without a handler or handlers without a route: {served ^ set(handlers)}"
     routes = [Route(ROUTES[name].template, handler, methods=sorted(ROUTES[name].methods))
               for name, handler in handlers.items()]

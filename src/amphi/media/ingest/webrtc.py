@@ -32,15 +32,17 @@ import av
 import numpy as np
 from aiortc import (
     RTCConfiguration,
+    RTCIceCandidate,
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCSessionDescription,
 )
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
 
 from amphi.core.config import SAMPLE_RATE
-from amphi.core.errors import InvalidSdp
+from amphi.core.errors import InvalidSdp, NotFound, Unprocessable
 from amphi.media.ingest.compat import (
     InlineDecoderQueue,
     offer_media,
@@ -48,6 +50,7 @@ from amphi.media.ingest.compat import (
     sender_packet,
     use_ice_addresses,
 )
+from amphi.media.ingest.trickle import Fragment
 
 __all__ = ["FrameSink", "ReturnTrack", "WebRTCIngest", "use_ice_addresses"]
 
@@ -258,6 +261,7 @@ class _Connection:
         inline.on_sink_error = self._on_sink_error
         self.connected = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.remote_ufrag: str | None = None  # the offer's ICE username fragment (trickle ICE)
         self._ending = False
         self._state = pc.connectionState
         if self._state == "connected":
@@ -430,6 +434,7 @@ class WebRTCIngest:
             raise
 
         conn = _Connection(name, pc, track, inline, back)
+        conn.remote_ufrag = _ice_ufrag(offer_sdp)
         previous = self._conns.get(name)
         self._conns[name] = conn
         conn.task = asyncio.create_task(conn.run(self._timeouts, self._forget), name=f"webrtc-ingest:{name}")
@@ -437,6 +442,26 @@ class WebRTCIngest:
             logger.info("speaker %r: replaced by a new connection", name)
             await _stop(previous)
         return pc.localDescription.sdp, back
+
+    async def trickle(self, name: str, sink: FrameSink, fragment: Fragment) -> None:
+        """Trickle ICE (RFC 8840, as WHIP's PATCH carries it): the speaker's further candidates
+        (and end-of-candidates) added to its connection ``name`` while that is still the one
+        feeding ``sink``. ``NotFound`` if it is not (gone or replaced); ``Unprocessable`` for
+        credentials other than the offer's (an ICE restart: not supported); ``InvalidSdp`` for a
+        candidate that does not parse."""
+        conn = self._conns.get(name)
+        if conn is None or conn.sink is not sink:
+            raise NotFound("this WHIP session has ended")
+        if fragment.ufrag is not None and fragment.ufrag != conn.remote_ufrag:
+            raise Unprocessable("the fragment's ice-ufrag is not this session's: ICE restarts are not supported")
+        mid = next((t.mid for t in conn.pc.getTransceivers() if t.mid is not None), None)
+        for frag_mid, line in fragment.candidates:
+            candidate = _candidate(line)
+            candidate.sdpMid = frag_mid if frag_mid is not None else mid
+            candidate.sdpMLineIndex = 0 if candidate.sdpMid == mid else None
+            await conn.pc.addIceCandidate(candidate)
+        if fragment.end:
+            await conn.pc.addIceCandidate(None)
 
     async def close(self, name: str) -> None:
         """Hang up one speaker; returns once its task has exited. Unknown names are ignored."""
@@ -462,6 +487,26 @@ async def _stop(conn: _Connection) -> None:
     task.cancel()
     # wait() neither raises the task's outcome nor cancels the task if we are cancelled
     await asyncio.wait([task])
+
+
+def _ice_ufrag(sdp: str) -> str | None:
+    for line in sdp.splitlines():
+        if line.startswith("a=ice-ufrag:"):
+            return line[len("a=ice-ufrag:"):].strip()
+    return None
+
+
+def _candidate(line: str) -> RTCIceCandidate:
+    """A trickled ``candidate:`` attribute value as aiortc's candidate; ``InvalidSdp`` if it
+    is not one (foundation component transport priority address port typ type ...)."""
+    value = line[len("candidate:"):] if line.startswith("candidate:") else line
+    bits = value.split()
+    if len(bits) < 8 or bits[6] != "typ" or not (bits[1].isdigit() and bits[3].isdigit() and bits[5].isdigit()):
+        raise InvalidSdp(f"not an ICE candidate: {line[:80]!r}")
+    try:
+        return candidate_from_sdp(value)
+    except (ValueError, IndexError) as exc:
+        raise InvalidSdp(f"not an ICE candidate: {line[:80]!r} ({exc})") from None
 
 
 def _check_offer(offer_sdp: str) -> bool:
