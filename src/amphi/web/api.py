@@ -7,7 +7,13 @@
     POST /api/spaces/<id>/end             Authorization: Bearer HOST_KEY
     POST /api/spaces/<id>/join, /leave    the waiting room (amphi.web.join, raw ASGI)
     POST /api/spaces/<id>/defense         {pow: on|off|auto}, Authorization: Bearer HOST_KEY (docs/defense.md)
-    POST /api/spaces/<id>/speak           SDP offer (application/sdp), host key or grant -> 201 SDP answer
+    POST /api/spaces/<id>/speak           WHIP (RFC 9725): SDP offer (application/sdp), host key or grant ->
+                                          201 SDP answer, Location (the session), ETag, Accept-Patch,
+                                          Link rel="ice-server" per STUN/TURN URL (docs/stage.md)
+    DELETE /api/spaces/<id>/speak/<session>  the offer's credential -> 204 hung up; 404 unknown/ended
+    PATCH  /api/spaces/<id>/speak/<session>  trickle ICE (application/trickle-ice-sdpfrag, If-Match: ETag)
+                                          -> 204; ICE restart 422, stale ETag 412
+    OPTIONS on both                       CORS preflight, any origin (answered in amphi.web.app)
     POST /api/spaces/<id>/stage/session   host key -> a host grant
     GET  /api/spaces/<id>/stage           the stage view (more with a grant; see docs/stage.md)
     POST /api/spaces/<id>/stage/requests  {name} -> 201 {participant, grant, ...}
