@@ -3,9 +3,10 @@ to a ``FrameSink`` as 20 ms float32 mono frames at 48 kHz, and (when the offer a
 receives) the speaker's return feed sent back on the same audio m-line (``ReturnTrack``).
 
 One ``WebRTCIngest`` holds every live speaker connection of a node, keyed by name. The
-server only receives (``recvonly``), Opus only, with no STUN servers and non-trickle ICE:
-every candidate is in the answer. Host candidates come from ``ice_addresses`` alone (see
-``use_ice_addresses``), so by default all media stays on 127.0.0.1.
+server only receives (``recvonly``), Opus only (a video m-line is answered ``inactive``), with
+no STUN servers: every candidate of the server is in the answer; the speaker's may also trickle
+in afterwards (``trickle``, WHIP's PATCH). Host candidates come from ``ice_addresses`` alone
+(see ``use_ice_addresses``), so by default all media stays on 127.0.0.1.
 
 Lifecycle of one connection: accepted -> consuming -> gone. It is gone when the peer
 closes or fails, the track ends, it does not connect within ``connect_timeout_s``, the
@@ -401,8 +402,9 @@ class WebRTCIngest:
         """Answer a speaker's SDP offer; returns the answer SDP with all candidates, and the
         return track made by ``feed`` when the offer also receives (sendrecv), else None.
 
-        A speaker's offer carries exactly one audio m-line (Opus, sending) and nothing else.
-        Raises ``InvalidSdp`` otherwise. A previous connection of the same ``name`` is
+        A speaker's offer carries exactly one audio m-line (Opus, sending); a video m-line
+        beside it (WHIP encoders such as OBS always send one) is answered ``inactive``, so no
+        video flows. Raises ``InvalidSdp`` otherwise. A previous connection of the same ``name`` is
         closed once the new one has been answered."""
         receives = _check_offer(offer_sdp)
         use_ice_addresses(self.ice_addresses)
@@ -426,6 +428,9 @@ class WebRTCIngest:
             track = transceiver.receiver.track
             if track is None:
                 raise InvalidSdp("the offer does not send audio")
+            for other in pc.getTransceivers():  # video (OBS sends some): declined, nothing flows
+                if other is not transceiver:
+                    other.direction = "inactive"
             await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
             if back is not None:
@@ -518,9 +523,10 @@ def _check_offer(offer_sdp: str) -> bool:
         raise InvalidSdp("the SDP offer has no audio m-line")
     media_lines = offer_media(offer_sdp)
     kinds = [m.kind for m in media_lines]
-    if kinds != ["audio"]:
-        raise InvalidSdp(f"a speaker's offer must carry exactly one audio m-line, not {kinds}")
-    media = media_lines[0]
+    audio = [m for m in media_lines if m.kind == "audio"]
+    if len(audio) != 1 or any(k not in ("audio", "video") for k in kinds):
+        raise InvalidSdp(f"a speaker's offer must carry exactly one audio m-line (video is declined), not {kinds}")
+    media = audio[0]
     if media.direction not in (None, "sendonly", "sendrecv"):
         raise InvalidSdp(f"the offer's audio is {media.direction}; a speaker must send")
     if not media.has_ice_credentials:
