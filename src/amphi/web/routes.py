@@ -94,7 +94,7 @@ def _compile(template: str, flavor: str, *, captures: bool = True) -> str:
 class Route:
     name: str  # unique: "join", "media.part", "spaces.create"
     template: str  # also the metric label
-    kind: str  # the handler family: media, join, edge, events, ops, api, page, static
+    kind: str  # the handler family: media, join, edge, events, ops, api, whip, page, static
     methods: frozenset[str] = READ
     file: str | None = None  # media: live, vod, init, download, part, segment
     access: str = "open"  # media: "token" (in the path), "edge" (x-amphi-edge), "bare" (none)
