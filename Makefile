@@ -1,6 +1,6 @@
 # Amphi: `make run` (demo you can open in a browser) and `make test` (the whole suite).
 # Both set up what they need on a fresh machine: Debian packages (ffmpeg, chromium) with
-# apt-get when missing, Python packages into .venv, hls.js and uPlot from npm into node_modules.
+# apt-get when missing, Python packages into .venv, hls.js and uPlot from npm into node_modules (and whip-whep, a WHIP client the tests use).
 
 PYTHON ?= python3
 VENV := .venv

@@ -251,6 +251,23 @@ async def test_garbage_sdp_is_invalid(ingest: WebRTCIngest, body: str) -> None:
     assert ingest.connections == 0
 
 
+async def test_an_offer_that_also_sends_video_is_heard_and_its_video_declined(ingest: WebRTCIngest, speakers) -> None:
+    """WHIP encoders (OBS Studio) always offer video beside the audio: the audio is taken, the
+    video m-line is answered inactive, so no video is sent."""
+    from aiortc.mediastreams import VideoStreamTrack
+
+    sink = Sink()
+    speaker = speakers(ToneTrack(440, amplitude=0.5))
+    video = speaker.pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+    await speaker.connect(ingest, sink)
+    sections = speaker.answer.split("\r\nm=")
+    assert len(sections) == 3 and sections[2].startswith("video"), speaker.answer
+    assert "a=inactive" in sections[2] and "a=inactive" not in sections[1]
+    await sink.wait_frames(60)
+    assert abs(dominant_hz(sink.frames[10:60]) - 440) <= 5
+    assert video.currentDirection == "inactive"
+
+
 async def test_offer_without_audio_is_invalid(ingest: WebRTCIngest) -> None:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:

@@ -17,7 +17,7 @@ from amphi.web.routes import MEDIA_OTHER, OTHER, ROUTES, Route
 SIGNER = Signer(b"s" * 32)
 TOK = SIGNER.token("abc", "seat0000seat", 1_900_000_000)
 SAMPLE = {"id": "Sp_ace-1", "token": TOK, "msn": 12, "part": 3, "pid": "p4rt_id", "action": "mute",
-          "name": "style.css", "node": "origin"}
+          "name": "style.css", "node": "origin", "session": "Wh1p-session_0123456789ab"}
 
 
 def sample(route: Route) -> dict[str, object]:
@@ -52,6 +52,9 @@ def test_no_path_is_two_routes() -> None:
     ("/api/spaces/abc/join", "/api/spaces/{id}/join"),
     ("/api/spaces/abc/events", "/api/spaces/{id}/events"),
     ("/api/spaces/abc/stage/host/accept", "/api/spaces/{id}/stage/{pid}/{action}"),
+    ("/api/spaces/abc/speak", "/api/spaces/{id}/speak"),
+    ("/api/spaces/abc/speak/Wh1p-session_0123456789ab", "/api/spaces/{id}/speak/{session}"),
+    ("/api/spaces/abc/speak/short", OTHER),  # not a session id: too short to be one of ours
     ("/metrics", "/metrics"),
     ("/", "/"),
     # no route: a path with a Space id or a token never becomes a label

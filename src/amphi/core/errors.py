@@ -23,7 +23,10 @@ machine-readable ``code`` (a 401 also names its scheme: ``WWW-Authenticate: Bear
     ├── MethodNotAllowed            405 method_not_allowed
     ├── Conflict                    409 conflict
     │   └── IllegalTransition       409 illegal_transition
+    ├── PreconditionFailed          412 precondition_failed (If-Match: not the WHIP session's ETag)
     ├── PayloadTooLarge             413 payload_too_large
+    ├── UnsupportedMediaType        415 unsupported_media_type
+    ├── Unprocessable               422 unprocessable    (a WHIP PATCH asking what is not supported)
     ├── TooManyRequests             429 too_many_requests (retry later)
     │   ├── TooEarly                429 too_early        (polled before its time)
     │   ├── AddressRateLimited      429 address_rate_limited (this client address joins too fast)
@@ -164,9 +167,24 @@ class ChallengeReused(Forbidden):
     code = "challenge_reused"
 
 
+class PreconditionFailed(AmphiError):
+    status = 412
+    code = "precondition_failed"
+
+
 class PayloadTooLarge(AmphiError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(AmphiError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class Unprocessable(AmphiError):
+    status = 422
+    code = "unprocessable"
 
 
 class TooManyRequests(AmphiError):

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -23,14 +25,17 @@ import orjson
 from amphi.control.sound import DeadAir, problems
 from amphi.control.stage import HOST_ID, Participant, Stage, StageLimits
 from amphi.core.config import SAMPLE_RATE, SoundConfig, StageConfig
-from amphi.core.errors import Conflict, MalformedBody
+from amphi.core.errors import Conflict, Forbidden, MalformedBody, NotFound, PreconditionFailed, Unprocessable
 from amphi.media.guard import GuardStats
+from amphi.media.ingest.trickle import Fragment
 from amphi.media.ingest.webrtc import ReturnTrack, WebRTCIngest
 from amphi.media.jitter import JitterBuffer
 from amphi.media.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
+SESSION_BYTES = 18  # a WHIP session's id: 144 random bits (24 characters), unguessable
+ETAG_BYTES = 12
 ACTIONS = ("accept", "decline", "mute", "unmute", "remove", "leave", "role")
 
 
@@ -44,6 +49,8 @@ class _SpeakerSink:
         self.buf = buf
         self.feed: ReturnTrack | None = None
         self.flowing = False
+        self.session: str | None = None  # its WHIP session (RFC 9725): the resource's id
+        self.etag = ""  # the session's ICE session entity-tag (quoted, strong)
 
     def push(self, samples: np.ndarray) -> None:
         self.buf.push(samples)
@@ -54,6 +61,17 @@ class _SpeakerSink:
     def close(self) -> None:
         self.buf.close()
         self.room._gone(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Spoken:
+    """A speaker's offer answered: the SDP answer and its WHIP session (RFC 9725): the session
+    resource's id (unguessable) and the ICE session's entity-tag."""
+
+    answer: str
+    session: str
+    etag: str
+    participant: str
 
 
 SoundEvents = Callable[[str, str, dict[str, object]], None]
@@ -72,6 +90,7 @@ class Room:
         self._ingest = ingest
         self.pipeline: Pipeline | None = None
         self._sinks: dict[str, _SpeakerSink] = {}  # pid -> its current connection's sink
+        self._sessions: dict[str, _SpeakerSink] = {}  # WHIP session id -> its connection's sink
         self._ever: set[str] = set()  # pids that have connected before (reconnects are counted)
         self._changed = asyncio.Event()
         self.ended = False
@@ -82,11 +101,13 @@ class Room:
 
     # -- speaking ---------------------------------------------------------------------------
 
-    async def speak(self, pipeline: Pipeline, actor: Participant, offer_sdp: str) -> str:
+    async def speak(self, pipeline: Pipeline, actor: Participant, offer_sdp: str) -> Spoken:
         """Answers a speaker's offer (the caller has checked they may speak)."""
         self.pipeline = pipeline
         name = self.track(actor.id)
         sink = _SpeakerSink(self, actor.id, pipeline.add_track(name))
+        sink.session = secrets.token_urlsafe(SESSION_BYTES)
+        sink.etag = f'"{secrets.token_urlsafe(ETAG_BYTES)}"'
         previous = self._sinks.get(actor.id)
         self._sinks[actor.id] = sink
         try:
@@ -105,8 +126,39 @@ class Room:
             pipeline.add_feed(name, feed)
         self.stage.note_connection(actor.id, first=actor.id not in self._ever)
         self._ever.add(actor.id)
+        if self._sinks.get(actor.id) is sink:  # else already gone: no session to point at
+            self._sessions[sink.session] = sink
         self.apply()
-        return answer
+        return Spoken(answer, sink.session, sink.etag, actor.id)
+
+    def _session(self, session: str, actor: Participant) -> _SpeakerSink:
+        """The live WHIP session ``session`` of ``actor``: 404 if there is none (never was,
+        hung up, replaced, dropped), 403 if it is someone else's."""
+        sink = self._sessions.get(session)
+        if sink is None or self._sinks.get(sink.pid) is not sink:
+            raise NotFound("no such WHIP session (it may have ended)")
+        if sink.pid != actor.id:
+            raise Forbidden("this WHIP session is another participant's")
+        return sink
+
+    async def hang_up(self, session: str, actor: Participant) -> None:
+        """WHIP's DELETE: the session's connection hung up, as when the speaker closes it
+        (the stage keeps them; they show as not connected)."""
+        sink = self._session(session, actor)
+        log.info("space %s: %s hung up WHIP session", self.space_id, actor.id)
+        await self._ingest.close(self.track(sink.pid))
+
+    async def trickle(self, session: str, actor: Participant, if_match: str | None, fragment: Fragment) -> None:
+        """WHIP's PATCH with trickled candidates: checked against the ICE session's entity-tag
+        (``If-Match``; ``*`` asks for an ICE restart, which is not supported: 422)."""
+        sink = self._session(session, actor)
+        if if_match is not None:
+            tags = [t.strip() for t in if_match.split(",")]
+            if "*" in tags:
+                raise Unprocessable("ICE restarts are not supported; trickle ICE is (If-Match: the ETag)")
+            if sink.etag not in tags:
+                raise PreconditionFailed(f"If-Match {if_match!r} is not this ICE session's entity-tag")
+        await self._ingest.trickle(self.track(sink.pid), sink, fragment)
 
     def _flowing(self, sink: _SpeakerSink) -> None:
         if self._sinks.get(sink.pid) is sink:
@@ -116,6 +168,8 @@ class Room:
     def _gone(self, sink: _SpeakerSink) -> None:
         if self.pipeline is not None and sink.feed is not None:
             self.pipeline.remove_feed(self.track(sink.pid), sink.feed)
+        if sink.session is not None:
+            self._sessions.pop(sink.session, None)
         if self._sinks.get(sink.pid) is sink:
             del self._sinks[sink.pid]
             self.stage.set_connected(sink.pid, False)

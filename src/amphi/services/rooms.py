@@ -17,10 +17,11 @@ from amphi.control.stage import HOST_ID, Participant
 from amphi.control.store import Store
 from amphi.control.tokens import Signer, new_participant_id
 from amphi.core.config import SoundConfig, StageConfig
-from amphi.core.errors import Conflict, TooManyRequests, Unauthorized
+from amphi.core.errors import Conflict, NotFound, TooManyRequests, Unauthorized
 from amphi.media.ingest.webrtc import WebRTCIngest
 from amphi.media.pipeline import Pipeline
-from amphi.services.room import Room, SoundEvents
+from amphi.media.ingest.trickle import Fragment
+from amphi.services.room import Room, SoundEvents, Spoken
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +178,33 @@ class Rooms:
     def view(self, space: Space, viewer: Participant | None) -> dict[str, object]:
         return self.room(space).view(viewer, self.extra(space))
 
-    async def speak(self, space: Space, offer_sdp: str, credential: str | None) -> str:
-        """A speaker's WebRTC offer -> the answer. The host key or an on-stage grant."""
+    async def speak(self, space: Space, offer_sdp: str, credential: str | None) -> Spoken:
+        """A speaker's WebRTC offer -> the answer and its WHIP session. The host key or an
+        on-stage grant."""
         actor = self.participant(space, credential)
         room = self.room(space)
         room.stage.check_can_speak(actor.id)
         await self._limit(f"speak {space.id} {actor.id}", time.time(), "too many connections from this speaker")
         pipeline = await self._program(space)
         return await room.speak(pipeline, actor, offer_sdp)
+
+    def _session_room(self, space: Space, credential: str | None) -> tuple[Room, Participant]:
+        """The room and caller of a WHIP session request: the same credential as the offer's
+        (401/403); 404 once the Space's room is gone (ended)."""
+        if not credential:
+            raise Unauthorized("this needs the credential the offer was sent with: Authorization: Bearer ...")
+        room = self._rooms.get(space.id)
+        if room is None:
+            raise NotFound("no such WHIP session (the Space has no room)")
+        return room, self.participant(space, credential)
+
+    async def hang_up(self, space: Space, session: str, credential: str | None) -> None:
+        """WHIP's DELETE on a session: its speaker's connection hung up."""
+        room, actor = self._session_room(space, credential)
+        await room.hang_up(session, actor)
+
+    async def trickle(self, space: Space, session: str, credential: str | None, if_match: str | None,
+                      fragment: Fragment) -> None:
+        """WHIP's PATCH on a session: trickled ICE candidates for its connection."""
+        room, actor = self._session_room(space, credential)
+        await room.trickle(session, actor, if_match, fragment)

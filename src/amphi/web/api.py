@@ -8,7 +8,13 @@
     POST /api/spaces/<id>/end             Authorization: Bearer HOST_KEY (or an API key)
     POST /api/spaces/<id>/join, /leave    the waiting room (amphi.web.join, raw ASGI)
     POST /api/spaces/<id>/defense         {pow: on|off|auto}, host key or API key (docs/defense.md)
-    POST /api/spaces/<id>/speak           SDP offer (application/sdp), host key or grant -> 201 SDP answer
+    POST /api/spaces/<id>/speak           WHIP (RFC 9725): SDP offer (application/sdp), host key or grant ->
+                                          201 SDP answer, Location (the session), ETag, Accept-Patch,
+                                          Link rel="ice-server" per STUN/TURN URL (docs/stage.md)
+    DELETE /api/spaces/<id>/speak/<session>  the offer's credential -> 204 hung up; 404 unknown/ended
+    PATCH  /api/spaces/<id>/speak/<session>  trickle ICE (application/trickle-ice-sdpfrag, If-Match: ETag)
+                                          -> 204; ICE restart 422, stale ETag 412
+    OPTIONS on both                       CORS preflight, any origin (answered in amphi.web.app)
     GET  /api/spaces/<id>/ice             host key or grant -> {ice_servers: [...]}: STUN, TURN with a fresh credential
     POST /api/spaces/<id>/stage/session   host key or API key -> a host grant
     GET  /api/spaces/<id>/stage           the stage view (more with a grant; see docs/stage.md)
@@ -37,13 +43,15 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from amphi.control.ice import ice_servers
+from amphi.control.ice import ice_servers, link_header
 from amphi.control.spaces import Space
 from amphi.control.stage import Participant
 from amphi.core.config import Config
-from amphi.core.errors import AmphiError, InvalidSdp, NotFound
+from amphi.core.errors import AmphiError, InvalidSdp, NotFound, UnsupportedMediaType
 from amphi.defense.shield import CLIENT_KEY
 from amphi.web import assets
+from amphi.media.ingest.trickle import MEDIA_TYPE as TRICKLE
+from amphi.media.ingest.trickle import parse_fragment
 from amphi.web.answers import grant_json, invited_json, requested_json
 from amphi.web.asgi import bearer, error_parts, parse_object, read_body
 from amphi.web.ports import Finder, KeyDesk, SpaceDesk, StageDesk
@@ -51,6 +59,7 @@ from amphi.web.routes import ROUTES
 
 STATIC = Path(__file__).parent / "static"
 NO_STORE = {"cache-control": "no-store"}
+SDP = "application/sdp"
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +136,46 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
         return JSONResponse(spaces.set_pow(space, data.get("pow")))
 
     async def speak(request: Request) -> Response:
+        """WHIP (RFC 9725): an SDP offer -> 201, the answer, the session's Location and ETag,
+        the ICE servers in Link headers."""
         space = await here(request)
         who = credential(request)
         rooms.participant(space, who)  # 401/403 before reading the body
+        kind = request.headers.get("content-type")
+        if kind is not None and kind.partition(";")[0].strip().lower() != SDP:
+            raise UnsupportedMediaType(f"an offer is {SDP}, not {kind}")
         raw = await read_body(request.scope, request.receive, limit)
         try:
             offer = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidSdp("the SDP offer is not UTF-8 text") from None
-        answer = await rooms.speak(space, offer, who)
-        return Response(answer, status_code=201, media_type="application/sdp")
+        spoken = await rooms.speak(space, offer, who)
+        location = ROUTES["speak.session"].path(id=space.id, session=spoken.session)
+        response = Response(spoken.answer, status_code=201, media_type=SDP,
+                            headers={"location": location, "etag": spoken.etag, "accept-patch": TRICKLE,
+                                     **NO_STORE})
+        for link in link_header(ice_servers(cfg.ice, time.time(), spoken.participant)):
+            response.headers.append("link", link)
+        return response
+
+    async def speak_session(request: Request) -> Response:
+        """A WHIP session: DELETE hangs up; PATCH trickles ICE candidates (no ICE restarts)."""
+        space = await here(request)
+        session = request.path_params["session"]
+        who = credential(request)
+        if request.method == "DELETE":
+            await rooms.hang_up(space, session, who)
+            return Response(status_code=204)
+        kind = request.headers.get("content-type")
+        if kind is None or kind.partition(";")[0].strip().lower() != TRICKLE:
+            raise UnsupportedMediaType(f"a WHIP PATCH is {TRICKLE}, not {kind}")
+        raw = await read_body(request.scope, request.receive, limit)
+        try:
+            fragment = parse_fragment(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidSdp("the SDP fragment is not UTF-8 text") from None
+        await rooms.trickle(space, session, who, request.headers.get("if-match"), fragment)
+        return Response(status_code=204)
 
     async def ice(request: Request) -> Response:
         """The ICE servers a speaker's client should use (docs/deploying.md): asked before each
@@ -230,11 +269,12 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
         "index": index, "listener": listener_page, "host": host_console, "static": static,
         "vendor.hls": vendor("vendor.hls"), "vendor.shaka": vendor("vendor.shaka"),
         "node": node, "nodes": nodes, "spaces.create": create, "spaces.list": listing, "space": status,
-        "space.start": start, "space.end": end, "space.defense": defense, "speak": speak, "speak.ice": ice, "stage": stage,
+        "space.start": start, "space.end": end, "space.defense": defense, "speak": speak, "speak.session": speak_session,
+        "speak.ice": ice, "stage": stage,
         "stage.session": stage_session, "stage.requests": stage_request, "stage.invites": stage_invite,
         "stage.action": stage_action,
     }
-    served = {r.name for r in ROUTES if r.kind in ("api", "page", "static")}
+    served = {r.name for r in ROUTES if r.kind in ("api", "whip", "page", "static")}
     assert served == set(handlers), f"routes without a handler or handlers without a route: {served ^ set(handlers)}"
     routes = [Route(ROUTES[name].template, handler, methods=sorted(ROUTES[name].methods))
               for name, handler in handlers.items()]

@@ -3,7 +3,9 @@
 raw waiting-room endpoint, what edges send (a batch of joins, renewed seats) to the same
 endpoint, and events to the raw event streams (the hot paths), ops to the
 operator's endpoints (``amphi.web.ops``), a CORS preflight on media or a join to one answer
-(``CROSS_ORIGIN``: any page may embed a Space), everything else to the Starlette control API and
+(``CROSS_ORIGIN``: any page may embed a Space), WHIP (RFC 9725: the speak endpoint and its
+sessions) to the API with CORS for any origin on every answer and its preflights answered here,
+everything else to the Starlette control API and
 pages (``amphi.web.api``, whose routes are the same table's). Served without ASGI lifespan:
 the node's lifecycle is run by ``amphi.server``, which owns the loop.
 
@@ -27,7 +29,7 @@ from amphi.obs.logging import request_id
 from amphi.obs.observer import Observer
 from amphi.obs.snapshot import NodeSnapshot
 from amphi.web.api import build_api
-from amphi.web.asgi import Receive, Scope, Send, header, preflight
+from amphi.web.asgi import WHIP_ACCEPT, WHIP_PREFLIGHT_HEADERS, Receive, Scope, Send, header, preflight, whip_cors
 from amphi.web.events import EventStream
 from amphi.web.join import JoinEndpoint
 from amphi.web.middleware import Gate
@@ -37,6 +39,8 @@ from amphi.web.ports import Finder, KeyDesk, SpaceDesk, StageDesk
 from amphi.web.routes import MEDIA_OTHER, OTHER, ROUTES
 
 CROSS_ORIGIN = frozenset({"media", "join"})  # what a page on another origin may call: embed a Space (CORS preflights)
+# ... and speak through WHIP (RFC 9725): preflights with the bearer token and If-Match allowed,
+# every answer with CORS and the WHIP headers exposed (asgi.whip_cors), answered by the API
 
 class App:
     def __init__(self, cfg: Config, listeners: Listeners, spaces: SpaceDesk, rooms: StageDesk, finder: Finder,
@@ -78,6 +82,9 @@ class App:
         try:
             if scope["method"] == "OPTIONS" and m is not None and kind in CROSS_ORIGIN:
                 await preflight(timed_send, m.route.methods)
+            elif kind == "whip" and m is not None and scope["method"] == "OPTIONS":
+                await preflight(timed_send, m.route.methods, allow=WHIP_PREFLIGHT_HEADERS,
+                                extra=tuple(WHIP_ACCEPT[x] for x in sorted(m.route.methods) if x in WHIP_ACCEPT))
             elif kind == "media" or kind == MEDIA_OTHER:
                 await self.origin(scope, receive, timed_send, m)
             elif kind == "join":
@@ -92,11 +99,11 @@ class App:
             elif kind == "ops":
                 assert m is not None
                 await self.ops(scope, receive, timed_send, m)
-            else:  # the control API and the pages: Starlette, over the same table's templates
+            else:  # the control API, WHIP and the pages: Starlette, over the same table's templates
                 given = header(scope, b"x-request-id")
                 token = request_id.set(given.decode("latin-1")[:64] if given else secrets.token_hex(6))
                 try:
-                    await self.api(scope, receive, timed_send)
+                    await self.api(scope, receive, whip_cors(timed_send) if kind == "whip" else timed_send)
                 finally:
                     request_id.reset(token)
         finally:

@@ -24,13 +24,36 @@ PREFLIGHT_MAX_AGE = b"86400"
 PREFLIGHT_HEADERS = b"content-type, range, x-request-id"  # what a page on another origin may send
 
 
-async def preflight(send: Send, methods: frozenset[str]) -> None:
+# WHIP (RFC 9725) from a page on any origin: a bearer token, never a cookie, so "*" is safe
+WHIP_EXPOSE = (b"access-control-expose-headers", b"location, etag, link, accept-patch, accept-post, "
+                                                  b"content-length, retry-after")
+WHIP_PREFLIGHT_HEADERS = b"authorization, content-type, if-match, x-request-id"
+WHIP_ACCEPT = {"POST": (b"accept-post", b"application/sdp"),
+               "PATCH": (b"accept-patch", b"application/trickle-ice-sdpfrag")}
+
+
+async def preflight(send: Send, methods: frozenset[str], *, allow: bytes = PREFLIGHT_HEADERS,
+                    extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     """A CORS preflight's answer: any origin may embed a Space (join it and play its media)
-    and read what it needs of the answers (``EXPOSE``)."""
+    and read what it needs of the answers (``EXPOSE``); a WHIP client may send its offer,
+    bearer token and If-Match (``allow``), and learn what the resource accepts (``extra``)."""
     headers = [CORS, (b"access-control-allow-methods", ", ".join(sorted(methods | {"OPTIONS"})).encode()),
-               (b"access-control-allow-headers", PREFLIGHT_HEADERS),
-               (b"access-control-max-age", PREFLIGHT_MAX_AGE), (b"cache-control", b"public, max-age=86400")]
+               (b"access-control-allow-headers", allow),
+               (b"access-control-max-age", PREFLIGHT_MAX_AGE), (b"cache-control", b"public, max-age=86400"),
+               *extra]
     await respond(send, 204, headers, b"")
+
+
+def whip_cors(send: Send) -> Send:
+    """``send`` with every answer open to any origin and the WHIP headers exposed
+    (``WHIP_EXPOSE``: a client reads Location, ETag, Link and Accept-Patch cross-origin)."""
+    async def sending(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            kept = [(k, v) for k, v in message.get("headers", ())
+                    if k.lower() not in (b"access-control-allow-origin", b"access-control-expose-headers")]
+            message = {**message, "headers": [*kept, CORS, WHIP_EXPOSE]}
+        await send(message)
+    return sending
 
 
 def retry_after_value(seconds: float) -> str:

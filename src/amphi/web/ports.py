@@ -13,7 +13,8 @@ from amphi.control.listeners import JoinResult
 from amphi.control.spaces import Space
 from amphi.control.stage import Participant
 from amphi.core.config import AdmissionConfig
-from amphi.services.room import Room
+from amphi.media.ingest.trickle import Fragment
+from amphi.services.room import Room, Spoken
 from amphi.services.rooms import Grant, Invited, Requested
 from amphi.services.spaces import SpaceStatus
 from amphi.web.origin import MediaSource
@@ -91,4 +92,9 @@ class StageDesk(Protocol):
     async def act(self, space: Space, actor: Participant, pid: str, action: str,
                   body: dict[str, object]) -> Participant: ...
 
-    async def speak(self, space: Space, offer_sdp: str, credential: str | None) -> str: ...
+    async def speak(self, space: Space, offer_sdp: str, credential: str | None) -> Spoken: ...
+
+    async def hang_up(self, space: Space, session: str, credential: str | None) -> None: ...  # WHIP DELETE
+
+    async def trickle(self, space: Space, session: str, credential: str | None, if_match: str | None,
+                      fragment: Fragment) -> None: ...  # WHIP PATCH

@@ -49,6 +49,7 @@ PLACES: dict[str, Place] = {
     "action": Place(r"[a-z]{1,16}", "action"),  # accept, decline, mute, ... (control/stage.py)
     "name": Place(r"[A-Za-z0-9_.-]{1,64}", "name"),  # a static file
     "node": Place(r"[A-Za-z0-9_-]{1,32}", "node"),  # a node, in the edge's /o/{node}/ prefix
+    "session": Place(r"[A-Za-z0-9_-]{16,64}", "session"),  # a WHIP session (unguessable: services/room.py)
 }
 EDGE_PREFIX = "/o/{node}"  # an edge routes media to a node by this prefix (docs/edge.md)
 MEDIA_OTHER = "/media/other"  # the label of a /media/ path that is no route
@@ -93,7 +94,7 @@ def _compile(template: str, flavor: str, *, captures: bool = True) -> str:
 class Route:
     name: str  # unique: "join", "media.part", "spaces.create"
     template: str  # also the metric label
-    kind: str  # the handler family: media, join, edge, events, ops, api, page, static
+    kind: str  # the handler family: media, join, edge, events, ops, api, whip, page, static
     methods: frozenset[str] = READ
     file: str | None = None  # media: live, vod, init, download, part, segment
     access: str = "open"  # media: "token" (in the path), "edge" (x-amphi-edge), "bare" (none)
@@ -314,6 +315,9 @@ def _api() -> Iterator[Route]:
     yield Route("joins", "/api/edge/joins", "edge", post)  # an edge's batch of joins (its credential)
     yield Route("renewals", "/api/edge/renewals", "edge", post)  # seats an edge renewed (its credential)
     yield Route("events", "/api/spaces/{id}/events", "events", frozenset({"GET"}))
+    # WHIP (RFC 9725): the endpoint and its session resources; CORS for any origin (web/app.py)
+    yield Route("speak", "/api/spaces/{id}/speak", "whip", post)
+    yield Route("speak.session", "/api/spaces/{id}/speak/{session}", "whip", frozenset({"DELETE", "PATCH"}))
     for name, template, methods in (
         ("node", "/api/node", get),
         ("nodes", "/api/nodes", get),
@@ -323,7 +327,6 @@ def _api() -> Iterator[Route]:
         ("space.start", "/api/spaces/{id}/start", post),
         ("space.end", "/api/spaces/{id}/end", post),
         ("space.defense", "/api/spaces/{id}/defense", post),
-        ("speak", "/api/spaces/{id}/speak", post),
         ("speak.ice", "/api/spaces/{id}/ice", get),  # STUN/TURN for a speaker (docs/deploying.md)
         ("stage", "/api/spaces/{id}/stage", get),
         ("stage.session", "/api/spaces/{id}/stage/session", post),

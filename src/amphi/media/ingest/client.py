@@ -1,8 +1,10 @@
 """The ``amphi speak`` client: send one audio track to a Space over WebRTC, and hear the
 others on stage (the return feed the server sends back on the same connection).
 
-Signalling is one HTTP request (WHIP-like, non-trickle): POST the complete SDP offer to
-``{server}/api/spaces/{space}/speak`` and get the complete answer back with ``201``.
+Signalling is WHIP (RFC 9725), without trickle: POST the complete SDP offer to
+``{server}/api/spaces/{space}/speak`` and get the complete answer back with ``201`` and the
+session's ``Location``; DELETE that session when done (hanging up at once, rather than the
+server noticing the silence).
 ``speak()`` is one connection; ``stay_on_stage()`` reconnects with backoff when the network
 drops, and stops for good when the server says no (not on stage any more, Space ended).
 Before each offer it asks the node for the STUN and TURN servers to use (``GET
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 15.0  # from the answer to a connected peer
 HTTP_TIMEOUT_S = 10.0  # the signalling request
+HANG_UP_TIMEOUT_S = 3.0  # the DELETE of the WHIP session when done (best effort)
 RETURN_SILENCE_S = 3.0  # no return audio for this long while connected: the connection is down
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # between reconnection attempts, each +- 25 % at random
 FINAL_STATUSES = (400, 401, 403, 404, 409, 413)  # the server said no: reconnecting will not help
@@ -93,6 +96,7 @@ async def speak(
     track_ended = asyncio.Event()
     track.on("ended", track_ended.set)
     hearing: list[asyncio.Task[None]] = []
+    session: str | None = None  # the WHIP session's URL, to DELETE when done
 
     @pc.on("track")
     def _on_track(remote: MediaStreamTrack) -> None:
@@ -116,7 +120,7 @@ async def speak(
     try:
         sender = pc.addTransceiver(track, direction="sendrecv").sender
         await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers all candidates here
-        answer = await _post_offer(server, space, pc.localDescription.sdp, key or token, verify)
+        answer, session = await _post_offer(server, space, pc.localDescription.sdp, key or token, verify)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
         if await _first(connected, gone, timeout=CONNECT_TIMEOUT_S) is not connected:
@@ -139,6 +143,8 @@ async def speak(
         track.remove_listener("ended", track_ended.set)
         for task in hearing:
             task.cancel()
+        if session is not None:
+            await _hang_up(session, key or token, verify)
         await pc.close()
 
 
@@ -264,7 +270,8 @@ def local_address_towards(server: str) -> str:
 
 
 async def _post_offer(server: str, space: str, offer: str, credential: str | None,
-                      verify: ssl.SSLContext | bool = True) -> str:
+                      verify: ssl.SSLContext | bool = True) -> tuple[str, str | None]:
+    """(the answer, the WHIP session's absolute URL: None if the server gave no Location)."""
     url = f"{server.rstrip('/')}/api/spaces/{space}/speak"
     headers = {"Content-Type": "application/sdp"}
     if credential:
@@ -276,7 +283,20 @@ async def _post_offer(server: str, space: str, offer: str, credential: str | Non
         raise SpeakError(0, f"cannot reach {url}: {exc!r}") from exc
     if not response.is_success:
         raise SpeakError(response.status_code, _error_message(response))
-    return response.text
+    location = response.headers.get("location")
+    return response.text, str(response.url.join(location)) if location else None
+
+
+async def _hang_up(session: str, credential: str | None, verify: ssl.SSLContext | bool = True) -> None:
+    """DELETE the WHIP session (RFC 9725 section 4.2): the server hangs up at once. Best effort:
+    a session already gone (404) or a server out of reach changes nothing here."""
+    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+    try:
+        async with httpx.AsyncClient(timeout=HANG_UP_TIMEOUT_S, verify=verify) as client:
+            response = await client.delete(session, headers=headers)
+        logger.info("speak: DELETE %s -> %d", session, response.status_code)
+    except httpx.HTTPError as exc:
+        logger.info("speak: DELETE %s failed: %r", session, exc)
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -3,9 +3,10 @@ to a ``FrameSink`` as 20 ms float32 mono frames at 48 kHz, and (when the offer a
 receives) the speaker's return feed sent back on the same audio m-line (``ReturnTrack``).
 
 One ``WebRTCIngest`` holds every live speaker connection of a node, keyed by name. The
-server only receives (``recvonly``), Opus only, with no STUN servers and non-trickle ICE:
-every candidate is in the answer. Host candidates come from ``ice_addresses`` alone (see
-``use_ice_addresses``), so by default all media stays on 127.0.0.1.
+server only receives (``recvonly``), Opus only (a video m-line is answered ``inactive``), with
+no STUN servers: every candidate of the server is in the answer; the speaker's may also trickle
+in afterwards (``trickle``, WHIP's PATCH). Host candidates come from ``ice_addresses`` alone
+(see ``use_ice_addresses``), so by default all media stays on 127.0.0.1.
 
 Lifecycle of one connection: accepted -> consuming -> gone. It is gone when the peer
 closes or fails, the track ends, it does not connect within ``connect_timeout_s``, the
@@ -32,15 +33,17 @@ import av
 import numpy as np
 from aiortc import (
     RTCConfiguration,
+    RTCIceCandidate,
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCSessionDescription,
 )
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
 
 from amphi.core.config import SAMPLE_RATE
-from amphi.core.errors import InvalidSdp
+from amphi.core.errors import InvalidSdp, NotFound, Unprocessable
 from amphi.media.ingest.compat import (
     InlineDecoderQueue,
     offer_media,
@@ -48,6 +51,7 @@ from amphi.media.ingest.compat import (
     sender_packet,
     use_ice_addresses,
 )
+from amphi.media.ingest.trickle import Fragment
 
 __all__ = ["FrameSink", "ReturnTrack", "WebRTCIngest", "announce", "use_ice_addresses"]
 
@@ -258,6 +262,7 @@ class _Connection:
         inline.on_sink_error = self._on_sink_error
         self.connected = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.remote_ufrag: str | None = None  # the offer's ICE username fragment (trickle ICE)
         self._ending = False
         self._state = pc.connectionState
         if self._state == "connected":
@@ -420,8 +425,9 @@ class WebRTCIngest:
         """Answer a speaker's SDP offer; returns the answer SDP with all candidates, and the
         return track made by ``feed`` when the offer also receives (sendrecv), else None.
 
-        A speaker's offer carries exactly one audio m-line (Opus, sending) and nothing else.
-        Raises ``InvalidSdp`` otherwise. A previous connection of the same ``name`` is
+        A speaker's offer carries exactly one audio m-line (Opus, sending); a video m-line
+        beside it (WHIP encoders such as OBS always send one) is answered ``inactive``, so no
+        video flows. Raises ``InvalidSdp`` otherwise. A previous connection of the same ``name`` is
         closed once the new one has been answered."""
         receives = _check_offer(offer_sdp)
         use_ice_addresses(self.ice_addresses)
@@ -445,6 +451,9 @@ class WebRTCIngest:
             track = transceiver.receiver.track
             if track is None:
                 raise InvalidSdp("the offer does not send audio")
+            for other in pc.getTransceivers():  # video (OBS sends some): declined, nothing flows
+                if other is not transceiver:
+                    other.direction = "inactive"
             await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
             if back is not None:
@@ -453,6 +462,7 @@ class WebRTCIngest:
             raise
 
         conn = _Connection(name, pc, track, inline, back)
+        conn.remote_ufrag = _ice_ufrag(offer_sdp)
         previous = self._conns.get(name)
         self._conns[name] = conn
         conn.task = asyncio.create_task(conn.run(self._timeouts, self._forget), name=f"webrtc-ingest:{name}")
@@ -460,6 +470,26 @@ class WebRTCIngest:
             logger.info("speaker %r: replaced by a new connection", name)
             await _stop(previous)
         return announce(pc.localDescription.sdp, self.announced), back
+
+    async def trickle(self, name: str, sink: FrameSink, fragment: Fragment) -> None:
+        """Trickle ICE (RFC 8840, as WHIP's PATCH carries it): the speaker's further candidates
+        (and end-of-candidates) added to its connection ``name`` while that is still the one
+        feeding ``sink``. ``NotFound`` if it is not (gone or replaced); ``Unprocessable`` for
+        credentials other than the offer's (an ICE restart: not supported); ``InvalidSdp`` for a
+        candidate that does not parse."""
+        conn = self._conns.get(name)
+        if conn is None or conn.sink is not sink:
+            raise NotFound("this WHIP session has ended")
+        if fragment.ufrag is not None and fragment.ufrag != conn.remote_ufrag:
+            raise Unprocessable("the fragment's ice-ufrag is not this session's: ICE restarts are not supported")
+        mid = next((t.mid for t in conn.pc.getTransceivers() if t.mid is not None), None)
+        for frag_mid, line in fragment.candidates:
+            candidate = _candidate(line)
+            candidate.sdpMid = frag_mid if frag_mid is not None else mid
+            candidate.sdpMLineIndex = 0 if candidate.sdpMid == mid else None
+            await conn.pc.addIceCandidate(candidate)
+        if fragment.end:
+            await conn.pc.addIceCandidate(None)
 
     async def close(self, name: str) -> None:
         """Hang up one speaker; returns once its task has exited. Unknown names are ignored."""
@@ -487,6 +517,26 @@ async def _stop(conn: _Connection) -> None:
     await asyncio.wait([task])
 
 
+def _ice_ufrag(sdp: str) -> str | None:
+    for line in sdp.splitlines():
+        if line.startswith("a=ice-ufrag:"):
+            return line[len("a=ice-ufrag:"):].strip()
+    return None
+
+
+def _candidate(line: str) -> RTCIceCandidate:
+    """A trickled ``candidate:`` attribute value as aiortc's candidate; ``InvalidSdp`` if it
+    is not one (foundation component transport priority address port typ type ...)."""
+    value = line[len("candidate:"):] if line.startswith("candidate:") else line
+    bits = value.split()
+    if len(bits) < 8 or bits[6] != "typ" or not (bits[1].isdigit() and bits[3].isdigit() and bits[5].isdigit()):
+        raise InvalidSdp(f"not an ICE candidate: {line[:80]!r}")
+    try:
+        return candidate_from_sdp(value)
+    except (ValueError, IndexError) as exc:
+        raise InvalidSdp(f"not an ICE candidate: {line[:80]!r} ({exc})") from None
+
+
 def _check_offer(offer_sdp: str) -> bool:
     """Cheap checks before aiortc sees the offer: SDP at all, one sending audio m-line.
     Returns whether the offer also receives (wants a return feed)."""
@@ -496,9 +546,10 @@ def _check_offer(offer_sdp: str) -> bool:
         raise InvalidSdp("the SDP offer has no audio m-line")
     media_lines = offer_media(offer_sdp)
     kinds = [m.kind for m in media_lines]
-    if kinds != ["audio"]:
-        raise InvalidSdp(f"a speaker's offer must carry exactly one audio m-line, not {kinds}")
-    media = media_lines[0]
+    audio = [m for m in media_lines if m.kind == "audio"]
+    if len(audio) != 1 or any(k not in ("audio", "video") for k in kinds):
+        raise InvalidSdp(f"a speaker's offer must carry exactly one audio m-line (video is declined), not {kinds}")
+    media = audio[0]
     if media.direction not in (None, "sendonly", "sendrecv"):
         raise InvalidSdp(f"the offer's audio is {media.direction}; a speaker must send")
     if not media.has_ice_credentials:
