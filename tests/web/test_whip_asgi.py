@@ -38,13 +38,14 @@ async def offer() -> tuple[RTCPeerConnection, str]:
 
 async def test_the_201_carries_the_ice_servers_in_link_headers(tmp_path: Path) -> None:
     ice = IceConfig(stun=(STUN,), turn=TURN, turn_secret=SECRET, turn_ttl_s=3600)
-    node = Node(Config(data_dir=tmp_path / "data", ice=ice))
+    node = Node(Config(data_dir=tmp_path / "data", ice=ice, operator_key="whip-operator"))
     await node.open()
     pc, sdp = await offer()
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=node.app.asgi),
                                      base_url="http://node.test") as http:
-            r = await http.post("/api/spaces", json={"title": "Link"})
+            r = await http.post("/api/spaces", json={"title": "Link"},
+                                headers={"authorization": "Bearer whip-operator"})  # an API key (docs/keys.md)
             space, key = r.json()["id"], r.json()["host_key"]
             auth = {"authorization": f"Bearer {key}"}
             assert (await http.post(f"/api/spaces/{space}/start", headers=auth)).status_code == 200
