@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from amphi.control.spaces import MAX_DEAD_AIR_S, MAX_TITLE, MIN_DEAD_AIR_S
+from amphi.control.spaces import MAX_DEAD_AIR_S, MAX_STARTS_AT, MAX_TITLE, MIN_DEAD_AIR_S
 from amphi.control.stage import MAX_NAME
 from amphi.services.spaces import SpaceStatus
 from amphi.web.routes import PLACES, READ, ROUTES, Route, RouteTable
@@ -149,7 +149,8 @@ def _schemas() -> dict[str, Schema]:
                                     "starts_at": nullable({"anyOf": [
                                         {"type": "string", "format": "date-time",
                                          "description": "ISO 8601 with a zone"},
-                                        {"type": "number", "description": "Unix seconds"}]}),
+                                        {"type": "number", "minimum": 0, "maximum": MAX_STARTS_AT,
+                                         "description": "Unix seconds"}]}),
                                     "dead_air_s": nullable({"type": "number", "minimum": MIN_DEAD_AIR_S,
                                                             "maximum": MAX_DEAD_AIR_S})}},
         "JoinRequest": {"type": "object", "properties": {
@@ -263,7 +264,7 @@ OPERATIONS: dict[str, dict[str, Operation]] = {  # route name -> method -> what 
                          ok({"type": "string"}, "The SDP answer", 201, media=SDP),
                          errors=(307, *ON_SPACE, 401, 403, 413), body={"type": "string"}, body_media=SDP,
                          body_required=True, security=PARTICIPANT, tags=("stage",))},
-    "stage": {"GET": op("The stage (more for moderators)", ok(ref("Stage")), errors=(307, 400, 401, 403, 404),
+    "stage": {"GET": op("The stage (more for moderators)", ok(ref("Stage")), errors=(307, *ON_SPACE, 401, 403),
                         security=PARTICIPANT, optional_auth=True, query=(ACCESS_TOKEN,), tags=("stage",))},
     "stage.session": {"POST": op("The host's grant for the stage", ok(ref("Grant")),
                                  errors=(307, *ON_SPACE, 401, 403), security=HOST, tags=("stage",))},
