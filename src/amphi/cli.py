@@ -1,4 +1,4 @@
-"""Command line: ``amphi serve``, ``speak``, ``loadtest``, ``simulate``, ``report`` and ``edge``."""
+"""Command line: ``amphi serve``, ``speak``, ``space``, ``loadtest``, ``simulate``, ``report`` and ``edge``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from amphi.defense.shield import parse_networks
 
 
 @click.group()
+@click.version_option(package_name="amphi", prog_name="amphi")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
@@ -216,3 +217,7 @@ from amphi.edge.cli import cluster, edge  # noqa: E402
 main.add_command(edge)
 main.add_command(cluster)
 main.add_command(simulate)
+
+from amphi.space_cli import space  # noqa: E402 - Spaces over a node's API (docs/api.md)
+
+main.add_command(space)

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from amphi.control.spaces import MAX_DEAD_AIR_S, MAX_STARTS_AT, MAX_TITLE, MIN_DEAD_AIR_S
-from amphi.control.stage import MAX_NAME
+from amphi.control.stage import MAX_NAME, Role, State
 from amphi.services.spaces import SpaceStatus
 from amphi.web.routes import PLACES, READ, ROUTES, Route, RouteTable
 
@@ -48,9 +48,8 @@ def nullable(schema: Schema) -> Schema:
 
 ERRORS = {  # status -> what it means here (every one answers the Error schema)
     307: "Another node hosts the Space (with --redis): the same request there, in Location.",
-    400: "Malformed: a body that is not the JSON object described, or an Authorization header "
-         "that is not 'Bearer X'.",
-    401: "No credentials, or expired ones.",
+    400: "Malformed: a body or a parameter that is not what is described.",
+    401: "No credentials, expired ones, or an Authorization header that is not 'Bearer X'.",
     403: "Wrong credentials, or not allowed to do this.",
     404: "No such Space (or participant).",
     405: "The path takes other methods.",
@@ -116,19 +115,21 @@ def dataclass_schema(cls: type) -> Schema:
 def _schemas() -> dict[str, Schema]:
     status = dataclass_schema(SpaceStatus)
     status["properties"]["state"] = {"enum": ["scheduled", "live", "ended"]}
+    roles = {"enum": [r.value for r in Role]}
+    feedback = {"enum": ["loop", "resonance", None], "description": "a feedback the guard ducked (docs/sound.md)"}
     member = {"type": "object", "required": ["id", "name", "role"],
               "properties": {"id": {"type": "string"}, "name": {"type": "string"},
-                             "role": {"enum": ["host", "cohost", "speaker"]}, "muted": {"type": "boolean"},
+                             "role": roles, "muted": {"type": "boolean"},
                              "host_muted": {"type": "boolean"}, "connected": {"type": "boolean"},
                              "talking": {"type": "boolean"}, "level": {"type": "number"},
-                             "feedback": {"type": "boolean"}, "muted_talking": {"type": "boolean"}}}
+                             "feedback": feedback, "muted_talking": {"type": "boolean"}}}
     pending = {"type": "object", "required": ["id", "name"],
                "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "at": {"type": "number"}}}
     you = {"type": "object", "required": ["id", "name", "role", "state"],
-           "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "role": {"type": "string"},
-                          "state": {"type": "string"}, "self_muted": {"type": "boolean"},
+           "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "role": roles,
+                          "state": {"enum": [s.value for s in State]}, "self_muted": {"type": "boolean"},
                           "host_muted": {"type": "boolean"}, "connected": {"type": "boolean"},
-                          "reconnects": {"type": "integer"}, "feedback": {"type": "boolean"},
+                          "reconnects": {"type": "integer"}, "feedback": feedback,
                           "muted_talking": {"type": "boolean"}}}
     time = nullable({"type": "string", "format": "date-time"})
     common = {"state": {"enum": ["scheduled", "live", "ended"]}, "starts_at": time}
@@ -202,7 +203,9 @@ def _schemas() -> dict[str, Schema]:
                                               "description": "a count; the list, for moderators"},
                                  "invited": {"type": "array", "items": pending},
                                  "state": {"enum": ["scheduled", "live", "ended"]},
-                                 "listeners": {"type": "integer"}, "waiting": {"type": "integer"}}},
+                                 "listeners": {"type": "integer"}, "waiting": {"type": "integer"},
+                                 "you": ref("You"),
+                                 "sound": {"type": "object", "description": "the moderators' sound panel"}}},
         "Grant": {"type": "object", "required": ["participant", "grant", "expires_at"],
                   "properties": {"participant": {"type": "string"}, "grant": {"type": "string"},
                                  "expires_at": {"type": "string"}}},
@@ -252,7 +255,7 @@ OPERATIONS: dict[str, dict[str, Operation]] = {  # route name -> method -> what 
                         ok(ref("Waiting"), "In line: come back with the ticket", 202, headers=("Retry-After",)),
                         errors=(400, 401, 403, 404, 413), body=ref("JoinRequest"), security=HOST, optional_auth=True,
                         description="With the host key: a host listening (never queued).", tags=("listeners",))},
-    "leave": {"POST": op("Give up a seat or a place in line", ok(ref("Left")), errors=(400, 404, 413),
+    "leave": {"POST": op("Give up a seat or a place in line", ok(ref("Left")), errors=(400, 401, 403, 404, 413),
                          body=ref("LeaveRequest"), tags=("listeners",))},
     "line": {"GET": op("The line document: who is being called (cacheable for a second)", ok(ref("Line")),
                        errors=(404,), tags=("listeners",))},
