@@ -128,3 +128,21 @@ def test_media_and_pages_are_listed_not_described(server: AmphiServer, tmp_path:
     others = {o["template"] for o in doc["x-amphi-other-routes"]}
     assert "/media/{id}/t/{token}/live.m3u8" in others and "/s/{id}/host" in others
     assert not others & set(doc["paths"])
+
+
+def test_a_method_not_described_is_a_405_with_allow(server: AmphiServer) -> None:
+    """Any method a path does not take: 405, the shared error, and Allow naming what it takes
+    (RFC 9110), on the Starlette API and the raw endpoints (join, line, events) alike."""
+    check = Checker(server.http)
+    sid = server.http.post("/api/spaces", json={"title": "methods"}).json()["id"]
+    error = {"$ref": "#/components/schemas/Error", "components": check.doc["components"]}
+    for template, item in check.doc["paths"].items():
+        documented = {m.upper() for m in item if m != "parameters"}
+        path = template.replace("{id}", sid).replace("{pid}", "host").replace("{action}", "mute")
+        for method in sorted({"GET", "POST", "PUT", "DELETE", "PATCH"} - documented):
+            r = server.http.request(method, path)
+            assert r.status_code == 405, (method, template, r.status_code)
+            assert r.headers["content-type"] == "application/json"
+            Draft202012Validator(error).validate(r.json())
+            allowed = {m.strip() for m in r.headers["allow"].split(",")}
+            assert documented <= allowed <= documented | {"HEAD", "OPTIONS"}, (method, template, allowed)

@@ -206,7 +206,8 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": code, "message": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"error": code, "message": exc.detail}, status_code=exc.status_code,
+                            headers=exc.headers)  # a 405's Allow
 
     handlers = {
         "index": index, "listener": listener_page, "host": host_console, "static": static,
