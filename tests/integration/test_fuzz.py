@@ -18,14 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
+from schemathesis.specs.openapi.checks import (content_type_conformance, negative_data_rejection, response_schema_conformance,
                                                status_code_conformance)
 
 from amphi.web.openapi import build_document
 from tests.integration.amphi_proc import AmphiServer
 
 EXAMPLES = int(os.environ.get("AMPHI_FUZZ_EXAMPLES", "12"))  # per operation and mode
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance, negative_data_rejection]
 STREAMS = {"/api/spaces/{id}/events"}  # an open Space's events never end: fuzzed on Spaces that do not exist
 
 schemathesis.serializer.alias("application/sdp", "text/plain")  # an SDP offer is text
