@@ -81,6 +81,9 @@ def test_a_space_life_matches_the_document(server: AmphiServer) -> None:
     joined = check("POST", "join", 200, json={}, id=sid).json()
     assert joined["status"] == "admitted"
     check("POST", "join", 400, content=b"not json", id=sid)
+    assert check("POST", "join", 400, json={"ticket": False}, id=sid).json()["error"] == "malformed_body"
+    check("POST", "join", 400, json={"challenge": "c", "solution": 520}, headers=host, id=sid)
+    check("POST", "leave", 400, json={"ticket": False, "token": joined["token"]}, id=sid)
     check("POST", "join", 404, json={}, id="no-such-space")
     check("GET", "line", 200, id=sid)
     check("GET", "line", 404, id="no-such-space")
