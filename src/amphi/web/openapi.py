@@ -394,6 +394,3 @@ def document_bytes() -> bytes:
     except PackageNotFoundError:
         v = "0"
     return orjson.dumps(build_document(v))
-
-
-__all__ = ["DESCRIBED", "OPERATIONS", "Operation", "build_document", "document_bytes", "paths"]
