@@ -5,7 +5,7 @@ Every answer must be documented: no 5xx, a documented status, content type and b
 refusal the shared JSON error).
 
 Bounded (``EXAMPLES`` per operation, derandomized: the same inputs on every run, so CI is
-stable); ``AMPHI_FUZZ_EXAMPLES=200`` for a longer hunt."""
+stable); ``AMPHI_FUZZ_EXAMPLES=200`` for a longer hunt, ``AMPHI_FUZZ_SEED=N`` for other inputs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -25,6 +25,7 @@ from amphi.web.openapi import build_document
 from tests.integration.amphi_proc import AmphiServer
 
 EXAMPLES = int(os.environ.get("AMPHI_FUZZ_EXAMPLES", "12"))  # per operation and mode
+SEED = os.environ.get("AMPHI_FUZZ_SEED")  # other inputs than the derandomized ones, for a hunt
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance, negative_data_rejection]
 STREAMS = {"/api/spaces/{id}/events"}  # an open Space's events never end: fuzzed on Spaces that do not exist
 
@@ -65,7 +66,7 @@ def test_fuzz(node: tuple[AmphiServer, str, str], schema: schemathesis.BaseSchem
                 strategies.append(operation.as_strategy(mode, headers=headers, path_parameters={"id": space}))
     seen: list[int] = []
 
-    @settings(max_examples=EXAMPLES * 2, derandomize=True, deadline=None, database=None,
+    @settings(max_examples=EXAMPLES * 2, derandomize=SEED is None, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(case=st.one_of(strategies))
     def fuzz(case: schemathesis.Case) -> None:
@@ -73,5 +74,5 @@ def test_fuzz(node: tuple[AmphiServer, str, str], schema: schemathesis.BaseSchem
         seen.append(response.status_code)
         case.validate_response(response, checks=CHECKS)
 
-    fuzz()
+    (fuzz if SEED is None else seed(int(SEED))(fuzz))()
     assert seen, "no request was made"
