@@ -40,8 +40,8 @@ from amphi.core.config import Config
 from amphi.core.errors import AmphiError, InvalidSdp, NotFound
 from amphi.defense.shield import CLIENT_KEY
 from amphi.web.answers import grant_json, invited_json, requested_json
-from amphi.web.openapi import document_bytes
 from amphi.web.asgi import bearer, error_parts, parse_object, read_body
+from amphi.web.openapi import document_bytes
 from amphi.web.ports import Finder, SpaceDesk, StageDesk
 from amphi.web.routes import ROUTES
 
@@ -212,7 +212,8 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
     handlers = {
         "index": index, "listener": listener_page, "host": host_console, "static": static,
         "vendor.hls": vendor("vendor.hls"), "vendor.shaka": vendor("vendor.shaka"),
-        "node": node, "nodes": nodes, "openapi": openapi, "spaces.create": create, "spaces.list": listing, "space": status,
+        "node": node, "nodes": nodes, "openapi": openapi,
+        "spaces.create": create, "spaces.list": listing, "space": status,
         "space.start": start, "space.end": end, "space.defense": defense, "speak": speak, "stage": stage,
         "stage.session": stage_session, "stage.requests": stage_request, "stage.invites": stage_invite,
         "stage.action": stage_action,
