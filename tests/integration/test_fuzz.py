@@ -53,6 +53,13 @@ def schema(node: tuple[AmphiServer, str, str]) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_url(f"{server.url}/api/openapi.json")  # the served document, validated
 
 
+def not_blank_json(case: schemathesis.Case) -> bool:
+    """Not a JSON body of only whitespace: the node takes an empty body as {} on purpose
+    (``amphi.web.asgi.parse_body``), and whitespace as empty; schemathesis counts it as invalid JSON."""
+    body = case.body
+    return not (case.media_type == "application/json" and isinstance(body, (str, bytes)) and not body.strip())
+
+
 @pytest.mark.parametrize(("path", "method"), OPERATIONS, ids=[f"{m} {p}" for p, m in OPERATIONS])
 def test_fuzz(node: tuple[AmphiServer, str, str], schema: schemathesis.BaseSchema, path: str, method: str) -> None:
     server, space, key = node
@@ -68,7 +75,7 @@ def test_fuzz(node: tuple[AmphiServer, str, str], schema: schemathesis.BaseSchem
 
     @settings(max_examples=EXAMPLES * 2, derandomize=SEED is None, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(case=st.one_of(strategies))
+    @given(case=st.one_of(strategies).filter(not_blank_json))
     def fuzz(case: schemathesis.Case) -> None:
         response = case.call(base_url=server.url, timeout=20)
         seen.append(response.status_code)
