@@ -1,4 +1,4 @@
-"""Command line: ``amphi serve``, ``speak``, ``loadtest``, ``simulate``, ``report``, ``edge`` and ``config``."""
+"""Command line: ``amphi serve``, ``speak``, ``space``, ``keys``, ``config``, ``loadtest``, ``simulate``, ``report`` and ``edge``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from amphi.obs.logging import configure as configure_logging
 
 
 @click.group()
+@click.version_option(package_name="amphi", prog_name="amphi")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
@@ -157,3 +158,7 @@ main.add_command(config)
 from amphi.keys_cli import keys  # noqa: E402 - the operator's API keys (docs/keys.md)
 
 main.add_command(keys)
+
+from amphi.space_cli import space  # noqa: E402 - Spaces over a node's API (docs/api.md)
+
+main.add_command(space)

@@ -62,3 +62,16 @@ def test_due_spaces(tmp_path) -> None:
     assert reg.due() == []
     now[0] = 1010.0
     assert reg.due() == [s]
+
+
+@pytest.mark.parametrize("starts_at", [1.7976931348623157e308, float("inf"), float("nan"), -1, 1e12,
+                                       "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_starts_at_that_cannot_be_written_back_as_a_date_is_refused(tmp_path, starts_at) -> None:
+    """Found by the API fuzz (tests/integration/test_fuzz.py): a huge epoch made a Space whose
+    every status (and so GET /api/spaces) was a 500."""
+    reg = SpaceRegistry(tmp_path)
+    with pytest.raises(MalformedBody, match="starts_at"):
+        reg.create("t", starts_at)
+    assert reg.all() == []
+    space, _ = reg.create("t", "9999-12-30T00:00:00Z")
+    assert space.starts_at == pytest.approx(253402128000)

@@ -83,11 +83,17 @@ def parse_dead_air(value: object) -> float | None:
     return float(value)
 
 
+MAX_STARTS_AT = 253_402_214_400.0  # 9999-12-31T00:00:00Z: any later, and it cannot be written back as a date
+
+
 def parse_starts_at(value: object) -> float | None:
-    """Accepts epoch seconds or an ISO-8601 time with a zone."""
+    """Accepts epoch seconds or an ISO-8601 time with a zone, from 1970 to 9999 (a time that
+    cannot be written back as an ISO date would break every status of the Space)."""
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_STARTS_AT:  # also NaN and infinities
+            raise MalformedBody(f"starts_at must be epoch seconds from 0 to {MAX_STARTS_AT:.0f}")
         return float(value)
     if isinstance(value, str):
         from datetime import datetime
@@ -98,7 +104,7 @@ def parse_starts_at(value: object) -> float | None:
             raise MalformedBody(f"starts_at {value!r} is not an ISO-8601 time") from None
         if dt.tzinfo is None:
             raise MalformedBody("starts_at needs a time zone, e.g. 2026-11-21T20:00:00Z")
-        return dt.timestamp()
+        return parse_starts_at(dt.timestamp())
     raise MalformedBody("starts_at must be an ISO-8601 string or epoch seconds")
 
 

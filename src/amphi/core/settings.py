@@ -46,6 +46,11 @@ ALIASES = {  # older environment names, kept: a setting's own AMPHI_ name wins o
 }
 OTHER_ENV = {  # AMPHI_ variables that are not settings (any other AMPHI_ name is an error)
     "AMPHI_CONFIG": "the config file, as --config",
+    "AMPHI_SERVER": "amphi space: the node's URL, as --server",
+    "AMPHI_API_KEY": "amphi space: an API key, as --key",
+    "AMPHI_HOST_KEY": "amphi space start/end: the Space's host key, as --host-key",
+    "AMPHI_FUZZ_SEED": "tests/integration/test_fuzz.py: other inputs",
+    "AMPHI_FUZZ_EXAMPLES": "tests/integration/test_fuzz.py: examples per operation",
     "AMPHI_BENCH_SMALL": "bench/: smaller runs",
     "AMPHI_UPDATE_GOLDEN": "tests: rewrite golden files",
 }

@@ -24,6 +24,7 @@
     GET  /api/spaces/<id>/events          Server-Sent Events (amphi.web.events, raw ASGI)
     GET  /api/node                        this node's counters (pipelines, speakers, origin, store)
     GET  /api/nodes                       the node registry (with --redis; docs/cluster.md)
+    GET  /api/openapi.json                this API as an OpenAPI 3.1 document (amphi.web.openapi; docs/api.md)
     GET  /s/<id>                          listener page
     GET  /s/<id>/host                     host console
     GET  /                                index of Spaces
@@ -49,11 +50,12 @@ from amphi.control.stage import Participant
 from amphi.core.config import Config
 from amphi.core.errors import AmphiError, InvalidSdp, NotFound, UnsupportedMediaType
 from amphi.defense.shield import CLIENT_KEY
-from amphi.web import assets
 from amphi.media.ingest.trickle import MEDIA_TYPE as TRICKLE
 from amphi.media.ingest.trickle import parse_fragment
+from amphi.web import assets
 from amphi.web.answers import grant_json, invited_json, requested_json
 from amphi.web.asgi import bearer, error_parts, parse_object, read_body
+from amphi.web.openapi import document_bytes
 from amphi.web.ports import Finder, KeyDesk, SpaceDesk, StageDesk
 from amphi.web.routes import ROUTES
 
@@ -221,6 +223,10 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
     async def nodes(request: Request) -> Response:
         return JSONResponse(await finder.nodes(), headers=NO_STORE)
 
+    async def openapi(request: Request) -> Response:
+        return Response(document_bytes(), media_type="application/json",
+                        headers={"cache-control": "public, max-age=3600", "access-control-allow-origin": "*"})
+
     async def page(request: Request, name: str) -> Response:
         try:
             await finder.space(request.path_params["id"])
@@ -263,12 +269,14 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": code, "message": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"error": code, "message": exc.detail}, status_code=exc.status_code,
+                            headers=exc.headers)  # a 405's Allow
 
     handlers = {
         "index": index, "listener": listener_page, "host": host_console, "static": static,
         "vendor.hls": vendor("vendor.hls"), "vendor.shaka": vendor("vendor.shaka"),
-        "node": node, "nodes": nodes, "spaces.create": create, "spaces.list": listing, "space": status,
+        "node": node, "nodes": nodes, "openapi": openapi,
+        "spaces.create": create, "spaces.list": listing, "space": status,
         "space.start": start, "space.end": end, "space.defense": defense, "speak": speak, "speak.session": speak_session,
         "speak.ice": ice, "stage": stage,
         "stage.session": stage_session, "stage.requests": stage_request, "stage.invites": stage_invite,

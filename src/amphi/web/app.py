@@ -42,6 +42,25 @@ CROSS_ORIGIN = frozenset({"media", "join"})  # what a page on another origin may
 # ... and speak through WHIP (RFC 9725): preflights with the bearer token and If-Match allowed,
 # every answer with CORS and the WHIP headers exposed (asgi.whip_cors), answered by the API
 
+
+def _methods_by_template() -> dict[str, frozenset[str]]:
+    out: dict[str, frozenset[str]] = {}
+    for r in ROUTES:  # a template two routes share (GET and POST /api/spaces) takes both's methods
+        out[r.template] = out.get(r.template, frozenset()) | r.methods | (
+            {"OPTIONS"} if r.kind in CROSS_ORIGIN else frozenset())
+    return out
+
+
+METHODS = _methods_by_template()
+
+
+def allow(start: dict[str, Any], template: str) -> dict[str, Any]:
+    """A 405's start with the ``Allow`` header (RFC 9110 15.5.6): every method of the path's
+    template in the route table (in place of Starlette's, which names one route's)."""
+    headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"allow"]
+    return {**start, "headers": [*headers, (b"allow", ", ".join(sorted(METHODS[template])).encode())]}
+
+
 class App:
     def __init__(self, cfg: Config, listeners: Listeners, spaces: SpaceDesk, rooms: StageDesk, finder: Finder,
                  shield: Shield, obs: Observer, operator_key: str, snapshot: Callable[[], NodeSnapshot],
@@ -71,6 +90,8 @@ class App:
             if message["type"] == "http.response.start":
                 first_byte = time.perf_counter()
                 status = message["status"]
+                if status == 405 and m is not None:
+                    message = allow(message, m.route.template)
             await send(message)
 
         path = scope["path"]

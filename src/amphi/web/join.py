@@ -84,7 +84,7 @@ class JoinEndpoint:
             now = time.time()  # defense: the shield first, before any admission work (docs/defense.md)
             shield.check_request(header_bytes, address, space_id, now)
             space = await self._finder.space(space_id)  # 404; with --redis, any node's Space
-            data = parse_body(await body())
+            data = strings(parse_body(await body()))
             if action == "leave":
                 freed = await listeners.leave(space, ticket=data.get("ticket"), token=data.get("token"))
                 return json_parts(200, {"status": "left" if freed else "not_held"})
@@ -171,6 +171,19 @@ class JoinEndpoint:
                                         "gone": gone})
         except AmphiError as err:
             await send_error(send, err)
+
+
+BODY_STRINGS = ("ticket", "token", "challenge", "solution")  # a join's or a leave's fields: strings or null
+
+
+def strings(data: dict[str, object]) -> dict[str, object]:
+    """A join's or a leave's body, its fields checked: 400 for one that is not a string (the
+    API fuzz found a ticket of ``false`` left to the store, and a number for a solution)."""
+    for name in BODY_STRINGS:
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            raise MalformedBody(f"{name} must be a string")
+    return data
 
 
 def _batch(rows: object) -> list[tuple[str, str, str, str | None, int]]:

@@ -335,6 +335,7 @@ def _api() -> Iterator[Route]:
         ("stage.action", "/api/spaces/{id}/stage/{pid}/{action}", post),
     ):
         yield Route(name, template, "api", methods)
+    yield Route("openapi", "/api/openapi.json", "api", get, cacheable=True)  # this API described (web/openapi.py)
 
 
 def _pages() -> Iterator[Route]:
