@@ -48,10 +48,12 @@ def test_sigterm_drains_open_streams_and_exits(tmp_path, monkeypatch) -> None:
     space, key = server.create("drain")
     server.start_space(space, key)
     ended: dict[str, bytes] = {}
+    opened = {"events": threading.Event(), "dashboard": threading.Event()}
 
     def read(name: str, path: str, headers: dict[str, str]) -> None:
         with httpx.Client(base_url=server.url, timeout=60) as c, c.stream("GET", path, headers=headers) as r:
             assert r.status_code == 200
+            opened[name].set()
             ended[name] = b"".join(r.iter_raw())  # returns only when the server ends the response
 
     readers = [threading.Thread(target=read, args=("events", f"/api/spaces/{space}/events", {})),
@@ -59,6 +61,7 @@ def test_sigterm_drains_open_streams_and_exits(tmp_path, monkeypatch) -> None:
                                                    {"authorization": "Bearer drain-test-operator-key"}))]
     for t in readers:
         t.start()
+    wait_until(lambda: all(e.is_set() for e in opened.values()), 30, "both streams to be open")
     wait_until(lambda: server.node()["event_streams"] == 1, 10, "the event stream to be open")
     os.killpg(server.proc.pid, signal.SIGTERM)
     assert server.proc.wait(30) == 0  # before: waited for the streams forever (until SIGKILL)

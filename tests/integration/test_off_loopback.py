@@ -126,7 +126,7 @@ def live_space(netns: Netns, url: str) -> tuple[str, str]:
 def speaker_heard(netns: Netns, url: str, space: str, key: str) -> None:
     """``amphi speak --tone`` from the speaker's namespace (offering the address it reaches the
     node from); ffmpeg in the node's namespace hears the tone in the live program."""
-    speaker = Speaker(SimpleNamespace(url=url), space, key, "--tone", str(TONE_HZ))
+    speaker = Speaker(SimpleNamespace(url=url, ca=None), space, key, "--tone", str(TONE_HZ))
     speaker.cmd = ["ip", "netns", "exec", netns.speaker, *speaker.cmd]
     try:
         speaker.start(timeout=30)
