@@ -148,3 +148,35 @@ def test_amphi_speak_deletes_its_whip_session_when_done(amphi: AmphiServer) -> N
                                   if "hung up WHIP session" in line], 10, "the node to log the session's DELETE")
     assert "host" in deleted[0]
     assert not amphi.member(space, "host")["connected"]
+
+
+def test_a_session_whose_connection_closed_first_is_still_deleted(amphi: AmphiServer) -> None:
+    """Browser libraries close the peer connection, then DELETE: the close often arrives first.
+    The owner's DELETE is still a 204 (within ENDED_SESSION_S), a stranger's a 403; then 404."""
+    space, key = amphi.create("WHIP close first")
+    amphi.start_space(space, key)
+
+    async def scenario() -> None:
+        use_ice_addresses(("127.0.0.1",))
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver(ToneTrack(440.0), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with httpx.AsyncClient(base_url=amphi.url, timeout=30) as client:
+            r = await client.post(f"/api/spaces/{space}/speak", content=pc.localDescription.sdp,
+                                  headers={**bearer(key), "content-type": "application/sdp"})
+            assert r.status_code == 201, r.text
+            session = r.headers["location"]
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
+            await asyncio.to_thread(wait_until, lambda: amphi.member(space, "host")["connected"], 20,
+                                    "the host connected")
+            await pc.close()  # the client hangs up by itself first
+            await asyncio.to_thread(wait_until, lambda: not amphi.member(space, "host")["connected"], 20,
+                                    "the node to see the connection closed")
+            r = await client.delete(session, headers=bearer("not-the-host-key"))
+            assert r.status_code == 403, r.text
+            r = await client.delete(session, headers=bearer(key))
+            assert r.status_code == 204, r.text
+            r = await client.delete(session, headers=bearer(key))
+            assert r.status_code == 404, r.text
+
+    asyncio.run(scenario())

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +37,8 @@ from amphi.media.pipeline import Pipeline
 log = logging.getLogger(__name__)
 
 SESSION_BYTES = 18  # a WHIP session's id: 144 random bits (24 characters), unguessable
+ENDED_SESSIONS = 256  # WHIP sessions whose connection closed, remembered so that their DELETE is a 204 ...
+ENDED_SESSION_S = 60.0  # ... for this long (clients close the connection, then DELETE: RFC 9725 section 4.2)
 ETAG_BYTES = 12
 ACTIONS = ("accept", "decline", "mute", "unmute", "remove", "leave", "role")
 
@@ -91,6 +95,7 @@ class Room:
         self.pipeline: Pipeline | None = None
         self._sinks: dict[str, _SpeakerSink] = {}  # pid -> its current connection's sink
         self._sessions: dict[str, _SpeakerSink] = {}  # WHIP session id -> its connection's sink
+        self._ended_sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()  # id -> (pid, when it closed)
         self._ever: set[str] = set()  # pids that have connected before (reconnects are counted)
         self._changed = asyncio.Event()
         self.ended = False
@@ -144,7 +149,15 @@ class Room:
     async def hang_up(self, session: str, actor: Participant) -> None:
         """WHIP's DELETE: the session's connection hung up, as when the speaker closes it
         (the stage keeps them; they show as not connected)."""
+        ended = self._ended_sessions.get(session)
+        if ended is not None and session not in self._sessions and time.monotonic() - ended[1] < ENDED_SESSION_S:
+            if ended[0] != actor.id:
+                raise Forbidden("this WHIP session is another participant's")
+            del self._ended_sessions[session]  # a client that closed its connection first, then DELETEs: done
+            log.info("space %s: %s hung up WHIP session (its connection had closed)", self.space_id, actor.id)
+            return
         sink = self._session(session, actor)
+        del self._sessions[session]  # deleted: a second DELETE is a 404, the close that follows remembers nothing
         log.info("space %s: %s hung up WHIP session", self.space_id, actor.id)
         await self._ingest.close(self.track(sink.pid))
 
@@ -168,8 +181,10 @@ class Room:
     def _gone(self, sink: _SpeakerSink) -> None:
         if self.pipeline is not None and sink.feed is not None:
             self.pipeline.remove_feed(self.track(sink.pid), sink.feed)
-        if sink.session is not None:
-            self._sessions.pop(sink.session, None)
+        if sink.session is not None and self._sessions.pop(sink.session, None) is not None:
+            self._ended_sessions[sink.session] = (sink.pid, time.monotonic())
+            while len(self._ended_sessions) > ENDED_SESSIONS:
+                self._ended_sessions.popitem(last=False)
         if self._sinks.get(sink.pid) is sink:
             del self._sinks[sink.pid]
             self.stage.set_connected(sink.pid, False)
