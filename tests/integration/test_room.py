@@ -279,7 +279,9 @@ async def test_a_peer_that_sends_garbage_is_dropped_without_disturbing_the_other
             return [os.urandom(80)], self.sent
 
         monkeypatch.setattr(aiortc_opus.OpusEncoder, "encode", garbage)
-        with pytest.raises(SpeakError, match="hung up|no audio|failed"):
+        # the node's hang-up reaches the client as a close, or (on a busy machine, first) as its
+        # return feed stopping; either way the node must have dropped Bob (asserted next)
+        with pytest.raises(SpeakError, match="hung up|no audio|failed|stopped: the connection is down"):
             await asyncio.wait_for(speak(server.url, space, ToneTrack(B_HZ), token=grant), 30)
         assert server.member(space, bob)["connected"] is False
         assert server.member(space, "host")["talking"]
