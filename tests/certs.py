@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import hashlib
 import ipaddress
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +69,17 @@ def make_pki(directory: Path, names: tuple[str, ...] = ("amphi.test",), *, prefi
     paths.key.write_bytes(_pem_key(key))
     paths.key.chmod(0o600)
     return paths
+
+
+def answer_in_the_clear(port: int, host: str, timeout_s: float = 10.0) -> bytes:
+    """What a TLS port answers to a plain-http request (it should be nothing like a 200)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"GET /api/node HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        s.settimeout(timeout_s)
+        got = b""
+        try:
+            while chunk := s.recv(4096):
+                got += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return got

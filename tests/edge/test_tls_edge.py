@@ -5,7 +5,6 @@ fan-out; ffmpeg verifies the edge's certificate against a private CA."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.audio import SR, dominant_per_window, rms
-from tests.certs import Pki, make_pki
+from tests.certs import Pki, answer_in_the_clear, make_pki
 
 from tests.edge.edges import EdgeProc
 from tests.integration.amphi_proc import BIN, AmphiServer, Speaker, free_port, wait_until
@@ -127,15 +126,7 @@ def test_ffmpeg_plays_the_live_program_through_the_https_edge(tls_tier: TlsTier,
 @pytest.mark.parametrize("cap", CAPS)
 def test_plain_http_on_the_edges_tls_port_gets_no_answer_and_the_edge_serves_on(tls_tier: TlsTier, cap: str) -> None:
     edge = tls_tier.edges[cap]
-    with socket.create_connection(("127.0.0.1", edge.port), timeout=5) as s:
-        s.sendall(b"GET /api/node HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
-        s.settimeout(10)
-        got = b""
-        try:
-            while chunk := s.recv(4096):
-                got += chunk
-        except (ConnectionResetError, TimeoutError):
-            pass
+    got = answer_in_the_clear(edge.port, "edge")
     assert not got.startswith(b"HTTP/1.1 200"), got[:80]
     with edge.client() as c:
         assert c.get(f"{edge.url}/api/node").status_code == 200

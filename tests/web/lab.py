@@ -9,7 +9,7 @@
   the libraries loaded from the node (a script tag needs no CORS; the playlist and media
   requests do). It reports behind-live the way the listener page does: the wall clock minus
   the EXT-X-PROGRAM-DATE-TIME of the sample playing.
-- ``OtherOrigin``: serves one such page on another 127.0.0.1 port.
+- ``OtherOrigin``: serves such pages on another 127.0.0.1 port.
 """
 
 from __future__ import annotations
@@ -72,15 +72,19 @@ audio.addEventListener("canplay", () => audio.play().catch(() => {{}}));
 
 
 class OtherOrigin:
-    """One HTML page on a port of its own: another origin than the node's."""
+    """Pages on a port of their own: another origin than the node's. ``files``: one HTML page
+    (served as ``/embed.html``, ``url``), or path -> (content type, body); anything else is 404."""
 
-    def __init__(self, html: str) -> None:
-        body = html.encode()
+    def __init__(self, files: str | dict[str, tuple[str, bytes]]) -> None:
+        if isinstance(files, str):
+            files = {"/embed.html": ("text/html; charset=utf-8", files.encode())}
+        served = files
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                self.send_response(200)
-                self.send_header("content-type", "text/html; charset=utf-8")
+                kind, body = served.get(self.path, ("text/plain", b"not here"))
+                self.send_response(200 if self.path in served else 404)
+                self.send_header("content-type", kind)
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -89,7 +93,8 @@ class OtherOrigin:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/embed.html"
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"{self.origin}/embed.html"
         self.thread = threading.Thread(target=self.server.serve_forever, name="other-origin", daemon=True)
 
     def __enter__(self) -> OtherOrigin:

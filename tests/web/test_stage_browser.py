@@ -279,6 +279,15 @@ def test_host_console_counts_shows_talking_and_invites(
     assert guest.is_hidden("#play")
     host.wait_for_selector(member(host, pid), state="detached")
 
+    # The host stops speaking: the page DELETEs its WHIP session (RFC 9725), and the node hangs
+    # it up (whether the DELETE or the closed connection reaches it first).
+    host.click("#speak")
+    host.wait_for_function("window.amphiStage.speaking.state === 'stopped'")
+    wait_for("the node to hang up the host's WHIP session by its DELETE",
+             lambda: any("host hung up WHIP session" in line for line in node.log.read_text(errors="replace").splitlines()),
+             10)
+    host.wait_for_selector(f'{member(host, "host")}[data-connected="false"]')
+
     # The host ends the Space: the console and the listener pages follow.
     host.click("#end")
     host.wait_for_selector("#state.ended")

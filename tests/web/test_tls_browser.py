@@ -25,7 +25,7 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from tests.audio import SR, dominant_per_window, rms, tone, write_wav
-from tests.certs import Pki, make_pki
+from tests.certs import Pki, answer_in_the_clear, make_pki
 from tests.integration.amphi_proc import BIN, AmphiServer, Speaker, free_port
 from tests.web.browser import CHROMIUM, CHROMIUM_ARGS, FAKE_MEDIA_ARGS, open_console, wait_for
 
@@ -118,15 +118,7 @@ def test_ffmpeg_without_the_ca_is_refused(node: AmphiServer) -> None:
 
 def test_plain_http_on_the_tls_port_fails_cleanly_and_the_node_serves_on(node: AmphiServer) -> None:
     for _ in range(3):
-        with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
-            s.sendall(b"GET /api/node HTTP/1.1\r\nHost: amphi.test\r\nConnection: close\r\n\r\n")
-            s.settimeout(5)
-            got = b""
-            try:
-                while chunk := s.recv(4096):
-                    got += chunk
-            except (ConnectionResetError, TimeoutError):
-                pass
+        got = answer_in_the_clear(node.port, NAME, 5)
         assert not got.startswith(b"HTTP/1.1 200"), got[:80]  # no answer in the clear
     ctx = ssl.create_default_context(cafile=str(node.ca))
     with socket.create_connection(("127.0.0.1", node.port), timeout=5) as raw, \

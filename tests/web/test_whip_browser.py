@@ -6,11 +6,8 @@ client's ``stop()`` (its DELETE of the session) hangs up: the tone is gone. No m
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +16,7 @@ from playwright.sync_api import sync_playwright
 from tests.audio import SR, ffmpeg_decode, tone, write_wav
 from tests.integration.amphi_proc import AmphiServer
 from tests.web.browser import CHROMIUM, CHROMIUM_ARGS, FAKE_MEDIA_ARGS, wait_for
+from tests.web.lab import OtherOrigin
 
 WHIP_JS = Path(__file__).resolve().parents[2] / "node_modules" / "whip-whep" / "whip.js"
 TONE_HZ = 660.0
@@ -55,35 +53,6 @@ window.ready = true;
 </script></body></html>"""
 
 
-class ForeignSite:
-    """The page and the library on a port of their own: another origin than the node's."""
-
-    def __init__(self) -> None:
-        files = {"/speak.html": ("text/html; charset=utf-8", PAGE.encode()),
-                 "/whip.js": ("text/javascript", WHIP_JS.read_bytes()), "/favicon.ico": ("image/x-icon", b"")}
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                kind, body = files.get(self.path, ("text/plain", b"not here"))
-                self.send_response(200 if self.path in files else 404)
-                self.send_header("content-type", kind)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="foreign-site", daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def band(x: np.ndarray, hz: float) -> float:
     """Amplitude of the strongest component within 10 Hz of ``hz`` (a sine of amplitude a gives a/2)."""
     spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x)))) / len(x) * 2
@@ -116,11 +85,12 @@ def test_an_npm_whip_client_on_another_origin_is_heard_and_its_delete_hangs_up(n
     node.start_space(space, key)
     endpoint = f"{node.url}/api/spaces/{space}/speak"
 
-    site = ForeignSite()
     errors: list[str] = []
     deletes: list[int] = []
     patches: list[int] = []  # the client's trickled candidates
-    try:
+    with OtherOrigin({"/speak.html": ("text/html; charset=utf-8", PAGE.encode()),
+                      "/whip.js": ("text/javascript", WHIP_JS.read_bytes()),
+                      "/favicon.ico": ("image/x-icon", b"")}) as site:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
                 *CHROMIUM_ARGS, *FAKE_MEDIA_ARGS, f"--use-file-for-fake-audio-capture={microphone}"])
@@ -151,8 +121,6 @@ def test_an_npm_whip_client_on_another_origin_is_heard_and_its_delete_hangs_up(n
                 assert deletes == [204], deletes
             finally:
                 browser.close()
-    finally:
-        site.close()
     assert not errors, errors
 
     logged = [line for line in node.log.read_text(errors="replace").splitlines() if "hung up WHIP session" in line]

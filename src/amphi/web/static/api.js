@@ -76,8 +76,9 @@ export function replyError(reply) {
 }
 
 // One API call under /api/spaces/{space}. body: an object (sent as JSON) or {sdp}.
-// Resolves to the JSON answer (or text for SDP); rejects with an ApiError.
-export async function call(space, method, path, { auth = null, body: given = undefined, fetch = null } = {}) {
+// Resolves to the JSON answer (or text for SDP), or with `reply` to the whole reply ({status,
+// headers, data}: WHIP's Location); rejects with an ApiError.
+export async function call(space, method, path, { auth = null, body: given = undefined, fetch = null, reply: whole = false } = {}) {
   let body = given;
   const headers = {};
   let payload;
@@ -93,7 +94,7 @@ export async function call(space, method, path, { auth = null, body: given = und
   const url = `/api/spaces/${encodeURIComponent(space)}${path}`;
   const reply = await request(url, { method, headers, body: payload, cache: "no-store" }, { fetch });
   if (!reply.ok) throw replyError(reply);
-  return reply.data;
+  return whole ? reply : reply.data;
 }
 
 // Delays for failures in a row: steps[attempt] (the last one repeats), times 1 ± jitter.

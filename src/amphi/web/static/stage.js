@@ -290,6 +290,7 @@ export class Speaker {
     this.onRefused = onRefused;
     this.state = "idle";
     this.pc = null;
+    this.session = null; // the connection's WHIP session (RFC 9725: the 201's Location), DELETEd when done
     this.stream = null;
     this.track = null;
     this.muted = false;
@@ -398,8 +399,11 @@ export class Speaker {
       await gathered(pc);
       if (pc !== this.pc) return;
       this.offers += 1;
-      answer = await call(this.space, "POST", "/speak", { auth: this.credential(), body: { sdp: pc.localDescription.sdp } });
-      if (pc !== this.pc) return;
+      const reply = await call(this.space, "POST", "/speak", { auth: this.credential(), body: { sdp: pc.localDescription.sdp }, reply: true });
+      answer = reply.data;
+      const session = reply.headers.get("location");
+      if (pc !== this.pc) return this.hangUp(session); // stopped or replaced meanwhile: the server hangs it up now
+      this.session = session;
       await pc.setRemoteDescription({ type: "answer", sdp: answer });
       // The server hanging up closes DTLS at once; ICE would notice only seconds later.
       const dtls = transceiver.sender.transport;
@@ -502,6 +506,18 @@ export class Speaker {
     const pc = this.pc;
     this.pc = null;
     pc.close();
+    const session = this.session;
+    this.session = null;
+    this.hangUp(session);
+  }
+
+  // WHIP's DELETE of a session (RFC 9725 section 4.2): the server hangs up at once instead of
+  // noticing the closed connection; keepalive lets it go out while the page unloads. Best effort.
+  hangUp(session) {
+    if (!session) return;
+    const auth = this.credential();
+    globalThis.fetch(session, { method: "DELETE", headers: auth ? { authorization: `Bearer ${auth}` } : {}, keepalive: true })
+      .catch(() => { /* the server sees the connection close anyway */ });
   }
 
   stop() {
