@@ -128,7 +128,6 @@ def test_failed_key_attempts_from_one_address_are_limited(node: AmphiServer) -> 
     refused(node.http.post("/api/spaces", json={"title": "x"}, headers=bearer(good)), 429, "key_failures_limited")
 
 
-@pytest.mark.serial  # two demo nodes, one after the other: over 30 s on a busy machine
 def test_the_demo_prints_one_key_and_reuses_it(tmp_path) -> None:
     def demo_key(server: AmphiServer) -> str:
         found = wait_until(lambda: re.search(r"amphi: API key to create Spaces .*: (amphi_\S+)",
@@ -150,7 +149,6 @@ def test_the_demo_prints_one_key_and_reuses_it(tmp_path) -> None:
         again.stop()
 
 
-@pytest.mark.serial  # two nodes and a Redis: over 30 s on a busy machine
 def test_a_key_made_with_redis_works_on_every_node(tmp_path, redis_server, monkeypatch) -> None:
     monkeypatch.setenv("AMPHI_SECRET", "keys-cluster-test-secret-0123456789")
     nodes = [AmphiServer(tmp_path / f"data-{n}", None, "--redis", redis_server.url, "--node-id", n).start()

@@ -177,7 +177,6 @@ def test_a_speaker_in_its_own_network_namespace_is_heard(netns: Netns, node_in_n
     speaker_heard(netns, url, space, key)
 
 
-@pytest.mark.serial  # over 30 s alone
 def test_a_node_behind_1to1_nat_announces_its_public_address(netns: Netns,
                                                              node_in_netns: Callable[..., str]) -> None:
     """The node binds a private address (on the loopback interface of its namespace) that the speaker
