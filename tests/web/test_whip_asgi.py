@@ -75,3 +75,39 @@ async def test_the_201_carries_the_ice_servers_in_link_headers(tmp_path: Path) -
     finally:
         await pc.close()
         await node.close()
+
+
+async def test_a_session_deleted_before_it_connects_closes_its_peer_connection(tmp_path: Path) -> None:
+    """A DELETE right after the offer, before ICE got anywhere: the node's peer connection (and
+    its ICE socket) is closed at once. (Its task, cancelled before its first step, never ran
+    its own clean-up: each such session kept a UDP socket open for good.)"""
+    import psutil
+
+    def udp_sockets() -> int:
+        return len(psutil.Process().net_connections(kind="udp"))
+
+    node = Node(Config(data_dir=tmp_path / "data", operator_key="whip-operator"))
+    await node.open()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=node.app.asgi),
+                                     base_url="http://node.test") as http:
+            r = await http.post("/api/spaces", json={"title": "DELETE early"},
+                                headers={"authorization": "Bearer whip-operator"})
+            space, key = r.json()["id"], r.json()["host_key"]
+            auth = {"authorization": f"Bearer {key}"}
+            before = udp_sockets()
+            for _ in range(3):
+                pc, sdp = await offer()
+                try:
+                    r = await http.post(f"/api/spaces/{space}/speak", content=sdp,
+                                        headers={**auth, "content-type": "application/sdp"})
+                    assert r.status_code == 201, r.text
+                    assert udp_sockets() == before + 2  # ours and the node's
+                    assert (await http.delete(r.headers["location"], headers=auth)).status_code == 204
+                    assert udp_sockets() == before + 1  # the node's is closed by the time DELETE answers
+                finally:
+                    await pc.close()
+            assert udp_sockets() == before
+            assert node.ingest.connections == 0
+    finally:
+        await node.close()

@@ -264,6 +264,7 @@ class _Connection:
         self.task: asyncio.Task[None] | None = None
         self.remote_ufrag: str | None = None  # the offer's ICE username fragment (trickle ICE)
         self._ending = False
+        self._finished = False
         self._state = pc.connectionState
         if self._state == "connected":
             self.connected.set()
@@ -308,23 +309,33 @@ class _Connection:
         except Exception:
             logger.exception("speaker %r: consumer failed", self.name)
         finally:
-            self._ending = True
-            if self.feed is not None:
-                self.feed.stop()
-            on_exit(self)
-            try:
-                self.sink.close()
-            except Exception:
-                logger.exception("speaker %r: sink.close() failed", self.name)
-            try:
-                # shielded: hanging up twice must not leave the peer connection half closed
-                await asyncio.shield(self.pc.close())
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                logger.exception("speaker %r: closing the peer connection failed", self.name)
-            logger.info("speaker %r: gone after %d frames (%d undecodable packets)",
-                        self.name, self.inline.frames, self.inline.decode_errors)
+            await self.finish(on_exit)
+
+    async def finish(self, on_exit: _ExitCallback) -> None:
+        """The end of the connection, once: the return feed stopped, the owner told, the sink
+        and the peer connection closed. ``run`` ends with it; so does ``_stop``, since a task
+        cancelled before its first step never runs its body (a WHIP DELETE right after the
+        offer: the peer connection, and its ICE socket, would stay open for good)."""
+        if self._finished:
+            return
+        self._finished = True
+        self._ending = True
+        if self.feed is not None:
+            self.feed.stop()
+        on_exit(self)
+        try:
+            self.sink.close()
+        except Exception:
+            logger.exception("speaker %r: sink.close() failed", self.name)
+        try:
+            # shielded: hanging up twice must not leave the peer connection half closed
+            await asyncio.shield(self.pc.close())
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("speaker %r: closing the peer connection failed", self.name)
+        logger.info("speaker %r: gone after %d frames (%d undecodable packets)",
+                    self.name, self.inline.frames, self.inline.decode_errors)
 
 
     async def _drain(self) -> None:
@@ -468,7 +479,7 @@ class WebRTCIngest:
         conn.task = asyncio.create_task(conn.run(self._timeouts, self._forget), name=f"webrtc-ingest:{name}")
         if previous is not None:
             logger.info("speaker %r: replaced by a new connection", name)
-            await _stop(previous)
+            await _stop(previous, self._forget)
         return announce(pc.localDescription.sdp, self.announced), back
 
     async def trickle(self, name: str, sink: FrameSink, fragment: Fragment) -> None:
@@ -495,26 +506,27 @@ class WebRTCIngest:
         """Hang up one speaker; returns once its task has exited. Unknown names are ignored."""
         conn = self._conns.pop(name, None)
         if conn is not None:
-            await _stop(conn)
+            await _stop(conn, self._forget)
 
     async def close_all(self) -> None:
         """Hang up every speaker; returns once all their tasks have exited."""
         conns = list(self._conns.values())
         self._conns.clear()
-        await asyncio.gather(*(_stop(c) for c in conns))
+        await asyncio.gather(*(_stop(c, self._forget) for c in conns))
 
     def _forget(self, conn: _Connection) -> None:
         if self._conns.get(conn.name) is conn:
             del self._conns[conn.name]
 
 
-async def _stop(conn: _Connection) -> None:
+async def _stop(conn: _Connection, on_exit: _ExitCallback) -> None:
     task = conn.task
     if task is None:
         return
     task.cancel()
     # wait() neither raises the task's outcome nor cancels the task if we are cancelled
     await asyncio.wait([task])
+    await conn.finish(on_exit)  # if the task never started, its body (and so its finish) never ran
 
 
 def _ice_ufrag(sdp: str) -> str | None:
