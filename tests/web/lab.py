@@ -73,7 +73,8 @@ audio.addEventListener("canplay", () => audio.play().catch(() => {{}}));
 
 class OtherOrigin:
     """Pages on a port of their own: another origin than the node's. ``files``: one HTML page
-    (served as ``/embed.html``, ``url``), or path -> (content type, body); anything else is 404."""
+    (served as ``/embed.html``, ``url``), or path -> (content type, body); any other path is
+    404. A query does not change what a path serves."""
 
     def __init__(self, files: str | dict[str, tuple[str, bytes]]) -> None:
         if isinstance(files, str):
@@ -82,8 +83,9 @@ class OtherOrigin:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                kind, body = served.get(self.path, ("text/plain", b"not here"))
-                self.send_response(200 if self.path in served else 404)
+                path = self.path.partition("?")[0]  # a page's query (?src=...) is for its script
+                kind, body = served.get(path, ("text/plain", b"not here"))
+                self.send_response(200 if path in served else 404)
                 self.send_header("content-type", kind)
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
