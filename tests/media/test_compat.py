@@ -191,16 +191,26 @@ async def test_offer_media_reads_a_real_aiortc_offer() -> None:
         tone.stop()
         await pc.close()
     lines = compat.offer_media(offer.sdp)
-    assert lines == [compat.MediaLine("audio", "sendrecv", True, True)], broke(
+    ufrag = next(line.split(":", 1)[1] for line in offer.sdp.split("\r\n") if line.startswith("a=ice-ufrag:"))
+    assert lines == [compat.MediaLine("audio", "sendrecv", True, True, ufrag)], broke(
         "offer parsing", f"aiortc.sdp.SessionDescription.parse read a real offer as {lines}")
     without = "\r\n".join(line for line in offer.sdp.split("\r\n")
                           if not line.startswith(("a=fingerprint", "a=ice-pwd")))
-    assert compat.offer_media(without) == [compat.MediaLine("audio", "sendrecv", False, False)]
+    assert compat.offer_media(without) == [compat.MediaLine("audio", "sendrecv", False, False, ufrag)]
 
 
 def test_offer_media_refuses_garbage() -> None:
     with pytest.raises(InvalidSdp):
         compat.offer_media("v=0\r\nm=audio x y z\r\n")
+
+
+def test_parse_candidate_reads_a_trickled_candidate() -> None:
+    c = compat.parse_candidate("candidate:1 1 UDP 2130706431 198.51.100.1 41289 typ host")
+    assert (c.foundation, c.component, c.protocol.lower(), c.priority, c.ip, c.port, c.type) == \
+        ("1", 1, "udp", 2130706431, "198.51.100.1", 41289, "host"), broke(
+            "trickled candidates", "aiortc.sdp.candidate_from_sdp reads candidate lines differently")
+    with pytest.raises(InvalidSdp):
+        compat.parse_candidate("candidate:nonsense")
 
 
 # --- 4. Pre-encoded audio to a sender -------------------------------------------------------------

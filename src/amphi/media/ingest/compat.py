@@ -24,9 +24,11 @@ three: bump the pin, run that test, then re-read the upstream code named below.
    Opus bytes to the owner at once, in the loop; ``get`` parks aiortc's thread until the
    receiver stops, so the track still ends as it would.
 
-3. SDP offers parsed before aiortc sees them (``offer_media``) -- an undocumented module.
-   ``aiortc.sdp.SessionDescription.parse`` and the fields Amphi reads of each media line:
-   ``kind``, ``direction``, ``ice.usernameFragment``, ``ice.password``, ``dtls.fingerprints``.
+3. SDP offers parsed before aiortc sees them (``offer_media``), and trickled candidates
+   (``parse_candidate``) -- an undocumented module. ``aiortc.sdp.SessionDescription.parse``
+   and the fields Amphi reads of each media line: ``kind``, ``direction``,
+   ``ice.usernameFragment``, ``ice.password``, ``dtls.fingerprints``; ``aiortc.sdp.candidate_from_sdp``
+   for a WHIP PATCH's ``candidate:`` values (``RTCPeerConnection.addIceCandidate`` takes its result).
 
 4. Pre-encoded audio to a sender (``sender_packet``) -- relied on, not patched.
    ``RTCRtpSender`` sends an ``av.Packet`` that a track's ``recv()`` returns as it is
@@ -51,7 +53,7 @@ from dataclasses import dataclass
 import aioice.ice
 import aiortc
 import av
-from aiortc import RTCRtpCodecParameters, RTCRtpReceiver
+from aiortc import RTCIceCandidate, RTCRtpCodecParameters, RTCRtpReceiver
 from aiortc import sdp as aiortc_sdp
 from aiortc.jitterbuffer import JitterFrame
 
@@ -63,6 +65,7 @@ __all__ = [
     "InlineDecoderQueue",
     "MediaLine",
     "offer_media",
+    "parse_candidate",
     "replace_decoder_queue",
     "sender_packet",
     "use_ice_addresses",
@@ -160,6 +163,7 @@ class MediaLine:
     direction: str | None  # None when the offer does not say (sendrecv)
     has_ice_credentials: bool  # both ice-ufrag and ice-pwd
     has_fingerprint: bool  # at least one DTLS fingerprint
+    ice_ufrag: str | None = None  # its ICE username fragment (trickled candidates must name the same)
 
 
 def offer_media(sdp: str) -> list[MediaLine]:
@@ -175,9 +179,23 @@ def offer_media(sdp: str) -> list[MediaLine]:
             direction=m.direction,
             has_ice_credentials=bool(m.ice.usernameFragment and m.ice.password),
             has_fingerprint=m.dtls is not None and bool(m.dtls.fingerprints),
+            ice_ufrag=m.ice.usernameFragment or None,
         )
         for m in description.media
     ]
+
+
+def parse_candidate(line: str) -> RTCIceCandidate:
+    """A trickled ``candidate:`` attribute value as aiortc's candidate; ``InvalidSdp`` if it
+    is not one (foundation component transport priority address port typ type ...)."""
+    value = line[len("candidate:"):] if line.startswith("candidate:") else line
+    bits = value.split()
+    if len(bits) < 8 or bits[6] != "typ" or not (bits[1].isdigit() and bits[3].isdigit() and bits[5].isdigit()):
+        raise InvalidSdp(f"not an ICE candidate: {line[:80]!r}")
+    try:
+        return aiortc_sdp.candidate_from_sdp(value)
+    except (ValueError, IndexError) as exc:
+        raise InvalidSdp(f"not an ICE candidate: {line[:80]!r} ({exc})") from None
 
 
 # --- 4. Pre-encoded audio to a sender -----------------------------------------------------

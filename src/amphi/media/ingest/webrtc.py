@@ -33,20 +33,20 @@ import av
 import numpy as np
 from aiortc import (
     RTCConfiguration,
-    RTCIceCandidate,
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCSessionDescription,
 )
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.sdp import candidate_from_sdp
 
 from amphi.core.config import SAMPLE_RATE
 from amphi.core.errors import InvalidSdp, NotFound, Unprocessable
 from amphi.media.ingest.compat import (
     InlineDecoderQueue,
+    MediaLine,
     offer_media,
+    parse_candidate,
     replace_decoder_queue,
     sender_packet,
     use_ice_addresses,
@@ -440,7 +440,8 @@ class WebRTCIngest:
         beside it (WHIP encoders such as OBS always send one) is answered ``inactive``, so no
         video flows. Raises ``InvalidSdp`` otherwise. A previous connection of the same ``name`` is
         closed once the new one has been answered."""
-        receives = _check_offer(offer_sdp)
+        media = _check_offer(offer_sdp)
+        receives = media.direction in (None, "sendrecv")
         use_ice_addresses(self.ice_addresses)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         back = feed() if feed is not None and receives else None
@@ -473,7 +474,7 @@ class WebRTCIngest:
             raise
 
         conn = _Connection(name, pc, track, inline, back)
-        conn.remote_ufrag = _ice_ufrag(offer_sdp)
+        conn.remote_ufrag = media.ice_ufrag
         previous = self._conns.get(name)
         self._conns[name] = conn
         conn.task = asyncio.create_task(conn.run(self._timeouts, self._forget), name=f"webrtc-ingest:{name}")
@@ -495,7 +496,7 @@ class WebRTCIngest:
             raise Unprocessable("the fragment's ice-ufrag is not this session's: ICE restarts are not supported")
         mid = next((t.mid for t in conn.pc.getTransceivers() if t.mid is not None), None)
         for frag_mid, line in fragment.candidates:
-            candidate = _candidate(line)
+            candidate = parse_candidate(line)
             candidate.sdpMid = frag_mid if frag_mid is not None else mid
             candidate.sdpMLineIndex = 0 if candidate.sdpMid == mid else None
             await conn.pc.addIceCandidate(candidate)
@@ -529,29 +530,9 @@ async def _stop(conn: _Connection, on_exit: _ExitCallback) -> None:
     await conn.finish(on_exit)  # if the task never started, its body (and so its finish) never ran
 
 
-def _ice_ufrag(sdp: str) -> str | None:
-    for line in sdp.splitlines():
-        if line.startswith("a=ice-ufrag:"):
-            return line[len("a=ice-ufrag:"):].strip()
-    return None
-
-
-def _candidate(line: str) -> RTCIceCandidate:
-    """A trickled ``candidate:`` attribute value as aiortc's candidate; ``InvalidSdp`` if it
-    is not one (foundation component transport priority address port typ type ...)."""
-    value = line[len("candidate:"):] if line.startswith("candidate:") else line
-    bits = value.split()
-    if len(bits) < 8 or bits[6] != "typ" or not (bits[1].isdigit() and bits[3].isdigit() and bits[5].isdigit()):
-        raise InvalidSdp(f"not an ICE candidate: {line[:80]!r}")
-    try:
-        return candidate_from_sdp(value)
-    except (ValueError, IndexError) as exc:
-        raise InvalidSdp(f"not an ICE candidate: {line[:80]!r} ({exc})") from None
-
-
-def _check_offer(offer_sdp: str) -> bool:
-    """Cheap checks before aiortc sees the offer: SDP at all, one sending audio m-line.
-    Returns whether the offer also receives (wants a return feed)."""
+def _check_offer(offer_sdp: str) -> MediaLine:
+    """Cheap checks before aiortc sees the offer: SDP at all, one sending audio m-line, which
+    is returned (its direction says whether the offer also receives: wants a return feed)."""
     if not isinstance(offer_sdp, str) or not offer_sdp.lstrip().startswith("v=0"):
         raise InvalidSdp("the body is not an SDP offer (it must start with v=0)")
     if "\nm=audio" not in offer_sdp:
@@ -568,5 +549,5 @@ def _check_offer(offer_sdp: str) -> bool:
         raise InvalidSdp("the offer has no ICE credentials")
     if not media.has_fingerprint:
         raise InvalidSdp("the offer has no DTLS fingerprint")
-    return media.direction in (None, "sendrecv")
+    return media
 
