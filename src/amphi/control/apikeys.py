@@ -249,10 +249,6 @@ class ApiKeys:
         await self.book.add(record)
         return record, key
 
-    async def find(self, name: str) -> ApiKey | None:
-        """The newest key of that name not revoked."""
-        return next((k for k in reversed(await self.book.all()) if k.name == name and not k.revoked), None)
-
     async def list(self) -> list[ApiKey]:
         return await self.book.all()
 

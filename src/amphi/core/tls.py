@@ -19,6 +19,7 @@ from pathlib import Path
 # 10's TLS stack (Schannel, which OBS Studio's libcurl uses there) and older Android and Java
 # clients stop at 1.2. Browsers negotiate 1.3 either way.
 MIN_VERSION = "1.2"
+MIN_TLS = ssl.TLSVersion[f"TLSv{MIN_VERSION.replace('.', '_')}"]  # the same, as Python's ssl names it
 
 
 class BadCertificate(ValueError):
@@ -53,7 +54,7 @@ def check_pair(cert: Path | None, key: Path | None) -> bool:
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     """A server's context (the edge's fan-out): the chain and key, TLS ``MIN_VERSION`` and later."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = MIN_TLS
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
 

@@ -137,20 +137,25 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
         data = await read_json(request, limit)
         return JSONResponse(spaces.set_pow(space, data.get("pow")))
 
+    async def sdp_text(request: Request, media: str, what: str, *, required: bool) -> str:
+        """The body of ``what`` (an SDP offer or fragment): 415 if its Content-Type is not ``media``
+        (or is missing where ``required``), 413 past the limit, 400 if it is not UTF-8 text."""
+        kind = request.headers.get("content-type")
+        if (kind is not None or required) and (kind or "").partition(";")[0].strip().lower() != media:
+            raise UnsupportedMediaType(f"{what} is {media}, not {kind}")
+        raw = await read_body(request.scope, request.receive, limit)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidSdp(f"the SDP of {what} is not UTF-8 text") from None
+
     async def speak(request: Request) -> Response:
         """WHIP (RFC 9725): an SDP offer -> 201, the answer, the session's Location and ETag,
         the ICE servers in Link headers."""
         space = await here(request)
         who = credential(request)
         rooms.participant(space, who)  # 401/403 before reading the body
-        kind = request.headers.get("content-type")
-        if kind is not None and kind.partition(";")[0].strip().lower() != SDP:
-            raise UnsupportedMediaType(f"an offer is {SDP}, not {kind}")
-        raw = await read_body(request.scope, request.receive, limit)
-        try:
-            offer = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidSdp("the SDP offer is not UTF-8 text") from None
+        offer = await sdp_text(request, SDP, "an offer", required=False)  # older callers send no type
         spoken = await rooms.speak(space, offer, who)
         location = ROUTES["speak.session"].path(id=space.id, session=spoken.session)
         response = Response(spoken.answer, status_code=201, media_type=SDP,
@@ -168,14 +173,7 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
         if request.method == "DELETE":
             await rooms.hang_up(space, session, who)
             return Response(status_code=204)
-        kind = request.headers.get("content-type")
-        if kind is None or kind.partition(";")[0].strip().lower() != TRICKLE:
-            raise UnsupportedMediaType(f"a WHIP PATCH is {TRICKLE}, not {kind}")
-        raw = await read_body(request.scope, request.receive, limit)
-        try:
-            fragment = parse_fragment(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise InvalidSdp("the SDP fragment is not UTF-8 text") from None
+        fragment = parse_fragment(await sdp_text(request, TRICKLE, "a WHIP PATCH", required=True))
         await rooms.trickle(space, session, who, request.headers.get("if-match"), fragment)
         return Response(status_code=204)
 
