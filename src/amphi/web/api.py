@@ -50,18 +50,16 @@ from amphi.control.stage import Participant
 from amphi.core.config import Config
 from amphi.core.errors import AmphiError, InvalidSdp, NotFound, UnsupportedMediaType
 from amphi.defense.shield import CLIENT_KEY
-from amphi.media.ingest.trickle import MEDIA_TYPE as TRICKLE
 from amphi.media.ingest.trickle import parse_fragment
 from amphi.web import assets
 from amphi.web.answers import grant_json, invited_json, requested_json
-from amphi.web.asgi import bearer, error_parts, parse_object, read_body
+from amphi.web.asgi import SDP, TRICKLE, bearer, error_parts, parse_object, read_body
 from amphi.web.openapi import document_bytes
 from amphi.web.ports import Finder, KeyDesk, SpaceDesk, StageDesk
 from amphi.web.routes import ROUTES
 
 STATIC = Path(__file__).parent / "static"
 NO_STORE = {"cache-control": "no-store"}
-SDP = "application/sdp"
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from amphi.core.errors import AmphiError, HostedElsewhere, MalformedBody, PayloadTooLarge, Unauthorized
+from amphi.media.ingest.trickle import MEDIA_TYPE as TRICKLE
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -28,8 +29,8 @@ PREFLIGHT_HEADERS = b"content-type, range, x-request-id"  # what a page on anoth
 WHIP_EXPOSE = (b"access-control-expose-headers", b"location, etag, link, accept-patch, accept-post, "
                                                   b"content-length, retry-after")
 WHIP_PREFLIGHT_HEADERS = b"authorization, content-type, if-match, x-request-id"
-WHIP_ACCEPT = {"POST": (b"accept-post", b"application/sdp"),
-               "PATCH": (b"accept-patch", b"application/trickle-ice-sdpfrag")}
+SDP = "application/sdp"  # a WHIP offer and its answer; trickled candidates are TRICKLE (RFC 8840)
+WHIP_ACCEPT = {"POST": (b"accept-post", SDP.encode()), "PATCH": (b"accept-patch", TRICKLE.encode())}
 
 
 async def preflight(send: Send, methods: frozenset[str], *, allow: bytes = PREFLIGHT_HEADERS,

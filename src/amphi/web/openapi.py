@@ -28,6 +28,7 @@ import orjson
 from amphi.control.spaces import MAX_DEAD_AIR_S, MAX_STARTS_AT, MAX_TITLE, MIN_DEAD_AIR_S
 from amphi.control.stage import MAX_NAME, Role, State
 from amphi.services.spaces import SpaceStatus
+from amphi.web.asgi import SDP, TRICKLE
 from amphi.web.routes import PLACES, READ, ROUTES, Route, RouteTable
 
 DESCRIBED = frozenset({"api", "join", "events", "whip"})  # the kinds of route a client program calls: all described
@@ -241,8 +242,6 @@ API_KEY = ("apiKey",)
 HOST_OR_KEY = ("hostKey", "apiKey")  # the Space's host key, or an operator's API key (any Space)
 PARTICIPANT = ("hostKey", "grant")  # a grant: a participant's (docs/stage.md)
 SSE = "text/event-stream"
-SDP = "application/sdp"
-TRICKLE = "application/trickle-ice-sdpfrag"
 ACCESS_TOKEN = {"name": "access_token", "in": "query", "required": False, "schema": {"type": "string"},
                 "description": "the credential, for EventSource (which cannot set headers)"}
 ON_SPACE = (400, 404, 409)  # ... on a Space's stage: a bad Authorization, no such Space, an ended Space
@@ -406,7 +405,7 @@ def build_document(version: str = "0", table: RouteTable = ROUTES) -> dict[str, 
                                      "schema": {"type": "string"}},
                         "ETag": {"description": "the WHIP session's ICE session (If-Match on PATCH)",
                                  "schema": {"type": "string"}},
-                        "Accept-Patch": {"description": "application/trickle-ice-sdpfrag", "schema": {"type": "string"}},
+                        "Accept-Patch": {"description": TRICKLE, "schema": {"type": "string"}},
                         "Link": {"description": "one rel=\"ice-server\" per STUN/TURN URL (RFC 9725 section 4.6)",
                                  "schema": {"type": "string"}}},
         },
