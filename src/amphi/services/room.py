@@ -150,7 +150,7 @@ class Room:
         """WHIP's DELETE: the session's connection hung up, as when the speaker closes it
         (the stage keeps them; they show as not connected)."""
         ended = self._ended_sessions.get(session)
-        if ended is not None and session not in self._sessions and time.monotonic() - ended[1] < ENDED_SESSION_S:
+        if ended is not None and time.monotonic() - ended[1] < ENDED_SESSION_S:  # (never live again: ids are new)
             if ended[0] != actor.id:
                 raise Forbidden("this WHIP session is another participant's")
             del self._ended_sessions[session]  # a client that closed its connection first, then DELETEs: done

@@ -241,16 +241,19 @@ async def stay_on_stage(
             await asyncio.sleep(delay)
 
 
+def _bearer(credential: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"} if credential else {}
+
+
 async def ice_servers(server: str, space: str, credential: str | None,
                       verify: ssl.SSLContext | bool = True) -> list[RTCIceServer]:
     """The STUN and TURN servers the node hands its speakers (``GET /api/spaces/{space}/ice``);
     none when it has none or does not answer (the offer that follows says why). aiortc uses
     the first STUN and the first TURN server of the list."""
     url = f"{server.rstrip('/')}/api/spaces/{space}/ice"
-    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
     try:
         async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, verify=verify) as client:
-            response = await client.get(url, headers=headers)
+            response = await client.get(url, headers=_bearer(credential))
         listed = response.json()["ice_servers"] if response.is_success else []
         return [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
                 for s in listed]
@@ -273,9 +276,7 @@ async def _post_offer(server: str, space: str, offer: str, credential: str | Non
                       verify: ssl.SSLContext | bool = True) -> tuple[str, str | None]:
     """(the answer, the WHIP session's absolute URL: None if the server gave no Location)."""
     url = f"{server.rstrip('/')}/api/spaces/{space}/speak"
-    headers = {"Content-Type": "application/sdp"}
-    if credential:
-        headers["Authorization"] = f"Bearer {credential}"
+    headers = {"Content-Type": "application/sdp", **_bearer(credential)}
     try:
         async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, verify=verify) as client:
             response = await client.post(url, content=offer.encode(), headers=headers)
@@ -290,10 +291,9 @@ async def _post_offer(server: str, space: str, offer: str, credential: str | Non
 async def _hang_up(session: str, credential: str | None, verify: ssl.SSLContext | bool = True) -> None:
     """DELETE the WHIP session (RFC 9725 section 4.2): the server hangs up at once. Best effort:
     a session already gone (404) or a server out of reach changes nothing here."""
-    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
     try:
         async with httpx.AsyncClient(timeout=HANG_UP_TIMEOUT_S, verify=verify) as client:
-            response = await client.delete(session, headers=headers)
+            response = await client.delete(session, headers=_bearer(credential))
         logger.info("speak: DELETE %s -> %d", session, response.status_code)
     except httpx.HTTPError as exc:
         logger.info("speak: DELETE %s failed: %r", session, exc)
@@ -358,7 +358,7 @@ async def follow_room(server: str, space: str, credential: str, tell: Callable[[
     while True:
         try:
             async with httpx.AsyncClient(timeout=httpx.Timeout(HTTP_TIMEOUT_S, read=60.0), verify=verify) as client, \
-                    client.stream("GET", url, headers={"Authorization": f"Bearer {credential}"}) as response:
+                    client.stream("GET", url, headers=_bearer(credential)) as response:
                 if response.status_code in FINAL_STATUSES:
                     return  # not ours to follow (the speaking says why)
                 response.raise_for_status()
