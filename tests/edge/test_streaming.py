@@ -33,7 +33,9 @@ def next_segment(tier: Tier) -> tuple[str, int, int]:
     media playlist URL at edge 0, the next segment's number (not begun) and the number of parts
     a segment has, read from the playlist."""
     url = at_edge(first_segment(tier), tier, 0)
-    playlist = httpx.get(url, timeout=10, follow_redirects=True).text  # a token past half its life: renewed
+    r = httpx.get(url, timeout=10, follow_redirects=True)  # a token past half its life: renewed
+    playlist = r.text
+    assert r.status_code == 200 and "#EXTINF" in playlist, (r.status_code, r.headers, playlist[:400])
     msn = open_msn(playlist)
     per_segment = len(parts_of(playlist, msn - 1))  # the last closed segment's parts
     assert per_segment >= 2, playlist

@@ -577,9 +577,12 @@ class Listener:
         upcoming: asyncio.Future[Response | None] | None = None
         try:
             while True:
-                await asyncio.wait({current}, timeout=self.rng.uniform(0.1, 0.9) * segment_s)
                 while not current.done() and not read.parts:  # the next segment may be asked for once
                     await asyncio.wait({current}, timeout=part_s / 2)  # this one has begun (else: 404)
+                # a random moment in what is left of this segment (a listener who joined near its end
+                # asks before the end too, not with everyone else at the boundary)
+                left = max(part_s, segment_s - read.duration_s)
+                await asyncio.wait({current}, timeout=self.rng.uniform(0.1, 0.9) * left)
                 await self._maybe_renew()  # when due (every renew_after_s): before the next GET, which carries the token
                 side = self._side()
                 pl = await self._playlist(conn=side)
