@@ -73,13 +73,14 @@ from pathlib import Path
 import httpx
 import orjson
 
-from amphi.control.tokens import Signer
+from amphi.control.tokens import Signer, Token
 from amphi.core.config import AdmissionConfig
 from amphi.core.files import raise_open_files
 from amphi.core.gcra import GcraTable
 from amphi.core.tls import server_context
 from amphi.edge.joins import Join, JoinBatcher
 from amphi.edge.renewals import REPORT_S, Renewals, SharedRefusals
+from amphi.edge.upstream import Upstream, UpstreamError
 from amphi.edge.vcl import WHOLE_RANGE
 from amphi.web.routes import JOIN_BODY_LIMIT, ROUTES
 
@@ -97,6 +98,7 @@ BPF_LD_W_ABS, BPF_ALU_MOD_K, BPF_RET_A = 0x20, 0x94, 0x16  # ld [k]; A %= k; ret
 MAX_HEAD = 16 * 1024  # a request header longer than this is nginx's to refuse
 MAX_BUFFER = 1 << 20  # bytes waiting for one listener before it is cut: some twenty segments
 HIGH_WATER = 64 * 1024  # a listener's socket is "full" (its send timeout runs) above this
+MAX_VERIFIED = 100_000  # tokens remembered as checked (then forgotten all at once: a few ms to check again)
 MAX_FEEDS = 512  # files kept in memory (whole or being made)
 KEEP_S = 30.0  # a whole segment or init is kept this long for late askers (Varnish has it longer)
 FRESH_S = 0.1  # a playlist's copy is answered this long (Varnish's live_playlist_ttl_s)
@@ -526,7 +528,9 @@ class Fanout:
         self.timeout_s = timeout_s  # for Varnish's first byte, and between pieces
         self.feeds: OrderedDict[str, Feed] = OrderedDict()
         self.clients: set[Client] = set()
-        self.client: httpx.AsyncClient | None = None
+        self.client: httpx.AsyncClient | None = None  # the POSTs to the nodes (joins, renewals), through Varnish
+        self.varnish = Upstream(upstream, timeout_s)  # the files' GETs (edge/upstream.py)
+        self.verified: dict[str, Token] = {}  # tokens whose MAC checked out (their expiry is checked each time)
         self.requests = self.served = self.fetches = self.cut = self.broken = self.refused = 0
         self.tunnels = self.timeouts = self.limited = self.report_errors = self.capped = self.join_errors = 0
 
@@ -583,10 +587,18 @@ class Fanout:
             return None
         space = m.group(_SPACE)
         now = time.time()
-        try:
-            t = self.signer.verify_token(space, m.group(_TOKEN), now)
-        except Exception:  # noqa: BLE001 - missing, forged, expired: Varnish answers (401/403/307)
-            return None
+        text = m.group(_TOKEN)
+        t = self.verified.get(text)  # a listener shows its token with each request: its MAC checked once
+        if t is None or t.space_id != space:
+            try:
+                t = self.signer.verify_token(space, text, now)
+            except Exception:  # noqa: BLE001 - missing, forged, expired: Varnish answers (401/403/307)
+                return None
+            if len(self.verified) >= MAX_VERIFIED:
+                self.verified.clear()
+            self.verified[text] = t
+        elif t.expires <= now:
+            return None  # expired since: Varnish answers (401)
         if not who.public:
             who.addr = headers.get(b"x-amphi-client", b"").decode("latin-1") or who.addr
         elif self.media_rate and self.rates.charge(who.addr, self.media_rate, self.media_rate, time.monotonic()):
@@ -721,15 +733,9 @@ class Fanout:
         return feed
 
     async def _read(self, feed: Feed, target: str, headers: dict[str, str]) -> None:
-        assert self.client is not None
         try:
-            async with self.client.stream("GET", f"http://edge{target}", headers=headers) as resp:
-                feed.began(resp.status_code, [(k, v) for k, v in resp.headers.raw])
-                async for data in resp.aiter_raw():
-                    if data:
-                        feed.piece(data)
-            feed.ended()
-        except (httpx.HTTPError, OSError):
+            await self.varnish.fetch(target, headers, feed)
+        except UpstreamError:
             feed.broke()
         except asyncio.CancelledError:
             feed.broke()
@@ -831,6 +837,7 @@ class Fanout:
             finally:
                 for task in tasks:
                     task.cancel()
+                self.varnish.close()
 
 
 def steered_socket(host: str, port: int, workers: int) -> socket.socket:
