@@ -26,7 +26,9 @@ class Sink:
     def piece(self, data: bytes) -> None:
         self.pieces.append(data)
 
-    def ended(self) -> None:
+    def ended(self, last: bytes) -> None:
+        if last:
+            self.pieces.append(last)
         self.whole = True
 
 

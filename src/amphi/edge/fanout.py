@@ -432,12 +432,11 @@ class Feed:
         who.feed = self
         if self.whole:
             return self._answer_whole(who, ranged)
-        if self.status != 200 or not self.streamed:
-            self.waiting[who] = ranged
+        if self.status != 200 or not self.streamed or not self.body:
+            self.waiting[who] = ranged  # streamed: its header goes with the first piece, in one write
             return
         if who.send(b"HTTP/1.1 200 OK\r\n%btransfer-encoding: chunked\r\n%b\r\n%b"
-                    % (self.head, self._mine(who),
-                       frame(bytes(self.body)) if self.body else b"")):
+                    % (self.head, self._mine(who), frame(bytes(self.body)))):
             self.listeners.add(who)
 
     def leave(self, who: Client) -> None:
@@ -462,21 +461,23 @@ class Feed:
         self.head = b"".join(b"%b: %b\r\n" % (k, v) for k, v in headers if k.lower() not in HOP)
         if not any(k.lower() == b"transfer-encoding" for k, _ in headers):
             self.streamed = False  # Varnish has it whole (a length): answered whole, a Range from 0 with a 206
-        if status == 200 and self.streamed:
+
+    def piece(self, data: bytes) -> None:
+        self.body += data
+        if self.listeners:
+            chunk = frame(data)
+            for who in tuple(self.listeners):
+                if not who.send(chunk):
+                    self.listeners.discard(who)
+        if self.waiting and self.status == 200 and self.streamed:  # the first piece: askers so far start
             waiting, self.waiting = self.waiting, {}
             for who in waiting:
                 self.join(who, False)
 
-    def piece(self, data: bytes) -> None:
-        self.body += data
-        if not self.listeners:
-            return
-        chunk = frame(data)
-        for who in tuple(self.listeners):
-            if not who.send(chunk):
-                self.listeners.discard(who)
-
-    def ended(self) -> None:
+    def ended(self, last: bytes = b"") -> None:
+        """The answer is whole; ``last``: its last piece, which came with its end (written to the
+        listeners with the last chunk, one write each: a segment's last part and its end)."""
+        self.body += last
         self.whole, self.done_at = True, time.monotonic()
         if self.status != 200:
             self.fanout.forget(self)  # errors are not kept
@@ -484,8 +485,9 @@ class Feed:
         for who, ranged in waiting.items():
             self._answer_whole(who, ranged)
         listeners, self.listeners = self.listeners, set()
+        end = frame(last) + LAST_CHUNK if last else LAST_CHUNK
         for who in listeners:
-            if who.send(LAST_CHUNK):
+            if who.send(end):
                 self.fanout.served += 1
                 who.finish()
 

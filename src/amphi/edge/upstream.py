@@ -7,13 +7,14 @@ request's and each piece's timeouts, locks and pool bookkeeping; bench/side_by_s
 few fetches a second. Here h11 (the HTTP/1.1 parser under httpx) reads the answer, and this
 module does only what the fan-out needs: no redirects, cookies, auth or decoding, a timeout
 re-armed per read, and every piece a read brings handed on at once (two parts that arrive in
-one read go out to the listeners as one write). The fan-out's rare POSTs (joins, renewals)
+one read go out to the listeners as one write, and so do a segment's last part and its end,
+which the origin sends together). The fan-out's rare POSTs (joins, renewals)
 stay on httpx.
 
     fetch(target, headers, sink) -> None
         sink.began(status, [(name, value), ...])   once, the answer's header
         sink.piece(data)                           each read's body bytes
-        sink.ended()                               the body is whole
+        sink.ended(last)                           the body is whole; last: the bytes that came with its end
     raises UpstreamError (a broken answer, a timeout, the socket gone): the sink is left as it was
 """
 
@@ -38,7 +39,7 @@ class Sink(Protocol):
 
     def piece(self, data: bytes) -> None: ...
 
-    def ended(self) -> None: ...
+    def ended(self, last: bytes) -> None: ...
 
 
 class Upstream:
@@ -87,9 +88,7 @@ class Upstream:
                         elif isinstance(event, h11.Data):
                             pieces.append(event.data)
                         elif isinstance(event, h11.EndOfMessage):
-                            if pieces:
-                                sink.piece(b"".join(pieces))
-                            sink.ended()
+                            sink.ended(b"".join(pieces))
                             self._keep(conn, reader, writer)
                             return
                         elif isinstance(event, h11.ConnectionClosed):

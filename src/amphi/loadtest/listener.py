@@ -554,7 +554,8 @@ class Listener:
         """One streaming GET per segment, from the newest: its body is read as it arrives and each
         complete part (moof + mdat) goes to the buffer the moment its last byte is in.
 
-        The next segment is asked for ahead: at a random moment while a segment streams, the
+        The next segment is asked for ahead: at a random moment in what is left of the segment
+        streaming (docs/loadtest.md, "The next segment is asked for ahead"), the
         player reads the playlist once on its second connection (a renewal's redirect, the end
         of the Space) and then, on that connection, sends the next segment's GET, which the
         edge holds until that segment begins. So at a segment boundary nothing is asked, and the
