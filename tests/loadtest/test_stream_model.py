@@ -150,3 +150,30 @@ def test_the_multivariant_playlist_of_the_join() -> None:
         m3u8.parse_multivariant("#EXTM3U\n#EXT-X-STREAM-INF:CODECS=\"mp4a.40.2\"\nlive.m3u8\n")  # no BANDWIDTH
     with pytest.raises(ValueError):
         m3u8.parse_multivariant("#EXTM3U\n")
+
+
+def test_audio_read_after_the_sessions_end_is_not_judged() -> None:
+    """When a whole crowd's sessions end at once, the generator's loop comes round to each late;
+    a part read then (its buffer run dry in that delay) is no listener's stall."""
+    import random
+    import time
+    from types import SimpleNamespace
+
+    from amphi.loadtest.config import LoadConfig
+    from amphi.loadtest.http import Tls
+    from amphi.loadtest.listener import Listener
+    from amphi.loadtest.stats import Histogram
+
+    swarm = SimpleNamespace(cfg=LoadConfig(server="http://127.0.0.1:9", spread_sources=False), tls=Tls(None),
+                            latency=Histogram(), first_audio=lambda s: None)
+    listener = Listener(swarm, None, random.Random(1))  # type: ignore[arg-type]
+    listener.buffer = PlaybackBuffer(start_s=1.0)
+    now = time.time()
+    listener.ends_at = now + 3600
+    listener._got_audio(1.024, None)  # two parts: playing, a second in hand
+    assert listener.buffer.state is Playback.PLAYING
+    listener.buffer._last -= 5.0  # its last read was 5 s ago: the loop comes round to it late ...
+    listener.ends_at = time.time() - 0.001  # ... after its session ended
+    listener._got_audio(0.512, None)
+    assert listener.buffer.state is Playback.PLAYING and listener.buffer.stalls == 0
+    assert listener.buffer.media_s == pytest.approx(1.024)  # the late part is not counted either

@@ -464,6 +464,8 @@ class Listener:
 
     def _got_audio(self, seconds: float, pdt: float | None) -> None:
         now = time.time()
+        if now >= self.ends_at:
+            return  # read after the session's end (a crowd's sessions end at once: the loop is late): not judged
         b = self.buffer
         assert b is not None
         b.add(seconds, now, pdt)
