@@ -55,7 +55,7 @@ pow_mode = "off"
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
             def demo_space() -> str | None:
                 assert proc.poll() is None, log.read_text()
-                found = re.search(rf"demo Space live, open http://127\.0\.0\.1:{port}/s/(\w+)", log.read_text())
+                found = re.search(rf"demo Space live, open http://127\.0\.0\.1:{port}/s/([\w-]+)", log.read_text())
                 return found[1] if found else None
 
             space = wait_until(demo_space, 30, "the demo Space on the file's port")

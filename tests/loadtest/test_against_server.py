@@ -184,8 +184,10 @@ def test_stream_players_hear_each_part_as_it_is_made_with_two_requests_a_segment
     assert 0.3 < r["latency_p50_s"] <= r["latency_p99_s"] < 2.5
     # due every 2 s: the playlist read once a segment past half the token's life is answered 307
     # to a renewed token (docs/admission.md, "Renewals"); one not read by 3 s renews through the API
+    # (a read falls in the 1 s between more rarely than not: 49-54 of about 200 in runs; none if
+    # the redirect were broken)
     renewed = r["renewals"] + r["playlist_renewals"]
-    assert renewed >= 150 and r["playlist_renewals"] >= 50, (r["renewals"], r["playlist_renewals"])
+    assert renewed >= 150 and r["playlist_renewals"] >= 25, (r["renewals"], r["playlist_renewals"])
     # per listener: join, multivariant, live playlist, init, leave; two per segment (about 4 of
     # 3.584 s in 10 s, each one streamed) and at most two per renewal (the POST and the
     # playlist's 307 at once, or the 307 alone)

@@ -108,6 +108,14 @@ def parse_starts_at(value: object) -> float | None:
     raise MalformedBody("starts_at must be an ISO-8601 string or epoch seconds")
 
 
+def new_space_id() -> str:
+    """A Space's id: 64 random bits, URL-safe, never starting with '-': it is an argument on
+    command lines (``amphi space start ID``), where '-x...' would be taken for an option."""
+    while (space_id := secrets.token_urlsafe(8)).startswith("-"):
+        pass
+    return space_id
+
+
 class SpaceRegistry:
     """All Spaces of this node, kept in memory and in ``<data_dir>/spaces/<id>/space.json``."""
 
@@ -138,7 +146,7 @@ class SpaceRegistry:
             raise MalformedBody(f"title is longer than {MAX_TITLE} characters")
         key = secrets.token_urlsafe(24)
         space = Space(
-            id=secrets.token_urlsafe(8),
+            id=new_space_id(),
             title=title.strip(),
             state=SpaceState.SCHEDULED,
             host_key_hash=hash_key(key),
