@@ -17,10 +17,14 @@ def test_replay_and_download_exist_at_once_and_match_the_live_duration(amphi, sp
     amphi.start_space(space, key)
     speakers(amphi, space, key, "--tone", "660")
     time.sleep(6)  # let the Space run: the content of the test (the check reads the tone 3 s to 1 s before the end)
+    live = amphi.join(space)  # a listener seated before the end, whose player goes on reloading
+    assert "#EXT-X-PART" in httpx.get(live, timeout=10).text  # the live playlist
     t_end_request = time.time()
     ended = amphi.end_space(space, key)
     t_ended = time.time()
     live_duration = t_end_request - t_start
+    last = httpx.get(live, timeout=10)  # its next reload: the last window, closed (was a 500)
+    assert last.status_code == 200 and last.text.rstrip().endswith("#EXT-X-ENDLIST"), (last.status_code, last.text)
 
     assert ended["state"] == "ended" and ended["end_reason"] == "host"
     assert ended["replay"] and ended["download"]

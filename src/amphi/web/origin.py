@@ -196,7 +196,7 @@ class Origin:
             entries = recording.entries[-self._cfg.window_segments:]
             if not entries:
                 raise NotFound("this Space has no audio")
-            text = render_live(self._cfg, entries, next_part=None, ended=True)
+            text = render_live(self._cfg, entries, hint=None, ended=True)
             await self._ok(send, M3U8, PLAYLIST_ENDED, text.encode(), head)
             return
         timeline = pipeline.timeline
