@@ -2,7 +2,7 @@
 player on another origin: a real node (``amphi serve --demo``) behind a real Varnish edge
 (``amphi edge run``), driven by Debian's chromium through playwright.
 
-- A minute through the edge: no stall once playback has started, and the page's own
+- Two minutes through the edge (as issue 18 asks): no stall once playback has started, and the page's own
   behind-live (wall clock minus EXT-X-PROGRAM-DATE-TIME of the sample playing) stays within
   2.5 s; about one playlist and one segment request per segment; the token renewed by the
   edge on playlist reloads (60 s tokens: a renewal every 30 s or so), never through the API.
@@ -30,11 +30,11 @@ from tests.integration.amphi_proc import AmphiServer, free_port
 from tests.web.browser import wait_for
 from tests.web.lab import WATCH, OtherOrigin, embed_page, media_requests, sample
 
-pytestmark = pytest.mark.serial  # a minute of playback judged for stalls: alone (make test)
+pytestmark = pytest.mark.serial  # two minutes of playback judged for stalls: alone (make test)
 
 SECRET = "e" * 64  # the node's and the edge's token key
-WATCH_S = 60.0
-TOKEN_TTL_S = 60  # the node's and the edge's: renewed at half its life (30 s), at least once in the watch; the
+WATCH_S = 120.0  # issue 18: two minutes
+TOKEN_TTL_S = 60  # the node's and the edge's: renewed at half its life (30 s), three times in the watch; the
 # page's fallback through the API comes at 45 s, so a reload has 15 s to renew it (40 s tokens left 10 s, and failed)
 SEGMENT_S = 6.144  # the default segment: the live playlist is reloaded about once a segment
 MAX_BEHIND_S = 2.5
@@ -89,8 +89,8 @@ def open_segment_parts(playlist: str) -> tuple[int, int]:
     return tail.count("#EXT-X-PART:"), per_segment
 
 
-def test_the_listener_page_plays_through_an_edge_for_a_minute_near_live(tier: Tier, page: Page,
-                                                                        tmp_path: Path) -> None:
+def test_the_listener_page_plays_through_an_edge_for_two_minutes_near_live(tier: Tier, page: Page,
+                                                                             tmp_path: Path) -> None:
     page.add_init_script(WATCH)
     page.goto(f"{tier.origin.url}/s/{tier.space}")
     wait_for("playback to start", lambda: (s := sample(page, "null"))["playing"] and s["time"] > 0, 20)
@@ -119,7 +119,7 @@ def test_the_listener_page_plays_through_an_edge_for_a_minute_near_live(tier: Ti
     assert page.evaluate("amphiPlayer.fatal") == []
     # the seat was kept by the edge's 307s to playlist reloads, never by a request to the node
     # (docs/admission.md, "Renewals"): a 60 s token is renewed at the first reload past 30 s
-    renewals_at_least = WATCH_S // (TOKEN_TTL_S / 2 + SEGMENT_S)  # 1
+    renewals_at_least = WATCH_S // (TOKEN_TTL_S / 2 + SEGMENT_S)  # 3
     assert page.evaluate("amphiPlayer.renewals") == 0
     assert page.evaluate("amphiPlayer.playlistRenewals") >= renewals_at_least
     assert tier.edge.fanout()["renewed"] >= renewals_at_least

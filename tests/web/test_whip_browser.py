@@ -111,15 +111,16 @@ def test_an_npm_whip_client_on_another_origin_is_heard_and_its_delete_hangs_up(n
                 page.wait_for_function("whip.state === 'connected'", timeout=20_000)
                 wait_for("the host talking on the stage", lambda: (h := node.member(space, "host")) and h["talking"], 20)
 
-                # ICE may connect on the node's candidates before the client's trickled ones are answered
-                wait_for("the client's trickled candidates answered", lambda: patches, 10)
+                # ICE may connect on the node's candidates before the client's trickled ones are answered;
+                # playwright hands its events (the responses) over only while it is called: pumped here
+                wait_for("the client's trickled candidates answered", lambda: page.wait_for_timeout(50) or patches, 10)
                 assert set(patches) == {204}, patches  # trickle ICE taken
                 heard = program(node, space)
                 assert band(heard, TONE_HZ) > 0.05, band(heard, TONE_HZ)
 
                 page.evaluate("stopWhip()")
                 assert page.evaluate("({error: whip.error, stopped: whip.stopped})") == {"error": None, "stopped": True}
-                wait_for("the client's DELETE answered", lambda: deletes, 10)
+                wait_for("the client's DELETE answered", lambda: page.wait_for_timeout(50) or deletes, 10)
                 assert deletes == [204], deletes
             finally:
                 browser.close()

@@ -32,9 +32,10 @@ come back here through nginx (the internal socket).
 A file's ``Feed``:
 
 * waiting: asked for, Varnish's answer not begun (the origin holds the next segment until its
-  first part exists). Askers wait.
-* streaming (segments): a 200 of no length. Each asker gets ``200`` chunked: the bytes so far
-  at once, then each piece as it arrives, then the last chunk when the segment closes.
+  first part exists), or begun without a body byte yet. Askers wait.
+* streaming (segments): a 200 of no length. Each asker gets ``200`` chunked: its header and the
+  bytes so far at once (one write), then each piece as it arrives, then the last chunk when the
+  segment closes (with the last piece, when they come together).
 * whole: answered with a ``Content-Length`` (a segment: ``206`` for a ``Range`` from 0, as
   Varnish answers a whole object); kept ``keep_s`` (segments, parts, init), ``fresh_s`` (the
   playlists: Varnish keeps the live playlist 0.1 s, so a new listener starts at the live edge)
