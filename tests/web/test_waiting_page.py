@@ -154,8 +154,14 @@ def test_waiting_before_a_scheduled_start_explains_the_draw(serve: Callable[...,
     waiting = wait_phase(page, "waiting")
     assert waiting["order"] == "draw_at_start" and waiting["position"] == 1
     assert page.text_content("#line-place") == "You’re in line"
-    local = page.evaluate("(iso) => new Date(iso).toLocaleTimeString([], {hour: '2-digit', minute: '2-digit'})",
-                          starts.isoformat())
+    # the time alone when the start is today, else with its date (view.js localTime: near midnight
+    # the start ten minutes on is tomorrow; a CI run met it)
+    local = page.evaluate("""(iso) => {
+        const d = new Date(iso);
+        return d.toDateString() === new Date().toDateString()
+          ? d.toLocaleTimeString([], {hour: '2-digit', minute: '2-digit'})
+          : d.toLocaleString([], {dateStyle: 'medium', timeStyle: 'short'});
+      }""", starts.isoformat())
     detail = page.text_content("#line-detail") or ""
     assert detail == (f"The order is drawn when the Space starts at {local}: "
                       "you will be 1st or earlier. 1 person waiting."), detail
