@@ -4,13 +4,20 @@ the parts a joining listener plays and their program date-times, and the playlis
 
 from __future__ import annotations
 
+import random
 import struct
+import time
+from types import SimpleNamespace
 
 import pytest
 
 from amphi.loadtest import playlist as m3u8
 from amphi.loadtest.buffer import Playback, PlaybackBuffer
+from amphi.loadtest.config import LoadConfig
 from amphi.loadtest.fragments import FragmentReader, SegmentRead, init_timescale, start_skip
+from amphi.loadtest.http import Tls
+from amphi.loadtest.listener import Listener
+from amphi.loadtest.stats import Histogram
 from amphi.media import fmp4
 
 PART_SAMPLES = 24 * 1024  # a 0.512 s part: 24 AAC frames at 48 kHz
@@ -155,15 +162,6 @@ def test_the_multivariant_playlist_of_the_join() -> None:
 def test_audio_read_after_the_sessions_end_is_not_judged() -> None:
     """When a whole crowd's sessions end at once, the generator's loop comes round to each late;
     a part read then (its buffer run dry in that delay) is no listener's stall."""
-    import random
-    import time
-    from types import SimpleNamespace
-
-    from amphi.loadtest.config import LoadConfig
-    from amphi.loadtest.http import Tls
-    from amphi.loadtest.listener import Listener
-    from amphi.loadtest.stats import Histogram
-
     swarm = SimpleNamespace(cfg=LoadConfig(server="http://127.0.0.1:9", spread_sources=False), tls=Tls(None),
                             latency=Histogram(), first_audio=lambda s: None)
     listener = Listener(swarm, None, random.Random(1))  # type: ignore[arg-type]

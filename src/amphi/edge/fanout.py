@@ -436,8 +436,11 @@ class Feed:
         if self.status != 200 or not self.streamed or not self.body:
             self.waiting[who] = ranged  # streamed: its header goes with the first piece, in one write
             return
-        if who.send(b"HTTP/1.1 200 OK\r\n%btransfer-encoding: chunked\r\n%b\r\n%b"
-                    % (self.head, self._mine(who), frame(bytes(self.body)))):
+        self._stream(who, frame(bytes(self.body)))
+
+    def _stream(self, who: Client, so_far: bytes) -> None:
+        """Starts ``who``'s chunked answer: its header and ``so_far`` (the body until now, framed), one write."""
+        if who.send(b"HTTP/1.1 200 OK\r\n%btransfer-encoding: chunked\r\n%b\r\n%b" % (self.head, self._mine(who), so_far)):
             self.listeners.add(who)
 
     def leave(self, who: Client) -> None:
@@ -472,8 +475,9 @@ class Feed:
                     self.listeners.discard(who)
         if self.waiting and self.status == 200 and self.streamed:  # the first piece: askers so far start
             waiting, self.waiting = self.waiting, {}
+            so_far = frame(bytes(self.body))  # once for all of them (a segment's askers wait for its start)
             for who in waiting:
-                self.join(who, False)
+                self._stream(who, so_far)
 
     def ended(self, last: bytes = b"") -> None:
         """The answer is whole; ``last``: its last piece, which came with its end (written to the

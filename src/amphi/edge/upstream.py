@@ -103,16 +103,13 @@ class Upstream:
                         raise _Stale()
                     conn.receive_data(data)
                     deadline.reschedule(loop.time() + self.timeout_s)
-        except _Stale:
-            writer.close()
-            raise
         except (OSError, TimeoutError, h11.ProtocolError) as e:
             writer.close()
             if not begun and isinstance(e, ConnectionResetError):
                 raise _Stale() from e
             raise UpstreamError(f"{type(e).__name__}: {e}") from e
         except BaseException:
-            writer.close()  # cancelled (the fan-out let the file go): this connection is mid-answer
+            writer.close()  # stale, or cancelled (the fan-out let the file go) mid-answer: not kept
             raise
 
     def _keep(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
