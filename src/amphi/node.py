@@ -3,7 +3,7 @@ tasks and shuts them down in order. It decides nothing itself.
 
     control   registry, store, governor, directory, Listeners (amphi.control)
     media     WebRTC ingest; pipelines and recordings through Spaces (amphi.services)
-    services  Spaces (lifecycle, programs), Rooms (the stage), Health (amphi.services)
+    services  Spaces (lifecycle, programs), Rooms (the stage), Health, Failover (amphi.services)
     defense   the shield (amphi.defense)
     obs       the observer, a leaf: it gets events and this root's one snapshot (amphi.obs)
     web       the ASGI app over the services (amphi.web)
@@ -40,6 +40,7 @@ from amphi.media.ingest.webrtc import WebRTCIngest
 from amphi.obs.observer import Observer
 from amphi.obs.snapshot import NodeSnapshot, SpaceSnapshot
 from amphi.services.access import Access
+from amphi.services.failover import Failover
 from amphi.services.health import Health
 from amphi.services.rooms import Rooms
 from amphi.services.spaces import Spaces
@@ -69,6 +70,8 @@ class Node:
         self.rooms.on_sound = self.obs.sound  # obs: feedback and dead air are events, metrics, timeline lines
         self.spaces = Spaces(cfg, self.registry, self.store, self.directory, self.governor, self.shield, self.rooms,
                              wake=wake)
+        self.failover = Failover(cfg, self.registry, self.store, self.spaces, self.signer)  # --redis: leases, standbys
+        self.spaces.gate = self.failover
         self.listeners = Listeners(cfg.admission, self.store, self.governor, self.signer, self.directory,
                                    self.spaces, wake=wake, watch=self._watched)
         self.health = Health(self.listeners, self.obs, cfg.admission.health_period_s)
@@ -90,11 +93,13 @@ class Node:
         self.spawn(self.rooms.levels(), name="levels")
         self.spawn(self.obs.run(), name="obs-sampler")
         self.spawn(self.shield.run(), name="defense")  # defense: the detector's verdicts
+        self.spawn(self.failover.run(), name="failover")  # leases, standbys, take-overs (docs/cluster.md)
 
     async def close(self) -> None:
         await self.ingest.close_all()
         await self.spaces.close()
         await self.tasks.close()
+        await self.failover.close()
         self.obs.close()
         await self.access.close()
         await self.store.close()
@@ -139,7 +144,7 @@ class Node:
                        for sid, p in pipelines.items()},
             store=store.status(), defense=self.shield.node_status(),
             admission_config={k: v for k, v in asdict(self.cfg.admission).items() if k != "secret"},
-            spaces=spaces)
+            spaces=spaces, failover=self.failover.status())
 
     def space(self, space_id: str) -> SpaceSnapshot | None:
         if self.registry.find(space_id) is None:

@@ -3,7 +3,7 @@
 Lifecycle: scheduled -> live -> ended. Every change goes through ``SpaceRegistry.transition``,
 which raises ``IllegalTransition`` naming the current state, persists the Space, and logs
 ``old -> new`` once. A Space that was live when the process died is found at start-up and
-ended with ``end_reason = "abnormal"``.
+ended with ``end_reason = "abnormal"`` (alone; in a cluster its standby may have carried it on).
 """
 
 from __future__ import annotations
@@ -127,17 +127,33 @@ class SpaceRegistry:
         self._spaces: dict[str, Space] = {}
         root.mkdir(parents=True, exist_ok=True)
 
-    def load(self) -> list[Space]:
-        """Reads every stored Space; those found live were cut off by a crash: they are
-        ended as abnormal and returned so their recordings can be closed."""
+    def load(self, *, end_live: bool = True) -> list[Space]:
+        """Reads every stored Space and returns those found live: a crash cut them off.
+        Alone (``end_live``) they are ended as abnormal, so their recordings can be closed.
+        In a cluster they are left out: their standby may carry them on, and the caller
+        decides (``amphi.services.failover``)."""
         crashed = []
         for path in sorted(self.root.glob("*/space.json")):
             space = Space.from_json(json.loads(path.read_text()))
-            self._spaces[space.id] = space
             if space.state is SpaceState.LIVE:
-                self.transition(space, SpaceState.ENDED, reason="abnormal")
                 crashed.append(space)
+                if not end_live:
+                    continue
+                self._spaces[space.id] = space
+                self.transition(space, SpaceState.ENDED, reason="abnormal")
+            else:
+                self._spaces[space.id] = space
         return crashed
+
+    def adopt(self, space: Space) -> None:
+        """This node hosts ``space`` from now on (it took it over): kept and stored here."""
+        self._spaces[space.id] = space
+        self.dir(space.id).mkdir(parents=True, exist_ok=True)
+        self._save(space)
+
+    def forget(self, space_id: str) -> None:
+        """Another node hosts the Space now: no longer this node's (its files stay on disk)."""
+        self._spaces.pop(space_id, None)
 
     def create(self, title: object, starts_at: object = None, dead_air_s: object = None) -> tuple[Space, str]:
         if not isinstance(title, str) or not title.strip():

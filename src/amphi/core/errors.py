@@ -26,6 +26,7 @@ machine-readable ``code`` (a 401 also names its scheme: ``WWW-Authenticate: Bear
     ├── PreconditionFailed          412 precondition_failed (If-Match: not the WHIP session's ETag)
     ├── PayloadTooLarge             413 payload_too_large
     ├── UnsupportedMediaType        415 unsupported_media_type
+    ├── Misdirected                 421 misdirected      (not this node's Space now: x-amphi-host names its host)
     ├── Unprocessable               422 unprocessable    (a WHIP PATCH asking what is not supported)
     ├── TooManyRequests             429 too_many_requests (retry later)
     │   ├── TooEarly                429 too_early        (polled before its time)
@@ -180,6 +181,21 @@ class PayloadTooLarge(AmphiError):
 class UnsupportedMediaType(AmphiError):
     status = 415
     code = "unsupported_media_type"
+
+
+class Misdirected(AmphiError):
+    """Media of a Space this node does not host (any more): ``host`` is the node that does,
+    sent as ``x-amphi-host`` so an edge fetches from it instead (docs/cluster.md)."""
+
+    status = 421
+    code = "misdirected"
+
+    def __init__(self, message: str, *, host: str) -> None:
+        super().__init__(message)
+        self.host = host
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "host": self.host}
 
 
 class Unprocessable(AmphiError):

@@ -43,6 +43,7 @@ class NodeSnapshot:
     defense: dict[str, Any]
     admission_config: dict[str, Any]  # without the secret
     spaces: list[SpaceSnapshot] = field(default_factory=list)
+    failover: dict[str, Any] = field(default_factory=dict)  # leases, standbys, take-overs (docs/cluster.md)
 
     @property
     def dead_air_spaces(self) -> int:
@@ -65,6 +66,7 @@ class NodeSnapshot:
             "store": self.store,
             "degradation": self.degradation,
             "defense": self.defense,
+            "failover": self.failover,
         }
 
 

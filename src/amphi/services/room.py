@@ -99,6 +99,7 @@ class Room:
         self._ever: set[str] = set()  # pids that have connected before (reconnects are counted)
         self._changed = asyncio.Event()
         self.ended = False
+        self.moved = False  # closed because another node took the Space over (docs/cluster.md)
         self._views: dict[tuple[object, ...], bytes] = {}
 
     def track(self, pid: str) -> str:
@@ -294,9 +295,11 @@ class Room:
         return {"target_lufs": self.sound.target_lufs, "dead_air": alert.to_json() if alert else None,
                 "speakers": speakers, "ready": all(s["ready"] for s in speakers)}
 
-    async def close(self) -> None:
-        """The Space ended: hang up every speaker, tell the event streams."""
+    async def close(self, *, moved: bool = False) -> None:
+        """The Space ended, or (``moved``) another node hosts it now: hang up every speaker,
+        tell the event streams (``ended``, or ``moved``: the client comes back through the same URL)."""
         self.ended = True
+        self.moved = moved
         await asyncio.gather(*(self._ingest.close(self.track(pid)) for pid in list(self._sinks)))
         self._notify()
 

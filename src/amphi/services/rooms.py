@@ -75,11 +75,11 @@ class Rooms:
             room = self._rooms[space.id] = Room(space.id, self.cfg, self._ingest, self.sound, self.on_sound)
         return room
 
-    async def close(self, space_id: str) -> None:
-        """The Space ended: hang up its speakers, tell its event streams."""
+    async def close(self, space_id: str, *, moved: bool = False) -> None:
+        """The Space ended (or ``moved`` to another node): hang up its speakers, tell its event streams."""
         room = self._rooms.get(space_id)
         if room is not None:
-            await room.close()
+            await room.close(moved=moved)
             self._rooms.pop(space_id, None)
 
     async def levels(self) -> None:

@@ -11,10 +11,12 @@ its stage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Protocol
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -23,10 +25,11 @@ from amphi.control.health import Governor
 from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.store import Store
 from amphi.core.config import Config
-from amphi.core.errors import Conflict, Unavailable
+from amphi.core.errors import Conflict, NotFound, Unavailable
 from amphi.defense.shield import Shield
 from amphi.media.pipeline import Pipeline
 from amphi.media.recorder import Recording
+from amphi.media.replica import Resume
 from amphi.media.recordings import Recordings
 from amphi.services.rooms import Rooms
 
@@ -83,15 +86,57 @@ class Spaces:
         self.pipelines: dict[str, Pipeline] = {}
         self.recordings = Recordings(registry.dir, cfg.media)  # ended ones, bounded, read off the loop
         self._lock = asyncio.Lock()  # serialises lifecycle changes
+        self.gate: Gate = Alone()  # who may publish which Space (services/failover.py in a cluster)
+        self.orphans: list[Space] = []  # found live at start-up in a cluster: their standby may carry them on
 
     async def open(self) -> None:
-        """Loads stored Spaces; closes the recordings of those a crash cut off; publishes them."""
-        for space in self.registry.load():
-            rec = await self.recordings.get(space.id)
-            await asyncio.to_thread(rec.finalize)
-            log.warning("space %s ended abnormally; %.1f s of recording kept", space.id, rec.duration)
+        """Loads stored Spaces; closes the recordings of those a crash cut off; publishes them.
+        In a cluster a Space found live is not ended here: ``orphans`` (services/failover.py)."""
+        alone = self.cfg.cluster.redis_url is None
+        for space in self.registry.load(end_live=alone):
+            if not alone:
+                self.orphans.append(space)
+                continue
+            await self._finalize_abnormal(space)
         for space in self.registry.all():
             await self._store.publish(space)
+
+    async def _finalize_abnormal(self, space: Space) -> None:
+        rec = await self.recordings.get(space.id)
+        await asyncio.to_thread(rec.finalize)
+        log.warning("space %s ended abnormally; %.1f s of recording kept", space.id, rec.duration)
+
+    async def end_orphan(self, space: Space) -> None:
+        """A Space found live at start-up that no other node carried on: ended as abnormal."""
+        self.registry.adopt(space)
+        self.registry.transition(space, SpaceState.ENDED, reason="abnormal")
+        await self._finalize_abnormal(space)
+        await self._store.publish(space)
+
+    # -- take-over (services/failover.py) --------------------------------------------------------
+
+    async def adopt(self, space: Space, recording: Recording, resume: Resume | None) -> Pipeline:
+        """This node takes the Space over: its program continues from ``resume`` (the copy this
+        node kept as its standby), its recording goes on in ``recording``."""
+        async with self._lock:
+            self.registry.adopt(space)
+            pipeline = Pipeline(space.id, self.cfg.media, recording, live=True, resume=resume)
+            self.pipelines[space.id] = pipeline
+            self.recordings.forget(space.id)
+            await pipeline.start()
+        await self._store.publish(space)
+        return pipeline
+
+    async def abandon(self, space_id: str) -> None:
+        """Another node hosts the Space now (this one lost its lease): its program stops without
+        ending the Space, speakers are hung up, and it is no longer this node's."""
+        async with self._lock:
+            pipeline = self.pipelines.pop(space_id, None)
+            self.registry.forget(space_id)
+            self._store.forget(space_id)
+        await self._rooms.close(space_id, moved=True)
+        if pipeline is not None:
+            await pipeline.abandon()
 
     async def close(self) -> None:
         """Ends the live programs (their recordings close with reason "shutdown")."""
@@ -99,6 +144,9 @@ class Spaces:
             space = self.registry.get(space_id)
             if space.state is SpaceState.LIVE:
                 self.registry.transition(space, SpaceState.ENDED, reason="shutdown")
+                with contextlib.suppress(Unavailable):  # the others learn it ended (no standby takes it on)
+                    await self._store.publish(space)
+                    await self._store.release([space_id])
             await pipeline.stop()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -124,6 +172,7 @@ class Spaces:
 
     async def end(self, space: Space) -> None:
         async with self._lock:
+            self.gate.check_publishing(space.id)  # a node that lost the lease does not end it
             self.registry.transition(space, SpaceState.ENDED, reason="host")
             pipeline = self.pipelines.get(space.id)
         await self._rooms.close(space.id)
@@ -134,6 +183,7 @@ class Spaces:
         self.registry.save(space)
         await self._store.publish(space)
         await self._store.close_space(space.id)
+        await self._store.release([space.id])
         self.pipelines.pop(space.id, None)
         self._shield.forget_space(space.id)  # defense: per-Space counters end with it
 
@@ -188,7 +238,11 @@ class Spaces:
     async def media(self, space_id: str) -> tuple[Pipeline | None, Recording]:
         """Its running pipeline (started if a player asks before anyone joined, e.g. after
         a restart), or None once ended; and its recording."""
-        space = self.registry.get(space_id)  # 404 for unknown Spaces
+        space = self.registry.find(space_id)
+        if space is None:  # another node's, or being taken over by this one (services/failover.py)
+            await self.gate.elsewhere(space_id)  # raises Misdirected, Unavailable or NotFound
+            space = self.registry.get(space_id)  # taken over meanwhile
+        self.gate.check_publishing(space_id)
         if space.state is not SpaceState.ENDED:
             pipeline = await self.program(space)
             return pipeline, pipeline.recording
@@ -197,6 +251,12 @@ class Spaces:
 
     def ended(self, space_id: str) -> bool:
         return self.registry.get(space_id).state is SpaceState.ENDED
+
+    def check_publishing(self, space_id: str) -> None:
+        self.gate.check_publishing(space_id)
+
+    def may_publish(self, space_id: str) -> bool:
+        return self.gate.may_publish(space_id)
 
     def optional_work_allowed(self) -> None:
         """Degradation rung 1 switches off serving replays and downloads."""
@@ -231,6 +291,29 @@ class Spaces:
             replay=f"{media}/media/{space.id}/vod.m3u8" if has_replay else None,
             download=f"{media}/media/{space.id}/download.m4a" if has_replay else None,
             program_failure=failure, dead_air_s=self._rooms.dead_air_s(space))
+
+
+class Gate(Protocol):
+    """Who may publish a Space's media (``amphi.services.failover.Failover`` in a cluster)."""
+
+    def may_publish(self, space_id: str) -> bool: ...
+
+    def check_publishing(self, space_id: str) -> None: ...  # raises Misdirected when another node hosts it
+
+    async def elsewhere(self, space_id: str) -> None: ...  # media of a Space not here: raises, or waits for a take-over
+
+
+class Alone:
+    """One node: it publishes every Space it has."""
+
+    def may_publish(self, space_id: str) -> bool:
+        return True
+
+    def check_publishing(self, space_id: str) -> None:
+        pass
+
+    async def elsewhere(self, space_id: str) -> None:
+        raise NotFound(f"no Space {space_id!r}")
 
 
 def pipeline_failure(pipeline: Pipeline | None) -> str | None:

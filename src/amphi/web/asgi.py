@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from amphi.core.errors import AmphiError, HostedElsewhere, MalformedBody, PayloadTooLarge, Unauthorized
+from amphi.core.errors import AmphiError, HostedElsewhere, MalformedBody, Misdirected, PayloadTooLarge, Unauthorized
 from amphi.media.ingest.trickle import MEDIA_TYPE as TRICKLE
 
 Scope = dict[str, Any]
@@ -96,6 +96,8 @@ def error_parts(err: AmphiError) -> tuple[int, list[tuple[bytes, bytes]], bytes]
     headers = [(b"content-type", JSON), (b"cache-control", NO_STORE), CORS, EXPOSE]
     if isinstance(err, HostedElsewhere):
         headers.append((b"location", err.location.encode()))
+    elif isinstance(err, Misdirected):
+        headers.append((b"x-amphi-host", err.host.encode()))
     if err.retry_after_s is not None:
         headers.append((b"retry-after", retry_after_value(err.retry_after_s).encode()))
     if isinstance(err, Unauthorized):

@@ -5,6 +5,7 @@ listener page may hold one open (docs/stage.md).
         event: stage   the stage view (public, or the moderators' view), on change
         event: you     the caller's own participant record, on change (with a grant)
         event: ended   the Space has ended; the stream closes
+        event: moved   another node hosts the Space now; the stream closes (connect again: docs/cluster.md)
 
 A stream holds no queue: it remembers what it last sent and, when woken, sends the latest
 view if it differs, at most once per ``event_interval_s``. A client that does not read
@@ -90,8 +91,8 @@ class EventStream:
                 ended = room.ended or space.state is SpaceState.ENDED
                 removed = viewer is not None and viewer.state is State.REMOVED
                 if ended or removed:
-                    if ended:
-                        chunks.append(sse.event("ended", b"{}"))
+                    if ended:  # or moved: another node took the Space over, the client comes back (docs/cluster.md)
+                        chunks.append(sse.event("moved" if room.moved else "ended", b"{}"))
                     await sse.write(send, b"".join(chunks), more=False)
                     return
                 now = time.monotonic()

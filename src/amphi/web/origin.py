@@ -82,6 +82,10 @@ class MediaSource(Protocol):
 
     def optional_work_allowed(self) -> None: ...  # raises Unavailable under pressure
 
+    def check_publishing(self, space_id: str) -> None: ...  # raises Misdirected once another node hosts it
+
+    def may_publish(self, space_id: str) -> bool: ...  # this node holds the Space's lease (docs/cluster.md)
+
 
 class MediaAccess(Protocol):
     """Who may fetch it (``amphi.control.listeners.Listeners``)."""
@@ -141,7 +145,7 @@ class Origin:
             source.optional_work_allowed()
         else:
             raise Unauthorized("an admission token is required: POST /api/spaces/{id}/join")
-        pipeline, recording = await source.media(space_id)
+        pipeline, recording = await source.media(space_id)  # 421 if another node hosts it now
         if name == "index":
             await self._ok(send, M3U8, PLAYLIST_INDEX, self._multivariant(pipeline).encode(), head)
         elif name == "live":
@@ -210,6 +214,7 @@ class Origin:
                 return  # client went away
             if not ok:
                 raise TooBusy("the playlist did not advance in time", retry_after_s=1)
+            self._source.check_publishing(space_id)  # the lease may have gone while it waited
         cache = PLAYLIST_BLOCKING if msn is not None else PLAYLIST_LIVE
         await self._ok(send, M3U8, cache, timeline.render().encode(), head)
 
@@ -242,6 +247,7 @@ class Origin:
             ok = await self._hold(pipeline, lambda: timeline.part(msn, index) is not None, receive)
             if ok is None:
                 return
+            self._source.check_publishing(pipeline.space_id)
             found = timeline.part(msn, index)
         if found is None:
             raise NotFound(f"no part {msn}.{index}")
@@ -257,6 +263,7 @@ class Origin:
                 ok = await self._hold(pipeline, lambda: timeline.growing(msn) is not None, receive, self._wait_s)
                 if ok is None:
                     return
+                self._source.check_publishing(pipeline.space_id)
                 seg = timeline.growing(msn)
             if seg is not None:
                 if seg.closed:
@@ -308,6 +315,7 @@ class Origin:
                 return
             if not ok:
                 raise TooBusy("the segment did not grow in time", retry_after_s=1)
+            self._source.check_publishing(pipeline.space_id)
             if seg.closed or last is None:
                 await self._bytes(send, seg.data, wanted, head)
                 return
@@ -331,9 +339,12 @@ class Origin:
 
     async def _stream(self, pipeline: Pipeline, seg: Segment, send: Send) -> bool:
         """Sends each part of ``seg`` as it comes; True once the whole segment was sent,
-        False if it stopped growing (the program failed, or stalled past a segment's time)."""
+        False if it stopped growing (the program failed, or stalled past a segment's time)
+        or this node stopped hosting the Space (its lease: the new host makes its own)."""
         sent = 0
         while True:
+            if not self._source.may_publish(pipeline.space_id):
+                return False
             if len(seg.parts) > sent:
                 body, sent = seg.since(sent), len(seg.parts)
                 await send({"type": "http.response.body", "body": body, "more_body": True})

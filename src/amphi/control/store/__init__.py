@@ -125,5 +125,40 @@ class Store:
         """The live nodes (the registry); empty on a single node."""
         return []
 
+    # -- leases: which node hosts each live Space, which stands by (docs/cluster.md) ----------
+    # One node alone holds every lease and has no standby: it cannot outlive itself.
+
+    async def renew_leases(self, space_ids: Sequence[str], ttl_s: float) -> dict[str, str]:
+        """Renews this node's leases: for each Space, '' if held, else the node that holds it.
+        Raises ``Unavailable`` when the store cannot be reached."""
+        return dict.fromkeys(space_ids, "")
+
+    async def stand_by(self, space_ids: Sequence[str], ttl_s: float) -> dict[str, tuple[str, str]]:
+        """Offers to stand by each Space (other nodes host them): {space: (standby, holder)},
+        the holder '' while the lease has lapsed."""
+        return {}
+
+    async def acquire(self, space_id: str, ttl_s: float, reclaim_s: float) -> int:
+        """Takes a lapsed lease as its standby: the new generation, or 0 if refused."""
+        return 0
+
+    async def hand_over(self, space_id: str, to: str, ttl_s: float) -> int:
+        """Gives a held lease to node ``to`` (a drain): the new generation, or 0 if not held."""
+        return 0
+
+    async def release(self, space_ids: Sequence[str]) -> None:
+        """The Spaces ended here: their leases and standbys go."""
+
+    async def holders(self, space_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """{space: (holder, standby)}, '' for none."""
+        return {s: ("", "") for s in space_ids}
+
+    async def live_elsewhere(self) -> list[tuple[Space, str, str]]:
+        """Spaces not ended that other nodes host: (Space, public URL, node id)."""
+        return []
+
+    def forget(self, space_id: str) -> None:
+        """This node no longer hosts the Space (another took it over): never re-published from here."""
+
     def status(self) -> dict[str, object]:
         return {"kind": self.kind}

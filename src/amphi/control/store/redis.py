@@ -35,7 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from amphi.control.admission import Admitted, Line, SpaceCounts, Waiting
-from amphi.control.spaces import Space
+from amphi.control.spaces import Space, SpaceState
 from amphi.control.store import Store
 from amphi.control.store.memory import MAX_LIMITERS
 from amphi.control.tokens import Signer, Token, new_seat_id
@@ -46,6 +46,7 @@ from amphi.core.gcra import GcraTable
 log = logging.getLogger(__name__)
 
 LUA = resources.files(__package__).joinpath("admission.lua").read_text()
+LEASES = resources.files(__package__).joinpath("leases.lua").read_text()
 HEARTBEAT_S = 1.0  # the node's registry entry is refreshed this often ...
 NODE_TTL_S = 5.0  # ... and disappears this long after its last heartbeat
 LOOKUP_TTL_S = 0.25  # another node's Space is looked up again after this
@@ -75,6 +76,7 @@ class RedisStore(Store):
         self._r = aioredis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
                                           socket_timeout=COMMAND_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
         self._script = self._r.register_script(LUA)
+        self._leases = self._r.register_script(LEASES)
         self._epoch: float | None = None
         self._occupied = 0
         self._waiting = 0
@@ -415,6 +417,65 @@ class RedisStore(Store):
             self._lost(e)
             raise self._down() from None
         return [{k.decode(): v.decode() for k, v in row.items()} for row in rows if row]
+
+    # -- leases (leases.lua; amphi.control.leases) ------------------------------------------
+
+    async def _lease(self, op: str, ttl_s: float, *args: object) -> list:
+        """One call of leases.lua. Tried even while the heartbeat thinks Redis is away: a host
+        takes its leases back the moment Redis answers again."""
+        try:
+            res = await self._leases(args=[op, self.prefix, self.node_id, round(ttl_s * 1000),
+                                           f"{time.time():.6f}", *args])
+        except _LOST as e:
+            self._lost(e)
+            raise self._down() from None
+        _uncancel_check()
+        return res
+
+    async def renew_leases(self, space_ids: Sequence[str], ttl_s: float) -> dict[str, str]:
+        if not space_ids:
+            return {}
+        res = await self._lease("renew", ttl_s, *space_ids)
+        return {s: h.decode() for s, h in zip(space_ids, res)}
+
+    async def stand_by(self, space_ids: Sequence[str], ttl_s: float) -> dict[str, tuple[str, str]]:
+        if not space_ids:
+            return {}
+        res = await self._lease("stand_by", ttl_s, round(ttl_s * 1000), *space_ids)
+        return {s: (sb.decode(), h.decode()) for s, (sb, h) in zip(space_ids, res)}
+
+    async def acquire(self, space_id: str, ttl_s: float, reclaim_s: float) -> int:
+        took, why = await self._lease("acquire", ttl_s, space_id, reclaim_s)
+        if not took:
+            log.debug("space %s: lease not taken (%s)", space_id, why.decode() if isinstance(why, bytes) else why)
+        return int(why) if took else 0
+
+    async def hand_over(self, space_id: str, to: str, ttl_s: float) -> int:
+        return int(await self._lease("hand_over", ttl_s, space_id, to))
+
+    async def release(self, space_ids: Sequence[str]) -> None:
+        if space_ids:
+            await self._lease("release", 1.0, *space_ids)
+
+    async def holders(self, space_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        if not space_ids:
+            return {}
+        res = await self._lease("holders", 1.0, *space_ids)
+        return {s: (h.decode(), sb.decode()) for s, (h, sb) in zip(space_ids, res)}
+
+    async def live_elsewhere(self) -> list[tuple[Space, str, str]]:
+        try:
+            ids = sorted(m.decode() for m in await self._r.smembers(self.prefix + "spaces"))
+            raws = await self._r.mget([self.prefix + "space:" + i for i in ids]) if ids else []
+        except _LOST as e:
+            self._lost(e)
+            raise self._down() from None
+        found = [_space(raw) for raw in raws if raw is not None]
+        return [(s, url, node) for s, url, node in found if node != self.node_id and s.state is not SpaceState.ENDED]
+
+    def forget(self, space_id: str) -> None:
+        self._hosted.pop(space_id, None)
+        self._counts.pop(space_id, None)
 
     def status(self) -> dict[str, object]:
         return {"kind": self.kind, "url": self.url, "up": self.up, "node_id": self.node_id, "epoch": self._epoch}

@@ -1,0 +1,247 @@
+"""Failover: a live Space outlives the node that hosts it (``--redis``; docs/cluster.md).
+
+Every live Space has a host (it holds the Space's lease, ``amphi.control.leases``) and a
+standby. One loop, every ``RENEW_EVERY_S``:
+
+    host      renews the leases of every Space it has, in one call; a lease another node
+              holds now means this node was replaced (it was stopped, or cut off): the Space's
+              program stops without ending, its speakers are told it moved, it is forgotten
+    standby   offers to stand by each live Space other nodes host; for those it stands by, it
+              keeps a copy (``amphi.media.replica``: the segments, written to its own
+              recording, and the live window); when a lease lapses it takes it and carries the
+              Space on from the copy (``Spaces.adopt``): same playlists, the media sequence
+              continuing after one EXT-X-DISCONTINUITY
+    restart   a Space this node found live at start-up (its own crash) is left to its standby;
+              if no node has taken it over ``ORPHAN_WAIT_S`` later, it is ended as abnormal
+
+The media of a Space this node does not host is answered ``421`` naming its host
+(``x-amphi-host``: edges fetch from there, edge/vcl.py), or held while this node takes it over.
+This is where the control plane (leases, the directory) and the media plane (the copy, the
+resumed program) meet for a Space that changes hands; the composition root wires it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+from amphi.control.leases import (LEASE_TTL_S, RECLAIM_S, RENEW_EVERY_S, STANDBY_TTL_S, TAKEOVER_WAIT_S,
+                                  Leases)
+from amphi.control.spaces import Space, SpaceRegistry, SpaceState
+from amphi.control.store import Store
+from amphi.control.tokens import Signer
+from amphi.core.config import Config
+from amphi.core.errors import Misdirected, NotFound, Unavailable
+from amphi.media.recorder import Recording
+from amphi.media.replica import Replica
+from amphi.services.spaces import Spaces
+
+log = logging.getLogger(__name__)
+
+ORPHAN_WAIT_S = LEASE_TTL_S + 3.0  # a Space found live at start-up is ended if nobody carried it on by then
+
+
+@dataclass
+class FailoverStats:
+    takeovers: int = 0  # Spaces this node took over from a node that stopped renewing
+    fenced: int = 0  # Spaces this node lost to another node (it had stopped, or been cut off)
+    standing_by: int = 0  # Spaces this node keeps a copy of
+    renew_failures: int = 0  # renewals Redis did not answer
+    last_takeover_s: float | None = None  # from taking the lease to the program running
+    held: dict[str, float] = field(default_factory=dict)  # space -> seconds of publishing left
+
+
+@dataclass
+class _Standby:
+    replica: Replica
+    recording: Recording
+    task: asyncio.Task[None]
+    origin: str  # the host it copies from
+
+
+class Failover:
+    def __init__(self, cfg: Config, registry: SpaceRegistry, store: Store, spaces: Spaces, signer: Signer) -> None:
+        self._cfg = cfg
+        self._node = cfg.node_id
+        self._registry = registry
+        self._store = store
+        self._spaces = spaces
+        self._credential = signer.edge_credential(f"standby-{cfg.node_id}")
+        self.leases = Leases(alone=cfg.cluster.redis_url is None)
+        self.stats = FailoverStats()
+        self._standbys: dict[str, _Standby] = {}
+        self._taking: dict[str, asyncio.Event] = {}  # take-overs in progress: media requests wait for them
+        self._holders: dict[str, str] = {}  # another node's Space -> its lease holder, as last seen
+        self._back_at: float | None = None  # monotonic time Redis answered again after being away
+        self._orphans_until = time.monotonic() + ORPHAN_WAIT_S
+
+    # -- the gate the origin asks (amphi.services.spaces.Gate) --------------------------------
+
+    def may_publish(self, space_id: str) -> bool:
+        return self._registry.find(space_id) is not None and self.leases.may_publish(space_id, time.monotonic())
+
+    def check_publishing(self, space_id: str) -> None:
+        if self.leases.may_publish(space_id, time.monotonic()):
+            return
+        holder = self._holders.get(space_id)
+        if holder and holder != self._node:
+            raise Misdirected(f"Space {space_id} is hosted by node {holder} now", host=holder)
+        raise Unavailable(f"Space {space_id} is changing hosts", retry_after_s=1)
+
+    async def elsewhere(self, space_id: str) -> None:
+        """Media asked of this node for a Space it does not host: waits for a take-over in
+        progress (then returns), else says where the Space is (421) or that it is moving (503)."""
+        taking = self._taking.get(space_id)
+        standby = self._standbys.get(space_id)
+        if taking is None and standby is not None and self._holders.get(space_id) == "":
+            taking = self._taking.setdefault(space_id, asyncio.Event())  # the lease has lapsed: next tick takes it
+        if taking is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TAKEOVER_WAIT_S):
+                    await taking.wait()
+            if self._registry.find(space_id) is not None:
+                return
+            raise Unavailable(f"Space {space_id} is changing hosts", retry_after_s=1)
+        found = await self._store.lookup(space_id)
+        if found is None:
+            raise NotFound(f"no Space {space_id!r}")
+        space, _ = found
+        if space.state is SpaceState.ENDED:
+            raise NotFound(f"Space {space_id} has ended on another node; its replay is there")
+        node = (self._store.origin(space_id) or ("", ""))[1]
+        holder = self._holders.get(space_id) or node
+        if holder and holder != self._node:
+            raise Misdirected(f"Space {space_id} is hosted by node {holder}", host=holder)
+        raise Unavailable(f"Space {space_id} is changing hosts", retry_after_s=1)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self.leases.alone:
+            return  # one node: nothing to renew, no one to stand by for
+        while True:
+            sent = time.monotonic()
+            try:
+                await self._tick(sent)
+                if self.leases.away:
+                    log.info("redis answers again: leases renewed")
+                    self._back_at = sent
+                self.leases.away = False
+            except Unavailable:
+                self.stats.renew_failures += 1
+                if not self.leases.away:
+                    log.warning("leases not renewed: redis is unreachable; Spaces held are kept (no other node "
+                                "can take them while it is away)")
+                self.leases.away = True
+            except Exception:  # a bug must not end failover
+                log.exception("failover pass failed")
+            now = time.monotonic()
+            self.stats.held = {s: round(self.leases.valid_for(s, now), 3) for s in self._registry_live()}
+            await asyncio.sleep(max(0.0, RENEW_EVERY_S - (now - sent)))
+
+    def _registry_live(self) -> list[str]:
+        return [s.id for s in self._registry.all() if s.state is not SpaceState.ENDED]
+
+    async def _tick(self, sent: float) -> None:
+        answers = await self._store.renew_leases(self._registry_live(), LEASE_TTL_S)
+        for space_id, holder in answers.items():
+            if holder == "":
+                self.leases.held(space_id, sent)
+            else:
+                await self._fence(space_id, holder)
+        await self._orphans()
+        await self._stand_by(sent)
+
+    async def _fence(self, space_id: str, holder: str) -> None:
+        self.leases.drop(space_id)
+        self._holders[space_id] = holder
+        self.stats.fenced += 1
+        log.warning("space %s: node %s holds its lease now; this node stops hosting it", space_id, holder)
+        await self._spaces.abandon(space_id)
+
+    async def _orphans(self) -> None:
+        """Spaces this node found live at start-up: forgotten once another node holds them,
+        ended as abnormal if none has by ``ORPHAN_WAIT_S``."""
+        orphans = self._spaces.orphans
+        if not orphans:
+            return
+        held = await self._store.holders([s.id for s in orphans])
+        late = time.monotonic() >= self._orphans_until
+        for space in list(orphans):
+            holder, _ = held.get(space.id, ("", ""))
+            if holder and holder != self._node:
+                log.warning("space %s: carried on by node %s while this node was down", space.id, holder)
+                orphans.remove(space)
+            elif late:
+                orphans.remove(space)
+                await self._spaces.end_orphan(space)
+
+    async def _stand_by(self, sent: float) -> None:
+        others = {s.id: (s, url) for s, url, _ in await self._store.live_elsewhere() if s.state is SpaceState.LIVE}
+        roles = await self._store.stand_by(list(others), STANDBY_TTL_S)
+        for space_id, (standby, holder) in roles.items():
+            self._holders[space_id] = holder
+            if standby != self._node:
+                await self._drop_standby(space_id)
+                continue
+            space, url = others[space_id]
+            kept = self._standbys.get(space_id)
+            if kept is not None and kept.origin != url:
+                await self._drop_standby(space_id)
+                kept = None
+            if kept is None:
+                self._start_standby(space_id, url)
+            if holder == "" and (self._back_at is None or sent - self._back_at >= RECLAIM_S):
+                await self._take_over(space, sent)
+        for space_id in [s for s in self._standbys if s not in roles]:
+            await self._drop_standby(space_id)
+        self.stats.standing_by = len(self._standbys)
+
+    def _start_standby(self, space_id: str, origin: str) -> None:
+        recording = Recording(self._registry.dir(space_id), self._cfg.media)
+        replica = Replica(space_id, self._cfg.media, recording, origin, self._credential)
+        task = asyncio.create_task(replica.run(), name=f"replica:{space_id}")
+        self._standbys[space_id] = _Standby(replica, recording, task, origin)
+        log.info("space %s: standing by (copying from %s)", space_id, origin)
+
+    async def _drop_standby(self, space_id: str) -> None:
+        kept = self._standbys.pop(space_id, None)
+        if kept is None:
+            return
+        kept.task.cancel()
+        await asyncio.wait({kept.task})
+        log.info("space %s: no longer standing by", space_id)
+
+    async def _take_over(self, space: Space, sent: float) -> None:
+        gen = await self._store.acquire(space.id, LEASE_TTL_S, RECLAIM_S)
+        if not gen:
+            return
+        t0 = time.monotonic()
+        self.leases.held(space.id, sent)
+        taking = self._taking.setdefault(space.id, asyncio.Event())
+        kept = self._standbys.pop(space.id)
+        try:
+            kept.task.cancel()
+            await asyncio.wait({kept.task})
+            resume = kept.replica.resume_point(gap=True)
+            await self._spaces.adopt(space, kept.recording, resume)
+        finally:
+            taking.set()
+            self._taking.pop(space.id, None)
+        self._holders.pop(space.id, None)
+        self.stats.takeovers += 1
+        self.stats.last_takeover_s = round(time.monotonic() - t0, 3)
+        log.warning("space %s: taken over (lease generation %d), resumed %s", space.id, gen,
+                    f"after segment {resume.next_msn - 1}" if resume is not None else "with no copy")
+
+    def status(self) -> dict[str, object]:
+        """``GET /api/node``'s ``failover``: what this node hosts and stands by, and its counters."""
+        return {**asdict(self.stats), "standbys": {sid: {"origin": s.origin, **asdict(s.replica.stats)}
+                                                   for sid, s in self._standbys.items()}}
+
+    async def close(self) -> None:
+        for space_id in list(self._standbys):
+            await self._drop_standby(space_id)

@@ -1,0 +1,208 @@
+"""The Space outlives its origin (docs/cluster.md): a real redis-server, two `amphi serve --redis`
+nodes, a real Varnish edge in front of both, `amphi speak` through the edge, ffmpeg as the
+listener. The host is killed (-9) or stopped (SIGSTOP) mid-Space; its standby carries it on."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.audio import SR, decode, dominant_per_window, rms
+from tests.edge.edges import EdgeProc
+from tests.integration.amphi_proc import BIN, AmphiServer, free_port, stop_group, wait_until
+
+SECRET = "failover-test-secret-0123456789abcdef"
+TONE_HZ = 440
+
+
+@dataclass
+class Cluster:
+    a: AmphiServer
+    b: AmphiServer
+    edge: EdgeProc
+    redis_url: str
+
+    def node(self, name: str) -> AmphiServer:
+        return {"a": self.a, "b": self.b}[name]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, redis_server, monkeypatch) -> Cluster:
+    monkeypatch.setenv("AMPHI_SECRET", SECRET)
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    edge_port = free_port()
+    edge_url = f"http://127.0.0.1:{edge_port}"
+    nodes = [AmphiServer(tmp_path / f"data-{n}", None, "--redis", redis_server.url, "--node-id", n,
+                         "--edge", edge_url, "--pow", "off") for n in "ab"]
+    edge = None
+    try:
+        for node in nodes:
+            node.start()
+        edge = EdgeProc(tmp_path / "edge", "edge1", f"a={nodes[0].url}", secret_file, "--origin", f"b={nodes[1].url}",
+                        "--media-rate", "0", port=edge_port).start()
+        yield Cluster(nodes[0], nodes[1], edge, redis_server.url)
+    finally:
+        if edge is not None:
+            edge.stop()
+        for node in nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.stop()
+
+
+def failover(node: AmphiServer) -> dict:
+    return node.http.get("/api/node", timeout=5).json()["failover"]
+
+
+def copied(node: AmphiServer, space: str) -> int:
+    """Segments the standby has copied of ``space`` (0 if it does not stand by it)."""
+    try:
+        return failover(node)["standbys"].get(space, {}).get("segments", 0)
+    except httpx.TransportError:
+        return 0
+
+
+class Listener(threading.Thread):
+    """ffmpeg reading the join's playlist through the edge, as plain HLS, decoding to PCM."""
+
+    def __init__(self, playlist: str, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.cmd = ["ffmpeg", "-v", "error", "-live_start_index", "-1", "-i", playlist, "-t", str(seconds),
+                    "-ac", "1", "-ar", str(SR), "-f", "f32le", "-"]
+        self.pcm = b""
+        self.err = ""
+
+    def run(self) -> None:
+        proc = subprocess.run(self.cmd, capture_output=True, timeout=180)
+        self.pcm, self.err = proc.stdout, proc.stderr.decode(errors="replace")
+
+
+def speaker_via(entry: str, space: str, key: str, hz: int) -> subprocess.Popen[bytes]:
+    """`amphi speak` pointed at the edge (the entry): any node answers, the host's is forwarded."""
+    proc = subprocess.Popen([str(BIN), "speak", "--server", entry, "--space", space, "--key", key, "--tone", str(hz)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 30
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline().decode(errors="replace")
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if "on air" in line:
+            os.set_blocking(proc.stderr.fileno(), False)
+            return proc
+    stop_group(proc, 5)
+    raise AssertionError(f"speaker did not get on air: {''.join(seen)}")
+
+
+def tone_windows(audio: np.ndarray, hz: int, window_s: float = 0.25) -> list[bool]:
+    """For each window: the tone is there (dominant frequency, and not faint)."""
+    n = int(SR * window_s)
+    found = dominant_per_window(audio, window_s)
+    return [abs(f - hz) <= 5 and rms(audio[i * n:(i + 1) * n]) > 0.05 for i, f in enumerate(found)]
+
+
+def longest_gap_s(heard: list[bool], window_s: float = 0.25) -> float:
+    gap = longest = 0
+    for h in heard:
+        gap = 0 if h else gap + 1
+        longest = max(longest, gap)
+    return longest * window_s
+
+
+def live_space(c: Cluster) -> tuple[str, str, subprocess.Popen[bytes]]:
+    space, key = c.a.create("outlives its origin")
+    c.a.start_space(space, key)
+    speaker = speaker_via(c.edge.url, space, key, TONE_HZ)
+    wait_until(lambda: copied(c.b, space) >= 2, 30, "node b to stand by and copy two segments", interval=0.3)
+    return space, key, speaker
+
+
+def replay(node: AmphiServer, space: str) -> tuple[str, np.ndarray, list[int]]:
+    """The ended Space's replay from ``node``: (vod.m3u8, decoded audio, media sequence numbers)."""
+    with httpx.Client(base_url=node.url, timeout=30) as http:
+        vod = http.get(f"/media/{space}/vod.m3u8")
+        assert vod.status_code == 200, vod.text
+        init = http.get(f"/media/{space}/init.mp4").content
+        uris = [line for line in vod.text.splitlines() if line.endswith(".m4s")]
+        body = b"".join(http.get(f"/media/{space}/{u}").content for u in uris)
+    return vod.text, decode(init + body), [int(u.removesuffix(".m4s")) for u in uris]
+
+
+def test_kill_9_of_the_host_the_space_goes_on_through_the_edge_and_the_replay_holds_both_sides(cluster) -> None:
+    c = cluster
+    space, key, speaker = live_space(c)
+    try:
+        joined = httpx.post(f"{c.edge.url}/api/spaces/{space}/join", json={}, timeout=10).json()
+        listener = Listener(joined["media_playlist"], 24)
+        listener.start()
+        wait_until(lambda: copied(c.b, space) >= 4, 30, "two more segments copied while ffmpeg listens", interval=0.3)
+        c.a.kill9()
+        killed = time.monotonic()
+        wait_until(lambda: failover(c.b)["takeovers"] == 1, 10, "node b to take the Space over", interval=0.1)
+        took_s = time.monotonic() - killed
+        listener.join(120)
+        assert not listener.is_alive()
+        audio = np.frombuffer(listener.pcm, dtype=np.float32)
+        assert len(audio) >= 20 * SR, f"ffmpeg stopped after {len(audio) / SR:.1f} s: {listener.err}"
+        heard = tone_windows(audio, TONE_HZ)
+        first = heard.index(True)
+        assert longest_gap_s(heard[first:]) <= 5.0, (took_s, heard)
+        assert sum(heard[-16:]) >= 12, heard  # the tone is back at the end: the speaker found node b
+        status = c.b.status(space)
+        assert status["state"] == "live" and not status["ended_abnormally"]
+        c.b.end_space(space, key)
+    finally:
+        stop_group(speaker, 10)
+    vod, audio, msns = replay(c.b, space)
+    assert msns == list(range(msns[0], msns[-1] + 1)), msns  # one playlist, numbers running on
+    assert vod.count("#EXT-X-DISCONTINUITY\n") == 1, vod
+    heard = tone_windows(audio, TONE_HZ)
+    cut = vod.split("#EXT-X-DISCONTINUITY\n")[0].count("#EXTINF")  # segments before the cut
+    assert cut >= 4 and sum(heard[: cut * 4]) > 0 and sum(heard[-8:]) > 0  # both sides of the gap
+
+
+def test_the_host_stopped_past_its_lease_stops_publishing_and_a_restarted_host_never_ends_the_space(cluster) -> None:
+    """SIGSTOP longer than the lease: node b takes over; on SIGCONT node a answers the Space's
+    media with 421 naming b (never a byte of its own), and the speaker ends up on b alone. Then a
+    is killed and restarted: it does not end the Space that lives on b."""
+    c = cluster
+    space, key, speaker = live_space(c)
+    try:
+        assert c.a.proc is not None
+        os.kill(c.a.proc.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: failover(c.b)["takeovers"] == 1, 10, "node b to take the Space over", interval=0.1)
+        finally:
+            os.kill(c.a.proc.pid, signal.SIGCONT)
+        r = c.a.http.get(f"/media/{space}/edge/live.m3u8",
+                         headers={"x-amphi-edge": edge_credential()}, timeout=10)
+        assert r.status_code == 421 and r.headers["x-amphi-host"] == "b", (r.status_code, r.text)
+        wait_until(lambda: failover(c.a)["fenced"] == 1, 5, "node a to learn it was replaced")
+        wait_until(lambda: c.b.node()["speakers"] == 1 and c.a.node()["speakers"] == 0, 15,
+                   "the speaker to end up on node b alone", interval=0.3)
+        assert space in c.b.node()["pipelines"] and space not in c.a.node()["pipelines"]
+        c.a.kill9()
+        c.a.start()  # back after a crash: the Space found live on its disk is b's now
+        wait_until(lambda: copied(c.a, space) >= 1, 30, "node a to stand by for b", interval=0.3)
+        assert c.b.status(space)["state"] == "live"
+        assert c.a.status(space)["state"] == "live"
+    finally:
+        stop_group(speaker, 10)
+
+
+def edge_credential() -> str:
+    from amphi.control.tokens import Signer
+
+    return Signer(SECRET.encode()).edge_credential("test")
