@@ -154,3 +154,27 @@ def read_fragments(data: bytes) -> list[FragmentInfo]:
             raise MalformedMp4("moof without mfhd, tfdt or trun")
         out.append(FragmentInfo(sequence, base, count))
     return out
+
+
+def split_fragments(data: bytes) -> list[tuple[FragmentInfo, int, int]]:
+    """A segment's fragments (its LL-HLS parts) with where each begins and ends in ``data``:
+    a ``moof`` and the boxes up to the next one (its ``mdat``). How a copy of a segment made
+    elsewhere gets its parts back."""
+    starts = [start - 8 for kind, start, _ in iter_boxes(data) if kind == b"moof"]
+    infos = read_fragments(data)
+    if not starts or starts[0] != 0:
+        raise MalformedMp4("a segment begins with a moof")
+    return [(info, a, b) for info, a, b in zip(infos, starts, [*starts[1:], len(data)])]
+
+
+def read_audio_specific_config(init: bytes) -> bytes:
+    """The AudioSpecificConfig in an init segment's ``esds`` (its DecoderSpecificInfo, tag 5)."""
+    at = init.find(b"esds")
+    if at < 0:
+        raise MalformedMp4("no esds box in the init segment")
+    # our layout (_esds): version/flags (4), ES_Descriptor (tag, length, ES_ID, flags: 5),
+    # DecoderConfigDescriptor (tag, length: 2) and its 13 fixed bytes, then tag 5
+    tag = at + 4 + 4 + 5 + 2 + 13
+    if tag + 2 > len(init) or init[tag] != 0x05 or tag + 2 + init[tag + 1] > len(init):
+        raise MalformedMp4("no DecoderSpecificInfo in the esds box")
+    return init[tag + 2:tag + 2 + init[tag + 1]]

@@ -9,9 +9,16 @@
 A part is published as soon as it is encoded: the recording's writes (and their fsyncs) run
 behind a queue, never between a part and its listeners.
 
-Lifecycle: new -> running (hold or live) -> ended. ``end()`` returns once the last
-segment is on disk and the replay playlist is written; once ended, a pipeline cannot be
-reused. ``stop()`` is ``end()`` for shutdown, then waits until every task has exited.
+Lifecycle: new -> running (hold or live) -> ended, or -> abandoned. ``end()`` returns once
+the last segment is on disk and the replay playlist is written; once ended, a pipeline cannot
+be reused. ``stop()`` is ``end()`` for shutdown, then waits until every task has exited.
+``abandon()`` stops the program without ending the Space (this node lost it to another, which
+carries it on): nothing is published after it returns, the replay is not written.
+
+A pipeline built with ``resume`` (``amphi.media.segmenter.Resume``, from the standby's copy
+of a Space hosted elsewhere, ``amphi.media.replica``) continues that Space's program: its
+timeline starts with the segments the previous host made, and its first segment follows them
+(msn, decode time, moof sequence), with a discontinuity after a crash.
 Listeners waiting on a blocking playlist reload are woken whenever the timeline moves.
 
 The tasks run under a ``Supervisor``: a task that raises is logged once with its traceback
@@ -33,7 +40,7 @@ from typing import Protocol
 
 import numpy as np
 
-from amphi.core.config import AAC_FRAME, MediaConfig
+from amphi.core.config import AAC_FRAME, SAMPLE_RATE, MediaConfig
 from amphi.core.tasks import Supervisor
 from amphi.media.encoder import DELAY, AacEncoder
 from amphi.media.guard import GuardStats
@@ -41,7 +48,7 @@ from amphi.media.jitter import JitterBuffer
 from amphi.media.mixer import Mixer, Mode, ProgramFrame
 from amphi.media.programs import hold_music
 from amphi.media.recorder import RECORDER_QUEUE_SEGMENTS, Recorder, RecorderStats, Recording
-from amphi.media.segmenter import Event, SegmentClosed, Segmenter
+from amphi.media.segmenter import Event, Resume, SegmentClosed, Segmenter
 from amphi.media.timeline import MediaTimeline
 
 log = logging.getLogger(__name__)
@@ -111,12 +118,20 @@ class Pipeline:
         live: bool = False,
         hold: Callable[[int, int], np.ndarray] = hold_music,
         recorder_bound: int = RECORDER_QUEUE_SEGMENTS,
+        resume: Resume | None = None,
     ) -> None:
+        """``resume``: continue the program another node made (see the module's docstring);
+        ``recording`` is then the one the standby's copy wrote, already begun, and goes on."""
         self.space_id = space_id
         self._cfg = cfg
         self.recording = recording
+        self.resume = resume
         self.mixer = Mixer(cfg, hold)
-        self.timeline = MediaTimeline(cfg)
+        if resume is None:
+            self.timeline = MediaTimeline(cfg)
+        else:
+            self.timeline = MediaTimeline(cfg, first_msn=resume.next_msn, segments=resume.segments,
+                                          discontinuity_sequence=resume.discontinuity_sequence)
         self.encoder = AacEncoder(cfg.bitrate)
         self.init = self.encoder.init_segment()
         self.stats = PipelineStats()
@@ -133,9 +148,11 @@ class Pipeline:
         self._changed = asyncio.Event()
         self._settled = asyncio.Event()  # the program ended, or a task of it died
         self._ended = asyncio.Event()  # ended and the recording closed
+        self._abandoned = False
         self._ending = asyncio.Lock()
         self._feeds: dict[str, FrameFeed] = {}
-        self.epoch = 0.0
+        self.epoch = 0.0  # wall time at which program sample 0 was mixed
+        self._wall = 0.0
 
     # -- control --------------------------------------------------------------------------
 
@@ -144,7 +161,24 @@ class Pipeline:
             raise RuntimeError("pipeline already started")
         self._started = True
         self.epoch = time.time()
-        self._segmenter = Segmenter(self._cfg, epoch=self.epoch, encoder_delay=DELAY)
+        self._wall = self.epoch  # the segmenter's (and the recording's) epoch: wall time = it + (decode time - DELAY) / rate
+        resume = self.resume
+        if resume is None:
+            self._segmenter = Segmenter(self._cfg, epoch=self.epoch, encoder_delay=DELAY)
+        else:
+            # decode times run on from the previous host's: program sample s decodes at
+            # next_sample + DELAY + s; the segmenter's wall time of decode time d is
+            # epoch + (d - DELAY) / SAMPLE_RATE. After a crash, program sample 0 is mixed now
+            # (the wall time jumps over the gap, as in a new program); after a hand-over the
+            # first segment starts at the wall time the previous one ended (the same epoch)
+            if resume.gap:
+                wall = self.epoch - resume.next_sample / SAMPLE_RATE
+            else:
+                wall = resume.end_wall - (resume.next_sample - DELAY) / SAMPLE_RATE
+            self._wall = wall
+            self._segmenter = Segmenter(self._cfg, epoch=wall, encoder_delay=DELAY,
+                                        first_msn=resume.next_msn, first_sample=resume.next_sample,
+                                        first_sequence=resume.next_sequence, discontinuity=resume.gap)
         spawn = self.supervisor.spawn
         spawn(self.recorder.run(), f"recorder:{self.space_id}")  # the consumer first: it outlives the producers
         self._program = [
@@ -180,6 +214,33 @@ class Pipeline:
         has exited. A task that failed was logged when it failed and stays in ``failures``."""
         await self.end()
         await self.supervisor.close()
+
+    async def abandon(self) -> None:
+        """This node lost the Space (its lease lapsed: fenced): stops the program without
+        ending the Space. The mixer and encoder are cancelled (an encode in flight is
+        discarded, never published), the recording stops taking segments and is not finished
+        as a replay (no vod.m3u8: another node carries the Space on and finishes it), and
+        every listener waiting on this pipeline is released (``wait_for`` answers False; a
+        streamed segment is cut off). The timeline is not ended: an ended playlist would tell
+        players the Space is over. After it returns nothing more is published; ``end()`` and
+        ``stop()`` return at once. Idempotent."""
+        self._abandoned = True
+        async with self._ending:
+            if not self._ended.is_set():
+                for task in self._program:
+                    task.cancel()
+                if self._program:
+                    await asyncio.wait(self._program)
+                await self.recorder.abandon()
+                self._settled.set()
+                self._ended.set()
+                log.warning("pipeline %s abandoned: another node carries the Space on", self.space_id)
+        self._notify()
+        await self.supervisor.close()
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
 
     @property
     def ended(self) -> bool:
@@ -259,6 +320,8 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not predicate():
+            if self._abandoned:
+                return False  # released: this node no longer serves the Space
             if self.timeline.ended:
                 return predicate()
             remaining = deadline - loop.time()
@@ -365,9 +428,11 @@ class Pipeline:
     def _apply(self, events: list[Event]) -> None:
         seg = self._segmenter
         assert seg is not None
+        if self._abandoned:
+            return  # fenced: another node publishes this Space now
         for event in events:
             if isinstance(event, SegmentClosed) and event.segment.live:
-                self.recorder.begin(epoch=self.epoch, delay=DELAY, asc=self.encoder.audio_specific_config)
+                self.recorder.begin(epoch=self._wall, delay=DELAY, asc=self.encoder.audio_specific_config)
                 self.recorder.put(event.segment)  # never waits: the disk is the recorder task's
             self.timeline.apply(event, seg.next_position)
         if events:

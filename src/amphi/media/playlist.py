@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from amphi.core.config import MediaConfig
 
 INIT_URI = "init.mp4"
+LIVE_FROM = "#AMPHI-LIVE-FROM:"  # a comment to players: the first live segment's msn (render_live)
 
 
 CODECS = "mp4a.40.2"  # AAC-LC (RFC 6381)
@@ -43,20 +44,33 @@ class SegmentEntry:
     pdt: float
     parts: tuple[PartEntry, ...] = ()  # listed only for the newest segments
     closed: bool = True
+    discontinuity: bool = False  # the program restarts here: EXT-X-DISCONTINUITY before it
 
 
 def _pdt(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _header(cfg: MediaConfig, first_msn: int) -> list[str]:
-    return [
+def _header(cfg: MediaConfig, first_msn: int, discontinuity_sequence: int) -> list[str]:
+    """``discontinuity_sequence``: the discontinuities that have left the playlist (RFC 8216bis
+    4.4.3.3); written only when there were some (absent, it is 0), so a Space that never
+    restarted has the playlists it always had."""
+    lines = [
         "#EXTM3U",
         "#EXT-X-VERSION:6",
         f"#EXT-X-TARGETDURATION:{cfg.target_duration_s}",
         f"#EXT-X-MEDIA-SEQUENCE:{first_msn}",
         "#EXT-X-INDEPENDENT-SEGMENTS",
     ]
+    if discontinuity_sequence:
+        lines.insert(4, f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_sequence}")
+    return lines
+
+
+def discontinuities_before(segments: Sequence[SegmentEntry], msn: int) -> int:
+    """How many of ``segments`` before ``msn`` begin with a discontinuity: the
+    DISCONTINUITY-SEQUENCE of a playlist that starts at ``msn``."""
+    return sum(1 for s in segments if s.discontinuity and s.msn < msn)
 
 
 def render_live(
@@ -65,11 +79,20 @@ def render_live(
     *,
     hint: tuple[int, int] | None,
     ended: bool,
+    discontinuity_sequence: int = 0,
+    live_from: int | None = None,
 ) -> str:
     """``segments`` in order, the last one possibly open (closed=False, parts only).
-    ``hint`` is (msn, first byte) of the part still to come, hinted unless ended."""
+    ``hint`` is (msn, first byte) of the part still to come, hinted unless ended.
+    ``live_from``: the first live (recorded) segment's msn, once the Space is live; written as
+    the comment ``#AMPHI-LIVE-FROM:<msn>`` (a line that starts with ``#`` but not ``#EXT`` is a
+    comment that players skip, RFC 8216bis 4.1) for a standby that copies the recording as an
+    edge would (``amphi.media.replica``): the playlist says which segments are the Space's and
+    which are hold music."""
     first_msn = segments[0].msn if segments else (hint[0] if hint else 0)
-    lines = _header(cfg, first_msn)
+    lines = _header(cfg, first_msn, discontinuity_sequence)
+    if live_from is not None:
+        lines.append(f"{LIVE_FROM}{live_from}")
     if not ended:
         lines.append(
             f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * cfg.part_s:.3f}"
@@ -77,6 +100,8 @@ def render_live(
         lines.append(f"#EXT-X-PART-INF:PART-TARGET={cfg.part_s:.3f}")
     lines.append(f'#EXT-X-MAP:URI="{INIT_URI}"')
     for seg in segments:
+        if seg.discontinuity:
+            lines.append("#EXT-X-DISCONTINUITY")
         lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_pdt(seg.pdt)}")
         if not ended:
             for part in seg.parts:
@@ -104,11 +129,14 @@ def render_multivariant(media_uri: str, *, peak_bps: int, average_bps: int) -> s
 
 
 def render_vod(cfg: MediaConfig, segments: Sequence[SegmentEntry]) -> str:
+    """The whole recording: every discontinuity is in it, so its sequence starts at 0."""
     first_msn = segments[0].msn if segments else 0
-    lines = _header(cfg, first_msn)
+    lines = _header(cfg, first_msn, 0)
     lines.insert(4, "#EXT-X-PLAYLIST-TYPE:VOD")
     lines.append(f'#EXT-X-MAP:URI="{INIT_URI}"')
     for seg in segments:
+        if seg.discontinuity:
+            lines.append("#EXT-X-DISCONTINUITY")
         lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_pdt(seg.pdt)}")
         lines.append(f"#EXTINF:{seg.duration:.3f},")
         lines.append(seg.uri)

@@ -1,7 +1,10 @@
 """The recording is the live segments, on disk as they are produced.
 
 Files of one Space, under ``<data_dir>/spaces/<id>/``:
-    rec.json        program epoch and encoder delay, written when the program starts
+    rec.json        program epoch and encoder delay, written when the program starts; and
+                    the program's restarts ("breaks": the msn of each segment that begins with
+                    a discontinuity and the epoch of the program from it on), rewritten when
+                    one is recorded, before that segment's file
     init.mp4        the init segment
     <msn>.m4s       one file per live segment: written to a temporary name, fsynced,
                     renamed into place, directory fsynced. A file that exists is complete.
@@ -58,21 +61,32 @@ class Recording:
         self.delay = 0
         self.asc = b""  # AudioSpecificConfig, to write the download's init
         self.bytes_written = 0
+        self.breaks: list[tuple[int, float]] = []  # (msn, epoch): the program restarted there
 
     # -- writing ---------------------------------------------------------------------------
 
     def begin(self, *, epoch: float, delay: int, asc: bytes) -> None:
         self._seg_dir.mkdir(parents=True, exist_ok=True)
         self.epoch, self.delay, self.asc = epoch, delay, asc
-        meta = {"epoch": epoch, "delay": delay, "asc": asc.hex()}
-        self._write(self.dir / "rec.json", json.dumps(meta).encode())
+        self._write_meta()
         self._write(self.dir / "init.mp4", fmp4.init_segment(asc, bitrate=self._cfg.bitrate))
 
+    def _write_meta(self) -> None:
+        meta = {"epoch": self.epoch, "delay": self.delay, "asc": self.asc.hex(),
+                "breaks": [[msn, epoch] for msn, epoch in self.breaks]}
+        self._write(self.dir / "rec.json", json.dumps(meta).encode())
+
     def write_segment(self, seg: Segment) -> None:
+        """A segment that begins with a discontinuity is written in the metadata first (with
+        the new program's epoch, which its own decode time and wall time give), so a restart
+        reads back both the flag and the wall times after the break."""
         data = seg.data
+        if seg.discontinuity:
+            self.breaks.append((seg.msn, seg.pdt - (seg.first_sample - self.delay) / SAMPLE_RATE))
+            self._write_meta()
         self._write(self._seg_dir / seg.uri, data)
         self.bytes_written += len(data)
-        self.entries.append(SegmentEntry(seg.msn, seg.uri, seg.duration, seg.pdt))
+        self.entries.append(SegmentEntry(seg.msn, seg.uri, seg.duration, seg.pdt, discontinuity=seg.discontinuity))
 
     def finalize(self) -> None:
         """Writes the replay playlist. Idempotent."""
@@ -90,6 +104,8 @@ class Recording:
             return rec
         info = json.loads(meta.read_text())
         rec.epoch, rec.delay, rec.asc = info["epoch"], info["delay"], bytes.fromhex(info["asc"])
+        rec.breaks = [(int(msn), float(epoch)) for msn, epoch in info.get("breaks", [])]
+        breaks = dict(rec.breaks)
         if not rec._seg_dir.exists():
             return rec
         for stray in rec._seg_dir.glob("*.tmp"):
@@ -103,10 +119,12 @@ class Recording:
                 break  # cannot happen with atomic renames; stop at the first damaged file
             if not frags:
                 break
+            msn = int(path.stem)
             first = frags[0].base_decode_time
             samples = frags[-1].end_decode_time - first
-            pdt = rec.epoch + (first - rec.delay) / SAMPLE_RATE
-            rec.entries.append(SegmentEntry(int(path.stem), path.name, samples / SAMPLE_RATE, pdt))
+            epoch = max(((m, e) for m, e in rec.breaks if m <= msn), default=(0, rec.epoch))[1]
+            pdt = epoch + (first - rec.delay) / SAMPLE_RATE
+            rec.entries.append(SegmentEntry(msn, path.name, samples / SAMPLE_RATE, pdt, discontinuity=msn in breaks))
             rec.bytes_written += len(data)
         return rec
 
@@ -168,7 +186,8 @@ class Recorder:
     dropped (it is still served live), counted in ``stats.dropped`` and logged once per
     run of drops: the recording keeps a gap rather than memory growing without bound.
 
-    Lifecycle: new -> running -> closed. ``put`` after ``close`` drops.
+    Lifecycle: new -> running -> closed (or abandoned: closed without the replay playlist,
+    when another node carries the Space on). ``put`` after either drops.
     """
 
     def __init__(self, recording: Recording, *, bound: int = RECORDER_QUEUE_SEGMENTS,
@@ -183,6 +202,7 @@ class Recorder:
         self._closing = False
         self._done = asyncio.Event()  # run() returned or died
         self._finalized = False
+        self._abandoned = False
         self._dropping = False  # in a run of drops (logged once)
 
     def begin(self, *, epoch: float, delay: int, asc: bytes) -> None:
@@ -229,7 +249,9 @@ class Recorder:
         self._running = True
         try:
             while True:
-                while not self._queue:
+                while not self._queue or self._abandoned:
+                    if self._abandoned:
+                        return
                     if self._closing:
                         await asyncio.to_thread(self.recording.finalize)
                         self._finalized = True
@@ -263,6 +285,24 @@ class Recorder:
             self._finalized = True
             log.error("recording %s closed after its writer died: %d segments kept, %d lost",
                       self.recording.dir.name, len(self.recording.entries), lost)
+
+    async def abandon(self) -> None:
+        """Stops writing without finishing the replay (no vod.m3u8): this node lost the Space
+        to another, which goes on recording it. A write in progress completes (a segment file
+        is whole or absent); what is still queued is left out, counted in ``dropped``."""
+        self._closing = True
+        self._abandoned = True
+        self._wake.set()
+        if self._running:
+            await self._done.wait()
+        self._done.set()
+        lost = sum(1 for _, is_segment in self._queue if is_segment)
+        self._queue.clear()
+        self.stats.dropped += lost
+        self.stats.queued = 0
+        if lost:
+            log.warning("recording %s abandoned: %d queued segments left to the node that carries on",
+                        self.recording.dir.name, lost)
 
     @property
     def closed(self) -> bool:

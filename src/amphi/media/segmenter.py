@@ -46,6 +46,9 @@ class Segment:
     pdt: float  # wall-clock time (epoch seconds) at which its first sample was mixed
     live: bool  # recorded: produced while the Space was live
     parts: list[Part] = field(default_factory=list)
+    # the program restarts here (a take-over after a crash: a new encoder, and a jump in wall
+    # time): EXT-X-DISCONTINUITY before it, live and in the replay (RFC 8216bis 4.4.4.3)
+    discontinuity: bool = False
     closed: bool = False
     size: int = 0  # bytes so far: the parts' lengths added up
     _data: bytes | None = field(default=None, repr=False)  # the whole segment, joined once closed
@@ -94,13 +97,21 @@ Event = PartReady | SegmentClosed
 class Segmenter:
     """Lifecycle: open -> finished. ``push`` after ``finish`` raises."""
 
-    def __init__(self, cfg: MediaConfig, *, epoch: float, encoder_delay: int, first_msn: int = FIRST_MSN) -> None:
+    def __init__(self, cfg: MediaConfig, *, epoch: float, encoder_delay: int, first_msn: int = FIRST_MSN,
+                 first_sample: int = 0, first_sequence: int = 1, discontinuity: bool = False) -> None:
+        """A program resumed on another node (``amphi.media.replica.Resume``) starts at the
+        counters after the last segment made before it: ``first_msn``, ``first_sample`` (decode
+        time) and ``first_sequence`` (moof sequence number), so numbers and decode times run on;
+        ``discontinuity`` marks its first segment. ``epoch`` is then the wall time at which
+        decode time ``encoder_delay`` would have been mixed: the first segment's
+        PROGRAM-DATE-TIME is ``epoch + (first_sample - encoder_delay) / SAMPLE_RATE``."""
         self._cfg = cfg
         self._epoch = epoch  # wall time at which program (input) sample 0 was mixed
         self._delay = encoder_delay
         self._next_msn = first_msn
-        self._next_sample = 0  # decode time of the next access unit
-        self._sequence = 0  # moof sequence number, global to the stream
+        self._next_sample = first_sample  # decode time of the next access unit
+        self._sequence = first_sequence - 1  # moof sequence number, global to the stream: the last used
+        self._discontinuity = discontinuity  # owed to the next segment begun
         self._segment: Segment | None = None
         self._units: list[bytes] = []
         self.finished = False
@@ -111,6 +122,16 @@ class Segmenter:
         if self._segment is None:
             return self._next_msn, 0
         return self._segment.msn, len(self._segment.parts)
+
+    @property
+    def next_sample(self) -> int:
+        """Decode time of the next access unit."""
+        return self._next_sample
+
+    @property
+    def next_sequence(self) -> int:
+        """moof sequence number of the next part."""
+        return self._sequence + 1
 
     @property
     def units_to_part_end(self) -> int:
@@ -129,7 +150,9 @@ class Segmenter:
                 first_sample=self._next_sample,
                 pdt=self._epoch + (self._next_sample - self._delay) / SAMPLE_RATE,
                 live=live,
+                discontinuity=self._discontinuity,
             )
+            self._discontinuity = False
             self._next_msn += 1
         self._units.append(unit)
         self._next_sample += AAC_FRAME
@@ -165,8 +188,30 @@ class Segmenter:
         segment = self._segment
         assert segment is not None
         self._segment = None
-        if not segment.parts:  # nothing was produced: give the number back
+        if not segment.parts:  # nothing was produced: give the number back (and the discontinuity)
             self._next_msn -= 1
+            self._discontinuity = segment.discontinuity
             return events
         segment.closed = True
         return [*events, SegmentClosed(segment)]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a Space's program continues on another node: what the standby's copy
+    (``amphi.media.replica.Replica.resume_point``) hands to ``Pipeline(resume=...)``.
+
+    The counters are those after the newest segment copied, so media sequence numbers,
+    decode times and moof sequence numbers run on. ``gap``: the host died (its program
+    stopped at an unknown point after ``end_wall``), so the first new segment starts with a
+    discontinuity and PROGRAM-DATE-TIME jumps to the wall time of the new program; a planned
+    hand-over (``gap=False``) continues the wall times exactly, with no discontinuity.
+    """
+
+    next_msn: int
+    next_sample: int  # decode time after the newest segment
+    next_sequence: int  # moof sequence number after the newest segment's last part
+    segments: tuple[Segment, ...]  # the kept window, oldest first, complete
+    discontinuity_sequence: int  # discontinuities that had left ``segments`` (EXT-X-DISCONTINUITY-SEQUENCE)
+    gap: bool
+    end_wall: float  # wall time at which the newest segment ended: its pdt + duration

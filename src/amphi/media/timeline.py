@@ -6,6 +6,7 @@ listeners lives in ``amphi.media.pipeline``.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from amphi.core.config import MediaConfig
 from amphi.core.errors import BadRequest, BeyondLiveEdge
@@ -17,11 +18,16 @@ ADVANCE_PART_LIMIT = 3  # RFC 8216bis: requests further ahead than this get 400 
 
 def entry(seg: Segment, *, with_parts: bool) -> SegmentEntry:
     parts = tuple(PartEntry(seg.uri, p.duration, p.offset, len(p.data)) for p in seg.parts) if with_parts else ()
-    return SegmentEntry(seg.msn, seg.uri, seg.duration, seg.pdt, parts, seg.closed)
+    return SegmentEntry(seg.msn, seg.uri, seg.duration, seg.pdt, parts, seg.closed, seg.discontinuity)
 
 
 class MediaTimeline:
-    def __init__(self, cfg: MediaConfig, *, first_msn: int = FIRST_MSN) -> None:
+    def __init__(self, cfg: MediaConfig, *, first_msn: int = FIRST_MSN, segments: Iterable[Segment] = (),
+                 discontinuity_sequence: int = 0) -> None:
+        """A timeline resumed on another node (``amphi.media.replica.Resume``) is seeded with
+        the complete ``segments`` the previous host made (oldest first; served, listed and
+        fetchable as if made here) and ``discontinuity_sequence``, the discontinuities that
+        had left the kept segments before them; ``first_msn`` is then the next to make."""
         self._cfg = cfg
         # Segments kept in memory: the playlist window plus a few that just left it, so a
         # listener who read an older playlist can still fetch what it listed.
@@ -29,21 +35,35 @@ class MediaTimeline:
         self._segments: OrderedDict[int, Segment] = OrderedDict()
         self._open: Segment | None = None
         self._next: tuple[int, int] = (first_msn, 0)  # the preload hint before the first part
+        self._dropped_discontinuities = discontinuity_sequence  # of segments no longer kept
+        self._live_from: int | None = None  # msn of the first live segment (the Space's start)
         self.ended = False
+        for seg in segments:
+            self._add(seg)
 
     # -- fed by the pipeline ---------------------------------------------------------------
 
     def apply(self, event: Event, next_position: tuple[int, int]) -> None:
         if isinstance(event, PartReady):
             self._open = event.segment
+            self._saw(event.segment)
         elif isinstance(event, SegmentClosed):
             seg = event.segment
-            self._segments[seg.msn] = seg
+            self._add(seg)
             if self._open is seg:
                 self._open = None
-            while len(self._segments) > self._keep:
-                self._segments.popitem(last=False)
         self._next = next_position
+
+    def _add(self, seg: Segment) -> None:
+        self._segments[seg.msn] = seg
+        self._saw(seg)
+        while len(self._segments) > self._keep:
+            _, gone = self._segments.popitem(last=False)
+            self._dropped_discontinuities += gone.discontinuity
+
+    def _saw(self, seg: Segment) -> None:
+        if seg.live and self._live_from is None:
+            self._live_from = seg.msn
 
     def end(self) -> None:
         self.ended = True
@@ -67,6 +87,16 @@ class MediaTimeline:
         seg = self._open if self._open is not None and self._open.parts else (
             next(reversed(self._segments.values())) if self._segments else None)
         return None if seg is None else seg.pdt + seg.duration
+
+    @property
+    def segments(self) -> list[Segment]:
+        """The complete segments kept, oldest first."""
+        return list(self._segments.values())
+
+    @property
+    def live_from(self) -> int | None:
+        """msn of the first live (recorded) segment: None while the Space is on hold."""
+        return self._live_from
 
     @property
     def has_segments(self) -> bool:
@@ -139,7 +169,10 @@ class MediaTimeline:
         return last is not None and last >= (msn, part)
 
     def render(self) -> str:
-        window = list(self._segments.values())[-self._cfg.window_segments:]
+        kept = list(self._segments.values())
+        window = kept[-self._cfg.window_segments:]
+        gone = kept[:len(kept) - len(window)]  # kept for late fetches, no longer listed
+        sequence = self._dropped_discontinuities + sum(s.discontinuity for s in gone)
         with_parts = {s.msn for s in window[-self._cfg.part_segments:]}
         entries = [entry(s, with_parts=s.msn in with_parts) for s in window]
         if self._open is not None and not self.ended:
@@ -151,4 +184,5 @@ class MediaTimeline:
         hint = None
         if self._open is not None and self._open.msn == self._next[0]:
             hint = (self._open.msn, self._open.size)
-        return render_live(self._cfg, entries, hint=hint, ended=self.ended)
+        return render_live(self._cfg, entries, hint=hint, ended=self.ended, discontinuity_sequence=sequence,
+                           live_from=self._live_from)
