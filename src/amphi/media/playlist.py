@@ -67,12 +67,6 @@ def _header(cfg: MediaConfig, first_msn: int, discontinuity_sequence: int) -> li
     return lines
 
 
-def discontinuities_before(segments: Sequence[SegmentEntry], msn: int) -> int:
-    """How many of ``segments`` before ``msn`` begin with a discontinuity: the
-    DISCONTINUITY-SEQUENCE of a playlist that starts at ``msn``."""
-    return sum(1 for s in segments if s.discontinuity and s.msn < msn)
-
-
 def render_live(
     cfg: MediaConfig,
     segments: Sequence[SegmentEntry],

@@ -1,0 +1,141 @@
+"""A standby's copy of a live Space on a real node, and the program resumed from it after the
+node is killed (-9): the replay holds both sides, with one discontinuity where the program
+restarted, contiguous msns and decode times that run on."""
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amphi.control.tokens import Signer
+from amphi.core.config import MediaConfig
+from amphi.media import fmp4
+from amphi.media.pipeline import Pipeline
+from amphi.media.recorder import Recording
+from amphi.media.replica import Replica
+from tests.audio import SR, decode, dominant_per_window, ffmpeg_decode, rms
+from tests.integration.amphi_proc import AmphiServer, Speaker
+
+SECRET = "replica-test-secret"
+PARTS = 4  # 2.048 s segments: the test waits for whole segments
+CFG = MediaConfig(parts_per_segment=PARTS)
+
+
+async def until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_a_replica_copies_the_live_segments_and_the_program_resumes_after_kill_9(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    monkeypatch.setenv("AMPHI_SECRET", SECRET)
+    host = AmphiServer(tmp_path / "host", None, "--segment-parts", str(PARTS)).start()
+    speaker = None
+    try:
+        space, key = host.create("failover")
+        host.start_space(space, key)
+        speaker = Speaker(host, space, key, "--tone", "440").start()
+        await asyncio.sleep(0)
+        recording = Recording(tmp_path / "standby" / space, CFG)
+        credential = Signer(SECRET.encode()).edge_credential("standby-b")
+        replica = Replica(space, CFG, recording, host.url, credential)
+        follow = asyncio.create_task(replica.run())
+        # three segments with the tone in them, copied (the speaker is connected by now)
+        on_air = time.time()
+        await until(lambda: sum(e.pdt > on_air for e in recording.entries) >= 3, 30, "three segments of tone")
+        assert replica.stats.errors == 0 and replica.stats.behind == 0
+        copied = len(recording.entries)
+        host.kill9()
+        await until(lambda: replica.stats.errors >= 1, 10, "the replica to notice the host is gone")
+        follow.cancel()
+        await asyncio.gather(follow, return_exceptions=True)
+        assert len(recording.entries) == copied  # nothing came after the kill
+        resume = replica.resume_point(gap=True)
+        assert resume is not None and resume.next_msn == recording.entries[-1].msn + 1
+    finally:
+        if speaker is not None:
+            speaker.stop()
+        host.stop()
+
+    pipeline = Pipeline(space, CFG, recording, live=True, resume=resume)
+    started = time.time()
+    await pipeline.start()
+    await until(lambda: pipeline.stats.recorder.written >= 2, 20, "two segments of the resumed program")
+    await pipeline.end()
+    assert pipeline.failures == {}
+
+    entries = recording.entries
+    msns = [e.msn for e in entries]
+    assert msns == list(range(msns[0], msns[0] + len(msns)))  # contiguous across the cut
+    cut = resume.next_msn
+    assert [e.msn for e in entries if e.discontinuity] == [cut]
+    # the new program's wall time is when it started, not the dead host's last segment's end
+    first_new = next(e for e in entries if e.msn == cut)
+    assert first_new.pdt == pytest.approx(started, abs=0.5)
+    assert first_new.pdt >= resume.end_wall
+
+    vod = (recording.dir / "vod.m3u8").read_text().splitlines()
+    assert vod.count("#EXT-X-DISCONTINUITY") == 1
+    at = vod.index("#EXT-X-DISCONTINUITY")
+    assert next(line for line in vod[at:] if not line.startswith("#")) == f"{cut}.m4s"
+    assert not any("DISCONTINUITY-SEQUENCE" in line for line in vod)
+    again = Recording.open(recording.dir, CFG)  # a restart reads the cut back
+    assert again.vod_playlist() == recording.vod_playlist()
+
+    # decode times run on through the cut; moof sequence numbers too
+    frags = [f for e in entries for f in fmp4.read_fragments((recording.dir / e.uri).read_bytes())]
+    assert all(b.base_decode_time == a.end_decode_time and b.sequence == a.sequence + 1
+               for a, b in zip(frags, frags[1:]))
+
+    # the replay as audio: init + every segment, the tone before the cut
+    init = recording.init_bytes()
+    before = b"".join((recording.dir / e.uri).read_bytes() for e in entries if e.msn < cut)
+    audio = decode(init + before)
+    quarter = SR // 4
+    loud = [i for i in range(len(audio) // quarter) if rms(audio[i * quarter:(i + 1) * quarter]) > 0.1]
+    assert len(loud) >= 16, "less than 4 s of tone before the cut"
+    heard = dominant_per_window(audio[loud[0] * quarter:(loud[-1] + 1) * quarter], 0.25)
+    assert all(abs(hz - 440) <= 5 for hz in heard), heard
+    whole = decode(init + b"".join((recording.dir / e.uri).read_bytes() for e in entries))
+    assert len(whole) == pytest.approx(recording.duration * SR, abs=2 * 1024)
+
+    # the download: one continuous file, the whole of it, read by ffmpeg
+    download = tmp_path / "space.m4a"
+    download.write_bytes(b"".join(recording.iter_download(recording.download_init())))
+    pcm = ffmpeg_decode(download)
+    assert len(pcm) == pytest.approx(recording.duration * SR, abs=2 * 1024)
+    stamps = subprocess.run(["ffmpeg", "-v", "error", "-i", str(download), "-map", "0:a", "-c", "copy", "-f", "framemd5",
+                             "-"], capture_output=True, text=True, check=True, timeout=30).stdout
+    rows = [tuple(map(int, r.split(",")[2:4])) for r in stamps.splitlines() if r and not r.startswith("#")]  # pts, duration
+    assert len(rows) * 1024 == pytest.approx(recording.duration * SR, abs=2 * 1024)
+    assert all(b[0] == a[0] + a[1] for a, b in zip(rows, rows[1:]))
+    assert np.abs(pcm).max() > 0.2
+
+
+async def test_abandon_releases_listeners_and_publishes_nothing_after(tmp_path: Path) -> None:
+    pipeline = Pipeline("fenced", CFG, Recording(tmp_path, CFG), live=True)
+    await pipeline.start()
+    assert await pipeline.wait_for(lambda: pipeline.stats.recorder.written >= 1, timeout=10)
+    last = pipeline.timeline.last_position
+    waiting = asyncio.create_task(pipeline.wait_for(lambda: False, timeout=30))
+    await asyncio.sleep(0)
+    t = time.monotonic()
+    await pipeline.abandon()
+    assert await asyncio.wait_for(waiting, 1) is False and time.monotonic() - t < 2
+    after = pipeline.timeline.last_position
+    assert after is not None and after >= last
+    await asyncio.sleep(3 * CFG.part_s)
+    assert pipeline.timeline.last_position == after  # nothing more published
+    assert not pipeline.timeline.ended  # the Space is not over: another node carries it on
+    assert not (tmp_path / "vod.m3u8").exists() and pipeline.recording.entries  # no replay written here
+    written = len(pipeline.recording.entries)
+    assert not pipeline.recorder.put(pipeline.timeline.segments[-1])  # closed for writing
+    assert len(pipeline.recording.entries) == written
+    assert pipeline.supervisor.tasks == []
+    await asyncio.wait_for(pipeline.end(), 1)  # returns at once
