@@ -5,7 +5,6 @@ listener. The host is killed (-9) or stopped (SIGSTOP) mid-Space; its standby ca
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import threading

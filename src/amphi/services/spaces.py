@@ -29,7 +29,7 @@ from amphi.core.errors import Conflict, NotFound, Unavailable
 from amphi.defense.shield import Shield
 from amphi.media.pipeline import Pipeline
 from amphi.media.recorder import Recording
-from amphi.media.replica import Resume
+from amphi.media.segmenter import Resume
 from amphi.media.recordings import Recordings
 from amphi.services.rooms import Rooms
 

@@ -200,7 +200,9 @@ class Origin:
             entries = recording.entries[-self._cfg.window_segments:]
             if not entries:
                 raise NotFound("this Space has no audio")
-            text = render_live(self._cfg, entries, hint=None, ended=True)
+            gone = recording.entries[:len(recording.entries) - len(entries)]  # left the window: counted
+            text = render_live(self._cfg, entries, hint=None, ended=True,
+                               discontinuity_sequence=sum(e.discontinuity for e in gone))
             await self._ok(send, M3U8, PLAYLIST_ENDED, text.encode(), head)
             return
         timeline = pipeline.timeline
