@@ -441,8 +441,8 @@ sub vcl_backend_response {{
             if (bereq.http.x-amphi-to && bereq.retries < {MEDIA_RETRIES}) {{
                 return (retry);
             }}
-        }} elsif (beresp.status < 500) {{
-            call amphi_host_answered;
+        }} elsif (beresp.status < 400) {{
+            call amphi_host_answered;  # not a 404: a node that knows nothing of the Space is not its host
         }}
         if (beresp.http.content-range) {{
             # a part's bytes (x-range, above): Varnish refuses to keep an answer with a
