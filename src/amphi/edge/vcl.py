@@ -19,6 +19,13 @@
    health probes, for a few seconds. Errors are kept 0.5 s.
 4. ``/api/`` and pages go to the API nodes, round-robin, health-probed; joins have their own
    per-address rate. Static assets are cached.
+5. A Space outlives its host (docs/edge.md, "When a node dies"): media is fetched from the
+   Space's host, which need not be the URL's node. The URL's node, or the host this edge last
+   heard of for the Space; if that one is down (its probe), another healthy origin; a fetch that
+   fails to connect is retried on another; a ``421`` naming the host (``x-amphi-host``) is
+   retried there and remembered; a ``503`` with ``Retry-After`` (a take-over) is retried on an
+   origin not asked yet. Each node is asked at most once a request; a ``421`` never reaches a
+   client nor the cache (503 + ``Retry-After: 1`` when nobody serves).
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ WHOLE_RANGE = r"^bytes=0-([0-9]{11,})?$"
 TOKEN_RE = TOKEN.numbered()
 EXPOSE_HEADERS = EXPOSE[1].decode()  # as the origin's answers
 CONNECTION_CAPS = ("auto", "fanout", "firewall", "nginx")
+MEDIA_RETRIES = 3  # a media fetch goes to at most 4 nodes (Varnish's max_retries is 4): a node is never asked twice
+HOST_KEY = '"amphi-host:" + '  # the var vmod's global, per Space: "<node> <unix time it was last confirmed>"
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,10 @@ class EdgeSpec:
     live_playlist_ttl_s: float = 0.1  # the non-blocking live playlist: a new listener starts this close to live
     media_ttl_cap_s: int = 120  # parts and segments are immutable, but only wanted near the live edge
     error_ttl_s: float = 0.5  # errors from the origin are kept this long
-    probe_interval_s: float = 1.0  # origins and API nodes are probed this often (GET /api/node)
+    probe_interval_s: float = 0.5  # origins and API nodes are probed this often (GET /api/node), a probe
+    # timing out after 0.8 of it; two failures of the last three mark a node down: 0.5-1 s after its port
+    # refuses, 0.9-1.8 s after it stops answering (SIGSTOP). A refused fetch moves on at once, without it
+    host_memory_s: int = 30  # a Space's host learned from a 421 is used this long after it last answered
     token_ttl_s: float = AdmissionConfig.token_ttl_s  # the nodes' --token-ttl: the fan-out renews tokens at half of it
 
     @classmethod
@@ -102,6 +114,8 @@ class EdgeSpec:
             raise ValueError("an edge needs at least one origin")
         if not re.fullmatch(r"[\x21-\x7e]{16,256}", self.secret) or '"}' in self.secret:
             raise ValueError("the token secret must be 16-256 printable characters (as in <data_dir>/secret)")
+        if self.probe_interval_s <= 0 or self.host_memory_s <= 0:
+            raise ValueError("the probe interval and the host memory are positive")
         if self.connection_cap not in CONNECTION_CAPS:
             raise ValueError(f"{self.connection_cap!r}: the connection cap is one of {', '.join(CONNECTION_CAPS)}")
 
@@ -122,13 +136,64 @@ def _backend(prefix: str, b: Backend, spec: EdgeSpec, *, probe: bool) -> str:
             "    .probe = {",
             '        .url = "/api/node";',
             f"        .interval = {spec.probe_interval_s:g}s;",
-            "        .timeout = 1s;",
+            # the next probe is due an interval after one ends: a node that stopped answering is
+            # probed every interval + timeout, and down after two of them
+            f"        .timeout = {min(0.8 * spec.probe_interval_s, 1.0):g}s;",
             "        .window = 3;",
             "        .threshold = 2;",
             "        .initial = 2;",
             "    }",
         ]
     return "\n".join([*lines, "}"])
+
+
+def _ident(b: Backend) -> str:
+    return f"o_{b.name.replace('-', '_')}"
+
+
+def _chain(clauses: list[str], otherwise: str) -> str:
+    """``if (c1) { a1 } elsif ... else { otherwise }`` from (condition, action) lines, indented once."""
+    out = [f"    {'if' if i == 0 else '} elsif'} {c}" for i, c in enumerate(clauses)]
+    return "\n".join([*out, f"    }} else {{\n        {otherwise}\n    }}"])
+
+
+def _routing(spec: EdgeSpec) -> str:
+    """The subs that turn a node's name into its backend and choose the next node to ask
+    (one clause per origin: VCL has no lookup by name, nor a regex made at run time)."""
+    o = spec.origins
+    hint = _chain([f'(req.http.x-amphi-to == "{b.name}") {{\n        set req.backend_hint = {_ident(b)};' for b in o],
+                  'return (synth(404, "not_found: no such origin node"));')
+    fetch = _chain([f'(bereq.http.x-amphi-to == "{b.name}") {{\n        set bereq.backend = {_ident(b)};' for b in o],
+                   "set bereq.backend = " + _ident(o[0]) + ";  # not reached: x-amphi-to is always an origin's")
+    other = {
+        side: _chain([f'({side}.http.x-amphi-tried !~ ",{b.name}," && std.healthy({_ident(b)})) {{\n'
+                      f'        set {side}.http.x-amphi-to = "{b.name}";' for b in o],
+                     f"unset {side}.http.x-amphi-to;")
+        for side in ("req", "bereq")}
+    named = _chain([f'(beresp.http.x-amphi-host == "{b.name}" && bereq.http.x-amphi-tried !~ ",{b.name},") {{\n'
+                    f'        set bereq.http.x-amphi-to = "{b.name}";' for b in o],
+                   "unset bereq.http.x-amphi-to;")
+    return f"""sub amphi_hint {{
+{hint}
+}}
+
+sub amphi_fetch_from {{
+{fetch}
+}}
+
+sub amphi_other_req {{
+    # the first healthy origin not tried yet; none: x-amphi-to unset
+{other["req"]}
+}}
+
+sub amphi_other {{
+{other["bereq"]}
+}}
+
+sub amphi_named {{
+    # the host a 421 names, if it is an origin of this edge not asked yet; else x-amphi-to unset
+{named}
+}}"""
 
 
 def render(spec: EdgeSpec) -> str:
@@ -138,11 +203,8 @@ def render(spec: EdgeSpec) -> str:
         + [_backend("a_", b, spec, probe=True) for b in api]
     )
     api_adds = "\n".join(f"    api.add_backend(a_{b.name.replace('-', '_')});" for b in api)
-    route = "\n".join(
-        f'    {"if" if i == 0 else "} elsif"} (req.http.x-node == "{b.name}") {{\n'
-        f"        set req.backend_hint = o_{b.name.replace('-', '_')};"
-        for i, b in enumerate(spec.origins)
-    )
+    routing = _routing(spec)
+    host = HOST_KEY + "regsub(bereq.url, \"^/media/([^/]+)/.*$\", \"\\1\")"  # the Space's entry, fetch side
     # behind the front (nginx, with the connection cap) every request comes over its Unix socket:
     # the client's address is the one the front always sets (from its connection, or from the
     # PROXY protocol behind the stream cap)
@@ -171,6 +233,7 @@ def render(spec: EdgeSpec) -> str:
 import digest;
 import directors;
 import std;
+import var;
 import vsthrottle;
 
 {backends}
@@ -187,6 +250,11 @@ sub vcl_recv {{
     unset req.http.x-token;
     unset req.http.x-file;
     unset req.http.x-range;
+    unset req.http.x-amphi-to;
+    unset req.http.x-amphi-tried;
+    unset req.http.x-amphi-gave-up;
+    unset req.http.x-amphi-first;
+    unset req.http.x-amphi-known;
     if (req.url ~ "^/o/") {{
         call amphi_media;
     }}
@@ -222,6 +290,7 @@ sub amphi_media {{
     }}
 {media_throttle}
     set req.http.x-node = regsub(req.url, "^/o/([^/]+)/.*$", "\\1");
+    set req.http.x-space = regsub(req.url, "^/o/[^/]+/media/([^/]+)/.*$", "\\1");
     if (req.url ~ "{REPLAY.text}") {{
         # the replay: public once the Space has ended (the origin says 401 before), cached
         call amphi_route;
@@ -275,15 +344,55 @@ sub amphi_media {{
 }}
 
 sub amphi_route {{
-{route}
-    }} else {{
-        return (synth(404, "not_found: no such origin node"));
+    # the URL's node; or the Space's host as a 421 named it, while it keeps answering
+    set req.http.x-amphi-to = req.http.x-node;
+    call amphi_hint;  # 404 for a node this edge does not know
+    set req.http.x-amphi-known = var.global_get({HOST_KEY}req.http.x-space);
+    if (req.http.x-amphi-known ~ "^[^ ]+ [0-9]+$" &&
+            std.integer(regsub(req.http.x-amphi-known, "^.* ", ""), 0) + {spec.host_memory_s} > std.integer(time=now)) {{
+        set req.http.x-amphi-to = regsub(req.http.x-amphi-known, " .*$", "");
+        call amphi_hint;
+    }}
+    unset req.http.x-amphi-known;
+    set req.http.x-amphi-tried = ",";
+    if (!std.healthy(req.backend_hint)) {{
+        # down by its probe: any other healthy origin (one that is not the host says which is);
+        # none: the first choice all the same (a stale copy, or a 503)
+        set req.http.x-amphi-tried = "," + req.http.x-amphi-to + ",";
+        set req.http.x-amphi-first = req.http.x-amphi-to;
+        call amphi_other_req;
+        if (!req.http.x-amphi-to) {{
+            set req.http.x-amphi-to = req.http.x-amphi-first;
+            set req.http.x-amphi-tried = ",";
+        }}
+        unset req.http.x-amphi-first;
+        call amphi_hint;
+    }}
+}}
+
+{routing}
+
+sub amphi_host_answered {{
+    # the node asked is the Space's host: remembered when it is not the URL's, so that this
+    # Space's next fetches go straight to it
+    if (bereq.http.x-amphi-to != bereq.http.x-node) {{
+        var.global_set({host}, bereq.http.x-amphi-to + " " + std.integer(time=now));
+    }}
+}}
+
+sub amphi_not_host {{
+    # the node asked does not serve the Space (a 421, a 503, no answer): never asked again for
+    # this request, and forgotten as the Space's host
+    set bereq.http.x-amphi-tried = bereq.http.x-amphi-tried + bereq.http.x-amphi-to + ",";
+    if (regsub(var.global_get({host}), " .*$", "") == bereq.http.x-amphi-to) {{
+        var.global_set({host}, "");
     }}
 }}
 
 sub vcl_hash {{
+    # media by (space, file) alone: whichever node serves them, a Space's files are the same
+    # bytes (the new host continues the old one's numbers, and holds copies of its segments)
     hash_data(req.url);
-    hash_data(req.http.x-node);
     if (req.http.x-range) {{
         hash_data(req.http.x-range);
     }}
@@ -291,6 +400,9 @@ sub vcl_hash {{
 }}
 
 sub vcl_backend_fetch {{
+    if (bereq.url ~ "^/media/") {{
+        call amphi_fetch_from;
+    }}
     if (bereq.url ~ "^/media/[^/]+/edge/") {{
         set bereq.http.x-amphi-edge = "{spec.credential}";
     }}
@@ -302,6 +414,36 @@ sub vcl_backend_fetch {{
 
 sub vcl_backend_response {{
     if (bereq.url ~ "^/media/") {{
+        if (beresp.status == 421) {{
+            # not the Space's host: ask the one it names, else another origin not asked yet;
+            # a 421 never reaches a client nor the cache
+            call amphi_not_host;
+            call amphi_named;
+            if (bereq.http.x-amphi-to) {{
+                var.global_set({host}, bereq.http.x-amphi-to + " " + std.integer(time=now));
+            }} else {{
+                call amphi_other;
+            }}
+            if (bereq.http.x-amphi-to && bereq.retries < {MEDIA_RETRIES}) {{
+                return (retry);
+            }}
+            if (bereq.is_bgfetch) {{
+                return (abandon);  # keep serving the stale playlist
+            }}
+            set bereq.http.x-amphi-gave-up = "1";
+            return (error(503, "Service Unavailable"));
+        }}
+        if (beresp.status == 503 && beresp.http.retry-after) {{
+            # a take-over under way (or a busy node): another origin not asked yet, if any;
+            # else this 503 goes to the client, kept no longer than other errors
+            call amphi_not_host;
+            call amphi_other;
+            if (bereq.http.x-amphi-to && bereq.retries < {MEDIA_RETRIES}) {{
+                return (retry);
+            }}
+        }} elsif (beresp.status < 400) {{
+            call amphi_host_answered;  # not a 404: a node that knows nothing of the Space is not its host
+        }}
         if (beresp.http.content-range) {{
             # a part's bytes (x-range, above): Varnish refuses to keep an answer with a
             # Content-Range ("Unexpected content-range header"), so it is kept under another name
@@ -339,8 +481,18 @@ sub vcl_backend_error {{
         if (bereq.retries < 2) {{
             return (retry);  # another API node, round-robin
         }}
-    }} elsif (bereq.is_bgfetch) {{
-        return (abandon);  # keep serving the stale playlist
+    }} else {{
+        if (!bereq.http.x-amphi-gave-up) {{
+            # no answer (refused, reset, timed out, or down by its probe): another origin not asked yet
+            call amphi_not_host;
+            call amphi_other;
+            if (bereq.http.x-amphi-to && bereq.retries < {MEDIA_RETRIES}) {{
+                return (retry);
+            }}
+        }}
+        if (bereq.is_bgfetch) {{
+            return (abandon);  # keep serving the stale playlist
+        }}
     }}
     set beresp.ttl = {spec.error_ttl_s:g}s;
     set beresp.grace = 0s;
