@@ -151,8 +151,10 @@ def test_the_host_out_of_reach_is_a_503_with_retry_after_and_the_loop_guard_hold
 
 class RefusingFront:
     """A TCP front of the test before a real node: the first ``refusals`` WHIP offers are answered
-    ``503 Retry-After: 1`` (a take-over in progress); every other connection is relayed to the
-    node byte for byte. ``offers`` holds when each offer arrived (``time.monotonic()``)."""
+    ``503 Retry-After: 1`` (a take-over in progress); every other request is relayed to the node
+    byte for byte, with ``Connection: close`` (so a browser makes each request on a connection of
+    its own, and the front sees every one). ``offers`` holds when each offer arrived
+    (``time.monotonic()``)."""
 
     def __init__(self, node: AmphiServer, refusals: int) -> None:
         self.node = node
@@ -171,6 +173,12 @@ class RefusingFront:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        try:
+            self._relay(conn)
+        except OSError:  # the client or the node went away (the node stopped at the test's end)
+            pass
+
+    def _relay(self, conn: socket.socket) -> None:
         with conn:
             head = b""
             while b"\r\n\r\n" not in head:
@@ -178,7 +186,10 @@ class RefusingFront:
                 if not piece:
                     return
                 head += piece
-            line = head.split(b"\r\n", 1)[0]
+            head, _, rest = head.partition(b"\r\n\r\n")
+            lines = [h for h in head.split(b"\r\n") if not h.lower().startswith(b"connection:")]
+            head = b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n" + rest
+            line = lines[0]
             if line.startswith(b"POST ") and line.split()[1].endswith(b"/speak"):
                 self.offers.append(time.monotonic())
                 if len(self.offers) <= self.refusals:
