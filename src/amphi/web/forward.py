@@ -72,8 +72,6 @@ class Forwarder:
         self._limit = max_body_bytes
         self._closing = closing  # the node is shutting down: forwarded streams end
         self._client: httpx.AsyncClient | None = None
-        self.forwarded = 0  # calls forwarded to another node (answers begun)
-        self.refused = 0  # 503s: a forwarded call for a Space not hosted here, or the host out of reach
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -93,7 +91,6 @@ class Forwarder:
     async def _forward(self, scope: Scope, receive: Receive, send: Send, err: HostedElsewhere) -> None:
         came_from = header(scope, FORWARDED)
         if came_from is not None:
-            self.refused += 1
             raise Unavailable(f"node {came_from.decode('latin-1')} forwarded a call about a Space this node "
                               f"({self.node_id}) does not host: the directory is changing", retry_after_s=RETRY_S)
         body = await read_body(scope, receive, self._limit) if scope["method"] not in ("GET", "HEAD") else b""
@@ -111,11 +108,9 @@ class Forwarder:
             async with asyncio.timeout(first_byte_s):
                 response = await client.send(request, stream=True)
         except (httpx.HTTPError, TimeoutError) as exc:
-            self.refused += 1
             log.warning("forwarding %s %s to %s: %r", scope["method"], scope["path"], err.location, exc)
             raise Unavailable(f"the node hosting this Space does not answer ({type(exc).__name__}); "
                               "it may be changing", retry_after_s=RETRY_S) from None
-        self.forwarded += 1
         try:
             await self._relay(response, receive, send, scope["method"] == "HEAD")
         finally:
