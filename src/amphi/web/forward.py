@@ -135,7 +135,8 @@ class Forwarder:
                 await asyncio.wait([following, gone], return_when=asyncio.FIRST_COMPLETED)
                 if not following.done():
                     following.cancel()
-                    return  # the client left or the node is closing: nothing more to say
+                    await sse.finish(send, self._closing)  # the node is closing: the answer ends (a client that left needs none)
+                    return
                 try:
                     chunk = following.result()
                 except StopAsyncIteration:
