@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,13 @@ from amphi.control.ice import ice_servers, link_header
 from amphi.control.spaces import Space
 from amphi.control.stage import Participant
 from amphi.core.config import Config
-from amphi.core.errors import AmphiError, InvalidSdp, NotFound, UnsupportedMediaType
+from amphi.core.errors import AmphiError, HostedElsewhere, InvalidSdp, NotFound, UnsupportedMediaType
 from amphi.defense.shield import CLIENT_KEY
 from amphi.media.ingest.trickle import parse_fragment
 from amphi.web import assets
 from amphi.web.answers import grant_json, invited_json, requested_json
 from amphi.web.asgi import SDP, TRICKLE, bearer, error_parts, parse_object, read_body
+from amphi.web.forward import Forwarder
 from amphi.web.openapi import document_bytes
 from amphi.web.ports import Finder, KeyDesk, SpaceDesk, StageDesk
 from amphi.web.routes import ROUTES
@@ -80,7 +82,7 @@ def credential(request: Request) -> str | None:
 
 
 def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
-              node_stats: Callable[[], dict[str, object]], access: KeyDesk) -> Starlette:
+              node_stats: Callable[[], dict[str, object]], access: KeyDesk, forward: Forwarder) -> Starlette:
     limit = cfg.http.max_body_bytes
     vendor_root = assets.root(cfg.web_assets_dir)
     if assets.missing(vendor_root):
@@ -105,7 +107,8 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
         return JSONResponse(await status_of(await finder.space(request.path_params["id"])))
 
     async def here(request: Request) -> Space:
-        """The Space, if this node hosts it; else 307 to the node that does (--redis)."""
+        """The Space, if this node hosts it; else HostedElsewhere, and the call is forwarded to
+        the node that does (--redis; ``elsewhere``)."""
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return await finder.hosted(request.path_params["id"], path)
 
@@ -262,6 +265,12 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
         assert isinstance(exc, AmphiError)
         return error_response(exc)
 
+    async def elsewhere(request: Request, exc: Exception) -> Any:
+        """Another node hosts the Space: the call is made there and its answer relayed
+        (``amphi.web.forward``); an ASGI app in the place of a response."""
+        assert isinstance(exc, HostedElsewhere)
+        return partial(forward, err=exc)
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -282,4 +291,5 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
     assert served == set(handlers), f"routes without a handler or handlers without a route: {served ^ set(handlers)}"
     routes = [Route(ROUTES[name].template, handler, methods=sorted(ROUTES[name].methods))
               for name, handler in handlers.items()]
-    return Starlette(routes=routes, exception_handlers={AmphiError: amphi_error, HTTPException: http_error})
+    return Starlette(routes=routes, exception_handlers={AmphiError: amphi_error, HostedElsewhere: elsewhere,
+                                                         HTTPException: http_error})

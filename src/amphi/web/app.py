@@ -31,6 +31,7 @@ from amphi.obs.snapshot import NodeSnapshot
 from amphi.web.api import build_api
 from amphi.web.asgi import WHIP_ACCEPT, WHIP_PREFLIGHT_HEADERS, Receive, Scope, Send, header, preflight, whip_cors
 from amphi.web.events import EventStream
+from amphi.web.forward import Forwarder
 from amphi.web.join import JoinEndpoint
 from amphi.web.middleware import Gate
 from amphi.web.ops import Ops
@@ -69,9 +70,10 @@ class App:
         self.origin = Origin(spaces, listeners, cfg.media)
         self.join = JoinEndpoint(listeners, finder, spaces, shield, obs.metrics)
         self.closing = asyncio.Event()  # the node is shutting down: long-lived streams end
-        self.events = EventStream(rooms, finder, cfg.stage, self.closing)
+        self.forward = Forwarder(cfg.node_id, cfg.http.max_body_bytes, self.closing)  # calls about Spaces hosted elsewhere
+        self.events = EventStream(rooms, finder, cfg.stage, self.closing, self.forward)
         self.ops = Ops(cfg, obs, operator_key, self.closing)
-        self.api = build_api(cfg, spaces, finder, rooms, lambda: snapshot().to_json(), access)
+        self.api = build_api(cfg, spaces, finder, rooms, lambda: snapshot().to_json(), access, self.forward)
         self.metrics = obs.metrics
         self.asgi = Gate(self._route, shield)  # what the HTTP server serves: the middleware, then the routes
 

@@ -24,9 +24,10 @@ import orjson
 from amphi.control.spaces import SpaceState
 from amphi.control.stage import State
 from amphi.core.config import StageConfig
-from amphi.core.errors import AmphiError, MethodNotAllowed, TooBusy
+from amphi.core.errors import AmphiError, HostedElsewhere, MethodNotAllowed, TooBusy
 from amphi.web import sse
 from amphi.web.asgi import Receive, Scope, Send, bearer, header, send_error
+from amphi.web.forward import Forwarder
 from amphi.web.ports import Finder, StageDesk
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,10 @@ def _credential(scope: Scope) -> str | None:
 
 
 class EventStream:
-    def __init__(self, rooms: StageDesk, finder: Finder, cfg: StageConfig, closing: asyncio.Event) -> None:
+    def __init__(self, rooms: StageDesk, finder: Finder, cfg: StageConfig, closing: asyncio.Event,
+                 forward: Forwarder) -> None:
         self._closing = closing  # set at shutdown: the stream ends
+        self._forward = forward  # a Space another node hosts: its stream, relayed from there
         self._rooms = rooms
         self._finder = finder
         self._cfg = cfg
@@ -53,7 +56,7 @@ class EventStream:
             if scope["method"] != "GET":
                 raise MethodNotAllowed("events take GET")
             path = scope["path"] + (f"?{qs.decode('latin-1')}" if (qs := scope.get("query_string")) else "")
-            space = await self._finder.hosted(space_id, path)  # 307 to the hosting node (--redis)
+            space = await self._finder.hosted(space_id, path)  # HostedElsewhere: relayed (--redis)
             if space.state is SpaceState.ENDED:
                 await sse.start(send)
                 await sse.write(send, sse.event("ended", b"{}"), more=False)
@@ -63,6 +66,9 @@ class EventStream:
             if rooms.event_streams >= self._cfg.max_event_streams:
                 raise TooBusy("too many live event streams on this node; the stage is also at GET /stage",
                               retry_after_s=30)
+        except HostedElsewhere as err:
+            await self._forward(scope, receive, send, err)
+            return
         except AmphiError as err:
             await send_error(send, err)
             return

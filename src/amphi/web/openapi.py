@@ -48,7 +48,6 @@ def nullable(schema: Schema) -> Schema:
 # -- answers ---------------------------------------------------------------------------------
 
 ERRORS = {  # status -> what it means here (every one answers the Error schema)
-    307: "Another node hosts the Space (with --redis): the same request there, in Location.",
     400: "Malformed: a body or a parameter that is not what is described.",
     401: "No credentials, expired ones, or an Authorization header that is not 'Bearer X' (WWW-Authenticate: "
          "Bearer); an API key that is missing, unknown or revoked (docs/keys.md).",
@@ -62,7 +61,8 @@ ERRORS = {  # status -> what it means here (every one answers the Error schema)
     413: "The body is larger than the node takes.",
     429: "Too many requests: come back after Retry-After (retry_after_s).",
     431: "The request's headers are too large.",
-    503: "The node is too busy or cannot take more now: come back after Retry-After.",
+    503: "The node is too busy or cannot take more now, or (with --redis) the node hosting the Space is out of "
+         "reach or changing (docs/cluster.md): come back after Retry-After.",
 }
 EVERYWHERE = (429, 431, 503)  # the shield's answers, before any route (amphi.web.middleware.Gate)
 
@@ -143,7 +143,6 @@ def _schemas() -> dict[str, Schema]:
                   "properties": {"error": {"type": "string", "description": "a stable code: not_found, ..."},
                                  "message": {"type": "string"},
                                  "retry_after_s": {"type": "number"},
-                                 "location": {"type": "string", "description": "307: the same request elsewhere"},
                                  "challenge": {"type": "object", "description": "429 challenge_required: "
                                                                                 "the proof of work to solve"}}},
         "SpaceStatus": status,
@@ -256,12 +255,12 @@ OPERATIONS: dict[str, dict[str, Operation]] = {  # route name -> method -> what 
                                  tags=("spaces",))},
     "spaces.list": {"GET": op("Every Space", ok({"type": "array", "items": ref("SpaceStatus")}), tags=("spaces",))},
     "space": {"GET": op("A Space's status", ok(ref("SpaceStatus")), errors=(404,), tags=("spaces",))},
-    "space.start": {"POST": op("Go live (the host)", ok(ref("SpaceStatus")), errors=(307, 400, 401, 403, 404, 409),
+    "space.start": {"POST": op("Go live (the host)", ok(ref("SpaceStatus")), errors=(400, 401, 403, 404, 409),
                                security=HOST_OR_KEY, tags=("spaces",))},
     "space.end": {"POST": op("End the Space (the host)", ok(ref("SpaceStatus")),
-                             errors=(307, 400, 401, 403, 404, 409), security=HOST_OR_KEY, tags=("spaces",))},
+                             errors=(400, 401, 403, 404, 409), security=HOST_OR_KEY, tags=("spaces",))},
     "space.defense": {"POST": op("The host's proof-of-work switch (docs/defense.md)", ok(ref("Defense")),
-                                 errors=(307, 400, 401, 403, 404, 413), body=ref("PowSwitch"), security=HOST_OR_KEY,
+                                 errors=(400, 401, 403, 404, 413), body=ref("PowSwitch"), security=HOST_OR_KEY,
                                  tags=("spaces",))},
     "join": {"POST": op("Join: a seat, a place in line, or the replay (docs/admission.md)",
                         ok({"oneOf": [ref("Admitted"), ref("Ended")]}, "Admitted, or the Space has ended"),
@@ -274,35 +273,35 @@ OPERATIONS: dict[str, dict[str, Operation]] = {  # route name -> method -> what 
                        errors=(404,), tags=("listeners",))},
     "events": {"GET": op("Live stage events (Server-Sent Events: stage, you, ended)",
                          ok({"type": "string"}, "An event stream", media=SSE),
-                         errors=(307, 400, 401, 403, 404), security=PARTICIPANT, optional_auth=True,
+                         errors=(400, 401, 403, 404), security=PARTICIPANT, optional_auth=True,
                          query=(ACCESS_TOKEN,), tags=("stage",))},
     "speak": {"POST": op("WHIP (RFC 9725): a WebRTC offer -> the answer and the session (the host, or a grant on stage)",
                          ok({"type": "string"}, "The SDP answer; Location is the WHIP session", 201, media=SDP,
                             headers=("Location", "ETag", "Accept-Patch", "Link")),
-                         errors=(307, *ON_SPACE, 401, 403, 413, 415), body={"type": "string"}, body_media=SDP,
+                         errors=(*ON_SPACE, 401, 403, 413, 415), body={"type": "string"}, body_media=SDP,
                          body_required=True, security=PARTICIPANT, tags=("stage",))},
     "speak.session": {
-        "DELETE": op("Hang the WHIP session up", Answer(204, "Hung up"), errors=(307, 400, 401, 403, 404),
+        "DELETE": op("Hang the WHIP session up", Answer(204, "Hung up"), errors=(400, 401, 403, 404),
                      security=PARTICIPANT, tags=("stage",)),
         "PATCH": op("Trickle ICE candidates into the WHIP session (no ICE restart)", Answer(204, "Added"),
-                    errors=(307, 400, 401, 403, 404, 412, 413, 415, 422), body={"type": "string"},
+                    errors=(400, 401, 403, 404, 412, 413, 415, 422), body={"type": "string"},
                     body_media=TRICKLE, body_required=True, security=PARTICIPANT, tags=("stage",)),
     },
     "speak.ice": {"GET": op("The STUN and TURN servers a speaker's client should use (a fresh TURN credential)",
-                            ok(ref("IceServers")), errors=(307, 400, 401, 403, 404, 409), security=PARTICIPANT,
+                            ok(ref("IceServers")), errors=(400, 401, 403, 404, 409), security=PARTICIPANT,
                             tags=("stage",))},
-    "stage": {"GET": op("The stage (more for moderators)", ok(ref("Stage")), errors=(307, *ON_SPACE, 401, 403),
+    "stage": {"GET": op("The stage (more for moderators)", ok(ref("Stage")), errors=(*ON_SPACE, 401, 403),
                         security=PARTICIPANT, optional_auth=True, query=(ACCESS_TOKEN,), tags=("stage",))},
     "stage.session": {"POST": op("The host's grant for the stage", ok(ref("Grant")),
-                                 errors=(307, *ON_SPACE, 401, 403), security=HOST_OR_KEY, tags=("stage",))},
+                                 errors=(*ON_SPACE, 401, 403), security=HOST_OR_KEY, tags=("stage",))},
     "stage.requests": {"POST": op("Ask to speak", ok(ref("Requested"), "Asked", 201),
-                                  errors=(307, *ON_SPACE, 401, 403, 413), body=ref("Name"), security=PARTICIPANT,
+                                  errors=(*ON_SPACE, 401, 403, 413), body=ref("Name"), security=PARTICIPANT,
                                   optional_auth=True, tags=("stage",))},
     "stage.invites": {"POST": op("Invite someone to speak (moderators)", ok(ref("Invited"), "Invited", 201),
-                                 errors=(307, *ON_SPACE, 401, 403, 413), body=ref("Name"), security=PARTICIPANT,
+                                 errors=(*ON_SPACE, 401, 403, 413), body=ref("Name"), security=PARTICIPANT,
                                  tags=("stage",))},
     "stage.action": {"POST": op("Act on a participant: accept, decline, mute, unmute, remove, leave, role",
-                                ok(ref("Stage")), errors=(307, *ON_SPACE, 401, 403, 413), body=ref("StageAction"),
+                                ok(ref("Stage")), errors=(*ON_SPACE, 401, 403, 413), body=ref("StageAction"),
                                 security=PARTICIPANT, tags=("stage",))},
 }
 
@@ -337,8 +336,6 @@ def _responses(o: Operation) -> dict[str, Schema]:
         answer = {"description": ERRORS[status], "content": {JSON: {"schema": ref("Error")}}}
         if status in (429, 503):
             answer["headers"] = {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
-        if status == 307:
-            answer["headers"] = {"Location": {"$ref": "#/components/headers/Location"}}
         out[str(status)] = answer
     return out
 

@@ -5,8 +5,13 @@ Signalling is WHIP (RFC 9725), without trickle: POST the complete SDP offer to
 ``{server}/api/spaces/{space}/speak`` and get the complete answer back with ``201`` and the
 session's ``Location``; DELETE that session when done (hanging up at once, rather than the
 server noticing the silence).
-``speak()`` is one connection; ``stay_on_stage()`` reconnects with backoff when the network
-drops, and stops for good when the server says no (not on stage any more, Space ended).
+``speak()`` is one connection; ``stay_on_stage()`` reconnects when the network drops or the
+Space's host changes (issue 19: the client keeps the URL it started with, an edge or any
+node, which forwards to the host; docs/cluster.md), and stops for good when the server says
+no (not on stage any more, Space ended). Its timings, for a host killed mid-Space: the loss
+is noticed within ``RETURN_SILENCE_S`` (1 s) of the last return audio, the first offer goes
+out at once, a node that answers 503 with Retry-After (a take-over in progress) is asked again
+after that long (+0-15 %), without climbing the backoff ladder.
 Before each offer it asks the node for the STUN and TURN servers to use (``GET
 /api/spaces/{space}/ice``, a fresh TURN credential each time), and it offers host candidates
 on ``ice_addresses`` only (by default the address this machine reaches the server from:
@@ -42,8 +47,13 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 15.0  # from the answer to a connected peer
 HTTP_TIMEOUT_S = 10.0  # the signalling request
 HANG_UP_TIMEOUT_S = 3.0  # the DELETE of the WHIP session when done (best effort)
-RETURN_SILENCE_S = 3.0  # no return audio for this long while connected: the connection is down
+RETURN_SILENCE_S = 1.0  # no return audio for this long while connected: the connection is down
+# (the mixer sends the feed every 20 ms, silence included; the node covers its own stalls up to
+# 1 s, MediaConfig.stall_cover_ms): a dead host is noticed in 1 s, so a take-over (the lease
+# lapses in 1.5 s) has the speaker back within the issue's 5 s
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # between reconnection attempts, each +- 25 % at random
+RETRY_AFTER_JITTER = (1.0, 1.15)  # a 503's Retry-After is waited times this: never early, a little spread
+RETRY_AFTER_MAX_S = 30.0  # a longer Retry-After is waited this long
 FINAL_STATUSES = (400, 401, 403, 404, 409, 413)  # the server said no: reconnecting will not help
 
 ReturnHook = Callable[[np.ndarray, float], None]
@@ -53,13 +63,17 @@ ReturnHook = Callable[[np.ndarray, float], None]
 
 class SpeakError(AmphiError):
     """Speaking failed. ``status`` is the server's HTTP status when it refused the offer,
-    or 0 when there was no HTTP answer (unreachable) or the media connection failed."""
+    or 0 when there was no HTTP answer (unreachable) or the media connection failed.
+    ``retry_after_s``: the server's Retry-After (a 503 while a Space changes host);
+    ``lost``: a connection that was up went down (the host died, the network dropped)."""
 
     code = "speak_failed"
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, status: int, message: str, *, retry_after_s: float | None = None,
+                 lost: bool = False) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
         self.status = status
+        self.lost = lost
 
     def __str__(self) -> str:
         return f"{self.status}: {self.message}" if self.status else self.message
@@ -130,15 +144,20 @@ async def speak(
 
         ended = await _first(gone, track_ended, silent, timeout=duration)
         if ended is silent:
-            raise SpeakError(0, f"the audio from {server} stopped: the connection is down")
+            raise SpeakError(0, f"the audio from {server} stopped: the connection is down", lost=True)
         if ended is not None:
             # aiortc also ends the track when sending fails, so an ended track alone does
             # not mean the source ran out: the transport tells which.
             transport = sender.transport.state
             if state == "failed" or transport == "failed":
-                raise SpeakError(0, f"the media connection to {server} failed")
+                raise SpeakError(0, f"the media connection to {server} failed", lost=True)
             if ended is gone or transport != "connected":
-                raise SpeakError(0, f"{server} hung up")
+                raise SpeakError(0, f"{server} hung up", lost=True)
+    except SpeakError as e:
+        if e.lost:
+            session = None  # no DELETE: the host is gone or has dropped us (a new offer replaces
+            # the session anyway), and asking a dead host would hold up the reconnection
+        raise
     finally:
         track.remove_listener("ended", track_ended.set)
         for task in hearing:
@@ -150,10 +169,14 @@ async def speak(
 
 async def _hear(remote: MediaStreamTrack, on_return: ReturnHook | None, silent: asyncio.Event) -> None:
     """Drains the return feed (aiortc queues it unboundedly otherwise), hands it on, and sets
-    ``silent`` when nothing arrives for ``RETURN_SILENCE_S`` or the feed ends."""
+    ``silent`` when nothing arrives for ``RETURN_SILENCE_S`` or the feed ends. The first frame
+    may take as long as the connection takes to come up (the track is announced with the
+    answer): the silence is counted from then on."""
+    wait = CONNECT_TIMEOUT_S + RETURN_SILENCE_S
     try:
         while True:
-            frame = await asyncio.wait_for(remote.recv(), RETURN_SILENCE_S)
+            frame = await asyncio.wait_for(remote.recv(), wait)
+            wait = RETURN_SILENCE_S
             if on_return is not None:
                 on_return(_mono(frame), time.time())
     except (TimeoutError, MediaStreamError):
@@ -202,10 +225,13 @@ async def stay_on_stage(
     on_drop: Callable[[str, float], None] | None = None,
     verify: ssl.SSLContext | bool = True,
 ) -> int:
-    """``speak()`` that survives a dropped network: when the connection fails, goes silent
-    or cannot be made, it tries again after 0.5, 1, 2, 4, 8, 8... s (jittered) with a new
-    offer and the same credential, until ``duration`` seconds have passed in all (None:
-    until the track ends or the caller cancels). Returns how many times it reconnected.
+    """``speak()`` that survives a dropped network and a change of host: a connection that
+    was up and went down (failed, or its return feed silent for ``RETURN_SILENCE_S``) is
+    offered again at once; an offer that cannot be made is tried again after 0.5, 1, 2, 4, 8,
+    8... s (jittered); an offer answered 503 with Retry-After (the Space changing host) after
+    that long (``RETRY_AFTER_JITTER``), without climbing that ladder. Always a new offer with
+    the same credential to the same ``server``, until ``duration`` seconds have passed in all
+    (None: until the track ends or the caller cancels). Returns how many times it reconnected.
     ``on_drop(reason, delay)`` is called before each wait. Raises ``SpeakError`` at once
     when the server refuses for good (a 4xx: not on stage any more, Space ended, bad key)."""
     loop = asyncio.get_running_loop()
@@ -232,8 +258,13 @@ async def stay_on_stage(
                 raise
             if up.is_set():
                 attempt = 0
-            delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)] * random.uniform(0.75, 1.25)
-            attempt += 1
+            if e.retry_after_s is not None:  # told when: the ladder stays where it is
+                delay = min(e.retry_after_s, RETRY_AFTER_MAX_S) * random.uniform(*RETRY_AFTER_JITTER)
+            elif e.lost and up.is_set():  # it was up: the host may be gone, ask again at once
+                delay = 0.0
+            else:
+                delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)] * random.uniform(0.75, 1.25)
+                attempt += 1
             reconnects += 1
             logger.warning("speak %s: %s; reconnecting in %.1f s", space, e, delay)
             if on_drop is not None:
@@ -283,7 +314,7 @@ async def _post_offer(server: str, space: str, offer: str, credential: str | Non
     except httpx.HTTPError as exc:
         raise SpeakError(0, f"cannot reach {url}: {exc!r}") from exc
     if not response.is_success:
-        raise SpeakError(response.status_code, _error_message(response))
+        raise SpeakError(response.status_code, _error_message(response), retry_after_s=_retry_after(response))
     location = response.headers.get("location")
     return response.text, str(response.url.join(location)) if location else None
 
@@ -297,6 +328,18 @@ async def _hang_up(session: str, credential: str | None, verify: ssl.SSLContext 
         logger.info("speak: DELETE %s -> %d", session, response.status_code)
     except httpx.HTTPError as exc:
         logger.info("speak: DELETE %s failed: %r", session, exc)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """A 503's Retry-After in seconds (delta-seconds; an HTTP date is not sent by Amphi and is
+    taken as absent), else None."""
+    value = response.headers.get("retry-after")
+    if response.status_code != 503 or value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -15,7 +15,7 @@
 
 import { ApiError, call, plainError } from "./api.js";
 import { FEEDBACK_TEXT, MUTED_TALKING_TEXT, SoundPanel } from "./sound.js";
-import { PeopleList, Speaker, StageEvents, StageList } from "./stage.js";
+import { PeopleList, reconnectingText, Speaker, StageEvents, StageList } from "./stage.js";
 
 const GRANT_RENEW_MARGIN_S = 300; // a new host grant this long before the old one expires
 const STATE = { scheduled: "Scheduled", live: "Live", ended: "Ended" };
@@ -171,7 +171,10 @@ function startEvents() {
         showSignin(`The console was signed out: ${plainError(err)}`);
       }
     },
-    onState: renderCounts,
+    onState: (state) => {
+      if (state === "connecting" && events && events.opens > 0) speaker.suspect(); // the host may be gone
+      renderCounts(state);
+    },
   });
   events.start();
 }
@@ -262,7 +265,7 @@ function renderSpeak() {
   let text = SPEAK_TEXT[s.state] || "";
   if (s.state === "connected" && !live) text = "Connected: the others on stage hear you; listeners hear the hold music until you start.";
   if (s.state === "connected" && muted) text = "You are muted.";
-  if (s.state === "reconnecting") text = `Connection lost; reconnecting in ${Math.ceil(s.retryInMs / 1000)} s…`;
+  if (s.state === "reconnecting") text = reconnectingText(s.retryInMs);
   if (s.state === "stopped" && s.lastError && s.refusedWith === null) text = `Not speaking: ${s.lastError}.`;
   // Talking while muted: our own meter, or the server's (it hears what the track sends).
   const mine = (view && (view.members || []).find((m) => m.id === "host")) || {};

@@ -16,7 +16,7 @@
 
 import { plainError } from "./api.js";
 import { FEEDBACK_TEXT, HOST_MUTED_TALKING_TEXT, MUTED_TALKING_TEXT } from "./sound.js";
-import { call, PeopleList, Speaker, StageEvents, StageList } from "./stage.js";
+import { call, PeopleList, reconnectingText, Speaker, StageEvents, StageList } from "./stage.js";
 
 const SPEAKING_TEXT = {
   starting: "Asking for your microphone…",
@@ -146,6 +146,9 @@ export class Room {
       },
       onEnded: () => this.roomEnded(),
       onRefused: (err) => this.roomRefused(err),
+      onState: (state) => { // the stream broke: the host may be gone, the speaker looks closer
+        if (state === "connecting" && this.events && this.events.opens > 0 && this.speaker) this.speaker.suspect();
+      },
     });
     this.events.start();
   }
@@ -368,7 +371,7 @@ export class Room {
     if (state === "on_stage" && sp) {
       text = SPEAKING_TEXT[sp.state] || "";
       if (sp.state === "connected" && muted) text = you.host_muted ? "" : "You’re muted.";
-      if (sp.state === "reconnecting") text = `Connection lost; reconnecting in ${Math.ceil(sp.retryInMs / 1000)} s…`;
+      if (sp.state === "reconnecting") text = reconnectingText(sp.retryInMs);
     }
     if (state === "listener") text = this.note;
     const speaking = state === "on_stage" && sp && sp.state !== "stopped" && !ended;

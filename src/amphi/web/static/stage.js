@@ -9,14 +9,19 @@
 //   record, with a grant; ended); the browser reconnects by itself after a
 //   dropped stream, and when the server refused the stream (the EventSource closed) we ask
 //   GET /stage why: 401/403 (the grant is no good any more: expired, or removed from the
-//   Space) and 404 -> onRefused(ApiError); anything else -> a new EventSource after a back-off. states: idle -> connecting <-> open
-//   -> closed.
+//   Space) and 404 -> onRefused(ApiError); a 503 with Retry-After (the Space changing host:
+//   docs/cluster.md) -> a new EventSource after that long; anything else -> after a back-off.
+//   states: idle -> connecting <-> open -> closed.
 // Speaker (one per page): idle -> starting (microphone) -> connecting -> connected
 //   <-> reconnecting -> stopped (stop(), or refused: 401/403/404/409 from /speak).
-//   A connection that is failed, or disconnected for more than 3 s, or never connects, or
-//   whose DTLS the server closed, is
-//   replaced by a fresh offer after 0.5, 1, 2, 4, 8 s (± 20 %); a connection that reached
-//   "connected" resets the back-off.
+//   A connection that was up and is lost (failed, disconnected for more than 3 s, its DTLS
+//   closed by the server, or no return audio for 1 s: the host died) is replaced by a fresh
+//   offer at once, to the same relative URL (any node forwards it to the Space's host, new or
+//   old; docs/cluster.md); suspect() (the room's event stream broke) makes that 0.5 s. An offer
+//   answered 503 (or 429) with Retry-After is made again after that long (+0-15 %), without
+//   climbing the back-off; any other failure (a connection that never comes up, the server
+//   out of reach) waits 0.5, 1, 2, 4, 8 s (± 20 %); a connection that reached "connected"
+//   resets the back-off. The page shows "reconnecting…" meanwhile.
 //   Before each offer it asks GET /ice for the STUN and TURN servers to use (a fresh TURN
 //   credential each time; docs/deploying.md). iceTransportPolicy is "all", unless the page's
 //   URL says ?ice_transport_policy=relay (diagnostics: only TURN-relayed paths are tried).
@@ -24,7 +29,7 @@
 //   While it speaks, a MicMeter (sound.js) measures the microphone itself, muted or not:
 //   snapshot().mutedTalking says that they talk while muted (the page tells them).
 
-import { ApiError, Backoff, call, plainError } from "./api.js";
+import { ApiError, Backoff, call, notSooner, plainError } from "./api.js";
 import { syncKeyedList } from "./keyed.js";
 import { MicMeter } from "./sound.js";
 
@@ -34,6 +39,12 @@ const SPEAK_BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
 const EVENTS_BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
 const JITTER = 0.2; // every back-off delay ± 20 %
 const DISCONNECTED_GRACE_MS = 3000; // "disconnected" often heals by itself
+const RETURN_SILENCE_MS = 1000; // no return audio for this long while connected: the host is gone
+// (the server sends the return feed every 20 ms, silence included; its own stalls are covered up to 1 s)
+const SUSPECT_SILENCE_MS = 500; // ... for a moment after the room's event stream broke
+const SUSPECT_MS = 3000; // how long a broken event stream keeps the shorter limit
+const WATCH_MS = 250; // how often the return audio's packet count is looked at
+const RETRY_AFTER_JITTER = 0.075; // a server's Retry-After is waited 1 to 1.15 times
 const CONNECT_TIMEOUT_MS = 10000; // answer set, but ICE/DTLS never got through
 const ICE_GATHER_TIMEOUT_MS = 3000; // non-trickle: the offer waits for every candidate, up to this
 const REFUSED = new Set([401, 403, 404, 409]); // not on stage any more, or the Space ended
@@ -124,7 +135,8 @@ export class StageEvents {
       this.handlers.onRefused(refusal);
       return;
     }
-    const delay = this.backoff.next();
+    const delay = refusal && refusal.retryAfterS ? notSooner(refusal.retryAfterS, { jitter: RETRY_AFTER_JITTER })
+      : this.backoff.next();
     this.timer = setTimeout(() => { if (source === this.source) this.start(); }, delay);
   }
 
@@ -278,6 +290,12 @@ export class PeopleList {
 
 // -- speaking -----------------------------------------------------------------------------
 
+// What the person on stage reads while their speaker reconnects (retryInMs: the wait left).
+export function reconnectingText(retryInMs) {
+  const s = Math.ceil(retryInMs / 1000);
+  return s > 0 ? `Connection lost; reconnecting in ${s} s…` : "Connection lost; reconnecting…";
+}
+
 // Speaks into a Space from this browser and plays the return feed (the others, without us).
 // credential() -> the bearer for POST /speak (a grant or the host key), read at every offer.
 export class Speaker {
@@ -303,6 +321,8 @@ export class Speaker {
     this.lastError = null;
     this.refusedWith = null;
     this.retryAt = 0;
+    this.suspectUntil = 0; // until then, a shorter silence means the connection is lost
+    this.losses = 0; // connections lost after they were up (a dead host, a dropped network)
     this.timers = new Set();
     this.generation = 0;
   }
@@ -311,7 +331,7 @@ export class Speaker {
   snapshot() {
     return {
       state: this.state, muted: this.muted, connects: this.connects, reconnects: this.reconnects,
-      offers: this.offers, lastError: this.lastError, refusedWith: this.refusedWith,
+      offers: this.offers, losses: this.losses, lastError: this.lastError, refusedWith: this.refusedWith,
       connection: this.pc ? this.pc.connectionState : null,
       retryInMs: this.state === "reconnecting" ? Math.max(0, this.retryAt - Date.now()) : 0,
       mutedTalking: this.mutedTalking, mic: this.meter ? this.meter.snapshot() : null,
@@ -459,6 +479,7 @@ export class Speaker {
       this.connects += 1;
       this.lastError = null;
       this.setState("connected");
+      this.watchReturn(pc);
     } else if (s === "failed") {
       this.lastError = "the connection failed";
       this.retry();
@@ -470,11 +491,53 @@ export class Speaker {
     }
   }
 
-  // A fresh offer after the next back-off delay (or the server's Retry-After, if longer).
+  // Watches the return feed's packets while connected: none for RETURN_SILENCE_MS (half that
+  // after suspect()) and the connection is lost, whatever ICE says (it takes seconds to notice).
+  watchReturn(pc) {
+    let count = -1;
+    let changed = Date.now();
+    const look = async () => {
+      if (pc !== this.pc || this.state !== "connected") return;
+      let received = null;
+      try {
+        (await pc.getStats()).forEach((r) => {
+          if (r.type === "inbound-rtp" && r.kind === "audio") received = r.packetsReceived;
+        });
+      } catch (_) { /* closed meanwhile */ }
+      if (pc !== this.pc || this.state !== "connected") return;
+      const now = Date.now();
+      if (received !== count) {
+        count = received;
+        changed = now;
+      }
+      const limit = now < this.suspectUntil ? SUSPECT_SILENCE_MS : RETURN_SILENCE_MS;
+      if (now - changed >= limit) {
+        this.lastError = "the audio from the server stopped";
+        this.retry();
+        return;
+      }
+      this.after(WATCH_MS, look);
+    };
+    this.after(WATCH_MS, look);
+  }
+
+  // The room's event stream broke: the host may be gone. A connection still receiving is kept.
+  suspect() {
+    this.suspectUntil = Date.now() + SUSPECT_MS;
+  }
+
+  // A fresh offer: at once for a connection that was up (the host may have died: any node
+  // forwards the offer to the new one); after the server's Retry-After if it named one (503:
+  // the Space is changing host), without climbing the back-off; else after the back-off.
   retry(retryAfterS = null) {
     if (this.state === "stopped") return;
+    const wasUp = this.state === "connected";
     this.closePeer();
-    const delay = Math.max(this.backoff.next(), (retryAfterS || 0) * 1000);
+    let delay;
+    if (retryAfterS) delay = notSooner(retryAfterS, { jitter: RETRY_AFTER_JITTER });
+    else if (wasUp) delay = 0;
+    else delay = this.backoff.next();
+    if (wasUp) this.losses += 1;
     this.reconnects += 1;
     this.retryAt = Date.now() + delay;
     this.setState("reconnecting");
@@ -555,4 +618,4 @@ function gathered(pc) {
 }
 
 // The classic pages' and tests' handle (page.evaluate runs outside the modules).
-window.AmphiStage = { call, ApiError, plainError, StageEvents, StageList, PeopleList, Speaker, initials };
+window.AmphiStage = { call, ApiError, plainError, StageEvents, StageList, PeopleList, Speaker, initials, reconnectingText };
