@@ -75,6 +75,7 @@ class Failover:
         self._standbys: dict[str, _Standby] = {}
         self._taking: dict[str, asyncio.Event] = {}  # take-overs in progress: media requests wait for them
         self._holders: dict[str, str] = {}  # another node's Space -> its lease holder, as last seen
+        self._seen_held: set[str] = set()  # Spaces stood by whose lease this node has seen held
         self._back_at: float | None = None  # monotonic time Redis answered again after being away
         self._orphans_until = time.monotonic() + ORPHAN_WAIT_S
 
@@ -91,20 +92,34 @@ class Failover:
             raise Misdirected(f"Space {space_id} is hosted by node {holder} now", host=holder)
         raise Unavailable(f"Space {space_id} is changing hosts", retry_after_s=1)
 
+    async def claim(self, space_id: str) -> None:
+        """This node starts hosting the Space (it goes live): its lease is taken now, before the
+        others see it live, so no standby mistakes a lease not yet taken for a lapsed one."""
+        if self.leases.alone:
+            return
+        sent = time.monotonic()
+        try:
+            holder = (await self._store.renew_leases([space_id], LEASE_TTL_S))[space_id]
+        except Unavailable:
+            return  # Redis away: the loop takes it when it is back; no one else can before
+        if holder == "":
+            self.leases.held(space_id, sent)
+
     async def elsewhere(self, space_id: str) -> None:
         """Media asked of this node for a Space it does not host: waits for a take-over in
         progress (then returns), else says where the Space is (421) or that it is moving (503)."""
-        taking = self._taking.get(space_id)
-        standby = self._standbys.get(space_id)
-        if taking is None and standby is not None and self._holders.get(space_id) == "":
-            taking = self._taking.setdefault(space_id, asyncio.Event())  # the lease has lapsed: next tick takes it
-        if taking is not None:
+        if space_id in self._standbys or space_id in self._taking:
+            # this node stands by: an edge asks it because the host did not answer. If the host is
+            # dead its lease lapses within LEASE_TTL_S and this node takes over: the request waits
+            # for that rather than failing (a player such as ffmpeg stops at a failed reload)
+            taking = self._taking.setdefault(space_id, asyncio.Event())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(TAKEOVER_WAIT_S):
                     await taking.wait()
             if self._registry.find(space_id) is not None:
                 return
-            raise Unavailable(f"Space {space_id} is changing hosts", retry_after_s=1)
+            if not taking.is_set() and self._taking.get(space_id) is taking:
+                del self._taking[space_id]  # no take-over came: the host is alive (said below)
         found = await self._store.lookup(space_id)
         if found is None:
             raise NotFound(f"no Space {space_id!r}")
@@ -194,8 +209,10 @@ class Failover:
                 kept = None
             if kept is None:
                 self._start_standby(space_id, url)
-            if holder == "" and (self._back_at is None or sent - self._back_at >= RECLAIM_S):
-                await self._take_over(space, sent)
+            if holder:
+                self._seen_held.add(space_id)
+            elif space_id in self._seen_held and (self._back_at is None or sent - self._back_at >= RECLAIM_S):
+                await self._take_over(space, sent)  # a lease this node saw held has lapsed
         for space_id in [s for s in self._standbys if s not in roles]:
             await self._drop_standby(space_id)
         self.stats.standing_by = len(self._standbys)
@@ -208,6 +225,7 @@ class Failover:
         log.info("space %s: standing by (copying from %s)", space_id, origin)
 
     async def _drop_standby(self, space_id: str) -> None:
+        self._seen_held.discard(space_id)
         kept = self._standbys.pop(space_id, None)
         if kept is None:
             return
@@ -232,6 +250,7 @@ class Failover:
             taking.set()
             self._taking.pop(space.id, None)
         self._holders.pop(space.id, None)
+        self._seen_held.discard(space.id)
         self.stats.takeovers += 1
         self.stats.last_takeover_s = round(time.monotonic() - t0, 3)
         log.warning("space %s: taken over (lease generation %d), resumed %s", space.id, gen,

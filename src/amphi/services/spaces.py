@@ -168,6 +168,7 @@ class Spaces:
                 await self.program(space)  # born live: no hold audio to cut away
             else:
                 pipeline.go_live()  # listeners already hear hold music: switch at the next boundary
+        await self.gate.claim(space.id)  # its lease, before the others see it live (services/failover.py)
         await self._store.publish(space)
 
     async def end(self, space: Space) -> None:
@@ -302,6 +303,8 @@ class Gate(Protocol):
 
     async def elsewhere(self, space_id: str) -> None: ...  # media of a Space not here: raises, or waits for a take-over
 
+    async def claim(self, space_id: str) -> None: ...  # this node goes live with the Space: its lease now
+
 
 class Alone:
     """One node: it publishes every Space it has."""
@@ -314,6 +317,9 @@ class Alone:
 
     async def elsewhere(self, space_id: str) -> None:
         raise NotFound(f"no Space {space_id!r}")
+
+    async def claim(self, space_id: str) -> None:
+        pass
 
 
 def pipeline_failure(pipeline: Pipeline | None) -> str | None:
