@@ -480,6 +480,28 @@ class RedisStore(Store):
     def status(self) -> dict[str, object]:
         return {"kind": self.kind, "url": self.url, "up": self.up, "node_id": self.node_id, "epoch": self._epoch}
 
+    async def save_stage(self, space_id: str, data: bytes) -> None:
+        """``stage:<space>``, kept a day after its last change. Refused at once while Redis
+        is known to be away (the rooms keep it and try again once the heartbeat is back)."""
+        if not self.up:
+            raise self._down()
+        try:
+            await self._r.set(self.prefix + "stage:" + space_id, data, ex=86_400)  # a day
+        except _LOST as e:
+            self._lost(e)
+            raise self._down() from None
+        _uncancel_check()
+
+    async def load_stage(self, space_id: str) -> bytes | None:
+        """Tried even while the heartbeat thinks Redis is away: a take-over has just reached it."""
+        try:
+            raw = await self._r.get(self.prefix + "stage:" + space_id)
+        except _LOST as e:
+            self._lost(e)
+            raise self._down() from None
+        _uncancel_check()
+        return raw
+
 
 def _uncancel_check() -> None:
     """redis-py can swallow a cancellation that arrives while it reads a reply; raise it
