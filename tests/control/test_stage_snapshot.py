@@ -308,3 +308,22 @@ async def test_a_malformed_stored_snapshot_starts_the_stage_afresh(redis_server,
             assert list(rooms_b.room(space).stage.people) == [HOST_ID]  # a fresh stage when first needed
     finally:
         await sb.close()
+
+
+async def test_a_node_that_lost_the_lease_does_not_overwrite_the_stage(redis_server) -> None:
+    """Fenced: a host stopped past its lease, once it runs again, must not write over the stage
+    its successor saves."""
+    a, b = redis_store(redis_server.url, "a"), redis_store(redis_server.url, "b")
+    await a.open()
+    await b.open()
+    try:
+        await a.save_stage("s1", b"from a, no lease yet")  # before the start: no lease, saved
+        assert await b.load_stage("s1") == b"from a, no lease yet"
+        assert await a.renew_leases(["s1"], 5.0) == {"s1": ""}
+        await a.save_stage("s1", b"from a, the host")
+        assert await b.load_stage("s1") == b"from a, the host"
+        await b.save_stage("s1", b"from b, not the host")
+        assert await a.load_stage("s1") == b"from a, the host"
+    finally:
+        await a.close()
+        await b.close()
