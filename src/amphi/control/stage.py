@@ -9,6 +9,11 @@ Participants move between states:
 
 Every change bumps ``version``, so views can be cached per version and pushed on change.
 Actions check the actor's role first (403), then the target (404), then the state (409).
+
+A stage outlives its node as a *snapshot* (``snapshot``/``restore``): who is who, in which
+state, muted by whom, and what is pending, but nothing about media (connections, levels, the
+sound guard's readings), which the node that takes a Space over measures afresh. Changes a
+snapshot carries also bump ``changes``; levels and connections bump only ``version``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from amphi.core.errors import (
     TooEarly,
     TooManyRequests,
 )
+
+SNAPSHOT_VERSION = 1  # the format of Stage.snapshot(); restore refuses any other
 
 HOST_ID = "host"
 MAX_NAME = 40
@@ -113,6 +120,12 @@ class StageLimits:
         return 1 + self.max_cohosts + self.max_speakers
 
 
+class MalformedSnapshot(ValueError):
+    """A stored stage snapshot that ``Stage.restore`` cannot take: not this format, not this
+    Space, or not a stage the rules could have made. Never a user's doing (it does not reach
+    HTTP): the node taking a Space over logs it and starts the stage afresh."""
+
+
 def clean_name(name: object) -> str:
     if not isinstance(name, str) or not name.strip():
         raise MalformedBody("name must be a non-empty string")
@@ -136,6 +149,7 @@ class Stage:
     def __post_init__(self) -> None:
         host = Participant(HOST_ID, self.host_name, Role.HOST, State.ON_STAGE)
         self.people: dict[str, Participant] = {HOST_ID: host}
+        self.changes = 0  # bumped by what a snapshot carries (not levels, sound, connections)
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -262,7 +276,7 @@ class Stage:
             changed = target.host_muted != muted
             target.host_muted = muted
         if changed:
-            self._bump()
+            self._bump(state=True)
         return target
 
     def remove(self, actor: Participant, pid: str, *, from_space: bool, now: float) -> Participant:
@@ -304,7 +318,7 @@ class Stage:
         if new is Role.COHOST and self.count(Role.COHOST) >= self.limits.max_cohosts:
             raise StageFull(f"a Space has at most {self.limits.max_cohosts} co-hosts")
         target.role = new
-        self._bump()
+        self._bump(state=True)
         return target
 
     # -- media ------------------------------------------------------------------------------
@@ -365,6 +379,56 @@ class Stage:
                               for p in self.people.values() if p.state is State.INVITED]
         return out
 
+    # -- snapshots (the stage outliving its node: docs/stage.md) --------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        """What another node needs to carry the stage on: everyone's role, state and mutes,
+        pending requests and invites, the removed. JSON-able; no media state."""
+        return {
+            "format": SNAPSHOT_VERSION,
+            "space": self.space_id,
+            "version": self.version,
+            "changes": self.changes,
+            "people": [
+                {"id": p.id, "name": p.name, "role": p.role.value, "state": p.state.value,
+                 "self_muted": p.self_muted, "host_muted": p.host_muted, "since": p.since,
+                 "declined_at": None if p.declined_at == -math.inf else p.declined_at,
+                 "reconnects": p.reconnects}
+                for p in self.people.values()
+            ],
+        }
+
+    @classmethod
+    def restore(cls, data: object, *, space_id: str | None = None, limits: StageLimits | None = None) -> Stage:
+        """The stage a ``snapshot`` describes, under ``limits`` (this node's). Everyone is
+        disconnected (they come back by offering again) and silent; the version moves past the
+        snapshot's, so views restored are newer than any sent before it. Raises
+        ``MalformedSnapshot`` for anything else than a snapshot of this format (of ``space_id``
+        if given)."""
+        d = _mapping(data, "the snapshot")
+        if d.get("format") != SNAPSHOT_VERSION:
+            raise MalformedSnapshot(f"snapshot format {d.get('format')!r}; this node reads {SNAPSHOT_VERSION}")
+        sid = _typed(d, "space", str)
+        if space_id is not None and sid != space_id:
+            raise MalformedSnapshot(f"snapshot of Space {sid!r}, not {space_id!r}")
+        version, changes = _typed(d, "version", int), _typed(d, "changes", int)
+        people = d.get("people")
+        if not isinstance(people, list):
+            raise MalformedSnapshot("snapshot: people is not a list")
+        stage = cls(sid, limits or StageLimits())
+        stage.people = {}
+        for i, raw in enumerate(people):
+            p = _participant(_mapping(raw, f"participant {i}"))
+            if p.id in stage.people:
+                raise MalformedSnapshot(f"snapshot: participant {p.id!r} twice")
+            stage.people[p.id] = p
+        host = stage.people.get(HOST_ID)
+        if host is None or host.role is not Role.HOST or not host.on_stage:
+            raise MalformedSnapshot("snapshot: no host on stage")
+        stage.host_name = host.name
+        stage.version, stage.changes = version + 1, changes
+        return stage
+
     # -- internals --------------------------------------------------------------------------
 
     @staticmethod
@@ -388,7 +452,54 @@ class Stage:
     def _set(self, p: Participant, state: State, now: float) -> None:
         p.state = state
         p.since = now
-        self._bump()
+        self._bump(state=True)
 
-    def _bump(self) -> None:
+    def _bump(self, *, state: bool = False) -> None:
         self.version += 1
+        if state:
+            self.changes += 1
+
+
+
+def _mapping(data: object, what: str) -> dict[str, object]:
+    if not isinstance(data, dict):
+        raise MalformedSnapshot(f"{what} is not an object")
+    return data
+
+
+def _typed(d: dict[str, object], key: str, kind: type, *, optional: bool = False) -> object:
+    value = d.get(key)
+    if value is None and optional:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MalformedSnapshot(f"snapshot: {key} is {value!r}, not a {kind.__name__}")
+    if kind is float and not math.isfinite(value):  # type: ignore[arg-type]
+        raise MalformedSnapshot(f"snapshot: {key} is {value!r}")
+    return value
+
+
+def _participant(d: dict[str, object]) -> Participant:
+    """One participant of a snapshot, checked against what the stage's rules can make."""
+    try:
+        role, state = Role(d.get("role")), State(d.get("state"))
+    except ValueError as e:
+        raise MalformedSnapshot(f"snapshot: {e}") from None
+    pid, name = _typed(d, "id", str), _typed(d, "name", str)
+    if not pid or not name:
+        raise MalformedSnapshot("snapshot: a participant without id or name")
+    if (role is not Role.LISTENER) != (state is State.ON_STAGE):
+        raise MalformedSnapshot(f"snapshot: {pid!r} is a {role.value} in state {state.value}")
+    if (role is Role.HOST) != (pid == HOST_ID):
+        raise MalformedSnapshot(f"snapshot: {pid!r} cannot be the {role.value}")
+    self_muted, host_muted = _typed(d, "self_muted", bool), _typed(d, "host_muted", bool)
+    if (self_muted or host_muted) and state is not State.ON_STAGE:
+        raise MalformedSnapshot(f"snapshot: {pid!r} is muted off stage")
+    declined = _typed(d, "declined_at", float, optional=True)
+    reconnects = _typed(d, "reconnects", int)
+    if reconnects < 0:  # type: ignore[operator]
+        raise MalformedSnapshot(f"snapshot: {pid!r} has {reconnects} reconnects")
+    return Participant(pid, name, role, state, self_muted=self_muted, host_muted=host_muted,  # type: ignore[arg-type]
+                       since=_typed(d, "since", float), reconnects=reconnects,  # type: ignore[arg-type]
+                       declined_at=-math.inf if declined is None else declined)  # type: ignore[arg-type]

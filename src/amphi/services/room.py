@@ -9,6 +9,10 @@ sound guard's reading of each microphone (loudness, gain, feedback, talking whil
 and the dead-air watch (docs/sound.md). What the room notices about its sound goes to
 ``on_sound(space_id, what, fields)`` (the root hands it to obs: an event, a metric, a line
 in the Space's timeline).
+
+The stage outlives the node (docs/stage.md, "When the host node dies"): every change a
+snapshot carries (``Stage.changes``: not levels, not connections) is told to ``on_change(space_id)``,
+which ``Rooms`` turns into coalesced saves to the store, off the request's path.
 """
 
 from __future__ import annotations
@@ -82,15 +86,23 @@ SoundEvents = Callable[[str, str, dict[str, object]], None]
 """``on_sound(space_id, what, fields)``: "feedback", "feedback_cleared", "dead_air", "dead_air_cleared"."""
 
 
+def stage_limits(cfg: StageConfig) -> StageLimits:
+    return StageLimits(max_cohosts=cfg.max_cohosts, max_speakers=cfg.max_speakers)
+
+
 class Room:
     def __init__(self, space_id: str, cfg: StageConfig, ingest: WebRTCIngest, sound: SoundConfig | None = None,
-                 on_sound: SoundEvents | None = None) -> None:
+                 on_sound: SoundEvents | None = None, *, stage: Stage | None = None,
+                 on_change: Callable[[str], None] | None = None) -> None:
+        """``stage``: one restored from a snapshot (a take-over), else a new one."""
         self.space_id = space_id
         self.cfg = cfg
         self.sound = sound or SoundConfig()
         self.dead_air = DeadAir()
         self._on_sound = on_sound
-        self.stage = Stage(space_id, StageLimits(max_cohosts=cfg.max_cohosts, max_speakers=cfg.max_speakers))
+        self._on_change = on_change
+        self.stage = stage or Stage(space_id, stage_limits(cfg))
+        self._told = self.stage.changes  # the stage's changes last told to on_change
         self._ingest = ingest
         self.pipeline: Pipeline | None = None
         self._sinks: dict[str, _SpeakerSink] = {}  # pid -> its current connection's sink
@@ -230,7 +242,18 @@ class Room:
         if self.pipeline is not None:
             silenced = {self.track(p.id) for p in self.stage.people.values() if not p.on_stage or p.muted}
             self.pipeline.set_muted(silenced)
+        if self.stage.changes != self._told and not self.moved:
+            self._told = self.stage.changes
+            if self._on_change is not None:
+                self._on_change(self.space_id)
         self._notify()
+
+    def take(self, stage: Stage) -> None:
+        """The stage another node kept for this Space (a take-over) replaces this one."""
+        self.stage = stage
+        self._told = stage.changes
+        self._views.clear()
+        self.apply()
 
     def poll_levels(self, now: float, live: bool, dead_air_s: float) -> None:
         """The talking indicators, the guard's readings and the dead-air watch."""

@@ -1,6 +1,13 @@
 """The stage service: who is calling, requests to speak, invites, moderation, speakers'
 connections, and the stage views (docs/stage.md). One ``Room`` (``amphi.services.room``:
 the pure stage joined to the media) per Space that has one.
+
+Each stage is saved to the store as it changes (``saves``: one task for all the rooms), so the
+node that takes a Space over carries it on (``restore``; docs/stage.md). A save never holds
+up the request that made the change: the room only marks its Space unsaved, and the saver
+sends the stage as it is by then, so a Space's newest state replaces any older unsent one.
+At most one save per Space per ``SAVE_INTERVAL_S``, and a change is saved within that;
+while the store is away, the unsaved stay marked and are tried again.
 """
 
 from __future__ import annotations
@@ -12,20 +19,24 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import orjson
+
 from amphi.control.spaces import Space, SpaceRegistry, SpaceState
-from amphi.control.stage import HOST_ID, Participant
+from amphi.control.stage import HOST_ID, Participant, Stage
 from amphi.control.store import Store
 from amphi.control.tokens import Signer, new_participant_id
 from amphi.core.config import SoundConfig, StageConfig
-from amphi.core.errors import Conflict, NotFound, TooManyRequests, Unauthorized
+from amphi.core.errors import AmphiError, Conflict, NotFound, TooManyRequests, Unauthorized
 from amphi.media.ingest.webrtc import WebRTCIngest
 from amphi.media.pipeline import Pipeline
 from amphi.media.ingest.trickle import Fragment
-from amphi.services.room import Room, SoundEvents, Spoken
+from amphi.services.room import Room, SoundEvents, Spoken, stage_limits
 
 log = logging.getLogger(__name__)
 
 LEVELS_PERIOD_S = 0.2  # talking indicators are refreshed this often
+SAVE_INTERVAL_S = 0.1  # a Space's stage is saved at most this often, and its last change within this
+SAVE_RETRY_S = 0.5  # a save that failed (the store away) is tried again after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +77,23 @@ class Rooms:
         self.event_streams = 0  # open SSE connections
         self.sound = sound or SoundConfig()
         self.on_sound: SoundEvents | None = None  # the root hands these to obs
+        # stages to save (bounded by the rooms: one entry per Space), and when each may be next
+        self._unsaved: dict[str, None] = {}
+        self._next_save: dict[str, float] = {}  # space -> monotonic time
+        self._failing: set[str] = set()  # Spaces whose last save failed (logged once until one succeeds)
+        self._wake_saver = asyncio.Event()
 
     def room(self, space: Space) -> Room:
         room = self._rooms.get(space.id)
         if room is None:
             if space.state is SpaceState.ENDED:
                 raise Conflict(f"Space {space.id} has ended")
-            room = self._rooms[space.id] = Room(space.id, self.cfg, self._ingest, self.sound, self.on_sound)
+            room = self._rooms[space.id] = self._new_room(space.id)
         return room
+
+    def _new_room(self, space_id: str, stage: Stage | None = None) -> Room:
+        return Room(space_id, self.cfg, self._ingest, self.sound, self.on_sound, stage=stage,
+                    on_change=self._unsave)
 
     async def close(self, space_id: str, *, moved: bool = False) -> None:
         """The Space ended (or ``moved`` to another node): hang up its speakers, tell its event streams."""
@@ -81,9 +101,18 @@ class Rooms:
         if room is not None:
             await room.close(moved=moved)
             self._rooms.pop(space_id, None)
+        self._unsaved.pop(space_id, None)  # moved: the new host saves it from now on
+        self._next_save.pop(space_id, None)
+        self._failing.discard(space_id)
 
     async def levels(self) -> None:
-        """The talking indicators, the sound guard's readings and dead air, a few times a second."""
+        """The talking indicators, the sound guard's readings and dead air, a few times a second;
+        and, beside them in the same (supervised) task, the stages' saves (``saves``)."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.saves(), name="stage-saves")
+            await self._levels()
+
+    async def _levels(self) -> None:
         while True:
             await asyncio.sleep(LEVELS_PERIOD_S)
             now = time.time()
@@ -95,6 +124,78 @@ class Rooms:
                     room.poll_levels(now, space.state is SpaceState.LIVE, self.dead_air_s(space))
                 except Exception:  # one room's failure must not stop the others' indicators
                     log.exception("space %s: reading the levels failed", space_id)
+
+    # -- the stage outliving the node (docs/stage.md) -------------------------------------------
+
+    async def restore(self, space_id: str) -> bool:
+        """A take-over, before this node says it hosts the Space: the Space's room gets the
+        stage its last host saved. True if one was found and applied; else (none, the store
+        away, a snapshot this node cannot read: logged) the stage starts afresh when first needed."""
+        try:
+            raw = await self._store.load_stage(space_id)
+        except Exception as e:  # the take-over goes on without it
+            log.warning("space %s: the stage could not be loaded (%s); it starts afresh", space_id, e)
+            return False
+        if raw is None:
+            log.info("space %s: no stage saved; it starts afresh", space_id)
+            return False
+        try:
+            stage = Stage.restore(orjson.loads(raw), space_id=space_id, limits=stage_limits(self.cfg))
+        except ValueError as e:  # MalformedSnapshot, or not JSON
+            log.warning("space %s: the stage saved cannot be restored (%s); it starts afresh", space_id, e)
+            return False
+        room = self._rooms.get(space_id)
+        if room is None:
+            self._rooms[space_id] = self._new_room(space_id, stage)
+        else:
+            room.take(stage)
+        log.info("space %s: stage restored (%d people, %d on stage)", space_id, len(stage.people),
+                 len(stage.on_stage()))
+        return True
+
+    def _unsave(self, space_id: str) -> None:
+        """A room's stage changed: save it soon (never here: this is the request's path)."""
+        if space_id not in self._unsaved:
+            self._unsaved[space_id] = None
+            self._wake_saver.set()
+
+    async def saves(self) -> None:
+        """Saves the changed stages to the store, each at most once per ``SAVE_INTERVAL_S``."""
+        while True:
+            self._wake_saver.clear()
+            now = time.monotonic()
+            for space_id in [s for s in self._unsaved if self._next_save.get(s, 0.0) <= now]:
+                await self._save(space_id)
+            timeout = None
+            if self._unsaved:
+                timeout = max(0.0, min(self._next_save.get(s, 0.0) for s in self._unsaved) - time.monotonic())
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake_saver.wait()
+            except TimeoutError:
+                pass
+
+    async def _save(self, space_id: str) -> None:
+        room = self._rooms.get(space_id)
+        self._unsaved.pop(space_id, None)  # a change during the save marks it again
+        if room is None:
+            return
+        data = orjson.dumps(room.stage.snapshot())
+        try:
+            await self._store.save_stage(space_id, data)
+        except Exception as e:  # the store away (Unavailable), or a bug: keep it, try again
+            if space_id in self._rooms:
+                self._unsaved.setdefault(space_id, None)
+                self._next_save[space_id] = time.monotonic() + SAVE_RETRY_S
+            if space_id not in self._failing:
+                self._failing.add(space_id)
+                log.warning("space %s: saving the stage failed (%s); trying again", space_id, e,
+                            exc_info=not isinstance(e, AmphiError))
+            return
+        self._next_save[space_id] = time.monotonic() + SAVE_INTERVAL_S
+        if space_id in self._failing:
+            self._failing.discard(space_id)
+            log.info("space %s: stage saved again", space_id)
 
     def sound_state(self, space_id: str) -> tuple[str | None, int]:
         """(why the Space has dead air, or None; how many speakers are ducked for feedback)."""

@@ -162,3 +162,13 @@ class Store:
 
     def status(self) -> dict[str, object]:
         return {"kind": self.kind}
+
+    # -- a Space's stage, kept for the node that takes it over (docs/stage.md) ----------------
+
+    async def save_stage(self, space_id: str, data: bytes) -> None:
+        """Keeps the newest snapshot of a Space's stage (``Stage.snapshot``, as JSON).
+        Raises ``Unavailable`` when the store cannot be reached (the caller tries again)."""
+
+    async def load_stage(self, space_id: str) -> bytes | None:
+        """The stage last saved for a Space; None if none is kept."""
+        return None

@@ -92,3 +92,9 @@ class MemoryStore(Store):
 
     async def take(self, key: str, rate: float, burst: int, now: float) -> float:
         return self._limits.charge(key, rate, burst, now)
+
+    async def save_stage(self, space_id: str, data: bytes) -> None:
+        """Nothing to keep: one node alone has the stage in memory, and no other takes it over."""
+
+    async def load_stage(self, space_id: str) -> bytes | None:
+        return None

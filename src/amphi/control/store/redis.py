@@ -480,6 +480,36 @@ class RedisStore(Store):
     def status(self) -> dict[str, object]:
         return {"kind": self.kind, "url": self.url, "up": self.up, "node_id": self.node_id, "epoch": self._epoch}
 
+    async def save_stage(self, space_id: str, data: bytes) -> None:
+        """``stage:<space>``, kept a day after its last change; fenced: not written while
+        another node holds the Space's lease (a host that was stopped past its lease must not
+        overwrite its successor's stage). Refused at once while Redis is known to be away (the
+        rooms keep it and try again once the heartbeat is back)."""
+        if not self.up:
+            raise self._down()
+        if self._save_stage_script is None:
+            self._save_stage_script = self._r.register_script(_SAVE_STAGE)
+        try:
+            holder = await self._save_stage_script(args=[self.prefix, space_id, self.node_id, data, 86_400])
+        except _LOST as e:
+            self._lost(e)
+            raise self._down() from None
+        _uncancel_check()
+        if holder:
+            log.warning("space %s: stage not saved: node %s hosts it now", space_id, holder.decode())
+
+    _save_stage_script = None  # registered on first use
+
+    async def load_stage(self, space_id: str) -> bytes | None:
+        """Tried even while the heartbeat thinks Redis is away: a take-over has just reached it."""
+        try:
+            raw = await self._r.get(self.prefix + "stage:" + space_id)
+        except _LOST as e:
+            self._lost(e)
+            raise self._down() from None
+        _uncancel_check()
+        return raw
+
 
 def _uncancel_check() -> None:
     """redis-py can swallow a cancellation that arrives while it reads a reply; raise it
@@ -500,3 +530,11 @@ def _space(raw: bytes) -> tuple[Space, str, str]:
     record = json.loads(raw)
     origin, node = record.pop("origin"), record.pop("node")
     return Space.from_json(record), origin, node
+
+
+_SAVE_STAGE = """
+local holder = redis.call('GET', ARGV[1] .. 'lease:' .. ARGV[2])
+if holder and holder ~= ARGV[3] then return holder end
+redis.call('SET', ARGV[1] .. 'stage:' .. ARGV[2], ARGV[4], 'EX', tonumber(ARGV[5]))
+return false
+"""  # RedisStore.save_stage: the stage, unless another node holds the Space's lease (then: that node)
