@@ -91,6 +91,7 @@ class Node:
         self.spawn(self.health.probe(), name="lag-probe")
         self.spawn(self.health.run(), name="health")
         self.spawn(self.rooms.levels(), name="levels")
+        self.spawn(self.rooms.saves(), name="stage-saves")  # --redis: the stages, for a take-over (docs/stage.md)
         self.spawn(self.obs.run(), name="obs-sampler")
         self.spawn(self.shield.run(), name="defense")  # defense: the detector's verdicts
         self.spawn(self.failover.run(), name="failover")  # leases, standbys, take-overs (docs/cluster.md)

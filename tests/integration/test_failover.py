@@ -58,6 +58,8 @@ def cluster(tmp_path: Path, redis_server, monkeypatch) -> Cluster:
         for node in nodes:
             if node.proc is not None and node.proc.poll() is None:
                 node.stop()
+            else:
+                node.http.close()  # killed by the test: its client still holds a connection to it
 
 
 def failover(node: AmphiServer) -> dict:

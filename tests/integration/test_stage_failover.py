@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import httpx
 import orjson
-import pytest
 import redis
 
 from amphi.control.stage import Stage
@@ -62,8 +61,6 @@ def test_the_hosts_stage_is_in_redis_as_it_changes(tmp_path, redis_server, monke
         node.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="the take-over does not call Rooms.restore yet (the lead wires it: "
-                                        "services/spaces.py adopt or services/failover.py _take_over)")
 def test_the_standby_that_takes_over_after_kill_9_has_the_same_stage(tmp_path, redis_server, monkeypatch) -> None:
     monkeypatch.setenv("AMPHI_SECRET", SECRET)
     a, b = (AmphiServer(tmp_path / f"data-{n}", None, "--redis", redis_server.url, "--node-id", n, "--pow", "off")

@@ -106,13 +106,7 @@ class Rooms:
         self._failing.discard(space_id)
 
     async def levels(self) -> None:
-        """The talking indicators, the sound guard's readings and dead air, a few times a second;
-        and, beside them in the same (supervised) task, the stages' saves (``saves``)."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.saves(), name="stage-saves")
-            await self._levels()
-
-    async def _levels(self) -> None:
+        """The talking indicators, the sound guard's readings and dead air, a few times a second."""
         while True:
             await asyncio.sleep(LEVELS_PERIOD_S)
             now = time.time()

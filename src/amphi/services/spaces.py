@@ -124,6 +124,7 @@ class Spaces:
             self.pipelines[space.id] = pipeline
             self.recordings.forget(space.id)
             await pipeline.start()
+        await self._rooms.restore(space.id)  # the stage its host saved (docs/stage.md)
         await self._store.publish(space)
         return pipeline
 
