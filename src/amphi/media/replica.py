@@ -27,6 +27,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,7 +40,7 @@ from amphi.media.playlist import LIVE_FROM
 from amphi.media.recorder import Recording
 from amphi.media.segmenter import Part, Resume, Segment
 
-__all__ = ["Replica", "ReplicaStats", "Resume"]
+__all__ = ["Replica", "ReplicaStats", "Resume", "resume_from"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,17 @@ def rebuild(msn: int, data: bytes, *, pdt: float, live: bool, discontinuity: boo
                    discontinuity=discontinuity)
 
 
+def resume_from(segments: Iterable[Segment], *, gap: bool, discontinuity_sequence: int = 0) -> Resume:
+    """The resume point after ``segments`` (complete, contiguous, oldest first; at least one):
+    the counters after the newest one, read from its last fragment."""
+    kept = tuple(segments)
+    newest = kept[-1]
+    last = fmp4.read_fragments(newest.parts[-1].data)[-1]
+    return Resume(next_msn=newest.msn + 1, next_sample=last.end_decode_time, next_sequence=last.sequence + 1,
+                  segments=kept, discontinuity_sequence=discontinuity_sequence, gap=gap,
+                  end_wall=newest.pdt + newest.duration)
+
+
 class Replica:
     def __init__(self, space_id: str, cfg: MediaConfig, recording: Recording, origin: str, credential: str, *,
                  client: httpx.AsyncClient | None = None) -> None:
@@ -136,11 +148,7 @@ class Replica:
         """Where the program continues, or None before init and one segment are held."""
         if self._init is None or not self._kept:
             return None
-        newest = self._kept[-1]
-        last = fmp4.read_fragments(newest.parts[-1].data)[-1]
-        return Resume(next_msn=newest.msn + 1, next_sample=last.end_decode_time, next_sequence=last.sequence + 1,
-                      segments=tuple(self._kept), discontinuity_sequence=self._dropped_discontinuities,
-                      gap=gap, end_wall=newest.pdt + newest.duration)
+        return resume_from(self._kept, gap=gap, discontinuity_sequence=self._dropped_discontinuities)
 
     # -- following -------------------------------------------------------------------------
 
