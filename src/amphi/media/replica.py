@@ -141,6 +141,7 @@ class Replica:
         self._writing: asyncio.Future[None] | None = None
         self.ended = False  # the host ended the Space: the copy is complete
         self.stats = ReplicaStats()
+        self._copied = asyncio.Event()  # set and replaced at each copy
 
     # -- the take-over ---------------------------------------------------------------------
 
@@ -149,6 +150,23 @@ class Replica:
         if self._init is None or not self._kept:
             return None
         return resume_from(self._kept, gap=gap, discontinuity_sequence=self._dropped_discontinuities)
+
+    async def copied(self, msn: int, timeout: float) -> bool:
+        """Waits until segment ``msn`` (or a later one) is copied, at most ``timeout`` s. A
+        planned hand-over waits for the last segment the host made (``Pipeline.hand_off``
+        returns its msn) before it takes ``resume_point(gap=False)``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._kept or self._kept[-1].msn < msn:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._copied.wait()
+            except TimeoutError:
+                pass
+        return True
 
     # -- following -------------------------------------------------------------------------
 
@@ -229,6 +247,8 @@ class Replica:
         self.stats.segments += 1
         self.stats.bytes += len(data)
         self.stats.last_copy = time.time()
+        self._copied.set()
+        self._copied = asyncio.Event()
 
     async def _write(self, seg: Segment) -> None:
         """Into the recording, in a worker thread; finished even if we are cancelled."""
