@@ -50,6 +50,9 @@ async def test_a_replica_copies_the_live_segments_and_the_program_resumes_after_
         on_air = time.time()
         await until(lambda: sum(e.pdt > on_air for e in recording.entries) >= 3, 30, "three segments of tone")
         assert replica.stats.errors == 0 and replica.stats.behind == 0
+        newest = recording.entries[-1].msn
+        assert await replica.copied(newest + 1, 10)  # the next segment, as a hand-over waits for the last
+        assert await asyncio.wait_for(replica.copied(newest, 0), 1)  # held already: at once
         copied = len(recording.entries)
         host.kill9()
         await until(lambda: replica.stats.errors >= 1, 10, "the replica to notice the host is gone")

@@ -9,11 +9,14 @@
 A part is published as soon as it is encoded: the recording's writes (and their fsyncs) run
 behind a queue, never between a part and its listeners.
 
-Lifecycle: new -> running (hold or live) -> ended, or -> abandoned. ``end()`` returns once
-the last segment is on disk and the replay playlist is written; once ended, a pipeline cannot
-be reused. ``stop()`` is ``end()`` for shutdown, then waits until every task has exited.
-``abandon()`` stops the program without ending the Space (this node lost it to another, which
-carries it on): nothing is published after it returns, the replay is not written.
+Lifecycle: new -> running (hold or live) -> ended, or -> abandoned, or -> handed off.
+``end()`` returns once the last segment is on disk and the replay playlist is written; once
+ended, a pipeline cannot be reused. ``stop()`` is ``end()`` for shutdown, then waits until
+every task has exited. ``abandon()`` stops the program without ending the Space (this node
+lost it to another, which carries it on): nothing is published after it returns, the replay
+is not written. ``hand_off()`` is the planned move (``amphi drain``): the program stops at the
+next part boundary with its last segment complete and recorded, so another node continues it
+with no gap (``Resume(gap=False)``); then as after ``abandon()``.
 
 A pipeline built with ``resume`` (``amphi.media.segmenter.Resume``, from the standby's copy
 of a Space hosted elsewhere, ``amphi.media.replica``) continues that Space's program: its
@@ -41,6 +44,7 @@ from typing import Protocol
 import numpy as np
 
 from amphi.core.config import AAC_FRAME, SAMPLE_RATE, MediaConfig
+from amphi.core.errors import IllegalTransition
 from amphi.core.tasks import Supervisor
 from amphi.media.encoder import DELAY, AacEncoder
 from amphi.media.guard import GuardStats
@@ -149,6 +153,9 @@ class Pipeline:
         self._settled = asyncio.Event()  # the program ended, or a task of it died
         self._ended = asyncio.Event()  # ended and the recording closed
         self._abandoned = False
+        self._moving = False  # hand_off() asked: the encoder stops at the next part boundary
+        self._moved = False  # handed off: the last part is out, listeners waiting for more are released
+        self._hand_off: asyncio.Future[int] | None = None
         self._ending = asyncio.Lock()
         self._feeds: dict[str, FrameFeed] = {}
         self.epoch = 0.0  # wall time at which program sample 0 was mixed
@@ -167,9 +174,10 @@ class Pipeline:
             self._segmenter = Segmenter(self._cfg, epoch=self.epoch, encoder_delay=DELAY)
         else:
             # decode times run on from the previous host's: program sample s decodes at
-            # next_sample + DELAY + s; the segmenter's wall time of decode time d is
-            # epoch + (d - DELAY) / SAMPLE_RATE. After a crash, program sample 0 is mixed now
-            # (the wall time jumps over the gap, as in a new program); after a hand-over the
+            # next_sample + DELAY + s after a crash, next_sample + s after a hand-over (the
+            # priming unit is dropped: ``_encode``); the segmenter's wall time of decode time d
+            # is epoch + (d - DELAY) / SAMPLE_RATE. After a crash, program sample 0 is mixed
+            # now (the wall time jumps over the gap, as in a new program); after a hand-over the
             # first segment starts at the wall time the previous one ended (the same epoch)
             if resume.gap:
                 wall = self.epoch - resume.next_sample / SAMPLE_RATE
@@ -238,9 +246,63 @@ class Pipeline:
         self._notify()
         await self.supervisor.close()
 
+    async def hand_off(self) -> int:
+        """A planned move of the program to another node; returns the msn of its last segment
+        (the next node resumes at msn + 1 with ``Replica.resume_point(gap=False)``).
+
+        The program ends at the next part boundary (at most one part away): that part is
+        published, the open segment is closed there (shorter than the others; its EXTINF says
+        so) and listed complete, so a standby following with blocking reloads gets it at once.
+        The mixer and the encoder stop; audio mixed past that boundary is never published. The
+        recording writes that last segment and is closed without the replay playlist (the
+        next node records on). The timeline is not ended (no ENDLIST: the Space goes on): what
+        it holds is still served, and listeners waiting for what will not come from here (a
+        reload past the last part, the hinted part, the next segment) are released as by
+        ``abandon()``. After it returns nothing more is published; ``end()`` returns at once.
+        Idempotent, and safe to cancel (the move goes on). After ``end()`` or ``abandon()`` it
+        returns the newest complete segment at once; ``IllegalTransition`` if there is none."""
+        if self._hand_off is None:
+            if not self._started:
+                raise IllegalTransition(f"pipeline {self.space_id} (not started) has no segment to hand off")
+            self._moving = True  # now: the encoder stops at the first part boundary from here
+            self._hand_off = asyncio.ensure_future(self._move())
+        return await asyncio.shield(self._hand_off)
+
+    async def _move(self) -> int:
+        async with self._ending:
+            if not self._ended.is_set():
+                encoder = self._program[1]
+                await asyncio.wait([encoder])  # it stops at the next part boundary (or ended, or died)
+                for task in self._program:
+                    task.cancel()
+                await asyncio.wait(self._program)
+            if not self._ended.is_set():
+                await self.recorder.close(replay=False)  # the last segment on disk, no vod.m3u8
+                self._settled.set()
+                self._ended.set()
+                self._moved = True
+                log.info("pipeline %s handed off after segment %s: %.3f s recorded here", self.space_id,
+                         self._last_msn(), self.recording.duration)
+        self._notify()
+        await self.supervisor.close()
+        msn = self._last_msn()
+        if msn is None:
+            state = "handed off" if self._moved else "abandoned" if self._abandoned else "ended"
+            raise IllegalTransition(f"pipeline {self.space_id} ({state}) has no complete segment to hand off")
+        return msn
+
+    def _last_msn(self) -> int | None:
+        segments = self.timeline.segments
+        return segments[-1].msn if segments else None
+
     @property
     def abandoned(self) -> bool:
         return self._abandoned
+
+    @property
+    def handed_off(self) -> bool:
+        """The program moved to another node (``hand_off``): nothing more comes from here."""
+        return self._moved
 
     @property
     def ended(self) -> bool:
@@ -320,7 +382,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not predicate():
-            if self._abandoned:
+            if self._abandoned or self._moved:
                 return False  # released: this node no longer serves the Space
             if self.timeline.ended:
                 return predicate()
@@ -388,6 +450,14 @@ class Pipeline:
         assert seg is not None
         next_unit = 0  # index of the next access unit out of the encoder
         handed = 0  # program samples handed to the encoder so far
+        # A program that continues another node's with no gap (a hand-over) drops its encoder's
+        # first unit, the priming one. AAC overlaps each frame with the next: the decoder holds
+        # the second half of the previous host's last frame and adds the first half of ours.
+        # The priming unit's first half is silence: the old audio would fade out over 21 ms and
+        # ours start at once (a dip, and a click when the two do not line up). Our second unit's
+        # first half is our first 1024 samples: the two cross-fade instead (docs/streaming.md,
+        # "The seam of a hand-over", has the measurement).
+        skip = 1 if self.resume is not None and not self.resume.gap else 0
         try:
             while True:
                 # the encoder hands out unit n once it has input frame n + 1
@@ -402,7 +472,15 @@ class Pipeline:
                     start = next_unit * AAC_FRAME - DELAY  # program sample this unit carries
                     live = self._live_from is not None and start >= self._live_from
                     next_unit += 1
+                    if skip:
+                        skip -= 1
+                        continue
                     self._apply(seg.push(unit, live=live))
+                    if self._moving and not ending and seg.units_to_part_end == self._cfg.part_packets:
+                        # a part was just published: hand-off. Its segment closes here, complete;
+                        # the units after it are dropped (the next node mixes on from here)
+                        self._apply(seg.finish())
+                        return
                 if ending:
                     self._apply(seg.finish())
                     await self.recorder.close()  # every segment on disk, then the replay playlist
@@ -428,8 +506,8 @@ class Pipeline:
     def _apply(self, events: list[Event]) -> None:
         seg = self._segmenter
         assert seg is not None
-        if self._abandoned:
-            return  # fenced: another node publishes this Space now
+        if self._abandoned or self._moved:
+            return  # fenced or moved: another node publishes this Space now
         for event in events:
             if isinstance(event, SegmentClosed) and event.segment.live:
                 self.recorder.begin(epoch=self._wall, delay=DELAY, asc=self.encoder.audio_specific_config)

@@ -186,8 +186,9 @@ class Recorder:
     dropped (it is still served live), counted in ``stats.dropped`` and logged once per
     run of drops: the recording keeps a gap rather than memory growing without bound.
 
-    Lifecycle: new -> running -> closed (or abandoned: closed without the replay playlist,
-    when another node carries the Space on). ``put`` after either drops.
+    Lifecycle: new -> running -> closed (with the replay playlist; or, handed over, without
+    it) or abandoned (what is queued is dropped, no replay playlist: another node carries the
+    Space on). ``put`` after any of them drops.
     """
 
     def __init__(self, recording: Recording, *, bound: int = RECORDER_QUEUE_SEGMENTS,
@@ -201,7 +202,8 @@ class Recorder:
         self._running = False
         self._closing = False
         self._done = asyncio.Event()  # run() returned or died
-        self._finalized = False
+        self._closed = False
+        self._replay = True  # close() writes the replay playlist (not after a hand-over)
         self._abandoned = False
         self._dropping = False  # in a run of drops (logged once)
 
@@ -253,8 +255,9 @@ class Recorder:
                     if self._abandoned:
                         return
                     if self._closing:
-                        await asyncio.to_thread(self.recording.finalize)
-                        self._finalized = True
+                        if self._replay:
+                            await asyncio.to_thread(self.recording.finalize)
+                        self._closed = True
                         return
                     self._wake.clear()
                     await self._wake.wait()
@@ -267,22 +270,26 @@ class Recorder:
         finally:
             self._done.set()
 
-    async def close(self) -> None:
+    async def close(self, *, replay: bool = True) -> None:
         """Waits until every segment put is on disk and the replay playlist is written. If
         ``run`` was never started, runs it here; if it died, writes the playlist of what
-        reached the disk. Idempotent."""
+        reached the disk. Idempotent. ``replay=False`` (a planned hand-over: another node
+        goes on recording the Space) writes every segment put but no replay playlist."""
+        if not self._closing:
+            self._replay = replay
         self._closing = True
         self._wake.set()
         if not self._running:
             await self.run()
         await self._done.wait()
-        if not self._finalized:
+        if not self._closed:
             lost = self.stats.queued
             self._queue.clear()
             self.stats.dropped += lost
             self.stats.queued = 0
-            await asyncio.to_thread(self.recording.finalize)
-            self._finalized = True
+            if self._replay:
+                await asyncio.to_thread(self.recording.finalize)
+            self._closed = True
             log.error("recording %s closed after its writer died: %d segments kept, %d lost",
                       self.recording.dir.name, len(self.recording.entries), lost)
 
@@ -306,4 +313,4 @@ class Recorder:
 
     @property
     def closed(self) -> bool:
-        return self._finalized
+        return self._closed

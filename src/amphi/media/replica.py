@@ -27,6 +27,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,7 +40,7 @@ from amphi.media.playlist import LIVE_FROM
 from amphi.media.recorder import Recording
 from amphi.media.segmenter import Part, Resume, Segment
 
-__all__ = ["Replica", "ReplicaStats", "Resume"]
+__all__ = ["Replica", "ReplicaStats", "Resume", "resume_from"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,17 @@ def rebuild(msn: int, data: bytes, *, pdt: float, live: bool, discontinuity: boo
                    discontinuity=discontinuity)
 
 
+def resume_from(segments: Iterable[Segment], *, gap: bool, discontinuity_sequence: int = 0) -> Resume:
+    """The resume point after ``segments`` (complete, contiguous, oldest first; at least one):
+    the counters after the newest one, read from its last fragment."""
+    kept = tuple(segments)
+    newest = kept[-1]
+    last = fmp4.read_fragments(newest.parts[-1].data)[-1]
+    return Resume(next_msn=newest.msn + 1, next_sample=last.end_decode_time, next_sequence=last.sequence + 1,
+                  segments=kept, discontinuity_sequence=discontinuity_sequence, gap=gap,
+                  end_wall=newest.pdt + newest.duration)
+
+
 class Replica:
     def __init__(self, space_id: str, cfg: MediaConfig, recording: Recording, origin: str, credential: str, *,
                  client: httpx.AsyncClient | None = None) -> None:
@@ -129,6 +141,7 @@ class Replica:
         self._writing: asyncio.Future[None] | None = None
         self.ended = False  # the host ended the Space: the copy is complete
         self.stats = ReplicaStats()
+        self._copied = asyncio.Event()  # set and replaced at each copy
 
     # -- the take-over ---------------------------------------------------------------------
 
@@ -136,11 +149,24 @@ class Replica:
         """Where the program continues, or None before init and one segment are held."""
         if self._init is None or not self._kept:
             return None
-        newest = self._kept[-1]
-        last = fmp4.read_fragments(newest.parts[-1].data)[-1]
-        return Resume(next_msn=newest.msn + 1, next_sample=last.end_decode_time, next_sequence=last.sequence + 1,
-                      segments=tuple(self._kept), discontinuity_sequence=self._dropped_discontinuities,
-                      gap=gap, end_wall=newest.pdt + newest.duration)
+        return resume_from(self._kept, gap=gap, discontinuity_sequence=self._dropped_discontinuities)
+
+    async def copied(self, msn: int, timeout: float) -> bool:
+        """Waits until segment ``msn`` (or a later one) is copied, at most ``timeout`` s. A
+        planned hand-over waits for the last segment the host made (``Pipeline.hand_off``
+        returns its msn) before it takes ``resume_point(gap=False)``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._kept or self._kept[-1].msn < msn:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._copied.wait()
+            except TimeoutError:
+                pass
+        return True
 
     # -- following -------------------------------------------------------------------------
 
@@ -221,6 +247,8 @@ class Replica:
         self.stats.segments += 1
         self.stats.bytes += len(data)
         self.stats.last_copy = time.time()
+        self._copied.set()
+        self._copied = asyncio.Event()
 
     async def _write(self, seg: Segment) -> None:
         """Into the recording, in a worker thread; finished even if we are cancelled."""
