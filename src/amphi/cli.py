@@ -159,6 +159,7 @@ from amphi.keys_cli import keys  # noqa: E402 - the operator's API keys (docs/ke
 
 main.add_command(keys)
 
-from amphi.space_cli import space  # noqa: E402 - Spaces over a node's API (docs/api.md)
+from amphi.space_cli import drain, space  # noqa: E402 - Spaces over a node's API (docs/api.md)
 
 main.add_command(space)
+main.add_command(drain)

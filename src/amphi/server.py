@@ -129,6 +129,12 @@ async def serve(cfg: Config) -> None:
         await asyncio.wait([asyncio.ensure_future(stop.wait()), server_task], return_when=asyncio.FIRST_COMPLETED)
     finally:
         log.info("shutting down")  # stop accepting and drain HTTP, then end the programs, then the store
+        if cfg.cluster.redis_url is not None:  # in a cluster, a planned stop first hands the Spaces over
+            try:
+                async with asyncio.timeout(DRAIN_S):
+                    await node.failover.drain()
+            except Exception:  # Redis away, a standby gone: what was not handed over ends as before
+                log.exception("handing the Spaces over before stopping failed")
         server.stop()
         node.app.close()  # event and dashboard streams end; blocking reloads answer within their timeout
         try:

@@ -164,3 +164,24 @@ def _checked(space_id: str) -> str:
 
 start = _lifecycle("start", "Start")
 end = _lifecycle("end", "End")
+
+
+@click.command()
+@click.argument("node_id", metavar="NODE")
+@click.option("--key", envvar="AMPHI_OPERATOR_KEY", default=None,
+              help="The operator key, sent as a bearer [env AMPHI_OPERATOR_KEY].")
+@click.option("--server", envvar="AMPHI_SERVER", default=DEFAULT_SERVER, show_default=True,
+              help="Any node of the cluster (or its entry) [env AMPHI_SERVER].")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer.")
+def drain(node_id: str, key: str | None, server: str, as_json: bool) -> None:
+    """Hand every live Space node NODE hosts to its standby, with no gap, before maintenance
+    (docs/cluster.md). Returns once each has moved; the node then stands by for no one."""
+    data = call(server, "POST", "node.drain", bearer=key, node=node_id)
+    if as_json:
+        _print_json(data)
+        return
+    for moved in data["moved"]:
+        click.echo(f"{moved['id']}  -> node {moved['to']}  after segment {moved['last_msn']}  in {moved['took_s']:.2f} s")
+    for kept in data["kept"]:
+        click.echo(f"{kept['id']}  kept: {kept['why']}")
+    click.echo(f"node {data['node']}: {len(data['moved'])} Spaces handed over, {len(data['kept'])} kept")

@@ -53,7 +53,7 @@ async def test_one_host_only_its_standby_takes_over_and_the_old_host_learns_it(r
         assert await b.acquire(SPACE, LEASE_TTL_S, RECLAIM_S) == 0  # once
         assert await a.renew_leases([SPACE], LEASE_TTL_S) == {SPACE: "b"}  # a, back, is told
         assert await b.renew_leases([SPACE], LEASE_TTL_S) == {SPACE: ""}
-        assert (await c.holders([SPACE]))[SPACE] == ("b", "b")
+        assert (await c.holders([SPACE]))[SPACE] == ("b", "b", None)
 
 
 async def test_after_a_redis_restart_the_host_takes_its_lease_back_before_any_standby(redis_server) -> None:
@@ -76,13 +76,14 @@ async def test_a_drained_lease_goes_to_the_named_node_and_an_ended_space_release
     a, b = store(redis_server.url, "a"), store(redis_server.url, "b")
     async with running(a, b):
         await a.renew_leases([SPACE], LEASE_TTL_S)
-        assert await b.hand_over(SPACE, "b", LEASE_TTL_S) == 0  # only the holder hands over
-        assert await a.hand_over(SPACE, "b", LEASE_TTL_S) >= 2
+        assert await b.hand_over(SPACE, "b", 7, LEASE_TTL_S) == 0  # only the holder hands over
+        assert await a.hand_over(SPACE, "b", 7, LEASE_TTL_S) >= 2
+        assert await b.holders([SPACE]) == {SPACE: ("b", "", 7)}  # b resumes after segment 7
         assert await a.renew_leases([SPACE], LEASE_TTL_S) == {SPACE: "b"}
         await a.release([SPACE])  # not a's: nothing happens
         assert (await a.holders([SPACE]))[SPACE][0] == "b"
         await b.release([SPACE])
-        assert await a.holders([SPACE]) == {SPACE: ("", "")}
+        assert (await a.holders([SPACE]))[SPACE][:2] == ("", "")
 
 
 async def test_redis_unreachable_is_unavailable_not_a_crash(redis_server) -> None:

@@ -4,6 +4,7 @@ listener. The host is killed (-9) or stopped (SIGSTOP) mid-Space; its standby ca
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -223,3 +225,42 @@ def edge_credential() -> str:
     from amphi.control.tokens import Signer
 
     return Signer(SECRET.encode()).edge_credential("test")
+
+
+def test_drain_hands_the_space_over_with_no_gap_in_the_program_or_the_replay(cluster) -> None:
+    """`amphi drain a` through the edge: the Space moves to b at a part boundary; the replay has no
+    discontinuity and its program times run on without a gap; ffmpeg through the edge reads on; the
+    speaker follows to b by itself."""
+    c = cluster
+    space, key, speaker = live_space(c)
+    try:
+        joined = httpx.post(f"{c.edge.url}/api/spaces/{space}/join", json={}, timeout=10).json()
+        listener = Listener(joined["media_playlist"], 20)
+        listener.start()
+        wait_until(lambda: copied(c.b, space) >= 4, 30, "two more segments copied while ffmpeg listens", interval=0.3)
+        out = subprocess.run([str(BIN), "drain", "a", "--server", c.edge.url, "--key", c.a.api_key, "--json"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        drained = json.loads(out.stdout)
+        assert [m["id"] for m in drained["moved"]] == [space] and drained["moved"][0]["to"] == "b", drained
+        assert failover(c.b)["handed_to_me"] == 1 and failover(c.a)["handed_over"] == 1
+        assert space in c.b.node()["pipelines"] and space not in c.a.node()["pipelines"]
+        wait_until(lambda: c.b.node()["speakers"] == 1, 15, "the speaker to follow the Space to b", interval=0.3)
+        listener.join(120)
+        audio = np.frombuffer(listener.pcm, dtype=np.float32)
+        assert len(audio) >= 19.5 * SR, f"ffmpeg stopped after {len(audio) / SR:.1f} s: {listener.err}"
+        c.b.end_space(space, key)
+    finally:
+        stop_speaker(speaker)
+    vod, audio, msns = replay(c.b, space)
+    assert msns == list(range(msns[0], msns[-1] + 1)), msns
+    assert "#EXT-X-DISCONTINUITY" not in vod, vod
+    times = [(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp(), float(d)) for t, d in
+             re.findall(r"#EXT-X-PROGRAM-DATE-TIME:(\S+)\n(?:#[^\n]*\n)*?#EXTINF:([0-9.]+),", vod)]
+    assert len(times) == len(msns), vod
+    seams = [round(b[0] - (a[0] + a[1]), 3) for a, b in zip(times, times[1:])]
+    assert all(abs(s) <= 0.05 for s in seams), seams  # one program: each segment begins where the last ended
+    heard = tone_windows(audio, TONE_HZ)
+    last = drained["moved"][0]["last_msn"]
+    seam_s = sum(d for (_, d), m in zip(times, msns) if m <= last)
+    assert sum(heard[: int(seam_s * 4)]) >= 4 and sum(heard[int(seam_s * 4):]) >= 8, (seam_s, heard)

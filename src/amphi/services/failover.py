@@ -42,11 +42,15 @@ from amphi.services.spaces import Spaces
 log = logging.getLogger(__name__)
 
 ORPHAN_WAIT_S = LEASE_TTL_S + 3.0  # a Space found live at start-up is ended if nobody carried it on by then
+HANDOFF_COPY_S = 3.0  # a standby handed a Space waits this long for the old host's last segment
+HANDOFF_WAIT_S = 5.0  # the old host serves what it made until the new one is in the directory, this long at most
 
 
 @dataclass
 class FailoverStats:
     takeovers: int = 0  # Spaces this node took over from a node that stopped renewing
+    handed_over: int = 0  # Spaces this node handed to their standbys (drain)
+    handed_to_me: int = 0  # Spaces other nodes handed to this one
     fenced: int = 0  # Spaces this node lost to another node (it had stopped, or been cut off)
     standing_by: int = 0  # Spaces this node keeps a copy of
     renew_failures: int = 0  # renewals Redis did not answer
@@ -75,6 +79,8 @@ class Failover:
         self._standbys: dict[str, _Standby] = {}
         self._taking: dict[str, asyncio.Event] = {}  # take-overs in progress: media requests wait for them
         self._holders: dict[str, str] = {}  # another node's Space -> its lease holder, as last seen
+        self._handing: dict[str, str] = {}  # Spaces this node is handing over (a drain) -> to whom
+        self.draining = False  # drained: it stands by for no one
         self._seen_held: set[str] = set()  # Spaces stood by whose lease this node has seen held
         self._back_at: float | None = None  # monotonic time Redis answered again after being away
         self._orphans_until = time.monotonic() + ORPHAN_WAIT_S
@@ -82,11 +88,12 @@ class Failover:
     # -- the gate the origin asks (amphi.services.spaces.Gate) --------------------------------
 
     def may_publish(self, space_id: str) -> bool:
-        return self._registry.find(space_id) is not None and self.leases.may_publish(space_id, time.monotonic())
+        return self._registry.find(space_id) is not None and (
+            space_id in self._handing or self.leases.may_publish(space_id, time.monotonic()))
 
     def check_publishing(self, space_id: str) -> None:
-        if self.leases.may_publish(space_id, time.monotonic()):
-            return
+        if space_id in self._handing or self.leases.may_publish(space_id, time.monotonic()):
+            return  # handing over: its program has stopped, what it serves is what the new host copies
         holder = self._holders.get(space_id)
         if holder and holder != self._node:
             raise Misdirected(f"Space {space_id} is hosted by node {holder} now", host=holder)
@@ -161,7 +168,8 @@ class Failover:
         return [s.id for s in self._registry.all() if s.state is not SpaceState.ENDED]
 
     async def _tick(self, sent: float) -> None:
-        answers = await self._store.renew_leases(self._registry_live(), LEASE_TTL_S)
+        hosted = [s for s in self._registry_live() if s not in self._handing]  # drain() finishes those itself
+        answers = await self._store.renew_leases(hosted, LEASE_TTL_S)
         for space_id, holder in answers.items():
             if holder == "":
                 self.leases.held(space_id, sent)
@@ -195,10 +203,15 @@ class Failover:
                 await self._spaces.end_orphan(space)
 
     async def _stand_by(self, sent: float) -> None:
+        if self.draining:
+            return
         others = {s.id: (s, url) for s, url, _ in await self._store.live_elsewhere() if s.state is SpaceState.LIVE}
         roles = await self._store.stand_by(list(others), STANDBY_TTL_S)
         for space_id, (standby, holder) in roles.items():
             self._holders[space_id] = holder
+            if holder == self._node and space_id in self._standbys:  # handed to this node (a drain)
+                await self._take_over(others[space_id][0], sent, handed=True)
+                continue
             if standby != self._node:
                 await self._drop_standby(space_id)
                 continue
@@ -233,28 +246,78 @@ class Failover:
         await asyncio.wait({kept.task})
         log.info("space %s: no longer standing by", space_id)
 
-    async def _take_over(self, space: Space, sent: float) -> None:
-        gen = await self._store.acquire(space.id, LEASE_TTL_S, RECLAIM_S)
-        if not gen:
+    async def _take_over(self, space: Space, sent: float, *, handed: bool = False) -> None:
+        """Carries the Space on from this node's copy: after a lapsed lease (the host died:
+        one discontinuity), or a lease handed to it (a drain: once the copy has the old host's
+        last segment, with no gap)."""
+        last = None
+        if handed:
+            last = (await self._store.holders([space.id]))[space.id][2]
+        elif not await self._store.acquire(space.id, LEASE_TTL_S, RECLAIM_S):
             return
         t0 = time.monotonic()
         self.leases.held(space.id, sent)
         taking = self._taking.setdefault(space.id, asyncio.Event())
         kept = self._standbys.pop(space.id)
         try:
+            seamless = last is not None and await kept.replica.copied(last, HANDOFF_COPY_S)
+            if handed and not seamless:
+                log.warning("space %s: handed over, but the copy lacks segment %s: resuming after a gap", space.id, last)
             kept.task.cancel()
             await asyncio.wait({kept.task})
-            resume = kept.replica.resume_point(gap=True)
+            resume = kept.replica.resume_point(gap=not seamless)
             await self._spaces.adopt(space, kept.recording, resume)
         finally:
             taking.set()
             self._taking.pop(space.id, None)
         self._holders.pop(space.id, None)
         self._seen_held.discard(space.id)
-        self.stats.takeovers += 1
+        if handed:
+            self.stats.handed_to_me += 1
+        else:
+            self.stats.takeovers += 1
         self.stats.last_takeover_s = round(time.monotonic() - t0, 3)
-        log.warning("space %s: taken over (lease generation %d), resumed %s", space.id, gen,
+        log.warning("space %s: %s, resumed %s", space.id, "handed over to this node" if handed else "taken over",
                     f"after segment {resume.next_msn - 1}" if resume is not None else "with no copy")
+
+    # -- a planned move (amphi drain) ---------------------------------------------------------
+
+    async def drain(self) -> dict[str, object]:
+        """Hands every live Space this node hosts to its standby, with no gap (``amphi drain``,
+        ``POST /api/nodes/<id>/drain``, and SIGTERM in a cluster); this node stops standing by
+        for others. Each program stops at a part boundary (``Pipeline.hand_off``); the lease goes
+        to the standby with the last segment's number; the standby copies that segment and
+        continues right after it; this node serves what it made until the standby is the host."""
+        self.draining = True
+        for space_id in list(self._standbys):
+            await self._drop_standby(space_id)
+        live = [s for s in self._registry.all() if s.state is SpaceState.LIVE]
+        roles = await self._store.holders([s.id for s in live]) if live else {}
+        results = await asyncio.gather(*(self._hand(space, roles[space.id][1]) for space in live))
+        moved = [r for r in results if "to" in r]
+        kept = [r for r in results if "to" not in r]
+        log.info("drained: %d Spaces handed over, %d kept", len(moved), len(kept))
+        return {"node": self._node, "moved": moved, "kept": kept}
+
+    async def _hand(self, space: Space, standby: str) -> dict[str, object]:
+        pipeline = self._spaces.pipelines.get(space.id)
+        if not standby or standby == self._node or pipeline is None:
+            return {"id": space.id, "why": "no standby" if pipeline is not None else "no program running"}
+        t0 = time.monotonic()
+        self._handing[space.id] = standby
+        try:
+            last = await pipeline.hand_off()
+            if not await self._store.hand_over(space.id, standby, last, LEASE_TTL_S):
+                return {"id": space.id, "why": "the lease was no longer this node's"}
+            deadline = time.monotonic() + HANDOFF_WAIT_S
+            while time.monotonic() < deadline and (self._store.origin(space.id) or ("", ""))[1] != standby:
+                await asyncio.sleep(0.05)
+                await self._store.lookup(space.id)  # the directory names the new host once it runs
+        finally:
+            self._handing.pop(space.id, None)
+        await self._fence(space.id, standby)
+        self.stats.handed_over += 1
+        return {"id": space.id, "to": standby, "last_msn": last, "took_s": round(time.monotonic() - t0, 3)}
 
     def status(self) -> dict[str, object]:
         """``GET /api/node``'s ``failover``: what this node hosts and stands by, and its counters."""

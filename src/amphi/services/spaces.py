@@ -25,7 +25,7 @@ from amphi.control.health import Governor
 from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.store import Store
 from amphi.core.config import Config
-from amphi.core.errors import Conflict, NotFound, Unavailable
+from amphi.core.errors import Conflict, HostedElsewhere, NotFound, Unavailable
 from amphi.defense.shield import Shield
 from amphi.media.pipeline import Pipeline
 from amphi.media.recorder import Recording
@@ -189,6 +189,19 @@ class Spaces:
         self.pipelines.pop(space.id, None)
         self._shield.forget_space(space.id)  # defense: per-Space counters end with it
 
+    async def this_node(self, node_id: str, path: str) -> None:
+        """Returns if ``node_id`` is this node; else the call goes to that node (HostedElsewhere:
+        forwarded there), or 404 if no live node has that id."""
+        if node_id != self.cfg.node_id:
+            urls = {str(n.get("id")): str(n.get("url")) for n in await self._store.nodes()}
+            if node_id not in urls:
+                raise NotFound(f"no live node {node_id!r}")
+            raise HostedElsewhere(f"node {node_id} does it itself", location=urls[node_id] + path)
+
+    async def drain(self) -> dict[str, object]:
+        """This node hands every live Space it hosts to its standby, with no gap (docs/cluster.md)."""
+        return await self.gate.drain()
+
     def authorize_host(self, space: Space, authorization: str | None) -> None:
         """401/403 unless ``Authorization: Bearer HOST_KEY`` (the hash travels with the Space)."""
         self.registry.authorize_host(space, authorization)
@@ -306,6 +319,8 @@ class Gate(Protocol):
 
     async def claim(self, space_id: str) -> None: ...  # this node goes live with the Space: its lease now
 
+    async def drain(self) -> dict[str, object]: ...  # hands every live Space to its standby
+
 
 class Alone:
     """One node: it publishes every Space it has."""
@@ -321,6 +336,10 @@ class Alone:
 
     async def claim(self, space_id: str) -> None:
         pass
+
+    async def drain(self) -> dict[str, object]:
+        raise Conflict("one node alone has no standby to hand its Spaces to: run several nodes with --redis "
+                       "(docs/cluster.md)")
 
 
 def pipeline_failure(pipeline: Pipeline | None) -> str | None:

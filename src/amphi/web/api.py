@@ -49,9 +49,17 @@ from amphi.control.ice import ice_servers, link_header
 from amphi.control.spaces import Space
 from amphi.control.stage import Participant
 from amphi.core.config import Config
-from amphi.core.errors import AmphiError, HostedElsewhere, InvalidSdp, NotFound, UnsupportedMediaType
+from amphi.core.errors import (
+    AmphiError,
+    Forbidden,
+    HostedElsewhere,
+    InvalidSdp,
+    NotFound,
+    UnsupportedMediaType,
+)
 from amphi.defense.shield import CLIENT_KEY
 from amphi.media.ingest.trickle import parse_fragment
+from amphi.services.access import OPERATOR
 from amphi.web import assets
 from amphi.web.answers import grant_json, invited_json, requested_json
 from amphi.web.asgi import SDP, TRICKLE, bearer, error_parts, parse_object, read_body
@@ -222,6 +230,12 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
     async def nodes(request: Request) -> Response:
         return JSONResponse(await finder.nodes(), headers=NO_STORE)
 
+    async def drain(request: Request) -> Response:
+        await spaces.this_node(request.path_params["node"], request.url.path)  # else forwarded: that node checks
+        if await access.require(request.headers.get("authorization"), client(request), "draining a node") != OPERATOR:
+            raise Forbidden("draining a node needs its operator key")
+        return JSONResponse(await spaces.drain(), headers=NO_STORE)
+
     async def openapi(request: Request) -> Response:
         return Response(document_bytes(), media_type="application/json",
                         headers={"cache-control": "public, max-age=3600", "access-control-allow-origin": "*"})
@@ -280,7 +294,7 @@ def build_api(cfg: Config, spaces: SpaceDesk, finder: Finder, rooms: StageDesk,
     handlers = {
         "index": index, "listener": listener_page, "host": host_console, "static": static,
         "vendor.hls": vendor("vendor.hls"), "vendor.shaka": vendor("vendor.shaka"),
-        "node": node, "nodes": nodes, "openapi": openapi,
+        "node": node, "nodes": nodes, "node.drain": drain, "openapi": openapi,
         "spaces.create": create, "spaces.list": listing, "space": status,
         "space.start": start, "space.end": end, "space.defense": defense, "speak": speak, "speak.session": speak_session,
         "speak.ice": ice, "stage": stage,

@@ -249,6 +249,13 @@ OPERATIONS: dict[str, dict[str, Operation]] = {  # route name -> method -> what 
     "openapi": {"GET": op("This document", ok(ref("OpenAPI")), tags=("node",))},
     "node": {"GET": op("This node's counters", ok(ref("Node")), tags=("node",))},
     "nodes": {"GET": op("The node registry (with --redis; docs/cluster.md)", ok(ref("Nodes")), tags=("node",))},
+    "node.drain": {"POST": op("Hand every live Space this node hosts to its standby, with no gap "
+                              "(the operator key; docs/cluster.md)",
+                              ok({"type": "object", "properties": {
+                                  "node": {"type": "string"},
+                                  "moved": {"type": "array", "items": {"type": "object"}},
+                                  "kept": {"type": "array", "items": {"type": "object"}}}}),
+                              errors=(401, 403, 404, 409, 503), security=API_KEY, tags=("node",))},
     "spaces.create": {"POST": op("Create a Space", ok(ref("SpaceCreated"), "Created; host_key is shown once",
                                                       201),
                                  errors=(400, 413), body=ref("NewSpace"), body_required=True, security=API_KEY,

@@ -60,6 +60,10 @@ class SpaceDesk(MediaSource, Protocol):
 
     def set_pow(self, space: Space, mode: object) -> dict[str, object]: ...
 
+    async def this_node(self, node_id: str, path: str) -> None: ...  # HostedElsewhere (forwarded) if another
+
+    async def drain(self) -> dict[str, object]: ...  # 409 alone
+
 
 class KeyDesk(Protocol):
     """Who may create Spaces and manage any Space (``amphi.services.access``; docs/keys.md)."""

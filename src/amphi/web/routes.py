@@ -321,6 +321,7 @@ def _api() -> Iterator[Route]:
     for name, template, methods in (
         ("node", "/api/node", get),
         ("nodes", "/api/nodes", get),
+        ("node.drain", "/api/nodes/{node}/drain", post),  # hand its Spaces to their standbys (docs/cluster.md)
         ("spaces.create", "/api/spaces", post),
         ("spaces.list", "/api/spaces", get),
         ("space", "/api/spaces/{id}", get),

@@ -142,16 +142,17 @@ class Store:
         """Takes a lapsed lease as its standby: the new generation, or 0 if refused."""
         return 0
 
-    async def hand_over(self, space_id: str, to: str, ttl_s: float) -> int:
-        """Gives a held lease to node ``to`` (a drain): the new generation, or 0 if not held."""
+    async def hand_over(self, space_id: str, to: str, last_msn: int, ttl_s: float) -> int:
+        """Gives a held lease to node ``to`` (a drain; ``last_msn``: the last segment made here,
+        the new host resumes after it): the new generation, or 0 if not held."""
         return 0
 
     async def release(self, space_ids: Sequence[str]) -> None:
         """The Spaces ended here: their leases and standbys go."""
 
-    async def holders(self, space_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """{space: (holder, standby)}, '' for none."""
-        return {s: ("", "") for s in space_ids}
+    async def holders(self, space_ids: Sequence[str]) -> dict[str, tuple[str, str, int | None]]:
+        """{space: (holder, standby, a hand-over's last segment)}, '' (None) for none."""
+        return {s: ("", "", None) for s in space_ids}
 
     async def live_elsewhere(self) -> list[tuple[Space, str, str]]:
         """Spaces not ended that other nodes host: (Space, public URL, node id)."""

@@ -3,6 +3,7 @@
 --   P.lease:<space>    the host's node id, PX ttl: renewed by the host, lapses when it dies
 --   P.standby:<space>  the standby's node id, PX: the one node that may take a lapsed lease
 --   P.gen:<space>      counts the lease's holders (each take-over adds one)
+--   P.handoff:<space>  a drain's last segment on the old host: the new host resumes after it
 --   P.epoch            when this keyspace began (admission.lua): a Redis that restarted empty
 --                      lets the hosts take their leases back before any standby may
 -- ARGV: op, prefix, node, ttl_ms, now, ...
@@ -57,10 +58,12 @@ elseif op == 'acquire' then
   redis.call('SET', P .. 'lease:' .. s, node, 'PX', ttl)
   return {1, redis.call('INCR', P .. 'gen:' .. s)}
 elseif op == 'hand_over' then
-  -- ARGV[6]: the Space, ARGV[7]: the node to hand it to (a drain). Only by the holder.
-  local s, to = ARGV[6], ARGV[7]
+  -- ARGV[6]: the Space, ARGV[7]: the node to hand it to (a drain), ARGV[8]: the last segment this
+  -- node made (the new host resumes after it). Only by the holder.
+  local s, to, last = ARGV[6], ARGV[7], ARGV[8]
   if redis.call('GET', P .. 'lease:' .. s) ~= node then return 0 end
   redis.call('SET', P .. 'lease:' .. s, to, 'PX', ttl)
+  redis.call('SET', P .. 'handoff:' .. s, last, 'PX', 30000)
   redis.call('DEL', P .. 'standby:' .. s)
   return redis.call('INCR', P .. 'gen:' .. s)
 elseif op == 'release' then
@@ -72,10 +75,12 @@ elseif op == 'release' then
   end
   return 1
 elseif op == 'holders' then
-  -- ARGV[6..]: Spaces; for each {holder, standby} ('' if none)
+  -- ARGV[6..]: Spaces; for each {holder, standby, the last segment of a hand-over} ('' if none)
   local out = {}
   for i = 6, #ARGV do
-    out[#out + 1] = {redis.call('GET', P .. 'lease:' .. ARGV[i]) or '', redis.call('GET', P .. 'standby:' .. ARGV[i]) or ''}
+    local s = ARGV[i]
+    out[#out + 1] = {redis.call('GET', P .. 'lease:' .. s) or '', redis.call('GET', P .. 'standby:' .. s) or '',
+                     redis.call('GET', P .. 'handoff:' .. s) or ''}
   end
   return out
 end

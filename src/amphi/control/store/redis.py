@@ -450,18 +450,18 @@ class RedisStore(Store):
             log.debug("space %s: lease not taken (%s)", space_id, why.decode() if isinstance(why, bytes) else why)
         return int(why) if took else 0
 
-    async def hand_over(self, space_id: str, to: str, ttl_s: float) -> int:
-        return int(await self._lease("hand_over", ttl_s, space_id, to))
+    async def hand_over(self, space_id: str, to: str, last_msn: int, ttl_s: float) -> int:
+        return int(await self._lease("hand_over", ttl_s, space_id, to, last_msn))
 
     async def release(self, space_ids: Sequence[str]) -> None:
         if space_ids:
             await self._lease("release", 1.0, *space_ids)
 
-    async def holders(self, space_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    async def holders(self, space_ids: Sequence[str]) -> dict[str, tuple[str, str, int | None]]:
         if not space_ids:
             return {}
         res = await self._lease("holders", 1.0, *space_ids)
-        return {s: (h.decode(), sb.decode()) for s, (h, sb) in zip(space_ids, res)}
+        return {s: (h.decode(), sb.decode(), int(last) if last else None) for s, (h, sb, last) in zip(space_ids, res)}
 
     async def live_elsewhere(self) -> list[tuple[Space, str, str]]:
         try:
