@@ -32,6 +32,12 @@ class Source:
     def optional_work_allowed(self) -> None:
         return None
 
+    def check_publishing(self, space_id: str) -> None:
+        return None  # one node: it publishes the Spaces it has
+
+    def may_publish(self, space_id: str) -> bool:
+        return True
+
 
 class Edge:
     def verify_edge(self, credential: str | None) -> str:

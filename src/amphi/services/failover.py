@@ -194,7 +194,7 @@ class Failover:
         held = await self._store.holders([s.id for s in orphans])
         late = time.monotonic() >= self._orphans_until
         for space in list(orphans):
-            holder, _ = held.get(space.id, ("", ""))
+            holder = held.get(space.id, ("", "", None))[0]
             if holder and holder != self._node:
                 log.warning("space %s: carried on by node %s while this node was down", space.id, holder)
                 orphans.remove(space)
