@@ -53,6 +53,16 @@ def test_buffer_stall_starts_when_dry_and_is_measured_until_it_resumes() -> None
     assert b.stalled_seconds(4.2) == pytest.approx(2.5)
 
 
+def test_the_longest_gap_is_the_longest_episode_the_open_one_included() -> None:
+    b = PlaybackBuffer(start_s=0.5, resume_s=0.5)
+    assert b.longest_gap(0.0) == 0.0
+    b.add(1.0, now=0.0)
+    b.add(0.5, now=2.0)  # dry at 1.0: a 1.0 s gap
+    b.add(0.5, now=2.6)  # dry at 2.5, back at 2.6: 0.1 s
+    assert b.stalls == 2 and b.longest_gap(2.6) == pytest.approx(1.0)
+    assert b.longest_gap(6.1) == pytest.approx(3.0)  # dry since 3.1, still stalled: the open one is longest
+
+
 def test_buffer_open_stall_counts_to_now_and_resumes_only_at_the_threshold() -> None:
     b = PlaybackBuffer(start_s=0.5, resume_s=1.0)
     b.add(0.5, now=0.0)

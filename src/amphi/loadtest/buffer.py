@@ -24,7 +24,7 @@ class Playback(Enum):
 
 class PlaybackBuffer:
     __slots__ = ("start_s", "resume_s", "state", "media_s", "played_s", "pdt_end", "started_at", "stalls",
-                 "stall_s", "_stall_since", "_last")
+                 "stall_s", "longest_s", "_stall_since", "_last")
 
     def __init__(self, start_s: float, resume_s: float | None = None) -> None:
         self.start_s = start_s  # buffered seconds before playback starts
@@ -36,6 +36,7 @@ class PlaybackBuffer:
         self.started_at: float | None = None
         self.stalls = 0  # stall episodes
         self.stall_s = 0.0  # seconds spent in closed stall episodes
+        self.longest_s = 0.0  # the longest closed episode: the longest gap this listener heard
         self._stall_since = 0.0
         self._last = 0.0
 
@@ -64,6 +65,7 @@ class PlaybackBuffer:
             self.started_at = now
         elif self.state is Playback.STALLED and buffered >= self.resume_s:
             self.stall_s += now - self._stall_since
+            self.longest_s = max(self.longest_s, now - self._stall_since)
             self.state = Playback.PLAYING
 
     @property
@@ -79,6 +81,11 @@ class PlaybackBuffer:
         """Closed episodes plus the one in progress, if any."""
         self.advance(now)
         return self.stall_s + (now - self._stall_since if self.state is Playback.STALLED else 0.0)
+
+    def longest_gap(self, now: float) -> float:
+        """The longest stall episode, the one in progress included: the longest gap heard."""
+        self.advance(now)
+        return max(self.longest_s, now - self._stall_since if self.state is Playback.STALLED else 0.0)
 
     def latency(self, now: float) -> float | None:
         """Seconds behind live of what is heard at ``now``; None before playback or without date-times."""

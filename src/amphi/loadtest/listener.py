@@ -240,6 +240,8 @@ class Listener:
             except Rejoin:
                 self.token = None
         body: dict[str, str] = {"ticket": self.ticket} if self.ticket else {}
+        if self.admitted_at is not None:
+            sw.rejoins += 1  # seated before, and joining for a new seat now
         while True:
             try:
                 resp = await self._request("POST", join, body)

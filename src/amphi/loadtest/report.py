@@ -27,6 +27,8 @@ def summary_table(r: dict[str, object]) -> str:
         ("first audio p50 / p99", f"{_s(r['first_audio_p50_s'])} / {_s(r['first_audio_p99_s'])}"),
         ("stalled listeners / stalls / stalled seconds",
          f"{r['stalled_listeners']} / {r['stalls']} / {r['stall_seconds_total']}"),
+        ("longest gap a listener heard p50 / p99 / max; re-joins",
+         f"{_s(r.get('gap_p50_s'))} / {_s(r.get('gap_p99_s'))} / {_s(r.get('gap_max_s'))}; {r.get('rejoins', 0)}"),
         ("stream: between parts p50 / p99, across a segment boundary p50 / p99",
          f"{_s(r.get('part_gap_p50_s'))} / {_s(r.get('part_gap_p99_s'))}, {_s(r.get('segment_gap_p50_s'))} / "
          f"{_s(r.get('segment_gap_p99_s'))}"),

@@ -368,7 +368,7 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
     outcomes: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     hists = {k: Histogram() for k in ("join", "audio", "latency", "admit_wait", "lag", "edge_recovery", "part_gap",
-                                      "segment_gap")}
+                                      "segment_gap", "gap")}
     totals: Counter[str] = Counter()
     for f in finals:
         outcomes.update(f["outcomes"])
@@ -376,7 +376,8 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         for k, h in hists.items():
             h.merge(f[k])
         for key in ("sessions", "admitted", "with_audio", "waited", "admitted_from_line", "answered", "stalled_listeners", "stalls",
-                    "requests", "renewals", "playlist_renewals", "line_reads", "drops", "edge_switches", "joins_cut_off", "pow_solved"):
+                    "requests", "renewals", "playlist_renewals", "line_reads", "drops", "edge_switches", "joins_cut_off", "pow_solved",
+                    "rejoins"):
             totals[key] += f[key]
     stall_s = sum(f["stall_s"] for f in finals)
     worker_cpu = [f["cpu_s"] for f in finals]
@@ -425,6 +426,11 @@ def _result(opts: RunOptions, sessions: list, finals: list[dict], timeline: list
         "stalled_listeners": totals["stalled_listeners"],
         "stalls": totals["stalls"],
         "stall_seconds_total": round(stall_s, 3),
+        # the longest gap each listener heard (its longest stall; 0 without one): a fail-over's size
+        "gap_p50_s": rounded(hists["gap"].quantile(0.5), 3) if hists["gap"].n else None,
+        "gap_p99_s": rounded(hists["gap"].quantile(0.99), 3) if hists["gap"].n else None,
+        "gap_max_s": rounded(hists["gap"].max, 3) if hists["gap"].n else None,
+        "rejoins": totals["rejoins"],
         "latency_p50_s": rounded(hists["latency"].quantile(0.5), 3),
         "latency_p95_s": rounded(hists["latency"].quantile(0.95), 3),
         "latency_p99_s": rounded(hists["latency"].quantile(0.99), 3),

@@ -43,6 +43,7 @@ class Swarm:
         self.drops = 0
         self.edge_switches = 0  # media moved to another edge after one stopped answering
         self.joins_cut_off = 0  # join requests in flight when their session ended
+        self.rejoins = 0  # joins for a new seat by a listener that had one (its token refused, or lost)
         self.errors: Counter[str] = Counter()
         self.join_hist, self.audio_hist, self.latency = Histogram(), Histogram(), Histogram()
         self.admit_wait = Histogram()  # arrival -> admitted
@@ -165,6 +166,10 @@ class Swarm:
             "stalled_listeners": len(stalled),
             "stalls": sum(b.stalls for b in stalled),
             "stall_s": sum(b.stalled_seconds(b.last) for b in stalled),
+            # the longest gap each listener that played heard (0 for most; a fail-over's shows here)
+            "gap": Histogram.of(lst.buffer.longest_gap(lst.buffer.last) for lst in self.listeners
+                                if lst.buffer is not None and lst.buffer.started_at is not None).to_dict(),
+            "rejoins": self.rejoins,
             "requests": self.requests, "renewals": self.renewals,
             "playlist_renewals": self.playlist_renewals, "line_reads": self.line_reads, "drops": self.drops,
             "edge_switches": self.edge_switches,
