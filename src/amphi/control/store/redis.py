@@ -360,6 +360,10 @@ class RedisStore(Store):
         record = {**space.to_json(), "origin": self.public_url, "node": self.node_id}
         pipe.set(self.prefix + "space:" + space.id, orjson.dumps(record))
         pipe.sadd(self.prefix + "spaces", space.id)
+        if space.state is SpaceState.LIVE:  # the ones standbys watch (live_elsewhere): not every Space ever made
+            pipe.sadd(self.prefix + "live", space.id)
+        else:
+            pipe.srem(self.prefix + "live", space.id)
 
     async def publish(self, space: Space) -> None:
         self._hosted[space.id] = space
@@ -465,7 +469,7 @@ class RedisStore(Store):
 
     async def live_elsewhere(self) -> list[tuple[Space, str, str]]:
         try:
-            ids = sorted(m.decode() for m in await self._r.smembers(self.prefix + "spaces"))
+            ids = sorted(m.decode() for m in await self._r.smembers(self.prefix + "live"))
             raws = await self._r.mget([self.prefix + "space:" + i for i in ids]) if ids else []
         except _LOST as e:
             self._lost(e)
