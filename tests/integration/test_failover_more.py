@@ -119,7 +119,7 @@ def test_kill_9_of_the_standby_is_not_heard_and_another_node_stands_by_then_take
 
 
 @pytest.mark.serial
-def test_kill_9_of_the_host_while_redis_restarts_empty_the_standby_takes_the_space_over(cluster, redis_server) -> None:
+def test_kill_9_of_the_host_while_redis_restarts_empty_the_standby_takes_the_space_over(cluster, redis_server) -> None:  # noqa: F811
     """Redis stopped, the host killed, Redis started again with nothing: no one re-publishes the
     dead host's Space, yet its standby (which saw the lease held) takes it over once the reclaim
     window (RECLAIM_S after the new epoch) has passed; the listener and the speaker, both
