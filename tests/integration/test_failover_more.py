@@ -137,7 +137,12 @@ def test_kill_9_of_the_host_while_redis_restarts_empty_the_standby_takes_the_spa
         killed = time.monotonic()
         redis_server.start()
         back = time.monotonic()
-        wait_until(lambda: failover(c.b)["takeovers"] == 1, 20, "node b to take the Space over", interval=0.1)
+        try:
+            wait_until(lambda: failover(c.b)["takeovers"] == 1, 20, "node b to take the Space over", interval=0.1)
+        except AssertionError as e:
+            seen = c.b.http.get(f"/api/spaces/{space}")
+            raise AssertionError(f"{e}; node b's failover: {failover(c.b)}; the Space on b: {seen.status_code} "
+                                 f"{seen.text[:200]}") from None
         took_s, after_redis_s = time.monotonic() - killed, time.monotonic() - back
         print(f"take-over {took_s:.2f} s after the kill, {after_redis_s:.2f} s after redis was back")
         assert c.b.status(space)["state"] == "live"
