@@ -5,6 +5,7 @@ them, `amphi speak` and ffmpeg through the edge; the helpers are tests/integrati
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from tests.audio import SR
 from tests.edge.edges import EdgeProc
 from tests.integration.amphi_proc import AmphiServer, free_port, wait_until
 from tests.integration.test_failover import (  # noqa: F401 (cluster: a fixture)
-    SECRET, TONE_HZ, Listener, cluster, copied, failover, live_space, longest_gap_s, speaker_via, stop_speaker,
+    SECRET, TONE_HZ, Listener, cluster, copied, failover, live_space, longest_gap_s, replay, speaker_via, stop_speaker,
     tone_windows)
 
 STANDBY_CHOSEN_S = 6.0  # a dead standby's offer lapses after STANDBY_TTL_S (4.5 s); the next pass takes it
@@ -74,6 +75,7 @@ def test_kill_9_of_the_standby_is_not_heard_and_another_node_stands_by_then_take
     c = trio
     space, key = c.a.create("the standby dies")
     c.a.start_space(space, key)
+    started = time.monotonic()
     speaker = speaker_via(c.edge.url, space, key, TONE_HZ)
     try:
         standby = wait_until(lambda: next((n for n in "bc" if copied(c.nodes[n], space) >= 2), None), 30,
@@ -114,8 +116,18 @@ def test_kill_9_of_the_standby_is_not_heard_and_another_node_stands_by_then_take
         wait_until(lambda: c.nodes[other].node()["speakers"] == 1, 15, f"the speaker on node {other}", 0.3)
         assert space in c.nodes[other].node()["pipelines"]
         print(f"standby chosen {chosen_s:.2f} s after the kill; take-over {took_s:.2f} s after the host's kill")
+        c.nodes[other].end_space(space, key)
+        lived_s = time.monotonic() - started
     finally:
         stop_speaker(speaker)
+    # the replay, on the node that ended it, covers the whole Space but for the take-over's gap,
+    # although that node began copying only when the first standby died
+    vod, audio, msns = replay(c.nodes[other], space)
+    assert msns == list(range(msns[0], msns[-1] + 1)), msns
+    assert vod.count("#EXT-X-DISCONTINUITY\n") == 1, vod
+    covered_s = sum(float(d) for d in re.findall(r"#EXTINF:([0-9.]+),", vod))
+    assert covered_s >= lived_s - 3.0 - 1.0, (covered_s, lived_s, vod)  # one gap of <= 3 s; the last part
+    print(f"the replay holds {covered_s:.1f} s of a Space live {lived_s:.1f} s, segments {msns[0]}-{msns[-1]}")
 
 
 @pytest.mark.serial
