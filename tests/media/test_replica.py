@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -32,8 +33,23 @@ async def until(predicate, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_a_replica_copies_the_live_segments_and_the_program_resumes_after_kill_9(tmp_path: Path,
-                                                                                        monkeypatch) -> None:
+async def _watch(url: str, headers: dict[str, str], into: bytearray) -> None:
+    """What a listener of the host's origin got of a growing segment, until the host died."""
+    async with httpx.AsyncClient() as client:
+        try:
+            async with client.stream("GET", url, headers=headers, timeout=30) as answer:
+                answer.raise_for_status()
+                async for chunk in answer.aiter_raw():
+                    into += chunk
+        except httpx.HTTPError:
+            pass
+
+
+async def test_a_replica_copies_the_open_segment_part_by_part_and_the_program_resumes_after_it(
+        tmp_path: Path, monkeypatch) -> None:
+    """kill -9 of the host mid-segment: the parts of the open segment copied so far become a
+    shorter segment that the replay holds, and the resumed program follows it; the audio lost
+    before the kill is less than a part plus how late the copy was."""
     monkeypatch.setenv("AMPHI_SECRET", SECRET)
     host = AmphiServer(tmp_path / "host", None, "--segment-parts", str(PARTS)).start()
     speaker = None
@@ -53,14 +69,43 @@ async def test_a_replica_copies_the_live_segments_and_the_program_resumes_after_
         newest = recording.entries[-1].msn
         assert await replica.copied(newest + 1, 10)  # the next segment, as a hand-over waits for the last
         assert await asyncio.wait_for(replica.copied(newest, 0), 1)  # held already: at once
+        assert replica.stats.parts >= 4 * PARTS  # streamed, part by part
+        # into the open segment: two parts copied, a listener of the host streaming it too
+        open_msn = newest + 2
+        await until(lambda: replica.stats.open_msn == open_msn and replica.stats.open_parts >= 1, 10, "a part")
+        served = bytearray()
+        listener = asyncio.create_task(_watch(f"{host.url}/media/{space}/edge/{open_msn}.m4s",
+                                              {"x-amphi-edge": credential}, served))
+        await until(lambda: replica.stats.open_parts >= 2, 10, "a second part of the open segment")
+        lag = replica.stats.lag_s
+        assert lag is not None and 0 < lag < CFG.part_s
+        # the kill lands 0.3 s into the next part (not as a part arrives: that would lose nothing)
+        at = replica.stats.last_copy + 0.3
+        await until(lambda: time.time() >= at, 2, "0.3 s into the part")
+        parts_held, lag = replica.stats.open_parts, max(lag, replica.stats.lag_s)
+        assert replica.stats.open_msn == open_msn and 2 <= parts_held < PARTS
         copied = len(recording.entries)
+        killed = time.time()
         host.kill9()
         await until(lambda: replica.stats.errors >= 1, 10, "the replica to notice the host is gone")
+        await asyncio.wait_for(listener, 10)
         follow.cancel()
         await asyncio.gather(follow, return_exceptions=True)
-        assert len(recording.entries) == copied  # nothing came after the kill
+        assert len(recording.entries) == copied  # nothing written after the kill
+        assert replica.stats.open_parts == parts_held  # and nothing copied
+        assert replica.resume_point(gap=False).next_msn == open_msn  # a hand-over: after the last whole one
         resume = replica.resume_point(gap=True)
-        assert resume is not None and resume.next_msn == recording.entries[-1].msn + 1
+        assert resume is not None and resume.next_msn == open_msn + 1
+        partial = resume.segments[-1]
+        assert resume.unrecorded == (partial,) and partial.msn == open_msn and partial.closed
+        assert len(partial.parts) == parts_held and partial.duration == pytest.approx(parts_held * CFG.part_s)
+        # the bytes the host served under that URI, or a prefix of them: never different bytes
+        assert len(served) >= len(partial.parts[0].data)
+        n = min(len(served), partial.size)
+        assert partial.data[:n] == bytes(served[:n])
+        lost = killed - resume.end_wall  # audio the host had mixed that no copy holds
+        assert resume.end_wall == pytest.approx(partial.pdt + partial.duration)
+        assert 0 < lost < CFG.part_s + lag + 0.05, (lost, lag)
     finally:
         if speaker is not None:
             speaker.stop()
@@ -69,7 +114,9 @@ async def test_a_replica_copies_the_live_segments_and_the_program_resumes_after_
     pipeline = Pipeline(space, CFG, recording, live=True, resume=resume)
     started = time.time()
     await pipeline.start()
-    await until(lambda: pipeline.stats.recorder.written >= 2, 20, "two segments of the resumed program")
+    # the partial segment is served in the resumed window, as the host served it
+    assert pipeline.timeline.segment(open_msn).data == partial.data
+    await until(lambda: pipeline.stats.recorder.written >= 3, 20, "the partial and two segments of the new program")
     await pipeline.end()
     assert pipeline.failures == {}
 
@@ -82,11 +129,21 @@ async def test_a_replica_copies_the_live_segments_and_the_program_resumes_after_
     first_new = next(e for e in entries if e.msn == cut)
     assert first_new.pdt == pytest.approx(started, abs=0.5)
     assert first_new.pdt >= resume.end_wall
+    # the replay holds the partial segment, shorter, just before the cut
+    kept = next(e for e in entries if e.msn == open_msn)
+    assert kept.duration == pytest.approx(parts_held * CFG.part_s) and not kept.discontinuity
+    assert (recording.dir / kept.uri).read_bytes() == partial.data
+    seam = first_new.pdt - (kept.pdt + kept.duration)
+    print(f"\nkilled {parts_held} parts into segment {open_msn}: lost {lost:.3f} s before the kill "
+          f"(copy lag {lag:.3f} s); program-time gap at the seam {seam:.3f} s")
+    assert seam == pytest.approx(started - resume.end_wall, abs=0.5)
 
     vod = (recording.dir / "vod.m3u8").read_text().splitlines()
     assert vod.count("#EXT-X-DISCONTINUITY") == 1
     at = vod.index("#EXT-X-DISCONTINUITY")
     assert next(line for line in vod[at:] if not line.startswith("#")) == f"{cut}.m4s"
+    assert [line for line in vod[:at] if not line.startswith("#")][-1] == f"{open_msn}.m4s"
+    assert f"#EXTINF:{parts_held * CFG.part_s:.3f}," in vod[:at]
     assert not any("DISCONTINUITY-SEQUENCE" in line for line in vod)
     again = Recording.open(recording.dir, CFG)  # a restart reads the cut back
     assert again.vod_playlist() == recording.vod_playlist()
@@ -105,6 +162,7 @@ async def test_a_replica_copies_the_live_segments_and_the_program_resumes_after_
     assert len(loud) >= 16, "less than 4 s of tone before the cut"
     heard = dominant_per_window(audio[loud[0] * quarter:(loud[-1] + 1) * quarter], 0.25)
     assert all(abs(hz - 440) <= 5 for hz in heard), heard
+    assert loud[-1] >= len(audio) // quarter - 2  # the tone runs to the end of the partial segment
     whole = decode(init + b"".join((recording.dir / e.uri).read_bytes() for e in entries))
     assert len(whole) == pytest.approx(recording.duration * SR, abs=2 * 1024)
 

@@ -187,6 +187,10 @@ class Pipeline:
             self._segmenter = Segmenter(self._cfg, epoch=wall, encoder_delay=DELAY,
                                         first_msn=resume.next_msn, first_sample=resume.next_sample,
                                         first_sequence=resume.next_sequence, discontinuity=resume.gap)
+            for seg in resume.unrecorded:  # the previous host's last (partial) segment, before ours
+                self.recorder.begin(epoch=seg.pdt - (seg.first_sample - DELAY) / SAMPLE_RATE, delay=DELAY,
+                                    asc=self.encoder.audio_specific_config)
+                self.recorder.put(seg)
         spawn = self.supervisor.spawn
         spawn(self.recorder.run(), f"recorder:{self.space_id}")  # the consumer first: it outlives the producers
         self._program = [

@@ -2,9 +2,12 @@
 resumes from when this node takes the Space over (docs/streaming.md, "Continuing on another
 node").
 
-A ``Replica`` follows the host as an edge cache does: blocking reloads of the live playlist
-under ``/media/<space>/edge/`` (the ``edge.*`` routes of ``amphi.web.routes``) with the
-credential in ``x-amphi-edge``, and one GET of each segment once it is complete. It keeps
+A ``Replica`` follows the host as an edge cache does: under ``/media/<space>/edge/`` (the
+``edge.*`` routes of ``amphi.web.routes``), with the credential in ``x-amphi-edge``, one
+streamed GET a segment, begun as the segment is (the origin answers with the bytes so far,
+then each part as it is made), and a blocking reload of the live playlist once a segment
+(``_HLS_msn=<msn>&_HLS_part=0``: it answers once that segment's first part exists) for what
+the bytes do not say: its PROGRAM-DATE-TIME, its discontinuity, whether it is live. It keeps
 
 * the recording: every live segment is written into ``recording`` (this node's own
   ``Recording``, on this node's disk), so the replay survives the host's disk. Which
@@ -12,7 +15,10 @@ credential in ``x-amphi-edge``, and one GET of each segment once it is complete.
   ``#AMPHI-LIVE-FROM:<msn>`` (``amphi.media.playlist.render_live``): segments from that msn
   on are recorded, none before it, none while the playlist has no such line;
 * the newest ``window_segments + 4`` segments (hold or live, as the host's timeline keeps
-  them), their parts rebuilt from their fragments, so a resumed timeline serves them.
+  them), their parts rebuilt from their fragments, so a resumed timeline serves them;
+* the open segment, part by part as the host makes it (in memory only): after a crash the
+  program resumes after the parts copied of it (``resume_point(gap=True)`` closes it there),
+  so what is lost is the host's last part at most, plus how late the copy is.
 
 Lifecycle: new -> following (``run``) -> done (cancelled: the take-over; the playlist ended;
 never on errors: an origin that stops answering is asked again after a short backoff until
@@ -50,13 +56,18 @@ BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.5)  # then 0.5 s: a take-over starts 1.5 s a
 
 @dataclass
 class ReplicaStats:
-    segments: int = 0  # segments copied (fetched whole)
+    segments: int = 0  # segments copied (whole)
     recorded: int = 0  # of those, written into the recording (live ones)
     bytes: int = 0  # bytes of the segments copied
-    last_copy: float | None = None  # wall time of the newest copy
+    last_copy: float | None = None  # wall time of the newest copy (a segment, or a part of the open one)
     behind: int = 0  # complete segments the host listed that are not copied yet
     missed: int = 0  # segments that left the host's window before they were copied
     errors: int = 0  # failed requests (the origin down, refusing, or slow past its hold)
+    parts: int = 0  # parts copied as they were made (of every segment streamed)
+    open_msn: int | None = None  # the segment being copied part by part (None between segments)
+    open_parts: int = 0  # its parts copied so far: a crash now loses what comes after them
+    lag_s: float | None = None  # at the newest part's arrival, how long before it its audio ended (the host's
+    # encoding and publishing, then the network: how far the copy is behind the host's newest part)
 
 
 @dataclass(frozen=True)
@@ -64,23 +75,34 @@ class _Listed:
     msn: int
     pdt: float
     discontinuity: bool
+    complete: bool = True  # False: the open segment (its parts listed, not its URI)
 
 
 @dataclass(frozen=True)
 class _Playlist:
-    segments: list[_Listed]  # complete segments, in order
+    segments: list[_Listed]  # in order; the last one may be open
     discontinuity_sequence: int
     live_from: int | None
     ended: bool
 
+    def find(self, msn: int) -> _Listed | None:
+        first = self.segments[0].msn if self.segments else msn + 1
+        return self.segments[msn - first] if first <= msn < first + len(self.segments) else None
+
+    @property
+    def newest_complete(self) -> int | None:
+        done = [s.msn for s in self.segments if s.complete]
+        return done[-1] if done else None
+
 
 def parse_live(text: str) -> _Playlist:
-    """The parts of a live playlist a copy needs: its complete segments (msn, wall time,
-    discontinuity), the discontinuity sequence, the first live msn and whether it ended."""
+    """The parts of a live playlist a copy needs: its segments (msn, wall time, discontinuity;
+    the open one too, listed by its PROGRAM-DATE-TIME and parts without a URI), the
+    discontinuity sequence, the first live msn and whether it ended."""
     msn = sequence = 0
     live_from: int | None = None
     pdt = 0.0
-    pending = ended = False
+    pending = ended = begun = False
     out: list[_Listed] = []
     for line in text.splitlines():
         if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
@@ -91,6 +113,7 @@ def parse_live(text: str) -> _Playlist:
             pending = True
         elif line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
             pdt = datetime.fromisoformat(line.split(":", 1)[1].replace("Z", "+00:00")).timestamp()
+            begun = True
         elif line.startswith(LIVE_FROM):
             live_from = int(line[len(LIVE_FROM):])
         elif line == "#EXT-X-ENDLIST":
@@ -98,7 +121,9 @@ def parse_live(text: str) -> _Playlist:
         elif line and not line.startswith("#"):
             out.append(_Listed(msn, pdt, pending))
             msn += 1
-            pending = False
+            pending = begun = False
+    if begun and not ended:  # a PROGRAM-DATE-TIME with parts and no URI yet: the open segment
+        out.append(_Listed(msn, pdt, pending, complete=False))
     return _Playlist(out, sequence, live_from, ended)
 
 
@@ -110,15 +135,51 @@ def rebuild(msn: int, data: bytes, *, pdt: float, live: bool, discontinuity: boo
                    discontinuity=discontinuity)
 
 
-def resume_from(segments: Iterable[Segment], *, gap: bool, discontinuity_sequence: int = 0) -> Resume:
+def resume_from(segments: Iterable[Segment], *, gap: bool, discontinuity_sequence: int = 0,
+                unrecorded: Iterable[Segment] = ()) -> Resume:
     """The resume point after ``segments`` (complete, contiguous, oldest first; at least one):
-    the counters after the newest one, read from its last fragment."""
+    the counters after the newest one, read from its last fragment. ``unrecorded``: those of
+    them the recording does not have yet (the resumed program's recorder writes them)."""
     kept = tuple(segments)
     newest = kept[-1]
     last = fmp4.read_fragments(newest.parts[-1].data)[-1]
     return Resume(next_msn=newest.msn + 1, next_sample=last.end_decode_time, next_sequence=last.sequence + 1,
                   segments=kept, discontinuity_sequence=discontinuity_sequence, gap=gap,
-                  end_wall=newest.pdt + newest.duration)
+                  end_wall=newest.pdt + newest.duration, unrecorded=tuple(unrecorded))
+
+
+class _Parts:
+    """Cuts a segment's bytes, as they arrive, into its fragments (``moof`` + ``mdat``): each
+    is a part once its ``mdat`` is whole."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.done = 0  # end of the last whole part
+
+    def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
+        """The parts completed by ``chunk``: (offset in the segment, bytes)."""
+        self.buf += chunk
+        out: list[tuple[int, bytes]] = []
+        pos = self.done
+        while pos + 8 <= len(self.buf):
+            size = int.from_bytes(self.buf[pos:pos + 4], "big")
+            kind = bytes(self.buf[pos + 4:pos + 8])
+            if size < 8:
+                raise fmp4.MalformedMp4(f"box {kind!r} at {pos} has bad size {size}")
+            if pos == self.done and kind != b"moof":
+                raise fmp4.MalformedMp4(f"a part begins with a moof, not {kind!r} (at {pos})")
+            if pos + size > len(self.buf):
+                break
+            pos += size
+            if kind == b"mdat":
+                out.append((self.done, bytes(self.buf[self.done:pos])))
+                self.done = pos
+        return out
+
+    @property
+    def whole(self) -> bool:
+        """Every byte received belongs to a whole part."""
+        return self.done == len(self.buf)
 
 
 class Replica:
@@ -137,6 +198,8 @@ class Replica:
         self._dropped_discontinuities = 0  # of segments no longer kept (or never copied)
         self._init: bytes | None = None
         self._newest: int | None = None  # msn of the newest segment copied (or given up)
+        self._playlist: _Playlist | None = None  # the newest read
+        self._open: Segment | None = None  # the segment being copied, its parts so far (not closed)
         self._epoch: float | None = None  # wall time = epoch + (decode time - DELAY) / rate, this program's
         self._writing: asyncio.Future[None] | None = None
         self.ended = False  # the host ended the Space: the copy is complete
@@ -146,14 +209,33 @@ class Replica:
     # -- the take-over ---------------------------------------------------------------------
 
     def resume_point(self, *, gap: bool) -> Resume | None:
-        """Where the program continues, or None before init and one segment are held."""
-        if self._init is None or not self._kept:
+        """Where the program continues, or None before init and one part are held.
+
+        After a crash (``gap=True``) the open segment's parts copied so far are its end: it
+        is closed there (shorter; its bytes are exactly those the host served first under
+        its URI, so an edge that kept the host's copy holds the same bytes, or more) and is
+        the newest of the window; the program goes on after it, and its recorder writes it
+        first (``Resume.unrecorded``; only if live). A planned hand-over (``gap=False``)
+        resumes after the last complete segment (the host closed it as it stopped)."""
+        if self._init is None:
             return None
-        return resume_from(self._kept, gap=gap, discontinuity_sequence=self._dropped_discontinuities)
+        kept = list(self._kept)
+        partial = self._open if gap and self._open is not None and self._open.parts else None
+        if partial is not None:
+            kept.append(rebuild(partial.msn, partial.data, pdt=partial.pdt, live=partial.live,
+                                discontinuity=partial.discontinuity))
+            dropped = self._dropped_discontinuities + sum(s.discontinuity for s in kept[:-self._keep])
+            kept = kept[-self._keep:]
+        else:
+            dropped = self._dropped_discontinuities
+        if not kept:
+            return None
+        unrecorded = (kept[-1],) if partial is not None and partial.live else ()
+        return resume_from(kept, gap=gap, discontinuity_sequence=dropped, unrecorded=unrecorded)
 
     async def copied(self, msn: int, timeout: float) -> bool:
-        """Waits until segment ``msn`` (or a later one) is copied, at most ``timeout`` s. A
-        planned hand-over waits for the last segment the host made (``Pipeline.hand_off``
+        """Waits until segment ``msn`` (or a later one) is copied whole, at most ``timeout``
+        s. A planned hand-over waits for the last segment the host made (``Pipeline.hand_off``
         returns its msn) before it takes ``resume_point(gap=False)``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -192,33 +274,91 @@ class Replica:
         log.info("replica %s: the host ended the Space; %d segments copied", self.space_id, self.stats.segments)
 
     async def _step(self, client: httpx.AsyncClient) -> None:
-        """One blocking reload, then a copy of each complete segment it lists that is new."""
-        params = {} if self._newest is None else {"_HLS_msn": str(self._newest + 1)}
-        timeout = self._cfg.hold_s + self._cfg.segment_s + 5
-        answer = await client.get(f"{self._base}/live.m3u8", params=params, headers=self._headers, timeout=timeout)
+        """The next segment: what the playlist says of it (reloaded if the last one read does
+        not list it), then its bytes, streamed part by part until it is complete."""
+        want = None if self._newest is None else self._newest + 1
+        playlist = self._playlist
+        if playlist is None or want is None or playlist.find(want) is None:
+            playlist = await self._reload(client, want)
+        if not playlist.segments:
+            return
+        first = playlist.segments[0].msn
+        if want is None:  # the first playlist: what it no longer lists is gone
+            self._dropped_discontinuities = playlist.discontinuity_sequence
+            want = first
+        elif want < first:  # left the window unseen
+            self._lose(want, first)
+            want = first
+        item = playlist.find(want)
+        newest = playlist.newest_complete
+        self.stats.behind = 0 if newest is None else max(0, newest - want + 1)
+        if item is None:
+            self.ended = playlist.ended
+            self._playlist = None  # not listed yet: ask again
+            return
+        await self._stream(client, item, playlist.live_from)
+
+    async def _reload(self, client: httpx.AsyncClient, msn: int | None) -> _Playlist:
+        """The live playlist; with ``msn``, once that segment's first part exists."""
+        params = {} if msn is None else {"_HLS_msn": str(msn), "_HLS_part": "0"}
+        answer = await client.get(f"{self._base}/live.m3u8", params=params, headers=self._headers,
+                                  timeout=self._timeout)
         answer.raise_for_status()
-        playlist = parse_live(answer.text)
+        playlist = self._playlist = parse_live(answer.text)
         if self._init is None:
             init = await client.get(f"{self._base}/init.mp4", headers=self._headers, timeout=10)
             init.raise_for_status()
             self._init = init.content
-        listed = playlist.segments
-        if self._newest is None:  # the first playlist: what it no longer lists is gone
-            self._dropped_discontinuities = playlist.discontinuity_sequence
-        for item in listed:
-            if self._newest is not None and item.msn <= self._newest:
-                continue
-            if self._newest is not None and item.msn > self._newest + 1:  # left the window unseen
-                self._lose(self._newest + 1, item.msn)
-            answer = await client.get(f"{self._base}/{item.msn}.m4s", headers=self._headers, timeout=timeout)
+        return playlist
+
+    @property
+    def _timeout(self) -> float:
+        return self._cfg.hold_s + self._cfg.segment_s + 5
+
+    async def _stream(self, client: httpx.AsyncClient, item: _Listed, live_from: int | None) -> None:
+        """One GET of segment ``item.msn``, its parts kept as they arrive; once it is whole, it
+        is copied. A segment asked again after a failure keeps the parts it had."""
+        live = live_from is not None and item.msn >= live_from
+        seg = self._open
+        if seg is None or seg.msn != item.msn:
+            seg = self._open = Segment(item.msn, 0, item.pdt, live, discontinuity=item.discontinuity)
+        self.stats.open_msn, self.stats.open_parts = seg.msn, len(seg.parts)
+        cutter = _Parts()
+        async with client.stream("GET", f"{self._base}/{item.msn}.m4s", headers=self._headers,
+                                 timeout=self._timeout) as answer:
             if answer.status_code == 404:
+                self._open = None
+                self.stats.open_msn, self.stats.open_parts = None, 0
                 self._lose(item.msn, item.msn + 1, discontinuity=item.discontinuity)
-                continue
+                return
             answer.raise_for_status()
-            await self._copy(item, answer.content, playlist.live_from)
-            self.stats.behind = listed[-1].msn - item.msn
-        self.stats.behind = 0 if not listed or self._newest is None else max(0, listed[-1].msn - self._newest)
-        self.ended = playlist.ended
+            index = 0
+            async for chunk in answer.aiter_raw():
+                for offset, data in cutter.feed(chunk):
+                    if index >= len(seg.parts):
+                        self._part(seg, index, offset, data)
+                    index += 1
+        if not cutter.whole or not seg.parts:
+            raise fmp4.MalformedMp4(f"segment {item.msn} ended inside a part")
+        self._open = None
+        self.stats.open_msn, self.stats.open_parts = None, 0
+        await self._copy(item, bytes(cutter.buf), live)
+
+    def _part(self, seg: Segment, index: int, offset: int, data: bytes) -> None:
+        info = fmp4.read_fragments(data)[0]
+        if not seg.parts:
+            if self._epoch is None or seg.discontinuity:  # the wall times of this program
+                self._epoch = seg.pdt - (info.base_decode_time - DELAY) / SAMPLE_RATE
+            seg.first_sample = info.base_decode_time
+            seg.pdt = self._epoch + (info.base_decode_time - DELAY) / SAMPLE_RATE
+        part = Part(seg.msn, index, data, info.base_decode_time, info.sample_count * AAC_FRAME, offset)
+        seg.parts.append(part)
+        seg.size += len(data)
+        now = time.time()
+        self.stats.parts += 1
+        self.stats.open_parts = len(seg.parts)
+        self.stats.lag_s = round(now - (self._epoch + (info.end_decode_time - DELAY) / SAMPLE_RATE), 3)
+        self.stats.last_copy = now
 
     def _lose(self, first: int, end: int, *, discontinuity: bool = False) -> None:
         """Segments ``first``..``end - 1`` will never be copied: the window kept must be
@@ -230,11 +370,10 @@ class Replica:
         self._kept.clear()
         self._newest = end - 1
 
-    async def _copy(self, item: _Listed, data: bytes, live_from: int | None) -> None:
+    async def _copy(self, item: _Listed, data: bytes, live: bool) -> None:
         first = fmp4.read_fragments(data)[0].base_decode_time
         if self._epoch is None or item.discontinuity:  # the wall times of this program
             self._epoch = item.pdt - (first - DELAY) / SAMPLE_RATE
-        live = live_from is not None and item.msn >= live_from
         seg = rebuild(item.msn, data, pdt=self._epoch + (first - DELAY) / SAMPLE_RATE, live=live,
                       discontinuity=item.discontinuity)
         if live:

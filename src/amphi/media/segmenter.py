@@ -215,3 +215,6 @@ class Resume:
     discontinuity_sequence: int  # discontinuities that had left ``segments`` (EXT-X-DISCONTINUITY-SEQUENCE)
     gap: bool
     end_wall: float  # wall time at which the newest segment ended: its pdt + duration
+    # of ``segments``, those the recording does not have yet: the open segment the copy closed
+    # at a crash (live); the resumed program's recorder writes them before its own
+    unrecorded: tuple[Segment, ...] = ()
