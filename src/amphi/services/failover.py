@@ -100,6 +100,10 @@ class Failover:
             raise Misdirected(f"Space {space_id} is hosted by node {holder} now", host=holder)
         raise Unavailable(f"Space {space_id} is changing hosts", retry_after_s=1)
 
+    def stands_by(self, space_id: str) -> bool:
+        """This node keeps a copy of the Space, or is taking it over."""
+        return space_id in self._standbys or space_id in self._taking
+
     async def claim(self, space_id: str) -> None:
         """This node starts hosting the Space (it goes live): its lease is taken now, before the
         others see it live, so no standby mistakes a lease not yet taken for a lapsed one."""
@@ -208,7 +212,7 @@ class Failover:
             return
         others = {s.id: (s, url) for s, url, _ in await self._store.live_elsewhere() if s.state is SpaceState.LIVE}
         for space_id, kept in self._standbys.items():
-            if space_id not in others and await self._store.lookup(space_id) is None:
+            if space_id not in others and not await self._store.published(space_id):
                 # its record is gone: Redis restarted empty. A live host puts it back (and takes its
                 # lease back); a dead one cannot, so this node keeps standing by, and carries it on
                 others[space_id] = (kept.space, kept.origin)

@@ -477,6 +477,13 @@ class RedisStore(Store):
         found = [_space(raw) for raw in raws if raw is not None]
         return [(s, url, node) for s, url, node in found if node != self.node_id and s.state is not SpaceState.ENDED]
 
+    async def published(self, space_id: str) -> bool:
+        try:
+            return bool(await self._r.exists(self.prefix + "space:" + space_id))
+        except _LOST as e:
+            self._lost(e)
+            raise self._down() from None
+
     def forget(self, space_id: str) -> None:
         self._hosted.pop(space_id, None)
         self._counts.pop(space_id, None)
