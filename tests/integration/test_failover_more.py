@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,50 +15,20 @@ import numpy as np
 import pytest
 
 from tests.audio import SR
-from tests.edge.edges import EdgeProc
-from tests.integration.amphi_proc import AmphiServer, free_port, wait_until
+from tests.integration.amphi_proc import wait_until
 from tests.integration.test_failover import (  # noqa: F401 (cluster: a fixture)
-    SECRET, TONE_HZ, Listener, cluster, copied, failover, live_space, longest_gap_s, replay, speaker_via, stop_speaker,
+    SECRET, Cluster, edge_cluster, listen, TONE_HZ, Listener, cluster, copied, failover, live_space, longest_gap_s, replay, speaker_via, stop_speaker,
     tone_windows)
 
 STANDBY_CHOSEN_S = 6.0  # a dead standby's offer lapses after STANDBY_TTL_S (4.5 s); the next pass takes it
 
 
-@dataclass
-class Trio:
-    nodes: dict[str, AmphiServer]
-    edge: EdgeProc
-
-    def __getattr__(self, name: str) -> AmphiServer:
-        return self.nodes[name]
-
-
 @pytest.fixture
-def trio(tmp_path: Path, redis_server, monkeypatch) -> Trio:
+def trio(tmp_path: Path, redis_server, monkeypatch) -> Iterator[Cluster]:
     """test_failover.py's cluster with a third node: a, b, c behind one edge."""
     monkeypatch.setenv("AMPHI_SECRET", SECRET)
-    secret_file = tmp_path / "secret"
-    secret_file.write_text(SECRET)
-    edge_port = free_port()
-    edge_url = f"http://127.0.0.1:{edge_port}"
-    nodes = {n: AmphiServer(tmp_path / f"data-{n}", None, "--redis", redis_server.url, "--node-id", n,
-                            "--edge", edge_url, "--pow", "off") for n in "abc"}
-    edge = None
-    try:
-        for node in nodes.values():
-            node.start()
-        origins = [arg for n in "bc" for arg in ("--origin", f"{n}={nodes[n].url}")]
-        edge = EdgeProc(tmp_path / "edge", "edge1", f"a={nodes['a'].url}", secret_file, *origins,
-                        "--media-rate", "0", port=edge_port).start()
-        yield Trio(nodes, edge)
-    finally:
-        if edge is not None:
-            edge.stop()
-        for node in nodes.values():
-            if node.proc is not None and node.proc.poll() is None:
-                node.stop()
-            else:
-                node.http.close()
+    with edge_cluster(tmp_path, redis_server.url, "abc") as c:
+        yield c
 
 
 def heard_through(listener: Listener, seconds: float) -> list[bool]:
@@ -82,9 +52,7 @@ def test_kill_9_of_the_standby_is_not_heard_and_another_node_stands_by_then_take
                              "node b or c to stand by and copy two segments", interval=0.3)
         other = "c" if standby == "b" else "b"
         assert copied(c.nodes[other], space) == 0  # one standby
-        joined = httpx.post(f"{c.edge.url}/api/spaces/{space}/join", json={}, timeout=10).json()
-        first = Listener(joined["media_playlist"], 16)
-        first.start()
+        first = listen(c, space, 16)
         n = copied(c.nodes[standby], space)
         wait_until(lambda: copied(c.nodes[standby], space) >= n + 1, 10, "a segment more while ffmpeg listens", 0.2)
         c.nodes[standby].kill9()
@@ -139,9 +107,7 @@ def test_kill_9_of_the_host_while_redis_restarts_empty_the_standby_takes_the_spa
     c = cluster
     space, key, speaker = live_space(c)
     try:
-        joined = httpx.post(f"{c.edge.url}/api/spaces/{space}/join", json={}, timeout=10).json()
-        listener = Listener(joined["media_playlist"], 30)
-        listener.start()
+        listener = listen(c, space, 30)
         n = copied(c.b, space)
         wait_until(lambda: copied(c.b, space) >= n + 1, 10, "a segment more while ffmpeg listens", interval=0.2)
         redis_server.stop()
