@@ -28,13 +28,20 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 
-from amphi.control.leases import (LEASE_TTL_S, RECLAIM_S, RENEW_EVERY_S, STANDBY_TTL_S, TAKEOVER_WAIT_S,
-                                  Leases)
+from amphi.control.leases import (
+    ALONE,
+    LEASE_TTL_S,
+    RECLAIM_S,
+    RENEW_EVERY_S,
+    STANDBY_TTL_S,
+    TAKEOVER_WAIT_S,
+    Leases,
+)
 from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.store import Store
 from amphi.control.tokens import Signer
 from amphi.core.config import Config
-from amphi.core.errors import Misdirected, NotFound, Unavailable
+from amphi.core.errors import Conflict, Misdirected, NotFound, Unavailable
 from amphi.media.recorder import Recording
 from amphi.media.replica import Replica
 from amphi.services.spaces import Spaces
@@ -300,6 +307,8 @@ class Failover:
         for others. Each program stops at a part boundary (``Pipeline.hand_off``); the lease goes
         to the standby with the last segment's number; the standby copies that segment and
         continues right after it; this node serves what it made until the standby is the host."""
+        if self.leases.alone:
+            raise Conflict(ALONE)
         self.draining = True
         for space_id in list(self._standbys):
             await self._drop_standby(space_id)
