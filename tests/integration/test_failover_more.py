@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -68,15 +67,13 @@ def test_kill_9_of_the_standby_is_not_heard_and_another_node_stands_by_then_take
 
         # the new standby carries the Space on when the host dies
         n = copied(c.nodes[other], space)
-        second = Listener(httpx.post(f"{c.edge.url}/api/spaces/{space}/join", json={}, timeout=10)
-                          .json()["media_playlist"], 20)
-        second.start()
+        second = listen(c, space, 16)
         wait_until(lambda: copied(c.nodes[other], space) >= n + 1, 10, "a segment more while ffmpeg listens", 0.2)
         c.a.kill9()
         killed = time.monotonic()
         wait_until(lambda: failover(c.nodes[other])["takeovers"] == 1, 10, f"node {other} to take over", 0.1)
         took_s = time.monotonic() - killed
-        heard = heard_through(second, 20)
+        heard = heard_through(second, 16)
         begin = heard.index(True)
         assert longest_gap_s(heard[begin:]) <= 5.0, (took_s, heard)
         assert sum(heard[-16:]) >= 12, heard  # the tone is back at the end: the speaker found the new host
@@ -98,7 +95,6 @@ def test_kill_9_of_the_standby_is_not_heard_and_another_node_stands_by_then_take
     print(f"the replay holds {covered_s:.1f} s of a Space live {lived_s:.1f} s, segments {msns[0]}-{msns[-1]}")
 
 
-@pytest.mark.serial
 def test_kill_9_of_the_host_while_redis_restarts_empty_the_standby_takes_the_space_over(cluster, redis_server) -> None:  # noqa: F811
     """Redis stopped, the host killed, Redis started again with nothing: no one re-publishes the
     dead host's Space, yet its standby (which saw the lease held) takes it over once the reclaim
@@ -107,7 +103,7 @@ def test_kill_9_of_the_host_while_redis_restarts_empty_the_standby_takes_the_spa
     c = cluster
     space, key, speaker = live_space(c)
     try:
-        listener = listen(c, space, 30)
+        listener = listen(c, space, 26)
         n = copied(c.b, space)
         wait_until(lambda: copied(c.b, space) >= n + 1, 10, "a segment more while ffmpeg listens", interval=0.2)
         redis_server.stop()
@@ -126,13 +122,10 @@ def test_kill_9_of_the_host_while_redis_restarts_empty_the_standby_takes_the_spa
         assert c.b.status(space)["state"] == "live"
         wait_until(lambda: c.b.node()["speakers"] == 1, 15, "the speaker to end up on node b", interval=0.3)
         assert space in c.b.node()["pipelines"]
-        heard = heard_through(listener, 30)
+        heard = heard_through(listener, 26)
         begin = heard.index(True)
         assert sum(heard[-16:]) >= 12, (took_s, heard)  # the tone is back, for the listener who never re-joined
         assert longest_gap_s(heard[begin:]) <= after_redis_s + 5.0, (took_s, heard)
-        fresh = Listener(httpx.post(f"{c.edge.url}/api/spaces/{space}/join", json={}, timeout=10)
-                         .json()["media_playlist"], 6)
-        fresh.start()
-        assert sum(heard_through(fresh, 6)) >= 20  # a new join through the edge hears it too
+        assert sum(heard_through(listen(c, space, 6), 6)) >= 20  # a new join through the edge hears it too
     finally:
         stop_speaker(speaker)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
 from playwright.sync_api import Page
 
 from tests.integration.test_failover import TONE_HZ, cluster, failover, live_space, stop_speaker  # noqa: F401
@@ -61,7 +60,6 @@ def longest_stall_s(run: list[dict]) -> float:
     return longest
 
 
-@pytest.mark.serial
 def test_the_listener_page_plays_on_across_kill_9_of_the_host_without_a_click(cluster, page: Page,  # noqa: F811
                                                                              tmp_path: Path) -> None:
     c = cluster
