@@ -177,7 +177,7 @@ def heard_again(rep: dict[str, object], after_wall: float, hz: int) -> float | N
         first, last = int(offset * 10), int((offset + dur) * 10)
         if pdt >= after_wall:
             for i in range(first, min(last, len(level))):
-                if level[i] > 0.05:
+                if level[i] > 0.2:  # half the tone's level (0.37 in the mix): heard, not a fade
                     return round(pdt + (i - first) / 10 - after_wall, 2)
         offset += dur
     return None

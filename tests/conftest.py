@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,3 +60,27 @@ def redis_server(tmp_path: Path):
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+PAIR_SECRET = "cluster-test-secret-0123456789abcdef"  # the nodes' shared token key (AMPHI_SECRET)
+
+
+@pytest.fixture
+def node_pair(tmp_path, redis_server, monkeypatch):
+    """start(*flags) -> two nodes on the same Redis and secret."""
+    monkeypatch.setenv("AMPHI_SECRET", PAIR_SECRET)
+    started: list[AmphiServer] = []
+
+    def start(*flags: str) -> tuple[AmphiServer, AmphiServer]:
+        # the tests' hundreds of joins from one address that never fetch media look like a flood to the
+        # defense (docs/defense.md): it is about admission here, so no proof of work
+        for name in ("a", "b"):
+            started.append(AmphiServer(tmp_path / f"data-{name}", None, "--redis", redis_server.url,
+                                       "--node-id", name, "--pow", "off", *flags).start())
+        return started[-2], started[-1]
+
+    yield start
+    for server in started:
+        if server.proc is not None and server.proc.poll() is None:
+            os.killpg(server.proc.pid, signal.SIGCONT)  # a test that stopped it (SIGSTOP) and failed
+        server.stop()

@@ -65,7 +65,8 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
           ice_addresses: tuple[str, ...], ca_file: Path | None) -> None:
     """Join a Space's stage over WebRTC, send audio in real time and hear the others."""
     from amphi.control.ice import parse_address
-    from amphi.media.ingest.client import SpeakError, follow_room, local_address_towards, speak as once, stay_on_stage
+    from amphi.media.ingest.client import (SpeakError, Suspicion, follow_room, local_address_towards, speak as once,
+                                           stay_on_stage)
     from amphi.media.ingest.sources import FileTrack, ToneTrack
     from amphi.media.wav import WavWriter
 
@@ -105,11 +106,12 @@ def speak(server: str, space_id: str, role: str, key: str | None, token: str | N
 
     async def speak_and_listen() -> None:
         """Speaks; beside it, follows the room to say what the speaker should know (muted, feedback)."""
-        room = asyncio.ensure_future(follow_room(server, space_id, credential, tell, verify))
+        suspicion = Suspicion()  # the room's stream broke: the node may be gone, look harder at the return feed
+        room = asyncio.ensure_future(follow_room(server, space_id, credential, tell, verify, suspicion))
         try:
             await run(server.rstrip("/"), space_id, track, key=credential, duration=duration,  # type: ignore[operator]
                       ice_addresses=addresses, on_connected=connected, on_return=on_return, verify=verify,
-                      **extra)
+                      suspicion=suspicion, **extra)
         finally:
             room.cancel()
             await asyncio.gather(room, return_exceptions=True)

@@ -72,6 +72,7 @@ class Node:
                              wake=wake)
         self.failover = Failover(cfg, self.registry, self.store, self.spaces, self.signer)  # --redis: leases, standbys
         self.spaces.gate = self.failover
+        self.directory.standing_by = self.failover.stands_by
         self.listeners = Listeners(cfg.admission, self.store, self.governor, self.signer, self.directory,
                                    self.spaces, wake=wake, watch=self._watched)
         self.health = Health(self.listeners, self.obs, cfg.admission.health_period_s)

@@ -66,6 +66,9 @@ def test_a_space_life_matches_the_document(server: AmphiServer) -> None:
     check("GET", "nodes", 200)
 
     api = server.api_headers  # an API key (docs/keys.md)
+    check("POST", "node.drain", 401, node="origin")
+    check("POST", "node.drain", 404, headers=api, node="no-such-node")  # alone: no other node
+    assert "no standby" in check("POST", "node.drain", 409, headers=api, node="origin").json()["message"]
     check("POST", "spaces.create", 401, json={"title": "No key"})
     check("POST", "spaces.create", 401, json={"title": "Bad key"}, headers={"authorization": "Bearer amphi_x_y"})
     check("POST", "spaces.create", 400, json={"title": ""}, headers=api)

@@ -9,38 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import orjson
-import pytest
 
 from tests.integration.amphi_proc import TEST_SEGMENT_PARTS, AmphiServer, wait_until
-
-SECRET = "cluster-test-secret-0123456789abcdef"
-
-
-@pytest.fixture
-def cluster(tmp_path, redis_server, monkeypatch):
-    """start(*flags) -> two nodes on the same Redis and secret."""
-    monkeypatch.setenv("AMPHI_SECRET", SECRET)
-    started: list[AmphiServer] = []
-
-    def start(*flags: str) -> tuple[AmphiServer, AmphiServer]:
-        # the tests' hundreds of joins from one address that never fetch media look like a flood to the
-        # defense (docs/defense.md): it is about admission here, so no proof of work
-        for name in ("a", "b"):
-            started.append(AmphiServer(tmp_path / f"data-{name}", None, "--redis", redis_server.url,
-                                       "--node-id", name, "--pow", "off", *flags).start())
-        return started[-2], started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def join(node: AmphiServer, space: str, body: dict | None = None) -> httpx.Response:
     return node.http.post(f"/api/spaces/{space}/join", json=body or {})
 
 
-def test_a_space_created_on_one_node_is_joinable_on_the_other(cluster) -> None:
-    a, b = cluster()
+def test_a_space_created_on_one_node_is_joinable_on_the_other(node_pair) -> None:
+    a, b = node_pair()
     space, key = a.create("on a")
     assert b.status(space)["title"] == "on a"
     assert {n["id"] for n in b.http.get("/api/nodes").json()} == {"a", "b"}
@@ -58,8 +36,8 @@ def test_a_space_created_on_one_node_is_joinable_on_the_other(cluster) -> None:
     assert renewed.status_code == 200 and renewed.json()["renewed"]
 
 
-def test_the_cap_is_exact_and_the_line_is_one_fifo_across_nodes(cluster) -> None:
-    a, b = cluster("--max-listeners", "100", "--admit-rate", "10000", "--admit-burst", "1000")
+def test_the_cap_is_exact_and_the_line_is_one_fifo_across_nodes(node_pair) -> None:
+    a, b = node_pair("--max-listeners", "100", "--admit-rate", "10000", "--admit-burst", "1000")
     space, key = a.create("surge")
     a.start_space(space, key)
     wait_until(lambda: b.status(space)["state"] == "live", 5, "node b to see the Space live")
@@ -96,8 +74,8 @@ def test_the_cap_is_exact_and_the_line_is_one_fifo_across_nodes(cluster) -> None
     assert a.status(space)["listeners"] == 100 and b.status(space)["seats_offered"] == 0
 
 
-def test_kill_9_one_api_node_joins_continue_on_the_other(cluster) -> None:
-    a, b = cluster("--max-listeners", "10", "--token-ttl", "3", "--seat-grace", "1")
+def test_kill_9_one_api_node_joins_continue_on_the_other(node_pair) -> None:
+    a, b = node_pair("--max-listeners", "10", "--token-ttl", "3", "--seat-grace", "1")
     space, key = b.create("hosted on b")
     b.start_space(space, key)
     for _ in range(10):
@@ -176,8 +154,8 @@ class Player(threading.Thread):
                 self.stop.wait(0.3)
 
 
-def test_redis_restart_mid_space_listeners_keep_playing_and_joins_resume(cluster, redis_server) -> None:
-    a, b = cluster("--token-ttl", "4", "--seat-grace", "2")
+def test_redis_restart_mid_space_listeners_keep_playing_and_joins_resume(node_pair, redis_server) -> None:
+    a, b = node_pair("--token-ttl", "4", "--seat-grace", "2")
     space, key = a.create("through a redis restart")
     a.start_space(space, key)
     r = join(b, space)
@@ -229,10 +207,10 @@ def dashboard_listeners(node: AmphiServer) -> int | None:
     return None
 
 
-def test_every_nodes_dashboard_metrics_and_counters_show_the_cluster_wide_audience(cluster, monkeypatch) -> None:
+def test_every_nodes_dashboard_metrics_and_counters_show_the_cluster_wide_audience(node_pair, monkeypatch) -> None:
     """With --redis, obs renders the store's shared figures, not the node's own share."""
     monkeypatch.setenv("AMPHI_OPERATOR_KEY", OPERATOR_KEY)
-    a, b = cluster()
+    a, b = node_pair()
     space, key = a.create("watched from both")
     a.start_space(space, key)
     wait_until(lambda: b.status(space)["state"] == "live", 5, "node b to see the Space live")

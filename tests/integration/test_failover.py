@@ -4,6 +4,7 @@ listener. The host is killed (-9) or stopped (SIGSTOP) mid-Space; its standby ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,39 +31,51 @@ TONE_HZ = 440
 
 @dataclass
 class Cluster:
-    a: AmphiServer
-    b: AmphiServer
+    """Nodes (by name: ``c.a``, ``c.b``, ...) on one Redis, and one edge in front of them all."""
+
+    nodes: dict[str, AmphiServer]
     edge: EdgeProc
-    redis_url: str
 
-    def node(self, name: str) -> AmphiServer:
-        return {"a": self.a, "b": self.b}[name]
+    def __getattr__(self, name: str) -> AmphiServer:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, redis_server, monkeypatch) -> Cluster:
-    monkeypatch.setenv("AMPHI_SECRET", SECRET)
+@contextlib.contextmanager
+def edge_cluster(tmp_path: Path, redis_url: str, names: str) -> Iterator[Cluster]:
+    """A node per letter of ``names`` (`amphi serve --redis --edge`), one real edge with every node
+    as an origin; the nodes the test killed have their clients closed at the end."""
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET)
     edge_port = free_port()
     edge_url = f"http://127.0.0.1:{edge_port}"
-    nodes = [AmphiServer(tmp_path / f"data-{n}", None, "--redis", redis_server.url, "--node-id", n,
-                         "--edge", edge_url, "--pow", "off") for n in "ab"]
+    nodes = {n: AmphiServer(tmp_path / f"data-{n}", None, "--redis", redis_url, "--node-id", n,
+                            "--edge", edge_url, "--pow", "off") for n in names}
     edge = None
     try:
-        for node in nodes:
+        for node in nodes.values():
             node.start()
-        edge = EdgeProc(tmp_path / "edge", "edge1", f"a={nodes[0].url}", secret_file, "--origin", f"b={nodes[1].url}",
+        origins = [arg for n in names[1:] for arg in ("--origin", f"{n}={nodes[n].url}")]
+        edge = EdgeProc(tmp_path / "edge", "edge1", f"{names[0]}={nodes[names[0]].url}", secret_file, *origins,
                         "--media-rate", "0", port=edge_port).start()
-        yield Cluster(nodes[0], nodes[1], edge, redis_server.url)
+        yield Cluster(nodes, edge)
     finally:
         if edge is not None:
             edge.stop()
-        for node in nodes:
+        for node in nodes.values():
             if node.proc is not None and node.proc.poll() is None:
                 node.stop()
             else:
                 node.http.close()  # killed by the test: its client still holds a connection to it
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, redis_server, monkeypatch) -> Iterator[Cluster]:
+    monkeypatch.setenv("AMPHI_SECRET", SECRET)
+    with edge_cluster(tmp_path, redis_server.url, "ab") as c:
+        yield c
 
 
 def failover(node: AmphiServer) -> dict:
@@ -89,6 +103,14 @@ class Listener(threading.Thread):
     def run(self) -> None:
         proc = subprocess.run(self.cmd, capture_output=True, timeout=180)
         self.pcm, self.err = proc.stdout, proc.stderr.decode(errors="replace")
+
+
+def listen(c: Cluster, space: str, seconds: float) -> Listener:
+    """A listener joined through the edge, ffmpeg reading its playlist there for ``seconds``."""
+    joined = httpx.post(f"{c.edge.url}/api/spaces/{space}/join", json={}, timeout=10).json()
+    listener = Listener(joined["media_playlist"], seconds)
+    listener.start()
+    return listener
 
 
 def speaker_via(entry: str, space: str, key: str, hz: int) -> subprocess.Popen[bytes]:
@@ -154,9 +176,7 @@ def test_kill_9_of_the_host_the_space_goes_on_through_the_edge_and_the_replay_ho
     c = cluster
     space, key, speaker = live_space(c)
     try:
-        joined = httpx.post(f"{c.edge.url}/api/spaces/{space}/join", json={}, timeout=10).json()
-        listener = Listener(joined["media_playlist"], 24)
-        listener.start()
+        listener = listen(c, space, 24)
         wait_until(lambda: copied(c.b, space) >= 4, 30, "two more segments copied while ffmpeg listens", interval=0.3)
         c.a.kill9()
         killed = time.monotonic()
@@ -234,9 +254,7 @@ def test_drain_hands_the_space_over_with_no_gap_in_the_program_or_the_replay(clu
     c = cluster
     space, key, speaker = live_space(c)
     try:
-        joined = httpx.post(f"{c.edge.url}/api/spaces/{space}/join", json={}, timeout=10).json()
-        listener = Listener(joined["media_playlist"], 20)
-        listener.start()
+        listener = listen(c, space, 20)
         wait_until(lambda: copied(c.b, space) >= 4, 30, "two more segments copied while ffmpeg listens", interval=0.3)
         out = subprocess.run([str(BIN), "drain", "a", "--server", c.edge.url, "--key", c.a.api_key, "--json"],
                              capture_output=True, text=True, timeout=60)

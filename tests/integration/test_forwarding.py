@@ -19,28 +19,6 @@ import pytest
 from tests.integration.amphi_proc import AmphiServer, Speaker, wait_until
 from tests.integration.test_room import A_HZ, B_HZ, band, live_audio
 
-SECRET = "forwarding-test-secret-0123456789abcdef"
-
-
-@pytest.fixture
-def cluster(tmp_path, redis_server, monkeypatch):
-    """start(*flags) -> two nodes, a and b, on the same Redis and secret."""
-    monkeypatch.setenv("AMPHI_SECRET", SECRET)
-    started: list[AmphiServer] = []
-
-    def start(*flags: str) -> tuple[AmphiServer, AmphiServer]:
-        for name in ("a", "b"):
-            started.append(AmphiServer(tmp_path / f"data-{name}", None, "--redis", redis_server.url,
-                                       "--node-id", name, "--pow", "off", *flags).start())
-        return started[-2], started[-1]
-
-    yield start
-    for server in started:
-        if server.proc is not None and server.proc.poll() is None:
-            os.killpg(server.proc.pid, signal.SIGCONT)  # a test that stopped it and failed
-        server.stop()
-
-
 class Events:
     """A room's event stream read in a thread: every (event, data) as it comes."""
 
@@ -72,8 +50,8 @@ class Events:
 
 
 def test_a_speaker_pointed_at_the_other_node_is_heard_and_the_host_acts_and_follows_the_room_through_it(
-        cluster) -> None:
-    a, b = cluster()
+        node_pair) -> None:
+    a, b = node_pair()
     space, key = a.create("hosted on a")
     a.start_space(space, key)
     wait_until(lambda: b.status(space)["state"] == "live", 5, "node b to see the Space live")
@@ -113,8 +91,8 @@ def test_a_speaker_pointed_at_the_other_node_is_heard_and_the_host_acts_and_foll
 
 
 @pytest.mark.serial
-def test_the_host_out_of_reach_is_a_503_with_retry_after_and_the_loop_guard_holds(cluster) -> None:
-    a, b = cluster()
+def test_the_host_out_of_reach_is_a_503_with_retry_after_and_the_loop_guard_holds(node_pair) -> None:
+    a, b = node_pair()
     space, key = a.create("hosted on a")
     auth = {"authorization": f"Bearer {key}"}
 

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Page
 
 from tests.integration.amphi_proc import AmphiServer
-from tests.integration.test_forwarding import RefusingFront, cluster  # noqa: F401 (the fixture)
+from tests.integration.test_forwarding import RefusingFront
 from tests.web.browser import wait_for
 from tests.web.test_stage_browser import ON_STAGE_TIMEOUT_S, beeps, live_space, program_from_now
 
@@ -27,8 +27,8 @@ def speaking(page: Page) -> dict:
 
 
 def test_a_browser_on_stage_through_the_other_node_is_heard_in_the_hosts_program(
-        pages: Callable[..., Page], cluster) -> None:  # noqa: F811
-    a, b = cluster()
+        pages: Callable[..., Page], node_pair) -> None:
+    a, b = node_pair()
     space, key = live_space(a, "hosted on a, spoken to through b")
     pid, grant = b.on_stage(space, key, "Bob")
     # Bob's page is b's: its event stream, ICE servers and WHIP offer all reach a through b

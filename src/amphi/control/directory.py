@@ -10,11 +10,12 @@ node itself.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from amphi.control.spaces import Space, SpaceRegistry
 from amphi.control.store import Store
 from amphi.core.config import Config
-from amphi.core.errors import HostedElsewhere, NotFound
+from amphi.core.errors import HostedElsewhere, NotFound, Unavailable
 
 
 class Directory:
@@ -25,6 +26,9 @@ class Directory:
         self._registry = registry
         self._store = store
         self._next_edge = random.randrange(len(cfg.edges)) if cfg.edges else 0  # round-robin over the edges
+        # a Space this node stands by for (services/failover.py): while its record is missing (Redis
+        # restarted empty, its host dead) it is moving here, not gone: 503, never a 404 a client gives up on
+        self.standing_by: Callable[[str], bool] = lambda space_id: False
 
     async def locate(self, space_id: str) -> tuple[Space, str | None]:
         """A Space and, if another node hosts it (--redis), that node's public URL; 404 if none."""
@@ -33,6 +37,8 @@ class Directory:
             return space, None
         found = await self._store.lookup(space_id)
         if found is None:
+            if self.standing_by(space_id):
+                raise Unavailable(f"Space {space_id} is changing hosts", retry_after_s=1)
             raise NotFound(f"no Space {space_id!r}")
         return found
 

@@ -28,6 +28,8 @@ SAFETY_S = 0.3  # the host stops publishing this long before Redis could let the
 STANDBY_TTL_S = 4.5  # a standby that stops renewing its offer is replaced after this
 RECLAIM_S = 2.0  # after Redis restarted empty, only hosts take leases back for this long
 TAKEOVER_WAIT_S = 3.0  # a media request the standby gets while taking over waits this long
+ALONE = ("one node alone has no standby to hand its Spaces to: run several nodes with --redis "
+         "(docs/cluster.md)")  # what a drain without a cluster answers (409)
 
 
 class Leases:

@@ -28,13 +28,20 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 
-from amphi.control.leases import (LEASE_TTL_S, RECLAIM_S, RENEW_EVERY_S, STANDBY_TTL_S, TAKEOVER_WAIT_S,
-                                  Leases)
+from amphi.control.leases import (
+    ALONE,
+    LEASE_TTL_S,
+    RECLAIM_S,
+    RENEW_EVERY_S,
+    STANDBY_TTL_S,
+    TAKEOVER_WAIT_S,
+    Leases,
+)
 from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.store import Store
 from amphi.control.tokens import Signer
 from amphi.core.config import Config
-from amphi.core.errors import Misdirected, NotFound, Unavailable
+from amphi.core.errors import Conflict, Misdirected, NotFound, Unavailable
 from amphi.media.recorder import Recording
 from amphi.media.replica import Replica
 from amphi.services.spaces import Spaces
@@ -60,6 +67,7 @@ class FailoverStats:
 
 @dataclass
 class _Standby:
+    space: Space  # its record as last read (to carry it on should Redis lose it)
     replica: Replica
     recording: Recording
     task: asyncio.Task[None]
@@ -78,7 +86,7 @@ class Failover:
         self.stats = FailoverStats()
         self._standbys: dict[str, _Standby] = {}
         self._taking: dict[str, asyncio.Event] = {}  # take-overs in progress: media requests wait for them
-        self._holders: dict[str, str] = {}  # another node's Space -> its lease holder, as last seen
+        self._holders: dict[str, str] = {}  # another node's live Space -> its lease holder, as last seen
         self._handing: dict[str, str] = {}  # Spaces this node is handing over (a drain) -> to whom
         self.draining = False  # drained: it stands by for no one
         self._seen_held: set[str] = set()  # Spaces stood by whose lease this node has seen held
@@ -98,6 +106,10 @@ class Failover:
         if holder and holder != self._node:
             raise Misdirected(f"Space {space_id} is hosted by node {holder} now", host=holder)
         raise Unavailable(f"Space {space_id} is changing hosts", retry_after_s=1)
+
+    def stands_by(self, space_id: str) -> bool:
+        """This node keeps a copy of the Space, or is taking it over."""
+        return space_id in self._standbys or space_id in self._taking
 
     async def claim(self, space_id: str) -> None:
         """This node starts hosting the Space (it goes live): its lease is taken now, before the
@@ -206,9 +218,14 @@ class Failover:
         if self.draining:
             return
         others = {s.id: (s, url) for s, url, _ in await self._store.live_elsewhere() if s.state is SpaceState.LIVE}
+        for space_id, kept in self._standbys.items():
+            if space_id not in others and not await self._store.published(space_id):
+                # its record is gone: Redis restarted empty. A live host puts it back (and takes its
+                # lease back); a dead one cannot, so this node keeps standing by, and carries it on
+                others[space_id] = (kept.space, kept.origin)
         roles = await self._store.stand_by(list(others), STANDBY_TTL_S)
+        self._holders = {space_id: holder for space_id, (_, holder) in roles.items()}  # the live ones only
         for space_id, (standby, holder) in roles.items():
-            self._holders[space_id] = holder
             if holder == self._node and space_id in self._standbys:  # handed to this node (a drain)
                 await self._take_over(others[space_id][0], sent, handed=True)
                 continue
@@ -217,11 +234,13 @@ class Failover:
                 continue
             space, url = others[space_id]
             kept = self._standbys.get(space_id)
+            if kept is not None:
+                kept.space = space  # the newest record (a title, a peak)
             if kept is not None and kept.origin != url:
                 await self._drop_standby(space_id)
                 kept = None
             if kept is None:
-                self._start_standby(space_id, url)
+                self._start_standby(space, url)
             if holder:
                 self._seen_held.add(space_id)
             elif space_id in self._seen_held and (self._back_at is None or sent - self._back_at >= RECLAIM_S):
@@ -230,12 +249,12 @@ class Failover:
             await self._drop_standby(space_id)
         self.stats.standing_by = len(self._standbys)
 
-    def _start_standby(self, space_id: str, origin: str) -> None:
-        recording = Recording(self._registry.dir(space_id), self._cfg.media)
-        replica = Replica(space_id, self._cfg.media, recording, origin, self._credential)
-        task = asyncio.create_task(replica.run(), name=f"replica:{space_id}")
-        self._standbys[space_id] = _Standby(replica, recording, task, origin)
-        log.info("space %s: standing by (copying from %s)", space_id, origin)
+    def _start_standby(self, space: Space, origin: str) -> None:
+        recording = Recording(self._registry.dir(space.id), self._cfg.media)
+        replica = Replica(space.id, self._cfg.media, recording, origin, self._credential)
+        task = asyncio.create_task(replica.run(), name=f"replica:{space.id}")
+        self._standbys[space.id] = _Standby(space, replica, recording, task, origin)
+        log.info("space %s: standing by (copying from %s)", space.id, origin)
 
     async def _drop_standby(self, space_id: str) -> None:
         self._seen_held.discard(space_id)
@@ -288,6 +307,8 @@ class Failover:
         for others. Each program stops at a part boundary (``Pipeline.hand_off``); the lease goes
         to the standby with the last segment's number; the standby copies that segment and
         continues right after it; this node serves what it made until the standby is the host."""
+        if self.leases.alone:
+            raise Conflict(ALONE)
         self.draining = True
         for space_id in list(self._standbys):
             await self._drop_standby(space_id)

@@ -16,12 +16,13 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Protocol
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from amphi.control.directory import Directory
 from amphi.control.health import Governor
+from amphi.control.leases import ALONE
 from amphi.control.spaces import Space, SpaceRegistry, SpaceState
 from amphi.control.store import Store
 from amphi.core.config import Config
@@ -29,8 +30,8 @@ from amphi.core.errors import Conflict, HostedElsewhere, NotFound, Unavailable
 from amphi.defense.shield import Shield
 from amphi.media.pipeline import Pipeline
 from amphi.media.recorder import Recording
-from amphi.media.segmenter import Resume
 from amphi.media.recordings import Recordings
+from amphi.media.segmenter import Resume
 from amphi.services.rooms import Rooms
 
 log = logging.getLogger(__name__)
@@ -338,8 +339,7 @@ class Alone:
         pass
 
     async def drain(self) -> dict[str, object]:
-        raise Conflict("one node alone has no standby to hand its Spaces to: run several nodes with --redis "
-                       "(docs/cluster.md)")
+        raise Conflict(ALONE)
 
 
 def pipeline_failure(pipeline: Pipeline | None) -> str | None:

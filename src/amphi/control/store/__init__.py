@@ -158,6 +158,10 @@ class Store:
         """Spaces not ended that other nodes host: (Space, public URL, node id)."""
         return []
 
+    async def published(self, space_id: str) -> bool:
+        """Whether the directory has the Space's record now (not cached; a Redis restarted empty has none)."""
+        return True
+
     def forget(self, space_id: str) -> None:
         """This node no longer hosts the Space (another took it over): never re-published from here."""
 

@@ -360,6 +360,10 @@ class RedisStore(Store):
         record = {**space.to_json(), "origin": self.public_url, "node": self.node_id}
         pipe.set(self.prefix + "space:" + space.id, orjson.dumps(record))
         pipe.sadd(self.prefix + "spaces", space.id)
+        if space.state is SpaceState.LIVE:  # the ones standbys watch (live_elsewhere): not every Space ever made
+            pipe.sadd(self.prefix + "live", space.id)
+        else:
+            pipe.srem(self.prefix + "live", space.id)
 
     async def publish(self, space: Space) -> None:
         self._hosted[space.id] = space
@@ -465,13 +469,20 @@ class RedisStore(Store):
 
     async def live_elsewhere(self) -> list[tuple[Space, str, str]]:
         try:
-            ids = sorted(m.decode() for m in await self._r.smembers(self.prefix + "spaces"))
+            ids = sorted(m.decode() for m in await self._r.smembers(self.prefix + "live"))
             raws = await self._r.mget([self.prefix + "space:" + i for i in ids]) if ids else []
         except _LOST as e:
             self._lost(e)
             raise self._down() from None
         found = [_space(raw) for raw in raws if raw is not None]
         return [(s, url, node) for s, url, node in found if node != self.node_id and s.state is not SpaceState.ENDED]
+
+    async def published(self, space_id: str) -> bool:
+        try:
+            return bool(await self._r.exists(self.prefix + "space:" + space_id))
+        except _LOST as e:
+            self._lost(e)
+            raise self._down() from None
 
     def forget(self, space_id: str) -> None:
         self._hosted.pop(space_id, None)

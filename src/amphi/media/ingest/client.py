@@ -9,7 +9,8 @@ server noticing the silence).
 Space's host changes (issue 19: the client keeps the URL it started with, an edge or any
 node, which forwards to the host; docs/cluster.md), and stops for good when the server says
 no (not on stage any more, Space ended). Its timings, for a host killed mid-Space: the loss
-is noticed within ``RETURN_SILENCE_S`` (1 s) of the last return audio, the first offer goes
+is noticed within ``SUSPECT_SILENCE_S`` (0.5 s) of the last return audio once the room's event
+stream broke (a killed node closes it at once), else ``RETURN_SILENCE_S`` (2 s), the first offer goes
 out at once, a node that answers 503 with Retry-After (a take-over in progress) is asked again
 after that long (+0-15 %), without climbing the backoff ladder.
 Before each offer it asks the node for the STUN and TURN servers to use (``GET
@@ -40,14 +41,32 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from amphi.core.errors import AmphiError
 from amphi.media.ingest.compat import use_ice_addresses
 
-__all__ = ["SpeakError", "follow_room", "ice_servers", "local_address_towards", "notices", "speak", "stay_on_stage"]
+__all__ = ["SpeakError", "Suspicion", "follow_room", "ice_servers", "local_address_towards", "notices", "speak", "stay_on_stage"]
 
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 15.0  # from the answer to a connected peer
 HTTP_TIMEOUT_S = 10.0  # the signalling request
 HANG_UP_TIMEOUT_S = 3.0  # the DELETE of the WHIP session when done (best effort)
-RETURN_SILENCE_S = 1.0  # no return audio for this long while connected: the connection is down
+RETURN_SILENCE_S = 2.0  # no return audio for this long while connected: the connection is down (a node
+# descheduled for a second, as a loaded machine does, is not: tests/integration/test_live.py)
+SUSPECT_SILENCE_S = 0.5  # ... this long, once the room's event stream broke (a dead node drops both at once)
+SUSPECT_FOR_S = 3.0  # a broken event stream makes the return feed's silence suspect this long
+
+
+class Suspicion:
+    """The room's event stream (``follow_room``) broke: for ``SUSPECT_FOR_S`` a shorter silence of
+    the return feed means the node is gone. A killed node closes its connections at once, so the
+    speaker offers again within about half a second; a node that only stalls keeps them open."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+
+    def broke(self) -> None:
+        self._until = time.monotonic() + SUSPECT_FOR_S
+
+    def silence_s(self) -> float:
+        return SUSPECT_SILENCE_S if time.monotonic() < self._until else RETURN_SILENCE_S
 # (the mixer sends the feed every 20 ms, silence included; the node covers its own stalls up to
 # 1 s, MediaConfig.stall_cover_ms): a dead host is noticed in 1 s, so a take-over (the lease
 # lapses in 1.5 s) has the speaker back within the issue's 5 s
@@ -91,6 +110,7 @@ async def speak(
     on_connected: Callable[[], None] | None = None,
     on_return: ReturnHook | None = None,
     verify: ssl.SSLContext | bool = True,
+    suspicion: Suspicion | None = None,
 ) -> None:
     """Send ``track`` to ``space`` until ``duration`` seconds after connecting (None: until
     the track ends or the caller cancels), then hang up cleanly. ``on_connected`` is called
@@ -115,7 +135,7 @@ async def speak(
     @pc.on("track")
     def _on_track(remote: MediaStreamTrack) -> None:
         if remote.kind == "audio":
-            hearing.append(asyncio.ensure_future(_hear(remote, on_return, silent)))
+            hearing.append(asyncio.ensure_future(_hear(remote, on_return, silent, suspicion or Suspicion())))
 
     state = pc.connectionState
 
@@ -167,20 +187,30 @@ async def speak(
         await pc.close()
 
 
-async def _hear(remote: MediaStreamTrack, on_return: ReturnHook | None, silent: asyncio.Event) -> None:
+async def _hear(remote: MediaStreamTrack, on_return: ReturnHook | None, silent: asyncio.Event,
+                suspicion: Suspicion) -> None:
     """Drains the return feed (aiortc queues it unboundedly otherwise), hands it on, and sets
-    ``silent`` when nothing arrives for ``RETURN_SILENCE_S`` or the feed ends. The first frame
-    may take as long as the connection takes to come up (the track is announced with the
+    ``silent`` when nothing arrives for ``suspicion.silence_s()`` or the feed ends. The first
+    frame may take as long as the connection takes to come up (the track is announced with the
     answer): the silence is counted from then on."""
-    wait = CONNECT_TIMEOUT_S + RETURN_SILENCE_S
+    loop = asyncio.get_running_loop()
+    last: float | None = None
+    first_by = loop.time() + CONNECT_TIMEOUT_S + RETURN_SILENCE_S
     try:
         while True:
-            frame = await asyncio.wait_for(remote.recv(), wait)
-            wait = RETURN_SILENCE_S
+            left = (first_by if last is None else last + suspicion.silence_s()) - loop.time()
+            if left <= 0:
+                break
+            try:  # looked at again at least every SUSPECT_SILENCE_S: a stream that breaks shortens the wait
+                frame = await asyncio.wait_for(remote.recv(), min(left, SUSPECT_SILENCE_S))
+            except TimeoutError:
+                continue
+            last = loop.time()
             if on_return is not None:
                 on_return(_mono(frame), time.time())
-    except (TimeoutError, MediaStreamError):
-        silent.set()
+    except MediaStreamError:
+        pass
+    silent.set()
 
 
 def _mono(frame: av.AudioFrame) -> np.ndarray:
@@ -224,6 +254,7 @@ async def stay_on_stage(
     on_return: ReturnHook | None = None,
     on_drop: Callable[[str, float], None] | None = None,
     verify: ssl.SSLContext | bool = True,
+    suspicion: Suspicion | None = None,
 ) -> int:
     """``speak()`` that survives a dropped network and a change of host: a connection that
     was up and went down (failed, or its return feed silent for ``RETURN_SILENCE_S``) is
@@ -251,7 +282,8 @@ async def stay_on_stage(
 
         try:
             await speak(server, space, _Borrowed(track), key=key, token=token, duration=left,
-                        ice_addresses=ice_addresses, on_connected=connected, on_return=on_return, verify=verify)
+                        ice_addresses=ice_addresses, on_connected=connected, on_return=on_return, verify=verify,
+                        suspicion=suspicion)
             return reconnects  # the duration passed or the source ran out
         except SpeakError as e:
             if e.status in FINAL_STATUSES or track.readyState != "live":
@@ -391,10 +423,10 @@ def notices(you: dict[str, object] | None, stage: dict[str, object] | None, said
 
 
 async def follow_room(server: str, space: str, credential: str, tell: Callable[[str], None],
-                      verify: ssl.SSLContext | bool = True) -> None:
+                      verify: ssl.SSLContext | bool = True, suspicion: Suspicion | None = None) -> None:
     """Reads the room's events (``GET /api/spaces/{space}/events``) for as long as it runs, and
     passes each notice to ``tell``. A broken stream is opened again after a pause; this never
-    ends the speaking."""
+    ends the speaking. A stream that breaks (or says the Space ``moved``) tells ``suspicion``."""
     url = f"{server.rstrip('/')}/api/spaces/{space}/events"
     said: dict[str, object] = {}
     attempt = 0
@@ -418,5 +450,7 @@ async def follow_room(server: str, space: str, credential: str, tell: Callable[[
                         return
         except (httpx.HTTPError, ValueError) as exc:
             logger.debug("room events for %s: %r", space, exc)
+        if suspicion is not None:
+            suspicion.broke()
         await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
         attempt += 1
