@@ -16,7 +16,7 @@ from amphi.core.config import MediaConfig
 from amphi.media import fmp4
 from amphi.media.pipeline import Pipeline
 from amphi.media.recorder import Recording
-from amphi.media.replica import Replica
+from amphi.media.replica import Replica, parse_live
 from tests.audio import SR, decode, dominant_per_window, ffmpeg_decode, rms
 from tests.integration.amphi_proc import AmphiServer, Speaker
 
@@ -200,3 +200,95 @@ async def test_abandon_releases_listeners_and_publishes_nothing_after(tmp_path: 
     assert len(pipeline.recording.entries) == written
     assert pipeline.supervisor.tasks == []
     await asyncio.wait_for(pipeline.end(), 1)  # returns at once
+
+
+async def test_a_replica_begun_late_backfills_the_recording_from_the_first_live_segment(
+        tmp_path: Path, monkeypatch) -> None:
+    """The standby starts once the Space's first live segments have left the host's window:
+    it copies them from the host's recording (oldest first, before the window's), so after a
+    kill -9 and the resumed program the replay starts where the Space did."""
+    monkeypatch.setenv("AMPHI_SECRET", SECRET)
+    parts = 2  # 1.024 s segments: window + 3 of them in 11 s
+    cfg = MediaConfig(parts_per_segment=parts)
+    host = AmphiServer(tmp_path / "host", None, "--segment-parts", str(parts)).start()
+    speaker = None
+    credential = Signer(SECRET.encode()).edge_credential("standby-b")
+    edge = {"x-amphi-edge": credential}
+    try:
+        space, key = host.create("late-standby")
+        host.start_space(space, key)
+        speaker = Speaker(host, space, key, "--tone", "440").start()
+        seen: list = []
+
+        async with httpx.AsyncClient() as client:
+            async def aged() -> bool:
+                answer = await client.get(f"{host.url}/media/{space}/edge/live.m3u8", headers=edge, timeout=10)
+                answer.raise_for_status()
+                seen[:] = [parse_live(answer.text)]
+                p = seen[0]
+                return p.live_from is not None and bool(p.segments) and p.segments[0].msn >= p.live_from + 3
+
+            deadline = time.monotonic() + 60
+            while not await aged():
+                assert time.monotonic() < deadline, "the host's window never moved 3 segments past the first live one"
+                await asyncio.sleep(0.2)
+        live_from = seen[0].live_from
+        window_first = seen[0].segments[0].msn
+        assert window_first - live_from >= 3
+
+        recording = Recording(tmp_path / "standby" / space, cfg)
+        replica = Replica(space, cfg, recording, host.url, credential)
+        follow = asyncio.create_task(replica.run())
+        await until(lambda: replica.stats.backfill_s is not None, 30, "the backfill")
+        assert replica.stats.backfill_missing == 0 and replica.stats.missed == 0
+        assert replica.stats.backfilled >= window_first - live_from
+        newest = recording.entries[-1].msn
+        assert await replica.copied(newest + 2, 10)  # and it follows on, live
+        await until(lambda: recording.entries[-1].msn >= newest + 2, 10, "two more live segments recorded")
+        print(f"\nbackfilled {replica.stats.backfilled} segments ({live_from}-{window_first - 1}) in "
+              f"{replica.stats.backfill_s:.3f} s; window from {window_first}")
+        host.kill9()
+        await until(lambda: replica.stats.errors >= 1, 10, "the replica to notice the host is gone")
+        follow.cancel()
+        await asyncio.gather(follow, return_exceptions=True)
+        resume = replica.resume_point(gap=True)
+        assert resume is not None
+    finally:
+        if speaker is not None:
+            speaker.stop()
+        host.stop()
+
+    pipeline = Pipeline(space, cfg, recording, live=True, resume=resume)
+    await pipeline.start()
+    await until(lambda: pipeline.stats.recorder.written >= 2 + len(resume.unrecorded), 20, "two new segments")
+    await pipeline.end()
+    assert pipeline.failures == {}
+
+    # the replay: every msn from the first live one, contiguous, one discontinuity (the cut)
+    vod = (recording.dir / "vod.m3u8").read_text().splitlines()
+    uris = [line for line in vod if line and not line.startswith("#")]
+    msns = [int(u.split(".")[0]) for u in uris]
+    assert msns[0] == live_from and msns == list(range(live_from, live_from + len(msns)))
+    entries = recording.entries
+    cut = resume.next_msn
+    assert [e.msn for e in entries if e.discontinuity] == [cut]
+    # wall times run on by the durations up to the cut, and are the host's own
+    before = [e for e in entries if e.msn < cut]
+    assert all(abs(b.pdt - (a.pdt + a.duration)) < 0.05 for a, b in zip(before, before[1:]))
+    hosts = {e.msn: e for e in Recording.open(tmp_path / "host" / "spaces" / space, cfg).entries}
+    assert live_from in hosts
+    for e in before:
+        if e.msn in hosts:
+            assert e.pdt == pytest.approx(hosts[e.msn].pdt, abs=0.05), e.msn
+            assert (recording.dir / e.uri).read_bytes() == (tmp_path / "host" / "spaces" / space / e.uri).read_bytes()
+    frags = [f for e in before for f in fmp4.read_fragments((recording.dir / e.uri).read_bytes())]
+    assert all(b.base_decode_time == a.end_decode_time for a, b in zip(frags, frags[1:]))
+
+    # as audio: the tone from the Space's start (its first second holds the speaker's joining)
+    audio = decode(recording.init_bytes() + b"".join((recording.dir / e.uri).read_bytes() for e in before))
+    quarter = SR // 4
+    loud = [i for i in range(len(audio) // quarter) if rms(audio[i * quarter:(i + 1) * quarter]) > 0.1]
+    assert loud and loud[0] * quarter < len(audio) and loud[0] <= 8, loud[:3]  # within the first 2 s
+    assert loud == list(range(loud[0], len(audio) // quarter))  # unbroken to the cut
+    heard = dominant_per_window(audio[loud[0] * quarter:], 0.25)
+    assert all(abs(hz - 440) <= 5 for hz in heard), heard

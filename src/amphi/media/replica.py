@@ -13,7 +13,10 @@ the bytes do not say: its PROGRAM-DATE-TIME, its discontinuity, whether it is li
   ``Recording``, on this node's disk), so the replay survives the host's disk. Which
   segments are live (the Space's, not hold music) the host's playlist says in the comment
   ``#AMPHI-LIVE-FROM:<msn>`` (``amphi.media.playlist.render_live``): segments from that msn
-  on are recorded, none before it, none while the playlist has no such line;
+  on are recorded, none before it, none while the playlist has no such line. A copy begun
+  after the Space went live also **backfills** the live segments that had left the host's
+  window (``_backfill``: one request at a time, from the host's recording through its edge
+  route), written oldest first before the window's, so the replay starts where the Space did;
 * the newest ``window_segments + 4`` segments (hold or live, as the host's timeline keeps
   them), their parts rebuilt from their fragments, so a resumed timeline serves them;
 * the open segment, part by part as the host makes it (in memory only): after a crash the
@@ -68,6 +71,10 @@ class ReplicaStats:
     open_parts: int = 0  # its parts copied so far: a crash now loses what comes after them
     lag_s: float | None = None  # at the newest part's arrival, how long before it its audio ended (the host's
     # encoding and publishing, then the network: how far the copy is behind the host's newest part)
+    backfill_left: int = 0  # live segments older than the first window still to fetch from the host's recording
+    backfilled: int = 0  # of those, recorded
+    backfill_missing: int = 0  # of those, the host's recording did not have (404): a hole in the replay
+    backfill_s: float | None = None  # how long the backfill took, once done
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,11 @@ class Replica:
         self._epoch: float | None = None  # wall time = epoch + (decode time - DELAY) / rate, this program's
         self._writing: asyncio.Future[None] | None = None
         self.ended = False  # the host ended the Space: the copy is complete
+        self._window_epoch: float | None = None  # the epoch of the first segment copied (its program's)
+        self._epoch_known = asyncio.Event()  # set once it is
+        self._backfill: asyncio.Task[None] | None = None
+        self._deferred: deque[Segment] = deque()  # live segments copied, waiting for the backfill to be written
+        self._backfilling = False  # live copies are deferred, not written (the recording is in msn order)
         self.stats = ReplicaStats()
         self._copied = asyncio.Event()  # set and replaced at each copy
 
@@ -230,7 +242,7 @@ class Replica:
             dropped = self._dropped_discontinuities
         if not kept:
             return None
-        unrecorded = (kept[-1],) if partial is not None and partial.live else ()
+        unrecorded = tuple(self._deferred) + ((kept[-1],) if partial is not None and partial.live else ())
         return resume_from(kept, gap=gap, discontinuity_sequence=dropped, unrecorded=unrecorded)
 
     async def copied(self, msn: int, timeout: float) -> bool:
@@ -266,7 +278,12 @@ class Replica:
                         log.warning("replica %s: %s (retrying)", self.space_id, exc)
                     await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
                     failures += 1
+            if self._backfill is not None:  # the Space ended: the host's recording is all there
+                await self._backfill
         finally:
+            if self._backfill is not None:
+                self._backfill.cancel()
+                await asyncio.gather(self._backfill, return_exceptions=True)
             if self._writing is not None:  # a file is whole or absent; nothing writes after we return
                 await asyncio.wait([self._writing])
             if self._client is None:
@@ -286,6 +303,9 @@ class Replica:
         if want is None:  # the first playlist: what it no longer lists is gone
             self._dropped_discontinuities = playlist.discontinuity_sequence
             want = first
+            live_from = playlist.live_from
+            if live_from is not None and live_from < first and not self.recording.started and self._backfill is None:
+                self._start_backfill(client, live_from, first, playlist)
         elif want < first:  # left the window unseen
             self._lose(want, first)
             want = first
@@ -349,6 +369,7 @@ class Replica:
         if not seg.parts:
             if self._epoch is None or seg.discontinuity:  # the wall times of this program
                 self._epoch = seg.pdt - (info.base_decode_time - DELAY) / SAMPLE_RATE
+                self._know_epoch()
             seg.first_sample = info.base_decode_time
             seg.pdt = self._epoch + (info.base_decode_time - DELAY) / SAMPLE_RATE
         part = Part(seg.msn, index, data, info.base_decode_time, info.sample_count * AAC_FRAME, offset)
@@ -374,9 +395,12 @@ class Replica:
         first = fmp4.read_fragments(data)[0].base_decode_time
         if self._epoch is None or item.discontinuity:  # the wall times of this program
             self._epoch = item.pdt - (first - DELAY) / SAMPLE_RATE
+            self._know_epoch()
         seg = rebuild(item.msn, data, pdt=self._epoch + (first - DELAY) / SAMPLE_RATE, live=live,
                       discontinuity=item.discontinuity)
-        if live:
+        if live and (self._backfilling or self._deferred):
+            self._deferred.append(seg)  # the backfill's task writes it after the older ones
+        elif live:
             await self._write(seg)
             self.stats.recorded += 1
         self._kept.append(seg)
@@ -389,11 +413,76 @@ class Replica:
         self._copied.set()
         self._copied = asyncio.Event()
 
-    async def _write(self, seg: Segment) -> None:
-        """Into the recording, in a worker thread; finished even if we are cancelled."""
+    def _know_epoch(self) -> None:
+        if self._window_epoch is None:
+            self._window_epoch = self._epoch
+            self._epoch_known.set()
+
+    # -- the backfill ----------------------------------------------------------------------
+
+    def _start_backfill(self, client: httpx.AsyncClient, live_from: int, first: int, playlist: _Playlist) -> None:
+        """The copy begins after the Space went live: segments ``live_from``..``first - 1``
+        are no longer in the host's window, only in its recording (the edge route serves them
+        from there). They are fetched by a task of their own, so following the window never
+        waits for them; live copies are held back (``_deferred``) until they are written."""
+        if playlist.discontinuity_sequence or playlist.segments[0].discontinuity:
+            log.warning("replica %s: the program restarted before the host's window: the wall times of the "
+                        "backfilled segments %d-%d are reckoned as if it had not", self.space_id, live_from, first - 1)
+        self._backfilling = True
+        self.stats.backfill_left = first - live_from
+        self._backfill = asyncio.create_task(self._backfill_run(client, live_from, first),
+                                             name=f"replica-backfill:{self.space_id}")
+
+    async def _backfill_run(self, client: httpx.AsyncClient, live_from: int, first: int) -> None:
+        """One GET at a time, oldest first, each written before the next is asked for; then
+        the live segments copied meanwhile. Their wall times: the first copied segment's
+        program epoch and their own decode times (the host's recording has their wall times but
+        its edge route serves bytes only: exact if the program ran unbroken from ``live_from``)."""
+        started = time.monotonic()
+        await self._epoch_known.wait()
+        epoch = self._window_epoch
+        assert epoch is not None
+        failures = 0
+        msn = live_from
+        while msn < first:
+            try:
+                answer = await client.get(f"{self._base}/{msn}.m4s", headers=self._headers, timeout=self._timeout)
+                if answer.status_code == 404:
+                    self.stats.backfill_missing += 1
+                    log.warning("replica %s: live segment %d is not in the host's recording", self.space_id, msn)
+                else:
+                    answer.raise_for_status()
+                    data = answer.content
+                    decode = fmp4.read_fragments(data)[0].base_decode_time
+                    seg = rebuild(msn, data, pdt=epoch + (decode - DELAY) / SAMPLE_RATE, live=True,
+                                  discontinuity=False)
+                    await self._write(seg, epoch=epoch)
+                    self.stats.backfilled += 1
+                    self.stats.recorded += 1
+                    self.stats.bytes += len(data)
+                failures = 0
+                msn += 1
+                self.stats.backfill_left = first - msn
+            except (httpx.HTTPError, fmp4.MalformedMp4, ValueError) as exc:
+                self.stats.errors += 1
+                if failures == 0:
+                    log.warning("replica %s: backfill of segment %d: %s (retrying)", self.space_id, msn, exc)
+                await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
+                failures += 1
+        while self._deferred:  # taken off first: a write cancelled midway still completes (``run`` waits)
+            await self._write(self._deferred.popleft())
+            self.stats.recorded += 1
+        self._backfilling = False
+        self.stats.backfill_s = round(time.monotonic() - started, 3)
+        log.info("replica %s: backfilled %d live segments (%d-%d) in %.2f s", self.space_id,
+                 self.stats.backfilled, live_from, first - 1, self.stats.backfill_s)
+
+    async def _write(self, seg: Segment, *, epoch: float | None = None) -> None:
+        """Into the recording, in a worker thread; finished even if we are cancelled.
+        ``epoch``: the recording's, if this write begins it (else this program's)."""
         rec, init = self.recording, self._init
-        assert init is not None and self._epoch is not None
-        epoch = self._epoch
+        epoch = epoch if epoch is not None else self._epoch
+        assert init is not None and epoch is not None
 
         def write() -> None:
             if not rec.started:
