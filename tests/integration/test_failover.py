@@ -237,6 +237,12 @@ def test_the_host_stopped_past_its_lease_stops_publishing_and_a_restarted_host_n
         wait_until(lambda: copied(c.a, space) >= 1, 30, "node a to stand by for b", interval=0.3)
         assert c.b.status(space)["state"] == "live"
         assert c.a.status(space)["state"] == "live"
+        # and back: b drained (its operator key, through the edge), the Space ended through the edge
+        drained = httpx.post(f"{c.edge.url}/api/nodes/b/drain", headers=c.b.api_headers, timeout=30)
+        assert drained.status_code == 200 and drained.json()["moved"][0]["to"] == "a", drained.text
+        ended = httpx.post(f"{c.edge.url}/api/spaces/{space}/end", headers={"authorization": f"Bearer {key}"},
+                           timeout=20)
+        assert ended.status_code == 200 and ended.json()["state"] == "ended", ended.text
     finally:
         stop_speaker(speaker)
 
@@ -267,7 +273,9 @@ def test_drain_hands_the_space_over_with_no_gap_in_the_program_or_the_replay(clu
         listener.join(120)
         audio = np.frombuffer(listener.pcm, dtype=np.float32)
         assert len(audio) >= 15.5 * SR, f"ffmpeg stopped after {len(audio) / SR:.1f} s: {listener.err}"
-        c.b.end_space(space, key)
+        ended = httpx.post(f"{c.edge.url}/api/spaces/{space}/end", headers={"authorization": f"Bearer {key}"},
+                           timeout=20)  # through the edge: whichever node gets it, the host ends it
+        assert ended.status_code == 200 and ended.json()["state"] == "ended", ended.text
     finally:
         stop_speaker(speaker)
     vod, audio, msns = replay(c.b, space)

@@ -219,7 +219,7 @@ class Failover:
             return
         others = {s.id: (s, url) for s, url, _ in await self._store.live_elsewhere() if s.state is SpaceState.LIVE}
         for space_id, kept in self._standbys.items():
-            if space_id not in others and not await self._store.published(space_id):
+            if space_id not in others and await self._store.published_by(space_id) is None:
                 # its record is gone: Redis restarted empty. A live host puts it back (and takes its
                 # lease back); a dead one cannot, so this node keeps standing by, and carries it on
                 others[space_id] = (kept.space, kept.origin)
@@ -331,9 +331,8 @@ class Failover:
             if not await self._store.hand_over(space.id, standby, last, LEASE_TTL_S):
                 return {"id": space.id, "why": "the lease was no longer this node's"}
             deadline = time.monotonic() + HANDOFF_WAIT_S
-            while time.monotonic() < deadline and (self._store.origin(space.id) or ("", ""))[1] != standby:
-                await asyncio.sleep(0.05)
-                await self._store.lookup(space.id)  # the directory names the new host once it runs
+            while time.monotonic() < deadline and await self._store.published_by(space.id) != standby:
+                await asyncio.sleep(0.05)  # the directory names the new host once its program runs
         finally:
             self._handing.pop(space.id, None)
         await self._fence(space.id, standby)

@@ -158,9 +158,10 @@ class Store:
         """Spaces not ended that other nodes host: (Space, public URL, node id)."""
         return []
 
-    async def published(self, space_id: str) -> bool:
-        """Whether the directory has the Space's record now (not cached; a Redis restarted empty has none)."""
-        return True
+    async def published_by(self, space_id: str) -> str | None:
+        """The node the directory's record of the Space names now (read afresh, not cached);
+        None without a record (a Redis restarted empty has none)."""
+        return None
 
     def forget(self, space_id: str) -> None:
         """This node no longer hosts the Space (another took it over): never re-published from here."""

@@ -477,12 +477,13 @@ class RedisStore(Store):
         found = [_space(raw) for raw in raws if raw is not None]
         return [(s, url, node) for s, url, node in found if node != self.node_id and s.state is not SpaceState.ENDED]
 
-    async def published(self, space_id: str) -> bool:
+    async def published_by(self, space_id: str) -> str | None:
         try:
-            return bool(await self._r.exists(self.prefix + "space:" + space_id))
+            raw = await self._r.get(self.prefix + "space:" + space_id)
         except _LOST as e:
             self._lost(e)
             raise self._down() from None
+        return None if raw is None else _space(raw)[2]
 
     def forget(self, space_id: str) -> None:
         self._hosted.pop(space_id, None)
