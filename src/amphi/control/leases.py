@@ -47,6 +47,11 @@ class Leases:
     def drop(self, space_id: str) -> None:
         self._until.pop(space_id, None)
 
+    def keep(self, space_ids: set[str]) -> None:
+        """Forgets the leases of Spaces no longer hosted (ended, handed over)."""
+        for space_id in [s for s in self._until if s not in space_ids]:
+            del self._until[space_id]
+
     def holds(self, space_id: str) -> bool:
         return self.alone or space_id in self._until
 

@@ -181,6 +181,7 @@ class Failover:
 
     async def _tick(self, sent: float) -> None:
         hosted = [s for s in self._registry_live() if s not in self._handing]  # drain() finishes those itself
+        self.leases.keep({*hosted, *self._handing})
         answers = await self._store.renew_leases(hosted, LEASE_TTL_S)
         for space_id, holder in answers.items():
             if holder == "":

@@ -258,8 +258,8 @@ class Spaces:
         if space is None:  # another node's, or being taken over by this one (services/failover.py)
             await self.gate.elsewhere(space_id)  # raises Misdirected, Unavailable or NotFound
             space = self.registry.get(space_id)  # taken over meanwhile
-        self.gate.check_publishing(space_id)
         if space.state is not SpaceState.ENDED:
+            self.gate.check_publishing(space_id)  # an ended Space's replay is no lease's
             pipeline = await self.program(space)
             return pipeline, pipeline.recording
         ending = self.pipelines.get(space_id)  # ended, its recording still closing
