@@ -68,8 +68,7 @@ class FailoverStats:
 @dataclass
 class _Standby:
     space: Space  # its record as last read (to carry it on should Redis lose it)
-    replica: Replica
-    recording: Recording
+    replica: Replica  # writes the standby's own recording (replica.recording)
     task: asyncio.Task[None]
     origin: str  # the host it copies from
 
@@ -254,7 +253,7 @@ class Failover:
         recording = Recording(self._registry.dir(space.id), self._cfg.media)
         replica = Replica(space.id, self._cfg.media, recording, origin, self._credential)
         task = asyncio.create_task(replica.run(), name=f"replica:{space.id}")
-        self._standbys[space.id] = _Standby(space, replica, recording, task, origin)
+        self._standbys[space.id] = _Standby(space, replica, task, origin)
         log.info("space %s: standing by (copying from %s)", space.id, origin)
 
     async def _drop_standby(self, space_id: str) -> None:
@@ -286,7 +285,7 @@ class Failover:
             kept.task.cancel()
             await asyncio.wait({kept.task})
             resume = kept.replica.resume_point(gap=not seamless)
-            await self._spaces.adopt(space, kept.recording, resume)
+            await self._spaces.adopt(space, kept.replica.recording, resume)
         finally:
             taking.set()
             self._taking.pop(space.id, None)

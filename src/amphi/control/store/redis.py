@@ -401,14 +401,18 @@ class RedisStore(Store):
         hit = self._remote.get(space_id)
         return (hit[2], hit[3]) if hit is not None else None
 
-    async def spaces(self) -> list[tuple[Space, str]]:
+    async def _records(self, members: str) -> list[tuple[Space, str, str]]:
+        """(Space, public URL, node) of each Space in the set ``members`` (``spaces``, ``live``)."""
         try:
-            ids = sorted(m.decode() for m in await self._r.smembers(self.prefix + "spaces"))
+            ids = sorted(m.decode() for m in await self._r.smembers(self.prefix + members))
             raws = await self._r.mget([self.prefix + "space:" + i for i in ids]) if ids else []
         except _LOST as e:
             self._lost(e)
             raise self._down() from None
-        return [_space(raw)[:2] for raw in raws if raw is not None]
+        return [_space(raw) for raw in raws if raw is not None]
+
+    async def spaces(self) -> list[tuple[Space, str]]:
+        return [(space, url) for space, url, _ in await self._records("spaces")]
 
     async def nodes(self) -> list[dict[str, object]]:
         try:
@@ -468,14 +472,8 @@ class RedisStore(Store):
         return {s: (h.decode(), sb.decode(), int(last) if last else None) for s, (h, sb, last) in zip(space_ids, res)}
 
     async def live_elsewhere(self) -> list[tuple[Space, str, str]]:
-        try:
-            ids = sorted(m.decode() for m in await self._r.smembers(self.prefix + "live"))
-            raws = await self._r.mget([self.prefix + "space:" + i for i in ids]) if ids else []
-        except _LOST as e:
-            self._lost(e)
-            raise self._down() from None
-        found = [_space(raw) for raw in raws if raw is not None]
-        return [(s, url, node) for s, url, node in found if node != self.node_id and s.state is not SpaceState.ENDED]
+        return [(s, url, node) for s, url, node in await self._records("live")
+                if node != self.node_id and s.state is not SpaceState.ENDED]
 
     async def published_by(self, space_id: str) -> str | None:
         try:
